@@ -1,0 +1,26 @@
+// labelwise — build-wide macros. Every header outside src/cuda builds with plain g++:
+// the host/device qualifiers below expand to nothing unless nvcc compiles the file.
+#pragma once
+
+#define LABELWISE_VERSION_MAJOR 0
+#define LABELWISE_VERSION_MINOR 1
+#define LABELWISE_VERSION_PATCH 0
+
+#if defined(__CUDACC__)
+#define LABELWISE_HD __host__ __device__
+#define LABELWISE_DEVICE __device__
+#else
+#define LABELWISE_HD
+#define LABELWISE_DEVICE
+#endif
+
+#if defined(__CUDA_ARCH__)
+#define LABELWISE_ON_DEVICE 1
+#else
+#define LABELWISE_ON_DEVICE 0
+#endif
+
+namespace labelwise {
+/// Largest tensor rank accepted by TensorView (N, K, C and up to 5 spatial axes).
+constexpr int kMaxDims = 8;
+}  // namespace labelwise

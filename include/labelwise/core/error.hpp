@@ -1,0 +1,45 @@
+// labelwise — the one exception type of the library.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace labelwise {
+
+/// What went wrong, so that bindings can map it to the fitting exception
+/// (Python: ValueError, TypeError, RuntimeError).
+enum class ErrorKind {
+  Value,    ///< bad value or shape of an argument (NaN, wrong rank, empty, ...)
+  Type,     ///< unsupported dtype or device
+  Runtime,  ///< environment problem: built without CUDA, CUDA launch failure, ...
+};
+
+/// The single exception type thrown by labelwise. The message always names the
+/// argument, what was expected and what was given.
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  ErrorKind kind() const noexcept { return kind_; }
+
+ private:
+  ErrorKind kind_;
+};
+
+namespace detail {
+template <typename... Args>
+std::string concat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << std::forward<Args>(args));
+  return os.str();
+}
+}  // namespace detail
+
+/// Throws Error(kind, message built from args) when cond is false.
+template <typename... Args>
+inline void check(bool cond, ErrorKind kind, Args&&... args) {
+  if (!cond) throw Error(kind, detail::concat(std::forward<Args>(args)...));
+}
+
+}  // namespace labelwise

@@ -1,0 +1,36 @@
+// labelwise — Eigen adapter (opt-in: include this header and link Eigen3::Eigen yourself).
+// Eigen matrices are 2-D: use them for single predictions [N, C] (rows = items, cols = classes),
+// or for any layout by building a TensorView from view(m).data with explicit shape/strides.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "labelwise/uncertainty/metrics.hpp"
+
+namespace labelwise {
+namespace eigen {
+
+/// A [rows, cols] view of a dense Eigen expression with direct access (Matrix, Map, Block, Ref).
+template <typename Derived>
+TensorView view(const Eigen::DenseBase<Derived>& m) {
+  using Scalar = typename Derived::Scalar;
+  const auto& d = m.derived();
+  return TensorView::of(const_cast<Scalar*>(d.data()), {d.rows(), d.cols()},
+                        {static_cast<std::int64_t>(d.rowStride()), static_cast<std::int64_t>(d.colStride())});
+}
+
+/// One metric of single predictions probs [N, C] (class axis 1, no samples) → [N].
+template <typename Derived>
+Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1> score(const Eigen::DenseBase<Derived>& probs, Metric metric,
+                                                                 InputKind input = InputKind::Probabilities) {
+  Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1> out(probs.rows());
+  ScoreOptions opt;
+  opt.input = input;
+  opt.sample_axis = std::nullopt;
+  opt.class_axis = 1;
+  labelwise::score(view(probs), {{metric, TensorView::of(out.data(), {static_cast<std::int64_t>(out.size())})}}, opt);
+  return out;
+}
+
+}  // namespace eigen
+}  // namespace labelwise

@@ -1,0 +1,55 @@
+// labelwise — LibTorch adapter (component labelwise::torch).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+
+#include "labelwise/uncertainty/metrics.hpp"
+
+namespace labelwise {
+namespace torch_interop {
+
+/// A view of a strided torch::Tensor (CPU or CUDA), no copy.
+inline TensorView view(const at::Tensor& t) {
+  check(t.layout() == at::kStrided, ErrorKind::Type, "tensor: only strided (dense) tensors are supported");
+  DType dt;
+  switch (t.scalar_type()) {
+    case at::kFloat: dt = DType::Float32; break;
+    case at::kDouble: dt = DType::Float64; break;
+    case at::kHalf: dt = DType::Float16; break;
+    case at::kBFloat16: dt = DType::BFloat16; break;
+    case at::kInt: dt = DType::Int32; break;
+    case at::kLong: dt = DType::Int64; break;
+    case at::kByte: dt = DType::UInt8; break;
+    case at::kBool: dt = DType::Bool; break;
+    default: throw Error(ErrorKind::Type, std::string("tensor: unsupported dtype ") + c10::toString(t.scalar_type()));
+  }
+  const Device dev = t.is_cuda() ? Device::cuda(t.get_device()) : Device::cpu();
+  check(t.is_cpu() || t.is_cuda(), ErrorKind::Type, "tensor: only CPU and CUDA tensors are supported");
+  return TensorView(t.data_ptr(), dt, t.sizes().vec(), t.strides().vec(), dev);
+}
+
+/// Several metrics in one pass; each result has x's dtype and device.
+inline std::map<Metric, at::Tensor> score(const at::Tensor& x, const std::vector<Metric>& metrics,
+                                          const ScoreOptions& options = {}) {
+  const TensorView xv = view(x);
+  const std::vector<std::int64_t> shape = score_shape(xv, options);
+  std::map<Metric, at::Tensor> results;
+  std::vector<MetricOutput> outs;
+  for (Metric m : metrics) {
+    at::Tensor o = at::empty(shape, x.options());
+    outs.push_back({m, view(o)});
+    results.emplace(m, o);
+  }
+  labelwise::score(xv, outs, options);
+  return results;
+}
+
+/// One metric; the result has x's dtype and device.
+inline at::Tensor score(const at::Tensor& x, Metric metric, const ScoreOptions& options = {}) {
+  return score(x, std::vector<Metric>{metric}, options).at(metric);
+}
+
+}  // namespace torch_interop
+}  // namespace labelwise

@@ -1,0 +1,33 @@
+// labelwise — xtensor adapter (opt-in: include this header and link xtensor yourself).
+#pragma once
+
+#include <xtensor/xarray.hpp>
+
+#include "labelwise/uncertainty/metrics.hpp"
+
+namespace labelwise {
+namespace xtensor {
+
+/// A view of an xtensor container (xarray / xtensor / strided view with data()); strides in elements.
+template <typename E>
+TensorView view(E& e) {
+  using T = std::remove_const_t<typename E::value_type>;
+  std::vector<std::int64_t> shape(e.shape().begin(), e.shape().end());
+  std::vector<std::int64_t> strides(e.strides().begin(), e.strides().end());
+  for (std::size_t d = 0; d < shape.size(); ++d)
+    if (shape[d] == 1) strides[d] = 0;  // xtensor reports 0 for broadcast axes of extent 1
+  return TensorView::of(const_cast<T*>(e.data() + e.data_offset()), shape, strides);
+}
+
+/// One metric, owning result of shape score_shape(x) (same value type as x).
+template <typename T>
+xt::xarray<T> score(const xt::xarray<T>& x, Metric metric, const ScoreOptions& options = {}) {
+  const TensorView xv = view(x);
+  const std::vector<std::int64_t> shape = score_shape(xv, options);
+  xt::xarray<T> out = xt::empty<T>(std::vector<std::size_t>(shape.begin(), shape.end()));
+  labelwise::score(xv, {{metric, view(out)}}, options);
+  return out;
+}
+
+}  // namespace xtensor
+}  // namespace labelwise

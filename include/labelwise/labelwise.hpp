@@ -1,0 +1,8 @@
+// labelwise — umbrella header (framework-free parts; adapters live in labelwise/interop/).
+#pragma once
+
+#include "labelwise/core/config.hpp"
+#include "labelwise/core/error.hpp"
+#include "labelwise/core/parallel.hpp"
+#include "labelwise/core/tensor_view.hpp"
+#include "labelwise/uncertainty/metrics.hpp"

@@ -1,0 +1,94 @@
+// labelwise — uncertainty metrics: one fused pass over MC / ensemble predictions.
+//
+// Shape contract (all metrics)
+//   x        : [*outer, K (sample axis), C (class axis), *outer]  float32 or float64, CPU or CUDA,
+//              any strides. The sample and class axes are named by ScoreOptions; every other
+//              axis ("outer": N and the spatial axes of segmentation outputs) is kept.
+//              Without a sample axis (ScoreOptions::sample_axis = std::nullopt) x holds one
+//              prediction per item and K = 1.
+//   out      : x's shape with the sample and class axes removed, in x's axis order
+//              ([N] for classification, [N, H, W] / [N, D, H, W] for segmentation);
+//              float32 or float64, same device as x, any strides. The caller owns it.
+//   result   : every metric is "higher = more worth labelling", in nats.
+//
+// Input kinds: probabilities (each sample's class vector must sum to 1 within
+// normalization_tolerance(dtype) and be >= 0), log-probabilities (log-sum-exp within
+// the same tolerance of 0), or logits (softmax applied inside, fused; -inf allowed).
+//
+// Errors (labelwise::Error): NaN/+Inf, negative or unnormalised probabilities (with the
+// first offending item), wrong rank or axes, K < 2 for metrics that need samples, C < 2,
+// empty input, mismatched devices, non-float dtypes, CUDA work in a CPU-only build.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "labelwise/core/tensor_view.hpp"
+
+namespace labelwise {
+
+/// What the numbers in x are.
+enum class InputKind : int { Probabilities = 0, LogProbabilities = 1, Logits = 2 };
+
+/// The metrics. With p_kc the probability of class c under sample k, p̄_c = mean_k p_kc:
+enum class Metric : int {
+  PredictiveEntropy = 0,  ///< H[p̄] = -Σ_c p̄_c ln p̄_c
+  ExpectedEntropy,        ///< (1/K) Σ_k H[p_k]   (aleatoric part; needs samples)
+  Bald,                   ///< H[p̄] - (1/K) Σ_k H[p_k], clamped at 0 (mutual information; needs samples)
+  LeastConfidence,        ///< 1 - max_c p̄_c
+  Margin,                 ///< 1 - (p̄_(1) - p̄_(2)): small top-1/top-2 gap scores high
+  Ratio,                  ///< p̄_(2) / p̄_(1)
+  VariationRatio,         ///< 1 - f_mode / K, f_mode = samples voting the modal class (Gal 2016; needs samples)
+  MaxMeanVariationRatio,  ///< 1 - max_c p̄_c (the variation ratio of the mean; same value as LeastConfidence)
+  MeanStd,                ///< (1/C) Σ_c std_k(p_kc), ddof = 1 (needs samples)
+  BalEntAcq,              ///< balanced entropy acquisition (Woo, ICLR 2023; needs samples), see docs/metrics.md
+};
+constexpr int kNumMetrics = 10;
+
+/// Snake-case name used by the Python API ("predictive_entropy", "balentacq", ...).
+const char* metric_name(Metric m);
+/// Inverse of metric_name; throws Error(Value) listing the valid names.
+Metric metric_from_name(const std::string& name);
+/// True for the metrics that need a sample axis with K >= 2.
+bool metric_needs_samples(Metric m);
+
+/// Tolerance on |Σ_c p_c - 1| (or |logsumexp| for log-probabilities): 1e-3 for float32, 1e-6 for float64.
+double normalization_tolerance(DType dtype);
+
+struct ScoreOptions {
+  InputKind input = InputKind::Probabilities;
+  /// Axis of the MC / ensemble samples (negative counts from the end); nullopt = single predictions.
+  std::optional<int> sample_axis = 1;
+  /// Axis of the classes (negative counts from the end).
+  int class_axis = 2;
+  /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
+  void* stream = nullptr;
+};
+
+/// One requested metric and where to write it.
+struct MetricOutput {
+  Metric metric;
+  TensorView out;
+};
+
+/// The shape every metric output must have for input x (see the shape contract above).
+std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& options = {});
+
+/// Computes all requested metrics in one fused pass over x.
+void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options = {});
+
+/// One metric; same contract as score().
+void predictive_entropy(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void expected_entropy(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void bald(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void least_confidence(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void margin(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void ratio(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void variation_ratio(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void max_mean_variation_ratio(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void mean_std(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+void balentacq(const TensorView& x, const TensorView& out, const ScoreOptions& options = {});
+
+}  // namespace labelwise

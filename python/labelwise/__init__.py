@@ -1,0 +1,12 @@
+"""labelwise: active-learning primitives for medical imaging.
+
+Uncertainty metrics (``labelwise.uncertainty``) run in one fused pass on CPU or CUDA and
+take numpy, PyTorch or CuPy arrays without a copy; results come back in the caller's
+framework and on the caller's device.
+"""
+
+from . import uncertainty
+from ._core import built_with_cuda, num_threads, set_num_threads
+
+__version__ = "0.1.0"
+__all__ = ["uncertainty", "built_with_cuda", "num_threads", "set_num_threads", "__version__"]

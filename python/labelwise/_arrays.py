@@ -1,0 +1,98 @@
+"""Array plumbing: any DLPack / buffer-protocol array in, results out in the caller's framework.
+
+Nothing here imports torch or cupy unless the caller's array already comes from them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence, Tuple
+
+import numpy as np
+
+_CPU, _CUDA, _CUDA_HOST, _CUDA_MANAGED = 1, 2, 3, 13
+
+
+def _framework(x: Any) -> str:
+    mod = type(x).__module__.split(".", 1)[0]
+    return mod if mod in ("torch", "cupy", "numpy") else "other"
+
+
+def as_array(x: Any, name: str = "x") -> Any:
+    """Returns x itself when it speaks DLPack, else a zero-copy numpy view of it (buffer protocol)."""
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # pragma: no cover - message path
+        raise TypeError(f"{name}: expected an array (numpy, torch, cupy or buffer protocol), got {type(x).__name__}") from exc
+
+
+def device_of(x: Any) -> Tuple[int, int]:
+    kind, index = x.__dlpack_device__()
+    return int(kind), int(index)
+
+
+def current_stream(x: Any) -> int:
+    """The caller's current CUDA stream for x's framework (0 = legacy default)."""
+    fw = _framework(x)
+    if fw == "torch":
+        import torch
+
+        return int(torch.cuda.current_stream(x.device).cuda_stream)
+    if fw == "cupy":
+        import cupy
+
+        return int(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
+    """A DLPack capsule for x (versioned when the producer supports it, so read-only numpy works)."""
+    kind, _ = device_of(x)
+    kwargs = {}
+    if kind in (_CUDA, _CUDA_MANAGED):
+        # DLPack: 1 names the legacy default stream; 0 is not allowed.
+        kwargs["stream"] = stream if stream != 0 else 1
+    try:
+        return x.__dlpack__(max_version=(1, 0), **kwargs)
+    except TypeError:
+        return x.__dlpack__(**kwargs)
+    except BufferError:
+        if writable:
+            raise
+        # Old numpy refuses read-only arrays; a copy is the only way in.
+        if isinstance(x, np.ndarray):
+            return np.array(x).__dlpack__()
+        raise
+
+
+def empty_like_framework(x: Any, shape: Sequence[int], dtype_of: Any = None) -> Any:
+    """An uninitialised array of `shape` in x's framework, dtype and device."""
+    fw = _framework(x)
+    src = x if dtype_of is None else dtype_of
+    if fw == "torch":
+        import torch
+
+        return torch.empty(tuple(shape), dtype=src.dtype, device=x.device)
+    if fw == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(x.device.id):
+            return cupy.empty(tuple(shape), dtype=src.dtype)
+    kind, _ = device_of(x)
+    if kind not in (_CPU, _CUDA_HOST):
+        raise TypeError(
+            f"cannot allocate results for a {type(x).__module__}.{type(x).__name__} on a GPU; "
+            "pass a torch or cupy array"
+        )
+    dtype = src.dtype if fw == "numpy" else np.from_dlpack(src).dtype
+    return np.empty(tuple(shape), dtype=dtype)
+
+
+def framework_name(x: Any) -> str:
+    return _framework(x)
+
+
+def loaded(module: str) -> bool:
+    return module in sys.modules

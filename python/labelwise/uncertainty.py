@@ -1,0 +1,92 @@
+"""Uncertainty metrics for active learning, fused in one pass, on CPU and CUDA.
+
+Shape contract (every function)
+    x : array, shape ``[N, K, C, *spatial]`` by default — N items, K MC-dropout / ensemble
+        samples, C classes, optional spatial axes (2D / 3D segmentation). float32 or float64
+        (numpy, torch or cupy; CPU or CUDA; any strides — nothing is copied).
+        ``sample_axis`` / ``class_axis`` name other layouts (e.g. BaaL's ``[N, C, ..., K]``
+        is ``sample_axis=-1, class_axis=1``); ``sample_axis=None`` means one prediction per
+        item (K = 1), for which the sample-based metrics raise ``ValueError``.
+    input : ``"probs"`` (each sample's class vector sums to 1 within 1e-3 for float32, 1e-6 for
+        float64), ``"log_probs"`` or ``"logits"`` (softmax applied inside).
+    returns : array of x's shape without the sample and class axes (``[N]``, ``[N, H, W]``,
+        ``[N, D, H, W]``), same framework, dtype and device as x. Higher = more worth
+        labelling; entropies in nats.
+
+Errors: ``ValueError`` for NaN/Inf, negative or unnormalised probabilities, wrong rank or
+axes, too few samples or classes, empty input; ``TypeError`` for non-float dtypes or
+unsupported devices; ``RuntimeError`` for CUDA input to a CPU-only build.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional
+
+from . import _arrays, _core
+
+METRICS = tuple(_core.METRICS)
+
+__all__ = ["METRICS", "score"] + list(METRICS)
+
+
+def score(
+    x: Any,
+    metrics: Iterable[str] = METRICS,
+    *,
+    input: str = "probs",
+    sample_axis: Optional[int] = 1,
+    class_axis: int = 2,
+) -> Dict[str, Any]:
+    """Computes several metrics in one fused pass; returns ``{name: array}``.
+
+    ``metrics`` is any subset of :data:`METRICS` (default: all ten). With
+    ``sample_axis=None`` the default set drops the metrics that need samples.
+    """
+    x = _arrays.as_array(x, "x")
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    names = list(metrics)
+    if sample_axis is None and names == list(METRICS):
+        names = [m for m in METRICS if not _core.metric_needs_samples(m)]
+    kind, _ = _arrays.device_of(x)
+    stream = _arrays.current_stream(x) if kind in (2, 13) else 0
+    xcap = _arrays.capsule(x, stream=stream)
+    shape = _core.score_shape(xcap, input, sample_axis, class_axis)
+    outs = {m: _arrays.empty_like_framework(x, shape) for m in names}
+    _core.score(
+        xcap,
+        [(m, _arrays.capsule(o, stream=stream, writable=True)) for m, o in outs.items()],
+        input,
+        sample_axis,
+        class_axis,
+        stream,
+    )
+    return outs
+
+
+def _single(name: str, doc: str):
+    def fn(x: Any, *, input: str = "probs", sample_axis: Optional[int] = 1, class_axis: int = 2) -> Any:
+        return score(x, (name,), input=input, sample_axis=sample_axis, class_axis=class_axis)[name]
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc + "\n\nShape contract: see the module docstring (x ``[N, K, C, *spatial]`` -> ``[N, *spatial]``)."
+    return fn
+
+
+predictive_entropy = _single("predictive_entropy", "Entropy of the mean prediction, H[p̄] = -Σ_c p̄_c ln p̄_c.")
+expected_entropy = _single("expected_entropy", "Mean entropy of the samples, (1/K) Σ_k H[p_k] (aleatoric). Needs K >= 2.")
+bald = _single("bald", "BALD mutual information H[p̄] - (1/K) Σ_k H[p_k], clamped at 0. Needs K >= 2.")
+least_confidence = _single("least_confidence", "1 - max_c p̄_c.")
+margin = _single("margin", "1 - (p̄_(1) - p̄_(2)): a small gap between the top two classes scores high.")
+ratio = _single("ratio", "p̄_(2) / p̄_(1), the ratio of the second to the first class probability.")
+variation_ratio = _single(
+    "variation_ratio", "Gal's variation ratio 1 - f_mode / K (f_mode: samples voting the modal class). Needs K >= 2."
+)
+max_mean_variation_ratio = _single(
+    "max_mean_variation_ratio", "Variation ratio of the mean prediction, 1 - max_c p̄_c (equals least_confidence)."
+)
+mean_std = _single("mean_std", "Mean over classes of the sample standard deviation (ddof=1) of p_kc. Needs K >= 2.")
+balentacq = _single(
+    "balentacq",
+    "BalEntAcq (Woo, ICLR 2023), computed as the reference implementation does; see docs/metrics.md. Needs K >= 2.",
+)

@@ -1,0 +1,99 @@
+// CUDA backend of the uncertainty metrics: one thread per item, the shared body.
+#include <algorithm>
+
+#include "../uncertainty_backend.hpp"
+#include "cuda_check.hpp"
+#include "labelwise/core/parallel.hpp"
+
+namespace labelwise {
+bool built_with_cuda() { return true; }
+
+namespace detail {
+namespace {
+
+struct OutSpec {
+  void* out[kNumMetrics];
+  int is_f32[kNumMetrics];
+  std::int64_t stride[kNumMetrics][kMaxDims];
+};
+
+template <typename T>
+__global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_t sk, std::int64_t sc, int K, int C,
+                             int input_kind, unsigned mask, double tol, OutSpec outs, double* scratch,
+                             int* votes_scratch, unsigned long long* failure) {
+  const std::int64_t tid = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  const std::int64_t nthreads = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  double* buf = scratch + tid * 4 * static_cast<std::int64_t>(C);
+  ItemScratch s{buf, buf + C, buf + 2 * C, buf + 3 * C, votes_scratch + tid * static_cast<std::int64_t>(C)};
+  double res[kNumMetrics];
+  for (std::int64_t i = tid; i < grid.count; i += nthreads) {
+    const std::int64_t off = item_offset(grid, grid.in_stride, i);
+    const int st = score_item<T>(x + off, sk, sc, K, C, input_kind, mask, tol, s, res);
+    if (st != kItemOk) {
+      atomicMin(failure, (static_cast<unsigned long long>(i) << 3) | static_cast<unsigned long long>(st));
+      continue;
+    }
+#pragma unroll
+    for (int m = 0; m < kNumMetrics; ++m) {
+      if (!(mask & (1u << m))) continue;
+      const std::int64_t o = item_offset(grid, outs.stride[m], i);
+      if (outs.is_f32[m])
+        static_cast<float*>(outs.out[m])[o] = static_cast<float>(res[m]);
+      else
+        static_cast<double*>(outs.out[m])[o] = res[m];
+    }
+  }
+}
+
+}  // namespace
+
+ScoreFailure score_cuda(const ScoreJob& job) {
+  CudaDeviceGuard guard(job.device_index);
+  cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
+  int sms = 0;
+  LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, job.device_index));
+  constexpr int kBlock = 128;
+  const std::int64_t want_blocks = (job.grid.count + kBlock - 1) / kBlock;
+  const int blocks = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(want_blocks, sms * 16LL)));
+  const std::int64_t threads = static_cast<std::int64_t>(blocks) * kBlock;
+
+  OutSpec outs{};
+  for (int m = 0; m < kNumMetrics; ++m) {
+    outs.out[m] = job.out[m];
+    outs.is_f32[m] = job.out_dtype[m] == DType::Float32;
+    for (int d = 0; d < kMaxDims; ++d) outs.stride[m][d] = job.out_stride[m][d];
+  }
+  const std::size_t scratch_bytes = static_cast<std::size_t>(threads) * job.C * (4 * sizeof(double) + sizeof(int));
+  void* workspace = nullptr;
+  LABELWISE_CUDA_CHECK(cudaMallocAsync(&workspace, scratch_bytes + 16, stream));
+  auto* failure = static_cast<unsigned long long*>(workspace);
+  auto* scratch = reinterpret_cast<double*>(static_cast<char*>(workspace) + 16);
+  auto* votes = reinterpret_cast<int*>(scratch + threads * 4 * job.C);
+  ScoreFailure result;
+  cudaError_t launch = cudaSuccess;
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(unsigned long long), stream));
+  if (job.dtype == DType::Float32)
+    score_kernel<float><<<blocks, kBlock, 0, stream>>>(static_cast<const float*>(job.x), job.grid, job.sample_stride,
+                                                       job.class_stride, job.K, job.C, job.input_kind, job.mask,
+                                                       job.tol, outs, scratch, votes, failure);
+  else
+    score_kernel<double><<<blocks, kBlock, 0, stream>>>(static_cast<const double*>(job.x), job.grid, job.sample_stride,
+                                                        job.class_stride, job.K, job.C, job.input_kind, job.mask,
+                                                        job.tol, outs, scratch, votes, failure);
+  launch = cudaGetLastError();
+  unsigned long long host_failure = ~0ULL;
+  const cudaError_t copy = cudaMemcpyAsync(&host_failure, failure, sizeof(host_failure), cudaMemcpyDeviceToHost, stream);
+  const cudaError_t sync = cudaStreamSynchronize(stream);
+  cudaFreeAsync(workspace, stream);
+  LABELWISE_CUDA_CHECK(launch);
+  LABELWISE_CUDA_CHECK(copy);
+  LABELWISE_CUDA_CHECK(sync);
+  if (host_failure != ~0ULL) {
+    result.status = static_cast<int>(host_failure & 7ULL);
+    result.item = static_cast<std::int64_t>(host_failure >> 3);
+  }
+  return result;
+}
+
+}  // namespace detail
+}  // namespace labelwise

@@ -1,0 +1,12 @@
+// Linked into CPU-only builds: CUDA work gets a clear error, never a link error.
+#include "labelwise/core/parallel.hpp"
+#include "uncertainty_backend.hpp"
+
+namespace labelwise {
+bool built_with_cuda() { return false; }
+namespace detail {
+ScoreFailure score_cuda(const ScoreJob&) {
+  throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
+}
+}  // namespace detail
+}  // namespace labelwise

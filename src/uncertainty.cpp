@@ -1,0 +1,193 @@
+// Front door of the uncertainty metrics: validate, build the job, dispatch on device.
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "labelwise/uncertainty/metrics.hpp"
+#include "uncertainty_backend.hpp"
+
+namespace labelwise {
+
+namespace {
+
+constexpr const char* kNames[kNumMetrics] = {
+    "predictive_entropy", "expected_entropy", "bald",     "least_confidence", "margin",
+    "ratio",              "variation_ratio",  "max_mean_variation_ratio", "mean_std", "balentacq"};
+
+int normalise_axis(int axis, int ndim, const char* what) {
+  check(axis >= -ndim && axis < ndim, ErrorKind::Value, what, ": axis ", axis, " is out of range for an input of rank ",
+        ndim);
+  return axis < 0 ? axis + ndim : axis;
+}
+
+struct Layout {
+  int sample_axis = -1;  // -1: none
+  int class_axis = 0;
+  int K = 1;
+  int C = 0;
+  detail::ItemGrid grid;
+  std::vector<std::int64_t> out_shape;
+};
+
+Layout describe(const TensorView& x, const ScoreOptions& opt) {
+  check(x.dtype == DType::Float32 || x.dtype == DType::Float64, ErrorKind::Type, "x: expected dtype float32 or float64, got ",
+        dtype_name(x.dtype));
+  const int min_rank = opt.sample_axis ? 2 : 1;
+  check(x.ndim >= min_rank, ErrorKind::Value, "x: expected rank >= ", min_rank, " (",
+        opt.sample_axis ? "samples and classes" : "classes", "), got shape ", x.shape_str());
+  Layout L;
+  L.class_axis = normalise_axis(opt.class_axis, x.ndim, "class_axis");
+  if (opt.sample_axis) {
+    L.sample_axis = normalise_axis(*opt.sample_axis, x.ndim, "sample_axis");
+    check(L.sample_axis != L.class_axis, ErrorKind::Value, "sample_axis and class_axis both name axis ", L.class_axis,
+          " of x (shape ", x.shape_str(), ")");
+  }
+  // Overflow-safe element count.
+  std::int64_t total = 1;
+  for (int d = 0; d < x.ndim; ++d) {
+    check(x.shape[d] == 0 || total <= std::numeric_limits<std::int64_t>::max() / x.shape[d], ErrorKind::Value,
+          "x: shape ", x.shape_str(), " has more elements than fit in int64");
+    total *= x.shape[d];
+  }
+  check(total > 0, ErrorKind::Value, "x: input is empty (shape ", x.shape_str(), ")");
+  check(x.data != nullptr, ErrorKind::Value, "x: data pointer is null");
+  const std::int64_t C = x.shape[L.class_axis];
+  const std::int64_t K = L.sample_axis >= 0 ? x.shape[L.sample_axis] : 1;
+  check(C >= 2, ErrorKind::Value, "x: the class axis (axis ", L.class_axis, ") has ", C,
+        " entry; at least 2 classes are needed (shape ", x.shape_str(), ")");
+  check(C <= std::numeric_limits<int>::max() && K <= std::numeric_limits<int>::max(), ErrorKind::Value,
+        "x: sample or class axis longer than 2^31-1 (shape ", x.shape_str(), ")");
+  L.C = static_cast<int>(C);
+  L.K = static_cast<int>(K);
+  L.grid.count = 1;
+  for (int d = 0; d < x.ndim; ++d) {
+    if (d == L.class_axis || d == L.sample_axis) continue;
+    L.grid.shape[L.grid.ndim] = x.shape[d];
+    L.grid.in_stride[L.grid.ndim] = x.strides[d];
+    ++L.grid.ndim;
+    L.grid.count *= x.shape[d];
+    L.out_shape.push_back(x.shape[d]);
+  }
+  return L;
+}
+
+std::string item_index_str(const detail::ItemGrid& g, std::int64_t i) {
+  std::string s;
+  for (int d = g.ndim - 1; d >= 0; --d) {
+    s = std::to_string(i % g.shape[d]) + (s.empty() ? "" : ", ") + s;
+    i /= g.shape[d];
+  }
+  return "[" + s + "]";
+}
+
+}  // namespace
+
+const char* metric_name(Metric m) {
+  const int i = static_cast<int>(m);
+  check(i >= 0 && i < kNumMetrics, ErrorKind::Value, "metric: unknown metric id ", i);
+  return kNames[i];
+}
+
+Metric metric_from_name(const std::string& name) {
+  std::string all;
+  for (int i = 0; i < kNumMetrics; ++i) {
+    if (name == kNames[i]) return static_cast<Metric>(i);
+    all += (i ? ", " : "") + std::string(kNames[i]);
+  }
+  throw Error(ErrorKind::Value, "metrics: unknown metric '" + name + "'; expected one of: " + all);
+}
+
+bool metric_needs_samples(Metric m) {
+  switch (m) {
+    case Metric::ExpectedEntropy:
+    case Metric::Bald:
+    case Metric::VariationRatio:
+    case Metric::MeanStd:
+    case Metric::BalEntAcq: return true;
+    default: return false;
+  }
+}
+
+double normalization_tolerance(DType dtype) { return dtype == DType::Float64 ? 1e-6 : 1e-3; }
+
+std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& options) {
+  return describe(x, options).out_shape;
+}
+
+void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options) {
+  const Layout L = describe(x, options);
+  check(!outputs.empty(), ErrorKind::Value, "metrics: no metric requested");
+  detail::ScoreJob job;
+  job.x = x.data;
+  job.dtype = x.dtype;
+  job.grid = L.grid;
+  job.sample_stride = L.sample_axis >= 0 ? x.strides[L.sample_axis] : 0;
+  job.class_stride = x.strides[L.class_axis];
+  job.K = L.K;
+  job.C = L.C;
+  job.input_kind = static_cast<int>(options.input);
+  check(job.input_kind >= 0 && job.input_kind <= 2, ErrorKind::Value, "input: unknown input kind ", job.input_kind);
+  job.tol = normalization_tolerance(x.dtype);
+  job.device_index = x.device.index;
+  job.stream = options.stream;
+  for (const MetricOutput& mo : outputs) {
+    const int m = static_cast<int>(mo.metric);
+    const char* name = metric_name(mo.metric);
+    check(!(job.mask & (1u << m)), ErrorKind::Value, "metrics: '", name, "' is requested twice");
+    if (metric_needs_samples(mo.metric)) {
+      check(L.sample_axis >= 0, ErrorKind::Value, name,
+            ": needs MC / ensemble samples, but the input has no sample axis (pass sample_axis)");
+      check(L.K >= 2, ErrorKind::Value, name, ": needs at least 2 samples, but the sample axis (axis ", L.sample_axis,
+            ") has K = ", L.K, " (shape ", x.shape_str(), ")");
+    }
+    const TensorView& o = mo.out;
+    check(o.device == x.device, ErrorKind::Value, name, ": output is on ", o.device.str(), " but x is on ",
+          x.device.str());
+    check(o.dtype == DType::Float32 || o.dtype == DType::Float64, ErrorKind::Type, name,
+          ": output dtype must be float32 or float64, got ", dtype_name(o.dtype));
+    check(o.sizes() == L.out_shape, ErrorKind::Value, name, ": output has shape ", o.shape_str(), ", expected ",
+          TensorView(nullptr, DType::Float32, L.out_shape).shape_str());
+    check(o.data != nullptr, ErrorKind::Value, name, ": output data pointer is null");
+    job.mask |= 1u << m;
+    job.out[m] = o.data;
+    job.out_dtype[m] = o.dtype;
+    for (int d = 0; d < o.ndim; ++d) job.out_stride[m][d] = o.strides[d];
+  }
+  const detail::ScoreFailure f = x.device.is_cpu() ? detail::score_cpu(job) : detail::score_cuda(job);
+  if (f.status == 0) return;
+  const std::string where = "item " + item_index_str(L.grid, f.item) + " of x";
+  const char* kind = options.input == InputKind::Probabilities      ? "probabilities"
+                     : options.input == InputKind::LogProbabilities ? "log-probabilities"
+                                                                    : "logits";
+  switch (f.status) {
+    case detail::kItemNonFinite:
+      throw Error(ErrorKind::Value, "x: " + where + " contains NaN or Inf (input=" + kind + ")");
+    case detail::kItemNegative:
+      throw Error(ErrorKind::Value, "x: " + where + " contains a negative probability");
+    case detail::kItemUnnormalised:
+      throw Error(ErrorKind::Value, "x: " + where + " has " + kind +
+                                        " that do not sum to 1 over the class axis (tolerance " +
+                                        std::to_string(job.tol) + "); pass input=\"logits\" for unnormalised scores");
+    case detail::kItemAllMasked:
+      throw Error(ErrorKind::Value, "x: " + where + " has a sample whose logits are all -inf");
+    default: throw Error(ErrorKind::Runtime, "x: " + where + " failed with status " + std::to_string(f.status));
+  }
+}
+
+#define LABELWISE_ONE_METRIC(fn, M)                                                    \
+  void fn(const TensorView& x, const TensorView& out, const ScoreOptions& options) { \
+    score(x, {MetricOutput{Metric::M, out}}, options);                                \
+  }
+LABELWISE_ONE_METRIC(predictive_entropy, PredictiveEntropy)
+LABELWISE_ONE_METRIC(expected_entropy, ExpectedEntropy)
+LABELWISE_ONE_METRIC(bald, Bald)
+LABELWISE_ONE_METRIC(least_confidence, LeastConfidence)
+LABELWISE_ONE_METRIC(margin, Margin)
+LABELWISE_ONE_METRIC(ratio, Ratio)
+LABELWISE_ONE_METRIC(variation_ratio, VariationRatio)
+LABELWISE_ONE_METRIC(max_mean_variation_ratio, MaxMeanVariationRatio)
+LABELWISE_ONE_METRIC(mean_std, MeanStd)
+LABELWISE_ONE_METRIC(balentacq, BalEntAcq)
+#undef LABELWISE_ONE_METRIC
+
+}  // namespace labelwise

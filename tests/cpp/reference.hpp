@@ -1,0 +1,89 @@
+// Naive float64 references written from the metric definitions (docs/metrics.md), used only by tests.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "labelwise/detail/special_functions.hpp"
+
+namespace ref {
+
+/// probs[k][c] of one item → the ten metrics in labelwise::Metric order.
+inline std::array<double, 10> metrics(const std::vector<std::vector<double>>& p) {
+  const int K = static_cast<int>(p.size()), C = static_cast<int>(p[0].size());
+  std::vector<double> mean(C, 0.0);
+  for (int k = 0; k < K; ++k)
+    for (int c = 0; c < C; ++c) mean[c] += p[k][c] / K;
+  auto entropy = [](const std::vector<double>& q) {
+    double h = 0;
+    for (double v : q)
+      if (v > 0) h -= v * std::log(v);
+    return h;
+  };
+  const double H = entropy(mean);
+  double EH = 0;
+  for (int k = 0; k < K; ++k) EH += entropy(p[k]) / K;
+  std::vector<double> sorted = mean;
+  std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+  std::vector<int> votes(C, 0);
+  for (int k = 0; k < K; ++k) votes[std::max_element(p[k].begin(), p[k].end()) - p[k].begin()]++;
+  const int mode = *std::max_element(votes.begin(), votes.end());
+  std::array<double, 10> r{};
+  r[0] = H;
+  r[1] = EH;
+  r[2] = std::max(H - EH, 0.0);
+  r[3] = 1 - sorted[0];
+  r[4] = 1 - (sorted[0] - sorted[1]);
+  r[5] = sorted[1] / sorted[0];
+  r[6] = 1 - double(mode) / K;
+  r[7] = 1 - sorted[0];
+  if (K >= 2) {
+    double std_sum = 0, terms = 0;
+    for (int c = 0; c < C; ++c) {
+      double var = 0;
+      for (int k = 0; k < K; ++k) var += (p[k][c] - mean[c]) * (p[k][c] - mean[c]);
+      var /= (K - 1);
+      std_sum += std::sqrt(var);
+      // BalEntAcq class term, straight from the reference formula.
+      const double mu = std::max(mean[c], 1e-9), v = std::max(var, 1e-9);
+      const double a = mu * mu * (1 - mu) / v - mu, b = (1 / mu - 1) * a;
+      const double lnB = std::lgamma(a + 1) + std::lgamma(b) - std::lgamma(a + b + 1);
+      const double lnB_ref = std::log(std::exp(lnB) + 1e-32);
+      using labelwise::detail::digamma;
+      const double h = lnB_ref - a * digamma(a + 1) - (b - 1) * digamma(b) + (a + b - 1) * digamma(a + b + 1);
+      double t = mu * h;
+      if (!std::isfinite(t)) t = 0;
+      terms += std::min(t, 0.0);
+    }
+    r[8] = std_sum / C;
+    double s = (H + std::log(2.0)) / (terms + 2 * H);
+    if (s < 0) s = 1 / s;
+    r[9] = s;
+  }
+  return r;
+}
+
+/// Random probability vectors of several characters: spread, near one-hot, uniform, tiny entries.
+inline std::vector<double> random_probs(std::mt19937_64& rng, int C, int character) {
+  std::vector<double> q(C);
+  std::gamma_distribution<double> g(character == 0 ? 1.0 : 0.3);
+  std::uniform_int_distribution<int> pick(0, C - 1);
+  double s = 0;
+  for (int c = 0; c < C; ++c) {
+    switch (character) {
+      case 1: q[c] = 1e-4 * g(rng); break;  // near one-hot
+      case 2: q[c] = 1.0; break;            // uniform
+      case 3: q[c] = 1e-30 * (1 + g(rng)); break;  // tiny probabilities
+      default: q[c] = g(rng) + 1e-12; break;
+    }
+  }
+  if (character == 1 || character == 3) q[pick(rng)] = 1.0;
+  for (double v : q) s += v;
+  for (double& v : q) v /= s;
+  return q;
+}
+
+}  // namespace ref

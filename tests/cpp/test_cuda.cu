@@ -1,0 +1,86 @@
+// CPU == CUDA for the uncertainty metrics. Tagged [cuda]: CPU-only CI excludes it
+// (catch_discover_tests TEST_SPEC "~[cuda]"); bench/gpu_check.sh runs it on a GPU machine.
+#include <catch2/catch.hpp>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "labelwise/uncertainty/metrics.hpp"
+
+using namespace labelwise;
+
+namespace {
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  explicit DeviceBuffer(std::size_t n) { REQUIRE(cudaMalloc(&ptr, n * sizeof(T)) == cudaSuccess); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+};
+
+template <typename T>
+void compare_layout(int N, int K, int C, InputKind kind, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::gamma_distribution<double> g(0.5);
+  std::normal_distribution<double> n01(0, 2);
+  std::vector<T> host(static_cast<std::size_t>(N) * K * C);
+  for (std::size_t r = 0; r < host.size() / C; ++r) {
+    double z = 0;
+    std::vector<double> q(C);
+    for (int c = 0; c < C; ++c) z += (q[c] = g(rng) + 1e-9);
+    for (int c = 0; c < C; ++c) {
+      const double p = q[c] / z;
+      host[r * C + c] = static_cast<T>(kind == InputKind::Probabilities ? p
+                                       : kind == InputKind::LogProbabilities ? std::log(p)
+                                                                             : std::log(p) + n01(rng));
+    }
+  }
+  DeviceBuffer<T> dx(host.size());
+  REQUIRE(cudaMemcpy(dx.ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  DeviceBuffer<double> dout(static_cast<std::size_t>(kNumMetrics) * N);
+  std::vector<double> cpu(static_cast<std::size_t>(kNumMetrics) * N), gpu(cpu.size());
+  std::vector<MetricOutput> oc, og;
+  for (int m = 0; m < kNumMetrics; ++m) {
+    oc.push_back({static_cast<Metric>(m), TensorView::of(cpu.data() + m * N, {N})});
+    og.push_back({static_cast<Metric>(m),
+                  TensorView(dout.ptr + m * N, DType::Float64, {N}, Device::cuda(0))});
+  }
+  ScoreOptions opt;
+  opt.input = kind;
+  score(TensorView::of(host.data(), {N, K, C}), oc, opt);
+  score(TensorView(dx.ptr, dtype_of<T>::value, {N, K, C}, Device::cuda(0)), og, opt);
+  REQUIRE(cudaMemcpy(gpu.data(), dout.ptr, gpu.size() * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess);
+  const double tol = std::is_same<T, float>::value ? 1e-4 : 1e-10;
+  for (int m = 0; m < kNumMetrics; ++m)
+    for (int i = 0; i < N; ++i) {
+      INFO(metric_name(static_cast<Metric>(m)) << " item " << i << " cpu " << cpu[m * N + i] << " gpu "
+                                               << gpu[m * N + i]);
+      CHECK(std::fabs(cpu[m * N + i] - gpu[m * N + i]) <= tol * (1 + std::fabs(cpu[m * N + i])));
+    }
+}
+}  // namespace
+
+TEST_CASE("CUDA equals CPU for all metrics and input kinds", "[cuda]") {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE(devices > 0);
+  std::random_device rd;
+  const std::uint64_t seed = rd();
+  INFO("seed " << seed);
+  for (int kind = 0; kind < 3; ++kind) {
+    compare_layout<float>(3000, 20, 10, static_cast<InputKind>(kind), seed + kind);
+    compare_layout<double>(500, 8, 14, static_cast<InputKind>(kind), seed + 10 + kind);
+  }
+}
+
+TEST_CASE("CUDA reports the first bad item", "[cuda]") {
+  std::vector<float> host(100 * 2 * 2, 0.5f);
+  host[57 * 4 + 1] = NAN;
+  host[90 * 4 + 2] = NAN;
+  DeviceBuffer<float> dx(host.size()), dout(100);
+  REQUIRE(cudaMemcpy(dx.ptr, host.data(), host.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK_THROWS_WITH(bald(TensorView(dx.ptr, DType::Float32, {100, 2, 2}, Device::cuda(0)),
+                         TensorView(dout.ptr, DType::Float32, {100}, Device::cuda(0))),
+                    Catch::Contains("item [57]"));
+}

@@ -1,0 +1,321 @@
+// Uncertainty metrics against naive float64 references on fresh random inputs.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "labelwise/core/parallel.hpp"
+#include "labelwise/uncertainty/metrics.hpp"
+#include "reference.hpp"
+
+using namespace labelwise;
+
+namespace {
+
+std::uint64_t fresh_seed() {
+  static std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+struct Pool {
+  int N, K, C;
+  std::vector<std::vector<std::vector<double>>> p;  // [N][K][C]
+};
+
+Pool make_pool(std::mt19937_64& rng, int N, int K, int C) {
+  Pool P{N, K, C, {}};
+  std::uniform_int_distribution<int> character(0, 3);
+  for (int i = 0; i < N; ++i) {
+    const int ch = character(rng);
+    std::vector<std::vector<double>> item;
+    for (int k = 0; k < K; ++k) item.push_back(ref::random_probs(rng, C, ch));
+    P.p.push_back(item);
+  }
+  return P;
+}
+
+std::vector<MetricOutput> all_outputs(std::vector<std::vector<double>>& storage, std::int64_t N, bool samples) {
+  std::vector<MetricOutput> outs;
+  storage.assign(kNumMetrics, std::vector<double>(N, -12345.0));
+  for (int m = 0; m < kNumMetrics; ++m) {
+    if (!samples && metric_needs_samples(static_cast<Metric>(m))) continue;
+    outs.push_back({static_cast<Metric>(m), TensorView::of(storage[m].data(), {N})});
+  }
+  return outs;
+}
+
+// Relative-or-absolute closeness with a per-dtype tolerance.
+bool close(double a, double b, double tol) {
+  if (std::isinf(a) || std::isinf(b)) return a == b;
+  return std::fabs(a - b) <= tol * (1.0 + std::fabs(b));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("all metrics match the float64 reference for every input kind", "[uncertainty]", float, double) {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int N = 300, K = 7, C = 5;
+  Pool P = make_pool(rng, N, K, C);
+  const double tol = std::is_same<TestType, float>::value ? 2e-4 : 1e-9;
+  for (int kind = 0; kind < 3; ++kind) {
+    INFO("input kind " << kind);
+    std::vector<TestType> x(static_cast<std::size_t>(N) * K * C);
+    std::normal_distribution<double> shift(0.0, 3.0);
+    for (int i = 0; i < N; ++i)
+      for (int k = 0; k < K; ++k) {
+        const double offset = shift(rng);  // logits are only defined up to a constant
+        for (int c = 0; c < C; ++c) {
+          const double p = P.p[i][k][c];
+          double v = p;
+          if (kind == 1) v = std::log(p);
+          if (kind == 2) v = std::log(p) + offset;
+          x[(static_cast<std::size_t>(i) * K + k) * C + c] = static_cast<TestType>(v);
+        }
+      }
+    std::vector<std::vector<double>> store;
+    auto outs = all_outputs(store, N, true);
+    ScoreOptions opt;
+    opt.input = static_cast<InputKind>(kind);
+    score(TensorView::of(x.data(), {N, K, C}), outs, opt);
+    for (int i = 0; i < N; ++i) {
+      // The reference sees exactly the probabilities the kernel sees (after the cast).
+      std::vector<std::vector<double>> item(K, std::vector<double>(C));
+      for (int k = 0; k < K; ++k) {
+        double z = 0;
+        for (int c = 0; c < C; ++c) {
+          const double v = x[(static_cast<std::size_t>(i) * K + k) * C + c];
+          item[k][c] = kind == 0 ? v : std::exp(v);
+          z += item[k][c];
+        }
+        if (kind == 2)
+          for (int c = 0; c < C; ++c) item[k][c] /= z;
+      }
+      const auto r = ref::metrics(item);
+      for (int m = 0; m < kNumMetrics; ++m) {
+        INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i]
+                     << " want " << r[m]);
+        // BalEntAcq divides by a difference of entropies and is the least stable metric in float32.
+        const double t = (m == 9 && std::is_same<TestType, float>::value) ? 2e-3 : tol;
+        CHECK(close(store[m][i], r[m], t));
+      }
+    }
+  }
+}
+
+TEST_CASE("strided and permuted layouts equal the contiguous one", "[uncertainty]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int N = 64, K = 5, C = 4;
+  Pool P = make_pool(rng, N, K, C);
+  std::vector<double> nkc(N * K * C), kcn(N * K * C), ncpk(N * C * K * 2);
+  for (int i = 0; i < N; ++i)
+    for (int k = 0; k < K; ++k)
+      for (int c = 0; c < C; ++c) {
+        const double v = P.p[i][k][c];
+        nkc[(i * K + k) * C + c] = v;
+        kcn[(k * C + c) * N + i] = v;
+        ncpk[((i * C + c) * K + k) * 2] = v;  // [N, C, K] with a stride-2 sample axis (BaaL-like layout)
+      }
+  std::vector<std::vector<double>> a, b, c2;
+  auto oa = all_outputs(a, N, true), ob = all_outputs(b, N, true), oc = all_outputs(c2, N, true);
+  score(TensorView::of(nkc.data(), {N, K, C}), oa);
+  ScoreOptions o1;
+  o1.sample_axis = 0;
+  o1.class_axis = 1;
+  score(TensorView::of(kcn.data(), {K, C, N}), ob, o1);
+  ScoreOptions o2;
+  o2.sample_axis = -1;
+  o2.class_axis = 1;
+  score(TensorView::of(ncpk.data(), {N, C, K}, {C * K * 2, K * 2, 2}), oc, o2);
+  for (int m = 0; m < kNumMetrics; ++m)
+    for (int i = 0; i < N; ++i) {
+      CHECK(a[m][i] == b[m][i]);
+      CHECK(a[m][i] == c2[m][i]);
+    }
+
+  // A strided output (every third element) gets the same numbers.
+  std::vector<double> wide(3 * N, -1.0);
+  bald(TensorView::of(nkc.data(), {N, K, C}), TensorView::of(wide.data(), {N}, {3}));
+  for (int i = 0; i < N; ++i) CHECK(wide[3 * i] == a[2][i]);
+}
+
+TEST_CASE("segmentation maps equal per-pixel classification", "[uncertainty]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int B = 2, K = 4, C = 3, D = 3, H = 5, W = 6;
+  const int V = D * H * W;
+  Pool P = make_pool(rng, B * V, K, C);
+  std::vector<float> vol(static_cast<std::size_t>(B) * K * C * V), flat(static_cast<std::size_t>(B) * V * K * C);
+  for (int b = 0; b < B; ++b)
+    for (int v = 0; v < V; ++v)
+      for (int k = 0; k < K; ++k)
+        for (int c = 0; c < C; ++c) {
+          const float p = static_cast<float>(P.p[b * V + v][k][c]);
+          vol[((static_cast<std::size_t>(b) * K + k) * C + c) * V + v] = p;
+          flat[((static_cast<std::size_t>(b) * V + v) * K + k) * C + c] = p;
+        }
+  for (int m = 0; m < kNumMetrics; ++m) {
+    std::vector<float> map(B * V), per_pixel(B * V);
+    const Metric metric = static_cast<Metric>(m);
+    score(TensorView::of(vol.data(), {B, K, C, D, H, W}), {{metric, TensorView::of(map.data(), {B, D, H, W})}});
+    score(TensorView::of(flat.data(), {B * V, K, C}), {{metric, TensorView::of(per_pixel.data(), {B * V})}});
+    for (int i = 0; i < B * V; ++i) CHECK(map[i] == per_pixel[i]);
+  }
+}
+
+TEST_CASE("single predictions (no sample axis)", "[uncertainty]") {
+  std::vector<double> x = {0.7, 0.2, 0.1, 0.5, 0.5, 0.0};
+  std::vector<double> pe(2), mg(2), lc(2), ra(2);
+  ScoreOptions opt;
+  opt.sample_axis = std::nullopt;
+  opt.class_axis = 1;
+  score(TensorView::of(x.data(), {2, 3}),
+        {{Metric::PredictiveEntropy, TensorView::of(pe.data(), {2})},
+         {Metric::Margin, TensorView::of(mg.data(), {2})},
+         {Metric::LeastConfidence, TensorView::of(lc.data(), {2})},
+         {Metric::Ratio, TensorView::of(ra.data(), {2})}},
+        opt);
+  CHECK(pe[0] == Approx(-(0.7 * std::log(0.7) + 0.2 * std::log(0.2) + 0.1 * std::log(0.1))));
+  CHECK(pe[1] == Approx(std::log(2.0)));
+  CHECK(mg[0] == Approx(0.5));
+  CHECK(mg[1] == Approx(1.0));
+  CHECK(lc[0] == Approx(0.3));
+  CHECK(ra[1] == Approx(1.0));
+  std::vector<double> out(2);
+  CHECK_THROWS_WITH(bald(TensorView::of(x.data(), {2, 3}), TensorView::of(out.data(), {2}), opt),
+                    Catch::Contains("no sample axis"));
+}
+
+TEST_CASE("exact zeros and one-hot samples give the limit values, never NaN", "[uncertainty]") {
+  // K = 3 identical one-hot samples, and a mix with exact zeros.
+  std::vector<double> x = {1, 0, 0, 1, 0, 0, 1, 0, 0,   // certain
+                           0.5, 0.5, 0, 0, 1, 0, 1, 0, 0};
+  std::vector<std::vector<double>> store;
+  auto outs = all_outputs(store, 2, true);
+  score(TensorView::of(x.data(), {2, 3, 3}), outs);
+  for (int m = 0; m < kNumMetrics; ++m) {
+    INFO(metric_name(static_cast<Metric>(m)));
+    CHECK(!std::isnan(store[m][0]));
+    CHECK(std::isfinite(store[m][1]));
+  }
+  CHECK(store[0][0] == 0.0);  // predictive entropy of a certain item
+  CHECK(store[2][0] == 0.0);  // BALD
+  CHECK(store[6][0] == 0.0);  // variation ratio
+  // All-certain item: H = 0 and every Beta term is 0, so the reference's ratio is ln2 / 0 = +inf.
+  CHECK(std::isinf(store[9][0]));
+  CHECK(store[9][0] > 0);
+}
+
+TEST_CASE("results do not depend on the thread count", "[uncertainty]") {
+  const std::uint64_t seed = fresh_seed();
+  std::mt19937_64 rng(seed);
+  const int N = 5000, K = 4, C = 6;
+  std::vector<float> x;
+  for (int i = 0; i < N * K; ++i)
+    for (double v : ref::random_probs(rng, C, 0)) x.push_back(static_cast<float>(v));
+  std::vector<std::vector<double>> a, b;
+  auto oa = all_outputs(a, N, true), ob = all_outputs(b, N, true);
+  set_num_threads(1);
+  score(TensorView::of(x.data(), {N, K, C}), oa);
+  set_num_threads(7);
+  score(TensorView::of(x.data(), {N, K, C}), ob);
+  set_num_threads(0);
+  CHECK(a == b);
+}
+
+TEST_CASE("bad input gets a clear error naming the argument", "[uncertainty][errors]") {
+  std::vector<float> x(2 * 3 * 4, 0.25f);
+  std::vector<float> out(2);
+  const TensorView xv = TensorView::of(x.data(), {2, 3, 4});
+  const TensorView ov = TensorView::of(out.data(), {2});
+  SECTION("NaN") {
+    x[13] = NAN;
+    CHECK_THROWS_WITH(bald(xv, ov), Catch::Contains("item [1]") && Catch::Contains("NaN"));
+  }
+  SECTION("Inf") {
+    x[0] = INFINITY;
+    CHECK_THROWS_WITH(bald(xv, ov), Catch::Contains("item [0]") && Catch::Contains("Inf"));
+  }
+  SECTION("negative probability") {
+    x[5] = -0.25f;
+    x[6] = 0.75f;
+    CHECK_THROWS_WITH(bald(xv, ov), Catch::Contains("negative probability"));
+  }
+  SECTION("unnormalised probabilities") {
+    x[20] = 0.3f;
+    CHECK_THROWS_WITH(bald(xv, ov), Catch::Contains("do not sum to 1"));
+  }
+  SECTION("unnormalised log-probabilities") {
+    ScoreOptions o;
+    o.input = InputKind::LogProbabilities;
+    CHECK_THROWS_WITH(bald(xv, ov, o), Catch::Contains("log-probabilities that do not sum to 1"));
+  }
+  SECTION("logits all -inf") {
+    ScoreOptions o;
+    o.input = InputKind::Logits;
+    for (int c = 0; c < 4; ++c) x[4 + c] = -INFINITY;
+    CHECK_THROWS_WITH(bald(xv, ov, o), Catch::Contains("all -inf"));
+  }
+  SECTION("wrong rank") {
+    CHECK_THROWS_WITH(bald(TensorView::of(x.data(), {24}), ov), Catch::Contains("expected rank >= 2"));
+  }
+  SECTION("K < 2") {
+    CHECK_THROWS_WITH(bald(TensorView::of(x.data(), {6, 1, 4}), TensorView::of(out.data(), {6})),
+                      Catch::Contains("at least 2 samples"));
+  }
+  SECTION("C < 2") {
+    std::vector<float> ones(6, 1.0f);
+    CHECK_THROWS_WITH(predictive_entropy(TensorView::of(ones.data(), {2, 3, 1}), ov),
+                      Catch::Contains("at least 2 classes"));
+  }
+  SECTION("empty") {
+    CHECK_THROWS_WITH(bald(TensorView::of(x.data(), {0, 3, 4}), TensorView::of(out.data(), {0})),
+                      Catch::Contains("empty"));
+  }
+  SECTION("axes") {
+    ScoreOptions o;
+    o.sample_axis = 2;
+    o.class_axis = -1;
+    CHECK_THROWS_WITH(bald(xv, ov, o), Catch::Contains("both name axis 2"));
+    o.class_axis = 5;
+    CHECK_THROWS_WITH(bald(xv, ov, o), Catch::Contains("out of range"));
+  }
+  SECTION("output shape") {
+    CHECK_THROWS_WITH(bald(xv, TensorView::of(out.data(), {1})), Catch::Contains("expected [2]"));
+  }
+  SECTION("dtype") {
+    std::vector<std::int32_t> xi(24, 0);
+    try {
+      bald(TensorView::of(xi.data(), {2, 3, 4}), ov);
+      FAIL("no error");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::Type);
+      CHECK_THAT(e.what(), Catch::Contains("int32"));
+    }
+  }
+  SECTION("mismatched devices") {
+    TensorView cuda_out = ov;
+    cuda_out.device = Device::cuda(0);
+    CHECK_THROWS_WITH(bald(xv, cuda_out), Catch::Contains("output is on cuda:0 but x is on cpu"));
+  }
+  SECTION("duplicate metric") {
+    CHECK_THROWS_WITH(score(xv, {{Metric::Bald, ov}, {Metric::Bald, ov}}), Catch::Contains("requested twice"));
+  }
+  SECTION("sizes that overflow") {
+    const std::int64_t big = std::int64_t(1) << 40;
+    CHECK_THROWS_WITH(bald(TensorView::of(x.data(), {big, big, 4}), ov), Catch::Contains("int64"));
+  }
+  SECTION("unknown metric name") {
+    CHECK_THROWS_WITH(metric_from_name("entropy"), Catch::Contains("predictive_entropy"));
+  }
+  SECTION("CUDA input") {
+    TensorView xc = xv, oc = ov;
+    xc.device = oc.device = Device::cuda(0);
+    if (!built_with_cuda()) CHECK_THROWS_WITH(bald(xc, oc), Catch::Contains("built without CUDA"));
+  }
+}
