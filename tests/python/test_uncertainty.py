@@ -1,0 +1,209 @@
+import numpy as np
+import pytest
+
+import labelwise as lw
+from labelwise import uncertainty as U
+
+from reference import metrics as ref_metrics, random_probs
+
+ALL = U.METRICS
+TOL = {np.float32: 3e-4, np.float64: 1e-9}
+
+
+def _close(got, want, tol, name):
+    got = np.asarray(got, dtype=np.float64)
+    ok = np.isclose(got, want, rtol=tol, atol=tol) | ((got == want) & np.isinf(want))
+    assert ok.all(), f"{name}: max err {np.max(np.abs(got - want)[~ok])} at {np.flatnonzero(~ok)[:5]}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("input_kind", ["probs", "log_probs", "logits"])
+def test_all_metrics_match_float64_reference(rng, dtype, input_kind):
+    N, K, C = 400, 9, 6
+    p = random_probs(rng, (N, K, C)).astype(dtype)
+    if input_kind == "probs":
+        x = p
+    elif input_kind == "log_probs":
+        with np.errstate(divide="ignore"):
+            x = np.log(p)
+    else:
+        with np.errstate(divide="ignore"):
+            x = (np.log(p) + rng.normal(0, 3, size=(N, K, 1))).astype(dtype)
+    res = U.score(x, input=input_kind)
+    assert set(res) == set(ALL)
+    # The reference sees the probabilities the kernel sees, in float64.
+    x64 = x.astype(np.float64)
+    if input_kind == "probs":
+        p64 = x64
+    elif input_kind == "log_probs":
+        p64 = np.exp(x64)
+    else:
+        e = np.exp(x64 - x64.max(axis=2, keepdims=True))
+        p64 = e / e.sum(axis=2, keepdims=True)
+    want = ref_metrics(p64)
+    for name in ALL:
+        assert res[name].dtype == dtype and res[name].shape == (N,)
+        tol = TOL[dtype] * (10 if name == "balentacq" and dtype == np.float32 else 1)
+        _close(res[name], want[name], tol, name)
+
+
+def test_single_functions_equal_fused_score(rng):
+    x = random_probs(rng, (50, 4, 3))
+    fused = U.score(x)
+    for name in ALL:
+        np.testing.assert_array_equal(getattr(U, name)(x), fused[name])
+
+
+def test_layouts_are_zero_copy_views_with_named_axes(rng):
+    N, K, C = 40, 5, 4
+    x = random_probs(rng, (N, K, C))
+    base = U.score(x)
+    # [K, N, C] (batchbald-style transposed) and [N, C, K] (BaaL's layout), as strided views.
+    kn = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)  # same logical array, other strides
+    baal = np.ascontiguousarray(x.transpose(0, 2, 1))
+    for name in ALL:
+        np.testing.assert_array_equal(U.score(kn)[name], base[name])
+        np.testing.assert_array_equal(getattr(U, name)(baal, sample_axis=-1, class_axis=1), base[name])
+        np.testing.assert_array_equal(getattr(U, name)(x.transpose(1, 0, 2), sample_axis=0, class_axis=2), base[name])
+    # Negative strides and read-only memory.
+    rev = x[::-1]
+    rev.setflags(write=False)
+    np.testing.assert_array_equal(U.bald(rev), base["bald"][::-1])
+
+
+@pytest.mark.parametrize("spatial", [(7, 9), (3, 4, 5)])
+def test_segmentation_maps_equal_per_pixel(rng, spatial):
+    B, K, C = 2, 4, 3
+    pix = random_probs(rng, (B, *spatial, K, C)).astype(np.float32)  # per-pixel samples
+    axes = list(range(pix.ndim))
+    vol = np.ascontiguousarray(np.moveaxis(pix, [-2, -1], [1, 2]))  # [B, K, C, *spatial]
+    maps = U.score(vol)
+    flat = U.score(pix.reshape(-1, K, C))
+    for name in ALL:
+        assert maps[name].shape == (B, *spatial)
+        np.testing.assert_array_equal(maps[name].reshape(-1), flat[name])
+    del axes
+
+
+def test_single_predictions(rng):
+    p = random_probs(rng, (30, 5))
+    res = U.score(p, sample_axis=None, class_axis=1)
+    assert set(res) == {m for m in ALL if not lw._core.metric_needs_samples(m)}
+    want = ref_metrics(p[:, None, :])
+    for name, got in res.items():
+        _close(got, want[name], 1e-9, name)
+    with pytest.raises(ValueError, match="no sample axis"):
+        U.bald(p, sample_axis=None, class_axis=1)
+
+
+def test_limits_at_exact_zeros_are_finite():
+    x = np.array([[[1, 0, 0]] * 3, [[0.5, 0.5, 0], [0, 1, 0], [1, 0, 0]]], dtype=np.float64)
+    res = U.score(x)
+    for name, v in res.items():
+        assert not np.isnan(v).any(), name
+    assert res["bald"][0] == 0 and res["predictive_entropy"][0] == 0
+    assert np.isposinf(res["balentacq"][0])  # ln2 / 0, as the reference computes it
+    _close(res["balentacq"][1:], ref_metrics(x)["balentacq"][1:], 1e-9, "balentacq")
+
+
+def test_torch_in_torch_out(rng):
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(random_probs(rng, (20, 6, 4)))
+    res = U.score(x, ["bald", "mean_std"])
+    assert isinstance(res["bald"], torch.Tensor) and res["bald"].dtype == torch.float64
+    np.testing.assert_array_equal(res["bald"].numpy(), U.bald(x.numpy()))
+    # Non-contiguous torch view (permute) is read in place.
+    xt = x.permute(1, 2, 0)  # [K, C, N]
+    np.testing.assert_array_equal(U.bald(xt, sample_axis=0, class_axis=1).numpy(), res["bald"].numpy())
+    logits = torch.randn(8, 5, 3, dtype=torch.float32)
+    want = U.bald(torch.softmax(logits, dim=-1))
+    got = U.bald(logits, input="logits")
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not lw.built_with_cuda(), reason="built without CUDA")
+def test_torch_cuda_equals_cpu(rng):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x = torch.from_numpy(random_probs(rng, (1000, 10, 7)).astype(np.float32))
+    cpu = U.score(x)
+    gpu = U.score(x.cuda())
+    for name in ALL:
+        assert gpu[name].is_cuda
+        np.testing.assert_allclose(gpu[name].cpu().numpy(), cpu[name].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cupy_if_available(rng):
+    cupy = pytest.importorskip("cupy")
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        pytest.skip("no CUDA device")
+    x = random_probs(rng, (100, 4, 3)).astype(np.float32)
+    got = U.bald(cupy.asarray(x))
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(got), U.bald(x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mutate, kind, match",
+    [
+        (lambda x: x.__setitem__((1, 0, 0), np.nan), "probs", r"item \[1\].*NaN"),
+        (lambda x: x.__setitem__((0, 1, 2), np.inf), "probs", r"item \[0\].*Inf"),
+        (lambda x: (x.__setitem__((2, 0, 0), -0.1), x.__setitem__((2, 0, 1), 0.6)), "probs", "negative"),
+        (lambda x: x.__setitem__((3, 2, 1), 0.9), "probs", "do not sum to 1"),
+        (lambda x: None, "log_probs", "log-probabilities that do not sum to 1"),
+        (lambda x: x.__setitem__((0, 0, slice(None)), -np.inf), "logits", "all -inf"),
+    ],
+)
+def test_bad_values_raise_value_error(mutate, kind, match):
+    x = np.full((4, 3, 4), 0.25)
+    mutate(x)
+    with pytest.raises(ValueError, match=match):
+        U.bald(x, input=kind)
+
+
+def test_bad_shapes_and_types():
+    x = np.full((4, 3, 4), 0.25)
+    with pytest.raises(ValueError, match="expected rank >= 2"):
+        U.bald(np.full(4, 0.25))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        U.bald(np.full((4, 1, 4), 0.25))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        U.predictive_entropy(np.ones((4, 3, 1)))
+    with pytest.raises(ValueError, match="empty"):
+        U.bald(np.full((0, 3, 4), 0.25))
+    with pytest.raises(ValueError, match="both name axis"):
+        U.bald(x, sample_axis=2, class_axis=2)
+    with pytest.raises(ValueError, match="out of range"):
+        U.bald(x, class_axis=3)
+    with pytest.raises(TypeError, match="int64"):
+        U.bald(np.ones((4, 3, 4), dtype=np.int64))
+    with pytest.raises(TypeError, match="float16"):
+        U.bald(x.astype(np.float16))
+    with pytest.raises(ValueError, match="unknown metric 'entropy'"):
+        U.score(x, ["entropy"])
+    with pytest.raises(ValueError, match="input: expected"):
+        U.bald(x, input="softmax")
+
+
+def test_list_input_and_thread_invariance(rng):
+    x = random_probs(rng, (3000, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(U.bald(x.tolist()), U.bald(x.astype(np.float64)))
+    lw.set_num_threads(1)
+    one = U.score(x)
+    lw.set_num_threads(3)
+    three = U.score(x)
+    lw.set_num_threads(0)
+    for name in ALL:
+        np.testing.assert_array_equal(one[name], three[name])
+
+
+def test_against_baal_bald_if_installed(rng):
+    baal = pytest.importorskip("baal.active.heuristics")
+    x = random_probs(rng, (64, 10, 4))  # [N, K, C]
+    # BaaL takes [N, C, K] probabilities and returns BALD scores (its own formula, with an epsilon).
+    want = baal.BALD().compute_score(np.ascontiguousarray(x.transpose(0, 2, 1)))
+    np.testing.assert_allclose(U.bald(x), want, rtol=1e-4, atol=1e-6)
