@@ -95,7 +95,8 @@ struct TensorView {
     std::int64_t s = 1;
     for (int d = ndim - 1; d >= 0; --d) {
       strides[d] = s;
-      s *= shape[d];
+      check(!__builtin_mul_overflow(s, shape[d] > 0 ? shape[d] : 1, &s), ErrorKind::Value, "TensorView: shape ",
+            shape_str(), " has more elements than fit in int64");
     }
   }
 

@@ -1,0 +1,44 @@
+// LibTorch adapter: torch::Tensor in, torch::Tensor out, compared with a formula written in torch ops.
+#include <catch2/catch.hpp>
+
+#include "labelwise/interop/torch.hpp"
+
+using namespace labelwise;
+
+TEST_CASE("torch adapter: scores equal a float64 torch formulation, any strides", "[torch]") {
+  torch::manual_seed(static_cast<std::uint64_t>(std::random_device{}()));
+  const auto logits = torch::randn({64, 8, 5}, torch::kFloat64);
+  const auto p = torch::softmax(logits, -1);
+  const auto mean = p.mean(1);
+  const auto H = -(mean * mean.log()).sum(-1);
+  const auto EH = -(p * p.log()).sum(-1).mean(1);
+  const auto results = torch_interop::score(p, {Metric::PredictiveEntropy, Metric::Bald, Metric::MeanStd});
+  CHECK(torch::allclose(results.at(Metric::PredictiveEntropy), H, 1e-10, 1e-12));
+  CHECK(torch::allclose(results.at(Metric::Bald), (H - EH).clamp_min(0), 1e-10, 1e-12));
+  CHECK(torch::allclose(results.at(Metric::MeanStd), p.std(1, /*unbiased=*/true).mean(-1), 1e-10, 1e-12));
+
+  // A permuted (non-contiguous) [C, N, K] view with named axes gives the same answer without a copy.
+  const auto perm = p.permute({2, 0, 1});
+  REQUIRE(!perm.is_contiguous());
+  ScoreOptions opt;
+  opt.sample_axis = 2;
+  opt.class_axis = 0;
+  CHECK(torch::equal(torch_interop::score(perm, Metric::Bald, opt), results.at(Metric::Bald)));
+
+  // Logits input in float32 keeps float32.
+  ScoreOptions lopt;
+  lopt.input = InputKind::Logits;
+  const auto b32 = torch_interop::score(logits.to(torch::kFloat32), Metric::Bald, lopt);
+  CHECK(b32.scalar_type() == torch::kFloat32);
+  CHECK(torch::allclose(b32.to(torch::kFloat64), results.at(Metric::Bald), 1e-4, 1e-5));
+}
+
+TEST_CASE("torch adapter: unsupported dtypes are a TypeError-kind Error", "[torch]") {
+  const auto x = torch::ones({2, 3, 4}, torch::kInt64);
+  try {
+    torch_interop::score(x, Metric::Bald);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Type);
+  }
+}
