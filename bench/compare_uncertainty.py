@@ -312,7 +312,13 @@ def baal_cases():
     for name in ("VariationRatio", "VarRatio"):
         if hasattr(H, name):  # not in baal 2.1.0; kept in case a later version adds it
             cases["variation_ratio"] = (name, getattr(H, name)(), lambda s: s, "")
-    return cases, f"baal {getattr(baal, '__version__', '?')}"
+    try:
+        from importlib.metadata import version
+
+        ver = version("baal")
+    except Exception:
+        ver = getattr(baal, "__version__", "?")
+    return cases, f"baal {ver}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,7 +431,7 @@ def main(argv=None):
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
-    print(f"# labelwise uncertainty metrics vs peers — [N, K, C] = [{N}, {K}, {C}] float32 probabilities")
+    print(f"# labelwise uncertainty metrics vs peers — [N, K, C] = [{N}, {K}, {C}] float32 probabilities", flush=True)
     print(
         f"machine: {machine['cpu']}, {machine['cores']} cores; threads: labelwise {machine['labelwise_threads']}, "
         f"torch {machine['torch_threads']}, numpy 1; load avg {machine['loadavg_before'][0]:.2f}",

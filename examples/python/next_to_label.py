@@ -92,6 +92,16 @@ def _float_in_open_interval(lo: float, hi: float):
     return parse
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="One active-learning round: train a dropout MLP on a small labelled seed set, "
@@ -110,8 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_at_least(0, "a non-negative integer"), default=0, help="seed for the split, the initialisation and dropout")
     p.add_argument("--steps", type=_int_at_least(1, "a positive integer"), default=300, help="full-batch Adam steps on the seed set")
     p.add_argument("--hidden", type=_int_at_least(1, "a positive integer"), default=64, help="width of the two hidden layers")
-    p.add_argument("--dropout", type=_float_in_open_interval(0.0, 1.0), default=0.3, help="dropout probability (training and MC inference)")
+    p.add_argument("--dropout", type=_float_in_open_interval(0.0, 1.0), default=0.5, help="dropout probability (training and MC inference)")
     p.add_argument("--lr", type=_float_in_open_interval(0.0, float("inf")), default=3e-3, help="Adam learning rate")
+    p.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=1e-2,
+        help="L2 penalty; keeps the seed model from saturating (near one-hot predictions carry no uncertainty signal)",
+    )
     p.add_argument("--seed-frac", type=_float_in_open_interval(0.0, 1.0), default=0.10, help="fraction of all items in the labelled seed set")
     p.add_argument("--test-frac", type=_float_in_open_interval(0.0, 1.0), default=0.20, help="fraction of all items held out for testing")
     p.add_argument("--out", metavar="DIR", default=None, help="write scores.csv and bald_vs_balentacq.png into DIR")
@@ -167,9 +183,9 @@ def make_mlp(d_in: int, hidden: int, n_classes: int, dropout: float) -> torch.nn
     )
 
 
-def train(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, lr: float, progress: bool) -> float:
-    """Full-batch Adam with cross-entropy; returns the final training loss."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+def train(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, lr: float, weight_decay: float, progress: bool) -> float:
+    """Full-batch Adam (L2 penalty) with cross-entropy; returns the final training loss."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     bar = tqdm(range(steps), desc="training on seed set", disable=not progress, leave=False, file=sys.stderr)
     loss_value = float("nan")
@@ -199,11 +215,17 @@ def mc_dropout_log_probs(model: torch.nn.Module, X: torch.Tensor, samples: int) 
 def rank_by(scores: torch.Tensor) -> torch.Tensor:
     """Pool positions in decreasing score order (NaN last, ties by pool position)."""
     s = torch.nan_to_num(scores.double(), nan=float("-inf"))
-    return torch.sort(s, descending=True, stable=True).indices
+    return torch.sort(s, descending=False, stable=True).indices
 
 
 def _col(name: str) -> str:
     return SHORT.get(name, name)
+
+
+def _num(v: float) -> str:
+    if v != 0 and np.isfinite(v) and not 1e-4 <= abs(v) < 1e5:
+        return f"{v:.3e}"
+    return f"{v:.4f}"
 
 
 def format_table(rows: List[Dict[str, object]], metric_cols: Sequence[str]) -> List[str]:
@@ -214,7 +236,7 @@ def format_table(rows: List[Dict[str, object]], metric_cols: Sequence[str]) -> L
     lines = [head, "-" * len(head)]
     for r in rows:
         line = f"{r['rank']:>4}  {r['row']:>5}  {r['true']:<{label_w}}  {r['pred']:<{label_w}}"
-        line += "".join(f"  {r[m]:>10.4f}" for m in metric_cols)
+        line += "".join(f"  {_num(r[m]):>10}" for m in metric_cols)
         lines.append(line)
     return lines
 
@@ -249,7 +271,9 @@ def write_outputs(out_dir: str, split: Split, scores: Dict[str, np.ndarray], ord
     for pos in np.flatnonzero(finite & chosen):
         ax.annotate(str(split.pool_idx[pos]), (bald[pos], bea[pos]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("BALD (nats)")
-    ax.set_ylabel("BalEntAcq")
+    ax.set_ylabel("BalEntAcq (symlog scale)")
+    ax.set_yscale("symlog", linthresh=1.0)  # BalEntAcq is heavy-tailed (a ratio whose denominator crosses 0)
+    ax.grid(True, which="major", alpha=0.3)
     ax.set_title(f"{split.name}: pool of {len(order)}, MC dropout")
     ax.legend(loc="best", fontsize=8)
     if (~finite).any():
@@ -277,6 +301,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.batch > n_pool:
         parser.error(f"--batch {args.batch} is larger than the unlabelled pool ({n_pool} items for {args.dataset} with these fractions)")
 
+    # The matrices are tiny: one torch thread is the fastest here and keeps the sums' order fixed.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_round(args, split)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_round(args: argparse.Namespace, split: Split) -> dict:
+    """Train on the seed set, score the pool with MC dropout + labelwise, print the report."""
+    n_pool = len(split.pool_idx)
     # Standardise with statistics of the features the learner can see (seed + pool, no test labels or features).
     scaler = StandardScaler().fit(split.X[np.concatenate([split.seed_idx, split.pool_idx])])
 
@@ -290,7 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     torch.manual_seed(args.seed)
     model = make_mlp(X_seed.shape[1], args.hidden, n_classes, args.dropout)
-    loss = train(model, X_seed, y_seed, args.steps, args.lr, progress=not args.no_progress)
+    loss = train(model, X_seed, y_seed, args.steps, args.lr, args.weight_decay, progress=not args.no_progress)
 
     model.eval()
     with torch.no_grad():
@@ -308,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     print(f"data set : {split.name} ({args.dataset}), {len(split.y)} items, {split.X.shape[1]} features, {n_classes} classes")
     print(f"split    : {len(split.seed_idx)} labelled seed / {n_pool} unlabelled pool / {len(split.test_idx)} test (seed {args.seed})")
-    print(f"model    : MLP {split.X.shape[1]}-{args.hidden}-{args.hidden}-{n_classes}, dropout {args.dropout:g}, {args.steps} Adam steps, final loss {loss:.4f}")
+    print(f"model    : MLP {split.X.shape[1]}-{args.hidden}-{args.hidden}-{n_classes}, dropout {args.dropout:g}, {args.steps} Adam steps (lr {args.lr:g}, L2 {args.weight_decay:g}), final loss {loss:.4f}")
     print(f"seed-model test accuracy: {test_acc:.4f} ({int(round(test_acc * len(y_test)))}/{len(y_test)})")
     print(f"scored   : {n_pool} pool items x {args.samples} MC-dropout samples x {n_classes} classes, {len(U.METRICS)} metrics in one labelwise call")
     print()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The one GPU check: build the CUDA path, run the CUDA tests (C++ and Python) and the CUDA
+# benchmark, and print a short table. Run it on the GPU machine through the device tool:
+#   here:   bash scripts/prepare_gpu_deps.sh            (copies Eigen/xtensor/xtl/Catch2 headers to .deps)
+#   device: run(command="bash bench/gpu_check.sh", carry=[".deps"], timeout_s=540)
+# Results land in $OUT (when set) and on stdout; copy the table into bench/RESULTS.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+log() { echo "== $*"; }
+status=0
+
+log "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+nvcc --version | tail -1
+nproc
+
+log "build (sm_90 + compute_75 PTX)"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.deps" \
+  -DCMAKE_CUDA_ARCHITECTURES="90-real;75-virtual" -DLABELWISE_BUILD_EXAMPLES=OFF >"$OUT/configure.log" 2>&1 \
+  && cmake --build build-gpu -j "$(nproc)" >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+
+log "C++ tests: CUDA-tagged, then all the rest"
+./build-gpu/tests/labelwise_tests "[cuda]" 2>&1 | tee "$OUT/cuda_tests.log" | tail -4 || status=1
+./build-gpu/tests/labelwise_tests "~[cuda]" 2>&1 | tail -2 || status=1
+
+log "Python: pip install and the CUDA / CuPy tests"
+python3 -m pip install -q --no-build-isolation --no-deps . >"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; status=1; }
+(cd tests/python && python3 -m pytest -q -p no:cacheprovider -rs 2>&1 | tail -6) || status=1
+
+log "CUDA benchmark (CUDA events, best of 5-10)"
+./build-gpu/bench/bench_cuda 2>&1 | tee "$OUT/bench_cuda.md" || status=1
+if [[ -f bench/compare_uncertainty.py ]]; then
+  log "Python comparison on the GPU (torch formulation vs labelwise, same tensors)"
+  timeout 120 python3 bench/compare_uncertainty.py --device cuda 2>&1 | tee "$OUT/compare_cuda.md" | tail -25 || true
+fi
+exit $status
