@@ -215,7 +215,7 @@ def mc_dropout_log_probs(model: torch.nn.Module, X: torch.Tensor, samples: int) 
 def rank_by(scores: torch.Tensor) -> torch.Tensor:
     """Pool positions in decreasing score order (NaN last, ties by pool position)."""
     s = torch.nan_to_num(scores.double(), nan=float("-inf"))
-    return torch.sort(s, descending=False, stable=True).indices
+    return torch.sort(s, descending=True, stable=True).indices
 
 
 def _col(name: str) -> str:

@@ -49,7 +49,7 @@ def metrics(p):
         with np.errstate(divide="ignore"):
             s = (H + np.log(2)) / (t.sum(axis=1) + 2 * H)
             s = np.where(s < 0, 1 / s, s)
-        out["balentacq"] = s
+        out["balentacq"] = np.where((H == 0) | (srt[:, 0] >= 1.0), -np.inf, s)  # certain item: bottom of the ranking
     return out
 
 

@@ -102,8 +102,12 @@ def test_limits_at_exact_zeros_are_finite():
     for name, v in res.items():
         assert not np.isnan(v).any(), name
     assert res["bald"][0] == 0 and res["predictive_entropy"][0] == 0
-    assert np.isposinf(res["balentacq"][0])  # ln2 / 0, as the reference computes it
+    assert np.isneginf(res["balentacq"][0])  # certain item: bottom of the ranking (reference: NaN sentinel)
     _close(res["balentacq"][1:], ref_metrics(x)["balentacq"][1:], 1e-9, "balentacq")
+    # float32 softmax saturates: the top class is exactly 1 while the others are tiny but not 0.
+    sat = np.array([[[1.0, 1e-20, 1e-25]] * 4], dtype=np.float32)
+    assert np.isneginf(U.balentacq(sat)[0])
+    assert U.predictive_entropy(sat)[0] > 0
 
 
 def test_torch_in_torch_out(rng):

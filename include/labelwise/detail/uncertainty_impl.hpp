@@ -76,7 +76,10 @@ LABELWISE_HD inline double balentacq_class_term(double mean, double var) {
 }
 
 /// BalEntAcq from H = H[p̄] and Σ_c t_c: MJEnt = Σ t + H, s = (H + ln 2)/(MJEnt + H), s<0 → 1/s.
-LABELWISE_HD inline double balentacq_from_terms(double entropy_of_mean, double sum_terms) {
+/// A certain item (a class with mean probability exactly 1, so H = 0 up to underflow) gets -inf,
+/// the bottom of the ranking, where the reference's NaN sentinel (-99999999999) also puts it.
+LABELWISE_HD inline double balentacq_from_terms(double entropy_of_mean, double sum_terms, double top_mean) {
+  if (entropy_of_mean <= 0.0 || top_mean >= 1.0) return -INFINITY;
   const double mjent = sum_terms + entropy_of_mean;
   double s = (entropy_of_mean + kLn2) / (mjent + entropy_of_mean);
   if (s < 0.0) s = 1.0 / s;
@@ -187,7 +190,7 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc, int K,
       if (want_bal) terms += balentacq_class_term(mu, var);
     }
     res[8] = std_sum / C;
-    if (want_bal) res[9] = balentacq_from_terms(h_mean, terms);
+    if (want_bal) res[9] = balentacq_from_terms(h_mean, terms, top1);
   }
   return kItemOk;
 }
