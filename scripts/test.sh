@@ -21,6 +21,8 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLABELWISE_CUDA=OFF 
 cmake --build build-asan -j "$LW_JOBS" --target labelwise_tests
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ./build-asan/tests/labelwise_tests "~[cuda]"
+echo "== [2b/4] C++ tests on each CPU code path (generic, AVX2; AVX-512 ran above where present)"
+for isa in generic avx2; do LABELWISE_CPU_ISA=$isa ./build/tests/labelwise_tests "~[cuda]" | tail -2; done
 
 echo "== [3/4] pip install . (scikit-build-core)"
 "$LW_PY" -m pip install -q --no-build-isolation .

@@ -19,12 +19,14 @@ struct OutSpec {
 
 template <typename T>
 __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_t sk, std::int64_t sc, int K, int C,
-                             int input_kind, unsigned mask, double tol, OutSpec outs, double* scratch,
-                             int* votes_scratch, unsigned long long* failure) {
+                             int input_kind, unsigned mask, double tol, OutSpec outs,
+                             typename compute_type<T>::type* scratch, int* votes_scratch,
+                             unsigned long long* failure) {
+  using A = typename compute_type<T>::type;
   const std::int64_t tid = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   const std::int64_t nthreads = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  double* buf = scratch + tid * 4 * static_cast<std::int64_t>(C);
-  ItemScratch s{buf, buf + C, buf + 2 * C, buf + 3 * C, votes_scratch + tid * static_cast<std::int64_t>(C)};
+  A* buf = scratch + tid * 4 * static_cast<std::int64_t>(C);
+  ItemScratch<A> s{buf, buf + C, buf + 2 * C, buf + 3 * C, votes_scratch + tid * static_cast<std::int64_t>(C)};
   double res[kNumMetrics];
   for (std::int64_t i = tid; i < grid.count; i += nthreads) {
     const std::int64_t off = item_offset(grid, grid.in_stride, i);
@@ -63,23 +65,26 @@ ScoreFailure score_cuda(const ScoreJob& job) {
     outs.is_f32[m] = job.out_dtype[m] == DType::Float32;
     for (int d = 0; d < kMaxDims; ++d) outs.stride[m][d] = job.out_stride[m][d];
   }
-  const std::size_t scratch_bytes = static_cast<std::size_t>(threads) * job.C * (4 * sizeof(double) + sizeof(int));
+  const std::size_t acc_size = job.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
+  const std::size_t scratch_bytes = static_cast<std::size_t>(threads) * job.C * (4 * acc_size + sizeof(int));
   void* workspace = nullptr;
   LABELWISE_CUDA_CHECK(cudaMallocAsync(&workspace, scratch_bytes + 16, stream));
   auto* failure = static_cast<unsigned long long*>(workspace);
-  auto* scratch = reinterpret_cast<double*>(static_cast<char*>(workspace) + 16);
-  auto* votes = reinterpret_cast<int*>(scratch + threads * 4 * job.C);
+  char* scratch = static_cast<char*>(workspace) + 16;
+  auto* votes = reinterpret_cast<int*>(scratch + static_cast<std::size_t>(threads) * 4 * job.C * acc_size);
   ScoreFailure result;
   cudaError_t launch = cudaSuccess;
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(unsigned long long), stream));
   if (job.dtype == DType::Float32)
     score_kernel<float><<<blocks, kBlock, 0, stream>>>(static_cast<const float*>(job.x), job.grid, job.sample_stride,
                                                        job.class_stride, job.K, job.C, job.input_kind, job.mask,
-                                                       job.tol, outs, scratch, votes, failure);
+                                                       job.tol, outs, reinterpret_cast<float*>(scratch), votes,
+                                                       failure);
   else
     score_kernel<double><<<blocks, kBlock, 0, stream>>>(static_cast<const double*>(job.x), job.grid, job.sample_stride,
                                                         job.class_stride, job.K, job.C, job.input_kind, job.mask,
-                                                        job.tol, outs, scratch, votes, failure);
+                                                        job.tol, outs, reinterpret_cast<double*>(scratch), votes,
+                                                        failure);
   launch = cudaGetLastError();
   unsigned long long host_failure = ~0ULL;
   const cudaError_t copy = cudaMemcpyAsync(&host_failure, failure, sizeof(host_failure), cudaMemcpyDeviceToHost, stream);

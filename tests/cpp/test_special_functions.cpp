@@ -26,3 +26,36 @@ TEST_CASE("digamma matches closed forms", "[special]") {
   // ψ(x + 1) = ψ(x) + 1/x on a grid, including negative non-integers
   for (double x = -4.75; x < 30; x += 0.37) CHECK(digamma(x + 1) == Approx(digamma(x) + 1 / x).margin(1e-11));
 }
+
+using labelwise::detail::log_gamma_and_digamma;
+
+TEST_CASE("joint ln-gamma / digamma equals lgamma_r and digamma", "[special]") {
+  for (double x = 1e-9; x < 1e9; x *= 1.37) {
+    double lg = 0, dg = 0;
+    log_gamma_and_digamma(x, lg, dg);
+    int sign = 0;
+    const double want = lgamma_r(x, &sign);
+    INFO("x = " << x);
+    CHECK(lg == Approx(want).epsilon(1e-13).margin(1e-13));
+    CHECK(dg == Approx(digamma(x)).epsilon(1e-13).margin(1e-12));
+  }
+  double lg = 0, dg = 0;
+  log_gamma_and_digamma(-0.5, lg, dg);  // negative: falls back, ln|Γ(-1/2)| = ln(2√π)
+  CHECK(lg == Approx(std::log(2 * std::sqrt(M_PI))).epsilon(1e-14));
+}
+
+TEST_CASE("fast float log and exp stay within 3e-7 relative of the C library", "[special]") {
+  using labelwise::detail::fast_expf_nonpositive;
+  using labelwise::detail::fast_logf;
+  for (float x = 1.2e-38f; x < 3e38f; x *= 1.0013f) {
+    const double want = std::log(static_cast<double>(x));
+    CHECK(std::fabs(fast_logf(x) - want) <= 3e-7 * std::max(1.0, std::fabs(want)));
+  }
+  for (float x = 0.0f; x > -87.0f; x -= 0.00731f) {
+    const double want = std::exp(static_cast<double>(x));
+    CHECK(std::fabs(fast_expf_nonpositive(x) - want) <= 3e-7 * want);
+  }
+  CHECK(fast_expf_nonpositive(-INFINITY) == 0.0f);
+  CHECK(fast_expf_nonpositive(-100.0f) == 0.0f);
+  CHECK(fast_expf_nonpositive(0.0f) == 1.0f);
+}

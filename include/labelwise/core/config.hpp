@@ -20,6 +20,13 @@
 #define LABELWISE_ON_DEVICE 0
 #endif
 
+// Kernel code (include/labelwise/detail/*_impl.hpp, special_functions.hpp) lives in an inline
+// namespace named after the instruction set it is compiled for, so that the AVX2 / AVX-512 builds
+// of the same inline functions in the CPU backends never merge with the baseline ones at link time.
+#ifndef LABELWISE_ISA_NAMESPACE
+#define LABELWISE_ISA_NAMESPACE isa_base
+#endif
+
 namespace labelwise {
 /// Largest tensor rank accepted by TensorView (N, K, C and up to 5 spatial axes).
 constexpr int kMaxDims = 8;

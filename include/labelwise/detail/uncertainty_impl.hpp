@@ -37,39 +37,89 @@ enum : unsigned {
   kBitBalEntAcq = 1u << 9,
 };
 
-/// Per-item accumulators, C entries each, owned by the caller (stack, thread-local or global scratch).
-struct ItemScratch {
-  double* first;  // p_0c: sums below are shifted by the first sample, so that the variance of
-                  // nearly identical samples does not cancel catastrophically
-  double* sum;    // Σ_k (p_kc - p_0c)
-  double* sumsq;  // Σ_k (p_kc - p_0c)², only when MeanStd or BalEntAcq is requested
-  double* row;    // exp(x - max) of the current sample, for logits / log-probabilities
-  int* votes;     // number of samples whose arg-max is c, only for VariationRatio
+/// Flattened description of an item grid: the non-sample, non-class ("outer") axes.
+struct ItemGrid {
+  int ndim = 0;                  // number of outer axes
+  std::int64_t shape[8] = {};    // their extents
+  std::int64_t in_stride[8] = {};
+  std::int64_t count = 0;        // product of shape
 };
+
+inline namespace LABELWISE_ISA_NAMESPACE {
+
+// SIMD reductions for the CPU backends (compiled with -fopenmp-simd; no OpenMP runtime is used).
+// The summation order then depends on the vector width, so results may differ in the last bits
+// between CPU variants (generic / AVX2 / AVX-512), never between runs or thread counts.
+#if defined(LABELWISE_CPU_SIMD) && !defined(__CUDACC__)
+#define LABELWISE_SIMD_PROBS _Pragma("omp simd reduction(+ : total, plogp) reduction(| : bad)")
+#define LABELWISE_SIMD_MAX _Pragma("omp simd reduction(max : mx) reduction(| : bad)")
+#define LABELWISE_SIMD_Z _Pragma("omp simd reduction(+ : z)")
+#define LABELWISE_SIMD_PLOGP _Pragma("omp simd reduction(+ : plogp)")
+#define LABELWISE_SIMD_TOTAL _Pragma("omp simd reduction(+ : total)")
+#else
+#define LABELWISE_SIMD_TOTAL
+#define LABELWISE_SIMD_PROBS
+#define LABELWISE_SIMD_MAX
+#define LABELWISE_SIMD_Z
+#define LABELWISE_SIMD_PLOGP
+#endif
 
 /// Compute type for the element-wise work: float stays float, everything else double.
 template <typename T> struct compute_type { using type = double; };
 template <> struct compute_type<float> { using type = float; };
 
-LABELWISE_HD inline float lw_exp(float v) { return ::expf(v); }
-LABELWISE_HD inline double lw_exp(double v) { return ::exp(v); }
-LABELWISE_HD inline float lw_log(float v) { return ::logf(v); }
-LABELWISE_HD inline double lw_log(double v) { return ::log(v); }
+/// Per-item accumulators, C entries each, in the compute type A, owned by the caller
+/// (thread-local on the CPU, global scratch on CUDA).
+template <typename A>
+struct ItemScratch {
+  A* first;   // p_0c: the sums below are shifted by the first sample, so that the variance of
+              // nearly identical samples does not cancel catastrophically
+  A* sum;     // Σ_k (p_kc - p_0c)
+  A* sumsq;   // Σ_k (p_kc - p_0c)², only when MeanStd or BalEntAcq is requested
+  A* row;     // exp(x - max) of the current sample, for logits / log-probabilities
+  int* votes; // number of samples whose arg-max is c, only for VariationRatio
+};
+
+// Elementary functions: fast vectorisable float versions on the host, the CUDA ones on the device,
+// and the C library's for double everywhere.
+LABELWISE_HD inline float lw_exp_nonpositive(float v) {
+#if LABELWISE_ON_DEVICE
+  return ::expf(v);
+#else
+  return fast_expf_nonpositive(v);
+#endif
+}
+LABELWISE_HD inline double lw_exp_nonpositive(double v) { return ::exp(v); }
+/// p·ln p for p >= 0 (0 for p = 0; in float, terms of p below 1e-37 are below any sum's resolution and skipped).
+LABELWISE_HD inline float lw_plogp(float p) {
+#if LABELWISE_ON_DEVICE
+  return p > 0.0f ? p * ::logf(p) : 0.0f;
+#else
+  return p > 1e-37f ? p * fast_logf(p) : 0.0f;
+#endif
+}
+LABELWISE_HD inline double lw_plogp(double p) { return p > 0.0 ? p * ::log(p) : 0.0; }
 
 /// The BalEntAcq per-class term t_c = min(μ_c · h_c, 0) of the reference implementation
 /// (jaeohwoo/BalancedEntropy, src/torch_utils.py @ 5cc1a5c): μ and σ² floored at 1e-9,
 /// Beta(α+1, β) moment match, h_c its differential entropy with ln B taken as
 /// log(B + 1e-32) exactly as the reference evaluates it. Where that expression is not finite
-/// (μ_c = 0 or 1 exactly, where the reference yields NaN) the limit value 0 is returned.
+/// (μ_c = 1 exactly, where the reference yields NaN) the limit value 0 is returned.
 LABELWISE_HD inline double balentacq_class_term(double mean, double var) {
   const double mu = mean < 1e-9 ? 1e-9 : mean;
   const double v = var < 1e-9 ? 1e-9 : var;
   const double alpha = mu * mu * (1.0 - mu) / v - mu;
   const double beta = (1.0 / mu - 1.0) * alpha;
-  const double log_beta_fn = log_abs_gamma(alpha + 1.0) + log_abs_gamma(beta) - log_abs_gamma(alpha + beta + 1.0);
-  const double log_beta_ref = log_add_exp(log_beta_fn, -73.68272297580946);  // ln(1e-32)
-  const double h = log_beta_ref - alpha * digamma(alpha + 1.0) - (beta - 1.0) * digamma(beta) +
-                   (alpha + beta - 1.0) * digamma(alpha + beta + 1.0);
+  double lg_a, dg_a, lg_b, dg_b, lg_ab, dg_ab;
+  log_gamma_and_digamma(alpha + 1.0, lg_a, dg_a);
+  log_gamma_and_digamma(beta, lg_b, dg_b);
+  log_gamma_and_digamma(alpha + beta + 1.0, lg_ab, dg_ab);
+  const double log_beta_fn = lg_a + lg_b - lg_ab;
+  constexpr double kLog1em32 = -73.68272297580946;  // ln(1e-32)
+  const double d = log_beta_fn - kLog1em32;
+  // log(B + 1e-32); beyond |d| > 40 the smaller term changes the result by < 5e-18.
+  const double log_beta_ref = d < -40.0 ? kLog1em32 : (d > 40.0 ? log_beta_fn : log_add_exp(log_beta_fn, kLog1em32));
+  const double h = log_beta_ref - alpha * dg_a - (beta - 1.0) * dg_b + (alpha + beta - 1.0) * dg_ab;
   const double t = mu * h;
   if (!(t > -INFINITY && t < INFINITY)) return 0.0;
   return t < 0.0 ? t : 0.0;
@@ -86,81 +136,178 @@ LABELWISE_HD inline double balentacq_from_terms(double entropy_of_mean, double s
   return s;
 }
 
-/// Scores one item. `x` points at element (k=0, c=0); sk / sc are the sample / class strides.
-/// Writes the requested metrics into res[Metric] and returns an ItemStatus.
+/// Classifies an invalid sample row exactly (slow path, only taken on error).
 template <typename T>
-LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc, int K, int C, int input_kind,
-                            unsigned mask, double tol, ItemScratch s, double* res) {
+LABELWISE_HD int classify_bad_row(const T* r, std::int64_t sc, int C, int input_kind) {
+  for (int c = 0; c < C; ++c) {
+    const double v = static_cast<double>(r[c * sc]);
+    if (v != v || v == INFINITY || (input_kind == 0 && v == -INFINITY)) return kItemNonFinite;
+  }
+  if (input_kind == 0)
+    for (int c = 0; c < C; ++c)
+      if (static_cast<double>(r[c * sc]) < 0.0) return kItemNegative;
+  return kItemUnnormalised;
+}
+
+/// Adds one sample's probability p_c to the shifted per-class sums.
+template <typename A>
+LABELWISE_HD inline void accumulate(const ItemScratch<A>& s, int c, A p, bool first_sample, bool need_sq) {
+  if (first_sample) {
+    s.first[c] = p;
+    s.sum[c] = A(0);
+    if (need_sq) s.sumsq[c] = A(0);
+  } else {
+    const A d = p - s.first[c];
+    s.sum[c] += d;
+    if (need_sq) s.sumsq[c] += d * d;
+  }
+}
+
+/// Probabilities laid out as one contiguous K x C block: flat vector loops over all K·C values for
+/// the validity check and Σ p ln p, then one pass per sample for its total and the class sums.
+/// Returns an ItemStatus; adds -Σ p ln p to ent_sum.
+template <typename R, typename T>
+LABELWISE_HD int contiguous_probs(const T* x, int K, int C, double tol, bool need_ent, bool need_sq,
+                                  const ItemScratch<R>& s, double& ent_sum) {
+  const int n = K * C;
+  int bad = 0;
+  R total = R(0), plogp = R(0);
+  LABELWISE_SIMD_PROBS
+  for (int i = 0; i < n; ++i) {
+    const R v = static_cast<R>(x[i]);
+    bad |= ((v >= R(0)) & (v <= R(2))) ? 0 : 1;  // NaN and ±Inf fail too
+    total += v;
+    if (need_ent) plogp += lw_plogp(v);
+  }
+  if (bad) {
+    for (int k = 0; k < K; ++k) {
+      const int st = classify_bad_row(x + k * C, 1, C, 0);
+      if (st != kItemUnnormalised) return st;
+    }
+    return kItemUnnormalised;
+  }
+  ent_sum -= static_cast<double>(plogp);
+  for (int k = 0; k < K; ++k) {
+    const T* r = x + k * C;
+    total = R(0);
+    if (k == 0) {
+      LABELWISE_SIMD_TOTAL
+      for (int c = 0; c < C; ++c) {
+        const R p = static_cast<R>(r[c]);
+        total += p;
+        s.first[c] = p;
+        s.sum[c] = R(0);
+        s.sumsq[c] = R(0);
+      }
+    } else if (need_sq) {
+      LABELWISE_SIMD_TOTAL
+      for (int c = 0; c < C; ++c) {
+        const R p = static_cast<R>(r[c]);
+        total += p;
+        const R d = p - s.first[c];
+        s.sum[c] += d;
+        s.sumsq[c] += d * d;
+      }
+    } else {
+      LABELWISE_SIMD_TOTAL
+      for (int c = 0; c < C; ++c) {
+        const R p = static_cast<R>(r[c]);
+        total += p;
+        s.sum[c] += p - s.first[c];
+      }
+    }
+    if (!(fabs(static_cast<double>(total) - 1.0) <= tol)) return kItemUnnormalised;
+  }
+  return kItemOk;
+}
+
+/// Scores one item. `x` points at element (k=0, c=0); sk / sc are the sample / class strides
+/// (kDense: the class stride is 1, which lets the compiler vectorise the class loops).
+/// Writes the requested metrics into res[Metric] and returns an ItemStatus.
+template <typename T, bool kDense = false>
+LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, int K, int C, int input_kind,
+                            unsigned mask, double tol, ItemScratch<typename compute_type<T>::type> s, double* res) {
   using R = typename compute_type<T>::type;
+  const std::int64_t sc = kDense ? 1 : sc_arg;
   const bool need_ent = (mask & (kBitExpectedEntropy | kBitBald)) != 0;
   const bool need_sq = (mask & (kBitMeanStd | kBitBalEntAcq)) != 0;
   const bool need_votes = (mask & kBitVariationRatio) != 0;
-  for (int c = 0; c < C; ++c) {
-    s.sum[c] = 0.0;
-    if (need_sq) s.sumsq[c] = 0.0;
-    if (need_votes) s.votes[c] = 0;
-  }
+  if (need_votes)
+    for (int c = 0; c < C; ++c) s.votes[c] = 0;
   double ent_sum = 0.0;
+  const bool contiguous = kDense && sk == C && input_kind == 0;
+  if (contiguous) {
+    const int st = contiguous_probs<R>(x, K, C, tol, need_ent, need_sq, s, ent_sum);
+    if (st != kItemOk) return st;
+  }
   for (int k = 0; k < K; ++k) {
     const T* r = x + k * sk;
-    // Pass 1: validity, max and arg-max (strict '>' keeps the lowest index on ties).
-    R mx = -INFINITY;
-    int arg = 0;
-    if (input_kind == 0) {
-      double total = 0.0;
+    const bool first = k == 0;
+    if (contiguous) {
+      // done above
+    } else if (input_kind == 0) {
+      // One pass for validity, normalisation and the sample's entropy; a second for the sums.
+      int bad = 0;
+      R total = R(0), plogp = R(0);
+      LABELWISE_SIMD_PROBS
       for (int c = 0; c < C; ++c) {
         const R v = static_cast<R>(r[c * sc]);
-        if (!(v >= R(0) && v <= R(2))) {
-          if (v != v || v == INFINITY || v == -INFINITY) return kItemNonFinite;
-          return v < R(0) ? kItemNegative : kItemUnnormalised;
-        }
-        total += static_cast<double>(v);
-        if (v > mx) { mx = v; arg = c; }
+        bad |= !(v >= R(0) && v <= R(2));  // also catches NaN and ±Inf
+        total += v;
+        if (need_ent) plogp += lw_plogp(v);
       }
-      if (fabs(total - 1.0) > tol) return kItemUnnormalised;
-      for (int c = 0; c < C; ++c) {
-        const R p = static_cast<R>(r[c * sc]);
-        if (k == 0) s.first[c] = static_cast<double>(p);
-        const double d = static_cast<double>(p) - s.first[c];
-        s.sum[c] += d;
-        if (need_sq) s.sumsq[c] += d * d;
-        if (need_ent && p > R(0)) ent_sum -= static_cast<double>(p * lw_log(p));
-      }
+      if (bad || !(fabs(static_cast<double>(total) - 1.0) <= tol)) return classify_bad_row(r, sc, C, input_kind);
+      ent_sum -= static_cast<double>(plogp);
+      for (int c = 0; c < C; ++c) accumulate<R>(s, c, static_cast<R>(r[c * sc]), first, need_sq);
     } else {
+      int bad = 0;
+      R mx = -INFINITY;
+      LABELWISE_SIMD_MAX
       for (int c = 0; c < C; ++c) {
         const R v = static_cast<R>(r[c * sc]);
-        if (v != v || v == INFINITY) return kItemNonFinite;
-        if (v > mx) { mx = v; arg = c; }
+        bad |= (v != v) | (v == INFINITY);
+        mx = v > mx ? v : mx;
       }
+      if (bad) return kItemNonFinite;
       if (mx == -INFINITY) return kItemAllMasked;
-      double z = 0.0;
+      R z = R(0);
+      LABELWISE_SIMD_Z
       for (int c = 0; c < C; ++c) {
-        const R e = lw_exp(static_cast<R>(r[c * sc]) - mx);
-        s.row[c] = static_cast<double>(e);
-        z += static_cast<double>(e);
+        const R e = lw_exp_nonpositive(static_cast<R>(r[c * sc]) - mx);
+        s.row[c] = e;
+        z += e;
       }
-      const double lse = static_cast<double>(mx) + log(z);
-      if (input_kind == 1 && fabs(lse) > tol) return kItemUnnormalised;
+      const double lse = static_cast<double>(mx) + log(static_cast<double>(z));
+      if (input_kind == 1 && !(fabs(lse) <= tol)) return kItemUnnormalised;
       // Log-probabilities are used as given (like probabilities); logits are normalised.
-      const double scale = input_kind == 1 ? exp(static_cast<double>(mx)) : 1.0 / z;
-      const double shift = input_kind == 1 ? 0.0 : lse;
+      const R scale = static_cast<R>(input_kind == 1 ? exp(static_cast<double>(mx)) : 1.0 / static_cast<double>(z));
+      const R shift = static_cast<R>(input_kind == 1 ? 0.0 : lse);
+      R plogp = R(0);
+      LABELWISE_SIMD_PLOGP
       for (int c = 0; c < C; ++c) {
-        const double p = s.row[c] * scale;
-        if (k == 0) s.first[c] = p;
-        const double d = p - s.first[c];
-        s.sum[c] += d;
-        if (need_sq) s.sumsq[c] += d * d;
-        if (need_ent && p > 0.0) ent_sum -= p * (static_cast<double>(r[c * sc]) - shift);
+        const R p = s.row[c] * scale;
+        accumulate<R>(s, c, p, first, need_sq);
+        if (need_ent) plogp += p > R(0) ? p * (static_cast<R>(r[c * sc]) - shift) : R(0);
       }
+      ent_sum -= static_cast<double>(plogp);
     }
-    if (need_votes) s.votes[arg] += 1;
+    if (need_votes) {
+      // Arg-max of the sample (strict '>' keeps the lowest index on ties).
+      R best = static_cast<R>(r[0]);
+      int arg = 0;
+      for (int c = 1; c < C; ++c) {
+        const R v = static_cast<R>(r[c * sc]);
+        if (v > best) { best = v; arg = c; }
+      }
+      s.votes[arg] += 1;
+    }
   }
 
-  // Finalise from the per-class sums.
+  // Finalise from the per-class sums (in double).
   const double inv_k = 1.0 / K;
   double h_mean = 0.0, top1 = -1.0, top2 = -1.0;
   for (int c = 0; c < C; ++c) {
-    const double mu = s.first[c] + s.sum[c] * inv_k;
+    const double mu = static_cast<double>(s.first[c]) + static_cast<double>(s.sum[c]) * inv_k;
     if (mu > 0.0) h_mean -= mu * log(mu);
     if (mu > top1) { top2 = top1; top1 = mu; }
     else if (mu > top2) { top2 = mu; }
@@ -175,16 +322,16 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc, int K,
   if (need_votes) {
     int mode = 0;
     for (int c = 0; c < C; ++c) mode = s.votes[c] > mode ? s.votes[c] : mode;
-    res[6] = 1.0 - mode * inv_k;
+    res[6] = static_cast<double>(K - mode) / K;
   }
   res[7] = 1.0 - top1;
   if (need_sq) {
     double std_sum = 0.0, terms = 0.0;
     const bool want_bal = (mask & kBitBalEntAcq) != 0;
     for (int c = 0; c < C; ++c) {
-      const double mean_shift = s.sum[c] * inv_k;
-      const double mu = s.first[c] + mean_shift;
-      double var = (s.sumsq[c] - K * mean_shift * mean_shift) / (K - 1);
+      const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
+      const double mu = static_cast<double>(s.first[c]) + mean_shift;
+      double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
       var = var > 0.0 ? var : 0.0;
       std_sum += sqrt(var);
       if (want_bal) terms += balentacq_class_term(mu, var);
@@ -194,14 +341,6 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc, int K,
   }
   return kItemOk;
 }
-
-/// Flattened description of an item grid: the non-sample, non-class ("outer") axes.
-struct ItemGrid {
-  int ndim = 0;                  // number of outer axes
-  std::int64_t shape[8] = {};    // their extents
-  std::int64_t in_stride[8] = {};
-  std::int64_t count = 0;        // product of shape
-};
 
 /// Offset (elements) of item `i` (row-major over the outer axes) given per-axis strides.
 LABELWISE_HD inline std::int64_t item_offset(const ItemGrid& g, const std::int64_t* strides, std::int64_t i) {
@@ -215,5 +354,6 @@ LABELWISE_HD inline std::int64_t item_offset(const ItemGrid& g, const std::int64
   return off;
 }
 
+}  // namespace LABELWISE_ISA_NAMESPACE
 }  // namespace detail
 }  // namespace labelwise
