@@ -25,8 +25,9 @@ __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_
   using A = typename compute_type<T>::type;
   const std::int64_t tid = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   const std::int64_t nthreads = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  A* buf = scratch + tid * 4 * static_cast<std::int64_t>(C);
-  ItemScratch<A> s{buf, buf + C, buf + 2 * C, buf + 3 * C, votes_scratch + tid * static_cast<std::int64_t>(C)};
+  const int Cp = padded_classes(C);  // class loops read whole blocks; the padding stays zero
+  A* buf = scratch + tid * 4 * static_cast<std::int64_t>(Cp);
+  ItemScratch<A> s{buf, buf + Cp, buf + 2 * Cp, buf + 3 * Cp, votes_scratch + tid * static_cast<std::int64_t>(Cp)};
   double res[kNumMetrics];
   for (std::int64_t i = tid; i < grid.count; i += nthreads) {
     const std::int64_t off = item_offset(grid, grid.in_stride, i);
@@ -66,15 +67,17 @@ ScoreFailure score_cuda(const ScoreJob& job) {
     for (int d = 0; d < kMaxDims; ++d) outs.stride[m][d] = job.out_stride[m][d];
   }
   const std::size_t acc_size = job.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
-  const std::size_t scratch_bytes = static_cast<std::size_t>(threads) * job.C * (4 * acc_size + sizeof(int));
+  const std::size_t Cp = static_cast<std::size_t>(padded_classes(job.C));
+  const std::size_t scratch_bytes = static_cast<std::size_t>(threads) * Cp * (4 * acc_size + sizeof(int));
   void* workspace = nullptr;
   LABELWISE_CUDA_CHECK(cudaMallocAsync(&workspace, scratch_bytes + 16, stream));
   auto* failure = static_cast<unsigned long long*>(workspace);
   char* scratch = static_cast<char*>(workspace) + 16;
-  auto* votes = reinterpret_cast<int*>(scratch + static_cast<std::size_t>(threads) * 4 * job.C * acc_size);
+  auto* votes = reinterpret_cast<int*>(scratch + static_cast<std::size_t>(threads) * 4 * Cp * acc_size);
   ScoreFailure result;
   cudaError_t launch = cudaSuccess;
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(unsigned long long), stream));
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(scratch, 0, scratch_bytes, stream));
   if (job.dtype == DType::Float32)
     score_kernel<float><<<blocks, kBlock, 0, stream>>>(static_cast<const float*>(job.x), job.grid, job.sample_stride,
                                                        job.class_stride, job.K, job.C, job.input_kind, job.mask,

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "labelwise/detail/special_functions.hpp"
+#include "labelwise/detail/uncertainty_impl.hpp"
 
 using labelwise::detail::digamma;
 
@@ -58,4 +59,39 @@ TEST_CASE("fast float log and exp stay within 3e-7 relative of the C library", "
   CHECK(fast_expf_nonpositive(-INFINITY) == 0.0f);
   CHECK(fast_expf_nonpositive(-100.0f) == 0.0f);
   CHECK(fast_expf_nonpositive(0.0f) == 1.0f);
+}
+
+TEST_CASE("fast double log / exp and the branch-free shifted ln-gamma / digamma", "[special]") {
+  using namespace labelwise::detail;
+  for (double x = 1e-300; x < 1e300; x *= 1.731) {
+    const double want = std::log(x);
+    CHECK(std::fabs(fast_log(x) - want) <= 4e-16 * std::max(1.0, std::fabs(want)));
+  }
+  for (double x = 0.0; x > -700.0; x -= 0.0917) {
+    const double want = std::exp(x);
+    CHECK(std::fabs(fast_exp_nonpositive(x) - want) <= 4e-16 * want);
+  }
+  CHECK(fast_exp_nonpositive(-INFINITY) == 0.0);
+  for (double x = 1e-12; x < 1e12; x *= 1.29) {
+    double lg = 0, dg = 0, lg2 = 0, dg2 = 0;
+    log_gamma_and_digamma_shifted(x, lg, dg);
+    log_gamma_and_digamma(x, lg2, dg2);
+    INFO("x = " << x);
+    CHECK(lg == Approx(lg2).epsilon(2e-13).margin(2e-13));
+    CHECK(dg == Approx(dg2).epsilon(2e-13).margin(2e-12));
+  }
+}
+
+TEST_CASE("branch-free BalEntAcq term equals the exact one", "[special]") {
+  using namespace labelwise::detail;
+  for (double mu = 1e-9; mu < 1.0; mu = mu * 1.7 + 1e-7) {
+    for (double var : {0.0, 1e-10, 1e-6, 1e-3, 0.05 * mu * (1 - mu), 0.9 * mu * (1 - mu)}) {
+      const double m = std::max(mu, 1e-9), v = std::max(var, 1e-9);
+      const double a = m * m * (1 - m) / v - m, b = (1 / m - 1) * a;
+      if (!(a + 1 > 0 && b > 0 && b < 1e15)) continue;
+      INFO("mu " << mu << " var " << var);
+      const double exact = balentacq_class_term(mu, var);
+      CHECK(balentacq_class_term_positive(m, a, b) == Approx(exact).epsilon(1e-9).margin(1e-9 * (1 + a + b)));
+    }
+  }
 }

@@ -56,7 +56,9 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 #define LABELWISE_SIMD_Z _Pragma("omp simd reduction(+ : z)")
 #define LABELWISE_SIMD_PLOGP _Pragma("omp simd reduction(+ : plogp)")
 #define LABELWISE_SIMD_TOTAL _Pragma("omp simd reduction(+ : total)")
+#define LABELWISE_SIMD_SPREAD _Pragma("omp simd reduction(+ : ssum, tsum) reduction(| : slow)")
 #else
+#define LABELWISE_SIMD_SPREAD
 #define LABELWISE_SIMD_TOTAL
 #define LABELWISE_SIMD_PROBS
 #define LABELWISE_SIMD_MAX
@@ -68,7 +70,12 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 template <typename T> struct compute_type { using type = double; };
 template <> struct compute_type<float> { using type = float; };
 
-/// Per-item accumulators, C entries each, in the compute type A, owned by the caller
+/// Class loops that must vectorise run over blocks of this many classes; scratch arrays are padded
+/// to a multiple of it (with zeros) by padded_classes().
+constexpr int kClassBlock = 8;
+LABELWISE_HD constexpr int padded_classes(int C) { return (C + kClassBlock - 1) / kClassBlock * kClassBlock; }
+
+/// Per-item accumulators, C entries each (padded_classes(C) allocated, the padding zero), in the compute type A, owned by the caller
 /// (thread-local on the CPU, global scratch on CUDA).
 template <typename A>
 struct ItemScratch {
@@ -125,6 +132,81 @@ LABELWISE_HD inline double balentacq_class_term(double mean, double var) {
   return t < 0.0 ? t : 0.0;
 }
 
+/// The same term, branch-free for a vector loop over classes; valid when alpha + 1 > 0 and beta > 0
+/// (callers send the other classes to balentacq_class_term).
+LABELWISE_HD inline double balentacq_class_term_positive(double mu, double alpha, double beta) {
+  // ln B(α+1, β) = ln Γ(α+1) + ln Γ(β) - ln Γ(α+β+1), with the three shift products in one log.
+  double lg_a, dg_a, p_a, lg_b, dg_b, p_b, lg_ab, dg_ab, p_ab;
+  log_gamma_and_digamma_shifted_parts(alpha + 1.0, lg_a, dg_a, p_a);
+  log_gamma_and_digamma_shifted_parts(beta, lg_b, dg_b, p_b);
+  log_gamma_and_digamma_shifted_parts(alpha + beta + 1.0, lg_ab, dg_ab, p_ab);
+  const double log_beta_fn = lg_a + lg_b - lg_ab - lw_log_d(p_a * (p_b / p_ab));
+  constexpr double kLog1em32 = -73.68272297580946;  // ln(1e-32)
+  const double hi = log_beta_fn > kLog1em32 ? log_beta_fn : kLog1em32;
+  const double gap = -fabs(log_beta_fn - kLog1em32);
+  const double log_beta_ref = hi + (gap < -40.0 ? 0.0 : lw_log_d(1.0 + lw_exp_nonpositive_d(gap)));
+  const double h = log_beta_ref - alpha * dg_a - (beta - 1.0) * dg_b + (alpha + beta - 1.0) * dg_ab;
+  const double t = mu * h;
+  return t < 0.0 ? t : 0.0;
+}
+
+/// Σ_c sqrt(var_c) and Σ_c t_c (BalEntAcq terms) from the shifted per-class sums, in one loop over
+/// classes that the CPU backends vectorise; classes with a non-positive Gamma argument (rare: sample
+/// variance above the Bernoulli bound) are redone exactly afterwards.
+template <typename A>
+LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool want_bal, double& std_sum,
+                                     double& terms) {
+  const double inv_k = 1.0 / K;
+  int slow = 0;
+  double ssum = 0.0, tsum = 0.0;
+  if (!want_bal) {
+    LABELWISE_SIMD_SPREAD
+    for (int c = 0; c < C; ++c) {
+      const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
+      const double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
+      ssum += sqrt(var > 0.0 ? var : 0.0);
+    }
+  } else {
+    // Blocks of 8 classes (one AVX-512 vector of doubles, two AVX2 ones); the scratch is padded with
+    // zeros to a multiple of kClassBlock, and lanes past C are masked out.
+    for (int cb = 0; cb < C; cb += kClassBlock) {
+      LABELWISE_SIMD_SPREAD
+      for (int j = 0; j < kClassBlock; ++j) {
+        const int c = cb + j;
+        const bool real = c < C;
+        const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
+        const double mean = static_cast<double>(s.first[c]) + mean_shift;
+        double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
+        var = var > 0.0 ? var : 0.0;
+        ssum += real ? sqrt(var) : 0.0;
+        const double mu = mean < 1e-9 ? 1e-9 : mean;
+        const double v = var < 1e-9 ? 1e-9 : var;
+        const double alpha = mu * mu * (1.0 - mu) / v - mu;
+        const double beta = (1.0 / mu - 1.0) * alpha;
+        const bool ok = (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
+        const double t = balentacq_class_term_positive(mu, ok ? alpha : 1.0, ok ? beta : 1.0);
+        tsum += (ok & real) ? t : 0.0;
+        slow |= (ok | !real) ? 0 : 1;
+      }
+    }
+  }
+  if (slow) {
+    for (int c = 0; c < C; ++c) {
+      const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
+      const double mean = static_cast<double>(s.first[c]) + mean_shift;
+      double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
+      var = var > 0.0 ? var : 0.0;
+      const double mu = mean < 1e-9 ? 1e-9 : mean;
+      const double v = var < 1e-9 ? 1e-9 : var;
+      const double alpha = mu * mu * (1.0 - mu) / v - mu;
+      const double beta = (1.0 / mu - 1.0) * alpha;
+      if (!((alpha + 1.0 > 0.0) && (beta > 0.0) && (beta < 1e15) && (mean < 1.0))) tsum += balentacq_class_term(mean, var);
+    }
+  }
+  std_sum = ssum;
+  terms = tsum;
+}
+
 /// BalEntAcq from H = H[p̄] and Σ_c t_c: MJEnt = Σ t + H, s = (H + ln 2)/(MJEnt + H), s<0 → 1/s.
 /// A certain item (a class with mean probability exactly 1, so H = 0 up to underflow) gets -inf,
 /// the bottom of the ranking, where the reference's NaN sentinel (-99999999999) also puts it.
@@ -172,12 +254,19 @@ LABELWISE_HD int contiguous_probs(const T* x, int K, int C, double tol, bool nee
   const int n = K * C;
   int bad = 0;
   R total = R(0), plogp = R(0);
-  LABELWISE_SIMD_PROBS
-  for (int i = 0; i < n; ++i) {
-    const R v = static_cast<R>(x[i]);
-    bad |= ((v >= R(0)) & (v <= R(2))) ? 0 : 1;  // NaN and ±Inf fail too
-    total += v;
-    if (need_ent) plogp += lw_plogp(v);
+  if (need_ent) {
+    LABELWISE_SIMD_PROBS
+    for (int i = 0; i < n; ++i) {
+      const R v = static_cast<R>(x[i]);
+      bad |= ((v >= R(0)) & (v <= R(2))) ? 0 : 1;  // NaN and ±Inf fail too
+      plogp += lw_plogp(v);
+    }
+  } else {
+    LABELWISE_SIMD_PROBS
+    for (int i = 0; i < n; ++i) {
+      const R v = static_cast<R>(x[i]);
+      bad |= ((v >= R(0)) & (v <= R(2))) ? 0 : 1;
+    }
   }
   if (bad) {
     for (int k = 0; k < K; ++k) {
@@ -328,14 +417,7 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
   if (need_sq) {
     double std_sum = 0.0, terms = 0.0;
     const bool want_bal = (mask & kBitBalEntAcq) != 0;
-    for (int c = 0; c < C; ++c) {
-      const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
-      const double mu = static_cast<double>(s.first[c]) + mean_shift;
-      double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
-      var = var > 0.0 ? var : 0.0;
-      std_sum += sqrt(var);
-      if (want_bal) terms += balentacq_class_term(mu, var);
-    }
+    class_spread_terms(s, K, C, want_bal, std_sum, terms);
     res[8] = std_sum / C;
     if (want_bal) res[9] = balentacq_from_terms(h_mean, terms, top1);
   }
