@@ -57,7 +57,11 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 #define LABELWISE_SIMD_PLOGP _Pragma("omp simd reduction(+ : plogp)")
 #define LABELWISE_SIMD_TOTAL _Pragma("omp simd reduction(+ : total)")
 #define LABELWISE_SIMD_SPREAD _Pragma("omp simd reduction(+ : ssum, tsum) reduction(| : slow)")
+#define LABELWISE_SIMD_PLAIN _Pragma("omp simd")
+#define LABELWISE_SIMD_PL _Pragma("omp simd reduction(+ : pl)")
 #else
+#define LABELWISE_SIMD_PLAIN
+#define LABELWISE_SIMD_PL
 #define LABELWISE_SIMD_SPREAD
 #define LABELWISE_SIMD_TOTAL
 #define LABELWISE_SIMD_PROBS
@@ -85,6 +89,7 @@ struct ItemScratch {
   A* sumsq;   // Σ_k (p_kc - p_0c)², only when MeanStd or BalEntAcq is requested
   A* row;     // exp(x - max) of the current sample, for logits / log-probabilities
   int* votes; // number of samples whose arg-max is c, only for VariationRatio
+  A* block;   // K·C values: exp(x - item max) of a contiguous logit block (CPU dense path only; else null)
 };
 
 // Elementary functions: fast vectorisable float versions on the host, the CUDA ones on the device,
@@ -157,13 +162,17 @@ template <typename A>
 LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool want_bal, double& std_sum,
                                      double& terms) {
   const double inv_k = 1.0 / K;
+  // Local copies: loads through `s` inside the loops would block vectorisation.
+  const A* __restrict__ first_p = s.first;
+  const A* __restrict__ sum_p = s.sum;
+  const A* __restrict__ sumsq_p = s.sumsq;
   int slow = 0;
   double ssum = 0.0, tsum = 0.0;
   if (!want_bal) {
     LABELWISE_SIMD_SPREAD
     for (int c = 0; c < C; ++c) {
-      const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
-      const double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
+      const double mean_shift = static_cast<double>(sum_p[c]) * inv_k;
+      const double var = (static_cast<double>(sumsq_p[c]) - K * mean_shift * mean_shift) / (K - 1);
       ssum += sqrt(var > 0.0 ? var : 0.0);
     }
   } else {
@@ -174,9 +183,9 @@ LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool
       for (int j = 0; j < kClassBlock; ++j) {
         const int c = cb + j;
         const bool real = c < C;
-        const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
-        const double mean = static_cast<double>(s.first[c]) + mean_shift;
-        double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
+        const double mean_shift = static_cast<double>(sum_p[c]) * inv_k;
+        const double mean = static_cast<double>(first_p[c]) + mean_shift;
+        double var = (static_cast<double>(sumsq_p[c]) - K * mean_shift * mean_shift) / (K - 1);
         var = var > 0.0 ? var : 0.0;
         ssum += real ? sqrt(var) : 0.0;
         const double mu = mean < 1e-9 ? 1e-9 : mean;
@@ -310,6 +319,65 @@ LABELWISE_HD int contiguous_probs(const T* x, int K, int C, double tol, bool nee
   return kItemOk;
 }
 
+/// Logits or log-probabilities laid out as one contiguous K x C block. Softmax is shift-invariant per
+/// sample, so the exponentials are taken against the item's maximum in one flat vector loop; a sample
+/// whose values all sit more than ~87 (float) below that maximum underflows to z = 0, and then the
+/// item is redone row by row (returns -1). Otherwise returns an ItemStatus and adds -Σ p ln p.
+template <typename R, typename T>
+LABELWISE_HD int contiguous_logs(const T* x, int K, int C, int input_kind, double tol, bool need_ent, bool need_sq,
+                                 const ItemScratch<R>& s, double& ent_sum) {
+  const int n = K * C;
+  int bad = 0;
+  R mx = -INFINITY;
+  LABELWISE_SIMD_MAX
+  for (int i = 0; i < n; ++i) {
+    const R v = static_cast<R>(x[i]);
+    bad |= ((v != v) | (v == INFINITY)) ? 1 : 0;
+    mx = v > mx ? v : mx;
+  }
+  if (bad) return kItemNonFinite;
+  if (mx == -INFINITY) return kItemAllMasked;
+  R* e = s.block;
+  LABELWISE_SIMD_PLAIN
+  for (int i = 0; i < n; ++i) e[i] = lw_exp_nonpositive(static_cast<R>(x[i]) - mx);
+  double plogp = 0.0;
+  for (int k = 0; k < K; ++k) {
+    const R* ek = e + k * C;
+    const T* xk = x + k * C;
+    R z = R(0);
+    LABELWISE_SIMD_Z
+    for (int c = 0; c < C; ++c) z += ek[c];
+    if (!(z > R(0))) return -1;  // underflow against the item maximum (or a fully masked sample)
+    const double lse = static_cast<double>(mx) + log(static_cast<double>(z));
+    if (input_kind == 1 && !(fabs(lse) <= tol)) return kItemUnnormalised;
+    const R scale = static_cast<R>(input_kind == 1 ? exp(static_cast<double>(mx)) : 1.0 / static_cast<double>(z));
+    const R shift = static_cast<R>(input_kind == 1 ? 0.0 : lse);
+    R pl = R(0);
+    if (k == 0) {
+      for (int c = 0; c < C; ++c) {
+        const R p = ek[c] * scale;
+        s.first[c] = p;
+        s.sum[c] = R(0);
+        s.sumsq[c] = R(0);
+        pl += p > R(0) ? p * (static_cast<R>(xk[c]) - shift) : R(0);
+      }
+    } else {
+      LABELWISE_SIMD_PL
+      for (int c = 0; c < C; ++c) {
+        const R p = ek[c] * scale;
+        const R d = p - s.first[c];
+        s.sum[c] += d;
+        s.sumsq[c] += d * d;
+        pl += p > R(0) ? p * (static_cast<R>(xk[c]) - shift) : R(0);
+      }
+    }
+    plogp += static_cast<double>(pl);
+  }
+  if (need_ent) ent_sum -= plogp;
+  (void)need_sq;
+  return kItemOk;
+}
+
 /// Scores one item. `x` points at element (k=0, c=0); sk / sc are the sample / class strides
 /// (kDense: the class stride is 1, which lets the compiler vectorise the class loops).
 /// Writes the requested metrics into res[Metric] and returns an ItemStatus.
@@ -324,10 +392,16 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
   if (need_votes)
     for (int c = 0; c < C; ++c) s.votes[c] = 0;
   double ent_sum = 0.0;
-  const bool contiguous = kDense && sk == C && input_kind == 0;
+  bool contiguous = kDense && sk == C && s.block != nullptr;
   if (contiguous) {
-    const int st = contiguous_probs<R>(x, K, C, tol, need_ent, need_sq, s, ent_sum);
-    if (st != kItemOk) return st;
+    const int st = input_kind == 0 ? contiguous_probs<R>(x, K, C, tol, need_ent, need_sq, s, ent_sum)
+                                   : contiguous_logs<R>(x, K, C, input_kind, tol, need_ent, need_sq, s, ent_sum);
+    if (st == -1) {
+      contiguous = false;  // underflow against the item maximum: redo this item sample by sample
+      ent_sum = 0.0;
+    } else if (st != kItemOk) {
+      return st;
+    }
   }
   for (int k = 0; k < K; ++k) {
     const T* r = x + k * sk;
