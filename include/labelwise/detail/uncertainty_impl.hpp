@@ -58,9 +58,11 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 #define LABELWISE_SIMD_TOTAL _Pragma("omp simd reduction(+ : total)")
 #define LABELWISE_SIMD_SPREAD _Pragma("omp simd reduction(+ : ssum, tsum) reduction(| : slow)")
 #define LABELWISE_SIMD_PLAIN _Pragma("omp simd")
+#define LABELWISE_SIMD_H _Pragma("omp simd reduction(+ : h)")
 #define LABELWISE_SIMD_PL _Pragma("omp simd reduction(+ : pl)")
 #else
 #define LABELWISE_SIMD_PLAIN
+#define LABELWISE_SIMD_H
 #define LABELWISE_SIMD_PL
 #define LABELWISE_SIMD_SPREAD
 #define LABELWISE_SIMD_TOTAL
@@ -135,6 +137,25 @@ LABELWISE_HD inline double balentacq_class_term(double mean, double var) {
   const double t = mu * h;
   if (!(t > -INFINITY && t < INFINITY)) return 0.0;
   return t < 0.0 ? t : 0.0;
+}
+
+/// H[p̄] = -Σ_c p̄_c ln p̄_c over blocks of kClassBlock classes (vectorised on the CPU; padding is 0).
+template <typename A>
+LABELWISE_HD double mean_entropy(const ItemScratch<A>& s, int C, double inv_k) {
+  const A* __restrict__ first_p = s.first;
+  const A* __restrict__ sum_p = s.sum;
+  double h = 0.0;
+  for (int cb = 0; cb < C; cb += kClassBlock) {
+    LABELWISE_SIMD_H
+    for (int j = 0; j < kClassBlock; ++j) {
+      const int c = cb + j;
+      const double mu = static_cast<double>(first_p[c]) + static_cast<double>(sum_p[c]) * inv_k;
+      const bool pos = (mu > 0.0) & (c < C);
+      const double lg = lw_log_d(pos ? mu : 1.0);
+      h -= pos ? mu * lg : 0.0;
+    }
+  }
+  return h;
 }
 
 /// The same term, branch-free for a vector loop over classes; valid when alpha + 1 > 0 and beta > 0
@@ -348,7 +369,7 @@ LABELWISE_HD int contiguous_logs(const T* x, int K, int C, int input_kind, doubl
     LABELWISE_SIMD_Z
     for (int c = 0; c < C; ++c) z += ek[c];
     if (!(z > R(0))) return -1;  // underflow against the item maximum (or a fully masked sample)
-    const double lse = static_cast<double>(mx) + log(static_cast<double>(z));
+    const double lse = static_cast<double>(mx) + lw_log_d(static_cast<double>(z));
     if (input_kind == 1 && !(fabs(lse) <= tol)) return kItemUnnormalised;
     const R scale = static_cast<R>(input_kind == 1 ? exp(static_cast<double>(mx)) : 1.0 / static_cast<double>(z));
     const R shift = static_cast<R>(input_kind == 1 ? 0.0 : lse);
@@ -468,10 +489,10 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
 
   // Finalise from the per-class sums (in double).
   const double inv_k = 1.0 / K;
-  double h_mean = 0.0, top1 = -1.0, top2 = -1.0;
+  const double h_mean = mean_entropy(s, C, inv_k);
+  double top1 = -1.0, top2 = -1.0;
   for (int c = 0; c < C; ++c) {
     const double mu = static_cast<double>(s.first[c]) + static_cast<double>(s.sum[c]) * inv_k;
-    if (mu > 0.0) h_mean -= mu * log(mu);
     if (mu > top1) { top2 = top1; top1 = mu; }
     else if (mu > top2) { top2 = mu; }
   }
