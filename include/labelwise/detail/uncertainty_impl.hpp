@@ -58,10 +58,14 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 #define LABELWISE_SIMD_TOTAL _Pragma("omp simd reduction(+ : total)")
 #define LABELWISE_SIMD_SPREAD _Pragma("omp simd reduction(+ : ssum, tsum) reduction(| : slow)")
 #define LABELWISE_SIMD_PLAIN _Pragma("omp simd")
+#define LABELWISE_SIMD_FLAT_ENT _Pragma("omp simd reduction(+ : plogp) reduction(| : bad)")
+#define LABELWISE_SIMD_FLAT _Pragma("omp simd reduction(| : bad)")
 #define LABELWISE_SIMD_H _Pragma("omp simd reduction(+ : h)")
 #define LABELWISE_SIMD_PL _Pragma("omp simd reduction(+ : pl)")
 #else
 #define LABELWISE_SIMD_PLAIN
+#define LABELWISE_SIMD_FLAT_ENT
+#define LABELWISE_SIMD_FLAT
 #define LABELWISE_SIMD_H
 #define LABELWISE_SIMD_PL
 #define LABELWISE_SIMD_SPREAD
@@ -91,7 +95,9 @@ struct ItemScratch {
   A* sumsq;   // Σ_k (p_kc - p_0c)², only when MeanStd or BalEntAcq is requested
   A* row;     // exp(x - max) of the current sample, for logits / log-probabilities
   int* votes; // number of samples whose arg-max is c, only for VariationRatio
-  A* block;   // K·C values: exp(x - item max) of a contiguous logit block (CPU dense path only; else null)
+  A* block;   // K·C + 16 values: a contiguous item block copied (probabilities) or its
+              // exp(x - item max) (logits); CPU dense path only, else null. row needs max(C, K) entries.
+  A* block2;  // K·C values: exp(x - max)·(x - max) (logits, CPU dense path only)
 };
 
 // Elementary functions: fast vectorisable float versions on the host, the CUDA ones on the device,
@@ -275,26 +281,113 @@ LABELWISE_HD inline void accumulate(const ItemScratch<A>& s, int c, A p, bool fi
   }
 }
 
-/// Probabilities laid out as one contiguous K x C block: flat vector loops over all K·C values for
-/// the validity check and Σ p ln p, then one pass per sample for its total and the class sums.
+/// Class sums of a contiguous K x C block that was copied to scratch (`blk`, padded by kClassBlock),
+/// row k scaled by row_scale[k] (or 1): blocks of kClassBlock lanes, lanes past C masked, so that the
+/// loops vectorise for any C. Returns 0, or the first row whose total is off 1 by more than tol
+/// plus 1 (check_totals only).
+template <typename R>
+LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C, const ItemScratch<R>& s,
+                                  bool check_totals, double tol) {
+#if !LABELWISE_ON_DEVICE
+  if (C <= 16) {
+    // Few classes: the accumulators fit in registers (a fixed 16-lane block).
+    R first[16], sum[16], sumsq[16];
+    R total = R(0);
+    LABELWISE_SIMD_TOTAL
+    for (int j = 0; j < 16; ++j) {
+      const bool real = j < C;
+      const R v = blk[j];  // unconditional: the block is padded, and a masked load would not vectorise
+      const R p = real ? v * (row_scale ? row_scale[0] : R(1)) : R(0);
+      first[j] = p;
+      sum[j] = R(0);
+      sumsq[j] = R(0);
+      total += p;
+    }
+    if (check_totals && !(fabs(static_cast<double>(total) - 1.0) <= tol)) return 1;
+    for (int k = 1; k < K; ++k) {
+      const R* __restrict__ r = blk + k * C;
+      const R scale = row_scale ? row_scale[k] : R(1);
+      total = R(0);
+      LABELWISE_SIMD_TOTAL
+      for (int j = 0; j < 16; ++j) {
+        const bool real = j < C;
+        const R v = r[j];
+        const R p = real ? v * scale : R(0);
+        const R d = p - first[j];
+        sum[j] += d;
+        sumsq[j] += d * d;
+        total += p;
+      }
+      if (check_totals && !(fabs(static_cast<double>(total) - 1.0) <= tol)) return k + 1;
+    }
+    for (int j = 0; j < C; ++j) {
+      s.first[j] = first[j];
+      s.sum[j] = sum[j];
+      s.sumsq[j] = sumsq[j];
+    }
+    return 0;
+  }
+#endif
+  R* __restrict__ first_p = s.first;
+  R* __restrict__ sum_p = s.sum;
+  R* __restrict__ sumsq_p = s.sumsq;
+  for (int k = 0; k < K; ++k) {
+    const R* __restrict__ r = blk + k * C;
+    const R scale = row_scale ? row_scale[k] : R(1);
+    R total = R(0);
+    for (int cb = 0; cb < C; cb += kClassBlock) {
+      if (k == 0) {
+        LABELWISE_SIMD_TOTAL
+        for (int j = 0; j < kClassBlock; ++j) {
+          const int c = cb + j;
+          const bool real = c < C;
+          const R p = r[c] * scale;
+          first_p[c] = real ? p : R(0);
+          sum_p[c] = R(0);
+          sumsq_p[c] = R(0);
+          total += real ? p : R(0);
+        }
+      } else {
+        LABELWISE_SIMD_TOTAL
+        for (int j = 0; j < kClassBlock; ++j) {
+          const int c = cb + j;
+          const bool real = c < C;
+          const R p = r[c] * scale;
+          const R d = real ? p - first_p[c] : R(0);
+          sum_p[c] += d;
+          sumsq_p[c] += d * d;
+          total += real ? p : R(0);
+        }
+      }
+    }
+    if (check_totals && !(fabs(static_cast<double>(total) - 1.0) <= tol)) return k + 1;
+  }
+  return 0;
+}
+
+/// Probabilities laid out as one contiguous K x C block: one flat vector loop over all K·C values
+/// for the validity check and Σ p ln p (copying them to scratch), then the class sums.
 /// Returns an ItemStatus; adds -Σ p ln p to ent_sum.
 template <typename R, typename T>
-LABELWISE_HD int contiguous_probs(const T* x, int K, int C, double tol, bool need_ent, bool need_sq,
-                                  const ItemScratch<R>& s, double& ent_sum) {
+LABELWISE_HD int contiguous_probs(const T* x, int K, int C, double tol, bool need_ent, const ItemScratch<R>& s,
+                                  double& ent_sum) {
   const int n = K * C;
   int bad = 0;
-  R total = R(0), plogp = R(0);
+  R plogp = R(0);
+  R* __restrict__ blk = s.block;
   if (need_ent) {
-    LABELWISE_SIMD_PROBS
+    LABELWISE_SIMD_FLAT_ENT
     for (int i = 0; i < n; ++i) {
       const R v = static_cast<R>(x[i]);
+      blk[i] = v;
       bad |= ((v >= R(0)) & (v <= R(2))) ? 0 : 1;  // NaN and ±Inf fail too
       plogp += lw_plogp(v);
     }
   } else {
-    LABELWISE_SIMD_PROBS
+    LABELWISE_SIMD_FLAT
     for (int i = 0; i < n; ++i) {
       const R v = static_cast<R>(x[i]);
+      blk[i] = v;
       bad |= ((v >= R(0)) & (v <= R(2))) ? 0 : 1;
     }
   }
@@ -305,47 +398,19 @@ LABELWISE_HD int contiguous_probs(const T* x, int K, int C, double tol, bool nee
     }
     return kItemUnnormalised;
   }
+  if (accumulate_block<R>(blk, nullptr, K, C, s, true, tol) != 0) return kItemUnnormalised;
   ent_sum -= static_cast<double>(plogp);
-  for (int k = 0; k < K; ++k) {
-    const T* r = x + k * C;
-    total = R(0);
-    if (k == 0) {
-      LABELWISE_SIMD_TOTAL
-      for (int c = 0; c < C; ++c) {
-        const R p = static_cast<R>(r[c]);
-        total += p;
-        s.first[c] = p;
-        s.sum[c] = R(0);
-        s.sumsq[c] = R(0);
-      }
-    } else if (need_sq) {
-      LABELWISE_SIMD_TOTAL
-      for (int c = 0; c < C; ++c) {
-        const R p = static_cast<R>(r[c]);
-        total += p;
-        const R d = p - s.first[c];
-        s.sum[c] += d;
-        s.sumsq[c] += d * d;
-      }
-    } else {
-      LABELWISE_SIMD_TOTAL
-      for (int c = 0; c < C; ++c) {
-        const R p = static_cast<R>(r[c]);
-        total += p;
-        s.sum[c] += p - s.first[c];
-      }
-    }
-    if (!(fabs(static_cast<double>(total) - 1.0) <= tol)) return kItemUnnormalised;
-  }
   return kItemOk;
 }
 
 /// Logits or log-probabilities laid out as one contiguous K x C block. Softmax is shift-invariant per
 /// sample, so the exponentials are taken against the item's maximum in one flat vector loop; a sample
 /// whose values all sit more than ~87 (float) below that maximum underflows to z = 0, and then the
-/// item is redone row by row (returns -1). Otherwise returns an ItemStatus and adds -Σ p ln p.
+/// item is redone row by row (returns -1). Otherwise returns an ItemStatus and adds -Σ p ln p:
+/// per sample, Σ_c p_c ln p_c = (Σ_c e_c (x_c - m)) / z - ln z for logits (e = exp(x - m), z = Σ e),
+/// and Σ_c p_c x_c with p = e·exp(m) for log-probabilities.
 template <typename R, typename T>
-LABELWISE_HD int contiguous_logs(const T* x, int K, int C, int input_kind, double tol, bool need_ent, bool need_sq,
+LABELWISE_HD int contiguous_logs(const T* x, int K, int C, int input_kind, double tol, bool need_ent,
                                  const ItemScratch<R>& s, double& ent_sum) {
   const int n = K * C;
   int bad = 0;
@@ -358,44 +423,38 @@ LABELWISE_HD int contiguous_logs(const T* x, int K, int C, int input_kind, doubl
   }
   if (bad) return kItemNonFinite;
   if (mx == -INFINITY) return kItemAllMasked;
-  R* e = s.block;
+  R* __restrict__ e = s.block;
+  R* __restrict__ t = s.block2;  // e·(x - m): the entropy numerator, 0 where e = 0
   LABELWISE_SIMD_PLAIN
-  for (int i = 0; i < n; ++i) e[i] = lw_exp_nonpositive(static_cast<R>(x[i]) - mx);
+  for (int i = 0; i < n; ++i) {
+    const R xm = static_cast<R>(x[i]) - mx;
+    const R ei = lw_exp_nonpositive(xm);
+    e[i] = ei;
+    t[i] = ei > R(0) ? ei * xm : R(0);
+  }
+  R* scale = s.row;  // per-sample scale, K entries
   double plogp = 0.0;
   for (int k = 0; k < K; ++k) {
-    const R* ek = e + k * C;
-    const T* xk = x + k * C;
-    R z = R(0);
-    LABELWISE_SIMD_Z
-    for (int c = 0; c < C; ++c) z += ek[c];
-    if (!(z > R(0))) return -1;  // underflow against the item maximum (or a fully masked sample)
-    const double lse = static_cast<double>(mx) + lw_log_d(static_cast<double>(z));
-    if (input_kind == 1 && !(fabs(lse) <= tol)) return kItemUnnormalised;
-    const R scale = static_cast<R>(input_kind == 1 ? exp(static_cast<double>(mx)) : 1.0 / static_cast<double>(z));
-    const R shift = static_cast<R>(input_kind == 1 ? 0.0 : lse);
-    R pl = R(0);
-    if (k == 0) {
-      for (int c = 0; c < C; ++c) {
-        const R p = ek[c] * scale;
-        s.first[c] = p;
-        s.sum[c] = R(0);
-        s.sumsq[c] = R(0);
-        pl += p > R(0) ? p * (static_cast<R>(xk[c]) - shift) : R(0);
-      }
-    } else {
-      LABELWISE_SIMD_PL
-      for (int c = 0; c < C; ++c) {
-        const R p = ek[c] * scale;
-        const R d = p - s.first[c];
-        s.sum[c] += d;
-        s.sumsq[c] += d * d;
-        pl += p > R(0) ? p * (static_cast<R>(xk[c]) - shift) : R(0);
-      }
+    R z = R(0), u = R(0);
+    for (int c = 0; c < C; ++c) {
+      z += e[k * C + c];
+      u += t[k * C + c];
     }
-    plogp += static_cast<double>(pl);
+    if (!(z > R(0))) return -1;  // underflow against the item maximum (or a fully masked sample)
+    const double log_z = lw_log_d(static_cast<double>(z));
+    const double lse = static_cast<double>(mx) + log_z;
+    if (input_kind == 1 && !(fabs(lse) <= tol)) return kItemUnnormalised;
+    if (input_kind == 1) {
+      const double em = exp(static_cast<double>(mx));
+      scale[k] = static_cast<R>(em);
+      plogp += em * (static_cast<double>(u) + static_cast<double>(mx) * static_cast<double>(z));
+    } else {
+      scale[k] = static_cast<R>(1.0 / static_cast<double>(z));
+      plogp += static_cast<double>(u) / static_cast<double>(z) - log_z;
+    }
   }
+  accumulate_block<R>(e, scale, K, C, s, false, tol);
   if (need_ent) ent_sum -= plogp;
-  (void)need_sq;
   return kItemOk;
 }
 
@@ -415,8 +474,8 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
   double ent_sum = 0.0;
   bool contiguous = kDense && sk == C && s.block != nullptr;
   if (contiguous) {
-    const int st = input_kind == 0 ? contiguous_probs<R>(x, K, C, tol, need_ent, need_sq, s, ent_sum)
-                                   : contiguous_logs<R>(x, K, C, input_kind, tol, need_ent, need_sq, s, ent_sum);
+    const int st = input_kind == 0 ? contiguous_probs<R>(x, K, C, tol, need_ent, s, ent_sum)
+                                   : contiguous_logs<R>(x, K, C, input_kind, tol, need_ent, s, ent_sum);
     if (st == -1) {
       contiguous = false;  // underflow against the item maximum: redo this item sample by sample
       ent_sum = 0.0;
