@@ -28,7 +28,7 @@ __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_
   const int Cp = padded_classes(C);  // class loops read whole blocks; the padding stays zero
   A* buf = scratch + tid * 4 * static_cast<std::int64_t>(Cp);
   ItemScratch<A> s{buf, buf + Cp, buf + 2 * Cp, buf + 3 * Cp, votes_scratch + tid * static_cast<std::int64_t>(Cp),
-                   nullptr, nullptr};
+                   nullptr, nullptr, nullptr};
   double res[kNumMetrics];
   for (std::int64_t i = tid; i < grid.count; i += nthreads) {
     const std::int64_t off = item_offset(grid, grid.in_stride, i);

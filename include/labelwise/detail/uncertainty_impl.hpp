@@ -98,6 +98,7 @@ struct ItemScratch {
   A* block;   // K·C + 16 values: a contiguous item block copied (probabilities) or its
               // exp(x - item max) (logits); CPU dense path only, else null. row needs max(C, K) entries.
   A* block2;  // K·C values: exp(x - max)·(x - max) (logits, CPU dense path only)
+  A* staged;  // K·C values: a strided item gathered into a contiguous block (CPU only; else null)
 };
 
 // Elementary functions: fast vectorisable float versions on the host, the CUDA ones on the device,
@@ -472,10 +473,25 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
   if (need_votes)
     for (int c = 0; c < C; ++c) s.votes[c] = 0;
   double ent_sum = 0.0;
-  bool contiguous = kDense && sk == C && s.block != nullptr;
+  bool contiguous = s.block != nullptr && sc == 1 && sk == C;
+  const T* blk = x;
+  if (s.block != nullptr && !contiguous && s.staged != nullptr) {
+    // Any other layout (BaaL's [N, C, K], transposed or sliced views): gather the item's K x C values
+    // into a contiguous block once, reading along the smaller stride, then take the contiguous path.
+    R* st = s.staged;
+    if (sk < sc) {
+      for (int c = 0; c < C; ++c)
+        for (int k = 0; k < K; ++k) st[k * C + c] = static_cast<R>(x[k * sk + c * sc]);
+    } else {
+      for (int k = 0; k < K; ++k)
+        for (int c = 0; c < C; ++c) st[k * C + c] = static_cast<R>(x[k * sk + c * sc]);
+    }
+    blk = reinterpret_cast<const T*>(st);  // T and R are the same type for float and double input
+    contiguous = true;
+  }
   if (contiguous) {
-    const int st = input_kind == 0 ? contiguous_probs<R>(x, K, C, tol, need_ent, s, ent_sum)
-                                   : contiguous_logs<R>(x, K, C, input_kind, tol, need_ent, s, ent_sum);
+    const int st = input_kind == 0 ? contiguous_probs<R>(blk, K, C, tol, need_ent, s, ent_sum)
+                                   : contiguous_logs<R>(blk, K, C, input_kind, tol, need_ent, s, ent_sum);
     if (st == -1) {
       contiguous = false;  // underflow against the item maximum: redo this item sample by sample
       ent_sum = 0.0;
