@@ -5,9 +5,11 @@
 // Usage: bench_cuda [N=1310720] [K=20] [C=10]   (default input: 1.05 GB of float32 probabilities)
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "labelwise/labelwise.hpp"
@@ -105,6 +107,33 @@ int main(int argc, char** argv) {
   run("predictive_entropy, probs", {Metric::PredictiveEntropy}, InputKind::Probabilities);
   run("balentacq, probs", {Metric::BalEntAcq}, InputKind::Probabilities);
   std::printf("\nfloor for the fused pass: %.3f ms (bytes / read-kernel bandwidth)\n", bytes / read_bw * 1e3);
+
+  // Acquisition: top_k and stochastic on N_sel = 10^7 float32 scores (the first 10^7 entries of x,
+  // probabilities in (0, 1)), b = 10^4. Floor: the scores read once at the read-kernel bandwidth.
+  {
+    const std::int64_t n_sel = std::min<std::int64_t>(10000000, static_cast<std::int64_t>(n)), b_sel = 10000;
+    std::int64_t* sel = nullptr;
+    CK(cudaMalloc(&sel, b_sel * sizeof(std::int64_t)));
+    const TensorView sv(x, DType::Float32, {n_sel}, Device::cuda(0));
+    const TensorView iv(sel, DType::Int64, {b_sel}, Device::cuda(0));
+    const double sel_bytes = 4.0 * n_sel;
+    std::printf("\n| acquisition, N=%lld float32, b=%lld | time (ms) | GB/s scores read | floor (ms) |\n|---|---|---|---|\n",
+                (long long)n_sel, (long long)b_sel);
+    auto row = [&](const char* label, auto&& f) {
+      const float ms = time_ms(f, 5);
+      std::printf("| %s | %.3f | %.0f | %.3f |\n", label, ms, sel_bytes / (ms * 1e-3) / 1e9, sel_bytes / read_bw * 1e3);
+    };
+    row("top_k", [&] { top_k(sv, b_sel, iv); });
+    const StochasticMode modes[] = {StochasticMode::Power, StochasticMode::Softmax, StochasticMode::SoftRank};
+    for (StochasticMode mode : modes) {
+      StochasticOptions o;
+      o.mode = mode;
+      o.seed = 1;
+      const std::string label = std::string("stochastic ") + stochastic_mode_name(mode);
+      row(label.c_str(), [&] { stochastic(sv, b_sel, iv, o); });
+    }
+    cudaFree(sel);
+  }
   cudaFree(x);
   cudaFree(copy);
   cudaFree(out);

@@ -1,5 +1,6 @@
 // Linked into CPU-only builds: CUDA work gets a clear error, never a link error.
 #include "labelwise/core/parallel.hpp"
+#include "selection_backend.hpp"
 #include "uncertainty_backend.hpp"
 
 namespace labelwise {
@@ -7,6 +8,9 @@ bool built_with_cuda() { return false; }
 namespace detail {
 ScoreFailure score_cuda(const ScoreJob&) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
+}
+SelectFailure select_cuda(const SelectJob&) {
+  throw Error(ErrorKind::Runtime, "scores: is a CUDA tensor, but labelwise was built without CUDA");
 }
 }  // namespace detail
 }  // namespace labelwise

@@ -5,4 +5,5 @@
 #include "labelwise/core/error.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/core/tensor_view.hpp"
+#include "labelwise/acquisition/selection.hpp"
 #include "labelwise/uncertainty/metrics.hpp"

@@ -3,9 +3,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "labelwise/acquisition/selection.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/interop/dlpack.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
@@ -100,5 +102,92 @@ PYBIND11_MODULE(_core, m) {
         score(xv, outs, opt);
       },
       py::arg("x"), py::arg("outputs"), py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"),
+      py::arg("stream") = 0);
+
+  // ---- acquisition: top-k, stochastic (Gumbel-top-k), shard merge (labelwise.acquisition) ----
+  // Optional arrays arrive as None or a DLPack capsule.
+  auto optional_view = [](const py::object& cap, const char* what, bool writable) -> std::optional<TensorView> {
+    if (cap.is_none()) return std::nullopt;
+    return view_of(cap.cast<py::capsule>(), what, writable);
+  };
+  m.def(
+      "top_k",
+      [optional_view](const py::capsule& scores, std::int64_t b, const py::capsule& indices, const py::object& values,
+                      std::int64_t index_offset, std::uintptr_t stream) {
+        const TensorView sv = view_of(scores, "scores", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        const std::optional<TensorView> vv = optional_view(values, "values", true);
+        SelectOptions opt;
+        opt.index_offset = index_offset;
+        opt.stream = reinterpret_cast<void*>(stream);
+        py::gil_scoped_release release;
+        if (vv)
+          top_k(sv, b, iv, *vv, opt);
+        else
+          top_k(sv, b, iv, opt);
+      },
+      py::arg("scores"), py::arg("b"), py::arg("indices"), py::arg("values"), py::arg("index_offset") = 0,
+      py::arg("stream") = 0);
+
+  auto stochastic_options = [optional_view](const std::string& mode, double temperature, std::uint64_t seed,
+                                            std::int64_t index_offset, const py::object& ranks,
+                                            std::uintptr_t stream) {
+    StochasticOptions opt;
+    opt.mode = stochastic_mode_from_name(mode);
+    opt.temperature = temperature;
+    opt.seed = seed;
+    opt.index_offset = index_offset;
+    if (auto r = optional_view(ranks, "ranks", false)) opt.ranks = *r;
+    opt.stream = reinterpret_cast<void*>(stream);
+    return opt;
+  };
+  m.def(
+      "stochastic",
+      [optional_view, stochastic_options](const py::capsule& scores, std::int64_t b, const py::capsule& indices,
+                                          const py::object& keys, const std::string& mode, double temperature,
+                                          std::uint64_t seed, std::int64_t index_offset, const py::object& ranks,
+                                          std::uintptr_t stream) {
+        const TensorView sv = view_of(scores, "scores", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        const std::optional<TensorView> kv = optional_view(keys, "keys", true);
+        const StochasticOptions opt = stochastic_options(mode, temperature, seed, index_offset, ranks, stream);
+        py::gil_scoped_release release;
+        if (kv)
+          stochastic(sv, b, iv, *kv, opt);
+        else
+          stochastic(sv, b, iv, opt);
+      },
+      py::arg("scores"), py::arg("b"), py::arg("indices"), py::arg("keys"), py::arg("mode"), py::arg("temperature"),
+      py::arg("seed"), py::arg("index_offset") = 0, py::arg("ranks") = py::none(), py::arg("stream") = 0);
+
+  m.def(
+      "stochastic_keys",
+      [stochastic_options](const py::capsule& scores, const py::capsule& keys, const std::string& mode,
+                           double temperature, std::uint64_t seed, std::int64_t index_offset, const py::object& ranks,
+                           std::uintptr_t stream) {
+        const TensorView sv = view_of(scores, "scores", false);
+        const TensorView kv = view_of(keys, "keys", true);
+        const StochasticOptions opt = stochastic_options(mode, temperature, seed, index_offset, ranks, stream);
+        py::gil_scoped_release release;
+        stochastic_keys(sv, kv, opt);
+      },
+      py::arg("scores"), py::arg("keys"), py::arg("mode"), py::arg("temperature"), py::arg("seed"),
+      py::arg("index_offset") = 0, py::arg("ranks") = py::none(), py::arg("stream") = 0);
+
+  m.def(
+      "merge_top_k",
+      [optional_view](const py::capsule& values, const py::capsule& indices, std::int64_t b,
+                      const py::capsule& out_indices, const py::object& out_values, std::uintptr_t stream) {
+        const TensorView vv = view_of(values, "values", false);
+        const TensorView iv = view_of(indices, "indices", false);
+        const TensorView ov = view_of(out_indices, "out_indices", true);
+        const std::optional<TensorView> ovv = optional_view(out_values, "out_values", true);
+        py::gil_scoped_release release;
+        if (ovv)
+          merge_top_k(vv, iv, b, ov, *ovv, reinterpret_cast<void*>(stream));
+        else
+          merge_top_k(vv, iv, b, ov, reinterpret_cast<void*>(stream));
+      },
+      py::arg("values"), py::arg("indices"), py::arg("b"), py::arg("out_indices"), py::arg("out_values"),
       py::arg("stream") = 0);
 }

@@ -1,0 +1,315 @@
+// CPU backend of top-k / stochastic selection and the shard merge.
+//
+// One pass over the pool on a static thread partition: every worker turns its items into
+// (ordered key u, global index) candidates with the shared body (detail/selection_impl.hpp) and keeps
+// its best b in a buffer of 2b: when the buffer is full, std::nth_element keeps the best b and their
+// worst becomes a threshold that rejects most later items with one comparison (amortised O(1) per
+// item). The workers' survivors (at most b each) are merged by nth_element and the b winners sorted.
+// The order (u descending, index ascending) is strict, so the result is unique: it cannot depend on
+// the thread count. Stochastic keys are made in blocks, and the worker's threshold also prunes them:
+// items whose Gumbel noise provably cannot beat it skip their logarithms (prune_uniform). SoftRank
+// without given ranks first sorts the pool (O(N log N): ranks need it).
+// Built with -ffp-contract=off (CMakeLists.txt) so that the keys are the same bits as on the GPU.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../selection_backend.hpp"
+#include "labelwise/core/parallel.hpp"
+#include "labelwise/detail/parallel_for.hpp"
+
+namespace labelwise {
+namespace detail {
+namespace {
+
+struct Cand {
+  std::uint64_t u;
+  std::int64_t id;
+};
+
+struct Better {
+  bool operator()(const Cand& a, const Cand& b) const { return a.u > b.u || (a.u == b.u && a.id < b.id); }
+};
+
+/// The best b candidates seen so far (in no particular order until finish()).
+class BestB {
+ public:
+  explicit BestB(std::int64_t b) : b_(static_cast<std::size_t>(b)), cap_(std::max<std::size_t>(2 * b_, 4096)) {}
+
+  void push(std::uint64_t u, std::int64_t id) {
+    if (full_ && !(u > thr_.u || (u == thr_.u && id < thr_.id))) return;
+    buf_.push_back({u, id});
+    if (buf_.size() >= cap_) shrink();
+  }
+
+  /// True once a threshold exists: only candidates better than threshold() can still enter.
+  bool full() const { return full_; }
+  const Cand& threshold() const { return thr_; }
+
+  /// At most b candidates, the best of everything pushed.
+  std::vector<Cand>& finish() {
+    if (buf_.size() > b_) shrink();
+    return buf_;
+  }
+
+ private:
+  void shrink() {
+    if (b_ == 0) {
+      buf_.clear();
+      thr_ = {~0ull, -1};  // nothing passes
+      full_ = true;
+      return;
+    }
+    std::nth_element(buf_.begin(), buf_.begin() + (b_ - 1), buf_.end(), Better());
+    buf_.resize(b_);
+    thr_ = buf_[b_ - 1];  // the worst kept: anything not better can never enter the top b
+    full_ = true;
+  }
+
+  std::size_t b_, cap_;
+  std::vector<Cand> buf_;
+  Cand thr_{0, 0};
+  bool full_ = false;
+};
+
+constexpr std::int64_t kGrain = 1 << 15;
+constexpr int kBlock = 256;  // keys are made in blocks (a vectorisable loop), then offered to BestB
+
+struct Shared {
+  std::vector<BestB> best;
+  std::vector<SelectFailure> failures;
+  Shared(int workers, std::int64_t b) : failures(workers) {
+    best.reserve(workers);
+    for (int w = 0; w < workers; ++w) best.emplace_back(b < 0 ? 0 : b);
+  }
+};
+
+SelectFailure first_failure(const std::vector<SelectFailure>& fs) {
+  SelectFailure worst;
+  for (const auto& f : fs)
+    if (f.status != 0 && (worst.status == 0 || f.item < worst.item)) worst = f;
+  return worst;
+}
+
+/// Writes the sorted winners.
+void write_outputs(const SelectJob& job, const std::vector<Cand>& win) {
+  for (std::size_t j = 0; j < win.size(); ++j) {
+    job.out_index[static_cast<std::int64_t>(j) * job.out_index_stride] = win[j].id;
+    if (job.out_value) {
+      const double v = ordered_value(win[j].u);
+      const std::int64_t o = static_cast<std::int64_t>(j) * job.out_value_stride;
+      if (job.out_value_dtype == DType::Float32)
+        static_cast<float*>(job.out_value)[o] = static_cast<float>(v);
+      else
+        static_cast<double*>(job.out_value)[o] = v;
+    }
+  }
+}
+
+/// Sorts by Better on up to num_threads() threads: sorted chunks, then merged (the order is strict,
+/// so the result does not depend on the thread count).
+void parallel_sort(std::vector<Cand>& v) {
+  const std::int64_t n = static_cast<std::int64_t>(v.size());
+  std::vector<std::pair<std::int64_t, std::int64_t>> chunks(std::max(1, num_threads()), {0, 0});
+  parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+    std::sort(v.begin() + begin, v.begin() + end, Better());
+    chunks[w] = {begin, end};
+  });
+  for (const auto& c : chunks)
+    if (c.first > 0 && c.second > c.first)
+      std::inplace_merge(v.begin(), v.begin() + c.first, v.begin() + c.second, Better());
+}
+
+/// Below this uniform U, no item of a block whose log-weights are all <= max_log_w can beat the
+/// threshold key thr: G(U) = −ln(−ln U) is increasing, so key <= max_log_w + G(U) < thr whenever
+/// U < exp(−exp(−(thr − max_log_w))). A margin of 1e-6 in key units (and 1e-12 relative on U) makes
+/// the bound safe against the rounding of every step; items above it get their exact key. The
+/// pruning only skips work: the result is the same bits as without it. 0 = no pruning.
+double prune_uniform(double thr, double max_log_w) {
+  if (!std::isfinite(thr) || !std::isfinite(max_log_w)) return 0.0;
+  const double g0 = thr - max_log_w - 1e-6 * (1.0 + std::fabs(thr) + std::fabs(max_log_w));
+  return std::exp(-std::exp(-g0)) * (1.0 - 1e-12);
+}
+
+template <typename T>
+SelectFailure run(const SelectJob& job) {
+  const T* x = static_cast<const T*>(job.values);
+  const int workers = std::max(1, num_threads());
+  Shared sh(workers, job.b);
+  const std::int64_t n = job.n;
+  const bool select = job.b > 0;  // b = 0: validate only; b = -1: keys only (stochastic_keys)
+  const bool contiguous = job.grid.ndim == 1 && job.grid.stride[0] == 1;
+  auto load = [&](std::int64_t i) { return static_cast<double>(x[contiguous ? i : flat_offset(job.grid, i)]); };
+  const std::uint64_t seed = job.seed;
+  const std::int64_t offset = job.index_offset;
+
+  if (job.source == SelectSource::Stochastic && job.mode == kModeSoftRank && job.ranks == nullptr) {
+    // Ranks from the scores: sort (score descending, index ascending).
+    std::vector<Cand> order(static_cast<std::size_t>(n));
+    parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+      for (std::int64_t i = begin; i < end; ++i) {
+        const double s = load(i);
+        if (s != s) {
+          sh.failures[w] = {kSelectNaN, i};
+          return;
+        }
+        order[i] = {ordered_key(s), i};
+      }
+    });
+    const SelectFailure f = first_failure(sh.failures);
+    if (f.status != 0) return f;
+    parallel_sort(order);
+    // Item order[p] has rank p + 1; keys in parallel over positions.
+    if (select || job.out_keys) parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+      BestB& best = sh.best[w];
+      for (std::int64_t p0 = begin; p0 < end; p0 += kBlock) {
+        const std::int64_t p1 = std::min<std::int64_t>(end, p0 + kBlock);
+        double u0 = 0.0;
+        if (!job.out_keys && best.full()) {
+          double max_log_w = 0.0;  // the block's best rank is p0 + 1
+          stochastic_log_weight(kModeSoftRank, job.beta, 0.0, static_cast<double>(p0 + 1), &max_log_w);
+          u0 = prune_uniform(ordered_value(best.threshold().u), max_log_w);
+        }
+        for (std::int64_t p = p0; p < p1; ++p) {
+          const std::int64_t i = order[p].id;
+          const std::uint64_t bits = gumbel_bits(seed, static_cast<std::uint64_t>(i + offset));
+          if (rng::uniform_open(bits) < u0) continue;
+          double log_w = 0.0;
+          stochastic_log_weight(kModeSoftRank, job.beta, 0.0, static_cast<double>(p + 1), &log_w);
+          const double key = gumbel_key_from_bits(log_w, bits);
+          if (job.out_keys) job.out_keys[flat_offset(job.keys_grid, i)] = key;
+          if (select) best.push(ordered_key(key), i + offset);
+        }
+      }
+    });
+  } else if (job.source == SelectSource::Stochastic) {
+    parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+      BestB& best = sh.best[w];
+      double sv[kBlock], rv[kBlock];
+      for (std::int64_t i0 = begin; i0 < end; i0 += kBlock) {
+        const int m = static_cast<int>(std::min<std::int64_t>(kBlock, end - i0));
+        // Validate the block (NaN, negative power scores, ranks < 1) before any key.
+        bool bad = false;
+        for (int j = 0; j < m; ++j) {
+          sv[j] = load(i0 + j);
+          rv[j] = job.ranks ? static_cast<double>(job.ranks[flat_offset(job.ranks_grid, i0 + j)]) : 0.0;
+          bad |= sv[j] != sv[j] || (job.mode == kModePower && sv[j] < 0.0) || (job.ranks && !(rv[j] >= 1.0));
+        }
+        if (bad) {
+          for (int j = 0; j < m; ++j) {
+            double lw = 0.0;
+            const int st = stochastic_log_weight(job.mode, job.beta, sv[j], rv[j], &lw);
+            if (st != kSelectOk) {
+              sh.failures[w] = {st, i0 + j};
+              return;
+            }
+          }
+        }
+        double u0 = 0.0;
+        if (!job.out_keys && select && best.full()) {
+          double max_log_w = 0.0;
+          if (job.mode == kModeSoftRank) {
+            double r = rv[0];
+            for (int j = 1; j < m; ++j) r = std::min(r, rv[j]);
+            stochastic_log_weight(kModeSoftRank, job.beta, 0.0, r, &max_log_w);
+          } else {
+            double smax = sv[0];
+            for (int j = 1; j < m; ++j) smax = std::max(smax, sv[j]);
+            stochastic_log_weight(job.mode, job.beta, smax, 0.0, &max_log_w);
+          }
+          u0 = prune_uniform(ordered_value(best.threshold().u), max_log_w);
+        }
+        for (int j = 0; j < m; ++j) {
+          const std::int64_t g = i0 + j + offset;
+          const std::uint64_t bits = gumbel_bits(seed, static_cast<std::uint64_t>(g));
+          if (rng::uniform_open(bits) < u0) continue;
+          double log_w = 0.0;
+          stochastic_log_weight(job.mode, job.beta, sv[j], rv[j], &log_w);
+          const double key = gumbel_key_from_bits(log_w, bits);
+          if (job.out_keys) job.out_keys[flat_offset(job.keys_grid, i0 + j)] = key;
+          if (select) best.push(ordered_key(key), g);
+        }
+      }
+    });
+  } else {
+    // Scores (top_k) and Pairs (merge_top_k): ordered keys in a branch-free, vectorisable block loop,
+    // then one comparison against the worker's threshold before the exact push.
+    parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+      BestB& best = sh.best[w];
+      std::uint64_t u[kBlock];
+      for (std::int64_t i0 = begin; i0 < end; i0 += kBlock) {
+        const int m = static_cast<int>(std::min<std::int64_t>(kBlock, end - i0));
+        bool bad = false;
+        if (contiguous) {
+          const T* xb = x + i0;
+          for (int j = 0; j < m; ++j) {
+            const double s = static_cast<double>(xb[j]);
+            bad |= s != s;
+            u[j] = ordered_key(s);
+          }
+        } else {
+          for (int j = 0; j < m; ++j) {
+            const double s = load(i0 + j);
+            bad |= s != s;
+            u[j] = ordered_key(s);
+          }
+        }
+        if (bad) {
+          for (int j = 0; j < m; ++j)
+            if (load(i0 + j) != load(i0 + j)) {
+              sh.failures[w] = {kSelectNaN, i0 + j};
+              return;
+            }
+        }
+        if (!select) continue;
+        const std::uint64_t tu = best.full() ? best.threshold().u : 0;
+        if (job.source == SelectSource::Pairs) {
+          for (int j = 0; j < m; ++j) {
+            const std::int64_t id = job.ids[(i0 + j) * job.ids_stride];
+            if (id < 0) {
+              sh.failures[w] = {kSelectNegativeIndex, i0 + j};
+              return;
+            }
+            if (u[j] >= tu) best.push(u[j], id);
+          }
+        } else {
+          for (int j = 0; j < m; ++j)
+            if (u[j] >= tu) best.push(u[j], i0 + j + offset);
+        }
+      }
+    });
+  }
+  const SelectFailure f = first_failure(sh.failures);
+  if (f.status != 0 || !select) return f;
+
+  std::vector<Cand> win;
+  for (auto& bb : sh.best) {
+    auto& v = bb.finish();
+    win.insert(win.end(), v.begin(), v.end());
+  }
+  const std::size_t b = static_cast<std::size_t>(job.b);
+  if (win.size() > b) {
+    std::nth_element(win.begin(), win.begin() + b, win.end(), Better());
+    win.resize(b);
+  }
+  parallel_sort(win);
+  if (job.source == SelectSource::Pairs) {
+    std::vector<std::int64_t> ids(win.size());
+    for (std::size_t j = 0; j < win.size(); ++j) ids[j] = win[j].id;
+    std::sort(ids.begin(), ids.end());
+    for (std::size_t j = 1; j < ids.size(); ++j)
+      if (ids[j] == ids[j - 1]) return {kSelectDuplicate, ids[j]};
+  }
+  write_outputs(job, win);
+  return {};
+}
+
+}  // namespace
+
+SelectFailure select_cpu(const SelectJob& job) {
+  return job.dtype == DType::Float32 ? run<float>(job) : run<double>(job);
+}
+
+}  // namespace detail
+}  // namespace labelwise
