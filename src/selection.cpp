@@ -36,16 +36,6 @@ detail::FlatGrid flat_grid(const TensorView& v) {
   return g;
 }
 
-/// Element count with an overflow check.
-std::int64_t checked_numel(const TensorView& v, const char* what) {
-  std::int64_t total = 1;
-  for (int d = 0; d < v.ndim; ++d) {
-    check(v.shape[d] == 0 || total <= std::numeric_limits<std::int64_t>::max() / v.shape[d], ErrorKind::Value, what,
-          ": shape ", v.shape_str(), " has more elements than fit in int64");
-    total *= v.shape[d];
-  }
-  return total;
-}
 
 bool is_float(DType t) { return t == DType::Float32 || t == DType::Float64; }
 
@@ -54,7 +44,7 @@ std::int64_t check_pool(const TensorView& s, const char* what) {
   check(is_float(s.dtype), ErrorKind::Type, what, ": expected dtype float32 or float64, got ", dtype_name(s.dtype));
   check(s.ndim >= 1, ErrorKind::Value, what, ": expected rank >= 1 (a pool [N] or a map [N, *spatial]), got shape ",
         s.shape_str());
-  const std::int64_t n = checked_numel(s, what);
+  const std::int64_t n = s.checked_numel(what);
   check(n > 0, ErrorKind::Value, what, ": the pool is empty (shape ", s.shape_str(), ")");
   check(s.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
   return n;

@@ -42,13 +42,7 @@ Layout describe(const TensorView& x, const ScoreOptions& opt) {
     check(L.sample_axis != L.class_axis, ErrorKind::Value, "sample_axis and class_axis both name axis ", L.class_axis,
           " of x (shape ", x.shape_str(), ")");
   }
-  // Overflow-safe element count.
-  std::int64_t total = 1;
-  for (int d = 0; d < x.ndim; ++d) {
-    check(x.shape[d] == 0 || total <= std::numeric_limits<std::int64_t>::max() / x.shape[d], ErrorKind::Value,
-          "x: shape ", x.shape_str(), " has more elements than fit in int64");
-    total *= x.shape[d];
-  }
+  const std::int64_t total = x.checked_numel("x");
   check(total > 0, ErrorKind::Value, "x: input is empty (shape ", x.shape_str(), ")");
   check(x.data != nullptr, ErrorKind::Value, "x: data pointer is null");
   const std::int64_t C = x.shape[L.class_axis];

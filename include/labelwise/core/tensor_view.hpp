@@ -118,6 +118,15 @@ struct TensorView {
     return n;
   }
 
+  /// Number of elements, or Error(Value) naming `what` when the product overflows int64.
+  std::int64_t checked_numel(const char* what) const {
+    std::int64_t n = 1;
+    for (int d = 0; d < ndim; ++d)
+      check(!__builtin_mul_overflow(n, shape[d], &n), ErrorKind::Value, what, ": shape ", shape_str(),
+            " has more elements than fit in int64");
+    return n;
+  }
+
   std::vector<std::int64_t> sizes() const { return std::vector<std::int64_t>(shape, shape + ndim); }
 
   bool is_contiguous() const {

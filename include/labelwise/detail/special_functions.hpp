@@ -176,19 +176,11 @@ LABELWISE_HD inline void log_gamma_and_digamma_shifted_parts(double x, double& l
   P_out = P;
 }
 
+/// ln Γ(x) and ψ(x) for 0 < x < 1e20, branch-free (see log_gamma_and_digamma_shifted_parts).
 LABELWISE_HD inline void log_gamma_and_digamma_shifted(double x, double& lg, double& dg) {
-  double P = 1.0, D = 0.0;
-  for (int i = 0; i < 10; ++i) {
-    const double t = x + i;
-    D = D * t + P;
-    P = P * t;
-  }
-  const double y = x + 10.0, ly = lw_log_d(y), r = 1.0 / y, r2 = r * r;
-  dg = ly - 0.5 * r -
-       r2 * (1.0 / 12 - r2 * (1.0 / 120 - r2 * (1.0 / 252 - r2 * (1.0 / 240 - r2 * (1.0 / 132 - r2 * (691.0 / 32760)))))) -
-       D / P;
-  lg = (y - 0.5) * ly - y + 0.91893853320467274178 +
-       r * (1.0 / 12 - r2 * (1.0 / 360 - r2 * (1.0 / 1260 - r2 * (1.0 / 1680 - r2 * (1.0 / 1188))))) - lw_log_d(P);
+  double P = 1.0;
+  log_gamma_and_digamma_shifted_parts(x, lg, dg, P);
+  lg -= lw_log_d(P);
 }
 
 /// log(exp(a) + exp(b)) without overflow.
