@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: install what is missing, build and install labelwise into ./.venv, then score a real
-# data set (scikit-learn's breast-cancer data by default) and print the items to label next.
-# Extra arguments go to examples/python/next_to_label.py (try --help).
+# The main job: install what is missing, build and install labelwise into ./.venv, then
+#  1. score one MC-dropout model on real data (breast cancer) and print the items to label next;
+#  2. run the default active-learning campaign on the bundled real data sets and write its report.
+# Extra arguments go to the campaign (python -m labelwise.campaign --help), e.g. --quick, --out DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,4 +12,7 @@ if ! "$LW_PY" -c "import labelwise" 2>/dev/null || [[ -n "$(find include src pyt
   "$LW_PY" -m pip install -q --no-build-isolation .
   touch .venv/.labelwise-installed
 fi
-exec "$LW_PY" examples/python/next_to_label.py "$@"
+echo "== what to label next (one round, breast cancer, BalEntAcq)"
+"$LW_PY" examples/python/next_to_label.py
+echo "== active-learning campaign"
+exec "$LW_PY" -m labelwise.campaign "$@"
