@@ -7,3 +7,6 @@
 #include "labelwise/core/tensor_view.hpp"
 #include "labelwise/acquisition/selection.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
+#include "labelwise/propagation/binomial.hpp"
+#include "labelwise/propagation/certified.hpp"
+#include "labelwise/propagation/label_issues.hpp"

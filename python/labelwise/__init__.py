@@ -4,11 +4,13 @@ Uncertainty metrics (``labelwise.uncertainty``) run in one fused pass on CPU or 
 take numpy, PyTorch or CuPy arrays without a copy; results come back in the caller's
 framework and on the caller's device. Batch acquisition (``labelwise.acquisition``) turns
 scores into the batch to label: top-k and stochastic (Gumbel-top-k) selection, mergeable
-across shards.
+across shards. Auto-labelling (``labelwise.propagation``) labels the pool with a certified error
+rate and flags likely wrong human labels.
 """
 
 from . import acquisition, uncertainty
+from . import propagation
 from ._core import built_with_cuda, num_threads, set_num_threads
 
 __version__ = "0.1.0"
-__all__ = ["acquisition", "uncertainty", "built_with_cuda", "num_threads", "set_num_threads", "__version__"]
+__all__ = ["acquisition", "propagation", "uncertainty", "built_with_cuda", "num_threads", "set_num_threads", "__version__"]

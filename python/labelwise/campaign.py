@@ -377,7 +377,12 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict[str, Dataset], plots
             f = s["fraction_to_95"]
             fs = "not reached within the budget" if f is None else f"{100 * f:.1f} %"
             if f is not None and rand is not None and st != "random":
-                fs += f" ({100 * (1 - f / rand):+.0f} % labels vs random)" if f <= rand else f" ({100 * (f / rand - 1):.0f} % more labels than random)"
+                if f < rand:
+                    fs += f" ({100 * (1 - f / rand):.0f} % fewer labels than random)"
+                elif f == rand:
+                    fs += " (as many labels as random)"
+                else:
+                    fs += f" ({100 * (f / rand - 1):.0f} % more labels than random)"
             lines.append(f"| {st} | {s['accuracy_mean'][-1]:.3f} ± {s['accuracy_std'][-1]:.3f} | {fs} | "
                          f"{s['runs_reaching_95']} / {len(s['seeds'])} |")
         full = np.mean([s["full_accuracy_mean"] for s in by.values()])

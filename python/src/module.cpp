@@ -10,6 +10,9 @@
 #include "labelwise/acquisition/selection.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/interop/dlpack.hpp"
+#include "labelwise/propagation/binomial.hpp"
+#include "labelwise/propagation/certified.hpp"
+#include "labelwise/propagation/label_issues.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
 
 namespace py = pybind11;
@@ -190,4 +193,107 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("values"), py::arg("indices"), py::arg("b"), py::arg("out_indices"), py::arg("out_values"),
       py::arg("stream") = 0);
+
+  // ---- propagation: certified auto-labelling, label issues, exact binomial tools ----------------
+  auto prop_view = [](const py::object& cap, const char* what, bool writable) -> TensorView {
+    if (cap.is_none()) return TensorView();
+    return view_of(cap.cast<py::capsule>(), what, writable);
+  };
+  auto certificate_dict = [](const ThresholdCertificate& c) {
+    py::dict d;
+    d["certified"] = c.certified;
+    d["threshold"] = c.threshold;
+    d["bound"] = c.bound;
+    d["n_calibration"] = c.n_calibration;
+    d["n_calibration_accepted"] = c.n_calibration_accepted;
+    d["calibration_errors"] = c.calibration_errors;
+    d["min_calibration"] = c.min_calibration;
+    d["scan_start"] = c.scan_start;
+    d["target_error"] = c.target_error;
+    d["delta"] = c.delta;
+    d["reason"] = c.reason;
+    return d;
+  };
+  m.def("regularized_incomplete_beta", &regularized_incomplete_beta, py::arg("x"), py::arg("a"), py::arg("b"));
+  m.def("beta_quantile", &beta_quantile, py::arg("p"), py::arg("a"), py::arg("b"));
+  m.def("binomial_cdf", &binomial_cdf, py::arg("k"), py::arg("n"), py::arg("theta"));
+  m.def("clopper_pearson_upper", &clopper_pearson_upper, py::arg("errors"), py::arg("n"), py::arg("delta"));
+  m.def("min_certifiable_count", &min_certifiable_count, py::arg("target_error"), py::arg("delta"));
+  m.def(
+      "auto_label_shapes",
+      [](const py::capsule& pool_probs, int class_axis, const std::string& unit) {
+        CertifyOptions opt;
+        opt.class_axis = class_axis;
+        opt.unit = accept_unit_from_name(unit);
+        return auto_label_shapes(view_of(pool_probs, "pool_probs", false), opt);
+      },
+      py::arg("pool_probs"), py::arg("class_axis"), py::arg("unit"));
+  m.def(
+      "certify_threshold",
+      [certificate_dict](const py::capsule& calib_confidence, const py::capsule& calib_errors, double target_error,
+                         double delta, std::int64_t scan_start) {
+        const TensorView cv = view_of(calib_confidence, "calib_confidence", false);
+        const TensorView ev = view_of(calib_errors, "calib_errors", false);
+        ThresholdCertificate c;
+        {
+          py::gil_scoped_release release;
+          c = certify_threshold(cv, ev, target_error, delta, scan_start);
+        }
+        return certificate_dict(c);
+      },
+      py::arg("calib_confidence"), py::arg("calib_errors"), py::arg("target_error"), py::arg("delta"),
+      py::arg("scan_start") = 0);
+  m.def(
+      "certified_auto_label",
+      [prop_view, certificate_dict](const py::capsule& pool_probs, const py::capsule& calib_probs,
+                                    const py::capsule& calib_labels, const py::capsule& accepted,
+                                    const py::capsule& labels, double target_error, double delta, int class_axis,
+                                    const std::string& unit, std::optional<double> max_voxel_error,
+                                    const py::object& pool_confidence, const py::object& calib_confidence,
+                                    std::int64_t scan_start) {
+        CertifyOptions opt;
+        opt.target_error = target_error;
+        opt.delta = delta;
+        opt.class_axis = class_axis;
+        opt.unit = accept_unit_from_name(unit);
+        if (max_voxel_error) opt.max_voxel_error = *max_voxel_error;
+        opt.pool_confidence = prop_view(pool_confidence, "pool_confidence", false);
+        opt.calib_confidence = prop_view(calib_confidence, "calib_confidence", false);
+        opt.scan_start = scan_start;
+        const TensorView pv = view_of(pool_probs, "pool_probs", false);
+        const TensorView cv = view_of(calib_probs, "calib_probs", false);
+        const TensorView lv = view_of(calib_labels, "calib_labels", false);
+        const TensorView av = view_of(accepted, "accepted", true);
+        const TensorView ov = view_of(labels, "labels", true);
+        AutoLabelResult r;
+        {
+          py::gil_scoped_release release;
+          r = certified_auto_label(pv, cv, lv, av, ov, opt);
+        }
+        py::dict d = certificate_dict(r.certificate);
+        d["n_pool"] = r.n_pool;
+        d["n_accepted"] = r.n_accepted;
+        d["coverage"] = r.coverage;
+        return d;
+      },
+      py::arg("pool_probs"), py::arg("calib_probs"), py::arg("calib_labels"), py::arg("accepted"), py::arg("labels"),
+      py::arg("target_error"), py::arg("delta"), py::arg("class_axis"), py::arg("unit"), py::arg("max_voxel_error"),
+      py::arg("pool_confidence"), py::arg("calib_confidence"), py::arg("scan_start") = 0);
+  m.def(
+      "label_issues",
+      [prop_view](const py::capsule& probs, const py::capsule& given_labels, const py::capsule& indices,
+                  const py::object& self_confidence, const py::object& thresholds, const py::object& confident_joint,
+                  int class_axis) {
+        const TensorView pv = view_of(probs, "probs", false);
+        const TensorView lv = view_of(given_labels, "given_labels", false);
+        LabelIssuesOutputs out;
+        out.indices = view_of(indices, "indices", true);
+        out.self_confidence = prop_view(self_confidence, "self_confidence", true);
+        out.thresholds = prop_view(thresholds, "thresholds", true);
+        out.confident_joint = prop_view(confident_joint, "confident_joint", true);
+        py::gil_scoped_release release;
+        return label_issues(pv, lv, out, class_axis);
+      },
+      py::arg("probs"), py::arg("given_labels"), py::arg("indices"), py::arg("self_confidence"),
+      py::arg("thresholds"), py::arg("confident_joint"), py::arg("class_axis"));
 }

@@ -1,0 +1,144 @@
+// labelwise — certified auto-labelling: pick a confidence threshold on a human-labelled calibration
+// set so that, with probability >= 1 - delta over the calibration draw, the error rate among the
+// pool items the model labels (those at or above the threshold) is <= target_error.
+// The method, its guarantee and the proof: docs/propagation.md.
+//
+// Procedure (Learn-then-Test fixed-sequence scan with Clopper–Pearson p-values)
+//   1. Every calibration unit u has a confidence s_u (higher = more confident) and a loss e_u in {0, 1}
+//      (1 = the model's label is wrong). Sort by s descending: s_(1) >= s_(2) >= ... >= s_(n).
+//   2. j0 = min_certifiable_count(target_error, delta) (fewer units can never certify), or the larger
+//      options.scan_start.
+//   3. For j = j0, j0 + 1, ..., n, skipping j inside a run of tied scores (s_(j) == s_(j+1)):
+//      K_j = errors among the j most confident units; if clopper_pearson_upper(K_j, j, delta) >
+//      target_error STOP, else remember j. (Equivalently: P(Binomial(j, target_error) <= K_j) > delta.)
+//   4. The last remembered j = ĵ gives threshold = s_(ĵ); pool units with s >= threshold are accepted.
+//      None remembered: nothing is accepted, threshold = NaN, certified = false, and `reason` says why.
+// Guarantee (proof in docs/propagation.md): if (i) the calibration and pool units are i.i.d. draws of
+// one distribution and (ii) R(λ) = P(wrong | s >= λ) is non-increasing in λ (lowering the threshold
+// never lowers the error rate among accepted units), then over the calibration draw
+//     P( R(threshold) >= target_error ) <= delta,
+// i.e. with probability >= 1 - delta the expected error rate of an auto-labelled unit is below
+// target_error (the realised rate on a finite pool scatters binomially around it). Ties: equal scores
+// are accepted or rejected together; the statement is exact unless the score distribution has an atom
+// at the critical level λ* = sup{λ : R(λ) >= target_error}, where it becomes delta + P(no calibration
+// unit scores exactly λ*). `bound` is the Clopper–Pearson bound at ĵ (<= target_error); the promise is
+// target_error, not `bound` (a selected bound is not by itself a 1 - delta bound).
+//
+// Shape contract of certified_auto_label
+//   pool_probs   : [N, C, *spatial] probabilities (class axis = options.class_axis; any strides);
+//                  float32 / float64, CPU. Every class vector must be >= 0 and sum to 1 within
+//                  normalization_tolerance(dtype). [N, C] for classification.
+//   calib_probs  : [M, C, *spatial'] with the same rank, class axis and C as pool_probs (spatial
+//                  extents may differ); float32 / float64, CPU.
+//   calib_labels : calib_probs' shape without the class axis ([M] or [M, *spatial']); int64, int32 or
+//                  uint8; each entry in [0, C) or -1 (= not labelled: skipped, e.g. sparse voxel clicks).
+//   accepted     : out, bool or uint8; unit Item: pool_probs' shape without the class axis
+//                  ([N] or [N, *spatial]), unit Image: [N]. The caller owns it.
+//   labels       : out, int64, pool_probs' shape without the class axis: arg-max class (ties: lower
+//                  class index) where accepted, -1 elsewhere. The caller owns it.
+//   options.pool_confidence / calib_confidence (optional, both or neither): float32 / float64, higher =
+//                  more confident (pass a negated uncertainty metric), NaN not allowed, ±inf allowed;
+//                  unit Item: the label-map shape of pool / calibration; unit Image: that shape or [N] / [M]
+//                  (one score per image). Default: the maximum class probability.
+//   Units: Item = every entry of the label map (an item of [N, C], a voxel of [N, C, D, H, W]).
+//          Image = every index of the first label-map axis; an image's confidence is the mean of its
+//          voxel confidences, and a calibration image counts as wrong when more than
+//          options.max_voxel_error of its labelled voxels are mislabelled.
+//          Assumption (i) is about units: for Item units of a segmentation it needs calibration voxels
+//          drawn independently (e.g. sparse random clicks, every other voxel -1). The voxels of densely
+//          labelled calibration images are correlated, so their binomial bound is optimistic — certify
+//          whole images (Image) instead, whose calibration images are i.i.d.
+//
+// Errors (labelwise::Error): target_error / delta outside (0, 1); max_voxel_error outside [0, 1) or
+// missing for unit Image, or set for unit Item; scan_start < 0; NaN / Inf / negative / unnormalised probabilities (naming the first bad unit);
+// NaN confidences; labels < -1 or >= C; wrong ranks, shapes, dtypes; empty pool or calibration;
+// only one of the two confidences; CUDA inputs (Type: the CUDA path is not implemented yet; these
+// functions run on the CPU). A calibration set too small, or whose most confident units already
+// exceed the target, is not an error: the result has certified = false, nothing accepted, a reason.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "labelwise/core/tensor_view.hpp"
+
+namespace labelwise {
+
+/// What one accept / reject decision covers.
+enum class AcceptUnit : int {
+  Item = 0,   ///< each entry of the label map: an item ([N, C]) or a voxel / pixel ([N, C, *spatial])
+  Image = 1,  ///< each image (index of the first label-map axis) as a whole
+};
+
+/// "item", "image".
+const char* accept_unit_name(AcceptUnit unit);
+/// Inverse of accept_unit_name; throws Error(Value) listing the valid names.
+AcceptUnit accept_unit_from_name(const std::string& name);
+
+/// What the calibration scan found (steps 1-4 above).
+struct ThresholdCertificate {
+  bool certified = false;
+  /// Accept units with confidence >= threshold. NaN when nothing is certified (accepts nothing).
+  double threshold = std::numeric_limits<double>::quiet_NaN();
+  /// Clopper–Pearson upper bound at the chosen threshold (<= target_error); NaN when not certified.
+  double bound = std::numeric_limits<double>::quiet_NaN();
+  std::int64_t n_calibration = 0;           ///< calibration units used (labelled ones)
+  std::int64_t n_calibration_accepted = 0;  ///< ĵ: calibration units at or above the threshold
+  std::int64_t calibration_errors = 0;      ///< K_ĵ: wrong ones among them
+  std::int64_t min_calibration = 0;         ///< min_certifiable_count(target_error, delta)
+  std::int64_t scan_start = 0;              ///< j0: max(min_calibration, the scan_start asked for)
+  double target_error = 0.0;
+  double delta = 0.0;
+  /// Empty when certified; otherwise why nothing could be certified.
+  std::string reason;
+};
+
+/// The certificate plus what it did to the pool.
+struct AutoLabelResult {
+  ThresholdCertificate certificate;
+  std::int64_t n_pool = 0;      ///< pool units (items, voxels or images)
+  std::int64_t n_accepted = 0;  ///< pool units accepted
+  double coverage = 0.0;        ///< n_accepted / n_pool
+};
+
+struct CertifyOptions {
+  /// α in (0, 1): the error rate to certify. Required (NaN = not set, an error).
+  double target_error = std::numeric_limits<double>::quiet_NaN();
+  /// δ in (0, 1): the allowed probability that the certificate is wrong. Required.
+  double delta = std::numeric_limits<double>::quiet_NaN();
+  /// Class axis of pool_probs and calib_probs (negative counts from the end).
+  int class_axis = 1;
+  AcceptUnit unit = AcceptUnit::Item;
+  /// Image unit only: a calibration image is wrong when its fraction of mislabelled labelled voxels
+  /// exceeds this, in [0, 1). Required for Image.
+  double max_voxel_error = std::numeric_limits<double>::quiet_NaN();
+  /// j0 of step 2 is max(min_certifiable_count, scan_start). Any value fixed before the labels are
+  /// seen keeps the guarantee; a larger one tolerates a few wrong labels among the most confident
+  /// calibration units (at j0 = min_certifiable_count a single one stops the scan) at the price of
+  /// never certifying fewer than j0 calibration units. 0 = min_certifiable_count.
+  std::int64_t scan_start = 0;
+  /// Optional per-unit confidences (higher = more confident), both or neither; default-constructed
+  /// (data == nullptr) = not given: the maximum class probability is used.
+  TensorView pool_confidence;
+  TensorView calib_confidence;
+};
+
+/// The scan alone, on given calibration scores and losses.
+///   calib_confidence : [n] (any shape; numel units), float32 / float64, CPU, no NaN (±inf allowed)
+///   calib_errors     : same shape, bool / uint8 / int32 / int64 with values 0 (right) or 1 (wrong)
+/// n = 0 is allowed (nothing certified).
+ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const TensorView& calib_errors,
+                                       double target_error, double delta, std::int64_t scan_start = 0);
+
+/// The shapes certified_auto_label writes: {accepted shape, labels shape}.
+std::vector<std::vector<std::int64_t>> auto_label_shapes(const TensorView& pool_probs,
+                                                         const CertifyOptions& options = {});
+
+/// Certified auto-labelling of a pool (see the shape contract above).
+AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorView& calib_probs,
+                                     const TensorView& calib_labels, const TensorView& accepted,
+                                     const TensorView& labels, const CertifyOptions& options);
+
+}  // namespace labelwise

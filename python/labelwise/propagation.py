@@ -1,0 +1,303 @@
+"""Auto-labelling with a certified error rate, and detection of likely wrong human labels.
+
+Humans label a small calibration set; the model labels the pool items it is confident about.
+:func:`certified_auto_label` picks the confidence threshold so that, with probability at least
+``1 - delta`` over the calibration draw, the error rate among auto-labelled items is below
+``target_error`` (Clopper–Pearson bounds in a Learn-then-Test fixed-sequence scan; the guarantee,
+its assumptions and its proof are in ``docs/propagation.md``). :func:`label_issues` flags labels that
+the model confidently contradicts (confident learning, Northcutt et al., JAIR 2021).
+
+Shape contract of :func:`certified_auto_label`
+    pool_probs : ``[N, C]`` or ``[N, C, *spatial]`` probabilities (``class_axis`` names the class
+        axis), float32 / float64, numpy or torch on the CPU (any strides; nothing is copied).
+    calib_probs : ``[M, C, *spatial']``, same rank, class axis and C as ``pool_probs``.
+    calib_labels : ``calib_probs`` without its class axis (``[M]`` or ``[M, *spatial']``), integers in
+        ``[0, C)`` or ``-1`` (not labelled: skipped, e.g. the unclicked voxels of sparse annotations).
+    pool_confidence / calib_confidence (optional, both or neither): higher = more confident, one per
+        unit (``pool_probs`` without its class axis; with ``unit="image"`` also ``[N]`` / ``[M]``).
+        Pass a negated uncertainty metric, e.g. ``-labelwise.uncertainty.bald(mc_samples)``.
+    returns : :class:`AutoLabelResult`; its ``accepted`` (bool) and ``labels`` (int64, ``-1`` where not
+        accepted) arrays come back in the caller's framework (numpy or torch).
+
+Errors: ``ValueError`` for NaN / Inf / negative / unnormalised probabilities, NaN confidences, labels
+below -1 or >= C, wrong shapes, ``target_error`` / ``delta`` outside (0, 1), empty inputs;
+``TypeError`` for non-float probabilities, non-integer labels, and CUDA arrays (these functions run on
+the CPU; their CUDA path is not implemented yet — pass ``x.cpu()``). A calibration set too small to
+certify anything is *not* an error: the result has ``certified=False``, accepts nothing and says why
+in ``reason``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _arrays, _core
+from . import uncertainty as _uncertainty
+
+__all__ = [
+    "AutoLabelResult",
+    "ThresholdCertificate",
+    "LabelIssues",
+    "certified_auto_label",
+    "certify_threshold",
+    "label_issues",
+    "clopper_pearson_upper",
+    "beta_quantile",
+    "regularized_incomplete_beta",
+    "binomial_cdf",
+    "min_certifiable_count",
+    "SCORES",
+]
+
+#: Confidence scores computed from ``pool_probs`` / ``calib_probs`` by name: the maximum class
+#: probability, or a single-prediction uncertainty metric (negated: higher = more confident).
+SCORES = ("max_prob",) + tuple(m for m in _uncertainty.METRICS if not _core.metric_needs_samples(m))
+
+
+
+def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function: the CDF of Beta(a, b) at x (float64)."""
+    return _core.regularized_incomplete_beta(float(x), float(a), float(b))
+
+
+def beta_quantile(p: float, a: float, b: float) -> float:
+    """The p-quantile of Beta(a, b): the x with I_x(a, b) = p (like scipy.special.betaincinv)."""
+    return _core.beta_quantile(float(p), float(a), float(b))
+
+
+def binomial_cdf(k: int, n: int, theta: float) -> float:
+    """P(Binomial(n, theta) <= k)."""
+    return _core.binomial_cdf(int(k), int(n), float(theta))
+
+
+def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
+    """Exact (Clopper–Pearson) one-sided upper confidence bound at level 1 - delta on an error rate
+    after ``errors`` wrong out of ``n``: the (1 - delta) quantile of Beta(errors + 1, n - errors)."""
+    return _core.clopper_pearson_upper(int(errors), int(n), float(delta))
+
+
+def min_certifiable_count(target_error: float, delta: float) -> int:
+    """The smallest calibration set (all right) whose Clopper–Pearson bound reaches target_error:
+    ceil(ln delta / ln(1 - target_error))."""
+    return _core.min_certifiable_count(float(target_error), float(delta))
+
+
+@dataclass(frozen=True)
+class ThresholdCertificate:
+    """What the calibration scan found. Accept units whose confidence is ``>= threshold``."""
+
+    certified: bool
+    #: accept confidence >= threshold; NaN when nothing is certified (then nothing is accepted)
+    threshold: float
+    #: Clopper–Pearson upper bound of the error among calibration units at the threshold
+    #: (<= target_error); NaN when nothing is certified. The promise is target_error, not this number.
+    bound: float
+    n_calibration: int  #: labelled calibration units used
+    n_calibration_accepted: int  #: calibration units at or above the threshold
+    calibration_errors: int  #: wrong ones among them
+    min_calibration: int  #: smallest calibration set that can certify anything at (target_error, delta)
+    scan_start: int  #: where the fixed-sequence scan started (>= min_calibration)
+    target_error: float
+    delta: float
+    reason: str  #: empty when certified; otherwise why nothing could be certified
+
+    def accept(self, confidence: Any) -> Any:
+        """Boolean mask ``confidence >= threshold`` (all False when not certified), in confidence's framework."""
+        # threshold is NaN when nothing is certified, and x >= NaN is False for every x.
+        return confidence >= self.threshold
+
+
+@dataclass(frozen=True)
+class AutoLabelResult(ThresholdCertificate):
+    """:class:`ThresholdCertificate` plus the pool's decisions."""
+
+    accepted: Any = None  #: bool mask, [N] / [N, *spatial] (unit "item") or [N] (unit "image")
+    labels: Any = None  #: int64 [N] / [N, *spatial]: arg-max class where accepted, -1 elsewhere
+    coverage: float = 0.0  #: fraction of pool units accepted
+    n_pool: int = 0  #: pool units (items, voxels or images)
+    n_accepted: int = 0
+    unit: str = "item"
+    score: str = "max_prob"  #: the confidence used ("given" for caller-supplied confidences)
+
+
+@dataclass(frozen=True)
+class LabelIssues:
+    """Likely wrong labels, most suspicious first."""
+
+    indices: Any  #: int64 [n_issues]: item indices, lowest self-confidence first
+    self_confidence: Any  #: [n_issues] probability the model gives the item's given label
+    thresholds: Any  #: float64 [C]: per-class thresholds t_j (NaN for a class nobody is labelled with)
+    confident_joint: Any  #: int64 [C, C]: counts C[given label][confident true label]
+
+
+def _empty(like: Any, shape, dtype: str) -> Any:
+    """An uninitialised CPU array of `shape` in like's framework (torch stays torch; all else numpy)."""
+    if _arrays.framework_name(like) == "torch":
+        import torch
+
+        tdtype = {"bool": torch.bool, "int64": torch.int64, "float64": torch.float64, "like": like.dtype}[dtype]
+        return torch.empty(tuple(shape), dtype=tdtype, device="cpu")
+    if dtype == "like":
+        kind, _ = _arrays.device_of(like)
+        if kind in (_arrays._CPU, _arrays._CUDA_HOST):
+            dt = like.dtype if isinstance(like, np.ndarray) else np.from_dlpack(like).dtype
+        else:
+            dt = np.float64
+        return np.empty(tuple(shape), dtype=dt)
+    return np.empty(tuple(shape), dtype=np.dtype(dtype))
+
+
+def _renamed(exc: Exception, name: str) -> Exception:
+    msg = str(exc)
+    if msg.startswith("x: "):
+        msg = f"{name}: " + msg[3:].replace(" of x ", " ")
+    return type(exc)(msg)
+
+
+def _score_confidence(name: str, probs: Any, class_axis: int, what: str) -> Any:
+    try:
+        s = _uncertainty.score(probs, (name,), sample_axis=None, class_axis=class_axis)[name]
+    except (ValueError, TypeError) as exc:
+        raise _renamed(exc, what) from None
+    return -s
+
+
+def certified_auto_label(
+    pool_probs: Any,
+    calib_probs: Any,
+    calib_labels: Any,
+    *,
+    target_error: float,
+    delta: float,
+    score: Optional[str] = None,
+    pool_confidence: Any = None,
+    calib_confidence: Any = None,
+    class_axis: int = 1,
+    unit: str = "item",
+    max_voxel_error: Optional[float] = None,
+    scan_start: int = 0,
+) -> AutoLabelResult:
+    """Auto-labels the pool items whose confidence passes a threshold certified on the calibration set.
+
+    Guarantee (``docs/propagation.md``): if calibration and pool units are i.i.d. from one distribution
+    and the error rate among accepted units does not fall when the threshold is lowered, then with
+    probability >= ``1 - delta`` over the calibration draw, the expected error rate of an auto-labelled
+    unit is below ``target_error``.
+
+    score: ``"max_prob"`` (default), or the name of a single-prediction uncertainty metric of
+        :mod:`labelwise.uncertainty` (``"margin"``, ``"predictive_entropy"``, ...; computed from the
+        probabilities and negated). For sample-based metrics (BALD, BalEntAcq, ...) pass the negated
+        scores as ``pool_confidence`` / ``calib_confidence`` instead (then leave ``score`` unset).
+    unit: ``"item"`` — every entry of the label map is accepted or not on its own (an item of
+        ``[N, C]``, a voxel of ``[N, C, D, H, W]``; the calibration voxels must then be independent
+        draws, e.g. sparse random clicks); ``"image"`` — each image (index along the first label-map
+        axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
+        counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
+        are mislabelled.
+    scan_start: start the scan at this many most-confident calibration units instead of the minimum
+        (:func:`min_certifiable_count`); see ``docs/propagation.md``.
+    """
+    pool_probs = _arrays.as_array(pool_probs, "pool_probs")
+    calib_probs = _arrays.as_array(calib_probs, "calib_probs")
+    calib_labels = _arrays.as_array(calib_labels, "calib_labels")
+    if pool_confidence is not None or calib_confidence is not None:
+        if score is not None:
+            raise ValueError("score: pass either score=<name> or pool_confidence/calib_confidence arrays, not both")
+        if pool_confidence is None or calib_confidence is None:
+            missing = "pool_confidence" if pool_confidence is None else "calib_confidence"
+            raise ValueError(
+                f"{missing}: pass both pool_confidence and calib_confidence, or neither "
+                "(then score= decides, default the maximum class probability)"
+            )
+        score_name = "given"
+        pconf = _arrays.as_array(pool_confidence, "pool_confidence")
+        cconf = _arrays.as_array(calib_confidence, "calib_confidence")
+    else:
+        score_name = "max_prob" if score is None else score
+        pconf = cconf = None
+        if score_name != "max_prob":
+            if score_name not in _uncertainty.METRICS:
+                raise ValueError(f"score: expected one of {', '.join(SCORES)}, or pool_confidence/calib_confidence "
+                                 f"arrays; got {score_name!r}")
+            if _core.metric_needs_samples(score_name):
+                raise ValueError(
+                    f"score: '{score_name}' needs MC / ensemble samples, which pool_probs does not have; compute it "
+                    f"yourself and pass pool_confidence=-labelwise.uncertainty.{score_name}(pool_samples) and "
+                    f"calib_confidence=-labelwise.uncertainty.{score_name}(calib_samples)"
+                )
+            pconf = _score_confidence(score_name, pool_probs, class_axis, "pool_probs")
+            cconf = _score_confidence(score_name, calib_probs, class_axis, "calib_probs")
+    if unit not in ("item", "image"):
+        raise ValueError(f"unit: expected 'item' or 'image', got {unit!r}")
+    pcap = _arrays.capsule(pool_probs)
+    acc_shape, lab_shape = _core.auto_label_shapes(pcap, class_axis, unit)
+    accepted = _empty(pool_probs, acc_shape, "bool")
+    labels = _empty(pool_probs, lab_shape, "int64")
+    r = _core.certified_auto_label(
+        pcap,
+        _arrays.capsule(calib_probs),
+        _arrays.capsule(calib_labels),
+        _arrays.capsule(accepted, writable=True),
+        _arrays.capsule(labels, writable=True),
+        float(target_error),
+        float(delta),
+        int(class_axis),
+        unit,
+        None if max_voxel_error is None else float(max_voxel_error),
+        None if pconf is None else _arrays.capsule(pconf),
+        None if cconf is None else _arrays.capsule(cconf),
+        int(scan_start),
+    )
+    return AutoLabelResult(accepted=accepted, labels=labels, unit=unit, score=score_name, **r)
+
+
+def certify_threshold(
+    calib_confidence: Any, calib_errors: Any, *, target_error: float, delta: float, scan_start: int = 0
+) -> ThresholdCertificate:
+    """The calibration scan alone: calibration confidences (any shape, float; higher = more confident)
+    and their losses (same shape; 0 = right, 1 = wrong; bool or integers) -> :class:`ThresholdCertificate`.
+    Apply it to new data with ``certificate.accept(confidence)``."""
+    c = _arrays.as_array(calib_confidence, "calib_confidence")
+    e = _arrays.as_array(calib_errors, "calib_errors")
+    r = _core.certify_threshold(
+        _arrays.capsule(c), _arrays.capsule(e), float(target_error), float(delta), int(scan_start)
+    )
+    return ThresholdCertificate(**r)
+
+
+def label_issues(probs: Any, given_labels: Any, *, class_axis: int = 1) -> LabelIssues:
+    """Likely wrong labels by confident learning (the off-diagonal of the confident joint).
+
+    probs: ``[N, C]`` out-of-sample predicted probabilities (e.g. cross-validated), float32 / float64,
+        CPU (``class_axis=0`` for ``[C, N]``). given_labels: ``[N]`` integers in ``[0, C)`` or ``-1``
+        (not labelled: ignored). Returns :class:`LabelIssues`: flagged item indices (int64), lowest
+        self-confidence first, their self-confidence (probs' dtype), the per-class thresholds and the
+        confident joint, in the caller's framework. Method and choices: ``docs/propagation.md``.
+    """
+    probs = _arrays.as_array(probs, "probs")
+    given_labels = _arrays.as_array(given_labels, "given_labels")
+    pcap = _arrays.capsule(probs)
+    shape = tuple(int(s) for s in probs.shape)
+    if len(shape) != 2:
+        raise ValueError(f"probs: expected rank 2 ([N, C]), got shape {list(shape)}")
+    ca = class_axis + 2 if class_axis < 0 else class_axis
+    if ca not in (0, 1):
+        raise ValueError(f"class_axis: axis {class_axis} is out of range for probs of rank 2")
+    N, C = shape[1 - ca], shape[ca]
+    idx = _empty(probs, (N,), "int64")
+    sc = _empty(probs, (N,), "like")
+    thr = _empty(probs, (C,), "float64")
+    joint = _empty(probs, (C, C), "int64")
+    n = _core.label_issues(
+        pcap,
+        _arrays.capsule(given_labels),
+        _arrays.capsule(idx, writable=True),
+        _arrays.capsule(sc, writable=True),
+        _arrays.capsule(thr, writable=True),
+        _arrays.capsule(joint, writable=True),
+        int(class_axis),
+    )
+    return LabelIssues(indices=idx[:n], self_confidence=sc[:n], thresholds=thr, confident_joint=joint)

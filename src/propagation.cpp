@@ -1,0 +1,631 @@
+// Front doors of labelwise/propagation: certified auto-labelling, confident-learning label issues and
+// the exact binomial tools. Validate, then run the CPU loops (src/cpu/propagation_cpu.cpp).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "labelwise/detail/incomplete_beta.hpp"
+#include "labelwise/propagation/binomial.hpp"
+#include "labelwise/propagation/certified.hpp"
+#include "labelwise/propagation/label_issues.hpp"
+#include "labelwise/uncertainty/metrics.hpp"  // normalization_tolerance
+#include "propagation_backend.hpp"
+
+namespace labelwise {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+bool is_float(DType t) { return t == DType::Float32 || t == DType::Float64; }
+bool is_label_dtype(DType t) { return t == DType::Int64 || t == DType::Int32 || t == DType::UInt8; }
+
+void check_unit_interval(double v, const char* what) {
+  check(std::isfinite(v) && v > 0.0 && v < 1.0, ErrorKind::Value, what, ": expected a value in (0, 1), got ", num(v));
+}
+
+/// CUDA inputs: these functions are CPU-only for now (documented), so say so instead of copying.
+void check_cpu(const TensorView& v, const char* fn, const char* what) {
+  check(v.device.is_cpu(), ErrorKind::Type, what, ": is on ", v.device.str(), "; ", fn,
+        " runs on the CPU only (its CUDA path is not implemented yet): pass CPU arrays, e.g. x.cpu()");
+}
+
+std::int64_t checked_numel(const TensorView& v, const char* what) {
+  std::int64_t total = 1;
+  for (int d = 0; d < v.ndim; ++d) {
+    check(v.shape[d] == 0 || total <= std::numeric_limits<std::int64_t>::max() / v.shape[d], ErrorKind::Value, what,
+          ": shape ", v.shape_str(), " has more elements than fit in int64");
+    total *= v.shape[d];
+  }
+  return total;
+}
+
+std::string shape_str(const std::vector<std::int64_t>& s) { return TensorView(nullptr, DType::Float32, s).shape_str(); }
+
+/// A probability tensor [N, C, *spatial] (class axis named): its label map and strides.
+struct Probs {
+  detail::MapLayout map;
+  detail::Strided view;
+  std::int64_t class_stride = 0;
+  int C = 0;
+  int class_axis = 0;
+  double tol = 0.0;
+  std::vector<std::int64_t> map_shape;
+};
+
+Probs describe_probs(const TensorView& x, int class_axis, const char* what) {
+  check(is_float(x.dtype), ErrorKind::Type, what, ": expected dtype float32 or float64 (probabilities), got ",
+        dtype_name(x.dtype));
+  check(x.ndim >= 2, ErrorKind::Value, what, ": expected rank >= 2 ([N, C] or [N, C, *spatial]), got shape ",
+        x.shape_str());
+  check(class_axis >= -x.ndim && class_axis < x.ndim, ErrorKind::Value, "class_axis: axis ", class_axis,
+        " is out of range for ", what, " of rank ", x.ndim);
+  Probs P;
+  P.class_axis = class_axis < 0 ? class_axis + x.ndim : class_axis;
+  const std::int64_t total = checked_numel(x, what);
+  check(total > 0, ErrorKind::Value, what, ": is empty (shape ", x.shape_str(), ")");
+  check(x.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
+  const std::int64_t C = x.shape[P.class_axis];
+  check(C >= 2, ErrorKind::Value, what, ": the class axis (axis ", P.class_axis, ") has ", C,
+        " entry; at least 2 classes are needed (shape ", x.shape_str(), ")");
+  check(C <= std::numeric_limits<int>::max(), ErrorKind::Value, what, ": more than 2^31-1 classes");
+  P.C = static_cast<int>(C);
+  P.class_stride = x.strides[P.class_axis];
+  P.view.data = x.data;
+  P.view.dtype = x.dtype;
+  P.map.count = 1;
+  for (int d = 0; d < x.ndim; ++d) {
+    if (d == P.class_axis) continue;
+    P.map.shape[P.map.ndim] = x.shape[d];
+    P.view.stride[P.map.ndim] = x.strides[d];
+    ++P.map.ndim;
+    P.map.count *= x.shape[d];
+    P.map_shape.push_back(x.shape[d]);
+  }
+  P.map.per_image = P.map.count / P.map.shape[0];
+  P.tol = normalization_tolerance(x.dtype);
+  return P;
+}
+
+detail::Strided strided(const TensorView& v) {
+  detail::Strided s;
+  s.data = v.data;
+  s.dtype = v.dtype;
+  for (int d = 0; d < v.ndim; ++d) s.stride[d] = v.strides[d];
+  return s;
+}
+
+std::string unit_str(const detail::MapLayout& m, std::int64_t unit) {
+  std::string s;
+  for (int d = m.ndim - 1; d >= 0; --d) {
+    s = std::to_string(unit % m.shape[d]) + (s.empty() ? "" : ", ") + s;
+    unit /= m.shape[d];
+  }
+  return "[" + s + "]";
+}
+
+[[noreturn]] void throw_unit_failure(const detail::UnitFailure& f, const Probs& P, const char* probs_name,
+                                     const char* conf_name, const char* labels_name) {
+  const std::string at = unit_str(P.map, f.unit);
+  switch (f.status) {
+    case detail::kUnitNonFinite:
+      throw Error(ErrorKind::Value, std::string(probs_name) + ": item " + at + " contains NaN or Inf");
+    case detail::kUnitNegative:
+      throw Error(ErrorKind::Value, std::string(probs_name) + ": item " + at + " contains a negative probability");
+    case detail::kUnitUnnormalised:
+      throw Error(ErrorKind::Value, std::string(probs_name) + ": item " + at +
+                                        " has probabilities that do not sum to 1 over the class axis (tolerance " +
+                                        num(P.tol) + ")");
+    case detail::kUnitBadLabel:
+      throw Error(ErrorKind::Value, std::string(labels_name) + ": entry " + at + " is " + std::to_string(f.value) +
+                                        "; expected a class in [0, " + std::to_string(P.C) +
+                                        ") or -1 (not labelled)");
+    case detail::kUnitNaNConfidence:
+      throw Error(ErrorKind::Value, std::string(conf_name) + ": entry " + at + " is NaN");
+    case detail::kUnitNaNImageMean:
+      throw Error(ErrorKind::Value, std::string(conf_name) + ": the mean confidence of image [" +
+                                        std::to_string(f.value) + "] is NaN (it mixes +inf and -inf voxels)");
+    default:
+      throw Error(ErrorKind::Runtime, std::string(probs_name) + ": item " + at + " failed with status " +
+                                          std::to_string(f.status));
+  }
+}
+
+struct Scored {
+  double score;
+  std::uint8_t error;
+};
+
+/// The largest k >= k_ok with P(Bin(n, alpha) <= k) <= delta (k_ok is known to satisfy it).
+std::int64_t max_allowed_errors(std::int64_t n, std::int64_t k_ok, double alpha, double delta) {
+  std::int64_t lo = k_ok, hi = n;  // cdf(n) = 1 > delta
+  while (hi - lo > 1) {
+    const std::int64_t mid = lo + (hi - lo) / 2;
+    if (detail::binomial_cdf(mid, n, alpha) <= delta) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/// Steps 1-4 of the fixed-sequence scan (include/labelwise/propagation/certified.hpp).
+ThresholdCertificate scan(std::vector<Scored>& units, double alpha, double delta, std::int64_t scan_start,
+                          const char* plural) {
+  ThresholdCertificate c;
+  c.target_error = alpha;
+  c.delta = delta;
+  const std::int64_t n = static_cast<std::int64_t>(units.size());
+  c.min_calibration = min_certifiable_count(alpha, delta);
+  const std::int64_t j0 = std::max(c.min_calibration, scan_start);
+  c.n_calibration = n;
+  c.scan_start = j0;
+  const std::string settings = "target_error=" + num(alpha) + " at delta=" + num(delta);
+  if (n == 0) {
+    c.reason = std::string("no labelled calibration ") + plural + ": nothing can be certified";
+    return c;
+  }
+  if (n < c.min_calibration) {
+    c.reason = "calibration set too small: " + std::to_string(n) + " labelled calibration " + plural +
+               ", but certifying " + settings + " needs at least " + std::to_string(c.min_calibration) +
+               " (all of them right); nothing can be certified at this size";
+    return c;
+  }
+  if (n < j0) {
+    c.reason = "calibration set too small for scan_start: " + std::to_string(n) + " labelled calibration " + plural +
+               " < scan_start = " + std::to_string(j0) + "; nothing can be certified";
+    return c;
+  }
+  std::sort(units.begin(), units.end(), [](const Scored& a, const Scored& b) { return a.score > b.score; });
+  std::int64_t K = 0, k_allowed = -1, best = 0, best_K = 0;
+  for (std::int64_t j = 1; j <= n; ++j) {
+    K += units[j - 1].error;
+    if (j < j0) continue;
+    if (j < n && units[j - 1].score == units[j].score) continue;  // inside a run of ties
+    if (K > k_allowed) {
+      if (detail::binomial_cdf(K, j, alpha) > delta) {
+        if (best == 0) {
+          c.reason = "the " + std::to_string(j) + " most confident calibration " + plural + " contain " +
+                     std::to_string(K) + " wrong: Clopper-Pearson bound " +
+                     num(detail::clopper_pearson_upper(K, j, delta)) +
+                     " > " + settings + "; nothing can be certified at this calibration size (more calibration data, "
+                     "a larger target_error or a better model are needed)";
+        }
+        break;
+      }
+      k_allowed = max_allowed_errors(j, K, alpha, delta);
+    }
+    best = j;
+    best_K = K;
+  }
+  if (best == 0) return c;
+  c.certified = true;
+  c.threshold = units[best - 1].score;
+  c.n_calibration_accepted = best;
+  c.calibration_errors = best_K;
+  c.bound = detail::clopper_pearson_upper(best_K, best, delta);
+  return c;
+}
+
+bool given(const TensorView& v) { return v.data != nullptr || v.ndim != 0; }
+
+}  // namespace
+
+// ---- binomial tools ----------------------------------------------------------------------------
+
+double regularized_incomplete_beta(double x, double a, double b) {
+  check(x >= 0.0 && x <= 1.0, ErrorKind::Value, "x: expected a value in [0, 1], got ", num(x));
+  check(std::isfinite(a) && a > 0.0, ErrorKind::Value, "a: expected a finite value > 0, got ", num(a));
+  check(std::isfinite(b) && b > 0.0, ErrorKind::Value, "b: expected a finite value > 0, got ", num(b));
+  double I, Ic;
+  detail::ibeta_pair(x, 1.0 - x, a, b, &I, &Ic);
+  return I;
+}
+
+double beta_quantile(double p, double a, double b) {
+  check(p >= 0.0 && p <= 1.0, ErrorKind::Value, "p: expected a value in [0, 1], got ", num(p));
+  check(std::isfinite(a) && a > 0.0, ErrorKind::Value, "a: expected a finite value > 0, got ", num(a));
+  check(std::isfinite(b) && b > 0.0, ErrorKind::Value, "b: expected a finite value > 0, got ", num(b));
+  return detail::ibeta_inverse(p, 1.0 - p, a, b);
+}
+
+double binomial_cdf(std::int64_t k, std::int64_t n, double theta) {
+  check(n >= 0, ErrorKind::Value, "n: expected n >= 0, got ", n);
+  check(theta >= 0.0 && theta <= 1.0, ErrorKind::Value, "theta: expected a value in [0, 1], got ", num(theta));
+  return detail::binomial_cdf(k, n, theta);
+}
+
+double clopper_pearson_upper(std::int64_t errors, std::int64_t n, double delta) {
+  check(n >= 0, ErrorKind::Value, "n: expected n >= 0, got ", n);
+  check(errors >= 0 && errors <= n, ErrorKind::Value, "errors: expected 0 <= errors <= n = ", n, ", got ", errors);
+  check_unit_interval(delta, "delta");
+  return detail::clopper_pearson_upper(errors, n, delta);
+}
+
+std::int64_t min_certifiable_count(double target_error, double delta) {
+  check_unit_interval(target_error, "target_error");
+  check_unit_interval(delta, "delta");
+  // 1 - delta^(1/n) <= alpha  <=>  n >= ln(delta) / ln(1 - alpha); fix the rounding by direct checks.
+  const double guess = std::ceil(std::log(delta) / std::log1p(-target_error));
+  check(guess < 4e18, ErrorKind::Value, "target_error: ", num(target_error), " is too small to certify with any n");
+  std::int64_t n = std::max<std::int64_t>(1, static_cast<std::int64_t>(guess));
+  while (detail::clopper_pearson_upper(0, n, delta) > target_error) ++n;
+  while (n > 1 && detail::clopper_pearson_upper(0, n - 1, delta) <= target_error) --n;
+  return n;
+}
+
+// ---- certified auto-labelling -----------------------------------------------------------------
+
+const char* accept_unit_name(AcceptUnit unit) {
+  switch (unit) {
+    case AcceptUnit::Item: return "item";
+    case AcceptUnit::Image: return "image";
+  }
+  throw Error(ErrorKind::Value, "unit: unknown accept unit id " + std::to_string(static_cast<int>(unit)));
+}
+
+AcceptUnit accept_unit_from_name(const std::string& name) {
+  if (name == "item") return AcceptUnit::Item;
+  if (name == "image") return AcceptUnit::Image;
+  throw Error(ErrorKind::Value, "unit: expected 'item' or 'image', got '" + name + "'");
+}
+
+ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const TensorView& calib_errors,
+                                       double target_error, double delta, std::int64_t scan_start) {
+  check_unit_interval(target_error, "target_error");
+  check_unit_interval(delta, "delta");
+  check(scan_start >= 0, ErrorKind::Value, "scan_start: expected >= 0 (0 = min_certifiable_count), got ", scan_start);
+  check_cpu(calib_confidence, "certify_threshold", "calib_confidence");
+  check_cpu(calib_errors, "certify_threshold", "calib_errors");
+  check(is_float(calib_confidence.dtype), ErrorKind::Type, "calib_confidence: expected dtype float32 or float64, got ",
+        dtype_name(calib_confidence.dtype));
+  check(is_label_dtype(calib_errors.dtype) || calib_errors.dtype == DType::Bool, ErrorKind::Type,
+        "calib_errors: expected dtype bool, uint8, int32 or int64, got ", dtype_name(calib_errors.dtype));
+  check(calib_errors.sizes() == calib_confidence.sizes(), ErrorKind::Value, "calib_errors: expected shape ",
+        calib_confidence.shape_str(), " like calib_confidence, got ", calib_errors.shape_str());
+  const std::int64_t n = checked_numel(calib_confidence, "calib_confidence");
+  check(n == 0 || (calib_confidence.data && calib_errors.data), ErrorKind::Value,
+        "calib_confidence: data pointer is null");
+  std::vector<Scored> units(static_cast<std::size_t>(n));
+  // Row-major walk of the logical shape (any strides).
+  std::vector<std::int64_t> idx(static_cast<std::size_t>(calib_confidence.ndim), 0);
+  for (std::int64_t u = 0; u < n; ++u) {
+    std::int64_t oc = 0, oe = 0;
+    for (int d = 0; d < calib_confidence.ndim; ++d) {
+      oc += idx[d] * calib_confidence.strides[d];
+      oe += idx[d] * calib_errors.strides[d];
+    }
+    const double s = calib_confidence.dtype == DType::Float64 ? static_cast<const double*>(calib_confidence.data)[oc]
+                                                              : static_cast<const float*>(calib_confidence.data)[oc];
+    check(!std::isnan(s), ErrorKind::Value, "calib_confidence: entry [", u, "] is NaN");
+    std::int64_t e = 0;
+    switch (calib_errors.dtype) {
+      case DType::Int64: e = static_cast<const std::int64_t*>(calib_errors.data)[oe]; break;
+      case DType::Int32: e = static_cast<const std::int32_t*>(calib_errors.data)[oe]; break;
+      default: e = static_cast<const std::uint8_t*>(calib_errors.data)[oe]; break;
+    }
+    check(e == 0 || e == 1, ErrorKind::Value, "calib_errors: entry [", u, "] is ", e,
+          "; expected 0 (right) or 1 (wrong)");
+    units[static_cast<std::size_t>(u)] = {s, static_cast<std::uint8_t>(e)};
+    for (int d = calib_confidence.ndim - 1; d >= 0; --d) {
+      if (++idx[d] < calib_confidence.shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return scan(units, target_error, delta, scan_start, "items");
+}
+
+std::vector<std::vector<std::int64_t>> auto_label_shapes(const TensorView& pool_probs, const CertifyOptions& options) {
+  const Probs P = describe_probs(pool_probs, options.class_axis, "pool_probs");
+  std::vector<std::int64_t> acc = P.map_shape;
+  if (options.unit == AcceptUnit::Image) acc = {P.map.shape[0]};
+  return {acc, P.map_shape};
+}
+
+AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorView& calib_probs,
+                                     const TensorView& calib_labels, const TensorView& accepted,
+                                     const TensorView& labels, const CertifyOptions& opt) {
+  constexpr const char* fn = "certified_auto_label";
+  // ---- arguments
+  check_unit_interval(opt.target_error, "target_error");
+  check_unit_interval(opt.delta, "delta");
+  check(opt.scan_start >= 0, ErrorKind::Value, "scan_start: expected >= 0 (0 = min_certifiable_count), got ",
+        opt.scan_start);
+  const bool image_unit = opt.unit == AcceptUnit::Image;
+  check(image_unit || opt.unit == AcceptUnit::Item, ErrorKind::Value, "unit: unknown accept unit id ",
+        static_cast<int>(opt.unit));
+  if (image_unit) {
+    check(std::isfinite(opt.max_voxel_error) && opt.max_voxel_error >= 0.0 && opt.max_voxel_error < 1.0,
+          ErrorKind::Value, "max_voxel_error: unit=image needs the fraction of mislabelled voxels above which a "
+          "calibration image counts as wrong, in [0, 1); got ", num(opt.max_voxel_error));
+  } else {
+    check(std::isnan(opt.max_voxel_error), ErrorKind::Value,
+          "max_voxel_error: only used with unit=image (whole images), but unit=item");
+  }
+  const bool has_conf = given(opt.pool_confidence);
+  check(has_conf == given(opt.calib_confidence), ErrorKind::Value, has_conf ? "calib_confidence" : "pool_confidence",
+        ": pass both pool_confidence and calib_confidence, or neither (then the maximum class probability is used)");
+  for (const auto& [v, what] : {std::pair<const TensorView*, const char*>{&pool_probs, "pool_probs"},
+                                {&calib_probs, "calib_probs"},
+                                {&calib_labels, "calib_labels"},
+                                {&accepted, "accepted"},
+                                {&labels, "labels"}})
+    check_cpu(*v, fn, what);
+  if (has_conf) {
+    check_cpu(opt.pool_confidence, fn, "pool_confidence");
+    check_cpu(opt.calib_confidence, fn, "calib_confidence");
+  }
+  const Probs P = describe_probs(pool_probs, opt.class_axis, "pool_probs");
+  const Probs Q = describe_probs(calib_probs, opt.class_axis, "calib_probs");
+  check(calib_probs.ndim == pool_probs.ndim, ErrorKind::Value, "calib_probs: expected rank ", pool_probs.ndim,
+        " like pool_probs (shape ", pool_probs.shape_str(), "), got shape ", calib_probs.shape_str());
+  check(Q.C == P.C, ErrorKind::Value, "calib_probs: has ", Q.C, " classes on axis ", Q.class_axis,
+        " but pool_probs has ", P.C, " (shape ", calib_probs.shape_str(), " vs ", pool_probs.shape_str(), ")");
+  check(is_label_dtype(calib_labels.dtype), ErrorKind::Type, "calib_labels: expected dtype int64, int32 or uint8, got ",
+        dtype_name(calib_labels.dtype));
+  check(calib_labels.sizes() == Q.map_shape, ErrorKind::Value, "calib_labels: expected shape ", shape_str(Q.map_shape),
+        " (calib_probs without its class axis), got ", calib_labels.shape_str());
+  check(calib_labels.data != nullptr, ErrorKind::Value, "calib_labels: data pointer is null");
+  auto check_conf = [&](const TensorView& c, const Probs& X, const char* what, const char* probs_name) {
+    check(is_float(c.dtype), ErrorKind::Type, what,
+          ": expected dtype float32 or float64 (higher = more confident), got ", dtype_name(c.dtype));
+    const bool per_image = image_unit && c.ndim == 1 && c.shape[0] == X.map.shape[0];
+    check(c.sizes() == X.map_shape || per_image, ErrorKind::Value, what, ": expected shape ", shape_str(X.map_shape),
+          " (", probs_name, " without its class axis)",
+          image_unit ? " or [" + std::to_string(X.map.shape[0]) + "] (one per image)" : std::string(), ", got ",
+          c.shape_str());
+    check(c.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
+    return per_image && X.map.ndim > 1;  // [N] for a map [N]: per-voxel and per-image coincide
+  };
+  bool pool_conf_per_image = false, calib_conf_per_image = false;
+  if (has_conf) {
+    pool_conf_per_image = check_conf(opt.pool_confidence, P, "pool_confidence", "pool_probs");
+    calib_conf_per_image = check_conf(opt.calib_confidence, Q, "calib_confidence", "calib_probs");
+  }
+  const std::vector<std::int64_t> acc_shape = image_unit ? std::vector<std::int64_t>{P.map.shape[0]} : P.map_shape;
+  check(accepted.dtype == DType::Bool || accepted.dtype == DType::UInt8, ErrorKind::Type,
+        "accepted: expected dtype bool or uint8, got ", dtype_name(accepted.dtype));
+  check(accepted.sizes() == acc_shape, ErrorKind::Value, "accepted: expected shape ", shape_str(acc_shape), ", got ",
+        accepted.shape_str());
+  check(accepted.data != nullptr, ErrorKind::Value, "accepted: data pointer is null");
+  check(labels.dtype == DType::Int64, ErrorKind::Type, "labels: expected dtype int64, got ", dtype_name(labels.dtype));
+  check(labels.sizes() == P.map_shape, ErrorKind::Value, "labels: expected shape ", shape_str(P.map_shape),
+        " (pool_probs without its class axis), got ", labels.shape_str());
+  check(labels.data != nullptr, ErrorKind::Value, "labels: data pointer is null");
+
+  // ---- calibration pass
+  detail::UnitJob cj;
+  cj.map = Q.map;
+  cj.probs = Q.view;
+  cj.class_stride = Q.class_stride;
+  cj.C = Q.C;
+  cj.tol = Q.tol;
+  if (has_conf) {
+    cj.confidence = strided(opt.calib_confidence);
+    cj.image_confidence = calib_conf_per_image;
+  }
+  cj.labels = strided(calib_labels);
+  const std::int64_t M = Q.map.shape[0];
+  std::vector<double> c_conf, c_img_conf;
+  std::vector<std::int8_t> c_err;
+  std::vector<std::int64_t> c_wrong, c_labelled;
+  if (image_unit) {
+    c_img_conf.resize(M);
+    c_wrong.resize(M);
+    c_labelled.resize(M);
+    cj.image_conf = c_img_conf.data();
+    cj.image_wrong = c_wrong.data();
+    cj.image_labelled = c_labelled.data();
+  } else {
+    c_conf.resize(Q.map.count);
+    c_err.resize(Q.map.count);
+    cj.unit_conf = c_conf.data();
+    cj.unit_error = c_err.data();
+  }
+  detail::UnitFailure f = detail::unit_pass_cpu(cj);
+  if (f.status) throw_unit_failure(f, Q, "calib_probs", "calib_confidence", "calib_labels");
+
+  // ---- pool validation pass (nothing is written to the outputs before every input is validated)
+  detail::UnitJob pj;
+  pj.map = P.map;
+  pj.probs = P.view;
+  pj.class_stride = P.class_stride;
+  pj.C = P.C;
+  pj.tol = P.tol;
+  if (has_conf) {
+    pj.confidence = strided(opt.pool_confidence);
+    pj.image_confidence = pool_conf_per_image;
+  }
+  const std::int64_t N = P.map.shape[0];
+  std::vector<double> p_img_conf;
+  if (image_unit) {
+    p_img_conf.resize(N);
+    pj.image_conf = p_img_conf.data();
+  }
+  f = detail::unit_pass_cpu(pj);
+  if (f.status) throw_unit_failure(f, P, "pool_probs", "pool_confidence", "labels");
+
+  // ---- certify
+  std::vector<Scored> units;
+  if (image_unit) {
+    for (std::int64_t i = 0; i < M; ++i) {
+      if (c_labelled[i] == 0) continue;
+      const bool wrong = static_cast<double>(c_wrong[i]) > opt.max_voxel_error * static_cast<double>(c_labelled[i]);
+      units.push_back({c_img_conf[i], static_cast<std::uint8_t>(wrong)});
+    }
+  } else {
+    units.reserve(static_cast<std::size_t>(Q.map.count));
+    for (std::int64_t u = 0; u < Q.map.count; ++u)
+      if (c_err[u] >= 0) units.push_back({c_conf[u], static_cast<std::uint8_t>(c_err[u])});
+  }
+  const char* plural = image_unit ? "images" : (Q.map.ndim > 1 ? "voxels" : "items");
+  AutoLabelResult R;
+  R.certificate = scan(units, opt.target_error, opt.delta, opt.scan_start, plural);
+  const ThresholdCertificate& cert = R.certificate;
+
+  // ---- write the pool's decisions
+  detail::WriteJob wj;
+  wj.map = P.map;
+  wj.probs = P.view;
+  wj.class_stride = P.class_stride;
+  wj.C = P.C;
+  wj.certified = cert.certified;
+  wj.threshold = cert.threshold;
+  std::vector<std::uint8_t> decide;
+  if (image_unit) {
+    decide.resize(N);
+    std::uint8_t* acc = static_cast<std::uint8_t*>(accepted.data);
+    for (std::int64_t i = 0; i < N; ++i) {
+      decide[i] = cert.certified && p_img_conf[i] >= cert.threshold;
+      acc[i * accepted.strides[0]] = decide[i];
+    }
+    wj.image_accept = decide.data();
+  } else {
+    if (has_conf) wj.confidence = strided(opt.pool_confidence);
+    wj.accepted = accepted.data;
+    for (int d = 0; d < accepted.ndim; ++d) wj.accepted_stride[d] = accepted.strides[d];
+  }
+  wj.labels = static_cast<std::int64_t*>(labels.data);
+  for (int d = 0; d < labels.ndim; ++d) wj.labels_stride[d] = labels.strides[d];
+  R.n_accepted = detail::write_pass_cpu(wj);
+  R.n_pool = image_unit ? N : P.map.count;
+  R.coverage = static_cast<double>(R.n_accepted) / static_cast<double>(R.n_pool);
+  return R;
+}
+
+// ---- label issues (confident learning) -----------------------------------------------------------
+
+std::int64_t label_issues(const TensorView& probs, const TensorView& given_labels, const LabelIssuesOutputs& out,
+                          int class_axis) {
+  constexpr const char* fn = "label_issues";
+  check_cpu(probs, fn, "probs");
+  check_cpu(given_labels, fn, "given_labels");
+  check(probs.ndim == 2, ErrorKind::Value, "probs: expected rank 2 ([N, C]), got shape ", probs.shape_str());
+  const Probs P = describe_probs(probs, class_axis, "probs");
+  const std::int64_t N = P.map.shape[0];
+  const int C = P.C;
+  check(is_label_dtype(given_labels.dtype), ErrorKind::Type, "given_labels: expected dtype int64, int32 or uint8, got ",
+        dtype_name(given_labels.dtype));
+  check(given_labels.ndim == 1 && given_labels.shape[0] == N, ErrorKind::Value, "given_labels: expected shape [", N,
+        "], got ", given_labels.shape_str());
+  check(given_labels.data != nullptr, ErrorKind::Value, "given_labels: data pointer is null");
+  const TensorView& I = out.indices;
+  check_cpu(I, fn, "indices");
+  check(I.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ", dtype_name(I.dtype));
+  check(I.ndim == 1 && I.shape[0] == N, ErrorKind::Value, "indices: expected shape [", N, "] (capacity), got ",
+        I.shape_str());
+  check(I.data != nullptr, ErrorKind::Value, "indices: data pointer is null");
+  const bool want_sc = given(out.self_confidence), want_t = given(out.thresholds), want_cj = given(out.confident_joint);
+  if (want_sc) {
+    const TensorView& v = out.self_confidence;
+    check_cpu(v, fn, "self_confidence");
+    check(is_float(v.dtype), ErrorKind::Type, "self_confidence: expected dtype float32 or float64, got ",
+          dtype_name(v.dtype));
+    check(v.ndim == 1 && v.shape[0] == N, ErrorKind::Value, "self_confidence: expected shape [", N, "], got ",
+          v.shape_str());
+    check(v.data != nullptr, ErrorKind::Value, "self_confidence: data pointer is null");
+  }
+  if (want_t) {
+    const TensorView& v = out.thresholds;
+    check_cpu(v, fn, "thresholds");
+    check(v.dtype == DType::Float64, ErrorKind::Type, "thresholds: expected dtype float64, got ", dtype_name(v.dtype));
+    check(v.ndim == 1 && v.shape[0] == C, ErrorKind::Value, "thresholds: expected shape [", C, "], got ",
+          v.shape_str());
+    check(v.data != nullptr, ErrorKind::Value, "thresholds: data pointer is null");
+  }
+  if (want_cj) {
+    const TensorView& v = out.confident_joint;
+    check_cpu(v, fn, "confident_joint");
+    check(v.dtype == DType::Int64, ErrorKind::Type, "confident_joint: expected dtype int64, got ", dtype_name(v.dtype));
+    check(v.ndim == 2 && v.shape[0] == C && v.shape[1] == C, ErrorKind::Value, "confident_joint: expected shape [", C,
+          ", ", C, "], got ", v.shape_str());
+    check(v.data != nullptr, ErrorKind::Value, "confident_joint: data pointer is null");
+  }
+
+  // Validate (probabilities and labels) and read everything into float64, single-threaded: the class
+  // means must not depend on a thread count.
+  detail::UnitJob job;
+  job.map = P.map;
+  job.probs = P.view;
+  job.class_stride = P.class_stride;
+  job.C = C;
+  job.tol = P.tol;
+  job.labels = strided(given_labels);
+  const detail::UnitFailure f = detail::unit_pass_cpu(job);
+  if (f.status) throw_unit_failure(f, P, "probs", "probs", "given_labels");
+
+  auto prob = [&](std::int64_t i, int c) {
+    const std::int64_t off = i * P.view.stride[0] + c * P.class_stride;
+    return P.view.dtype == DType::Float64 ? static_cast<const double*>(P.view.data)[off]
+                                          : static_cast<double>(static_cast<const float*>(P.view.data)[off]);
+  };
+  auto label = [&](std::int64_t i) -> std::int64_t {
+    const std::int64_t off = i * given_labels.strides[0];
+    switch (given_labels.dtype) {
+      case DType::Int64: return static_cast<const std::int64_t*>(given_labels.data)[off];
+      case DType::Int32: return static_cast<const std::int32_t*>(given_labels.data)[off];
+      default: return static_cast<const std::uint8_t*>(given_labels.data)[off];
+    }
+  };
+  // 1. per-class thresholds t_j = mean self-confidence of the items labelled j
+  std::vector<double> sum(C, 0.0), t(C, kNaN);
+  std::vector<std::int64_t> cnt(C, 0);
+  for (std::int64_t i = 0; i < N; ++i) {
+    const std::int64_t y = label(i);
+    if (y < 0) continue;
+    sum[y] += prob(i, static_cast<int>(y));
+    ++cnt[y];
+  }
+  for (int j = 0; j < C; ++j)
+    if (cnt[j] > 0) t[j] = sum[j] / static_cast<double>(cnt[j]);
+  // 2. confident joint; 3. off-diagonal items
+  std::vector<std::int64_t> joint(static_cast<std::size_t>(C) * C, 0);
+  std::vector<std::pair<double, std::int64_t>> issues;
+  for (std::int64_t i = 0; i < N; ++i) {
+    const std::int64_t y = label(i);
+    if (y < 0) continue;
+    int best = -1;
+    double best_p = -1.0;
+    for (int j = 0; j < C; ++j) {
+      if (!(cnt[j] > 0)) continue;  // no threshold: never a confident true class
+      const double p = prob(i, j);
+      if (p >= t[j] && p > best_p) {
+        best_p = p;
+        best = j;
+      }
+    }
+    if (best < 0) continue;
+    ++joint[static_cast<std::size_t>(y) * C + best];
+    if (best != y) issues.push_back({prob(i, static_cast<int>(y)), i});
+  }
+  std::sort(issues.begin(), issues.end());  // self-confidence ascending, ties: lower index
+  auto* idx = static_cast<std::int64_t*>(I.data);
+  for (std::size_t k = 0; k < issues.size(); ++k) idx[static_cast<std::int64_t>(k) * I.strides[0]] = issues[k].second;
+  if (want_sc) {
+    const TensorView& v = out.self_confidence;
+    for (std::size_t k = 0; k < issues.size(); ++k) {
+      const std::int64_t off = static_cast<std::int64_t>(k) * v.strides[0];
+      if (v.dtype == DType::Float64) static_cast<double*>(v.data)[off] = issues[k].first;
+      else static_cast<float*>(v.data)[off] = static_cast<float>(issues[k].first);
+    }
+  }
+  if (want_t)
+    for (int j = 0; j < C; ++j) static_cast<double*>(out.thresholds.data)[j * out.thresholds.strides[0]] = t[j];
+  if (want_cj)
+    for (int a = 0; a < C; ++a)
+      for (int b = 0; b < C; ++b)
+        static_cast<std::int64_t*>(out.confident_joint.data)[a * out.confident_joint.strides[0] +
+                                                             b * out.confident_joint.strides[1]] =
+            joint[static_cast<std::size_t>(a) * C + b];
+  return static_cast<std::int64_t>(issues.size());
+}
+
+}  // namespace labelwise

@@ -1,0 +1,85 @@
+// labelwise — internal contract between the propagation front doors (src/propagation.cpp) and their
+// CPU loops (src/cpu/propagation_cpu.cpp). CPU only for now.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "labelwise/core/tensor_view.hpp"
+
+namespace labelwise {
+namespace detail {
+
+/// The label-map axes of a probability tensor (every axis but the class axis), in order; axis 0 is
+/// the image (item) axis.
+struct MapLayout {
+  int ndim = 0;
+  std::int64_t shape[kMaxDims] = {};
+  std::int64_t count = 0;      // product of shape
+  std::int64_t per_image = 1;  // product of shape[1:]
+};
+
+/// A typed pointer with strides over the label-map axes (or over [N] for per-image data).
+struct Strided {
+  const void* data = nullptr;
+  DType dtype = DType::Float32;
+  std::int64_t stride[kMaxDims] = {};
+};
+
+enum UnitStatus : int {
+  kUnitOk = 0,
+  kUnitNonFinite = 1,      // NaN / Inf probability
+  kUnitNegative = 2,       // negative probability
+  kUnitUnnormalised = 3,   // probabilities do not sum to 1
+  kUnitBadLabel = 4,       // label < -1 or >= C (value in UnitFailure::value)
+  kUnitNaNConfidence = 5,  // NaN confidence
+  kUnitNaNImageMean = 6,   // an image's mean confidence is NaN (+inf and -inf voxels)
+};
+
+/// First failing unit (lowest flat label-map index; an image index for kUnitNaNImageMean).
+struct UnitFailure {
+  int status = kUnitOk;
+  std::int64_t unit = 0;
+  std::int64_t value = 0;
+};
+
+/// One validated pass over probabilities (+ optional confidences and labels).
+struct UnitJob {
+  MapLayout map;
+  Strided probs;
+  std::int64_t class_stride = 0;
+  int C = 0;
+  double tol = 0.0;
+  Strided confidence;             // data == nullptr: use the maximum class probability
+  bool image_confidence = false;  // confidence is [N] (one per image), not per voxel
+  Strided labels;                 // data == nullptr: no labels
+  // outputs (each optional)
+  double* unit_conf = nullptr;          // [count] per-voxel confidence
+  std::int8_t* unit_error = nullptr;    // [count] -1 unlabelled, 0 right, 1 wrong (needs labels)
+  double* image_conf = nullptr;         // [N] mean voxel confidence (or the given per-image one)
+  std::int64_t* image_wrong = nullptr;  // [N] mislabelled voxels (needs labels)
+  std::int64_t* image_labelled = nullptr;  // [N] labelled voxels (needs labels)
+};
+
+UnitFailure unit_pass_cpu(const UnitJob& job);
+
+/// Writes accepted / labels for the pool; returns the number of accepted units.
+struct WriteJob {
+  MapLayout map;
+  Strided probs;
+  std::int64_t class_stride = 0;
+  int C = 0;
+  Strided confidence;  // Item unit only (data == nullptr: maximum class probability)
+  bool certified = false;
+  double threshold = 0.0;
+  const std::uint8_t* image_accept = nullptr;  // Image unit: [N] decisions; nullptr: Item unit
+  void* accepted = nullptr;                    // Item unit only: bool / uint8 over the map
+  std::int64_t accepted_stride[kMaxDims] = {};
+  std::int64_t* labels = nullptr;              // int64 over the map
+  std::int64_t labels_stride[kMaxDims] = {};
+};
+
+std::int64_t write_pass_cpu(const WriteJob& job);
+
+}  // namespace detail
+}  // namespace labelwise

@@ -1,0 +1,439 @@
+// Certified auto-labelling, the exact binomial tools and confident-learning label issues, against
+// naive float64 references written from the definitions, on fresh random inputs.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "labelwise/propagation/binomial.hpp"
+#include "labelwise/propagation/certified.hpp"
+#include "labelwise/propagation/label_issues.hpp"
+
+using namespace labelwise;
+
+namespace {
+
+std::uint64_t fresh_seed() {
+  static std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+/// P(Bin(n, p) <= k) by direct summation in log space (small n only).
+double naive_binomial_cdf(int k, int n, double p) {
+  double s = 0.0;
+  for (int i = 0; i <= std::min(k, n); ++i)
+    s += std::exp(std::lgamma(n + 1.0) - std::lgamma(i + 1.0) - std::lgamma(n - i + 1.0) + i * std::log(p) +
+                  (n - i) * std::log1p(-p));
+  return s;
+}
+
+/// Naive reference of the scan: every drop point from the top, Clopper–Pearson by bisection on the
+/// naive CDF, stop at the first bound above alpha.
+struct RefScan {
+  bool certified = false;
+  double threshold = NAN;
+  std::int64_t j = 0, k = 0;
+};
+RefScan ref_scan(std::vector<std::pair<double, int>> u, double alpha, double delta) {
+  std::sort(u.begin(), u.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  RefScan r;
+  int K = 0;
+  const int n = static_cast<int>(u.size());
+  for (int j = 1; j <= n; ++j) {
+    K += u[j - 1].second;
+    if (j < n && u[j - 1].first == u[j].first) continue;
+    // Clopper–Pearson upper bound by bisection: largest theta with P(Bin(j, theta) <= K) >= delta.
+    double lo = 0.0, hi = 1.0;
+    if (K == j) lo = 1.0;
+    for (int it = 0; it < 200 && K < j; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (naive_binomial_cdf(K, j, mid) >= delta ? lo : hi) = mid;
+    }
+    const double bound = lo;
+    const bool too_small_to_matter = 1.0 - std::pow(delta, 1.0 / j) > alpha;  // j < j0: skipped
+    if (too_small_to_matter) continue;
+    if (bound > alpha) break;
+    r.certified = true;
+    r.threshold = u[j - 1].first;
+    r.j = j;
+    r.k = K;
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("regularized incomplete beta: closed forms, symmetry and the binomial CDF", "[propagation]") {
+  for (double x : {0.0, 1e-12, 0.001, 0.2, 0.5, 0.77, 0.999, 1.0}) {
+    CHECK(regularized_incomplete_beta(x, 1, 1) == Approx(x).margin(1e-15));
+    CHECK(regularized_incomplete_beta(x, 3.5, 1) == Approx(std::pow(x, 3.5)).epsilon(1e-13).margin(1e-300));
+    CHECK(regularized_incomplete_beta(x, 1, 7.25) == Approx(-std::expm1(7.25 * std::log1p(-x))).epsilon(1e-13));
+  }
+  std::mt19937_64 rng(fresh_seed());
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  for (int t = 0; t < 200; ++t) {
+    const double a = std::exp(U(rng) * 12 - 4), b = std::exp(U(rng) * 12 - 4), x = U(rng);
+    INFO("a " << a << " b " << b << " x " << x);
+    const double I = regularized_incomplete_beta(x, a, b), J = regularized_incomplete_beta(1 - x, b, a);
+    CHECK(I + J == Approx(1.0).margin(1e-12));
+    CHECK(I >= 0.0);
+    CHECK(I <= 1.0);
+    if (I > 1e-6 && I < 1 - 1e-6) CHECK(beta_quantile(I, a, b) == Approx(x).epsilon(1e-9).margin(1e-12));
+  }
+  for (int n : {1, 2, 7, 30, 100, 400})
+    for (int k = 0; k <= n; k += std::max(1, n / 9))
+      for (double p : {0.001, 0.05, 0.3, 0.5, 0.93}) {
+        INFO("k " << k << " n " << n << " p " << p);
+        CHECK(binomial_cdf(k, n, p) == Approx(naive_binomial_cdf(k, n, p)).epsilon(1e-11).margin(1e-14));
+      }
+  CHECK(binomial_cdf(-1, 5, 0.5) == 0.0);
+  CHECK(binomial_cdf(5, 5, 0.5) == 1.0);
+}
+
+TEST_CASE("Clopper-Pearson upper bound and the smallest certifiable calibration size", "[propagation]") {
+  for (std::int64_t n : {1, 10, 45, 1000, 1000000}) {
+    CHECK(clopper_pearson_upper(0, n, 0.1) == Approx(1.0 - std::pow(0.1, 1.0 / n)).epsilon(1e-12));
+    CHECK(clopper_pearson_upper(n, n, 0.1) == 1.0);
+    for (std::int64_t k : {std::int64_t(1), n / 3, n / 2, n - 1}) {
+      if (k <= 0 || k >= n) continue;
+      const double u = clopper_pearson_upper(k, n, 0.1);
+      INFO("k " << k << " n " << n << " bound " << u);
+      CHECK(u > static_cast<double>(k) / n);
+      CHECK(binomial_cdf(k, n, u) == Approx(0.1).epsilon(1e-9));
+    }
+  }
+  // ln(0.1) / ln(0.95) = 44.9: 45 right answers certify 5 % at delta = 0.1, 44 do not.
+  CHECK(min_certifiable_count(0.05, 0.1) == 45);
+  CHECK(clopper_pearson_upper(0, 45, 0.1) <= 0.05);
+  CHECK(clopper_pearson_upper(0, 44, 0.1) > 0.05);
+  CHECK(min_certifiable_count(0.01, 0.05) == 299);
+  CHECK_THROWS_WITH(clopper_pearson_upper(3, 2, 0.1), Catch::Contains("errors: expected 0 <= errors <= n"));
+  CHECK_THROWS_WITH(min_certifiable_count(0.0, 0.1), Catch::Contains("target_error: expected a value in (0, 1)"));
+  CHECK_THROWS_WITH(min_certifiable_count(0.1, 1.0), Catch::Contains("delta: expected a value in (0, 1)"));
+}
+
+TEST_CASE("certify_threshold equals a naive scan on random calibration sets", "[propagation]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  int certified = 0;
+  for (int t = 0; t < 60; ++t) {
+    const int n = 20 + static_cast<int>(U(rng) * 400);
+    const bool discrete = t % 3 == 0;  // ties
+    std::vector<double> s(n);
+    std::vector<std::uint8_t> e(n);
+    std::vector<std::pair<double, int>> ref;
+    for (int i = 0; i < n; ++i) {
+      s[i] = discrete ? std::floor(U(rng) * 8) / 8 : U(rng);
+      e[i] = U(rng) < 0.3 * (1 - s[i]) * (1 - s[i]);
+      ref.push_back({s[i], e[i]});
+    }
+    const double alpha = 0.03 + 0.1 * U(rng), delta = 0.02 + 0.2 * U(rng);
+    const ThresholdCertificate c =
+        certify_threshold(TensorView::of(s.data(), {n}), TensorView::of(e.data(), {n}), alpha, delta);
+    const RefScan r = ref_scan(ref, alpha, delta);
+    INFO("n " << n << " alpha " << alpha << " delta " << delta << " reason " << c.reason);
+    REQUIRE(c.certified == r.certified);
+    CHECK(c.n_calibration == n);
+    if (r.certified) {
+      ++certified;
+      CHECK(c.threshold == r.threshold);
+      CHECK(c.n_calibration_accepted == r.j);
+      CHECK(c.calibration_errors == r.k);
+      CHECK(c.bound <= alpha);
+      CHECK(c.reason.empty());
+    } else {
+      CHECK(std::isnan(c.threshold));
+      CHECK(!c.reason.empty());
+    }
+  }
+  CHECK(certified > 10);
+}
+
+TEST_CASE("certified_auto_label on classification: decisions follow the threshold", "[propagation]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  const std::int64_t C = 3, M = 2000, N = 500;
+  auto make = [&](std::int64_t n, std::vector<float>& p, std::vector<std::int64_t>& y) {
+    p.resize(n * C);
+    y.resize(n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const int cls = static_cast<int>(U(rng) * C);
+      const double u = U(rng);
+      const double conf = 1.0 - (1 - 1.0 / C) * u * u * u;  // mostly confident, like a trained network
+      for (int c = 0; c < C; ++c) p[i * C + c] = static_cast<float>(c == cls ? conf : (1 - conf) / (C - 1));
+      // calibrated model: the predicted class is right with probability conf
+      y[i] = U(rng) < conf ? cls : (cls + 1 + static_cast<int>(U(rng) * (C - 1))) % C;
+    }
+  };
+  std::vector<float> cp, pp;
+  std::vector<std::int64_t> cy, py;
+  make(M, cp, cy);
+  make(N, pp, py);
+  std::vector<std::uint8_t> acc(N, 7);
+  std::vector<std::int64_t> lab(N, 99);
+  CertifyOptions o;
+  o.target_error = 0.05;
+  o.delta = 0.1;
+  const AutoLabelResult R = certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {M, C}),
+                                                 TensorView::of(cy.data(), {M}), TensorView::of(acc.data(), {N}),
+                                                 TensorView::of(lab.data(), {N}), o);
+  const ThresholdCertificate& c = R.certificate;
+  REQUIRE(c.certified);
+  CHECK(c.bound <= 0.05);
+  CHECK(c.min_calibration == 45);
+  std::int64_t n_acc = 0;
+  for (std::int64_t i = 0; i < N; ++i) {
+    float mx = 0;
+    int arg = 0;
+    for (int k = 0; k < C; ++k)
+      if (pp[i * C + k] > mx) mx = pp[i * C + k], arg = k;
+    const bool want = static_cast<double>(mx) >= c.threshold;
+    CHECK(acc[i] == want);
+    CHECK(lab[i] == (want ? arg : -1));
+    n_acc += want;
+  }
+  CHECK(R.n_accepted == n_acc);
+  CHECK(R.n_pool == N);
+  CHECK(R.coverage == Approx(static_cast<double>(n_acc) / N));
+  CHECK(R.coverage > 0.05);
+
+  // Calibration too small: nothing accepted, a reason, no error.
+  const AutoLabelResult S = certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {30, C}),
+                                                 TensorView::of(cy.data(), {30}), TensorView::of(acc.data(), {N}),
+                                                 TensorView::of(lab.data(), {N}), o);
+  CHECK(!S.certificate.certified);
+  CHECK(S.n_accepted == 0);
+  CHECK(std::isnan(S.certificate.threshold));
+  CHECK_THAT(S.certificate.reason, Catch::Contains("calibration set too small") && Catch::Contains("at least 45"));
+  for (std::int64_t i = 0; i < N; ++i) {
+    CHECK(acc[i] == 0);
+    CHECK(lab[i] == -1);
+  }
+}
+
+TEST_CASE("certified_auto_label on segmentation maps: voxel and image units, unlabelled voxels", "[propagation]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  const std::int64_t C = 2, H = 6, W = 5, M = 120, N = 40;
+  // [n, C, H, W] float64, class axis 1; an image has one "quality" q: its voxels are right with prob q.
+  auto make = [&](std::int64_t n, std::vector<double>& p, std::vector<std::int64_t>& y) {
+    p.assign(n * C * H * W, 0);
+    y.assign(n * H * W, 0);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double q = 0.6 + 0.4 * U(rng);
+      for (std::int64_t v = 0; v < H * W; ++v) {
+        const double conf = std::min(1.0, q + 0.05 * (U(rng) - 0.5));
+        const int cls = U(rng) < 0.5;
+        p[(i * C + cls) * H * W + v] = conf;
+        p[(i * C + 1 - cls) * H * W + v] = 1 - conf;
+        y[i * H * W + v] = U(rng) < conf ? cls : 1 - cls;
+        if (U(rng) < 0.2) y[i * H * W + v] = -1;  // not labelled
+      }
+    }
+  };
+  std::vector<double> cp, pp;
+  std::vector<std::int64_t> cy, py;
+  make(M, cp, cy);
+  make(N, pp, py);
+  std::vector<std::uint8_t> acc_v(N * H * W), acc_i(N);
+  std::vector<std::int64_t> lab(N * H * W);
+  CertifyOptions o;
+  o.target_error = 0.1;
+  o.delta = 0.1;
+  auto run = [&](const CertifyOptions& opt, std::vector<std::uint8_t>& acc, std::vector<std::int64_t> acc_shape) {
+    return certified_auto_label(TensorView::of(pp.data(), {N, C, H, W}), TensorView::of(cp.data(), {M, C, H, W}),
+                                TensorView::of(cy.data(), {M, H, W}), TensorView::of(acc.data(), acc_shape),
+                                TensorView::of(lab.data(), {N, H, W}), opt);
+  };
+  const AutoLabelResult V = run(o, acc_v, {N, H, W});
+  REQUIRE(V.certificate.certified);
+  std::int64_t labelled = 0;
+  for (auto y : cy) labelled += y >= 0;
+  CHECK(V.certificate.n_calibration == labelled);
+  CHECK(V.n_pool == N * H * W);
+  for (std::int64_t i = 0; i < N; ++i)
+    for (std::int64_t v = 0; v < H * W; ++v) {
+      const double p0 = pp[(i * C + 0) * H * W + v], p1 = pp[(i * C + 1) * H * W + v];
+      const bool want = std::max(p0, p1) >= V.certificate.threshold;
+      CHECK(acc_v[i * H * W + v] == want);
+      CHECK(lab[i * H * W + v] == (want ? (p1 > p0 ? 1 : 0) : -1));
+    }
+
+  CertifyOptions oi = o;
+  oi.unit = AcceptUnit::Image;
+  CHECK_THROWS_WITH(run(oi, acc_i, {N}), Catch::Contains("max_voxel_error"));
+  oi.max_voxel_error = 0.25;
+  o.max_voxel_error = 0.25;
+  CHECK_THROWS_WITH(run(o, acc_v, {N, H, W}), Catch::Contains("only used with unit=image"));
+  const AutoLabelResult I = run(oi, acc_i, {N});
+  CHECK(I.n_pool == N);
+  CHECK(I.certificate.n_calibration == M);
+  if (I.certificate.certified) {
+    for (std::int64_t i = 0; i < N; ++i) {
+      double mean = 0;
+      for (std::int64_t v = 0; v < H * W; ++v)
+        mean += std::max(pp[(i * C + 0) * H * W + v], pp[(i * C + 1) * H * W + v]);
+      mean /= H * W;
+      const bool want = mean >= I.certificate.threshold;
+      CHECK(acc_i[i] == want);
+      for (std::int64_t v = 0; v < H * W; ++v) CHECK((lab[i * H * W + v] >= 0) == want);
+    }
+  }
+}
+
+TEST_CASE("certified_auto_label rejects bad input with the argument's name", "[propagation]") {
+  std::vector<double> p = {0.9, 0.1, 0.2, 0.8, 0.5, 0.5};
+  std::vector<std::int64_t> y = {0, 1, 1};
+  std::vector<std::uint8_t> acc(3);
+  std::vector<std::int64_t> lab(3);
+  CertifyOptions o;
+  o.target_error = 0.1;
+  o.delta = 0.1;
+  auto call = [&](const CertifyOptions& opt) {
+    return certified_auto_label(TensorView::of(p.data(), {3, 2}), TensorView::of(p.data(), {3, 2}),
+                                TensorView::of(y.data(), {3}), TensorView::of(acc.data(), {3}),
+                                TensorView::of(lab.data(), {3}), opt);
+  };
+  CHECK_NOTHROW(call(o));
+  CertifyOptions bad = o;
+  bad.target_error = 1.0;
+  CHECK_THROWS_WITH(call(bad), Catch::Contains("target_error: expected a value in (0, 1)"));
+  bad = o;
+  bad.delta = std::nan("");
+  CHECK_THROWS_WITH(call(bad), Catch::Contains("delta: expected a value in (0, 1)"));
+  y[2] = 2;
+  CHECK_THROWS_WITH(call(o), Catch::Contains("calib_labels: entry [2] is 2"));
+  y[2] = -2;
+  CHECK_THROWS_WITH(call(o), Catch::Contains("calib_labels: entry [2] is -2"));
+  y[2] = 1;
+  p[3] = std::nan("");
+  CHECK_THROWS_WITH(call(o), Catch::Contains("calib_probs: item [1] contains NaN"));
+  p[3] = 0.7;
+  CHECK_THROWS_WITH(call(o), Catch::Contains("calib_probs: item [1] has probabilities that do not sum to 1"));
+  p[3] = 0.8;
+  std::vector<double> q = p;
+  q[4] = -0.5;
+  q[5] = 1.5;
+  CHECK_THROWS_WITH(certified_auto_label(TensorView::of(q.data(), {3, 2}), TensorView::of(p.data(), {3, 2}),
+                                         TensorView::of(y.data(), {3}), TensorView::of(acc.data(), {3}),
+                                         TensorView::of(lab.data(), {3}), o),
+                    Catch::Contains("pool_probs: item [2] contains a negative probability"));
+  std::vector<double> conf = {1, 2, std::nan("")};
+  bad = o;
+  bad.pool_confidence = TensorView::of(conf.data(), {3});
+  CHECK_THROWS_WITH(call(bad), Catch::Contains("pass both pool_confidence and calib_confidence"));
+  bad.calib_confidence = TensorView::of(conf.data(), {3});
+  CHECK_THROWS_WITH(call(bad), Catch::Contains("calib_confidence: entry [2] is NaN"));
+  std::vector<std::int32_t> lab32(3);
+  CHECK_THROWS_WITH(certified_auto_label(TensorView::of(p.data(), {3, 2}), TensorView::of(p.data(), {3, 2}),
+                                         TensorView::of(y.data(), {3}), TensorView::of(acc.data(), {3}),
+                                         TensorView::of(lab32.data(), {3}), o),
+                    Catch::Contains("labels: expected dtype int64"));
+  CHECK_THROWS_WITH(certified_auto_label(TensorView::of(p.data(), {3, 2}), TensorView::of(p.data(), {2, 3}),
+                                         TensorView::of(y.data(), {2}), TensorView::of(acc.data(), {3}),
+                                         TensorView::of(lab.data(), {3}), o),
+                    Catch::Contains("calib_probs: has 3 classes"));
+  TensorView gpu = TensorView::of(p.data(), {3, 2});
+  gpu.device = Device::cuda(0);
+  CHECK_THROWS_WITH(certified_auto_label(gpu, TensorView::of(p.data(), {3, 2}), TensorView::of(y.data(), {3}),
+                                         TensorView::of(acc.data(), {3}), TensorView::of(lab.data(), {3}), o),
+                    Catch::Contains("CUDA path is not implemented yet"));
+}
+
+TEST_CASE("the certified error holds over repeated calibration draws (simulation)", "[propagation]") {
+  // Known model: confidence s ~ U(0.5, 1), wrong with probability eta(s) = 2 (1 - s)^2 / 0.5 ... scaled so
+  // that R(lambda) = P(wrong | s >= lambda) is increasing as lambda falls. Exact R(lambda) by integration.
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  auto eta = [](double s) { return 0.4 * (1 - s) * (1 - s) / 0.25; };  // 0 at s = 1, 0.4 at s = 0.5
+  // R(l) = (1/(1-l)) ∫_l^1 0.4 (1-s)^2 / 0.25 ds = 0.4 (1-l)^2 / 0.75
+  auto risk = [](double l) { return 0.4 * (1 - l) * (1 - l) / 0.75; };
+  const double alpha = 0.05, delta = 0.1;
+  const int draws = 400, n = 300;
+  int exceed = 0, certified = 0;
+  for (int t = 0; t < draws; ++t) {
+    std::vector<double> s(n);
+    std::vector<std::uint8_t> e(n);
+    for (int i = 0; i < n; ++i) {
+      s[i] = 0.5 + 0.5 * U(rng);
+      e[i] = U(rng) < eta(s[i]);
+    }
+    const ThresholdCertificate c =
+        certify_threshold(TensorView::of(s.data(), {n}), TensorView::of(e.data(), {n}), alpha, delta);
+    if (!c.certified) continue;
+    ++certified;
+    exceed += risk(c.threshold) >= alpha;
+  }
+  // Binomial(400, 0.1): mean 40, sd 6; 40 + 4.5 sd = 67.
+  INFO("certified " << certified << " exceed " << exceed);
+  CHECK(certified > draws / 2);
+  CHECK(exceed <= 67);
+}
+
+TEST_CASE("label_issues equals a naive confident-learning reference", "[propagation]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  const int N = 500, C = 4;
+  std::vector<float> p(N * C);
+  std::vector<std::int64_t> y(N);
+  for (int i = 0; i < N; ++i) {
+    double z = 0;
+    const int cls = static_cast<int>(U(rng) * C);
+    for (int c = 0; c < C; ++c) z += (p[i * C + c] = static_cast<float>(U(rng) + (c == cls ? 3 * U(rng) : 0)));
+    float s = 0;
+    for (int c = 0; c < C - 1; ++c) s += (p[i * C + c] = static_cast<float>(p[i * C + c] / z));
+    p[i * C + C - 1] = 1 - s;
+    y[i] = U(rng) < 0.8 ? cls : static_cast<int>(U(rng) * C);
+    if (i % 50 == 7) y[i] = -1;
+  }
+  std::vector<std::int64_t> idx(N, -5), joint(C * C);
+  std::vector<double> sc(N), thr(C);
+  LabelIssuesOutputs out;
+  out.indices = TensorView::of(idx.data(), {N});
+  out.self_confidence = TensorView::of(sc.data(), {N});
+  out.thresholds = TensorView::of(thr.data(), {C});
+  out.confident_joint = TensorView::of(joint.data(), {C, C});
+  const std::int64_t n = label_issues(TensorView::of(p.data(), {N, C}), TensorView::of(y.data(), {N}), out);
+  // reference
+  std::vector<double> t(C, 0);
+  std::vector<int> cnt(C, 0);
+  for (int i = 0; i < N; ++i)
+    if (y[i] >= 0) t[y[i]] += p[i * C + y[i]], ++cnt[y[i]];
+  for (int c = 0; c < C; ++c) t[c] /= cnt[c];
+  std::vector<std::int64_t> J(C * C, 0);
+  std::vector<std::pair<double, int>> want;
+  for (int i = 0; i < N; ++i) {
+    if (y[i] < 0) continue;
+    int b = -1;
+    for (int c = 0; c < C; ++c)
+      if (p[i * C + c] >= t[c] && (b < 0 || p[i * C + c] > p[i * C + b])) b = c;
+    if (b < 0) continue;
+    ++J[y[i] * C + b];
+    if (b != y[i]) want.push_back({p[i * C + y[i]], i});
+  }
+  std::sort(want.begin(), want.end());
+  REQUIRE(n == static_cast<std::int64_t>(want.size()));
+  for (std::int64_t k = 0; k < n; ++k) {
+    CHECK(idx[k] == want[k].second);
+    CHECK(sc[k] == want[k].first);
+  }
+  CHECK(idx[n] == -5);  // past the flagged items: untouched
+  for (int c = 0; c < C; ++c) CHECK(thr[c] == Approx(t[c]).epsilon(1e-12));
+  CHECK(joint == J);
+  y[3] = C;
+  CHECK_THROWS_WITH(label_issues(TensorView::of(p.data(), {N, C}), TensorView::of(y.data(), {N}), out),
+                    Catch::Contains("given_labels: entry [3] is 4"));
+}
