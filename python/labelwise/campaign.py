@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import acquisition as A
+from . import propagation as P
 from . import uncertainty as U
 
 BASE_STRATEGIES = ("random", "entropy", "bald", "balentacq", "powerbald")
@@ -60,6 +61,9 @@ class Config:
     batch: Dict[str, int] = field(default_factory=dict)
     budget_fraction: float = 0.3  # labels to acquire, as a fraction of the pool
     test_fraction: float = 0.25
+    calib_fraction: float = 0.2  # of the pool: a random, human-labelled calibration set for auto-labelling
+    target_error: float = 0.05
+    delta: float = 0.1
     quick: bool = False
 
 
@@ -227,6 +231,7 @@ class RunResult:
     full_accuracy: float
     pool_size: int
     seconds: float
+    autolabel: Dict = field(default_factory=dict)
 
 
 def split(X, y, C, cfg: Config, seed: int):
@@ -245,19 +250,22 @@ def split(X, y, C, cfg: Config, seed: int):
     Xp, Xt = scaler.transform(X[pool_idx]).astype(np.float32), scaler.transform(X[test_idx]).astype(np.float32)
     yp, yt = y[pool_idx], y[test_idx]
     rng = np.random.default_rng(seed)
+    # A random calibration set, labelled by the humans, never trained on nor acquired.
+    calib_mask = np.zeros(len(yp), dtype=bool)
+    calib_mask[rng.choice(len(yp), size=int(round(cfg.calib_fraction * len(yp))), replace=False)] = True
     init = []
     for c in range(C):
-        members = np.flatnonzero(yp == c)
+        members = np.flatnonzero((yp == c) & ~calib_mask)
         if len(members) < cfg.init_per_class:
             raise ValueError(f"class {c} has only {len(members)} pool items; the seed set needs {cfg.init_per_class} per class")
         init.extend(rng.choice(members, size=cfg.init_per_class, replace=False).tolist())
-    return Xp, yp, Xt, yt, np.asarray(init)
+    return Xp, yp, Xt, yt, np.asarray(init), calib_mask
 
 
 def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) -> RunResult:
     X, y, C = validate_dataset(d)
-    Xp, yp, Xt, yt, init = split(X, y, C, cfg, seed)
-    N = len(yp)
+    Xp, yp, Xt, yt, init, calib = split(X, y, C, cfg, seed)
+    N = int((~calib).sum())  # the acquisition pool: everything but the calibration set
     b = cfg.batch.get(d.name, max(C, N // 50))
     budget = int(round(cfg.budget_fraction * N))
     if budget > N - len(init):
@@ -265,7 +273,7 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
     if b < 1 or b > budget:
         raise ValueError(f"{d.name}: batch size {b} must be in [1, budget={budget}]")
     t0 = time.perf_counter()
-    labeled = np.zeros(N, dtype=bool)
+    labeled = np.zeros(len(yp), dtype=bool)
     labeled[init] = True
     counts, accs = [], []
     rounds = math.ceil(budget / b)
@@ -279,12 +287,38 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
         if rnd == rounds:
             break
         take = min(b, budget - (counts[-1] - len(init)))
-        picks = acquire(strategy, model, Xp, ~labeled, labeled, take, cfg.samples, seed, rnd)
-        if labeled[picks].any() or len(np.unique(picks)) != len(picks):
+        picks = acquire(strategy, model, Xp, ~labeled & ~calib, labeled, take, cfg.samples, seed, rnd)
+        if labeled[picks].any() or calib[picks].any() or len(np.unique(picks)) != len(picks):
             raise RuntimeError(f"{strategy}: acquired an already labelled or duplicate item")
         labeled[picks] = True
-    full = train(make_model(Xp.shape[1], C, cfg.hidden, cfg.dropout, seed), Xp, yp, cfg.epochs, seed)
-    return RunResult(d.name, strategy, seed, counts, accs, accuracy(full, Xt, yt), N, time.perf_counter() - t0)
+    auto = autolabel_rest(model, Xp, yp, labeled, calib, cfg, seed)
+    full = train(make_model(Xp.shape[1], C, cfg.hidden, cfg.dropout, seed), Xp[~calib], yp[~calib], cfg.epochs, seed)
+    return RunResult(d.name, strategy, seed, counts, accs, accuracy(full, Xt, yt), N, time.perf_counter() - t0, auto)
+
+
+def autolabel_rest(model, Xp, yp, labeled, calib, cfg: Config, seed: int) -> Dict:
+    """Certified auto-labelling of the still-unlabelled pool with the final model (MC-mean probabilities),
+    calibrated on the human-labelled calibration set; the realised error uses the withheld truth."""
+    rest = ~labeled & ~calib
+    probs_rest = mc_log_probs(model, Xp[rest], cfg.samples, seed=seed + 7).exp().mean(dim=1)
+    probs_cal = mc_log_probs(model, Xp[calib], cfg.samples, seed=seed + 8).exp().mean(dim=1)
+    r = P.certified_auto_label(probs_rest.numpy(), probs_cal.numpy(), yp[calib], target_error=cfg.target_error,
+                               delta=cfg.delta)
+    acc = np.asarray(r.accepted)
+    labels = np.asarray(r.labels)
+    truth = yp[rest]
+    n_acc = int(acc.sum())
+    return {
+        "certified": bool(r.certified),
+        "reason": r.reason,
+        "threshold": float(r.threshold),
+        "bound": float(r.bound),
+        "coverage": float(r.coverage),
+        "n_rest": int(rest.sum()),
+        "n_accepted": n_acc,
+        "realised_error": float((labels[acc] != truth[acc]).mean()) if n_acc else None,
+        "n_calibration": int(calib.sum()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +353,7 @@ def summarise(results: List[RunResult]) -> Dict:
                 "runs_reaching_95": len(reached),
                 "seeds": [r.seed for r in runs],
                 "pool_size": runs[0].pool_size,
+                "autolabel": [r.autolabel for r in runs],
                 "labeled": runs[0].labeled,
             }
     return summary
@@ -387,6 +422,20 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict[str, Dataset], plots
                          f"{s['runs_reaching_95']} / {len(s['seeds'])} |")
         full = np.mean([s["full_accuracy_mean"] for s in by.values()])
         lines += ["", f"Full-data accuracy (same model trained on the whole pool): {full:.3f}.", ""]
+        lines += [f"**Certified auto-labelling of the rest of the pool** after the last round (target error "
+                  f"{cfg.target_error:.0%} with probability ≥ {1 - cfg.delta:.0%}, calibrated on a random human-labelled "
+                  f"{cfg.calib_fraction:.0%} of the pool; realised error measured against the withheld truth):", "",
+                  "| strategy | certified runs | coverage of the rest (mean) | realised error (mean, max) | certified bound (mean) |",
+                  "|---|---|---|---|---|"]
+        for st, s in sorted(by.items()):
+            al = [a for a in s["autolabel"] if a]
+            cert = [a for a in al if a["certified"]]
+            errs = [a["realised_error"] for a in cert if a["realised_error"] is not None]
+            lines.append(f"| {st} | {len(cert)} / {len(al)} | "
+                         f"{np.mean([a['coverage'] for a in al]):.2f} | "
+                         + (f"{np.mean(errs):.3f}, {np.max(errs):.3f} | " if errs else "— | ")
+                         + (f"{np.mean([a['bound'] for a in cert]):.3f} |" if cert else "— |"))
+        lines.append("")
         worse = [st for st, s in by.items() if st != "random" and rand is not None and
                  (s["fraction_to_95"] is None or s["fraction_to_95"] > rand)]
         if worse:
