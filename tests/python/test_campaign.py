@@ -28,8 +28,16 @@ def test_quick_campaign_writes_report_and_resumes(tmp_path, capsys):
         assert r["labeled"] == sorted(r["labeled"]) and len(set(r["labeled"])) == len(r["labeled"])
         assert all(0.0 <= a <= 1.0 for a in r["accuracy"])
         assert r["labeled"][-1] - r["labeled"][0] == int(round(0.12 * r["pool_size"]))
+        al = r["autolabel"]
+        assert 0.0 <= al["coverage"] <= 1.0 and al["n_calibration"] > 0
+        assert al["n_accepted"] == round(al["coverage"] * al["n_rest"])
+        if al["certified"]:
+            assert al["bound"] <= 0.05 and al["realised_error"] is not None
+        else:
+            assert al["n_accepted"] == 0 and al["reason"]
     report = open(os.path.join(out, "report.md")).read()
     assert "95 % of full-data accuracy" in report and "balentacq" in report
+    assert "Certified auto-labelling" in report
     assert set(summary["breast_cancer"]) == {"random", "bald", "balentacq"}
     # Second call resumes from state.json and gives the same numbers without recomputing.
     capsys.readouterr()
