@@ -25,6 +25,7 @@ echo "== [2b/4] C++ tests on each CPU code path (generic, AVX2; AVX-512 ran abov
 for isa in generic avx2; do LABELWISE_CPU_ISA=$isa ./build/tests/labelwise_tests "~[cuda]" | tail -2; done
 
 echo "== [3/4] pip install . (scikit-build-core)"
+if ((${#LW_LAUNCHER[@]})); then export CMAKE_ARGS="${CMAKE_ARGS:-} ${LW_LAUNCHER[*]}"; fi
 "$LW_PY" -m pip install -q --no-build-isolation .
 
 echo "== [4/4] pytest against the installed package"
