@@ -26,7 +26,7 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "[setup] creating .venv from $(command -v "$PY") ($("$PY" --version))"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, scipy, pytest, scikit_build_core, pybind11, sklearn, matplotlib, tqdm, torch" 2>/dev/null; then
+if ! .venv/bin/python -c "import numpy, scipy, pytest, scikit_build_core, pybind11, sklearn, matplotlib, tqdm, torch, nibabel" 2>/dev/null; then
   echo "[setup] pip: installing requirements-dev.txt (torch is large; first run takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt

@@ -1,0 +1,56 @@
+"""Volume loading and the bundled Colin27 / AAL MRI."""
+
+import os
+
+import numpy as np
+import pytest
+
+from labelwise import data
+
+HAVE_MRI = os.path.exists(os.path.join(data.MRICRON_TEMPLATES, "ch2.nii.gz"))
+
+
+def test_numpy_volumes_and_errors(tmp_path):
+    v = np.random.rand(4, 5, 6).astype(np.float32)
+    np.save(tmp_path / "v.npy", v)
+    np.savez(tmp_path / "two.npz", a=v, b=v[0])
+    assert np.array_equal(data.load_volume(str(tmp_path / "v.npy")).data, v)
+    assert np.array_equal(data.load_volume(str(tmp_path / "two.npz"), key="b").data, v[0])
+    with pytest.raises(ValueError, match="pass key="):
+        data.load_volume(str(tmp_path / "two.npz"))
+    with pytest.raises(ValueError, match="no array 'c'"):
+        data.load_volume(str(tmp_path / "two.npz"), key="c")
+    with pytest.raises(FileNotFoundError):
+        data.load_volume(str(tmp_path / "missing.nii.gz"))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        data.load_volume(str(tmp_path / "x.txt"))
+
+
+def test_nifti_round_trip(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    v = (np.random.rand(7, 8, 9) * 100).astype(np.float32)
+    aff = np.diag([0.5, 0.7, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(v, aff), str(tmp_path / "v.nii.gz"))
+    got = data.load_volume(str(tmp_path / "v.nii.gz"))
+    assert np.allclose(got.data, v) and np.allclose(got.affine, aff)
+    assert got.spacing == pytest.approx((0.5, 0.7, 2.0))
+
+
+@pytest.mark.skipif(not HAVE_MRI, reason="Debian's mricron-data is not installed")
+def test_colin27_with_aal_lobes():
+    pytest.importorskip("nibabel")
+    t1, lab = data.colin27()
+    assert t1.data.shape == lab.data.shape == (181, 217, 181)
+    assert t1.data.dtype == np.float32 and lab.data.dtype == np.uint8
+    present = np.unique(lab.data)
+    assert set(present.tolist()) == set(range(len(data.AAL_LOBES)))  # every lobe class occurs
+    # Anatomy sanity: brain voxels are brighter on average than background in the T1.
+    assert t1.data[lab.data > 0].mean() > 2 * t1.data[lab.data == 0].mean()
+    # The cerebellum sits below (smaller z) the frontal lobe in this RAS-oriented template.
+    z = np.arange(181)
+    cz = (z * (lab.data == 8).sum(axis=(0, 1))).sum() / (lab.data == 8).sum()
+    fz = (z * (lab.data == 1).sum(axis=(0, 1))).sum() / (lab.data == 1).sum()
+    assert cz < fz
+    _, regions = data.colin27(lobes=False)
+    assert len(np.unique(regions.data)) == 117 and len(data.class_names(lobes=False)) == 117
