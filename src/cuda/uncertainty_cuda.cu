@@ -19,16 +19,16 @@ struct OutSpec {
 
 template <typename T>
 __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_t sk, std::int64_t sc, int K, int C,
-                             int input_kind, unsigned mask, double tol, OutSpec outs,
-                             typename compute_type<T>::type* scratch, int* votes_scratch,
+                             int input_kind, unsigned mask, double tol, OutSpec outs, double* stats_scratch,
+                             typename compute_type<T>::type* row_scratch, int* votes_scratch,
                              unsigned long long* failure) {
   using A = typename compute_type<T>::type;
   const std::int64_t tid = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   const std::int64_t nthreads = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const int Cp = padded_classes(C);  // class loops read whole blocks; the padding stays zero
-  A* buf = scratch + tid * 4 * static_cast<std::int64_t>(Cp);
-  ItemScratch<A> s{buf, buf + Cp, buf + 2 * Cp, buf + 3 * Cp, votes_scratch + tid * static_cast<std::int64_t>(Cp),
-                   nullptr, nullptr, nullptr};
+  double* st = stats_scratch + tid * 3 * static_cast<std::int64_t>(Cp);
+  ItemScratch<A> s{st, st + Cp, st + 2 * Cp, row_scratch + tid * static_cast<std::int64_t>(Cp),
+                   votes_scratch + tid * static_cast<std::int64_t>(Cp), nullptr, nullptr, nullptr};
   double res[kNumMetrics];
   for (std::int64_t i = tid; i < grid.count; i += nthreads) {
     const std::int64_t off = item_offset(grid, grid.in_stride, i);
@@ -69,12 +69,17 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   }
   const std::size_t acc_size = job.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
   const std::size_t Cp = static_cast<std::size_t>(padded_classes(job.C));
-  const std::size_t scratch_bytes = static_cast<std::size_t>(threads) * Cp * (4 * acc_size + sizeof(int));
+  const std::size_t T = static_cast<std::size_t>(threads);
+  // Per thread: 3 x Cp float64 class statistics, Cp compute-type row values, Cp int votes.
+  const std::size_t stats_bytes = T * 3 * Cp * sizeof(double), row_bytes = T * Cp * acc_size;
+  const std::size_t scratch_bytes = stats_bytes + row_bytes + T * Cp * sizeof(int);
   void* workspace = nullptr;
   LABELWISE_CUDA_CHECK(cudaMallocAsync(&workspace, scratch_bytes + 16, stream));
   auto* failure = static_cast<unsigned long long*>(workspace);
   char* scratch = static_cast<char*>(workspace) + 16;
-  auto* votes = reinterpret_cast<int*>(scratch + static_cast<std::size_t>(threads) * 4 * Cp * acc_size);
+  auto* stats = reinterpret_cast<double*>(scratch);
+  char* rows = scratch + stats_bytes;
+  auto* votes = reinterpret_cast<int*>(rows + row_bytes);
   ScoreFailure result;
   cudaError_t launch = cudaSuccess;
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(unsigned long long), stream));
@@ -82,12 +87,12 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   if (job.dtype == DType::Float32)
     score_kernel<float><<<blocks, kBlock, 0, stream>>>(static_cast<const float*>(job.x), job.grid, job.sample_stride,
                                                        job.class_stride, job.K, job.C, job.input_kind, job.mask,
-                                                       job.tol, outs, reinterpret_cast<float*>(scratch), votes,
+                                                       job.tol, outs, stats, reinterpret_cast<float*>(rows), votes,
                                                        failure);
   else
     score_kernel<double><<<blocks, kBlock, 0, stream>>>(static_cast<const double*>(job.x), job.grid, job.sample_stride,
                                                         job.class_stride, job.K, job.C, job.input_kind, job.mask,
-                                                        job.tol, outs, reinterpret_cast<double*>(scratch), votes,
+                                                        job.tol, outs, stats, reinterpret_cast<double*>(rows), votes,
                                                         failure);
   launch = cudaGetLastError();
   unsigned long long host_failure = ~0ULL;

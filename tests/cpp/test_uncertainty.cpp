@@ -97,8 +97,11 @@ TEMPLATE_TEST_CASE("all metrics match the float64 reference for every input kind
       for (int m = 0; m < kNumMetrics; ++m) {
         INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i]
                      << " want " << r[m]);
-        // BalEntAcq divides by a difference of entropies and is the least stable metric in float32.
-        const double t = (m == 9 && std::is_same<TestType, float>::value) ? 2e-3 : tol;
+        // BalEntAcq's s = (H + ln 2) / (MJEnt + H) is ill-conditioned where the denominator nears 0:
+        // a relative error e of the float32 probabilities moves s by about e·s²/(H + ln 2), so the
+        // float32 tolerance grows with |s| (docs/metrics.md).
+        const double s_abs = std::isfinite(r[m]) ? std::fabs(r[m]) : 0.0;
+        const double t = (m == 9 && std::is_same<TestType, float>::value) ? 3e-3 + 2e-6 * s_abs : tol;
         CHECK(close(store[m][i], r[m], t));
       }
     }

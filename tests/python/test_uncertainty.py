@@ -43,8 +43,17 @@ def test_all_metrics_match_float64_reference(rng, dtype, input_kind):
     want = ref_metrics(p64)
     for name in ALL:
         assert res[name].dtype == dtype and res[name].shape == (N,)
-        tol = TOL[dtype] * (10 if name == "balentacq" and dtype == np.float32 else 1)
-        _close(res[name], want[name], tol, name)
+        if name == "balentacq" and dtype == np.float32:
+            # s = (H + ln 2) / (MJEnt + H) is ill-conditioned where the denominator nears 0: a relative
+            # error e in the float32 probabilities moves s by about e·s²/(H + ln 2). So the tolerance
+            # grows with |s| (s ~ 1 for most items; the rare items with |s| in the thousands get more).
+            s_abs = np.abs(np.where(np.isfinite(want[name]), want[name], 0.0))
+            tol = 3e-3 + 2e-6 * s_abs
+            got = np.asarray(res[name], dtype=np.float64)
+            ok = np.isclose(got, want[name], rtol=tol, atol=3e-3) | ((got == want[name]) & np.isinf(want[name]))
+            assert ok.all(), f"balentacq: {got[~ok][:5]} vs {want[name][~ok][:5]}"
+            continue
+        _close(res[name], want[name], TOL[dtype], name)
 
 
 def test_single_functions_equal_fused_score(rng):

@@ -89,10 +89,12 @@ LABELWISE_HD constexpr int padded_classes(int C) { return (C + kClassBlock - 1) 
 /// (thread-local on the CPU, global scratch on CUDA).
 template <typename A>
 struct ItemScratch {
-  A* first;   // p_0c: the sums below are shifted by the first sample, so that the variance of
-              // nearly identical samples does not cancel catastrophically
-  A* sum;     // Σ_k (p_kc - p_0c)
-  A* sumsq;   // Σ_k (p_kc - p_0c)², only when MeanStd or BalEntAcq is requested
+  // The class statistics are float64 for every input type: BalEntAcq's Beta terms are very sensitive
+  // to the variance of nearly certain classes.
+  double* first;  // p_0c: the sums below are shifted by the first sample, so that the variance of
+                  // nearly identical samples does not cancel catastrophically
+  double* sum;    // Σ_k (p_kc - p_0c)
+  double* sumsq;  // Σ_k (p_kc - p_0c)², only when MeanStd or BalEntAcq is requested
   A* row;     // exp(x - max) of the current sample, for logits / log-probabilities
   int* votes; // number of samples whose arg-max is c, only for VariationRatio
   A* block;   // K·C + 16 values: a contiguous item block copied (probabilities) or its
@@ -149,8 +151,8 @@ LABELWISE_HD inline double balentacq_class_term(double mean, double var) {
 /// H[p̄] = -Σ_c p̄_c ln p̄_c over blocks of kClassBlock classes (vectorised on the CPU; padding is 0).
 template <typename A>
 LABELWISE_HD double mean_entropy(const ItemScratch<A>& s, int C, double inv_k) {
-  const A* __restrict__ first_p = s.first;
-  const A* __restrict__ sum_p = s.sum;
+  const double* __restrict__ first_p = s.first;
+  const double* __restrict__ sum_p = s.sum;
   double h = 0.0;
   for (int cb = 0; cb < C; cb += kClassBlock) {
     LABELWISE_SIMD_H
@@ -191,9 +193,9 @@ LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool
                                      double& terms) {
   const double inv_k = 1.0 / K;
   // Local copies: loads through `s` inside the loops would block vectorisation.
-  const A* __restrict__ first_p = s.first;
-  const A* __restrict__ sum_p = s.sum;
-  const A* __restrict__ sumsq_p = s.sumsq;
+  const double* __restrict__ first_p = s.first;
+  const double* __restrict__ sum_p = s.sum;
+  const double* __restrict__ sumsq_p = s.sumsq;
   int slow = 0;
   double ssum = 0.0, tsum = 0.0;
   if (!want_bal) {
@@ -270,13 +272,14 @@ LABELWISE_HD int classify_bad_row(const T* r, std::int64_t sc, int C, int input_
 
 /// Adds one sample's probability p_c to the shifted per-class sums.
 template <typename A>
-LABELWISE_HD inline void accumulate(const ItemScratch<A>& s, int c, A p, bool first_sample, bool need_sq) {
+LABELWISE_HD inline void accumulate(const ItemScratch<A>& s, int c, A pa, bool first_sample, bool need_sq) {
+  const double p = static_cast<double>(pa);
   if (first_sample) {
     s.first[c] = p;
-    s.sum[c] = A(0);
-    if (need_sq) s.sumsq[c] = A(0);
+    s.sum[c] = 0.0;
+    if (need_sq) s.sumsq[c] = 0.0;
   } else {
-    const A d = p - s.first[c];
+    const double d = p - s.first[c];
     s.sum[c] += d;
     if (need_sq) s.sumsq[c] += d * d;
   }
@@ -292,16 +295,16 @@ LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C
 #if !LABELWISE_ON_DEVICE
   if (C <= 16) {
     // Few classes: the accumulators fit in registers (a fixed 16-lane block).
-    R first[16], sum[16], sumsq[16];
+    double first[16], sum[16], sumsq[16];
     R total = R(0);
     LABELWISE_SIMD_TOTAL
     for (int j = 0; j < 16; ++j) {
       const bool real = j < C;
       const R v = blk[j];  // unconditional: the block is padded, and a masked load would not vectorise
       const R p = real ? v * (row_scale ? row_scale[0] : R(1)) : R(0);
-      first[j] = p;
-      sum[j] = R(0);
-      sumsq[j] = R(0);
+      first[j] = static_cast<double>(p);
+      sum[j] = 0.0;
+      sumsq[j] = 0.0;
       total += p;
     }
     if (check_totals && !(fabs(static_cast<double>(total) - 1.0) <= tol)) return 1;
@@ -314,7 +317,7 @@ LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C
         const bool real = j < C;
         const R v = r[j];
         const R p = real ? v * scale : R(0);
-        const R d = p - first[j];
+        const double d = static_cast<double>(p) - first[j];
         sum[j] += d;
         sumsq[j] += d * d;
         total += p;
@@ -329,9 +332,9 @@ LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C
     return 0;
   }
 #endif
-  R* __restrict__ first_p = s.first;
-  R* __restrict__ sum_p = s.sum;
-  R* __restrict__ sumsq_p = s.sumsq;
+  double* __restrict__ first_p = s.first;
+  double* __restrict__ sum_p = s.sum;
+  double* __restrict__ sumsq_p = s.sumsq;
   for (int k = 0; k < K; ++k) {
     const R* __restrict__ r = blk + k * C;
     const R scale = row_scale ? row_scale[k] : R(1);
@@ -343,9 +346,9 @@ LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C
           const int c = cb + j;
           const bool real = c < C;
           const R p = r[c] * scale;
-          first_p[c] = real ? p : R(0);
-          sum_p[c] = R(0);
-          sumsq_p[c] = R(0);
+          first_p[c] = real ? static_cast<double>(p) : 0.0;
+          sum_p[c] = 0.0;
+          sumsq_p[c] = 0.0;
           total += real ? p : R(0);
         }
       } else {
@@ -354,7 +357,7 @@ LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C
           const int c = cb + j;
           const bool real = c < C;
           const R p = r[c] * scale;
-          const R d = real ? p - first_p[c] : R(0);
+          const double d = real ? static_cast<double>(p) - first_p[c] : 0.0;
           sum_p[c] += d;
           sumsq_p[c] += d * d;
           total += real ? p : R(0);
