@@ -26,13 +26,10 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "[setup] creating .venv from $(command -v "$PY") ($("$PY" --version))"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, scipy, pytest, scikit_build_core, pybind11, sklearn, matplotlib, tqdm, torch, nibabel" 2>/dev/null; then
-  echo "[setup] pip: installing requirements-dev.txt (torch is large; first run takes a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements-dev.txt
-else
-  echo "[setup] pip: requirements present"
-fi
+# pip skips what is already satisfied, so this is quick after the first run.
+echo "[setup] pip: requirements-dev.txt (torch is large; the first run takes a few minutes)"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements-dev.txt
 if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
   echo "[setup] CUDA: $( (command -v nvcc || echo /usr/local/cuda/bin/nvcc) ) found; the CUDA kernels will be built"
 else
