@@ -1,0 +1,667 @@
+"""Segmentation heads for active learning, as ``torch.nn.Module`` s: MC dropout, ensemble, evidential.
+
+This is the only module of ``labelwise`` that imports torch (``import labelwise`` does not).
+
+* :class:`MCDropoutHead` — dropout + 1x1 (x1) convolution,
+* :class:`EnsembleHead` — M independent 1x1 (x1) convolutions,
+* :class:`EvidentialHead` — 1x1 (x1) convolution to Dirichlet concentrations ``alpha = softplus(z) + 1``
+  with closed-form uncertainty,
+
+for 2D ``[B, F, H, W]`` (``dims=2``) and 3D ``[B, F, D, H, W]`` (``dims=3``) feature maps, as the last
+layer of any backbone. ``forward`` returns logits ``[B, C, *spatial]`` and trains like any module.
+
+MC sampling is deterministic and device independent: ``MCDropoutHead.sample(features, K, seed)`` draws
+its dropout masks from Philox-4x32-10 (the counter RNG of ``include/labelwise/core/rng.hpp``),
+keyed by (seed, sample k, item b, channel f, voxel v) — never from torch's RNG — so that the fused
+C++/CUDA kernel reproduces the masks bit for bit. The counter layout and the arithmetic order are in
+``docs/segmentation.md`` and in :func:`dropout_keep_mask`.
+
+``head.score(features, K, metrics, seed)`` returns per-voxel maps ``{name: [B, *spatial]}`` computed
+as :func:`labelwise.uncertainty.score` of ``head.sample(...)``, in chunks of items and voxel tiles so
+that peak memory stays bounded (``chunk_bytes``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import uncertainty as _U
+from . import _core
+
+__all__ = [
+    "MCDropoutHead",
+    "EnsembleHead",
+    "EvidentialHead",
+    "philox4x32_10",
+    "dropout_keep_mask",
+    "evidential_loss",
+    "STREAM_DROPOUT",
+    "EVIDENTIAL_METRICS",
+]
+
+# ---- Philox-4x32-10 in vectorised int64 arithmetic ----------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+_PHILOX_M0 = 0xD2511F53
+_PHILOX_M1 = 0xCD9E8D57
+_PHILOX_W0 = 0x9E3779B9
+_PHILOX_W1 = 0xBB67AE85
+
+#: Philox stream of the dropout masks (counter word 2 = STREAM_DROPOUT << 16 | k). Streams 1 and 2 are
+#: labelwise::rng::kStreamStochastic and kStreamBatchBald (which put the stream itself in word 2).
+STREAM_DROPOUT = 3
+_MAX_K = 1 << 16
+
+
+def _mulhilo(m: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of the 64-bit product m * x, for x an int64 tensor in [0, 2^32) and m a
+    32-bit constant, without signed overflow: m is split into 16-bit halves so every partial product
+    stays below 2^49."""
+    m_hi, m_lo = m >> 16, m & 0xFFFF
+    t = x * m_lo  # < 2^48
+    s = x * m_hi + (t >> 16)  # < 2^49;  x * m = s * 2^16 + (t & 0xFFFF)
+    lo = ((s & 0xFFFF) << 16) | (t & 0xFFFF)
+    hi = s >> 16
+    return hi, lo
+
+
+def philox4x32_10(counter: Sequence[Any], key: Sequence[int]) -> List[torch.Tensor]:
+    """Philox-4x32-10 (Salmon et al., SC'11), as ``labelwise::rng::philox4x32_10`` in rng.hpp.
+
+    ``counter``: four int64 tensors (or ints), broadcastable, with values in [0, 2^32);
+    ``key``: two ints in [0, 2^32). Returns the four output words as int64 tensors in [0, 2^32).
+    """
+    dev = next((w.device for w in counter if isinstance(w, torch.Tensor)), torch.device("cpu"))
+    c = [torch.as_tensor(w, dtype=torch.int64, device=dev) for w in counter]
+    c0, c1, c2, c3 = torch.broadcast_tensors(*c)
+    k0, k1 = int(key[0]) & _M32, int(key[1]) & _M32
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W0) & _M32
+        k1 = (k1 + _PHILOX_W1) & _M32
+    return [c0, c1, c2, c3]
+
+
+# ---- argument checks ------------------------------------------------------------------------------------
+
+
+def _int_arg(value: Any, name: str, lo: int, hi: Optional[int] = None) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected an integer {rng}, got {v}")
+    return v
+
+
+def _seed_arg(seed: Any) -> int:
+    if isinstance(seed, bool):
+        raise TypeError("seed: expected an integer, got bool")
+    try:
+        s = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}") from None
+    if not 0 <= s < 2**64:
+        raise ValueError(f"seed: expected 0 <= seed < 2**64, got {s}")
+    return s
+
+
+def _p_arg(p: Any) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"p: expected a float in [0, 1), got {type(p).__name__}")
+    pf = float(p)
+    if not 0.0 <= pf < 1.0:  # also rejects NaN
+        raise ValueError(f"p: the dropout rate must be in [0, 1), got {p}")
+    return pf
+
+
+def _dims_arg(dims: Any) -> int:
+    d = _int_arg(dims, "dims", 2, 3)
+    return d
+
+
+def _metrics_arg(metrics: Any, allowed: Sequence[str]) -> List[str]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    try:
+        names = list(metrics)
+    except TypeError:
+        raise TypeError(
+            f"metrics: expected a metric name or a sequence of names, got {type(metrics).__name__}"
+        ) from None
+    if not names:
+        raise ValueError("metrics: expected at least one metric name")
+    for m in names:
+        if not isinstance(m, str):
+            raise TypeError(f"metrics: expected metric names (str), got {type(m).__name__}")
+        if m not in allowed:
+            raise ValueError(f"metrics: unknown metric {m!r}; expected one of {', '.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
+def _chunk_arg(chunk_bytes: Any) -> Optional[int]:
+    if chunk_bytes is None:
+        return None
+    return _int_arg(chunk_bytes, "chunk_bytes", 1)
+
+
+#: Default working-set budget of one chunk of sample() / score() (see docs/segmentation.md).
+DEFAULT_CHUNK_BYTES = 128 << 20
+
+
+def _plan_chunks(B: int, V: int, per_voxel: int, chunk_bytes: Optional[int]) -> Iterator[Tuple[int, int, int, int]]:
+    """(b0, b1, v0, v1) chunks: all items at once if they fit the budget, else groups of whole items,
+    else one item at a time in tiles of consecutive (C-order flattened) voxels."""
+    if chunk_bytes is None or B * V * per_voxel <= chunk_bytes:
+        yield 0, B, 0, V
+        return
+    if V * per_voxel <= chunk_bytes:
+        nb = max(1, chunk_bytes // (V * per_voxel))
+        for b0 in range(0, B, nb):
+            yield b0, min(B, b0 + nb), 0, V
+        return
+    nv = max(1, chunk_bytes // per_voxel)
+    for b0 in range(B):
+        for v0 in range(0, V, nv):
+            yield b0, b0 + 1, v0, min(V, v0 + nv)
+
+
+# ---- dropout masks --------------------------------------------------------------------------------------
+
+
+def _keep_threshold(p: float) -> int:
+    # keep <=> u >= p with u = word / 2^32; word * 2^-32 and p * 2^32 are exact in double, so this is
+    # word >= ceil(p * 2^32) in integers.
+    return int(math.ceil(p * 4294967296.0))
+
+
+def dropout_keep_mask(
+    seed: int,
+    p: float,
+    items: Sequence[int],
+    samples: Sequence[int],
+    channels: int,
+    voxels: Sequence[int],
+    device: Any = None,
+) -> torch.Tensor:
+    """The dropout keep-mask (bool) ``[len(items), len(samples), channels, len(voxels)]`` of sample k
+    of item b, channel f, voxel v (the C-order flat index over the spatial axes of one item):
+
+    * key ``(seed & 0xFFFFFFFF, seed >> 32)``;
+    * counter ``(v, f // 4, STREAM_DROPOUT << 16 | k, b)``, i.e. one Philox block per voxel, group of
+      four channels, sample and item;
+    * ``u = word[f % 4] / 2^32``; kept iff ``u >= p`` (exactly: ``word >= ceil(p * 2^32)`` in integers),
+      so each channel is kept with probability ``1 - p`` (to within 2^-32).
+    """
+    seed = _seed_arg(seed)
+    p = _p_arg(p)
+    key = (seed & _M32, seed >> 32)
+    thr = _keep_threshold(p)
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    b = torch.as_tensor(list(items), dtype=torch.int64, device=dev).view(-1, 1, 1)
+    k = torch.as_tensor(list(samples), dtype=torch.int64, device=dev).view(1, -1, 1)
+    if isinstance(voxels, range):
+        v = torch.arange(voxels.start, voxels.stop, voxels.step, dtype=torch.int64, device=dev).view(1, 1, -1)
+    else:
+        v = torch.as_tensor(list(voxels), dtype=torch.int64, device=dev).view(1, 1, -1)
+    word2 = (STREAM_DROPOUT << 16) | k
+    groups = (channels + 3) // 4
+    out = torch.empty((b.shape[0], k.shape[1], channels, v.shape[2]), dtype=torch.bool, device=dev)
+    for g in range(groups):
+        words = philox4x32_10((v, g, word2, b), key)
+        for j in range(4):
+            f = 4 * g + j
+            if f < channels:
+                out[:, :, f, :] = words[j] >= thr
+    return out
+
+
+# ---- the heads ------------------------------------------------------------------------------------------
+
+
+class _Head(nn.Module):
+    def __init__(self, in_channels: Any, num_classes: Any, dims: Any) -> None:
+        super().__init__()
+        self.in_channels = _int_arg(in_channels, "in_channels", 1)
+        self.num_classes = _int_arg(num_classes, "num_classes", 2)
+        self.dims = _dims_arg(dims)
+
+    def _conv(self) -> nn.Module:
+        cls = nn.Conv2d if self.dims == 2 else nn.Conv3d
+        return cls(self.in_channels, self.num_classes, kernel_size=1)
+
+    def _check(self, features: Any, name: str = "features") -> torch.Tensor:
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(features).__name__}")
+        if not features.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {features.dtype}")
+        want = "[B, F, H, W]" if self.dims == 2 else "[B, F, D, H, W]"
+        if features.dim() != self.dims + 2:
+            raise ValueError(
+                f"{name}: expected {want} (rank {self.dims + 2}) for dims={self.dims}, "
+                f"got rank {features.dim()} with shape {tuple(features.shape)}"
+            )
+        if features.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{name}: expected {self.in_channels} channels (in_channels) on axis 1, "
+                f"got {features.shape[1]} in shape {tuple(features.shape)}"
+            )
+        if features.numel() == 0:
+            raise ValueError(f"{name}: empty feature map, shape {tuple(features.shape)}")
+        if features.shape[2:].numel() >= 2**32:
+            raise ValueError(f"{name}: at most 2^32 - 1 voxels per item, got {features.shape[2:].numel()}")
+        return features
+
+    @staticmethod
+    def _check_finite(x: torch.Tensor, name: str = "features") -> None:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}: contains NaN or Inf")
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, num_classes={self.num_classes}, dims={self.dims}"
+
+
+def _conv_logits64(w: torch.Tensor, bias: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """z[..., c, n] = bias_c + sum_f w[c, f] * d[..., f, n], in float64, bias first, f ascending, each
+    multiply and add rounded separately (no FMA) — the order the fused kernel uses.
+    w: [C, F] float64, bias: [C] float64, d: [..., F, n] float64 -> [..., C, n]."""
+    C, Fch = w.shape
+    z = bias.view(C, 1).expand(*d.shape[:-2], C, d.shape[-1]).clone()
+    for f in range(Fch):
+        z.add_(w[:, f].view(C, 1) * d[..., f : f + 1, :])
+    return z
+
+
+def _softmax32(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """float64 softmax (max subtracted), rounded once to float32."""
+    z = z - z.amax(dim=dim, keepdim=True)
+    e = torch.exp(z)
+    return (e / e.sum(dim=dim, keepdim=True)).to(torch.float32)
+
+
+class _SampledHead(_Head):
+    """Shared score() for the heads whose uncertainty comes from K samples."""
+
+    def _probs_chunk(self, x: torch.Tensor, b0: int, v0: int, K: int, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _resolve_K(self, K: Any) -> int:
+        raise NotImplementedError
+
+    def _per_voxel_bytes(self, K: int) -> int:
+        # per sample: float64 accumulators / exps / probabilities and the float32 result per class, the
+        # float64 masked features and bool masks per channel, and the Philox temporaries (int64).
+        return K * (8 * 3 * self.num_classes + 4 * self.num_classes + 9 * self.in_channels + 8 * 16)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        features: torch.Tensor,
+        K: Any = 20,
+        seed: Any = 0,
+        *,
+        index_offset: Any = 0,
+        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+    ) -> torch.Tensor:
+        """Probabilities ``[B, K, C, *spatial]`` (float32, on features' device) of K samples — exactly
+        what the fused sample-and-score path uses. Item b of the call draws the masks of global item
+        ``index_offset + b`` (a shard of a batch passes its first item's index and gets the masks one
+        call on the whole batch would). See docs/segmentation.md for the arithmetic."""
+        x = self._check(features)
+        self._check_finite(x)
+        K = self._resolve_K(K)
+        seed = _seed_arg(seed)
+        chunk = _chunk_arg(chunk_bytes)
+        off = _int_arg(index_offset, "index_offset", 0)
+        B, sp = x.shape[0], tuple(x.shape[2:])
+        if off + B > 2**32:
+            raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {B} items")
+        V = math.prod(sp)
+        xf = x.reshape(B, self.in_channels, V)
+        out = torch.empty((B, K, self.num_classes, V), dtype=torch.float32, device=x.device)
+        for b0, b1, v0, v1 in _plan_chunks(B, V, self._per_voxel_bytes(K), chunk):
+            out[b0:b1, :, :, v0:v1] = self._probs_chunk(xf[b0:b1, :, v0:v1], off + b0, v0, K, seed)
+        return out.view(B, K, self.num_classes, *sp)
+
+    @torch.no_grad()
+    def score(
+        self,
+        features: torch.Tensor,
+        K: Any = 20,
+        metrics: Iterable[str] = ("bald", "balentacq"),
+        seed: Any = 0,
+        *,
+        return_mean: bool = False,
+        index_offset: Any = 0,
+        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+    ) -> Dict[str, torch.Tensor]:
+        """Per-voxel uncertainty maps ``{metric: [B, *spatial]}`` (float32), equal to
+        ``labelwise.uncertainty.score(head.sample(features, K, seed), metrics)`` but computed chunk by
+        chunk (``chunk_bytes`` bounds the working set of one chunk; ``None``: one chunk). With
+        ``return_mean=True`` the result also holds ``"mean"``: the mean probabilities ``[B, C, *spatial]``.
+        ``index_offset``: global index of the first item, as in :meth:`sample`."""
+        x = self._check(features)
+        self._check_finite(x)
+        names = _metrics_arg(metrics, _U.METRICS)
+        K = self._resolve_K(K)
+        if K < 2:
+            needing = [m for m in names if _core.metric_needs_samples(m)]
+            if needing:
+                raise ValueError(f"K: the metrics {', '.join(needing)} need K >= 2 samples, got K={K}")
+        seed = _seed_arg(seed)
+        chunk = _chunk_arg(chunk_bytes)
+        off = _int_arg(index_offset, "index_offset", 0)
+        B, sp = x.shape[0], tuple(x.shape[2:])
+        if off + B > 2**32:
+            raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {B} items")
+        V = math.prod(sp)
+        xf = x.reshape(B, self.in_channels, V)
+        outs = {m: torch.empty((B, V), dtype=torch.float32, device=x.device) for m in names}
+        mean = torch.empty((B, self.num_classes, V), dtype=torch.float32, device=x.device) if return_mean else None
+        for b0, b1, v0, v1 in _plan_chunks(B, V, self._per_voxel_bytes(K), chunk):
+            probs = self._probs_chunk(xf[b0:b1, :, v0:v1], off + b0, v0, K, seed)  # [b, K, C, n]
+            res = _U.score(probs, names)
+            for m in names:
+                outs[m][b0:b1, v0:v1] = res[m]
+            if mean is not None:
+                mean[b0:b1, :, v0:v1] = probs.to(torch.float64).mean(dim=1).to(torch.float32)
+        result = {m: o.view(B, *sp) for m, o in outs.items()}
+        if mean is not None:
+            result["mean"] = mean.view(B, self.num_classes, *sp)
+        return result
+
+
+class MCDropoutHead(_SampledHead):
+    """Dropout (rate ``p``, element-wise) followed by a 1x1 (``dims=2``) or 1x1x1 (``dims=3``) convolution.
+
+    Parameters (state_dict keys): ``conv.weight`` [C, F, 1, 1(, 1)], ``conv.bias`` [C].
+
+    ``forward(features)`` -> logits ``[B, C, *spatial]``: in train mode one stochastic pass (torch's
+    dropout, for training); in eval mode no dropout. ``sample`` / ``score``: MC dropout with masks from
+    the counter RNG (independent of train/eval mode and of torch's RNG).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, p: float = 0.5, dims: int = 2) -> None:
+        super().__init__(in_channels, num_classes, dims)
+        self.p = _p_arg(p)
+        self.conv = self._conv()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self.p}"
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self._check(features)
+        return self.conv(F.dropout(x, self.p, training=self.training))
+
+    def _resolve_K(self, K: Any) -> int:
+        return _int_arg(K, "K", 1, _MAX_K - 1)
+
+    def _probs_chunk(self, x: torch.Tensor, b0: int, v0: int, K: int, seed: int) -> torch.Tensor:
+        # x: [nb, F, n] -> probabilities [nb, K, C, n]
+        nb, Fch, n = x.shape
+        dev = x.device
+        w = self.conv.weight.detach().reshape(self.num_classes, Fch).to(device=dev, dtype=torch.float64)
+        bias = self.conv.bias.detach().to(device=dev, dtype=torch.float64)
+        keep = dropout_keep_mask(seed, self.p, range(b0, b0 + nb), range(K), Fch, range(v0, v0 + n), device=dev)
+        scale = 1.0 / (1.0 - self.p)
+        d = x.to(torch.float64).unsqueeze(1) * scale  # [nb, 1, F, n]
+        d = torch.where(keep, d, torch.zeros((), dtype=torch.float64, device=dev))  # [nb, K, F, n]
+        z = _conv_logits64(w, bias, d)  # [nb, K, C, n]
+        return _softmax32(z, dim=2)
+
+
+class EnsembleHead(_SampledHead):
+    """M independent 1x1 (x1) convolutions; the M members' softmax outputs are the samples (K = M).
+
+    Parameters (state_dict keys): ``members.{m}.weight`` [C, F, 1, 1(, 1)], ``members.{m}.bias`` [C]
+    for m = 0 .. M-1.
+
+    ``forward(features)`` -> logits ``[B, C, *spatial]``: in train mode one stochastic pass through a
+    member drawn uniformly with torch's RNG (each member learns from its own subset of the batches);
+    in eval mode the log of the members' mean softmax (a softmax of it is the ensemble's mean
+    prediction). ``forward_members`` returns all members' logits ``[B, M, C, *spatial]`` (e.g. to train
+    all members on every batch with a summed loss). ``sample(features)`` returns the M members'
+    probabilities (no randomness; ``K`` must be None or M, ``seed`` is checked and unused).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, members: int = 5, dims: int = 2) -> None:
+        super().__init__(in_channels, num_classes, dims)
+        self.num_members = _int_arg(members, "members", 1)
+        self.members = nn.ModuleList([self._conv() for _ in range(self.num_members)])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", members={self.num_members}"
+
+    def forward_members(self, features: torch.Tensor) -> torch.Tensor:
+        x = self._check(features)
+        return torch.stack([m(x) for m in self.members], dim=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self._check(features)
+        if self.training:
+            m = int(torch.randint(self.num_members, ()).item())
+            return self.members[m](x)
+        z = self.forward_members(x)
+        return torch.logsumexp(F.log_softmax(z, dim=2), dim=1) - math.log(self.num_members)
+
+    def _resolve_K(self, K: Any) -> int:
+        if K is None:
+            return self.num_members
+        k = _int_arg(K, "K", 1)
+        if k != self.num_members:
+            raise ValueError(
+                f"K: an EnsembleHead has exactly {self.num_members} samples (its members); got K={k} (pass K=None)"
+            )
+        return k
+
+    def sample(
+        self,
+        features: torch.Tensor,
+        K: Any = None,
+        seed: Any = 0,
+        *,
+        index_offset: Any = 0,
+        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+    ) -> torch.Tensor:
+        return super().sample(features, K, seed, index_offset=index_offset, chunk_bytes=chunk_bytes)
+
+    def score(
+        self,
+        features: torch.Tensor,
+        K: Any = None,
+        metrics: Iterable[str] = ("bald", "balentacq"),
+        seed: Any = 0,
+        *,
+        return_mean: bool = False,
+        index_offset: Any = 0,
+        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+    ) -> Dict[str, torch.Tensor]:
+        return super().score(features, K, metrics, seed, return_mean=return_mean, index_offset=index_offset,
+                             chunk_bytes=chunk_bytes)
+
+    def _probs_chunk(self, x: torch.Tensor, b0: int, v0: int, K: int, seed: int) -> torch.Tensor:
+        nb, Fch, n = x.shape
+        dev = x.device
+        d = x.to(torch.float64)
+        out = torch.empty((nb, K, self.num_classes, n), dtype=torch.float32, device=dev)
+        for m, conv in enumerate(self.members):
+            w = conv.weight.detach().reshape(self.num_classes, Fch).to(device=dev, dtype=torch.float64)
+            bias = conv.bias.detach().to(device=dev, dtype=torch.float64)
+            out[:, m] = _softmax32(_conv_logits64(w, bias, d), dim=1)
+        return out
+
+
+#: Metrics that EvidentialHead.score computes in closed form from the Dirichlet.
+EVIDENTIAL_METRICS = (
+    "predictive_entropy",
+    "expected_entropy",
+    "bald",
+    "least_confidence",
+    "margin",
+    "ratio",
+    "max_mean_variation_ratio",
+    "mean_std",
+    "balentacq",
+    "vacuity",
+)
+
+
+def _entropy64(p: torch.Tensor, dim: int) -> torch.Tensor:
+    return -torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=p.dtype, device=p.device)).sum(dim=dim)
+
+
+def _dirichlet_maps(alpha: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """Closed-form uncertainty of Dir(alpha), alpha [B, C, *spatial] float64 -> {name: [B, *spatial]}."""
+    C = alpha.shape[1]
+    S = alpha.sum(dim=1, keepdim=True)
+    mu = alpha / S
+    out: Dict[str, torch.Tensor] = {}
+    H = _entropy64(mu, dim=1)
+    need_eh = any(m in names for m in ("expected_entropy", "bald"))
+    if need_eh:
+        eh = torch.digamma(S[:, 0] + 1) - (mu * torch.digamma(alpha + 1)).sum(dim=1)
+    top_metrics = ("least_confidence", "margin", "ratio", "max_mean_variation_ratio")
+    top2 = torch.topk(mu, 2, dim=1).values if any(m in names for m in top_metrics) else None
+    for m in names:
+        if m == "predictive_entropy":
+            out[m] = H
+        elif m == "expected_entropy":
+            out[m] = eh
+        elif m == "bald":
+            out[m] = torch.clamp(H - eh, min=0.0)
+        elif m in ("least_confidence", "max_mean_variation_ratio"):
+            out[m] = 1 - top2[:, 0]
+        elif m == "margin":
+            out[m] = 1 - (top2[:, 0] - top2[:, 1])
+        elif m == "ratio":
+            out[m] = top2[:, 1] / top2[:, 0]
+        elif m == "mean_std":
+            var = alpha * (S - alpha) / (S * S * (S + 1))
+            out[m] = torch.sqrt(var).mean(dim=1)
+        elif m == "vacuity":
+            out[m] = C / S[:, 0]
+        elif m == "balentacq":
+            out[m] = _balentacq_dirichlet(alpha, S, mu, H)
+    return out
+
+
+def _balentacq_dirichlet(alpha: torch.Tensor, S: torch.Tensor, mu: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """BalEntAcq (docs/metrics.md) with the exact Beta(alpha_c, S - alpha_c) marginals of the Dirichlet,
+    i.e. what the moment-matched Beta of the sample metric converges to as K -> infinity."""
+    a = alpha
+    b = S - alpha
+    ln_beta = torch.lgamma(a + 1) + torch.lgamma(b) - torch.lgamma(a + b + 1)
+    ln_beta = torch.logaddexp(ln_beta, torch.full_like(ln_beta, math.log(1e-32)))
+    h = ln_beta - a * torch.digamma(a + 1) - (b - 1) * torch.digamma(b) + (a + b - 1) * torch.digamma(a + b + 1)
+    t = torch.clamp(mu.clamp(min=1e-9) * h, max=0.0)
+    t = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+    mjent = t.sum(dim=1) + H
+    s = (H + math.log(2.0)) / (mjent + H)
+    s = torch.where(s < 0, 1 / s, s)
+    return s
+
+
+class EvidentialHead(_Head):
+    """1x1 (x1) convolution to Dirichlet concentrations ``alpha = softplus(z) + 1`` (Sensoy et al.,
+    NeurIPS 2018), with closed-form uncertainty — no sampling.
+
+    Parameters (state_dict keys): ``conv.weight`` [C, F, 1, 1(, 1)], ``conv.bias`` [C].
+
+    ``forward(features)`` -> the logits z ``[B, C, *spatial]`` (train with :func:`evidential_loss`);
+    ``concentrations(features)`` -> alpha; ``uncertainty(features)`` -> expected probabilities
+    ``alpha / S`` ``[B, C, *spatial]``, vacuity ``C / S``, predictive entropy ``H[alpha/S]``, expected
+    entropy ``psi(S + 1) - sum_c (alpha_c / S) psi(alpha_c + 1)`` and the mutual information (BALD)
+    ``H[alpha/S] - E[H]`` (maps ``[B, *spatial]``), with ``S = sum_c alpha_c``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dims: int = 2) -> None:
+        super().__init__(in_channels, num_classes, dims)
+        self.conv = self._conv()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.conv(self._check(features))
+
+    def concentrations(self, features: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.forward(features)) + 1.0
+
+    @torch.no_grad()
+    def _alpha64(self, features: torch.Tensor) -> torch.Tensor:
+        x = self._check(features)
+        self._check_finite(x)
+        z = F.conv2d if self.dims == 2 else F.conv3d
+        logits = z(x.to(torch.float64), self.conv.weight.detach().to(device=x.device, dtype=torch.float64),
+                   self.conv.bias.detach().to(device=x.device, dtype=torch.float64))
+        return F.softplus(logits) + 1.0
+
+    @torch.no_grad()
+    def uncertainty(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Closed-form Dirichlet uncertainty (float32): ``{"probs": [B, C, *sp], "vacuity", "predictive_entropy",
+        "expected_entropy", "bald": [B, *sp]}``."""
+        alpha = self._alpha64(features)
+        maps = _dirichlet_maps(alpha, ("vacuity", "predictive_entropy", "expected_entropy", "bald"))
+        res = {"probs": (alpha / alpha.sum(dim=1, keepdim=True)).to(torch.float32)}
+        res.update({k: v.to(torch.float32) for k, v in maps.items()})
+        return res
+
+    @torch.no_grad()
+    def score(
+        self,
+        features: torch.Tensor,
+        K: Any = None,
+        metrics: Iterable[str] = ("bald", "balentacq"),
+        seed: Any = None,
+        *,
+        return_mean: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        """Per-voxel maps ``{metric: [B, *spatial]}`` (float32) in closed form from the Dirichlet; any of
+        :data:`EVIDENTIAL_METRICS`. ``K`` and ``seed`` are accepted for a uniform call across heads and
+        ignored (nothing is sampled). ``variation_ratio`` has no closed form and is refused."""
+        names = _metrics_arg(metrics, EVIDENTIAL_METRICS)
+        if K is not None:
+            _int_arg(K, "K", 1)
+        if seed is not None:
+            _seed_arg(seed)
+        alpha = self._alpha64(features)
+        res = {k: v.to(torch.float32) for k, v in _dirichlet_maps(alpha, names).items()}
+        if return_mean:
+            res["mean"] = (alpha / alpha.sum(dim=1, keepdim=True)).to(torch.float32)
+        return res
+
+
+def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float = 0.0) -> torch.Tensor:
+    """Mean over voxels of the expected cross-entropy under Dir(alpha), ``psi(S) - psi(alpha_y)``
+    (Sensoy et al. 2018, eq. 4), plus ``kl_weight`` times KL(Dir(alpha~) || Dir(1)) of the evidence left
+    after removing the target class (alpha~ = y + (1 - y) alpha; their eq. 5 regulariser).
+
+    logits [B, C, *spatial] (EvidentialHead.forward), target int64 [B, *spatial] class indices."""
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError("logits, target: expected torch.Tensors")
+    if target.shape != logits.shape[:1] + logits.shape[2:]:
+        want = tuple(logits.shape[:1] + logits.shape[2:])
+        raise ValueError(f"target: expected shape {want}, got {tuple(target.shape)}")
+    alpha = F.softplus(logits) + 1.0
+    S = alpha.sum(dim=1)
+    a_y = alpha.gather(1, target.unsqueeze(1)).squeeze(1)
+    loss = (torch.digamma(S) - torch.digamma(a_y)).mean()
+    if kl_weight:
+        C = logits.shape[1]
+        y = F.one_hot(target, C).movedim(-1, 1).to(alpha.dtype)
+        at = y + (1 - y) * alpha
+        St = at.sum(dim=1)
+        kl = (torch.lgamma(St) - math.lgamma(C) - torch.lgamma(at).sum(dim=1)
+              + ((at - 1) * (torch.digamma(at) - torch.digamma(St).unsqueeze(1))).sum(dim=1))
+        loss = loss + float(kl_weight) * kl.mean()
+    return loss

@@ -1,0 +1,480 @@
+"""Segmentation heads (labelwise.torch): counter-RNG dropout masks, sample/score, closed forms, training."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+LT = pytest.importorskip("labelwise.torch")
+from labelwise import uncertainty as U  # noqa: E402
+
+M32 = 0xFFFFFFFF
+
+
+# ---- an independent scalar Philox-4x32-10 (plain Python ints), written from Salmon et al. (SC'11) ----
+
+
+def philox_ref(ctr, key):
+    c = list(ctr)
+    k0, k1 = key
+    for _ in range(10):
+        p0 = 0xD2511F53 * c[0]
+        p1 = 0xCD9E8D57 * c[2]
+        c = [((p1 >> 32) ^ c[1] ^ k0) & M32, p1 & M32, ((p0 >> 32) ^ c[3] ^ k1) & M32, p0 & M32]
+        k0 = (k0 + 0x9E3779B9) & M32
+        k1 = (k1 + 0xBB67AE85) & M32
+    return c
+
+
+def words(ctr, key):
+    return [int(w) for w in LT.philox4x32_10(ctr, key)]
+
+
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((M32, M32, M32, M32), (M32, M32), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("ctr,key,want", KAT)
+def test_philox_random123_known_answers(ctr, key, want):
+    assert words(ctr, key) == list(want)
+    assert philox_ref(ctr, key) == list(want)
+
+
+def test_philox_vectorised_matches_scalar(rng):
+    n = 300
+    ctr = rng.integers(0, 2**32, size=(4, n), dtype=np.uint64)
+    key = [int(k) for k in rng.integers(0, 2**32, size=2, dtype=np.uint64)]
+    got = LT.philox4x32_10([torch.tensor(c.astype(np.int64)) for c in ctr], key)
+    for i in range(n):
+        want = philox_ref([int(c[i]) for c in ctr], key)
+        assert [int(g[i]) for g in got] == want
+
+
+# ---- the documented mask layout, naively -----------------------------------------------------------------
+
+
+def naive_keep(seed, p, B, K, Fch, V):
+    """keep[b, k, f, v] from counter (v, f // 4, 3 << 16 | k, b), key (seed lo, seed hi), word f % 4."""
+    key = (seed & M32, seed >> 32)
+    keep = np.zeros((B, K, Fch, V), dtype=bool)
+    for b in range(B):
+        for k in range(K):
+            for f in range(Fch):
+                for v in range(V):
+                    w = philox_ref((v, f // 4, (3 << 16) | k, b), key)[f % 4]
+                    keep[b, k, f, v] = w / 2.0**32 >= p
+    return keep
+
+
+def naive_sample(head, x, K, seed):
+    """Per-sample loop with the head's own convolution in float64 on explicitly masked features."""
+    B, Fch = x.shape[:2]
+    sp = tuple(x.shape[2:])
+    V = math.prod(sp)
+    keep = torch.from_numpy(naive_keep(seed, head.p, B, K, Fch, V))
+    conv = torch.nn.functional.conv2d if head.dims == 2 else torch.nn.functional.conv3d
+    w = head.conv.weight.detach().double()
+    bias = head.conv.bias.detach().double()
+    out = torch.empty((B, K, head.num_classes) + sp, dtype=torch.float64)
+    for b in range(B):
+        for k in range(K):
+            mask = keep[b, k].reshape((Fch,) + sp)
+            xm = torch.where(mask, x[b].double() / (1.0 - head.p), torch.zeros((), dtype=torch.float64))
+            out[b, k] = torch.softmax(conv(xm[None], w, bias)[0], dim=0)
+    return out, keep
+
+
+def _feat(rng, B, Fch, sp):
+    return torch.from_numpy(rng.normal(0, 1, size=(B, Fch) + sp).astype(np.float32))
+
+
+SPATIAL = {2: (3, 4), 3: (2, 3, 2)}
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5])
+def test_sample_equals_naive_loop_from_documented_layout(rng, dims, p):
+    torch.manual_seed(int(rng.integers(2**31)))
+    B, Fch, C, K = 2, 6, 3, 4  # F = 6: a partial group of four channels
+    head = LT.MCDropoutHead(Fch, C, p=p, dims=dims)
+    x = _feat(rng, B, Fch, SPATIAL[dims])
+    seed = int(rng.integers(0, 2**64, dtype=np.uint64))  # exercises both key words
+    got = head.sample(x, K=K, seed=seed)
+    assert got.shape == (B, K, C) + SPATIAL[dims] and got.dtype == torch.float32
+    want, keep = naive_sample(head, x, K, seed)
+    V = math.prod(SPATIAL[dims])
+    mask = LT.dropout_keep_mask(seed, p, range(B), range(K), Fch, range(V))
+    assert torch.equal(mask, keep), "masks differ from the documented counter layout"
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-7)
+
+
+def test_sample_deterministic_for_a_seed_and_differs_across_seeds(rng):
+    head = LT.MCDropoutHead(8, 4, p=0.5)
+    x = _feat(rng, 2, 8, (5, 6))
+    a = head.sample(x, K=5, seed=7)
+    assert torch.equal(a, head.sample(x, K=5, seed=7))
+    torch.manual_seed(123)  # torch's RNG plays no part
+    assert torch.equal(a, head.sample(x, K=5, seed=7))
+    head.train()
+    assert torch.equal(a, head.sample(x, K=5, seed=7))
+    assert not torch.equal(a, head.sample(x, K=5, seed=8))
+    # samples differ from each other, and a prefix of K is the same draws
+    assert not torch.equal(a[:, 0], a[:, 1])
+    assert torch.equal(a[:, :3], head.sample(x, K=3, seed=7))
+    # items are keyed by their batch index: the same features in slot 0 and 1 draw different masks
+    x2 = torch.cat([x[:1], x[:1]])
+    s2 = head.sample(x2, K=5, seed=7)
+    assert torch.equal(s2[0], a[0]) and not torch.equal(s2[1], s2[0])
+    # a shard that passes its first item's global index draws the whole batch's masks
+    assert torch.equal(head.sample(x[1:], K=5, seed=7, index_offset=1), a[1:])
+    _assert_maps_equal(head.score(x[1:], K=5, seed=7, index_offset=1),
+                       {k: v[1:] for k, v in head.score(x, K=5, seed=7).items()})
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
+def test_keep_rate_matches_one_minus_p(p):
+    m = LT.dropout_keep_mask(11, p, range(2), range(8), 12, range(2000))
+    T = m.numel()
+    count = int(m.sum())
+    q = 1 - p
+    assert abs(count - T * q) <= 5 * math.sqrt(T * q * p) + 1, (count, T * q)
+    # per channel position within a Philox block (word 0..3) too
+    for j in range(4):
+        mj = m[:, :, j::4]
+        Tj = mj.numel()
+        assert abs(int(mj.sum()) - Tj * q) <= 5 * math.sqrt(Tj * q * p) + 1
+
+
+def test_p_zero_keeps_everything_and_threshold_is_exact():
+    assert bool(LT.dropout_keep_mask(0, 0.0, range(1), range(3), 5, range(50)).all())
+    # u = w / 2^32 >= p exactly: p = w / 2^32 keeps w, p slightly above drops it
+    key = (5, 0)
+    w = words((0, 0, (3 << 16) | 0, 0), key)[0]
+    p_eq = w / 2.0**32
+    assert bool(LT.dropout_keep_mask(5, p_eq, [0], [0], 1, [0])[0, 0, 0, 0])
+    p_above = np.nextafter(p_eq, 1.0)
+    assert not bool(LT.dropout_keep_mask(5, float(p_above), [0], [0], 1, [0])[0, 0, 0, 0])
+
+
+# ---- score ---------------------------------------------------------------------------------------------
+
+
+def _assert_maps_equal(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_score_equals_uncertainty_of_sample_and_chunking_is_invisible(rng, dims):
+    torch.manual_seed(int(rng.integers(2**31)))
+    sp = (9, 11) if dims == 2 else (4, 5, 6)
+    head = LT.MCDropoutHead(10, 5, p=0.4, dims=dims)
+    x = _feat(rng, 3, 10, sp)
+    metrics = list(U.METRICS)
+    probs = head.sample(x, K=6, seed=3, chunk_bytes=None)
+    want = U.score(probs, metrics)
+    got = head.score(x, K=6, metrics=metrics, seed=3, chunk_bytes=None)
+    _assert_maps_equal(got, want)
+    # chunks of whole items, and voxel tiles (a tile smaller than a row / slice, not dividing V)
+    per_voxel = head._per_voxel_bytes(6)
+    V = math.prod(sp)
+    for budget in (2 * V * per_voxel, 7 * per_voxel, 1):
+        _assert_maps_equal(head.score(x, K=6, metrics=metrics, seed=3, chunk_bytes=budget), want)
+        assert torch.equal(head.sample(x, K=6, seed=3, chunk_bytes=budget), probs)
+    assert set(head.score(x, K=6, seed=3)) == {"bald", "balentacq"}
+    mean = head.score(x, K=6, metrics=["bald"], seed=3, return_mean=True, chunk_bytes=5 * per_voxel)["mean"]
+    torch.testing.assert_close(mean, probs.double().mean(1).float())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_ensemble_sample_and_score(rng, dims):
+    torch.manual_seed(int(rng.integers(2**31)))
+    sp = SPATIAL[dims]
+    head = LT.EnsembleHead(7, 4, members=3, dims=dims).eval()
+    x = _feat(rng, 2, 7, sp)
+    s = head.sample(x)
+    assert s.shape == (2, 3, 4) + sp
+    conv = torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv3d
+    for m, mem in enumerate(head.members):
+        want = torch.softmax(conv(x.double(), mem.weight.double(), mem.bias.double()), dim=1)
+        torch.testing.assert_close(s[:, m].double(), want, rtol=0, atol=2e-7)
+    _assert_maps_equal(head.score(x, metrics=U.METRICS), U.score(s, U.METRICS))
+    _assert_maps_equal(head.score(x, metrics=U.METRICS, chunk_bytes=1), U.score(s, U.METRICS))
+    # eval forward: logits whose softmax is the ensemble mean
+    torch.testing.assert_close(torch.softmax(head(x), dim=1), s.double().mean(1).float(), atol=1e-6, rtol=1e-5)
+    assert head.forward_members(x).shape == (2, 3, 4) + sp
+
+
+# ---- evidential closed forms ---------------------------------------------------------------------------------
+
+
+def _entropy(p, dim):
+    return -(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))).sum(dim)
+
+
+def test_evidential_closed_forms_match_dirichlet_monte_carlo(rng):
+    torch.manual_seed(int(rng.integers(2**31)))
+    C = 4
+    head = LT.EvidentialHead(5, C)
+    with torch.no_grad():
+        head.conv.weight.mul_(3)
+    x = _feat(rng, 1, 5, (2, 3))
+    u = head.uncertainty(x)
+    sc = head.score(x, metrics=LT.EVIDENTIAL_METRICS)
+    alpha = head.concentrations(x).detach().double()  # [1, C, 2, 3]
+    S = alpha.sum(1)
+    torch.testing.assert_close(u["probs"].double(), alpha / S[:, None], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(u["vacuity"].double(), C / S, rtol=1e-6, atol=1e-7)
+    N = 200_000
+    for i in range(2):
+        for j in range(3):
+            a = alpha[0, :, i, j]
+            p = torch.distributions.Dirichlet(a).sample((N,))  # [N, C]
+            h = _entropy(p, 1)
+            eh, se = h.mean().item(), h.std().item() / math.sqrt(N)
+            assert abs(u["expected_entropy"][0, i, j].item() - eh) < 5 * se + 1e-5
+            mi = _entropy(p.mean(0), 0).item() - eh
+            assert abs(u["bald"][0, i, j].item() - mi) < 5 * se + 1e-4
+            assert abs(sc["bald"][0, i, j].item() - mi) < 5 * se + 1e-4
+            std = p.std(0).mean().item()
+            assert abs(sc["mean_std"][0, i, j].item() - std) < 0.01 * std
+            # BalEntAcq with the exact Beta marginals = the sample metric's limit for many samples
+            bal_mc = U.balentacq(p.float()[None]).item()
+            assert abs(sc["balentacq"][0, i, j].item() - bal_mc) < 0.02 * abs(bal_mc) + 1e-3, (sc["balentacq"][0, i, j], bal_mc)
+            mean = alpha[0, :, i, j] / alpha[0, :, i, j].sum()
+            assert abs(sc["predictive_entropy"][0, i, j].item() - _entropy(mean, 0).item()) < 1e-6
+            top = torch.sort(mean, descending=True).values
+            assert abs(sc["margin"][0, i, j].item() - (1 - (top[0] - top[1]).item())) < 1e-6
+
+
+def test_evidential_3d_shapes():
+    head = LT.EvidentialHead(3, 5, dims=3)
+    x = torch.randn(2, 3, 4, 5, 6)
+    u = head.uncertainty(x)
+    assert u["probs"].shape == (2, 5, 4, 5, 6) and u["bald"].shape == (2, 4, 5, 6)
+    s = head.score(x, K=20, metrics=("bald", "balentacq", "vacuity"), seed=0, return_mean=True)
+    assert s["balentacq"].shape == (2, 4, 5, 6) and s["mean"].shape == (2, 5, 4, 5, 6)
+    assert head(x).shape == (2, 5, 4, 5, 6)
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mc", "ensemble", "evidential"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_training_lowers_the_loss(kind, dims):
+    torch.manual_seed(0)
+    Fch, C = 6, 3
+    sp = (8, 8) if dims == 2 else (4, 4, 4)
+    x = torch.randn((4, Fch) + sp)
+    target = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()  # 3 classes, a function of the features
+    head = {"mc": lambda: LT.MCDropoutHead(Fch, C, p=0.2, dims=dims),
+            "ensemble": lambda: LT.EnsembleHead(Fch, C, members=3, dims=dims),
+            "evidential": lambda: LT.EvidentialHead(Fch, C, dims=dims)}[kind]()
+    head.train()
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+
+    def loss_fn():
+        if kind == "evidential":
+            return LT.evidential_loss(head(x), target, kl_weight=0.01)
+        if kind == "ensemble":
+            z = head.forward_members(x)
+            return sum(torch.nn.functional.cross_entropy(z[:, m], target) for m in range(z.shape[1]))
+        return torch.nn.functional.cross_entropy(head(x), target)
+
+    with torch.no_grad():
+        head.eval()
+        before = loss_fn().item()
+        head.train()
+    for _ in range(40):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        head.eval()
+        after = loss_fn().item()
+    assert after < 0.8 * before, (before, after)
+    out = head.train()(x)
+    assert out.shape == (4, C) + sp
+
+
+def test_mc_forward_modes():
+    head = LT.MCDropoutHead(4, 3, p=0.5)
+    x = torch.randn(2, 4, 5, 5)
+    head.eval()
+    torch.testing.assert_close(head(x), head.conv(x))
+    head.train()
+    torch.manual_seed(0)
+    a = head(x)
+    assert a.shape == (2, 3, 5, 5) and not torch.allclose(a, head.conv(x))
+
+
+# ---- parameter names -------------------------------------------------------------------------------------------
+
+
+def test_state_dict_names_and_shapes():
+    mc = LT.MCDropoutHead(16, 9, p=0.1)
+    assert {k: tuple(v.shape) for k, v in mc.state_dict().items()} == {"conv.weight": (9, 16, 1, 1), "conv.bias": (9,)}
+    ev = LT.EvidentialHead(16, 9, dims=3)
+    assert {k: tuple(v.shape) for k, v in ev.state_dict().items()} == {"conv.weight": (9, 16, 1, 1, 1), "conv.bias": (9,)}
+    en = LT.EnsembleHead(16, 9, members=3)
+    want = {}
+    for m in range(3):
+        want[f"members.{m}.weight"] = (9, 16, 1, 1)
+        want[f"members.{m}.bias"] = (9,)
+    assert {k: tuple(v.shape) for k, v in en.state_dict().items()} == want
+    # weights move between heads of the same shape (MC <-> evidential share the layout)
+    other = LT.MCDropoutHead(16, 9, p=0.5)
+    other.load_state_dict(mc.state_dict())
+    assert torch.equal(other.conv.weight, mc.conv.weight)
+    ev2 = LT.EvidentialHead(16, 9)
+    ev2.load_state_dict(mc.state_dict())
+    # another head shape: a clear error naming the parameter
+    with pytest.raises(RuntimeError, match="conv.weight"):
+        LT.MCDropoutHead(16, 8).load_state_dict(mc.state_dict())
+    with pytest.raises(RuntimeError, match="conv.weight"):
+        LT.MCDropoutHead(16, 9, dims=3).load_state_dict(mc.state_dict())
+    with pytest.raises(RuntimeError, match="members.3"):
+        LT.EnsembleHead(16, 9, members=4).load_state_dict(en.state_dict())
+
+
+def test_import_labelwise_does_not_import_torch():
+    code = "import sys, labelwise, labelwise.uncertainty; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+
+def test_bad_constructor_arguments():
+    for bad in (-0.1, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="^p:"):
+            LT.MCDropoutHead(4, 3, p=bad)
+    with pytest.raises(TypeError, match="^p:"):
+        LT.MCDropoutHead(4, 3, p="0.5")
+    with pytest.raises(ValueError, match="^dims:"):
+        LT.MCDropoutHead(4, 3, dims=1)
+    with pytest.raises(ValueError, match="^dims:"):
+        LT.EvidentialHead(4, 3, dims=4)
+    with pytest.raises(ValueError, match="^in_channels:"):
+        LT.EnsembleHead(0, 3)
+    with pytest.raises(ValueError, match="^num_classes:"):
+        LT.MCDropoutHead(4, 1)
+    with pytest.raises(TypeError, match="^num_classes:"):
+        LT.MCDropoutHead(4, 2.5)
+    with pytest.raises(ValueError, match="^members:"):
+        LT.EnsembleHead(4, 3, members=0)
+
+
+def test_bad_features_and_call_arguments():
+    mc = LT.MCDropoutHead(4, 3, p=0.5)
+    ev = LT.EvidentialHead(4, 3)
+    en = LT.EnsembleHead(4, 3, members=2)
+    x = torch.randn(2, 4, 5, 6)
+    for head in (mc, ev, en):
+        calls = [head.forward, head.score] + ([head.sample] if hasattr(head, "sample") else [])
+        for fn in calls:
+            with pytest.raises(ValueError, match="^features:.*rank 4"):
+                fn(torch.randn(2, 4, 5))
+            with pytest.raises(ValueError, match="^features:.*rank 4"):
+                fn(torch.randn(2, 4, 5, 6, 7))
+            with pytest.raises(ValueError, match="^features:.*4 channels"):
+                fn(torch.randn(2, 5, 5, 6))
+            with pytest.raises(TypeError, match="^features:"):
+                fn(x.numpy())
+            with pytest.raises(TypeError, match="^features:"):
+                fn(torch.ones(2, 4, 5, 6, dtype=torch.int64))
+    with pytest.raises(ValueError, match="^features:.*rank 5"):
+        LT.MCDropoutHead(4, 3, dims=3).sample(x)
+    bad = x.clone()
+    bad[0, 1, 2, 3] = float("nan")
+    for fn in (mc.sample, mc.score, ev.score, ev.uncertainty, en.score):
+        with pytest.raises(ValueError, match="^features:.*NaN"):
+            fn(bad)
+    # K
+    for m in ("bald", "balentacq", "expected_entropy", "variation_ratio", "mean_std"):
+        with pytest.raises(ValueError, match="^K:.*K >= 2"):
+            mc.score(x, K=1, metrics=(m,))
+    assert mc.score(x, K=1, metrics=("predictive_entropy",))["predictive_entropy"].shape == (2, 5, 6)
+    for bad_k in (0, -3):
+        with pytest.raises(ValueError, match="^K:"):
+            mc.sample(x, K=bad_k)
+    with pytest.raises(TypeError, match="^K:"):
+        mc.sample(x, K=2.0)
+    with pytest.raises(ValueError, match="^K:"):
+        en.sample(x, K=5)
+    with pytest.raises(ValueError, match="^K:.*K >= 2"):
+        LT.EnsembleHead(4, 3, members=1).score(x)
+    # seed
+    for bad_seed, exc in ((1.5, TypeError), ("0", TypeError), (True, TypeError), (None, TypeError),
+                          (-1, ValueError), (2**64, ValueError)):
+        with pytest.raises(exc, match="^seed:"):
+            mc.sample(x, K=2, seed=bad_seed)
+        with pytest.raises(exc, match="^seed:"):
+            mc.score(x, K=2, seed=bad_seed)
+    assert mc.sample(x, K=2, seed=np.int64(3)).shape == (2, 2, 3, 5, 6)
+    # metrics
+    with pytest.raises(ValueError, match="^metrics:.*nonsense"):
+        mc.score(x, metrics=("bald", "nonsense"))
+    with pytest.raises(ValueError, match="^metrics:.*variation_ratio"):
+        ev.score(x, metrics=("variation_ratio",))
+    with pytest.raises(ValueError, match="^index_offset:"):
+        mc.sample(x, K=2, index_offset=-1)
+    with pytest.raises(ValueError, match="^index_offset:"):
+        mc.score(x, K=2, index_offset=2**32 - 1)
+    with pytest.raises(ValueError, match="^chunk_bytes:"):
+        mc.score(x, chunk_bytes=0)
+    with pytest.raises(ValueError, match="^target:"):
+        LT.evidential_loss(ev(x), torch.zeros(2, 5, dtype=torch.long))
+
+
+# ---- the example ------------------------------------------------------------------------------------------------
+
+
+def test_mri_example_quick_writes_the_overlays(tmp_path):
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("nibabel")
+    from labelwise.data import MRICRON_TEMPLATES
+
+    if not os.path.exists(os.path.join(MRICRON_TEMPLATES, "ch2.nii.gz")):
+        pytest.skip("mricron-data is not installed")
+    script = Path(__file__).resolve().parents[2] / "examples" / "python" / "mri_uncertainty.py"
+    spec = importlib.util.spec_from_file_location("mri_uncertainty", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--steps", "3", "--samples", "4", "--out", str(tmp_path)]) == 0
+    for name in ("image", "ground_truth", "prediction", "bald", "balentacq", "overview"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_sample_equals_cpu(rng):
+    import labelwise as lw
+
+    head = LT.MCDropoutHead(9, 4, p=0.4, dims=3)
+    x = _feat(rng, 2, 9, (3, 4, 5))
+    cpu = head.sample(x, K=5, seed=2**40 + 3)
+    mask_cpu = LT.dropout_keep_mask(2**40 + 3, 0.4, range(2), range(5), 9, range(60))
+    mask_gpu = LT.dropout_keep_mask(2**40 + 3, 0.4, range(2), range(5), 9, range(60), device="cuda")
+    assert torch.equal(mask_gpu.cpu(), mask_cpu)
+    gpu = head.cuda().sample(x.cuda(), K=5, seed=2**40 + 3)
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-7)
+    if lw.built_with_cuda():
+        res = head.score(x.cuda(), K=5, seed=2**40 + 3)
+        want = U.score(cpu, ("bald", "balentacq"))
+        for k in want:
+            torch.testing.assert_close(res[k].cpu(), want[k], rtol=1e-5, atol=1e-6)
