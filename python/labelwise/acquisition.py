@@ -30,7 +30,7 @@ from . import _arrays, _core
 
 MODES = ("power", "softmax", "softrank")
 
-__all__ = ["MODES", "top_k", "stochastic", "stochastic_keys", "merge_top_k"]
+__all__ = ["MODES", "top_k", "stochastic", "stochastic_keys", "merge_top_k", "batchbald"]
 
 
 def _stream_of(x: Any) -> int:
@@ -255,3 +255,260 @@ def merge_top_k(
         stream,
     )
     return (out, out_v) if return_values else out
+
+
+def batchbald(
+    x: Any,
+    b: int,
+    *,
+    num_samples: int,
+    seed: int,
+    input: str = "probs",
+    sample_axis: int = 1,
+    class_axis: int = 2,
+) -> Tuple[Any, Any]:
+    """Greedy BatchBALD (Kirsch, van Amersfoort and Gal, NeurIPS 2019), as batchbald-redux computes it.
+
+    ``x``: MC / ensemble predictions ``[N, K, C]`` (the sample and class axes are named by
+    ``sample_axis`` / ``class_axis``; the remaining axis is the pool), float32 or float64, any strides,
+    CPU only for now (CUDA input raises ``RuntimeError``). ``input``: ``"probs"``, ``"log_probs"``
+    or ``"logits"``, validated like the uncertainty metrics. ``0 <= b <= N`` (``b = 0``: empty batch).
+
+    Joint entropies are exact while ``C**m <= num_samples`` (``m`` = items already chosen, the
+    reference's rule) and estimated from ``K * max(1, num_samples // K)`` joint configurations drawn
+    with Philox(``seed``) after that; the picks are a pure function of the arguments (any thread
+    count).
+
+    Returns ``(indices, scores)``: int64 ``[b]`` in the order chosen (ties by the lower index) and
+    float64 ``[b]`` where ``scores[i]`` is the (estimated) joint mutual information between the
+    labels of the first ``i + 1`` picks and the model parameters — **cumulative**, as the reference
+    returns them; the marginal gains are ``np.diff(scores, prepend=0)``. Both come back in ``x``'s
+    framework. See ``docs/acquisition.md``.
+    """
+    if input not in ("probs", "log_probs", "logits"):
+        raise ValueError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
+    try:
+        ns = operator.index(num_samples)
+    except TypeError:
+        raise TypeError(f"num_samples: expected an integer, got {type(num_samples).__name__}") from None
+    xa = _arrays.as_array(x, "x")
+    b = _count(b)
+    kind, _ = _arrays.device_of(xa)
+    if kind not in (1, 3):
+        raise RuntimeError("batchbald: not implemented on CUDA yet; pass a CPU array (e.g. x.cpu())")
+    shape = tuple(int(d) for d in xa.shape)
+    n_items = 0
+    if len(shape) == 3:
+        try:
+            sa = sample_axis % 3
+            ca = class_axis % 3
+            n_items = shape[3 - sa - ca] if sa != ca else 0
+        except TypeError:
+            n_items = 0
+    m = max(0, min(b, n_items))
+    idx = _empty(xa, (m,), "int64")
+    scores = _empty(xa, (m,), "float64")
+    _core.batchbald(
+        _arrays.capsule(xa),
+        b,
+        _arrays.capsule(idx, writable=True),
+        _arrays.capsule(scores, writable=True),
+        int(ns),
+        _seed(seed),
+        input,
+        int(sample_axis),
+        int(class_axis),
+    )
+    return idx, scores
+
+
+# ---- diversity: core-set (k-center greedy) and BADGE ---------------------------------------------
+
+CORESET_METRICS = ("euclidean", "cosine")
+
+
+def _cpu_only(x: Any, fn: str, what: str) -> None:
+    kind, _ = _arrays.device_of(x)
+    if kind not in (1, 3):
+        raise RuntimeError(
+            f"{fn}: {what} is on a GPU; {fn} is not implemented on CUDA yet (pass a CPU array, e.g. x.cpu())"
+        )
+
+
+def _labeled_array(labeled: Any) -> Any:
+    """None, a boolean / uint8 mask [N] or integer indices [M]; integer numpy arrays become int64."""
+    if labeled is None:
+        return None
+    if isinstance(labeled, (list, tuple)):
+        labeled = np.asarray(labeled)
+        if labeled.size == 0:
+            labeled = labeled.astype(np.int64)
+    lab = _arrays.as_array(labeled, "labeled")
+    if isinstance(lab, np.ndarray) and lab.dtype.kind in "iu" and lab.dtype not in (np.int64, np.uint8):
+        lab = lab.astype(np.int64)
+    elif _arrays.framework_name(lab) == "torch":
+        import torch
+
+        if lab.dtype in (torch.int8, torch.int16, torch.int32):
+            lab = lab.to(torch.int64)
+    return lab
+
+
+def coreset(
+    features: Any, labeled: Any, b: int, *, metric: str = "euclidean", prune: bool = True
+) -> Tuple[Any, Any]:
+    """Core-set acquisition by k-center greedy (Sener & Savarese, ICLR 2018).
+
+    Keeps every item's distance to the nearest labelled-or-chosen item and picks, ``b`` times, the
+    unlabelled item farthest from that set (ties: lower index); one pass over the pool per pick.
+
+    features : ``[N, D]`` float32 / float64, CPU (any strides; finite; cosine: no all-zero row).
+    labeled : ``None`` (nothing labelled), a boolean mask ``[N]`` (uint8 also accepted) or an
+        integer index array ``[M]`` (0 <= index < N; repeats allowed).
+    b : ``0 <= b <=`` number of unlabelled items (``b = 0``: empty result, inputs still validated).
+    metric : ``"euclidean"`` (``||x - y||``) or ``"cosine"`` (``1 - cos(x, y)``).
+
+    Returns ``(indices, radii)``: int64 ``[b]``, the picks in the order chosen, and float64 ``[b]``,
+    the covering radius after each pick (max over all items of the distance to the nearest
+    labelled-or-chosen item; non-increasing, 0 once everything is covered).
+
+    With no labelled item the first pick is the item farthest from the mean feature vector (cosine:
+    the unit row farthest from the mean unit row; item 0 if that mean is exactly zero). Duplicate
+    rows are at distance exactly 0: they come last, by lower index. ``prune`` skips rows that the
+    new centre provably cannot bring closer (triangle inequality, with a margin): the result is the
+    same bits either way; ``prune=False`` only measures the plain pass. CUDA arrays raise
+    ``RuntimeError`` (not implemented on CUDA yet). See ``docs/acquisition.md``.
+    """
+    if metric not in CORESET_METRICS:
+        raise ValueError(f"metric: expected 'euclidean' or 'cosine', got {metric!r}")
+    x = _arrays.as_array(features, "features")
+    b = _count(b)
+    _cpu_only(x, "coreset", "features")
+    lab = _labeled_array(labeled)
+    if lab is not None:
+        _cpu_only(lab, "coreset", "labeled")
+    shape = tuple(int(d) for d in x.shape)
+    m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
+    idx = _empty(x, (m,), "int64")
+    radii = _empty(x, (m,), "float64")
+    _core.coreset(
+        _arrays.capsule(x),
+        None if lab is None else _arrays.capsule(lab),
+        b,
+        _arrays.capsule(idx, writable=True),
+        _arrays.capsule(radii, writable=True),
+        metric,
+        bool(prune),
+    )
+    return idx, radii
+
+
+def badge(probs_or_logits: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs") -> Any:
+    """BADGE (Ash et al., ICLR 2020): k-means++ seeding on last-layer gradient embeddings.
+
+    The gradient embedding of item ``n`` is ``g_n = (p_n - onehot(argmax p_n)) ⊗ h_n`` (``C·D``
+    values), never materialised: ``||a⊗h - a'⊗h'||² = ||a||²||h||² + ||a'||²||h'||² - 2(a·a')(h·h')``.
+    The first centre is the item of largest ``||g||`` (as in the reference implementation; ties:
+    lower index); then ``b - 1`` k-means++ draws with probability ∝ squared distance to the nearest
+    centre, the draw of step ``t`` being :func:`badge_uniform` ``(seed, t)`` — the same batch for a
+    seed on every run and thread count.
+
+    probs_or_logits : ``[N, C]`` float32 / float64, one prediction per item, classes on axis 1;
+        ``input="probs"`` (rows >= 0 summing to 1), ``"log_probs"`` or ``"logits"`` (softmax inside).
+    embeddings : ``[N, D]`` float32 / float64, penultimate-layer features.
+    b : ``0 <= b <= N``. Returns int64 ``[b]``, the picks in the order chosen.
+    CUDA arrays raise ``RuntimeError`` (not implemented on CUDA yet). See ``docs/acquisition.md``.
+    """
+    x = _arrays.as_array(probs_or_logits, "probs_or_logits")
+    e = _arrays.as_array(embeddings, "embeddings")
+    b = _count(b)
+    s = _seed(seed)
+    _cpu_only(x, "badge", "probs_or_logits")
+    _cpu_only(e, "badge", "embeddings")
+    shape = tuple(int(d) for d in x.shape)
+    m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
+    idx = _empty(x, (m,), "int64")
+    _core.badge(_arrays.capsule(x), _arrays.capsule(e), b, _arrays.capsule(idx, writable=True), s, input)
+    return idx
+
+
+def badge_uniform(seed: int, step: int) -> float:
+    """The uniform draw in (0, 1) of BADGE step ``step`` (1 .. b-1) under ``seed``: Philox-4x32-10
+    bits of (seed, stream "BADG", step), as :func:`badge` uses them. For replaying the sampling."""
+    st = operator.index(step)
+    if st < 0:
+        raise ValueError(f"step: expected >= 0, got {st}")
+    return float(_core.badge_uniform(_seed(seed), st))
+
+
+__all__ += ["CORESET_METRICS", "coreset", "badge", "badge_uniform"]
+
+
+# ---- regions: patches and slices of segmentation uncertainty maps (CPU) ---------------------------
+
+
+def _spatial(map_: Any, values: Any, name: str, default: Any = None) -> list:
+    nsp = len(map_.shape) - 1
+    if values is None:
+        values = default
+    if isinstance(values, int):
+        values = [values] * nsp
+    values = [int(v) for v in values]
+    if len(values) != nsp:
+        raise ValueError(f"{name}: expected {nsp} values (one per spatial axis of a map of shape {tuple(map_.shape)}), got {values}")
+    return values
+
+
+def _cpu_map(map_: Any) -> Any:
+    m = _arrays.as_array(map_, "map")
+    if _arrays.device_of(m)[0] not in (1, 3):
+        raise RuntimeError("map: region acquisition is not implemented on CUDA yet; pass a CPU array (e.g. x.cpu())")
+    return m
+
+
+def patch_scores(map: Any, patch: Any, stride: Any = None) -> Any:
+    """Mean of a per-voxel map over every patch: ``map`` [N, *spatial] (1-3 spatial axes) -> [N, *grid],
+    ``grid_d = (S_d - patch_d) // stride_d + 1`` (whole patches only; ``stride`` defaults to ``patch``,
+    i.e. non-overlapping tiles; an int applies to every axis). Same framework and dtype as ``map``."""
+    m = _cpu_map(map)
+    p = _spatial(m, patch, "patch")
+    s = _spatial(m, stride, "stride", default=p)
+    for d, (S, pd, sd) in enumerate(zip(m.shape[1:], p, s)):
+        if not 1 <= pd <= S or sd < 1:
+            raise ValueError(f"patch/stride: axis {d}: need 1 <= patch <= {S} and stride >= 1, got {pd}, {sd}")
+    grid = [(S - pd) // sd + 1 for S, pd, sd in zip(m.shape[1:], p, s)]
+    out = _arrays.empty_like_framework(m, (m.shape[0], *grid))
+    _core.patch_scores(_arrays.capsule(m), p, s, _arrays.capsule(out, writable=True))
+    return out
+
+
+def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, Any]:
+    """The ``b`` best non-overlapping patches of per-voxel maps [N, *spatial], best first.
+
+    Returns ``(corners, scores)``: int64 [b, 1 + spatial] rows ``(n, first voxel per axis)`` and the
+    patches' mean scores (float64 [b]). Greedy: patches in descending score order (ties by the lower
+    index), skipping any that overlaps an already chosen patch of the same image."""
+    m = _cpu_map(map)
+    b = _count(b)
+    p = _spatial(m, patch, "patch")
+    s = _spatial(m, stride, "stride", default=p)
+    corners = _empty(m, (b, len(m.shape)), "int64")
+    scores = _empty(m, (b,), "float64")
+    _core.top_regions(_arrays.capsule(m), b, p, s, _arrays.capsule(corners, writable=True),
+                      _arrays.capsule(scores, writable=True))
+    return corners, scores
+
+
+def slice_scores(map: Any, axis: int = 1) -> Any:
+    """Mean of per-voxel maps [N, *spatial] over every spatial axis but ``axis`` -> [N, S_axis]
+    (e.g. axis=1 of [N, D, H, W] scores the D slices of each volume)."""
+    m = _cpu_map(map)
+    a = axis + len(m.shape) if axis < 0 else axis
+    if not 1 <= a < len(m.shape):
+        raise ValueError(f"axis: must name a spatial axis (1..{len(m.shape) - 1} or negative), got {axis}")
+    out = _arrays.empty_like_framework(m, (m.shape[0], m.shape[a]))
+    _core.slice_scores(_arrays.capsule(m), axis, _arrays.capsule(out, writable=True))
+    return out
+
+
+__all__ += ["patch_scores", "top_regions", "slice_scores"]

@@ -7,12 +7,17 @@
 #include <string>
 #include <vector>
 
+#include "labelwise/acquisition/batchbald.hpp"
+#include "labelwise/acquisition/diversity.hpp"
+#include "labelwise/acquisition/regions.hpp"
 #include "labelwise/acquisition/selection.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/interop/dlpack.hpp"
 #include "labelwise/propagation/binomial.hpp"
 #include "labelwise/propagation/certified.hpp"
 #include "labelwise/propagation/label_issues.hpp"
+#include "labelwise/propagation/knn.hpp"
+#include "labelwise/propagation/spreading.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
 
 namespace py = pybind11;
@@ -296,4 +301,134 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("probs"), py::arg("given_labels"), py::arg("indices"), py::arg("self_confidence"),
       py::arg("thresholds"), py::arg("confident_joint"), py::arg("class_axis"));
+
+  // ---- acquisition: BatchBALD (labelwise.acquisition.batchbald), CPU ---------------------------
+  m.def(
+      "batchbald",
+      [](const py::capsule& x, std::int64_t b, const py::capsule& indices, const py::capsule& scores,
+         std::int64_t num_samples, std::uint64_t seed, const std::string& input, int sample_axis, int class_axis) {
+        const TensorView xv = view_of(x, "x", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        const TensorView sv = view_of(scores, "scores", true);
+        BatchBaldOptions opt;
+        opt.input = parse_input(input);
+        opt.num_samples = num_samples;
+        opt.seed = seed;
+        opt.sample_axis = sample_axis;
+        opt.class_axis = class_axis;
+        py::gil_scoped_release release;
+        batchbald(xv, b, iv, sv, opt);
+      },
+      py::arg("x"), py::arg("b"), py::arg("indices"), py::arg("scores"), py::arg("num_samples"), py::arg("seed"),
+      py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"));
+
+  // ---- acquisition: core-set (k-center greedy) and BADGE (labelwise.acquisition), CPU ------------
+  m.def(
+      "coreset",
+      [](const py::capsule& features, const py::object& labeled, std::int64_t b, const py::capsule& indices,
+         const py::capsule& radii, const std::string& metric, bool prune) {
+        const TensorView fv = view_of(features, "features", false);
+        const TensorView lv = labeled.is_none() ? TensorView() : view_of(labeled.cast<py::capsule>(), "labeled", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        const TensorView rv = view_of(radii, "radii", true);
+        CoresetOptions opt;
+        opt.metric = coreset_metric_from_name(metric);
+        opt.prune = prune;
+        py::gil_scoped_release release;
+        coreset(fv, lv, b, iv, rv, opt);
+      },
+      py::arg("features"), py::arg("labeled"), py::arg("b"), py::arg("indices"), py::arg("radii"),
+      py::arg("metric"), py::arg("prune") = true);
+  m.def(
+      "badge",
+      [](const py::capsule& x, const py::capsule& embeddings, std::int64_t b, const py::capsule& indices,
+         std::uint64_t seed, const std::string& input) {
+        const TensorView xv = view_of(x, "x", false);
+        const TensorView ev = view_of(embeddings, "embeddings", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        BadgeOptions opt;
+        opt.input = parse_input(input);
+        opt.seed = seed;
+        py::gil_scoped_release release;
+        badge(xv, ev, b, iv, opt);
+      },
+      py::arg("x"), py::arg("embeddings"), py::arg("b"), py::arg("indices"), py::arg("seed"), py::arg("input"));
+  m.def("badge_uniform", &badge_uniform, py::arg("seed"), py::arg("step"));
+
+  // ---- acquisition: regions of segmentation maps (patches, slices), CPU ----------------------------
+  m.def(
+      "patch_scores",
+      [](const py::capsule& map, const std::vector<std::int64_t>& patch, const std::vector<std::int64_t>& stride,
+         const py::capsule& out) {
+        const TensorView mv = view_of(map, "map", false), ov = view_of(out, "out", true);
+        py::gil_scoped_release release;
+        patch_scores(mv, patch, stride, ov);
+      },
+      py::arg("map"), py::arg("patch"), py::arg("stride"), py::arg("out"));
+  m.def(
+      "top_regions",
+      [](const py::capsule& map, std::int64_t b, const std::vector<std::int64_t>& patch,
+         const std::vector<std::int64_t>& stride, const py::capsule& corners, const py::capsule& scores) {
+        const TensorView mv = view_of(map, "map", false), cv = view_of(corners, "corners", true),
+                         sv = view_of(scores, "scores", true);
+        py::gil_scoped_release release;
+        top_regions(mv, b, patch, stride, cv, sv);
+      },
+      py::arg("map"), py::arg("b"), py::arg("patch"), py::arg("stride"), py::arg("corners"), py::arg("scores"));
+  m.def(
+      "slice_scores",
+      [](const py::capsule& map, int axis, const py::capsule& out) {
+        const TensorView mv = view_of(map, "map", false), ov = view_of(out, "out", true);
+        py::gil_scoped_release release;
+        slice_scores(mv, axis, ov);
+      },
+      py::arg("map"), py::arg("axis"), py::arg("out"));
+
+  // ---- propagation: kNN graph, label spreading / propagation (labelwise.propagation), CPU --------
+  m.def(
+      "knn_graph",
+      [](const py::capsule& features, std::int64_t k, const py::capsule& indices, const py::capsule& distances,
+         const std::string& metric) {
+        const TensorView fv = view_of(features, "features", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        const TensorView dv = view_of(distances, "distances", true);
+        const KnnMetric km = knn_metric_from_name(metric);
+        py::gil_scoped_release release;
+        knn_graph(fv, k, iv, dv, km);
+      },
+      py::arg("features"), py::arg("k"), py::arg("indices"), py::arg("distances"), py::arg("metric"));
+  m.def(
+      "spreading_num_classes",
+      [](const py::capsule& labels) { return spreading_num_classes(view_of(labels, "labels", false)); },
+      py::arg("labels"));
+  m.def(
+      "label_spreading",
+      [](const py::capsule& features, const py::capsule& labels, const py::capsule& distributions,
+         const py::capsule& out_labels, bool propagation, std::int64_t k, double alpha, std::int64_t max_iter,
+         double tol, const std::string& variant, int sklearn_threads) {
+        const TensorView fv = view_of(features, "features", false);
+        const TensorView lv = view_of(labels, "labels", false);
+        const TensorView dv = view_of(distributions, "distributions", true);
+        const TensorView ov = view_of(out_labels, "out_labels", true);
+        SpreadingOptions opt;
+        opt.k = k;
+        opt.alpha = alpha;
+        opt.max_iter = max_iter;
+        opt.tol = tol;
+        opt.variant = spreading_variant_from_name(variant);
+        opt.sklearn_threads = sklearn_threads;
+        SpreadingResult r;
+        {
+          py::gil_scoped_release release;
+          r = propagation ? label_propagation(fv, lv, dv, ov, opt) : label_spreading(fv, lv, dv, ov, opt);
+        }
+        py::dict d;
+        d["n_iter"] = r.n_iter;
+        d["converged"] = r.converged;
+        d["n_classes"] = r.n_classes;
+        return d;
+      },
+      py::arg("features"), py::arg("labels"), py::arg("distributions"), py::arg("out_labels"),
+      py::arg("propagation"), py::arg("k"), py::arg("alpha"), py::arg("max_iter"), py::arg("tol"),
+      py::arg("variant"), py::arg("sklearn_threads"));
 }

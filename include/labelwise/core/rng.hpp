@@ -31,6 +31,8 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 /// who passes the same seed to two methods does not get correlated draws.
 enum Stream : std::uint32_t {
   kStreamStochastic = 1,  ///< Gumbel noise of labelwise::stochastic
+  kStreamBatchBald = 2,   ///< sampled joint configurations of labelwise::batchbald
+  kStreamDropout = 3,     ///< dropout masks of the segmentation heads (docs/segmentation.md)
 };
 
 struct Philox4x32 {

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""labelwise label spreading vs. scikit-learn's LabelSpreading(kernel="knn"), same inputs, one run, CPU.
+
+    python bench/compare_label_spreading.py            # N=20000, D=64, k=10, 10% labelled, 10 classes
+    python bench/compare_label_spreading.py --quick    # N=4000
+    python bench/compare_label_spreading.py --json out.json
+
+What is timed (time.perf_counter, best of --repeat after one warm-up of every implementation):
+  * sklearn: LabelSpreading(kernel="knn", n_neighbors=k, alpha=0.2, max_iter=30, tol=1e-3).fit(X, y);
+  * labelwise: propagation.label_spreading(X, y, k=k, variant="sklearn") (checked: the same
+    transduction_ and label_distributions_ to rtol 1e-6), variant="symmetric", and knn_graph alone;
+  * the floor: the kNN graph is a GEMM of about 2 N^2 D flops; this machine's float32 GEMM rate is
+    measured here (numpy float32 matmul, 4096 x 4096 x 4096, and the (4096 x D) x (D x N) shape of the
+    kNN blocks, best of 3), and floor = 2 N^2 D / rate.
+Data: 10 Gaussian clusters in D dimensions (centres ~ N(0, 1), points ~ centre + N(0, 1.5^2)), float32,
+10% of the labels kept at random (every class at least once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+
+
+def best_of(fn, repeat):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def gemm_rate(N, D):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4096, 4096), dtype=np.float32)
+    b = rng.standard_normal((4096, 4096), dtype=np.float32)
+    a @ b
+    t, _ = best_of(lambda: a @ b, 3)
+    square = 2 * 4096**3 / t
+    q = rng.standard_normal((4096, D), dtype=np.float32)
+    c = rng.standard_normal((D, N), dtype=np.float32)
+    q @ c
+    t, _ = best_of(lambda: q @ c, 3)
+    knn_shape = 2 * 4096 * D * N / t
+    return square, knn_shape
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.quick:
+        args.n = 4000
+    import sklearn
+    from sklearn.semi_supervised import LabelSpreading
+
+    import labelwise
+    from labelwise import _core
+    from labelwise import propagation as P
+
+    N, D, k, C = args.n, args.d, args.k, args.classes
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((C, D))
+    y = rng.integers(0, C, N)
+    X = (centres[y] + 1.5 * rng.standard_normal((N, D))).astype(np.float32)
+    lab = np.full(N, -1, dtype=np.int64)
+    keep = rng.random(N) < 0.1
+    keep[[np.flatnonzero(y == c)[0] for c in range(C)]] = True
+    lab[keep] = y[keep]
+
+    def run_sklearn():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return LabelSpreading(kernel="knn", n_neighbors=k, alpha=0.2, max_iter=30, tol=1e-3).fit(X, lab)
+
+    def run_ours(variant):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return P.label_spreading(X, lab, k=k, alpha=0.2, max_iter=30, tol=1e-3, variant=variant)
+
+    small = slice(0, 2000)
+    run_ours("sklearn")
+    P.knn_graph(X[small], k)
+    t_sk, s = best_of(run_sklearn, args.repeat)
+    t_lw, (dist, labels) = best_of(lambda: run_ours("sklearn"), args.repeat)
+    t_sym, (dsym, lsym) = best_of(lambda: run_ours("symmetric"), args.repeat)
+    t_knn, _ = best_of(lambda: P.knn_graph(X, k), args.repeat)
+    same_labels = bool(np.array_equal(labels, s.transduction_))
+    max_rel = float(np.max(np.abs(dist - s.label_distributions_) / np.maximum(np.abs(s.label_distributions_), 1e-300)))
+    np.testing.assert_allclose(dist, s.label_distributions_, rtol=1e-6, atol=1e-12)
+    square, knn_shape = gemm_rate(N, D)
+    flops = 2.0 * N * N * D
+    unl = lab < 0
+    res = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "N": N, "D": D, "k": k, "classes": C, "labelled": int((~unl).sum()),
+        "sklearn": sklearn.__version__, "numpy": np.__version__, "labelwise": labelwise.__version__
+        if hasattr(labelwise, "__version__") else "dev", "labelwise_threads": _core.num_threads(),
+        "t_sklearn_s": t_sk, "t_labelwise_sklearn_s": t_lw, "t_labelwise_symmetric_s": t_sym,
+        "t_knn_graph_s": t_knn, "speedup": t_sk / t_lw, "identical_labels": same_labels,
+        "max_rel_diff_distributions": max_rel,
+        "gemm_f32_square_gflops": square / 1e9, "gemm_f32_knn_shape_gflops": knn_shape / 1e9,
+        "knn_flops": flops, "floor_s": flops / max(square, knn_shape),
+        "acc_sklearn_variant": float((labels[unl] == y[unl]).mean()),
+        "acc_symmetric_variant": float((lsym[unl] == y[unl]).mean()),
+    }
+    print(f"label spreading, N={N}, D={D}, k={k}, {C} classes, {res['labelled']} labelled, float32, "
+          f"{res['machine']}, labelwise threads {res['labelwise_threads']}")
+    print(f"  sklearn {sklearn.__version__} LabelSpreading(kernel='knn'): {t_sk:8.3f} s")
+    print(f"  labelwise variant='sklearn'             : {t_lw:8.3f} s  ({t_sk / t_lw:.1f}x; identical labels: "
+          f"{same_labels}, max rel. diff of distributions {max_rel:.1e})")
+    print(f"  labelwise variant='symmetric'           : {t_sym:8.3f} s")
+    print(f"  labelwise knn_graph alone               : {t_knn:8.3f} s")
+    print(f"  GEMM floor: 2 N^2 D = {flops:.3g} flop at {max(square, knn_shape) / 1e9:.0f} GFLOP/s "
+          f"(numpy float32: square {square / 1e9:.0f}, kNN shape {knn_shape / 1e9:.0f}) = {res['floor_s']:.3f} s")
+    print(f"  accuracy on the unlabelled items: sklearn variant {res['acc_sklearn_variant']:.4f}, "
+          f"symmetric {res['acc_symmetric_variant']:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

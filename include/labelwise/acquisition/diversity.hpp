@@ -1,0 +1,95 @@
+// labelwise — diversity-based batch acquisition: core-set (k-center greedy) and BADGE (k-means++
+// seeding on last-layer gradient embeddings). Definitions, first-pick rules and the random numbers:
+// docs/acquisition.md ("Diversity: core-set and BADGE").
+//
+// Shape contract
+//   features / embeddings : [N, D], float32 or float64, CPU, any strides (nothing is copied; the
+//                           inner axis is fastest when its stride is 1). N >= 1, D >= 1, finite.
+//   probs / logits        : [N, C] (one prediction per item, classes on axis 1), float32 / float64,
+//                           CPU, any strides, C >= 2.
+//   indices               : int64 [b] (out), any stride; the caller owns it. Picks in the order chosen.
+//   radii                 : float64 [b] (out), any stride; the caller owns it.
+//   CUDA inputs: Error(Runtime) "... not implemented on CUDA yet" (the CPU path is multi-threaded).
+// Ties are broken by the lower index everywhere. Results never depend on the thread count.
+// On error nothing is written to the outputs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "labelwise/core/tensor_view.hpp"
+#include "labelwise/uncertainty/metrics.hpp"  // InputKind
+
+namespace labelwise {
+
+enum class CoresetMetric : int {
+  Euclidean = 0,  ///< ||x - y||_2
+  Cosine = 1,     ///< 1 - cos(x, y), computed as ½·||x/|x| - y/|y|||² (exactly 0 for identical rows)
+};
+
+/// "euclidean", "cosine".
+const char* coreset_metric_name(CoresetMetric metric);
+/// Inverse of coreset_metric_name; throws Error(Value) listing the valid names.
+CoresetMetric coreset_metric_from_name(const std::string& name);
+
+struct CoresetOptions {
+  CoresetMetric metric = CoresetMetric::Euclidean;
+  /// Skip the rows whose distance to the chosen set the new centre provably cannot lower (triangle
+  /// inequality with a safety margin): the result is the same bits either way; false only to
+  /// measure the plain one-pass-per-pick cost.
+  bool prune = true;
+};
+
+/// Core-set acquisition by k-center greedy (Sener & Savarese, ICLR 2018): keeps every item's
+/// distance to the nearest labelled-or-chosen item and picks, b times, the unlabelled item farthest
+/// from that set (ties: lower index), updating the distances with one pass over the pool per pick
+/// (rows that the new centre provably cannot reach are skipped, see CoresetOptions::prune).
+///   features: [N, D] float32 / float64 (finite; cosine: no all-zero row)
+///   labeled : which rows are labelled, either a mask bool / uint8 [N] (nonzero = labelled) or an
+///             int64 index array [M] (0 <= index < N; repeats allowed). A default-constructed view
+///             (data == nullptr, ndim == 0) means no item is labelled.
+///   b       : 0 <= b <= number of unlabelled items (b = 0: valid, nothing selected, inputs validated)
+///   indices : int64 [b] (out): the picks, in the order chosen
+///   radii   : float64 [b] (out): the covering radius after each pick, max over all items of the
+///             distance to the nearest labelled-or-chosen item (0 once every item is covered)
+/// With no labelled item, the first pick is the item farthest from the mean of the features (cosine:
+/// from the mean of the unit-normalised rows; if that mean is the zero vector, item 0).
+/// Duplicates: distances are exactly 0, so once only duplicates of covered items remain the radius
+/// is 0 and the picks are the remaining unlabelled items by lower index.
+/// Errors: empty pool, D = 0, wrong rank, NaN / Inf features (naming the first bad row), zero rows
+/// with cosine, mask of the wrong length, index out of range, every item labelled, b < 0 or b > the
+/// number of unlabelled items, wrong dtypes / output shapes, mismatched devices, CUDA input.
+void coreset(const TensorView& features, const TensorView& labeled, std::int64_t b, const TensorView& indices,
+             const TensorView& radii, const CoresetOptions& options = {});
+
+struct BadgeOptions {
+  /// Probabilities (rows must be >= 0 and sum to 1 within normalization_tolerance) or Logits
+  /// (softmax inside). LogProbabilities is accepted too (exp inside).
+  InputKind input = InputKind::Probabilities;
+  /// The batch is a pure function of (inputs, b, seed): the same on every run and thread count.
+  std::uint64_t seed = 0;
+};
+
+/// BADGE (Ash, Zhang, Krishnamurthy, Langford, Agarwal, ICLR 2020). The gradient embedding of item n
+/// is g_n = a_n ⊗ h_n with a_n = p_n − onehot(argmax p_n) (argmax ties: lower class) and h_n its
+/// embedding row; k-means++ seeding in that C·D-dimensional space, never materialised:
+/// ||a⊗h − a'⊗h'||² = ||a||²||h||² + ||a'||²||h'||² − 2 (a·a')(h·h').
+/// First centre: the item of largest ||g|| (ties: lower index), as in the reference implementation.
+/// Step t = 1 .. b−1: every item's D²(n) = squared distance to its nearest centre (centres: 0);
+/// u_t = badge_uniform(seed, t); the pick is the first item n (in index order) whose running sum of
+/// D² exceeds u_t · Σ D². If Σ D² = 0 (every remaining item coincides with a centre), the pick is
+/// the lowest-index item not yet chosen. Factorised distances below 1e-12·(||g_n||² + ||g_c||²)
+/// (pure cancellation error) count as 0.
+///   x         : [N, C] probabilities / logits
+///   embeddings: [N, D] penultimate-layer features
+///   indices   : int64 [b] (out), picks in the order chosen; 0 <= b <= N
+/// Errors: as the shape contract; NaN / Inf, negative or unnormalised probabilities (naming the first
+/// bad item), C < 2, N mismatch, b outside [0, N], CUDA input.
+void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,
+           const BadgeOptions& options = {});
+
+/// The uniform draw of BADGE step t under `seed`: rng::uniform_open(rng::bits64(seed, kStreamBadge, t)),
+/// in (0, 1). Exposed so that tests and users can replay the sampling.
+double badge_uniform(std::uint64_t seed, std::uint64_t step);
+
+}  // namespace labelwise

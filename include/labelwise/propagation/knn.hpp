@@ -1,0 +1,52 @@
+// labelwise — exact brute-force k-nearest-neighbour graph (CPU, multi-threaded). Details:
+// docs/propagation.md ("kNN graph").
+//
+// Method
+//   Candidates by blocked GEMM: the rows are centred (euclidean) or scaled to unit length (cosine),
+//   copied to float32, and for every pair of row blocks (I, J), J >= I, of kKnnBlock rows the dot
+//   products come from one single-precision GEMM (Eigen, AVX2 + FMA where the processor has it),
+//   scanned by rows for the rows of I against J and by columns for the rows of J against I (half the flops of
+//   the full N^2 D product). Each row keeps its k + max(k, 16) nearest candidates by these
+//   approximate distances (one bounded heap per row and worker thread, merged). Then the candidates' distances are recomputed exactly in float64 and the k nearest
+//   kept. A rigorous bound on the float32 error decides whether a non-candidate could still be
+//   among the k nearest (or tie with the k-th); for such rows (rare: many duplicates, extreme
+//   scales) the whole row is redone exactly in float64. The result is therefore exact: the same as a
+//   float64 brute force, with ties broken by the lower index.
+//   Memory: O(N * (D + T * (k + 16))) for T threads, plus one kKnnBlock x kKnnBlock float32 block
+//   per thread (4 MiB), never N^2.
+//
+// Shape contract
+//   features  : [N, D] float32 / float64, CPU, any strides. N >= 2, D >= 1, finite.
+//   k         : 1 <= k < N (the point itself is excluded, so at most N - 1 neighbours exist).
+//   indices   : int64 [N, k] (written): the neighbours of each row, nearest first; ties (equal
+//               distances, e.g. duplicate points) by the lower index. Never the row itself.
+//   distances : [N, k] float32 / float64 (written, usually the dtype of features):
+//               euclidean — the euclidean distance ||x_i - x_j|| (not squared);
+//               cosine    — 1 - x_i.x_j / (||x_i|| ||x_j||), clamped to [0, 2].
+// Errors (labelwise::Error): NaN / Inf features (naming the row), wrong rank / dtype, empty input,
+// k < 1 or k >= N, cosine with an all-zero row (its direction is undefined), CUDA inputs (Type: CPU
+// only for now).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "labelwise/core/tensor_view.hpp"
+
+namespace labelwise {
+
+enum class KnnMetric : std::uint8_t { Euclidean, Cosine };
+
+/// "euclidean" / "cosine".
+const char* knn_metric_name(KnnMetric m);
+KnnMetric knn_metric_from_name(const std::string& name);
+
+/// Rows per block of the blocked GEMM: blocks of kKnnBlock x kKnnBlock float32 dot products (4 MiB per
+/// thread). Only the blocks on and above the diagonal are computed.
+constexpr std::int64_t kKnnBlock = 1024;
+
+/// Exact k nearest neighbours of every row among the other rows (see above).
+void knn_graph(const TensorView& features, std::int64_t k, const TensorView& indices, const TensorView& distances,
+               KnnMetric metric = KnnMetric::Euclidean);
+
+}  // namespace labelwise

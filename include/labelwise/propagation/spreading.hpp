@@ -1,0 +1,74 @@
+// labelwise — label spreading (Zhou, Bousquet, Lal, Weston, Schölkopf, "Learning with Local and Global
+// Consistency", NIPS 2004) and label propagation (Zhu, Ghahramani, "Learning from Labeled and
+// Unlabeled Data with Label Propagation", CMU-CALD-02-107, 2002) on a kNN graph. CPU, multi-threaded.
+// Details and the exact correspondence with scikit-learn: docs/propagation.md.
+//
+// Variants
+//   Symmetric (default): the kNN graph of knn_graph (the point itself excluded), symmetrised
+//     (W_ij = 1 when j is among the k nearest of i or i among those of j).
+//     Spreading: S = D^-1/2 W D^-1/2, F <- alpha S F + (1 - alpha) Y.
+//     Propagation: T = D^-1 W, F <- T F, labelled rows reset to their one-hot label.
+//     Items that no label reaches (another connected component) get an all-zero distribution and
+//     the label -1.
+//   Sklearn: reproduces sklearn.semi_supervised.LabelSpreading(kernel="knn") / LabelPropagation(
+//     kernel="knn") (scikit-learn 1.x): its directed kNN graph *including* the point itself, chosen
+//     with sklearn's own tie rule (its max-heap, fed in the order its ArgKmin uses for
+//     `sklearn_threads` OpenMP threads), its in-degree-normalised graph (spreading) or 1/k row
+//     weights (propagation), its convergence test and its output normalisation; unreached items
+//     get an all-zero distribution and label 0, as in sklearn.
+//   Both: F starts at the one-hot labels Y (zeros for unlabelled items); before each iteration the
+//   loop stops when sum |F - F_previous| < tol (F_previous = 0 before the first); at most max_iter
+//   iterations; at the end each row of F is divided by its sum (rows summing to 0 stay 0) and the
+//   label is the arg-max (ties: lower class).
+//
+// Shape contract
+//   features      : [N, D] float32 / float64, CPU, any strides; finite. N >= 2.
+//   labels        : [N] int64 / int32, each in [0, C) or -1 (unlabelled). C = max label + 1; every
+//                   class in [0, C) must have at least one labelled item; at least one labelled item.
+//   distributions : float64 [N, C] (written): the normalised label distributions.
+//   out_labels    : int64 [N] (written): the arg-max class (-1 for unreached items, Symmetric only).
+// Errors (labelwise::Error): NaN / Inf features, labels < -1, no labelled item, a class index below
+// the largest label that no item carries, k < 1 or k >= N, alpha not in (0, 1) (spreading),
+// max_iter < 1, tol < 0 or NaN, wrong shapes / dtypes, CUDA inputs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "labelwise/core/tensor_view.hpp"
+
+namespace labelwise {
+
+enum class SpreadingVariant : std::uint8_t { Symmetric, Sklearn };
+
+const char* spreading_variant_name(SpreadingVariant v);
+SpreadingVariant spreading_variant_from_name(const std::string& name);
+
+struct SpreadingOptions {
+  std::int64_t k = 7;
+  double alpha = 0.2;          ///< label_spreading only: weight of the neighbours (1 - alpha: of the labels)
+  std::int64_t max_iter = 30;  ///< label_propagation: pass 1000 for sklearn's default
+  double tol = 1e-3;
+  SpreadingVariant variant = SpreadingVariant::Symmetric;
+  /// Sklearn variant: the number of OpenMP threads scikit-learn's ArgKmin would use (it decides how
+  /// equidistant neighbours are chosen). <= 0: labelwise::num_threads().
+  int sklearn_threads = 0;
+};
+
+struct SpreadingResult {
+  std::int64_t n_iter = 0;    ///< iterations run (sklearn's n_iter_)
+  bool converged = false;     ///< false: max_iter was reached (sklearn warns)
+  std::int64_t n_classes = 0;
+};
+
+/// The number of classes C of a label vector (max label + 1), validated as above.
+std::int64_t spreading_num_classes(const TensorView& labels);
+
+SpreadingResult label_spreading(const TensorView& features, const TensorView& labels, const TensorView& distributions,
+                                const TensorView& out_labels, const SpreadingOptions& options = {});
+
+SpreadingResult label_propagation(const TensorView& features, const TensorView& labels,
+                                  const TensorView& distributions, const TensorView& out_labels,
+                                  const SpreadingOptions& options = {});
+
+}  // namespace labelwise

@@ -1,0 +1,480 @@
+// CPU backend of greedy BatchBALD (docs/acquisition.md, "BatchBALD").
+//
+// State after m picks: a table of joint configurations y = (y_1..y_m) of the chosen items (rows, sorted
+// lexicographically), each with weights A[y, k] >= 0 over the K samples and Ω_y = Σ_k A[y, k], and λ_y.
+//   exact regime (C^m <= num_samples): every configuration, A[y, k] = (1/K) Π_i p[i, k, y_i], λ_y = ln Ω_y;
+//   sampled regime: R = K · max(1, num_samples / K) configurations drawn from p(y | ω_k) (the same count for
+//     every k, as the reference), duplicates merged; A[y, k] = (count_y / R) · π_{y,k} with
+//     π_{y,k} = P(y | ω_k) / Σ_k' P(y | ω_k') and λ_y = ln((1/K) Σ_k P(y | ω_k)).
+// For a candidate n with Q[y, c] = Σ_k A[y, k] p[n, k, c], the reference's joint entropy (exact: the true one;
+// sampled: its importance-weighted estimate) is
+//   H(n) = Σ_k s[n, k] L_k + T(n),   s[n, k] = Σ_c p[n, k, c],  L_k = −Σ_y A[y, k] λ_y,
+//   T(n) = −Σ_y Σ_c Q[y, c] ln(Q[y, c] / Ω_y),
+// and its score is H(n) − Σ_{i in batch} CE_i − CE_n. T(n) is a (rows × K) · (K × C) product and C logarithms
+// per row: the whole cost.
+//
+// Pruning without changing the result: merging rows into groups (the prefixes (y_1..y_t), t < m) can only
+// increase T (log-sum inequality: Σ_j Q_j ln(Q_j/Ω_j) >= (Σ_j Q_j) ln(Σ_j Q_j / Σ_j Ω_j) for any
+// non-negative numbers), so the same formula on a coarser table is an upper bound of the score. A cascade
+// of coarser tables (1 row, C rows, ...) prunes most candidates cheaply; only candidates whose bound
+// reaches the best exact score found so far (minus a rounding margin) are refined. Every candidate's exact
+// value is computed by one thread in a fixed order, and the cascade does not depend on the thread count,
+// so the picks are the same on every thread count; they equal the picks of evaluating every candidate
+// exactly (the margin, 1e-9 relative, is far above the rounding of these sums).
+#include <algorithm>
+#include <cstdlib>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "../batchbald_backend.hpp"
+#include "labelwise/core/parallel.hpp"
+#include "labelwise/core/rng.hpp"
+#include "labelwise/detail/parallel_for.hpp"
+
+namespace labelwise {
+namespace detail {
+namespace {
+
+struct Level {
+  std::int64_t rows = 0;
+  std::vector<double> a;      // rows × K
+  std::vector<double> omega;  // rows
+  std::vector<double> log_omega;
+  // The same rows in blocks of 4 for the vector kernel: at[(blk * K + k) * 4 + lane], lo4[blk * 4 + lane]
+  // (rows padded with zeros to a multiple of 4).
+  std::vector<double> at;
+  std::vector<double> lo4;
+};
+
+struct Table {
+  int m = 0;
+  std::int64_t rows = 0;
+  std::vector<std::int32_t> labels;  // rows × m, lexicographic
+  Level finest;
+  std::vector<double> lambda;  // rows
+  std::vector<double> L;       // K
+  std::vector<Level> cascade;  // coarse to fine, then the finest last
+};
+
+void finish_level(Level& lv, int K) {
+  lv.omega.assign(lv.rows, 0.0);
+  lv.log_omega.assign(lv.rows, 0.0);
+  for (std::int64_t r = 0; r < lv.rows; ++r) {
+    double s = 0.0;
+    for (int k = 0; k < K; ++k) s += lv.a[r * K + k];
+    lv.omega[r] = s;
+    lv.log_omega[r] = s > 0.0 ? std::log(s) : 0.0;
+  }
+  const std::int64_t nb = (lv.rows + 3) / 4;
+  lv.at.assign(nb * K * 4, 0.0);
+  lv.lo4.assign(nb * 4, 0.0);
+  for (std::int64_t r = 0; r < lv.rows; ++r) {
+    const std::int64_t blk = r / 4, lane = r % 4;
+    for (int k = 0; k < K; ++k) lv.at[(blk * K + k) * 4 + lane] = lv.a[r * K + k];
+    lv.lo4[r] = lv.log_omega[r];
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX2 + FMA kernel (chosen at run time): 4 rows per vector, classes in register-held chunks, and a
+// vectorised logarithm (x = 2^e m, ln m = 2 atanh((m-1)/(m+1)) by its series to s^21, within 2 ulp).
+#define LW_BB_VECTOR 1
+typedef double v4d __attribute__((vector_size(32)));
+typedef double v4du __attribute__((vector_size(32), aligned(8)));
+typedef long long v4i __attribute__((vector_size(32)));
+#define LW_AVX2 __attribute__((target("avx2,fma")))
+#define LW_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+
+/// ln x for normal x > 0 in each lane.
+LW_AVX2_INLINE v4d vlog4(v4d x) {
+  const v4i bits = (v4i)x;
+  v4i e = (bits >> 52) - 1023;
+  v4d m = (v4d)((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);
+  const v4i big = m > 1.4142135623730951;
+  m = big ? m * 0.5 : m;
+  e = e - big;
+  const v4d ed = (v4d)((e + 1023) | 0x4330000000000000LL) - (4503599627370496.0 + 1023.0);
+  const v4d f = m - 1.0;
+  const v4d s = f / (f + 2.0);
+  const v4d z = s * s;
+  v4d p = z * (1.0 / 21.0) + 1.0 / 19.0;
+  p = p * z + 1.0 / 17.0;
+  p = p * z + 1.0 / 15.0;
+  p = p * z + 1.0 / 13.0;
+  p = p * z + 1.0 / 11.0;
+  p = p * z + 1.0 / 9.0;
+  p = p * z + 1.0 / 7.0;
+  p = p * z + 1.0 / 5.0;
+  p = p * z + 1.0 / 3.0;
+  const v4d lm = f - s * (f - (z + z) * p);
+  return ed * 0.6931467056274414 + (lm + ed * 4.7493250390316726e-07);
+}
+
+template <int CB>
+LW_AVX2_INLINE void chunk4(const double* at, const double* pn, int K, int C, int c0, v4d lo, v4d& tv) {
+  v4d acc[CB];
+  for (int cc = 0; cc < CB; ++cc) acc[cc] = v4d{0.0, 0.0, 0.0, 0.0};
+  for (int k = 0; k < K; ++k) {
+    const v4d a = *reinterpret_cast<const v4du*>(at + 4 * k);
+    const double* pk = pn + k * C + c0;
+    for (int cc = 0; cc < CB; ++cc) acc[cc] += a * pk[cc];
+  }
+  const v4d tiny = v4d{1e-300, 1e-300, 1e-300, 1e-300};
+  for (int cc = 0; cc < CB; ++cc) {
+    const v4d q = acc[cc];
+    const v4d qc = q > tiny ? q : tiny;  // q = 0 contributes 0 · finite = 0
+    tv -= q * (vlog4(qc) - lo);
+  }
+}
+
+/// T(n) of up to kGroup candidates at once, row chunk by row chunk, so that each chunk of the table is read
+/// from cache once per group rather than once per candidate. Every candidate's sum runs over the rows in
+/// the same order whatever group it is in, so its value does not depend on the grouping (thread count).
+constexpr int kGroup = 16;
+LW_AVX2 void level_t_avx2_group(const Level& lv, const double* const* pns, int cnt, int K, int C, double* out) {
+  v4d tv[kGroup];
+  for (int i = 0; i < cnt; ++i) tv[i] = v4d{0.0, 0.0, 0.0, 0.0};
+  const std::int64_t nb = (lv.rows + 3) / 4;
+  const std::int64_t chunk = std::max<std::int64_t>(1, 8192 / K);  // ~64 KiB of the table per chunk
+  for (std::int64_t b0 = 0; b0 < nb; b0 += chunk) {
+    const std::int64_t b1 = std::min(nb, b0 + chunk);
+    for (int i = 0; i < cnt; ++i) {
+      const double* pn = pns[i];
+      v4d t = tv[i];
+      for (std::int64_t blk = b0; blk < b1; ++blk) {
+        const double* at = lv.at.data() + blk * K * 4;
+        const v4d lo = *reinterpret_cast<const v4du*>(lv.lo4.data() + blk * 4);
+        int c0 = 0;
+        for (; C - c0 >= 8; c0 += 8) chunk4<8>(at, pn, K, C, c0, lo, t);
+        if (C - c0 >= 4) {
+          chunk4<4>(at, pn, K, C, c0, lo, t);
+          c0 += 4;
+        }
+        if (C - c0 >= 2) {
+          chunk4<2>(at, pn, K, C, c0, lo, t);
+          c0 += 2;
+        }
+        if (C - c0 >= 1) chunk4<1>(at, pn, K, C, c0, lo, t);
+      }
+      tv[i] = t;
+    }
+  }
+  for (int i = 0; i < cnt; ++i) out[i] = (tv[i][0] + tv[i][1]) + (tv[i][2] + tv[i][3]);
+}
+
+bool use_avx2() {
+  // LABELWISE_BATCHBALD_SCALAR (any value) forces the portable loop, for testing it on AVX2 machines.
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         std::getenv("LABELWISE_BATCHBALD_SCALAR") == nullptr;
+  return ok;
+}
+#endif
+
+/// T(n) on a level: −Σ_rows Σ_c Q ln(Q/Ω) (portable path). q: scratch of C doubles.
+double level_t(const Level& lv, const double* pn, int K, int C, double* q) {
+  double total = 0.0;
+  const double* a = lv.a.data();
+  for (std::int64_t r = 0; r < lv.rows; ++r, a += K) {
+    if (!(lv.omega[r] > 0.0)) continue;
+    for (int c = 0; c < C; ++c) q[c] = 0.0;
+    for (int k = 0; k < K; ++k) {
+      const double ak = a[k];
+      const double* pk = pn + k * C;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) q[c] += ak * pk[c];
+    }
+    const double lo = lv.log_omega[r];
+    double t = 0.0;
+    for (int c = 0; c < C; ++c)
+      if (q[c] > 0.0) t -= q[c] * (std::log(q[c]) - lo);
+    total += t;
+  }
+  return total;
+}
+
+/// Builds the coarser levels (prefixes of the lexicographically sorted rows) and L.
+void build_cascade(Table& tb, int K) {
+  const std::int64_t R = tb.rows;
+  const int m = tb.m;
+  tb.L.assign(K, 0.0);
+  for (std::int64_t r = 0; r < R; ++r)
+    for (int k = 0; k < K; ++k) tb.L[k] -= tb.finest.a[r * K + k] * tb.lambda[r];
+  // first differing label position between row r and row r-1
+  std::vector<int> diff(R, 0);
+  for (std::int64_t r = 1; r < R; ++r) {
+    int d = 0;
+    const std::int32_t* x = tb.labels.data() + r * m;
+    const std::int32_t* y = x - m;
+    while (d < m && x[d] == y[d]) ++d;
+    diff[r] = d;
+  }
+  tb.cascade.clear();
+  std::int64_t last_rows = 0;
+  for (int t = 0; t < m; ++t) {
+    std::int64_t g = 1;
+    for (std::int64_t r = 1; r < R; ++r) g += diff[r] < t;
+    if (g * 2 > R) break;                     // not much cheaper than the finest table
+    if (t > 0 && g < last_rows * 3) continue;  // not much finer than the previous level
+    Level lv;
+    lv.rows = g;
+    lv.a.assign(g * K, 0.0);
+    std::int64_t row = -1;
+    for (std::int64_t r = 0; r < R; ++r) {
+      if (r == 0 || diff[r] < t) ++row;
+      for (int k = 0; k < K; ++k) lv.a[row * K + k] += tb.finest.a[r * K + k];
+    }
+    finish_level(lv, K);
+    tb.cascade.push_back(std::move(lv));
+    last_rows = g;
+  }
+  tb.cascade.push_back(tb.finest);
+}
+
+/// The table of the chosen items, exact: extends the previous exact table by one item.
+void extend_exact(Table& tb, const double* pi, int K, int C) {
+  const std::int64_t R = tb.rows;
+  const int m = tb.m;
+  Table nt;
+  nt.m = m + 1;
+  nt.rows = R * C;
+  nt.labels.resize(nt.rows * nt.m);
+  nt.finest.rows = nt.rows;
+  nt.finest.a.resize(nt.rows * K);
+  for (std::int64_t r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      const std::int64_t nr = r * C + c;
+      std::copy(tb.labels.begin() + r * m, tb.labels.begin() + (r + 1) * m, nt.labels.begin() + nr * nt.m);
+      nt.labels[nr * nt.m + m] = c;
+      for (int k = 0; k < K; ++k) nt.finest.a[nr * K + k] = tb.finest.a[r * K + k] * pi[k * C + c];
+    }
+  finish_level(nt.finest, K);
+  nt.lambda = nt.finest.log_omega;
+  tb = std::move(nt);
+}
+
+/// Sampled table for the chosen items (rebuilt from scratch at every step, as the reference does).
+void sample_table(Table& tb, const BatchBaldJob& job, const std::vector<std::int64_t>& chosen) {
+  const int K = job.k, C = job.c;
+  const int m = static_cast<int>(chosen.size());
+  const std::int64_t S = std::max<std::int64_t>(1, job.num_samples / K);
+  const std::int64_t R = S * K;
+  std::vector<double> logp(static_cast<std::size_t>(m) * K * C);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < K * C; ++j) {
+      const double v = job.p[chosen[i] * K * C + j];
+      logp[static_cast<std::size_t>(i) * K * C + j] = v > 0.0 ? std::log(v) : -std::numeric_limits<double>::infinity();
+    }
+  std::vector<std::int32_t> lab(R * m);
+  std::vector<double> pi(R * K), lam(R);
+  parallel_for(R, 256, [&](std::int64_t begin, std::int64_t end, int) {
+    std::vector<double> lp(K);
+    for (std::int64_t r = begin; r < end; ++r) {
+      const int k = static_cast<int>(r / S);
+      for (int i = 0; i < m; ++i) {
+        const rng::Philox4x32 ctr{{static_cast<std::uint32_t>(r), static_cast<std::uint32_t>(i),
+                                   rng::kStreamBatchBald, static_cast<std::uint32_t>(m)}};
+        const rng::Philox4x32 out = rng::philox4x32_10(ctr, static_cast<std::uint32_t>(job.seed),
+                                                       static_cast<std::uint32_t>(job.seed >> 32));
+        const double u = rng::uniform_open(static_cast<std::uint64_t>(out.v[0]) |
+                                           (static_cast<std::uint64_t>(out.v[1]) << 32));
+        const double* pk = job.p + (chosen[i] * K + k) * C;
+        double tot = 0.0;
+        for (int c = 0; c < C; ++c) tot += pk[c];
+        const double target = u * tot;
+        double cum = 0.0;
+        int y = -1, last_pos = 0;
+        for (int c = 0; c < C; ++c) {
+          if (pk[c] > 0.0) last_pos = c;
+          cum += pk[c];
+          if (y < 0 && target < cum && pk[c] > 0.0) y = c;
+        }
+        lab[r * m + i] = y < 0 ? last_pos : y;
+      }
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int kk = 0; kk < K; ++kk) {
+        double s = 0.0;
+        for (int i = 0; i < m; ++i) s += logp[(static_cast<std::size_t>(i) * K + kk) * C + lab[r * m + i]];
+        lp[kk] = s;
+        mx = std::max(mx, s);
+      }
+      double w = 0.0;
+      for (int kk = 0; kk < K; ++kk) w += lp[kk] = std::exp(lp[kk] - mx);
+      for (int kk = 0; kk < K; ++kk) pi[r * K + kk] = lp[kk] / w;
+      lam[r] = mx + std::log(w / static_cast<double>(K));
+    }
+  });
+  std::vector<std::int64_t> order(R);
+  std::iota(order.begin(), order.end(), 0);
+  auto less = [&](std::int64_t x, std::int64_t y) {
+    const std::int32_t* a = lab.data() + x * m;
+    const std::int32_t* b = lab.data() + y * m;
+    for (int i = 0; i < m; ++i)
+      if (a[i] != b[i]) return a[i] < b[i];
+    return x < y;
+  };
+  std::sort(order.begin(), order.end(), less);
+  Table nt;
+  nt.m = m;
+  std::vector<std::int64_t> start;
+  for (std::int64_t j = 0; j < R; ++j) {
+    if (j == 0 || std::memcmp(lab.data() + order[j] * m, lab.data() + order[j - 1] * m, sizeof(std::int32_t) * m) != 0)
+      start.push_back(j);
+  }
+  start.push_back(R);
+  nt.rows = static_cast<std::int64_t>(start.size()) - 1;
+  nt.labels.resize(nt.rows * m);
+  nt.finest.rows = nt.rows;
+  nt.finest.a.resize(nt.rows * K);
+  nt.lambda.resize(nt.rows);
+  for (std::int64_t g = 0; g < nt.rows; ++g) {
+    const std::int64_t r0 = order[start[g]];
+    const double weight = static_cast<double>(start[g + 1] - start[g]) / static_cast<double>(R);
+    std::copy(lab.begin() + r0 * m, lab.begin() + (r0 + 1) * m, nt.labels.begin() + g * m);
+    for (int k = 0; k < K; ++k) nt.finest.a[g * K + k] = weight * pi[r0 * K + k];
+    nt.lambda[g] = lam[r0];
+  }
+  finish_level(nt.finest, K);
+  tb = std::move(nt);
+}
+
+bool exact_fits(int C, int m, std::int64_t num_samples) {
+  std::int64_t v = 1;
+  for (int i = 0; i < m; ++i) {
+    if (v > num_samples / C) return false;
+    v *= C;
+  }
+  return v <= num_samples;
+}
+
+}  // namespace
+
+constexpr int kGroupMax = 16;
+#ifdef LW_BB_VECTOR
+static_assert(kGroupMax == kGroup, "candidate groups of the vector kernel");
+#endif
+
+void batchbald_cpu(const BatchBaldJob& job) {
+  const std::int64_t N = job.n;
+  const int K = job.k, C = job.c;
+  const std::int64_t KC = static_cast<std::int64_t>(K) * C;
+  // s[n, k] = Σ_c p[n, k, c] (1 up to the input's normalisation tolerance; kept as the reference does).
+  std::vector<double> s(N * K);
+  parallel_for(N, 256, [&](std::int64_t begin, std::int64_t end, int) {
+    for (std::int64_t n = begin; n < end; ++n)
+      for (int k = 0; k < K; ++k) {
+        double v = 0.0;
+        for (int c = 0; c < C; ++c) v += job.p[n * KC + k * C + c];
+        s[n * K + k] = v;
+      }
+  });
+
+  Table tb;
+  tb.m = 0;
+  tb.rows = 1;
+  tb.finest.rows = 1;
+  tb.finest.a.assign(K, 1.0 / K);
+  finish_level(tb.finest, K);
+  tb.lambda.assign(1, 0.0);
+  bool exact = true;
+
+  std::vector<std::int64_t> chosen;
+  std::vector<char> is_chosen(N, 0);
+  std::vector<double> base(N), bound(N), exact_val(N);
+  std::vector<char> has_exact(N);
+  double ce_batch = 0.0;
+  constexpr int kProbe = 4;  // candidates evaluated exactly per cascade level to raise the threshold
+
+  for (std::int64_t step = 0; step < job.b; ++step) {
+    build_cascade(tb, K);
+    const int levels = static_cast<int>(tb.cascade.size());
+    const Level& fin = tb.cascade.back();
+    std::vector<std::int64_t> active;
+    active.reserve(N - step);
+    for (std::int64_t n = 0; n < N; ++n)
+      if (!is_chosen[n]) active.push_back(n);
+    std::fill(has_exact.begin(), has_exact.end(), 0);
+
+    auto eval = [&](const std::vector<std::int64_t>& list, const Level& lv, bool is_exact, bool with_base) {
+      parallel_for(static_cast<std::int64_t>(list.size()), lv.rows >= 64 ? 1 : 64,
+                   [&](std::int64_t begin, std::int64_t end, int) {
+                     std::vector<double> q(C);
+                     double tvals[kGroupMax];
+                     const double* pns[kGroupMax];
+                     for (std::int64_t i = begin; i < end; ++i) {
+                       const std::int64_t n = list[i];
+                       if (with_base) {
+                         double d = 0.0;
+                         for (int k = 0; k < K; ++k) d += s[n * K + k] * tb.L[k];
+                         base[n] = d - ce_batch - job.ce[n];
+                       }
+                       const std::int64_t g = (i - begin) % kGroupMax;
+                       if (g == 0) {  // the T values of the next group of candidates
+                         const int cnt = static_cast<int>(std::min<std::int64_t>(kGroupMax, end - i));
+                         for (int j = 0; j < cnt; ++j) pns[j] = job.p + list[i + j] * KC;
+#ifdef LW_BB_VECTOR
+                         if (use_avx2())
+                           level_t_avx2_group(lv, pns, cnt, K, C, tvals);
+                         else
+#endif
+                           for (int j = 0; j < cnt; ++j) tvals[j] = level_t(lv, pns[j], K, C, q.data());
+                       }
+                       const double v = base[n] + tvals[g];
+                       if (is_exact) {
+                         exact_val[n] = v;
+                         has_exact[n] = 1;
+                       }
+                       bound[n] = v;
+                     }
+                   });
+    };
+    auto better = [&](std::int64_t x, std::int64_t y) {
+      return bound[x] > bound[y] || (bound[x] == bound[y] && x < y);
+    };
+
+    eval(active, tb.cascade[0], levels == 1, true);
+    double beta = -std::numeric_limits<double>::infinity();
+    for (int li = 1; li < levels; ++li) {
+      // Raise the threshold: evaluate the best few by their current bound exactly.
+      const std::size_t np = std::min<std::size_t>(kProbe, active.size());
+      std::partial_sort(active.begin(), active.begin() + np, active.end(), better);
+      std::vector<std::int64_t> probe;
+      for (std::size_t i = 0; i < np; ++i)
+        if (!has_exact[active[i]]) probe.push_back(active[i]);
+      eval(probe, fin, true, false);
+      for (std::int64_t n : probe) beta = std::max(beta, exact_val[n]);
+      // Prune, then refine the survivors to this level.
+      std::vector<std::int64_t> keep, refine;
+      for (std::int64_t n : active) {
+        const double v = bound[n];
+        if (v + 1e-9 * (1.0 + std::fabs(v)) >= beta) {
+          keep.push_back(n);
+          if (!has_exact[n]) refine.push_back(n);
+        }
+      }
+      active.swap(keep);
+      eval(refine, tb.cascade[li], li == levels - 1, false);
+    }
+    std::int64_t win = -1;
+    for (std::int64_t n : active)
+      if (win < 0 || exact_val[n] > exact_val[win] || (exact_val[n] == exact_val[win] && n < win)) win = n;
+
+    job.out_index[step * job.out_index_stride] = win;
+    if (job.out_score) job.out_score[step * job.out_score_stride] = exact_val[win];
+    chosen.push_back(win);
+    is_chosen[win] = 1;
+    ce_batch += job.ce[win];
+    if (step + 1 == job.b) break;
+    if (exact && exact_fits(C, tb.m + 1, job.num_samples)) {
+      extend_exact(tb, job.p + win * KC, K, C);
+    } else {
+      exact = false;
+      sample_table(tb, job, chosen);
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace labelwise

@@ -1,0 +1,440 @@
+// CPU backend of core-set (k-center greedy) and BADGE (k-means++ seeding on gradient embeddings).
+//
+// Both keep one number per item (the squared distance to the nearest centre) and make one pass over
+// the pool per pick, on the library's static thread partition: every item's value is computed by one
+// thread from its own row only, so it cannot depend on the thread count. Core-set's argmax uses a
+// strict order (value, then lower index); BADGE sums its D² weights over fixed blocks of kSumBlock
+// items (block sums in index order, then the blocks in order), so the sampled item is also the same
+// on any thread count. Built with -ffp-contract=off (CMakeLists.txt): identical rows must give a
+// difference of exactly 0.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../diversity_backend.hpp"
+#include "labelwise/core/parallel.hpp"
+#include "labelwise/detail/diversity_impl.hpp"
+#include "labelwise/detail/parallel_for.hpp"
+
+namespace labelwise {
+namespace detail {
+namespace {
+
+constexpr std::int64_t kGrainValues = 1 << 17;  // values per thread at least (starting a thread costs)
+constexpr std::int64_t kSumBlock = 1024;   // BADGE: fixed summation blocks
+constexpr std::int64_t kCentreChunk = 64;  // core-set: labelled centres per cache-resident chunk
+
+struct ArgMax {
+  double v = -std::numeric_limits<double>::infinity();
+  std::int64_t i = std::numeric_limits<std::int64_t>::max();
+  void offer(double value, std::int64_t index) {
+    if (value > v || (value == v && index < i)) {
+      v = value;
+      i = index;
+    }
+  }
+};
+
+ArgMax combine(const std::vector<ArgMax>& parts) {
+  ArgMax best;
+  for (const auto& p : parts) best.offer(p.v, p.i);
+  return best;
+}
+
+DiversityFailure first_failure(const std::vector<DiversityFailure>& fs) {
+  DiversityFailure worst;
+  bool any = false;
+  for (const auto& f : fs)
+    if (f.status != kDivOk && (!any || f.item < worst.item)) {
+      worst = f;
+      any = true;
+    }
+  return worst;
+}
+
+int slots() { return std::max(1, num_threads()); }
+
+/// Rows per thread at least, for rows of `cols` values.
+std::int64_t grain_rows(std::int64_t cols) {
+  return std::max<std::int64_t>(16, kGrainValues / std::max<std::int64_t>(cols, 1));
+}
+
+// The hot loops over a contiguous row, compiled for several x86 instruction sets (GCC function
+// multi-versioning picks the widest the processor supports, once per process). The reduction order
+// depends only on the instruction set, never on the thread count.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LABELWISE_DIV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LABELWISE_DIV_CLONES
+#endif
+
+LABELWISE_DIV_CLONES double row_sq(const float* x, std::int64_t d, const double* c) { return sq_dist_row(x, 1, d, c); }
+LABELWISE_DIV_CLONES double row_sq(const double* x, std::int64_t d, const double* c) { return sq_dist_row(x, 1, d, c); }
+LABELWISE_DIV_CLONES double row_sq_scaled(const float* x, std::int64_t d, double s, const double* c) {
+  return sq_dist_row(x, 1, d, s, c);
+}
+LABELWISE_DIV_CLONES double row_sq_scaled(const double* x, std::int64_t d, double s, const double* c) {
+  return sq_dist_row(x, 1, d, s, c);
+}
+LABELWISE_DIV_CLONES double row_dot(const float* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
+LABELWISE_DIV_CLONES double row_dot(const double* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
+
+template <typename T>
+const T* row_ptr(const Matrix& m, std::int64_t i) {
+  return static_cast<const T*>(m.data) + i * m.row_stride;
+}
+
+/// Row i of m, times `scale`, as doubles.
+template <typename T>
+void load_row(const Matrix& m, std::int64_t i, double scale, double* out) {
+  const T* r = row_ptr<T>(m, i);
+  for (std::int64_t k = 0; k < m.cols; ++k) out[k] = static_cast<double>(r[k * m.col_stride]) * scale;
+}
+
+// ---- core-set -------------------------------------------------------------------------------------
+
+template <typename T>
+DiversityFailure coreset_run(const CoresetJob& job) {
+  const Matrix& x = job.x;
+  const std::int64_t n = x.rows, d = x.cols, cs = x.col_stride;
+  const bool cosine = job.metric == 1;
+  const std::int64_t grain = grain_rows(d);
+
+  // Validate (NaN / Inf; zero rows for cosine) and, for cosine, the inverse norms.
+  std::vector<double> scale(cosine ? static_cast<std::size_t>(n) : 0);
+  {
+    std::vector<DiversityFailure> fails(slots());
+    parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+      for (std::int64_t i = begin; i < end; ++i) {
+        const T* r = row_ptr<T>(x, i);
+        double ss = 0.0;
+        bool finite = true;
+        for (std::int64_t k = 0; k < d; ++k) {
+          const double v = static_cast<double>(r[k * cs]);
+          finite &= std::isfinite(v);
+          ss += v * v;
+        }
+        if (!finite) {
+          fails[w] = {kDivNonFinite, i};
+          return;
+        }
+        if (cosine) {
+          if (ss == 0.0) {
+            fails[w] = {kDivZeroRow, i};
+            return;
+          }
+          scale[i] = 1.0 / std::sqrt(ss);
+        }
+      }
+    });
+    const DiversityFailure f = first_failure(fails);
+    if (f.status != kDivOk || job.b == 0) return f;
+  }
+  auto scale_of = [&](std::int64_t i) { return cosine ? scale[i] : 1.0; };
+  auto dist2 = [&](std::int64_t i, const double* c) {
+    const T* r = row_ptr<T>(x, i);
+    if (cs == 1) return cosine ? row_sq_scaled(r, d, scale[i], c) : row_sq(r, d, c);
+    return cosine ? sq_dist_row(r, cs, d, scale[i], c) : sq_dist_row(r, cs, d, c);
+  };
+
+  // mins[i]: squared distance (cosine: of the unit rows) to the nearest labelled-or-chosen item;
+  // -1 marks labelled and chosen items (never picked again).
+  std::vector<double> mins(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) mins[i] = job.labeled[i] ? -1.0 : std::numeric_limits<double>::infinity();
+  std::vector<ArgMax> parts(slots());
+  std::int64_t pick = -1;
+  // owner[i]: position in `cent` (the labelled rows, then the picks) of the centre at distance
+  // sqrt(mins[i]) from item i (-1: none yet). Used to skip items that the new centre cannot reach.
+  std::vector<std::int64_t> owner(static_cast<std::size_t>(n), -1);
+  std::vector<std::int64_t> cent;
+
+  if (job.n_labeled > 0) {
+    std::vector<std::int64_t>& lab = cent;
+    lab.reserve(static_cast<std::size_t>(job.n_labeled + job.b));
+    for (std::int64_t i = 0; i < n; ++i)
+      if (job.labeled[i]) lab.push_back(i);
+    std::vector<double> centres(static_cast<std::size_t>(kCentreChunk * d));
+    const std::int64_t nl = static_cast<std::int64_t>(lab.size());
+    for (std::int64_t c0 = 0; c0 < nl; c0 += kCentreChunk) {
+      const std::int64_t c1 = std::min(nl, c0 + kCentreChunk);
+      for (std::int64_t c = c0; c < c1; ++c) load_row<T>(x, lab[c], scale_of(lab[c]), &centres[(c - c0) * d]);
+      const bool last = c1 == nl;
+      std::fill(parts.begin(), parts.end(), ArgMax());
+      parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+        ArgMax best;
+        for (std::int64_t i = begin; i < end; ++i) {
+          double m = mins[i];
+          if (m >= 0.0) {
+            std::int64_t own = owner[i];
+            for (std::int64_t c = c0; c < c1; ++c) {
+              const double dd = dist2(i, &centres[(c - c0) * d]);
+              if (dd < m) {
+                m = dd;
+                own = c;
+              }
+            }
+            mins[i] = m;
+            owner[i] = own;
+          }
+          if (last) best.offer(m, i);
+        }
+        parts[w] = best;
+      });
+    }
+    pick = combine(parts).i;
+  } else {
+    // No labelled item: the first pick is the (unit) row farthest from the mean (unit) row. The mean
+    // is summed over fixed blocks of rows, so its bits do not depend on the thread count.
+    const std::int64_t nb = (n + kSumBlock - 1) / kSumBlock;
+    std::vector<double> partial(static_cast<std::size_t>(nb * d), 0.0);
+    parallel_for(nb, std::max<std::int64_t>(1, grain / kSumBlock), [&](std::int64_t b0, std::int64_t b1, int) {
+      for (std::int64_t blk = b0; blk < b1; ++blk) {
+        double* acc = &partial[blk * d];
+        for (std::int64_t i = blk * kSumBlock; i < std::min(n, (blk + 1) * kSumBlock); ++i) {
+          const T* r = row_ptr<T>(x, i);
+          const double s = scale_of(i);
+          for (std::int64_t k = 0; k < d; ++k) acc[k] += static_cast<double>(r[k * cs]) * s;
+        }
+      }
+    });
+    std::vector<double> mean(static_cast<std::size_t>(d), 0.0);
+    for (std::int64_t blk = 0; blk < nb; ++blk)
+      for (std::int64_t k = 0; k < d; ++k) mean[k] += partial[blk * d + k];
+    bool zero = true;
+    for (std::int64_t k = 0; k < d; ++k) {
+      mean[k] /= static_cast<double>(n);
+      zero &= mean[k] == 0.0;
+    }
+    if (cosine && zero) {
+      pick = 0;  // every unit row is equally far from a zero mean
+    } else {
+      parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+        ArgMax best;
+        for (std::int64_t i = begin; i < end; ++i) best.offer(dist2(i, mean.data()), i);
+        parts[w] = best;
+      });
+      pick = combine(parts).i;
+    }
+  }
+
+  // Greedy: pick, then one pass that updates the minima and finds the next pick (= the radius).
+  // Pruning (exact): if the new centre c is at least 2·(1 + 1e-6)·δ(i) from the centre o that owns
+  // item i, then d(i, c) >= d(c, o) − d(i, o) >= (1 + 2e-6)·δ(i) by the triangle inequality, so δ(i)
+  // cannot decrease and row i is not read. The margin dwarfs the rounding of the float64 sums
+  // (~D·1e-16 relative), so the computed minima are the same bits as without pruning. It needs the
+  // k centre-to-centre distances per pick, so it is used while k <= N / 8.
+  constexpr double kPruneFactor = 4.0 * (1.0 + 1e-6) * (1.0 + 1e-6);
+  std::vector<double> centre(static_cast<std::size_t>(d));
+  std::vector<double> cc2;
+  for (std::int64_t t = 0; t < job.b; ++t) {
+    mins[pick] = -1.0;
+    job.out_index[t * job.out_index_stride] = pick;
+    load_row<T>(x, pick, scale_of(pick), centre.data());
+    const std::int64_t k = static_cast<std::int64_t>(cent.size());
+    const bool prune = job.prune && k > 0 && k <= n / 8;
+    if (prune) {
+      cc2.resize(static_cast<std::size_t>(k));
+      parallel_for(k, grain, [&](std::int64_t begin, std::int64_t end, int) {
+        for (std::int64_t j = begin; j < end; ++j) cc2[j] = dist2(cent[j], centre.data());
+      });
+    }
+    cent.push_back(pick);
+    std::fill(parts.begin(), parts.end(), ArgMax());
+    parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+      ArgMax best;
+      for (std::int64_t i = begin; i < end; ++i) {
+        double m = mins[i];
+        if (m >= 0.0) {
+          const std::int64_t o = owner[i];
+          if (!(prune && o >= 0 && cc2[o] >= kPruneFactor * m)) {
+            const double dd = dist2(i, centre.data());
+            if (dd < m) {
+              mins[i] = m = dd;
+              owner[i] = k;
+            }
+          }
+        }
+        best.offer(m, i);
+      }
+      parts[w] = best;
+    });
+    const ArgMax best = combine(parts);
+    const double r2 = std::max(0.0, best.v);  // -1: every item is covered
+    job.out_radius[t * job.out_radius_stride] = cosine ? 0.5 * r2 : std::sqrt(r2);
+    pick = best.i;
+  }
+  return {};
+}
+
+// ---- BADGE ----------------------------------------------------------------------------------------
+
+template <typename TX, typename TH>
+DiversityFailure badge_run(const BadgeJob& job) {
+  const std::int64_t n = job.x.rows, c = job.x.cols, d = job.h.cols, hs = job.h.col_stride;
+  const std::int64_t grain = grain_rows(c + d);
+  std::vector<double> a(static_cast<std::size_t>(n * c));  // a_n = p_n − onehot(argmax p_n)
+  std::vector<double> g2(static_cast<std::size_t>(n));     // ||a_n||² ||h_n||²
+
+  // Validate, and the residuals and norms.
+  {
+    std::vector<DiversityFailure> fails(slots());
+    parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+      for (std::int64_t i = begin; i < end; ++i) {
+        const TX* xr = row_ptr<TX>(job.x, i);
+        const std::int64_t xs = job.x.col_stride;
+        bool bad_nan = false, neg = false, all_neg_inf = true;
+        double sum = 0.0;
+        for (std::int64_t k = 0; k < c; ++k) {
+          const double v = static_cast<double>(xr[k * xs]);
+          if (job.kind == 0) {
+            bad_nan |= !std::isfinite(v);
+            neg |= v < 0.0;
+            sum += v;
+          } else {
+            bad_nan |= std::isnan(v) || v == std::numeric_limits<double>::infinity();
+            all_neg_inf &= v == -std::numeric_limits<double>::infinity();
+            if (job.kind == 1) sum += std::exp(v);
+          }
+        }
+        int st = kDivOk;
+        if (bad_nan)
+          st = kDivNonFinite;
+        else if (job.kind == 0 && neg)
+          st = kDivNegative;
+        else if (job.kind == 2 && all_neg_inf)
+          st = kDivAllNegInf;
+        else if (job.kind != 2 && !(std::fabs(sum - 1.0) <= job.tolerance))
+          st = kDivUnnormalised;
+        if (st != kDivOk) {
+          fails[w] = {st, i};
+          return;
+        }
+        const TH* hr = row_ptr<TH>(job.h, i);
+        double hh = 0.0;
+        bool finite = true;
+        for (std::int64_t k = 0; k < d; ++k) {
+          const double v = static_cast<double>(hr[k * hs]);
+          finite &= std::isfinite(v);
+          hh += v * v;
+        }
+        if (!finite) {
+          fails[w] = {kDivNonFinite, -1 - i};  // negative item: the embeddings' row
+          return;
+        }
+        g2[i] = badge_residual(xr, xs, c, job.kind, &a[i * c]) * hh;
+      }
+    });
+    // The first bad row (x before embeddings within a row).
+    DiversityFailure worst;
+    std::int64_t worst_row = std::numeric_limits<std::int64_t>::max();
+    for (const auto& f : fails) {
+      if (f.status == kDivOk) continue;
+      const std::int64_t row = f.item < 0 ? -1 - f.item : f.item;
+      if (row < worst_row) {
+        worst = f;
+        worst_row = row;
+      }
+    }
+    if (worst.status != kDivOk || job.b == 0) return worst;
+  }
+
+  // First centre: the largest ||g|| (ties: lower index).
+  std::int64_t pick = 0;
+  for (std::int64_t i = 1; i < n; ++i)
+    if (g2[i] > g2[pick]) pick = i;
+
+  std::vector<double> dist(static_cast<std::size_t>(n), std::numeric_limits<double>::infinity());
+  std::vector<std::uint8_t> chosen(static_cast<std::size_t>(n), 0);
+  const std::int64_t nb = (n + kSumBlock - 1) / kSumBlock;
+  std::vector<double> block_sum(static_cast<std::size_t>(nb));
+  std::vector<double> hc(static_cast<std::size_t>(d));
+  std::vector<double> ac(static_cast<std::size_t>(c));
+  for (std::int64_t t = 0;; ++t) {
+    job.out_index[t * job.out_index_stride] = pick;
+    chosen[pick] = 1;
+    dist[pick] = 0.0;
+    if (t + 1 == job.b) break;
+    // D² update against the new centre, and the fixed-block sums of D² over the items not chosen.
+    load_row<TH>(job.h, pick, 1.0, hc.data());
+    for (std::int64_t k = 0; k < c; ++k) ac[k] = a[pick * c + k];
+    const double g2c = g2[pick];
+    parallel_for(nb, std::max<std::int64_t>(1, grain / kSumBlock), [&](std::int64_t b0, std::int64_t b1, int) {
+      for (std::int64_t blk = b0; blk < b1; ++blk) {
+        double s = 0.0;
+        for (std::int64_t i = blk * kSumBlock; i < std::min(n, (blk + 1) * kSumBlock); ++i) {
+          if (chosen[i]) continue;
+          double aa = 0.0;
+          for (std::int64_t k = 0; k < c; ++k) aa += a[i * c + k] * ac[k];
+          // a·a' = 0 (e.g. a one-hot prediction, a = 0): h·h' is not needed.
+          const TH* hr = row_ptr<TH>(job.h, i);
+          const double hh = aa == 0.0 ? 0.0 : hs == 1 ? row_dot(hr, d, hc.data()) : dot_row(hr, hs, d, hc.data());
+          const double dd = badge_sq_dist(g2[i], g2c, aa, hh);
+          if (dd < dist[i]) dist[i] = dd;
+          s += dist[i];
+        }
+        block_sum[blk] = s;
+      }
+    });
+    double total = 0.0;
+    for (std::int64_t blk = 0; blk < nb; ++blk) total += block_sum[blk];
+    pick = -1;
+    if (total > 0.0) {
+      const double target = badge_uniform_of(job.seed, static_cast<std::uint64_t>(t + 1)) * total;
+      double acc = 0.0;
+      std::int64_t last_positive = -1;
+      for (std::int64_t blk = 0; blk < nb && pick < 0; ++blk) {
+        if (block_sum[blk] > 0.0) {
+          // The last positive item of every block seen so far: the fallback if rounding leaves the
+          // running sum just below the target.
+          for (std::int64_t i = std::min(n, (blk + 1) * kSumBlock) - 1; i >= blk * kSumBlock; --i)
+            if (!chosen[i] && dist[i] > 0.0) {
+              last_positive = i;
+              break;
+            }
+        }
+        if (!(acc + block_sum[blk] > target)) {
+          acc += block_sum[blk];
+          continue;
+        }
+        double run = acc;
+        for (std::int64_t i = blk * kSumBlock; i < std::min(n, (blk + 1) * kSumBlock); ++i) {
+          if (chosen[i] || !(dist[i] > 0.0)) continue;
+          run += dist[i];
+          if (run > target) {
+            pick = i;
+            break;
+          }
+        }
+        if (pick < 0) pick = last_positive;
+      }
+      if (pick < 0) pick = last_positive;
+    }
+    if (pick < 0) {  // Σ D² = 0: every remaining item coincides with a centre
+      for (std::int64_t i = 0; i < n; ++i)
+        if (!chosen[i]) {
+          pick = i;
+          break;
+        }
+    }
+  }
+  return {};
+}
+
+template <typename TX>
+DiversityFailure badge_h(const BadgeJob& job) {
+  return job.h.dtype == DType::Float32 ? badge_run<TX, float>(job) : badge_run<TX, double>(job);
+}
+
+}  // namespace
+
+DiversityFailure coreset_cpu(const CoresetJob& job) {
+  return job.x.dtype == DType::Float32 ? coreset_run<float>(job) : coreset_run<double>(job);
+}
+
+DiversityFailure badge_cpu(const BadgeJob& job) {
+  return job.x.dtype == DType::Float32 ? badge_h<float>(job) : badge_h<double>(job);
+}
+
+}  // namespace detail
+}  // namespace labelwise

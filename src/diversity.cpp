@@ -1,0 +1,180 @@
+// Front door of core-set and BADGE: validate shapes, dtypes and devices, build the job, dispatch.
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "diversity_backend.hpp"
+#include "labelwise/acquisition/diversity.hpp"
+#include "labelwise/detail/diversity_impl.hpp"
+
+namespace labelwise {
+
+namespace {
+
+bool is_float(DType t) { return t == DType::Float32 || t == DType::Float64; }
+
+void check_not_cuda(const TensorView& v, const char* fn, const char* what) {
+  check(!v.device.is_cuda(), ErrorKind::Runtime, fn, ": ", what, " is on ", v.device.str(), "; ", fn,
+        " is not implemented on CUDA yet (pass CPU arrays)");
+}
+
+/// A float [rows, cols] matrix on the CPU; returns its description.
+detail::Matrix check_matrix(const TensorView& v, const char* what, const char* shape_doc) {
+  check(is_float(v.dtype), ErrorKind::Type, what, ": expected dtype float32 or float64, got ", dtype_name(v.dtype));
+  check(v.ndim == 2, ErrorKind::Value, what, ": expected rank 2 ", shape_doc, ", got shape ", v.shape_str());
+  check(v.shape[0] >= 1, ErrorKind::Value, what, ": the pool is empty (shape ", v.shape_str(), ")");
+  check(v.shape[1] >= 1, ErrorKind::Value, what, ": expected at least one column, got shape ", v.shape_str());
+  check(v.shape[0] <= std::numeric_limits<std::int64_t>::max() / v.shape[1], ErrorKind::Value, what, ": shape ",
+        v.shape_str(), " has more elements than fit in int64");
+  check(v.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
+  detail::Matrix m;
+  m.data = v.data;
+  m.dtype = v.dtype;
+  m.rows = v.shape[0];
+  m.cols = v.shape[1];
+  m.row_stride = v.strides[0];
+  m.col_stride = v.strides[1];
+  return m;
+}
+
+void check_out(const TensorView& o, std::int64_t b, const Device& dev, const char* what, DType want,
+               const char* pool) {
+  check(o.dtype == want, ErrorKind::Type, what, ": expected dtype ", dtype_name(want), ", got ", dtype_name(o.dtype));
+  check(o.ndim == 1 && o.shape[0] == b, ErrorKind::Value, what, ": expected shape [", b, "], got ", o.shape_str());
+  check(o.device == dev, ErrorKind::Value, what, ": is on ", o.device.str(), " but ", pool, " is on ", dev.str());
+  check(b == 0 || o.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
+}
+
+std::string row_str(std::int64_t i) { return "row [" + std::to_string(i) + "]"; }
+
+}  // namespace
+
+const char* coreset_metric_name(CoresetMetric metric) {
+  switch (metric) {
+    case CoresetMetric::Euclidean: return "euclidean";
+    case CoresetMetric::Cosine: return "cosine";
+  }
+  return "unknown";
+}
+
+CoresetMetric coreset_metric_from_name(const std::string& name) {
+  if (name == "euclidean") return CoresetMetric::Euclidean;
+  if (name == "cosine") return CoresetMetric::Cosine;
+  throw Error(ErrorKind::Value, "metric: expected 'euclidean' or 'cosine', got '" + name + "'");
+}
+
+double badge_uniform(std::uint64_t seed, std::uint64_t step) { return detail::badge_uniform_of(seed, step); }
+
+void coreset(const TensorView& features, const TensorView& labeled, std::int64_t b, const TensorView& indices,
+             const TensorView& radii, const CoresetOptions& options) {
+  check_not_cuda(features, "coreset", "features");
+  const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
+  if (has_labeled) check_not_cuda(labeled, "coreset", "labeled");
+  check_not_cuda(indices, "coreset", "indices");
+  check_not_cuda(radii, "coreset", "radii");
+  const int metric = static_cast<int>(options.metric);
+  check(metric == 0 || metric == 1, ErrorKind::Value, "metric: unknown core-set metric id ", metric);
+  detail::CoresetJob job;
+  job.x = check_matrix(features, "features", "[N, D]");
+  job.metric = metric;
+  job.prune = options.prune;
+  const std::int64_t n = job.x.rows;
+
+  // The labelled set as a byte mask.
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
+  if (has_labeled) {
+    check(labeled.ndim == 1, ErrorKind::Value,
+          "labeled: expected a boolean mask [N] or an int64 index array [M], got shape ", labeled.shape_str());
+    const std::int64_t m = labeled.shape[0];
+    const std::int64_t s = labeled.strides[0];
+    check(m == 0 || labeled.data != nullptr, ErrorKind::Value, "labeled: data pointer is null");
+    if (labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8) {
+      check(m == n, ErrorKind::Value, "labeled: a mask must have one entry per row of features: expected shape [", n,
+            "], got ", labeled.shape_str());
+      const std::uint8_t* p = static_cast<const std::uint8_t*>(labeled.data);
+      for (std::int64_t i = 0; i < n; ++i) mask[i] = p[i * s] != 0;
+    } else if (labeled.dtype == DType::Int64) {
+      const std::int64_t* p = static_cast<const std::int64_t*>(labeled.data);
+      for (std::int64_t j = 0; j < m; ++j) {
+        const std::int64_t i = p[j * s];
+        check(i >= 0 && i < n, ErrorKind::Value, "labeled: index [", j, "] = ", i, " is outside [0, ", n,
+              ") (the rows of features)");
+        mask[i] = 1;
+      }
+    } else {
+      throw Error(ErrorKind::Type,
+                  std::string("labeled: expected dtype bool / uint8 (a mask) or int64 (indices), got ") +
+                      dtype_name(labeled.dtype));
+    }
+  }
+  std::int64_t n_labeled = 0;
+  for (std::uint8_t v : mask) n_labeled += v;
+  check(n_labeled < n, ErrorKind::Value, "labeled: every one of the ", n, " items is labelled; nothing to select");
+  const std::int64_t n_free = n - n_labeled;
+  check(b >= 0 && b <= n_free, ErrorKind::Value, "b: expected 0 <= b <= ", n_free,
+        " (the number of unlabelled items), got b = ", b);
+  check_out(indices, b, features.device, "indices", DType::Int64, "features");
+  check_out(radii, b, features.device, "radii", DType::Float64, "features");
+
+  job.labeled = mask.data();
+  job.n_labeled = n_labeled;
+  job.b = b;
+  job.out_index = static_cast<std::int64_t*>(indices.data);
+  job.out_index_stride = indices.strides[0];
+  job.out_radius = static_cast<double*>(radii.data);
+  job.out_radius_stride = radii.strides[0];
+  const detail::DiversityFailure f = detail::coreset_cpu(job);
+  if (f.status == detail::kDivNonFinite)
+    throw Error(ErrorKind::Value, "features: " + row_str(f.item) + " contains NaN or Inf");
+  if (f.status == detail::kDivZeroRow)
+    throw Error(ErrorKind::Value, "features: " + row_str(f.item) +
+                                      " is all zeros; metric='cosine' needs rows of nonzero norm");
+  check(f.status == 0, ErrorKind::Runtime, "coreset: failed with status ", f.status, " at row ", f.item);
+}
+
+void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,
+           const BadgeOptions& options) {
+  check_not_cuda(x, "badge", "x");
+  check_not_cuda(embeddings, "badge", "embeddings");
+  check_not_cuda(indices, "badge", "indices");
+  const int kind = static_cast<int>(options.input);
+  check(kind >= 0 && kind <= 2, ErrorKind::Value, "input: unknown input kind id ", kind);
+  detail::BadgeJob job;
+  job.x = check_matrix(x, "x", "[N, C] (one prediction per item, classes on axis 1)");
+  job.h = check_matrix(embeddings, "embeddings", "[N, D]");
+  check(job.x.cols >= 2, ErrorKind::Value, "x: expected at least 2 classes on axis 1, got shape ", x.shape_str());
+  check(job.h.rows == job.x.rows, ErrorKind::Value, "embeddings: expected ", job.x.rows,
+        " rows (one per item of x ", x.shape_str(), "), got shape ", embeddings.shape_str());
+  check(b >= 0 && b <= job.x.rows, ErrorKind::Value, "b: expected 0 <= b <= ", job.x.rows,
+        " (the number of items), got b = ", b);
+  check_out(indices, b, x.device, "indices", DType::Int64, "x");
+  job.kind = kind;
+  job.tolerance = normalization_tolerance(x.dtype);
+  job.seed = options.seed;
+  job.b = b;
+  job.out_index = static_cast<std::int64_t*>(indices.data);
+  job.out_index_stride = indices.strides[0];
+  const detail::DiversityFailure f = detail::badge_cpu(job);
+  const char* what_x = kind == 0 ? "probabilities" : kind == 1 ? "log-probabilities" : "logits";
+  switch (f.status) {
+    case detail::kDivOk: return;
+    case detail::kDivNonFinite:
+      if (f.item < 0)
+        throw Error(ErrorKind::Value, "embeddings: " + row_str(-1 - f.item) + " contains NaN or Inf");
+      throw Error(ErrorKind::Value, std::string("x: ") + row_str(f.item) + " contains NaN" +
+                                        (kind == 2 ? " or +Inf" : kind == 1 ? " or +Inf" : " or Inf") + " (" + what_x +
+                                        ")");
+    case detail::kDivNegative:
+      throw Error(ErrorKind::Value, "x: " + row_str(f.item) + " has a negative probability");
+    case detail::kDivUnnormalised:
+      throw Error(ErrorKind::Value, std::string("x: ") + row_str(f.item) + " does not sum to 1 within " +
+                                        std::to_string(job.tolerance) + " (" + what_x +
+                                        "; pass input='logits' for raw scores)");
+    case detail::kDivAllNegInf:
+      throw Error(ErrorKind::Value, "x: " + row_str(f.item) + " has every logit equal to -inf");
+    default:
+      throw Error(ErrorKind::Runtime, "badge: failed with status " + std::to_string(f.status));
+  }
+}
+
+}  // namespace labelwise

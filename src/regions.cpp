@@ -1,0 +1,233 @@
+// Region acquisition (CPU): summed-area tables for box means, greedy non-overlapping top-b.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "labelwise/acquisition/regions.hpp"
+#include "labelwise/detail/parallel_for.hpp"
+
+namespace labelwise {
+namespace {
+
+struct MapInfo {
+  int nsp = 0;                  // spatial axes (1..3)
+  std::int64_t N = 0;
+  std::int64_t S[3] = {1, 1, 1};  // spatial extents, padded with 1 to three axes
+  std::int64_t st[4] = {0, 0, 0, 0};  // strides of (n, s0, s1, s2), 0 for padded axes
+};
+
+std::string vec_str(const std::vector<std::int64_t>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+MapInfo describe(const TensorView& map) {
+  check(map.device.is_cpu(), ErrorKind::Runtime, "map: region acquisition is not implemented on CUDA yet; pass a CPU array");
+  check(map.dtype == DType::Float32 || map.dtype == DType::Float64, ErrorKind::Type,
+        "map: expected dtype float32 or float64, got ", dtype_name(map.dtype));
+  check(map.ndim >= 2 && map.ndim <= 4, ErrorKind::Value, "map: expected [N, *spatial] with 1 to 3 spatial axes, got shape ",
+        map.shape_str());
+  check(map.checked_numel("map") > 0, ErrorKind::Value, "map: empty (shape ", map.shape_str(), ")");
+  check(map.data != nullptr, ErrorKind::Value, "map: data pointer is null");
+  MapInfo m;
+  m.nsp = map.ndim - 1;
+  m.N = map.shape[0];
+  m.st[0] = map.strides[0];
+  for (int d = 0; d < m.nsp; ++d) {
+    m.S[d] = map.shape[d + 1];
+    m.st[d + 1] = map.strides[d + 1];
+  }
+  return m;
+}
+
+std::vector<std::int64_t> grid_of(const MapInfo& m, const std::vector<std::int64_t>& patch,
+                                  const std::vector<std::int64_t>& stride) {
+  check(static_cast<int>(patch.size()) == m.nsp, ErrorKind::Value, "patch: expected ", m.nsp,
+        " sizes (one per spatial axis), got ", vec_str(patch));
+  check(static_cast<int>(stride.size()) == m.nsp, ErrorKind::Value, "stride: expected ", m.nsp,
+        " steps (one per spatial axis), got ", vec_str(stride));
+  std::vector<std::int64_t> g(m.nsp);
+  for (int d = 0; d < m.nsp; ++d) {
+    check(patch[d] >= 1 && patch[d] <= m.S[d], ErrorKind::Value, "patch: size ", patch[d], " on spatial axis ", d,
+          " must be in [1, ", m.S[d], "]");
+    check(stride[d] >= 1, ErrorKind::Value, "stride: step ", stride[d], " on spatial axis ", d, " must be >= 1");
+    g[d] = (m.S[d] - patch[d]) / stride[d] + 1;
+  }
+  return g;
+}
+
+double at(const TensorView& map, const MapInfo& m, std::int64_t n, std::int64_t i, std::int64_t j, std::int64_t k) {
+  const std::int64_t off = n * m.st[0] + i * m.st[1] + j * m.st[2] + k * m.st[3];
+  return map.dtype == DType::Float32 ? static_cast<const float*>(map.data)[off] : static_cast<const double*>(map.data)[off];
+}
+
+/// Summed-area table of image n: T[(i*(S1+1) + j)*(S2+1) + k] = Σ over voxels < (i, j, k).
+void summed_area(const TensorView& map, const MapInfo& m, std::int64_t n, std::vector<double>& T) {
+  const std::int64_t A = m.S[0] + 1, B = m.S[1] + 1, Cc = m.S[2] + 1;
+  T.assign(static_cast<std::size_t>(A * B * Cc), 0.0);
+  for (std::int64_t i = 1; i < A; ++i)
+    for (std::int64_t j = 1; j < B; ++j)
+      for (std::int64_t k = 1; k < Cc; ++k) {
+        const double v = at(map, m, n, i - 1, j - 1, k - 1);
+        if (v != v)
+          throw Error(ErrorKind::Value, "map: NaN at [" + std::to_string(n) + ", " + std::to_string(i - 1) +
+                                            (m.nsp > 1 ? ", " + std::to_string(j - 1) : "") +
+                                            (m.nsp > 2 ? ", " + std::to_string(k - 1) : "") + "]");
+        auto t = [&](std::int64_t a, std::int64_t b, std::int64_t c) { return T[(a * B + b) * Cc + c]; };
+        T[(i * B + j) * Cc + k] = v + t(i - 1, j, k) + t(i, j - 1, k) + t(i, j, k - 1) - t(i - 1, j - 1, k) -
+                                  t(i - 1, j, k - 1) - t(i, j - 1, k - 1) + t(i - 1, j - 1, k - 1);
+      }
+}
+
+double box_mean(const std::vector<double>& T, const MapInfo& m, const std::int64_t* lo, const std::int64_t* sz) {
+  const std::int64_t B = m.S[1] + 1, Cc = m.S[2] + 1;
+  auto t = [&](std::int64_t a, std::int64_t b, std::int64_t c) { return T[(a * B + b) * Cc + c]; };
+  const std::int64_t a0 = lo[0], a1 = lo[0] + sz[0], b0 = lo[1], b1 = lo[1] + sz[1], c0 = lo[2], c1 = lo[2] + sz[2];
+  const double s = t(a1, b1, c1) - t(a0, b1, c1) - t(a1, b0, c1) - t(a1, b1, c0) + t(a0, b0, c1) + t(a0, b1, c0) +
+                   t(a1, b0, c0) - t(a0, b0, c0);
+  return s / static_cast<double>(sz[0] * sz[1] * sz[2]);
+}
+
+/// All patch means of every image: scores[n][g] with g row-major over the grid.
+std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInfo& m, const std::vector<std::int64_t>& patch,
+                                             const std::vector<std::int64_t>& stride, std::int64_t G[3]) {
+  const std::vector<std::int64_t> g = grid_of(m, patch, stride);
+  std::int64_t sz[3] = {1, 1, 1}, sd[3] = {1, 1, 1};
+  for (int d = 0; d < 3; ++d) G[d] = 1;
+  for (int d = 0; d < m.nsp; ++d) {
+    sz[d] = patch[d];
+    sd[d] = stride[d];
+    G[d] = g[d];
+  }
+  std::vector<std::vector<double>> out(static_cast<std::size_t>(m.N));
+  detail::parallel_for(m.N, 1, [&](std::int64_t begin, std::int64_t end, int) {
+    std::vector<double> T;
+    for (std::int64_t n = begin; n < end; ++n) {
+      summed_area(map, m, n, T);
+      std::vector<double>& o = out[static_cast<std::size_t>(n)];
+      o.resize(static_cast<std::size_t>(G[0] * G[1] * G[2]));
+      for (std::int64_t a = 0; a < G[0]; ++a)
+        for (std::int64_t b = 0; b < G[1]; ++b)
+          for (std::int64_t c = 0; c < G[2]; ++c) {
+            const std::int64_t lo[3] = {a * sd[0], b * sd[1], c * sd[2]};
+            o[static_cast<std::size_t>((a * G[1] + b) * G[2] + c)] = box_mean(T, m, lo, sz);
+          }
+    }
+  });
+  return out;
+}
+
+void write_float(const TensorView& out, std::int64_t off, double v) {
+  if (out.dtype == DType::Float32)
+    static_cast<float*>(out.data)[off] = static_cast<float>(v);
+  else
+    static_cast<double*>(out.data)[off] = v;
+}
+
+void check_out(const TensorView& out, const char* what, const std::vector<std::int64_t>& shape, bool int64) {
+  check(out.device.is_cpu(), ErrorKind::Value, what, ": must be on the CPU like map");
+  if (int64)
+    check(out.dtype == DType::Int64, ErrorKind::Type, what, ": expected int64, got ", dtype_name(out.dtype));
+  else
+    check(out.dtype == DType::Float32 || out.dtype == DType::Float64, ErrorKind::Type, what,
+          ": expected float32 or float64, got ", dtype_name(out.dtype));
+  check(out.sizes() == shape, ErrorKind::Value, what, ": has shape ", out.shape_str(), ", expected ", vec_str(shape));
+  check(out.data != nullptr || out.numel() == 0, ErrorKind::Value, what, ": data pointer is null");
+}
+
+}  // namespace
+
+void patch_scores(const TensorView& map, const std::vector<std::int64_t>& patch, const std::vector<std::int64_t>& stride,
+                  const TensorView& out) {
+  const MapInfo m = describe(map);
+  const std::vector<std::int64_t> g = grid_of(m, patch, stride);
+  std::vector<std::int64_t> shape = {m.N};
+  shape.insert(shape.end(), g.begin(), g.end());
+  check_out(out, "out", shape, false);
+  std::int64_t G[3];
+  const auto scores = all_patches(map, m, patch, stride, G);
+  for (std::int64_t n = 0; n < m.N; ++n)
+    for (std::int64_t a = 0; a < G[0]; ++a)
+      for (std::int64_t b = 0; b < G[1]; ++b)
+        for (std::int64_t c = 0; c < G[2]; ++c) {
+          const std::int64_t idx[4] = {n, a, b, c};
+          std::int64_t off = 0;
+          for (int d = 0; d < out.ndim; ++d) off += idx[d] * out.strides[d];
+          write_float(out, off, scores[static_cast<std::size_t>(n)][static_cast<std::size_t>((a * G[1] + b) * G[2] + c)]);
+        }
+}
+
+void top_regions(const TensorView& map, std::int64_t b, const std::vector<std::int64_t>& patch,
+                 const std::vector<std::int64_t>& stride, const TensorView& corners, const TensorView& scores) {
+  const MapInfo m = describe(map);
+  check(b >= 0, ErrorKind::Value, "b: must be >= 0, got ", b);
+  check_out(corners, "corners", {b, static_cast<std::int64_t>(m.nsp) + 1}, true);
+  check_out(scores, "scores", {b}, false);
+  std::int64_t G[3];
+  const auto all = all_patches(map, m, patch, stride, G);
+  const std::int64_t per = G[0] * G[1] * G[2];
+  // Order every patch by score (descending), ties by the lower (image, patch) index.
+  std::vector<std::int64_t> order(static_cast<std::size_t>(m.N * per));
+  std::iota(order.begin(), order.end(), 0);
+  auto score_of = [&](std::int64_t i) { return all[static_cast<std::size_t>(i / per)][static_cast<std::size_t>(i % per)]; };
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return score_of(x) > score_of(y); });
+  std::int64_t sz[3] = {1, 1, 1}, sd[3] = {1, 1, 1};
+  for (int d = 0; d < m.nsp; ++d) {
+    sz[d] = patch[d];
+    sd[d] = stride[d];
+  }
+  struct Box {
+    std::int64_t n, lo[3];
+  };
+  std::vector<Box> chosen;
+  std::vector<double> chosen_scores;
+  for (std::int64_t i : order) {
+    if (static_cast<std::int64_t>(chosen.size()) == b) break;
+    const std::int64_t n = i / per, g = i % per;
+    const std::int64_t pos[3] = {g / (G[1] * G[2]), (g / G[2]) % G[1], g % G[2]};
+    Box box{n, {pos[0] * sd[0], pos[1] * sd[1], pos[2] * sd[2]}};
+    bool overlaps = false;
+    for (const Box& c : chosen) {
+      if (c.n != n) continue;
+      bool all_axes = true;
+      for (int d = 0; d < 3; ++d) all_axes = all_axes && box.lo[d] < c.lo[d] + sz[d] && c.lo[d] < box.lo[d] + sz[d];
+      if (all_axes) {
+        overlaps = true;
+        break;
+      }
+    }
+    if (overlaps) continue;
+    chosen.push_back(box);
+    chosen_scores.push_back(score_of(i));
+  }
+  check(static_cast<std::int64_t>(chosen.size()) == b, ErrorKind::Value, "b: asked for ", b,
+        " non-overlapping patches, but only ", chosen.size(), " fit (map ", map.shape_str(), ", patch ", vec_str(patch),
+        ", stride ", vec_str(stride), ")");
+  for (std::int64_t r = 0; r < b; ++r) {
+    const Box& c = chosen[static_cast<std::size_t>(r)];
+    auto* base = static_cast<std::int64_t*>(corners.data);
+    base[r * corners.strides[0]] = c.n;
+    for (int d = 0; d < m.nsp; ++d) base[r * corners.strides[0] + (d + 1) * corners.strides[1]] = c.lo[d];
+    write_float(scores, r * scores.strides[0], chosen_scores[static_cast<std::size_t>(r)]);
+  }
+}
+
+void slice_scores(const TensorView& map, int axis, const TensorView& out) {
+  const MapInfo m = describe(map);
+  const int a = axis < 0 ? axis + map.ndim : axis;
+  check(a >= 1 && a < map.ndim, ErrorKind::Value, "axis: must name a spatial axis of map (1..", map.ndim - 1,
+        " or negative), got ", axis);
+  check_out(out, "out", {m.N, map.shape[a]}, false);
+  // A patch spanning every axis but `axis`, one voxel thick along it, with stride 1.
+  std::vector<std::int64_t> patch(m.S, m.S + m.nsp), stride(m.nsp, 1);
+  patch[a - 1] = 1;
+  std::int64_t G[3];
+  const auto all = all_patches(map, m, patch, stride, G);
+  for (std::int64_t n = 0; n < m.N; ++n)
+    for (std::int64_t s = 0; s < map.shape[a]; ++s)
+      write_float(out, n * out.strides[0] + s * out.strides[1], all[static_cast<std::size_t>(n)][static_cast<std::size_t>(s)]);
+}
+
+}  // namespace labelwise

@@ -1,0 +1,267 @@
+// Front doors of labelwise/propagation/spreading.hpp: label spreading and label propagation on a kNN
+// graph (src/knn.cpp), in labelwise's symmetric variant or in scikit-learn's (see the header and
+// docs/propagation.md). CPU; the sparse products run in parallel over rows, every sum in a fixed
+// order, so results never depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "knn_backend.hpp"
+#include "labelwise/detail/parallel_for.hpp"
+#include "labelwise/propagation/spreading.hpp"
+
+namespace labelwise {
+
+namespace {
+
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+/// Row-compressed sparse matrix with float64 weights.
+struct Csr {
+  std::vector<std::int64_t> ptr, col;
+  std::vector<double> val;
+};
+
+std::int64_t read_label(const TensorView& v, std::int64_t i) {
+  const std::int64_t off = i * v.strides[0];
+  if (v.dtype == DType::Int64) return static_cast<const std::int64_t*>(v.data)[off];
+  return static_cast<const std::int32_t*>(v.data)[off];
+}
+
+std::vector<std::int64_t> load_labels(const TensorView& labels, std::int64_t* C_out) {
+  check(labels.device.is_cpu(), ErrorKind::Type, "labels: is on ", labels.device.str(),
+        "; this function runs on the CPU only (its CUDA path is not implemented yet): pass CPU arrays");
+  check(labels.dtype == DType::Int64 || labels.dtype == DType::Int32, ErrorKind::Type,
+        "labels: expected dtype int64 or int32 (-1 = unlabelled), got ", dtype_name(labels.dtype));
+  check(labels.ndim == 1, ErrorKind::Value, "labels: expected rank 1 ([N]), got shape ", labels.shape_str());
+  check(labels.shape[0] > 0, ErrorKind::Value, "labels: is empty");
+  check(labels.data != nullptr, ErrorKind::Value, "labels: data pointer is null");
+  const std::int64_t N = labels.shape[0];
+  std::vector<std::int64_t> y(N);
+  std::int64_t C = 0, n_lab = 0;
+  for (std::int64_t i = 0; i < N; ++i) {
+    y[i] = read_label(labels, i);
+    check(y[i] >= -1, ErrorKind::Value, "labels: entry ", i, " is ", y[i], "; expected a class >= 0 or -1 (unlabelled)");
+    if (y[i] >= 0) {
+      ++n_lab;
+      C = std::max(C, y[i] + 1);
+    }
+  }
+  check(n_lab > 0, ErrorKind::Value, "labels: no labelled item (every entry is -1); at least one is needed");
+  std::vector<char> seen(C, 0);
+  for (std::int64_t i = 0; i < N; ++i)
+    if (y[i] >= 0) seen[y[i]] = 1;
+  for (std::int64_t c = 0; c < C; ++c)
+    check(seen[c], ErrorKind::Value, "labels: class ", c, " has no labelled item (classes are 0 .. max label = ",
+          C - 1, "; renumber the classes so that each one has at least one labelled item)");
+  *C_out = C;
+  return y;
+}
+
+enum class Kind { Spreading, Propagation };
+
+SpreadingResult run(Kind kind, const TensorView& features, const TensorView& labels, const TensorView& dist,
+                    const TensorView& out_labels, const SpreadingOptions& opt) {
+  const char* fn = kind == Kind::Spreading ? "label_spreading" : "label_propagation";
+  std::int64_t C = 0;
+  const std::vector<std::int64_t> y = load_labels(labels, &C);
+  const detail::KnnData data = detail::knn_load(features, "features");
+  const std::int64_t N = data.N;
+  check(static_cast<std::int64_t>(y.size()) == N, ErrorKind::Value, "labels: expected shape [", N,
+        "] (one per row of features), got ", labels.shape_str());
+  check(N >= 2, ErrorKind::Value, "features: ", fn, " needs at least 2 rows, got shape ", features.shape_str());
+  check(opt.k >= 1 && opt.k < N, ErrorKind::Value, "k: expected 1 <= k < N = ", N, ", got ", opt.k);
+  if (kind == Kind::Spreading)
+    check(opt.alpha > 0.0 && opt.alpha < 1.0, ErrorKind::Value, "alpha: expected a value in (0, 1), got ",
+          num(opt.alpha));
+  check(opt.max_iter >= 1, ErrorKind::Value, "max_iter: expected >= 1, got ", opt.max_iter);
+  check(opt.tol >= 0.0, ErrorKind::Value, "tol: expected a value >= 0, got ", num(opt.tol));
+  check(dist.device.is_cpu() && out_labels.device.is_cpu(), ErrorKind::Type, "distributions / labels: expected CPU arrays");
+  check(dist.dtype == DType::Float64, ErrorKind::Type, "distributions: expected dtype float64, got ",
+        dtype_name(dist.dtype));
+  check(dist.ndim == 2 && dist.shape[0] == N && dist.shape[1] == C, ErrorKind::Value,
+        "distributions: expected shape [", N, ", ", C, "], got ", dist.shape_str());
+  check(out_labels.dtype == DType::Int64, ErrorKind::Type, "out_labels: expected dtype int64, got ",
+        dtype_name(out_labels.dtype));
+  check(out_labels.ndim == 1 && out_labels.shape[0] == N, ErrorKind::Value, "out_labels: expected shape [", N,
+        "], got ", out_labels.shape_str());
+  check(dist.data != nullptr && out_labels.data != nullptr, ErrorKind::Value, "outputs: data pointer is null");
+
+  const bool sk = opt.variant == SpreadingVariant::Sklearn;
+  const std::int64_t k = opt.k;
+  std::vector<std::int64_t> nb(static_cast<std::size_t>(N * k));
+  {
+    std::vector<double> key(static_cast<std::size_t>(N * k));
+    detail::knn_search(data, k, KnnMetric::Euclidean, sk ? detail::KnnRule::Sklearn : detail::KnnRule::Exact,
+                       opt.sklearn_threads, nb.data(), key.data());
+  }
+
+  // ---- the iteration matrix
+  Csr S;
+  S.ptr.assign(N + 1, 0);
+  if (sk) {
+    if (kind == Kind::Spreading) {
+      // sklearn: -laplacian(A, normed=True) with its diagonal zeroed (scipy.sparse.csgraph): w_j =
+      // in-degree of j without its self-loop, sqrt'ed (isolated: 1); S_ij = A_ij / w_i / w_j, i != j.
+      std::vector<double> w(N, 0.0);
+      for (std::int64_t i = 0; i < N; ++i)
+        for (std::int64_t a = 0; a < k; ++a)
+          if (nb[i * k + a] != i) w[nb[i * k + a]] += 1.0;
+      for (std::int64_t j = 0; j < N; ++j) w[j] = w[j] == 0.0 ? 1.0 : std::sqrt(w[j]);
+      for (std::int64_t i = 0; i < N; ++i) {
+        for (std::int64_t a = 0; a < k; ++a) {
+          const std::int64_t j = nb[i * k + a];
+          if (j == i) continue;
+          S.col.push_back(j);
+          S.val.push_back(1.0 / w[i] / w[j]);
+        }
+        S.ptr[i + 1] = static_cast<std::int64_t>(S.col.size());
+      }
+    } else {
+      // sklearn: connectivity rows divided by their sums (= k; the point itself included).
+      for (std::int64_t i = 0; i < N; ++i) {
+        for (std::int64_t a = 0; a < k; ++a) {
+          S.col.push_back(nb[i * k + a]);
+          S.val.push_back(1.0 / static_cast<double>(k));
+        }
+        S.ptr[i + 1] = static_cast<std::int64_t>(S.col.size());
+      }
+    }
+  } else {
+    // symmetrised kNN graph W (no self-loops), degrees d_i >= k
+    std::vector<std::vector<std::int64_t>> adj(N);
+    for (std::int64_t i = 0; i < N; ++i)
+      for (std::int64_t a = 0; a < k; ++a) {
+        const std::int64_t j = nb[i * k + a];
+        adj[i].push_back(j);
+        adj[j].push_back(i);
+      }
+    std::vector<double> deg(N);
+    for (std::int64_t i = 0; i < N; ++i) {
+      std::sort(adj[i].begin(), adj[i].end());
+      adj[i].erase(std::unique(adj[i].begin(), adj[i].end()), adj[i].end());
+      deg[i] = static_cast<double>(adj[i].size());
+    }
+    for (std::int64_t i = 0; i < N; ++i) {
+      for (const std::int64_t j : adj[i]) {
+        S.col.push_back(j);
+        S.val.push_back(kind == Kind::Spreading ? 1.0 / std::sqrt(deg[i] * deg[j]) : 1.0 / deg[i]);
+      }
+      S.ptr[i + 1] = static_cast<std::int64_t>(S.col.size());
+    }
+  }
+
+  // ---- iterate (sklearn's BaseLabelPropagation.fit loop)
+  const double alpha = opt.alpha;
+  std::vector<double> F(static_cast<std::size_t>(N * C), 0.0), Fp(static_cast<std::size_t>(N * C), 0.0),
+      Ystat(static_cast<std::size_t>(N * C), 0.0);
+  for (std::int64_t i = 0; i < N; ++i)
+    if (y[i] >= 0) {
+      F[i * C + y[i]] = 1.0;
+      Ystat[i * C + y[i]] = kind == Kind::Spreading ? 1.0 * (1.0 - alpha) : 1.0;
+    }
+  std::vector<double> rowdiff(N);
+  SpreadingResult R;
+  R.n_classes = C;
+  R.converged = false;
+  std::int64_t it = 0;
+  for (; it < opt.max_iter; ++it) {
+    // convergence: sum |F - F_previous| < tol (row sums in parallel, their total in index order)
+    detail::parallel_for(N, 1024, [&](std::int64_t b, std::int64_t e, int) {
+      for (std::int64_t i = b; i < e; ++i) {
+        double s = 0.0;
+        for (std::int64_t c = 0; c < C; ++c) s += std::fabs(F[i * C + c] - Fp[i * C + c]);
+        rowdiff[i] = s;
+      }
+    });
+    double total = 0.0;
+    for (std::int64_t i = 0; i < N; ++i) total += rowdiff[i];
+    if (total < opt.tol) {
+      R.converged = true;
+      break;
+    }
+    std::swap(F, Fp);  // Fp = previous F; F is overwritten below
+    detail::parallel_for(N, 512, [&](std::int64_t b, std::int64_t e, int) {
+      std::vector<double> acc(C);
+      for (std::int64_t i = b; i < e; ++i) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (std::int64_t p = S.ptr[i]; p < S.ptr[i + 1]; ++p) {
+          const double v = S.val[p];
+          const double* src = Fp.data() + S.col[p] * C;
+          for (std::int64_t c = 0; c < C; ++c) acc[c] += v * src[c];
+        }
+        double* dst = F.data() + i * C;
+        if (kind == Kind::Spreading) {
+          for (std::int64_t c = 0; c < C; ++c) dst[c] = alpha * acc[c] + Ystat[i * C + c];
+        } else if (y[i] >= 0) {
+          for (std::int64_t c = 0; c < C; ++c) dst[c] = Ystat[i * C + c];
+        } else {
+          double s = 0.0;
+          for (std::int64_t c = 0; c < C; ++c) s += acc[c];
+          if (s == 0.0) s = 1.0;
+          for (std::int64_t c = 0; c < C; ++c) dst[c] = acc[c] / s;
+        }
+      }
+    });
+  }
+  R.n_iter = it;
+
+  // ---- normalise, arg-max, write
+  auto* L = static_cast<std::int64_t*>(out_labels.data);
+  auto* P = static_cast<double*>(dist.data);
+  for (std::int64_t i = 0; i < N; ++i) {
+    double s = 0.0;
+    for (std::int64_t c = 0; c < C; ++c) s += F[i * C + c];
+    const bool zero = s == 0.0;
+    if (zero) s = 1.0;
+    std::int64_t arg = 0;
+    double best = -1.0;
+    for (std::int64_t c = 0; c < C; ++c) {
+      const double v = F[i * C + c] / s;
+      P[i * dist.strides[0] + c * dist.strides[1]] = v;
+      if (v > best) {
+        best = v;
+        arg = c;
+      }
+    }
+    L[i * out_labels.strides[0]] = (zero && !sk) ? -1 : arg;
+  }
+  return R;
+}
+
+}  // namespace
+
+const char* spreading_variant_name(SpreadingVariant v) {
+  return v == SpreadingVariant::Sklearn ? "sklearn" : "symmetric";
+}
+
+SpreadingVariant spreading_variant_from_name(const std::string& name) {
+  if (name == "symmetric") return SpreadingVariant::Symmetric;
+  if (name == "sklearn") return SpreadingVariant::Sklearn;
+  throw Error(ErrorKind::Value, "variant: expected 'symmetric' or 'sklearn', got '" + name + "'");
+}
+
+std::int64_t spreading_num_classes(const TensorView& labels) {
+  std::int64_t C = 0;
+  load_labels(labels, &C);
+  return C;
+}
+
+SpreadingResult label_spreading(const TensorView& features, const TensorView& labels, const TensorView& distributions,
+                                const TensorView& out_labels, const SpreadingOptions& options) {
+  return run(Kind::Spreading, features, labels, distributions, out_labels, options);
+}
+
+SpreadingResult label_propagation(const TensorView& features, const TensorView& labels,
+                                  const TensorView& distributions, const TensorView& out_labels,
+                                  const SpreadingOptions& options) {
+  return run(Kind::Propagation, features, labels, distributions, out_labels, options);
+}
+
+}  // namespace labelwise

@@ -1,0 +1,535 @@
+// Core-set (k-center greedy) and BADGE against brute-force float64 references on fresh random pools,
+// the factorised gradient-embedding distance, determinism across thread counts and every bad input.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "labelwise/acquisition/diversity.hpp"
+#include "labelwise/core/parallel.hpp"
+#include "labelwise/detail/diversity_impl.hpp"
+
+using namespace labelwise;
+
+namespace {
+
+std::uint64_t fresh_seed() {
+  static std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+struct ThreadGuard {
+  ~ThreadGuard() { set_num_threads(0); }
+};
+
+// ---- core-set reference ---------------------------------------------------------------------------
+
+struct CoresetRef {
+  std::vector<std::int64_t> picks;
+  std::vector<double> radii;
+};
+
+/// k-center greedy written from the paper, float64, O(b·N·D) with explicit distances.
+CoresetRef coreset_ref(const std::vector<double>& x, std::int64_t n, std::int64_t d, std::vector<bool> taken,
+                       std::int64_t b, bool cosine) {
+  std::vector<double> u(x);
+  if (cosine)
+    for (std::int64_t i = 0; i < n; ++i) {
+      double ss = 0;
+      for (std::int64_t k = 0; k < d; ++k) ss += x[i * d + k] * x[i * d + k];
+      const double s = 1.0 / std::sqrt(ss);
+      for (std::int64_t k = 0; k < d; ++k) u[i * d + k] = x[i * d + k] * s;
+    }
+  auto sq = [&](std::int64_t i, const double* c) {
+    double s = 0;
+    for (std::int64_t k = 0; k < d; ++k) s += (u[i * d + k] - c[k]) * (u[i * d + k] - c[k]);
+    return s;
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> mins(n, inf);
+  bool any = false;
+  for (std::int64_t j = 0; j < n; ++j)
+    if (taken[j]) {
+      any = true;
+      for (std::int64_t i = 0; i < n; ++i) mins[i] = std::min(mins[i], sq(i, &u[j * d]));
+    }
+  auto argmax = [&](const std::vector<double>& v) {
+    std::int64_t best = -1;
+    for (std::int64_t i = 0; i < n; ++i)
+      if (!taken[i] && (best < 0 || v[i] > v[best])) best = i;
+    return best;
+  };
+  std::int64_t pick;
+  if (any) {
+    pick = argmax(mins);
+  } else {
+    std::vector<double> mean(d, 0.0);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t k = 0; k < d; ++k) mean[k] += u[i * d + k];
+    for (auto& m : mean) m /= static_cast<double>(n);
+    std::vector<double> to_mean(n);
+    for (std::int64_t i = 0; i < n; ++i) to_mean[i] = sq(i, mean.data());
+    pick = argmax(to_mean);
+  }
+  CoresetRef r;
+  for (std::int64_t t = 0; t < b; ++t) {
+    r.picks.push_back(pick);
+    taken[pick] = true;
+    for (std::int64_t i = 0; i < n; ++i) mins[i] = std::min(mins[i], sq(i, &u[pick * d]));
+    const std::int64_t next = argmax(mins);
+    const double m = next < 0 ? 0.0 : mins[next];
+    r.radii.push_back(cosine ? 0.5 * m : std::sqrt(m));
+    pick = next;
+  }
+  return r;
+}
+
+template <typename T>
+std::vector<T> random_matrix(std::mt19937_64& g, std::int64_t n, std::int64_t d) {
+  std::normal_distribution<double> nd;
+  std::vector<T> x(n * d);
+  for (auto& v : x) v = static_cast<T>(nd(g));
+  return x;
+}
+
+template <typename T>
+std::vector<double> widen(const std::vector<T>& x) {
+  return std::vector<double>(x.begin(), x.end());
+}
+
+template <typename T>
+void check_coreset(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int64_t b, CoresetMetric metric,
+                   int labelled_kind /*0 none, 1 mask, 2 indices*/) {
+  std::vector<T> x = random_matrix<T>(g, n, d);
+  std::vector<bool> taken(n, false);
+  std::vector<std::uint8_t> mask(n, 0);
+  std::vector<std::int64_t> idx;
+  if (labelled_kind != 0) {
+    std::uniform_int_distribution<std::int64_t> pick(0, n - 1);
+    for (int j = 0; j < 3; ++j) {
+      const std::int64_t i = pick(g);
+      taken[i] = true;
+      mask[i] = 1;
+      idx.push_back(i);
+    }
+  }
+  std::int64_t free_items = 0;
+  for (bool t : taken) free_items += !t;
+  b = std::min(b, free_items);
+  const CoresetRef ref = coreset_ref(widen(x), n, d, taken, b, metric == CoresetMetric::Cosine);
+  std::vector<std::int64_t> out(b, -7);
+  std::vector<double> radii(b, -7.0);
+  TensorView lab;
+  if (labelled_kind == 1) lab = TensorView(mask.data(), DType::Bool, {n});
+  if (labelled_kind == 2) lab = TensorView::of(idx.data(), {static_cast<std::int64_t>(idx.size())});
+  coreset(TensorView::of(x.data(), {n, d}), lab, b, TensorView::of(out.data(), {b}), TensorView::of(radii.data(), {b}),
+          {metric});
+  CHECK(out == ref.picks);
+  for (std::int64_t t = 0; t < b; ++t) CHECK(radii[t] == Approx(ref.radii[t]).epsilon(1e-9).margin(1e-12));
+  for (std::int64_t t = 1; t < b; ++t) CHECK(radii[t] <= radii[t - 1]);
+}
+
+// ---- BADGE reference ------------------------------------------------------------------------------
+
+/// Explicit gradient embeddings [N, C·D] in float64: g = (p − onehot(argmax p)) ⊗ h.
+std::vector<double> explicit_gradients(const std::vector<double>& p, const std::vector<double>& h, std::int64_t n,
+                                       std::int64_t c, std::int64_t d) {
+  std::vector<double> gr(n * c * d);
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::int64_t arg = 0;
+    for (std::int64_t k = 1; k < c; ++k)
+      if (p[i * c + k] > p[i * c + arg]) arg = k;
+    for (std::int64_t k = 0; k < c; ++k) {
+      const double a = p[i * c + k] - (k == arg ? 1.0 : 0.0);
+      for (std::int64_t j = 0; j < d; ++j) gr[(i * c + k) * d + j] = a * h[i * d + j];
+    }
+  }
+  return gr;
+}
+
+/// k-means++ seeding with the same uniform draws as labelwise (badge_uniform(seed, t)).
+std::vector<std::int64_t> badge_ref(const std::vector<double>& gr, std::int64_t n, std::int64_t m, std::int64_t b,
+                                    std::uint64_t seed) {
+  auto sq = [&](std::int64_t i, std::int64_t j) {
+    double s = 0;
+    for (std::int64_t k = 0; k < m; ++k) s += (gr[i * m + k] - gr[j * m + k]) * (gr[i * m + k] - gr[j * m + k]);
+    return s;
+  };
+  std::vector<double> norm2(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    double s = 0;
+    for (std::int64_t k = 0; k < m; ++k) s += gr[i * m + k] * gr[i * m + k];
+    norm2[i] = s;
+  }
+  std::int64_t pick = std::max_element(norm2.begin(), norm2.end()) - norm2.begin();
+  std::vector<std::int64_t> picks{pick};
+  std::vector<double> d2(n, std::numeric_limits<double>::infinity());
+  std::vector<bool> chosen(n, false);
+  chosen[pick] = true;
+  while (static_cast<std::int64_t>(picks.size()) < b) {
+    for (std::int64_t i = 0; i < n; ++i) d2[i] = chosen[i] ? 0.0 : std::min(d2[i], sq(i, pick));
+    double total = 0;
+    for (double v : d2) total += v;
+    const double target = badge_uniform(seed, picks.size()) * total;
+    double run = 0;
+    pick = -1;
+    for (std::int64_t i = 0; i < n; ++i) {
+      run += d2[i];
+      if (d2[i] > 0 && run > target) {
+        pick = i;
+        break;
+      }
+    }
+    REQUIRE(pick >= 0);
+    picks.push_back(pick);
+    chosen[pick] = true;
+  }
+  return picks;
+}
+
+std::vector<double> random_probs(std::mt19937_64& g, std::int64_t n, std::int64_t c, double sharpness) {
+  std::normal_distribution<double> nd;
+  std::vector<double> p(n * c);
+  for (std::int64_t i = 0; i < n; ++i) {
+    double z = 0;
+    for (std::int64_t k = 0; k < c; ++k) z += p[i * c + k] = std::exp(sharpness * nd(g));
+    for (std::int64_t k = 0; k < c; ++k) p[i * c + k] /= z;
+  }
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("coreset equals the brute-force k-center greedy reference", "[diversity][coreset]") {
+  std::mt19937_64 g(fresh_seed());
+  for (int rep = 0; rep < 4; ++rep) {
+    for (CoresetMetric metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine}) {
+      for (int lk = 0; lk < 3; ++lk) {
+        INFO("rep " << rep << " metric " << coreset_metric_name(metric) << " labelled kind " << lk);
+        check_coreset<double>(g, 40 + rep * 37, 1 + rep * 5, 15, metric, lk);
+        check_coreset<float>(g, 53, 7, 53, metric, lk);  // every unlabelled item: the radius reaches 0
+      }
+    }
+  }
+}
+
+TEST_CASE("coreset: pruning by the triangle inequality changes no bit", "[diversity][coreset]") {
+  std::mt19937_64 g(fresh_seed());
+  std::normal_distribution<double> nd;
+  const std::int64_t n = 3000, d = 8, b = 150;
+  // 25 tight clusters far apart: after ~25 picks almost every row is pruned.
+  std::vector<double> centres = random_matrix<double>(g, 25, d);
+  std::vector<float> x(n * d);
+  std::uniform_int_distribution<int> which(0, 24);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const int c = which(g);
+    for (std::int64_t k = 0; k < d; ++k) x[i * d + k] = static_cast<float>(20 * centres[c * d + k] + nd(g));
+  }
+  for (std::int64_t i = 0; i < 40; ++i) {  // some near-duplicates (two coordinates copied)
+    x[(n - 1 - i) * d] = x[i * d];
+    x[(n - 1 - i) * d + 1] = x[i * d + 1];
+  }
+  std::vector<std::int64_t> lab = {5, 77, 1234};
+  for (CoresetMetric metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine}) {
+    for (bool labelled : {false, true}) {
+      INFO("metric " << coreset_metric_name(metric) << " labelled " << labelled);
+      const TensorView lv = labelled ? TensorView::of(lab.data(), {3}) : TensorView();
+      std::vector<std::int64_t> a(b), c(b);
+      std::vector<double> ra(b), rc(b);
+      CoresetOptions on{metric, true}, off{metric, false};
+      coreset(TensorView::of(x.data(), {n, d}), lv, b, TensorView::of(a.data(), {b}), TensorView::of(ra.data(), {b}),
+              on);
+      coreset(TensorView::of(x.data(), {n, d}), lv, b, TensorView::of(c.data(), {b}), TensorView::of(rc.data(), {b}),
+              off);
+      CHECK(a == c);
+      CHECK(ra == rc);
+      std::vector<bool> taken(n, false);
+      if (labelled)
+        for (auto i : lab) taken[i] = true;
+      const CoresetRef ref = coreset_ref(widen(x), n, d, taken, b, metric == CoresetMetric::Cosine);
+      CHECK(a == ref.picks);
+      for (std::int64_t t = 0; t < b; ++t) CHECK(ra[t] == Approx(ref.radii[t]).epsilon(1e-9).margin(1e-12));
+    }
+  }
+}
+
+TEST_CASE("coreset: strided features give the same picks", "[diversity][coreset]") {
+  std::mt19937_64 g(fresh_seed());
+  const std::int64_t n = 300, d = 9, b = 20;
+  std::vector<double> x = random_matrix<double>(g, n, d);
+  std::vector<double> xt(n * d);  // column-major copy
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t k = 0; k < d; ++k) xt[k * n + i] = x[i * d + k];
+  std::vector<std::int64_t> a(b), c(b);
+  std::vector<double> ra(b), rc(b);
+  coreset(TensorView::of(x.data(), {n, d}), TensorView(), b, TensorView::of(a.data(), {b}),
+          TensorView::of(ra.data(), {b}));
+  coreset(TensorView::of(xt.data(), {n, d}, {1, n}), TensorView(), b, TensorView::of(c.data(), {b}),
+          TensorView::of(rc.data(), {b}));
+  CHECK(a == c);
+  for (std::int64_t t = 0; t < b; ++t) CHECK(rc[t] == Approx(ra[t]).epsilon(1e-12));  // summation order differs
+}
+
+TEST_CASE("coreset: duplicates have distance 0, ties break by the lower index", "[diversity][coreset]") {
+  // Rows: 0..3 distinct, 4..7 copies of 0..3. All four distinct points first, then radius 0.
+  for (CoresetMetric metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine}) {
+    const std::vector<double> base = {1, 0, 0, 1, -1, 0.5, 0.25, -2};
+    std::vector<double> x(base);
+    x.insert(x.end(), base.begin(), base.end());
+    const std::int64_t n = 8, d = 2, b = 8;
+    std::vector<std::int64_t> out(b);
+    std::vector<double> radii(b);
+    coreset(TensorView::of(x.data(), {n, d}), TensorView(), b, TensorView::of(out.data(), {b}),
+            TensorView::of(radii.data(), {b}), {metric});
+    std::vector<std::int64_t> first4(out.begin(), out.begin() + 4);
+    std::sort(first4.begin(), first4.end());
+    CHECK(first4 == std::vector<std::int64_t>{0, 1, 2, 3});  // a duplicate never precedes a new point
+    CHECK(radii[3] == 0.0);
+    CHECK(std::vector<std::int64_t>(out.begin() + 4, out.end()) == std::vector<std::int64_t>{4, 5, 6, 7});
+    for (int t = 3; t < 8; ++t) CHECK(radii[t] == 0.0);
+    const CoresetRef ref = coreset_ref(x, n, d, std::vector<bool>(n, false), b, metric == CoresetMetric::Cosine);
+    CHECK(out == ref.picks);
+  }
+  // Every point identical: radius 0 at once, picks by index.
+  std::vector<float> same(5 * 3, 2.5f);
+  std::vector<std::int64_t> out(3);
+  std::vector<double> radii(3);
+  coreset(TensorView::of(same.data(), {5, 3}), TensorView(), 3, TensorView::of(out.data(), {3}),
+          TensorView::of(radii.data(), {3}));
+  CHECK(out == std::vector<std::int64_t>{0, 1, 2});
+  CHECK(radii == std::vector<double>{0, 0, 0});
+}
+
+TEST_CASE("coreset and badge give the same result on every thread count", "[diversity]") {
+  ThreadGuard guard;
+  std::mt19937_64 g(fresh_seed());
+  const std::int64_t n = 40000, d = 16, c = 5, b = 30;  // several chunks per thread count
+  std::vector<float> x = random_matrix<float>(g, n, d);
+  std::vector<double> p = random_probs(g, n, c, 1.5);
+  const std::uint64_t seed = fresh_seed();
+  std::vector<std::int64_t> ref_c, ref_b;
+  std::vector<double> ref_r;
+  for (int threads : {1, 2, 3, 7}) {
+    set_num_threads(threads);
+    std::vector<std::int64_t> oc(b), ob(b);
+    std::vector<double> r(b);
+    coreset(TensorView::of(x.data(), {n, d}), TensorView(), b, TensorView::of(oc.data(), {b}),
+            TensorView::of(r.data(), {b}), {CoresetMetric::Cosine});
+    badge(TensorView::of(p.data(), {n, c}), TensorView::of(x.data(), {n, d}), b, TensorView::of(ob.data(), {b}),
+          {InputKind::Probabilities, seed});
+    if (ref_c.empty()) {
+      ref_c = oc;
+      ref_b = ob;
+      ref_r = r;
+    } else {
+      CHECK(oc == ref_c);
+      CHECK(r == ref_r);
+      CHECK(ob == ref_b);
+    }
+  }
+}
+
+TEST_CASE("badge: the factorised distance equals the explicit ||g - g'||^2", "[diversity][badge]") {
+  std::mt19937_64 g(fresh_seed());
+  std::normal_distribution<double> nd;
+  for (int rep = 0; rep < 200; ++rep) {
+    const std::int64_t c = 2 + rep % 9, d = 1 + rep % 17;
+    std::vector<double> logits(2 * c), h(2 * d);
+    for (auto& v : logits) v = 3 * nd(g);
+    for (auto& v : h) v = nd(g);
+    std::vector<double> a(2 * c);
+    const double na0 = detail::badge_residual(&logits[0], 1, c, 2, &a[0]);
+    const double na1 = detail::badge_residual(&logits[c], 1, c, 2, &a[c]);
+    double nh0 = 0, nh1 = 0, aa = 0, hh = 0;
+    for (std::int64_t k = 0; k < d; ++k) {
+      nh0 += h[k] * h[k];
+      nh1 += h[d + k] * h[d + k];
+      hh += h[k] * h[d + k];
+    }
+    for (std::int64_t k = 0; k < c; ++k) aa += a[k] * a[c + k];
+    const double fact = detail::badge_sq_dist(na0 * nh0, na1 * nh1, aa, hh);
+    // Explicit: softmax, residual, outer products, squared distance.
+    std::vector<double> p(2 * c);
+    for (int r = 0; r < 2; ++r) {
+      double mx = -1e300, z = 0;
+      for (std::int64_t k = 0; k < c; ++k) mx = std::max(mx, logits[r * c + k]);
+      for (std::int64_t k = 0; k < c; ++k) z += p[r * c + k] = std::exp(logits[r * c + k] - mx);
+      for (std::int64_t k = 0; k < c; ++k) p[r * c + k] /= z;
+    }
+    const std::vector<double> gr = explicit_gradients(p, h, 2, c, d);
+    double expl = 0, scale = 0;
+    for (std::int64_t k = 0; k < c * d; ++k) {
+      expl += (gr[k] - gr[c * d + k]) * (gr[k] - gr[c * d + k]);
+      scale += gr[k] * gr[k] + gr[c * d + k] * gr[c * d + k];
+    }
+    CHECK(fact == Approx(expl).margin(1e-12 * scale + 1e-300));
+    // The same embedding twice: exactly 0.
+    CHECK(detail::badge_sq_dist(na0 * nh0, na0 * nh0, na0, nh0) == 0.0);
+  }
+}
+
+TEST_CASE("badge equals a brute-force k-means++ reference with the same draws", "[diversity][badge]") {
+  std::mt19937_64 g(fresh_seed());
+  for (int rep = 0; rep < 6; ++rep) {
+    const std::int64_t n = 60 + 17 * rep, c = 2 + rep, d = 1 + 3 * rep, b = std::min<std::int64_t>(n, 25);
+    const bool f32 = rep % 2 == 1;
+    std::vector<double> p = random_probs(g, n, c, 2.0);
+    if (rep >= 3)  // some confident items: a = 0, g = 0
+      for (std::int64_t i = 0; i < n; i += 7)
+        for (std::int64_t k = 0; k < c; ++k) p[i * c + k] = k == 1 ? 1.0 : 0.0;
+    std::vector<double> h = random_matrix<double>(g, n, d);
+    std::vector<float> hf(h.begin(), h.end());
+    const std::vector<double> hd = f32 ? widen(hf) : h;
+    const std::uint64_t seed = fresh_seed();
+    INFO("rep " << rep << " seed " << seed);
+    const std::vector<std::int64_t> want = badge_ref(explicit_gradients(p, hd, n, c, d), n, c * d, b, seed);
+    std::vector<std::int64_t> out(b);
+    const TensorView hv = f32 ? TensorView::of(hf.data(), {n, d}) : TensorView::of(h.data(), {n, d});
+    badge(TensorView::of(p.data(), {n, c}), hv, b, TensorView::of(out.data(), {b}), {InputKind::Probabilities, seed});
+    CHECK(out == want);
+    // Logits give the same picks as their softmax.
+    std::vector<double> logits(n * c);
+    std::vector<double> q = random_probs(g, n, c, 1.0);
+    for (std::int64_t i = 0; i < n * c; ++i) logits[i] = std::log(q[i]) + 0.3;
+    std::vector<std::int64_t> from_logits(b);
+    badge(TensorView::of(logits.data(), {n, c}), hv, b, TensorView::of(from_logits.data(), {b}),
+          {InputKind::Logits, seed});
+    CHECK(from_logits == badge_ref(explicit_gradients(q, hd, n, c, d), n, c * d, b, seed));
+  }
+}
+
+TEST_CASE("badge: degenerate pools follow the documented rules", "[diversity][badge]") {
+  // Every prediction one-hot: every g = 0, Σ D² = 0 at each step: picks 0, 1, 2, ...
+  const std::int64_t n = 6, c = 3, d = 2;
+  std::vector<double> p(n * c, 0.0), h(n * d, 1.0);
+  for (std::int64_t i = 0; i < n; ++i) p[i * c + i % c] = 1.0;
+  std::vector<std::int64_t> out(4);
+  badge(TensorView::of(p.data(), {n, c}), TensorView::of(h.data(), {n, d}), 4, TensorView::of(out.data(), {4}),
+        {InputKind::Probabilities, 1});
+  CHECK(out == std::vector<std::int64_t>{0, 1, 2, 3});
+  // b = N: every item exactly once.
+  std::mt19937_64 g(fresh_seed());
+  std::vector<double> q = random_probs(g, 30, 4, 1.0);
+  std::vector<double> e = random_matrix<double>(g, 30, 3);
+  std::vector<std::int64_t> all(30);
+  badge(TensorView::of(q.data(), {30, 4}), TensorView::of(e.data(), {30, 3}), 30, TensorView::of(all.data(), {30}),
+        {InputKind::Probabilities, 9});
+  std::sort(all.begin(), all.end());
+  for (std::int64_t i = 0; i < 30; ++i) CHECK(all[i] == i);
+  CHECK(badge_uniform(5, 1) == detail::badge_uniform_of(5, 1));
+  CHECK(badge_uniform(5, 1) > 0.0);
+  CHECK(badge_uniform(5, 1) < 1.0);
+  CHECK(badge_uniform(5, 1) != badge_uniform(5, 2));
+}
+
+TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
+  std::vector<double> x(12, 1.0);
+  for (int i = 0; i < 12; ++i) x[i] = i * 0.5 - 2;
+  std::vector<std::int64_t> out(4);
+  std::vector<double> radii(4);
+  auto idx = [&](std::int64_t b) { return TensorView::of(out.data(), {b}); };
+  auto rad = [&](std::int64_t b) { return TensorView::of(radii.data(), {b}); };
+  const TensorView fx = TensorView::of(x.data(), {4, 3});
+  auto kind_of = [](auto&& fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return e.kind();
+    }
+    return static_cast<ErrorKind>(-1);
+  };
+  // b = 0 is valid.
+  coreset(fx, TensorView(), 0, idx(0), rad(0));
+  // b > unlabelled, b < 0.
+  CHECK_THROWS_WITH(coreset(fx, TensorView(), 5, idx(4), rad(4)), Catch::Contains("b: expected 0 <= b <= 4"));
+  CHECK_THROWS_WITH(coreset(fx, TensorView(), -1, idx(0), rad(0)), Catch::Contains("b: expected"));
+  std::vector<std::int64_t> lab = {1, 1, 3};
+  CHECK_THROWS_WITH(coreset(fx, TensorView::of(lab.data(), {3}), 3, idx(3), rad(3)),
+                    Catch::Contains("b: expected 0 <= b <= 2"));
+  // All labelled.
+  std::vector<std::uint8_t> all(4, 1);
+  CHECK_THROWS_WITH(coreset(fx, TensorView(all.data(), DType::Bool, {4}), 0, idx(0), rad(0)),
+                    Catch::Contains("every one of the 4 items is labelled"));
+  // Mask of the wrong length, index out of range, wrong dtype.
+  CHECK_THROWS_WITH(coreset(fx, TensorView(all.data(), DType::Bool, {3}), 1, idx(1), rad(1)),
+                    Catch::Contains("expected shape [4]"));
+  std::vector<std::int64_t> bad = {0, 4};
+  CHECK_THROWS_WITH(coreset(fx, TensorView::of(bad.data(), {2}), 1, idx(1), rad(1)),
+                    Catch::Contains("outside [0, 4)"));
+  std::vector<float> fl(4, 0.f);
+  CHECK(kind_of([&] { coreset(fx, TensorView::of(fl.data(), {4}), 1, idx(1), rad(1)); }) == ErrorKind::Type);
+  // Empty pool, D = 0, wrong rank.
+  CHECK_THROWS_WITH(coreset(TensorView::of(x.data(), {0, 3}), TensorView(), 0, idx(0), rad(0)),
+                    Catch::Contains("empty"));
+  CHECK_THROWS_WITH(coreset(TensorView::of(x.data(), {4, 0}), TensorView(), 0, idx(0), rad(0)),
+                    Catch::Contains("at least one column"));
+  CHECK_THROWS_WITH(coreset(TensorView::of(x.data(), {12}), TensorView(), 1, idx(1), rad(1)),
+                    Catch::Contains("expected rank 2"));
+  // NaN / Inf, zero rows with cosine.
+  std::vector<double> y(x);
+  y[7] = std::nan("");
+  CHECK_THROWS_WITH(coreset(TensorView::of(y.data(), {4, 3}), TensorView(), 1, idx(1), rad(1)),
+                    Catch::Contains("row [2] contains NaN or Inf"));
+  y[7] = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(coreset(TensorView::of(y.data(), {4, 3}), TensorView(), 0, idx(0), rad(0)),
+                    Catch::Contains("row [2]"));
+  y = x;
+  y[3] = y[4] = y[5] = 0.0;
+  CHECK_THROWS_WITH(coreset(TensorView::of(y.data(), {4, 3}), TensorView(), 1, idx(1), rad(1), {CoresetMetric::Cosine}),
+                    Catch::Contains("row [1] is all zeros"));
+  coreset(TensorView::of(y.data(), {4, 3}), TensorView(), 1, idx(1), rad(1));  // fine for Euclidean
+  // Outputs.
+  std::vector<float> rf(4);
+  CHECK(kind_of([&] { coreset(fx, TensorView(), 2, idx(2), TensorView::of(rf.data(), {2})); }) == ErrorKind::Type);
+  CHECK_THROWS_WITH(coreset(fx, TensorView(), 2, idx(3), rad(2)), Catch::Contains("indices: expected shape [2]"));
+  CHECK_THROWS_WITH(coreset_metric_from_name("manhattan"), Catch::Contains("'euclidean' or 'cosine'"));
+  // CUDA input.
+  TensorView cuda_x = fx;
+  cuda_x.device = Device::cuda(0);
+  CHECK_THROWS_WITH(coreset(cuda_x, TensorView(), 1, idx(1), rad(1)), Catch::Contains("not implemented on CUDA yet"));
+  CHECK(kind_of([&] { coreset(cuda_x, TensorView(), 1, idx(1), rad(1)); }) == ErrorKind::Runtime);
+  // Integer features.
+  std::vector<std::int64_t> ints(12);
+  CHECK(kind_of([&] { coreset(TensorView::of(ints.data(), {4, 3}), TensorView(), 1, idx(1), rad(1)); }) ==
+        ErrorKind::Type);
+
+  // ---- BADGE ----
+  std::vector<double> p = {0.2, 0.8, 0.5, 0.5, 1.0, 0.0, 0.3, 0.7};
+  const TensorView pv = TensorView::of(p.data(), {4, 2});
+  badge(pv, fx, 0, idx(0), {});
+  CHECK_THROWS_WITH(badge(pv, fx, 5, idx(4), {}), Catch::Contains("b: expected 0 <= b <= 4"));
+  CHECK_THROWS_WITH(badge(pv, TensorView::of(x.data(), {3, 4}), 1, idx(1), {}),
+                    Catch::Contains("embeddings: expected 4 rows"));
+  CHECK_THROWS_WITH(badge(TensorView::of(p.data(), {8, 1}), TensorView::of(x.data(), {8, 1}), 1, idx(1), {}),
+                    Catch::Contains("at least 2 classes"));
+  CHECK_THROWS_WITH(badge(TensorView::of(p.data(), {8}), fx, 1, idx(1), {}), Catch::Contains("expected rank 2"));
+  CHECK_THROWS_WITH(badge(TensorView::of(p.data(), {0, 2}), TensorView::of(x.data(), {0, 3}), 0, idx(0), {}),
+                    Catch::Contains("empty"));
+  std::vector<double> q(p);
+  q[2] = std::nan("");
+  CHECK_THROWS_WITH(badge(TensorView::of(q.data(), {4, 2}), fx, 1, idx(1), {}), Catch::Contains("x: row [1]"));
+  q = p;
+  q[4] = -0.1;
+  q[5] = 1.1;
+  CHECK_THROWS_WITH(badge(TensorView::of(q.data(), {4, 2}), fx, 1, idx(1), {}), Catch::Contains("negative"));
+  q = p;
+  q[6] = 0.9;
+  CHECK_THROWS_WITH(badge(TensorView::of(q.data(), {4, 2}), fx, 1, idx(1), {}),
+                    Catch::Contains("row [3] does not sum to 1"));
+  badge(TensorView::of(q.data(), {4, 2}), fx, 1, idx(1), {InputKind::Logits, 0});  // logits need no normalisation
+  q[6] = -std::numeric_limits<double>::infinity();
+  q[7] = -std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(badge(TensorView::of(q.data(), {4, 2}), fx, 1, idx(1), {InputKind::Logits, 0}),
+                    Catch::Contains("every logit equal to -inf"));
+  y = x;
+  y[10] = std::nan("");
+  CHECK_THROWS_WITH(badge(pv, TensorView::of(y.data(), {4, 3}), 1, idx(1), {}),
+                    Catch::Contains("embeddings: row [3] contains NaN or Inf"));
+  TensorView cuda_p = pv;
+  cuda_p.device = Device::cuda(0);
+  CHECK_THROWS_WITH(badge(cuda_p, fx, 1, idx(1), {}), Catch::Contains("not implemented on CUDA yet"));
+  CHECK(kind_of([&] { badge(pv, fx, 2, TensorView::of(radii.data(), {2}), {}); }) == ErrorKind::Type);
+}

@@ -1,0 +1,217 @@
+// kNN graph against a naive float64 brute force (duplicates, cosine, strided float32 input, blocks
+// larger than one GEMM block), label spreading / propagation invariants, and every bad input.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "labelwise/propagation/knn.hpp"
+#include "labelwise/propagation/spreading.hpp"
+
+using namespace labelwise;
+
+namespace {
+
+std::uint64_t fresh_seed() {
+  static std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+/// Naive brute force: the point itself excluded, ties by the lower index.
+void naive_knn(const std::vector<double>& x, std::int64_t N, std::int64_t D, std::int64_t k, bool cosine,
+               std::vector<std::int64_t>& idx, std::vector<double>& dist) {
+  idx.assign(N * k, 0);
+  dist.assign(N * k, 0.0);
+  for (std::int64_t i = 0; i < N; ++i) {
+    std::vector<std::pair<double, std::int64_t>> all;
+    for (std::int64_t j = 0; j < N; ++j) {
+      if (j == i) continue;
+      double d = 0.0;
+      if (cosine) {
+        double dot = 0, ni = 0, nj = 0;
+        for (std::int64_t t = 0; t < D; ++t) {
+          dot += x[i * D + t] * x[j * D + t];
+          ni += x[i * D + t] * x[i * D + t];
+          nj += x[j * D + t] * x[j * D + t];
+        }
+        d = std::min(2.0, std::max(0.0, 1.0 - dot / (std::sqrt(ni) * std::sqrt(nj))));
+      } else {
+        for (std::int64_t t = 0; t < D; ++t) d += (x[i * D + t] - x[j * D + t]) * (x[i * D + t] - x[j * D + t]);
+        d = std::sqrt(d);
+      }
+      all.push_back({d, j});
+    }
+    std::sort(all.begin(), all.end());
+    for (std::int64_t a = 0; a < k; ++a) {
+      idx[i * k + a] = all[a].second;
+      dist[i * k + a] = all[a].first;
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("knn_graph equals a float64 brute force (duplicates, cosine, several blocks)", "[propagation][knn]") {
+  std::mt19937_64 gen(fresh_seed());
+  std::normal_distribution<double> normal;
+  for (const auto& [N, D, k, cosine] : std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool>>{
+           {50, 3, 5, false}, {300, 8, 7, false}, {2300, 16, 10, false}, {300, 8, 7, true}, {600, 20, 12, true}}) {
+    std::vector<double> x(N * D);
+    for (auto& v : x) v = normal(gen) + 3.0;
+    // duplicates: rows 1..5 copies of row 0, row N-1 copy of row 2
+    for (std::int64_t r = 1; r <= 5; ++r)
+      for (std::int64_t t = 0; t < D; ++t) x[r * D + t] = x[t];
+    for (std::int64_t t = 0; t < D; ++t) x[(N - 1) * D + t] = x[2 * D + t];
+    std::vector<std::int64_t> want_i, got_i(N * k);
+    std::vector<double> want_d, got_d(N * k);
+    naive_knn(x, N, D, k, cosine, want_i, want_d);
+    knn_graph(TensorView::of(x.data(), {N, D}), k, TensorView::of(got_i.data(), {N, k}),
+              TensorView::of(got_d.data(), {N, k}), cosine ? KnnMetric::Cosine : KnnMetric::Euclidean);
+    for (std::int64_t e = 0; e < N * k; ++e) {
+      INFO("N=" << N << " D=" << D << " k=" << k << " cosine=" << cosine << " entry " << e);
+      REQUIRE(got_i[e] == want_i[e]);
+      REQUIRE(got_d[e] == Approx(want_d[e]).epsilon(1e-9).margin(1e-12));
+    }
+    // float32, transposed storage (strides [1, N])
+    std::vector<float> xt(N * D);
+    for (std::int64_t i = 0; i < N; ++i)
+      for (std::int64_t t = 0; t < D; ++t) xt[t * N + i] = static_cast<float>(x[i * D + t]);
+    std::vector<double> x32(N * D);
+    for (std::int64_t i = 0; i < N; ++i)
+      for (std::int64_t t = 0; t < D; ++t) x32[i * D + t] = xt[t * N + i];
+    naive_knn(x32, N, D, k, cosine, want_i, want_d);
+    std::vector<float> got_f(N * k);
+    knn_graph(TensorView::of(xt.data(), {N, D}, {1, N}), k, TensorView::of(got_i.data(), {N, k}),
+              TensorView::of(got_f.data(), {N, k}), cosine ? KnnMetric::Cosine : KnnMetric::Euclidean);
+    for (std::int64_t e = 0; e < N * k; ++e) {
+      REQUIRE(got_i[e] == want_i[e]);
+      REQUIRE(got_f[e] == Approx(want_d[e]).epsilon(1e-6).margin(1e-6));
+    }
+  }
+}
+
+TEST_CASE("knn_graph: many exact duplicates fall back to the exact path", "[propagation][knn]") {
+  const std::int64_t N = 400, D = 4, k = 30;
+  std::vector<double> x(N * D);
+  for (std::int64_t i = 0; i < N; ++i)
+    for (std::int64_t t = 0; t < D; ++t) x[i * D + t] = static_cast<double>((i % 7) * (t + 1));  // 7 points, ~57 copies
+  std::vector<std::int64_t> want_i, got_i(N * k);
+  std::vector<double> want_d, got_d(N * k);
+  naive_knn(x, N, D, k, false, want_i, want_d);
+  knn_graph(TensorView::of(x.data(), {N, D}), k, TensorView::of(got_i.data(), {N, k}),
+            TensorView::of(got_d.data(), {N, k}));
+  REQUIRE(got_i == want_i);
+  REQUIRE(got_d == want_d);
+}
+
+TEST_CASE("knn_graph and label_spreading reject bad input", "[propagation][knn]") {
+  std::vector<double> x(20 * 3, 1.0);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<double>(i % 11);
+  std::vector<std::int64_t> I(20 * 3);
+  std::vector<double> Dd(20 * 3);
+  const auto X = TensorView::of(x.data(), {20, 3});
+  auto run = [&](std::int64_t k) {
+    knn_graph(X, k, TensorView::of(I.data(), {20, k}), TensorView::of(Dd.data(), {20, k}));
+  };
+  REQUIRE_NOTHROW(run(3));
+  REQUIRE_THROWS_AS(run(0), Error);
+  REQUIRE_THROWS_AS(run(20), Error);
+  std::vector<double> bad = x;
+  bad[7] = std::numeric_limits<double>::quiet_NaN();
+  REQUIRE_THROWS_WITH(knn_graph(TensorView::of(bad.data(), {20, 3}), 3, TensorView::of(I.data(), {20, 3}),
+                                TensorView::of(Dd.data(), {20, 3})),
+                      Catch::Contains("row 2"));
+  REQUIRE_THROWS_AS(knn_graph(TensorView::of(x.data(), {60}), 3, TensorView::of(I.data(), {20, 3}),
+                              TensorView::of(Dd.data(), {20, 3})),
+                    Error);
+  REQUIRE_THROWS_AS(knn_graph(TensorView::of(x.data(), {0, 3}), 3, TensorView::of(I.data(), {20, 3}),
+                              TensorView::of(Dd.data(), {20, 3})),
+                    Error);
+
+  std::vector<std::int64_t> y(20, -1), out(20);
+  std::vector<double> P(20 * 2);
+  y[0] = 0;
+  y[5] = 1;
+  SpreadingOptions o;
+  o.k = 3;
+  auto spread = [&](const std::vector<std::int64_t>& lab, std::int64_t C) {
+    label_spreading(X, TensorView::of(lab.data(), {20}), TensorView::of(P.data(), {20, C}),
+                    TensorView::of(out.data(), {20}), o);
+  };
+  REQUIRE_NOTHROW(spread(y, 2));
+  REQUIRE(spreading_num_classes(TensorView::of(y.data(), {20})) == 2);
+  std::vector<std::int64_t> none(20, -1);
+  REQUIRE_THROWS_WITH(spread(none, 2), Catch::Contains("no labelled item"));
+  std::vector<std::int64_t> gap = y;
+  gap[5] = 2;  // class 1 has no item
+  REQUIRE_THROWS_WITH(spreading_num_classes(TensorView::of(gap.data(), {20})), Catch::Contains("class 1"));
+  std::vector<std::int64_t> low = y;
+  low[3] = -2;
+  REQUIRE_THROWS_WITH(spread(low, 2), Catch::Contains("entry 3"));
+  o.alpha = 1.0;
+  REQUIRE_THROWS_WITH(spread(y, 2), Catch::Contains("alpha"));
+  o.alpha = 0.2;
+  o.k = 20;
+  REQUIRE_THROWS_WITH(spread(y, 2), Catch::Contains("k:"));
+}
+
+TEST_CASE("label spreading / propagation: labels reach their clusters; symmetric marks unreached items",
+          "[propagation][knn]") {
+  // two well separated clusters of 30 points on a line each, one label per cluster
+  const std::int64_t N = 60, D = 2;
+  std::vector<double> x(N * D);
+  for (std::int64_t i = 0; i < N; ++i) {
+    x[i * D] = (i < 30 ? 0.0 : 1000.0) + static_cast<double>(i % 30);
+    x[i * D + 1] = 0.5 * static_cast<double>(i % 3);
+  }
+  std::vector<std::int64_t> y(N, -1), out(N);
+  y[3] = 1;
+  y[40] = 0;
+  std::vector<double> P(N * 2);
+  for (const SpreadingVariant v : {SpreadingVariant::Symmetric, SpreadingVariant::Sklearn}) {
+    for (int prop = 0; prop < 2; ++prop) {
+      SpreadingOptions o;
+      o.k = 5;
+      o.variant = v;
+      o.max_iter = prop ? 1000 : 200;
+      o.alpha = 0.9;  // reach the far end of each cluster (alpha = 0.2 stops after a few hops)
+      o.tol = 0.0;
+      const auto r = prop ? label_propagation(TensorView::of(x.data(), {N, D}), TensorView::of(y.data(), {N}),
+                                              TensorView::of(P.data(), {N, 2}), TensorView::of(out.data(), {N}), o)
+                          : label_spreading(TensorView::of(x.data(), {N, D}), TensorView::of(y.data(), {N}),
+                                            TensorView::of(P.data(), {N, 2}), TensorView::of(out.data(), {N}), o);
+      REQUIRE(r.n_classes == 2);
+      for (std::int64_t i = 0; i < N; ++i) {
+        INFO("variant " << spreading_variant_name(v) << " prop " << prop << " item " << i);
+        REQUIRE(out[i] == (i < 30 ? 1 : 0));
+        REQUIRE(P[i * 2] + P[i * 2 + 1] == Approx(1.0));
+      }
+    }
+  }
+  // a third cluster without any label: symmetric gives -1 and zeros, sklearn label 0
+  std::vector<double> x3(90 * D);
+  std::copy(x.begin(), x.end(), x3.begin());
+  for (std::int64_t i = 60; i < 90; ++i) {
+    x3[i * D] = 5000.0 + static_cast<double>(i % 30);
+    x3[i * D + 1] = 0.0;
+  }
+  std::vector<std::int64_t> y3(90, -1), out3(90);
+  y3[3] = 1;
+  y3[40] = 0;
+  std::vector<double> P3(90 * 2);
+  SpreadingOptions o;
+  o.k = 5;
+  label_spreading(TensorView::of(x3.data(), {90, D}), TensorView::of(y3.data(), {90}), TensorView::of(P3.data(), {90, 2}),
+                  TensorView::of(out3.data(), {90}), o);
+  for (std::int64_t i = 60; i < 90; ++i) {
+    REQUIRE(out3[i] == -1);
+    REQUIRE(P3[i * 2] == 0.0);
+    REQUIRE(P3[i * 2 + 1] == 0.0);
+  }
+}

@@ -1,0 +1,168 @@
+"""labelwise.acquisition.batchbald: exact joint entropies by enumeration, brute-force greedy, BALD for
+b = 1, the same picks as batchbald-redux in the exact regime, the sampled regime against the exact
+value, determinism across thread counts, frameworks and bad inputs."""
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+import labelwise as lw
+from labelwise import acquisition as A
+from labelwise import uncertainty as U
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def make_probs(rng, n, k, c, spread=1.5):
+    mu = 2.0 * rng.normal(size=(n, 1, c))
+    noise = spread * np.abs(rng.normal(size=(n, 1, 1)))
+    logits = mu + noise * rng.normal(size=(n, k, c))
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
+def joint_entropy(p, items):
+    """-Σ_y p(y) ln p(y) over every configuration y of `items`, p(y) = mean_k Π_i p[i, k, y_i]."""
+    K, C = p.shape[1], p.shape[2]
+    h = 0.0
+    for y in itertools.product(range(C), repeat=len(items)):
+        py = np.mean(np.prod([p[i, :, yi] for i, yi in zip(items, y)], axis=0)) if items else 1.0
+        if py > 0:
+            h -= py * np.log(py)
+    return h
+
+
+def cond_entropy(p, n):
+    q = p[n]
+    return -np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)) / p.shape[1]
+
+
+def brute_greedy(p, b):
+    batch, scores, ce_b = [], [], 0.0
+    for _ in range(b):
+        vals = [
+            -np.inf if n in batch else joint_entropy(p, batch + [n]) - ce_b - cond_entropy(p, n)
+            for n in range(p.shape[0])
+        ]
+        best = int(np.argmax(vals))  # first maximum: ties by the lower index
+        batch.append(best)
+        scores.append(vals[best])
+        ce_b += cond_entropy(p, best)
+    return np.array(batch), np.array(scores)
+
+
+@pytest.mark.parametrize("rep", range(5))
+def test_exact_matches_brute_force(rng, rep):
+    p = make_probs(rng, 6, 4, 3)
+    want_i, want_s = brute_greedy(p, 3)
+    idx, sc = A.batchbald(p, 3, num_samples=1000, seed=0)
+    assert idx.dtype == np.int64 and sc.dtype == np.float64 and idx.shape == (3,)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(sc, want_s, rtol=1e-12, atol=1e-12)
+    # cumulative joint MI of the picks so far
+    for i in range(3):
+        items = list(want_i[: i + 1])
+        mi = joint_entropy(p, items) - sum(cond_entropy(p, j) for j in items)
+        assert sc[i] == pytest.approx(mi, abs=1e-12)
+
+
+def test_b1_is_bald_argmax(rng):
+    p = make_probs(rng, 300, 8, 6)
+    idx, sc = A.batchbald(p, 1, num_samples=10, seed=0)
+    bald = U.bald(p)
+    assert idx[0] == int(np.argmax(bald))
+    assert sc[0] == pytest.approx(bald[idx[0]], abs=1e-12)
+
+
+def test_sampled_regime_close_to_exact_and_deterministic(rng):
+    p = make_probs(rng, 10, 4, 8, spread=1.0)
+    b = 6
+    # exact while 8^m <= 5000 (m <= 4), then sampled from 4 * 1250 configurations
+    idx, sc = A.batchbald(p, b, num_samples=5000, seed=3)
+    for i in range(b):
+        items = list(idx[: i + 1])
+        mi = joint_entropy(p, items) - sum(cond_entropy(p, j) for j in items)
+        assert sc[i] == pytest.approx(mi, abs=1e-10 if i <= 4 else 0.06)
+    try:
+        for t in (1, 2, 3):
+            lw.set_num_threads(t)
+            i2, s2 = A.batchbald(p, b, num_samples=5000, seed=3)
+            np.testing.assert_array_equal(i2, idx)
+            np.testing.assert_array_equal(s2, sc)  # same bits
+    finally:
+        lw.set_num_threads(0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_same_picks_as_batchbald_redux_exact_regime(seed):
+    bb = pytest.importorskip("batchbald_redux.batchbald")
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1000 + seed)
+    N, K, C, b = 150, 10, 4, 6
+    p = make_probs(rng, N, K, C, spread=[0.3, 1.0, 2.0, 1.5, 0.7][seed])
+    ns = C ** (b - 1)  # every step exact (C^m <= num_samples for m <= b - 1)
+    ref = bb.get_batchbald_batch(torch.from_numpy(np.log(p)), b, ns, dtype=torch.double)
+    idx, sc = A.batchbald(p, b, num_samples=ns, seed=0)
+    np.testing.assert_array_equal(idx, np.array(ref.indices))
+    np.testing.assert_allclose(sc, np.array(ref.scores), rtol=1e-9, atol=1e-9)
+    # the same through torch (results come back as torch tensors) and log-probabilities
+    ti, ts = A.batchbald(torch.from_numpy(np.log(p)), b, num_samples=ns, seed=0, input="log_probs")
+    assert isinstance(ti, torch.Tensor) and ti.dtype == torch.int64 and ts.dtype == torch.float64
+    np.testing.assert_array_equal(ti.numpy(), idx)
+
+
+def test_layouts_and_float32(rng):
+    p = make_probs(rng, 40, 6, 5)
+    idx, sc = A.batchbald(p, 4, num_samples=200, seed=0)
+    knc = np.ascontiguousarray(p.transpose(1, 0, 2))
+    i2, s2 = A.batchbald(knc, 4, num_samples=200, seed=0, sample_axis=0, class_axis=-1)
+    np.testing.assert_array_equal(i2, idx)
+    np.testing.assert_allclose(s2, sc, rtol=1e-12)
+    baal = p.transpose(0, 2, 1)  # BaaL [N, C, K], read in place
+    i3, _ = A.batchbald(baal, 4, num_samples=200, seed=0, sample_axis=-1, class_axis=1)
+    np.testing.assert_array_equal(i3, idx)
+    i4, _ = A.batchbald(p.astype(np.float32), 4, num_samples=200, seed=0)
+    assert i4.shape == (4,)
+
+
+def test_bad_inputs(rng):
+    p = make_probs(rng, 5, 3, 3)
+    with pytest.raises(ValueError, match="b: expected"):
+        A.batchbald(p, 6, num_samples=10, seed=0)
+    i, s = A.batchbald(p, 0, num_samples=10, seed=0)
+    assert i.shape == (0,) and s.shape == (0,)
+    i, _ = A.batchbald(p, 5, num_samples=10, seed=0)
+    assert sorted(i.tolist()) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="num_samples"):
+        A.batchbald(p, 2, num_samples=0, seed=0)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        A.batchbald(p[:, :1], 1, num_samples=10, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        A.batchbald(p[:0], 0, num_samples=10, seed=0)
+    with pytest.raises(ValueError, match="rank 3"):
+        A.batchbald(p[:, 0], 1, num_samples=10, seed=0)
+    bad = p.copy()
+    bad[2, 1, 0] = np.nan
+    with pytest.raises(ValueError):
+        A.batchbald(bad, 1, num_samples=10, seed=0)
+    bad = p.copy()
+    bad[2, 1, 0] += 0.2
+    with pytest.raises(ValueError, match="sum to 1"):
+        A.batchbald(bad, 1, num_samples=10, seed=0)
+    with pytest.raises(TypeError):
+        A.batchbald(p.astype(np.int64), 1, num_samples=10, seed=0)
+    with pytest.raises(ValueError):
+        A.batchbald(p, 1, num_samples=10, seed=0, input="nope")
+    with pytest.raises(ValueError):
+        A.batchbald(p, 1, num_samples=10, seed=-1)
+
+
+def test_cuda_input_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    p = torch.softmax(torch.randn(5, 3, 3, device="cuda"), -1)
+    with pytest.raises(RuntimeError, match="not implemented on CUDA"):
+        A.batchbald(p, 1, num_samples=10, seed=0)

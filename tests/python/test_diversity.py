@@ -1,0 +1,337 @@
+"""labelwise.acquisition.coreset / badge: brute-force float64 references (k-center greedy; k-means++
+on explicit gradient embeddings with the same uniform draws), the factorised distance, determinism
+across thread counts, frameworks and every bad input."""
+
+import numpy as np
+import pytest
+
+import labelwise as lw
+from labelwise import acquisition as A
+
+try:  # torch is optional: the framework checks are skipped without it
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+# ---- references -----------------------------------------------------------------------------------
+
+
+def coreset_ref(x, labeled_mask, b, metric):
+    """k-center greedy from the paper, float64, explicit distances (squared; cosine on unit rows)."""
+    u = np.asarray(x, dtype=np.float64)
+    if metric == "cosine":
+        u = u * (1.0 / np.sqrt((u * u).sum(1)))[:, None]
+    n = len(u)
+    taken = np.array(labeled_mask, dtype=bool)
+    sq = lambda c: ((u - c) ** 2).sum(1)  # noqa: E731
+    mins = np.full(n, np.inf)
+    for j in np.flatnonzero(taken):
+        mins = np.minimum(mins, sq(u[j]))
+
+    def argmax(v):
+        v = np.where(taken, -1.0, v)
+        return int(np.argmax(v))  # first maximum: lower index
+
+    pick = argmax(mins) if taken.any() else argmax(sq(u.mean(0)))
+    picks, radii = [], []
+    for _ in range(b):
+        picks.append(pick)
+        taken[pick] = True
+        mins = np.minimum(mins, sq(u[pick]))
+        if taken.all():
+            m, pick = 0.0, -1
+        else:
+            pick = argmax(mins)
+            m = mins[pick]
+        radii.append(0.5 * m if metric == "cosine" else np.sqrt(m))
+    return np.array(picks, dtype=np.int64), np.array(radii)
+
+
+def gradients(p, h):
+    """Explicit gradient embeddings [N, C*D], float64."""
+    p = np.asarray(p, dtype=np.float64)
+    a = p.copy()
+    a[np.arange(len(p)), p.argmax(1)] -= 1.0
+    return (a[:, :, None] * np.asarray(h, dtype=np.float64)[:, None, :]).reshape(len(p), -1)
+
+
+def badge_ref(p, h, b, seed):
+    """k-means++ seeding on explicit gradient embeddings, with labelwise's uniform draws."""
+    g = gradients(p, h)
+    n = len(g)
+    pick = int(np.argmax((g * g).sum(1)))
+    picks = [pick]
+    d2 = np.full(n, np.inf)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[pick] = True
+    while len(picks) < b:
+        d2 = np.minimum(d2, ((g - g[pick]) ** 2).sum(1))
+        d2[chosen] = 0.0
+        total = d2.sum()
+        if total == 0:
+            pick = int(np.flatnonzero(~chosen)[0])
+        else:
+            target = A.badge_uniform(seed, len(picks)) * total
+            run = np.cumsum(d2)
+            pick = int(np.flatnonzero((run > target) & (d2 > 0))[0])
+        picks.append(pick)
+        chosen[pick] = True
+    return np.array(picks, dtype=np.int64)
+
+
+def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+# ---- core-set -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("labelled", ["none", "mask", "indices", "list", "int32"])
+def test_coreset_matches_brute_force(rng, metric, dtype, labelled):
+    for n, d in [(7, 1), (60, 3), (211, 17)]:
+        x = rng.normal(size=(n, d)).astype(dtype)
+        mask = np.zeros(n, dtype=bool)
+        if labelled != "none":
+            mask[rng.choice(n, size=min(4, n - 2), replace=False)] = True
+        lab = {
+            "none": None,
+            "mask": mask,
+            "indices": np.flatnonzero(mask).astype(np.int64),
+            "list": np.flatnonzero(mask).tolist(),
+            "int32": np.flatnonzero(mask).astype(np.int32),
+        }[labelled]
+        b = min(n - int(mask.sum()), 25)
+        want_i, want_r = coreset_ref(x, mask, b, metric)
+        idx, radii = A.coreset(x, lab, b, metric=metric)
+        assert idx.dtype == np.int64 and idx.shape == (b,)
+        assert radii.dtype == np.float64 and radii.shape == (b,)
+        np.testing.assert_array_equal(idx, want_i)
+        np.testing.assert_allclose(radii, want_r, rtol=1e-9, atol=1e-12)
+        assert np.all(np.diff(radii) <= 0)
+        assert not mask[idx].any() and len(set(idx.tolist())) == b
+
+
+def test_coreset_every_item_and_duplicates(rng):
+    base = rng.normal(size=(10, 4))
+    x = np.concatenate([base, base[::-1], base[:3]])  # 23 rows, 13 duplicates
+    for metric in ("euclidean", "cosine"):
+        idx, radii = A.coreset(x, None, 23, metric=metric)
+        want_i, want_r = coreset_ref(x, np.zeros(23, bool), 23, metric)
+        np.testing.assert_array_equal(idx, want_i)
+        np.testing.assert_allclose(radii, want_r, rtol=1e-9, atol=1e-12)
+        # The 10 distinct points come first; then radius 0 and the duplicates by lower index.
+        assert len({tuple(x[i]) for i in idx[:10]}) == 10
+        assert radii[9] == 0.0 and np.all(radii[9:] == 0.0)
+        np.testing.assert_array_equal(idx[10:], np.sort(idx[10:]))
+
+
+def test_coreset_strides_readonly_and_torch(rng):
+    x = rng.normal(size=(300, 12))
+    mask = rng.random(300) < 0.1
+    want = A.coreset(x, mask, 30)
+    t = np.asfortranarray(x)
+    t.setflags(write=False)
+    got = A.coreset(t, mask, 30)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
+    if torch is not None:
+        ti, tr = A.coreset(torch.from_numpy(x), torch.from_numpy(mask), 30, metric="euclidean")
+        assert isinstance(ti, torch.Tensor) and ti.dtype == torch.int64 and tr.dtype == torch.float64
+        np.testing.assert_array_equal(ti.numpy(), want[0])
+        ti2, _ = A.coreset(torch.from_numpy(x), torch.from_numpy(np.flatnonzero(mask)).to(torch.int32), 30)
+        np.testing.assert_array_equal(ti2.numpy(), want[0])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_coreset_pruning_is_exact_on_clustered_features(rng, metric):
+    centres = 20 * rng.normal(size=(30, 6))
+    x = (centres[rng.integers(0, 30, 4000)] + rng.normal(size=(4000, 6))).astype(np.float32)
+    for lab in (None, [3, 999, 2500]):
+        on = A.coreset(x, lab, 200, metric=metric)
+        off = A.coreset(x, lab, 200, metric=metric, prune=False)
+        np.testing.assert_array_equal(on[0], off[0])
+        np.testing.assert_array_equal(on[1], off[1])
+        mask = np.zeros(len(x), bool)
+        if lab is not None:
+            mask[lab] = True
+        want_i, want_r = coreset_ref(x, mask, 200, metric)
+        np.testing.assert_array_equal(on[0], want_i)
+        np.testing.assert_allclose(on[1], want_r, rtol=1e-9, atol=1e-12)
+
+
+def test_coreset_b_zero_is_empty(rng):
+    idx, radii = A.coreset(rng.normal(size=(5, 2)), None, 0)
+    assert idx.shape == (0,) and radii.shape == (0,)
+
+
+# ---- BADGE ----------------------------------------------------------------------------------------
+
+
+def test_factorised_distance_equals_explicit(rng):
+    for _ in range(50):
+        c, d = int(rng.integers(2, 12)), int(rng.integers(1, 40))
+        p = softmax(3 * rng.normal(size=(2, c)))
+        h = rng.normal(size=(2, d))
+        g = gradients(p, h)
+        a = p.copy()
+        a[np.arange(2), p.argmax(1)] -= 1
+        na, nh = (a * a).sum(1), (h * h).sum(1)
+        fact = na[0] * nh[0] + na[1] * nh[1] - 2 * (a[0] @ a[1]) * (h[0] @ h[1])
+        np.testing.assert_allclose(fact, ((g[0] - g[1]) ** 2).sum(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_badge_matches_bruteforce_kmeanspp(rng, dtype):
+    for n, c, d in [(40, 2, 1), (120, 5, 7), (257, 10, 16)]:
+        p = softmax(2 * rng.normal(size=(n, c)))
+        p[::9] = np.eye(c)[1]  # confident items: g = 0
+        p = p.astype(dtype)
+        h = rng.normal(size=(n, d)).astype(dtype)
+        seed = int(rng.integers(0, 2**63))
+        b = min(n, 30)
+        want = badge_ref(p, h, b, seed)
+        got = A.badge(p, h, b, seed=seed)
+        assert got.dtype == np.int64 and got.shape == (b,)
+        np.testing.assert_array_equal(got, want)
+        z = np.log(p.astype(np.float64) + 1e-30) + 0.7  # logits whose softmax is p
+        np.testing.assert_array_equal(A.badge(z, h, b, seed=seed, input="logits"), badge_ref(softmax(z), h, b, seed))
+
+
+def test_badge_degenerate_and_full():
+    p = np.eye(3)[[0, 1, 2, 0, 1]]  # every prediction one-hot: all g = 0
+    np.testing.assert_array_equal(A.badge(p, np.ones((5, 2)), 4, seed=3), [0, 1, 2, 3])
+    rng = np.random.default_rng(0)
+    q = softmax(rng.normal(size=(20, 4)))
+    e = rng.normal(size=(20, 3))
+    np.testing.assert_array_equal(np.sort(A.badge(q, e, 20, seed=5)), np.arange(20))
+    assert A.badge(q, e, 0, seed=5).shape == (0,)
+    u = [A.badge_uniform(5, t) for t in range(1, 200)]
+    assert all(0 < v < 1 for v in u) and len(set(u)) == len(u)
+    assert 0.4 < np.mean(u) < 0.6
+
+
+def test_same_seed_same_batch_on_any_thread_count(rng):
+    x = rng.normal(size=(60_000, 24)).astype(np.float32)  # several chunks per thread count
+    p = softmax(rng.normal(size=(60_000, 6)))
+    seed = int(rng.integers(0, 2**63))
+    out = []
+    try:
+        for threads in (1, 2, 5):
+            lw.set_num_threads(threads)
+            out.append((A.coreset(x, None, 40, metric="cosine"), A.badge(p, x, 40, seed=seed)))
+    finally:
+        lw.set_num_threads(0)
+    for (ci, cr), bi in out[1:]:
+        np.testing.assert_array_equal(ci, out[0][0][0])
+        np.testing.assert_array_equal(cr, out[0][0][1])
+        np.testing.assert_array_equal(bi, out[0][1])
+    assert not np.array_equal(A.badge(p, x, 40, seed=seed + 1), out[0][1])
+    if torch is not None:
+        got = A.badge(torch.from_numpy(p), torch.from_numpy(x), 40, seed=seed)
+        np.testing.assert_array_equal(got.numpy(), out[0][1])
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+
+class FakeCuda:
+    """Claims to live on a CUDA device (DLPack device type 2)."""
+
+    shape = (4, 3)
+
+    def __dlpack__(self, **kw):  # pragma: no cover - never reached
+        raise AssertionError("must fail before asking for the data")
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+
+def test_coreset_bad_inputs(rng):
+    x = rng.normal(size=(6, 3))
+    with pytest.raises(ValueError, match=r"b: expected 0 <= b <= 6"):
+        A.coreset(x, None, 7)
+    with pytest.raises(ValueError, match=r"b: expected 0 <= b <= 4"):
+        A.coreset(x, [0, 5], 5)
+    with pytest.raises(ValueError, match="b: expected"):
+        A.coreset(x, None, -1)
+    with pytest.raises(ValueError, match="every one of the 6 items is labelled"):
+        A.coreset(x, np.ones(6, bool), 0)
+    with pytest.raises(ValueError, match="empty"):
+        A.coreset(np.zeros((0, 3)), None, 0)
+    with pytest.raises(ValueError, match="at least one column"):
+        A.coreset(np.zeros((4, 0)), None, 1)
+    with pytest.raises(ValueError, match="expected rank 2"):
+        A.coreset(np.zeros(6), None, 1)
+    with pytest.raises(ValueError, match=r"expected shape \[6\]"):
+        A.coreset(x, np.zeros(5, bool), 1)
+    with pytest.raises(ValueError, match=r"outside \[0, 6\)"):
+        A.coreset(x, [6], 1)
+    with pytest.raises(ValueError, match=r"outside \[0, 6\)"):
+        A.coreset(x, [-1], 1)
+    with pytest.raises(TypeError, match="labeled: expected dtype"):
+        A.coreset(x, np.zeros(6, np.float32), 1)
+    y = x.copy()
+    y[4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"row \[4\] contains NaN or Inf"):
+        A.coreset(y, None, 1)
+    y[4, 1] = np.inf
+    with pytest.raises(ValueError, match=r"row \[4\] contains NaN or Inf"):
+        A.coreset(y, None, 0)
+    y = x.copy()
+    y[2] = 0
+    with pytest.raises(ValueError, match=r"row \[2\] is all zeros"):
+        A.coreset(y, None, 1, metric="cosine")
+    A.coreset(y, None, 1)  # fine for Euclidean
+    with pytest.raises(ValueError, match="metric"):
+        A.coreset(x, None, 1, metric="manhattan")
+    with pytest.raises(TypeError, match="dtype float32 or float64"):
+        A.coreset(np.ones((4, 3), np.int64), None, 1)
+    with pytest.raises(TypeError, match="b: expected an integer"):
+        A.coreset(x, None, 1.5)
+    with pytest.raises(RuntimeError, match="not implemented on CUDA yet"):
+        A.coreset(FakeCuda(), None, 1)
+
+
+def test_badge_bad_inputs(rng):
+    p = softmax(rng.normal(size=(6, 3)))
+    h = rng.normal(size=(6, 4))
+    with pytest.raises(ValueError, match=r"b: expected 0 <= b <= 6"):
+        A.badge(p, h, 7, seed=0)
+    with pytest.raises(ValueError, match="embeddings: expected 6 rows"):
+        A.badge(p, h[:5], 1, seed=0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        A.badge(np.ones((6, 1)), h, 1, seed=0)
+    with pytest.raises(ValueError, match="expected rank 2"):
+        A.badge(p.reshape(-1), h, 1, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        A.badge(np.zeros((0, 3)), np.zeros((0, 4)), 0, seed=0)
+    q = p.copy()
+    q[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"x: row \[3\] contains NaN"):
+        A.badge(q, h, 1, seed=0)
+    q = p.copy()
+    q[2] = [1.2, -0.1, -0.1]
+    with pytest.raises(ValueError, match=r"row \[2\] has a negative probability"):
+        A.badge(q, h, 1, seed=0)
+    q = p * 0.9
+    with pytest.raises(ValueError, match=r"row \[0\] does not sum to 1"):
+        A.badge(q, h, 1, seed=0)
+    A.badge(q, h, 1, seed=0, input="logits")
+    g = h.copy()
+    g[5, 2] = np.inf
+    with pytest.raises(ValueError, match=r"embeddings: row \[5\] contains NaN or Inf"):
+        A.badge(p, g, 1, seed=0)
+    with pytest.raises(ValueError, match="input"):
+        A.badge(p, h, 1, seed=0, input="probabilities")
+    with pytest.raises(TypeError, match="seed"):
+        A.badge(p, h, 1, seed=1.5)
+    with pytest.raises(ValueError, match="seed"):
+        A.badge(p, h, 1, seed=-1)
+    with pytest.raises(TypeError):
+        A.badge(p, h, 1)  # seed is required
+    with pytest.raises(RuntimeError, match="not implemented on CUDA yet"):
+        A.badge(FakeCuda(), h, 1, seed=0)

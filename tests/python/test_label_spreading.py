@@ -1,0 +1,221 @@
+"""labelwise.propagation: knn_graph against a numpy float64 brute force (duplicates, cosine, float32,
+torch, strides), label_spreading / label_propagation with variant="sklearn" against scikit-learn itself
+(random data and the digits with 10% labels, several thread counts), the symmetric variant, and every
+bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from labelwise import propagation as P
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.semi_supervised import LabelPropagation, LabelSpreading  # noqa: E402
+
+
+def brute_knn(X, k, metric="euclidean"):
+    X = np.asarray(X, dtype=np.float64)
+    if metric == "euclidean":
+        d = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    else:
+        n = np.sqrt((X**2).sum(1))
+        d = np.clip(1.0 - (X @ X.T) / (n[:, None] * n[None, :]), 0.0, 2.0)
+    N = len(X)
+    np.fill_diagonal(d, np.inf)
+    cols = np.broadcast_to(np.arange(N), d.shape)
+    # by distance, ties by the lower index; the vectorised cosine rounds identical pairs differently
+    # (matmul), so its ties are made exact by rounding to 12 digits
+    key = d if metric == "euclidean" else np.round(d, 12)
+    order = np.lexsort((cols, key), axis=1)[:, :k]
+    return order, np.take_along_axis(d, order, 1)
+
+
+def with_duplicates(rng, N, D):
+    X = rng.normal(size=(N, D)) + rng.normal(size=D) * 3
+    X[1:6] = X[0]  # five copies of row 0
+    X[-1] = X[2]
+    X[rng.integers(0, N, 10)] = X[7]
+    return X
+
+
+@pytest.mark.parametrize("N,D,k", [(40, 2, 3), (300, 10, 7), (2500, 24, 10)])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_knn_graph_matches_brute_force(rng, N, D, k, metric):
+    X = with_duplicates(rng, N, D)
+    idx, dist = P.knn_graph(X, k, metric=metric)
+    want_i, want_d = brute_knn(X, k, metric)
+    assert idx.dtype == np.int64 and dist.dtype == np.float64 and idx.shape == (N, k)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-9, atol=1e-12)
+    # indices: exact where the reference distances are exact ties (duplicates) or clearly apart
+    np.testing.assert_array_equal(idx, want_i)
+    assert not (idx == np.arange(N)[:, None]).any()
+
+
+def test_knn_graph_float32_strided_and_torch(rng):
+    X = with_duplicates(rng, 500, 16).astype(np.float32)
+    Xt = np.asfortranarray(X)
+    idx, dist = P.knn_graph(Xt, 5)
+    want_i, want_d = brute_knn(X, 5)
+    assert dist.dtype == np.float32
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-6, atol=1e-6)
+    idx2, _ = P.knn_graph(X[::2], 4)
+    np.testing.assert_array_equal(idx2, brute_knn(X[::2], 4)[0])
+    torch = pytest.importorskip("torch")
+    ti, td = P.knn_graph(torch.from_numpy(X), 5)
+    assert isinstance(ti, torch.Tensor) and ti.dtype == torch.int64
+    np.testing.assert_array_equal(ti.numpy(), want_i)
+
+
+def test_knn_graph_bad_input():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="k"):
+        P.knn_graph(X, 20)
+    with pytest.raises(ValueError, match="k"):
+        P.knn_graph(X, 0)
+    bad = X.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="row 4"):
+        P.knn_graph(bad, 3)
+    with pytest.raises(ValueError, match="rank"):
+        P.knn_graph(X[:, 0], 3)
+    with pytest.raises(ValueError):
+        P.knn_graph(np.zeros((0, 3)), 1)
+    with pytest.raises(ValueError, match="metric"):
+        P.knn_graph(X, 3, metric="manhattan")
+    z = X.copy()
+    z[3] = 0
+    with pytest.raises(ValueError, match="row 3"):
+        P.knn_graph(z, 3, metric="cosine")
+    with pytest.raises(TypeError):
+        P.knn_graph(X.astype(np.int64), 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the sklearn variant against sklearn
+
+
+def sk_fit(cls, X, y, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(kernel="knn", **kw).fit(X, y)
+
+
+def ours(fn, X, y, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(X, y, variant="sklearn", **kw)
+
+
+def partial_labels(rng, y, frac):
+    lab = np.full(len(y), -1, dtype=np.int64)
+    m = rng.random(len(y)) < frac
+    for c in np.unique(y):  # every class at least once
+        m[np.flatnonzero(y == c)[0]] = True
+    lab[m] = y[m]
+    return lab
+
+
+@pytest.mark.parametrize("N,D,C,k", [(200, 5, 3, 7), (700, 20, 4, 10), (1500, 32, 6, 5)])
+def test_sklearn_variant_equals_sklearn_on_random_data(rng, N, D, C, k):
+    X = rng.normal(size=(N, D))
+    y = rng.integers(0, C, N)
+    lab = partial_labels(rng, y, 0.1)
+    for alpha in (0.2, 0.7):
+        s = sk_fit(LabelSpreading, X, lab, n_neighbors=k, alpha=alpha, max_iter=30, tol=1e-3)
+        d, l = ours(P.label_spreading, X, lab, k=k, alpha=alpha, max_iter=30, tol=1e-3)
+        np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+        np.testing.assert_array_equal(l, s.transduction_)
+    s = sk_fit(LabelPropagation, X, lab, n_neighbors=k, max_iter=1000, tol=1e-3)
+    d, l = ours(P.label_propagation, X, lab, k=k, max_iter=1000, tol=1e-3)
+    np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(l, s.transduction_)
+    # float32 features: sklearn computes its distances in float64 from them, and so do we
+    X32 = X.astype(np.float32)
+    s = sk_fit(LabelSpreading, X32, lab, n_neighbors=k)
+    d, l = ours(P.label_spreading, X32, lab, k=k)
+    np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(l, s.transduction_)
+
+
+@pytest.mark.parametrize("k", [7, 10])
+def test_sklearn_variant_equals_sklearn_on_digits(rng, k):
+    """Integer pixel values: many equidistant neighbours, so sklearn's heap tie rule matters."""
+    X, y = load_digits(return_X_y=True)
+    lab = partial_labels(rng, y, 0.1)
+    s = sk_fit(LabelSpreading, X, lab, n_neighbors=k, alpha=0.2, max_iter=30, tol=1e-3)
+    d, l = ours(P.label_spreading, X, lab, k=k)
+    np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(l, s.transduction_)
+    s = sk_fit(LabelPropagation, X, lab, n_neighbors=k)
+    d, l = ours(P.label_propagation, X, lab, k=k)
+    np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(l, s.transduction_)
+    assert (l[lab < 0] == y[lab < 0]).mean() > 0.9
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_sklearn_variant_follows_sklearns_thread_count(threads):
+    """sklearn's own neighbours on the digits depend on its OpenMP thread count; we follow it."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    X, y = load_digits(return_X_y=True)
+    lab = partial_labels(np.random.default_rng(1), y, 0.1)
+    with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+        s = sk_fit(LabelSpreading, X, lab, n_neighbors=7)
+        d, l = ours(P.label_spreading, X, lab, k=7)
+    np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(l, s.transduction_)
+
+
+def test_symmetric_variant(rng):
+    X, y = load_digits(return_X_y=True)
+    lab = partial_labels(rng, y, 0.1)
+    d, l = P.label_spreading(X, lab)  # default: symmetric
+    assert d.shape == (len(y), 10) and d.dtype == np.float64 and l.dtype == np.int64
+    np.testing.assert_allclose(d.sum(1)[l >= 0], 1.0)
+    assert (l[lab < 0] == y[lab < 0]).mean() > 0.9
+    np.testing.assert_array_equal(l[lab >= 0], lab[lab >= 0])
+    d2, l2 = P.label_propagation(X, lab)
+    assert (l2[lab < 0] == y[lab < 0]).mean() > 0.9
+    np.testing.assert_array_equal(l2[lab >= 0], lab[lab >= 0])
+
+
+def test_spreading_bad_input():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 4))
+    y = np.full(30, -1)
+    y[:3] = [0, 1, 2]
+    P.label_spreading(X, y, k=3)
+    with pytest.raises(ValueError, match="no labelled item"):
+        P.label_spreading(X, np.full(30, -1), k=3)
+    gap = y.copy()
+    gap[1] = 3  # class 1 has no labelled item
+    with pytest.raises(ValueError, match="class 1"):
+        P.label_spreading(X, gap, k=3)
+    low = y.copy()
+    low[5] = -2
+    with pytest.raises(ValueError, match="entry 5"):
+        P.label_spreading(X, low, k=3)
+    bad = X.copy()
+    bad[7, 0] = np.inf
+    with pytest.raises(ValueError, match="row 7"):
+        P.label_spreading(bad, y, k=3)
+    bad[7, 0] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        P.label_propagation(bad, y, k=3)
+    for k in (0, 30, 31):
+        with pytest.raises(ValueError, match="k"):
+            P.label_spreading(X, y, k=k)
+    for alpha in (0.0, 1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            P.label_spreading(X, y, k=3, alpha=alpha)
+    with pytest.raises(ValueError, match="variant"):
+        P.label_spreading(X, y, variant="rbf")
+    with pytest.raises(ValueError, match="labels"):
+        P.label_spreading(X, y[:-1], k=3)
+    with pytest.raises(TypeError):
+        P.label_spreading(X, y.astype(np.float64), k=3)
+    with pytest.raises(ValueError, match="max_iter"):
+        P.label_propagation(X, y, k=3, max_iter=0)

@@ -1,0 +1,84 @@
+"""Region acquisition (patches and slices of segmentation maps) against numpy brute force."""
+
+import numpy as np
+import pytest
+
+from labelwise import acquisition as A
+
+
+def brute_patches(m, patch, stride):
+    N, *S = m.shape
+    grid = [(s - p) // st + 1 for s, p, st in zip(S, patch, stride)]
+    out = np.empty((N, *grid))
+    for idx in np.ndindex(N, *grid):
+        n, g = idx[0], idx[1:]
+        sl = tuple(slice(gi * st, gi * st + p) for gi, st, p in zip(g, stride, patch))
+        out[idx] = m[(n,) + sl].mean()
+    return out
+
+
+@pytest.mark.parametrize("shape, patch, stride", [((3, 11, 9), (3, 2), (2, 3)), ((2, 5, 6, 7), (2, 3, 3), (1, 2, 2)),
+                                                  ((2, 13), (4,), (3,))])
+def test_patch_scores_match_brute_force(rng, shape, patch, stride):
+    m = rng.random(shape)
+    got = A.patch_scores(m, patch, stride)
+    np.testing.assert_allclose(got, brute_patches(m, patch, stride), rtol=1e-12, atol=1e-12)
+    # float32 keeps float32; a transposed (strided) view gives the same answer
+    got32 = A.patch_scores(m.astype(np.float32), patch, stride)
+    assert got32.dtype == np.float32
+    np.testing.assert_allclose(got32, got, rtol=1e-5, atol=1e-6)
+    mt = np.ascontiguousarray(np.swapaxes(m, 0, -1)).swapaxes(0, -1)
+    np.testing.assert_allclose(A.patch_scores(mt, patch, stride), got, rtol=1e-12)
+
+
+def test_top_regions_greedy_non_overlapping(rng):
+    m = rng.random((2, 12, 10))
+    patch, stride = (3, 3), (1, 1)
+    corners, scores = A.top_regions(m, 6, patch, stride)
+    assert corners.shape == (6, 3) and corners.dtype == np.int64
+    assert np.all(np.diff(scores) <= 0)
+    # brute-force greedy over all patches
+    all_s = brute_patches(m, patch, stride)
+    order = sorted(np.ndindex(*all_s.shape), key=lambda i: (-all_s[i], i))
+    chosen = []
+    for i in order:
+        if len(chosen) == 6:
+            break
+        if any(c[0] == i[0] and all(abs(a - b) < p for a, b, p in zip(c[1:], i[1:], patch)) for c in chosen):
+            continue
+        chosen.append(i)
+    np.testing.assert_array_equal(corners, np.array(chosen))
+    np.testing.assert_allclose(scores, [all_s[c] for c in chosen], rtol=1e-12)
+
+
+def test_slice_scores_and_torch(rng):
+    m = rng.random((2, 4, 5, 6))
+    for axis in (1, 2, 3, -1):
+        a = axis % 4
+        want = m.mean(axis=tuple(d for d in (1, 2, 3) if d != a))
+        np.testing.assert_allclose(A.slice_scores(m, axis), want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(m)
+    got = A.slice_scores(t, 1)
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), m.mean(axis=(2, 3)), rtol=1e-12)
+    c, s = A.top_regions(t, 2, 2)
+    assert isinstance(c, torch.Tensor) and c.dtype == torch.int64
+
+
+def test_region_errors():
+    m = np.full((2, 4, 4), 0.5)
+    with pytest.raises(ValueError, match="expected 2 values"):
+        A.patch_scores(m, (2,))
+    with pytest.raises(ValueError, match="need 1 <= patch"):
+        A.patch_scores(m, (5, 2))
+    with pytest.raises(ValueError, match="only 8 fit"):
+        A.top_regions(m, 9, 2)
+    bad = m.copy()
+    bad[1, 0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN at \[1, 0, 1\]"):
+        A.patch_scores(bad, 2)
+    with pytest.raises(ValueError, match="spatial axis"):
+        A.slice_scores(m, 0)
+    with pytest.raises(TypeError, match="int64"):
+        A.patch_scores(np.ones((2, 4, 4), dtype=np.int64), 2)
