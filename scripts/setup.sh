@@ -30,6 +30,8 @@ fi
 echo "[setup] pip: requirements-dev.txt (torch is large; the first run takes a few minutes)"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-dev.txt
+echo "[setup] pip: requirements-peers.txt (comparison peers, --no-deps)"
+.venv/bin/python -m pip install -q --no-deps -r requirements-peers.txt
 if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
   echo "[setup] CUDA: $( (command -v nvcc || echo /usr/local/cuda/bin/nvcc) ) found; the CUDA kernels will be built"
 else
