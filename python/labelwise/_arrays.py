@@ -5,6 +5,7 @@ Nothing here imports torch or cupy unless the caller's array already comes from 
 
 from __future__ import annotations
 
+import operator
 import sys
 from typing import Any, Sequence, Tuple
 
@@ -96,3 +97,16 @@ def framework_name(x: Any) -> str:
 
 def loaded(module: str) -> bool:
     return module in sys.modules
+
+
+def check_seed(seed: Any) -> int:
+    """A seed for the counter-based RNG: an integer (not bool) in [0, 2**64)."""
+    if isinstance(seed, bool):
+        raise TypeError("seed: expected an integer, got bool")
+    try:
+        s = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}") from None
+    if not 0 <= s < 2**64:
+        raise ValueError(f"seed: expected 0 <= seed < 2**64, got {s}")
+    return s

@@ -70,13 +70,7 @@ def _numel(x: Any) -> int:
 
 
 def _seed(seed: Any) -> int:
-    try:
-        s = operator.index(seed)
-    except TypeError:
-        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}") from None
-    if not 0 <= s < 2**64:
-        raise ValueError(f"seed: expected 0 <= seed < 2**64, got {s}")
-    return s
+    return _arrays.check_seed(seed)
 
 
 def _offset(index_offset: Any) -> int:

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import uncertainty as _U
-from . import _core
+from . import _arrays, _core
 
 __all__ = [
     "MCDropoutHead",
@@ -108,15 +108,7 @@ def _int_arg(value: Any, name: str, lo: int, hi: Optional[int] = None) -> int:
 
 
 def _seed_arg(seed: Any) -> int:
-    if isinstance(seed, bool):
-        raise TypeError("seed: expected an integer, got bool")
-    try:
-        s = operator.index(seed)
-    except TypeError:
-        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}") from None
-    if not 0 <= s < 2**64:
-        raise ValueError(f"seed: expected 0 <= seed < 2**64, got {s}")
-    return s
+    return _arrays.check_seed(seed)
 
 
 def _p_arg(p: Any) -> float:
