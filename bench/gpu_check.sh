@@ -26,7 +26,8 @@ log "C++ tests: CUDA-tagged, then all the rest"
 ./build-gpu/tests/labelwise_tests "~[cuda]" 2>&1 | tail -2 || status=1
 
 log "Python: pip install and the CUDA / CuPy tests"
-python3 -m pip install -q --no-build-isolation --no-deps . >"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; status=1; }
+CMAKE_ARGS="-DCMAKE_PREFIX_PATH=$PWD/.deps -DCMAKE_CUDA_ARCHITECTURES=90-real;75-virtual" \
+  python3 -m pip install -q --no-build-isolation --no-deps . >"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; status=1; }
 (cd tests/python && python3 -m pytest -q -p no:cacheprovider -rs 2>&1 | tail -6) || status=1
 
 log "CUDA benchmark (CUDA events, best of 5-10)"
