@@ -193,8 +193,13 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         model.eval()
         with torch.no_grad():
             feats = model[:-1](torch.from_numpy(X_pool)).numpy()  # penultimate features
-        picks = A.coreset(feats, labeled, b)
-        return np.asarray(picks[0] if isinstance(picks, tuple) else picks)
+        # Only the labelled items and the candidates take part (the calibration set is neither).
+        sub = np.concatenate([np.flatnonzero(labeled), cand])
+        mask = np.zeros(len(sub), dtype=bool)
+        mask[: int(labeled.sum())] = True
+        picks = A.coreset(feats[sub], mask, b)
+        picks = np.asarray(picks[0] if isinstance(picks, tuple) else picks)
+        return sub[picks]
     logp = mc_log_probs(model, X_pool[cand], K, seed=seed * 1000 + rnd)
     if strategy == "batchbald":
         picks = A.batchbald(logp, b, num_samples=10000, seed=seed, input="log_probs")
