@@ -32,8 +32,6 @@ CMAKE_ARGS="-DCMAKE_PREFIX_PATH=$PWD/.deps -DCMAKE_CUDA_ARCHITECTURES=90-real;75
 
 log "CUDA benchmark (CUDA events, best of 5-10)"
 ./build-gpu/bench/bench_cuda 2>&1 | tee "$OUT/bench_cuda.md" || status=1
-if [[ -f bench/compare_uncertainty.py ]]; then
-  log "Python comparison on the GPU (torch formulation vs labelwise, same tensors)"
-  timeout 120 python3 bench/compare_uncertainty.py --device cuda 2>&1 | tee "$OUT/compare_cuda.md" | tail -25 || true
-fi
+log "Python: labelwise vs the torch formulation on the same CUDA tensors (CUDA events)"
+timeout 180 python3 bench/compare_uncertainty_gpu.py --device cuda 2>&1 | tee "$OUT/compare_gpu.md" || status=1
 exit $status
