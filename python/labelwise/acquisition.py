@@ -506,3 +506,92 @@ def slice_scores(map: Any, axis: int = 1) -> Any:
 
 
 __all__ += ["patch_scores", "top_regions", "slice_scores"]
+
+
+# ---- cluster-margin (Citovsky et al., NeurIPS 2021) ---------------------------------------------
+
+
+def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None, num_clusters: Optional[int] = None,
+                            max_items: int = 20000) -> np.ndarray:
+    """The once-per-campaign step of cluster-margin: average-linkage agglomerative clustering of the
+    pool's embeddings [N, D] (scipy), cut at ``distance`` or into ``num_clusters`` clusters (exactly one).
+    Returns int64 cluster ids [N]. Memory is O(N²) (scipy's linkage), hence ``max_items``."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    e = np.asarray(_to_numpy(embeddings), dtype=np.float64)
+    if e.ndim != 2 or len(e) < 2:
+        raise ValueError(f"embeddings: expected [N >= 2, D], got shape {e.shape}")
+    if not np.isfinite(e).all():
+        raise ValueError(f"embeddings: NaN or Inf at row {int(np.argwhere(~np.isfinite(e))[0, 0])}")
+    if len(e) > max_items:
+        raise ValueError(f"embeddings: {len(e)} items; average-linkage clustering needs O(N^2) memory, "
+                         f"limit max_items={max_items} (cluster a subsample, or raise the limit)")
+    if (distance is None) == (num_clusters is None):
+        raise ValueError("pass exactly one of distance= or num_clusters=")
+    Z = linkage(e, method="average")
+    if distance is not None:
+        if not distance > 0:
+            raise ValueError(f"distance: must be > 0, got {distance}")
+        ids = fcluster(Z, t=distance, criterion="distance")
+    else:
+        if not 1 <= num_clusters <= len(e):
+            raise ValueError(f"num_clusters: must be in [1, {len(e)}], got {num_clusters}")
+        ids = fcluster(Z, t=num_clusters, criterion="maxclust")
+    return (ids - 1).astype(np.int64)
+
+
+def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[int] = None, seed: int,
+                   labeled: Any = None) -> np.ndarray:
+    """Cluster-margin batch selection (Citovsky et al., NeurIPS 2021).
+
+    ``margins`` [N]: labelwise's margin scores (higher = smaller top-1/top-2 gap = more uncertain);
+    ``clusters`` [N]: ids from :func:`cluster_margin_clusters`; ``labeled``: optional bool mask [N] of
+    items already labelled (never picked). Takes the ``candidates`` (default 10·b) most uncertain unlabelled
+    items, groups them by cluster, visits the clusters from the smallest to the largest (ties by lower
+    id) and takes one item from each in turn (a seeded random one), cycling until ``b`` are chosen.
+    Returns int64 indices [b] in the order chosen (numpy)."""
+    m = np.asarray(_to_numpy(margins), dtype=np.float64).reshape(-1)
+    cl = np.asarray(_to_numpy(clusters)).reshape(-1)
+    b = _count(b)
+    if len(cl) != len(m):
+        raise ValueError(f"clusters: expected {len(m)} ids (one per item), got {len(cl)}")
+    if np.isnan(m).any():
+        raise ValueError(f"margins: NaN at item {int(np.flatnonzero(np.isnan(m))[0])}")
+    free = np.ones(len(m), dtype=bool)
+    if labeled is not None:
+        lab = np.asarray(_to_numpy(labeled)).reshape(-1).astype(bool)
+        if len(lab) != len(m):
+            raise ValueError(f"labeled: expected a mask of {len(m)} items, got {len(lab)}")
+        free &= ~lab
+    n_free = int(free.sum())
+    if b > n_free:
+        raise ValueError(f"b: asked for {b} items but only {n_free} are unlabelled")
+    k_m = min(n_free, 10 * b if candidates is None else int(candidates))
+    if k_m < b:
+        raise ValueError(f"candidates: {k_m} is fewer than b = {b}")
+    idx = np.flatnonzero(free)
+    order = idx[np.lexsort((idx, -m[idx]))][:k_m]  # most uncertain first, ties by lower index
+    rng = np.random.default_rng(_arrays.check_seed(seed))
+    groups = {}
+    for i in order:
+        groups.setdefault(int(cl[i]), []).append(int(i))
+    queue = sorted(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    pools = [list(rng.permutation(members)) for _, members in queue]
+    picks: list = []
+    while len(picks) < b:
+        for p in pools:
+            if p and len(picks) < b:
+                picks.append(int(p.pop()))
+        pools = [p for p in pools if p]
+    return np.asarray(picks, dtype=np.int64)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if _arrays.framework_name(x) == "torch":
+        return x.detach().cpu().numpy()
+    if _arrays.framework_name(x) == "cupy":
+        return x.get()
+    return np.asarray(x)
+
+
+__all__ += ["cluster_margin", "cluster_margin_clusters"]

@@ -1,0 +1,57 @@
+"""Cluster-margin (Citovsky et al. 2021) against its definition, and bad input."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+from labelwise import acquisition as A  # noqa: E402
+
+
+def test_clusters_and_round_robin(rng):
+    # three well-separated blobs of sizes 5, 10, 20
+    centers = np.array([[0, 0], [10, 0], [0, 10]], dtype=float)
+    sizes = [5, 10, 20]
+    emb = np.concatenate([c + 0.1 * rng.standard_normal((n, 2)) for c, n in zip(centers, sizes)])
+    ids = A.cluster_margin_clusters(emb, distance=3.0)
+    assert len(np.unique(ids)) == 3
+    assert np.array_equal(np.unique(ids[:5]).size, 1) and ids[0] != ids[5] != ids[15]
+    assert np.array_equal(A.cluster_margin_clusters(emb, num_clusters=3), ids)
+    margins = rng.random(35)
+    picks = A.cluster_margin(margins, ids, 6, candidates=35, seed=0)
+    assert len(set(picks.tolist())) == 6
+    # round-robin from the smallest cluster: the first three picks come from three different clusters,
+    # in ascending cluster size, and so do the next three
+    sizes_of = {c: int((ids == c).sum()) for c in np.unique(ids)}
+    first = [sizes_of[ids[p]] for p in picks[:3]]
+    assert first == sorted(first) and len(set(ids[picks[:3]])) == 3
+    assert len(set(ids[picks[3:]])) == 3
+    # same seed, same batch; candidates restrict the pool to the most uncertain items
+    assert np.array_equal(picks, A.cluster_margin(margins, ids, 6, candidates=35, seed=0))
+    top = set(np.argsort(-margins, kind="stable")[:8].tolist())
+    assert set(A.cluster_margin(margins, ids, 8, candidates=8, seed=3).tolist()) == top
+    labeled = np.zeros(35, dtype=bool)
+    labeled[np.argsort(-margins)[:4]] = True
+    assert not labeled[A.cluster_margin(margins, ids, 5, seed=1, labeled=labeled)].any()
+
+
+def test_cluster_margin_errors():
+    emb = np.random.rand(10, 3)
+    with pytest.raises(ValueError, match="exactly one"):
+        A.cluster_margin_clusters(emb)
+    with pytest.raises(ValueError, match="max_items"):
+        A.cluster_margin_clusters(emb, num_clusters=2, max_items=5)
+    bad = emb.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="row 3"):
+        A.cluster_margin_clusters(bad, num_clusters=2)
+    ids = np.zeros(10, dtype=int)
+    with pytest.raises(ValueError, match="only 10 are unlabelled"):
+        A.cluster_margin(np.random.rand(10), ids, 11, seed=0)
+    with pytest.raises(ValueError, match="one per item"):
+        A.cluster_margin(np.random.rand(10), ids[:5], 2, seed=0)
+    with pytest.raises(TypeError, match="seed"):
+        A.cluster_margin(np.random.rand(10), ids, 2, seed=1.5)
+    m = np.random.rand(10)
+    m[2] = np.nan
+    with pytest.raises(ValueError, match="NaN at item 2"):
+        A.cluster_margin(m, ids, 2, seed=0)
