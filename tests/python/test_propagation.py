@@ -544,3 +544,23 @@ def test_example_auto_label_breast_cancer(capsys):
     assert o["realised_error"] == pytest.approx(o["wrong_accepted"] / o["n_accepted"])
     assert "certified bound (CP)" in out and "realised on the pool" in out and "coverage" in out
     assert f"{r.bound:8.4f}" in out and f"{o['realised_error']:8.4f}" in out
+
+
+def test_label_issues_equal_cleanlab_confident_learning_if_installed():
+    """The same flagged set as cleanlab's confident-learning filter (peer, tests only), on digits with
+    10 % of the labels flipped and cross-validated probabilities."""
+    filt = pytest.importorskip("cleanlab.filter")
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    noisy = y.copy()
+    flip = rng.random(len(y)) < 0.1
+    noisy[flip] = (y[flip] + rng.integers(1, 10, flip.sum())) % 10
+    probs = cross_val_predict(LogisticRegression(max_iter=500), X / 16.0, noisy, cv=3, method="predict_proba")
+    ours = set(np.asarray(P.label_issues(probs, noisy).indices).tolist())
+    theirs = set(np.flatnonzero(filt.find_label_issues(noisy, probs, filter_by="confident_learning")).tolist())
+    assert ours == theirs
+    assert len(ours & set(np.flatnonzero(flip).tolist())) / len(ours) > 0.6  # mostly real flips
