@@ -16,7 +16,7 @@ Outputs in ``--out`` (default ``campaign-out/``):
 
 Strategies: ``random``, ``entropy`` (predictive entropy, top-b), ``bald`` (top-b), ``balentacq``
 (top-b), ``powerbald`` (stochastic power acquisition on BALD, Kirsch et al. 2023), plus
-``batchbald``, ``coreset`` and ``badge`` when this build of labelwise provides them.
+``batchbald``, ``coreset``, ``badge`` and ``cluster_margin`` when this build of labelwise provides them.
 
 Data (shipped with scikit-learn, BSD-3-Clause; nothing is downloaded): Breast Cancer Wisconsin
 (Diagnostic), UCI ML Repository, CC BY 4.0; UCI Optical Recognition of Handwritten Digits, CC BY 4.0.
@@ -26,6 +26,7 @@ Own data: ``--data FILE.npz`` with arrays ``X`` [N, D] and ``y`` [N] (integer la
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -40,8 +41,10 @@ from . import acquisition as A
 from . import propagation as P
 from . import uncertainty as U
 
+_CLUSTER_CACHE: Dict = {}  # cluster ids of the current run's pool (cluster_margin)
+
 BASE_STRATEGIES = ("random", "entropy", "bald", "balentacq", "powerbald")
-OPTIONAL_STRATEGIES = ("batchbald", "coreset", "badge")
+OPTIONAL_STRATEGIES = ("batchbald", "coreset", "badge", "cluster_margin")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +191,17 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
     if strategy == "random":
         rng = np.random.default_rng([seed, rnd])
         return rng.choice(cand, size=b, replace=False)
+    if strategy == "cluster_margin":
+        # Clusters once per campaign run on the (standardised) input features, as the method prescribes
+        # for a fixed embedding; margins from MC-dropout each round.
+        key = hashlib.sha1(np.ascontiguousarray(X_pool).tobytes()).hexdigest()
+        if _CLUSTER_CACHE.get("key") != key:
+            k = max(2, int(round(math.sqrt(len(X_pool) / 2))))
+            _CLUSTER_CACHE.update(key=key, ids=A.cluster_margin_clusters(X_pool, num_clusters=k))
+        logp = mc_log_probs(model, X_pool, K, seed=seed * 1000 + rnd)
+        margins = U.margin(logp, input="log_probs").numpy()
+        margins[~unlabeled] = -np.inf  # only candidates (not labelled, not calibration) can be picked
+        return A.cluster_margin(margins, _CLUSTER_CACHE["ids"], b, seed=seed * 1000 + rnd, labeled=~unlabeled)
     if strategy == "coreset":
         torch = _torch()
         model.eval()
