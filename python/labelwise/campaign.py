@@ -589,5 +589,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     return summary
 
 
+def cli() -> int:
+    """Console entry point (``labelwise-campaign``): exit status 0 on success."""
+    main()
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(cli())
