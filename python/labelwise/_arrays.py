@@ -110,3 +110,13 @@ def check_seed(seed: Any) -> int:
     if not 0 <= s < 2**64:
         raise ValueError(f"seed: expected 0 <= seed < 2**64, got {s}")
     return s
+
+
+def to_host_numpy(x: Any) -> np.ndarray:
+    """A host numpy array for x (torch / cupy copied to the CPU; everything else through np.asarray)."""
+    fw = _framework(x)
+    if fw == "torch":
+        return x.detach().cpu().numpy()
+    if fw == "cupy":
+        return x.get()
+    return np.asarray(x)

@@ -518,7 +518,7 @@ def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None
     Returns int64 cluster ids [N]. Memory is O(N²) (scipy's linkage), hence ``max_items``."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    e = np.asarray(_to_numpy(embeddings), dtype=np.float64)
+    e = np.asarray(_arrays.to_host_numpy(embeddings), dtype=np.float64)
     if e.ndim != 2 or len(e) < 2:
         raise ValueError(f"embeddings: expected [N >= 2, D], got shape {e.shape}")
     if not np.isfinite(e).all():
@@ -550,8 +550,8 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     items, groups them by cluster, visits the clusters from the smallest to the largest (ties by lower
     id) and takes one item from each in turn (a seeded random one), cycling until ``b`` are chosen.
     Returns int64 indices [b] in the order chosen (numpy)."""
-    m = np.asarray(_to_numpy(margins), dtype=np.float64).reshape(-1)
-    cl = np.asarray(_to_numpy(clusters)).reshape(-1)
+    m = np.asarray(_arrays.to_host_numpy(margins), dtype=np.float64).reshape(-1)
+    cl = np.asarray(_arrays.to_host_numpy(clusters)).reshape(-1)
     b = _count(b)
     if len(cl) != len(m):
         raise ValueError(f"clusters: expected {len(m)} ids (one per item), got {len(cl)}")
@@ -559,7 +559,7 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
         raise ValueError(f"margins: NaN at item {int(np.flatnonzero(np.isnan(m))[0])}")
     free = np.ones(len(m), dtype=bool)
     if labeled is not None:
-        lab = np.asarray(_to_numpy(labeled)).reshape(-1).astype(bool)
+        lab = np.asarray(_arrays.to_host_numpy(labeled)).reshape(-1).astype(bool)
         if len(lab) != len(m):
             raise ValueError(f"labeled: expected a mask of {len(m)} items, got {len(lab)}")
         free &= ~lab
@@ -585,13 +585,6 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
         pools = [p for p in pools if p]
     return np.asarray(picks, dtype=np.int64)
 
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if _arrays.framework_name(x) == "torch":
-        return x.detach().cpu().numpy()
-    if _arrays.framework_name(x) == "cupy":
-        return x.get()
-    return np.asarray(x)
 
 
 __all__ += ["cluster_margin", "cluster_margin_clusters"]

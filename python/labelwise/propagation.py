@@ -513,8 +513,8 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     propagated from both sides. Returns ``(mask, confidence)``: int64 [Z, H, W] and float64 [Z, H, W]
     (the probability of the chosen class; 1 on annotated slices), as numpy arrays.
     """
-    vol = np.asarray(_to_host(volume))
-    lab = np.asarray(_to_host(labels))
+    vol = np.asarray(_arrays.to_host_numpy(volume))
+    lab = np.asarray(_arrays.to_host_numpy(labels))
     if vol.ndim != 3 or lab.shape != vol.shape:
         raise ValueError(f"volume / labels: expected two [Z, H, W] volumes of the same shape, got {vol.shape} and {lab.shape}")
     if not np.isfinite(vol).all():
@@ -572,13 +572,6 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
             mask[z], conf[z] = p.argmax(axis=0), p.max(axis=0)
     return np.moveaxis(mask, 0, axis), np.moveaxis(conf, 0, axis)
 
-
-def _to_host(x: Any) -> Any:
-    if _arrays.framework_name(x) == "torch":
-        return x.detach().cpu().numpy()
-    if _arrays.framework_name(x) == "cupy":
-        return x.get()
-    return x
 
 
 __all__ += ["propagate_slices"]
