@@ -1,4 +1,5 @@
 // Front door of core-set and BADGE: validate shapes, dtypes and devices, build the job, dispatch.
+#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -130,6 +131,47 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
     throw Error(ErrorKind::Value, "features: " + row_str(f.item) +
                                       " is all zeros; metric='cosine' needs rows of nonzero norm");
   check(f.status == 0, ErrorKind::Runtime, "coreset: failed with status ", f.status, " at row ", f.item);
+}
+
+void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
+                     const WeightedKmeansOptions& options) {
+  check_not_cuda(features, "weighted_kmeans", "features");
+  check_not_cuda(scores, "weighted_kmeans", "scores");
+  check_not_cuda(indices, "weighted_kmeans", "indices");
+  detail::WeightedKmeansJob job;
+  job.x = check_matrix(features, "features", "[N, D]");
+  const std::int64_t n = job.x.rows;
+  check(is_float(scores.dtype), ErrorKind::Type, "scores: expected dtype float32 or float64, got ",
+        dtype_name(scores.dtype));
+  check(scores.ndim == 1 && scores.shape[0] == n, ErrorKind::Value, "scores: expected shape [", n,
+        "] (one per row of features ", features.shape_str(), "), got ", scores.shape_str());
+  check(scores.device == features.device, ErrorKind::Value, "scores: is on ", scores.device.str(), " but features is on ",
+        features.device.str());
+  check(scores.data != nullptr, ErrorKind::Value, "scores: data pointer is null");
+  check(options.prefilter >= 1, ErrorKind::Value, "prefilter: expected an integer >= 1, got ", options.prefilter);
+  check(options.max_iter >= 0, ErrorKind::Value, "max_iter: expected an integer >= 0, got ", options.max_iter);
+  check(b >= 0 && b <= n, ErrorKind::Value, "b: expected 0 <= b <= ", n, " (the number of items), got b = ", b);
+  check_out(indices, b, features.device, "indices", DType::Int64, "features");
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double v = scores.dtype == DType::Float32
+                         ? static_cast<double>(static_cast<const float*>(scores.data)[i * scores.strides[0]])
+                         : static_cast<const double*>(scores.data)[i * scores.strides[0]];
+    check(std::isfinite(v), ErrorKind::Value, "scores: [", i, "] is ", v, "; expected finite scores");
+    check(v >= 0.0, ErrorKind::Value, "scores: [", i, "] = ", v,
+          " is negative; the scores weight the clustering and must be >= 0 (shift or exponentiate them)");
+  }
+  job.scores = scores.data;
+  job.score_dtype = scores.dtype;
+  job.score_stride = scores.strides[0];
+  job.b = b;
+  job.prefilter = options.prefilter;
+  job.max_iter = options.max_iter;
+  job.out_index = static_cast<std::int64_t*>(indices.data);
+  job.out_index_stride = indices.strides[0];
+  const detail::DiversityFailure f = detail::weighted_kmeans_cpu(job);
+  if (f.status == detail::kDivNonFinite)
+    throw Error(ErrorKind::Value, "features: " + row_str(f.item) + " contains NaN or Inf");
+  check(f.status == 0, ErrorKind::Runtime, "weighted_kmeans: failed with status ", f.status, " at row ", f.item);
 }
 
 void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,

@@ -55,7 +55,20 @@ struct BadgeJob {
   std::int64_t out_index_stride = 1;
 };
 
+struct WeightedKmeansJob {
+  Matrix x;             // [N, D] features
+  const void* scores = nullptr;  // [N], validated finite and >= 0 by the front door
+  DType score_dtype = DType::Float32;
+  std::int64_t score_stride = 1;
+  std::int64_t b = 0;
+  std::int64_t prefilter = 10;
+  std::int64_t max_iter = 100;
+  std::int64_t* out_index = nullptr;
+  std::int64_t out_index_stride = 1;
+};
+
 DiversityFailure coreset_cpu(const CoresetJob& job);
+DiversityFailure weighted_kmeans_cpu(const WeightedKmeansJob& job);
 DiversityFailure badge_cpu(const BadgeJob& job);
 
 }  // namespace detail

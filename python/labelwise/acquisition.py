@@ -426,6 +426,53 @@ def badge(probs_or_logits: Any, embeddings: Any, b: int, *, seed: int, input: st
     return idx
 
 
+def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, max_iter: int = 100) -> Any:
+    """Uncertainty-weighted diversity hybrid: "Diverse mini-batch active learning" (Zhdanov, 2019,
+    arXiv 1901.05954) — weighted k-means over the most uncertain items, one pick per cluster.
+
+    Keeps the ``M = min(N, prefilter * b)`` items of highest score, clusters them into ``b``
+    clusters by k-means weighted by the scores, and picks from each cluster the item nearest its
+    centroid. Deterministic (no seed): the centres start from a weighted farthest-first traversal
+    (the best-scoring item, then repeatedly the item maximising score × squared distance to its
+    nearest centre), then at most ``max_iter`` Lloyd iterations (stopping when no assignment
+    changes). Euclidean distances in float64; ties by lower index.
+
+    features : ``[N, D]`` float32 / float64, CPU, finite — the unlabelled pool's embeddings.
+    scores : ``[N]`` float32 / float64, finite, ``>= 0`` — any "higher = more informative" metric
+        (e.g. :func:`labelwise.uncertainty.bald`; shift or exponentiate scores that can be negative).
+    b : ``0 <= b <= N``. prefilter : ``>= 1`` (Zhdanov's β). max_iter : ``>= 0``.
+
+    Returns int64 ``[b]``: one item per cluster, clusters in decreasing total score; clusters left
+    empty are filled with the best-scoring candidates not yet picked. ``prefilter=1`` gives the
+    top-``b`` by score. Cost ``O(prefilter · b² · D)`` per iteration. CUDA arrays raise
+    ``RuntimeError`` (not implemented on CUDA yet). See ``docs/acquisition.md`` ("Hybrid").
+    """
+    x = _arrays.as_array(features, "features")
+    s = _arrays.as_array(scores, "scores")
+    b = _count(b)
+    pre = _int_option(prefilter, "prefilter", 1)
+    it = _int_option(max_iter, "max_iter", 0)
+    _cpu_only(x, "weighted_kmeans", "features")
+    _cpu_only(s, "weighted_kmeans", "scores")
+    shape = tuple(int(d) for d in x.shape)
+    m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
+    idx = _empty(x, (m,), "int64")
+    _core.weighted_kmeans(_arrays.capsule(x), _arrays.capsule(s), b, _arrays.capsule(idx, writable=True), pre, it)
+    return idx
+
+
+def _int_option(value: Any, name: str, lo: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if v < lo:
+        raise ValueError(f"{name}: expected an integer >= {lo}, got {v}")
+    return v
+
+
 def badge_uniform(seed: int, step: int) -> float:
     """The uniform draw in (0, 1) of BADGE step ``step`` (1 .. b-1) under ``seed``: Philox-4x32-10
     bits of (seed, stream "BADG", step), as :func:`badge` uses them. For replaying the sampling."""
@@ -435,7 +482,7 @@ def badge_uniform(seed: int, step: int) -> float:
     return float(_core.badge_uniform(_seed(seed), st))
 
 
-__all__ += ["CORESET_METRICS", "coreset", "badge", "badge_uniform"]
+__all__ += ["CORESET_METRICS", "coreset", "badge", "badge_uniform", "weighted_kmeans"]
 
 
 # ---- regions: patches and slices of segmentation uncertainty maps (CPU) ---------------------------

@@ -354,6 +354,21 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("x"), py::arg("embeddings"), py::arg("b"), py::arg("indices"), py::arg("seed"), py::arg("input"));
   m.def("badge_uniform", &badge_uniform, py::arg("seed"), py::arg("step"));
+  m.def(
+      "weighted_kmeans",
+      [](const py::capsule& features, const py::capsule& scores, std::int64_t b, const py::capsule& indices,
+         std::int64_t prefilter, std::int64_t max_iter) {
+        const TensorView fv = view_of(features, "features", false);
+        const TensorView sv = view_of(scores, "scores", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        WeightedKmeansOptions opt;
+        opt.prefilter = prefilter;
+        opt.max_iter = max_iter;
+        py::gil_scoped_release release;
+        weighted_kmeans(fv, sv, b, iv, opt);
+      },
+      py::arg("features"), py::arg("scores"), py::arg("b"), py::arg("indices"), py::arg("prefilter"),
+      py::arg("max_iter"));
 
   // ---- acquisition: regions of segmentation maps (patches, slices), CPU ----------------------------
   m.def(

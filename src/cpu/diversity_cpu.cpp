@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "../diversity_backend.hpp"
@@ -421,6 +422,166 @@ DiversityFailure badge_run(const BadgeJob& job) {
   return {};
 }
 
+// ---- uncertainty-weighted k-means (Zhdanov 2019) ----------------------------------------------------
+
+double score_at(const WeightedKmeansJob& job, std::int64_t i) {
+  return job.score_dtype == DType::Float32
+             ? static_cast<double>(static_cast<const float*>(job.scores)[i * job.score_stride])
+             : static_cast<const double*>(job.scores)[i * job.score_stride];
+}
+
+/// Index of the nearest centre (ties: the lower centre) and its squared distance.
+std::pair<std::int64_t, double> nearest_centre(const double* row, const std::vector<double>& centres, std::int64_t k,
+                                               std::int64_t d) {
+  std::int64_t best = 0;
+  double bd = std::numeric_limits<double>::infinity();
+  for (std::int64_t c = 0; c < k; ++c) {
+    const double v = row_sq(row, d, &centres[c * d]);
+    if (v < bd) {
+      bd = v;
+      best = c;
+    }
+  }
+  return {best, bd};
+}
+
+template <typename T>
+DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
+  const Matrix& x = job.x;
+  const std::int64_t n = x.rows, d = x.cols, b = job.b;
+  // Every row must be finite (the first bad row is reported, whatever the thread count).
+  std::vector<DiversityFailure> fails(static_cast<std::size_t>(slots()));
+  parallel_for(n, grain_rows(d), [&](std::int64_t begin, std::int64_t end, int w) {
+    for (std::int64_t i = begin; i < end && fails[w].status == kDivOk; ++i) {
+      const T* r = row_ptr<T>(x, i);
+      for (std::int64_t k = 0; k < d; ++k)
+        if (!std::isfinite(static_cast<double>(r[k * x.col_stride]))) {
+          fails[w] = {kDivNonFinite, i};
+          break;
+        }
+    }
+  });
+  const DiversityFailure bad = first_failure(fails);
+  if (bad.status != kDivOk) return bad;
+  if (b == 0) return {};
+
+  // Candidates: the m best scores, in rank order (score descending, then lower index).
+  const std::int64_t m = job.prefilter >= (n + b - 1) / b ? n : job.prefilter * b;
+  std::vector<double> w(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) w[i] = score_at(job, i);
+  std::vector<std::int64_t> cand(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) cand[i] = i;
+  const auto by_rank = [&](std::int64_t i, std::int64_t j) { return w[i] > w[j] || (w[i] == w[j] && i < j); };
+  if (m < n) std::nth_element(cand.begin(), cand.begin() + m, cand.end(), by_rank);
+  cand.resize(static_cast<std::size_t>(m));
+  std::sort(cand.begin(), cand.end(), by_rank);
+  const auto emit = [&](std::int64_t slot, std::int64_t item) { job.out_index[slot * job.out_index_stride] = item; };
+  if (m == b) {
+    for (std::int64_t t = 0; t < b; ++t) emit(t, cand[t]);
+    return {};
+  }
+
+  // The candidates' rows (float64, contiguous) and weights.
+  std::vector<double> X(static_cast<std::size_t>(m * d)), wc(static_cast<std::size_t>(m));
+  for (std::int64_t j = 0; j < m; ++j) {
+    load_row<T>(x, cand[j], 1.0, &X[j * d]);
+    wc[j] = w[cand[j]];
+  }
+  const std::int64_t grain = grain_rows(d);
+
+  // Seeding: weighted farthest-first traversal.
+  std::vector<double> centres(static_cast<std::size_t>(b * d));
+  std::vector<double> dist2(static_cast<std::size_t>(m), std::numeric_limits<double>::infinity());
+  std::vector<std::uint8_t> seeded(static_cast<std::size_t>(m), 0);
+  std::int64_t next = 0;  // rank 0: the best score
+  for (std::int64_t t = 0; t < b; ++t) {
+    seeded[next] = 1;
+    std::copy(&X[next * d], &X[next * d] + d, &centres[t * d]);
+    if (t + 1 == b) break;
+    const double* c = &centres[t * d];
+    std::vector<ArgMax> best(static_cast<std::size_t>(slots()));
+    parallel_for(m, grain, [&](std::int64_t begin, std::int64_t end, int wk) {
+      for (std::int64_t j = begin; j < end; ++j) {
+        dist2[j] = std::min(dist2[j], row_sq(&X[j * d], d, c));
+        if (!seeded[j]) best[wk].offer(wc[j] * dist2[j], cand[j]);  // ties: the lower item index
+      }
+    });
+    const ArgMax pick = combine(best);
+    if (pick.v > 0.0) {
+      next = std::find(cand.begin(), cand.end(), pick.i) - cand.begin();
+    } else {  // every remaining candidate sits on a centre or weighs 0: the best-ranked one not seeded
+      next = std::find(seeded.begin(), seeded.end(), std::uint8_t{0}) - seeded.begin();
+    }
+  }
+
+  // Lloyd iterations.
+  std::vector<std::int64_t> assign(static_cast<std::size_t>(m));
+  const auto reassign = [&]() {
+    std::vector<std::uint8_t> changed(static_cast<std::size_t>(slots()), 0);
+    parallel_for(m, std::max<std::int64_t>(1, grain / std::max<std::int64_t>(b, 1)),
+                 [&](std::int64_t begin, std::int64_t end, int wk) {
+                   for (std::int64_t j = begin; j < end; ++j) {
+                     const std::int64_t c = nearest_centre(&X[j * d], centres, b, d).first;
+                     changed[wk] |= c != assign[j];
+                     assign[j] = c;
+                   }
+                 });
+    return std::any_of(changed.begin(), changed.end(), [](std::uint8_t v) { return v != 0; });
+  };
+  std::fill(assign.begin(), assign.end(), -1);
+  reassign();
+  std::vector<double> wsum(static_cast<std::size_t>(b)), count(static_cast<std::size_t>(b));
+  std::vector<double> acc(static_cast<std::size_t>(b * d)), plain(static_cast<std::size_t>(b * d));
+  for (std::int64_t it = 0; it < job.max_iter; ++it) {
+    std::fill(wsum.begin(), wsum.end(), 0.0);
+    std::fill(count.begin(), count.end(), 0.0);
+    std::fill(acc.begin(), acc.end(), 0.0);
+    std::fill(plain.begin(), plain.end(), 0.0);
+    for (std::int64_t j = 0; j < m; ++j) {  // in rank order: the sums do not depend on threads
+      const std::int64_t c = assign[j];
+      wsum[c] += wc[j];
+      count[c] += 1.0;
+      for (std::int64_t k = 0; k < d; ++k) {
+        acc[c * d + k] += wc[j] * X[j * d + k];
+        plain[c * d + k] += X[j * d + k];
+      }
+    }
+    for (std::int64_t c = 0; c < b; ++c) {
+      if (count[c] == 0.0) continue;  // an empty cluster keeps its centre
+      for (std::int64_t k = 0; k < d; ++k)
+        centres[c * d + k] = wsum[c] > 0.0 ? acc[c * d + k] / wsum[c] : plain[c * d + k] / count[c];
+    }
+    if (!reassign()) break;
+  }
+
+  // One pick per cluster: the member nearest its centre; clusters by decreasing total score.
+  std::vector<std::int64_t> rep(static_cast<std::size_t>(b), -1);
+  std::vector<double> rep_d(static_cast<std::size_t>(b), std::numeric_limits<double>::infinity());
+  std::fill(wsum.begin(), wsum.end(), 0.0);
+  for (std::int64_t j = 0; j < m; ++j) {
+    const std::int64_t c = assign[j];
+    wsum[c] += wc[j];
+    const double v = row_sq(&X[j * d], d, &centres[c * d]);
+    if (v < rep_d[c] || (v == rep_d[c] && cand[j] < cand[rep[c]])) {
+      rep_d[c] = v;
+      rep[c] = j;
+    }
+  }
+  std::vector<std::int64_t> order;
+  for (std::int64_t c = 0; c < b; ++c)
+    if (rep[c] >= 0) order.push_back(c);
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t c) { return wsum[a] > wsum[c]; });
+  std::vector<std::uint8_t> taken(static_cast<std::size_t>(m), 0);
+  std::int64_t slot = 0;
+  for (std::int64_t c : order) {
+    taken[rep[c]] = 1;
+    emit(slot++, cand[rep[c]]);
+  }
+  for (std::int64_t j = 0; j < m && slot < b; ++j)
+    if (!taken[j]) emit(slot++, cand[j]);
+  return {};
+}
+
 template <typename TX>
 DiversityFailure badge_h(const BadgeJob& job) {
   return job.h.dtype == DType::Float32 ? badge_run<TX, float>(job) : badge_run<TX, double>(job);
@@ -430,6 +591,10 @@ DiversityFailure badge_h(const BadgeJob& job) {
 
 DiversityFailure coreset_cpu(const CoresetJob& job) {
   return job.x.dtype == DType::Float32 ? coreset_run<float>(job) : coreset_run<double>(job);
+}
+
+DiversityFailure weighted_kmeans_cpu(const WeightedKmeansJob& job) {
+  return job.x.dtype == DType::Float32 ? weighted_kmeans_run<float>(job) : weighted_kmeans_run<double>(job);
 }
 
 DiversityFailure badge_cpu(const BadgeJob& job) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "labelwise/acquisition/diversity.hpp"
@@ -532,4 +533,91 @@ TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
   cuda_p.device = Device::cuda(0);
   CHECK_THROWS_WITH(badge(cuda_p, fx, 1, idx(1), {}), Catch::Contains("not implemented on CUDA yet"));
   CHECK(kind_of([&] { badge(pv, fx, 2, TensorView::of(radii.data(), {2}), {}); }) == ErrorKind::Type);
+}
+
+// ---- weighted k-means hybrid ------------------------------------------------------------------------
+
+TEST_CASE("weighted_kmeans: one pick per blob, from its uncertain side; prefilter 1 is top-b",
+          "[diversity][weighted_kmeans]") {
+  ThreadGuard guard;
+  std::mt19937_64 g(fresh_seed());
+  std::normal_distribution<double> nd;
+  std::uniform_real_distribution<double> ud;
+  const std::int64_t per = 60, d = 3, nb = 5, n = per * nb;
+  std::vector<double> x(n * d), w(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t blob = i / per;
+    for (std::int64_t k = 0; k < d; ++k) x[i * d + k] = 30.0 * (k == blob % d ? 1 + blob / d : 0) + nd(g);
+    // uncertain where the first coordinate is below the blob's centre; blob 0 is twice as uncertain
+    const double centre = blob % d == 0 ? 30.0 * (1 + blob / d) : 0.0;
+    w[i] = (x[i * d] < centre ? 1.0 : 0.05) * (blob == 0 ? 2.0 : 1.0) + 0.01 * ud(g);
+  }
+  std::vector<std::int64_t> out(nb);
+  weighted_kmeans(TensorView::of(x.data(), {n, d}), TensorView::of(w.data(), {n}), nb, TensorView::of(out.data(), {nb}),
+                  {per, 100});
+  std::vector<std::int64_t> blobs;
+  for (std::int64_t i : out) {
+    blobs.push_back(i / per);
+    const std::int64_t blob = i / per;
+    const double centre = blob % d == 0 ? 30.0 * (1 + blob / d) : 0.0;
+    CHECK(x[i * d] < centre);  // the weighted centroid is pulled to the uncertain side
+  }
+  std::sort(blobs.begin(), blobs.end());
+  CHECK(blobs == std::vector<std::int64_t>{0, 1, 2, 3, 4});
+
+  // prefilter = 1: the top-b by score (descending, ties lower index)
+  std::vector<std::int64_t> top(7), order(n);
+  weighted_kmeans(TensorView::of(x.data(), {n, d}), TensorView::of(w.data(), {n}), 7, TensorView::of(top.data(), {7}),
+                  {1, 100});
+  for (std::int64_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return w[a] > w[b]; });
+  CHECK(std::vector<std::int64_t>(order.begin(), order.begin() + 7) == top);
+
+  // the same picks on any thread count and with strided (column-major) features
+  std::vector<double> xt(n * d);  // column-major copy
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t k = 0; k < d; ++k) xt[k * n + i] = x[i * d + k];
+  for (int threads : {1, 2, 5}) {
+    set_num_threads(threads);
+    std::vector<std::int64_t> o(12), o2(12);
+    weighted_kmeans(TensorView::of(x.data(), {n, d}), TensorView::of(w.data(), {n}), 12, TensorView::of(o.data(), {12}));
+    weighted_kmeans(TensorView(xt.data(), DType::Float64, {n, d}, {1, n}, Device::cpu()),
+                    TensorView::of(w.data(), {n}), 12, TensorView::of(o2.data(), {12}));
+    CHECK(o == o2);
+    if (threads == 1) out = o;
+    CHECK(o == out);
+    std::set<std::int64_t> uniq(o.begin(), o.end());
+    CHECK(uniq.size() == 12);
+  }
+}
+
+TEST_CASE("weighted_kmeans rejects bad input", "[diversity][weighted_kmeans][errors]") {
+  std::vector<double> x(12), w = {0.1, 0.2, 0.3, 0.4};
+  for (int i = 0; i < 12; ++i) x[i] = i * 0.5 - 2;
+  std::vector<std::int64_t> out(4);
+  const TensorView fx = TensorView::of(x.data(), {4, 3});
+  const TensorView fw = TensorView::of(w.data(), {4});
+  weighted_kmeans(fx, fw, 0, TensorView::of(out.data(), {0}));
+  CHECK_THROWS_WITH(weighted_kmeans(fx, fw, 5, TensorView::of(out.data(), {4})),
+                    Catch::Contains("b: expected 0 <= b <= 4"));
+  CHECK_THROWS_WITH(weighted_kmeans(fx, TensorView::of(w.data(), {3}), 2, TensorView::of(out.data(), {2})),
+                    Catch::Contains("scores: expected shape [4]"));
+  CHECK_THROWS_WITH(weighted_kmeans(fx, fw, 2, TensorView::of(out.data(), {2}), {0, 10}),
+                    Catch::Contains("prefilter: expected an integer >= 1"));
+  CHECK_THROWS_WITH(weighted_kmeans(fx, fw, 2, TensorView::of(out.data(), {2}), {10, -1}),
+                    Catch::Contains("max_iter: expected an integer >= 0"));
+  CHECK_THROWS_WITH(weighted_kmeans(fx, fw, 2, TensorView::of(out.data(), {3})), Catch::Contains("indices: expected shape [2]"));
+  w[2] = -1;
+  CHECK_THROWS_WITH(weighted_kmeans(fx, fw, 2, TensorView::of(out.data(), {2})), Catch::Contains("scores: [2] = -1 is negative"));
+  w[2] = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH(weighted_kmeans(fx, fw, 2, TensorView::of(out.data(), {2})), Catch::Contains("scores: [2] is nan"));
+  w[2] = 0.3;
+  x[7] = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(weighted_kmeans(fx, fw, 2, TensorView::of(out.data(), {2})),
+                    Catch::Contains("features: row [2] contains NaN or Inf"));
+  x[7] = 0;
+  TensorView cuda_x = fx;
+  cuda_x.device = Device::cuda(0);
+  CHECK_THROWS_WITH(weighted_kmeans(cuda_x, fw, 1, TensorView::of(out.data(), {1})),
+                    Catch::Contains("not implemented on CUDA yet"));
 }

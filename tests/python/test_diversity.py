@@ -335,3 +335,155 @@ def test_badge_bad_inputs(rng):
         A.badge(p, h, 1)  # seed is required
     with pytest.raises(RuntimeError, match="not implemented on CUDA yet"):
         A.badge(FakeCuda(), h, 1, seed=0)
+
+
+# ---- weighted k-means hybrid (Zhdanov 2019) --------------------------------------------------------
+
+
+def weighted_kmeans_ref(x, w, b, prefilter=10, max_iter=100):
+    """The four steps of docs/acquisition.md ("Hybrid"), in float64 NumPy with explicit distances."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n = len(x)
+    order = np.lexsort((np.arange(n), -w))  # score descending, then index
+    m = min(n, prefilter * b)
+    cand = order[:m]
+    if m == b:
+        return cand
+    X, wc = x[cand], w[cand]
+    sq = lambda a, c: ((a - c) ** 2).sum(axis=-1)  # noqa: E731
+    centres = [0]
+    d2 = sq(X, X[0])
+    while len(centres) < b:
+        val = wc * d2
+        val[centres] = -1.0
+        free = np.setdiff1d(np.arange(m), centres)
+        if val[free].max() > 0:
+            best = val[free].max()
+            ties = free[val[free] == best]
+            j = ties[np.argmin(cand[ties])]
+        else:
+            j = free.min()  # rank order
+        centres.append(j)
+        d2 = np.minimum(d2, sq(X, X[j]))
+    C = X[centres].copy()
+    dist = ((X[:, None, :] - C[None, :, :]) ** 2).sum(-1)
+    assign = dist.argmin(axis=1)
+    for _ in range(max_iter):
+        for c in range(b):
+            mem = assign == c
+            if not mem.any():
+                continue
+            acc, plain, ws = np.zeros(X.shape[1]), np.zeros(X.shape[1]), 0.0
+            for j in np.flatnonzero(mem):  # sequential sums in rank order, as documented
+                acc += wc[j] * X[j]
+                plain += X[j]
+                ws += wc[j]
+            C[c] = acc / ws if ws > 0 else plain / mem.sum()
+        new = ((X[:, None, :] - C[None, :, :]) ** 2).sum(-1).argmin(axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+    dist = ((X - C[assign]) ** 2).sum(-1)
+    reps, weights = [], []
+    for c in range(b):
+        mem = np.flatnonzero(assign == c)
+        if len(mem) == 0:
+            continue
+        dm = dist[mem]
+        ties = mem[dm == dm.min()]
+        reps.append(ties[np.argmin(cand[ties])])
+        weights.append(wc[mem].sum())
+    picked = [reps[i] for i in sorted(range(len(reps)), key=lambda i: (-weights[i], i))]
+    rest = [j for j in range(m) if j not in set(picked)]
+    return cand[np.array((picked + rest)[:b], dtype=np.int64)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weighted_kmeans_matches_reference(rng, dtype):
+    for n, d, b, pre in [(50, 3, 4, 10), (300, 8, 12, 5), (400, 16, 30, 3), (20, 2, 20, 10)]:
+        x = rng.normal(size=(n, d)).astype(dtype)
+        w = rng.random(n).astype(dtype)
+        got = A.weighted_kmeans(x, w, b, prefilter=pre)
+        np.testing.assert_array_equal(got, weighted_kmeans_ref(x, w, b, pre), err_msg=f"n={n} d={d} b={b}")
+        xf = np.asfortranarray(x)  # strided
+        np.testing.assert_array_equal(A.weighted_kmeans(xf, w[::1], b, prefilter=pre), got)
+        for it in (0, 1):
+            np.testing.assert_array_equal(A.weighted_kmeans(x, w, b, prefilter=pre, max_iter=it),
+                                          weighted_kmeans_ref(x, w, b, pre, it))
+
+
+def test_weighted_kmeans_one_pick_per_blob_from_its_uncertain_side(rng):
+    centres = np.array([[0, 0], [20, 0], [0, 20], [20, 20]], float)
+    x = np.concatenate([c + rng.normal(size=(50, 2)) for c in centres])
+    left = x[:, 0] < np.repeat(centres[:, 0], 50)
+    w = np.where(left, 1.0, 0.05) * np.repeat([2.0, 1.0, 1.0, 1.0], 50) + rng.random(200) * 0.01
+    got = A.weighted_kmeans(x, w, 4, prefilter=50)
+    assert sorted(int(i) // 50 for i in got) == [0, 1, 2, 3]  # one pick per blob
+    assert all(left[int(i)] for i in got)  # weighted centroids sit on the uncertain side
+    assert {int(i) // 50 for i in A.top_k(w, 4)} == {0}  # uncertainty alone: four from one blob
+
+
+def test_weighted_kmeans_degenerate(rng):
+    x = rng.normal(size=(30, 4))
+    w = rng.random(30)
+    np.testing.assert_array_equal(A.weighted_kmeans(x, w, 7, prefilter=1), A.top_k(w, 7))
+    np.testing.assert_array_equal(np.sort(A.weighted_kmeans(x, w, 30)), np.arange(30))
+    assert A.weighted_kmeans(x, w, 0).shape == (0,)
+    dup = np.repeat(x[:3], 10, axis=0)  # only 3 distinct points, 5 picks
+    got = A.weighted_kmeans(dup, np.ones(30), 5)
+    assert len(set(got.tolist())) == 5
+    assert len({tuple(dup[i]) for i in got[:3]}) == 3  # the three distinct points come first
+    np.testing.assert_array_equal(got, weighted_kmeans_ref(dup, np.ones(30), 5))
+    zero = A.weighted_kmeans(x, np.zeros(30), 5)  # zero weights: plain k-means, index order ranks
+    np.testing.assert_array_equal(zero, weighted_kmeans_ref(x, np.zeros(30), 5))
+
+
+def test_weighted_kmeans_threads_and_torch(rng):
+    x = rng.normal(size=(5000, 32)).astype(np.float32)
+    w = rng.random(5000).astype(np.float32)
+    out = []
+    try:
+        for threads in (1, 2, 3):
+            lw.set_num_threads(threads)
+            out.append(A.weighted_kmeans(x, w, 40))
+    finally:
+        lw.set_num_threads(0)
+    for o in out[1:]:
+        np.testing.assert_array_equal(o, out[0])
+    if torch is not None:
+        got = A.weighted_kmeans(torch.from_numpy(x), torch.from_numpy(w), 40)
+        assert isinstance(got, torch.Tensor)
+        np.testing.assert_array_equal(got.numpy(), out[0])
+
+
+def test_weighted_kmeans_bad_inputs(rng):
+    x = rng.normal(size=(6, 3))
+    w = rng.random(6)
+    with pytest.raises(ValueError, match=r"b: expected 0 <= b <= 6"):
+        A.weighted_kmeans(x, w, 7)
+    with pytest.raises(ValueError, match=r"scores: expected shape \[6\]"):
+        A.weighted_kmeans(x, w[:5], 2)
+    bad = w.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match=r"scores: \[3\] is nan"):
+        A.weighted_kmeans(x, bad, 2)
+    bad[3] = -0.5
+    with pytest.raises(ValueError, match=r"scores: \[3\] = -0.5 is negative"):
+        A.weighted_kmeans(x, bad, 2)
+    y = x.copy()
+    y[2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"features: row \[2\] contains NaN or Inf"):
+        A.weighted_kmeans(y, w, 2)
+    with pytest.raises(ValueError, match="prefilter: expected an integer >= 1"):
+        A.weighted_kmeans(x, w, 2, prefilter=0)
+    with pytest.raises(ValueError, match="max_iter: expected an integer >= 0"):
+        A.weighted_kmeans(x, w, 2, max_iter=-1)
+    with pytest.raises(TypeError, match="prefilter: expected an integer"):
+        A.weighted_kmeans(x, w, 2, prefilter=2.5)
+    with pytest.raises(TypeError, match="scores: expected dtype float32 or float64"):
+        A.weighted_kmeans(x, np.ones(6, np.int64), 2)
+    with pytest.raises(ValueError, match="expected rank 2"):
+        A.weighted_kmeans(np.zeros(6), w, 1)
+    with pytest.raises(RuntimeError, match="not implemented on CUDA yet"):
+        A.weighted_kmeans(FakeCuda(), w, 1)

@@ -1,6 +1,6 @@
-// labelwise — diversity-based batch acquisition: core-set (k-center greedy) and BADGE (k-means++
-// seeding on last-layer gradient embeddings). Definitions, first-pick rules and the random numbers:
-// docs/acquisition.md ("Diversity: core-set and BADGE").
+// labelwise — diversity-based batch acquisition: core-set (k-center greedy), BADGE (k-means++
+// seeding on last-layer gradient embeddings) and the uncertainty-weighted k-means hybrid.
+// Definitions, first-pick rules and the random numbers: docs/acquisition.md ("Diversity").
 //
 // Shape contract
 //   features / embeddings : [N, D], float32 or float64, CPU, any strides (nothing is copied; the
@@ -87,6 +87,36 @@ struct BadgeOptions {
 /// bad item), C < 2, N mismatch, b outside [0, N], CUDA input.
 void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,
            const BadgeOptions& options = {});
+
+struct WeightedKmeansOptions {
+  /// Candidates: the min(N, prefilter · b) highest-scoring items (Zhdanov's β; 10 in the paper).
+  std::int64_t prefilter = 10;
+  /// Lloyd iterations at most (stops earlier when no assignment changes).
+  std::int64_t max_iter = 100;
+};
+
+/// Uncertainty-weighted diversity hybrid: "Diverse mini-batch active learning" (Zhdanov, 2019,
+/// arXiv 1901.05954). Keep the M = min(N, prefilter·b) items of highest score, cluster them into b
+/// clusters by k-means weighted by the scores, and pick from each cluster the item nearest its
+/// centroid: a batch that is both uncertain (only top-scored items qualify, and they pull the
+/// centroids) and diverse (one item per cluster). Deterministic (no seed): the centres start from a
+/// weighted farthest-first traversal — the highest-scoring candidate, then repeatedly the candidate
+/// maximising score · (squared distance to its nearest centre) — the deterministic counterpart of
+/// weighted k-means++ seeding; then Lloyd iterations: assign every candidate to its nearest centre
+/// (ties: lower centre), move each centre to the score-weighted mean of its members (the plain
+/// mean when their scores are all 0; an empty cluster keeps its centre). Distances are Euclidean, in
+/// float64. Details, including the order of the picks, in docs/acquisition.md ("Hybrid").
+///   features: [N, D] float32 / float64, finite (the unlabelled pool: embeddings or features)
+///   scores  : [N] float32 / float64, finite, >= 0 (any "higher = more informative" metric)
+///   b       : 0 <= b <= N
+///   indices : int64 [b] (out): one item per cluster, clusters in decreasing total score (ties: the
+///             lower cluster); clusters left empty are filled with the best-scoring candidates not yet
+///             picked, after the others. With M = b (prefilter = 1, or b = N) this is the top-b by score.
+/// Ties between equal scores or distances: lower index. The result never depends on the thread count.
+/// Errors: as the shape contract; NaN / Inf or negative scores (naming the first), prefilter < 1,
+/// max_iter < 0, N mismatch, wrong output shape / dtype, CUDA input.
+void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
+                     const WeightedKmeansOptions& options = {});
 
 /// The uniform draw of BADGE step t under `seed`: rng::uniform_open(rng::bits64(seed, kStreamBadge, t)),
 /// in (0, 1). Exposed so that tests and users can replay the sampling.

@@ -1,0 +1,64 @@
+// labelwise — fused sample-and-score of a 1x1(x1) segmentation head (MC dropout or ensemble).
+//
+// The head maps a feature map to class logits voxel by voxel: z_c = bias_c + Σ_f w[c, f] · d_f, with
+// d = the (dropped-out, rescaled) features of the voxel. For every voxel the K samples are drawn,
+// pushed through the head and the softmax, and reduced to the requested metrics on the spot: the
+// [B, K, C, *spatial] probabilities are never materialised (memory O(voxels · outputs), not
+// O(K · voxels · C)). head_sample() materialises exactly the probabilities that head_score() used.
+//
+// Shape contract
+//   features : [B, F, *spatial] with 0 to 3 spatial axes, float32 or float64, CPU or CUDA, any strides.
+//              No NaN / Inf. B · F · voxels must fit int64; at most 2^32 - 1 voxels per item and
+//              index_offset + B <= 2^32 (Philox counter words).
+//   weight   : [M, C, F], bias : [M, C]; float32 or float64 (any mix with features), same device as
+//              features, any strides. M = 1: MC dropout (K samples, one mask each, rate `dropout`);
+//              M > 1: an ensemble of M members, the samples are the members (K must equal M and
+//              dropout must be 0). C >= 2, F >= 1.
+//   outputs  : MetricOutput{metric, out [B, *spatial]} float32 or float64, features' device.
+//   mean     : optional [B, C, *spatial] float32 / float64: the mean probabilities over the K samples.
+//   samples  : (head_sample) [B, K, C, *spatial] float32: the probabilities of every sample.
+//
+// Arithmetic (identical on CPU and CUDA, and to labelwise.torch's reference; docs/segmentation.md):
+//   mask of sample k, item b (global index index_offset + b), channel f, voxel v (C-order flat index
+//   over the spatial axes): Philox-4x32-10 with key (seed lo, seed hi), counter
+//   (v, f / 4, rng::kStreamDropout << 16 | k, b); word f % 4 >= ceil(p · 2^32) keeps the channel.
+//   d_f = kept ? x_f · (1 / (1 - p)) : 0 in float64; z accumulated in float64 from the bias, f
+//   ascending, every multiply and add rounded (no FMA); softmax in float64 (max subtracted) rounded once
+//   to float32; the metrics then see those float32 probabilities exactly as labelwise::score would.
+//
+// Errors (labelwise::Error): wrong ranks or sizes (naming the argument and both shapes), K < 2 for a
+// metric that needs samples, K >= 2^16, dropout outside [0, 1), dropout != 0 or K != M for an ensemble,
+// NaN / Inf features, mismatched devices, non-float dtypes, CUDA work in a CPU-only build.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "labelwise/core/tensor_view.hpp"
+#include "labelwise/uncertainty/metrics.hpp"
+
+namespace labelwise {
+
+struct HeadScoreOptions {
+  /// K: MC-dropout samples (M = 1) or the member count (M > 1).
+  std::int64_t samples = 20;
+  /// Dropout rate p in [0, 1); must be 0 for ensembles.
+  double dropout = 0.0;
+  std::uint64_t seed = 0;
+  /// Global index of features' first item (a shard of a batch passes its first item's index).
+  std::uint64_t index_offset = 0;
+  /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
+  void* stream = nullptr;
+};
+
+/// Per-voxel metric maps (and optionally the mean prediction) of the head's K samples, in one pass.
+/// `mean` may be nullptr.
+void head_score(const TensorView& features, const TensorView& weight, const TensorView& bias,
+                const std::vector<MetricOutput>& outputs, const TensorView* mean,
+                const HeadScoreOptions& options);
+
+/// The probabilities [B, K, C, *spatial] (float32) of the K samples head_score() reduces.
+void head_sample(const TensorView& features, const TensorView& weight, const TensorView& bias,
+                 const TensorView& samples, const HeadScoreOptions& options);
+
+}  // namespace labelwise
