@@ -105,6 +105,21 @@ detail::Strided strided(const TensorView& v) {
   return s;
 }
 
+/// The per-unit pass over one probability tensor (calibration or pool), with its optional confidence.
+detail::UnitJob unit_job(const Probs& X, const TensorView* confidence, bool confidence_per_image) {
+  detail::UnitJob job;
+  job.map = X.map;
+  job.probs = X.view;
+  job.class_stride = X.class_stride;
+  job.C = X.C;
+  job.tol = X.tol;
+  if (confidence) {
+    job.confidence = strided(*confidence);
+    job.image_confidence = confidence_per_image;
+  }
+  return job;
+}
+
 std::string unit_str(const detail::MapLayout& m, std::int64_t unit) {
   std::string s;
   for (int d = m.ndim - 1; d >= 0; --d) {
@@ -402,16 +417,7 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   check(labels.data != nullptr, ErrorKind::Value, "labels: data pointer is null");
 
   // ---- calibration pass
-  detail::UnitJob cj;
-  cj.map = Q.map;
-  cj.probs = Q.view;
-  cj.class_stride = Q.class_stride;
-  cj.C = Q.C;
-  cj.tol = Q.tol;
-  if (has_conf) {
-    cj.confidence = strided(opt.calib_confidence);
-    cj.image_confidence = calib_conf_per_image;
-  }
+  detail::UnitJob cj = unit_job(Q, has_conf ? &opt.calib_confidence : nullptr, calib_conf_per_image);
   cj.labels = strided(calib_labels);
   const std::int64_t M = Q.map.shape[0];
   std::vector<double> c_conf, c_img_conf;
@@ -434,16 +440,7 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   if (f.status) throw_unit_failure(f, Q, "calib_probs", "calib_confidence", "calib_labels");
 
   // ---- pool validation pass (nothing is written to the outputs before every input is validated)
-  detail::UnitJob pj;
-  pj.map = P.map;
-  pj.probs = P.view;
-  pj.class_stride = P.class_stride;
-  pj.C = P.C;
-  pj.tol = P.tol;
-  if (has_conf) {
-    pj.confidence = strided(opt.pool_confidence);
-    pj.image_confidence = pool_conf_per_image;
-  }
+  detail::UnitJob pj = unit_job(P, has_conf ? &opt.pool_confidence : nullptr, pool_conf_per_image);
   const std::int64_t N = P.map.shape[0];
   std::vector<double> p_img_conf;
   if (image_unit) {

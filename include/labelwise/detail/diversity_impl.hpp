@@ -23,49 +23,42 @@ LABELWISE_HD inline double badge_uniform_of(std::uint64_t seed, std::uint64_t st
 }
 
 /// Σ_d (scale·x[d·stride] − c[d])², accumulated in double (the simd reduction's order is fixed at
-/// compile time, so the value never depends on the thread count). scale = 1 (Euclidean) or 1/|x| (cosine on
-/// unit vectors; then c is the centre's unit vector). Identical rows give exactly 0 (no FMA).
-template <typename T>
-LABELWISE_HD inline double sq_dist_row(const T* x, std::int64_t stride, std::int64_t d, double scale,
-                                       const double* c) {
+/// compile time, so the value never depends on the thread count). kScaled = false skips the multiply
+/// (scale = 1). Identical rows give exactly 0 (no FMA).
+template <bool kScaled, typename T>
+LABELWISE_HD inline double sq_dist_row_impl(const T* x, std::int64_t stride, std::int64_t d, double scale,
+                                            const double* c) {
   double s = 0.0;
   if (stride == 1) {
 #if defined(LABELWISE_CPU_SIMD)
 #pragma omp simd reduction(+ : s)
 #endif
     for (std::int64_t k = 0; k < d; ++k) {
-      const double e = static_cast<double>(x[k]) * scale - c[k];
+      const double e = (kScaled ? static_cast<double>(x[k]) * scale : static_cast<double>(x[k])) - c[k];
       s += e * e;
     }
   } else {
     for (std::int64_t k = 0; k < d; ++k) {
-      const double e = static_cast<double>(x[k * stride]) * scale - c[k];
+      const double v = static_cast<double>(x[k * stride]);
+      const double e = (kScaled ? v * scale : v) - c[k];
       s += e * e;
     }
   }
   return s;
 }
 
-/// Σ_d (x[d·stride] − c[d])², accumulated in double (the Euclidean case of sq_dist_row, without the
-/// scale). Identical rows give exactly 0.
+/// Squared distance to c of x scaled by `scale` = 1 (Euclidean) or 1/|x| (cosine on unit vectors; then
+/// c is the centre's unit vector).
+template <typename T>
+LABELWISE_HD inline double sq_dist_row(const T* x, std::int64_t stride, std::int64_t d, double scale,
+                                       const double* c) {
+  return sq_dist_row_impl<true>(x, stride, d, scale, c);
+}
+
+/// Σ_d (x[d·stride] − c[d])²: the Euclidean case, without the scale.
 template <typename T>
 LABELWISE_HD inline double sq_dist_row(const T* x, std::int64_t stride, std::int64_t d, const double* c) {
-  double s = 0.0;
-  if (stride == 1) {
-#if defined(LABELWISE_CPU_SIMD)
-#pragma omp simd reduction(+ : s)
-#endif
-    for (std::int64_t k = 0; k < d; ++k) {
-      const double e = static_cast<double>(x[k]) - c[k];
-      s += e * e;
-    }
-  } else {
-    for (std::int64_t k = 0; k < d; ++k) {
-      const double e = static_cast<double>(x[k * stride]) - c[k];
-      s += e * e;
-    }
-  }
-  return s;
+  return sq_dist_row_impl<false>(x, stride, d, 1.0, c);
 }
 
 /// Σ_d x[d·stride] · c[d], accumulated in double.
