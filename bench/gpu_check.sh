@@ -32,6 +32,8 @@ CMAKE_ARGS="-DCMAKE_PREFIX_PATH=$PWD/.deps -DCMAKE_CUDA_ARCHITECTURES=90-real;75
 
 log "CUDA benchmark (CUDA events, best of 5-10)"
 ./build-gpu/bench/bench_cuda 2>&1 | tee "$OUT/bench_cuda.md" || status=1
+log "core-set and BADGE on CUDA vs the CPU (issue sizes)"
+timeout 300 python3 bench/diversity_gpu.py 2>&1 | tee "$OUT/diversity_gpu.md" || status=1
 log "Python: labelwise vs the torch formulation on the same CUDA tensors (CUDA events)"
 timeout 180 python3 bench/compare_uncertainty_gpu.py --device cuda 2>&1 | tee "$OUT/compare_gpu.md" || status=1
 exit $status

@@ -1,5 +1,6 @@
 // Linked into CPU-only builds: CUDA work gets a clear error, never a link error.
 #include "labelwise/core/parallel.hpp"
+#include "diversity_backend.hpp"
 #include "selection_backend.hpp"
 #include "uncertainty_backend.hpp"
 
@@ -8,6 +9,15 @@ bool built_with_cuda() { return false; }
 namespace detail {
 ScoreFailure score_cuda(const ScoreJob&) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
+}
+DiversityFailure coreset_cuda(const CoresetJob&) {
+  throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");
+}
+DiversityFailure badge_cuda(const BadgeJob&) {
+  throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
+}
+void copy_to_host(void*, const void*, std::size_t, int) {
+  throw Error(ErrorKind::Runtime, "labeled: is a CUDA tensor, but labelwise was built without CUDA");
 }
 SelectFailure select_cuda(const SelectJob&) {
   throw Error(ErrorKind::Runtime, "scores: is a CUDA tensor, but labelwise was built without CUDA");

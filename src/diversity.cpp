@@ -1,4 +1,5 @@
 // Front door of core-set and BADGE: validate shapes, dtypes and devices, build the job, dispatch.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -68,11 +69,10 @@ double badge_uniform(std::uint64_t seed, std::uint64_t step) { return detail::ba
 
 void coreset(const TensorView& features, const TensorView& labeled, std::int64_t b, const TensorView& indices,
              const TensorView& radii, const CoresetOptions& options) {
-  check_not_cuda(features, "coreset", "features");
   const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
-  if (has_labeled) check_not_cuda(labeled, "coreset", "labeled");
-  check_not_cuda(indices, "coreset", "indices");
-  check_not_cuda(radii, "coreset", "radii");
+  if (has_labeled)
+    check(labeled.device.is_cpu() || labeled.device == features.device, ErrorKind::Value, "labeled: is on ",
+          labeled.device.str(), " but features is on ", features.device.str());
   const int metric = static_cast<int>(options.metric);
   check(metric == 0 || metric == 1, ErrorKind::Value, "metric: unknown core-set metric id ", metric);
   detail::CoresetJob job;
@@ -89,23 +89,32 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
     const std::int64_t m = labeled.shape[0];
     const std::int64_t s = labeled.strides[0];
     check(m == 0 || labeled.data != nullptr, ErrorKind::Value, "labeled: data pointer is null");
+    check(labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8 || labeled.dtype == DType::Int64,
+          ErrorKind::Type, "labeled: expected dtype bool / uint8 (a mask) or int64 (indices), got ",
+          dtype_name(labeled.dtype));
+    // A CUDA mask / index array is read through a host copy of the span it covers.
+    std::vector<char> host;
+    const char* base = static_cast<const char*>(labeled.data);
+    if (labeled.device.is_cuda() && m > 0) {
+      const std::int64_t esize = dtype_size(labeled.dtype);
+      const std::int64_t lo = std::min<std::int64_t>(0, (m - 1) * s), hi = std::max<std::int64_t>(0, (m - 1) * s);
+      host.resize(static_cast<std::size_t>((hi - lo + 1) * esize));
+      detail::copy_to_host(host.data(), base + lo * esize, host.size(), labeled.device.index);
+      base = host.data() - lo * esize;
+    }
     if (labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8) {
       check(m == n, ErrorKind::Value, "labeled: a mask must have one entry per row of features: expected shape [", n,
             "], got ", labeled.shape_str());
-      const std::uint8_t* p = static_cast<const std::uint8_t*>(labeled.data);
+      const std::uint8_t* p = reinterpret_cast<const std::uint8_t*>(base);
       for (std::int64_t i = 0; i < n; ++i) mask[i] = p[i * s] != 0;
-    } else if (labeled.dtype == DType::Int64) {
-      const std::int64_t* p = static_cast<const std::int64_t*>(labeled.data);
+    } else {
+      const std::int64_t* p = reinterpret_cast<const std::int64_t*>(base);
       for (std::int64_t j = 0; j < m; ++j) {
         const std::int64_t i = p[j * s];
         check(i >= 0 && i < n, ErrorKind::Value, "labeled: index [", j, "] = ", i, " is outside [0, ", n,
               ") (the rows of features)");
         mask[i] = 1;
       }
-    } else {
-      throw Error(ErrorKind::Type,
-                  std::string("labeled: expected dtype bool / uint8 (a mask) or int64 (indices), got ") +
-                      dtype_name(labeled.dtype));
     }
   }
   std::int64_t n_labeled = 0;
@@ -124,7 +133,11 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
   job.out_index_stride = indices.strides[0];
   job.out_radius = static_cast<double*>(radii.data);
   job.out_radius_stride = radii.strides[0];
-  const detail::DiversityFailure f = detail::coreset_cpu(job);
+  if (features.device.is_cuda()) {
+    job.device_index = features.device.index;
+    job.stream = options.stream;
+  }
+  const detail::DiversityFailure f = features.device.is_cuda() ? detail::coreset_cuda(job) : detail::coreset_cpu(job);
   if (f.status == detail::kDivNonFinite)
     throw Error(ErrorKind::Value, "features: " + row_str(f.item) + " contains NaN or Inf");
   if (f.status == detail::kDivZeroRow)
@@ -176,9 +189,8 @@ void weighted_kmeans(const TensorView& features, const TensorView& scores, std::
 
 void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,
            const BadgeOptions& options) {
-  check_not_cuda(x, "badge", "x");
-  check_not_cuda(embeddings, "badge", "embeddings");
-  check_not_cuda(indices, "badge", "indices");
+  check(embeddings.device == x.device, ErrorKind::Value, "embeddings: is on ", embeddings.device.str(),
+        " but x is on ", x.device.str());
   const int kind = static_cast<int>(options.input);
   check(kind >= 0 && kind <= 2, ErrorKind::Value, "input: unknown input kind id ", kind);
   detail::BadgeJob job;
@@ -196,7 +208,11 @@ void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, co
   job.b = b;
   job.out_index = static_cast<std::int64_t*>(indices.data);
   job.out_index_stride = indices.strides[0];
-  const detail::DiversityFailure f = detail::badge_cpu(job);
+  if (x.device.is_cuda()) {
+    job.device_index = x.device.index;
+    job.stream = options.stream;
+  }
+  const detail::DiversityFailure f = x.device.is_cuda() ? detail::badge_cuda(job) : detail::badge_cpu(job);
   const char* what_x = kind == 0 ? "probabilities" : kind == 1 ? "log-probabilities" : "logits";
   switch (f.status) {
     case detail::kDivOk: return;

@@ -2,7 +2,10 @@
 // backend (src/cpu/diversity_cpu.cpp). Validated shapes, raw pointers and strides in elements.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "labelwise/core/tensor_view.hpp"
 
@@ -42,6 +45,8 @@ struct CoresetJob {
   std::int64_t out_index_stride = 1;
   double* out_radius = nullptr;
   std::int64_t out_radius_stride = 1;
+  int device_index = -1;   // >= 0: x and the outputs live on this CUDA device (labeled stays on the host)
+  void* stream = nullptr;  // cudaStream_t
 };
 
 struct BadgeJob {
@@ -53,6 +58,8 @@ struct BadgeJob {
   std::int64_t b = 0;
   std::int64_t* out_index = nullptr;
   std::int64_t out_index_stride = 1;
+  int device_index = -1;   // >= 0: every array lives on this CUDA device
+  void* stream = nullptr;  // cudaStream_t
 };
 
 struct WeightedKmeansJob {
@@ -67,7 +74,50 @@ struct WeightedKmeansJob {
   std::int64_t out_index_stride = 1;
 };
 
+/// BADGE's k-means++ draw (docs/acquisition.md), shared by the CPU and CUDA backends. The pool is cut
+/// into fixed blocks of kBadgeSumBlock items: block_sum[blk] = Σ D² over the block's items not yet
+/// chosen (summed in index order), block_last[blk] = its last such item with D² > 0 (-1: none).
+/// read_block(blk, out) copies the block's D² values into out. The pick is the first item (index
+/// order) whose running sum of D² exceeds u · Σ D²; if rounding leaves the running sum below that, the
+/// last item with D² > 0. Returns -1 when Σ D² = 0.
+constexpr std::int64_t kBadgeSumBlock = 1024;
+
+template <typename ReadBlock>
+std::int64_t badge_draw(const std::vector<double>& block_sum, const std::vector<std::int64_t>& block_last,
+                        const std::vector<std::uint8_t>& chosen, double u, ReadBlock&& read_block) {
+  const std::int64_t nb = static_cast<std::int64_t>(block_sum.size());
+  const std::int64_t n = static_cast<std::int64_t>(chosen.size());
+  double total = 0.0;
+  for (std::int64_t blk = 0; blk < nb; ++blk) total += block_sum[blk];
+  if (!(total > 0.0)) return -1;
+  const double target = u * total;
+  double acc = 0.0;
+  std::int64_t last_positive = -1;
+  std::vector<double> dist(static_cast<std::size_t>(kBadgeSumBlock));
+  for (std::int64_t blk = 0; blk < nb; ++blk) {
+    if (block_last[blk] >= 0) last_positive = block_last[blk];
+    if (!(acc + block_sum[blk] > target)) {
+      acc += block_sum[blk];
+      continue;
+    }
+    read_block(blk, dist.data());
+    double run = acc;
+    const std::int64_t i0 = blk * kBadgeSumBlock, i1 = std::min(n, i0 + kBadgeSumBlock);
+    for (std::int64_t i = i0; i < i1; ++i) {
+      if (chosen[i] || !(dist[i - i0] > 0.0)) continue;
+      run += dist[i - i0];
+      if (run > target) return i;
+    }
+    return last_positive;
+  }
+  return last_positive;
+}
+
 DiversityFailure coreset_cpu(const CoresetJob& job);
+DiversityFailure coreset_cuda(const CoresetJob& job);  // src/cuda/diversity_cuda.cu, or the stub's error
+DiversityFailure badge_cuda(const BadgeJob& job);
+/// Synchronous device-to-host copy (CPU-only builds: the "built without CUDA" error).
+void copy_to_host(void* dst, const void* src, std::size_t bytes, int device);
 DiversityFailure weighted_kmeans_cpu(const WeightedKmeansJob& job);
 DiversityFailure badge_cpu(const BadgeJob& job);
 

@@ -370,17 +370,15 @@ def coreset(
     the unit row farthest from the mean unit row; item 0 if that mean is exactly zero). Duplicate
     rows are at distance exactly 0: they come last, by lower index. ``prune`` skips rows that the
     new centre provably cannot bring closer (triangle inequality, with a margin): the result is the
-    same bits either way; ``prune=False`` only measures the plain pass. CUDA arrays raise
-    ``RuntimeError`` (not implemented on CUDA yet). See ``docs/acquisition.md``.
+    same bits either way; ``prune=False`` only measures the plain pass. CUDA arrays (torch / cupy)
+    run on the GPU (one pass per pick, no pruning; ``labeled`` may stay on the host) and the results
+    come back there. See ``docs/acquisition.md``.
     """
     if metric not in CORESET_METRICS:
         raise ValueError(f"metric: expected 'euclidean' or 'cosine', got {metric!r}")
     x = _arrays.as_array(features, "features")
     b = _count(b)
-    _cpu_only(x, "coreset", "features")
     lab = _labeled_array(labeled)
-    if lab is not None:
-        _cpu_only(lab, "coreset", "labeled")
     shape = tuple(int(d) for d in x.shape)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
@@ -393,6 +391,7 @@ def coreset(
         _arrays.capsule(radii, writable=True),
         metric,
         bool(prune),
+        _stream_of(x),
     )
     return idx, radii
 
@@ -410,19 +409,19 @@ def badge(probs_or_logits: Any, embeddings: Any, b: int, *, seed: int, input: st
     probs_or_logits : ``[N, C]`` float32 / float64, one prediction per item, classes on axis 1;
         ``input="probs"`` (rows >= 0 summing to 1), ``"log_probs"`` or ``"logits"`` (softmax inside).
     embeddings : ``[N, D]`` float32 / float64, penultimate-layer features.
-    b : ``0 <= b <= N``. Returns int64 ``[b]``, the picks in the order chosen.
-    CUDA arrays raise ``RuntimeError`` (not implemented on CUDA yet). See ``docs/acquisition.md``.
+    b : ``0 <= b <= N``. Returns int64 ``[b]``, the picks in the order chosen, in the caller's
+    framework and on its device (CUDA arrays run on the GPU: the same draws, over the same blocks).
+    See ``docs/acquisition.md``.
     """
     x = _arrays.as_array(probs_or_logits, "probs_or_logits")
     e = _arrays.as_array(embeddings, "embeddings")
     b = _count(b)
     s = _seed(seed)
-    _cpu_only(x, "badge", "probs_or_logits")
-    _cpu_only(e, "badge", "embeddings")
     shape = tuple(int(d) for d in x.shape)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
-    _core.badge(_arrays.capsule(x), _arrays.capsule(e), b, _arrays.capsule(idx, writable=True), s, input)
+    _core.badge(_arrays.capsule(x), _arrays.capsule(e), b, _arrays.capsule(idx, writable=True), s, input,
+                _stream_of(x))
     return idx
 
 

@@ -326,7 +326,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "coreset",
       [](const py::capsule& features, const py::object& labeled, std::int64_t b, const py::capsule& indices,
-         const py::capsule& radii, const std::string& metric, bool prune) {
+         const py::capsule& radii, const std::string& metric, bool prune, std::uintptr_t stream) {
         const TensorView fv = view_of(features, "features", false);
         const TensorView lv = labeled.is_none() ? TensorView() : view_of(labeled.cast<py::capsule>(), "labeled", false);
         const TensorView iv = view_of(indices, "indices", true);
@@ -334,25 +334,28 @@ PYBIND11_MODULE(_core, m) {
         CoresetOptions opt;
         opt.metric = coreset_metric_from_name(metric);
         opt.prune = prune;
+        opt.stream = reinterpret_cast<void*>(stream);
         py::gil_scoped_release release;
         coreset(fv, lv, b, iv, rv, opt);
       },
       py::arg("features"), py::arg("labeled"), py::arg("b"), py::arg("indices"), py::arg("radii"),
-      py::arg("metric"), py::arg("prune") = true);
+      py::arg("metric"), py::arg("prune") = true, py::arg("stream") = 0);
   m.def(
       "badge",
       [](const py::capsule& x, const py::capsule& embeddings, std::int64_t b, const py::capsule& indices,
-         std::uint64_t seed, const std::string& input) {
+         std::uint64_t seed, const std::string& input, std::uintptr_t stream) {
         const TensorView xv = view_of(x, "x", false);
         const TensorView ev = view_of(embeddings, "embeddings", false);
         const TensorView iv = view_of(indices, "indices", true);
         BadgeOptions opt;
         opt.input = parse_input(input);
         opt.seed = seed;
+        opt.stream = reinterpret_cast<void*>(stream);
         py::gil_scoped_release release;
         badge(xv, ev, b, iv, opt);
       },
-      py::arg("x"), py::arg("embeddings"), py::arg("b"), py::arg("indices"), py::arg("seed"), py::arg("input"));
+      py::arg("x"), py::arg("embeddings"), py::arg("b"), py::arg("indices"), py::arg("seed"), py::arg("input"),
+      py::arg("stream") = 0);
   m.def("badge_uniform", &badge_uniform, py::arg("seed"), py::arg("step"));
   m.def(
       "weighted_kmeans",

@@ -23,7 +23,7 @@ namespace detail {
 namespace {
 
 constexpr std::int64_t kGrainValues = 1 << 17;  // values per thread at least (starting a thread costs)
-constexpr std::int64_t kSumBlock = 1024;   // BADGE: fixed summation blocks
+constexpr std::int64_t kSumBlock = kBadgeSumBlock;  // BADGE: fixed summation blocks
 constexpr std::int64_t kCentreChunk = 64;  // core-set: labelled centres per cache-resident chunk
 
 struct ArgMax {
@@ -349,6 +349,7 @@ DiversityFailure badge_run(const BadgeJob& job) {
   std::vector<std::uint8_t> chosen(static_cast<std::size_t>(n), 0);
   const std::int64_t nb = (n + kSumBlock - 1) / kSumBlock;
   std::vector<double> block_sum(static_cast<std::size_t>(nb));
+  std::vector<std::int64_t> block_last(static_cast<std::size_t>(nb));
   std::vector<double> hc(static_cast<std::size_t>(d));
   std::vector<double> ac(static_cast<std::size_t>(c));
   for (std::int64_t t = 0;; ++t) {
@@ -363,6 +364,7 @@ DiversityFailure badge_run(const BadgeJob& job) {
     parallel_for(nb, std::max<std::int64_t>(1, grain / kSumBlock), [&](std::int64_t b0, std::int64_t b1, int) {
       for (std::int64_t blk = b0; blk < b1; ++blk) {
         double s = 0.0;
+        std::int64_t last = -1;
         for (std::int64_t i = blk * kSumBlock; i < std::min(n, (blk + 1) * kSumBlock); ++i) {
           if (chosen[i]) continue;
           double aa = 0.0;
@@ -373,44 +375,17 @@ DiversityFailure badge_run(const BadgeJob& job) {
           const double dd = badge_sq_dist(g2[i], g2c, aa, hh);
           if (dd < dist[i]) dist[i] = dd;
           s += dist[i];
+          if (dist[i] > 0.0) last = i;
         }
         block_sum[blk] = s;
+        block_last[blk] = last;
       }
     });
-    double total = 0.0;
-    for (std::int64_t blk = 0; blk < nb; ++blk) total += block_sum[blk];
-    pick = -1;
-    if (total > 0.0) {
-      const double target = badge_uniform_of(job.seed, static_cast<std::uint64_t>(t + 1)) * total;
-      double acc = 0.0;
-      std::int64_t last_positive = -1;
-      for (std::int64_t blk = 0; blk < nb && pick < 0; ++blk) {
-        if (block_sum[blk] > 0.0) {
-          // The last positive item of every block seen so far: the fallback if rounding leaves the
-          // running sum just below the target.
-          for (std::int64_t i = std::min(n, (blk + 1) * kSumBlock) - 1; i >= blk * kSumBlock; --i)
-            if (!chosen[i] && dist[i] > 0.0) {
-              last_positive = i;
-              break;
-            }
-        }
-        if (!(acc + block_sum[blk] > target)) {
-          acc += block_sum[blk];
-          continue;
-        }
-        double run = acc;
-        for (std::int64_t i = blk * kSumBlock; i < std::min(n, (blk + 1) * kSumBlock); ++i) {
-          if (chosen[i] || !(dist[i] > 0.0)) continue;
-          run += dist[i];
-          if (run > target) {
-            pick = i;
-            break;
-          }
-        }
-        if (pick < 0) pick = last_positive;
-      }
-      if (pick < 0) pick = last_positive;
-    }
+    pick = badge_draw(block_sum, block_last, chosen, badge_uniform_of(job.seed, static_cast<std::uint64_t>(t + 1)),
+                      [&](std::int64_t blk, double* out) {
+                        const std::int64_t i0 = blk * kSumBlock;
+                        std::copy(dist.begin() + i0, dist.begin() + std::min(n, i0 + kSumBlock), out);
+                      });
     if (pick < 0) {  // Σ D² = 0: every remaining item coincides with a centre
       for (std::int64_t i = 0; i < n; ++i)
         if (!chosen[i]) {

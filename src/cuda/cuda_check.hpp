@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <string>
 
 #include "labelwise/core/error.hpp"
@@ -31,6 +32,29 @@ class CudaDeviceGuard {
 
  private:
   int previous_ = 0;
+};
+
+/// A stream-ordered workspace carved into aligned pieces; freed (stream-ordered) on scope exit.
+class Workspace {
+ public:
+  Workspace(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+    LABELWISE_CUDA_CHECK(cudaMallocAsync(&base_, bytes, stream));
+  }
+  ~Workspace() { cudaFreeAsync(base_, stream_); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  template <typename T>
+  T* take(std::size_t count) {
+    T* p = reinterpret_cast<T*>(static_cast<char*>(base_) + used_);
+    used_ += align(count * sizeof(T));
+    return p;
+  }
+  static std::size_t align(std::size_t bytes) { return (bytes + 255) & ~std::size_t(255); }
+
+ private:
+  void* base_ = nullptr;
+  std::size_t used_ = 0;
+  cudaStream_t stream_;
 };
 
 }  // namespace detail

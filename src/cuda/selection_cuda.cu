@@ -182,29 +182,6 @@ __global__ void write_kernel(const u64* __restrict__ win_u, const u64* __restric
   }
 }
 
-/// A stream-ordered workspace carved into aligned pieces; freed (stream-ordered) on scope exit.
-class Workspace {
- public:
-  Workspace(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
-    LABELWISE_CUDA_CHECK(cudaMallocAsync(&base_, bytes, stream));
-  }
-  ~Workspace() { cudaFreeAsync(base_, stream_); }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  template <typename T>
-  T* take(std::size_t count) {
-    T* p = reinterpret_cast<T*>(static_cast<char*>(base_) + used_);
-    used_ += align(count * sizeof(T));
-    return p;
-  }
-  static std::size_t align(std::size_t bytes) { return (bytes + 255) & ~std::size_t(255); }
-
- private:
-  void* base_ = nullptr;
-  std::size_t used_ = 0;
-  cudaStream_t stream_;
-};
-
 int grid_for(std::int64_t n, int sms) {
   const std::int64_t want = (n + kBlock - 1) / kBlock;
   // Enough blocks to fill the GPU; a block's shared counters (uint32) see at most 2^30 items.

@@ -490,8 +490,18 @@ TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
   // CUDA input.
   TensorView cuda_x = fx;
   cuda_x.device = Device::cuda(0);
-  CHECK_THROWS_WITH(coreset(cuda_x, TensorView(), 1, idx(1), rad(1)), Catch::Contains("not implemented on CUDA yet"));
-  CHECK(kind_of([&] { coreset(cuda_x, TensorView(), 1, idx(1), rad(1)); }) == ErrorKind::Runtime);
+  CHECK_THROWS_WITH(coreset(cuda_x, TensorView(), 1, idx(1), rad(1)),
+                    Catch::Contains("indices: is on cpu but features is on cuda:0"));
+  std::vector<std::uint8_t> host_mask(4, 0);
+  TensorView cuda_mask = TensorView::of(host_mask.data(), {4});
+  cuda_mask.device = Device::cuda(1);
+  CHECK_THROWS_WITH(coreset(fx, cuda_mask, 1, idx(1), rad(1)), Catch::Contains("labeled: is on cuda:1 but features is on cpu"));
+  if (!built_with_cuda()) {
+    TensorView cuda_i = idx(1), cuda_r = rad(1);
+    cuda_i.device = cuda_r.device = Device::cuda(0);
+    CHECK_THROWS_WITH(coreset(cuda_x, TensorView(), 1, cuda_i, cuda_r), Catch::Contains("built without CUDA"));
+    CHECK(kind_of([&] { coreset(cuda_x, TensorView(), 1, cuda_i, cuda_r); }) == ErrorKind::Runtime);
+  }
   // Integer features.
   std::vector<std::int64_t> ints(12);
   CHECK(kind_of([&] { coreset(TensorView::of(ints.data(), {4, 3}), TensorView(), 1, idx(1), rad(1)); }) ==
@@ -531,7 +541,12 @@ TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
                     Catch::Contains("embeddings: row [3] contains NaN or Inf"));
   TensorView cuda_p = pv;
   cuda_p.device = Device::cuda(0);
-  CHECK_THROWS_WITH(badge(cuda_p, fx, 1, idx(1), {}), Catch::Contains("not implemented on CUDA yet"));
+  CHECK_THROWS_WITH(badge(cuda_p, fx, 1, idx(1), {}), Catch::Contains("embeddings: is on cpu but x is on cuda:0"));
+  if (!built_with_cuda()) {
+    TensorView cuda_e = fx, cuda_i = idx(1);
+    cuda_e.device = cuda_i.device = Device::cuda(0);
+    CHECK_THROWS_WITH(badge(cuda_p, cuda_e, 1, cuda_i, {}), Catch::Contains("built without CUDA"));
+  }
   CHECK(kind_of([&] { badge(pv, fx, 2, TensorView::of(radii.data(), {2}), {}); }) == ErrorKind::Type);
 }
 

@@ -292,7 +292,7 @@ def test_coreset_bad_inputs(rng):
         A.coreset(np.ones((4, 3), np.int64), None, 1)
     with pytest.raises(TypeError, match="b: expected an integer"):
         A.coreset(x, None, 1.5)
-    with pytest.raises(RuntimeError, match="not implemented on CUDA yet"):
+    with pytest.raises(TypeError, match="cannot allocate results"):  # a GPU array of an unknown framework
         A.coreset(FakeCuda(), None, 1)
 
 
@@ -333,8 +333,37 @@ def test_badge_bad_inputs(rng):
         A.badge(p, h, 1, seed=-1)
     with pytest.raises(TypeError):
         A.badge(p, h, 1)  # seed is required
-    with pytest.raises(RuntimeError, match="not implemented on CUDA yet"):
+    with pytest.raises(TypeError, match="cannot allocate results"):
         A.badge(FakeCuda(), h, 1, seed=0)
+
+
+# ---- CUDA (skipped without a GPU) --------------------------------------------------------------------
+
+
+def _cuda_torch():
+    if torch is None or not lw.built_with_cuda() or not torch.cuda.is_available():
+        pytest.skip("needs a CUDA build and a GPU")
+    return torch
+
+
+def test_coreset_and_badge_on_cuda_equal_cpu(rng):
+    t = _cuda_torch()
+    x = rng.normal(size=(20_000, 48)).astype(np.float32)
+    mask = np.zeros(20_000, bool)
+    mask[::101] = True
+    for metric in ("euclidean", "cosine"):
+        for lab in (None, mask):
+            ci, cr = A.coreset(x, lab, 30, metric=metric)
+            gl = None if lab is None else t.from_numpy(lab).cuda()
+            gi, gr = A.coreset(t.from_numpy(x).cuda(), gl, 30, metric=metric)
+            assert gi.is_cuda and gr.is_cuda
+            np.testing.assert_array_equal(gi.cpu().numpy(), ci)
+            np.testing.assert_allclose(gr.cpu().numpy(), cr, rtol=1e-9)
+    p = softmax(rng.normal(size=(20_000, 6)))
+    want = A.badge(p, x, 40, seed=5)
+    got = A.badge(t.from_numpy(p).cuda(), t.from_numpy(x).cuda(), 40, seed=5)
+    assert got.is_cuda
+    np.testing.assert_array_equal(got.cpu().numpy(), want)
 
 
 # ---- weighted k-means hybrid (Zhdanov 2019) --------------------------------------------------------

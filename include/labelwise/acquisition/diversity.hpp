@@ -9,7 +9,9 @@
 //                           CPU, any strides, C >= 2.
 //   indices               : int64 [b] (out), any stride; the caller owns it. Picks in the order chosen.
 //   radii                 : float64 [b] (out), any stride; the caller owns it.
-//   CUDA inputs: Error(Runtime) "... not implemented on CUDA yet" (the CPU path is multi-threaded).
+//   Devices: coreset and badge run on the CPU (multi-threaded) or on CUDA (every array on the same
+//   device, except that coreset's `labeled` may also be a host array); weighted_kmeans is CPU only.
+//   A CPU-only build raises "built without CUDA" for CUDA arrays.
 // Ties are broken by the lower index everywhere. Results never depend on the thread count.
 // On error nothing is written to the outputs.
 #pragma once
@@ -36,8 +38,10 @@ struct CoresetOptions {
   CoresetMetric metric = CoresetMetric::Euclidean;
   /// Skip the rows whose distance to the chosen set the new centre provably cannot lower (triangle
   /// inequality with a safety margin): the result is the same bits either way; false only to
-  /// measure the plain one-pass-per-pick cost.
+  /// measure the plain one-pass-per-pick cost. (CUDA: no pruning; one pass per pick on the device.)
   bool prune = true;
+  /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
+  void* stream = nullptr;
 };
 
 /// Core-set acquisition by k-center greedy (Sener & Savarese, ICLR 2018): keeps every item's
@@ -58,7 +62,7 @@ struct CoresetOptions {
 /// is 0 and the picks are the remaining unlabelled items by lower index.
 /// Errors: empty pool, D = 0, wrong rank, NaN / Inf features (naming the first bad row), zero rows
 /// with cosine, mask of the wrong length, index out of range, every item labelled, b < 0 or b > the
-/// number of unlabelled items, wrong dtypes / output shapes, mismatched devices, CUDA input.
+/// number of unlabelled items, wrong dtypes / output shapes, mismatched devices.
 void coreset(const TensorView& features, const TensorView& labeled, std::int64_t b, const TensorView& indices,
              const TensorView& radii, const CoresetOptions& options = {});
 
@@ -68,6 +72,8 @@ struct BadgeOptions {
   InputKind input = InputKind::Probabilities;
   /// The batch is a pure function of (inputs, b, seed): the same on every run and thread count.
   std::uint64_t seed = 0;
+  /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
+  void* stream = nullptr;
 };
 
 /// BADGE (Ash, Zhang, Krishnamurthy, Langford, Agarwal, ICLR 2020). The gradient embedding of item n
@@ -84,7 +90,7 @@ struct BadgeOptions {
 ///   embeddings: [N, D] penultimate-layer features
 ///   indices   : int64 [b] (out), picks in the order chosen; 0 <= b <= N
 /// Errors: as the shape contract; NaN / Inf, negative or unnormalised probabilities (naming the first
-/// bad item), C < 2, N mismatch, b outside [0, N], CUDA input.
+/// bad item), C < 2, N mismatch, b outside [0, N], mismatched devices.
 void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,
            const BadgeOptions& options = {});
 

@@ -1,0 +1,132 @@
+// CUDA == CPU for core-set (k-center greedy) and BADGE on fresh random pools: the same picks, radii
+// within 1e-9 relative (row sums run in another order on the device), the same errors.
+// Tagged [cuda]: CPU-only CI excludes it; bench/gpu_check.sh runs it on a GPU machine.
+#include <catch2/catch.hpp>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "labelwise/acquisition/diversity.hpp"
+
+using namespace labelwise;
+
+namespace {
+
+template <typename T>
+struct DevBuf {
+  T* ptr = nullptr;
+  std::size_t n = 0;
+  explicit DevBuf(std::size_t count) : n(count) {
+    REQUIRE(cudaMalloc(&ptr, std::max<std::size_t>(1, n) * sizeof(T)) == cudaSuccess);
+  }
+  explicit DevBuf(const std::vector<T>& host) : DevBuf(host.size()) {
+    REQUIRE(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  ~DevBuf() { cudaFree(ptr); }
+  std::vector<T> host() const {
+    std::vector<T> h(n);
+    REQUIRE(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return h;
+  }
+  TensorView view(const std::vector<std::int64_t>& shape) const {
+    return TensorView(ptr, dtype_of<T>::value, shape, Device::cuda(0));
+  }
+};
+
+std::uint64_t fresh() {
+  std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+template <typename T>
+std::vector<T> normal(std::mt19937_64& g, std::size_t n) {
+  std::normal_distribution<double> nd;
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(nd(g));
+  return v;
+}
+
+template <typename T>
+void coreset_cpu_vs_cuda(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int64_t b, CoresetMetric metric,
+                         bool labelled) {
+  const std::vector<T> x = normal<T>(g, static_cast<std::size_t>(n * d));
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
+  if (labelled)
+    for (std::int64_t i = 0; i < n; i += 97) mask[i] = 1;
+  std::vector<std::int64_t> ci(b);
+  std::vector<double> cr(b);
+  const TensorView lab_host = labelled ? TensorView::of(mask.data(), {n}) : TensorView();
+  coreset(TensorView::of(x.data(), {n, d}), lab_host, b, TensorView::of(ci.data(), {b}), TensorView::of(cr.data(), {b}),
+          {metric});
+  DevBuf<T> dx(x);
+  DevBuf<std::uint8_t> dmask(mask);
+  DevBuf<std::int64_t> di(static_cast<std::size_t>(b));
+  DevBuf<double> dr(static_cast<std::size_t>(b));
+  // labelled: once as a device mask, once as a host mask
+  for (int where = 0; where < (labelled ? 2 : 1); ++where) {
+    const TensorView lab = !labelled ? TensorView() : where == 0 ? dmask.view({n}) : lab_host;
+    coreset(dx.view({n, d}), lab, b, di.view({b}), dr.view({b}), {metric});
+    CHECK(di.host() == ci);
+    const std::vector<double> gr = dr.host();
+    for (std::int64_t t = 0; t < b; ++t) CHECK(gr[t] == Approx(cr[t]).epsilon(1e-9).margin(1e-12));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("coreset on CUDA equals the CPU", "[cuda][diversity][coreset]") {
+  std::mt19937_64 g(fresh());
+  for (auto metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine})
+    for (bool labelled : {false, true}) {
+      coreset_cpu_vs_cuda<float>(g, 3001, 37, 25, metric, labelled);
+      coreset_cpu_vs_cuda<double>(g, 20000, 64, 40, metric, labelled);
+    }
+}
+
+TEST_CASE("badge on CUDA equals the CPU", "[cuda][diversity][badge]") {
+  std::mt19937_64 g(fresh());
+  const std::uint64_t seed = fresh();
+  for (std::int64_t n : {777, 5000}) {
+    const std::int64_t c = 7, d = 48, b = 30;
+    std::vector<double> logits = normal<double>(g, static_cast<std::size_t>(n * c));
+    for (std::int64_t i = 0; i < n; i += 11) logits[i * c] = 60.0;  // some (numerically) one-hot rows
+    const std::vector<float> h = normal<float>(g, static_cast<std::size_t>(n * d));
+    std::vector<std::int64_t> ci(b);
+    badge(TensorView::of(logits.data(), {n, c}), TensorView::of(h.data(), {n, d}), b, TensorView::of(ci.data(), {b}),
+          {InputKind::Logits, seed});
+    DevBuf<double> dl(logits);
+    DevBuf<float> dh(h);
+    DevBuf<std::int64_t> di(static_cast<std::size_t>(b));
+    badge(dl.view({n, c}), dh.view({n, d}), b, di.view({b}), {InputKind::Logits, seed});
+    CHECK(di.host() == ci);
+  }
+}
+
+TEST_CASE("coreset and badge on CUDA report the CPU's errors", "[cuda][diversity][errors]") {
+  std::vector<double> x(40 * 3, 0.5);
+  x[17 * 3 + 1] = std::numeric_limits<double>::quiet_NaN();
+  x[30 * 3] = std::numeric_limits<double>::infinity();
+  DevBuf<double> dx(x);
+  DevBuf<std::int64_t> di(2);
+  DevBuf<double> dr(2);
+  CHECK_THROWS_WITH(coreset(dx.view({40, 3}), TensorView(), 2, di.view({2}), dr.view({2})),
+                    Catch::Contains("row [17] contains NaN or Inf"));
+  std::vector<double> p(40 * 2, 0.5);
+  p[5 * 2] = -0.1;
+  p[5 * 2 + 1] = 1.1;
+  DevBuf<double> dp(p);
+  CHECK_THROWS_WITH(badge(dp.view({40, 2}), dx.view({40, 3}), 2, di.view({2})),
+                    Catch::Contains("row [5] has a negative probability"));
+  p[5 * 2] = 0.5;
+  p[5 * 2 + 1] = 0.5;
+  DevBuf<double> dp2(p);
+  CHECK_THROWS_WITH(badge(dp2.view({40, 2}), dx.view({40, 3}), 2, di.view({2})),
+                    Catch::Contains("embeddings: row [17] contains NaN or Inf"));
+  std::vector<std::int64_t> host_out(2);
+  CHECK_THROWS_WITH(badge(dp2.view({40, 2}), dx.view({40, 3}), 2, TensorView::of(host_out.data(), {2})),
+                    Catch::Contains("indices: is on cpu"));
+}
