@@ -47,6 +47,45 @@ void check_out(const TensorView& o, std::int64_t b, const Device& dev, const cha
   check(b == 0 || o.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
 }
 
+/// The labelled set as a byte mask over n items, from a bool / uint8 mask [n] or int64 indices [M]
+/// (host or CUDA memory: a CUDA array is read through a host copy of the span it covers).
+std::vector<std::uint8_t> labelled_mask(const TensorView& labeled, bool has_labeled, std::int64_t n, const char* pool) {
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
+  if (!has_labeled) return mask;
+  check(labeled.ndim == 1, ErrorKind::Value,
+        "labeled: expected a boolean mask [N] or an int64 index array [M], got shape ", labeled.shape_str());
+  const std::int64_t m = labeled.shape[0];
+  const std::int64_t s = labeled.strides[0];
+  check(m == 0 || labeled.data != nullptr, ErrorKind::Value, "labeled: data pointer is null");
+  check(labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8 || labeled.dtype == DType::Int64,
+        ErrorKind::Type, "labeled: expected dtype bool / uint8 (a mask) or int64 (indices), got ",
+        dtype_name(labeled.dtype));
+  std::vector<char> host;
+  const char* base = static_cast<const char*>(labeled.data);
+  if (labeled.device.is_cuda() && m > 0) {
+    const std::int64_t esize = dtype_size(labeled.dtype);
+    const std::int64_t lo = std::min<std::int64_t>(0, (m - 1) * s), hi = std::max<std::int64_t>(0, (m - 1) * s);
+    host.resize(static_cast<std::size_t>((hi - lo + 1) * esize));
+    detail::copy_to_host(host.data(), base + lo * esize, host.size(), labeled.device.index);
+    base = host.data() - lo * esize;
+  }
+  if (labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8) {
+    check(m == n, ErrorKind::Value, "labeled: a mask must have one entry per row of ", pool, ": expected shape [", n,
+          "], got ", labeled.shape_str());
+    const std::uint8_t* p = reinterpret_cast<const std::uint8_t*>(base);
+    for (std::int64_t i = 0; i < n; ++i) mask[i] = p[i * s] != 0;
+  } else {
+    const std::int64_t* p = reinterpret_cast<const std::int64_t*>(base);
+    for (std::int64_t j = 0; j < m; ++j) {
+      const std::int64_t i = p[j * s];
+      check(i >= 0 && i < n, ErrorKind::Value, "labeled: index [", j, "] = ", i, " is outside [0, ", n, ") (the rows of ",
+            pool, ")");
+      mask[i] = 1;
+    }
+  }
+  return mask;
+}
+
 std::string row_str(std::int64_t i) { return "row [" + std::to_string(i) + "]"; }
 
 }  // namespace
@@ -81,42 +120,7 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
   job.prune = options.prune;
   const std::int64_t n = job.x.rows;
 
-  // The labelled set as a byte mask.
-  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
-  if (has_labeled) {
-    check(labeled.ndim == 1, ErrorKind::Value,
-          "labeled: expected a boolean mask [N] or an int64 index array [M], got shape ", labeled.shape_str());
-    const std::int64_t m = labeled.shape[0];
-    const std::int64_t s = labeled.strides[0];
-    check(m == 0 || labeled.data != nullptr, ErrorKind::Value, "labeled: data pointer is null");
-    check(labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8 || labeled.dtype == DType::Int64,
-          ErrorKind::Type, "labeled: expected dtype bool / uint8 (a mask) or int64 (indices), got ",
-          dtype_name(labeled.dtype));
-    // A CUDA mask / index array is read through a host copy of the span it covers.
-    std::vector<char> host;
-    const char* base = static_cast<const char*>(labeled.data);
-    if (labeled.device.is_cuda() && m > 0) {
-      const std::int64_t esize = dtype_size(labeled.dtype);
-      const std::int64_t lo = std::min<std::int64_t>(0, (m - 1) * s), hi = std::max<std::int64_t>(0, (m - 1) * s);
-      host.resize(static_cast<std::size_t>((hi - lo + 1) * esize));
-      detail::copy_to_host(host.data(), base + lo * esize, host.size(), labeled.device.index);
-      base = host.data() - lo * esize;
-    }
-    if (labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8) {
-      check(m == n, ErrorKind::Value, "labeled: a mask must have one entry per row of features: expected shape [", n,
-            "], got ", labeled.shape_str());
-      const std::uint8_t* p = reinterpret_cast<const std::uint8_t*>(base);
-      for (std::int64_t i = 0; i < n; ++i) mask[i] = p[i * s] != 0;
-    } else {
-      const std::int64_t* p = reinterpret_cast<const std::int64_t*>(base);
-      for (std::int64_t j = 0; j < m; ++j) {
-        const std::int64_t i = p[j * s];
-        check(i >= 0 && i < n, ErrorKind::Value, "labeled: index [", j, "] = ", i, " is outside [0, ", n,
-              ") (the rows of features)");
-        mask[i] = 1;
-      }
-    }
-  }
+  const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "features");
   std::int64_t n_labeled = 0;
   for (std::uint8_t v : mask) n_labeled += v;
   check(n_labeled < n, ErrorKind::Value, "labeled: every one of the ", n, " items is labelled; nothing to select");
@@ -232,6 +236,95 @@ void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, co
       throw Error(ErrorKind::Value, "x: " + row_str(f.item) + " has every logit equal to -inf");
     default:
       throw Error(ErrorKind::Runtime, "badge: failed with status " + std::to_string(f.status));
+  }
+}
+
+}  // namespace labelwise
+
+namespace labelwise {
+
+void cluster_margin(const TensorView& margins, const TensorView& clusters, const TensorView& labeled, std::int64_t b,
+                    const TensorView& indices, const ClusterMarginOptions& options) {
+  check_not_cuda(margins, "cluster_margin", "margins");
+  check_not_cuda(clusters, "cluster_margin", "clusters");
+  const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
+  if (has_labeled) check_not_cuda(labeled, "cluster_margin", "labeled");
+  check_not_cuda(indices, "cluster_margin", "indices");
+  check(is_float(margins.dtype), ErrorKind::Type, "margins: expected dtype float32 or float64, got ",
+        dtype_name(margins.dtype));
+  check(margins.ndim == 1, ErrorKind::Value, "margins: expected rank 1 [N], got shape ", margins.shape_str());
+  const std::int64_t n = margins.shape[0];
+  check(n >= 1, ErrorKind::Value, "margins: the pool is empty (shape ", margins.shape_str(), ")");
+  check(margins.data != nullptr, ErrorKind::Value, "margins: data pointer is null");
+  check(clusters.dtype == DType::Int64, ErrorKind::Type, "clusters: expected dtype int64, got ",
+        dtype_name(clusters.dtype));
+  check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
+        "] (one id per item of margins), got ", clusters.shape_str());
+  check(clusters.data != nullptr, ErrorKind::Value, "clusters: data pointer is null");
+  const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "margins");
+  std::vector<double> m(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    m[i] = margins.dtype == DType::Float32
+               ? static_cast<double>(static_cast<const float*>(margins.data)[i * margins.strides[0]])
+               : static_cast<const double*>(margins.data)[i * margins.strides[0]];
+    check(!std::isnan(m[i]), ErrorKind::Value, "margins: NaN at item [", i, "]");
+  }
+  std::vector<std::int64_t> free;
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!mask[i]) free.push_back(i);
+  const std::int64_t n_free = static_cast<std::int64_t>(free.size());
+  check(b >= 0 && b <= n_free, ErrorKind::Value, "b: expected 0 <= b <= ", n_free,
+        " (the number of unlabelled items), got b = ", b);
+  check(options.candidates >= 0, ErrorKind::Value, "candidates: expected an integer >= 0 (0: 10·b), got ",
+        options.candidates);
+  const std::int64_t cand = options.candidates == 0
+                                ? (b > n_free / 10 ? n_free : 10 * b)
+                                : std::min(options.candidates, n_free);
+  check(cand >= b, ErrorKind::Value, "candidates: ", options.candidates, " is fewer than b = ", b);
+  check_out(indices, b, margins.device, "indices", DType::Int64, "margins");
+  if (b == 0) return;
+
+  // The `cand` most uncertain unlabelled items (margin descending, then lower index).
+  const auto by_margin = [&](std::int64_t i, std::int64_t j) { return m[i] > m[j] || (m[i] == m[j] && i < j); };
+  if (cand < n_free) std::nth_element(free.begin(), free.begin() + cand, free.end(), by_margin);
+  free.resize(static_cast<std::size_t>(cand));
+  // Group by cluster; within a group, the order of the Philox keys.
+  const std::int64_t* cl = static_cast<const std::int64_t*>(clusters.data);
+  const std::int64_t cs = clusters.strides[0];
+  struct Member {
+    std::int64_t cluster;
+    std::uint64_t key;
+    std::int64_t item;
+  };
+  std::vector<Member> members;
+  members.reserve(free.size());
+  for (std::int64_t i : free) members.push_back({cl[i * cs], rng::bits64(options.seed, kStreamClusterMargin, i), i});
+  std::sort(members.begin(), members.end(), [](const Member& a, const Member& c) {
+    if (a.cluster != c.cluster) return a.cluster < c.cluster;
+    if (a.key != c.key) return a.key < c.key;
+    return a.item < c.item;
+  });
+  struct Group {
+    std::size_t begin, end, next;
+  };
+  std::vector<Group> groups;
+  for (std::size_t j = 0; j < members.size();) {
+    std::size_t e = j;
+    while (e < members.size() && members[e].cluster == members[j].cluster) ++e;
+    groups.push_back({j, e, j});
+    j = e;
+  }
+  // Smallest group first; ties: the lower cluster id (already in that order: stable sort).
+  std::stable_sort(groups.begin(), groups.end(),
+                   [](const Group& a, const Group& c) { return a.end - a.begin < c.end - c.begin; });
+  std::int64_t* out = static_cast<std::int64_t*>(indices.data);
+  std::int64_t t = 0;
+  while (t < b) {
+    for (Group& g : groups) {
+      if (g.next == g.end || t == b) continue;
+      out[t * indices.strides[0]] = members[g.next++].item;
+      ++t;
+    }
   }
 }
 

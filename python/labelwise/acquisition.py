@@ -591,46 +591,33 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     """Cluster-margin batch selection (Citovsky et al., NeurIPS 2021).
 
     ``margins`` [N]: labelwise's margin scores (higher = smaller top-1/top-2 gap = more uncertain);
-    ``clusters`` [N]: ids from :func:`cluster_margin_clusters`; ``labeled``: optional bool mask [N] of
-    items already labelled (never picked). Takes the ``candidates`` (default 10·b) most uncertain unlabelled
-    items, groups them by cluster, visits the clusters from the smallest to the largest (ties by lower
-    id) and takes one item from each in turn (a seeded random one), cycling until ``b`` are chosen.
-    Returns int64 indices [b] in the order chosen (numpy)."""
-    m = np.asarray(_arrays.to_host_numpy(margins), dtype=np.float64).reshape(-1)
-    cl = np.asarray(_arrays.to_host_numpy(clusters)).reshape(-1)
+    ``clusters`` [N]: integer ids, e.g. from :func:`cluster_margin_clusters`; ``labeled``: optional
+    bool mask [N] or integer indices of items already labelled (never picked). Takes the
+    ``candidates`` (default ``min(10·b, unlabelled)``) most uncertain unlabelled items (ties: lower
+    index), groups them by cluster, visits the groups from the smallest to the largest (ties: lower
+    id) and takes one item from each in turn, cycling until ``b`` are chosen. Within a group the items
+    come in the order of their Philox keys ``bits64(seed, "CLMG", item)`` — random, the same for a seed
+    on every run and machine, and the same in C++ (``labelwise::cluster_margin``).
+    Returns int64 indices [b] in the order chosen (numpy; GPU arrays are copied to the host)."""
+    m = np.ascontiguousarray(_arrays.to_host_numpy(margins))
+    if m.dtype not in (np.float32, np.float64):
+        m = m.astype(np.float64)
+    cl = np.ascontiguousarray(_arrays.to_host_numpy(clusters))
+    if cl.dtype.kind not in "iu":
+        raise TypeError(f"clusters: expected integer cluster ids, got dtype {cl.dtype}")
+    cl = cl.astype(np.int64, copy=False)
     b = _count(b)
-    if len(cl) != len(m):
-        raise ValueError(f"clusters: expected {len(m)} ids (one per item), got {len(cl)}")
-    if np.isnan(m).any():
-        raise ValueError(f"margins: NaN at item {int(np.flatnonzero(np.isnan(m))[0])}")
-    free = np.ones(len(m), dtype=bool)
+    s = _seed(seed)
+    cand = 0 if candidates is None else _int_option(candidates, "candidates", 1)
+    lab = None
     if labeled is not None:
-        lab = np.asarray(_arrays.to_host_numpy(labeled)).reshape(-1).astype(bool)
-        if len(lab) != len(m):
-            raise ValueError(f"labeled: expected a mask of {len(m)} items, got {len(lab)}")
-        free &= ~lab
-    n_free = int(free.sum())
-    if b > n_free:
-        raise ValueError(f"b: asked for {b} items but only {n_free} are unlabelled")
-    k_m = min(n_free, 10 * b if candidates is None else int(candidates))
-    if k_m < b:
-        raise ValueError(f"candidates: {k_m} is fewer than b = {b}")
-    idx = np.flatnonzero(free)
-    order = idx[np.lexsort((idx, -m[idx]))][:k_m]  # most uncertain first, ties by lower index
-    rng = np.random.default_rng(_arrays.check_seed(seed))
-    groups = {}
-    for i in order:
-        groups.setdefault(int(cl[i]), []).append(int(i))
-    queue = sorted(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))
-    pools = [list(rng.permutation(members)) for _, members in queue]
-    picks: list = []
-    while len(picks) < b:
-        for p in pools:
-            if p and len(picks) < b:
-                picks.append(int(p.pop()))
-        pools = [p for p in pools if p]
-    return np.asarray(picks, dtype=np.int64)
-
+        lab = np.ascontiguousarray(_arrays.to_host_numpy(labeled))
+        if lab.dtype.kind in "iu" and lab.dtype != np.uint8:
+            lab = lab.astype(np.int64)
+    idx = np.empty(max(0, b), dtype=np.int64)
+    _core.cluster_margin(_arrays.capsule(m), _arrays.capsule(cl), None if lab is None else _arrays.capsule(lab), b,
+                         _arrays.capsule(idx, writable=True), cand, s)
+    return idx
 
 
 __all__ += ["cluster_margin", "cluster_margin_clusters"]

@@ -358,6 +358,22 @@ PYBIND11_MODULE(_core, m) {
       py::arg("stream") = 0);
   m.def("badge_uniform", &badge_uniform, py::arg("seed"), py::arg("step"));
   m.def(
+      "cluster_margin",
+      [](const py::capsule& margins, const py::capsule& clusters, const py::object& labeled, std::int64_t b,
+         const py::capsule& indices, std::int64_t candidates, std::uint64_t seed) {
+        const TensorView mv = view_of(margins, "margins", false);
+        const TensorView cv = view_of(clusters, "clusters", false);
+        const TensorView lv = labeled.is_none() ? TensorView() : view_of(labeled.cast<py::capsule>(), "labeled", false);
+        const TensorView iv = view_of(indices, "indices", true);
+        ClusterMarginOptions opt;
+        opt.candidates = candidates;
+        opt.seed = seed;
+        py::gil_scoped_release release;
+        cluster_margin(mv, cv, lv, b, iv, opt);
+      },
+      py::arg("margins"), py::arg("clusters"), py::arg("labeled"), py::arg("b"), py::arg("indices"),
+      py::arg("candidates"), py::arg("seed"));
+  m.def(
       "weighted_kmeans",
       [](const py::capsule& features, const py::capsule& scores, std::int64_t b, const py::capsule& indices,
          std::int64_t prefilter, std::int64_t max_iter) {

@@ -11,6 +11,7 @@
 
 #include "labelwise/acquisition/diversity.hpp"
 #include "labelwise/core/parallel.hpp"
+#include "labelwise/core/rng.hpp"
 #include "labelwise/detail/diversity_impl.hpp"
 
 using namespace labelwise;
@@ -635,4 +636,67 @@ TEST_CASE("weighted_kmeans rejects bad input", "[diversity][weighted_kmeans][err
   cuda_x.device = Device::cuda(0);
   CHECK_THROWS_WITH(weighted_kmeans(cuda_x, fw, 1, TensorView::of(out.data(), {1})),
                     Catch::Contains("not implemented on CUDA yet"));
+}
+
+// ---- cluster-margin -----------------------------------------------------------------------------------
+
+TEST_CASE("cluster_margin: round-robin over clusters from the smallest, Philox order within", "[diversity][cluster_margin]") {
+  std::mt19937_64 g(fresh_seed());
+  std::uniform_real_distribution<double> ud;
+  const std::int64_t n = 60;
+  std::vector<double> m(n);
+  std::vector<std::int64_t> ids(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    m[i] = ud(g);
+    ids[i] = i < 5 ? 7 : i < 20 ? 3 : 11;  // sizes 5, 15, 40
+  }
+  const std::uint64_t seed = fresh_seed();
+  const std::int64_t b = 9;
+  std::vector<std::int64_t> out(b);
+  cluster_margin(TensorView::of(m.data(), {n}), TensorView::of(ids.data(), {n}), TensorView(), b,
+                 TensorView::of(out.data(), {b}), {n, seed});
+  // every round visits the clusters in ascending size: 7 (5 items), 3 (15), 11 (40)
+  for (std::int64_t t = 0; t < b; ++t) CHECK(ids[out[t]] == std::vector<std::int64_t>{7, 3, 11}[t % 3]);
+  // within a cluster: ascending Philox keys
+  for (std::int64_t t = 3; t < b; ++t)
+    CHECK(rng::bits64(seed, kStreamClusterMargin, out[t - 3]) < rng::bits64(seed, kStreamClusterMargin, out[t]));
+  // candidates = b: exactly the b largest margins
+  std::vector<std::int64_t> top(b), order(n);
+  cluster_margin(TensorView::of(m.data(), {n}), TensorView::of(ids.data(), {n}), TensorView(), b,
+                 TensorView::of(top.data(), {b}), {b, seed});
+  for (std::int64_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t c) { return m[a] > m[c]; });
+  std::sort(top.begin(), top.end());
+  std::vector<std::int64_t> want(order.begin(), order.begin() + b);
+  std::sort(want.begin(), want.end());
+  CHECK(top == want);
+  // labelled items are never picked
+  std::vector<std::int64_t> lab = {out[0], out[1]};
+  std::vector<std::int64_t> again(b);
+  cluster_margin(TensorView::of(m.data(), {n}), TensorView::of(ids.data(), {n}), TensorView::of(lab.data(), {2}), b,
+                 TensorView::of(again.data(), {b}), {n, seed});
+  for (std::int64_t i : again) CHECK((i != lab[0] && i != lab[1]));
+}
+
+TEST_CASE("cluster_margin rejects bad input", "[diversity][cluster_margin][errors]") {
+  std::vector<double> m = {0.1, 0.5, std::numeric_limits<double>::quiet_NaN(), 0.3};
+  std::vector<std::int64_t> ids = {0, 1, 0, 1}, out(4);
+  const TensorView iv = TensorView::of(ids.data(), {4});
+  CHECK_THROWS_WITH(cluster_margin(TensorView::of(m.data(), {4}), iv, TensorView(), 1, TensorView::of(out.data(), {1})),
+                    Catch::Contains("margins: NaN at item [2]"));
+  m[2] = 0.2;
+  const TensorView mv = TensorView::of(m.data(), {4});
+  CHECK_THROWS_WITH(cluster_margin(mv, iv, TensorView(), 5, TensorView::of(out.data(), {4})),
+                    Catch::Contains("b: expected 0 <= b <= 4"));
+  CHECK_THROWS_WITH(cluster_margin(mv, TensorView::of(ids.data(), {3}), TensorView(), 1, TensorView::of(out.data(), {1})),
+                    Catch::Contains("clusters: expected shape [4]"));
+  CHECK_THROWS_WITH(cluster_margin(mv, iv, TensorView(), 3, TensorView::of(out.data(), {3}), {2, 0}),
+                    Catch::Contains("candidates: 2 is fewer than b = 3"));
+  std::vector<std::int64_t> lab = {4};
+  CHECK_THROWS_WITH(cluster_margin(mv, iv, TensorView::of(lab.data(), {1}), 1, TensorView::of(out.data(), {1})),
+                    Catch::Contains("labeled: index [0] = 4 is outside [0, 4)"));
+  std::vector<float> fids(4);
+  CHECK_THROWS_WITH(cluster_margin(mv, TensorView::of(fids.data(), {4}), TensorView(), 1, TensorView::of(out.data(), {1})),
+                    Catch::Contains("clusters: expected dtype int64"));
+  cluster_margin(mv, iv, TensorView(), 0, TensorView::of(out.data(), {0}));  // b = 0: valid
 }

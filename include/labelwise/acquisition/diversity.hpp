@@ -124,6 +124,33 @@ struct WeightedKmeansOptions {
 void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
                      const WeightedKmeansOptions& options = {});
 
+struct ClusterMarginOptions {
+  /// Candidates: the `candidates` most uncertain unlabelled items (0: min(10·b, unlabelled items)).
+  std::int64_t candidates = 0;
+  /// The order within each cluster is a pure function of (seed, item index).
+  std::uint64_t seed = 0;
+};
+
+/// Cluster-margin (Citovsky, DeSalvo, Gentile, Karydas, Rajagopalan, Rostamizadeh, Kumar, NeurIPS
+/// 2021): take the `candidates` unlabelled items with the highest margin scores (ties: lower index),
+/// group them by cluster, sort the groups by size (smallest first; ties: lower cluster id) and pick
+/// round-robin, one item per group per round, until b are chosen. Within a group the items go in
+/// the order of their keys rng::bits64(seed, kStreamClusterMargin, item) (ties: lower index) — a
+/// random order that is the same on every run and does not depend on the other items.
+///   margins  : [N] float32 / float64 (labelwise's margin metric: higher = more uncertain; any score
+///              works), no NaN, CPU, any stride
+///   clusters : int64 [N] cluster ids (any values; e.g. average-linkage clusters of the embeddings,
+///              computed once per campaign as the paper does), CPU, any stride
+///   labeled  : bool / uint8 mask [N] or int64 indices, or a default view (nothing labelled)
+///   indices  : int64 [b] (out): the picks in the order chosen; 0 <= b <= unlabelled items
+/// Errors: NaN margins (first bad item), N mismatch, labelled index out of range, b outside
+/// [0, unlabelled], candidates < b (when given), wrong dtypes / output shape, CUDA input.
+void cluster_margin(const TensorView& margins, const TensorView& clusters, const TensorView& labeled, std::int64_t b,
+                    const TensorView& indices, const ClusterMarginOptions& options = {});
+
+/// The Philox stream of cluster-margin's within-cluster order ("CLMG").
+constexpr std::uint32_t kStreamClusterMargin = 0x434C4D47u;
+
 /// The uniform draw of BADGE step t under `seed`: rng::uniform_open(rng::bits64(seed, kStreamBadge, t)),
 /// in (0, 1). Exposed so that tests and users can replay the sampling.
 double badge_uniform(std::uint64_t seed, std::uint64_t step);
