@@ -14,4 +14,5 @@
 #include "labelwise/propagation/certified.hpp"
 #include "labelwise/propagation/label_issues.hpp"
 #include "labelwise/propagation/knn.hpp"
+#include "labelwise/propagation/slices.hpp"
 #include "labelwise/propagation/spreading.hpp"

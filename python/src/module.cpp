@@ -17,6 +17,7 @@
 #include "labelwise/propagation/certified.hpp"
 #include "labelwise/propagation/label_issues.hpp"
 #include "labelwise/propagation/knn.hpp"
+#include "labelwise/propagation/slices.hpp"
 #include "labelwise/propagation/spreading.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
 
@@ -431,6 +432,26 @@ PYBIND11_MODULE(_core, m) {
         knn_graph(fv, k, iv, dv, km);
       },
       py::arg("features"), py::arg("k"), py::arg("indices"), py::arg("distances"), py::arg("metric"));
+  m.def(
+      "propagate_slices",
+      [](const py::capsule& volume, const py::capsule& labels, const std::vector<std::int64_t>& slices,
+         const py::capsule& mask, const py::capsule& confidence, int axis, std::int64_t num_classes, double beta,
+         std::int64_t erode, double min_confidence) {
+        const TensorView vv = view_of(volume, "volume", false);
+        const TensorView lv = view_of(labels, "labels", false);
+        const TensorView mv = view_of(mask, "mask", true);
+        const TensorView cv = view_of(confidence, "confidence", true);
+        SlicePropagationOptions opt;
+        opt.axis = axis;
+        opt.num_classes = num_classes;
+        opt.beta = beta;
+        opt.erode = erode;
+        opt.min_confidence = min_confidence;
+        py::gil_scoped_release release;
+        propagate_slices(vv, lv, slices, mv, cv, opt);
+      },
+      py::arg("volume"), py::arg("labels"), py::arg("slices"), py::arg("mask"), py::arg("confidence"),
+      py::arg("axis"), py::arg("num_classes"), py::arg("beta"), py::arg("erode"), py::arg("min_confidence"));
   m.def(
       "spreading_num_classes",
       [](const py::capsule& labels) { return spreading_num_classes(view_of(labels, "labels", false)); },

@@ -11,6 +11,7 @@
 #include "labelwise/propagation/binomial.hpp"
 #include "labelwise/propagation/certified.hpp"
 #include "labelwise/propagation/label_issues.hpp"
+#include "labelwise/propagation/slices.hpp"
 
 using namespace labelwise;
 
@@ -436,4 +437,60 @@ TEST_CASE("label_issues equals a naive confident-learning reference", "[propagat
   y[3] = C;
   CHECK_THROWS_WITH(label_issues(TensorView::of(p.data(), {N, C}), TensorView::of(y.data(), {N}), out),
                     Catch::Contains("given_labels: entry [3] is 4"));
+}
+
+// ---- slice propagation ------------------------------------------------------------------------------
+
+TEST_CASE("propagate_slices recovers a noisy sphere from two slices on every axis", "[propagation][slices]") {
+  std::mt19937_64 g(fresh_seed());
+  std::normal_distribution<double> nd;
+  const std::int64_t Z = 20, H = 28, W = 30;  // the Python test's sphere
+  std::vector<std::int64_t> lab(Z * H * W);
+  std::vector<float> vol(Z * H * W);
+  for (std::int64_t z = 0; z < Z; ++z)
+    for (std::int64_t i = 0; i < H; ++i)
+      for (std::int64_t j = 0; j < W; ++j) {
+        const double r = std::sqrt((z - Z / 2.0) * (z - Z / 2.0) + (i - H / 2.0) * (i - H / 2.0) + (j - W / 2.0) * (j - W / 2.0));
+        const std::int64_t e = (z * H + i) * W + j;
+        lab[e] = (r < 7) + (r < 3);
+        vol[e] = static_cast<float>(lab[e] + 0.05 * nd(g));
+      }
+  for (int axis : {0, 1, 2}) {
+    const std::int64_t n = std::vector<std::int64_t>{Z, H, W}[axis];
+    std::vector<std::int64_t> mask(lab.size(), -7);
+    std::vector<double> conf(lab.size(), -1.0);
+    SlicePropagationOptions opt;
+    opt.axis = axis;
+    propagate_slices(TensorView::of(vol.data(), {Z, H, W}), TensorView::of(lab.data(), {Z, H, W}), {n / 3, 2 * n / 3},
+                     TensorView::of(mask.data(), {Z, H, W}), TensorView::of(conf.data(), {Z, H, W}), opt);
+    std::int64_t right = 0;
+    for (std::size_t e = 0; e < lab.size(); ++e) {
+      right += mask[e] == lab[e];
+      REQUIRE(conf[e] >= 0.0);
+      REQUIRE(conf[e] <= 1.0);
+    }
+    CHECK(static_cast<double>(right) / lab.size() > 0.97);
+  }
+}
+
+TEST_CASE("propagate_slices rejects bad input", "[propagation][slices][errors]") {
+  std::vector<double> vol(4 * 5 * 6, 1.0);
+  std::vector<std::int64_t> lab(vol.size(), 0), mask(vol.size());
+  std::vector<double> conf(vol.size());
+  const TensorView v = TensorView::of(vol.data(), {4, 5, 6}), l = TensorView::of(lab.data(), {4, 5, 6});
+  const TensorView m = TensorView::of(mask.data(), {4, 5, 6}), c = TensorView::of(conf.data(), {4, 5, 6});
+  CHECK_THROWS_WITH(propagate_slices(v, l, {}, m, c), Catch::Contains("at least one annotated slice"));
+  CHECK_THROWS_WITH(propagate_slices(v, l, {4}, m, c), Catch::Contains("indices must be in [0, 4)"));
+  CHECK_THROWS_WITH(propagate_slices(v, TensorView::of(lab.data(), {4, 5, 5}), {1}, m, c),
+                    Catch::Contains("labels: expected volume's shape"));
+  CHECK_THROWS_WITH(propagate_slices(v, l, {1}, c, c), Catch::Contains("mask: expected dtype int64"));
+  SlicePropagationOptions bad;
+  bad.beta = -1;
+  CHECK_THROWS_WITH(propagate_slices(v, l, {1}, m, c, bad), Catch::Contains("beta"));
+  lab[1 * 30 + 2 * 6 + 3] = 5;
+  bad = {};
+  bad.num_classes = 3;
+  CHECK_THROWS_WITH(propagate_slices(v, l, {1}, m, c, bad), Catch::Contains("class 5 >= num_classes 3"));
+  vol[2 * 30] = std::nan("");
+  CHECK_THROWS_WITH(propagate_slices(v, l, {1}, m, c), Catch::Contains("volume: NaN or Inf at slice 2"));
 }

@@ -83,3 +83,130 @@ def philox_bits64(seed, stream, index):
         c = [((p1 >> 32) ^ c[1] ^ k0) & M, p1 & M, ((p0 >> 32) ^ c[3] ^ k1) & M, p0 & M]
         k0, k1 = (k0 + 0x9E3779B9) & M, (k1 + 0xBB67AE85) & M
     return c[0] | (c[1] << 32)
+
+
+# ---- slice-to-slice random walker (reference of propagation.propagate_slices) ----------------------------
+
+
+def _random_walker_slice(image, seeds, num_classes, beta):
+    """Grady's random walker (IEEE TPAMI 2006) on one 2D slice: 4-neighbour graph with edge weights
+    exp(-beta·(g_i - g_j)²) on the intensity scaled to unit variance; `seeds` holds a class per seeded
+    pixel and -1 elsewhere. Returns the probabilities [C, H, W] (seeded pixels one-hot)."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    H, W = image.shape
+    g = image.astype(np.float64)
+    g = (g - g.mean()) / (g.std() + 1e-12)
+    idx = np.arange(H * W).reshape(H, W)
+    rows, cols, wts = [], [], []
+    for a, b, da in ((idx[:, :-1], idx[:, 1:], g[:, :-1] - g[:, 1:]), (idx[:-1, :], idx[1:, :], g[:-1, :] - g[1:, :])):
+        w = np.exp(-beta * da.ravel() ** 2) + 1e-10  # never 0: the graph stays connected
+        rows += [a.ravel(), b.ravel()]
+        cols += [b.ravel(), a.ravel()]
+        wts += [w, w]
+    Wm = sp.csr_matrix((np.concatenate(wts), (np.concatenate(rows), np.concatenate(cols))), shape=(H * W, H * W))
+    L = sp.diags(np.asarray(Wm.sum(axis=1)).ravel()) - Wm
+    s = seeds.ravel()
+    seeded = s >= 0
+    probs = np.zeros((num_classes, H * W))
+    probs[s[seeded], np.flatnonzero(seeded)] = 1.0
+    if (~seeded).any():
+        U = np.flatnonzero(~seeded)
+        S = np.flatnonzero(seeded)
+        Luu = L[U][:, U].tocsc()
+        rhs = -(L[U][:, S] @ probs[:, S].T)  # [U, C]
+        solve = spla.factorized(Luu)
+        for c in range(num_classes):
+            if probs[c, S].any():
+                probs[c, U] = solve(np.ascontiguousarray(rhs[:, c]))
+        probs[:, U] = np.clip(probs[:, U], 0.0, 1.0)
+        tot = probs[:, U].sum(axis=0)
+        probs[:, U] /= np.where(tot > 0, tot, 1.0)
+    return probs.reshape(num_classes, H, W)
+
+
+def _seeds_from(labels2d, confidence2d, erode, min_confidence):
+    """Seeds for the next slice: pixels whose label holds in their whole (2·erode+1)² neighbourhood
+    (away from boundaries, where slices change) and whose confidence is at least min_confidence."""
+    H, W = labels2d.shape
+    keep = confidence2d >= min_confidence
+    if erode > 0:
+        pad = np.pad(labels2d, erode, mode="edge")
+        for dy in range(-erode, erode + 1):
+            for dx in range(-erode, erode + 1):
+                keep &= pad[erode + dy:erode + dy + H, erode + dx:erode + dx + W] == labels2d
+    return np.where(keep, labels2d, -1)
+
+
+def propagate_slices_ref(vol, lab, labelled_slices, *, axis=0, num_classes=None, beta=30.0, erode=2, min_confidence=0.9):
+    """The slice-to-slice random walker in NumPy / SciPy (SuperLU), written before the C++ one:
+    the independent reference of labelwise.propagation.propagate_slices.
+
+    volume [Z, H, W] (any real dtype; ``axis`` names the slice axis), labels: same shape, integer classes
+    >= 0, read only on ``labelled_slices`` (a list of slice indices along ``axis``). Every other slice
+    is segmented from its neighbour towards the nearest annotated slice: the neighbour's labels, eroded
+    by ``erode`` pixels and kept where its confidence is >= ``min_confidence``, seed Grady's random
+    walker on this slice's intensities (edge weights exp(-beta·Δg²) on unit-variance intensities).
+    A slice between two annotated slices gets the distance-weighted mean of the probabilities
+    propagated from both sides. Returns ``(mask, confidence)``: int64 [Z, H, W] and float64 [Z, H, W]
+    (the probability of the chosen class; 1 on annotated slices), as numpy arrays.
+    """
+    vol = np.asarray(vol)
+    lab = np.asarray(lab)
+    if vol.ndim != 3 or lab.shape != vol.shape:
+        raise ValueError(f"volume / labels: expected two [Z, H, W] volumes of the same shape, got {vol.shape} and {lab.shape}")
+    if not np.isfinite(vol).all():
+        raise ValueError("volume: contains NaN or Inf")
+    if not -3 <= axis < 3:
+        raise ValueError(f"axis: must be in [-3, 3), got {axis}")
+    vol = np.moveaxis(vol, axis, 0)
+    lab = np.moveaxis(lab, axis, 0)
+    Z = vol.shape[0]
+    ann = sorted({int(s) for s in np.asarray(labelled_slices).reshape(-1)})
+    if not ann:
+        raise ValueError("labelled_slices: at least one annotated slice is needed")
+    if ann[0] < 0 or ann[-1] >= Z:
+        raise ValueError(f"labelled_slices: indices must be in [0, {Z}), got {ann[0]}..{ann[-1]}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise TypeError(f"labels: expected an integer dtype, got {lab.dtype}")
+    lab_ann = lab[ann]
+    if lab_ann.min() < 0:
+        raise ValueError("labels: annotated slices must hold classes >= 0")
+    C = int(lab_ann.max()) + 1 if num_classes is None else int(num_classes)
+    if lab_ann.max() >= C:
+        raise ValueError(f"labels: class {int(lab_ann.max())} >= num_classes {C}")
+    if not 0.0 <= min_confidence <= 1.0 or erode < 0 or beta <= 0:
+        raise ValueError("min_confidence must be in [0, 1], erode >= 0 and beta > 0")
+
+    probs = np.zeros((Z, C) + vol.shape[1:])
+    weight = np.zeros(Z)
+
+    def sweep(start, stop, step, weight_of):
+        prev_lab, prev_conf = lab[start], np.ones(vol.shape[1:])
+        for z in range(start + step, stop, step):
+            seeds = _seeds_from(prev_lab, prev_conf, erode, min_confidence)
+            if not (seeds >= 0).any():
+                seeds = prev_lab.copy()  # nothing survived the erosion: seed with the whole neighbour mask
+            p = _random_walker_slice(vol[z], seeds, C, beta)
+            w = weight_of(z)
+            probs[z] += w * p
+            weight[z] += w
+            prev_lab, prev_conf = p.argmax(axis=0), p.max(axis=0)
+
+    for i, s in enumerate(ann):
+        nxt = ann[i + 1] if i + 1 < len(ann) else None
+        prv = ann[i - 1] if i > 0 else None
+        # Upwards to the next annotated slice (or the end of the volume) and downwards to the previous
+        # one (or the start); between two annotated slices the weights fall linearly with the distance.
+        sweep(s, Z if nxt is None else nxt, 1, lambda z, s=s, nxt=nxt: 1.0 if nxt is None else (nxt - z) / (nxt - s))
+        sweep(s, -1 if prv is None else prv, -1, lambda z, s=s, prv=prv: 1.0 if prv is None else (z - prv) / (s - prv))
+    mask = np.empty(vol.shape, dtype=np.int64)
+    conf = np.empty(vol.shape, dtype=np.float64)
+    for z in range(Z):
+        if z in ann:
+            mask[z], conf[z] = lab[z], 1.0
+        else:
+            p = probs[z] / max(weight[z], 1e-12)
+            mask[z], conf[z] = p.argmax(axis=0), p.max(axis=0)
+    return np.moveaxis(mask, 0, axis), np.moveaxis(conf, 0, axis)

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("scipy")
 from labelwise import data  # noqa: E402
 from labelwise import propagation as P  # noqa: E402
+from reference import propagate_slices_ref  # noqa: E402
 
 
 def sphere(rng, Z=20, H=28, W=30):
@@ -37,6 +38,36 @@ def test_sphere_is_recovered_from_two_slices_on_any_axis(rng):
     m1, _ = P.propagate_slices(vol, scrambled, [6, 13], num_classes=3)
     m2, _ = P.propagate_slices(vol, lab, [6, 13], num_classes=3)
     assert np.array_equal(m1, m2)
+
+
+def test_propagate_slices_equals_the_scipy_reference(rng):
+    for axis, ann, kw in [(0, [6, 13], {}), (1, [3, 14, 20], {"erode": 0}), (2, [15], {"beta": 5.0, "min_confidence": 0.6}),
+                          (-1, [0, 29], {"erode": 1})]:
+        vol, lab = sphere(rng)
+        vol = vol + 0.3 * rng.standard_normal(vol.shape)  # noisy: the walker has real work to do
+        mask, conf = P.propagate_slices(vol.astype(np.float32), lab, ann, axis=axis, **kw)
+        ref_m, ref_c = propagate_slices_ref(vol.astype(np.float32).astype(np.float64), lab, ann, axis=axis, **kw)
+        same = mask == ref_m
+        assert same.mean() > 0.999, (axis, same.mean())  # argmax may differ only on solver-roundoff ties
+        np.testing.assert_allclose(conf[same], ref_c[same], rtol=1e-7, atol=1e-9)
+
+
+def test_propagate_slices_strided_and_threads(rng):
+    import labelwise as lw
+
+    vol, lab = sphere(rng, Z=16, H=20, W=22)
+    vol = vol + 0.3 * rng.standard_normal(vol.shape)
+    want = P.propagate_slices(vol, lab, [2, 7, 12])
+    got = P.propagate_slices(np.asfortranarray(vol), np.asfortranarray(lab), [12, 2, 7, 7])  # order, repeats
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    try:
+        lw.set_num_threads(1)
+        one = P.propagate_slices(vol, lab, [2, 7, 12])
+    finally:
+        lw.set_num_threads(0)
+    np.testing.assert_array_equal(one[0], want[0])
+    np.testing.assert_array_equal(one[1], want[1])
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(data.MRICRON_TEMPLATES, "ch2.nii.gz")),
@@ -75,3 +106,16 @@ def test_propagate_slices_errors(rng):
         P.propagate_slices(bad, lab, [1])
     with pytest.raises(ValueError, match="num_classes"):
         P.propagate_slices(vol, lab, [3], num_classes=2)
+    neg = lab.copy()
+    neg[1, 2, 3] = -1
+    with pytest.raises(ValueError, match=r"annotated slice 1 holds class -1 at \[2, 3\]"):
+        P.propagate_slices(vol, neg, [1])
+    P.propagate_slices(vol, neg, [2])  # slices that are not annotated are never read
+    with pytest.raises(ValueError, match="beta"):
+        P.propagate_slices(vol, lab, [1], beta=0)
+    with pytest.raises(ValueError, match="erode"):
+        P.propagate_slices(vol, lab, [1], erode=-1)
+    with pytest.raises(ValueError, match="min_confidence"):
+        P.propagate_slices(vol, lab, [1], min_confidence=1.5)
+    with pytest.raises(ValueError, match="axis"):
+        P.propagate_slices(vol, lab, [1], axis=3)
