@@ -120,3 +120,20 @@ def to_host_numpy(x: Any) -> np.ndarray:
     if fw == "cupy":
         return x.get()
     return np.asarray(x)
+
+
+def like_device(result: np.ndarray, x: Any) -> Any:
+    """A host numpy result moved to x's framework and device (torch / cupy on a GPU); x's own
+    framework for CPU torch tensors; numpy otherwise."""
+    fw = _framework(x)
+    if fw == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(result)).to(x.device)
+    if fw == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(x.device.id):
+            return cupy.asarray(result)
+    return result
+

@@ -499,18 +499,31 @@ def _spatial(map_: Any, values: Any, name: str, default: Any = None) -> list:
     return values
 
 
-def _cpu_map(map_: Any) -> Any:
+def _host_map(map_: Any) -> Tuple[Any, Any]:
+    """(a CPU array of the map, the caller's array): GPU maps (torch / cupy) are copied to the host —
+    region acquisition runs on the CPU (summed-area tables), and its results go back to the map's
+    device (see ``_back``)."""
     m = _arrays.as_array(map_, "map")
-    if _arrays.device_of(m)[0] not in (1, 3):
-        raise RuntimeError("map: region acquisition is not implemented on CUDA yet; pass a CPU array (e.g. x.cpu())")
-    return m
+    if _arrays.device_of(m)[0] in (1, 3):
+        return m, m
+    if _arrays.framework_name(m) not in ("torch", "cupy"):
+        raise TypeError(f"map: a GPU array of type {type(m).__name__}; pass a torch or cupy array")
+    return _arrays.to_host_numpy(m), m
+
+
+def _back(result: Any, caller: Any) -> Any:
+    """A result computed on the host, in the caller's framework and on its device."""
+    if _arrays.device_of(caller)[0] in (1, 3):
+        return result
+    return _arrays.like_device(_arrays.to_host_numpy(result), caller)
 
 
 def patch_scores(map: Any, patch: Any, stride: Any = None) -> Any:
     """Mean of a per-voxel map over every patch: ``map`` [N, *spatial] (1-3 spatial axes) -> [N, *grid],
     ``grid_d = (S_d - patch_d) // stride_d + 1`` (whole patches only; ``stride`` defaults to ``patch``,
-    i.e. non-overlapping tiles; an int applies to every axis). Same framework and dtype as ``map``."""
-    m = _cpu_map(map)
+    i.e. non-overlapping tiles; an int applies to every axis). Same framework, device and dtype as
+    ``map`` (GPU maps are copied to the host for the computation)."""
+    m, caller = _host_map(map)
     p = _spatial(m, patch, "patch")
     s = _spatial(m, stride, "stride", default=p)
     for d, (S, pd, sd) in enumerate(zip(m.shape[1:], p, s)):
@@ -519,7 +532,7 @@ def patch_scores(map: Any, patch: Any, stride: Any = None) -> Any:
     grid = [(S - pd) // sd + 1 for S, pd, sd in zip(m.shape[1:], p, s)]
     out = _arrays.empty_like_framework(m, (m.shape[0], *grid))
     _core.patch_scores(_arrays.capsule(m), p, s, _arrays.capsule(out, writable=True))
-    return out
+    return _back(out, caller)
 
 
 def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, Any]:
@@ -527,8 +540,9 @@ def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, 
 
     Returns ``(corners, scores)``: int64 [b, 1 + spatial] rows ``(n, first voxel per axis)`` and the
     patches' mean scores (float64 [b]). Greedy: patches in descending score order (ties by the lower
-    index), skipping any that overlaps an already chosen patch of the same image."""
-    m = _cpu_map(map)
+    index), skipping any that overlaps an already chosen patch of the same image. GPU maps are copied
+    to the host; the results come back on the map's device."""
+    m, caller = _host_map(map)
     b = _count(b)
     p = _spatial(m, patch, "patch")
     s = _spatial(m, stride, "stride", default=p)
@@ -536,19 +550,20 @@ def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, 
     scores = _empty(m, (b,), "float64")
     _core.top_regions(_arrays.capsule(m), b, p, s, _arrays.capsule(corners, writable=True),
                       _arrays.capsule(scores, writable=True))
-    return corners, scores
+    return _back(corners, caller), _back(scores, caller)
 
 
 def slice_scores(map: Any, axis: int = 1) -> Any:
     """Mean of per-voxel maps [N, *spatial] over every spatial axis but ``axis`` -> [N, S_axis]
-    (e.g. axis=1 of [N, D, H, W] scores the D slices of each volume)."""
-    m = _cpu_map(map)
+    (e.g. axis=1 of [N, D, H, W] scores the D slices of each volume). GPU maps are copied to the host;
+    the result comes back on the map's device."""
+    m, caller = _host_map(map)
     a = axis + len(m.shape) if axis < 0 else axis
     if not 1 <= a < len(m.shape):
         raise ValueError(f"axis: must name a spatial axis (1..{len(m.shape) - 1} or negative), got {axis}")
     out = _arrays.empty_like_framework(m, (m.shape[0], m.shape[a]))
     _core.slice_scores(_arrays.capsule(m), axis, _arrays.capsule(out, writable=True))
-    return out
+    return _back(out, caller)
 
 
 __all__ += ["patch_scores", "top_regions", "slice_scores"]

@@ -82,3 +82,36 @@ def test_region_errors():
         A.slice_scores(m, 0)
     with pytest.raises(TypeError, match="int64"):
         A.patch_scores(np.ones((2, 4, 4), dtype=np.int64), 2)
+
+
+class _FakeGpu:
+    """Claims to live on a CUDA device (DLPack device type 2), from no known framework."""
+
+    shape = (2, 4, 4)
+
+    def __dlpack__(self, **kw):  # pragma: no cover - never reached
+        raise AssertionError("must fail before asking for the data")
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+
+def test_regions_on_gpu_maps(rng):
+    with pytest.raises(TypeError, match="pass a torch or cupy array"):
+        A.slice_scores(_FakeGpu(), 1)
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    m = rng.random((2, 6, 7, 8))
+    g = torch.from_numpy(m).cuda()
+    got = A.patch_scores(g, (2, 3, 4), (1, 2, 2))
+    assert got.is_cuda
+    np.testing.assert_array_equal(got.cpu().numpy(), A.patch_scores(m, (2, 3, 4), (1, 2, 2)))
+    c, s = A.top_regions(g, 3, 2)
+    wc, ws = A.top_regions(m, 3, 2)
+    assert c.is_cuda and s.is_cuda
+    np.testing.assert_array_equal(c.cpu().numpy(), wc)
+    np.testing.assert_array_equal(s.cpu().numpy(), ws)
+    sl = A.slice_scores(g, 2)
+    assert sl.is_cuda
+    np.testing.assert_array_equal(sl.cpu().numpy(), A.slice_scores(m, 2))
