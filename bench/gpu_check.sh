@@ -32,6 +32,9 @@ CMAKE_ARGS="-DCMAKE_PREFIX_PATH=$PWD/.deps -DCMAKE_CUDA_ARCHITECTURES=90-real;75
 
 log "CUDA benchmark (CUDA events, best of 5-10)"
 ./build-gpu/bench/bench_cuda 2>&1 | tee "$OUT/bench_cuda.md" || status=1
+log "fused head sample-and-score: CPU == CUDA test, then 512x512x300, F=64, C=14, K=20 (CUDA events)"
+./build-gpu/tests/labelwise_tests "[cuda][head_score]" 2>&1 | tail -2 || status=1
+timeout 240 python3 bench/bench_heads.py --device cuda 2>&1 | tee "$OUT/bench_heads_cuda.md" || status=1
 log "core-set and BADGE on CUDA vs the CPU (issue sizes)"
 timeout 300 python3 bench/diversity_gpu.py 2>&1 | tee "$OUT/diversity_gpu.md" || status=1
 log "Python: labelwise vs the torch formulation on the same CUDA tensors (CUDA events)"

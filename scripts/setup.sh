@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(build-essential cmake ninja-build ccache git pkg-config
-  libeigen3-dev xtensor-dev xtl-dev pybind11-dev catch2 libbenchmark-dev libtorch-dev
+  libeigen3-dev xtensor-dev xtl-dev pybind11-dev catch2 libbenchmark-dev libtorch-dev zlib1g-dev
   mricron-data python3-venv python3-dev)
 
 missing=()

@@ -1,6 +1,7 @@
 // Linked into CPU-only builds: CUDA work gets a clear error, never a link error.
 #include "labelwise/core/parallel.hpp"
 #include "diversity_backend.hpp"
+#include "head_score_backend.hpp"
 #include "selection_backend.hpp"
 #include "uncertainty_backend.hpp"
 
@@ -9,6 +10,9 @@ bool built_with_cuda() { return false; }
 namespace detail {
 ScoreFailure score_cuda(const ScoreJob&) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
+}
+HeadFailure head_cuda(const HeadJob&) {
+  throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");
 }
 DiversityFailure coreset_cuda(const CoresetJob&) {
   throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");

@@ -16,9 +16,11 @@ keyed by (seed, sample k, item b, channel f, voxel v) — never from torch's RNG
 C++/CUDA kernel reproduces the masks bit for bit. The counter layout and the arithmetic order are in
 ``docs/segmentation.md`` and in :func:`dropout_keep_mask`.
 
-``head.score(features, K, metrics, seed)`` returns per-voxel maps ``{name: [B, *spatial]}`` computed
-as :func:`labelwise.uncertainty.score` of ``head.sample(...)``, in chunks of items and voxel tiles so
-that peak memory stays bounded (``chunk_bytes``).
+``head.sample`` and ``head.score(features, K, metrics, seed)`` run the fused C++/CUDA kernel
+(``labelwise::head_sample`` / ``labelwise::head_score``, include/labelwise/segmentation/head_score.hpp) on
+the features' device: ``score`` returns per-voxel maps ``{name: [B, *spatial]}`` equal to
+:func:`labelwise.uncertainty.score` of ``head.sample(...)``, with every sample drawn, pushed through the
+head and reduced voxel by voxel, so memory is O(voxels x outputs), never O(K x C x voxels).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,6 +44,8 @@ __all__ = [
     "philox4x32_10",
     "dropout_keep_mask",
     "evidential_loss",
+    "save_weights",
+    "load_weights",
     "STREAM_DROPOUT",
     "EVIDENTIAL_METRICS",
 ]
@@ -145,30 +149,11 @@ def _metrics_arg(metrics: Any, allowed: Sequence[str]) -> List[str]:
 
 
 def _chunk_arg(chunk_bytes: Any) -> Optional[int]:
+    """``chunk_bytes`` of sample() / score(): checked (None or an integer >= 1) and otherwise ignored —
+    deprecated since the fused kernel (it never holds more than one voxel's samples)."""
     if chunk_bytes is None:
         return None
     return _int_arg(chunk_bytes, "chunk_bytes", 1)
-
-
-#: Default working-set budget of one chunk of sample() / score() (see docs/segmentation.md).
-DEFAULT_CHUNK_BYTES = 128 << 20
-
-
-def _plan_chunks(B: int, V: int, per_voxel: int, chunk_bytes: Optional[int]) -> Iterator[Tuple[int, int, int, int]]:
-    """(b0, b1, v0, v1) chunks: all items at once if they fit the budget, else groups of whole items,
-    else one item at a time in tiles of consecutive (C-order flattened) voxels."""
-    if chunk_bytes is None or B * V * per_voxel <= chunk_bytes:
-        yield 0, B, 0, V
-        return
-    if V * per_voxel <= chunk_bytes:
-        nb = max(1, chunk_bytes // (V * per_voxel))
-        for b0 in range(0, B, nb):
-            yield b0, min(B, b0 + nb), 0, V
-        return
-    nv = max(1, chunk_bytes // per_voxel)
-    for b0 in range(B):
-        for v0 in range(0, V, nv):
-            yield b0, b0 + 1, v0, min(V, v0 + nv)
 
 
 # ---- dropout masks --------------------------------------------------------------------------------------
@@ -266,37 +251,40 @@ class _Head(nn.Module):
         return f"in_channels={self.in_channels}, num_classes={self.num_classes}, dims={self.dims}"
 
 
-def _conv_logits64(w: torch.Tensor, bias: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """z[..., c, n] = bias_c + sum_f w[c, f] * d[..., f, n], in float64, bias first, f ascending, each
-    multiply and add rounded separately (no FMA) — the order the fused kernel uses.
-    w: [C, F] float64, bias: [C] float64, d: [..., F, n] float64 -> [..., C, n]."""
-    C, Fch = w.shape
-    z = bias.view(C, 1).expand(*d.shape[:-2], C, d.shape[-1]).clone()
-    for f in range(Fch):
-        z.add_(w[:, f].view(C, 1) * d[..., f : f + 1, :])
-    return z
-
-
-def _softmax32(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """float64 softmax (max subtracted), rounded once to float32."""
-    z = z - z.amax(dim=dim, keepdim=True)
-    e = torch.exp(z)
-    return (e / e.sum(dim=dim, keepdim=True)).to(torch.float32)
+def _capsule(t: torch.Tensor, stream: int, writable: bool = False) -> Any:
+    return _arrays.capsule(t, stream=stream, writable=writable)
 
 
 class _SampledHead(_Head):
-    """Shared score() for the heads whose uncertainty comes from K samples."""
+    """Shared sample() / score() for the heads whose uncertainty comes from K samples: both call the
+    fused kernel (labelwise::head_sample / head_score) with the head's weights as [M, C, F]."""
 
-    def _probs_chunk(self, x: torch.Tensor, b0: int, v0: int, K: int, seed: int) -> torch.Tensor:
-        raise NotImplementedError
+    _dropout = 0.0
 
     def _resolve_K(self, K: Any) -> int:
         raise NotImplementedError
 
-    def _per_voxel_bytes(self, K: int) -> int:
-        # per sample: float64 accumulators / exps / probabilities and the float32 result per class, the
-        # float64 masked features and bool masks per channel, and the Philox temporaries (int64).
-        return K * (8 * 3 * self.num_classes + 4 * self.num_classes + 9 * self.in_channels + 8 * 16)
+    def _weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """weight [M, C, F] and bias [M, C] (views of the convolutions' parameters where possible)."""
+        raise NotImplementedError
+
+    def _prepare(self, features: Any, index_offset: Any, chunk_bytes: Any) -> Tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor, int, int]:
+        x = self._check(features).detach()
+        _chunk_arg(chunk_bytes)
+        off = _int_arg(index_offset, "index_offset", 0)
+        if off + x.shape[0] > 2**32:
+            raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {x.shape[0]} items")
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.to(torch.float32)  # float16 / bfloat16: exact in float32
+        w, b = self._weights()
+        w, b = w.detach().to(device=x.device), b.detach().to(device=x.device)
+        if w.dtype not in (torch.float32, torch.float64):
+            w = w.to(torch.float64)
+        if b.dtype not in (torch.float32, torch.float64):
+            b = b.to(torch.float64)
+        stream = int(torch.cuda.current_stream(x.device).cuda_stream) if x.is_cuda else 0
+        return x, w, b, off, stream
 
     @torch.no_grad()
     def sample(
@@ -306,27 +294,21 @@ class _SampledHead(_Head):
         seed: Any = 0,
         *,
         index_offset: Any = 0,
-        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: Any = None,
     ) -> torch.Tensor:
         """Probabilities ``[B, K, C, *spatial]`` (float32, on features' device) of K samples — exactly
-        what the fused sample-and-score path uses. Item b of the call draws the masks of global item
-        ``index_offset + b`` (a shard of a batch passes its first item's index and gets the masks one
-        call on the whole batch would). See docs/segmentation.md for the arithmetic."""
-        x = self._check(features)
-        self._check_finite(x)
+        what :meth:`score` reduces. Item b of the call draws the masks of global item ``index_offset + b``
+        (a shard of a batch passes its first item's index and gets the masks one call on the whole batch
+        would). See docs/segmentation.md for the arithmetic. ``chunk_bytes`` is accepted and ignored
+        (deprecated: the fused kernel needs no chunking)."""
         K = self._resolve_K(K)
         seed = _seed_arg(seed)
-        chunk = _chunk_arg(chunk_bytes)
-        off = _int_arg(index_offset, "index_offset", 0)
+        x, w, b, off, stream = self._prepare(features, index_offset, chunk_bytes)
         B, sp = x.shape[0], tuple(x.shape[2:])
-        if off + B > 2**32:
-            raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {B} items")
-        V = math.prod(sp)
-        xf = x.reshape(B, self.in_channels, V)
-        out = torch.empty((B, K, self.num_classes, V), dtype=torch.float32, device=x.device)
-        for b0, b1, v0, v1 in _plan_chunks(B, V, self._per_voxel_bytes(K), chunk):
-            out[b0:b1, :, :, v0:v1] = self._probs_chunk(xf[b0:b1, :, v0:v1], off + b0, v0, K, seed)
-        return out.view(B, K, self.num_classes, *sp)
+        out = torch.empty((B, K, self.num_classes) + sp, dtype=torch.float32, device=x.device)
+        _core.head_sample(_capsule(x, stream), _capsule(w, stream), _capsule(b, stream),
+                          _capsule(out, stream, writable=True), K, self._dropout, seed, off, stream)
+        return out
 
     @torch.no_grad()
     def score(
@@ -338,15 +320,13 @@ class _SampledHead(_Head):
         *,
         return_mean: bool = False,
         index_offset: Any = 0,
-        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: Any = None,
     ) -> Dict[str, torch.Tensor]:
         """Per-voxel uncertainty maps ``{metric: [B, *spatial]}`` (float32), equal to
-        ``labelwise.uncertainty.score(head.sample(features, K, seed), metrics)`` but computed chunk by
-        chunk (``chunk_bytes`` bounds the working set of one chunk; ``None``: one chunk). With
-        ``return_mean=True`` the result also holds ``"mean"``: the mean probabilities ``[B, C, *spatial]``.
-        ``index_offset``: global index of the first item, as in :meth:`sample`."""
-        x = self._check(features)
-        self._check_finite(x)
+        ``labelwise.uncertainty.score(head.sample(features, K, seed), metrics)``, computed by the fused
+        kernel voxel by voxel (memory O(voxels x outputs)). With ``return_mean=True`` the result also
+        holds ``"mean"``: the mean probabilities ``[B, C, *spatial]``. ``index_offset``: global index of
+        the first item, as in :meth:`sample`. ``chunk_bytes`` is accepted and ignored (deprecated)."""
         names = _metrics_arg(metrics, _U.METRICS)
         K = self._resolve_K(K)
         if K < 2:
@@ -354,25 +334,19 @@ class _SampledHead(_Head):
             if needing:
                 raise ValueError(f"K: the metrics {', '.join(needing)} need K >= 2 samples, got K={K}")
         seed = _seed_arg(seed)
-        chunk = _chunk_arg(chunk_bytes)
-        off = _int_arg(index_offset, "index_offset", 0)
+        x, w, b, off, stream = self._prepare(features, index_offset, chunk_bytes)
         B, sp = x.shape[0], tuple(x.shape[2:])
-        if off + B > 2**32:
-            raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {B} items")
-        V = math.prod(sp)
-        xf = x.reshape(B, self.in_channels, V)
-        outs = {m: torch.empty((B, V), dtype=torch.float32, device=x.device) for m in names}
-        mean = torch.empty((B, self.num_classes, V), dtype=torch.float32, device=x.device) if return_mean else None
-        for b0, b1, v0, v1 in _plan_chunks(B, V, self._per_voxel_bytes(K), chunk):
-            probs = self._probs_chunk(xf[b0:b1, :, v0:v1], off + b0, v0, K, seed)  # [b, K, C, n]
-            res = _U.score(probs, names)
-            for m in names:
-                outs[m][b0:b1, v0:v1] = res[m]
-            if mean is not None:
-                mean[b0:b1, :, v0:v1] = probs.to(torch.float64).mean(dim=1).to(torch.float32)
-        result = {m: o.view(B, *sp) for m, o in outs.items()}
+        outs = {m: torch.empty((B,) + sp, dtype=torch.float32, device=x.device) for m in names}
+        mean = torch.empty((B, self.num_classes) + sp, dtype=torch.float32, device=x.device) if return_mean else None
+        _core.head_score(
+            _capsule(x, stream), _capsule(w, stream), _capsule(b, stream),
+            [(m, _capsule(o, stream, writable=True)) for m, o in outs.items()],
+            None if mean is None else _capsule(mean, stream, writable=True),
+            K, self._dropout, seed, off, stream,
+        )
+        result: Dict[str, torch.Tensor] = dict(outs)
         if mean is not None:
-            result["mean"] = mean.view(B, self.num_classes, *sp)
+            result["mean"] = mean
         return result
 
 
@@ -401,18 +375,13 @@ class MCDropoutHead(_SampledHead):
     def _resolve_K(self, K: Any) -> int:
         return _int_arg(K, "K", 1, _MAX_K - 1)
 
-    def _probs_chunk(self, x: torch.Tensor, b0: int, v0: int, K: int, seed: int) -> torch.Tensor:
-        # x: [nb, F, n] -> probabilities [nb, K, C, n]
-        nb, Fch, n = x.shape
-        dev = x.device
-        w = self.conv.weight.detach().reshape(self.num_classes, Fch).to(device=dev, dtype=torch.float64)
-        bias = self.conv.bias.detach().to(device=dev, dtype=torch.float64)
-        keep = dropout_keep_mask(seed, self.p, range(b0, b0 + nb), range(K), Fch, range(v0, v0 + n), device=dev)
-        scale = 1.0 / (1.0 - self.p)
-        d = x.to(torch.float64).unsqueeze(1) * scale  # [nb, 1, F, n]
-        d = torch.where(keep, d, torch.zeros((), dtype=torch.float64, device=dev))  # [nb, K, F, n]
-        z = _conv_logits64(w, bias, d)  # [nb, K, C, n]
-        return _softmax32(z, dim=2)
+    @property
+    def _dropout(self) -> float:  # type: ignore[override]
+        return self.p
+
+    def _weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return (self.conv.weight.reshape(1, self.num_classes, self.in_channels),
+                self.conv.bias.reshape(1, self.num_classes))
 
 
 class EnsembleHead(_SampledHead):
@@ -466,7 +435,7 @@ class EnsembleHead(_SampledHead):
         seed: Any = 0,
         *,
         index_offset: Any = 0,
-        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: Any = None,
     ) -> torch.Tensor:
         return super().sample(features, K, seed, index_offset=index_offset, chunk_bytes=chunk_bytes)
 
@@ -479,21 +448,15 @@ class EnsembleHead(_SampledHead):
         *,
         return_mean: bool = False,
         index_offset: Any = 0,
-        chunk_bytes: Any = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: Any = None,
     ) -> Dict[str, torch.Tensor]:
         return super().score(features, K, metrics, seed, return_mean=return_mean, index_offset=index_offset,
                              chunk_bytes=chunk_bytes)
 
-    def _probs_chunk(self, x: torch.Tensor, b0: int, v0: int, K: int, seed: int) -> torch.Tensor:
-        nb, Fch, n = x.shape
-        dev = x.device
-        d = x.to(torch.float64)
-        out = torch.empty((nb, K, self.num_classes, n), dtype=torch.float32, device=dev)
-        for m, conv in enumerate(self.members):
-            w = conv.weight.detach().reshape(self.num_classes, Fch).to(device=dev, dtype=torch.float64)
-            bias = conv.bias.detach().to(device=dev, dtype=torch.float64)
-            out[:, m] = _softmax32(_conv_logits64(w, bias, d), dim=1)
-        return out
+    def _weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        C, Fch = self.num_classes, self.in_channels
+        return (torch.stack([m.weight.reshape(C, Fch) for m in self.members]),
+                torch.stack([m.bias.reshape(C) for m in self.members]))
 
 
 #: Metrics that EvidentialHead.score computes in closed form from the Dirichlet.
@@ -657,3 +620,29 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
               + ((at - 1) * (torch.digamma(at) - torch.digamma(St).unsqueeze(1))).sum(dim=1))
         loss = loss + float(kl_weight) * kl.mean()
     return loss
+
+
+# ---- weights files shared with the C++ heads ---------------------------------------------------------
+
+
+def save_weights(module: nn.Module, path: Any) -> None:
+    """Saves ``module``'s state dict as a ``torch.save`` archive of a plain ``{name: tensor}`` dict (CPU,
+    contiguous): the format that the C++ heads read with ``labelwise::load_head_weights`` (LibTorch's
+    unpickler cannot read the ``OrderedDict`` with ``_metadata`` that ``state_dict()`` returns)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    torch.save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, path)
+
+
+def load_weights(module: nn.Module, path: Any, strict: bool = True) -> nn.Module:
+    """Loads weights written by :func:`save_weights` or by C++'s ``labelwise::save_head_weights``
+    (``torch.load(path, weights_only=True)``) into ``module`` with ``load_state_dict(strict=strict)``:
+    a head of another shape raises torch's ``RuntimeError`` naming the key. Returns ``module``."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"path: {path} does not hold a {{name: tensor}} dict")
+    module.load_state_dict(state, strict=strict)
+    return module

@@ -19,6 +19,7 @@
 #include "labelwise/propagation/knn.hpp"
 #include "labelwise/propagation/slices.hpp"
 #include "labelwise/propagation/spreading.hpp"
+#include "labelwise/segmentation/head_score.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
 
 namespace py = pybind11;
@@ -112,6 +113,52 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("x"), py::arg("outputs"), py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"),
       py::arg("stream") = 0);
+
+  // ---- segmentation heads: fused sample-and-score of a 1x1(x1) MC-dropout / ensemble head ---------
+  auto head_options = [](std::int64_t samples, double dropout, std::uint64_t seed, std::uint64_t index_offset,
+                         std::uintptr_t stream) {
+    HeadScoreOptions opt;
+    opt.samples = samples;
+    opt.dropout = dropout;
+    opt.seed = seed;
+    opt.index_offset = index_offset;
+    opt.stream = reinterpret_cast<void*>(stream);
+    return opt;
+  };
+  m.def(
+      "head_score",
+      [head_options](const py::capsule& features, const py::capsule& weight, const py::capsule& bias,
+                     const std::vector<std::pair<std::string, py::capsule>>& outputs, const py::object& mean,
+                     std::int64_t samples, double dropout, std::uint64_t seed, std::uint64_t index_offset,
+                     std::uintptr_t stream) {
+        const TensorView fv = view_of(features, "features", false);
+        const TensorView wv = view_of(weight, "weight", false);
+        const TensorView bv = view_of(bias, "bias", false);
+        std::vector<MetricOutput> outs;
+        for (const auto& [name, cap] : outputs) outs.push_back({metric_from_name(name), view_of(cap, "out", true)});
+        std::optional<TensorView> mv;
+        if (!mean.is_none()) mv = view_of(mean.cast<py::capsule>(), "mean", true);
+        const HeadScoreOptions opt = head_options(samples, dropout, seed, index_offset, stream);
+        py::gil_scoped_release release;
+        head_score(fv, wv, bv, outs, mv ? &*mv : nullptr, opt);
+      },
+      py::arg("features"), py::arg("weight"), py::arg("bias"), py::arg("outputs"), py::arg("mean"),
+      py::arg("samples"), py::arg("dropout"), py::arg("seed"), py::arg("index_offset") = 0, py::arg("stream") = 0);
+  m.def(
+      "head_sample",
+      [head_options](const py::capsule& features, const py::capsule& weight, const py::capsule& bias,
+                     const py::capsule& out, std::int64_t samples, double dropout, std::uint64_t seed,
+                     std::uint64_t index_offset, std::uintptr_t stream) {
+        const TensorView fv = view_of(features, "features", false);
+        const TensorView wv = view_of(weight, "weight", false);
+        const TensorView bv = view_of(bias, "bias", false);
+        const TensorView sv = view_of(out, "samples", true);
+        const HeadScoreOptions opt = head_options(samples, dropout, seed, index_offset, stream);
+        py::gil_scoped_release release;
+        head_sample(fv, wv, bv, sv, opt);
+      },
+      py::arg("features"), py::arg("weight"), py::arg("bias"), py::arg("samples_out"), py::arg("samples"),
+      py::arg("dropout"), py::arg("seed"), py::arg("index_offset") = 0, py::arg("stream") = 0);
 
   // ---- acquisition: top-k, stochastic (Gumbel-top-k), shard merge (labelwise.acquisition) ----
   // Optional arrays arrive as None or a DLPack capsule.

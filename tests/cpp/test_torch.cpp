@@ -1,7 +1,8 @@
 // LibTorch adapter: torch::Tensor in, torch::Tensor out, compared with a formula written in torch ops.
-#include <catch2/catch.hpp>
-
+// LibTorch first: Debian's LibTorch pulls in glog, whose CHECK macro (abort on failure) Catch's must override.
 #include "labelwise/interop/torch.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace labelwise;
 

@@ -72,6 +72,43 @@ def random_probs(rng, shape, kind="mixed"):
     return p.reshape(shape)
 
 
+def head_sample_torch(weight, bias, x, K, p, seed, index_offset=0):
+    """The pure-torch reference of the fused head kernel (docs/segmentation.md), vectorised over voxels:
+    weight [M, C, F], bias [M, C] (any float dtype; taken as float64), x [B, F, *spatial] torch tensor.
+    M = 1: K MC-dropout samples with the masks of labelwise.torch.dropout_keep_mask; M > 1: sample k is
+    member k (K = M, p = 0). Logits in float64 from the bias, f ascending, each multiply and add rounded
+    separately (torch never fuses them); softmax in float64 (max subtracted), rounded once to float32.
+    Returns the probabilities [B, K, C, *spatial] float32 on x's device."""
+    import math
+
+    import torch
+
+    from labelwise.torch import dropout_keep_mask
+
+    B, Fch = x.shape[:2]
+    sp = tuple(x.shape[2:])
+    V = math.prod(sp)
+    dev = x.device
+    w = weight.detach().to(device=dev, dtype=torch.float64)
+    b = bias.detach().to(device=dev, dtype=torch.float64)
+    M, C = w.shape[:2]
+    xf = x.detach().reshape(B, Fch, V).to(torch.float64)
+    if M == 1:
+        keep = dropout_keep_mask(seed, p, range(index_offset, index_offset + B), range(K), Fch, range(V), device=dev)
+        d = torch.where(keep, xf.unsqueeze(1) * (1.0 / (1.0 - p)), torch.zeros((), dtype=torch.float64, device=dev))
+    else:
+        assert K == M and p == 0.0
+        d = xf.unsqueeze(1).expand(B, K, Fch, V)
+    m = torch.arange(K, device=dev) if M > 1 else torch.zeros(K, dtype=torch.int64, device=dev)
+    z = b[m].view(1, K, C, 1).expand(B, K, C, V).clone()  # [B, K, C, V]
+    for f in range(Fch):
+        z.add_(w[m, :, f].view(1, K, C, 1) * d[:, :, f : f + 1, :])
+    z = z - z.amax(dim=2, keepdim=True)
+    e = torch.exp(z)
+    probs = (e / e.sum(dim=2, keepdim=True)).to(torch.float32)
+    return probs.view((B, K, C) + sp)
+
+
 def philox_bits64(seed, stream, index):
     """Philox-4x32-10 (Salmon et al., SC'11) in Python integers: key (seed lo, seed hi), counter
     (index lo, index hi, stream, 0); the first two output words, low first — labelwise's rng::bits64."""

@@ -23,12 +23,20 @@
 //   over the spatial axes): Philox-4x32-10 with key (seed lo, seed hi), counter
 //   (v, f / 4, rng::kStreamDropout << 16 | k, b); word f % 4 >= ceil(p · 2^32) keeps the channel.
 //   d_f = kept ? x_f · (1 / (1 - p)) : 0 in float64; z accumulated in float64 from the bias, f
-//   ascending, every multiply and add rounded (no FMA); softmax in float64 (max subtracted) rounded once
-//   to float32; the metrics then see those float32 probabilities exactly as labelwise::score would.
+//   ascending, every multiply and add rounded (no FMA); softmax in float64 (max subtracted; exp by
+//   detail::det_exp_nonpositive, within 1 ulp and the same bits on every CPU and on CUDA) rounded once
+//   to float32. So head_sample() gives the same bits on every instruction set and device. The metrics
+//   then see those float32 probabilities as labelwise::score would (the same metric body; equal to the
+//   last bits of its vectorised sums).
 //
-// Errors (labelwise::Error): wrong ranks or sizes (naming the argument and both shapes), K < 2 for a
-// metric that needs samples, K >= 2^16, dropout outside [0, 1), dropout != 0 or K != M for an ensemble,
-// NaN / Inf features, mismatched devices, non-float dtypes, CUDA work in a CPU-only build.
+// Memory: the outputs, plus per CPU thread / CUDA thread a scratch of O(F + K · C) values; the
+// [B, K, C, *spatial] samples exist only where head_sample() is asked for them.
+//
+// Errors (labelwise::Error): wrong ranks or sizes (naming the argument and both shapes), K < 1, K < 2 for a
+// metric that needs samples, K >= 2^16, C > 4096, dropout outside [0, 1), dropout != 0 or K != M for an
+// ensemble, NaN / Inf features (naming the item and voxel), NaN / Inf weights or biases (naming the
+// entry), logits that overflow float64, a metric requested twice, no output at all, index_offset + B >
+// 2^32, mismatched devices, non-float dtypes (samples: float32 only), CUDA work in a CPU-only build.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,328 @@
+// labelwise — the one loop body of the fused head sample-and-score (segmentation/head_score.hpp),
+// compiled by g++ for the CPU (src/cpu/head_score_cpu_*.cpp, with -ffp-contract=off, once per
+// instruction set) and by nvcc for CUDA (src/cuda/head_score_cuda.cu, with --fmad=false and the
+// explicit __d*_rn intrinsics of rng.hpp). It computes the K x C float32 probabilities of one voxel of
+// one item; the caller then hands them to detail::score_item (the body of labelwise::score) or writes
+// them out (head_sample).
+//
+// Every floating-point operation below is an IEEE-754 +, -, * or / in round-to-nearest, so the CPU
+// (any instruction set) and CUDA produce the same bits. That includes the exponential of the softmax:
+// det_exp_nonpositive() is written here from those operations, because the C library's exp and CUDA's
+// differ in the last bit.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "labelwise/core/config.hpp"
+#include "labelwise/core/rng.hpp"
+#include "labelwise/detail/uncertainty_impl.hpp"
+
+namespace labelwise {
+namespace detail {
+
+/// Status of a voxel whose logits overflow float64 (finite features and weights, non-finite z).
+constexpr int kHeadNonFiniteLogits = 5;
+
+/// The head's constants, shared by every voxel. Weights are packed by the backend into float64
+/// `wt[m][f][Cp]` (class fastest, padded with zeros to Cp = padded_classes(C)), biases `bias[m][C]`.
+struct HeadParams {
+  int F = 0;
+  int C = 0;
+  int Cp = 0;
+  int K = 0;
+  int M = 1;                 // 1: MC dropout (every sample uses member 0); > 1: sample k is member k
+  const double* wt = nullptr;
+  const double* bias = nullptr;
+  bool dropout = false;      // p > 0: draw masks (p = 0 keeps every channel: d = x · 1.0 = x exactly)
+  std::uint32_t keep_threshold = 0;  // keep iff word >= ceil(p · 2^32) (<= 2^32 - 1 for p < 1)
+  double scale = 1.0;        // 1 / (1 - p)
+  std::uint32_t key0 = 0, key1 = 0;  // seed low / high word
+};
+
+inline namespace LABELWISE_ISA_NAMESPACE {
+
+/// exp(x) for x <= 0 (and -inf), within 1 ulp, from IEEE-rounded operations only: the same bits on
+/// every CPU instruction set and on CUDA. x = n·ln2 + r with n = round(x / ln2) (by the 1.5·2^52 shift)
+/// and r = (x − n·ln2_hi) − n·ln2_lo (Cody–Waite: ln2_hi has 32 significant bits, so n·ln2_hi and the
+/// subtraction are exact); exp(r) by its Taylor series to r^13/13! (|r| <= 0.347: the first omitted term
+/// is below 2^-57 relative) in Horner form; times 2^n built from the exponent bits. Below −708 the
+/// result is 0 (the exact value is < 2^-1021, which the softmax's float32 rounding sends to 0 anyway).
+LABELWISE_HD inline double det_exp_nonpositive(double x) {
+  const bool tiny = !(x >= -708.0);
+  const double xs = tiny ? 0.0 : x;
+  constexpr double kShift = 6755399441055744.0;  // 1.5 · 2^52
+  constexpr double kLog2e = 1.4426950408889634;
+  constexpr double kLn2Hi = 6.93147180369123816490e-01;  // 0x3FE62E42FEE00000
+  constexpr double kLn2Lo = 1.90821492927058770002e-10;
+  const double t = rng::add_rn(rng::mul_rn(xs, kLog2e), kShift);
+  const double n = rng::sub_rn(t, kShift);
+  const double r = rng::sub_rn(rng::sub_rn(xs, rng::mul_rn(n, kLn2Hi)), rng::mul_rn(n, kLn2Lo));
+  double p = 1.0 / 6227020800.0;                 // 1/13!
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 479001600.0);  // 1/12!
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 39916800.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 3628800.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 362880.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 40320.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 5040.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 720.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 120.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 24.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0 / 6.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 0.5);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0);
+  p = rng::add_rn(rng::mul_rn(p, r), 1.0);
+  // n in [-1022, 0]: t's low bits hold n (two's complement), so 2^n = bits((n + 1023) << 52).
+  const std::int64_t ni = static_cast<std::int64_t>(rng::double_bits(t) - rng::double_bits(kShift));
+  const double scale = rng::bits_double(static_cast<std::uint64_t>(ni + 1023) << 52);
+  const double e = rng::mul_rn(p, scale);
+  return tiny ? 0.0 : e;
+}
+
+/// The Philox word that decides channel f of sample k (counter (v, f/4, kStreamDropout << 16 | k, b)).
+LABELWISE_HD inline rng::Philox4x32 head_mask_block(const HeadParams& hp, std::uint32_t v, int g, int k,
+                                                    std::uint32_t b) {
+  const rng::Philox4x32 ctr{{v, static_cast<std::uint32_t>(g),
+                             (static_cast<std::uint32_t>(rng::kStreamDropout) << 16) | static_cast<std::uint32_t>(k),
+                             b}};
+  return rng::philox4x32_10(ctr, hp.key0, hp.key1);
+}
+
+/// Softmax of one sample's logits z (C entries, stride ts) into probs (float32, stride ts):
+/// maximum subtracted, det_exp_nonpositive, the sum over c ascending, one division, one rounding.
+/// Returns kItemOk or kHeadNonFiniteLogits.
+LABELWISE_HD inline int head_softmax(double* z, std::int64_t ts, int C, float* probs) {
+  double mx = z[0];
+  int overflow = 0;
+  for (int c = 0; c < C; ++c) {
+    const double zc = z[c * ts];
+    overflow |= (zc - zc == 0.0) ? 0 : 1;  // ±Inf (or NaN from Inf - Inf)
+    mx = zc > mx ? zc : mx;
+  }
+  if (overflow) return kHeadNonFiniteLogits;
+  double sum = 0.0;
+  for (int c = 0; c < C; ++c) {
+    const double e = det_exp_nonpositive(rng::sub_rn(z[c * ts], mx));
+    z[c * ts] = e;
+    sum = rng::add_rn(sum, e);
+  }
+  for (int c = 0; c < C; ++c) probs[c * ts] = static_cast<float>(rng::div_rn(z[c * ts], sum));
+  return kItemOk;
+}
+
+/// The K x C probabilities of one voxel, one thread per voxel (the CUDA path; also a plain scalar
+/// reference of the arithmetic): `x` points at feature 0 of the voxel, `fs` is the feature stride
+/// (elements), `v` the voxel's C-order flat index within its item, `b` the item's global index.
+/// Scratch: xs[F · ts] float64 features, z[C · ts] float64 logits; probabilities go to
+/// probs[(k · C + c) · ts]. `ts` interleaves the scratch of the threads of a launch so that their
+/// accesses coalesce. Returns kItemOk, kItemNonFinite (NaN / Inf feature) or kHeadNonFiniteLogits.
+///
+/// Arithmetic (docs/segmentation.md): d_f = kept ? x_f · s : 0; z_c = bias_c, then z_c = z_c + W_cf · d_f
+/// for f ascending, each operation rounded (mul_rn / add_rn); softmax as head_softmax. A dropped
+/// channel is skipped: its term W_cf · 0 is ±0, which leaves z_c unchanged except for the sign of a
+/// zero z_c, and the softmax does not see that sign (the backends check weights and biases are finite).
+template <typename T>
+LABELWISE_HD int head_voxel_probs(const T* x, std::int64_t fs, const HeadParams& hp, std::uint32_t v, std::uint32_t b,
+                                  double* xs, double* z, float* probs, std::int64_t ts) {
+  const int F = hp.F, C = hp.C;
+  int bad = 0;
+  for (int f = 0; f < F; ++f) {
+    const double xv = static_cast<double>(x[f * fs]);
+    bad |= (xv - xv == 0.0) ? 0 : 1;  // NaN or ±Inf
+    xs[f * ts] = xv;
+  }
+  if (bad) return kItemNonFinite;
+  const int groups = (F + 3) / 4;
+  for (int k = 0; k < hp.K; ++k) {
+    const int m = hp.M > 1 ? k : 0;
+    const double* w = hp.wt + static_cast<std::int64_t>(m) * F * hp.Cp;
+    const double* bias = hp.bias + static_cast<std::int64_t>(m) * C;
+    for (int c = 0; c < C; ++c) z[c * ts] = bias[c];
+    for (int g = 0; g < groups; ++g) {
+      rng::Philox4x32 word{{0u, 0u, 0u, 0u}};
+      if (hp.dropout) word = head_mask_block(hp, v, g, k, b);
+      const int f_end = 4 * g + 4 < F ? 4 * g + 4 : F;
+      for (int f = 4 * g; f < f_end; ++f) {
+        if (hp.dropout && word.v[f - 4 * g] < hp.keep_threshold) continue;  // dropped
+        const double d = rng::mul_rn(xs[f * ts], hp.scale);  // scale = 1 (exact) without dropout
+        const double* wf = w + static_cast<std::int64_t>(f) * hp.Cp;
+        for (int c = 0; c < C; ++c) z[c * ts] = rng::add_rn(z[c * ts], rng::mul_rn(wf[c], d));
+      }
+    }
+    const int st = head_softmax(z, ts, C, probs + static_cast<std::int64_t>(k) * C * ts);
+    if (st != kItemOk) return st;
+  }
+  return kItemOk;
+}
+
+// ---- CPU: the same arithmetic, restructured so that the compiler vectorises it ----------------------
+
+#if defined(LABELWISE_CPU_SIMD) && !defined(__CUDACC__)
+#define LABELWISE_SIMD_HEAD _Pragma("omp simd")
+#define LABELWISE_SIMD_HEAD_BAD _Pragma("omp simd reduction(| : bad)")
+#else
+#define LABELWISE_SIMD_HEAD
+#define LABELWISE_SIMD_HEAD_BAD
+#endif
+
+/// Per-thread scratch of head_voxel_probs_cpu (caller-owned; sizes in entries).
+struct HeadCpuScratch {
+  double* xs;             // F
+  double* d;              // 4 · F: the masked, scaled features of 4 samples
+  double* z;              // K · Cp logits, then exponentials
+  std::uint32_t* words;   // K · G · 4 Philox words (G = ceil(F / 4)), only with dropout
+  const std::uint32_t* counter1;  // K · G: g of block j = k · G + g (precomputed by the caller)
+  const std::uint32_t* counter2;  // K · G: kStreamDropout << 16 | k of block j
+};
+
+/// Philox blocks j in [0, n) for voxel v, item b, kLanes blocks at a time so that the rounds vectorise.
+/// words[4j + w] = word w of block j. With AVX-512 the four counter words live in 64-bit lanes (values
+/// < 2^32: one widening multiply per lane, no shuffles); elsewhere in 32-bit lanes (faster there).
+#if defined(__AVX512F__)
+using PhiloxLane = std::uint64_t;
+#else
+using PhiloxLane = std::uint32_t;
+#endif
+template <int kLanes = 16>
+inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint32_t b, const std::uint32_t* c1_in,
+                               const std::uint32_t* c2_in, int n, std::uint32_t* words) {
+  constexpr std::uint64_t kLo = 0xFFFFFFFFull;
+  for (int j0 = 0; j0 < n; j0 += kLanes) {
+    PhiloxLane c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+    LABELWISE_SIMD_HEAD
+    for (int l = 0; l < kLanes; ++l) {
+      const int j = j0 + l < n ? j0 + l : n - 1;
+      c0[l] = v;
+      c1[l] = c1_in[j];
+      c2[l] = c2_in[j];
+      c3[l] = b;
+    }
+    PhiloxLane k0 = hp.key0, k1 = hp.key1;
+    for (int round = 0; round < 10; ++round) {
+      LABELWISE_SIMD_HEAD
+      for (int l = 0; l < kLanes; ++l) {
+        const std::uint64_t p0 = (static_cast<std::uint64_t>(c0[l]) & kLo) * 0xD2511F53ull;
+        const std::uint64_t p1 = (static_cast<std::uint64_t>(c2[l]) & kLo) * 0xCD9E8D57ull;
+        const PhiloxLane n0 = static_cast<PhiloxLane>(p1 >> 32) ^ c1[l] ^ k0;
+        const PhiloxLane n2 = static_cast<PhiloxLane>(p0 >> 32) ^ c3[l] ^ k1;
+        c1[l] = static_cast<PhiloxLane>(p1 & kLo);
+        c3[l] = static_cast<PhiloxLane>(p0 & kLo);
+        c0[l] = n0;
+        c2[l] = n2;
+      }
+      k0 = static_cast<PhiloxLane>((k0 + 0x9E3779B9ull) & kLo);
+      k1 = static_cast<PhiloxLane>((k1 + 0xBB67AE85ull) & kLo);
+    }
+    const int lanes = n - j0 < kLanes ? n - j0 : kLanes;
+    for (int l = 0; l < lanes; ++l) {
+      std::uint32_t* wj = words + 4 * static_cast<std::int64_t>(j0 + l);
+      wj[0] = static_cast<std::uint32_t>(c0[l]);
+      wj[1] = static_cast<std::uint32_t>(c1[l]);
+      wj[2] = static_cast<std::uint32_t>(c2[l]);
+      wj[3] = static_cast<std::uint32_t>(c3[l]);
+    }
+  }
+}
+
+/// head_voxel_probs for the CPU: the same bits, with the masks of all K samples drawn in one vectorised
+/// batch, every channel's term added (a dropped one adds W_cf · 0 = ±0: branch-free, and the softmax
+/// cannot tell), the class loops over whole blocks of Cp and the exponentials over all K · Cp logits at
+/// once. probs: K · C contiguous.
+template <typename T>
+inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& hp, std::uint32_t v, std::uint32_t b,
+                                const HeadCpuScratch& s, float* probs) {
+  const int F = hp.F, C = hp.C, Cp = hp.Cp, K = hp.K, G = (F + 3) / 4;
+  double* __restrict__ xs = s.xs;
+  int bad = 0;
+  for (int f = 0; f < F; ++f) {
+    const double xv = static_cast<double>(x[f * fs]);
+    bad |= (xv - xv == 0.0) ? 0 : 1;
+    xs[f] = xv;
+  }
+  if (bad) return kItemNonFinite;
+  if (hp.dropout) head_philox_blocks(hp, v, b, s.counter1, s.counter2, K * G, s.words);
+  // Logits of 4 samples at a time, by blocks of 8 classes: 4 independent accumulator vectors that stay
+  // in registers over the f loop (one sample at a time would be a chain of dependent adds through memory).
+  constexpr int kS = 4;
+  double* __restrict__ d = s.d;  // kS · F masked, scaled features
+  for (int k0 = 0; k0 < K; k0 += kS) {
+    const int kn = K - k0 < kS ? K - k0 : kS;
+    const double* wk[kS];
+    const double* bk[kS];
+    for (int kk = 0; kk < kS; ++kk) {
+      const int k = kk < kn ? k0 + kk : k0;
+      const int m = hp.M > 1 ? k : 0;
+      wk[kk] = hp.wt + static_cast<std::int64_t>(m) * F * Cp;
+      bk[kk] = hp.bias + static_cast<std::int64_t>(m) * C;
+      double* __restrict__ dk = d + static_cast<std::int64_t>(kk) * F;
+      if (kk >= kn) {
+        for (int f = 0; f < F; ++f) dk[f] = 0.0;
+      } else if (hp.dropout) {
+        const std::uint32_t* __restrict__ wd = s.words + 4 * static_cast<std::int64_t>(k) * G;
+        const std::uint32_t thr = hp.keep_threshold;
+        const double sc = hp.scale;
+        LABELWISE_SIMD_HEAD
+        for (int f = 0; f < F; ++f) dk[f] = wd[f] >= thr ? xs[f] * sc : 0.0;
+      } else {
+        for (int f = 0; f < F; ++f) dk[f] = xs[f];
+      }
+    }
+    for (int cb = 0; cb < Cp; cb += kClassBlock) {
+      double acc[kS][kClassBlock];
+      for (int kk = 0; kk < kS; ++kk) {
+        LABELWISE_SIMD_HEAD
+        for (int j = 0; j < kClassBlock; ++j) acc[kk][j] = cb + j < C ? bk[kk][cb + j] : 0.0;
+      }
+      for (int f = 0; f < F; ++f) {
+        for (int kk = 0; kk < kS; ++kk) {
+          const double df = d[static_cast<std::int64_t>(kk) * F + f];
+          const double* __restrict__ wf = wk[kk] + static_cast<std::int64_t>(f) * Cp + cb;
+          LABELWISE_SIMD_HEAD
+          for (int j = 0; j < kClassBlock; ++j) acc[kk][j] = acc[kk][j] + wf[j] * df;
+        }
+      }
+      for (int kk = 0; kk < kn; ++kk) {
+        double* __restrict__ zk = s.z + static_cast<std::int64_t>(k0 + kk) * Cp + cb;
+        LABELWISE_SIMD_HEAD
+        for (int j = 0; j < kClassBlock; ++j) zk[j] = acc[kk][j];
+      }
+    }
+  }
+  // Softmax of every sample: maxima, then all exponentials in one vector loop, then the sums in
+  // class order and the divisions.
+  double* __restrict__ z = s.z;
+  double mx_k[64];
+  for (int k0 = 0; k0 < K; k0 += 64) {
+    const int kn = K - k0 < 64 ? K - k0 : 64;
+    for (int kk = 0; kk < kn; ++kk) {
+      const double* zk = z + static_cast<std::int64_t>(k0 + kk) * Cp;
+      double mx = zk[0];
+      int over = 0;
+      for (int c = 0; c < C; ++c) {
+        over |= (zk[c] - zk[c] == 0.0) ? 0 : 1;
+        mx = zk[c] > mx ? zk[c] : mx;
+      }
+      if (over) return kHeadNonFiniteLogits;
+      mx_k[kk] = mx;
+    }
+    for (int kk = 0; kk < kn; ++kk) {
+      double* __restrict__ zk = z + static_cast<std::int64_t>(k0 + kk) * Cp;
+      const double mx = mx_k[kk];
+      LABELWISE_SIMD_HEAD
+      for (int c = 0; c < Cp; ++c) zk[c] = det_exp_nonpositive(c < C ? zk[c] - mx : -INFINITY);
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    const double* __restrict__ zk = z + static_cast<std::int64_t>(k) * Cp;
+    double sum = 0.0;
+    for (int c = 0; c < C; ++c) sum += zk[c];
+    float* __restrict__ pk = probs + static_cast<std::int64_t>(k) * C;
+    LABELWISE_SIMD_HEAD
+    for (int c = 0; c < C; ++c) pk[c] = static_cast<float>(zk[c] / sum);
+  }
+  return kItemOk;
+}
+
+}  // namespace LABELWISE_ISA_NAMESPACE
+}  // namespace detail
+}  // namespace labelwise

@@ -1,0 +1,602 @@
+// labelwise — segmentation heads in LibTorch (component labelwise::torch): MC dropout, ensemble,
+// evidential. The C++ twins of labelwise.torch's MCDropoutHead / EnsembleHead / EvidentialHead
+// (docs/segmentation.md): same parameter names, same forward semantics, same MC samples.
+//
+// Header-only, so that LibTorch stays in the translation units of the programs that use it.
+//
+// Shape contract
+//   features : [B, F, H, W] (dims = 2) or [B, F, D, H, W] (dims = 3), F = in_channels, float (float16 /
+//              bfloat16 are widened to float32 for sample / score), CPU or CUDA; the head's parameters
+//              are used on the features' device.
+//   forward  : logits [B, C, *spatial] (train like any module: cross-entropy, or evidential_loss for the
+//              EvidentialHead).
+//   sample   : [B, K, C, *spatial] float32, the K MC-dropout samples (K = M members for the ensemble),
+//              labelwise::head_sample: masks from Philox-4x32-10, never torch's RNG, so the same on every
+//              run, device and thread count, in train and eval mode, and equal to the Python heads'.
+//   score    : {metric: [B, *spatial]} float32, labelwise::head_score (one fused pass, the samples are
+//              never materialised); `mean` (if not null) receives the mean probabilities [B, C, *spatial].
+//              EvidentialHead: closed form from the Dirichlet, in float64, returned as float32.
+//
+// Parameters (state-dict keys, as in Python):
+//   MCDropoutHead, EvidentialHead : conv.weight [C, F, 1, 1(, 1)], conv.bias [C]
+//   EnsembleHead                  : members.{m}.weight, members.{m}.bias, m = 0 .. M-1
+//
+// Weights on disk (save_head_weights / load_head_weights, save_tensors / load_tensors): a torch.save
+// zip archive of a plain {name: tensor} dict — what Python writes with
+// torch.save(dict(head.state_dict()), path) (labelwise.torch.save_weights) and reads with
+// torch.load(path) (weights_only=True works: no type tags, no OrderedDict metadata).
+//
+// Errors: labelwise::Error naming the argument (features of the wrong rank / channel count, K < 1,
+// K < 2 for metrics that need samples, an ensemble's K other than M, p outside [0, 1), dims other than
+// 2 / 3, num_classes < 2, a weights file with a missing / unexpected key or a shape mismatch).
+#pragma once
+
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/jit/serialization/pickler.h>
+#include <torch/torch.h>
+
+#ifdef LABELWISE_TORCH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "labelwise/core/error.hpp"
+#include "labelwise/interop/torch.hpp"
+#include "labelwise/segmentation/head_score.hpp"
+#include "labelwise/uncertainty/metrics.hpp"
+
+namespace labelwise {
+
+// ---- weights files -------------------------------------------------------------------------------
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+/// Writes {name: tensor} as a torch.save zip archive of a plain dict (CPU, contiguous copies), readable
+/// by Python's torch.load(path) (also with weights_only=True) and by load_tensors().
+inline void save_tensors(const std::string& path, const NamedTensors& tensors) {
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const auto& [name, t] : tensors) {
+    check(t.defined(), ErrorKind::Value, "save_tensors: tensor '", name, "' is undefined");
+    check(!dict.contains(name), ErrorKind::Value, "save_tensors: duplicate name '", name, "'");
+    dict.insert(name, t.detach().to(at::kCPU).contiguous().clone());
+  }
+  // torch::pickle_save tags typed dicts with torch.jit._pickle.restore_type_tag, which Python's
+  // torch.load(weights_only=True) refuses; an untagged pickle of the same dict is a plain Python dict.
+  std::vector<char> pickle;
+  torch::jit::Pickler pickler([&](const char* b, size_t n) { pickle.insert(pickle.end(), b, b + n); },
+                              /*tensor_table=*/nullptr, /*type_renamer=*/nullptr, /*memoized_class_types=*/nullptr,
+                              /*get_tensor_id=*/nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(c10::IValue(dict));
+  pickler.stop();
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  check(bool(file), ErrorKind::Runtime, "save_tensors: cannot open '", path, "' for writing");
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) -> size_t {
+      file.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
+      return file ? n : 0;
+    });
+    torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
+    writer.writeEndOfFile();
+  }
+  check(bool(file), ErrorKind::Runtime, "save_tensors: writing '", path, "' failed");
+}
+
+/// Reads a {name: tensor} dict written by save_tensors() or by Python's torch.save of a plain dict
+/// (in the file's key order). Python: save dict(head.state_dict()), not the OrderedDict itself (its
+/// _metadata attribute is a pickle construct LibTorch 1.13 cannot read), or use labelwise.torch.save_weights.
+inline NamedTensors load_tensors(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  check(bool(file), ErrorKind::Value, "load_tensors: cannot open '", path, "'");
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  c10::IValue value;
+  try {
+    value = torch::pickle_load(bytes);
+  } catch (const std::exception& e) {
+    const auto* ce = dynamic_cast<const c10::Error*>(&e);
+    throw Error(ErrorKind::Value,
+                "load_tensors: '" + path +
+                    "' is not a torch.save archive of a plain {name: tensor} dict that LibTorch can read "
+                    "(from Python save dict(module.state_dict()) or use labelwise.torch.save_weights): " +
+                    (ce ? ce->what_without_backtrace() : e.what()));
+  }
+  check(value.isGenericDict(), ErrorKind::Value, "load_tensors: '", path, "' holds a ", value.tagKind(),
+        ", expected a {name: tensor} dict");
+  NamedTensors out;
+  for (const auto& kv : value.toGenericDict()) {
+    check(kv.key().isString(), ErrorKind::Value, "load_tensors: '", path, "': a key is a ", kv.key().tagKind(),
+          ", expected str");
+    check(kv.value().isTensor(), ErrorKind::Value, "load_tensors: '", path, "': '", kv.key().toStringRef(),
+          "' is a ", kv.value().tagKind(), ", expected a tensor");
+    out.emplace_back(kv.key().toStringRef(), kv.value().toTensor());
+  }
+  return out;
+}
+
+/// The module's parameters and buffers ("state dict"), named as Python names them.
+inline NamedTensors head_state(const torch::nn::Module& module) {
+  NamedTensors out;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) out.emplace_back(p.key(), p.value());
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+/// Saves the module's parameters and buffers (see save_tensors for the format).
+inline void save_head_weights(const torch::nn::Module& module, const std::string& path) {
+  save_tensors(path, head_state(module));
+}
+
+/// Copies named tensors into the module's parameters and buffers, strictly: every key must be present,
+/// no key may be left over, and shapes must match (Error naming the key and both shapes). Values are
+/// converted to each parameter's dtype and device.
+inline void load_head_state(torch::nn::Module& module, const NamedTensors& state, const std::string& what) {
+  std::map<std::string, at::Tensor> given;
+  for (const auto& [k, v] : state) given[k] = v;
+  torch::NoGradGuard no_grad;
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+  for (const auto& [name, target] : head_state(module)) {
+    const auto it = given.find(name);
+    check(it != given.end(), ErrorKind::Value, what, ": missing key '", name, "' (expected shape ",
+          c10::str(target.sizes()), ")");
+    check(it->second.sizes() == target.sizes(), ErrorKind::Value, what, ": size mismatch for '", name,
+          "': expected shape ", c10::str(target.sizes()), ", got ", c10::str(it->second.sizes()));
+    check(it->second.is_floating_point() == target.is_floating_point(), ErrorKind::Type, what, ": '", name,
+          "' has dtype ", c10::toString(it->second.scalar_type()), ", expected ", c10::toString(target.scalar_type()));
+    copies.emplace_back(target, it->second);
+    given.erase(it);
+  }
+  if (!given.empty()) {
+    std::string keys;
+    for (const auto& kv : given) keys += (keys.empty() ? "'" : ", '") + kv.first + "'";
+    throw Error(ErrorKind::Value, what + ": unexpected key(s) " + keys);
+  }
+  for (auto& [dst, src] : copies) dst.copy_(src);  // all checked first: nothing half-loaded
+}
+
+/// Loads weights written by save_head_weights() or Python's labelwise.torch.save_weights, strictly.
+inline void load_head_weights(torch::nn::Module& module, const std::string& path) {
+  load_head_state(module, load_tensors(path), "load_head_weights('" + path + "')");
+}
+
+// ---- the heads -----------------------------------------------------------------------------------
+
+namespace heads_detail {
+
+inline std::int64_t check_arg(std::int64_t v, const char* name, std::int64_t lo, std::int64_t hi = INT64_MAX) {
+  check(v >= lo && v <= hi, ErrorKind::Value, name, ": expected an integer ",
+        hi == INT64_MAX ? ">= " + std::to_string(lo) : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]",
+        ", got ", v);
+  return v;
+}
+
+inline double check_p(double p) {
+  check(p >= 0.0 && p < 1.0, ErrorKind::Value, "p: the dropout rate must be in [0, 1), got ", p);
+  return p;
+}
+
+inline std::vector<std::int64_t> conv_kernel(int dims) { return std::vector<std::int64_t>(dims, 1); }
+
+/// A 1x1(x1) convolution module registered under `name`, returned as (module, weight, bias).
+inline std::shared_ptr<torch::nn::Module> make_conv(std::int64_t in, std::int64_t out, int dims) {
+  if (dims == 2) return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1)).ptr();
+  return torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, 1)).ptr();
+}
+
+inline at::Tensor conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int dims) {
+  return dims == 2 ? at::conv2d(x, w, b) : at::conv3d(x, w, b);
+}
+
+inline at::Tensor param(torch::nn::Module& m, const char* name) { return m.named_parameters(false)[name]; }
+
+inline void* stream_for(const at::Tensor& x) {
+#ifdef LABELWISE_TORCH_CUDA
+  if (x.is_cuda()) return c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
+#endif
+  (void)x;
+  return nullptr;
+}
+
+/// features as float32 / float64 (float16 / bfloat16 widened), checked.
+inline at::Tensor sample_input(const at::Tensor& x) {
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return x;
+  return x.to(at::kFloat);
+}
+
+}  // namespace heads_detail
+
+/// Shared parts of the three heads.
+class HeadBase : public torch::nn::Module {
+ public:
+  HeadBase(std::int64_t in_channels, std::int64_t num_classes, int dims)
+      : in_channels_(heads_detail::check_arg(in_channels, "in_channels", 1)),
+        num_classes_(heads_detail::check_arg(num_classes, "num_classes", 2)),
+        dims_(static_cast<int>(heads_detail::check_arg(dims, "dims", 2, 3))) {}
+
+  std::int64_t in_channels() const { return in_channels_; }
+  std::int64_t num_classes() const { return num_classes_; }
+  int dims() const { return dims_; }
+
+  /// Throws labelwise::Error naming `name` unless x is a float [B, F, *spatial] of this head.
+  void check_features(const at::Tensor& x, const char* name = "features") const {
+    check(x.defined(), ErrorKind::Value, name, ": undefined tensor");
+    check(x.is_floating_point(), ErrorKind::Type, name, ": expected a floating-point tensor, got ",
+          c10::toString(x.scalar_type()));
+    const char* want = dims_ == 2 ? "[B, F, H, W]" : "[B, F, D, H, W]";
+    check(x.dim() == dims_ + 2, ErrorKind::Value, name, ": expected ", want, " (rank ", dims_ + 2, ") for dims=", dims_,
+          ", got rank ", x.dim(), " with shape ", c10::str(x.sizes()));
+    check(x.size(1) == in_channels_, ErrorKind::Value, name, ": expected ", in_channels_,
+          " channels (in_channels) on axis 1, got ", x.size(1), " in shape ", c10::str(x.sizes()));
+    check(x.numel() > 0, ErrorKind::Value, name, ": empty feature map, shape ", c10::str(x.sizes()));
+  }
+
+ protected:
+  std::vector<std::int64_t> spatial(const at::Tensor& x) const {
+    return std::vector<std::int64_t>(x.sizes().begin() + 2, x.sizes().end());
+  }
+
+  /// head_score / head_sample on weight [M, C, F], bias [M, C].
+  std::map<Metric, at::Tensor> fused_score(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& bias,
+                                           std::int64_t K, double p, const std::vector<Metric>& metrics,
+                                           std::uint64_t seed, at::Tensor* mean, std::uint64_t index_offset) const {
+    check_features(features);
+    check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
+    const at::Tensor x = heads_detail::sample_input(features);
+    const auto w = weight.detach().to(x.device());
+    const auto b = bias.detach().to(x.device());
+    std::vector<std::int64_t> shape{x.size(0)};
+    for (auto s : spatial(x)) shape.push_back(s);
+    const auto fopt = at::TensorOptions().dtype(at::kFloat).device(x.device());
+    std::map<Metric, at::Tensor> results;
+    std::vector<MetricOutput> outs;
+    for (Metric m : metrics) {
+      if (results.count(m)) continue;
+      at::Tensor o = at::empty(shape, fopt);
+      results.emplace(m, o);
+      outs.push_back({m, torch_interop::view(o)});
+    }
+    TensorView mean_view;
+    if (mean != nullptr) {
+      std::vector<std::int64_t> mshape{x.size(0), num_classes_};
+      for (auto s : spatial(x)) mshape.push_back(s);
+      *mean = at::empty(mshape, fopt);
+      mean_view = torch_interop::view(*mean);
+    }
+    HeadScoreOptions opt;
+    opt.samples = K;
+    opt.dropout = p;
+    opt.seed = seed;
+    opt.index_offset = index_offset;
+    opt.stream = heads_detail::stream_for(x);
+    head_score(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), outs,
+               mean != nullptr ? &mean_view : nullptr, opt);
+    return results;
+  }
+
+  at::Tensor fused_sample(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& bias,
+                          std::int64_t K, double p, std::uint64_t seed, std::uint64_t index_offset) const {
+    check_features(features);
+    const at::Tensor x = heads_detail::sample_input(features);
+    const auto w = weight.detach().to(x.device());
+    const auto b = bias.detach().to(x.device());
+    std::vector<std::int64_t> shape{x.size(0), K, num_classes_};
+    for (auto s : spatial(x)) shape.push_back(s);
+    at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(x.device()));
+    HeadScoreOptions opt;
+    opt.samples = K;
+    opt.dropout = p;
+    opt.seed = seed;
+    opt.index_offset = index_offset;
+    opt.stream = heads_detail::stream_for(x);
+    head_sample(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), torch_interop::view(out), opt);
+    return out;
+  }
+
+  std::int64_t in_channels_, num_classes_;
+  int dims_;
+};
+
+/// Dropout (rate p, element-wise) + 1x1(x1) convolution. Parameters conv.weight, conv.bias.
+/// forward: train mode one stochastic pass with torch's dropout (scaled by 1/(1-p)); eval mode no dropout.
+class MCDropoutHeadImpl : public HeadBase {
+ public:
+  MCDropoutHeadImpl(std::int64_t in_channels, std::int64_t num_classes, double p = 0.5, int dims = 2)
+      : HeadBase(in_channels, num_classes, dims), p_(heads_detail::check_p(p)) {
+    conv_ = register_module("conv", heads_detail::make_conv(in_channels_, num_classes_, dims_));
+  }
+
+  double p() const { return p_; }
+  at::Tensor weight() { return heads_detail::param(*conv_, "weight"); }
+  at::Tensor bias() { return heads_detail::param(*conv_, "bias"); }
+
+  at::Tensor forward(const at::Tensor& features) {
+    check_features(features);
+    return heads_detail::conv(at::dropout(features, p_, is_training()), weight(), bias(), dims_);
+  }
+
+  /// The K MC-dropout samples' probabilities [B, K, C, *spatial] (float32) that score() reduces.
+  at::Tensor sample(const at::Tensor& features, std::int64_t K = 20, std::uint64_t seed = 0,
+                    std::uint64_t index_offset = 0) {
+    heads_detail::check_arg(K, "K", 1, (1 << 16) - 1);
+    return fused_sample(features, flat_weight(), bias().unsqueeze(0), K, p_, seed, index_offset);
+  }
+
+  /// Per-voxel maps {metric: [B, *spatial]} (float32) of K MC-dropout samples, one fused pass.
+  /// mean (optional): receives the mean probabilities [B, C, *spatial] (float32).
+  std::map<Metric, at::Tensor> score(const at::Tensor& features, std::int64_t K = 20,
+                                     const std::vector<Metric>& metrics = {Metric::Bald, Metric::BalEntAcq},
+                                     std::uint64_t seed = 0, at::Tensor* mean = nullptr,
+                                     std::uint64_t index_offset = 0) {
+    heads_detail::check_arg(K, "K", 1, (1 << 16) - 1);
+    if (K < 2)
+      for (Metric m : metrics)
+        check(!metric_needs_samples(m), ErrorKind::Value, "K: the metric ", metric_name(m),
+              " needs K >= 2 samples, got K=", K);
+    return fused_score(features, flat_weight(), bias().unsqueeze(0), K, p_, metrics, seed, mean, index_offset);
+  }
+
+  void pretty_print(std::ostream& os) const override {
+    os << "labelwise::MCDropoutHead(in_channels=" << in_channels_ << ", num_classes=" << num_classes_
+       << ", dims=" << dims_ << ", p=" << p_ << ")";
+  }
+
+ private:
+  at::Tensor flat_weight() { return weight().reshape({1, num_classes_, in_channels_}); }
+  double p_;
+  std::shared_ptr<torch::nn::Module> conv_;
+};
+TORCH_MODULE(MCDropoutHead);
+
+/// M independent 1x1(x1) convolutions; their softmax outputs are the samples (K = M).
+/// Parameters members.{m}.weight, members.{m}.bias. forward: train mode one member drawn uniformly with
+/// torch's RNG; eval mode log(mean_m softmax(z_m)). forward_members: [B, M, C, *spatial].
+class EnsembleHeadImpl : public HeadBase {
+ public:
+  EnsembleHeadImpl(std::int64_t in_channels, std::int64_t num_classes, std::int64_t members = 5, int dims = 2)
+      : HeadBase(in_channels, num_classes, dims), num_members_(heads_detail::check_arg(members, "members", 1)) {
+    members_ = register_module("members", torch::nn::ModuleList());
+    for (std::int64_t m = 0; m < num_members_; ++m) members_->push_back(heads_detail::make_conv(in_channels_, num_classes_, dims_));
+  }
+
+  std::int64_t num_members() const { return num_members_; }
+  at::Tensor weight(std::int64_t m) { return heads_detail::param(*members_->ptr(m), "weight"); }
+  at::Tensor bias(std::int64_t m) { return heads_detail::param(*members_->ptr(m), "bias"); }
+
+  at::Tensor forward_members(const at::Tensor& features) {
+    check_features(features);
+    std::vector<at::Tensor> z;
+    for (std::int64_t m = 0; m < num_members_; ++m) z.push_back(heads_detail::conv(features, weight(m), bias(m), dims_));
+    return at::stack(z, 1);
+  }
+
+  at::Tensor forward(const at::Tensor& features) {
+    check_features(features);
+    if (is_training()) {
+      const std::int64_t m = at::randint(num_members_, at::IntArrayRef{}, at::TensorOptions(at::kLong)).item<std::int64_t>();
+      return heads_detail::conv(features, weight(m), bias(m), dims_);
+    }
+    return at::logsumexp(at::log_softmax(forward_members(features), 2), 1) - std::log(double(num_members_));
+  }
+
+  /// The M members' probabilities [B, M, C, *spatial] (float32). K: nullopt or M; seed: unused.
+  at::Tensor sample(const at::Tensor& features, std::optional<std::int64_t> K = std::nullopt, std::uint64_t seed = 0,
+                    std::uint64_t index_offset = 0) {
+    const std::int64_t k = resolve_K(K);
+    return fused_sample(features, stacked_weight(), stacked_bias(), k, 0.0, seed, index_offset);
+  }
+
+  std::map<Metric, at::Tensor> score(const at::Tensor& features, std::optional<std::int64_t> K = std::nullopt,
+                                     const std::vector<Metric>& metrics = {Metric::Bald, Metric::BalEntAcq},
+                                     std::uint64_t seed = 0, at::Tensor* mean = nullptr,
+                                     std::uint64_t index_offset = 0) {
+    const std::int64_t k = resolve_K(K);
+    if (k < 2)
+      for (Metric m : metrics)
+        check(!metric_needs_samples(m), ErrorKind::Value, "K: the metric ", metric_name(m),
+              " needs K >= 2 samples (members), got K=", k);
+    return fused_score(features, stacked_weight(), stacked_bias(), k, 0.0, metrics, seed, mean, index_offset);
+  }
+
+  void pretty_print(std::ostream& os) const override {
+    os << "labelwise::EnsembleHead(in_channels=" << in_channels_ << ", num_classes=" << num_classes_
+       << ", dims=" << dims_ << ", members=" << num_members_ << ")";
+  }
+
+ private:
+  std::int64_t resolve_K(std::optional<std::int64_t> K) const {
+    if (!K) return num_members_;
+    check(*K == num_members_, ErrorKind::Value, "K: an EnsembleHead has exactly ", num_members_,
+          " samples (its members); got K=", *K, " (pass std::nullopt)");
+    return *K;
+  }
+  at::Tensor stacked_weight() {
+    std::vector<at::Tensor> w;
+    for (std::int64_t m = 0; m < num_members_; ++m) w.push_back(weight(m).detach().reshape({num_classes_, in_channels_}));
+    return at::stack(w, 0);
+  }
+  at::Tensor stacked_bias() {
+    std::vector<at::Tensor> b;
+    for (std::int64_t m = 0; m < num_members_; ++m) b.push_back(bias(m).detach());
+    return at::stack(b, 0);
+  }
+  std::int64_t num_members_;
+  torch::nn::ModuleList members_{nullptr};
+};
+TORCH_MODULE(EnsembleHead);
+
+/// Closed-form Dirichlet uncertainty of an EvidentialHead (float32).
+struct EvidentialUncertainty {
+  at::Tensor probs;               ///< alpha / S, [B, C, *spatial]
+  at::Tensor vacuity;             ///< C / S, [B, *spatial]
+  at::Tensor predictive_entropy;  ///< H[alpha / S]
+  at::Tensor expected_entropy;    ///< psi(S + 1) - sum_c (alpha_c / S) psi(alpha_c + 1)
+  at::Tensor bald;                ///< predictive - expected entropy, clamped at 0
+};
+
+namespace heads_detail {
+
+inline at::Tensor entropy64(const at::Tensor& p, int64_t dim) {
+  return -at::where(p > 0, p * at::log(p), at::zeros({}, p.options())).sum(dim);
+}
+
+/// BalEntAcq with the exact Beta(alpha_c, S - alpha_c) marginals (docs/segmentation.md).
+inline at::Tensor balentacq_dirichlet(const at::Tensor& alpha, const at::Tensor& S, const at::Tensor& mu,
+                                      const at::Tensor& H) {
+  const at::Tensor a = alpha;
+  const at::Tensor b = S - alpha;
+  at::Tensor ln_beta = at::lgamma(a + 1) + at::lgamma(b) - at::lgamma(a + b + 1);
+  ln_beta = at::logaddexp(ln_beta, at::full_like(ln_beta, std::log(1e-32)));
+  const at::Tensor h = ln_beta - a * at::digamma(a + 1) - (b - 1) * at::digamma(b) + (a + b - 1) * at::digamma(a + b + 1);
+  at::Tensor t = at::clamp_max(mu.clamp_min(1e-9) * h, 0.0);
+  t = at::where(at::isfinite(t), t, at::zeros_like(t));
+  const at::Tensor mjent = t.sum(1) + H;
+  at::Tensor s = (H + std::log(2.0)) / (mjent + H);
+  return at::where(s < 0, 1 / s, s);
+}
+
+}  // namespace heads_detail
+
+/// 1x1(x1) convolution to Dirichlet concentrations alpha = softplus(z) + 1 (Sensoy et al. 2018).
+/// Parameters conv.weight, conv.bias. forward: the logits z in both modes (train with evidential_loss).
+class EvidentialHeadImpl : public HeadBase {
+ public:
+  EvidentialHeadImpl(std::int64_t in_channels, std::int64_t num_classes, int dims = 2)
+      : HeadBase(in_channels, num_classes, dims) {
+    conv_ = register_module("conv", heads_detail::make_conv(in_channels_, num_classes_, dims_));
+  }
+
+  at::Tensor weight() { return heads_detail::param(*conv_, "weight"); }
+  at::Tensor bias() { return heads_detail::param(*conv_, "bias"); }
+
+  at::Tensor forward(const at::Tensor& features) {
+    check_features(features);
+    return heads_detail::conv(features, weight(), bias(), dims_);
+  }
+
+  at::Tensor concentrations(const at::Tensor& features) { return at::softplus(forward(features), 1, 20) + 1.0; }
+
+  /// Probabilities, vacuity, predictive / expected entropy and BALD in closed form (float32).
+  EvidentialUncertainty uncertainty(const at::Tensor& features) {
+    const at::Tensor alpha = alpha64(features);
+    const at::Tensor S = alpha.sum(1, true);
+    const at::Tensor mu = alpha / S;
+    const at::Tensor H = heads_detail::entropy64(mu, 1);
+    const at::Tensor eh = expected_entropy(alpha, S, mu);
+    EvidentialUncertainty u;
+    u.probs = mu.to(at::kFloat);
+    u.vacuity = (double(num_classes_) / S.select(1, 0)).to(at::kFloat);
+    u.predictive_entropy = H.to(at::kFloat);
+    u.expected_entropy = eh.to(at::kFloat);
+    u.bald = at::clamp_min(H - eh, 0.0).to(at::kFloat);
+    return u;
+  }
+
+  /// Per-voxel maps {metric: [B, *spatial]} (float32) in closed form; any metric but VariationRatio.
+  /// K and seed are accepted for a uniform call across heads and ignored (nothing is sampled).
+  std::map<Metric, at::Tensor> score(const at::Tensor& features, std::optional<std::int64_t> K = std::nullopt,
+                                     const std::vector<Metric>& metrics = {Metric::Bald, Metric::BalEntAcq},
+                                     std::uint64_t seed = 0, at::Tensor* mean = nullptr,
+                                     std::uint64_t index_offset = 0) {
+    (void)seed;
+    (void)index_offset;
+    if (K) heads_detail::check_arg(*K, "K", 1);
+    check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
+    for (Metric m : metrics)
+      check(m != Metric::VariationRatio, ErrorKind::Value,
+            "metrics: variation_ratio has no closed form for an EvidentialHead");
+    const at::Tensor alpha = alpha64(features);
+    const at::Tensor S = alpha.sum(1, true);
+    const at::Tensor mu = alpha / S;
+    const at::Tensor H = heads_detail::entropy64(mu, 1);
+    at::Tensor eh, top2;
+    std::map<Metric, at::Tensor> out;
+    for (Metric m : metrics) {
+      at::Tensor r;
+      switch (m) {
+        case Metric::PredictiveEntropy: r = H; break;
+        case Metric::ExpectedEntropy:
+        case Metric::Bald:
+          if (!eh.defined()) eh = expected_entropy(alpha, S, mu);
+          r = m == Metric::Bald ? at::clamp_min(H - eh, 0.0) : eh;
+          break;
+        case Metric::LeastConfidence:
+        case Metric::MaxMeanVariationRatio:
+        case Metric::Margin:
+        case Metric::Ratio:
+          if (!top2.defined()) top2 = std::get<0>(at::topk(mu, 2, 1));
+          if (m == Metric::Margin)
+            r = 1 - (top2.select(1, 0) - top2.select(1, 1));
+          else if (m == Metric::Ratio)
+            r = top2.select(1, 1) / top2.select(1, 0);
+          else
+            r = 1 - top2.select(1, 0);
+          break;
+        case Metric::MeanStd: r = at::sqrt(alpha * (S - alpha) / (S * S * (S + 1))).mean(1); break;
+        case Metric::BalEntAcq: r = heads_detail::balentacq_dirichlet(alpha, S, mu, H); break;
+        default: throw Error(ErrorKind::Value, std::string("metrics: unsupported metric ") + metric_name(m));
+      }
+      out[m] = r.to(at::kFloat);
+    }
+    if (mean != nullptr) *mean = mu.to(at::kFloat);
+    return out;
+  }
+
+  void pretty_print(std::ostream& os) const override {
+    os << "labelwise::EvidentialHead(in_channels=" << in_channels_ << ", num_classes=" << num_classes_
+       << ", dims=" << dims_ << ")";
+  }
+
+ private:
+  /// alpha in float64: the logits recomputed in float64 from the weights.
+  at::Tensor alpha64(const at::Tensor& features) {
+    check_features(features);
+    torch::NoGradGuard no_grad;
+    check(bool(at::isfinite(features).all().item<bool>()), ErrorKind::Value, "features: contains NaN or Inf");
+    const at::Tensor x = features.to(at::kDouble);
+    const at::Tensor z = heads_detail::conv(x, weight().detach().to(x.device(), at::kDouble),
+                                            bias().detach().to(x.device(), at::kDouble), dims_);
+    return at::softplus(z, 1, 20) + 1.0;
+  }
+  static at::Tensor expected_entropy(const at::Tensor& alpha, const at::Tensor& S, const at::Tensor& mu) {
+    return at::digamma(S.select(1, 0) + 1) - (mu * at::digamma(alpha + 1)).sum(1);
+  }
+  std::shared_ptr<torch::nn::Module> conv_;
+};
+TORCH_MODULE(EvidentialHead);
+
+/// Expected cross-entropy under Dir(alpha), psi(S) - psi(alpha_y), averaged over voxels, plus kl_weight
+/// times KL(Dir(alpha~) || Dir(1)) with alpha~ = y + (1 - y) alpha (Sensoy et al. 2018, eqs. 4-5), as
+/// labelwise.torch.evidential_loss. logits [B, C, *spatial], target int64 [B, *spatial].
+inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& target, double kl_weight = 0.0) {
+  check(logits.dim() >= 2, ErrorKind::Value, "logits: expected [B, C, *spatial], got shape ", c10::str(logits.sizes()));
+  std::vector<std::int64_t> want{logits.size(0)};
+  for (std::int64_t d = 2; d < logits.dim(); ++d) want.push_back(logits.size(d));
+  check(target.sizes() == at::IntArrayRef(want), ErrorKind::Value, "target: expected shape ", at::IntArrayRef(want), ", got ",
+        c10::str(target.sizes()));
+  const at::Tensor alpha = at::softplus(logits, 1, 20) + 1.0;
+  const at::Tensor S = alpha.sum(1);
+  const at::Tensor a_y = alpha.gather(1, target.unsqueeze(1)).squeeze(1);
+  at::Tensor loss = (at::digamma(S) - at::digamma(a_y)).mean();
+  if (kl_weight != 0.0) {
+    const std::int64_t C = logits.size(1);
+    const at::Tensor y = at::one_hot(target, C).movedim(-1, 1).to(alpha.scalar_type());
+    const at::Tensor at_ = y + (1 - y) * alpha;
+    const at::Tensor St = at_.sum(1);
+    const at::Tensor kl = at::lgamma(St) - std::lgamma(double(C)) - at::lgamma(at_).sum(1) +
+                          ((at_ - 1) * (at::digamma(at_) - at::digamma(St).unsqueeze(1))).sum(1);
+    loss = loss + kl_weight * kl.mean();
+  }
+  return loss;
+}
+
+}  // namespace labelwise

@@ -1,0 +1,547 @@
+// Fused head sample-and-score (labelwise/segmentation/head_score.hpp) against an independent float64
+// reference written here (its own scalar Philox call per mask element, its own softmax) and against
+// labelwise::score of head_sample's output. Built with -ffp-contract=off (tests/CMakeLists.txt) so that
+// the reference's logits are rounded exactly as documented.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "labelwise/core/parallel.hpp"
+#include "labelwise/detail/head_score_impl.hpp"
+#include "labelwise/segmentation/head_score.hpp"
+#include "labelwise/uncertainty/metrics.hpp"
+
+using namespace labelwise;
+
+namespace {
+
+// ---- the reference ----------------------------------------------------------------------------------
+
+/// Philox-4x32-10 written from Salmon et al. (SC'11), independently of rng.hpp.
+std::array<std::uint32_t, 4> philox_ref(std::array<std::uint32_t, 4> c, std::uint32_t k0, std::uint32_t k1) {
+  for (int r = 0; r < 10; ++r) {
+    const std::uint64_t p0 = 0xD2511F53ull * c[0], p1 = 0xCD9E8D57ull * c[2];
+    c = {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k0, static_cast<std::uint32_t>(p1),
+         static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k1, static_cast<std::uint32_t>(p0)};
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c;
+}
+
+/// Keep decision of one mask element, from the documented layout (u = word / 2^32 >= p).
+bool keep_ref(std::uint64_t seed, double p, std::uint32_t b, std::uint32_t k, int f, std::uint32_t v) {
+  const auto w = philox_ref({v, static_cast<std::uint32_t>(f / 4), (3u << 16) | k, b}, static_cast<std::uint32_t>(seed),
+                            static_cast<std::uint32_t>(seed >> 32));
+  return static_cast<double>(w[f % 4]) / 4294967296.0 >= p;
+}
+
+/// A head: weight [M, C, F], bias [M, C] (float64, contiguous).
+struct Head {
+  int M, C, F;
+  std::vector<double> w, bias;
+  Head(int M_, int C_, int F_, std::mt19937_64& rng) : M(M_), C(C_), F(F_), w(M_ * C_ * F_), bias(M_ * C_) {
+    std::normal_distribution<double> n(0.0, 0.7);
+    for (double& v : w) v = n(rng);
+    for (double& v : bias) v = n(rng);
+  }
+  TensorView wv() const { return TensorView::of(w.data(), {M, C, F}); }
+  TensorView bv() const { return TensorView::of(bias.data(), {M, C}); }
+};
+
+/// Features of a voxel grid, values x[b][f][v] (double), stored as T in either [B, F, V] or
+/// channels-last [B, V, F] order (then viewed as [B, F, *spatial] through strides).
+template <typename T>
+struct Features {
+  int B, F;
+  std::vector<std::int64_t> spatial;
+  std::int64_t V;
+  bool channels_last;
+  std::vector<T> data;
+  Features(int B_, int F_, std::vector<std::int64_t> sp, bool last, std::mt19937_64& rng)
+      : B(B_), F(F_), spatial(sp), V(std::accumulate(sp.begin(), sp.end(), std::int64_t(1), std::multiplies<>())),
+        channels_last(last), data(static_cast<std::size_t>(B_) * F_ * V) {
+    std::normal_distribution<double> n(0.0, 1.0);
+    for (T& v : data) v = static_cast<T>(n(rng));
+  }
+  std::size_t index(int b, int f, std::int64_t v) const {
+    return channels_last ? (static_cast<std::size_t>(b) * V + v) * F + f : (static_cast<std::size_t>(b) * F + f) * V + v;
+  }
+  double at(int b, int f, std::int64_t v) const { return static_cast<double>(data[index(b, f, v)]); }
+  TensorView view() const {
+    std::vector<std::int64_t> shape{B, F}, strides;
+    shape.insert(shape.end(), spatial.begin(), spatial.end());
+    std::vector<std::int64_t> sp_strides(spatial.size());
+    std::int64_t s = channels_last ? F : 1;
+    for (int d = static_cast<int>(spatial.size()) - 1; d >= 0; --d) {
+      sp_strides[d] = s;
+      s *= spatial[d];
+    }
+    strides = {channels_last ? V * F : F * V, channels_last ? 1 : V};
+    strides.insert(strides.end(), sp_strides.begin(), sp_strides.end());
+    return TensorView::of(data.data(), shape, strides);
+  }
+};
+
+/// Reference probabilities [B, K, C, V] (float32) of the documented arithmetic.
+template <typename T>
+std::vector<float> reference_samples(const Features<T>& x, const Head& h, int K, double p, std::uint64_t seed,
+                                     std::uint32_t offset = 0) {
+  std::vector<float> out(static_cast<std::size_t>(x.B) * K * h.C * x.V);
+  const double s = 1.0 / (1.0 - p);
+  std::vector<double> z(h.C);
+  for (int b = 0; b < x.B; ++b)
+    for (int k = 0; k < K; ++k)
+      for (std::int64_t v = 0; v < x.V; ++v) {
+        const int m = h.M > 1 ? k : 0;
+        for (int c = 0; c < h.C; ++c) {
+          double acc = h.bias[m * h.C + c];
+          for (int f = 0; f < h.F; ++f) {
+            const bool kept = p == 0.0 || keep_ref(seed, p, offset + b, k, f, static_cast<std::uint32_t>(v));
+            const double d = kept ? x.at(b, f, v) * s : 0.0;
+            acc = acc + h.w[(m * h.C + c) * h.F + f] * d;
+          }
+          z[c] = acc;
+        }
+        double mx = z[0];
+        for (int c = 1; c < h.C; ++c) mx = std::max(mx, z[c]);
+        double sum = 0;
+        for (int c = 0; c < h.C; ++c) sum += std::exp(z[c] - mx);
+        for (int c = 0; c < h.C; ++c)
+          out[((static_cast<std::size_t>(b) * K + k) * h.C + c) * x.V + v] = static_cast<float>(std::exp(z[c] - mx) / sum);
+      }
+  return out;
+}
+
+std::vector<std::int64_t> concat(std::vector<std::int64_t> a, const std::vector<std::int64_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+/// The kernel's exp (det_exp_nonpositive, the same bits on CPU and CUDA) and the reference's std::exp
+/// may differ in the last float64 bit, which changes a float32 rounding of a probability about once in
+/// 2^28 values: every value must be equal or one float32 ulp apart, and at most 1 in 10^4 may differ.
+/// A wrong mask, order of operations or layout changes far more values by far more.
+void expect_same_samples(const std::vector<float>& got, const std::vector<float>& want) {
+  REQUIRE(got.size() == want.size());
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (got[i] == want[i]) continue;
+    ++differ;
+    INFO("value " << i << ": " << got[i] << " vs " << want[i]);
+    CHECK((got[i] == std::nextafter(want[i], 2.0f) || got[i] == std::nextafter(want[i], -1.0f)));
+  }
+  CHECK(differ <= 1 + got.size() / 10000);
+}
+
+const std::vector<Metric> kAll = {Metric::PredictiveEntropy, Metric::ExpectedEntropy, Metric::Bald,
+                                  Metric::LeastConfidence,   Metric::Margin,          Metric::Ratio,
+                                  Metric::VariationRatio,    Metric::MaxMeanVariationRatio, Metric::MeanStd,
+                                  Metric::BalEntAcq};
+
+/// head_score of all metrics (float64 outputs) + the mean, vs labelwise::score / mean of head_sample.
+template <typename T>
+void check_fused_equals_sample_then_score(const Features<T>& x, const Head& h, const HeadScoreOptions& opt) {
+  const int K = static_cast<int>(opt.samples);
+  const std::vector<std::int64_t> grid = concat({x.B}, x.spatial);
+  const std::size_t n = static_cast<std::size_t>(x.B) * x.V;
+  std::vector<float> samples(n * K * h.C);
+  head_sample(x.view(), h.wv(), h.bv(), TensorView::of(samples.data(), concat({x.B, K, h.C}, x.spatial)), opt);
+  // the samples equal the independent reference (up to exp's last bit, see expect_same_samples)
+  expect_same_samples(samples, reference_samples(x, h, K, opt.dropout, opt.seed));
+
+  std::vector<std::vector<double>> fused(kAll.size(), std::vector<double>(n)), ref(kAll.size(), std::vector<double>(n));
+  std::vector<MetricOutput> fo, ro;
+  for (std::size_t i = 0; i < kAll.size(); ++i) {
+    if (K < 2 && metric_needs_samples(kAll[i])) continue;
+    fo.push_back({kAll[i], TensorView::of(fused[i].data(), grid)});
+    ro.push_back({kAll[i], TensorView::of(ref[i].data(), grid)});
+  }
+  std::vector<float> mean(n * h.C);
+  const TensorView mv = TensorView::of(mean.data(), concat({x.B, h.C}, x.spatial));
+  head_score(x.view(), h.wv(), h.bv(), fo, &mv, opt);
+  score(TensorView::of(samples.data(), concat({x.B, K, h.C}, x.spatial)), ro);
+  for (std::size_t i = 0; i < ro.size(); ++i) {
+    const int m = static_cast<int>(ro[i].metric);
+    for (std::size_t j = 0; j < n; ++j) {
+      INFO(metric_name(ro[i].metric) << " voxel " << j);
+      CHECK(std::abs(fused[m][j] - ref[m][j]) <= 1e-6 * std::max(1.0, std::abs(ref[m][j])));
+    }
+  }
+  for (int b = 0; b < x.B; ++b)
+    for (int c = 0; c < h.C; ++c)
+      for (std::int64_t v = 0; v < x.V; ++v) {
+        double acc = 0;
+        for (int k = 0; k < K; ++k) acc += samples[((static_cast<std::size_t>(b) * K + k) * h.C + c) * x.V + v];
+        CHECK(mean[(static_cast<std::size_t>(b) * h.C + c) * x.V + v] == static_cast<float>(acc / K));
+      }
+  // The samples are the same bits on every instruction set (the baseline and AVX2 builds, forced, against
+  // the widest one the processor has); the metrics of the builds only agree to the last bits of the
+  // vectorised sums (whose lane split also depends on the scratch's alignment).
+  const char* old = std::getenv("LABELWISE_CPU_ISA");
+  const std::string saved = old ? old : "";
+  for (const char* isa : {"generic", "avx2"}) {  // avx2 falls back to the widest when the CPU lacks it
+    setenv("LABELWISE_CPU_ISA", isa, 1);
+    std::vector<float> samples_isa(samples.size());
+    head_sample(x.view(), h.wv(), h.bv(), TensorView::of(samples_isa.data(), concat({x.B, K, h.C}, x.spatial)), opt);
+    std::vector<std::vector<double>> by_isa(kAll.size(), std::vector<double>(n));
+    std::vector<MetricOutput> io;
+    for (const MetricOutput& o : fo) io.push_back({o.metric, TensorView::of(by_isa[static_cast<int>(o.metric)].data(), grid)});
+    head_score(x.view(), h.wv(), h.bv(), io, nullptr, opt);
+    if (old) setenv("LABELWISE_CPU_ISA", saved.c_str(), 1); else unsetenv("LABELWISE_CPU_ISA");
+    INFO("LABELWISE_CPU_ISA=" << isa);
+    CHECK(std::memcmp(samples_isa.data(), samples.data(), samples.size() * sizeof(float)) == 0);
+    for (const MetricOutput& o : io) {
+      const int m = static_cast<int>(o.metric);
+      for (std::size_t j = 0; j < n; ++j) {
+        INFO(metric_name(o.metric) << " voxel " << j);
+        CHECK(std::abs(by_isa[m][j] - fused[m][j]) <= 1e-6 * std::max(1.0, std::abs(fused[m][j])));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("det_exp_nonpositive is within 1 ulp of exp on (-inf, 0]", "[head_score]") {
+  using labelwise::detail::det_exp_nonpositive;
+  std::mt19937_64 rng(17);
+  std::uniform_real_distribution<double> u(-708.0, 0.0), small(-1.0, 0.0);
+  CHECK(det_exp_nonpositive(0.0) == 1.0);
+  CHECK(det_exp_nonpositive(-0.0) == 1.0);
+  CHECK(det_exp_nonpositive(-INFINITY) == 0.0);
+  CHECK(det_exp_nonpositive(-708.5) == 0.0);
+  CHECK(det_exp_nonpositive(-1e-300) == 1.0);
+  int max_ulps = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const double x = i % 2 ? u(rng) : small(rng) * (i % 3 ? 1.0 : 1e-6);
+    const double got = det_exp_nonpositive(x), want = std::exp(x);
+    const double ulp = std::nextafter(want, INFINITY) - want;
+    const int ulps = static_cast<int>(std::lround(std::abs(got - want) / ulp));
+    max_ulps = std::max(max_ulps, ulps);
+  }
+  CHECK(max_ulps <= 1);
+}
+
+TEST_CASE("philox reference matches the Random123 known answers", "[head_score]") {
+  CHECK(philox_ref({0, 0, 0, 0}, 0, 0) == std::array<std::uint32_t, 4>{0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8});
+  CHECK(philox_ref({0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344}, 0xA4093822, 0x299F31D0) ==
+        std::array<std::uint32_t, 4>{0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1});
+}
+
+TEMPLATE_TEST_CASE("MC dropout: samples equal the float64 reference, fused score equals score(head_sample)",
+                   "[head_score]", float, double) {
+  std::mt19937_64 rng(GENERATE(1u, 2u, 3u));
+  const bool last = GENERATE(false, true);  // channels-last storage: strided / transposed features
+  const std::vector<std::int64_t> sp = GENERATE(std::vector<std::int64_t>{5, 7}, std::vector<std::int64_t>{3, 4, 5},
+                                                std::vector<std::int64_t>{}, std::vector<std::int64_t>{9});
+  const int F = 1 + static_cast<int>(rng() % 11), C = 2 + static_cast<int>(rng() % 10);
+  Features<TestType> x(2, F, sp, last, rng);
+  Head h(1, C, F, rng);
+  HeadScoreOptions opt;
+  opt.samples = 2 + static_cast<int>(rng() % 7);
+  opt.dropout = GENERATE(0.0, 0.3, 0.5);
+  opt.seed = rng();  // both key words
+  INFO("F=" << F << " C=" << C << " K=" << opt.samples << " p=" << opt.dropout << " last=" << last);
+  check_fused_equals_sample_then_score(x, h, opt);
+}
+
+TEMPLATE_TEST_CASE("ensemble: sample k is member k, fused score equals score(head_sample)", "[head_score]", float,
+                   double) {
+  std::mt19937_64 rng(GENERATE(4u, 5u));
+  const bool last = GENERATE(false, true);
+  const std::vector<std::int64_t> sp = GENERATE(std::vector<std::int64_t>{6, 5}, std::vector<std::int64_t>{2, 3, 4});
+  const int M = 2 + static_cast<int>(rng() % 4), F = 1 + static_cast<int>(rng() % 9), C = 2 + static_cast<int>(rng() % 6);
+  Features<TestType> x(3, F, sp, last, rng);
+  Head h(M, C, F, rng);
+  HeadScoreOptions opt;
+  opt.samples = M;
+  opt.seed = rng();
+  check_fused_equals_sample_then_score(x, h, opt);
+}
+
+TEST_CASE("mixed dtypes: float32 weights, strided weight view, float32 outputs", "[head_score]") {
+  std::mt19937_64 rng(9);
+  Features<float> x(2, 6, {4, 5}, false, rng);
+  Head h(1, 3, 6, rng);
+  // weight stored as [F, C] (transposed) float32, viewed as [1, C, F]
+  std::vector<float> wt(6 * 3), b32(3);
+  for (int c = 0; c < 3; ++c) {
+    b32[c] = static_cast<float>(h.bias[c]);
+    h.bias[c] = b32[c];
+    for (int f = 0; f < 6; ++f) {
+      wt[f * 3 + c] = static_cast<float>(h.w[c * 6 + f]);
+      h.w[c * 6 + f] = wt[f * 3 + c];
+    }
+  }
+  const TensorView wv = TensorView::of(wt.data(), {1, 3, 6}, {18, 1, 3});
+  const TensorView bv = TensorView::of(b32.data(), {1, 3});
+  HeadScoreOptions opt;
+  opt.samples = 4;
+  opt.dropout = 0.25;
+  opt.seed = 77;
+  std::vector<float> s(2 * 4 * 3 * 20);
+  head_sample(x.view(), wv, bv, TensorView::of(s.data(), {2, 4, 3, 4, 5}), opt);
+  expect_same_samples(s, reference_samples(x, h, 4, 0.25, 77));
+  std::vector<float> bald32(40);
+  std::vector<double> bald64(40);
+  head_score(x.view(), wv, bv, {{Metric::Bald, TensorView::of(bald32.data(), {2, 4, 5})}}, nullptr, opt);
+  bald(TensorView::of(s.data(), {2, 4, 3, 4, 5}), TensorView::of(bald64.data(), {2, 4, 5}));
+  for (int i = 0; i < 40; ++i) CHECK(std::abs(bald32[i] - bald64[i]) <= 1e-6);
+}
+
+TEST_CASE("dropout masks keep each channel with probability 1 - p", "[head_score]") {
+  // C = 2, one-hot weights on channel f0: p_1 = sigmoid(x · s) when f0 is kept, exactly 1/2 when dropped.
+  const int F = 8, K = 8, B = 2;
+  const std::int64_t V = 1500;
+  for (double p : {0.1, 0.5, 0.8}) {
+    std::vector<float> x(static_cast<std::size_t>(B) * F * V, 1.0f);
+    for (int f0 = 0; f0 < F; ++f0) {
+      std::vector<double> w(2 * F, 0.0), bias(2, 0.0);
+      w[F + f0] = 1.0;
+      HeadScoreOptions opt;
+      opt.samples = K;
+      opt.dropout = p;
+      opt.seed = 1234567890123ull;
+      std::vector<float> s(static_cast<std::size_t>(B) * K * 2 * V);
+      head_sample(TensorView::of(x.data(), {B, F, V}), TensorView::of(w.data(), {1, 2, F}),
+                  TensorView::of(bias.data(), {1, 2}), TensorView::of(s.data(), {B, K, 2, V}), opt);
+      std::int64_t kept = 0, total = 0;
+      for (int b = 0; b < B; ++b)
+        for (int k = 0; k < K; ++k)
+          for (std::int64_t v = 0; v < V; ++v) {
+            const float p1 = s[((static_cast<std::size_t>(b) * K + k) * 2 + 1) * V + v];
+            const bool was_kept = p1 != 0.5f;
+            CHECK(was_kept == keep_ref(opt.seed, p, b, k, f0, static_cast<std::uint32_t>(v)));
+            kept += was_kept;
+            ++total;
+          }
+      const double q = 1 - p, sd = std::sqrt(total * p * q);
+      INFO("p=" << p << " f0=" << f0 << " kept " << kept << " of " << total);
+      CHECK(std::abs(kept - total * q) <= 5 * sd + 1);
+    }
+  }
+}
+
+TEST_CASE("p = 0 gives K identical samples; K = 1 works for metrics without samples", "[head_score]") {
+  std::mt19937_64 rng(21);
+  Features<double> x(2, 5, {3, 4}, false, rng);
+  Head h(1, 4, 5, rng);
+  HeadScoreOptions opt;
+  opt.samples = 5;
+  opt.seed = 99;
+  std::vector<float> s(2 * 5 * 4 * 12);
+  head_sample(x.view(), h.wv(), h.bv(), TensorView::of(s.data(), {2, 5, 4, 3, 4}), opt);
+  for (int b = 0; b < 2; ++b)
+    for (int k = 1; k < 5; ++k)
+      CHECK(std::memcmp(&s[(b * 5 + k) * 48], &s[(b * 5) * 48], 48 * sizeof(float)) == 0);
+  std::vector<double> bald_out(24);
+  head_score(x.view(), h.wv(), h.bv(), {{Metric::Bald, TensorView::of(bald_out.data(), {2, 3, 4})}}, nullptr, opt);
+  for (double v : bald_out) CHECK(std::abs(v) <= 1e-6);  // H[p̄] - E[H] of identical samples (float entropies)
+  opt.samples = 1;
+  std::vector<double> pe(24), pe_ref(24);
+  head_score(x.view(), h.wv(), h.bv(), {{Metric::PredictiveEntropy, TensorView::of(pe.data(), {2, 3, 4})}}, nullptr, opt);
+  std::vector<float> s1(2 * 4 * 12);
+  head_sample(x.view(), h.wv(), h.bv(), TensorView::of(s1.data(), {2, 1, 4, 3, 4}), opt);
+  predictive_entropy(TensorView::of(s1.data(), {2, 1, 4, 3, 4}), TensorView::of(pe_ref.data(), {2, 3, 4}));
+  for (int i = 0; i < 24; ++i) CHECK(std::abs(pe[i] - pe_ref[i]) <= 1e-12);
+}
+
+TEST_CASE("index_offset: a shard draws exactly the whole batch's samples; thread count is invisible",
+          "[head_score]") {
+  std::mt19937_64 rng(5);
+  Features<float> x(4, 7, {6, 5}, false, rng);
+  Head h(1, 3, 7, rng);
+  HeadScoreOptions opt;
+  opt.samples = 6;
+  opt.dropout = 0.4;
+  opt.seed = 0xDEADBEEFCAFEull;
+  const std::size_t per_item = 6 * 3 * 30;
+  std::vector<float> whole(4 * per_item), shard(2 * per_item);
+  head_sample(x.view(), h.wv(), h.bv(), TensorView::of(whole.data(), {4, 6, 3, 6, 5}), opt);
+  TensorView tail = x.view();
+  tail.data = x.data.data() + 2 * 7 * 30;
+  tail.shape[0] = 2;
+  HeadScoreOptions sh = opt;
+  sh.index_offset = 2;
+  head_sample(tail, h.wv(), h.bv(), TensorView::of(shard.data(), {2, 6, 3, 6, 5}), sh);
+  CHECK(std::memcmp(shard.data(), whole.data() + 2 * per_item, shard.size() * sizeof(float)) == 0);
+  // without the offset the shard draws other masks
+  head_sample(tail, h.wv(), h.bv(), TensorView::of(shard.data(), {2, 6, 3, 6, 5}), opt);
+  CHECK(std::memcmp(shard.data(), whole.data() + 2 * per_item, shard.size() * sizeof(float)) != 0);
+  std::vector<double> m_whole(4 * 30), m_shard(2 * 30);
+  head_score(x.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m_whole.data(), {4, 6, 5})}}, nullptr, opt);
+  head_score(tail, h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m_shard.data(), {2, 6, 5})}}, nullptr, sh);
+  CHECK(std::memcmp(m_shard.data(), m_whole.data() + 60, 60 * sizeof(double)) == 0);
+  // thread count
+  std::vector<double> m1(4 * 30);
+  set_num_threads(1);
+  head_score(x.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m1.data(), {4, 6, 5})}}, nullptr, opt);
+  set_num_threads(3);
+  std::vector<double> m3(4 * 30);
+  head_score(x.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m3.data(), {4, 6, 5})}}, nullptr, opt);
+  set_num_threads(0);
+  CHECK(std::memcmp(m1.data(), m_whole.data(), m1.size() * sizeof(double)) == 0);
+  CHECK(std::memcmp(m3.data(), m_whole.data(), m3.size() * sizeof(double)) == 0);
+}
+
+TEST_CASE("head_score / head_sample: bad input gets a clear error naming the argument", "[head_score][errors]") {
+  std::vector<float> x(2 * 3 * 4 * 5, 0.5f), w(1 * 4 * 3, 0.1f), bias(4, 0.0f), out(2 * 4 * 5),
+      samples(2 * 3 * 4 * 20), mean(2 * 4 * 20);
+  std::vector<double> w2(3 * 4 * 3, 0.1), b2(3 * 4, 0.0);
+  const TensorView xv = TensorView::of(x.data(), {2, 3, 4, 5});
+  const TensorView wv = TensorView::of(w.data(), {1, 4, 3});
+  const TensorView bv = TensorView::of(bias.data(), {1, 4});
+  const TensorView ov = TensorView::of(out.data(), {2, 4, 5});
+  const TensorView sv = TensorView::of(samples.data(), {2, 3, 4, 4, 5});
+  HeadScoreOptions opt;
+  opt.samples = 3;
+  opt.dropout = 0.5;
+  auto score1 = [&](const TensorView& f, const TensorView& ww, const TensorView& bb, const TensorView& o,
+                    const HeadScoreOptions& op, Metric m = Metric::Bald) {
+    head_score(f, ww, bb, {{m, o}}, nullptr, op);
+  };
+  using Catch::Contains;
+  SECTION("valid call") {
+    CHECK_NOTHROW(score1(xv, wv, bv, ov, opt));
+    CHECK_NOTHROW(head_sample(xv, wv, bv, sv, opt));
+  }
+  SECTION("features rank") {
+    CHECK_THROWS_WITH(score1(TensorView::of(x.data(), {120}), wv, bv, TensorView::of(out.data(), {120}), opt),
+                      Contains("features:") && Contains("rank 2 to 5") && Contains("[120]"));
+    CHECK_THROWS_WITH(head_sample(TensorView::of(x.data(), {1, 2, 3, 4, 5, 1}), wv, bv, sv, opt),
+                      Contains("features:") && Contains("rank 2 to 5"));
+  }
+  SECTION("empty features") {
+    CHECK_THROWS_WITH(score1(TensorView::of(x.data(), {0, 3, 4, 5}), wv, bv, TensorView::of(out.data(), {0, 4, 5}), opt),
+                      Contains("features: input is empty"));
+  }
+  SECTION("weight and bias shapes") {
+    CHECK_THROWS_WITH(score1(xv, TensorView::of(w.data(), {4, 3}), bv, ov, opt),
+                      Contains("weight: expected [M, C, F] (rank 3)") && Contains("[4, 3]"));
+    CHECK_THROWS_WITH(score1(xv, TensorView::of(w.data(), {1, 3, 4}), bv, ov, opt),
+                      Contains("weight:") && Contains("F = 3") && Contains("[1, 3, 4]"));
+    CHECK_THROWS_WITH(score1(xv, TensorView::of(w.data(), {1, 1, 3}), TensorView::of(bias.data(), {1, 1}), ov, opt),
+                      Contains("weight: expected at least 2 classes"));
+    CHECK_THROWS_WITH(score1(xv, wv, TensorView::of(bias.data(), {4}), ov, opt),
+                      Contains("bias: expected shape [1, 4]") && Contains("got [4]"));
+  }
+  SECTION("output, mean and samples shapes and dtypes") {
+    CHECK_THROWS_WITH(score1(xv, wv, bv, TensorView::of(out.data(), {2, 20}), opt),
+                      Contains("bald: output has shape [2, 20], expected [2, 4, 5]"));
+    std::vector<std::int32_t> iout(40);
+    CHECK_THROWS_WITH(score1(xv, wv, bv, TensorView::of(iout.data(), {2, 4, 5}), opt),
+                      Contains("bald: output dtype must be float32 or float64, got int32"));
+    const TensorView bad_mean = TensorView::of(mean.data(), {2, 3, 4, 5});
+    CHECK_THROWS_WITH(head_score(xv, wv, bv, {{Metric::Bald, ov}}, &bad_mean, opt),
+                      Contains("mean: has shape [2, 3, 4, 5], expected [2, 4, 4, 5]"));
+    CHECK_THROWS_WITH(head_sample(xv, wv, bv, TensorView::of(samples.data(), {2, 4, 4, 4, 5}), opt),
+                      Contains("samples: has shape [2, 4, 4, 4, 5], expected [2, 3, 4, 4, 5]"));
+    std::vector<double> s64(samples.size());
+    CHECK_THROWS_WITH(head_sample(xv, wv, bv, TensorView::of(s64.data(), {2, 3, 4, 4, 5}), opt),
+                      Contains("samples: dtype must be float32, got float64"));
+    CHECK_THROWS_WITH(head_score(xv, wv, bv, {}, nullptr, opt), Contains("outputs: no metric and no mean"));
+    CHECK_THROWS_WITH(head_score(xv, wv, bv, {{Metric::Bald, ov}, {Metric::Bald, ov}}, nullptr, opt),
+                      Contains("'bald' is requested twice"));
+  }
+  SECTION("K") {
+    HeadScoreOptions o = opt;
+    o.samples = 1;
+    for (Metric m : {Metric::Bald, Metric::ExpectedEntropy, Metric::VariationRatio, Metric::MeanStd, Metric::BalEntAcq})
+      CHECK_THROWS_WITH(score1(xv, wv, bv, ov, o, m), Contains(": needs at least 2 samples, got K = 1"));
+    CHECK_NOTHROW(score1(xv, wv, bv, ov, o, Metric::PredictiveEntropy));
+    o.samples = 0;
+    CHECK_THROWS_WITH(score1(xv, wv, bv, ov, o), Contains("samples: K must be in [1, 65535], got 0"));
+    o.samples = 65536;
+    CHECK_THROWS_WITH(score1(xv, wv, bv, ov, o), Contains("samples: K must be in [1, 65535], got 65536"));
+  }
+  SECTION("dropout rate") {
+    for (double p : {-0.1, 1.0, 1.5, double(NAN), double(INFINITY)}) {
+      HeadScoreOptions o = opt;
+      o.dropout = p;
+      CHECK_THROWS_WITH(score1(xv, wv, bv, ov, o), Contains("dropout: the rate must be in [0, 1)"));
+    }
+  }
+  SECTION("ensembles: K = M and no dropout") {
+    const TensorView ew = TensorView::of(w2.data(), {3, 4, 3}), eb = TensorView::of(b2.data(), {3, 4});
+    HeadScoreOptions o;
+    o.samples = 3;
+    CHECK_NOTHROW(score1(xv, ew, eb, ov, o));
+    o.samples = 4;
+    CHECK_THROWS_WITH(score1(xv, ew, eb, ov, o), Contains("samples: an ensemble of M = 3") && Contains("got K = 4"));
+    o.samples = 3;
+    o.dropout = 0.2;
+    CHECK_THROWS_WITH(score1(xv, ew, eb, ov, o), Contains("dropout: must be 0 for an ensemble (M = 3)"));
+    CHECK_THROWS_WITH(score1(xv, ew, TensorView::of(b2.data(), {2, 4}), ov, opt), Contains("bias: expected shape [3, 4]"));
+  }
+  SECTION("NaN / Inf features, weights, bias, overflowing logits") {
+    x[1 * 60 + 2 * 20 + 3 * 5 + 4] = NAN;  // item 1, feature 2, voxel [3, 4]
+    CHECK_THROWS_WITH(score1(xv, wv, bv, ov, opt), Contains("features: item 1, voxel [3, 4] contains NaN or Inf"));
+    CHECK_THROWS_WITH(head_sample(xv, wv, bv, sv, opt), Contains("features: item 1, voxel [3, 4] contains NaN or Inf"));
+    x[1 * 60 + 2 * 20 + 3 * 5 + 4] = 0.5f;
+    x[7] = -INFINITY;
+    CHECK_THROWS_WITH(score1(xv, wv, bv, ov, opt), Contains("features: item 0, voxel [1, 2] contains NaN or Inf"));
+    x[7] = 0.5f;
+    w[5] = INFINITY;
+    CHECK_THROWS_WITH(score1(xv, wv, bv, ov, opt), Contains("weight: entry [0, 1, 2] is NaN or Inf"));
+    w[5] = 0.1f;
+    bias[3] = NAN;
+    CHECK_THROWS_WITH(score1(xv, wv, bv, ov, opt), Contains("bias: entry [0, 3] is NaN or Inf"));
+    bias[3] = 0.0f;
+    std::fill(w.begin(), w.end(), 3e38f);
+    std::vector<double> xd(x.size(), 1e300);
+    HeadScoreOptions o;
+    o.samples = 2;
+    CHECK_THROWS_WITH(score1(TensorView::of(xd.data(), {2, 3, 4, 5}), wv, bv, ov, o),
+                      Contains("features: item 0, voxel [0, 0] gives logits that overflow"));
+  }
+  SECTION("dtypes") {
+    std::vector<std::int32_t> xi(x.size());
+    CHECK_THROWS_WITH(score1(TensorView::of(xi.data(), {2, 3, 4, 5}), wv, bv, ov, opt),
+                      Contains("features: expected dtype float32 or float64, got int32"));
+    std::vector<std::int64_t> wi(w.size());
+    CHECK_THROWS_WITH(score1(xv, TensorView::of(wi.data(), {1, 4, 3}), bv, ov, opt),
+                      Contains("weight: expected dtype float32 or float64, got int64"));
+    std::vector<std::uint8_t> bi(4);
+    CHECK_THROWS_WITH(score1(xv, wv, TensorView::of(bi.data(), {1, 4}), ov, opt),
+                      Contains("bias: expected dtype float32 or float64, got uint8"));
+  }
+  SECTION("index_offset beyond 2^32 items") {
+    HeadScoreOptions o = opt;
+    o.index_offset = 0xFFFFFFFFull;  // + 2 items
+    CHECK_THROWS_WITH(score1(xv, wv, bv, ov, o), Contains("index_offset: items must have global indices below 2^32"));
+    o.index_offset = 0xFFFFFFFEull;
+    CHECK_NOTHROW(score1(xv, wv, bv, ov, o));
+  }
+  SECTION("devices") {
+    TensorView wc = wv;
+    wc.device = Device::cuda(0);
+    CHECK_THROWS_WITH(score1(xv, wc, bv, ov, opt), Contains("weight: is on cuda:0 but features are on cpu"));
+    TensorView bc = bv;
+    bc.device = Device::cuda(0);
+    CHECK_THROWS_WITH(score1(xv, wv, bc, ov, opt), Contains("bias: is on cuda:0 but features are on cpu"));
+    TensorView oc = ov;
+    oc.device = Device::cuda(0);
+    CHECK_THROWS_WITH(score1(xv, wv, bv, oc, opt), Contains("bald: output is on cuda:0 but features are on cpu"));
+    TensorView sc = sv;
+    sc.device = Device::cuda(0);
+    CHECK_THROWS_WITH(head_sample(xv, wv, bv, sc, opt), Contains("samples: is on cuda:0 but features are on cpu"));
+    if (!built_with_cuda()) {
+      TensorView xc = xv;
+      xc.device = Device::cuda(0);
+      wc.device = bc.device = Device::cuda(0);
+      CHECK_THROWS_WITH(score1(xc, wc, bc, oc, opt), Contains("features: is a CUDA tensor") && Contains("built without CUDA"));
+      CHECK_THROWS_WITH(head_sample(xc, wc, bc, sc, opt), Contains("built without CUDA"));
+    }
+  }
+}

@@ -1,0 +1,326 @@
+// LibTorch segmentation heads (labelwise/segmentation/heads.hpp): forward semantics, MC samples against
+// a float64 reference written from docs/segmentation.md, score == labelwise score of sample, the
+// evidential closed form against Monte-Carlo draws, weights files, errors.
+// LibTorch first: Debian's LibTorch pulls in glog, whose CHECK macro Catch's must override.
+#include "labelwise/core/rng.hpp"
+#include "labelwise/segmentation/heads.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <random>
+#include <string>
+#include <unistd.h>
+
+using namespace labelwise;
+
+namespace {
+
+std::uint64_t fresh_seed() { return static_cast<std::uint64_t>(std::random_device{}()) << 20 | 12345u; }
+
+std::string temp_path(const std::string& name) {
+  return std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/labelwise_heads_" +
+         std::to_string(::getpid()) + "_" + name;
+}
+
+template <typename F>
+void require_error(F&& f, const std::string& fragment, ErrorKind kind = ErrorKind::Value) {
+  try {
+    f();
+    FAIL("no error (expected one mentioning '" << fragment << "')");
+  } catch (const Error& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    CHECK(e.kind() == kind);
+  }
+}
+
+/// The MC-dropout probabilities [B, K, C, V] of docs/segmentation.md, written plainly: Philox masks,
+/// float64 logits (bias first, f ascending), float64 softmax rounded to float32.
+at::Tensor reference_samples(const at::Tensor& x /*[B,F,V] float64*/, const at::Tensor& w /*[C,F] f64*/,
+                             const at::Tensor& bias /*[C] f64*/, double p, std::int64_t K, std::uint64_t seed) {
+  const auto B = x.size(0), F = x.size(1), V = x.size(2), C = w.size(0);
+  auto xa = x.accessor<double, 3>();
+  auto wa = w.accessor<double, 2>();
+  auto ba = bias.accessor<double, 1>();
+  const std::uint64_t thr = static_cast<std::uint64_t>(std::ceil(p * 4294967296.0));
+  const double scale = 1.0 / (1.0 - p);
+  at::Tensor out = at::empty({B, K, C, V}, at::kFloat);
+  auto oa = out.accessor<float, 4>();
+  std::vector<double> z(C);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t k = 0; k < K; ++k)
+      for (std::int64_t v = 0; v < V; ++v) {
+        for (std::int64_t c = 0; c < C; ++c) z[c] = ba[c];
+        for (std::int64_t f = 0; f < F; ++f) {
+          const rng::Philox4x32 ctr{{static_cast<std::uint32_t>(v), static_cast<std::uint32_t>(f / 4),
+                                     static_cast<std::uint32_t>(rng::kStreamDropout << 16 | k),
+                                     static_cast<std::uint32_t>(b)}};
+          const auto words = rng::philox4x32_10(ctr, static_cast<std::uint32_t>(seed),
+                                                static_cast<std::uint32_t>(seed >> 32));
+          const bool keep = words.v[f % 4] >= thr;
+          const double d = keep ? xa[b][f][v] * scale : 0.0;
+          for (std::int64_t c = 0; c < C; ++c) z[c] += wa[c][f] * d;
+        }
+        double mx = z[0];
+        for (auto zc : z) mx = std::max(mx, zc);
+        double s = 0;
+        for (auto& zc : z) s += (zc = std::exp(zc - mx));
+        for (std::int64_t c = 0; c < C; ++c) oa[b][k][c][v] = static_cast<float>(z[c] / s);
+      }
+  return out;
+}
+
+std::vector<std::string> keys(const NamedTensors& t) {
+  std::vector<std::string> k;
+  for (const auto& kv : t) k.push_back(kv.first);
+  return k;
+}
+
+}  // namespace
+
+TEST_CASE("heads: parameter names and shapes are Python's", "[torch][heads]") {
+  MCDropoutHead mc(6, 3, 0.3, 2);
+  CHECK((keys(head_state(*mc)) == std::vector<std::string>{"conv.weight", "conv.bias"}));
+  CHECK(mc->weight().sizes() == at::IntArrayRef({3, 6, 1, 1}));
+  EvidentialHead ev(6, 3, 3);
+  CHECK(ev->weight().sizes() == at::IntArrayRef({3, 6, 1, 1, 1}));
+  EnsembleHead en(6, 3, 3, 2);
+  CHECK((keys(head_state(*en)) == std::vector<std::string>{"members.0.weight", "members.0.bias", "members.1.weight",
+                                                           "members.1.bias", "members.2.weight", "members.2.bias"}));
+}
+
+TEST_CASE("heads: forward shapes and train / eval semantics", "[torch][heads]") {
+  const std::uint64_t seed = fresh_seed();
+  torch::manual_seed(seed);
+  INFO("seed " << seed);
+  for (int dims : {2, 3}) {
+    const auto x = dims == 2 ? torch::randn({2, 5, 7, 6}) : torch::randn({2, 5, 3, 4, 6});
+    auto spatial_of = [&](std::vector<std::int64_t> lead) {
+      for (std::int64_t d = 2; d < x.dim(); ++d) lead.push_back(x.size(d));
+      return lead;
+    };
+    MCDropoutHead mc(5, 4, 0.5, dims);
+    const auto plain = heads_detail::conv(x, mc->weight(), mc->bias(), dims);
+    mc->eval();
+    CHECK(mc->forward(x).sizes() == at::IntArrayRef(spatial_of({2, 4})));
+    CHECK(torch::equal(mc->forward(x), plain));  // eval: no dropout
+    mc->train();
+    torch::manual_seed(seed + 1);
+    const auto y = mc->forward(x);
+    torch::manual_seed(seed + 1);
+    const auto dropped = at::dropout(x, 0.5, true);  // torch's dropout: same RNG draws
+    CHECK(torch::allclose(y, heads_detail::conv(dropped, mc->weight(), mc->bias(), dims), 1e-6, 1e-6));
+    CHECK(!torch::allclose(y, plain, 1e-3, 1e-3));
+
+    EnsembleHead en(5, 4, 3, dims);
+    const auto zm = en->forward_members(x);
+    CHECK(zm.sizes() == at::IntArrayRef(spatial_of({2, 3, 4})));
+    en->eval();
+    const auto mean_prob = torch::softmax(zm.to(torch::kDouble), 2).mean(1);
+    CHECK(torch::allclose(torch::softmax(en->forward(x).to(torch::kDouble), 1), mean_prob, 1e-5, 1e-6));
+    CHECK(torch::allclose(en->forward(x).exp().sum(1), torch::ones_like(en->forward(x).select(1, 0)), 1e-5, 1e-5));
+    en->train();
+    std::set<std::int64_t> drawn;
+    for (int t = 0; t < 40; ++t) {
+      const auto z = en->forward(x);
+      for (std::int64_t m = 0; m < 3; ++m)
+        if (torch::equal(z, zm.select(1, m))) drawn.insert(m);
+    }
+    CHECK(drawn.size() == 3);  // one member per pass, uniformly: all three within 40 passes (1 - 3·(2/3)^40)
+
+    EvidentialHead ev(5, 4, dims);
+    CHECK(torch::equal(ev->forward(x), heads_detail::conv(x, ev->weight(), ev->bias(), dims)));
+    const auto alpha = ev->concentrations(x);
+    CHECK(torch::allclose(alpha, torch::softplus(ev->forward(x)) + 1));
+    CHECK(alpha.min().item<float>() >= 1.0f);
+  }
+}
+
+TEST_CASE("heads: MC-dropout samples follow the documented masks and arithmetic", "[torch][heads]") {
+  const std::uint64_t seed = fresh_seed();
+  torch::manual_seed(seed);
+  INFO("seed " << seed);
+  for (double p : {0.0, 0.3, 0.75}) {
+    INFO("p " << p);
+    MCDropoutHead mc(7, 4, p, 2);
+    const auto x = torch::randn({2, 7, 5, 3});
+    const std::int64_t K = 6;
+    const std::uint64_t mc_seed = seed * 2654435761u + 99;
+    const auto s = mc->sample(x, K, mc_seed);
+    REQUIRE(s.sizes() == at::IntArrayRef({2, K, 4, 5, 3}));
+    REQUIRE(s.scalar_type() == torch::kFloat);
+    const auto ref = reference_samples(x.reshape({2, 7, 15}).to(torch::kDouble),
+                                       mc->weight().detach().reshape({4, 7}).to(torch::kDouble),
+                                       mc->bias().detach().to(torch::kDouble), p, K, mc_seed);
+    const auto diff = (s.reshape({2, K, 4, 15}) - ref).abs().max().item<float>();
+    CHECK(diff <= 2e-7f);
+    // Deterministic, independent of the module's mode and of torch's RNG; another seed, other masks.
+    mc->eval();
+    torch::manual_seed(1);
+    CHECK(torch::equal(mc->sample(x, K, mc_seed), s));
+    if (p > 0) CHECK(!torch::equal(mc->sample(x, K, mc_seed + 1), s));
+    // A shard with index_offset draws the masks of the whole batch's items.
+    CHECK(torch::equal(mc->sample(x.slice(0, 1, 2), K, mc_seed, /*index_offset=*/1), s.slice(0, 1, 2)));
+  }
+}
+
+TEST_CASE("heads: score equals labelwise::score of sample, mean equals the samples' mean", "[torch][heads]") {
+  const std::uint64_t seed = fresh_seed();
+  torch::manual_seed(seed);
+  INFO("seed " << seed);
+  const std::vector<Metric> metrics{Metric::PredictiveEntropy, Metric::ExpectedEntropy, Metric::Bald,
+                                    Metric::Margin,            Metric::VariationRatio,  Metric::MeanStd,
+                                    Metric::BalEntAcq};
+  for (int dims : {2, 3}) {
+    const auto x = dims == 2 ? torch::randn({3, 8, 9, 7}) : torch::randn({2, 8, 3, 5, 4});
+    MCDropoutHead mc(8, 5, 0.4, dims);
+    EnsembleHead en(8, 5, 4, dims);
+    at::Tensor mean_mc, mean_en;
+    const auto a = mc->score(x, 12, metrics, 7, &mean_mc);
+    const auto b = en->score(x, std::nullopt, metrics, 0, &mean_en);
+    const auto sa = mc->sample(x, 12, 7);
+    const auto sb = en->sample(x);
+    REQUIRE(sb.size(1) == 4);
+    const auto ra = torch_interop::score(sa, metrics);
+    const auto rb = torch_interop::score(sb, metrics);
+    for (Metric m : metrics) {
+      INFO(metric_name(m) << " dims " << dims);
+      REQUIRE(a.at(m).sizes() == ra.at(m).sizes());
+      // The same float32 probabilities and the same metric arithmetic; the fused kernel evaluates the
+      // metrics with the baseline CPU backend while labelwise::score may pick an AVX2 / AVX-512 one
+      // (vector log), so entropy-based maps can differ in the last float32 bits.
+      const auto rel = [](const at::Tensor& x, const at::Tensor& y) {
+        return ((x.to(torch::kDouble) - y.to(torch::kDouble)).abs() / (1 + y.to(torch::kDouble).abs())).max().item<double>();
+      };
+      const double da = rel(a.at(m), ra.at(m)), db = rel(b.at(m), rb.at(m));
+      UNSCOPED_INFO("max relative difference " << da << " (MC dropout), " << db << " (ensemble)");
+      CHECK(da <= 5e-7);
+      CHECK(db <= 5e-7);
+      CHECK(a.at(m).scalar_type() == torch::kFloat);
+    }
+    CHECK(torch::allclose(mean_mc, sa.to(torch::kDouble).mean(1).to(torch::kFloat), 1e-6, 1e-7));
+    CHECK(torch::allclose(mean_en, sb.to(torch::kDouble).mean(1).to(torch::kFloat), 1e-6, 1e-7));
+    // The ensemble's samples are the members' softmax, its eval forward their log mean.
+    en->eval();
+    CHECK(torch::allclose(sb, torch::softmax(en->forward_members(x).to(torch::kDouble), 2).to(torch::kFloat), 1e-6,
+                          1e-7));
+    CHECK(torch::allclose(mean_en, torch::softmax(en->forward(x), 1), 1e-5, 1e-6));
+  }
+}
+
+TEST_CASE("heads: evidential closed form against Dirichlet draws", "[torch][heads]") {
+  const std::uint64_t seed = fresh_seed();
+  torch::manual_seed(seed);
+  INFO("seed " << seed);
+  EvidentialHead ev(4, 3, 2);
+  const auto x = torch::randn({1, 4, 2, 3}) * 2;
+  const auto u = ev->uncertainty(x);
+  const auto all = ev->score(x, std::nullopt,
+                             {Metric::PredictiveEntropy, Metric::ExpectedEntropy, Metric::Bald, Metric::MeanStd,
+                              Metric::BalEntAcq, Metric::LeastConfidence, Metric::Margin, Metric::Ratio});
+  const auto alpha = ev->concentrations(x).to(torch::kDouble);  // [1, 3, 2, 3]
+  const auto S = alpha.sum(1);
+  CHECK(torch::allclose(u.vacuity.to(torch::kDouble), 3.0 / S, 1e-6, 1e-7));
+  CHECK(torch::allclose(u.probs.to(torch::kDouble), alpha / S.unsqueeze(1), 1e-6, 1e-7));
+  CHECK(torch::equal(u.bald, all.at(Metric::Bald)));
+  CHECK(torch::allclose(all.at(Metric::Bald), (u.predictive_entropy - u.expected_entropy).clamp_min(0), 1e-6, 1e-6));
+  // Monte Carlo: N Dirichlet draws per voxel (normalised Gammas), scored by labelwise::score as samples.
+  const std::int64_t N = 100000;
+  const auto a = alpha.permute({0, 2, 3, 1}).reshape({6, 1, 3}).expand({6, N, 3}).contiguous();
+  const auto g = at::_standard_gamma(a);
+  const auto draws = g / g.sum(2, true);  // [6, N, 3]
+  const auto mc = torch_interop::score(draws, {Metric::PredictiveEntropy, Metric::ExpectedEntropy, Metric::Bald,
+                                               Metric::MeanStd, Metric::BalEntAcq});
+  auto flat = [](const at::Tensor& t) { return t.reshape({6}).to(torch::kDouble); };
+  // expected entropy: within 5 standard errors of the per-draw entropies
+  const auto h = -(draws * draws.log()).sum(2);
+  const auto se = h.std(1) / std::sqrt(double(N));
+  CHECK(((flat(all.at(Metric::ExpectedEntropy)) - h.mean(1)).abs() <= 5 * se + 1e-6).all().item<bool>());
+  CHECK(torch::allclose(flat(all.at(Metric::PredictiveEntropy)), mc.at(Metric::PredictiveEntropy), 0, 2e-3));
+  CHECK(torch::allclose(flat(all.at(Metric::Bald)), mc.at(Metric::Bald), 0, 5e-3));
+  CHECK(torch::allclose(flat(all.at(Metric::MeanStd)), mc.at(Metric::MeanStd), 0, 2e-3));
+  // BalEntAcq: the sample metric's moment-matched Betas converge to the exact marginals.
+  CHECK(torch::allclose(flat(all.at(Metric::BalEntAcq)), mc.at(Metric::BalEntAcq), 2e-2, 1e-2));
+  // top-2 metrics on alpha / S
+  const auto top = std::get<0>(torch::topk(alpha / S.unsqueeze(1), 2, 1));
+  CHECK(torch::allclose(all.at(Metric::Margin).to(torch::kDouble), 1 - (top.select(1, 0) - top.select(1, 1)), 1e-6));
+  CHECK(torch::allclose(all.at(Metric::Ratio).to(torch::kDouble), top.select(1, 1) / top.select(1, 0), 1e-6));
+  // evidential_loss: psi(S) - psi(alpha_y), averaged
+  const auto target = torch::randint(3, {1, 2, 3}, torch::kLong);
+  const auto logits = ev->forward(x);
+  const auto al = torch::softplus(logits.to(torch::kDouble)) + 1;
+  const auto want = (torch::digamma(al.sum(1)) - torch::digamma(al.gather(1, target.unsqueeze(1)).squeeze(1))).mean();
+  CHECK(std::abs(evidential_loss(logits, target).item<double>() - want.item<double>()) < 1e-5);
+}
+
+TEST_CASE("heads: weights files round-trip and are refused for another head shape", "[torch][heads]") {
+  torch::manual_seed(fresh_seed());
+  const std::string path = temp_path("w.pt");
+  EnsembleHead en(6, 3, 4, 3);
+  save_head_weights(*en, path);
+  EnsembleHead back(6, 3, 4, 3);
+  load_head_weights(*back, path);
+  for (std::int64_t m = 0; m < 4; ++m) {
+    CHECK(torch::equal(back->weight(m), en->weight(m)));
+    CHECK(torch::equal(back->bias(m), en->bias(m)));
+  }
+  const auto x = torch::randn({1, 6, 2, 3, 2});
+  CHECK(torch::equal(back->sample(x), en->sample(x)));
+
+  EnsembleHead five(6, 3, 5, 3);
+  require_error([&] { load_head_weights(*five, path); }, "missing key 'members.4.weight'");
+  EnsembleHead three(6, 3, 3, 3);
+  require_error([&] { load_head_weights(*three, path); }, "unexpected key(s) 'members.3.bias', 'members.3.weight'");
+  EnsembleHead two_d(6, 3, 4, 2);
+  require_error([&] { load_head_weights(*two_d, path); }, "size mismatch for 'members.0.weight'");
+
+  MCDropoutHead mc(6, 3, 0.2, 2);
+  save_head_weights(*mc, path);
+  EvidentialHead ev(6, 3, 2);  // same layout: one initialises the other
+  load_head_weights(*ev, path);
+  CHECK(torch::equal(ev->weight(), mc->weight()));
+  MCDropoutHead wider(6, 4, 0.2, 2);
+  const auto before = wider->weight().clone();
+  require_error([&] { load_head_weights(*wider, path); }, "size mismatch for 'conv.weight': expected shape [4, 6, 1, 1], got [3, 6, 1, 1]");
+  CHECK(torch::equal(wider->weight(), before));  // nothing half-loaded
+  require_error([&] { load_tensors(path + ".missing"); }, "cannot open");
+  {
+    std::ofstream junk(path, std::ios::binary);
+    junk << "not a zip archive";
+  }
+  require_error([&] { load_head_weights(*mc, path); }, "is not a torch.save archive");
+  std::remove(path.c_str());
+}
+
+TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[torch][heads]") {
+  require_error([] { MCDropoutHead(4, 3, 1.0); }, "p: the dropout rate must be in [0, 1)");
+  require_error([] { MCDropoutHead(4, 3, -0.1); }, "p: the dropout rate");
+  require_error([] { MCDropoutHead(4, 3, std::nan("")); }, "p: the dropout rate");
+  require_error([] { EvidentialHead(4, 1); }, "num_classes");
+  require_error([] { EvidentialHead(4, 3, 4); }, "dims");
+  require_error([] { EnsembleHead(4, 3, 0); }, "members");
+  MCDropoutHead mc(4, 3, 0.5, 2);
+  EnsembleHead en(4, 3, 3, 2);
+  EvidentialHead ev(4, 3, 2);
+  const auto x = torch::randn({2, 4, 5, 5});
+  require_error([&] { mc->forward(torch::randn({2, 4, 5})); }, "features: expected [B, F, H, W] (rank 4)");
+  require_error([&] { mc->score(torch::randn({2, 4, 5, 5, 5})); }, "features: expected [B, F, H, W] (rank 4)");
+  require_error([&] { en->forward(torch::randn({2, 3, 5, 5})); }, "expected 4 channels (in_channels) on axis 1, got 3");
+  require_error([&] { ev->score(torch::randn({2, 5, 5, 5})); }, "expected 4 channels");
+  require_error([&] { mc->sample(x.to(torch::kLong)); }, "features: expected a floating-point tensor", ErrorKind::Type);
+  require_error([&] { mc->score(x, 1, {Metric::Bald}); }, "K: the metric bald needs K >= 2");
+  require_error([&] { mc->sample(x, 0); }, "K:");
+  require_error([&] { en->score(x, 5); }, "K: an EnsembleHead has exactly 3 samples");
+  require_error([&] { ev->score(x, std::nullopt, {Metric::VariationRatio}); }, "variation_ratio");
+  auto bad = x.clone();
+  bad[0][1][2][3] = std::nan("");
+  require_error([&] { mc->score(bad); }, "features");
+  require_error([&] { ev->score(bad); }, "features: contains NaN or Inf");
+  // K = 1 is fine for metrics that need no samples.
+  CHECK(mc->score(x, 1, {Metric::PredictiveEntropy}).at(Metric::PredictiveEntropy).sizes() == at::IntArrayRef({2, 5, 5}));
+}
