@@ -3,7 +3,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "labelwise/core/error.hpp"
@@ -33,6 +35,20 @@ class CudaDeviceGuard {
  private:
   int previous_ = 0;
 };
+
+/// Number of streaming multiprocessors of `device`.
+inline int multiprocessor_count(int device) {
+  int sms = 0;
+  LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+/// Blocks for a grid-stride loop over `items` work items, `per_block` of them per block: enough to
+/// cover them, at most `per_sm` blocks per multiprocessor, at least one.
+inline int grid_blocks(std::int64_t items, std::int64_t per_block, int sms, int per_sm) {
+  const std::int64_t want = (items + per_block - 1) / per_block;
+  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(want, static_cast<std::int64_t>(sms) * per_sm)));
+}
 
 /// A stream-ordered workspace carved into aligned pieces; freed (stream-ordered) on scope exit.
 class Workspace {

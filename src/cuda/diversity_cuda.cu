@@ -214,10 +214,7 @@ __global__ void scatter(const V* src, std::int64_t count, V* dst, std::int64_t s
     dst[j * stride] = src[j];
 }
 
-int blocks_for(std::int64_t work_items, int per_block, int sms) {
-  const std::int64_t want = (work_items + per_block - 1) / per_block;
-  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(want, sms * 16LL)));
-}
+int blocks_for(std::int64_t work_items, int per_block, int sms) { return grid_blocks(work_items, per_block, sms, 16); }
 
 DiversityFailure decode(u64 packed) {
   DiversityFailure f;
@@ -547,24 +544,19 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
   return {};
 }
 
-cudaStream_t prepare(int device, void* stream, int& sms) {
-  LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return static_cast<cudaStream_t>(stream);
-}
-
 }  // namespace
 
 DiversityFailure coreset_cuda(const CoresetJob& job) {
   CudaDeviceGuard guard(job.device_index);
-  int sms = 0;
-  cudaStream_t stream = prepare(job.device_index, job.stream, sms);
+  const int sms = multiprocessor_count(job.device_index);
+  cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
   return job.x.dtype == DType::Float32 ? coreset_run<float>(job, sms, stream) : coreset_run<double>(job, sms, stream);
 }
 
 DiversityFailure badge_cuda(const BadgeJob& job) {
   CudaDeviceGuard guard(job.device_index);
-  int sms = 0;
-  cudaStream_t stream = prepare(job.device_index, job.stream, sms);
+  const int sms = multiprocessor_count(job.device_index);
+  cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
   const bool x32 = job.x.dtype == DType::Float32, h32 = job.h.dtype == DType::Float32;
   if (x32) return h32 ? badge_run<float, float>(job, sms, stream) : badge_run<float, double>(job, sms, stream);
   return h32 ? badge_run<double, float>(job, sms, stream) : badge_run<double, double>(job, sms, stream);

@@ -85,11 +85,8 @@ __global__ void head_kernel(HeadJob job, HeadParams hp, double* head_scratch, fl
 HeadFailure head_cuda(const HeadJob& job) {
   CudaDeviceGuard guard(job.device_index);
   cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
-  int sms = 0;
-  LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, job.device_index));
   constexpr int kBlock = 128;
-  const std::int64_t want_blocks = (job.grid.count + kBlock - 1) / kBlock;
-  const int blocks = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(want_blocks, sms * 8LL)));
+  const int blocks = grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 8);
   const std::size_t T = static_cast<std::size_t>(blocks) * kBlock;
 
   HeadParams hp = job.hp;

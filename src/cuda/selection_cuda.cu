@@ -217,8 +217,7 @@ SelectFailure decode(u64 packed) {
 SelectFailure select_cuda(const SelectJob& job) {
   CudaDeviceGuard guard(job.device_index);
   cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
-  int sms = 0;
-  LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, job.device_index));
+  const int sms = multiprocessor_count(job.device_index);
   const std::int64_t n = job.n;
   const std::int64_t b = job.b;
   const bool select = b > 0;

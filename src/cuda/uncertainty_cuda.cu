@@ -54,11 +54,8 @@ __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_
 ScoreFailure score_cuda(const ScoreJob& job) {
   CudaDeviceGuard guard(job.device_index);
   cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
-  int sms = 0;
-  LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, job.device_index));
   constexpr int kBlock = 128;
-  const std::int64_t want_blocks = (job.grid.count + kBlock - 1) / kBlock;
-  const int blocks = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(want_blocks, sms * 16LL)));
+  const int blocks = grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 16);
   const std::int64_t threads = static_cast<std::int64_t>(blocks) * kBlock;
 
   OutSpec outs{};

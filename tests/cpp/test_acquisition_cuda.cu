@@ -10,31 +10,13 @@
 #include <vector>
 
 #include "labelwise/acquisition/selection.hpp"
+#include "cuda_test_util.cuh"
 
 using namespace labelwise;
+using lw_test::DeviceArray;
 
 namespace {
 
-template <typename T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  std::size_t n = 0;
-  explicit DeviceArray(std::size_t count) : n(count) {
-    REQUIRE(cudaMalloc(&ptr, std::max<std::size_t>(1, n) * sizeof(T)) == cudaSuccess);
-  }
-  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    REQUIRE(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~DeviceArray() { cudaFree(ptr); }
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-  TensorView view(const std::vector<std::int64_t>& shape) const {
-    return TensorView(ptr, dtype_of<T>::value, shape, Device::cuda(0));
-  }
-};
 
 template <typename T>
 std::vector<T> tie_heavy(std::mt19937_64& rng, std::size_t n) {
@@ -55,16 +37,12 @@ void require_device() {
   REQUIRE(devices > 0);
 }
 
-std::uint64_t fresh() {
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
 
 }  // namespace
 
 TEMPLATE_TEST_CASE("CUDA top_k equals the CPU with ties, infinities and maps", "[cuda]", float, double) {
   require_device();
-  const std::uint64_t seed = fresh();
+  const std::uint64_t seed = lw_test::fresh_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   for (std::int64_t n : {1, 5, 1000, 100003, 3000000}) {
@@ -101,7 +79,7 @@ TEMPLATE_TEST_CASE("CUDA top_k equals the CPU with ties, infinities and maps", "
 
 TEST_CASE("CUDA stochastic keys are bit-identical to the CPU; batches equal", "[cuda]") {
   require_device();
-  const std::uint64_t seed = fresh();
+  const std::uint64_t seed = lw_test::fresh_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   const std::int64_t n = 2000003;
@@ -150,7 +128,7 @@ TEST_CASE("CUDA stochastic keys are bit-identical to the CPU; batches equal", "[
 
 TEST_CASE("CUDA merge_top_k equals the CPU and reports duplicates", "[cuda]") {
   require_device();
-  const std::uint64_t seed = fresh();
+  const std::uint64_t seed = lw_test::fresh_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   const std::int64_t m = 40000, b = 3000;

@@ -8,16 +8,12 @@
 #include <vector>
 
 #include "labelwise/uncertainty/metrics.hpp"
+#include "cuda_test_util.cuh"
 
 using namespace labelwise;
+using lw_test::DeviceArray;
 
 namespace {
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(std::size_t n) { REQUIRE(cudaMalloc(&ptr, n * sizeof(T)) == cudaSuccess); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-};
 
 template <typename T>
 void compare_layout(int N, int K, int C, InputKind kind, std::uint64_t seed) {
@@ -36,9 +32,9 @@ void compare_layout(int N, int K, int C, InputKind kind, std::uint64_t seed) {
                                                                              : std::log(p) + n01(rng));
     }
   }
-  DeviceBuffer<T> dx(host.size());
+  DeviceArray<T> dx(host.size());
   REQUIRE(cudaMemcpy(dx.ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  DeviceBuffer<double> dout(static_cast<std::size_t>(kNumMetrics) * N);
+  DeviceArray<double> dout(static_cast<std::size_t>(kNumMetrics) * N);
   std::vector<double> cpu(static_cast<std::size_t>(kNumMetrics) * N), gpu(cpu.size());
   std::vector<MetricOutput> oc, og;
   for (int m = 0; m < kNumMetrics; ++m) {
@@ -78,7 +74,7 @@ TEST_CASE("CUDA reports the first bad item", "[cuda]") {
   std::vector<float> host(100 * 2 * 2, 0.5f);
   host[57 * 4 + 1] = NAN;
   host[90 * 4 + 2] = NAN;
-  DeviceBuffer<float> dx(host.size()), dout(100);
+  DeviceArray<float> dx(host.size()), dout(100);
   REQUIRE(cudaMemcpy(dx.ptr, host.data(), host.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess);
   CHECK_THROWS_WITH(bald(TensorView(dx.ptr, DType::Float32, {100, 2, 2}, Device::cuda(0)),
                          TensorView(dout.ptr, DType::Float32, {100}, Device::cuda(0))),

@@ -11,36 +11,14 @@
 #include <vector>
 
 #include "labelwise/acquisition/diversity.hpp"
+#include "cuda_test_util.cuh"
 
 using namespace labelwise;
+using lw_test::DeviceArray;
 
 namespace {
 
-template <typename T>
-struct DevBuf {
-  T* ptr = nullptr;
-  std::size_t n = 0;
-  explicit DevBuf(std::size_t count) : n(count) {
-    REQUIRE(cudaMalloc(&ptr, std::max<std::size_t>(1, n) * sizeof(T)) == cudaSuccess);
-  }
-  explicit DevBuf(const std::vector<T>& host) : DevBuf(host.size()) {
-    REQUIRE(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~DevBuf() { cudaFree(ptr); }
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-  TensorView view(const std::vector<std::int64_t>& shape) const {
-    return TensorView(ptr, dtype_of<T>::value, shape, Device::cuda(0));
-  }
-};
 
-std::uint64_t fresh() {
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
 
 template <typename T>
 std::vector<T> normal(std::mt19937_64& g, std::size_t n) {
@@ -62,10 +40,10 @@ void coreset_cpu_vs_cuda(std::mt19937_64& g, std::int64_t n, std::int64_t d, std
   const TensorView lab_host = labelled ? TensorView::of(mask.data(), {n}) : TensorView();
   coreset(TensorView::of(x.data(), {n, d}), lab_host, b, TensorView::of(ci.data(), {b}), TensorView::of(cr.data(), {b}),
           {metric});
-  DevBuf<T> dx(x);
-  DevBuf<std::uint8_t> dmask(mask);
-  DevBuf<std::int64_t> di(static_cast<std::size_t>(b));
-  DevBuf<double> dr(static_cast<std::size_t>(b));
+  DeviceArray<T> dx(x);
+  DeviceArray<std::uint8_t> dmask(mask);
+  DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
+  DeviceArray<double> dr(static_cast<std::size_t>(b));
   // labelled: once as a device mask, once as a host mask
   for (int where = 0; where < (labelled ? 2 : 1); ++where) {
     const TensorView lab = !labelled ? TensorView() : where == 0 ? dmask.view({n}) : lab_host;
@@ -79,7 +57,7 @@ void coreset_cpu_vs_cuda(std::mt19937_64& g, std::int64_t n, std::int64_t d, std
 }  // namespace
 
 TEST_CASE("coreset on CUDA equals the CPU", "[cuda][diversity][coreset]") {
-  std::mt19937_64 g(fresh());
+  std::mt19937_64 g(lw_test::fresh_seed());
   for (auto metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine})
     for (bool labelled : {false, true}) {
       coreset_cpu_vs_cuda<float>(g, 3001, 37, 25, metric, labelled);
@@ -88,8 +66,8 @@ TEST_CASE("coreset on CUDA equals the CPU", "[cuda][diversity][coreset]") {
 }
 
 TEST_CASE("badge on CUDA equals the CPU", "[cuda][diversity][badge]") {
-  std::mt19937_64 g(fresh());
-  const std::uint64_t seed = fresh();
+  std::mt19937_64 g(lw_test::fresh_seed());
+  const std::uint64_t seed = lw_test::fresh_seed();
   for (std::int64_t n : {777, 5000}) {
     const std::int64_t c = 7, d = 48, b = 30;
     std::vector<double> logits = normal<double>(g, static_cast<std::size_t>(n * c));
@@ -98,9 +76,9 @@ TEST_CASE("badge on CUDA equals the CPU", "[cuda][diversity][badge]") {
     std::vector<std::int64_t> ci(b);
     badge(TensorView::of(logits.data(), {n, c}), TensorView::of(h.data(), {n, d}), b, TensorView::of(ci.data(), {b}),
           {InputKind::Logits, seed});
-    DevBuf<double> dl(logits);
-    DevBuf<float> dh(h);
-    DevBuf<std::int64_t> di(static_cast<std::size_t>(b));
+    DeviceArray<double> dl(logits);
+    DeviceArray<float> dh(h);
+    DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
     badge(dl.view({n, c}), dh.view({n, d}), b, di.view({b}), {InputKind::Logits, seed});
     CHECK(di.host() == ci);
   }
@@ -110,20 +88,20 @@ TEST_CASE("coreset and badge on CUDA report the CPU's errors", "[cuda][diversity
   std::vector<double> x(40 * 3, 0.5);
   x[17 * 3 + 1] = std::numeric_limits<double>::quiet_NaN();
   x[30 * 3] = std::numeric_limits<double>::infinity();
-  DevBuf<double> dx(x);
-  DevBuf<std::int64_t> di(2);
-  DevBuf<double> dr(2);
+  DeviceArray<double> dx(x);
+  DeviceArray<std::int64_t> di(2);
+  DeviceArray<double> dr(2);
   CHECK_THROWS_WITH(coreset(dx.view({40, 3}), TensorView(), 2, di.view({2}), dr.view({2})),
                     Catch::Contains("row [17] contains NaN or Inf"));
   std::vector<double> p(40 * 2, 0.5);
   p[5 * 2] = -0.1;
   p[5 * 2 + 1] = 1.1;
-  DevBuf<double> dp(p);
+  DeviceArray<double> dp(p);
   CHECK_THROWS_WITH(badge(dp.view({40, 2}), dx.view({40, 3}), 2, di.view({2})),
                     Catch::Contains("row [5] has a negative probability"));
   p[5 * 2] = 0.5;
   p[5 * 2 + 1] = 0.5;
-  DevBuf<double> dp2(p);
+  DeviceArray<double> dp2(p);
   CHECK_THROWS_WITH(badge(dp2.view({40, 2}), dx.view({40, 3}), 2, di.view({2})),
                     Catch::Contains("embeddings: row [17] contains NaN or Inf"));
   std::vector<std::int64_t> host_out(2);

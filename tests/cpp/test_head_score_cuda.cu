@@ -11,26 +11,13 @@
 
 #include "labelwise/segmentation/head_score.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
+#include "cuda_test_util.cuh"
 
 using namespace labelwise;
+using lw_test::DeviceArray;
 
 namespace {
 
-template <typename T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  std::size_t n = 0;
-  explicit DeviceArray(std::size_t count) : n(count) { REQUIRE(cudaMalloc(&ptr, n * sizeof(T)) == cudaSuccess); }
-  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    REQUIRE(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~DeviceArray() { cudaFree(ptr); }
-  std::vector<T> host() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-};
 
 TensorView on_device(TensorView v, void* ptr) {
   v.data = ptr;
