@@ -1,4 +1,4 @@
-// Region acquisition (CPU): summed-area tables for box means, greedy non-overlapping top-b.
+// Region acquisition (CPU): separable window sums for box means, greedy non-overlapping top-b.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -63,34 +63,43 @@ double at(const TensorView& map, const MapInfo& m, std::int64_t n, std::int64_t 
   return map.dtype == DType::Float32 ? static_cast<const float*>(map.data)[off] : static_cast<const double*>(map.data)[off];
 }
 
-/// Summed-area table of image n: T[(i*(S1+1) + j)*(S2+1) + k] = Σ over voxels < (i, j, k).
-void summed_area(const TensorView& map, const MapInfo& m, std::int64_t n, std::vector<double>& T) {
-  const std::int64_t A = m.S[0] + 1, B = m.S[1] + 1, Cc = m.S[2] + 1;
-  T.assign(static_cast<std::size_t>(A * B * Cc), 0.0);
-  for (std::int64_t i = 1; i < A; ++i)
-    for (std::int64_t j = 1; j < B; ++j)
-      for (std::int64_t k = 1; k < Cc; ++k) {
-        const double v = at(map, m, n, i - 1, j - 1, k - 1);
+/// Image n as doubles [S0][S1][S2] (row-major), checking for NaN (the first in row-major order).
+void load_image(const TensorView& map, const MapInfo& m, std::int64_t n, std::vector<double>& V) {
+  V.resize(static_cast<std::size_t>(m.S[0] * m.S[1] * m.S[2]));
+  std::size_t e = 0;
+  for (std::int64_t i = 0; i < m.S[0]; ++i)
+    for (std::int64_t j = 0; j < m.S[1]; ++j)
+      for (std::int64_t k = 0; k < m.S[2]; ++k) {
+        const double v = at(map, m, n, i, j, k);
         if (v != v)
-          throw Error(ErrorKind::Value, "map: NaN at [" + std::to_string(n) + ", " + std::to_string(i - 1) +
-                                            (m.nsp > 1 ? ", " + std::to_string(j - 1) : "") +
-                                            (m.nsp > 2 ? ", " + std::to_string(k - 1) : "") + "]");
-        auto t = [&](std::int64_t a, std::int64_t b, std::int64_t c) { return T[(a * B + b) * Cc + c]; };
-        T[(i * B + j) * Cc + k] = v + t(i - 1, j, k) + t(i, j - 1, k) + t(i, j, k - 1) - t(i - 1, j - 1, k) -
-                                  t(i - 1, j, k - 1) - t(i, j - 1, k - 1) + t(i - 1, j - 1, k - 1);
+          throw Error(ErrorKind::Value, "map: NaN at [" + std::to_string(n) + ", " + std::to_string(i) +
+                                            (m.nsp > 1 ? ", " + std::to_string(j) : "") +
+                                            (m.nsp > 2 ? ", " + std::to_string(k) : "") + "]");
+        V[e++] = v;
       }
 }
 
-double box_mean(const std::vector<double>& T, const MapInfo& m, const std::int64_t* lo, const std::int64_t* sz) {
-  const std::int64_t B = m.S[1] + 1, Cc = m.S[2] + 1;
-  auto t = [&](std::int64_t a, std::int64_t b, std::int64_t c) { return T[(a * B + b) * Cc + c]; };
-  const std::int64_t a0 = lo[0], a1 = lo[0] + sz[0], b0 = lo[1], b1 = lo[1] + sz[1], c0 = lo[2], c1 = lo[2] + sz[2];
-  const double s = t(a1, b1, c1) - t(a0, b1, c1) - t(a1, b0, c1) - t(a1, b1, c0) + t(a0, b0, c1) + t(a0, b1, c0) +
-                   t(a1, b0, c0) - t(a0, b0, c0);
-  return s / static_cast<double>(sz[0] * sz[1] * sz[2]);
+/// Sums of the windows [q·step, q·step + width) of a line of `len` values (read at x[t·xs]), for
+/// q < count, written to out[q·os]. Each window is the suffix of one block of `width` values plus the
+/// prefix of the next (blocks start at multiples of width), so a sum only ever adds values inside its
+/// window: a huge value elsewhere in the line cannot absorb it (a summed-area table would).
+void window_sums(const double* x, std::int64_t xs, std::int64_t len, std::int64_t width, std::int64_t step,
+                 std::int64_t count, double* out, std::int64_t os, std::vector<double>& pre, std::vector<double>& suf) {
+  pre.resize(static_cast<std::size_t>(len));
+  suf.resize(static_cast<std::size_t>(len));
+  for (std::int64_t t = 0; t < len; ++t) pre[t] = (t % width == 0 ? 0.0 : pre[t - 1]) + x[t * xs];
+  for (std::int64_t t = len - 1; t >= 0; --t) {
+    const bool block_end = t == len - 1 || (t + 1) % width == 0;
+    suf[t] = (block_end ? 0.0 : suf[t + 1]) + x[t * xs];
+  }
+  for (std::int64_t q = 0; q < count; ++q) {
+    const std::int64_t a = q * step;
+    out[q * os] = a % width == 0 ? suf[a] : suf[a] + pre[a + width - 1];
+  }
 }
 
-/// All patch means of every image: scores[n][g] with g row-major over the grid.
+/// All patch means of every image: scores[n][g] with g row-major over the grid. Separable window sums
+/// along each spatial axis (O(voxels) per axis, whatever the patch size).
 std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInfo& m, const std::vector<std::int64_t>& patch,
                                              const std::vector<std::int64_t>& stride, std::int64_t G[3]) {
   const std::vector<std::int64_t> g = grid_of(m, patch, stride);
@@ -101,19 +110,26 @@ std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInf
     sd[d] = stride[d];
     G[d] = g[d];
   }
+  const std::int64_t S0 = m.S[0], S1 = m.S[1], S2 = m.S[2];
+  const double volume = static_cast<double>(sz[0] * sz[1] * sz[2]);
   std::vector<std::vector<double>> out(static_cast<std::size_t>(m.N));
   detail::parallel_for(m.N, 1, [&](std::int64_t begin, std::int64_t end, int) {
-    std::vector<double> T;
+    std::vector<double> V, A, B, pre, suf;
     for (std::int64_t n = begin; n < end; ++n) {
-      summed_area(map, m, n, T);
-      std::vector<double>& o = out[static_cast<std::size_t>(n)];
+      load_image(map, m, n, V);
+      A.resize(static_cast<std::size_t>(S0 * S1 * G[2]));  // [S0][S1][G2]: windows along axis 2
+      for (std::int64_t i = 0; i < S0; ++i)
+        for (std::int64_t j = 0; j < S1; ++j)
+          window_sums(&V[(i * S1 + j) * S2], 1, S2, sz[2], sd[2], G[2], &A[(i * S1 + j) * G[2]], 1, pre, suf);
+      B.resize(static_cast<std::size_t>(S0 * G[1] * G[2]));  // [S0][G1][G2]: then along axis 1
+      for (std::int64_t i = 0; i < S0; ++i)
+        for (std::int64_t c = 0; c < G[2]; ++c)
+          window_sums(&A[i * S1 * G[2] + c], G[2], S1, sz[1], sd[1], G[1], &B[i * G[1] * G[2] + c], G[2], pre, suf);
+      std::vector<double>& o = out[static_cast<std::size_t>(n)];  // [G0][G1][G2]: then along axis 0
       o.resize(static_cast<std::size_t>(G[0] * G[1] * G[2]));
-      for (std::int64_t a = 0; a < G[0]; ++a)
-        for (std::int64_t b = 0; b < G[1]; ++b)
-          for (std::int64_t c = 0; c < G[2]; ++c) {
-            const std::int64_t lo[3] = {a * sd[0], b * sd[1], c * sd[2]};
-            o[static_cast<std::size_t>((a * G[1] + b) * G[2] + c)] = box_mean(T, m, lo, sz);
-          }
+      for (std::int64_t bc = 0; bc < G[1] * G[2]; ++bc)
+        window_sums(&B[bc], G[1] * G[2], S0, sz[0], sd[0], G[0], &o[bc], G[1] * G[2], pre, suf);
+      for (double& v : o) v /= volume;
     }
   });
   return out;

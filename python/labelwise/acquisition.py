@@ -501,7 +501,7 @@ def _spatial(map_: Any, values: Any, name: str, default: Any = None) -> list:
 
 def _host_map(map_: Any) -> Tuple[Any, Any]:
     """(a CPU array of the map, the caller's array): GPU maps (torch / cupy) are copied to the host —
-    region acquisition runs on the CPU (summed-area tables), and its results go back to the map's
+    region acquisition runs on the CPU (window sums), and its results go back to the map's
     device (see ``_back``)."""
     m = _arrays.as_array(map_, "map")
     if _arrays.device_of(m)[0] in (1, 3):

@@ -115,3 +115,19 @@ def test_regions_on_gpu_maps(rng):
     sl = A.slice_scores(g, 2)
     assert sl.is_cuda
     np.testing.assert_array_equal(sl.cpu().numpy(), A.slice_scores(m, 2))
+
+
+def test_a_huge_score_does_not_swamp_the_neighbouring_patches(rng):
+    # masking labelled voxels with -1e30 must leave every other patch's mean intact
+    m = rng.random((2, 12, 10, 9))
+    m[1, 4:8, 0:5, 3:6] = -1e30
+    got = A.patch_scores(m, (4, 5, 3))
+    for a in range(3):
+        for b in range(2):
+            for c in range(3):
+                want = m[:, 4 * a:4 * a + 4, 5 * b:5 * b + 5, 3 * c:3 * c + 3].mean(axis=(1, 2, 3))
+                np.testing.assert_allclose(got[:, a, b, c], want, rtol=1e-12)
+    sl = A.slice_scores(m, 1)
+    np.testing.assert_allclose(sl[0], m[0].mean(axis=(1, 2)), rtol=1e-12)
+    c, s = A.top_regions(m, 5, (4, 5, 3), (2, 5, 3))
+    assert (s > 0).all()  # the masked patch never wins, its neighbours keep their real means

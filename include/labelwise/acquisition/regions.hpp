@@ -6,8 +6,9 @@
 //            float32 or float64, CPU, any strides. No NaN (+-inf allowed: they propagate to the means).
 //   patch  : one size per spatial axis, 1 <= patch_d <= S_d.
 //   stride : one step per spatial axis, >= 1 (the patch size gives non-overlapping tiles).
-//   A patch's score is the mean of the map over its voxels (a box filter; summed-area tables in
-//   float64, O(voxels) whatever the patch size). Only whole patches inside the volume are scored:
+//   A patch's score is the mean of the map over its voxels (a box filter: separable window sums in
+//   float64, O(voxels) per axis whatever the patch size; a sum only adds values inside its patch, so
+//   a huge value in one patch cannot swamp its neighbours' means). Only whole patches are scored:
 //   grid_d = (S_d - patch_d) / stride_d + 1 positions per axis.
 //
 // Errors (labelwise::Error): NaN (naming the first voxel), wrong rank, empty map, patch or stride of
