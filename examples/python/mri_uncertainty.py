@@ -4,7 +4,7 @@
 The script takes the Colin27 T1 MRI and its hand-drawn AAL atlas, mapped to 9 lobe classes
 (background, frontal, insula, limbic, occipital, parietal, subcortical, temporal, cerebellum), from
 ``labelwise.data.colin27()``; downsamples the axial slices by 2 (2x2 mean of the image, the label at
-the top-left voxel of each 2x2 block); trains a small 2D U-Net (written below: two down- and two
+the top-left voxel of each 2x2 block); trains a small 2D U-Net (``labelwise.models``: two down- and two
 up-sampling levels, 16-32-64 channels) ending in a ``labelwise.torch.MCDropoutHead`` on about 20 % of
 the slices that contain brain (every 5th); then, for one held-out slice between two training
 slices, runs ``head.score(features, K, metrics=("bald", "balentacq"), seed)`` — K MC-dropout
@@ -80,57 +80,17 @@ def load_slices(stride: int = 5) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 def build_model(num_classes: int, p: float, width: int = 16):
-    import torch
-    import torch.nn as nn
+    """The 2D U-Net + MC-dropout head of ``labelwise.models`` (shared with the campaign driver)."""
+    from labelwise.models import build_segmenter
 
-    from labelwise.torch import MCDropoutHead
-
-    def block(cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        )
-
-    class UNet(nn.Module):
-        """Two-level 2D U-Net backbone; returns ``w`` feature channels at full resolution."""
-
-        def __init__(self, cin: int = 4, w: int = 16) -> None:
-            super().__init__()
-            self.enc1, self.enc2, self.mid = block(cin, w), block(w, 2 * w), block(2 * w, 4 * w)
-            self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
-            self.dec2 = block(4 * w, 2 * w)
-            self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-            self.dec1 = block(2 * w, w)
-            self.out_channels = w
-
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-            e1 = self.enc1(x)
-            e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
-            m = self.mid(nn.functional.max_pool2d(e2, 2))
-            d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))
-            return self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-
-    class Segmenter(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.backbone = UNet(w=width)
-            self.head = MCDropoutHead(self.backbone.out_channels, num_classes, p=p, dims=2)
-
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-            return self.head(self.backbone(x))
-
-    return Segmenter()
+    return build_segmenter(num_classes, p, width)
 
 
 def with_coords(img: np.ndarray, z: np.ndarray):
     """[S, 1, H, W] images + their slice positions -> [S, 4, H, W] (image, row, column, slice)."""
-    import torch
+    from labelwise.models import with_coords as _with_coords
 
-    S, _, H, W = img.shape
-    rows = torch.linspace(-1, 1, H).view(1, 1, H, 1).expand(S, 1, H, W)
-    cols = torch.linspace(-1, 1, W).view(1, 1, 1, W).expand(S, 1, H, W)
-    zs = torch.as_tensor(z).view(S, 1, 1, 1).expand(S, 1, H, W)
-    return torch.cat([torch.as_tensor(img), rows, cols, zs], dim=1)
+    return _with_coords(img, z)
 
 
 def dice_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> Dict[int, float]:

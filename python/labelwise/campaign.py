@@ -18,9 +18,20 @@ Strategies: ``random``, ``entropy`` (predictive entropy, top-b), ``bald`` (top-b
 (top-b), ``powerbald`` (stochastic power acquisition on BALD, Kirsch et al. 2023), plus
 ``batchbald``, ``coreset``, ``badge`` and ``cluster_margin`` when this build of labelwise provides them.
 
+Segmentation (``--dataset colin27``; :mod:`labelwise.segcampaign`): the Colin27 T1 MRI with its AAL
+atlas as 9 lobe classes + background; axial slices are the pool, a small 2D U-Net with a
+``labelwise.torch.MCDropoutHead`` is the model, mean foreground Dice on held-out slices the metric and
+labels are counted in voxels. Strategies: ``random``, ``entropy``, ``bald``, ``balentacq``,
+``powerbald``, ``coreset`` (whole slices, per-voxel maps reduced to slice means) and
+``random_regions``, ``bald_regions``, ``balentacq_regions`` (the best non-overlapping patches of any
+slice: partial slice labels); auto-labelling is per voxel. The report adds an uncertainty overlay
+(``overlay_colin27.png``).
+
 Data (shipped with scikit-learn, BSD-3-Clause; nothing is downloaded): Breast Cancer Wisconsin
-(Diagnostic), UCI ML Repository, CC BY 4.0; UCI Optical Recognition of Handwritten Digits, CC BY 4.0.
-Own data: ``--data FILE.npz`` with arrays ``X`` [N, D] and ``y`` [N] (integer labels).
+(Diagnostic), UCI ML Repository, CC BY 4.0; UCI Optical Recognition of Handwritten Digits, CC BY 4.0;
+Colin27 + AAL from Debian's ``mricron-data`` (``apt-get install mricron-data``).
+Own data: ``--data FILE.npz`` with arrays ``X`` [N, D] and ``y`` [N] (integer labels), or a volume
+with ``image`` and ``labels`` [S, H, W] (axial slices first, label 0 = background) for segmentation.
 """
 
 from __future__ import annotations
@@ -39,12 +50,16 @@ import numpy as np
 
 from . import acquisition as A
 from . import propagation as P
+from . import segcampaign as SEG
 from . import uncertainty as U
 
 _CLUSTER_CACHE: Dict = {}  # cluster ids of the current run's pool (cluster_margin)
 
 BASE_STRATEGIES = ("random", "entropy", "bald", "balentacq", "powerbald")
 OPTIONAL_STRATEGIES = ("batchbald", "coreset", "badge", "cluster_margin")
+CLASSIFICATION_DATASETS = ("breast_cancer", "digits")
+SEGMENTATION_DATASETS = ("colin27",)
+DEFAULT_DATASETS = ("breast_cancer", "digits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,10 +83,37 @@ class Config:
     target_error: float = 0.05
     delta: float = 0.1
     quick: bool = False
+    # segmentation (colin27 / volumes); labels are counted in voxels
+    seg_downsample: int = 4  # in-plane: 4 mm pixels
+    seg_slice_stride: int = 2  # every 2nd 1 mm slice with brain
+    seg_width: int = 12  # U-Net channels of the first level
+    seg_steps: int = 300  # Adam steps per round (one-cycle schedule), from scratch
+    seg_batch: int = 4  # slices per step
+    seg_lr: float = 1e-2
+    seg_init_slices: int = 3  # seed set (grows until every class is present)
+    seg_batch_slices: int = 3  # acquired per round (regions: the same number of voxels)
+    seg_patch: int = 8  # region side, in pixels
+    seg_calib_clicks: int = 4000  # random labelled voxels on the calibration slices
 
 
 def available_strategies() -> List[str]:
+    """Strategies for classification data sets."""
     return list(BASE_STRATEGIES) + [s for s in OPTIONAL_STRATEGIES if hasattr(A, s)]
+
+
+def segmentation_strategies() -> List[str]:
+    """Strategies for segmentation data sets (whole slices, then regions)."""
+    return list(SEG.STRATEGIES)
+
+
+def all_strategies() -> List[str]:
+    return available_strategies() + [s for s in segmentation_strategies() if s not in available_strategies()]
+
+
+def applicable(d, strategy: str) -> bool:
+    if getattr(d, "kind", "classification") == "segmentation":
+        return strategy in SEG.STRATEGIES
+    return strategy in available_strategies()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,13 +129,24 @@ class Dataset:
     source: str
 
 
-def load_dataset(name: str) -> Dataset:
+def load_dataset(name: str, cfg: Optional[Config] = None):
+    """A classification :class:`Dataset`, or a :class:`labelwise.segcampaign.SegDataset` for ``colin27``
+    and for .npz files with ``image`` / ``labels`` (prepared with ``cfg``'s segmentation settings)."""
+    if cfg is None:
+        cfg = Config(datasets=[name], strategies=[], seeds=[0])
+    if name == "colin27":
+        return SEG.load_colin27(cfg.seg_downsample, cfg.seg_slice_stride, cfg.seg_patch)
     if name.endswith(".npz"):
         if not os.path.exists(name):
             raise FileNotFoundError(f"--data: no such file: {name}")
         with np.load(name) as f:
+            files = set(f.files)
+        if {"image", "labels"} <= files:
+            return SEG.load_npz_volume(name, os.path.basename(name)[:-4], cfg.seg_patch)
+        with np.load(name) as f:
             if "X" not in f or "y" not in f:
-                raise ValueError(f"--data {name}: expected arrays 'X' [N, D] and 'y' [N], found {sorted(f.files)}")
+                raise ValueError(f"--data {name}: expected arrays 'X' [N, D] and 'y' [N] (classification) or "
+                                 f"'image' and 'labels' [S, H, W] (segmentation), found {sorted(f.files)}")
             X, y = np.asarray(f["X"], dtype=np.float64), np.asarray(f["y"])
         return Dataset(os.path.basename(name)[:-4], name, X.reshape(len(X), -1), y, f"user file {name}")
     from sklearn import datasets
@@ -106,10 +159,13 @@ def load_dataset(name: str) -> Dataset:
         d = datasets.load_digits()
         return Dataset(name, "UCI Optical Recognition of Handwritten Digits", d.data, d.target,
                        "UCI ML Repository via scikit-learn (CC BY 4.0)")
-    raise ValueError(f"unknown data set '{name}'; expected breast_cancer, digits or a .npz file")
+    raise ValueError(f"unknown data set '{name}'; expected breast_cancer, digits, colin27 or a .npz file")
 
 
 def validate_dataset(d: Dataset) -> Tuple[np.ndarray, np.ndarray, int]:
+    if getattr(d, "kind", "classification") == "segmentation":
+        C = SEG.validate(d)
+        return d.image, d.labels, C
     X, y = d.X, d.y
     if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
         raise ValueError(f"{d.name}: expected X [N, D] and y [N], got X {X.shape} and y {y.shape}")
@@ -245,13 +301,15 @@ class RunResult:
     dataset: str
     strategy: str
     seed: int
-    labeled: List[int]
-    accuracy: List[float]
-    full_accuracy: float
-    pool_size: int
+    labeled: List[int]  # labelled items (segmentation: voxels) after each round
+    accuracy: List[float]  # the test metric after each round: accuracy, or mean foreground Dice (metric="dice")
+    full_accuracy: float  # the same metric for the model trained on the whole pool
+    pool_size: int  # items (segmentation: voxels) in the acquisition pool
     seconds: float
     autolabel: Dict = field(default_factory=dict)  # after the last round
     autolabel_10: Dict = field(default_factory=dict)  # at the first round with >= 10 % of the pool labelled
+    metric: str = "accuracy"
+    extra: Dict = field(default_factory=dict)  # segmentation: Dice per class, slices, batch, patch, ...
 
 
 def split(X, y, C, cfg: Config, seed: int):
@@ -283,6 +341,8 @@ def split(X, y, C, cfg: Config, seed: int):
 
 
 def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) -> RunResult:
+    if getattr(d, "kind", "classification") == "segmentation":
+        return SEG.run_one(d, strategy, seed, cfg, RunResult)
     X, y, C = validate_dataset(d)
     Xp, yp, Xt, yt, init, calib = split(X, y, C, cfg, seed)
     N = int((~calib).sum())  # the acquisition pool: everything but the calibration set
@@ -366,15 +426,18 @@ def summarise(results: List[RunResult]) -> Dict:
     for ds, by in out.items():
         summary[ds] = {}
         for st, runs in by.items():
+            m = runs[0].metric  # "accuracy" or "dice": the summary keys say which
             accs = np.array([r.accuracy for r in runs])
             fr = [fraction_to_reach(r) for r in runs]
             reached = [f for f in fr if f is not None]
             summary[ds][st] = {
-                "labeled_fraction": (np.array(runs[0].labeled) / runs[0].pool_size).tolist(),
-                "accuracy_mean": accs.mean(axis=0).tolist(),
-                "accuracy_std": accs.std(axis=0).tolist(),
-                "full_accuracy_mean": float(np.mean([r.full_accuracy for r in runs])),
+                "metric": m,
+                "labeled_fraction": np.mean([np.array(r.labeled) / r.pool_size for r in runs], axis=0).tolist(),
+                f"{m}_mean": accs.mean(axis=0).tolist(),
+                f"{m}_std": accs.std(axis=0).tolist(),
+                f"full_{m}_mean": float(np.mean([r.full_accuracy for r in runs])),
                 "fraction_to_95": float(np.mean(reached)) if len(reached) == len(runs) else None,
+                "fraction_to_95_per_seed": fr,
                 "runs_reaching_95": len(reached),
                 "seeds": [r.seed for r in runs],
                 "pool_size": runs[0].pool_size,
@@ -382,7 +445,21 @@ def summarise(results: List[RunResult]) -> Dict:
                 "autolabel_10": [r.autolabel_10 for r in runs],
                 "n_calibration": runs[0].autolabel.get("n_calibration", 0),
                 "labeled": runs[0].labeled,
+                "seconds_mean": float(np.mean([r.seconds for r in runs])),
             }
+            if m == "dice":
+                fr90 = [fraction_to_reach(r, 0.9) for r in runs]
+                summary[ds][st]["fraction_to_90"] = (float(np.mean(fr90)) if all(f is not None for f in fr90)
+                                                     else None)
+                summary[ds][st]["runs_reaching_90"] = sum(f is not None for f in fr90)
+                summary[ds][st]["dice_mean_over_rounds"] = float(accs.mean())
+                pcs = np.array([[np.nan if v is None else v for v in r.extra["dice_per_class"][-1]] for r in runs])
+                summary[ds][st]["dice_per_class_final_mean"] = [None if not np.isfinite(v) else float(v)
+                                                                for v in np.nanmean(pcs, axis=0)]
+                summary[ds][st]["setup"] = {k: v for k, v in runs[0].extra.items()
+                                            if k not in ("dice_per_class", "slices_touched")}
+                summary[ds][st]["slices_touched_final_mean"] = float(np.mean([r.extra["slices_touched"][-1]
+                                                                             for r in runs]))
     return summary
 
 
@@ -394,17 +471,23 @@ def plot(summary: Dict, out: str) -> List[str]:
 
     files = []
     for ds, by in summary.items():
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        metric = next(iter(by.values()))["metric"]
+        fig, ax = plt.subplots(figsize=(6.4, 4.2) if metric == "accuracy" else (7.2, 4.8))
         for st, s in sorted(by.items()):
             x = np.array(s["labeled_fraction"]) * 100
-            m, sd = np.array(s["accuracy_mean"]), np.array(s["accuracy_std"])
-            ax.plot(x, m, marker="o", ms=3, label=st, lw=2.2 if st == "balentacq" else 1.4)
+            m, sd = np.array(s[f"{metric}_mean"]), np.array(s[f"{metric}_std"])
+            ax.plot(x, m, marker="o", ms=3, label=st, lw=2.2 if st.startswith("balentacq") else 1.4,
+                    ls="--" if st.endswith("_regions") else "-")
             ax.fill_between(x, m - sd, m + sd, alpha=0.12)
-        full = np.mean([s["full_accuracy_mean"] for s in by.values()])
+        full = np.mean([s[f"full_{metric}_mean"] for s in by.values()])
         ax.axhline(full, color="k", ls="--", lw=1, label="full data")
         ax.axhline(0.95 * full, color="k", ls=":", lw=1, label="95 % of full")
-        ax.set_xlabel("labelled fraction of the pool (%)")
-        ax.set_ylabel("test accuracy")
+        if metric == "dice":
+            ax.set_xlabel("labelled fraction of the pool's voxels (%)")
+            ax.set_ylabel("mean foreground Dice (test slices)")
+        else:
+            ax.set_xlabel("labelled fraction of the pool (%)")
+            ax.set_ylabel("test accuracy")
         ax.set_title(f"{ds}: mean ± std over {len(next(iter(by.values()))['seeds'])} seeds")
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(alpha=0.3)
@@ -416,8 +499,33 @@ def plot(summary: Dict, out: str) -> List[str]:
     return files
 
 
-def write_report(summary: Dict, cfg: Config, datasets: Dict[str, Dataset], plots: List[str], out: str,
-                 seconds: float) -> str:
+def _dataset_intro(d, ds: str, first: Dict) -> List[str]:
+    if first["metric"] == "dice":
+        st = first["setup"]
+        H, W = st["slice_shape"]
+        n_slices = st["pool_slices"] + st["test_slices"] + st["calibration_slices"]
+        return [f"## {d.title} (`{ds}`)", "",
+                f"Source: {d.source}. {n_slices} axial slices of {H} x {W} pixels, {len(st['class_names'])} "
+                f"classes ({', '.join(st['class_names'])}): acquisition pool {st['pool_slices']} slices "
+                f"({first['pool_size']} voxels), test {st['test_slices']} slices (one random slice of every 4), "
+                f"calibration {st['calibration_slices']} slices with {first['n_calibration']} random labelled "
+                f"voxels; seed set {st['seed_slices']} whole slices ({100 * first['labeled_fraction'][0]:.1f} % "
+                f"of the pool's voxels; every class present); then {st['batch_slices']} slice(s) per round, or "
+                f"the same number of voxels as {st['patch']} x {st['patch']} regions, up to "
+                f"{st['budget_slices']} slices' worth. Model: 2D U-Net (width {st['width']}) + "
+                f"`labelwise.torch.MCDropoutHead`, retrained from scratch every round ({st['steps']} Adam steps) "
+                "on the labelled voxels (unlabelled voxels ignored). Metric: mean Dice over the foreground classes on the test slices.",
+                ""]
+    pool = first["pool_size"]
+    return [f"## {d.title} (`{ds}`)", "",
+            f"Source: {d.source}. {len(d.y)} items: acquisition pool {pool}, calibration "
+            f"{first['n_calibration']}, test {len(d.y) - pool - first['n_calibration']}; seed set "
+            f"{first['labeled'][0]} labels ({100 * first['labeled_fraction'][0]:.1f} % of the pool), "
+            f"batches of {first['labeled'][1] - first['labeled'][0] if len(first['labeled']) > 1 else 0}.", ""]
+
+
+def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], out: str,
+                 seconds: float, overlays: Optional[Dict[str, str]] = None) -> str:
     lines = ["# Active-learning campaign report", ""]
     lines.append(f"Strategies: {', '.join(cfg.strategies)}; seeds: {cfg.seeds}; MC-dropout samples K = {cfg.samples}; "
                  f"{'quick mode; ' if cfg.quick else ''}wall time {seconds:.0f} s.")
@@ -425,15 +533,15 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict[str, Dataset], plots
     for ds, by in summary.items():
         d = datasets[ds]
         first = next(iter(by.values()))
-        pool = first["pool_size"]
-        lines += [f"## {d.title} (`{ds}`)", "",
-                  f"Source: {d.source}. {len(d.y)} items: acquisition pool {pool}, calibration "
-                  f"{first['n_calibration']}, test {len(d.y) - pool - first['n_calibration']}; seed set "
-                  f"{first['labeled'][0]} labels ({100 * first['labeled_fraction'][0]:.1f} % of the pool), "
-                  f"batches of {first['labeled'][1] - first['labeled'][0] if len(first['labeled']) > 1 else 0}.", ""]
+        metric = first["metric"]
+        seg = metric == "dice"
+        mname = "mean Dice" if seg else "accuracy"
+        lines += _dataset_intro(d, ds, first)
         lines.append(f"![learning curves](curves_{ds}.png)")
         lines.append("")
-        lines.append("| strategy | final accuracy (mean ± std) | labelled fraction to reach 95 % of full-data accuracy | runs reaching it |")
+        unit = "labelled fraction of the pool's voxels" if seg else "labelled fraction"
+        lines.append(f"| strategy | final {mname} (mean ± std) | {unit} to reach 95 % of full-data {mname} | "
+                     "runs reaching it |")
         lines.append("|---|---|---|---|")
         rand = by.get("random", {}).get("fraction_to_95")
         for st, s in sorted(by.items(), key=lambda kv: (kv[1]["fraction_to_95"] is None, kv[1]["fraction_to_95"] or 0)):
@@ -446,34 +554,88 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict[str, Dataset], plots
                     fs += " (as many labels as random)"
                 else:
                     fs += f" ({100 * (f / rand - 1):.0f} % more labels than random)"
-            lines.append(f"| {st} | {s['accuracy_mean'][-1]:.3f} ± {s['accuracy_std'][-1]:.3f} | {fs} | "
+            lines.append(f"| {st} | {s[f'{metric}_mean'][-1]:.3f} ± {s[f'{metric}_std'][-1]:.3f} | {fs} | "
                          f"{s['runs_reaching_95']} / {len(s['seeds'])} |")
-        full = np.mean([s["full_accuracy_mean"] for s in by.values()])
-        lines += ["", f"Full-data accuracy (same model trained on the whole pool): {full:.3f}.", ""]
+        full = np.mean([s[f"full_{metric}_mean"] for s in by.values()])
+        lines += ["", (f"Full-data {mname} (same model trained on the whole pool): {full:.3f}." if not seg else
+                       f"Full-data {mname}: {full:.3f} (the same U-Net trained on every pool voxel, with twice the "
+                       f"steps and twice the slices per step, so that it is a ceiling rather than a peer). Random's "
+                       "fraction is the baseline of the 'fewer labels' column."), ""]
+        if seg:
+            lines += [f"The same at 90 % of the full-data {mname}, with the {mname} averaged over all rounds (an "
+                      "area under the learning curve; it ranks strategies even when few reach the thresholds):", "",
+                      "| strategy | labelled fraction to reach 90 % | runs reaching it | mean Dice over rounds "
+                      "(mean over seeds) |", "|---|---|---|---|"]
+            for st, s in sorted(by.items(), key=lambda kv: -kv[1]["dice_mean_over_rounds"]):
+                f = s["fraction_to_90"]
+                lines.append(f"| {st} | {'not reached' if f is None else f'{100 * f:.1f} %'} | "
+                             f"{s['runs_reaching_90']} / {len(s['seeds'])} | {s['dice_mean_over_rounds']:.3f} |")
+            lines.append("")
+            names = first["setup"]["class_names"][1:]
+            lines += ["Final Dice per class (mean over seeds):", "",
+                      "| strategy | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            for st, s in sorted(by.items()):
+                lines.append(f"| {st} | " + " | ".join("—" if v is None else f"{v:.2f}"
+                                                       for v in s["dice_per_class_final_mean"]) + " |")
+            lines += ["", "Region strategies label parts of slices: at the end they had touched "
+                      + ", ".join(f"{st} {s['slices_touched_final_mean']:.0f}" for st, s in sorted(by.items())
+                                  if st.endswith("_regions"))
+                      + f" of {first['setup']['pool_slices']} pool slices (whole-slice strategies touch exactly the "
+                      "slices they label).", ""]
+            if overlays and ds in overlays:
+                lines += [f"![uncertainty overlay]({overlays[ds]})", "",
+                          "Uncertainty overlay: one pool slice after training on the seed set (seed "
+                          f"{cfg.seeds[0]}): image, truth, prediction (MC mean), BALD, BalEntAcq (-inf on certain "
+                          "pixels, drawn between its 2nd and 98th percentiles) and the regions `bald_regions` "
+                          "chooses there in its first round.", ""]
+            skipped = [st for st in cfg.strategies if st in SEG.NOT_APPLICABLE]
+            if skipped:
+                lines += ["Not run on this data set: " + "; ".join(f"`{st}` — {SEG.NOT_APPLICABLE[st]}" for st in skipped)
+                          + ". Core-set runs on per-slice features (the U-Net's feature map averaged over the "
+                            "slice) instead.", ""]
+        what = "voxels" if seg else "items"
         for key, when in (("autolabel_10", "at the first round with at least 10 % of the pool labelled"),
                           ("autolabel", "after the last round")):
             lines += [f"**Certified auto-labelling of the rest of the pool** {when} (target error "
                       f"{cfg.target_error:.0%} with probability ≥ {1 - cfg.delta:.0%}, calibrated on a random "
-                      f"human-labelled calibration set of {first['n_calibration']} items; realised error measured "
-                      "against the withheld truth):", "",
-                      "| strategy | certified runs | coverage of the rest (mean) | realised error (mean, max) | certified bound (mean) |",
-                      "|---|---|---|---|---|"]
+                      f"human-labelled calibration set of {first['n_calibration']} {what}; realised error measured "
+                      "against the withheld truth"
+                      + ("; per voxel — the calibration voxels are random clicks on held-out slices, so the "
+                         "i.i.d. assumption of the bound holds only approximately (neighbouring voxels are "
+                         "correlated)" if seg else "") + "):", "",
+                      "| strategy | certified runs | coverage of the rest (mean) | realised error (mean, max) | "
+                      "certified bound (mean) |" + (" realised error on foreground voxels (mean) |" if seg else ""),
+                      "|---|---|---|---|---|" + ("---|" if seg else "")]
             for st, s in sorted(by.items()):
                 al = [a for a in s[key] if a]
                 if not al:
                     continue
                 cert = [a for a in al if a["certified"]]
                 errs = [a["realised_error"] for a in cert if a["realised_error"] is not None]
-                lines.append(f"| {st} | {len(cert)} / {len(al)} | "
-                             f"{np.mean([a['coverage'] for a in al]):.2f} | "
-                             + (f"{np.mean(errs):.3f}, {np.max(errs):.3f} | " if errs else "— | ")
-                             + (f"{np.mean([a['bound'] for a in cert]):.3f} |" if cert else "— |"))
+                row = (f"| {st} | {len(cert)} / {len(al)} | "
+                       f"{np.mean([a['coverage'] for a in al]):.2f} | "
+                       + (f"{np.mean(errs):.3f}, {np.max(errs):.3f} | " if errs else "— | ")
+                       + (f"{np.mean([a['bound'] for a in cert]):.3f} |" if cert else "— |"))
+                if seg:
+                    fg = [a["realised_error_foreground"] for a in cert if a.get("realised_error_foreground") is not None]
+                    row += f" {np.mean(fg):.3f} |" if fg else " — |"
+                lines.append(row)
             lines.append("")
+            if seg:
+                cert = [a for s in by.values() for a in s[key] if a and a["certified"]]
+                over = [a["realised_error"] for a in cert if a["realised_error"] is not None
+                        and a["realised_error"] > cfg.target_error]
+                lines += [f"Realised voxel error above the {cfg.target_error:.0%} target in {len(over)} of {len(cert)} "
+                          "certified runs" + (f" (up to {max(over):.3f})" if over else "") + ".", ""]
         worse = [st for st, s in by.items() if st != "random" and rand is not None and
                  (s["fraction_to_95"] is None or s["fraction_to_95"] > rand)]
         if worse:
             lines.append(f"Honest note: on this data set {', '.join(sorted(worse))} did not beat random selection "
-                         "at reaching 95 % of the full-data accuracy.")
+                         f"at reaching 95 % of the full-data {mname}.")
+            lines.append("")
+        elif rand is None and "random" in by:
+            lines.append(f"Honest note: random selection did not reach 95 % of the full-data {mname} within the "
+                         "budget; the labels-saved column has no baseline.")
             lines.append("")
     lines += ["Numbers behind this report: `results.json`.", ""]
     path = os.path.join(out, "report.md")
@@ -488,14 +650,19 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict[str, Dataset], plots
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m labelwise.campaign", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", action="append", help="breast_cancer, digits (default: both); repeatable")
-    p.add_argument("--data", help="your own data: a .npz file with X [N, D] and y [N]")
-    p.add_argument("--strategies", default=",".join(available_strategies()),
-                   help=f"comma-separated, from: {', '.join(available_strategies())}")
+    p.add_argument("--dataset", action="append",
+                   help=f"{', '.join(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS)} (default: "
+                        f"{', '.join(DEFAULT_DATASETS)}); repeatable")
+    p.add_argument("--data", help="your own data: a .npz file with X [N, D] and y [N] (classification) or "
+                                  "image and labels [S, H, W] (segmentation)")
+    p.add_argument("--strategies", default=",".join(all_strategies()),
+                   help=f"comma-separated; each data set runs those that apply to it. Classification: "
+                        f"{', '.join(available_strategies())}; segmentation: {', '.join(segmentation_strategies())}")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--samples", type=int, default=20, help="MC-dropout samples K (default 20)")
     p.add_argument("--budget", type=float, default=0.3, help="labels to acquire, fraction of the pool (default 0.3)")
-    p.add_argument("--batch", type=int, help="acquisition batch size (default: about 2 %% of the pool)")
+    p.add_argument("--batch", type=int, help="acquisition batch size (default: about 2 %% of the pool; "
+                                             "segmentation: slices per round, default 3)")
     p.add_argument("--out", default="campaign-out", help="output folder (default campaign-out/)")
     p.add_argument("--quick", action="store_true", help="small, fast settings for CI")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start over")
@@ -503,13 +670,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def build_config(a: argparse.Namespace) -> Config:
-    names = a.dataset or ([] if a.data else ["breast_cancer", "digits"])
+    names = list(a.dataset or ([] if a.data else list(DEFAULT_DATASETS)))
     if a.data:
         names.append(a.data)
     strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in available_strategies()]
+    unknown = [s for s in strategies if s not in all_strategies()]
     if unknown:
-        raise SystemExit(f"--strategies: unknown or unavailable {unknown}; available: {available_strategies()}")
+        raise SystemExit(f"--strategies: unknown or unavailable {unknown}; available: {all_strategies()}")
     if a.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
     if a.samples < 2:
@@ -521,10 +688,14 @@ def build_config(a: argparse.Namespace) -> Config:
     if a.batch is not None:
         if a.batch < 1:
             raise SystemExit("--batch must be >= 1")
-        cfg.batch = {n: a.batch for n in ["breast_cancer", "digits"] + [os.path.basename(n)[:-4] for n in names]}
+        cfg.batch = {(os.path.basename(n)[:-4] if n.endswith(".npz") else n): a.batch
+                     for n in list(CLASSIFICATION_DATASETS) + list(SEGMENTATION_DATASETS) + names}
     if a.quick:
         cfg.seeds = cfg.seeds[:1] if a.seeds == 3 else cfg.seeds
         cfg.epochs, cfg.samples, cfg.budget_fraction = 120, min(cfg.samples, 8), min(cfg.budget_fraction, 0.12)
+        # segmentation: 8 mm pixels, every 6th slice, a narrow U-Net, 2 rounds of one slice
+        cfg.seg_downsample, cfg.seg_slice_stride, cfg.seg_width, cfg.seg_steps = 8, 6, 8, 40
+        cfg.seg_init_slices, cfg.seg_batch_slices, cfg.seg_patch, cfg.seg_calib_clicks = 2, 1, 4, 1500
     return cfg
 
 
@@ -536,9 +707,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     torch.set_num_threads(1)  # small models: one thread is faster and deterministic
     datasets = {}
     for n in cfg.datasets:
-        d = load_dataset(n)
+        d = load_dataset(n, cfg)
         validate_dataset(d)
         datasets[d.name] = d
+        if not any(applicable(d, st) for st in cfg.strategies):
+            kind = getattr(d, "kind", "classification")
+            raise SystemExit(f"--strategies: none of {cfg.strategies} applies to the {kind} data set {d.name}; "
+                             f"choose from {segmentation_strategies() if kind == 'segmentation' else available_strategies()}")
     state_path = os.path.join(a.out, "state.json")
     done: Dict[str, Dict] = {}
     if os.path.exists(state_path) and not a.fresh:
@@ -549,7 +724,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
         else:
             print(f"[campaign] {state_path} is from other settings; starting over")
-    jobs = [(ds, st, sd) for ds in datasets for st in cfg.strategies for sd in cfg.seeds]
+    jobs = [(ds, st, sd) for ds in datasets for st in cfg.strategies if applicable(datasets[ds], st)
+            for sd in cfg.seeds]
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -577,15 +753,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         bar.close()
     summary = summarise(results)
     plots = plot(summary, a.out)
+    overlays = {ds: SEG.overlay(d, cfg, cfg.seeds[0], a.out) for ds, d in datasets.items()
+                if getattr(d, "kind", "") == "segmentation"}
     with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump({"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results]}, f, indent=1)
-    report = write_report(summary, cfg, datasets, plots, a.out, time.perf_counter() - t0)
+        json.dump({"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results],
+                   "overlays": overlays}, f, indent=1)
+    report = write_report(summary, cfg, datasets, plots, a.out, time.perf_counter() - t0, overlays)
     print(f"[campaign] report: {report}")
     for ds, by in summary.items():
-        print(f"[campaign] {ds}: labelled fraction to reach 95 % of full-data accuracy")
+        metric = next(iter(by.values()))["metric"]
+        print(f"[campaign] {ds}: labelled fraction to reach 95 % of full-data {metric}")
         for st, s in sorted(by.items()):
             f = s["fraction_to_95"]
-            print(f"    {st:12s} {'not reached' if f is None else f'{100 * f:5.1f} %'}   final acc {s['accuracy_mean'][-1]:.3f}")
+            print(f"    {st:17s} {'not reached' if f is None else f'{100 * f:5.1f} %'}   final {metric} "
+                  f"{s[f'{metric}_mean'][-1]:.3f}")
     return summary
 
 

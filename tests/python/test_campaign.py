@@ -85,3 +85,194 @@ def test_nan_model_output_is_an_error():
         model[0].weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         campaign.mc_log_probs(model, np.random.rand(5, 3).astype(np.float32), 4, 0)
+
+
+# ---- segmentation: Colin27 slices as the pool, region acquisition -------------------------------------------
+
+SEG_ARGS = ["--dataset", "colin27", "--strategies", "random,bald,bald_regions", "--seeds", "1", "--quick"]
+
+
+def _need_colin27():
+    pytest.importorskip("nibabel")
+    from labelwise.data import MRICRON_TEMPLATES
+
+    if not os.path.exists(os.path.join(MRICRON_TEMPLATES, "ch2.nii.gz")):
+        pytest.skip("mricron-data is not installed")
+
+
+def test_colin27_quick_campaign_writes_report_and_resumes(tmp_path, capsys):
+    _need_colin27()
+    out = str(tmp_path / "seg")
+    summary = campaign.main(SEG_ARGS + ["--out", out])
+    for name in ("report.md", "results.json", "state.json", "curves_colin27.png", "overlay_colin27.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000, name
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert res["overlays"] == {"colin27": "overlay_colin27.png"}
+    by = res["summary"]["colin27"]
+    assert set(by) == {"random", "bald", "bald_regions"}
+    for st, s in by.items():
+        assert s["metric"] == "dice"
+        for key in ("dice_mean", "dice_std", "full_dice_mean", "fraction_to_95", "runs_reaching_95", "labeled_fraction",
+                    "autolabel", "autolabel_10", "dice_per_class_final_mean", "setup", "pool_size"):
+            assert key in s, (st, key)
+        assert all(0.0 <= v <= 1.0 for v in s["dice_mean"]) and 0.0 <= s["full_dice_mean"] <= 1.0
+        assert len(s["dice_per_class_final_mean"]) == 8  # the 8 lobes; background is not scored
+    for r in res["runs"]:
+        ex = r["extra"]
+        H, W = ex["slice_shape"]
+        assert r["metric"] == "dice" and r["pool_size"] == ex["pool_slices"] * H * W
+        # voxels: the seed slices, then one batch of slices' worth of voxels per round (2 rounds in quick mode)
+        assert r["labeled"][0] == ex["seed_slices"] * H * W
+        assert np.all(np.diff(r["labeled"]) == ex["batch_slices"] * H * W)
+        assert len(r["labeled"]) == 3
+        for al in (r["autolabel"], r["autolabel_10"]):
+            assert al["unit"] == "voxel" and 0.0 <= al["coverage"] <= 1.0 and al["n_calibration"] > 0
+            assert al["n_accepted"] == round(al["coverage"] * al["n_rest"])
+            if al["certified"]:
+                assert al["bound"] <= 0.05 and al["realised_error"] is not None
+        if r["strategy"] == "bald_regions":  # partial slice labels: touches at least as many slices as it fills
+            assert ex["slices_touched"][-1] >= ex["seed_slices"] + ex["budget_slices"]
+        else:
+            assert ex["slices_touched"][-1] == ex["seed_slices"] + ex["budget_slices"]
+    report = open(os.path.join(out, "report.md")).read()
+    for text in ("95 % of full-data mean Dice", "overlay_colin27.png", "Certified auto-labelling", "per voxel",
+                 "bald_regions", "Final Dice per class"):
+        assert text in report, text
+    capsys.readouterr()
+    again = campaign.main(SEG_ARGS + ["--out", out])
+    assert "resuming: 3 finished runs" in capsys.readouterr().out
+    assert again == json.loads(json.dumps(summary))
+
+
+def test_dice_matches_a_numpy_reference(rng):
+    from labelwise.segcampaign import dice_per_class, mean_dice
+
+    C = 6
+    truth = rng.integers(0, C - 1, size=(5, 13, 11))  # class C-1 never in the truth
+    pred = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, C, size=truth.shape))
+    ref = []
+    for c in range(1, C):
+        t, p = (truth == c).astype(np.float64), (pred == c).astype(np.float64)
+        ref.append(np.nan if t.sum() == 0 else 2 * (t * p).sum() / (t.sum() + p.sum()))
+    got = dice_per_class(pred, truth, C)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, equal_nan=True)
+    assert np.isnan(got[-1])
+    assert mean_dice(pred, truth, C) == pytest.approx(np.nanmean(ref), rel=1e-12)
+    assert mean_dice(truth, truth, C) == 1.0
+    assert dice_per_class(np.zeros_like(truth), truth, C)[0] == 0.0
+
+
+def _volume(S=12, H=16, W=16, seed=0):
+    r = np.random.default_rng(seed)
+    lab = np.zeros((S, H, W), dtype=np.int64)
+    lab[:, 3:9, 3:9] = 1
+    lab[2:10, 9:14, 8:14] = 2
+    img = lab * 1.5 + r.normal(0, 0.3, size=lab.shape)
+    return img, lab
+
+
+def _seg_cfg(**kw):
+    cfg = campaign.build_config(campaign.parse_args(["--dataset", "colin27", "--quick"]))
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_region_acquisition_labels_only_the_chosen_patches(tmp_path):
+    from labelwise import segcampaign as SEG
+
+    img, lab = _volume()
+    path = tmp_path / "vol.npz"
+    np.savez(path, image=img, labels=lab)
+    cfg = _seg_cfg()
+    d = campaign.load_dataset(str(path), cfg)
+    assert d.kind == "segmentation" and d.image.shape == (12, 16, 16)
+    torch.manual_seed(0)
+    model = SEG.train(d, SEG.inputs(d, np.arange(3)), lab[:3], cfg, 0)
+    x = SEG.inputs(d, np.arange(12))
+    p = cfg.seg_patch
+    labmask = np.zeros((12, 16, 16), dtype=bool)
+    labmask[0] = True
+    labmask[5, 4:8, 8:12] = True  # one tile already labelled
+    before = labmask.copy()
+    touched, regions = SEG.acquire("bald_regions", model, x, labmask, 1, cfg, 0, 0, p)
+    tiles = (16 // p) ** 2
+    assert len(regions) == tiles  # one slice's worth of voxels
+    new = labmask & ~before
+    want = np.zeros_like(labmask)
+    for s, r, c in regions:
+        assert r % p == 0 and c % p == 0  # grid-aligned, so never a partial overlap with labelled tiles
+        assert not before[s, r:r + p, c:c + p].any()
+        want[s, r:r + p, c:c + p] = True
+    assert np.array_equal(new, want) and new.sum() == 16 * 16
+    assert set(touched) == {s for s, _, _ in regions}
+    # the same tiles as an independent reduction: mean BALD per tile, labelled tiles excluded, best first
+    bald = SEG.mc_maps(model, x, cfg.samples, ["bald"], 0)["bald"].double().numpy()
+    g = bald.reshape(12, 16 // p, p, 16 // p, p).mean(axis=(2, 4))
+    g[before.reshape(12, 16 // p, p, 16 // p, p).any(axis=(2, 4))] = -np.inf
+    best = np.sort(g.ravel())[::-1][:tiles]
+    got = np.sort([g[s, r // p, c // p] for s, r, c in regions])[::-1]
+    np.testing.assert_allclose(got, best, rtol=1e-9)  # the best tiles (up to ties in the last digits)
+    # random regions: also whole unlabelled tiles only
+    labmask2 = before.copy()
+    _, rr = SEG.acquire("random_regions", model, x, labmask2, 2, cfg, 1, 0, p)
+    assert len(rr) == 2 * tiles and len(set(rr)) == len(rr)
+    assert (labmask2 & ~before).sum() == 2 * 16 * 16
+
+
+def test_segmentation_campaign_on_a_user_volume(tmp_path):
+    img, lab = _volume()
+    path = tmp_path / "vol.npz"
+    np.savez(path, image=img, labels=lab)
+    out = str(tmp_path / "o")
+    summary = campaign.main(["--data", str(path), "--strategies", "random,entropy,coreset,balentacq_regions,badge",
+                             "--seeds", "1", "--quick", "--out", out])
+    assert set(summary["vol"]) == {"random", "entropy", "coreset", "balentacq_regions"}  # badge does not apply
+    report = open(os.path.join(out, "report.md")).read()
+    assert "Not run on this data set: `badge`" in report
+
+
+def test_segmentation_bad_inputs(tmp_path):
+    from labelwise import segcampaign as SEG
+
+    def run(name, img, lab, *extra, quick=True):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, image=img, labels=lab)
+        return campaign.main(["--data", str(path), "--strategies", "random", "--seeds", "1", "--out",
+                              str(tmp_path / name), *extra] + (["--quick"] if quick else []))
+
+    img, lab = _volume()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        run("one", img, np.zeros_like(lab))
+    bad = img.copy()
+    bad[3, 4, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        run("nan", bad, lab)
+    rare = lab.copy()
+    rare[2:10, 9:14, 8:14] = 0
+    rare[6, 10:12, 10:12] = 2  # class 2 only in one slice: the seed set and the test set cannot both have it
+    with pytest.raises(ValueError, match="appears in only 1 slice"):
+        run("rare", img, rare)
+    with pytest.raises(ValueError, match="larger than the unlabelled pool"):
+        run("budget", img, lab, "--budget", "0.95", "--batch", "1", quick=False)  # fails before any training
+    with pytest.raises(SystemExit, match="none of"):
+        campaign.main(["--data", str(tmp_path / "budget.npz"), "--strategies", "batchbald", "--quick",
+                       "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="not a segmentation strategy"):
+        SEG.run_one(campaign.load_dataset(str(tmp_path / "budget.npz")), "badge", 0, _seg_cfg(), campaign.RunResult)
+    # the seed set always holds every class, even when that takes more than seg_init_slices slices
+    d = campaign.load_dataset(str(tmp_path / "budget.npz"))
+    sp = SEG.split(d, _seg_cfg(seg_init_slices=1), 0)
+    assert np.array_equal(np.unique(d.labels[sp.pool[sp.init]]), [0, 1, 2])
+    assert not set(sp.test) & set(sp.pool) and not set(sp.calib) & set(sp.pool)
+
+
+def test_segmentation_nan_model_output_is_an_error():
+    from labelwise.models import build_segmenter
+    from labelwise.segcampaign import mc_maps
+
+    model = build_segmenter(3, 0.3, 4)
+    with torch.no_grad():
+        model.backbone.dec1[3].weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        mc_maps(model, torch.zeros(2, 4, 16, 16), 4, ["bald"], 0)
