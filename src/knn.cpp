@@ -2,8 +2,10 @@
 // float32 candidates by blocked GEMM (src/cpu/knn_gemm*.cpp), exact float64 refinement, a bound
 // that certifies the refinement, and an exact per-row fallback (see the header for the method).
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -37,6 +39,11 @@ LABELWISE_KNN_DECLARE
 }
 #endif
 #undef LABELWISE_KNN_DECLARE
+#if defined(__x86_64__) && defined(LABELWISE_KNN_AVX512)
+namespace avx512 {
+void knn_fused_block(const KnnFusedArgs& args);
+}
+#endif
 
 namespace {
 bool use_avx2() {
@@ -51,6 +58,56 @@ bool use_avx2() {
   return false;
 #endif
 }
+/// The fused AVX-512 candidate kernel: 0 not available (or LABELWISE_CPU_ISA=generic / avx2), 1
+/// float32, 2 bfloat16 pass first (AVX512_BF16; LABELWISE_KNN_BF16=0 keeps float32).
+int fused_level() {
+#if defined(__x86_64__) && defined(LABELWISE_KNN_AVX512)
+  static const int level = [] {
+    const char* forced = std::getenv("LABELWISE_CPU_ISA");
+    if (forced && (std::strcmp(forced, "generic") == 0 || std::strcmp(forced, "avx2") == 0)) return 0;
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")))
+      return 0;
+    const char* bf = std::getenv("LABELWISE_KNN_BF16");
+    if (bf && std::strcmp(bf, "0") == 0) return 1;
+    return __builtin_cpu_supports("avx512bf16") ? 2 : 1;
+  }();
+  return level;
+#else
+  return 0;
+#endif
+}
+
+/// Rounds a float to bfloat16 (to nearest, ties to even; subnormal results flushed to zero, as
+/// VDPBF16PS reads them). Finite input well inside the float range.
+inline std::uint16_t to_bf16(float f) {
+  std::uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  b += 0x7FFFu + ((b >> 16) & 1u);
+  std::uint16_t h = static_cast<std::uint16_t>(b >> 16);
+  if ((h & 0x7F80u) == 0) h &= 0x8000u;
+  return h;
+}
+inline double from_bf16(std::uint16_t h) {
+  const std::uint32_t b = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return static_cast<double>(f);
+}
+
+/// 64-byte aligned array of 32-bit words.
+struct AlignedWords {
+  std::vector<std::uint32_t> buf;
+  std::uint32_t* p = nullptr;
+  explicit AlignedWords(std::size_t n) : buf(n + 16, 0u) {
+    auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
+    p = buf.data() + ((64 - addr % 64) % 64) / 4;
+  }
+  AlignedWords(AlignedWords&&) = default;  // the buffer moves with its pointer
+  AlignedWords(const AlignedWords&) = delete;
+  AlignedWords& operator=(const AlignedWords&) = delete;
+};
+
 }  // namespace
 
 void knn_block_gemm(const float* A, std::int64_t ra, const float* B, std::int64_t rb, std::int64_t D, float* C,
@@ -95,19 +152,29 @@ KnnData knn_load(const TensorView& f, const char* what) {
         " has more elements than fit in int64");
   d.x.resize(static_cast<std::size_t>(total));
   const std::int64_t s0 = f.strides[0], s1 = f.strides[1];
-  for (std::int64_t i = 0; i < d.N; ++i) {
-    double* row = d.x.data() + i * d.D;
-    bool ok = true;
-    if (f.dtype == DType::Float64) {
-      const double* p = static_cast<const double*>(f.data) + i * s0;
-      for (std::int64_t j = 0; j < d.D; ++j) row[j] = p[j * s1];
-    } else {
-      const float* p = static_cast<const float*>(f.data) + i * s0;
-      for (std::int64_t j = 0; j < d.D; ++j) row[j] = static_cast<double>(p[j * s1]);
+  // copied in parallel; the first bad row (lowest index) is reported
+  const int W = std::max(1, num_threads());
+  std::vector<std::int64_t> bad(static_cast<std::size_t>(W), d.N);
+  parallel_for(d.N, 2048, [&](std::int64_t i0, std::int64_t i1, int w) {
+    for (std::int64_t i = i0; i < i1; ++i) {
+      double* row = d.x.data() + i * d.D;
+      bool ok = true;
+      if (f.dtype == DType::Float64) {
+        const double* p = static_cast<const double*>(f.data) + i * s0;
+        for (std::int64_t j = 0; j < d.D; ++j) row[j] = p[j * s1];
+      } else {
+        const float* p = static_cast<const float*>(f.data) + i * s0;
+        for (std::int64_t j = 0; j < d.D; ++j) row[j] = static_cast<double>(p[j * s1]);
+      }
+      for (std::int64_t j = 0; j < d.D; ++j) ok = ok && std::isfinite(row[j]);
+      if (!ok) {
+        bad[w] = std::min(bad[w], i);
+        return;
+      }
     }
-    for (std::int64_t j = 0; j < d.D; ++j) ok = ok && std::isfinite(row[j]);
-    check(ok, ErrorKind::Value, what, ": row ", i, " contains NaN or Inf");
-  }
+  });
+  const std::int64_t first_bad = *std::min_element(bad.begin(), bad.end());
+  check(first_bad == d.N, ErrorKind::Value, what, ": row ", first_bad, " contains NaN or Inf");
   return d;
 }
 
@@ -207,7 +274,9 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
 
   // ---- per-row quantities in float64
   std::vector<double> rawsq(N);  // ||x_i||^2 (sklearn's X_norm_squared), or ||x_i|| for cosine
-  for (std::int64_t i = 0; i < N; ++i) rawsq[i] = dot(X + i * D, X + i * D, D);
+  parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
+    for (std::int64_t i = i0; i < i1; ++i) rawsq[i] = dot(X + i * D, X + i * D, D);
+  });
   if (cosine) {
     for (std::int64_t i = 0; i < N; ++i) {
       check(rawsq[i] > 0.0, ErrorKind::Value, "features: row ", i,
@@ -218,23 +287,25 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   // Candidate space: centred rows (euclidean: distances unchanged, GEMM error smaller) or unit rows.
   std::vector<float> Y(static_cast<std::size_t>(N * D));
   std::vector<double> yn(N);  // ||y_i||^2 in float64 of the float32 rows
+  std::vector<double> mean(D, 0.0);
   {
-    std::vector<double> mean(D, 0.0);
     if (!cosine) {
       for (std::int64_t i = 0; i < N; ++i)
         for (std::int64_t t = 0; t < D; ++t) mean[t] += X[i * D + t];
       for (std::int64_t t = 0; t < D; ++t) mean[t] /= static_cast<double>(N);
     }
-    for (std::int64_t i = 0; i < N; ++i) {
-      double s = 0.0;
-      for (std::int64_t t = 0; t < D; ++t) {
-        const double u = cosine ? X[i * D + t] / rawsq[i] : X[i * D + t] - mean[t];
-        const float f = static_cast<float>(u);
-        Y[i * D + t] = f;
-        s += static_cast<double>(f) * static_cast<double>(f);
+    parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
+      for (std::int64_t i = i0; i < i1; ++i) {
+        double s = 0.0;
+        for (std::int64_t t = 0; t < D; ++t) {
+          const double u = cosine ? X[i * D + t] / rawsq[i] : X[i * D + t] - mean[t];
+          const float f = static_cast<float>(u);
+          Y[i * D + t] = f;
+          s += static_cast<double>(f) * static_cast<double>(f);
+        }
+        yn[i] = s;
       }
-      yn[i] = s;
-    }
+    });
   }
   const double yn_max = *std::max_element(yn.begin(), yn.end());
   std::vector<float> ynf(yn.begin(), yn.end());
@@ -255,6 +326,40 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
     if (sk) return std::max(0.0, rawsq[i] + (-2.0 * dot(a, b, D)) + rawsq[j]);
     if (cosine) return std::min(2.0, std::max(0.0, 1.0 - dot(a, b, D) / (rawsq[i] * rawsq[j])));
     return sqdist(a, b, D);
+  };
+  // exact_key for four candidates at once: four independent sums, each in the same order as
+  // exact_key's (the same bits), interleaved for instruction-level parallelism.
+  auto exact_keys4 = [&](std::int64_t i, const KnnCand* c, std::pair<double, std::int64_t>* out) {
+    const double* a = X + i * D;
+    const double* b0 = X + c[0].j * D;
+    const double* b1 = X + c[1].j * D;
+    const double* b2 = X + c[2].j * D;
+    const double* b3 = X + c[3].j * D;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    if (sk || cosine) {
+      for (std::int64_t t = 0; t < D; ++t) {
+        s0 += a[t] * b0[t];
+        s1 += a[t] * b1[t];
+        s2 += a[t] * b2[t];
+        s3 += a[t] * b3[t];
+      }
+    } else {
+      for (std::int64_t t = 0; t < D; ++t) {
+        const double u0 = a[t] - b0[t], u1 = a[t] - b1[t], u2 = a[t] - b2[t], u3 = a[t] - b3[t];
+        s0 += u0 * u0;
+        s1 += u1 * u1;
+        s2 += u2 * u2;
+        s3 += u3 * u3;
+      }
+    }
+    const double s[4] = {s0, s1, s2, s3};
+    for (int q = 0; q < 4; ++q) {
+      const std::int64_t j = c[q].j;
+      double key = s[q];
+      if (sk) key = std::max(0.0, rawsq[i] + (-2.0 * s[q]) + rawsq[j]);
+      else if (cosine) key = std::min(2.0, std::max(0.0, 1.0 - s[q] / (rawsq[i] * rawsq[j])));
+      out[q] = {key, j};
+    }
   };
   // One row done exactly over every candidate (the fallback).
   auto full_row = [&](std::int64_t i) {
@@ -278,15 +383,354 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
     }
   };
 
-  // ---- candidates: square blocks (I, J), J >= I; one GEMM serves the rows of I against J (scanned
-  // by rows) and the rows of J against I (scanned by columns). Each worker keeps its own bounded
-  // heaps for every row.
   const std::int64_t B = kKnnBlock;
   const std::int64_t nb = (N + B - 1) / B;
   std::vector<std::pair<std::int64_t, std::int64_t>> pairs;
   for (std::int64_t I = 0; I < nb; ++I)
     for (std::int64_t J = I; J < nb; ++J) pairs.push_back({I, J});
   const int max_workers = std::max(1, num_threads());
+
+  // Lower bound on the exact key of any non-candidate of row i whose float32 approximation is >= amax.
+  auto lower32 = [&](std::int64_t i, float amax_f) -> double {
+    // float32 arithmetic of a itself: a few ulps of (yn_i + yn_max)
+    double eps = c32 * (yn[i] + yn_max) + 8.0 * std::ldexp(1.0, -24) * (yn[i] + yn_max);
+    if (sk) eps += c64 * (rawsq[i] + raw_max);
+    return (static_cast<double>(amax_f) - eps) / unit;
+  };
+  // Merges the candidates h of row i (at least m), refines them exactly in ascending order of their
+  // approximate key and certifies the result; false: row i must be redone. Refinement stops as soon as
+  // the next candidate's lower bound exceeds the k-th exact key found: that candidate, every later
+  // one and every non-candidate (a_j >= the largest kept) are then farther than the k-th.
+  auto refine_row = [&](std::int64_t i, std::vector<KnnCand>& h, std::vector<std::pair<double, std::int64_t>>& ref,
+                        const auto& lower) -> bool {
+    const auto by_a = [](const KnnCand& x, const KnnCand& y) { return x.a < y.a; };
+    if (static_cast<std::int64_t>(h.size()) > m) std::nth_element(h.begin(), h.begin() + (m - 1), h.end(), by_a);
+    h.resize(static_cast<std::size_t>(m));
+    std::sort(h.begin(), h.end(), by_a);
+    // the candidates' float64 rows are scattered: ask for the likely ones at once
+    for (std::int64_t a = 0; a < std::min(m, k + 8); ++a) {
+      const char* row = reinterpret_cast<const char*>(X + h[a].j * D);
+      for (std::int64_t off = 0; off < D * static_cast<std::int64_t>(sizeof(double)); off += 64)
+        __builtin_prefetch(row + off);
+    }
+    ref.resize(static_cast<std::size_t>(m));
+    std::int64_t r = 0;
+    bool certain = false;
+    while (true) {
+      if (r + 4 <= m) {
+        exact_keys4(i, &h[r], &ref[r]);
+        r += 4;
+      } else {
+        for (; r < m; ++r) ref[r] = {exact_key(i, h[r].j), h[r].j};
+      }
+      if (r < k + 1 && r < m) continue;
+      std::sort(ref.begin(), ref.begin() + r);
+      const double kth = ref[k - 1].first * (1.0 + 1e-12) + 1e-300;
+      if (r == m) {
+        certain = m == n_cand || lower(i, h[m - 1].a) > kth;
+        break;
+      }
+      if (lower(i, h[r].a) > kth) {
+        certain = true;
+        break;
+      }
+    }
+    if (!certain) return false;
+    if (sk && k < r && ref[k].first == ref[k - 1].first)
+      return false;  // a tie at the k-th neighbour: sklearn's heap decides which ones stay
+    for (std::int64_t a = 0; a < k; ++a) {
+      out_idx[i * k + a] = ref[a].second;
+      out_key[i * k + a] = ref[a].first;
+    }
+    return true;
+  };
+
+  // ---- fused AVX-512 path: candidate filter inside the GEMM's register tiles (src/cpu/knn_fused_avx512.cpp);
+  // with AVX512_BF16 a first pass in bfloat16 (twice the rate), certified with its own error bound,
+  // and a float32 pass for the rows it cannot certify.
+#if defined(__x86_64__) && defined(LABELWISE_KNN_AVX512)
+  if (fused_level() > 0 && yn_max < 1e30 && N < (std::int64_t{1} << 31) - 64) {
+    const bool bf_first = fused_level() == 2;
+    bool row_pass = true;  // float32 row-only pass for the rows the bfloat16 pass leaves
+    const std::int64_t Npad = (N + 31) / 32 * 32, P = Npad / 32;
+    const float finf = std::numeric_limits<float>::infinity();
+    // Locality order: rows grouped by their nearest of 2 * nb pivot rows, so that a block holds
+    // near points; the diagonal block pairs first, then the others by the distance of their
+    // centroids. Each row's admission threshold is tight early and most tiles pass no candidate.
+    std::vector<std::int64_t> perm(N);  // position -> row
+    for (std::int64_t i = 0; i < N; ++i) perm[i] = i;
+    if (nb > 1) {
+      const std::int64_t npiv = std::min<std::int64_t>(N, 2 * nb);
+      std::vector<float> piv(static_cast<std::size_t>(npiv * D)), pn(npiv);
+      for (std::int64_t t = 0; t < npiv; ++t) {
+        const std::int64_t r = t * N / npiv;
+        std::copy(Y.begin() + r * D, Y.begin() + r * D + D, piv.begin() + t * D);
+        pn[t] = ynf[r];
+      }
+      std::vector<std::int32_t> grp(N);
+      parallel_for(nb, 1, [&](std::int64_t b0, std::int64_t b1, int) {
+        std::vector<float> G(static_cast<std::size_t>(B * npiv));
+        for (std::int64_t b = b0; b < b1; ++b) {
+          const std::int64_t r0 = b * B, nr = std::min(N, r0 + B) - r0;
+          knn_block_gemm(Y.data() + r0 * D, nr, piv.data(), npiv, D, G.data(), npiv);
+          for (std::int64_t r = 0; r < nr; ++r) {
+            std::int32_t best = 0;
+            float bv = std::numeric_limits<float>::infinity();
+            for (std::int64_t t = 0; t < npiv; ++t) {
+              const float v = pn[t] - 2.0f * G[r * npiv + t];
+              if (v < bv) {
+                bv = v;
+                best = static_cast<std::int32_t>(t);
+              }
+            }
+            grp[r0 + r] = best;
+          }
+        }
+      });
+      std::vector<std::int64_t> start(npiv + 1, 0);
+      for (std::int64_t i = 0; i < N; ++i) ++start[grp[i] + 1];
+      for (std::int64_t t = 0; t < npiv; ++t) start[t + 1] += start[t];
+      for (std::int64_t i = 0; i < N; ++i) perm[start[grp[i]]++] = i;
+      // pair order: diagonal first, then by centroid distance (ties: the original order)
+      std::vector<double> cen(static_cast<std::size_t>(nb * D), 0.0);
+      for (std::int64_t p = 0; p < N; ++p)
+        for (std::int64_t t = 0; t < D; ++t) cen[(p / B) * D + t] += Y[perm[p] * D + t];
+      for (std::int64_t b = 0; b < nb; ++b) {
+        const double cnt = static_cast<double>(std::min(N, (b + 1) * B) - b * B);
+        for (std::int64_t t = 0; t < D; ++t) cen[b * D + t] /= cnt;
+      }
+      std::vector<double> pd(pairs.size());
+      for (std::size_t q = 0; q < pairs.size(); ++q)
+        pd[q] = pairs[q].first == pairs[q].second
+                    ? -1.0
+                    : sqdist(cen.data() + pairs[q].first * D, cen.data() + pairs[q].second * D, D);
+      std::vector<std::size_t> order(pairs.size());
+      for (std::size_t q = 0; q < order.size(); ++q) order[q] = q;
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return pd[x] < pd[y]; });
+      std::vector<std::pair<std::int64_t, std::int64_t>> sorted(pairs.size());
+      for (std::size_t q = 0; q < order.size(); ++q) sorted[q] = pairs[order[q]];
+      pairs.swap(sorted);
+    }
+    // float32 rows and their squared norms in that order (+inf past N: never admitted)
+    std::vector<float> Yp(static_cast<std::size_t>(N * D));
+    std::vector<float> ycp32(static_cast<std::size_t>(Npad), finf);
+    for (std::int64_t p = 0; p < N; ++p) {
+      std::copy(Y.begin() + perm[p] * D, Y.begin() + perm[p] * D + D, Yp.begin() + p * D);
+      ycp32[p] = ynf[perm[p]];
+    }
+    auto make_panels = [&](const std::uint32_t* rows, std::int64_t ks) {  // rows: [N, ks] words
+      AlignedWords w(static_cast<std::size_t>(Npad * ks));
+      parallel_for(P, 16, [&](std::int64_t p0, std::int64_t p1, int) {
+        for (std::int64_t p = p0; p < p1; ++p) {
+          const std::int64_t nt = std::min<std::int64_t>(32, N - p * 32);
+          for (std::int64_t st = 0; st < ks; ++st)
+            for (std::int64_t t = 0; t < nt; ++t) w.p[(p * ks + st) * 32 + t] = rows[(p * 32 + t) * ks + st];
+        }
+      });
+      return w;
+    };
+    const std::int64_t S = (m + 15) / 16 * 16;  // candidate list stride (KnnFusedArgs)
+    struct WorkerHeaps {
+      std::vector<float> key;  // [N, S] ascending, +inf where empty
+      std::vector<std::int32_t> idx;
+      std::vector<float> root;
+    };
+    // the symmetric pass over the block pairs (I, J >= I), pairs handed out dynamically
+    auto symmetric_pass = [&](bool bf, const std::uint32_t* rows, std::int64_t ks, const std::uint32_t* panels,
+                              const float* ycp, std::vector<WorkerHeaps>& wh) {
+      wh.assign(max_workers, WorkerHeaps{});
+      std::atomic<std::int64_t> next{0};
+      // thresholds shared between the workers: the smallest full-heap root any of them had for a row
+      // (relaxed; a stale value only admits more)
+      std::vector<float> shared(static_cast<std::size_t>(Npad), finf);
+      auto exchange = [&](std::vector<float>& own, std::int64_t r0, std::int64_t n, bool publish) {
+        for (std::int64_t r = r0; r < r0 + n; ++r) {
+          float sv;
+          __atomic_load(&shared[r], &sv, __ATOMIC_RELAXED);
+          if (sv < own[r]) own[r] = sv;
+          else if (publish && own[r] < sv) __atomic_store(&shared[r], &own[r], __ATOMIC_RELAXED);
+        }
+      };
+      const std::int64_t npairs = static_cast<std::int64_t>(pairs.size());
+      parallel_for(max_workers, 1, [&](std::int64_t w0, std::int64_t w1, int w) {
+        if (w1 <= w0) return;
+        WorkerHeaps& H = wh[w];
+        H.key.assign(static_cast<std::size_t>(N * S), finf);
+        H.idx.assign(static_cast<std::size_t>(N * S), -1);
+        H.root.assign(Npad, finf);
+        while (true) {
+          const std::int64_t p = next.fetch_add(1);
+          if (p >= npairs) break;
+          const std::int64_t q0 = pairs[p].first * B, nq = std::min(N, q0 + B) - q0;
+          const std::int64_t c0 = pairs[p].second * B, nc = std::min(N, c0 + B) - c0;
+          exchange(H.root, q0, nq, false);
+          if (c0 != q0) exchange(H.root, c0, nc, false);
+          KnnFusedArgs a;
+          a.A = rows + q0 * ks;
+          a.lda = ks;
+          a.nq = nq;
+          a.q0 = q0;
+          a.Bp = panels + (c0 / 32) * ks * 32;
+          a.ksteps = ks;
+          a.nc = nc;
+          a.c0 = c0;
+          a.yq = ycp + q0;
+          a.yc = ycp + c0;
+          a.bf16 = bf;
+          a.cols = c0 != q0;
+          a.select = c0 == q0;
+          a.skip_self = !sk;
+          a.m = m;
+          a.qkeys = H.key.data() + q0 * S;
+          a.qidx = H.idx.data() + q0 * S;
+          a.qroot = H.root.data() + q0;
+          a.ckeys = H.key.data() + c0 * S;
+          a.cidx = H.idx.data() + c0 * S;
+          a.croot = H.root.data() + c0;
+          avx512::knn_fused_block(a);
+          exchange(H.root, q0, nq, true);
+          if (c0 != q0) exchange(H.root, c0, nc, true);
+        }
+      });
+    };
+    // merge the workers' heaps and refine every row; the rows not certified go to `failed`
+    auto refine_all = [&](const std::vector<WorkerHeaps>& wh, const auto& lower, std::vector<std::int64_t>& failed) {
+      std::vector<std::vector<std::int64_t>> wfail(max_workers);
+      parallel_for(N, 256, [&](std::int64_t i0, std::int64_t i1, int w) {
+        std::vector<KnnCand> h;
+        std::vector<std::pair<double, std::int64_t>> ref;
+        for (std::int64_t p = i0; p < i1; ++p) {
+          h.clear();
+          for (const WorkerHeaps& H : wh)
+            if (!H.key.empty())
+              for (std::int64_t a = 0; a < m && H.idx[p * S + a] >= 0; ++a)
+                h.push_back({H.key[p * S + a], perm[H.idx[p * S + a]]});
+          const std::int64_t i = perm[p];
+          if (!refine_row(i, h, ref, lower)) wfail[w].push_back(i);
+        }
+      });
+      for (const auto& f : wfail) failed.insert(failed.end(), f.begin(), f.end());
+      std::sort(failed.begin(), failed.end());
+    };
+    const auto* Yw = reinterpret_cast<const std::uint32_t*>(Y.data());
+    const auto* Ypw = reinterpret_cast<const std::uint32_t*>(Yp.data());
+    std::vector<std::int64_t> failed;
+    {
+      std::vector<WorkerHeaps> wh;
+      if (bf_first) {
+        // bfloat16 rows yb (pairs of features in one word), ||yb_i||^2, and dn_i >= ||u_i - yb_i||
+        // (u_i the float64 candidate-space row; centring rounding included)
+        const std::int64_t ks = (D + 1) / 2;
+        std::vector<std::uint32_t> Yb(static_cast<std::size_t>(N * ks), 0u);
+        std::vector<double> bn(N), dn(N);  // by row
+        std::vector<float> bq(N), ycp(static_cast<std::size_t>(Npad), finf);  // by row, by position
+        parallel_for(N, 512, [&](std::int64_t p0, std::int64_t p1, int) {
+          for (std::int64_t p = p0; p < p1; ++p) {
+            const std::int64_t i = perm[p];
+            double b2 = 0.0, d2 = 0.0, x2 = 0.0;
+            for (std::int64_t t = 0; t < D; ++t) {
+              const double x = X[i * D + t];
+              const double u = cosine ? x / rawsq[i] : x - mean[t];
+              const std::uint16_t hb = to_bf16(Y[i * D + t]);
+              const double v = from_bf16(hb);
+              b2 += v * v;
+              d2 += (u - v) * (u - v);
+              x2 += x * x;
+              Yb[p * ks + t / 2] |= static_cast<std::uint32_t>(hb) << (16 * (t & 1));
+            }
+            bn[i] = std::sqrt(b2) * (1.0 + 1e-12);
+            dn[i] = std::sqrt(d2) * (1.0 + 1e-9) + std::ldexp(1.0, -48) * (cosine ? 1.0 : std::sqrt(x2));
+            bq[i] = ycp[p] = static_cast<float>(b2);
+          }
+        });
+        const double bn_max = *std::max_element(bn.begin(), bn.end());
+        const double dn_max = *std::max_element(dn.begin(), dn.end());
+        const double bq_max = static_cast<double>(*std::max_element(bq.begin(), bq.end()));
+        AlignedWords panels = make_panels(Yb.data(), ks);
+        symmetric_pass(true, Yb.data(), ks, panels.p, ycp.data(), wh);
+        // a_ij approximates ||yb_i - yb_j||^2 within e_i (float32 accumulation, norms, products
+        // flushed to zero); ||u_i - u_j|| >= ||yb_i - yb_j|| - dn_i - dn_j.
+        auto lower_bf = [&](std::int64_t i, float amax_f) -> double {
+          const double bq_i = static_cast<double>(bq[i]);
+          const double e = 2.0 * c32 * bn[i] * bn_max + 8.0 * std::ldexp(1.0, -24) * (bq_i + bq_max) +
+                           static_cast<double>(D) * std::ldexp(1.0, -120);
+          const double t = static_cast<double>(amax_f) - e;
+          const double s = (t > 0.0 ? std::sqrt(t) : 0.0) - (dn[i] + dn_max);
+          double lb = s > 0.0 ? s * s * (1.0 - 1e-9) : 0.0;
+          if (sk) lb -= c64 * (rawsq[i] + raw_max);
+          if (cosine) lb -= c64;
+          return lb / unit;
+        };
+        refine_all(wh, lower_bf, failed);
+        // too coarse for most rows (clusters tight compared with their distance from the mean): the
+        // symmetric float32 pass for all costs less than one row-only pass per failed row
+        if (2 * static_cast<std::int64_t>(failed.size()) > N) {
+          failed.clear();
+          row_pass = false;
+        }
+      }
+      if (!bf_first || !row_pass) {
+        AlignedWords panels = make_panels(Ypw, D);
+        symmetric_pass(false, Ypw, D, panels.p, ycp32.data(), wh);
+        refine_all(wh, lower32, failed);
+      }
+    }
+    if (!failed.empty() && bf_first && row_pass) {
+      // float32 pass for the rows the bfloat16 pass could not certify: each against every column
+      const std::int64_t nF = static_cast<std::int64_t>(failed.size());
+      AlignedWords panels = make_panels(Yw, D);
+      std::vector<float> ycp0(static_cast<std::size_t>(Npad), finf);
+      std::copy(ynf.begin(), ynf.end(), ycp0.begin());
+      std::vector<std::uint32_t> Af(static_cast<std::size_t>(nF * D));
+      std::vector<float> yqF(nF);
+      for (std::int64_t f = 0; f < nF; ++f) {
+        std::copy(Yw + failed[f] * D, Yw + failed[f] * D + D, Af.begin() + f * D);
+        yqF[f] = ynf[failed[f]];
+      }
+      std::vector<float> kF(static_cast<std::size_t>(nF * S), finf);
+      std::vector<std::int32_t> iF(static_cast<std::size_t>(nF * S), -1);
+      std::vector<float> rF(nF, finf);
+      parallel_for(nF, 12, [&](std::int64_t b, std::int64_t e, int) {
+        KnnFusedArgs a;
+        a.A = Af.data() + b * D;
+        a.lda = D;
+        a.nq = e - b;
+        a.qid = failed.data() + b;
+        a.Bp = panels.p;
+        a.ksteps = D;
+        a.nc = N;
+        a.c0 = 0;
+        a.yq = yqF.data() + b;
+        a.yc = ycp0.data();
+        a.bf16 = false;
+        a.cols = false;
+        a.skip_self = !sk;
+        a.m = m;
+        a.qkeys = kF.data() + b * S;
+        a.qidx = iF.data() + b * S;
+        a.qroot = rF.data() + b;
+        avx512::knn_fused_block(a);
+      });
+      std::vector<std::int64_t> still;
+      std::vector<KnnCand> h;
+      std::vector<std::pair<double, std::int64_t>> ref;
+      for (std::int64_t f = 0; f < nF; ++f) {
+        h.clear();
+        for (std::int64_t a = 0; a < m && iF[f * S + a] >= 0; ++a) h.push_back({kF[f * S + a], iF[f * S + a]});
+        if (!refine_row(failed[f], h, ref, lower32)) still.push_back(failed[f]);
+      }
+      failed.swap(still);
+    }
+    parallel_for(static_cast<std::int64_t>(failed.size()), 1, [&](std::int64_t b, std::int64_t e, int) {
+      for (std::int64_t f = b; f < e; ++f) full_row(failed[f]);
+    });
+    return;
+  }
+#endif
+
+  // ---- candidates: square blocks (I, J), J >= I; one GEMM serves the rows of I against J (scanned
+  // by rows) and the rows of J against I (scanned by columns). Each worker keeps its own bounded
+  // heaps for every row.
   std::vector<std::vector<KnnCand>> wheaps(max_workers);
   std::vector<std::vector<std::int64_t>> wsize(max_workers);
   parallel_for(static_cast<std::int64_t>(pairs.size()), 1, [&](std::int64_t p0, std::int64_t p1, int w) {
@@ -315,41 +759,12 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   // ---- merge the workers' heaps, refine each row exactly and certify it
   parallel_for(N, 256, [&](std::int64_t i0, std::int64_t i1, int) {
     std::vector<KnnCand> h;
-    std::vector<std::pair<double, std::int64_t>> ref(static_cast<std::size_t>(m));
+    std::vector<std::pair<double, std::int64_t>> ref;
     for (std::int64_t i = i0; i < i1; ++i) {
       h.clear();
       for (int w = 0; w < used; ++w)
         h.insert(h.end(), wheaps[w].begin() + i * m, wheaps[w].begin() + i * m + wsize[w][i]);
-      if (static_cast<std::int64_t>(h.size()) > m)
-        std::nth_element(h.begin(), h.begin() + (m - 1), h.end(),
-                         [](const KnnCand& x, const KnnCand& y) { return x.a < y.a; });
-      h.resize(static_cast<std::size_t>(m));
-      float amax_f = -std::numeric_limits<float>::infinity();
-      for (std::int64_t a = 0; a < m; ++a) {
-        ref[a] = {exact_key(i, h[a].j), h[a].j};
-        amax_f = std::max(amax_f, h[a].a);
-      }
-      std::sort(ref.begin(), ref.end());
-      bool certain = true;
-      if (m < n_cand) {
-        // every non-candidate j has approximate a_j >= amax (the largest kept), hence an exact key
-        // >= (amax - eps) / unit; it cannot reach the k-th key when that is larger.
-        const double amax = static_cast<double>(amax_f);
-        // float32 arithmetic of a itself: a few ulps of (yn_i + yn_max)
-        double eps = c32 * (yn[i] + yn_max) + 8.0 * std::ldexp(1.0, -24) * (yn[i] + yn_max);
-        if (sk) eps += c64 * (rawsq[i] + raw_max);
-        certain = (amax - eps) / unit > ref[k - 1].first * (1.0 + 1e-12) + 1e-300;
-      }
-      if (certain && sk && k < static_cast<std::int64_t>(ref.size()) && ref[k].first == ref[k - 1].first)
-        certain = false;  // a tie at the k-th neighbour: sklearn's heap decides which ones stay
-      if (!certain) {
-        full_row(i);
-        continue;
-      }
-      for (std::int64_t a = 0; a < k; ++a) {
-        out_idx[i * k + a] = ref[a].second;
-        out_key[i * k + a] = ref[a].first;
-      }
+      if (!refine_row(i, h, ref, lower32)) full_row(i);
     }
   });
 }

@@ -1,5 +1,6 @@
 // labelwise — internal contract between the kNN front door (src/knn.cpp), its GEMM blocks
-// (src/cpu/knn_gemm*.cpp, Eigen) and label spreading (src/spreading.cpp). Eigen stays in src/cpu/.
+// (src/cpu/knn_gemm*.cpp, Eigen; src/cpu/knn_fused_avx512.cpp, the fused AVX-512 kernel) and label
+// spreading (src/spreading.cpp). Eigen stays in src/cpu/.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +34,37 @@ void knn_block_scan(const float* G, std::int64_t ldg, std::int64_t nq, std::int6
 void knn_block_scan_cols(const float* G, std::int64_t ldg, std::int64_t nq, std::int64_t nc, std::int64_t q0,
                          std::int64_t c0, const float* yq, const float* yc, std::int64_t m, KnnCand* heaps,
                          std::int64_t* hsize);
+
+/// One call of the fused AVX-512 candidate kernel (src/cpu/knn_fused_avx512.cpp): the query rows A
+/// against the candidate columns c0 .. c0 + nc, dot products and candidate filter in registers.
+/// Elements are float32 (bf16 = false; one k-step = one feature) or pairs of bfloat16 (bf16 = true;
+/// one k-step = two features, the pair packed in one 32-bit word; VDPBF16PS).
+struct KnnFusedArgs {
+  const std::uint32_t* A = nullptr;   ///< query rows, row r at A + r * lda, ksteps words each
+  std::int64_t lda = 0, nq = 0;
+  const std::int64_t* qid = nullptr;  ///< global index of query row r, or nullptr: q0 + r
+  std::int64_t q0 = 0;
+  const std::uint32_t* Bp = nullptr;  ///< 64-byte aligned panels of 32 columns: panel p, k-step s, column t at
+                                      ///< Bp[(p * ksteps + s) * 32 + t] (columns past nc: any finite value)
+  std::int64_t ksteps = 0, nc = 0, c0 = 0;
+  const float* yq = nullptr;  ///< [nq] squared norms of the query rows
+  const float* yc = nullptr;  ///< [32 * panels] squared norms of the columns, +inf past nc
+  bool bf16 = false;
+  bool cols = false;       ///< also offer each pair to the column's heap (off-diagonal symmetric blocks)
+  bool skip_self = false;  ///< never offer j == i
+  bool select = false;     ///< rows only (cols false): each row's nc values at once, admitted through a
+                           ///< threshold from a sample of them (for the first block of empty lists)
+  std::int64_t m = 0;
+  /// Candidate lists (m <= 16 nv, S = 16 nv): query row r keeps keys qkeys[r S ..] ascending (+inf
+  /// where empty) and indices qidx[r S ..] (int32; N < 2^31); qroot[r] its admission threshold (its
+  /// m-th key, or a smaller one another worker's list for the same row had; +inf at first).
+  float* qkeys = nullptr;
+  std::int32_t* qidx = nullptr;
+  float* qroot = nullptr;
+  float* ckeys = nullptr;  ///< the same for column c (cols only; croot readable to 32 * panels)
+  std::int32_t* cidx = nullptr;
+  float* croot = nullptr;
+};
 
 /// Validated features as a contiguous float64 copy.
 struct KnnData {

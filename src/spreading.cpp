@@ -134,27 +134,42 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
       }
     }
   } else {
-    // symmetrised kNN graph W (no self-loops), degrees d_i >= k
-    std::vector<std::vector<std::int64_t>> adj(N);
+    // symmetrised kNN graph W (no self-loops), degrees d_i >= k: each row's edges i -> j and j -> i
+    // (counting sort), then sorted and deduplicated per row
+    std::vector<std::int64_t> start(N + 1, 0);
+    for (std::int64_t i = 0; i < N; ++i)
+      for (std::int64_t a = 0; a < k; ++a) {
+        ++start[i + 1];
+        ++start[nb[i * k + a] + 1];
+      }
+    for (std::int64_t i = 0; i < N; ++i) start[i + 1] += start[i];
+    std::vector<std::int64_t> adj(static_cast<std::size_t>(start[N])), fill(start.begin(), start.end() - 1);
     for (std::int64_t i = 0; i < N; ++i)
       for (std::int64_t a = 0; a < k; ++a) {
         const std::int64_t j = nb[i * k + a];
-        adj[i].push_back(j);
-        adj[j].push_back(i);
+        adj[fill[i]++] = j;
+        adj[fill[j]++] = i;
       }
     std::vector<double> deg(N);
-    for (std::int64_t i = 0; i < N; ++i) {
-      std::sort(adj[i].begin(), adj[i].end());
-      adj[i].erase(std::unique(adj[i].begin(), adj[i].end()), adj[i].end());
-      deg[i] = static_cast<double>(adj[i].size());
-    }
-    for (std::int64_t i = 0; i < N; ++i) {
-      for (const std::int64_t j : adj[i]) {
-        S.col.push_back(j);
-        S.val.push_back(kind == Kind::Spreading ? 1.0 / std::sqrt(deg[i] * deg[j]) : 1.0 / deg[i]);
+    detail::parallel_for(N, 1024, [&](std::int64_t b, std::int64_t e, int) {
+      for (std::int64_t i = b; i < e; ++i) {
+        auto* r0 = adj.data() + start[i];
+        auto* r1 = adj.data() + start[i + 1];
+        std::sort(r0, r1);
+        deg[i] = static_cast<double>(std::unique(r0, r1) - r0);
       }
-      S.ptr[i + 1] = static_cast<std::int64_t>(S.col.size());
-    }
+    });
+    for (std::int64_t i = 0; i < N; ++i) S.ptr[i + 1] = S.ptr[i] + static_cast<std::int64_t>(deg[i]);
+    S.col.resize(static_cast<std::size_t>(S.ptr[N]));
+    S.val.resize(static_cast<std::size_t>(S.ptr[N]));
+    detail::parallel_for(N, 1024, [&](std::int64_t b, std::int64_t e, int) {
+      for (std::int64_t i = b; i < e; ++i)
+        for (std::int64_t p = S.ptr[i], q = start[i]; p < S.ptr[i + 1]; ++p, ++q) {
+          const std::int64_t j = adj[q];
+          S.col[p] = j;
+          S.val[p] = kind == Kind::Spreading ? 1.0 / std::sqrt(deg[i] * deg[j]) : 1.0 / deg[i];
+        }
+    });
   }
 
   // ---- iterate (sklearn's BaseLabelPropagation.fit loop)
@@ -171,15 +186,16 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
   R.n_classes = C;
   R.converged = false;
   std::int64_t it = 0;
+  // convergence: sum |F - F_previous| < tol (row sums in parallel, computed with each step; their
+  // total in index order)
+  detail::parallel_for(N, 1024, [&](std::int64_t b, std::int64_t e, int) {
+    for (std::int64_t i = b; i < e; ++i) {
+      double s = 0.0;
+      for (std::int64_t c = 0; c < C; ++c) s += std::fabs(F[i * C + c] - Fp[i * C + c]);
+      rowdiff[i] = s;
+    }
+  });
   for (; it < opt.max_iter; ++it) {
-    // convergence: sum |F - F_previous| < tol (row sums in parallel, their total in index order)
-    detail::parallel_for(N, 1024, [&](std::int64_t b, std::int64_t e, int) {
-      for (std::int64_t i = b; i < e; ++i) {
-        double s = 0.0;
-        for (std::int64_t c = 0; c < C; ++c) s += std::fabs(F[i * C + c] - Fp[i * C + c]);
-        rowdiff[i] = s;
-      }
-    });
     double total = 0.0;
     for (std::int64_t i = 0; i < N; ++i) total += rowdiff[i];
     if (total < opt.tol) {
@@ -207,6 +223,9 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
           if (s == 0.0) s = 1.0;
           for (std::int64_t c = 0; c < C; ++c) dst[c] = acc[c] / s;
         }
+        double d = 0.0;
+        for (std::int64_t c = 0; c < C; ++c) d += std::fabs(dst[c] - Fp[i * C + c]);
+        rowdiff[i] = d;
       }
     });
   }

@@ -96,6 +96,35 @@ TEST_CASE("knn_graph equals a float64 brute force (duplicates, cosine, several b
   }
 }
 
+TEST_CASE("knn_graph: tight clusters far from the mean, several blocks, k up to 40 (every fallback)",
+          "[propagation][knn]") {
+  // Cluster spreads from 1e-3 to 0.3 around centres of norm ~ 10: the bfloat16 pass (where the
+  // processor has it) certifies some rows, the float32 pass more, the float64 rows the rest.
+  std::mt19937_64 gen(fresh_seed());
+  std::normal_distribution<double> normal;
+  const std::int64_t N = 2600, D = 24;
+  for (const double spread : {1e-3, 0.03, 0.3}) {
+    std::vector<double> x(N * D), cen(5 * D);
+    for (auto& v : cen) v = 2.0 * normal(gen);
+    for (std::int64_t i = 0; i < N; ++i)
+      for (std::int64_t t = 0; t < D; ++t) x[i * D + t] = cen[(i % 5) * D + t] + spread * normal(gen);
+    for (const std::int64_t k : {std::int64_t{10}, std::int64_t{40}}) {
+      for (const bool cosine : {false, true}) {
+        std::vector<std::int64_t> want_i, got_i(N * k);
+        std::vector<double> want_d, got_d(N * k);
+        naive_knn(x, N, D, k, cosine, want_i, want_d);
+        knn_graph(TensorView::of(x.data(), {N, D}), k, TensorView::of(got_i.data(), {N, k}),
+                  TensorView::of(got_d.data(), {N, k}), cosine ? KnnMetric::Cosine : KnnMetric::Euclidean);
+        for (std::int64_t e = 0; e < N * k; ++e) {
+          INFO("spread " << spread << " k=" << k << " cosine=" << cosine << " entry " << e);
+          REQUIRE(got_i[e] == want_i[e]);
+          REQUIRE(got_d[e] == Approx(want_d[e]).epsilon(1e-9).margin(1e-12));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("knn_graph: many exact duplicates fall back to the exact path", "[propagation][knn]") {
   const std::int64_t N = 400, D = 4, k = 30;
   std::vector<double> x(N * D);

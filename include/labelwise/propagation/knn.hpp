@@ -4,16 +4,20 @@
 // Method
 //   Candidates by blocked GEMM: the rows are centred (euclidean) or scaled to unit length (cosine),
 //   copied to float32, and for every pair of row blocks (I, J), J >= I, of kKnnBlock rows the dot
-//   products come from one single-precision GEMM (Eigen, AVX2 + FMA where the processor has it),
-//   scanned by rows for the rows of I against J and by columns for the rows of J against I (half the flops of
-//   the full N^2 D product). Each row keeps its k + max(k, 16) nearest candidates by these
-//   approximate distances (one bounded heap per row and worker thread, merged). Then the candidates' distances are recomputed exactly in float64 and the k nearest
-//   kept. A rigorous bound on the float32 error decides whether a non-candidate could still be
-//   among the k nearest (or tie with the k-th); for such rows (rare: many duplicates, extreme
-//   scales) the whole row is redone exactly in float64. The result is therefore exact: the same as a
-//   float64 brute force, with ties broken by the lower index.
-//   Memory: O(N * (D + T * (k + 16))) for T threads, plus one kKnnBlock x kKnnBlock float32 block
-//   per thread (4 MiB), never N^2.
+//   products are computed once and serve the rows of I against J and the rows of J against I (half
+//   the flops of the full N^2 D product). Each row keeps its m = k + max(k, 16) nearest candidates by
+//   these approximate distances (one list per row and worker thread, merged). With AVX-512 the
+//   candidate filter runs inside the GEMM's register tiles (no block of dot products is stored),
+//   first in bfloat16 where the processor has AVX512_BF16; otherwise Eigen's float32 GEMM (AVX2 +
+//   FMA where available) fills a block that is then scanned. Then the candidates' distances are
+//   recomputed exactly in float64 and the k nearest kept. A rigorous bound on the approximation
+//   error (float32, or bfloat16 with its own bound) decides whether a non-candidate could still be
+//   among the k nearest (or tie with the k-th); such rows get a float32 pass against every row, and
+//   where even that cannot certify them (rare: many duplicates, extreme scales) the whole row is
+//   redone exactly in float64. The result is therefore exact: the same as a float64 brute force,
+//   with ties broken by the lower index. Details: docs/propagation.md ("kNN graph").
+//   Memory: O(N * (D + T * (k + 16))) for T threads, plus (Eigen path) one kKnnBlock x kKnnBlock
+//   float32 block per thread (4 MiB), never N^2.
 //
 // Shape contract
 //   features  : [N, D] float32 / float64, CPU, any strides. N >= 2, D >= 1, finite.
