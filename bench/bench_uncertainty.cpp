@@ -83,6 +83,34 @@ void BM_all_metrics_logits(benchmark::State& st) { run_metrics(st, all(), InputK
 void BM_bald_probs(benchmark::State& st) { run_metrics(st, {Metric::Bald}, InputKind::Probabilities); }
 void BM_entropy_probs(benchmark::State& st) { run_metrics(st, {Metric::PredictiveEntropy}, InputKind::Probabilities); }
 void BM_balentacq_probs(benchmark::State& st) { run_metrics(st, {Metric::BalEntAcq}, InputKind::Probabilities); }
+// The five metrics that need only the mean prediction, in one pass.
+void BM_mean_only_probs(benchmark::State& st) {
+  run_metrics(st,
+              {Metric::PredictiveEntropy, Metric::LeastConfidence, Metric::Margin, Metric::Ratio,
+               Metric::MaxMeanVariationRatio},
+              InputKind::Probabilities);
+}
+// All ten on BaaL's layout [N, C, K] (a strided view: items are gathered into a contiguous block).
+void BM_all_metrics_probs_nck(benchmark::State& st) {
+  const std::int64_t N = st.range(0), K = st.range(1), C = st.range(2);
+  const auto& src = probs(N, K, C);
+  std::vector<float> x(src.size());
+  for (std::int64_t i = 0; i < N; ++i)
+    for (std::int64_t k = 0; k < K; ++k)
+      for (std::int64_t c = 0; c < C; ++c) x[(i * C + c) * K + k] = src[(i * K + k) * C + c];
+  std::vector<std::vector<float>> out(kNumMetrics, std::vector<float>(N));
+  std::vector<MetricOutput> outs;
+  for (int m = 0; m < kNumMetrics; ++m) outs.push_back({Metric(m), TensorView::of(out[m].data(), {N})});
+  ScoreOptions opt;
+  opt.sample_axis = -1;
+  opt.class_axis = 1;
+  for (auto _ : st) {
+    score(TensorView::of(x.data(), {N, C, K}), outs, opt);
+    benchmark::ClobberMemory();
+  }
+  st.SetBytesProcessed(st.iterations() * N * K * C * 4);
+  st.SetItemsProcessed(st.iterations() * N);
+}
 }  // namespace
 
 #define SHAPE Args({100000, 20, 10})->Unit(benchmark::kMillisecond)->UseRealTime()
@@ -92,4 +120,6 @@ BENCHMARK(BM_all_metrics_logits)->SHAPE;
 BENCHMARK(BM_bald_probs)->SHAPE;
 BENCHMARK(BM_entropy_probs)->SHAPE;
 BENCHMARK(BM_balentacq_probs)->SHAPE;
+BENCHMARK(BM_mean_only_probs)->SHAPE;
+BENCHMARK(BM_all_metrics_probs_nck)->SHAPE;
 BENCHMARK_MAIN();

@@ -328,3 +328,56 @@ TEST_CASE("bad input gets a clear error naming the argument", "[uncertainty][err
     if (!built_with_cuda()) CHECK_THROWS_WITH(bald(xc, oc), Catch::Contains("built without CUDA"));
   }
 }
+
+TEST_CASE("class counts around the vector width, many samples, and the first bad item", "[uncertainty]") {
+  // The CPU takes a blocked path for probabilities with contiguous classes and C <= 16 (blocks of 32
+  // items, rows read 16 lanes wide, the last item of the view from a padded copy) and the general
+  // per-item path otherwise: both against the float64 reference, N not a multiple of the block.
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int N = 77;
+  for (int K : {2, 20}) {
+    for (int C : {2, 10, 16, 17}) {
+      INFO("K " << K << " C " << C);
+      Pool P = make_pool(rng, N, K, C);
+      std::vector<float> x(static_cast<std::size_t>(N) * K * C);
+      for (int i = 0; i < N; ++i)
+        for (int k = 0; k < K; ++k)
+          for (int c = 0; c < C; ++c) x[(static_cast<std::size_t>(i) * K + k) * C + c] = static_cast<float>(P.p[i][k][c]);
+      std::vector<std::vector<double>> store;
+      auto outs = all_outputs(store, N, true);
+      score(TensorView::of(x.data(), {N, K, C}), outs);
+      for (int i = 0; i < N; ++i) {
+        std::vector<std::vector<double>> item(K, std::vector<double>(C));
+        for (int k = 0; k < K; ++k)
+          for (int c = 0; c < C; ++c) item[k][c] = x[(static_cast<std::size_t>(i) * K + k) * C + c];
+        const auto r = ref::metrics(item);
+        for (int m = 0; m < kNumMetrics; ++m) {
+          INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i] << " want "
+                       << r[m]);
+          const double s_abs = std::isfinite(r[m]) ? std::fabs(r[m]) : 0.0;
+          CHECK(close(store[m][i], r[m], m == 9 ? 3e-3 + 2e-6 * s_abs : 2e-4));
+        }
+      }
+      // The error names the lowest bad item, whichever thread and block it falls in.
+      for (int threads : {1, 2, 3}) {
+        set_num_threads(threads);
+        std::vector<float> y = x;
+        y[(static_cast<std::size_t>(70) * K + K - 1) * C + C - 1] = NAN;  // last row, last class of item 70
+        y[(static_cast<std::size_t>(45) * K + 1) * C] += 0.01f;           // item 45 unnormalised
+        std::vector<float> out(N);
+        CHECK_THROWS_WITH(bald(TensorView::of(y.data(), {N, K, C}), TensorView::of(out.data(), {N})),
+                          Catch::Contains("item [45]") && Catch::Contains("do not sum to 1"));
+        y[(static_cast<std::size_t>(45) * K + 1) * C] -= 0.01f;
+        CHECK_THROWS_WITH(bald(TensorView::of(y.data(), {N, K, C}), TensorView::of(out.data(), {N})),
+                          Catch::Contains("item [70]") && Catch::Contains("NaN"));
+        y[(static_cast<std::size_t>(70) * K + K - 1) * C + C - 1] = x[(static_cast<std::size_t>(70) * K + K - 1) * C + C - 1];
+        y[(static_cast<std::size_t>(76) * K) * C + 1] = -1e-3f;  // the last item (read from a padded copy)
+        CHECK_THROWS_WITH(bald(TensorView::of(y.data(), {N, K, C}), TensorView::of(out.data(), {N})),
+                          Catch::Contains("item [76]") && Catch::Contains("negative probability"));
+      }
+      set_num_threads(0);
+    }
+  }
+}

@@ -5,6 +5,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#define LABELWISE_ROWS_AVX512 1
+#endif
 
 #include "labelwise/core/config.hpp"
 #include "labelwise/detail/special_functions.hpp"
@@ -62,7 +67,9 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 #define LABELWISE_SIMD_FLAT _Pragma("omp simd reduction(| : bad)")
 #define LABELWISE_SIMD_H _Pragma("omp simd reduction(+ : h)")
 #define LABELWISE_SIMD_PL _Pragma("omp simd reduction(+ : pl)")
+#define LABELWISE_SIMD_BITS _Pragma("omp simd reduction(| : bits)")
 #else
+#define LABELWISE_SIMD_BITS
 #define LABELWISE_SIMD_PLAIN
 #define LABELWISE_SIMD_FLAT_ENT
 #define LABELWISE_SIMD_FLAT
@@ -103,25 +110,25 @@ struct ItemScratch {
   A* staged;  // K·C values: a strided item gathered into a contiguous block (CPU only; else null)
 };
 
-// Elementary functions: fast vectorisable float versions on the host, the CUDA ones on the device,
-// and the C library's for double everywhere.
-LABELWISE_HD inline float lw_exp_nonpositive(float v) {
+// Elementary functions: fast vectorisable versions on the host (float, and double p·ln p through
+// fast_log, ~1 ulp), the CUDA ones on the device.
+LABELWISE_HD LABELWISE_VEC_INLINE float lw_exp_nonpositive(float v) {
 #if LABELWISE_ON_DEVICE
   return ::expf(v);
 #else
   return fast_expf_nonpositive(v);
 #endif
 }
-LABELWISE_HD inline double lw_exp_nonpositive(double v) { return ::exp(v); }
+LABELWISE_HD LABELWISE_VEC_INLINE double lw_exp_nonpositive(double v) { return ::exp(v); }
 /// p·ln p for p >= 0 (0 for p = 0; in float, terms of p below 1e-37 are below any sum's resolution and skipped).
-LABELWISE_HD inline float lw_plogp(float p) {
+LABELWISE_HD LABELWISE_VEC_INLINE float lw_plogp(float p) {
 #if LABELWISE_ON_DEVICE
   return p > 0.0f ? p * ::logf(p) : 0.0f;
 #else
   return p > 1e-37f ? p * fast_logf(p) : 0.0f;
 #endif
 }
-LABELWISE_HD inline double lw_plogp(double p) { return p > 0.0 ? p * ::log(p) : 0.0; }
+LABELWISE_HD LABELWISE_VEC_INLINE double lw_plogp(double p) { return p > 0.0 ? p * lw_log_d(p) : 0.0; }
 
 /// The BalEntAcq per-class term t_c = min(μ_c · h_c, 0) of the reference implementation
 /// (jaeohwoo/BalancedEntropy, src/torch_utils.py @ 5cc1a5c): μ and σ² floored at 1e-9,
@@ -169,7 +176,7 @@ LABELWISE_HD double mean_entropy(const ItemScratch<A>& s, int C, double inv_k) {
 
 /// The same term, branch-free for a vector loop over classes; valid when alpha + 1 > 0 and beta > 0
 /// (callers send the other classes to balentacq_class_term).
-LABELWISE_HD inline double balentacq_class_term_positive(double mu, double alpha, double beta) {
+LABELWISE_HD LABELWISE_VEC_INLINE double balentacq_class_term_positive(double mu, double alpha, double beta) {
   // ln B(α+1, β) = ln Γ(α+1) + ln Γ(β) - ln Γ(α+β+1), with the three shift products in one log.
   double lg_a, dg_a, p_a, lg_b, dg_b, p_b, lg_ab, dg_ab, p_ab;
   log_gamma_and_digamma_shifted_parts(alpha + 1.0, lg_a, dg_a, p_a);
@@ -285,10 +292,23 @@ LABELWISE_HD inline void accumulate(const ItemScratch<A>& s, int c, A pa, bool f
   }
 }
 
+#if !LABELWISE_ON_DEVICE
+/// Σ of 16 values by a fixed pairwise tree (vectorises to 4 shuffle + add levels).
+template <typename R>
+inline R tree_sum16(const R* p) {
+  R t8[8], t4[4];
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < 8; ++j) t8[j] = p[j] + p[j + 8];
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < 4; ++j) t4[j] = t8[j] + t8[j + 4];
+  return (t4[0] + t4[2]) + (t4[1] + t4[3]);
+}
+#endif
+
 /// Class sums of a contiguous K x C block that was copied to scratch (`blk`, padded by kClassBlock),
 /// row k scaled by row_scale[k] (or 1): blocks of kClassBlock lanes, lanes past C masked, so that the
-/// loops vectorise for any C. Returns 0, or the first row whose total is off 1 by more than tol
-/// plus 1 (check_totals only).
+/// loops vectorise for any C. Returns 0, or non-zero when a row's total is off 1 by more than tol
+/// (check_totals only).
 template <typename R>
 LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C, const ItemScratch<R>& s,
                                   bool check_totals, double tol) {
@@ -296,34 +316,36 @@ LABELWISE_HD int accumulate_block(const R* blk, const R* row_scale, int K, int C
   if (C <= 16) {
     // Few classes: the accumulators fit in registers (a fixed 16-lane block).
     double first[16], sum[16], sumsq[16];
-    R total = R(0);
-    LABELWISE_SIMD_TOTAL
+    R pr[16];
+    LABELWISE_SIMD_PLAIN
     for (int j = 0; j < 16; ++j) {
       const bool real = j < C;
       const R v = blk[j];  // unconditional: the block is padded, and a masked load would not vectorise
       const R p = real ? v * (row_scale ? row_scale[0] : R(1)) : R(0);
+      pr[j] = p;
       first[j] = static_cast<double>(p);
       sum[j] = 0.0;
       sumsq[j] = 0.0;
-      total += p;
     }
-    if (check_totals && !(fabs(static_cast<double>(total) - 1.0) <= tol)) return 1;
+    // Row totals by a fixed tree (an in-order horizontal sum is a 16-add dependency chain), checked
+    // without a branch per row.
+    int bad = check_totals && !(fabs(static_cast<double>(tree_sum16(pr)) - 1.0) <= tol);
     for (int k = 1; k < K; ++k) {
       const R* __restrict__ r = blk + k * C;
       const R scale = row_scale ? row_scale[k] : R(1);
-      total = R(0);
-      LABELWISE_SIMD_TOTAL
+      LABELWISE_SIMD_PLAIN
       for (int j = 0; j < 16; ++j) {
         const bool real = j < C;
         const R v = r[j];
         const R p = real ? v * scale : R(0);
+        pr[j] = p;
         const double d = static_cast<double>(p) - first[j];
         sum[j] += d;
         sumsq[j] += d * d;
-        total += p;
       }
-      if (check_totals && !(fabs(static_cast<double>(total) - 1.0) <= tol)) return k + 1;
+      if (check_totals) bad |= fabs(static_cast<double>(tree_sum16(pr)) - 1.0) <= tol ? 0 : 1;
     }
+    if (bad) return 1;
     for (int j = 0; j < C; ++j) {
       s.first[j] = first[j];
       s.sum[j] = sum[j];
@@ -596,6 +618,370 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
   }
   return kItemOk;
 }
+
+#if !defined(__CUDACC__)
+// ---------------------------------------------------------------------------------------------------
+// CPU block path: probabilities with C <= kRowLanes (the backend gathers other layouts into a
+// contiguous block first). Two phases per block of up to kBlockItems items:
+//  1. per item, one pass over its K rows (a row is a kRowLanes-lane vector, lanes past C masked):
+//     validation as vector reductions (a running minimum for negatives; each row's total by a tree
+//     sum, or 16 rows at once on AVX-512 — NaN / ±Inf fail their row's total; no branch per row;
+//     exact classification by classify_bad_row only on failure), the shifted float64 class sums,
+//     arg-max votes; Σ p ln p over the flat K·C values;
+//  2. per block, the class terms (ln p̄, std, BalEntAcq) in flat vector loops over items × classes,
+//     so that C = 10 fills whole vectors, then small per-item reductions over the classes.
+// Everything is per item and in a fixed order: results do not depend on the block or thread split.
+// ---------------------------------------------------------------------------------------------------
+constexpr int kRowLanes = 16;
+constexpr int kBlockItems = 32;
+constexpr int kResSlots = 10;  // one per labelwise::Metric (kNumMetrics)
+
+/// Per-worker scratch of the block path (allocated by the CPU backend, sizes below).
+struct BlockScratch {
+  // first, sum and sumsq have kRowLanes entries of slack (block_item_stats stores whole rows).
+  double* first;  // kBlockItems * C: p_0c
+  double* sum;    // kBlockItems * C: Σ_k (p_kc - p_0c)
+  double* sumsq;  // kBlockItems * C: Σ_k (p_kc - p_0c)²
+  double* mu;     // kBlockItems * C: p̄_c
+  double* plm;    // kBlockItems * C: p̄_c ln p̄_c
+  double* sd;     // kBlockItems * C: std_k p_kc
+  double* term;   // kBlockItems * C: BalEntAcq t_c (0 where the exact scalar path must redo it)
+  int* slow;      // kBlockItems * C: 1 where t_c needs balentacq_class_term
+  double* ent;    // kBlockItems: Σ_k H[p_k]
+  int* mode;      // kBlockItems: f_mode
+  void* pad;      // K·C + kRowLanes values of T: an item near the end of the view, zero padded
+};
+inline std::size_t block_scratch_doubles(int C) { return static_cast<std::size_t>(kBlockItems) * (7 * C + 1) + 3 * kRowLanes; }
+
+#if defined(LABELWISE_ROWS_AVX512)
+// GCC 12 warns "'__Y' may be used uninitialized" inside its own AVX-512 intrinsics (the
+// _mm512_undefined_* placeholders of unmasked forms): a false positive.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+/// Sixteen row vectors -> one vector of their lane sums (lane t = Σ_j r[t][j]) by a transposing tree:
+/// about 3 instructions per row instead of a horizontal reduction each.
+template <bool kMax>
+inline __m512 rows_reduce16(const __m512* r) {
+  auto op = [](__m512 a, __m512 b) { return kMax ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b); };
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [r2i, r2i+1, r2i, r2i+1] partials
+    a[i] = op(_mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]), _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: rows 4i..4i+3
+    const __m512d x0 = _mm512_castps_pd(a[2 * i]), x1 = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = op(_mm512_castpd_ps(_mm512_unpacklo_pd(x0, x1)), _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x1)));
+  }
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes: [b2i L0+L1, b2i L2+L3, b2i+1 L0+L1, b2i+1 L2+L3]
+    c[i] = op(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  return op(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+}
+
+/// The row loop of block_item_stats for float32 on AVX-512: masked row loads (nothing read past the
+/// row), rows in groups of 16 whose totals and maxima come from rows_reduce16. Same results as the
+/// portable loop up to the order of the row-total sum (validation only).
+inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need_sq, bool need_votes,
+                             double* __restrict__ first_o, double* __restrict__ sum_o, double* __restrict__ sumsq_o,
+                             int& mode_o) {
+  const __mmask16 cm = static_cast<__mmask16>((1u << C) - 1u);
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 lo = zero;  // running minimum of all values (masked lanes are 0)
+  __m512d f0 = _mm512_setzero_pd(), f1 = f0, s0 = f0, s1 = f0, q0 = f0, q1 = f0;
+  int bad = 0;
+  int votes[kRowLanes] = {};
+  const __m512d one = _mm512_set1_pd(1.0), vtol = _mm512_set1_pd(tol);
+  const __m512d absmask = _mm512_castsi512_pd(_mm512_set1_epi64(0x7fffffffffffffffLL));
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    const int nr = K - k0 < 16 ? K - k0 : 16;
+    __m512 rows[16];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) {
+      if (t >= nr) {
+        rows[t] = zero;
+        continue;
+      }
+      const __m512 v = _mm512_maskz_loadu_ps(cm, x + static_cast<std::int64_t>(k0 + t) * C);
+      rows[t] = v;
+      lo = _mm512_min_ps(lo, v);
+      const __m512d d0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+      const __m512d d1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+      if (k0 + t == 0) {
+        f0 = d0;
+        f1 = d1;
+      } else {
+        const __m512d e0 = _mm512_sub_pd(d0, f0), e1 = _mm512_sub_pd(d1, f1);
+        s0 = _mm512_add_pd(s0, e0);
+        s1 = _mm512_add_pd(s1, e1);
+        if (need_sq) {
+          q0 = _mm512_fmadd_pd(e0, e0, q0);
+          q1 = _mm512_fmadd_pd(e1, e1, q1);
+        }
+      }
+    }
+    // Row totals, checked in float64 like the portable loop: |total - 1| <= tol.
+    const __m512 tot = rows_reduce16<false>(rows);
+    const __m512d t0 = _mm512_cvtps_pd(_mm512_castps512_ps256(tot));
+    const __m512d t1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(tot, 1));
+    const unsigned ok0 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t0, one), absmask), vtol, _CMP_LE_OQ);
+    const unsigned ok1 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t1, one), absmask), vtol, _CMP_LE_OQ);
+    const unsigned rowm = nr == 16 ? 0xFFFFu : ((1u << nr) - 1u);
+    if (((ok0 | (ok1 << 8)) & rowm) != rowm) bad = 1;
+    if (need_votes) {
+      // Arg-max per row (ties to the lower class): the row maxima, then the lowest lane equal to its own.
+      const __m512 mx = rows_reduce16<true>(rows);
+      for (int t = 0; t < nr; ++t) {
+        const __m512 m = _mm512_permutexvar_ps(_mm512_set1_epi32(t), mx);
+        const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], m, _CMP_EQ_OQ);
+        votes[eq ? __builtin_ctz(eq) : 0] += 1;  // eq = 0 only for NaN rows, rejected
+      }
+    }
+  }
+  // Validation: every row total within tol of 1 (a NaN or ±Inf makes its row's total fail) and no
+  // negative value; then no value exceeds 1 + tol either. Exact classification only on failure.
+  if (_mm512_cmp_ps_mask(lo, zero, _CMP_LT_OQ)) bad = 1;
+  if (bad) {
+    for (int k = 0; k < K; ++k) {
+      const int st = classify_bad_row(x + static_cast<std::int64_t>(k) * C, 1, C, 0);
+      if (st != kItemUnnormalised) return st;
+    }
+    return kItemUnnormalised;
+  }
+  // Lanes past C are 0 (masked loads); the caller's arrays have kRowLanes of slack.
+  _mm512_storeu_pd(first_o, f0);
+  _mm512_storeu_pd(first_o + 8, f1);
+  _mm512_storeu_pd(sum_o, s0);
+  _mm512_storeu_pd(sum_o + 8, s1);
+  _mm512_storeu_pd(sumsq_o, q0);
+  _mm512_storeu_pd(sumsq_o + 8, q1);
+  if (need_votes) {
+    int mode = 0;
+    for (int j = 0; j < kRowLanes; ++j) mode = votes[j] > mode ? votes[j] : mode;
+    mode_o = mode;
+  }
+  return kItemOk;
+}
+#pragma GCC diagnostic pop
+#endif
+
+/// Phase 1 for one item: `x` at (k=0, c=0), rows C apart (K == 1 allowed), and kRowLanes values
+/// readable from every row start. Writes the item's class sums shifted by the first sample (kRowLanes
+/// entries each, the C real ones first; sumsq only when need_sq), -Σ_k Σ_c p ln p and the modal vote
+/// count; returns an ItemStatus.
+template <typename T>
+inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent, bool need_sq, bool need_votes,
+                            double* __restrict__ first_o, double* __restrict__ sum_o, double* __restrict__ sumsq_o,
+                            double& ent_o, int& mode_o) {
+  using R = typename compute_type<T>::type;
+  constexpr int W = kRowLanes;
+  int bad = 0;
+  if (need_ent) {
+    // Σ p ln p over the flat K·C values: whole vectors of kRowLanes, then the last kRowLanes values
+    // once more with the lanes already counted masked off (no scalar remainder loop). Range errors
+    // are caught by the row loop below.
+    const int n = K * C;
+    const int nv = n / W * W;
+    R plogp = R(0);
+    LABELWISE_SIMD_PLOGP
+    for (int i = 0; i < nv; ++i) plogp += lw_plogp(static_cast<R>(x[i]));
+    if (nv < n) {
+      // kRowLanes values are readable from x, so for n < kRowLanes the tail starts at x.
+      const T* __restrict__ tail = n >= W ? x + (n - W) : x;
+      const int skip = n >= W ? W - (n - nv) : 0, lim = n >= W ? W : n;
+      LABELWISE_SIMD_PLOGP
+      for (int j = 0; j < W; ++j) {
+        const R v = static_cast<R>(tail[j]);
+        const R u = (j >= skip) & (j < lim) ? v : R(0);
+        plogp += lw_plogp(u >= R(0) ? u : R(0));
+      }
+    }
+    ent_o = -static_cast<double>(plogp);
+  }
+#if defined(LABELWISE_ROWS_AVX512)
+  if constexpr (std::is_same<T, float>::value)
+    if (C <= kRowLanes) return block_rows_avx512(x, K, C, tol, need_sq, need_votes, first_o, sum_o, sumsq_o, mode_o);
+#endif
+  double first[W], sum[W], sumsq[W];
+  int votes[W];
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < W; ++j) {
+    first[j] = 0.0;
+    sum[j] = 0.0;
+    sumsq[j] = 0.0;
+  }
+  R lo[W];
+  for (int j = 0; j < W; ++j) votes[j] = 0;
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < W; ++j) lo[j] = R(0);
+  for (int k = 0; k < K; ++k) {
+    const T* __restrict__ r = x + static_cast<std::int64_t>(k) * C;
+    R p[W];
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < W; ++j) {
+      const R v = static_cast<R>(r[j]);  // unconditional (readable), masked below
+      p[j] = j < C ? v : R(0);
+      lo[j] = p[j] < lo[j] ? p[j] : lo[j];  // negatives; NaN / ±Inf fail their row's total below
+    }
+    const R total = tree_sum16(p);  // a fixed tree, no serial horizontal chain
+    bad |= fabs(static_cast<double>(total) - 1.0) <= tol ? 0 : 1;  // NaN fails
+    // Shifted sums whatever the metric set, so that a metric's value does not depend on which other
+    // metrics are requested (bit for bit).
+    if (k == 0) {
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) first[j] = static_cast<double>(p[j]);
+    } else if (!need_sq) {
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) sum[j] += static_cast<double>(p[j]) - first[j];
+    } else {
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) {
+        const double d = static_cast<double>(p[j]) - first[j];
+        sum[j] += d;
+        sumsq[j] += d * d;
+      }
+    }
+    if (need_votes) {
+      // Arg-max with ties to the lower class: tree max, then the lowest lane equal to it.
+      R m8[8], m4[4];
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < 8; ++j) m8[j] = p[j] > p[j + 8] ? p[j] : p[j + 8];
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < 4; ++j) m4[j] = m8[j] > m8[j + 4] ? m8[j] : m8[j + 4];
+      const R a = m4[0] > m4[2] ? m4[0] : m4[2], b = m4[1] > m4[3] ? m4[1] : m4[3];
+      const R mx = a > b ? a : b;
+      unsigned bits = 0;
+      LABELWISE_SIMD_BITS
+      for (int j = 0; j < W; ++j) bits |= (p[j] == mx ? 1u : 0u) << j;
+      bits &= (1u << C) - 1u;
+      votes[bits ? __builtin_ctz(bits) : 0] += 1;  // bits = 0 only for NaN rows, rejected above
+    }
+  }
+  // Every row total within tol of 1 and no negative value: then no value exceeds 1 + tol either.
+  LABELWISE_SIMD_FLAT
+  for (int j = 0; j < W; ++j) bad |= lo[j] < R(0) ? 1 : 0;
+  if (bad) {
+    for (int k = 0; k < K; ++k) {
+      const int st = classify_bad_row(x + static_cast<std::int64_t>(k) * C, 1, C, 0);
+      if (st != kItemUnnormalised) return st;
+    }
+    return kItemUnnormalised;
+  }
+  // All kRowLanes lanes (the lanes past C are 0): the caller's arrays have kRowLanes of slack, and the
+  // next item's stores overwrite the spill.
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < W; ++j) {
+    first_o[j] = first[j];
+    sum_o[j] = sum[j];
+    sumsq_o[j] = sumsq[j];
+  }
+  if (need_votes) {
+    int mode = 0;
+    for (int j = 0; j < W; ++j) mode = votes[j] > mode ? votes[j] : mode;
+    mode_o = mode;
+  }
+  return kItemOk;
+}
+
+/// Phase 2 for `nb` items whose phase-1 results are in `b`: writes res[item * kResSlots + metric].
+inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned mask, double* __restrict__ res) {
+  const int n = nb * C;
+  const double inv_k = 1.0 / K;
+  const bool need_h = (mask & (kBitPredictiveEntropy | kBitBald | kBitBalEntAcq)) != 0;
+  const bool need_sq = (mask & (kBitMeanStd | kBitBalEntAcq)) != 0;
+  const bool want_bal = (mask & kBitBalEntAcq) != 0;
+  const double* __restrict__ first_p = b.first;
+  const double* __restrict__ sum_p = b.sum;
+  const double* __restrict__ sumsq_p = b.sumsq;
+  double* __restrict__ mu_p = b.mu;
+  double* __restrict__ plm_p = b.plm;
+  double* __restrict__ sd_p = b.sd;
+  double* __restrict__ term_p = b.term;
+  int* __restrict__ slow_p = b.slow;
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < n; ++j) {
+    const double mean = first_p[j] + sum_p[j] * inv_k;
+    mu_p[j] = mean;
+    if (need_h) {
+      const bool pos = mean > 0.0;
+      plm_p[j] = pos ? mean * lw_log_d(pos ? mean : 1.0) : 0.0;
+    }
+  }
+  if (need_sq && !want_bal) {
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < n; ++j) {
+      const double mean_shift = sum_p[j] * inv_k;
+      const double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
+      sd_p[j] = sqrt(var > 0.0 ? var : 0.0);
+    }
+  } else if (want_bal) {
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < n; ++j) {
+      const double mean_shift = sum_p[j] * inv_k;
+      const double mean = first_p[j] + mean_shift;
+      double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
+      var = var > 0.0 ? var : 0.0;
+      sd_p[j] = sqrt(var);
+      const double mu = mean < 1e-9 ? 1e-9 : mean;
+      const double v = var < 1e-9 ? 1e-9 : var;
+      const double alpha = mu * mu * (1.0 - mu) / v - mu;
+      const double beta = (1.0 / mu - 1.0) * alpha;
+      const bool ok = (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
+      const double t = balentacq_class_term_positive(mu, ok ? alpha : 1.0, ok ? beta : 1.0);
+      term_p[j] = ok ? t : 0.0;
+      slow_p[j] = ok ? 0 : 1;
+    }
+    for (int j = 0; j < n; ++j) {
+      if (!slow_p[j]) continue;
+      const double mean_shift = sum_p[j] * inv_k;
+      const double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
+      term_p[j] = balentacq_class_term(first_p[j] + mean_shift, var > 0.0 ? var : 0.0);
+    }
+  }
+  // Per-item reductions over the classes, in class order, vectorised across the block's items (class
+  // values C apart: strided loads); no per-item dependency chain of compares.
+  double top1[kBlockItems], top2[kBlockItems], h[kBlockItems], ssum[kBlockItems], tsum[kBlockItems];
+  LABELWISE_SIMD_PLAIN
+  for (int i = 0; i < nb; ++i) {
+    top1[i] = -1.0;
+    top2[i] = -1.0;
+    h[i] = 0.0;
+    ssum[i] = 0.0;
+    tsum[i] = 0.0;
+  }
+  for (int c = 0; c < C; ++c) {
+    LABELWISE_SIMD_PLAIN
+    for (int i = 0; i < nb; ++i) {
+      const double m = mu_p[i * C + c];
+      const double lo = m < top1[i] ? m : top1[i];
+      top2[i] = lo > top2[i] ? lo : top2[i];
+      top1[i] = m > top1[i] ? m : top1[i];
+    }
+    if (need_h) {
+      LABELWISE_SIMD_PLAIN
+      for (int i = 0; i < nb; ++i) h[i] -= plm_p[i * C + c];
+    }
+    if (need_sq) {
+      LABELWISE_SIMD_PLAIN
+      for (int i = 0; i < nb; ++i) ssum[i] += sd_p[i * C + c];
+    }
+    if (want_bal) {
+      LABELWISE_SIMD_PLAIN
+      for (int i = 0; i < nb; ++i) tsum[i] += term_p[i * C + c];
+    }
+  }
+  for (int i = 0; i < nb; ++i) {
+    double* r = res + i * kResSlots;
+    r[0] = h[i];
+    const double e_ent = b.ent[i] * inv_k;
+    r[1] = e_ent;
+    r[2] = h[i] - e_ent > 0.0 ? h[i] - e_ent : 0.0;
+    r[3] = 1.0 - top1[i];
+    r[4] = 1.0 - (top1[i] - top2[i]);
+    r[5] = top2[i] / top1[i];
+    r[6] = static_cast<double>(K - b.mode[i]) / K;
+    r[7] = 1.0 - top1[i];
+    if (need_sq) r[8] = ssum[i] / C;
+    if (want_bal) r[9] = balentacq_from_terms(h[i], tsum[i], top1[i]);
+  }
+}
+#endif  // !__CUDACC__
 
 /// Offset (elements) of item `i` (row-major over the outer axes) given per-axis strides.
 LABELWISE_HD inline std::int64_t item_offset(const ItemGrid& g, const std::int64_t* strides, std::int64_t i) {
