@@ -1,5 +1,6 @@
 # ctest driver of `mri_active_learning --quick`: runs it, then checks that a Dice figure was printed for
-# every round and that the PNG overlays exist and are PNG files. Exit status 77 of the program
+# every round, that the certified auto-labelling was reported and that the PNG overlays exist and are
+# PNG files. Exit status 77 of the program
 # (mricron-data not installed) prints "skipped: ...", which ctest reports as a skipped test.
 file(REMOVE_RECURSE "${OUT}")
 execute_process(COMMAND "${EXE}" --quick --threads 2 --out "${OUT}"
@@ -16,6 +17,9 @@ string(REGEX MATCHALL "round [0-9]+: [^\n]*Dice [0-9.]+" rounds "${out}")
 list(LENGTH rounds n)
 if(n LESS 2)
   message(FATAL_ERROR "expected a Dice figure for every round, found ${n}")
+endif()
+if(NOT out MATCHES "auto-label the [0-9]+ unlabelled pool slices \\([0-9]+ voxels\\), [0-9]+ calibration clicks")
+  message(FATAL_ERROR "expected the certified auto-labelling line")
 endif()
 foreach(name image ground_truth prediction bald balentacq overview)
   set(png "${OUT}/${name}.png")
