@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import operator
 import sys
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -136,4 +136,19 @@ def like_device(result: np.ndarray, x: Any) -> Any:
         with cupy.cuda.Device(x.device.id):
             return cupy.asarray(result)
     return result
+
+
+def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None) -> int:
+    """An integer argument in [lo, hi] (hi None: no upper bound): TypeError for bools and non-integers,
+    ValueError out of range, both naming the argument."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected an integer {rng}, got {v}")
+    return v
 

@@ -449,8 +449,8 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     x = _arrays.as_array(features, "features")
     s = _arrays.as_array(scores, "scores")
     b = _count(b)
-    pre = _int_option(prefilter, "prefilter", 1)
-    it = _int_option(max_iter, "max_iter", 0)
+    pre = _arrays.check_int(prefilter, "prefilter", 1)
+    it = _arrays.check_int(max_iter, "max_iter", 0)
     _cpu_only(x, "weighted_kmeans", "features")
     _cpu_only(s, "weighted_kmeans", "scores")
     shape = tuple(int(d) for d in x.shape)
@@ -458,18 +458,6 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     idx = _empty(x, (m,), "int64")
     _core.weighted_kmeans(_arrays.capsule(x), _arrays.capsule(s), b, _arrays.capsule(idx, writable=True), pre, it)
     return idx
-
-
-def _int_option(value: Any, name: str, lo: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an integer, got bool")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
-    if v < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {v}")
-    return v
 
 
 def badge_uniform(seed: int, step: int) -> float:
@@ -623,7 +611,7 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     cl = cl.astype(np.int64, copy=False)
     b = _count(b)
     s = _seed(seed)
-    cand = 0 if candidates is None else _int_option(candidates, "candidates", 1)
+    cand = 0 if candidates is None else _arrays.check_int(candidates, "candidates", 1)
     lab = None
     if labeled is not None:
         lab = np.ascontiguousarray(_arrays.to_host_numpy(labeled))

@@ -389,21 +389,7 @@ def autolabel_rest(model, Xp, yp, labeled, calib, cfg: Config, seed: int) -> Dic
     probs_cal = mc_log_probs(model, Xp[calib], cfg.samples, seed=seed + 8).exp().mean(dim=1)
     r = P.certified_auto_label(probs_rest.numpy(), probs_cal.numpy(), yp[calib], target_error=cfg.target_error,
                                delta=cfg.delta)
-    acc = np.asarray(r.accepted)
-    labels = np.asarray(r.labels)
-    truth = yp[rest]
-    n_acc = int(acc.sum())
-    return {
-        "certified": bool(r.certified),
-        "reason": r.reason,
-        "threshold": float(r.threshold),
-        "bound": float(r.bound),
-        "coverage": float(r.coverage),
-        "n_rest": int(rest.sum()),
-        "n_accepted": n_acc,
-        "realised_error": float((labels[acc] != truth[acc]).mean()) if n_acc else None,
-        "n_calibration": int(calib.sum()),
-    }
+    return SEG.autolabel_summary(r, yp[rest], n_rest=int(rest.sum()), n_calibration=int(calib.sum()))
 
 
 # ---------------------------------------------------------------------------------------------

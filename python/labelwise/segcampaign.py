@@ -81,6 +81,25 @@ class SegDataset:
 # data
 
 
+def autolabel_summary(r, truth: np.ndarray, *, n_rest: int, n_calibration: int) -> Dict:
+    """The raw numbers of one certified auto-labelling (a propagation.certified_auto_label result) against
+    the withheld truth, as the campaigns' results.json stores them (classification and segmentation)."""
+    acc = np.asarray(r.accepted)
+    labels = np.asarray(r.labels)
+    n_acc = int(acc.sum())
+    return {
+        "certified": bool(r.certified),
+        "reason": r.reason,
+        "threshold": float(r.threshold),
+        "bound": float(r.bound),
+        "coverage": float(r.coverage),
+        "n_rest": n_rest,
+        "n_accepted": n_acc,
+        "realised_error": float((labels[acc] != truth[acc]).mean()) if n_acc else None,
+        "n_calibration": n_calibration,
+    }
+
+
 def _pad_to(img: np.ndarray, seg: np.ndarray, multiple: int) -> Tuple[np.ndarray, np.ndarray]:
     H, W = img.shape[1:]
     ph, pw = (-H) % multiple, (-W) % multiple
@@ -434,24 +453,13 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, x_cal, labmask: n
     labels_cal = d.labels[sp.calib][ci, cr, cc]
     r = P.certified_auto_label(np.ascontiguousarray(probs_rest), np.ascontiguousarray(probs_cal), labels_cal,
                                target_error=cfg.target_error, delta=cfg.delta)
-    acc = np.asarray(r.accepted)
-    labels = np.asarray(r.labels)
     truth = d.labels[sp.pool][rest]
-    n_acc = int(acc.sum())
+    out = autolabel_summary(r, truth, n_rest=int(rest.sum()), n_calibration=int(len(labels_cal)))
+    acc, labels = np.asarray(r.accepted), np.asarray(r.labels)
     fg = truth[acc] > 0
-    return {
-        "certified": bool(r.certified),
-        "reason": r.reason,
-        "threshold": float(r.threshold),
-        "bound": float(r.bound),
-        "coverage": float(r.coverage),
-        "n_rest": int(rest.sum()),
-        "n_accepted": n_acc,
-        "realised_error": float((labels[acc] != truth[acc]).mean()) if n_acc else None,
-        "realised_error_foreground": float((labels[acc][fg] != truth[acc][fg]).mean()) if fg.any() else None,
-        "n_calibration": int(len(labels_cal)),
-        "unit": "voxel",
-    }
+    out["realised_error_foreground"] = float((labels[acc][fg] != truth[acc][fg]).mean()) if fg.any() else None
+    out["unit"] = "voxel"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -98,19 +97,6 @@ def philox4x32_10(counter: Sequence[Any], key: Sequence[int]) -> List[torch.Tens
 # ---- argument checks ------------------------------------------------------------------------------------
 
 
-def _int_arg(value: Any, name: str, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an integer, got bool")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name}: expected an integer {rng}, got {v}")
-    return v
-
-
 def _seed_arg(seed: Any) -> int:
     return _arrays.check_seed(seed)
 
@@ -125,7 +111,7 @@ def _p_arg(p: Any) -> float:
 
 
 def _dims_arg(dims: Any) -> int:
-    d = _int_arg(dims, "dims", 2, 3)
+    d = _arrays.check_int(dims, "dims", 2, 3)
     return d
 
 
@@ -153,7 +139,7 @@ def _chunk_arg(chunk_bytes: Any) -> Optional[int]:
     deprecated since the fused kernel (it never holds more than one voxel's samples)."""
     if chunk_bytes is None:
         return None
-    return _int_arg(chunk_bytes, "chunk_bytes", 1)
+    return _arrays.check_int(chunk_bytes, "chunk_bytes", 1)
 
 
 # ---- dropout masks --------------------------------------------------------------------------------------
@@ -212,8 +198,8 @@ def dropout_keep_mask(
 class _Head(nn.Module):
     def __init__(self, in_channels: Any, num_classes: Any, dims: Any) -> None:
         super().__init__()
-        self.in_channels = _int_arg(in_channels, "in_channels", 1)
-        self.num_classes = _int_arg(num_classes, "num_classes", 2)
+        self.in_channels = _arrays.check_int(in_channels, "in_channels", 1)
+        self.num_classes = _arrays.check_int(num_classes, "num_classes", 2)
         self.dims = _dims_arg(dims)
 
     def _conv(self) -> nn.Module:
@@ -272,7 +258,7 @@ class _SampledHead(_Head):
                                                                                      torch.Tensor, int, int]:
         x = self._check(features).detach()
         _chunk_arg(chunk_bytes)
-        off = _int_arg(index_offset, "index_offset", 0)
+        off = _arrays.check_int(index_offset, "index_offset", 0)
         if off + x.shape[0] > 2**32:
             raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {x.shape[0]} items")
         if x.dtype not in (torch.float32, torch.float64):
@@ -373,7 +359,7 @@ class MCDropoutHead(_SampledHead):
         return self.conv(F.dropout(x, self.p, training=self.training))
 
     def _resolve_K(self, K: Any) -> int:
-        return _int_arg(K, "K", 1, _MAX_K - 1)
+        return _arrays.check_int(K, "K", 1, _MAX_K - 1)
 
     @property
     def _dropout(self) -> float:  # type: ignore[override]
@@ -400,7 +386,7 @@ class EnsembleHead(_SampledHead):
 
     def __init__(self, in_channels: int, num_classes: int, members: int = 5, dims: int = 2) -> None:
         super().__init__(in_channels, num_classes, dims)
-        self.num_members = _int_arg(members, "members", 1)
+        self.num_members = _arrays.check_int(members, "members", 1)
         self.members = nn.ModuleList([self._conv() for _ in range(self.num_members)])
 
     def extra_repr(self) -> str:
@@ -421,7 +407,7 @@ class EnsembleHead(_SampledHead):
     def _resolve_K(self, K: Any) -> int:
         if K is None:
             return self.num_members
-        k = _int_arg(K, "K", 1)
+        k = _arrays.check_int(K, "K", 1)
         if k != self.num_members:
             raise ValueError(
                 f"K: an EnsembleHead has exactly {self.num_members} samples (its members); got K={k} (pass K=None)"
@@ -586,7 +572,7 @@ class EvidentialHead(_Head):
         ignored (nothing is sampled). ``variation_ratio`` has no closed form and is refused."""
         names = _metrics_arg(metrics, EVIDENTIAL_METRICS)
         if K is not None:
-            _int_arg(K, "K", 1)
+            _arrays.check_int(K, "K", 1)
         if seed is not None:
             _seed_arg(seed)
         alpha = self._alpha64(features)

@@ -106,6 +106,21 @@ __device__ inline double warp_dot(const DevMatrix& m, std::int64_t i, const doub
   return warp_sum(s);
 }
 
+/// ||x_i||² by the warp (every lane gets the value), and whether the whole row is finite.
+template <typename T>
+__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite) {
+  const T* r = row_of<T>(m, i);
+  bool ok = true;
+  double s = 0.0;
+  for (std::int64_t k = lane; k < m.cols; k += kWarp) {
+    const double v = static_cast<double>(r[k * m.cs]);
+    ok &= isfinite(v);
+    s += v * v;
+  }
+  finite = __all_sync(0xffffffffu, ok);
+  return warp_sum(s);
+}
+
 __device__ inline std::int64_t global_warp() {
   return (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / kWarp;
 }
@@ -120,16 +135,8 @@ __global__ void coreset_prepare(DevMatrix x, bool cosine, const std::uint8_t* la
                                 u64* failure) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
-    const T* r = row_of<T>(x, i);
     bool finite = true;
-    double ss = 0.0;
-    for (std::int64_t k = lane; k < x.cols; k += kWarp) {
-      const double v = static_cast<double>(r[k * x.cs]);
-      finite &= isfinite(v);
-      ss += v * v;
-    }
-    finite = __all_sync(0xffffffffu, finite);
-    ss = warp_sum(ss);
+    const double ss = warp_norm2<T>(x, i, lane, finite);
     if (lane == 0) {
       if (!finite)
         atomicMin(failure, (static_cast<u64>(i) << 3) | kDivNonFinite);
@@ -379,16 +386,8 @@ __global__ void badge_prepare(DevMatrix x, DevMatrix h, int kind, double tol, do
                               u64* failure) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
-    const TH* hr = row_of<TH>(h, i);
     bool finite = true;
-    double hh = 0.0;
-    for (std::int64_t k = lane; k < h.cols; k += kWarp) {
-      const double v = static_cast<double>(hr[k * h.cs]);
-      finite &= isfinite(v);
-      hh += v * v;
-    }
-    finite = __all_sync(0xffffffffu, finite);
-    hh = warp_sum(hh);
+    const double hh = warp_norm2<TH>(h, i, lane, finite);
     if (lane == 0) {
       const u64 f = badge_row<TX>(x, i, kind, tol, finite, hh, a, g2);
       if (f != kNoFailure) atomicMin(failure, f);
