@@ -2,6 +2,7 @@
 #include "labelwise/core/parallel.hpp"
 #include "diversity_backend.hpp"
 #include "head_score_backend.hpp"
+#include "knn_backend.hpp"
 #include "selection_backend.hpp"
 #include "uncertainty_backend.hpp"
 
@@ -22,6 +23,9 @@ DiversityFailure badge_cuda(const BadgeJob&) {
 }
 void copy_to_host(void*, const void*, std::size_t, int) {
   throw Error(ErrorKind::Runtime, "labeled: is a CUDA tensor, but labelwise was built without CUDA");
+}
+KnnCudaFailure knn_cuda(const KnnCudaJob&) {
+  throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");
 }
 SelectFailure select_cuda(const SelectJob&) {
   throw Error(ErrorKind::Runtime, "scores: is a CUDA tensor, but labelwise was built without CUDA");

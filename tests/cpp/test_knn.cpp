@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "labelwise/core/parallel.hpp"
 #include "labelwise/propagation/knn.hpp"
 #include "labelwise/propagation/spreading.hpp"
 
@@ -137,6 +138,17 @@ TEST_CASE("knn_graph: many exact duplicates fall back to the exact path", "[prop
             TensorView::of(got_d.data(), {N, k}));
   REQUIRE(got_i == want_i);
   REQUIRE(got_d == want_d);
+}
+
+TEST_CASE("knn_graph with CUDA input in a CPU-only build says so", "[propagation][knn]") {
+  if (built_with_cuda()) return;  // the CUDA path: tests/cpp/test_knn_cuda.cu
+  // never dereferenced: the CPU-only build stops at the stub
+  double fake = 0.0;
+  std::int64_t fake_i = 0;
+  const TensorView f(&fake, DType::Float64, {20, 3}, Device::cuda(0));
+  const TensorView I(&fake_i, DType::Int64, {20, 3}, Device::cuda(0));
+  const TensorView Dd(&fake, DType::Float64, {20, 3}, Device::cuda(0));
+  REQUIRE_THROWS_WITH(knn_graph(f, 3, I, Dd), Catch::Contains("features: is a CUDA tensor, but labelwise was built without CUDA"));
 }
 
 TEST_CASE("knn_graph and label_spreading reject bad input", "[propagation][knn]") {

@@ -93,6 +93,35 @@ def test_knn_graph_bad_input():
         P.knn_graph(X.astype(np.int64), 3)
 
 
+def test_knn_graph_on_cuda_equals_cpu(rng):
+    """CUDA (torch) == CPU: the same indices, distances within 1e-12 relative, results on the device
+    in torch; the errors of the CPU path. Skipped without a CUDA build and a GPU."""
+    import labelwise as lw
+
+    torch = pytest.importorskip("torch")
+    if not lw.built_with_cuda() or not torch.cuda.is_available():
+        pytest.skip("needs a CUDA build and a GPU")
+    for dtype in (np.float64, np.float32):
+        X = with_duplicates(rng, 9001, 20).astype(dtype)
+        for metric in ("euclidean", "cosine"):
+            for k in (1, 10, 40):
+                ci, cd = P.knn_graph(X, k, metric=metric)
+                gi, gd = P.knn_graph(torch.from_numpy(X).cuda(), k, metric=metric)
+                assert gi.is_cuda and gd.is_cuda and gi.dtype == torch.int64
+                assert gd.dtype == (torch.float64 if dtype == np.float64 else torch.float32)
+                np.testing.assert_array_equal(gi.cpu().numpy(), ci)
+                np.testing.assert_allclose(gd.cpu().numpy(), cd, rtol=1e-12, atol=0)
+    bad = torch.from_numpy(rng.normal(size=(30, 3))).cuda()
+    bad[4, 1] = float("nan")
+    bad[9, 0] = float("inf")
+    with pytest.raises(ValueError, match="row 4"):
+        P.knn_graph(bad, 3)
+    z = torch.from_numpy(rng.normal(size=(30, 3))).cuda()
+    z[3] = 0
+    with pytest.raises(ValueError, match="row 3"):
+        P.knn_graph(z, 3, metric="cosine")
+
+
 # ---------------------------------------------------------------------------------------------------
 # the sklearn variant against sklearn
 

@@ -1,4 +1,4 @@
-// labelwise — exact brute-force k-nearest-neighbour graph (CPU, multi-threaded). Details:
+// labelwise — exact brute-force k-nearest-neighbour graph (CPU, multi-threaded; or CUDA). Details:
 // docs/propagation.md ("kNN graph").
 //
 // Method
@@ -18,18 +18,27 @@
 //   with ties broken by the lower index. Details: docs/propagation.md ("kNN graph").
 //   Memory: O(N * (D + T * (k + 16))) for T threads, plus (Eigen path) one kKnnBlock x kKnnBlock
 //   float32 block per thread (4 MiB), never N^2.
+// On CUDA (src/cuda/knn_cuda.cu; compiled, not yet run on a GPU): the same method and the same
+//   certification formula (src/knn_bound.hpp) on the device — float64 copy, validated there; centred /
+//   unit float32 rows; cuBLAS SGEMM (pedantic float32: no TF32) of 8192-row query blocks against 4096-row
+//   chunks; one warp per query row keeps its m candidates; exact float64 refinement (sequential sums,
+//   no FMA: the CPU's bits); rows not certified are redone in float64 against every row (stable radix
+//   sort: ties by the lower index). Memory O(N * (D + k)) plus one 128 MiB block, never N^2.
 //
 // Shape contract
-//   features  : [N, D] float32 / float64, CPU, any strides. N >= 2, D >= 1, finite.
+//   features  : [N, D] float32 / float64, CPU or CUDA, any strides. N >= 2, D >= 1, finite
+//               (CUDA: N, D < 2^31 - 1).
 //   k         : 1 <= k < N (the point itself is excluded, so at most N - 1 neighbours exist).
-//   indices   : int64 [N, k] (written): the neighbours of each row, nearest first; ties (equal
+//   indices   : int64 [N, k] (written; on the device of features): the neighbours of each row, nearest first; ties (equal
 //               distances, e.g. duplicate points) by the lower index. Never the row itself.
 //   distances : [N, k] float32 / float64 (written, usually the dtype of features):
 //               euclidean — the euclidean distance ||x_i - x_j|| (not squared);
 //               cosine    — 1 - x_i.x_j / (||x_i|| ||x_j||), clamped to [0, 2].
 // Errors (labelwise::Error): NaN / Inf features (naming the row), wrong rank / dtype, empty input,
-// k < 1 or k >= N, cosine with an all-zero row (its direction is undefined), CUDA inputs (Type: CPU
-// only for now).
+// k < 1 or k >= N, cosine with an all-zero row (its direction is undefined), outputs on another device
+// than features; CUDA inputs in a build without CUDA (Runtime: "built without CUDA").
+// stream: cudaStream_t for CUDA inputs (nullptr: the default stream); the call returns when the
+// result is written (it synchronises that stream).
 #pragma once
 
 #include <cstdint>
@@ -51,6 +60,6 @@ constexpr std::int64_t kKnnBlock = 1024;
 
 /// Exact k nearest neighbours of every row among the other rows (see above).
 void knn_graph(const TensorView& features, std::int64_t k, const TensorView& indices, const TensorView& distances,
-               KnnMetric metric = KnnMetric::Euclidean);
+               KnnMetric metric = KnnMetric::Euclidean, void* stream = nullptr);
 
 }  // namespace labelwise
