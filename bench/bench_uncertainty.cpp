@@ -80,6 +80,8 @@ std::vector<Metric> all() {
 
 void BM_all_metrics_probs(benchmark::State& st) { run_metrics(st, all(), InputKind::Probabilities); }
 void BM_all_metrics_logits(benchmark::State& st) { run_metrics(st, all(), InputKind::Logits); }
+// The same values read as log-probabilities (they are: ln of normalised rows).
+void BM_all_metrics_log_probs(benchmark::State& st) { run_metrics(st, all(), InputKind::LogProbabilities); }
 void BM_bald_probs(benchmark::State& st) { run_metrics(st, {Metric::Bald}, InputKind::Probabilities); }
 void BM_entropy_probs(benchmark::State& st) { run_metrics(st, {Metric::PredictiveEntropy}, InputKind::Probabilities); }
 void BM_balentacq_probs(benchmark::State& st) { run_metrics(st, {Metric::BalEntAcq}, InputKind::Probabilities); }
@@ -117,6 +119,7 @@ void BM_all_metrics_probs_nck(benchmark::State& st) {
 BENCHMARK(BM_read_floor)->SHAPE;
 BENCHMARK(BM_all_metrics_probs)->SHAPE;
 BENCHMARK(BM_all_metrics_logits)->SHAPE;
+BENCHMARK(BM_all_metrics_log_probs)->SHAPE;
 BENCHMARK(BM_bald_probs)->SHAPE;
 BENCHMARK(BM_entropy_probs)->SHAPE;
 BENCHMARK(BM_balentacq_probs)->SHAPE;

@@ -7,7 +7,8 @@
 
 What is timed (time.perf_counter; one warm-up call per cell, then round-robin rounds that time every cell
 once, best per cell kept, so that a burst of foreign load spoils one round of all cells rather than every
-repeat of one cell):
+repeat of one cell; where a round switches from one implementation to the next, one untimed call of the
+next cell comes first, so that the previous framework's spinning worker threads are not timed):
   * labelwise: uncertainty.score(x) (all ten metrics, one fused pass) and each single-metric function;
   * NumPy: the textbook formulation of each metric (float32 in, float32 arithmetic as a user would
     write it; BalEntAcq's special functions in float64 via scipy.special), and an "all ten" function
@@ -578,7 +579,15 @@ def main(argv=None):
                     t0 = time.perf_counter()
                     fn()
                     floor_times[name].append(time.perf_counter() - t0)
+            prev = "floor"  # the floor cells end with torch.sum
             for impl, key, fn in cells:
+                if impl != prev:
+                    # Switching implementation: one untimed call first. The previous framework's idle
+                    # workers (torch's OpenMP threads spin-wait for several ms after a parallel region)
+                    # would otherwise hold a core during the first call: on 2 cores that cost
+                    # labelwise's first cell ~7 ms (32 ms instead of 25 ms).
+                    fn()
+                    prev = impl
                 t0 = time.perf_counter()
                 fn()
                 R[impl][key].append(time.perf_counter() - t0)

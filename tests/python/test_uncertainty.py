@@ -222,3 +222,66 @@ def test_against_baal_bald_if_installed(rng):
     # BaaL takes [N, C, K] probabilities and returns BALD scores (its own formula, with an epsilon).
     want = baal.BALD().compute_score(np.ascontiguousarray(x.transpose(0, 2, 1)))
     np.testing.assert_allclose(U.bald(x), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("input_kind", ["log_probs", "logits"])
+@pytest.mark.parametrize("C", [2, 10, 16, 17])
+def test_logs_around_the_vector_width(rng, dtype, input_kind, C):
+    # C <= 16: softmax fused into the CPU block path; C = 17: the per-item path. Both against float64,
+    # also in BaaL's layout [N, C, K] (gathered into blocks), with -inf entries (exact zeros).
+    N, K = 77, 20
+    p = random_probs(rng, (N, K, C))
+    with np.errstate(divide="ignore"):
+        x = np.log(p) + (rng.normal(0, 3, size=(N, K, 1)) if input_kind == "logits" else 0.0)
+    x = x.astype(dtype)
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=2, keepdims=True))
+    p64 = np.exp(x64) if input_kind == "log_probs" else e / e.sum(axis=2, keepdims=True)
+    want = ref_metrics(p64)
+    # Nearly certain samples: 1 - p carries float32 rounding that BalEntAcq amplifies (C++ tests).
+    certain = (p64 > 1 - 1e-3).any(axis=(1, 2))
+    for res in (U.score(x, input=input_kind),
+                U.score(np.ascontiguousarray(x.transpose(0, 2, 1)), input=input_kind, sample_axis=-1, class_axis=1)):
+        for name in ALL:
+            if name == "balentacq" and dtype == np.float32:
+                got = np.asarray(res[name], dtype=np.float64)[~certain]
+                w = want[name][~certain]
+                tol = 3e-3 + 2e-4 * np.abs(w)
+                assert (np.abs(got - w) <= tol * (1 + np.abs(w))).all(), name
+                continue
+            tol = TOL[dtype] if name != "balentacq" else 1e-9 + 1e-12 * np.abs(np.where(np.isfinite(want[name]), want[name], 0))
+            _close(res[name], want[name], tol, name)
+
+
+@pytest.mark.parametrize("C", [2, 10, 16, 17])
+def test_logs_errors_name_the_first_bad_item(C):
+    x = np.full((77, 3, C), -np.log(C))
+    x[40, 2, :] = -np.inf  # a sample all -inf
+    x[60, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"item \[40\].*all -inf"):
+        U.score(x, input="logits")
+    x[40, 0, 1] = np.inf  # NaN / +Inf anywhere in the item come first
+    with pytest.raises(ValueError, match=r"item \[40\].*NaN or Inf"):
+        U.score(x, input="log_probs")
+    x[40] = -np.log(C)
+    x[9, 1, :] += 0.01
+    with pytest.raises(ValueError, match=r"item \[9\].*log-probabilities that do not sum to 1"):
+        U.score(x, input="log_probs")
+    with pytest.raises(ValueError, match=r"item \[60\].*NaN or Inf"):
+        U.score(x, input="logits")
+
+
+@pytest.mark.parametrize("C", [2, 10, 17])
+def test_log_probs_with_a_positive_maximum(C):
+    # Log-probabilities within the tolerance above 0 (float32: 1e-3) are accepted and used as given;
+    # beyond it, or far above (exp overflows), they are unnormalised.
+    x = np.full((40, 3, C), -np.inf, dtype=np.float32)
+    x[:, :, 0] = 5e-4
+    res = U.score(x, input="log_probs")
+    np.testing.assert_allclose(res["least_confidence"], 1.0 - np.exp(5e-4), rtol=0, atol=3e-7)
+    for bad in (2e-3, 100.0, 1e30):
+        y = x.copy()
+        y[33, 1, 0] = bad
+        with pytest.raises(ValueError, match=r"item \[33\].*log-probabilities that do not sum to 1"):
+            U.score(y, input="log_probs")

@@ -879,6 +879,171 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
   return kItemOk;
 }
 
+/// Phase 0 for logits and log-probabilities (C <= kRowLanes; the same reading rules as
+/// block_item_stats): per sample row, the row maximum m, e = exp(x - m) and z = Σ e, then the row's
+/// probabilities written to `p_o` (rows C apart, kRowLanes values stored per row, so K·C + kRowLanes
+/// entries): e / z for logits, e · exp(m) for log-probabilities (used as given, like probabilities,
+/// after the check |m + ln z| <= tol). The modal vote count comes from the raw values (ties to the
+/// lower class). Validation as score_item: NaN or +Inf anywhere in the item -> kItemNonFinite;
+/// otherwise the first sample (in order) that is -inf everywhere (kItemAllMasked) or, for
+/// log-probabilities, not normalised (kItemUnnormalised). -inf entries are allowed (p = 0).
+#if defined(LABELWISE_ROWS_AVX512)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+/// block_softmax_rows for float32 on AVX-512: rows in groups of 16 (masked loads, lanes past C at
+/// -inf) whose maxima and exp-sums come from rows_reduce16, one division for the 16 scales. Same
+/// results as the portable loop up to the order of the exp-sum.
+inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, double tol, bool need_votes,
+                                float* __restrict__ p_o, int& mode_o) {
+  const __mmask16 cm = static_cast<__mmask16>((1u << C) - 1u);
+  const __m512 ninf = _mm512_set1_ps(-INFINITY), pinf = _mm512_set1_ps(INFINITY), zero = _mm512_setzero_ps();
+  const double lo_total = exp(-tol), hi_total = exp(tol);
+  unsigned bad = 0;
+  int fail = 0;
+  int votes[kRowLanes] = {};
+  alignas(64) float mxs[16], zs[16], sc[16], tmp[16];
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    const int nr = K - k0 < 16 ? K - k0 : 16;
+    __m512 rows[16], e[16];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) {
+      if (t >= nr) {
+        rows[t] = ninf;
+        continue;
+      }
+      const __m512 v = _mm512_mask_loadu_ps(ninf, cm, x + static_cast<std::int64_t>(k0 + t) * C);
+      rows[t] = v;
+      bad |= _mm512_mask_cmp_ps_mask(cm, v, v, _CMP_UNORD_Q) | _mm512_mask_cmp_ps_mask(cm, v, pinf, _CMP_EQ_OQ);
+    }
+    _mm512_store_ps(mxs, rows_reduce16<true>(rows));
+    for (int t = 0; t < 16; ++t) {
+      if (t >= nr) {
+        e[t] = zero;
+        continue;
+      }
+      // -inf entries (and the masked lanes) give exp(-inf) = 0; an all -inf row gives NaN, caught below.
+      _mm512_store_ps(tmp, _mm512_min_ps(_mm512_sub_ps(rows[t], _mm512_set1_ps(mxs[t])), zero));
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < 16; ++j) tmp[j] = lw_exp_nonpositive(tmp[j]);
+      e[t] = _mm512_load_ps(tmp);
+    }
+    const __m512 z = rows_reduce16<false>(e);
+    _mm512_store_ps(zs, z);
+    if (input_kind == 1) {
+      // exp(m) of the 16 rows at once; a row maximum above 0 (at most tol in valid input) is rare
+      // and redone by the library exp (too large an m gives +inf and fails the check).
+      alignas(64) double em[16];
+      LABELWISE_SIMD_PLAIN
+      for (int t = 0; t < 16; ++t) {
+        const double m = static_cast<double>(mxs[t]);
+        em[t] = lw_exp_nonpositive_d(m <= 0.0 ? m : 0.0);
+      }
+      for (int t = 0; t < nr; ++t) {
+        if (mxs[t] > 0.0f) em[t] = exp(static_cast<double>(mxs[t]));
+        // |m + ln z| <= tol, tested as exp(-tol) <= z·exp(m) <= exp(tol) (no logarithm per row).
+        const double total = static_cast<double>(zs[t]) * em[t];
+        if (!fail && !(mxs[t] > -INFINITY)) fail = kItemAllMasked;
+        if (!fail && !((total >= lo_total) & (total <= hi_total))) fail = kItemUnnormalised;
+        sc[t] = static_cast<float>(em[t]);
+      }
+    } else {
+      _mm512_store_ps(sc, _mm512_div_ps(_mm512_set1_ps(1.0f), z));  // z >= 1: the maximum contributes 1
+      for (int t = 0; t < nr; ++t)
+        if (!fail && !(mxs[t] > -INFINITY)) fail = kItemAllMasked;
+    }
+    for (int t = 0; t < nr; ++t) {
+      _mm512_storeu_ps(p_o + static_cast<std::int64_t>(k0 + t) * C, _mm512_mul_ps(e[t], _mm512_set1_ps(sc[t])));
+      if (need_votes) {
+        // Arg-max from the raw values, ties to the lower class (lanes past C are -inf < max).
+        const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], _mm512_set1_ps(mxs[t]), _CMP_EQ_OQ);
+        votes[eq ? __builtin_ctz(eq) : 0] += 1;
+      }
+    }
+  }
+  if (bad) return kItemNonFinite;
+  if (fail) return fail;
+  if (need_votes) {
+    int mode = 0;
+    for (int j = 0; j < kRowLanes; ++j) mode = votes[j] > mode ? votes[j] : mode;
+    mode_o = mode;
+  }
+  return kItemOk;
+}
+#pragma GCC diagnostic pop
+#endif
+
+template <typename T>
+inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double tol, bool need_votes,
+                              T* __restrict__ p_o, int& mode_o) {
+  using R = typename compute_type<T>::type;
+  static_assert(std::is_same<R, T>::value, "float and double only");
+#if defined(LABELWISE_ROWS_AVX512)
+  if constexpr (std::is_same<T, float>::value)
+    return block_softmax_avx512(x, K, C, input_kind, tol, need_votes, p_o, mode_o);
+#endif
+  constexpr int W = kRowLanes;
+  int bad = 0, fail = 0;
+  int votes[W];
+  for (int j = 0; j < W; ++j) votes[j] = 0;
+  const double lo_total = exp(-tol), hi_total = exp(tol);
+  for (int k = 0; k < K; ++k) {
+    const T* __restrict__ r = x + static_cast<std::int64_t>(k) * C;
+    R v[W];
+    LABELWISE_SIMD_FLAT
+    for (int j = 0; j < W; ++j) {
+      const R u = r[j];  // unconditional (readable), masked below
+      const bool real = j < C;
+      v[j] = real ? u : -INFINITY;
+      bad |= (real & ((u != u) | (u == INFINITY))) ? 1 : 0;
+    }
+    R m8[8], m4[4];
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < 8; ++j) m8[j] = v[j] > v[j + 8] ? v[j] : v[j + 8];
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < 4; ++j) m4[j] = m8[j] > m8[j + 4] ? m8[j] : m8[j + 4];
+    const R a = m4[0] > m4[2] ? m4[0] : m4[2], b = m4[1] > m4[3] ? m4[1] : m4[3];
+    const R mx = a > b ? a : b;
+    if (!(mx > -INFINITY)) {  // -inf everywhere (or NaN, caught by bad)
+      if (!fail) fail = kItemAllMasked;
+      continue;
+    }
+    R e[W];
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < W; ++j) {
+      const R d = v[j] - mx;  // -inf for masked lanes and -inf entries: exp gives 0
+      e[j] = lw_exp_nonpositive(d <= R(0) ? d : R(0));
+    }
+    const R z = tree_sum16(e);
+    R scale;
+    if (input_kind == 1) {
+      // |m + ln z| <= tol, tested as exp(-tol) <= z·exp(m) <= exp(tol) (no logarithm per row).
+      const double em = exp(static_cast<double>(mx));
+      const double total = static_cast<double>(z) * em;
+      if (!fail && !((total >= lo_total) & (total <= hi_total))) fail = kItemUnnormalised;
+      scale = static_cast<R>(em);
+    } else {
+      scale = R(1) / z;  // z >= 1: the maximum contributes 1
+    }
+    T* __restrict__ po = p_o + static_cast<std::int64_t>(k) * C;
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < W; ++j) po[j] = e[j] * scale;
+    if (need_votes) {
+      unsigned bits = 0;
+      LABELWISE_SIMD_BITS
+      for (int j = 0; j < W; ++j) bits |= (v[j] == mx ? 1u : 0u) << j;
+      votes[bits ? __builtin_ctz(bits) : 0] += 1;  // masked lanes are -inf < mx
+    }
+  }
+  if (bad) return kItemNonFinite;
+  if (fail) return fail;
+  if (need_votes) {
+    int mode = 0;
+    for (int j = 0; j < W; ++j) mode = votes[j] > mode ? votes[j] : mode;
+    mode_o = mode;
+  }
+  return kItemOk;
+}
+
 /// Phase 2 for `nb` items whose phase-1 results are in `b`: writes res[item * kResSlots + metric].
 inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned mask, double* __restrict__ res) {
   const int n = nb * C;
