@@ -781,20 +781,10 @@ KnnMetric knn_metric_from_name(const std::string& name) {
 namespace {
 /// knn_graph on CUDA: the static checks of knn_load and knn_graph in the same order and words, then
 /// the device run, which reports the lowest NaN / Inf row, then the lowest all-zero row (cosine).
-void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indices, const TensorView& distances,
-                    KnnMetric metric, void* stream) {
-  const char* what = "features";
-  check(f.dtype == DType::Float32 || f.dtype == DType::Float64, ErrorKind::Type, what,
-        ": expected dtype float32 or float64, got ", dtype_name(f.dtype));
-  check(f.ndim == 2, ErrorKind::Value, what, ": expected rank 2 ([N, D]), got shape ", f.shape_str());
-  check(f.shape[0] > 0 && f.shape[1] > 0, ErrorKind::Value, what, ": is empty (shape ", f.shape_str(), ")");
-  check(f.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
-  const std::int64_t N = f.shape[0], D = f.shape[1];
-  std::int64_t total = 0;
-  check(!__builtin_mul_overflow(N, D, &total), ErrorKind::Value, what, ": shape ", f.shape_str(),
-        " has more elements than fit in int64");
-  check(N < (std::int64_t{1} << 31) - 1 && D < (std::int64_t{1} << 31) - 1, ErrorKind::Value, what, ": shape ",
-        f.shape_str(), " is too large for the CUDA kNN graph (N and D below 2^31 - 1)");
+/// The checks both devices share: N >= 2, 1 <= k < N, and the outputs (int64 indices and float
+/// distances, [N, k], on features' device).
+void check_knn_request(const TensorView& f, std::int64_t N, std::int64_t k, const TensorView& indices,
+                       const TensorView& distances) {
   check(N >= 2, ErrorKind::Value, "features: a kNN graph needs at least 2 rows, got shape ", f.shape_str());
   check(k >= 1 && k < N, ErrorKind::Value, "k: expected 1 <= k < N = ", N,
         " (the point itself is not its own neighbour), got ", k);
@@ -811,6 +801,23 @@ void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indic
   check_out(distances, "distances");
   check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64, ErrorKind::Type,
         "distances: expected dtype float32 or float64, got ", dtype_name(distances.dtype));
+}
+
+void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indices, const TensorView& distances,
+                    KnnMetric metric, void* stream) {
+  const char* what = "features";
+  check(f.dtype == DType::Float32 || f.dtype == DType::Float64, ErrorKind::Type, what,
+        ": expected dtype float32 or float64, got ", dtype_name(f.dtype));
+  check(f.ndim == 2, ErrorKind::Value, what, ": expected rank 2 ([N, D]), got shape ", f.shape_str());
+  check(f.shape[0] > 0 && f.shape[1] > 0, ErrorKind::Value, what, ": is empty (shape ", f.shape_str(), ")");
+  check(f.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
+  const std::int64_t N = f.shape[0], D = f.shape[1];
+  std::int64_t total = 0;
+  check(!__builtin_mul_overflow(N, D, &total), ErrorKind::Value, what, ": shape ", f.shape_str(),
+        " has more elements than fit in int64");
+  check(N < (std::int64_t{1} << 31) - 1 && D < (std::int64_t{1} << 31) - 1, ErrorKind::Value, what, ": shape ",
+        f.shape_str(), " is too large for the CUDA kNN graph (N and D below 2^31 - 1)");
+  check_knn_request(f, N, k, indices, distances);
   detail::KnnCudaJob job;
   job.x = f.data;
   job.dtype = f.dtype;
@@ -841,21 +848,7 @@ void knn_graph(const TensorView& features, std::int64_t k, const TensorView& ind
   if (features.device.is_cuda()) return knn_graph_cuda(features, k, indices, distances, metric, stream);
   const detail::KnnData data = detail::knn_load(features, "features");
   const std::int64_t N = data.N;
-  check(N >= 2, ErrorKind::Value, "features: a kNN graph needs at least 2 rows, got shape ", features.shape_str());
-  check(k >= 1 && k < N, ErrorKind::Value, "k: expected 1 <= k < N = ", N,
-        " (the point itself is not its own neighbour), got ", k);
-  auto check_out = [&](const TensorView& v, const char* what) {
-    check(v.device.is_cpu(), ErrorKind::Type, what, ": is on ", v.device.str(), "; expected a CPU array");
-    check(v.ndim == 2 && v.shape[0] == N && v.shape[1] == k, ErrorKind::Value, what, ": expected shape [", N, ", ",
-          k, "], got ", v.shape_str());
-    check(v.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
-  };
-  check_out(indices, "indices");
-  check(indices.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ",
-        dtype_name(indices.dtype));
-  check_out(distances, "distances");
-  check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64, ErrorKind::Type,
-        "distances: expected dtype float32 or float64, got ", dtype_name(distances.dtype));
+  check_knn_request(features, N, k, indices, distances);
   std::vector<std::int64_t> idx(static_cast<std::size_t>(N * k));
   std::vector<double> key(static_cast<std::size_t>(N * k));
   detail::knn_search(data, k, metric, detail::KnnRule::Exact, 0, idx.data(), key.data());

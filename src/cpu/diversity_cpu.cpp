@@ -86,6 +86,21 @@ const T* row_ptr(const Matrix& m, std::int64_t i) {
   return static_cast<const T*>(m.data) + i * m.row_stride;
 }
 
+/// ||row i of m||² accumulated in index order in double, and whether the whole row is finite.
+template <typename T>
+double row_norm2(const Matrix& m, std::int64_t i, bool& finite) {
+  const T* r = row_ptr<T>(m, i);
+  double s = 0.0;
+  bool ok = true;
+  for (std::int64_t k = 0; k < m.cols; ++k) {
+    const double v = static_cast<double>(r[k * m.col_stride]);
+    ok &= std::isfinite(v);
+    s += v * v;
+  }
+  finite = ok;
+  return s;
+}
+
 /// Row i of m, times `scale`, as doubles.
 template <typename T>
 void load_row(const Matrix& m, std::int64_t i, double scale, double* out) {
@@ -108,14 +123,8 @@ DiversityFailure coreset_run(const CoresetJob& job) {
     std::vector<DiversityFailure> fails(slots());
     parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
       for (std::int64_t i = begin; i < end; ++i) {
-        const T* r = row_ptr<T>(x, i);
-        double ss = 0.0;
         bool finite = true;
-        for (std::int64_t k = 0; k < d; ++k) {
-          const double v = static_cast<double>(r[k * cs]);
-          finite &= std::isfinite(v);
-          ss += v * v;
-        }
+        const double ss = row_norm2<T>(x, i, finite);
         if (!finite) {
           fails[w] = {kDivNonFinite, i};
           return;
@@ -311,14 +320,8 @@ DiversityFailure badge_run(const BadgeJob& job) {
           fails[w] = {st, i};
           return;
         }
-        const TH* hr = row_ptr<TH>(job.h, i);
-        double hh = 0.0;
         bool finite = true;
-        for (std::int64_t k = 0; k < d; ++k) {
-          const double v = static_cast<double>(hr[k * hs]);
-          finite &= std::isfinite(v);
-          hh += v * v;
-        }
+        const double hh = row_norm2<TH>(job.h, i, finite);
         if (!finite) {
           fails[w] = {kDivNonFinite, -1 - i};  // negative item: the embeddings' row
           return;
