@@ -37,6 +37,8 @@ log "fused head sample-and-score: CPU == CUDA test, then 512x512x300, F=64, C=14
 timeout 240 python3 bench/bench_heads.py --device cuda 2>&1 | tee "$OUT/bench_heads_cuda.md" || status=1
 log "core-set and BADGE on CUDA vs the CPU (issue sizes)"
 timeout 300 python3 bench/diversity_gpu.py 2>&1 | tee "$OUT/diversity_gpu.md" || status=1
+log "BatchBALD on CUDA vs the CPU (N=5000, K=20, C=10, b=10, num_samples=10000)"
+timeout 200 python3 bench/batchbald_gpu.py 2>&1 | tee "$OUT/batchbald_gpu.md" || status=1
 log "exact kNN graph on CUDA: CPU == GPU on 20000 rows, then N=10^6, D=128, k=10 (shrunk if the pilot predicts > 75 s)"
 timeout 150 python3 bench/knn_gpu.py 2>&1 | tee "$OUT/knn_gpu.md" || status=1
 log "Python: labelwise vs the torch formulation on the same CUDA tensors (CUDA events)"

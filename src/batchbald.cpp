@@ -1,5 +1,6 @@
-// Front door of BatchBALD: validate (the metrics' input checks, through labelwise::score), turn x into
-// dense float64 probabilities and conditional entropies, run the CPU backend.
+// Front door of BatchBALD: check the arguments, validate x (the metrics' input checks, through
+// labelwise::score), then either turn x into dense float64 probabilities and conditional entropies for
+// the CPU backend or hand x to the CUDA backend (which does the same on the device).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -51,8 +52,6 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
                     const BatchBaldOptions& opt) {
   check(x.dtype == DType::Float32 || x.dtype == DType::Float64, ErrorKind::Type,
         "x: expected dtype float32 or float64, got ", dtype_name(x.dtype));
-  check(!x.device.is_cuda(), ErrorKind::Runtime, "batchbald: not implemented on CUDA yet (x is on ", x.device.str(),
-        "); pass a CPU array");
   check(x.ndim == 3, ErrorKind::Value,
         "x: expected rank 3 (items, MC samples and classes, e.g. [N, K, C]), got shape ", x.shape_str());
   const int sa = norm_axis(opt.sample_axis, 3, "sample_axis");
@@ -91,11 +90,38 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
   }
 
   // The metrics' validation (NaN / Inf, negative or unnormalised probabilities, naming the first bad item).
-  std::vector<double> ee(static_cast<std::size_t>(N));
   ScoreOptions so;
   so.input = opt.input;
   so.sample_axis = sa;
   so.class_axis = ca;
+  so.stream = opt.stream;
+  if (x.device.is_cuda()) {
+    detail::BatchBaldCudaJob job;
+    job.x = x.data;
+    job.dtype = x.dtype;
+    job.input = static_cast<int>(opt.input);
+    job.n = N;
+    job.k = static_cast<int>(K);
+    job.c = static_cast<int>(C);
+    job.item_stride = x.strides[ia];
+    job.sample_stride = x.strides[sa];
+    job.class_stride = x.strides[ca];
+    job.b = b;
+    job.num_samples = opt.num_samples;
+    job.seed = opt.seed;
+    job.out_index = static_cast<std::int64_t*>(indices.data);
+    job.out_index_stride = indices.strides[0];
+    if (scores) {
+      job.out_score = static_cast<double*>(scores->data);
+      job.out_score_stride = scores->strides[0];
+    }
+    job.device_index = x.device.index;
+    job.stream = opt.stream;
+    job.validate = [&](const TensorView& ee) { score(x, {{Metric::ExpectedEntropy, ee}}, so); };
+    detail::batchbald_cuda(job);
+    return;
+  }
+  std::vector<double> ee(static_cast<std::size_t>(N));
   score(x, {{Metric::ExpectedEntropy, TensorView::of(ee.data(), {N})}}, so);
   if (b == 0) return;
 

@@ -1,5 +1,6 @@
 // Linked into CPU-only builds: CUDA work gets a clear error, never a link error.
 #include "labelwise/core/parallel.hpp"
+#include "batchbald_backend.hpp"
 #include "diversity_backend.hpp"
 #include "head_score_backend.hpp"
 #include "knn_backend.hpp"
@@ -26,6 +27,9 @@ void copy_to_host(void*, const void*, std::size_t, int) {
 }
 KnnCudaFailure knn_cuda(const KnnCudaJob&) {
   throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");
+}
+void batchbald_cuda(const BatchBaldCudaJob&) {
+  throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
 }
 SelectFailure select_cuda(const SelectJob&) {
   throw Error(ErrorKind::Runtime, "scores: is a CUDA tensor, but labelwise was built without CUDA");

@@ -265,7 +265,7 @@ def batchbald(
 
     ``x``: MC / ensemble predictions ``[N, K, C]`` (the sample and class axes are named by
     ``sample_axis`` / ``class_axis``; the remaining axis is the pool), float32 or float64, any strides,
-    CPU only for now (CUDA input raises ``RuntimeError``). ``input``: ``"probs"``, ``"log_probs"``
+    CPU or CUDA (torch / CuPy; on the GPU every candidate is scored at every step, the same picks). ``input``: ``"probs"``, ``"log_probs"``
     or ``"logits"``, validated like the uncertainty metrics. ``0 <= b <= N`` (``b = 0``: empty batch).
 
     Joint entropies are exact while ``C**m <= num_samples`` (``m`` = items already chosen, the
@@ -287,9 +287,6 @@ def batchbald(
         raise TypeError(f"num_samples: expected an integer, got {type(num_samples).__name__}") from None
     xa = _arrays.as_array(x, "x")
     b = _count(b)
-    kind, _ = _arrays.device_of(xa)
-    if kind not in (1, 3):
-        raise RuntimeError("batchbald: not implemented on CUDA yet; pass a CPU array (e.g. x.cpu())")
     shape = tuple(int(d) for d in xa.shape)
     n_items = 0
     if len(shape) == 3:
@@ -312,6 +309,7 @@ def batchbald(
         input,
         int(sample_axis),
         int(class_axis),
+        _stream_of(xa),
     )
     return idx, scores
 

@@ -350,11 +350,12 @@ PYBIND11_MODULE(_core, m) {
       py::arg("probs"), py::arg("given_labels"), py::arg("indices"), py::arg("self_confidence"),
       py::arg("thresholds"), py::arg("confident_joint"), py::arg("class_axis"));
 
-  // ---- acquisition: BatchBALD (labelwise.acquisition.batchbald), CPU ---------------------------
+  // ---- acquisition: BatchBALD (labelwise.acquisition.batchbald), CPU and CUDA -----------------
   m.def(
       "batchbald",
       [](const py::capsule& x, std::int64_t b, const py::capsule& indices, const py::capsule& scores,
-         std::int64_t num_samples, std::uint64_t seed, const std::string& input, int sample_axis, int class_axis) {
+         std::int64_t num_samples, std::uint64_t seed, const std::string& input, int sample_axis, int class_axis,
+         std::uintptr_t stream) {
         const TensorView xv = view_of(x, "x", false);
         const TensorView iv = view_of(indices, "indices", true);
         const TensorView sv = view_of(scores, "scores", true);
@@ -364,11 +365,12 @@ PYBIND11_MODULE(_core, m) {
         opt.seed = seed;
         opt.sample_axis = sample_axis;
         opt.class_axis = class_axis;
+        opt.stream = reinterpret_cast<void*>(stream);
         py::gil_scoped_release release;
         batchbald(xv, b, iv, sv, opt);
       },
       py::arg("x"), py::arg("b"), py::arg("indices"), py::arg("scores"), py::arg("num_samples"), py::arg("seed"),
-      py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"));
+      py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"), py::arg("stream") = 0);
 
   // ---- acquisition: core-set (k-center greedy) and BADGE (labelwise.acquisition), CPU ------------
   m.def(

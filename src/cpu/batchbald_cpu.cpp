@@ -1,11 +1,8 @@
 // CPU backend of greedy BatchBALD (docs/acquisition.md, "BatchBALD").
 //
-// State after m picks: a table of joint configurations y = (y_1..y_m) of the chosen items (rows, sorted
-// lexicographically), each with weights A[y, k] >= 0 over the K samples and Ω_y = Σ_k A[y, k], and λ_y.
-//   exact regime (C^m <= num_samples): every configuration, A[y, k] = (1/K) Π_i p[i, k, y_i], λ_y = ln Ω_y;
-//   sampled regime: R = K · max(1, num_samples / K) configurations drawn from p(y | ω_k) (the same count for
-//     every k, as the reference), duplicates merged; A[y, k] = (count_y / R) · π_{y,k} with
-//     π_{y,k} = P(y | ω_k) / Σ_k' P(y | ω_k') and λ_y = ln((1/K) Σ_k P(y | ω_k)).
+// The table of joint configurations of the chosen items (rows y with weights A[y, k], Ω_y, λ_y) is
+// detail::JointTable, built on the host by detail::JointTableBuilder (src/batchbald_table.hpp), the same
+// for the CUDA backend.
 // For a candidate n with Q[y, c] = Σ_k A[y, k] p[n, k, c], the reference's joint entropy (exact: the true one;
 // sampled: its importance-weighted estimate) is
 //   H(n) = Σ_k s[n, k] L_k + T(n),   s[n, k] = Σ_c p[n, k, c],  L_k = −Σ_y A[y, k] λ_y,
@@ -24,14 +21,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cmath>
-#include <cstring>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "../batchbald_backend.hpp"
+#include "../batchbald_table.hpp"
 #include "labelwise/core/parallel.hpp"
-#include "labelwise/core/rng.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 
 namespace labelwise {
@@ -49,15 +44,6 @@ struct Level {
   std::vector<double> lo4;
 };
 
-struct Table {
-  int m = 0;
-  std::int64_t rows = 0;
-  std::vector<std::int32_t> labels;  // rows × m, lexicographic
-  Level finest;
-  std::vector<double> lambda;  // rows
-  std::vector<double> L;       // K
-  std::vector<Level> cascade;  // coarse to fine, then the finest last
-};
 
 void finish_level(Level& lv, int K) {
   lv.omega.assign(lv.rows, 0.0);
@@ -195,13 +181,11 @@ double level_t(const Level& lv, const double* pn, int K, int C, double* q) {
   return total;
 }
 
-/// Builds the coarser levels (prefixes of the lexicographically sorted rows) and L.
-void build_cascade(Table& tb, int K) {
+/// The levels of the pruning cascade, coarse to fine, the finest (the table itself) last. Coarser levels
+/// merge the table's rows that share a prefix (y_1..y_t) of their (lexicographically sorted) labels.
+std::vector<Level> build_cascade(const JointTable& tb, int K) {
   const std::int64_t R = tb.rows;
   const int m = tb.m;
-  tb.L.assign(K, 0.0);
-  for (std::int64_t r = 0; r < R; ++r)
-    for (int k = 0; k < K; ++k) tb.L[k] -= tb.finest.a[r * K + k] * tb.lambda[r];
   // first differing label position between row r and row r-1
   std::vector<int> diff(R, 0);
   for (std::int64_t r = 1; r < R; ++r) {
@@ -211,7 +195,7 @@ void build_cascade(Table& tb, int K) {
     while (d < m && x[d] == y[d]) ++d;
     diff[r] = d;
   }
-  tb.cascade.clear();
+  std::vector<Level> cascade;
   std::int64_t last_rows = 0;
   for (int t = 0; t < m; ++t) {
     std::int64_t g = 1;
@@ -224,129 +208,18 @@ void build_cascade(Table& tb, int K) {
     std::int64_t row = -1;
     for (std::int64_t r = 0; r < R; ++r) {
       if (r == 0 || diff[r] < t) ++row;
-      for (int k = 0; k < K; ++k) lv.a[row * K + k] += tb.finest.a[r * K + k];
+      for (int k = 0; k < K; ++k) lv.a[row * K + k] += tb.a[r * K + k];
     }
     finish_level(lv, K);
-    tb.cascade.push_back(std::move(lv));
+    cascade.push_back(std::move(lv));
     last_rows = g;
   }
-  tb.cascade.push_back(tb.finest);
-}
-
-/// The table of the chosen items, exact: extends the previous exact table by one item.
-void extend_exact(Table& tb, const double* pi, int K, int C) {
-  const std::int64_t R = tb.rows;
-  const int m = tb.m;
-  Table nt;
-  nt.m = m + 1;
-  nt.rows = R * C;
-  nt.labels.resize(nt.rows * nt.m);
-  nt.finest.rows = nt.rows;
-  nt.finest.a.resize(nt.rows * K);
-  for (std::int64_t r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) {
-      const std::int64_t nr = r * C + c;
-      std::copy(tb.labels.begin() + r * m, tb.labels.begin() + (r + 1) * m, nt.labels.begin() + nr * nt.m);
-      nt.labels[nr * nt.m + m] = c;
-      for (int k = 0; k < K; ++k) nt.finest.a[nr * K + k] = tb.finest.a[r * K + k] * pi[k * C + c];
-    }
-  finish_level(nt.finest, K);
-  nt.lambda = nt.finest.log_omega;
-  tb = std::move(nt);
-}
-
-/// Sampled table for the chosen items (rebuilt from scratch at every step, as the reference does).
-void sample_table(Table& tb, const BatchBaldJob& job, const std::vector<std::int64_t>& chosen) {
-  const int K = job.k, C = job.c;
-  const int m = static_cast<int>(chosen.size());
-  const std::int64_t S = std::max<std::int64_t>(1, job.num_samples / K);
-  const std::int64_t R = S * K;
-  std::vector<double> logp(static_cast<std::size_t>(m) * K * C);
-  for (int i = 0; i < m; ++i)
-    for (int j = 0; j < K * C; ++j) {
-      const double v = job.p[chosen[i] * K * C + j];
-      logp[static_cast<std::size_t>(i) * K * C + j] = v > 0.0 ? std::log(v) : -std::numeric_limits<double>::infinity();
-    }
-  std::vector<std::int32_t> lab(R * m);
-  std::vector<double> pi(R * K), lam(R);
-  parallel_for(R, 256, [&](std::int64_t begin, std::int64_t end, int) {
-    std::vector<double> lp(K);
-    for (std::int64_t r = begin; r < end; ++r) {
-      const int k = static_cast<int>(r / S);
-      for (int i = 0; i < m; ++i) {
-        const rng::Philox4x32 ctr{{static_cast<std::uint32_t>(r), static_cast<std::uint32_t>(i),
-                                   rng::kStreamBatchBald, static_cast<std::uint32_t>(m)}};
-        const rng::Philox4x32 out = rng::philox4x32_10(ctr, static_cast<std::uint32_t>(job.seed),
-                                                       static_cast<std::uint32_t>(job.seed >> 32));
-        const double u = rng::uniform_open(static_cast<std::uint64_t>(out.v[0]) |
-                                           (static_cast<std::uint64_t>(out.v[1]) << 32));
-        const double* pk = job.p + (chosen[i] * K + k) * C;
-        double tot = 0.0;
-        for (int c = 0; c < C; ++c) tot += pk[c];
-        const double target = u * tot;
-        double cum = 0.0;
-        int y = -1, last_pos = 0;
-        for (int c = 0; c < C; ++c) {
-          if (pk[c] > 0.0) last_pos = c;
-          cum += pk[c];
-          if (y < 0 && target < cum && pk[c] > 0.0) y = c;
-        }
-        lab[r * m + i] = y < 0 ? last_pos : y;
-      }
-      double mx = -std::numeric_limits<double>::infinity();
-      for (int kk = 0; kk < K; ++kk) {
-        double s = 0.0;
-        for (int i = 0; i < m; ++i) s += logp[(static_cast<std::size_t>(i) * K + kk) * C + lab[r * m + i]];
-        lp[kk] = s;
-        mx = std::max(mx, s);
-      }
-      double w = 0.0;
-      for (int kk = 0; kk < K; ++kk) w += lp[kk] = std::exp(lp[kk] - mx);
-      for (int kk = 0; kk < K; ++kk) pi[r * K + kk] = lp[kk] / w;
-      lam[r] = mx + std::log(w / static_cast<double>(K));
-    }
-  });
-  std::vector<std::int64_t> order(R);
-  std::iota(order.begin(), order.end(), 0);
-  auto less = [&](std::int64_t x, std::int64_t y) {
-    const std::int32_t* a = lab.data() + x * m;
-    const std::int32_t* b = lab.data() + y * m;
-    for (int i = 0; i < m; ++i)
-      if (a[i] != b[i]) return a[i] < b[i];
-    return x < y;
-  };
-  std::sort(order.begin(), order.end(), less);
-  Table nt;
-  nt.m = m;
-  std::vector<std::int64_t> start;
-  for (std::int64_t j = 0; j < R; ++j) {
-    if (j == 0 || std::memcmp(lab.data() + order[j] * m, lab.data() + order[j - 1] * m, sizeof(std::int32_t) * m) != 0)
-      start.push_back(j);
-  }
-  start.push_back(R);
-  nt.rows = static_cast<std::int64_t>(start.size()) - 1;
-  nt.labels.resize(nt.rows * m);
-  nt.finest.rows = nt.rows;
-  nt.finest.a.resize(nt.rows * K);
-  nt.lambda.resize(nt.rows);
-  for (std::int64_t g = 0; g < nt.rows; ++g) {
-    const std::int64_t r0 = order[start[g]];
-    const double weight = static_cast<double>(start[g + 1] - start[g]) / static_cast<double>(R);
-    std::copy(lab.begin() + r0 * m, lab.begin() + (r0 + 1) * m, nt.labels.begin() + g * m);
-    for (int k = 0; k < K; ++k) nt.finest.a[g * K + k] = weight * pi[r0 * K + k];
-    nt.lambda[g] = lam[r0];
-  }
-  finish_level(nt.finest, K);
-  tb = std::move(nt);
-}
-
-bool exact_fits(int C, int m, std::int64_t num_samples) {
-  std::int64_t v = 1;
-  for (int i = 0; i < m; ++i) {
-    if (v > num_samples / C) return false;
-    v *= C;
-  }
-  return v <= num_samples;
+  Level fin;
+  fin.rows = R;
+  fin.a = tb.a;
+  finish_level(fin, K);
+  cascade.push_back(std::move(fin));
+  return cascade;
 }
 
 }  // namespace
@@ -371,16 +244,8 @@ void batchbald_cpu(const BatchBaldJob& job) {
       }
   });
 
-  Table tb;
-  tb.m = 0;
-  tb.rows = 1;
-  tb.finest.rows = 1;
-  tb.finest.a.assign(K, 1.0 / K);
-  finish_level(tb.finest, K);
-  tb.lambda.assign(1, 0.0);
-  bool exact = true;
+  JointTableBuilder tables(K, C, job.num_samples, job.seed);
 
-  std::vector<std::int64_t> chosen;
   std::vector<char> is_chosen(N, 0);
   std::vector<double> base(N), bound(N), exact_val(N);
   std::vector<char> has_exact(N);
@@ -388,9 +253,10 @@ void batchbald_cpu(const BatchBaldJob& job) {
   constexpr int kProbe = 4;  // candidates evaluated exactly per cascade level to raise the threshold
 
   for (std::int64_t step = 0; step < job.b; ++step) {
-    build_cascade(tb, K);
-    const int levels = static_cast<int>(tb.cascade.size());
-    const Level& fin = tb.cascade.back();
+    const JointTable& tb = tables.table();
+    const std::vector<Level> cascade = build_cascade(tb, K);
+    const int levels = static_cast<int>(cascade.size());
+    const Level& fin = cascade.back();
     std::vector<std::int64_t> active;
     active.reserve(N - step);
     for (std::int64_t n = 0; n < N; ++n)
@@ -434,7 +300,7 @@ void batchbald_cpu(const BatchBaldJob& job) {
       return bound[x] > bound[y] || (bound[x] == bound[y] && x < y);
     };
 
-    eval(active, tb.cascade[0], levels == 1, true);
+    eval(active, cascade[0], levels == 1, true);
     double beta = -std::numeric_limits<double>::infinity();
     for (int li = 1; li < levels; ++li) {
       // Raise the threshold: evaluate the best few by their current bound exactly.
@@ -455,7 +321,7 @@ void batchbald_cpu(const BatchBaldJob& job) {
         }
       }
       active.swap(keep);
-      eval(refine, tb.cascade[li], li == levels - 1, false);
+      eval(refine, cascade[li], li == levels - 1, false);
     }
     std::int64_t win = -1;
     for (std::int64_t n : active)
@@ -463,16 +329,10 @@ void batchbald_cpu(const BatchBaldJob& job) {
 
     job.out_index[step * job.out_index_stride] = win;
     if (job.out_score) job.out_score[step * job.out_score_stride] = exact_val[win];
-    chosen.push_back(win);
     is_chosen[win] = 1;
     ce_batch += job.ce[win];
     if (step + 1 == job.b) break;
-    if (exact && exact_fits(C, tb.m + 1, job.num_samples)) {
-      extend_exact(tb, job.p + win * KC, K, C);
-    } else {
-      exact = false;
-      sample_table(tb, job, chosen);
-    }
+    tables.add(job.p + win * KC);
   }
 }
 
