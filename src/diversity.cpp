@@ -150,6 +150,39 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
   check(f.status == 0, ErrorKind::Runtime, "coreset: failed with status ", f.status, " at row ", f.item);
 }
 
+void average_linkage_clusters(const TensorView& embeddings, const TensorView& clusters,
+                              const AverageLinkageOptions& options) {
+  check_not_cuda(embeddings, "average_linkage_clusters", "embeddings");
+  check_not_cuda(clusters, "average_linkage_clusters", "clusters");
+  detail::LinkageJob job;
+  job.x = check_matrix(embeddings, "embeddings", "[N, D]");
+  const std::int64_t n = job.x.rows;
+  check((options.distance > 0.0) != (options.num_clusters > 0), ErrorKind::Value,
+        "average_linkage_clusters: set exactly one of distance (> 0) and num_clusters (> 0); got distance = ",
+        options.distance, ", num_clusters = ", options.num_clusters);
+  check(!(options.distance < 0.0) && !std::isnan(options.distance) && !std::isinf(options.distance), ErrorKind::Value,
+        "distance: expected a finite value > 0, got ", options.distance);
+  check(options.num_clusters >= 0 && options.num_clusters <= n, ErrorKind::Value, "num_clusters: expected 1 <= num_clusters <= ",
+        n, " (the number of rows), got ", options.num_clusters);
+  check(clusters.dtype == DType::Int64, ErrorKind::Type, "clusters: expected dtype int64, got ",
+        dtype_name(clusters.dtype));
+  check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
+        "] (one per row of embeddings ", embeddings.shape_str(), "), got ", clusters.shape_str());
+  check(clusters.data != nullptr, ErrorKind::Value, "clusters: data pointer is null");
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t t = 0; t < job.x.cols; ++t) {
+      const std::int64_t o = i * job.x.row_stride + t * job.x.col_stride;
+      const double v = job.x.dtype == DType::Float32 ? static_cast<double>(static_cast<const float*>(job.x.data)[o])
+                                                     : static_cast<const double*>(job.x.data)[o];
+      if (!std::isfinite(v)) throw Error(ErrorKind::Value, "embeddings: " + row_str(i) + " contains NaN or Inf");
+    }
+  job.distance = options.distance;
+  job.num_clusters = options.num_clusters;
+  job.out = static_cast<std::int64_t*>(clusters.data);
+  job.out_stride = clusters.strides[0];
+  detail::average_linkage_cpu(job);
+}
+
 void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
                      const WeightedKmeansOptions& options) {
   check_not_cuda(features, "weighted_kmeans", "features");

@@ -74,6 +74,17 @@ struct WeightedKmeansJob {
   std::int64_t out_index_stride = 1;
 };
 
+struct LinkageJob {
+  Matrix x;                     // [N, D] features, validated finite
+  double distance = 0.0;        // > 0: cut at this cophenetic distance
+  std::int64_t num_clusters = 0;  // > 0: cut into at most this many clusters
+  std::int64_t* out = nullptr;  // [N] cluster ids
+  std::int64_t out_stride = 1;
+};
+
+/// Average-linkage clustering, cut into flat clusters (src/cpu/linkage_cpu.cpp).
+void average_linkage_cpu(const LinkageJob& job);
+
 /// BADGE's k-means++ draw (docs/acquisition.md), shared by the CPU and CUDA backends. The pool is cut
 /// into fixed blocks of kBadgeSumBlock items: block_sum[blk] = Σ D² over the block's items not yet
 /// chosen (summed in index order), block_last[blk] = its last such item with D² > 0 (-1: none).

@@ -424,6 +424,18 @@ PYBIND11_MODULE(_core, m) {
       py::arg("margins"), py::arg("clusters"), py::arg("labeled"), py::arg("b"), py::arg("indices"),
       py::arg("candidates"), py::arg("seed"));
   m.def(
+      "average_linkage_clusters",
+      [](const py::capsule& features, const py::capsule& clusters, double distance, std::int64_t num_clusters) {
+        const TensorView fv = view_of(features, "features", false);
+        const TensorView cv = view_of(clusters, "clusters", true);
+        AverageLinkageOptions opt;
+        opt.distance = distance;
+        opt.num_clusters = num_clusters;
+        py::gil_scoped_release release;
+        average_linkage_clusters(fv, cv, opt);
+      },
+      py::arg("features"), py::arg("clusters"), py::arg("distance"), py::arg("num_clusters"));
+  m.def(
       "weighted_kmeans",
       [](const py::capsule& features, const py::capsule& scores, std::int64_t b, const py::capsule& indices,
          std::int64_t prefilter, std::int64_t max_iter) {

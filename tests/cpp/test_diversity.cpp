@@ -705,3 +705,133 @@ TEST_CASE("cluster_margin rejects bad input", "[diversity][cluster_margin][error
                     Catch::Contains("clusters: expected dtype int64"));
   cluster_margin(mv, iv, TensorView(), 0, TensorView::of(out.data(), {0}));  // b = 0: valid
 }
+
+// ---- average-linkage clusters ----------------------------------------------------------------------
+
+namespace {
+
+/// Agglomerative average linkage from the definition: repeatedly merge the two clusters of the
+/// smallest mean pairwise distance (recomputed from the points, float64) while it is <= t, or until
+/// `count` clusters remain. Returns ids numbered by each cluster's lowest member.
+std::vector<std::int64_t> linkage_ref(const std::vector<double>& x, int n, int d, double t, int count) {
+  std::vector<std::vector<int>> cl(n);
+  for (int i = 0; i < n; ++i) cl[i] = {i};
+  auto dist = [&](int i, int j) {
+    double s = 0.0;
+    for (int k = 0; k < d; ++k) s += (x[i * d + k] - x[j * d + k]) * (x[i * d + k] - x[j * d + k]);
+    return std::sqrt(s);
+  };
+  while (cl.size() > 1) {
+    double best = std::numeric_limits<double>::infinity();
+    std::size_t ba = 0, bb = 0;
+    for (std::size_t a = 0; a < cl.size(); ++a)
+      for (std::size_t b = a + 1; b < cl.size(); ++b) {
+        double s = 0.0;
+        for (int i : cl[a])
+          for (int j : cl[b]) s += dist(i, j);
+        s /= static_cast<double>(cl[a].size() * cl[b].size());
+        if (s < best) {
+          best = s;
+          ba = a;
+          bb = b;
+        }
+      }
+    if (count > 0 ? static_cast<int>(cl.size()) <= count : best > t) break;
+    cl[ba].insert(cl[ba].end(), cl[bb].begin(), cl[bb].end());
+    cl.erase(cl.begin() + static_cast<std::ptrdiff_t>(bb));
+  }
+  std::vector<std::int64_t> owner(n);
+  for (std::size_t c = 0; c < cl.size(); ++c)
+    for (int i : cl[c]) owner[i] = *std::min_element(cl[c].begin(), cl[c].end());
+  std::vector<std::int64_t> id(n, -1), out(n);
+  std::int64_t next = 0;
+  for (int i = 0; i < n; ++i) {
+    if (id[owner[i]] < 0) id[owner[i]] = next++;
+    out[i] = id[owner[i]];
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("average_linkage_clusters equals agglomeration from the definition", "[diversity][linkage]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 g(seed);
+  std::normal_distribution<double> nd;
+  ThreadGuard tg;
+  for (int trial = 0; trial < 6; ++trial) {
+    const int n = 20 + trial * 7, d = 1 + trial;
+    // a few blobs of different spreads, so that the dendrogram has structure
+    std::vector<double> x(static_cast<std::size_t>(n) * d);
+    for (int i = 0; i < n; ++i) {
+      const int blob = i % 4;
+      for (int k = 0; k < d; ++k) x[i * d + k] = 4.0 * blob * (k == blob % d) + (0.3 + 0.4 * blob) * nd(g);
+    }
+    for (int count : {1, 2, 3, 5, n - 1, n}) {
+      std::vector<std::int64_t> ids(n);
+      AverageLinkageOptions opt;
+      opt.num_clusters = count;
+      set_num_threads(1 + trial % 2);
+      average_linkage_clusters(TensorView::of(x.data(), {n, d}), TensorView::of(ids.data(), {n}), opt);
+      CHECK(ids == linkage_ref(x, n, d, 0.0, count));
+    }
+    for (double t : {0.5, 1.5, 3.0, 100.0}) {
+      std::vector<std::int64_t> ids(n);
+      AverageLinkageOptions opt;
+      opt.distance = t;
+      average_linkage_clusters(TensorView::of(x.data(), {n, d}), TensorView::of(ids.data(), {n}), opt);
+      CHECK(ids == linkage_ref(x, n, d, t, 0));
+    }
+  }
+  // float32, transposed storage ([D, N] read as [N, D] through strides): the same as float64 rows
+  const int n = 30, d = 3;
+  std::vector<double> x(n * d);
+  for (auto& v : x) v = nd(g);
+  std::vector<float> xt(n * d);
+  std::vector<double> x32(n * d);
+  for (int i = 0; i < n; ++i)
+    for (int k = 0; k < d; ++k) x32[i * d + k] = xt[k * n + i] = static_cast<float>(x[i * d + k]);
+  std::vector<std::int64_t> ids(n), ids32(2 * n);
+  AverageLinkageOptions opt;
+  opt.num_clusters = 4;
+  average_linkage_clusters(TensorView::of(x32.data(), {n, d}), TensorView::of(ids.data(), {n}), opt);
+  average_linkage_clusters(TensorView(xt.data(), DType::Float32, {n, d}, {1, n}),
+                           TensorView(ids32.data(), DType::Int64, {n}, {2}), opt);
+  for (int i = 0; i < n; ++i) CHECK(ids32[2 * i] == ids[i]);
+  // one row: one cluster
+  std::int64_t one = -1;
+  average_linkage_clusters(TensorView::of(x.data(), {1, d}), TensorView::of(&one, {1}), opt = {0.0, 1});
+  CHECK(one == 0);
+}
+
+TEST_CASE("average_linkage_clusters rejects bad input", "[diversity][linkage][errors]") {
+  std::vector<double> x(10 * 3, 0.5);
+  for (int i = 0; i < 30; ++i) x[i] = 0.1 * i;
+  std::vector<std::int64_t> ids(10);
+  const TensorView xv = TensorView::of(x.data(), {10, 3});
+  const TensorView iv = TensorView::of(ids.data(), {10});
+  AverageLinkageOptions opt;
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("exactly one"));
+  opt.distance = 1.0;
+  opt.num_clusters = 2;
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("exactly one"));
+  opt = {};
+  opt.num_clusters = 11;
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("num_clusters"));
+  opt = {};
+  opt.distance = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("finite"));
+  opt = {};
+  opt.num_clusters = 2;
+  x[7 * 3 + 1] = std::nan("");
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("row [7]") && Catch::Contains("NaN"));
+  x[7 * 3 + 1] = 0.0;
+  std::vector<std::int32_t> ids32(10);
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, TensorView::of(ids32.data(), {10}), opt), Catch::Contains("int64"));
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, TensorView::of(ids.data(), {9}), opt), Catch::Contains("shape [10]"));
+  CHECK_THROWS_WITH(average_linkage_clusters(TensorView::of(x.data(), {30}), iv, opt), Catch::Contains("rank 2"));
+  TensorView cuda = xv;
+  cuda.device = Device::cuda(0);
+  CHECK_THROWS_WITH(average_linkage_clusters(cuda, iv, opt), Catch::Contains("not implemented on CUDA"));
+}

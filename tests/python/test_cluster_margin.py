@@ -56,6 +56,39 @@ def test_clusters_and_round_robin(rng):
     assert not labeled[A.cluster_margin(margins, ids, 5, seed=1, labeled=labeled)].any()
 
 
+def _first_appearance(ids):
+    """Relabels cluster ids 0, 1, ... in the order of each cluster's lowest index."""
+    seen = {}
+    return np.array([seen.setdefault(int(c), len(seen)) for c in ids], dtype=np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_clusters_equal_scipy(rng, dtype):
+    """The C++ average linkage gives SciPy's partitions (linkage(method="average") + fcluster), ids
+    numbered by first appearance, for distance and cluster-count cuts on blobs and on plain noise."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    for n, d in ((60, 2), (300, 8), (500, 32)):
+        centres = 3.0 * rng.standard_normal((6, d))
+        emb = (centres[rng.integers(0, 6, n)] + rng.standard_normal((n, d)) * rng.uniform(0.2, 1.0, (n, 1)))
+        emb = emb.astype(dtype)
+        Z = linkage(emb.astype(np.float64), method="average")
+        heights = np.sort(Z[:, 2])
+        for k in (1, 2, 6, 17, n // 2, n):
+            ours = A.cluster_margin_clusters(emb, num_clusters=k)
+            assert np.array_equal(ours, _first_appearance(fcluster(Z, t=k, criterion="maxclust"))), (n, d, k)
+        for q in (0.1, 0.5, 0.9, 0.99):
+            # a threshold between two merge heights, away from both
+            i = int(q * (n - 1))
+            t = 0.5 * (heights[i - 1] + heights[i]) if i > 0 else 0.5 * heights[0]
+            ours = A.cluster_margin_clusters(emb, distance=t)
+            assert np.array_equal(ours, _first_appearance(fcluster(Z, t=t, criterion="distance"))), (n, d, q)
+    # a strided view (every other row of a wider array) is read in place: the same clusters
+    wide = rng.standard_normal((80, 4))
+    assert np.array_equal(A.cluster_margin_clusters(wide[::2, 1:3], num_clusters=5),
+                          A.cluster_margin_clusters(np.ascontiguousarray(wide[::2, 1:3]), num_clusters=5))
+
+
 def test_cluster_margin_errors():
     emb = np.random.rand(10, 3)
     with pytest.raises(ValueError, match="exactly one"):
@@ -64,8 +97,14 @@ def test_cluster_margin_errors():
         A.cluster_margin_clusters(emb, num_clusters=2, max_items=5)
     bad = emb.copy()
     bad[3, 1] = np.nan
-    with pytest.raises(ValueError, match="row 3"):
+    with pytest.raises(ValueError, match=r"row \[3\] contains NaN"):
         A.cluster_margin_clusters(bad, num_clusters=2)
+    with pytest.raises(ValueError, match="distance"):
+        A.cluster_margin_clusters(emb, distance=-1.0)
+    with pytest.raises(ValueError, match="num_clusters"):
+        A.cluster_margin_clusters(emb, num_clusters=11)
+    with pytest.raises(ValueError, match="rank 2"):
+        A.cluster_margin_clusters(emb[0], num_clusters=1)
     ids = np.zeros(10, dtype=int)
     with pytest.raises(ValueError, match=r"b: expected 0 <= b <= 10"):
         A.cluster_margin(np.random.rand(10), ids, 11, seed=0)
