@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("scipy")
-from labelwise import acquisition as A  # noqa: E402
-from reference import philox_bits64  # noqa: E402
+from labelwise import acquisition as A
+from reference import philox_bits64
 
 STREAM_CM = 0x434C4D47  # "CLMG"
 
@@ -66,6 +65,7 @@ def _first_appearance(ids):
 def test_clusters_equal_scipy(rng, dtype):
     """The C++ average linkage gives SciPy's partitions (linkage(method="average") + fcluster), ids
     numbered by first appearance, for distance and cluster-count cuts on blobs and on plain noise."""
+    pytest.importorskip("scipy")
     from scipy.cluster.hierarchy import fcluster, linkage
 
     for n, d in ((60, 2), (300, 8), (500, 32)):
