@@ -17,13 +17,7 @@ import time
 
 import numpy as np
 
-
-def make_log_probs(rng, n, k, c, spread):
-    mu = 2.0 * rng.normal(size=(n, 1, c))
-    noise = spread * np.abs(rng.normal(size=(n, 1, 1)))
-    logits = mu + noise * rng.normal(size=(n, k, c))
-    logits -= logits.max(-1, keepdims=True)
-    return (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+from compare_batchbald import make_probs  # the same inputs (float64 log-probabilities)
 
 
 def main():
@@ -48,7 +42,7 @@ def main():
     print("|---:|---:|---:|---:|:---:|---:|")
     rng = np.random.default_rng(0)
     for spread in (0.3, 1.5):
-        x = make_log_probs(rng, args.n, args.k, args.c, spread)
+        x = make_probs(rng, args.n, args.k, args.c, spread).astype(np.float32)
         xg = torch.from_numpy(x).cuda()
         A.batchbald(xg, 2, num_samples=args.num_samples, seed=0, input="log_probs")  # warm-up
         torch.cuda.synchronize()

@@ -95,6 +95,16 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
   so.sample_axis = sa;
   so.class_axis = ca;
   so.stream = opt.stream;
+  detail::BatchBaldRequest req;
+  req.b = b;
+  req.num_samples = opt.num_samples;
+  req.seed = opt.seed;
+  req.out_index = static_cast<std::int64_t*>(indices.data);
+  req.out_index_stride = indices.strides[0];
+  if (scores) {
+    req.out_score = static_cast<double*>(scores->data);
+    req.out_score_stride = scores->strides[0];
+  }
   if (x.device.is_cuda()) {
     detail::BatchBaldCudaJob job;
     job.x = x.data;
@@ -106,15 +116,7 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
     job.item_stride = x.strides[ia];
     job.sample_stride = x.strides[sa];
     job.class_stride = x.strides[ca];
-    job.b = b;
-    job.num_samples = opt.num_samples;
-    job.seed = opt.seed;
-    job.out_index = static_cast<std::int64_t*>(indices.data);
-    job.out_index_stride = indices.strides[0];
-    if (scores) {
-      job.out_score = static_cast<double*>(scores->data);
-      job.out_score_stride = scores->strides[0];
-    }
+    job.req = req;
     job.device_index = x.device.index;
     job.stream = opt.stream;
     job.validate = [&](const TensorView& ee) { score(x, {{Metric::ExpectedEntropy, ee}}, so); };
@@ -148,15 +150,7 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
   job.n = N;
   job.k = static_cast<int>(K);
   job.c = static_cast<int>(C);
-  job.b = b;
-  job.num_samples = opt.num_samples;
-  job.seed = opt.seed;
-  job.out_index = static_cast<std::int64_t*>(indices.data);
-  job.out_index_stride = indices.strides[0];
-  if (scores) {
-    job.out_score = static_cast<double*>(scores->data);
-    job.out_score_stride = scores->strides[0];
-  }
+  job.req = req;
   detail::batchbald_cpu(job);
 }
 

@@ -9,12 +9,9 @@
 namespace labelwise {
 namespace detail {
 
-struct BatchBaldJob {
-  const double* p = nullptr;   ///< dense probabilities [N][K][C], float64
-  const double* ce = nullptr;  ///< [N] conditional (expected) entropies (1/K) Σ_k H[p_k]
-  std::int64_t n = 0;
-  int k = 0;
-  int c = 0;
+/// What both backends are asked for: b picks, the table's budget and seed, where the results go (on
+/// the device of x).
+struct BatchBaldRequest {
   std::int64_t b = 0;
   std::int64_t num_samples = 0;
   std::uint64_t seed = 0;
@@ -22,6 +19,15 @@ struct BatchBaldJob {
   std::int64_t out_index_stride = 1;
   double* out_score = nullptr;  ///< optional
   std::int64_t out_score_stride = 1;
+};
+
+struct BatchBaldJob {
+  const double* p = nullptr;   ///< dense probabilities [N][K][C], float64
+  const double* ce = nullptr;  ///< [N] conditional (expected) entropies (1/K) Σ_k H[p_k]
+  std::int64_t n = 0;
+  int k = 0;
+  int c = 0;
+  BatchBaldRequest req;
 };
 
 void batchbald_cpu(const BatchBaldJob& job);
@@ -35,13 +41,7 @@ struct BatchBaldCudaJob {
   int k = 0;
   int c = 0;
   std::int64_t item_stride = 0, sample_stride = 0, class_stride = 0;
-  std::int64_t b = 0;
-  std::int64_t num_samples = 0;
-  std::uint64_t seed = 0;
-  std::int64_t* out_index = nullptr;  ///< on the device
-  std::int64_t out_index_stride = 1;
-  double* out_score = nullptr;  ///< on the device, optional
-  std::int64_t out_score_stride = 1;
+  BatchBaldRequest req;  ///< outputs on the device
   int device_index = 0;
   void* stream = nullptr;  ///< cudaStream_t
   /// Validates x like the metrics do, writing its N expected entropies to the given device buffer

@@ -244,7 +244,7 @@ void batchbald_cpu(const BatchBaldJob& job) {
       }
   });
 
-  JointTableBuilder tables(K, C, job.num_samples, job.seed);
+  JointTableBuilder tables(K, C, job.req.num_samples, job.req.seed);
 
   std::vector<char> is_chosen(N, 0);
   std::vector<double> base(N), bound(N), exact_val(N);
@@ -252,7 +252,7 @@ void batchbald_cpu(const BatchBaldJob& job) {
   double ce_batch = 0.0;
   constexpr int kProbe = 4;  // candidates evaluated exactly per cascade level to raise the threshold
 
-  for (std::int64_t step = 0; step < job.b; ++step) {
+  for (std::int64_t step = 0; step < job.req.b; ++step) {
     const JointTable& tb = tables.table();
     const std::vector<Level> cascade = build_cascade(tb, K);
     const int levels = static_cast<int>(cascade.size());
@@ -327,11 +327,11 @@ void batchbald_cpu(const BatchBaldJob& job) {
     for (std::int64_t n : active)
       if (win < 0 || exact_val[n] > exact_val[win] || (exact_val[n] == exact_val[win] && n < win)) win = n;
 
-    job.out_index[step * job.out_index_stride] = win;
-    if (job.out_score) job.out_score[step * job.out_score_stride] = exact_val[win];
+    job.req.out_index[step * job.req.out_index_stride] = win;
+    if (job.req.out_score) job.req.out_score[step * job.req.out_score_stride] = exact_val[win];
     is_chosen[win] = 1;
     ce_batch += job.ce[win];
-    if (step + 1 == job.b) break;
+    if (step + 1 == job.req.b) break;
     tables.add(job.p + win * KC);
   }
 }

@@ -164,7 +164,7 @@ void batchbald_cuda(const BatchBaldCudaJob& job) {
   double* val = ws.take<double>(N);
   double* ee = ws.take<double>(N);
   job.validate(TensorView(ee, DType::Float64, {N}, Device::cuda(job.device_index)));
-  if (job.b == 0) return;
+  if (job.req.b == 0) return;
 
   const int item_blocks = grid_blocks(N, kBlock, sms, 8);
   if (job.dtype == DType::Float32)
@@ -189,7 +189,7 @@ void batchbald_cuda(const BatchBaldCudaJob& job) {
     LABELWISE_CUDA_CHECK(cudaFuncSetAttribute(joint_t, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));
 
-  JointTableBuilder tables(K, C, job.num_samples, job.seed);
+  JointTableBuilder tables(K, C, job.req.num_samples, job.req.seed);
   std::vector<char> chosen(N, 0);
   std::vector<double> host_val(N), pick_p(KC), at;
   std::vector<std::int64_t> picks;
@@ -198,7 +198,7 @@ void batchbald_cuda(const BatchBaldCudaJob& job) {
   const i64 groups = (N + kGroup - 1) / kGroup;
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));  // host_ce
 
-  for (i64 step = 0; step < job.b; ++step) {
+  for (i64 step = 0; step < job.req.b; ++step) {
     const JointTable& tb = tables.table();
     const i64 R = tb.rows;
     // Slices of the rows: enough blocks to fill the device, at least a block's worth of rows each.
@@ -237,18 +237,18 @@ void batchbald_cuda(const BatchBaldCudaJob& job) {
     scores.push_back(host_val[win]);
     chosen[win] = 1;
     ce_batch += host_ce[win];
-    if (step + 1 == job.b) break;
+    if (step + 1 == job.req.b) break;
     LABELWISE_CUDA_CHECK(
         cudaMemcpyAsync(pick_p.data(), p + win * KC, sizeof(double) * KC, cudaMemcpyDeviceToHost, stream));
     LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
     tables.add(pick_p.data());
   }
 
-  for (i64 i = 0; i < job.b; ++i) {
-    LABELWISE_CUDA_CHECK(cudaMemcpyAsync(job.out_index + i * job.out_index_stride, &picks[i], sizeof(std::int64_t),
+  for (i64 i = 0; i < job.req.b; ++i) {
+    LABELWISE_CUDA_CHECK(cudaMemcpyAsync(job.req.out_index + i * job.req.out_index_stride, &picks[i], sizeof(std::int64_t),
                                          cudaMemcpyHostToDevice, stream));
-    if (job.out_score)
-      LABELWISE_CUDA_CHECK(cudaMemcpyAsync(job.out_score + i * job.out_score_stride, &scores[i], sizeof(double),
+    if (job.req.out_score)
+      LABELWISE_CUDA_CHECK(cudaMemcpyAsync(job.req.out_score + i * job.req.out_score_stride, &scores[i], sizeof(double),
                                            cudaMemcpyHostToDevice, stream));
   }
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
