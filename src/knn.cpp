@@ -37,6 +37,7 @@ LABELWISE_KNN_DECLARE
 #if defined(__x86_64__)
 namespace avx2 {
 LABELWISE_KNN_DECLARE
+void knn_fused_block(const KnnFusedArgs& args);
 }
 #endif
 #undef LABELWISE_KNN_DECLARE
@@ -59,24 +60,36 @@ bool use_avx2() {
   return false;
 #endif
 }
-/// The fused AVX-512 candidate kernel: 0 not available (or LABELWISE_CPU_ISA=generic / avx2), 1
-/// float32, 2 bfloat16 pass first (AVX512_BF16; LABELWISE_KNN_BF16=0 keeps float32).
-int fused_level() {
-#if defined(__x86_64__) && defined(LABELWISE_KNN_AVX512)
-  static const int level = [] {
+/// The fused candidate kernel (the filter inside the GEMM's register tiles): AVX-512, with a bfloat16
+/// first pass where AVX512_BF16 is present (LABELWISE_KNN_BF16=0 keeps float32); else AVX2 + FMA
+/// (float32); else none (fn == nullptr: blocked GEMM, then a scan). LABELWISE_CPU_ISA=avx2 / generic
+/// force the lower levels.
+struct FusedKernel {
+  void (*fn)(const KnnFusedArgs&) = nullptr;
+  bool bf16 = false;
+};
+const FusedKernel& fused_kernel() {
+  static const FusedKernel kernel = [] {
+    FusedKernel k;
+#if defined(__x86_64__)
     const char* forced = std::getenv("LABELWISE_CPU_ISA");
-    if (forced && (std::strcmp(forced, "generic") == 0 || std::strcmp(forced, "avx2") == 0)) return 0;
-    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")))
-      return 0;
-    const char* bf = std::getenv("LABELWISE_KNN_BF16");
-    if (bf && std::strcmp(bf, "0") == 0) return 1;
-    return __builtin_cpu_supports("avx512bf16") ? 2 : 1;
-  }();
-  return level;
-#else
-  return 0;
+    if (forced && std::strcmp(forced, "generic") == 0) return k;
+#if defined(LABELWISE_KNN_AVX512)
+    const bool avx512 = !(forced && std::strcmp(forced, "avx2") == 0) && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+    if (avx512) {
+      const char* bf = std::getenv("LABELWISE_KNN_BF16");
+      k.fn = avx512::knn_fused_block;
+      k.bf16 = !(bf && std::strcmp(bf, "0") == 0) && __builtin_cpu_supports("avx512bf16");
+      return k;
+    }
 #endif
+    if (use_avx2()) k.fn = avx2::knn_fused_block;
+#endif
+    return k;
+  }();
+  return kernel;
 }
 
 /// Rounds a float to bfloat16 (to nearest, ties to even; subnormal results flushed to zero, as
@@ -444,12 +457,12 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
     return true;
   };
 
-  // ---- fused AVX-512 path: candidate filter inside the GEMM's register tiles (src/cpu/knn_fused_avx512.cpp);
-  // with AVX512_BF16 a first pass in bfloat16 (twice the rate), certified with its own error bound,
+  // ---- fused path: candidate filter inside the GEMM's register tiles (src/cpu/knn_fused_avx512.cpp, or
+  // src/cpu/knn_fused_avx2.cpp without AVX-512); with AVX512_BF16 a first pass in bfloat16 (twice the rate), certified with its own error bound,
   // and a float32 pass for the rows it cannot certify.
-#if defined(__x86_64__) && defined(LABELWISE_KNN_AVX512)
-  if (fused_level() > 0 && yn_max < 1e30 && N < (std::int64_t{1} << 31) - 64) {
-    const bool bf_first = fused_level() == 2;
+#if defined(__x86_64__)
+  if (fused_kernel().fn && yn_max < 1e30 && N < (std::int64_t{1} << 31) - 64) {
+    const bool bf_first = fused_kernel().bf16;
     bool row_pass = true;  // float32 row-only pass for the rows the bfloat16 pass leaves
     const std::int64_t Npad = (N + 31) / 32 * 32, P = Npad / 32;
     const float finf = std::numeric_limits<float>::infinity();
@@ -586,7 +599,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
           a.ckeys = H.key.data() + c0 * S;
           a.cidx = H.idx.data() + c0 * S;
           a.croot = H.root.data() + c0;
-          avx512::knn_fused_block(a);
+          fused_kernel().fn(a);
           exchange(H.root, q0, nq, true);
           if (c0 != q0) exchange(H.root, c0, nc, true);
         }
@@ -708,7 +721,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
         a.qkeys = kF.data() + b * S;
         a.qidx = iF.data() + b * S;
         a.qroot = rF.data() + b;
-        avx512::knn_fused_block(a);
+        fused_kernel().fn(a);
       });
       std::vector<std::int64_t> still;
       std::vector<KnnCand> h;
