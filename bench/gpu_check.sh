@@ -1,46 +1,60 @@
 #!/usr/bin/env bash
-# The one GPU check: build the CUDA path, run the CUDA tests (C++ and Python) and the CUDA
-# benchmark, and print a short table. Run it on the GPU machine through the device tool:
+# The one GPU check: build the CUDA path once (library, C++ tests, CUDA benchmark and the Python
+# extension, dropped next to the package: no second build by pip), run the CUDA tests (C++ and
+# Python), then the benchmarks, most important first, each under its own timeout and all under one
+# time budget, and print short tables. Run it on the GPU machine through the device tool:
 #   here:   bash scripts/prepare_gpu_deps.sh            (copies Eigen/xtensor/xtl/Catch2 headers to .deps)
-#   device: run(command="bash bench/gpu_check.sh", carry=[".deps"], timeout_s=540)
-# Results land in $OUT (when set) and on stdout; copy the table into bench/RESULTS.md.
+#   device: run(command="bash bench/gpu_check.sh", carry=[".deps"], timeout_s=570)
+# Every log lands in $OUT (when set, it comes back even if the run is cut) and on stdout; copy the
+# tables into bench/RESULTS.md. LW_GPU_BUDGET (seconds, default 540) stops starting new steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
-log() { echo "== $*"; }
+BUDGET=${LW_GPU_BUDGET:-540}
+START=$(date +%s)
 status=0
+log() { echo "== [$(($(date +%s) - START)) s] $*"; }
+# step NAME TIMEOUT CMD...: runs CMD (output to stdout and $OUT/NAME.log) unless the budget is spent.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - ($(date +%s) - START)))
+  if ((left < 20)); then
+    log "skipped $name: time budget spent"
+    status=1
+    return
+  fi
+  ((limit > left)) && limit=$left
+  log "$name (timeout ${limit} s)"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -40
+  local rc=${PIPESTATUS[0]}
+  ((rc != 0)) && { echo "   -> exit $rc"; status=1; }
+}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD/tests/python${PYTHONPATH:+:$PYTHONPATH}"
 
 log "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 nvcc --version | tail -1
-nproc
+echo "cores: $(nproc)"
 
-log "build (sm_90 + compute_75 PTX)"
+log "build (sm_90 + compute_75 PTX; library, tests, CUDA benchmark, Python extension)"
+PYBIND_DIR=$(python3 -m pybind11 --cmakedir 2>/dev/null || true)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.deps" \
-  -DCMAKE_CUDA_ARCHITECTURES="90-real;75-virtual" -DLABELWISE_BUILD_EXAMPLES=OFF >"$OUT/configure.log" 2>&1 \
-  && cmake --build build-gpu -j "$(nproc)" >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  -DCMAKE_CUDA_ARCHITECTURES="90-real;75-virtual" -DLABELWISE_BUILD_EXAMPLES=OFF -DLABELWISE_PYTHON=ON \
+  ${PYBIND_DIR:+-Dpybind11_DIR="$PYBIND_DIR"} >"$OUT/configure.log" 2>&1 \
+  && cmake --build build-gpu -j "$(nproc)" >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/configure.log" "$OUT/build.log"; exit 1; }
+python3 -c "import labelwise; print('labelwise', labelwise.__file__, 'CUDA:', labelwise.built_with_cuda())" || status=1
 
-log "C++ tests: CUDA-tagged, then all the rest"
-./build-gpu/tests/labelwise_tests "[cuda]" 2>&1 | tee "$OUT/cuda_tests.log" | tail -4 || status=1
-./build-gpu/tests/labelwise_tests "~[cuda]" 2>&1 | tail -2 || status=1
-
-log "Python: pip install and the CUDA / CuPy tests"
-CMAKE_ARGS="-DCMAKE_PREFIX_PATH=$PWD/.deps -DCMAKE_CUDA_ARCHITECTURES=90-real;75-virtual" \
-  python3 -m pip install -q --no-build-isolation --no-deps . >"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; status=1; }
-(cd tests/python && python3 -m pytest -q -p no:cacheprovider -rs 2>&1 | tail -6) || status=1
-
-log "CUDA benchmark (CUDA events, best of 5-10)"
-./build-gpu/bench/bench_cuda 2>&1 | tee "$OUT/bench_cuda.md" || status=1
-log "fused head sample-and-score: CPU == CUDA test, then 512x512x300, F=64, C=14, K=20 (CUDA events)"
-./build-gpu/tests/labelwise_tests "[cuda][head_score]" 2>&1 | tail -2 || status=1
-timeout 240 python3 bench/bench_heads.py --device cuda 2>&1 | tee "$OUT/bench_heads_cuda.md" || status=1
-log "core-set and BADGE on CUDA vs the CPU (issue sizes)"
-timeout 300 python3 bench/diversity_gpu.py 2>&1 | tee "$OUT/diversity_gpu.md" || status=1
-log "BatchBALD on CUDA vs the CPU (N=5000, K=20, C=10, b=10, num_samples=10000)"
-timeout 200 python3 bench/batchbald_gpu.py 2>&1 | tee "$OUT/batchbald_gpu.md" || status=1
-log "exact kNN graph on CUDA: CPU == GPU on 20000 rows, then N=10^6, D=128, k=10 (shrunk if the pilot predicts > 75 s)"
-timeout 150 python3 bench/knn_gpu.py 2>&1 | tee "$OUT/knn_gpu.md" || status=1
-log "Python: labelwise vs the torch formulation on the same CUDA tensors (CUDA events)"
-timeout 180 python3 bench/compare_uncertainty_gpu.py --device cuda 2>&1 | tee "$OUT/compare_gpu.md" || status=1
+# 1. correctness: every CUDA kernel against the CPU (C++), then the Python CUDA paths
+step cuda_tests 240 ./build-gpu/tests/labelwise_tests "[cuda]"
+step python_cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/python
+# 2. speed, in the order of the issues' GPU targets
+step bench_cuda 60 ./build-gpu/bench/bench_cuda                       # metrics, selection: bandwidth
+step heads_cuda 120 python3 bench/bench_heads.py --device cuda        # 512x512x300, F=64, C=14, K=20
+step knn_gpu 100 python3 bench/knn_gpu.py                             # N=10^6, D=128, k=10
+step batchbald_gpu 60 python3 bench/batchbald_gpu.py                  # N=5000, K=20, C=10, b=10
+step diversity_gpu 90 python3 bench/diversity_gpu.py                  # core-set 1e5x512, BADGE 5e4
+step compare_gpu 60 python3 bench/compare_uncertainty_gpu.py --device cuda
+log "done, status $status"
 exit $status
