@@ -16,7 +16,9 @@ Outputs in ``--out`` (default ``campaign-out/``):
 
 Strategies: ``random``, ``entropy`` (predictive entropy, top-b), ``bald`` (top-b), ``balentacq``
 (top-b), ``powerbald`` (stochastic power acquisition on BALD, Kirsch et al. 2023), plus
-``batchbald``, ``coreset``, ``badge`` and ``cluster_margin`` when this build of labelwise provides them.
+``batchbald``, ``coreset``, ``badge``, ``cluster_margin`` and ``weighted_kmeans`` (the uncertainty-weighted
+diversity hybrid: BALD-weighted k-means over the penultimate features of the 10·b most uncertain
+candidates) when this build of labelwise provides them.
 
 Segmentation (``--dataset colin27``; :mod:`labelwise.segcampaign`): the Colin27 T1 MRI with its AAL
 atlas as 9 lobe classes + background; axial slices are the pool, a small 2D U-Net with a
@@ -56,7 +58,7 @@ from . import uncertainty as U
 _CLUSTER_CACHE: Dict = {}  # cluster ids of the current run's pool (cluster_margin)
 
 BASE_STRATEGIES = ("random", "entropy", "bald", "balentacq", "powerbald")
-OPTIONAL_STRATEGIES = ("batchbald", "coreset", "badge", "cluster_margin")
+OPTIONAL_STRATEGIES = ("batchbald", "coreset", "badge", "cluster_margin", "weighted_kmeans")
 CLASSIFICATION_DATASETS = ("breast_cancer", "digits")
 SEGMENTATION_DATASETS = ("colin27",)
 DEFAULT_DATASETS = ("breast_cancer", "digits")
@@ -275,6 +277,13 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         picks = A.batchbald(logp, b, num_samples=10000, seed=seed, input="log_probs")
         picks = picks[0] if isinstance(picks, tuple) else picks
         return cand[np.asarray(picks)]
+    if strategy == "weighted_kmeans":
+        torch = _torch()
+        model.eval()
+        with torch.no_grad():
+            feats = model[:-1](torch.from_numpy(X_pool[cand])).numpy()  # penultimate features
+        s = np.maximum(np.asarray(U.bald(logp, input="log_probs")), 0.0)  # scores must be >= 0
+        return cand[np.asarray(A.weighted_kmeans(feats, s, b))]
     if strategy == "badge":
         torch = _torch()
         model.eval()
