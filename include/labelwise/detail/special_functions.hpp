@@ -109,17 +109,18 @@ LABELWISE_VEC_INLINE float fast_expf_nonpositive(float x) {
 /// mantissa in [sqrt(1/2), sqrt(2)), 2·atanh(s) to s^22.
 LABELWISE_VEC_INLINE double fast_log(double x) {
   const std::uint64_t bits = __builtin_bit_cast(std::uint64_t, x);
-  std::int64_t e = static_cast<std::int64_t>(bits >> 52) - 1023;
+  // The biased exponent n as a double without an int64 -> double conversion (AVX2 and SSE2 have
+  // none, which kept every loop calling this scalar): 2^52 + n has the bits 0x4330... | n.
+  const double biased = __builtin_bit_cast(double, (bits >> 52) | 0x4330000000000000ULL) - 4503599627370496.0;
   double m = __builtin_bit_cast(double, (bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL);
   const bool big = m > 1.4142135623730951;
   m = big ? 0.5 * m : m;
-  e += big ? 1 : 0;
+  const double de = biased - (big ? 1022.0 : 1023.0);
   const double s = (m - 1.0) / (m + 1.0), z = s * s;
   const double series =
       2.0 * s *
       (1.0 + z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11 + z * (1.0 / 13 + z * (1.0 / 15 +
        z * (1.0 / 17 + z * (1.0 / 19 + z * (1.0 / 21 + z * (1.0 / 23))))))))))));
-  const double de = static_cast<double>(e);
   return de * 6.93147180369123816490e-01 + (de * 1.90821492927058770002e-10 + series);
 }
 
@@ -143,7 +144,10 @@ LABELWISE_VEC_INLINE double fast_exp_nonpositive(double x) {
   poly = poly * r + 0.5;
   poly = poly * r + 1.0;
   poly = poly * r + 1.0;
-  const double scale = __builtin_bit_cast(double, static_cast<std::uint64_t>(static_cast<std::int64_t>(n) + 1023) << 52);
+  // 2^n from the exponent bits; n + 1023 (integral, in [0, 1023]) read from the low bits of
+  // 2^52 + n + 1023, again without a double <-> int64 conversion (none on AVX2 / SSE2).
+  const std::uint64_t nb = __builtin_bit_cast(std::uint64_t, n + (4503599627370496.0 + 1023.0));
+  const double scale = __builtin_bit_cast(double, nb << 52);
   return under ? 0.0 : poly * scale;
 }
 #endif
@@ -193,6 +197,28 @@ LABELWISE_HD inline void log_gamma_and_digamma_shifted(double x, double& lg, dou
   double P = 1.0;
   log_gamma_and_digamma_shifted_parts(x, lg, dg, P);
   lg -= lw_log_d(P);
+}
+
+/// The shift of the branch-free Beta-entropy parts (uncertainty_impl.hpp, beta_entropy_parts): for
+/// 0 < x < 10, x' = x + 10 with P = x(x+1)...(x+9) and D = P' (so that ln Γ(x) = ln Γ(x') - ln P and
+/// ψ(x) = ψ(x') - D/P); for x >= 10 no shift (x' = x, P = 1, D = 0). Either way x' >= 10, where the
+/// Stirling / asymptotic series reach ~1e-14, and P < 20^10 stays small enough that products of
+/// several of them share one division. Branch-free (both products are computed, one is selected).
+LABELWISE_HD LABELWISE_VEC_INLINE void gamma_shift10(double x, double& x_shifted, double& P, double& D) {
+  // P as five pair products q_i = (x+i)(x+9-i) = x(x+9) + i(9-i) and D = P' (each q_i' = 2x + 9), as in
+  // log_gamma_and_digamma_shifted_parts. For large x these overflow harmlessly: they are not selected.
+  const double u = x * (x + 9.0), w = 2.0 * x + 9.0;
+  double p = u, d = w;
+  const double c[4] = {8.0, 14.0, 18.0, 20.0};
+  for (int i = 0; i < 4; ++i) {
+    const double q = u + c[i];
+    d = d * q + p * w;
+    p = p * q;
+  }
+  const bool small = x < 10.0;
+  x_shifted = small ? x + 10.0 : x;
+  P = small ? p : 1.0;
+  D = small ? d : 0.0;
 }
 
 /// log(exp(a) + exp(b)) without overflow.

@@ -68,7 +68,9 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 #define LABELWISE_SIMD_H _Pragma("omp simd reduction(+ : h)")
 #define LABELWISE_SIMD_PL _Pragma("omp simd reduction(+ : pl)")
 #define LABELWISE_SIMD_BITS _Pragma("omp simd reduction(| : bits)")
+#define LABELWISE_SIMD_BAND _Pragma("omp simd reduction(| : any_band)")
 #else
+#define LABELWISE_SIMD_BAND
 #define LABELWISE_SIMD_BITS
 #define LABELWISE_SIMD_PLAIN
 #define LABELWISE_SIMD_FLAT_ENT
@@ -130,6 +132,8 @@ LABELWISE_HD LABELWISE_VEC_INLINE float lw_plogp(float p) {
 }
 LABELWISE_HD LABELWISE_VEC_INLINE double lw_plogp(double p) { return p > 0.0 ? p * lw_log_d(p) : 0.0; }
 
+constexpr double kLog1em32 = -73.68272297580946;  // ln(1e-32), the reference's guard inside log(B + 1e-32)
+
 /// The BalEntAcq per-class term t_c = min(μ_c · h_c, 0) of the reference implementation
 /// (jaeohwoo/BalancedEntropy, src/torch_utils.py @ 5cc1a5c): μ and σ² floored at 1e-9,
 /// Beta(α+1, β) moment match, h_c its differential entropy with ln B taken as
@@ -145,7 +149,6 @@ LABELWISE_HD inline double balentacq_class_term(double mean, double var) {
   log_gamma_and_digamma(beta, lg_b, dg_b);
   log_gamma_and_digamma(alpha + beta + 1.0, lg_ab, dg_ab);
   const double log_beta_fn = lg_a + lg_b - lg_ab;
-  constexpr double kLog1em32 = -73.68272297580946;  // ln(1e-32)
   const double d = log_beta_fn - kLog1em32;
   // log(B + 1e-32); beyond |d| > 40 the smaller term changes the result by < 5e-18.
   const double log_beta_ref = d < -40.0 ? kLog1em32 : (d > 40.0 ? log_beta_fn : log_add_exp(log_beta_fn, kLog1em32));
@@ -174,21 +177,66 @@ LABELWISE_HD double mean_entropy(const ItemScratch<A>& s, int C, double inv_k) {
   return h;
 }
 
-/// The same term, branch-free for a vector loop over classes; valid when alpha + 1 > 0 and beta > 0
-/// (callers send the other classes to balentacq_class_term).
-LABELWISE_HD LABELWISE_VEC_INLINE double balentacq_class_term_positive(double mu, double alpha, double beta) {
-  // ln B(α+1, β) = ln Γ(α+1) + ln Γ(β) - ln Γ(α+β+1), with the three shift products in one log.
-  double lg_a, dg_a, p_a, lg_b, dg_b, p_b, lg_ab, dg_ab, p_ab;
-  log_gamma_and_digamma_shifted_parts(alpha + 1.0, lg_a, dg_a, p_a);
-  log_gamma_and_digamma_shifted_parts(beta, lg_b, dg_b, p_b);
-  log_gamma_and_digamma_shifted_parts(alpha + beta + 1.0, lg_ab, dg_ab, p_ab);
-  const double log_beta_fn = lg_a + lg_b - lg_ab - lw_log_d(p_a * (p_b / p_ab));
-  constexpr double kLog1em32 = -73.68272297580946;  // ln(1e-32)
+/// The two parts of BalEntAcq's h = log(B(A, B) + 1e-32) - (A-1) ψ(A) - (B-1) ψ(B) + (S-2) ψ(S) with
+/// A = α+1, B = β, S = α+β+1 (the differential entropy of Beta(A, B) up to the guard), branch-free for
+/// a vector loop over classes; valid for α + 1 > 0 and 0 < β < 1e15 (callers send the other classes
+/// to balentacq_class_term). Returns ln B(A, B) and w = -(A-1) ψ(A) - (B-1) ψ(B) + (S-2) ψ(S).
+///
+/// Each argument X is shifted to X' >= 10 only when X < 10 (gamma_shift10), then
+///   ln Γ(X) = (X' - 1/2) ln X' - X' + ln(2π)/2 + Σ_n B_2n / (2n(2n-1) X'^(2n-1)) - ln P_X   (Stirling)
+///   ψ(X)    = ln X' - 1/(2X') - Σ_n B_2n / (2n X'^2n) - D_X / P_X                       (asymptotic)
+/// (Abramowitz & Stegun 6.1.41 and 6.3.18; the recurrences 6.1.15 / 6.3.5 for the shift), with series
+/// truncated as in log_gamma_and_digamma (~1e-14 relative at X' >= 10). Since every X' >= 10 and
+/// every P_X < 20^10, the six reciprocals 1/X' and 1/P_X come from one division of their product
+/// (below 1e80), and ln P_A + ln P_B - ln P_S from one logarithm: one division and four logarithms
+/// per class instead of seven divisions and five logarithms.
+LABELWISE_HD LABELWISE_VEC_INLINE void beta_entropy_parts(double alpha, double beta, double& log_beta_fn, double& w) {
+  double ya, pa, da, yb, pb, db, ys, ps, ds;
+  gamma_shift10(alpha + 1.0, ya, pa, da);
+  gamma_shift10(beta, yb, pb, db);
+  gamma_shift10(alpha + beta + 1.0, ys, ps, ds);
+  const double ym = ya * yb * ys, pm = pa * pb * ps;
+  const double inv = 1.0 / (ym * pm);
+  const double inv_ym = pm * inv, inv_pm = ym * inv;
+  const double ra = yb * ys * inv_ym, rb = ya * ys * inv_ym, rs = ya * yb * inv_ym;  // 1 / X'
+  const double dpa = da * (pb * ps * inv_pm), dpb = db * (pa * ps * inv_pm), dps = ds * (pa * pb * inv_pm);  // D / P
+  const double la = lw_log_d(ya), lb = lw_log_d(yb), ls = lw_log_d(ys);
+  const double log_p = lw_log_d(pa * pb * (pa * pb * inv_pm));  // ln(P_A P_B / P_S), as (P_A P_B)² / (P_A P_B P_S)
+  const double ra2 = ra * ra, rb2 = rb * rb, rs2 = rs * rs;
+  // Σ_n B_2n / (2n(2n-1) r^-(2n-1)) and Σ_n B_2n / (2n r^-2n) at r = 1/X'.
+  const double sta = ra * (1.0 / 12 - ra2 * (1.0 / 360 - ra2 * (1.0 / 1260 - ra2 * (1.0 / 1680 - ra2 * (1.0 / 1188)))));
+  const double stb = rb * (1.0 / 12 - rb2 * (1.0 / 360 - rb2 * (1.0 / 1260 - rb2 * (1.0 / 1680 - rb2 * (1.0 / 1188)))));
+  const double sts = rs * (1.0 / 12 - rs2 * (1.0 / 360 - rs2 * (1.0 / 1260 - rs2 * (1.0 / 1680 - rs2 * (1.0 / 1188)))));
+  const double asa =
+      ra2 * (1.0 / 12 - ra2 * (1.0 / 120 - ra2 * (1.0 / 252 - ra2 * (1.0 / 240 - ra2 * (1.0 / 132 - ra2 * (691.0 / 32760))))));
+  const double asb =
+      rb2 * (1.0 / 12 - rb2 * (1.0 / 120 - rb2 * (1.0 / 252 - rb2 * (1.0 / 240 - rb2 * (1.0 / 132 - rb2 * (691.0 / 32760))))));
+  const double ass =
+      rs2 * (1.0 / 12 - rs2 * (1.0 / 120 - rs2 * (1.0 / 252 - rs2 * (1.0 / 240 - rs2 * (1.0 / 132 - rs2 * (691.0 / 32760))))));
+  const double lga = (ya - 0.5) * la - ya + sta;  // ln Γ(X) + ln P_X - ln(2π)/2
+  const double lgb = (yb - 0.5) * lb - yb + stb;
+  const double lgs = (ys - 0.5) * ls - ys + sts;
+  log_beta_fn = lga + lgb - lgs + 0.91893853320467274178 - log_p;
+  const double dga = la - 0.5 * ra - asa - dpa;  // ψ(X)
+  const double dgb = lb - 0.5 * rb - asb - dpb;
+  const double dgs = ls - 0.5 * rs - ass - dps;
+  w = (alpha + beta - 1.0) * dgs - alpha * dga - (beta - 1.0) * dgb;
+}
+
+/// log(B + 1e-32) from ln B (the reference's guard); beyond |ln B - ln 1e-32| > 40 the smaller term
+/// changes the result by < 5e-18 and is dropped (exactly: no logarithm there).
+LABELWISE_HD LABELWISE_VEC_INLINE double balentacq_guarded_log_beta(double log_beta_fn) {
   const double hi = log_beta_fn > kLog1em32 ? log_beta_fn : kLog1em32;
   const double gap = -fabs(log_beta_fn - kLog1em32);
-  const double log_beta_ref = hi + (gap < -40.0 ? 0.0 : lw_log_d(1.0 + lw_exp_nonpositive_d(gap)));
-  const double h = log_beta_ref - alpha * dg_a - (beta - 1.0) * dg_b + (alpha + beta - 1.0) * dg_ab;
-  const double t = mu * h;
+  return hi + (gap < -40.0 ? 0.0 : lw_log_d(1.0 + lw_exp_nonpositive_d(gap)));
+}
+
+/// The same term, branch-free for a vector loop over classes; valid when alpha + 1 > 0 and
+/// 0 < beta < 1e15 (callers send the other classes to balentacq_class_term).
+LABELWISE_HD LABELWISE_VEC_INLINE double balentacq_class_term_positive(double mu, double alpha, double beta) {
+  double log_beta_fn, w;
+  beta_entropy_parts(alpha, beta, log_beta_fn, w);
+  const double t = mu * (balentacq_guarded_log_beta(log_beta_fn) + w);
   return t < 0.0 ? t : 0.0;
 }
 
@@ -650,8 +698,10 @@ struct BlockScratch {
   double* ent;    // kBlockItems: Σ_k H[p_k]
   int* mode;      // kBlockItems: f_mode
   void* pad;      // K·C + kRowLanes values of T: an item near the end of the view, zero padded
+  double* lnb;    // kBlockItems * C: BalEntAcq ln B(α+1, β) (beta_entropy_parts)
+  double* wpsi;   // kBlockItems * C: BalEntAcq's digamma part w (beta_entropy_parts)
 };
-inline std::size_t block_scratch_doubles(int C) { return static_cast<std::size_t>(kBlockItems) * (7 * C + 1) + 3 * kRowLanes; }
+inline std::size_t block_scratch_doubles(int C) { return static_cast<std::size_t>(kBlockItems) * (9 * C + 1) + 3 * kRowLanes; }
 
 #if defined(LABELWISE_ROWS_AVX512)
 // GCC 12 warns "'__Y' may be used uninitialized" inside its own AVX-512 intrinsics (the
@@ -686,7 +736,10 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   __m512 lo = zero;  // running minimum of all values (masked lanes are 0)
   __m512d f0 = _mm512_setzero_pd(), f1 = f0, s0 = f0, s1 = f0, q0 = f0, q1 = f0;
   int bad = 0;
-  int votes[kRowLanes] = {};
+  // Vote counts per class in the lanes of one integer vector: each row adds 1 in its arg-max lane by a
+  // masked add (no store / reload of a counter in memory per row).
+  __m512i votes = _mm512_setzero_si512();
+  const __m512i ones = _mm512_set1_epi32(1);
   const __m512d one = _mm512_set1_pd(1.0), vtol = _mm512_set1_pd(tol);
   const __m512d absmask = _mm512_castsi512_pd(_mm512_set1_epi64(0x7fffffffffffffffLL));
   for (int k0 = 0; k0 < K; k0 += 16) {
@@ -727,10 +780,13 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
     if (need_votes) {
       // Arg-max per row (ties to the lower class): the row maxima, then the lowest lane equal to its own.
       const __m512 mx = rows_reduce16<true>(rows);
-      for (int t = 0; t < nr; ++t) {
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) {
+        if (t >= nr) break;
         const __m512 m = _mm512_permutexvar_ps(_mm512_set1_epi32(t), mx);
         const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], m, _CMP_EQ_OQ);
-        votes[eq ? __builtin_ctz(eq) : 0] += 1;  // eq = 0 only for NaN rows, rejected
+        // The lowest equal lane (eq & -eq); eq = 0 only for NaN rows, rejected below.
+        votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);
       }
     }
   }
@@ -751,11 +807,7 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   _mm512_storeu_pd(sum_o + 8, s1);
   _mm512_storeu_pd(sumsq_o, q0);
   _mm512_storeu_pd(sumsq_o + 8, q1);
-  if (need_votes) {
-    int mode = 0;
-    for (int j = 0; j < kRowLanes; ++j) mode = votes[j] > mode ? votes[j] : mode;
-    mode_o = mode;
-  }
+  if (need_votes) mode_o = _mm512_reduce_max_epi32(votes);
   return kItemOk;
 }
 #pragma GCC diagnostic pop
@@ -776,23 +828,29 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
     // Σ p ln p over the flat K·C values: whole vectors of kRowLanes, then the last kRowLanes values
     // once more with the lanes already counted masked off (no scalar remainder loop). Range errors
     // are caught by the row loop below.
+    // The partial sums stay in kRowLanes lanes until one fixed tree sum at the end (a serial
+    // horizontal sum after each loop would put a chain of 2·kRowLanes dependent adds on every item).
     const int n = K * C;
     const int nv = n / W * W;
-    R plogp = R(0);
-    LABELWISE_SIMD_PLOGP
-    for (int i = 0; i < nv; ++i) plogp += lw_plogp(static_cast<R>(x[i]));
+    R acc[W];
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < W; ++j) acc[j] = R(0);
+    for (int i = 0; i < nv; i += W) {
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) acc[j] += lw_plogp(static_cast<R>(x[i + j]));
+    }
     if (nv < n) {
       // kRowLanes values are readable from x, so for n < kRowLanes the tail starts at x.
       const T* __restrict__ tail = n >= W ? x + (n - W) : x;
       const int skip = n >= W ? W - (n - nv) : 0, lim = n >= W ? W : n;
-      LABELWISE_SIMD_PLOGP
+      LABELWISE_SIMD_PLAIN
       for (int j = 0; j < W; ++j) {
         const R v = static_cast<R>(tail[j]);
         const R u = (j >= skip) & (j < lim) ? v : R(0);
-        plogp += lw_plogp(u >= R(0) ? u : R(0));
+        acc[j] += lw_plogp(u >= R(0) ? u : R(0));
       }
     }
-    ent_o = -static_cast<double>(plogp);
+    ent_o = -static_cast<double>(tree_sum16(acc));
   }
 #if defined(LABELWISE_ROWS_AVX512)
   if constexpr (std::is_same<T, float>::value)
@@ -850,7 +908,10 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
       LABELWISE_SIMD_BITS
       for (int j = 0; j < W; ++j) bits |= (p[j] == mx ? 1u : 0u) << j;
       bits &= (1u << C) - 1u;
-      votes[bits ? __builtin_ctz(bits) : 0] += 1;  // bits = 0 only for NaN rows, rejected above
+      // One-hot add over the lanes (vectorises; no counter stored and reloaded per row).
+      const int w = bits ? __builtin_ctz(bits) : 0;  // bits = 0 only for NaN rows, rejected above
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) votes[j] += j == w ? 1 : 0;
     }
   }
   // Every row total within tol of 1 and no negative value: then no value exceeds 1 + tol either.
@@ -900,7 +961,8 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
   const double lo_total = exp(-tol), hi_total = exp(tol);
   unsigned bad = 0;
   int fail = 0;
-  int votes[kRowLanes] = {};
+  __m512i votes = _mm512_setzero_si512();  // per-class vote counts, as in block_rows_avx512
+  const __m512i ones = _mm512_set1_epi32(1);
   alignas(64) float mxs[16], zs[16], sc[16], tmp[16];
   for (int k0 = 0; k0 < K; k0 += 16) {
     const int nr = K - k0 < 16 ? K - k0 : 16;
@@ -956,17 +1018,13 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
       if (need_votes) {
         // Arg-max from the raw values, ties to the lower class (lanes past C are -inf < max).
         const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], _mm512_set1_ps(mxs[t]), _CMP_EQ_OQ);
-        votes[eq ? __builtin_ctz(eq) : 0] += 1;
+        votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);  // lowest lane
       }
     }
   }
   if (bad) return kItemNonFinite;
   if (fail) return fail;
-  if (need_votes) {
-    int mode = 0;
-    for (int j = 0; j < kRowLanes; ++j) mode = votes[j] > mode ? votes[j] : mode;
-    mode_o = mode;
-  }
+  if (need_votes) mode_o = _mm512_reduce_max_epi32(votes);
   return kItemOk;
 }
 #pragma GCC diagnostic pop
@@ -1031,7 +1089,9 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
       unsigned bits = 0;
       LABELWISE_SIMD_BITS
       for (int j = 0; j < W; ++j) bits |= (v[j] == mx ? 1u : 0u) << j;
-      votes[bits ? __builtin_ctz(bits) : 0] += 1;  // masked lanes are -inf < mx
+      const int w = bits ? __builtin_ctz(bits) : 0;  // masked lanes are -inf < mx
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) votes[j] += j == w ? 1 : 0;
     }
   }
   if (bad) return kItemNonFinite;
@@ -1076,7 +1136,10 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
       sd_p[j] = sqrt(var > 0.0 ? var : 0.0);
     }
   } else if (want_bal) {
-    LABELWISE_SIMD_PLAIN
+    double* __restrict__ lnb_p = b.lnb;
+    double* __restrict__ w_p = b.wpsi;
+    int any_band = 0;
+    LABELWISE_SIMD_BAND
     for (int j = 0; j < n; ++j) {
       const double mean_shift = sum_p[j] * inv_k;
       const double mean = first_p[j] + mean_shift;
@@ -1088,9 +1151,29 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
       const double alpha = mu * mu * (1.0 - mu) / v - mu;
       const double beta = (1.0 / mu - 1.0) * alpha;
       const bool ok = (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
-      const double t = balentacq_class_term_positive(mu, ok ? alpha : 1.0, ok ? beta : 1.0);
-      term_p[j] = ok ? t : 0.0;
+      double lb, w;
+      beta_entropy_parts(ok ? alpha : 1.0, ok ? beta : 1.0, lb, w);
+      // log(B + 1e-32) without its logarithm, exact outside |ln B - ln 1e-32| <= 40 (see
+      // balentacq_guarded_log_beta); classes inside that band are redone below.
+      const double t = mu * ((lb > kLog1em32 ? lb : kLog1em32) + w);
+      const bool band = ok & (fabs(lb - kLog1em32) <= 40.0);
+      term_p[j] = ok ? (t < 0.0 ? t : 0.0) : 0.0;
       slow_p[j] = ok ? 0 : 1;
+      lnb_p[j] = lb;
+      w_p[j] = w;
+      any_band |= band ? 1 : 0;
+    }
+    if (any_band) {
+      // The guard's logarithm for the classes in the band (rare unless the samples agree closely).
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < n; ++j) {
+        const double lb = lnb_p[j];
+        const bool band = (slow_p[j] == 0) & (fabs(lb - kLog1em32) <= 40.0);
+        const double mean = mu_p[j];
+        const double mu = mean < 1e-9 ? 1e-9 : mean;
+        const double t = mu * (balentacq_guarded_log_beta(band ? lb : 0.0) + w_p[j]);
+        term_p[j] = band ? (t < 0.0 ? t : 0.0) : term_p[j];
+      }
     }
     for (int j = 0; j < n; ++j) {
       if (!slow_p[j]) continue;
