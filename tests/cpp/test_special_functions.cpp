@@ -65,7 +65,7 @@ TEST_CASE("fast float log and exp stay within 3e-7 relative of the C library", "
   CHECK(fast_expf_nonpositive(0.0f) == 1.0f);
 }
 
-TEST_CASE("fast double log / exp and the branch-free shifted ln-gamma / digamma", "[special]") {
+TEST_CASE("fast double log / exp and the shift by ten of ln-gamma / digamma", "[special]") {
   using namespace labelwise::detail;
   for (double x = 1e-300; x < 1e300; x *= 1.731) {
     const double want = std::log(x);
@@ -76,13 +76,18 @@ TEST_CASE("fast double log / exp and the branch-free shifted ln-gamma / digamma"
     CHECK(std::fabs(fast_exp_nonpositive(x) - want) <= 4e-16 * want);
   }
   CHECK(fast_exp_nonpositive(-INFINITY) == 0.0);
+  // ln Γ(x) = ln Γ(x') − ln P and ψ(x) = ψ(x') − D / P, with x' >= 10
   for (double x = 1e-12; x < 1e12; x *= 1.29) {
-    double lg = 0, dg = 0, lg2 = 0, dg2 = 0;
-    log_gamma_and_digamma_shifted(x, lg, dg);
-    log_gamma_and_digamma(x, lg2, dg2);
+    double xs = 0, P = 0, D = 0;
+    gamma_shift10(x, xs, P, D);
     INFO("x = " << x);
-    CHECK(lg == Approx(lg2).epsilon(2e-13).margin(2e-13));
-    CHECK(dg == Approx(dg2).epsilon(2e-13).margin(2e-12));
+    CHECK(xs >= 10.0);
+    CHECK((x < 10.0 ? xs == x + 10.0 : (xs == x && P == 1.0 && D == 0.0)));
+    double lg = 0, dg = 0, lgs = 0, dgs = 0;
+    log_gamma_and_digamma(x, lg, dg);
+    log_gamma_and_digamma(xs, lgs, dgs);
+    CHECK(lgs - std::log(P) == Approx(lg).epsilon(2e-13).margin(2e-13));
+    CHECK(dgs - D / P == Approx(dg).epsilon(2e-13).margin(2e-12));
   }
 }
 

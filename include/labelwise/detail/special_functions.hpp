@@ -167,46 +167,14 @@ LABELWISE_HD LABELWISE_VEC_INLINE double lw_exp_nonpositive_d(double x) {
 #endif
 }
 
-/// ln Γ(x) + ln P and ψ(x) for 0 < x < 1e20, branch-free so that a loop over classes vectorises:
-/// always shift by ten, ln Γ(x) = ln Γ(x+10) - ln P and ψ(x) = ψ(x+10) - P'/P with
-/// P = x(x+1)...(x+9) (taken as five pair products), then the Stirling / asymptotic series at x + 10 >= 10 (~1e-14 relative).
-/// ln P is left to the caller (lg_plus_log_p = ln Γ(x) + ln P), so that several of them can share
-/// one logarithm; P is returned.
-LABELWISE_HD LABELWISE_VEC_INLINE void log_gamma_and_digamma_shifted_parts(double x, double& lg_plus_log_p, double& dg, double& P_out) {
-  // P = Π_{i<10} (x+i) as five pair products q_i = (x+i)(x+9-i) = x(x+9) + i(9-i), and D = P'
-  // (each q_i' = 2x + 9): half the multiply-adds of the plain product.
-  const double u = x * (x + 9.0), w = 2.0 * x + 9.0;
-  double P = u, D = w;  // i = 0: q_0 = u
-  const double c[4] = {8.0, 14.0, 18.0, 20.0};
-  for (int i = 0; i < 4; ++i) {
-    const double q = u + c[i];
-    D = D * q + P * w;
-    P = P * q;
-  }
-  const double y = x + 10.0, ly = lw_log_d(y), r = 1.0 / y, r2 = r * r;
-  dg = ly - 0.5 * r -
-       r2 * (1.0 / 12 - r2 * (1.0 / 120 - r2 * (1.0 / 252 - r2 * (1.0 / 240 - r2 * (1.0 / 132 - r2 * (691.0 / 32760)))))) -
-       D / P;
-  lg_plus_log_p = (y - 0.5) * ly - y + 0.91893853320467274178 +
-                  r * (1.0 / 12 - r2 * (1.0 / 360 - r2 * (1.0 / 1260 - r2 * (1.0 / 1680 - r2 * (1.0 / 1188)))));
-  P_out = P;
-}
-
-/// ln Γ(x) and ψ(x) for 0 < x < 1e20, branch-free (see log_gamma_and_digamma_shifted_parts).
-LABELWISE_HD inline void log_gamma_and_digamma_shifted(double x, double& lg, double& dg) {
-  double P = 1.0;
-  log_gamma_and_digamma_shifted_parts(x, lg, dg, P);
-  lg -= lw_log_d(P);
-}
-
 /// The shift of the branch-free Beta-entropy parts (uncertainty_impl.hpp, beta_entropy_parts): for
 /// 0 < x < 10, x' = x + 10 with P = x(x+1)...(x+9) and D = P' (so that ln Γ(x) = ln Γ(x') - ln P and
 /// ψ(x) = ψ(x') - D/P); for x >= 10 no shift (x' = x, P = 1, D = 0). Either way x' >= 10, where the
 /// Stirling / asymptotic series reach ~1e-14, and P < 20^10 stays small enough that products of
 /// several of them share one division. Branch-free (both products are computed, one is selected).
 LABELWISE_HD LABELWISE_VEC_INLINE void gamma_shift10(double x, double& x_shifted, double& P, double& D) {
-  // P as five pair products q_i = (x+i)(x+9-i) = x(x+9) + i(9-i) and D = P' (each q_i' = 2x + 9), as in
-  // log_gamma_and_digamma_shifted_parts. For large x these overflow harmlessly: they are not selected.
+  // P as five pair products q_i = (x+i)(x+9-i) = x(x+9) + i(9-i) and D = P' (each q_i' = 2x + 9): half
+  // the multiply-adds of the plain product. For large x these overflow harmlessly: they are not selected.
   const double u = x * (x + 9.0), w = 2.0 * x + 9.0;
   double p = u, d = w;
   const double c[4] = {8.0, 14.0, 18.0, 20.0};
