@@ -522,7 +522,8 @@ def _dataset_intro(d, ds: str, first: Dict) -> List[str]:
 def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], out: str,
                  seconds: float, overlays: Optional[Dict[str, str]] = None) -> str:
     lines = ["# Active-learning campaign report", ""]
-    lines.append(f"Strategies: {', '.join(cfg.strategies)}; seeds: {cfg.seeds}; MC-dropout samples K = {cfg.samples}; "
+    ran = [s for s in cfg.strategies if any(s in by for by in summary.values())]  # the applicable ones
+    lines.append(f"Strategies: {', '.join(ran)}; seeds: {cfg.seeds}; MC-dropout samples K = {cfg.samples}; "
                  f"{'quick mode; ' if cfg.quick else ''}wall time {seconds:.0f} s.")
     lines.append("")
     for ds, by in summary.items():
