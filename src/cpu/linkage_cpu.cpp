@@ -8,7 +8,8 @@
 //    correctness for the reducible linkages, average linkage among them): follow nearest neighbours
 //    from an active cluster until two clusters are each other's nearest (ties: the previous chain
 //    element first, then the lower index), merge them at that distance and update the distances to
-//    the merged cluster by Lance–Williams, d(k, i ∪ j) = (n_i d(k, i) + n_j d(k, j)) / (n_i + n_j).
+//    the merged cluster by Lance–Williams, d(k, i ∪ j) = (n_i d(k, i) + n_j d(k, j)) / (n_i + n_j),
+//    kept in the higher of the two slots, as SciPy does (the same dendrogram also when distances tie).
 //    O(N²) time after the distances, N (N − 1) / 2 doubles of memory.
 // 3. Average linkage is monotone (no inversions), so the flat clusters at a cophenetic distance
 //    threshold t are the connected components of the merges of height <= t; for a cluster count t,
@@ -100,8 +101,10 @@ std::vector<Merge> nn_chain(std::int64_t n, std::vector<double>& d) {
     }
     chain.pop_back();
     chain.pop_back();
-    // Merge a and prev into the lower slot; the other slot retires.
-    const std::int64_t keep = std::min(a, prev), gone = std::max(a, prev);
+    // Merge a and prev into the higher slot, the other slot retires (as SciPy's and fastcluster's
+    // nn_chain do: with exactly tied distances — duplicate rows, integer features — the slot decides
+    // which ties the later searches meet first, and so the dendrogram).
+    const std::int64_t keep = std::max(a, prev), gone = std::min(a, prev);
     merges.push_back({keep, gone, best_d});
     const double na = static_cast<double>(size[keep]), nb = static_cast<double>(size[gone]);
     alive[gone] = 0;

@@ -14,9 +14,9 @@
 //      tables; the winner is the same).
 //   4. The host takes the argmax (ties by the lower index, chosen items skipped), writes the pick and its
 //      score, and extends the table with the pick's probabilities.
-// Built with --fmad=false like the CPU code it mirrors; the row sums run in another order than on the
-// CPU, so the scores agree to about 1e-12 relative and the picks agree unless two candidates are that
-// close. Memory: 8 N K C + 8 N K + 24 N bytes, plus the table (8 · rows · (K + 1)) and the slice sums.
+// Built with --fmad=false; the row sums run in another order than on the CPU (whose AVX2 kernel uses
+// FMAs and its own logarithm), so the scores agree to about 1e-12 relative and the picks agree unless
+// two candidates are that close. Memory: 8 N K C + 8 N K + 24 N bytes, plus the table (8 · rows · (K + 1)) and the slice sums.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -185,9 +185,11 @@ void batchbald_cuda(const BatchBaldCudaJob& job) {
   check(smem + sizeof(double) * kGroup * (kBlock / kWarp) <= static_cast<std::size_t>(smem_max), ErrorKind::Value,
         "batchbald: K · C = ", KC, " is too large for the CUDA backend on this device (", kGroup, " · K · C doubles of ",
         smem_max, " bytes of shared memory per block); pass a CPU array");
-  if (smem > 48 * 1024)
-    LABELWISE_CUDA_CHECK(cudaFuncSetAttribute(joint_t, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(smem)));
+  // Allow the device's whole opt-in amount (less the kernel's static reduction buffer) once, the same
+  // value on every call: a per-call size would race between host threads with other K · C, and a
+  // threshold on the dynamic size alone would miss dynamic + static just above 48 KiB.
+  LABELWISE_CUDA_CHECK(cudaFuncSetAttribute(joint_t, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            smem_max - static_cast<int>(sizeof(double) * kGroup * (kBlock / kWarp))));
 
   JointTableBuilder tables(K, C, job.req.num_samples, job.req.seed);
   std::vector<char> chosen(N, 0);

@@ -100,6 +100,11 @@ TEST_CASE("batchbald on CUDA equals the CPU", "[cuda][batchbald]") {
     opt.num_samples = 20000;  // exact up to 10^4 rows
     cpu_vs_cuda(random_probs(g, N, K, C), {N, K, C}, 6, opt);
   }
+  SECTION("K · C at the 48 KiB boundary (dynamic just under it, dynamic + static just over)") {
+    const int N = 30, K = 16, C = 96;  // 4 · 1536 doubles = 48 KiB dynamic + the static reduction buffer
+    opt.num_samples = 100;
+    cpu_vs_cuda(random_probs(g, N, K, C), {N, K, C}, 3, opt);
+  }
   SECTION("K · C above 48 KiB of shared memory per block") {
     const int N = 40, K = 64, C = 40;
     opt.num_samples = 100;

@@ -83,6 +83,18 @@ def test_clusters_equal_scipy(rng, dtype):
             t = 0.5 * (heights[i - 1] + heights[i]) if i > 0 else 0.5 * heights[0]
             ours = A.cluster_margin_clusters(emb, distance=t)
             assert np.array_equal(ours, _first_appearance(fcluster(Z, t=t, criterion="distance"))), (n, d, q)
+    # exact ties: duplicated rows and points on an integer lattice (the merge order then decides)
+    for emb in (np.repeat(rng.standard_normal((40, 3)), 3, axis=0)[rng.permutation(120)],
+                rng.integers(0, 4, size=(150, 2)).astype(np.float64),
+                rng.integers(0, 3, size=(200, 5)).astype(np.float32)):
+        n = len(emb)
+        Z = linkage(emb.astype(np.float64), method="average")
+        for k in (1, 2, 3, 7, n // 3, n - 1, n):
+            ours = A.cluster_margin_clusters(emb, num_clusters=k)
+            assert np.array_equal(ours, _first_appearance(fcluster(Z, t=k, criterion="maxclust"))), (n, k)
+        for t in (0.5, 1.2, 2.05):
+            ours = A.cluster_margin_clusters(emb, distance=t)
+            assert np.array_equal(ours, _first_appearance(fcluster(Z, t=t, criterion="distance"))), (n, t)
     # a strided view (every other row of a wider array) is read in place: the same clusters
     wide = rng.standard_normal((80, 4))
     assert np.array_equal(A.cluster_margin_clusters(wide[::2, 1:3], num_clusters=5),
