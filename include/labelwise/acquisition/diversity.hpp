@@ -135,7 +135,8 @@ struct AverageLinkageOptions {
 /// clusters — cluster-margin's once-per-campaign step (Citovsky et al. cluster the pool's embeddings
 /// this way). Nearest-neighbour chain algorithm, O(N²) time and N (N − 1) / 2 doubles of memory
 /// (N = 20000: 1.6 GB); the same partitions as SciPy's linkage(method="average") + fcluster with
-/// criterion "distance" (merges of height <= distance) or "maxclust" (up to ties in the merge heights).
+/// criterion "distance" (merges of height <= distance) or "maxclust", also with exactly tied distances
+/// (duplicate rows, integer features: merged clusters keep the higher slot, as SciPy's algorithm does).
 ///   embeddings: [N, D] float32 / float64, finite, CPU, any strides (N >= 1)
 ///   clusters  : int64 [N] (out), CPU, any stride: ids 0, 1, ... numbered in the order of each
 ///               cluster's lowest row index
