@@ -31,6 +31,13 @@ KnnCudaFailure knn_cuda(const KnnCudaJob&) {
 void batchbald_cuda(const BatchBaldCudaJob&) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
 }
+void widen_to_float32_cuda(const TensorView&, float*, void*) {
+  throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
+}
+float* cuda_alloc_floats(std::int64_t, int, void*) {
+  throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
+}
+void cuda_free_floats(float*, int, void*) {}
 SelectFailure select_cuda(const SelectJob&) {
   throw Error(ErrorKind::Runtime, "scores: is a CUDA tensor, but labelwise was built without CUDA");
 }

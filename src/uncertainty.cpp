@@ -1,7 +1,10 @@
 // Front door of the uncertainty metrics: validate, build the job, dispatch on device.
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "labelwise/uncertainty/metrics.hpp"
 #include "uncertainty_backend.hpp"
@@ -13,6 +16,8 @@ namespace {
 constexpr const char* kNames[kNumMetrics] = {
     "predictive_entropy", "expected_entropy", "bald",     "least_confidence", "margin",
     "ratio",              "variation_ratio",  "max_mean_variation_ratio", "mean_std", "balentacq"};
+
+bool is_half(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
 
 int normalise_axis(int axis, int ndim, const char* what) {
   check(axis >= -ndim && axis < ndim, ErrorKind::Value, what, ": axis ", axis, " is out of range for an input of rank ",
@@ -30,8 +35,8 @@ struct Layout {
 };
 
 Layout describe(const TensorView& x, const ScoreOptions& opt) {
-  check(x.dtype == DType::Float32 || x.dtype == DType::Float64, ErrorKind::Type, "x: expected dtype float32 or float64, got ",
-        dtype_name(x.dtype));
+  check(x.dtype == DType::Float32 || x.dtype == DType::Float64 || is_half(x.dtype), ErrorKind::Type,
+        "x: expected dtype float16, bfloat16, float32 or float64, got ", dtype_name(x.dtype));
   const int min_rank = opt.sample_axis ? 2 : 1;
   check(x.ndim >= min_rank, ErrorKind::Value, "x: expected rank >= ", min_rank, " (",
         opt.sample_axis ? "samples and classes" : "classes", "), got shape ", x.shape_str());
@@ -102,13 +107,48 @@ bool metric_needs_samples(Metric m) {
   }
 }
 
-double normalization_tolerance(DType dtype) { return dtype == DType::Float64 ? 1e-6 : 1e-3; }
+double normalization_tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::Float64: return 1e-6;
+    case DType::Float16: return 5e-3;   // 2^-11 rounding of each value (and of log-probabilities: × ln C)
+    case DType::BFloat16: return 4e-2;  // 2^-8
+    default: return 1e-3;
+  }
+}
 
 std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& options) {
   return describe(x, options).out_shape;
 }
 
+namespace {
+void score_widened(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options,
+                   double tol);
+}  // namespace
+
 void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options) {
+  describe(x, options);  // the argument errors name x's own shape and dtype
+  if (!is_half(x.dtype)) return score_widened(x, outputs, options, normalization_tolerance(x.dtype));
+  // float16 / bfloat16: widened exactly to a contiguous float32 copy of the same shape (same item
+  // indices in the errors), validated with the tolerance of the half format.
+  std::vector<std::int64_t> shape(x.shape, x.shape + x.ndim);
+  const std::int64_t n = x.numel();
+  if (x.device.is_cpu()) {
+    std::vector<float> wide(static_cast<std::size_t>(n));
+    detail::widen_to_float32_cpu(x, wide.data());
+    return score_widened(TensorView::of(wide.data(), shape), outputs, options, normalization_tolerance(x.dtype));
+  }
+  const int dev = x.device.index;
+  std::unique_ptr<float, std::function<void(float*)>> wide(
+      detail::cuda_alloc_floats(n, dev, options.stream),
+      [dev, &options](float* p) { detail::cuda_free_floats(p, dev, options.stream); });
+  detail::widen_to_float32_cuda(x, wide.get(), options.stream);
+  score_widened(TensorView(wide.get(), DType::Float32, shape, x.device), outputs, options,
+                normalization_tolerance(x.dtype));
+}
+
+namespace {
+void score_widened(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options,
+                   double tol) {
   const Layout L = describe(x, options);
   check(!outputs.empty(), ErrorKind::Value, "metrics: no metric requested");
   detail::ScoreJob job;
@@ -121,7 +161,7 @@ void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const 
   job.C = L.C;
   job.input_kind = static_cast<int>(options.input);
   check(job.input_kind >= 0 && job.input_kind <= 2, ErrorKind::Value, "input: unknown input kind ", job.input_kind);
-  job.tol = normalization_tolerance(x.dtype);
+  job.tol = tol;
   job.device_index = x.device.index;
   job.stream = options.stream;
   for (const MetricOutput& mo : outputs) {
@@ -167,6 +207,7 @@ void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const 
     default: throw Error(ErrorKind::Runtime, "x: " + where + " failed with status " + std::to_string(f.status));
   }
 }
+}  // namespace
 
 #define LABELWISE_ONE_METRIC(fn, M)                                                    \
   void fn(const TensorView& x, const TensorView& out, const ScoreOptions& options) { \

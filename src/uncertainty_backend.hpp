@@ -37,5 +37,13 @@ struct ScoreFailure {
 ScoreFailure score_cpu(const ScoreJob& job);
 ScoreFailure score_cuda(const ScoreJob& job);  // throws Error(Runtime) in a CPU-only build
 
+/// float16 / bfloat16 input: x (any strides) widened to a contiguous float32 array of the same shape
+/// (row-major), exactly (both formats are subsets of float32). On the host, or on x's CUDA device in
+/// stream order (an array from cuda_alloc_floats).
+void widen_to_float32_cpu(const TensorView& x, float* out);
+void widen_to_float32_cuda(const TensorView& x, float* out, void* stream);
+float* cuda_alloc_floats(std::int64_t count, int device, void* stream);
+void cuda_free_floats(float* p, int device, void* stream);
+
 }  // namespace detail
 }  // namespace labelwise

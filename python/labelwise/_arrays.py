@@ -68,26 +68,33 @@ def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
         raise
 
 
-def empty_like_framework(x: Any, shape: Sequence[int], dtype_of: Any = None) -> Any:
-    """An uninitialised array of `shape` in x's framework, dtype and device."""
+def dtype_str(x: Any) -> str:
+    """x's element type as a plain name ("float32", "float16", "bfloat16", ...), in any framework."""
+    return str(x.dtype).replace("torch.", "")
+
+
+def empty_like_framework(x: Any, shape: Sequence[int], dtype_of: Any = None, dtype: Optional[str] = None) -> Any:
+    """An uninitialised array of `shape` in x's framework and on its device; of x's dtype (or
+    dtype_of's, or the named ``dtype``)."""
     fw = _framework(x)
     src = x if dtype_of is None else dtype_of
     if fw == "torch":
         import torch
 
-        return torch.empty(tuple(shape), dtype=src.dtype, device=x.device)
+        return torch.empty(tuple(shape), dtype=getattr(torch, dtype) if dtype else src.dtype, device=x.device)
     if fw == "cupy":
         import cupy
 
         with cupy.cuda.Device(x.device.id):
-            return cupy.empty(tuple(shape), dtype=src.dtype)
+            return cupy.empty(tuple(shape), dtype=dtype or src.dtype)
     kind, _ = device_of(x)
     if kind not in (_CPU, _CUDA_HOST):
         raise TypeError(
             f"cannot allocate results for a {type(x).__module__}.{type(x).__name__} on a GPU; "
             "pass a torch or cupy array"
         )
-    dtype = src.dtype if fw == "numpy" else np.from_dlpack(src).dtype
+    if dtype is None:
+        dtype = src.dtype if fw == "numpy" else np.from_dlpack(src).dtype
     return np.empty(tuple(shape), dtype=dtype)
 
 

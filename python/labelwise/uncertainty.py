@@ -3,14 +3,17 @@
 Shape contract (every function)
     x : array, shape ``[N, K, C, *spatial]`` by default — N items, K MC-dropout / ensemble
         samples, C classes, optional spatial axes (2D / 3D segmentation). float32 or float64
-        (numpy, torch or cupy; CPU or CUDA; any strides — nothing is copied).
+        (numpy, torch or cupy; CPU or CUDA; any strides — nothing is copied); float16 and
+        bfloat16 too (e.g. mixed-precision outputs): widened exactly to a float32 copy on x's
+        device first, results in float32.
         ``sample_axis`` / ``class_axis`` name other layouts (e.g. BaaL's ``[N, C, ..., K]``
         is ``sample_axis=-1, class_axis=1``); ``sample_axis=None`` means one prediction per
         item (K = 1), for which the sample-based metrics raise ``ValueError``.
     input : ``"probs"`` (each sample's class vector sums to 1 within 1e-3 for float32, 1e-6 for
-        float64), ``"log_probs"`` or ``"logits"`` (softmax applied inside).
+        float64, 5e-3 for float16, 4e-2 for bfloat16), ``"log_probs"`` (log-sum-exp within the
+        same of 0) or ``"logits"`` (softmax applied inside).
     returns : array of x's shape without the sample and class axes (``[N]``, ``[N, H, W]``,
-        ``[N, D, H, W]``), same framework, dtype and device as x. Higher = more worth
+        ``[N, D, H, W]``), same framework, dtype (float32 for half-precision x) and device as x. Higher = more worth
         labelling; entropies in nats.
 
 Errors: ``ValueError`` for NaN/Inf, negative or unnormalised probabilities, wrong rank or
@@ -52,7 +55,8 @@ def score(
     stream = _arrays.current_stream(x) if kind in (2, 13) else 0
     xcap = _arrays.capsule(x, stream=stream)
     shape = _core.score_shape(xcap, input, sample_axis, class_axis)
-    outs = {m: _arrays.empty_like_framework(x, shape) for m in names}
+    half = _arrays.dtype_str(x) in ("float16", "bfloat16")  # results in float32 (x is widened exactly)
+    outs = {m: _arrays.empty_like_framework(x, shape, dtype="float32" if half else None) for m in names}
     _core.score(
         xcap,
         [(m, _arrays.capsule(o, stream=stream, writable=True)) for m, o in outs.items()],

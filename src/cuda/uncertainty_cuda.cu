@@ -4,6 +4,7 @@
 #include "../uncertainty_backend.hpp"
 #include "cuda_check.hpp"
 #include "labelwise/core/parallel.hpp"
+#include "labelwise/detail/half.hpp"
 
 namespace labelwise {
 bool built_with_cuda() { return true; }
@@ -49,7 +50,55 @@ __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_
   }
 }
 
+struct WidenShape {
+  int ndim;
+  std::int64_t shape[kMaxDims];
+  std::int64_t strides[kMaxDims];
+};
+
+/// out[e] = x at row-major index e, widened to float32 (grid-stride over the elements).
+__global__ void widen_kernel(const std::uint16_t* __restrict__ x, WidenShape ws, std::int64_t total, int bf16,
+                             float* __restrict__ out) {
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    std::int64_t off = 0, rem = e;
+    for (int d = ws.ndim - 1; d >= 0; --d) {
+      off += (rem % ws.shape[d]) * ws.strides[d];
+      rem /= ws.shape[d];
+    }
+    out[e] = bf16 ? bfloat16_to_float(x[off]) : half_to_float(x[off]);
+  }
+}
+
 }  // namespace
+
+void widen_to_float32_cuda(const TensorView& x, float* out, void* stream_ptr) {
+  CudaDeviceGuard guard(x.device.index);
+  WidenShape ws{};
+  ws.ndim = x.ndim;
+  for (int d = 0; d < x.ndim; ++d) {
+    ws.shape[d] = x.shape[d];
+    ws.strides[d] = x.strides[d];
+  }
+  const std::int64_t total = x.numel();
+  constexpr int kBlock = 256;
+  const int blocks = grid_blocks(total, kBlock, multiprocessor_count(x.device.index), 16);
+  widen_kernel<<<blocks, kBlock, 0, static_cast<cudaStream_t>(stream_ptr)>>>(
+      static_cast<const std::uint16_t*>(x.data), ws, total, x.dtype == DType::BFloat16 ? 1 : 0, out);
+  LABELWISE_CUDA_CHECK(cudaGetLastError());
+}
+
+float* cuda_alloc_floats(std::int64_t count, int device, void* stream) {
+  CudaDeviceGuard guard(device);
+  void* p = nullptr;
+  LABELWISE_CUDA_CHECK(cudaMallocAsync(&p, static_cast<std::size_t>(count) * sizeof(float), static_cast<cudaStream_t>(stream)));
+  return static_cast<float*>(p);
+}
+
+void cuda_free_floats(float* p, int device, void* stream) {
+  CudaDeviceGuard guard(device);
+  cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
+}
 
 ScoreFailure score_cuda(const ScoreJob& job) {
   CudaDeviceGuard guard(job.device_index);

@@ -285,3 +285,59 @@ def test_log_probs_with_a_positive_maximum(C):
         y[33, 1, 0] = bad
         with pytest.raises(ValueError, match=r"item \[33\].*log-probabilities that do not sum to 1"):
             U.score(y, input="log_probs")
+
+
+def test_half_precision_inputs(rng):
+    """float16 / bfloat16 (numpy float16, torch CPU half and bfloat16): widened exactly, results in
+    float32 equal to the float32 pass over the same values (logits; probabilities where float32's
+    tolerance accepts them) and to the float64 definitions; errors name the item."""
+    torch = pytest.importorskip("torch")
+    p = random_probs(rng, (120, 8, 6)).astype(np.float32)
+    logits = np.log(p) + 1.0
+    for tdtype in (torch.float16, torch.bfloat16):
+        xl = torch.from_numpy(logits).to(tdtype)
+        got = U.score(xl, input="logits")
+        want = U.score(xl.float(), input="logits")
+        for m in U.METRICS:
+            assert got[m].dtype == torch.float32
+            np.testing.assert_array_equal(got[m].numpy(), want[m].numpy())
+        xp = torch.from_numpy(p).to(tdtype)  # rounded probabilities: within the half format's tolerance
+        got = U.score(xp, input="probs")
+        ref = ref_metrics(xp.double().numpy())
+        for m in ("predictive_entropy", "bald", "mean_std", "margin"):
+            np.testing.assert_allclose(got[m].numpy(), ref[m], rtol=2e-4, atol=2e-5)
+        bad = xp.clone()
+        bad[7, 3, 2] = float("nan")
+        with pytest.raises(ValueError, match=r"item \[7\].*NaN"):
+            U.bald(bad)
+    xn = p.astype(np.float16)  # numpy float16
+    out = U.bald(xn)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref_metrics(xn.astype(np.float64))["bald"], rtol=2e-4, atol=2e-5)
+    # a strided half view (BaaL's [N, C, K] layout) equals the contiguous one
+    xt = torch.from_numpy(np.ascontiguousarray(p.transpose(0, 2, 1))).half()
+    np.testing.assert_array_equal(U.bald(xt, sample_axis=-1, class_axis=1).numpy(),
+                                  U.bald(xt.transpose(1, 2).contiguous()).numpy())
+
+
+@pytest.mark.skipif(not lw.built_with_cuda(), reason="built without CUDA")
+def test_half_on_cuda_equals_cpu(rng):
+    """float16 / bfloat16 CUDA tensors (the device widening kernel): the CPU's results, in float32, on
+    the device; a NaN is reported with its item."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    p = random_probs(rng, (64, 6, 5, 3, 4)).astype(np.float32)  # [N, K, C, H, W] after the move below
+    p = np.ascontiguousarray(np.moveaxis(p, -1, 2))
+    for tdtype in (torch.float16, torch.bfloat16):
+        for kind, x in (("probs", p), ("logits", np.log(p) + 0.5)):
+            xc = torch.from_numpy(x).to(tdtype)
+            cpu = U.score(xc, input=kind)
+            gpu = U.score(xc.cuda(), input=kind)
+            for m in U.METRICS:
+                assert gpu[m].is_cuda and gpu[m].dtype == torch.float32
+                np.testing.assert_allclose(gpu[m].cpu().numpy(), cpu[m].numpy(), rtol=1e-5, atol=1e-6)
+    bad = torch.from_numpy(p).half()
+    bad[9, 1, 2, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"item \[9, 0, 1\].*NaN"):
+        U.bald(bad.cuda())

@@ -2,7 +2,8 @@
 //
 // Shape contract (all metrics)
 //   x        : [*outer, K (sample axis), C (class axis), *outer]  float32 or float64, CPU or CUDA,
-//              any strides. The sample and class axes are named by ScoreOptions; every other
+//              any strides; float16 / bfloat16 too (widened exactly to a contiguous float32
+//              copy first: 4 bytes per element of extra memory on x's device). The sample and class axes are named by ScoreOptions; every other
 //              axis ("outer": N and the spatial axes of segmentation outputs) is kept.
 //              Without a sample axis (ScoreOptions::sample_axis = std::nullopt) x holds one
 //              prediction per item and K = 1.
@@ -12,8 +13,9 @@
 //   result   : every metric is "higher = more worth labelling", in nats.
 //
 // Input kinds: probabilities (each sample's class vector must sum to 1 within
-// normalization_tolerance(dtype) and be >= 0), log-probabilities (log-sum-exp within
-// the same tolerance of 0), or logits (softmax applied inside, fused; -inf allowed).
+// normalization_tolerance(dtype) — 1e-6 float64, 1e-3 float32, 5e-3 float16, 4e-2 bfloat16 — and be
+// >= 0), log-probabilities (log-sum-exp within the same tolerance of 0), or logits (softmax applied
+// inside, fused; -inf allowed).
 //
 // Errors (labelwise::Error): NaN/+Inf, negative or unnormalised probabilities (with the
 // first offending item), wrong rank or axes, K < 2 for metrics that need samples, C < 2,
