@@ -32,6 +32,13 @@ TEST_CASE("torch adapter: scores equal a float64 torch formulation, any strides"
   const auto b32 = torch_interop::score(logits.to(torch::kFloat32), Metric::Bald, lopt);
   CHECK(b32.scalar_type() == torch::kFloat32);
   CHECK(torch::allclose(b32.to(torch::kFloat64), results.at(Metric::Bald), 1e-4, 1e-5));
+  // float16 / bfloat16 logits: float32 results equal to the float32 pass over the widened values
+  for (const auto half : {torch::kHalf, torch::kBFloat16}) {
+    const auto lh = logits.to(half);
+    const auto bh = torch_interop::score(lh, Metric::Bald, lopt);
+    CHECK(bh.scalar_type() == torch::kFloat32);
+    CHECK(torch::equal(bh, torch_interop::score(lh.to(torch::kFloat32), Metric::Bald, lopt)));
+  }
 }
 
 TEST_CASE("torch adapter: unsupported dtypes are a TypeError-kind Error", "[torch]") {

@@ -30,7 +30,7 @@ inline TensorView view(const at::Tensor& t) {
   return TensorView(t.data_ptr(), dt, t.sizes().vec(), t.strides().vec(), dev);
 }
 
-/// Several metrics in one pass; each result has x's dtype and device.
+/// Several metrics in one pass; each result has x's dtype (float32 for float16 / bfloat16 x) and device.
 inline std::map<Metric, at::Tensor> score(const at::Tensor& x, const std::vector<Metric>& metrics,
                                           const ScoreOptions& options = {}) {
   const TensorView xv = view(x);
@@ -38,7 +38,9 @@ inline std::map<Metric, at::Tensor> score(const at::Tensor& x, const std::vector
   std::map<Metric, at::Tensor> results;
   std::vector<MetricOutput> outs;
   for (Metric m : metrics) {
-    at::Tensor o = at::empty(shape, x.options());
+    // float16 / bfloat16 input gives float32 results (the metrics widen it exactly)
+    const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+    at::Tensor o = at::empty(shape, half ? x.options().dtype(at::kFloat) : x.options());
     outs.push_back({m, view(o)});
     results.emplace(m, o);
   }
@@ -46,7 +48,7 @@ inline std::map<Metric, at::Tensor> score(const at::Tensor& x, const std::vector
   return results;
 }
 
-/// One metric; the result has x's dtype and device.
+/// One metric; the result has x's dtype (float32 for float16 / bfloat16 x) and device.
 inline at::Tensor score(const at::Tensor& x, Metric metric, const ScoreOptions& options = {}) {
   return score(x, std::vector<Metric>{metric}, options).at(metric);
 }
