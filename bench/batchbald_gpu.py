@@ -17,16 +17,12 @@ import time
 
 import numpy as np
 
-from compare_batchbald import make_probs  # the same inputs (float64 log-probabilities)
+from compare_batchbald import add_problem_args, make_probs  # the same problem and inputs
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=5000)
-    ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--c", type=int, default=10)
-    ap.add_argument("--b", type=int, default=10)
-    ap.add_argument("--num-samples", type=int, default=10000)
+    add_problem_args(ap)
     ap.add_argument("--fp64-tflops", type=float, default=67.0, help="device float64 peak (H100/H200 SXM: 67)")
     args = ap.parse_args()
 

@@ -43,13 +43,18 @@ def exact_steps(c, b, num_samples):
     return m  # picks 0..m-1 are made with exact joint entropies
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_problem_args(ap):
+    """The problem's size (the issue's: N=5000, K=20, C=10, b=10, num_samples=10000)."""
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--c", type=int, default=10)
     ap.add_argument("--b", type=int, default=10)
     ap.add_argument("--num-samples", type=int, default=10000)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    add_problem_args(ap)
     ap.add_argument("--spread", type=float, nargs="+", default=[0.3, 1.5])
     ap.add_argument("--ref-b", type=int, default=None, help="batch size for the reference (default: --b)")
     ap.add_argument("--skip-ref", action="store_true")
