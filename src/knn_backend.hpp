@@ -66,6 +66,26 @@ struct KnnFusedArgs {
   float* croot = nullptr;
 };
 
+/// The survivors of one tile row of a fused kernel (bit t of `bits`: column c + t, its approximate
+/// key in buf[t]): each is offered to query row q's list and, with kCols (off-diagonal symmetric
+/// blocks), to the column's list. push(keys, idx, thr, a, j) is the kernel's list insertion; S the
+/// list stride. Shared by src/cpu/knn_fused_avx512.cpp and src/cpu/knn_fused_avx2.cpp.
+template <bool kCols, typename Push>
+inline void knn_offer_survivors(const KnnFusedArgs& g, const float* buf, std::uint32_t bits, std::int64_t c,
+                                std::int64_t q, std::int64_t S, Push&& push) {
+  const std::int64_t i = g.qid ? g.qid[q] : g.q0 + q;
+  while (bits) {
+    const int t = __builtin_ctz(bits);
+    bits &= bits - 1;
+    const std::int64_t cc = c + t;
+    if (cc >= g.nc) break;
+    const float a = buf[t];
+    const std::int64_t j = g.c0 + cc;
+    if (!(g.skip_self && i == j)) push(g.qkeys + q * S, g.qidx + q * S, g.qroot + q, a, static_cast<std::int32_t>(j));
+    if (kCols) push(g.ckeys + cc * S, g.cidx + cc * S, g.croot + cc, a, static_cast<std::int32_t>(i));
+  }
+}
+
 /// Validated features as a contiguous float64 copy.
 struct KnnData {
   std::vector<double> x;  // [N, D]

@@ -155,19 +155,10 @@ void fused(const KnnFusedArgs& g) {
           if (__builtin_expect(bits == 0, 1)) continue;
           _mm256_store_ps(buf, a0);
           _mm256_store_ps(buf + 8, a1);
-          const std::int64_t q = r0 + r;
-          const std::int64_t i = g.qid ? g.qid[q] : g.q0 + q;
-          while (bits) {
-            const int t = __builtin_ctz(bits);
-            bits &= bits - 1;
-            const std::int64_t cc = c + t;
-            if (cc >= g.nc) break;
-            const float a = buf[t];
-            const std::int64_t j = g.c0 + cc;
-            if (!(g.skip_self && i == j))
-              push(g.qkeys + q * S, g.qidx + q * S, S, g.qroot + q, m, a, static_cast<std::int32_t>(j));
-            if (kCols) push(g.ckeys + cc * S, g.cidx + cc * S, S, g.croot + cc, m, a, static_cast<std::int32_t>(i));
-          }
+          knn_offer_survivors<kCols>(g, buf, bits, c, r0 + r, S,
+                                     [&](float* keys, std::int32_t* idx, float* thr, float a, std::int32_t j) {
+                                       push(keys, idx, S, thr, m, a, j);
+                                     });
         }
       }
     }
