@@ -125,4 +125,21 @@ BENCHMARK(BM_entropy_probs)->SHAPE;
 BENCHMARK(BM_balentacq_probs)->SHAPE;
 BENCHMARK(BM_mean_only_probs)->SHAPE;
 BENCHMARK(BM_all_metrics_probs_nck)->SHAPE;
+// Many classes (issue 2): segmentation with an organ / atlas label set (TotalSegmentator: 104) and
+// ImageNet-size classification (1000), each next to the read floor of its own bytes. The cases of a
+// shape are registered together, so its input is generated once.
+#define SHAPE_C104 Args({20000, 20, 104})->Unit(benchmark::kMillisecond)->UseRealTime()
+BENCHMARK(BM_read_floor)->SHAPE_C104;
+BENCHMARK(BM_all_metrics_probs)->SHAPE_C104;
+BENCHMARK(BM_all_metrics_logits)->SHAPE_C104;
+BENCHMARK(BM_all_metrics_log_probs)->SHAPE_C104;
+BENCHMARK(BM_balentacq_probs)->SHAPE_C104;
+BENCHMARK(BM_all_metrics_probs_nck)->SHAPE_C104;
+#define SHAPE_C1000 Args({5000, 20, 1000})->Unit(benchmark::kMillisecond)->UseRealTime()
+BENCHMARK(BM_read_floor)->SHAPE_C1000;
+BENCHMARK(BM_all_metrics_probs)->SHAPE_C1000;
+BENCHMARK(BM_all_metrics_logits)->SHAPE_C1000;
+BENCHMARK(BM_all_metrics_log_probs)->SHAPE_C1000;
+BENCHMARK(BM_balentacq_probs)->SHAPE_C1000;
+BENCHMARK(BM_all_metrics_probs_nck)->SHAPE_C1000;
 BENCHMARK_MAIN();

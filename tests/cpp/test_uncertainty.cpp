@@ -139,13 +139,12 @@ TEST_CASE("strided and permuted layouts equal the contiguous one", "[uncertainty
   o2.sample_axis = -1;
   o2.class_axis = 1;
   score(TensorView::of(ncpk.data(), {N, C, K}, {C * K * 2, K * 2, 2}), oc, o2);
-  // Dense and strided layouts take different loops (vectorised sums in another order): equal to
-  // rounding, not bit for bit.
+  // Every layout is gathered into the same contiguous block first: the same bits.
   for (int m = 0; m < kNumMetrics; ++m)
     for (int i = 0; i < N; ++i) {
       INFO(metric_name(static_cast<Metric>(m)) << " item " << i);
-      CHECK(close(a[m][i], b[m][i], 1e-12));
-      CHECK(close(a[m][i], c2[m][i], 1e-12));
+      CHECK(a[m][i] == b[m][i]);
+      CHECK(a[m][i] == c2[m][i]);
     }
 
   // A strided output (every third element) gets the same numbers.
@@ -335,15 +334,16 @@ TEST_CASE("bad input gets a clear error naming the argument", "[uncertainty][err
 }
 
 TEST_CASE("class counts around the vector width, many samples, and the first bad item", "[uncertainty]") {
-  // The CPU takes a blocked path for probabilities with contiguous classes and C <= 16 (blocks of 32
-  // items, rows read 16 lanes wide, the last item of the view from a padded copy) and the general
-  // per-item path otherwise: both against the float64 reference, N not a multiple of the block.
+  // The CPU takes a blocked path (blocks of up to 32 items, rows read in chunks of 16 lanes — one
+  // chunk for C <= 16, several with row totals and arg-maxes carried across them otherwise — the last
+  // item of the view from a padded copy): against the float64 reference, N not a multiple of the block,
+  // C around one and several chunks, and many classes (fewer items per block).
   const std::uint64_t seed = fresh_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   const int N = 77;
   for (int K : {2, 20}) {
-    for (int C : {2, 10, 16, 17}) {
+    for (int C : {2, 10, 16, 17, 31, 32, 33, 104, 1000}) {
       INFO("K " << K << " C " << C);
       Pool P = make_pool(rng, N, K, C);
       std::vector<float> x(static_cast<std::size_t>(N) * K * C);
@@ -389,9 +389,9 @@ TEST_CASE("class counts around the vector width, many samples, and the first bad
 
 TEMPLATE_TEST_CASE("logits and log-probabilities around the vector width, and their errors", "[uncertainty]", float,
                    double) {
-  // The CPU turns logits / log-probabilities with C <= 16 into probabilities row by row (block path)
-  // and takes the per-item path for C > 16: both against the float64 reference, N not a multiple of
-  // the block, exact zeros as -inf, logits shifted by a random constant per sample.
+  // The CPU turns logits / log-probabilities into probabilities row by row (block path; one chunk of
+  // 16 lanes for C <= 16, several otherwise): against the float64 reference, N not a multiple of the
+  // block, exact zeros as -inf, logits shifted by a random constant per sample.
   const std::uint64_t seed = fresh_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
@@ -400,7 +400,7 @@ TEMPLATE_TEST_CASE("logits and log-probabilities around the vector width, and th
   const int N = 77;
   for (int kind : {1, 2}) {
     for (int K : {2, 20}) {
-      for (int C : {2, 10, 16, 17}) {
+      for (int C : {2, 10, 16, 17, 33, 104, 1000}) {
         INFO("input kind " << kind << " K " << K << " C " << C);
         Pool P = make_pool(rng, N, K, C);
         std::vector<TestType> x(static_cast<std::size_t>(N) * K * C);
@@ -492,5 +492,90 @@ TEMPLATE_TEST_CASE("logits and log-probabilities around the vector width, and th
         set_num_threads(0);
       }
     }
+  }
+}
+
+TEMPLATE_TEST_CASE("many classes: every layout against the reference, bit for bit alike", "[uncertainty]", float,
+                   double) {
+  // C > 16 takes the block path in chunks of 16 classes: [N, K, C], [K, C, N] (items innermost) and
+  // BaaL's [N, C, K] with a stride-2 sample axis are gathered into the same contiguous block, so they
+  // agree exactly, and with the float64 reference; near-one-hot, uniform and tiny-probability items
+  // (make_pool's characters) included.
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const bool f32 = std::is_same<TestType, float>::value;
+  for (int C : {24, 40, 104, 1000}) {
+    const int N = C >= 1000 ? 37 : 101, K = 6;
+    INFO("C " << C);
+    Pool P = make_pool(rng, N, K, C);
+    const std::size_t n = static_cast<std::size_t>(N) * K * C;
+    std::vector<TestType> nkc(n), kcn(n), ncpk(2 * n);
+    for (int i = 0; i < N; ++i)
+      for (int k = 0; k < K; ++k)
+        for (int c = 0; c < C; ++c) {
+          const TestType v = static_cast<TestType>(P.p[i][k][c]);
+          nkc[(static_cast<std::size_t>(i) * K + k) * C + c] = v;
+          kcn[(static_cast<std::size_t>(k) * C + c) * N + i] = v;
+          ncpk[((static_cast<std::size_t>(i) * C + c) * K + k) * 2] = v;
+        }
+    std::vector<std::vector<double>> a, b, c2;
+    auto oa = all_outputs(a, N, true), ob = all_outputs(b, N, true), oc = all_outputs(c2, N, true);
+    score(TensorView::of(nkc.data(), {N, K, C}), oa);
+    ScoreOptions o1;
+    o1.sample_axis = 0;
+    o1.class_axis = 1;
+    score(TensorView::of(kcn.data(), {K, C, N}), ob, o1);
+    ScoreOptions o2;
+    o2.sample_axis = -1;
+    o2.class_axis = 1;
+    score(TensorView::of(ncpk.data(), {N, C, K}, {std::int64_t(C) * K * 2, std::int64_t(K) * 2, 2}), oc, o2);
+    for (int i = 0; i < N; ++i) {
+      std::vector<std::vector<double>> item(K, std::vector<double>(C));
+      for (int k = 0; k < K; ++k)
+        for (int c = 0; c < C; ++c) item[k][c] = nkc[(static_cast<std::size_t>(i) * K + k) * C + c];
+      const auto r = ref::metrics(item);
+      for (int m = 0; m < kNumMetrics; ++m) {
+        INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << a[m][i] << " want "
+                     << r[m]);
+        const double s_abs = std::isfinite(r[m]) ? std::fabs(r[m]) : 0.0;
+        const double t = m == 9 ? (f32 ? 3e-3 + 2e-6 * s_abs : 1e-9 + 1e-12 * s_abs) : (f32 ? 2e-4 : 1e-9);
+        const bool at_pole = m == 9 && a[m][i] == -INFINITY && r[m] > 1e12;  // see the first test case
+        CHECK((close(a[m][i], r[m], t) || at_pole));
+        CHECK(b[m][i] == a[m][i]);
+        CHECK(c2[m][i] == a[m][i]);
+      }
+    }
+  }
+}
+
+TEST_CASE("arg-max ties across class chunks go to the lower class", "[uncertainty]") {
+  // Variation ratio counts each sample's arg-max, ties to the lower class. With C = 40 (three chunks of
+  // 16 lanes) classes 5, 21 and 37 share a lane: samples 0-1 tie 5 with 21, samples 2-3 have 21 alone
+  // on top, so the votes are 5, 5, 21, 21 (mode 2, VR 0.5); ties to the higher class would give VR 0.
+  // Item 1 ties classes 3 and 30 (other lanes, other chunks) the same way.
+  const int K = 4, C = 40;
+  for (int kind : {0, 1, 2}) {
+    INFO("input kind " << kind);
+    std::vector<float> x(2 * K * C);
+    const auto row = [&](int i, int k, int lo_cls, int hi_cls, bool tie) {
+      float* r = x.data() + (static_cast<std::size_t>(i) * K + k) * C;
+      for (int c = 0; c < C; ++c) r[c] = 0.01f;
+      r[hi_cls] = 0.2f;
+      r[lo_cls] = tie ? 0.2f : 0.1f;
+      float z = 0;
+      for (int c = 0; c < C; ++c) z += r[c];
+      for (int c = 0; c < C; ++c) r[c] = kind == 0 ? r[c] / z : std::log(r[c] / z);
+    };
+    for (int k = 0; k < K; ++k) {
+      row(0, k, 5, 21, k < 2);
+      row(1, k, 3, 30, k < 2);
+    }
+    ScoreOptions opt;
+    opt.input = static_cast<InputKind>(kind);
+    std::vector<float> vr(2);
+    variation_ratio(TensorView::of(x.data(), {2, K, C}), TensorView::of(vr.data(), {2}), opt);
+    CHECK(vr[0] == 0.5f);
+    CHECK(vr[1] == 0.5f);
   }
 }

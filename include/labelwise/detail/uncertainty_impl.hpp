@@ -68,7 +68,7 @@ inline namespace LABELWISE_ISA_NAMESPACE {
 #define LABELWISE_SIMD_H _Pragma("omp simd reduction(+ : h)")
 #define LABELWISE_SIMD_PL _Pragma("omp simd reduction(+ : pl)")
 #define LABELWISE_SIMD_BITS _Pragma("omp simd reduction(| : bits)")
-#define LABELWISE_SIMD_BAND _Pragma("omp simd reduction(| : any_band)")
+#define LABELWISE_SIMD_BAND _Pragma("omp simd reduction(| : any_band, any_slow)")
 #else
 #define LABELWISE_SIMD_BAND
 #define LABELWISE_SIMD_BITS
@@ -669,13 +669,15 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
 
 #if !defined(__CUDACC__)
 // ---------------------------------------------------------------------------------------------------
-// CPU block path: probabilities with C <= kRowLanes (the backend gathers other layouts into a
-// contiguous block first). Two phases per block of up to kBlockItems items:
-//  1. per item, one pass over its K rows (a row is a kRowLanes-lane vector, lanes past C masked):
-//     validation as vector reductions (a running minimum for negatives; each row's total by a tree
-//     sum, or 16 rows at once on AVX-512 — NaN / ±Inf fail their row's total; no branch per row;
-//     exact classification by classify_bad_row only on failure), the shifted float64 class sums,
-//     arg-max votes; Σ p ln p over the flat K·C values;
+// CPU block path: every input kind and class count (the backend gathers other layouts into a
+// contiguous block first; logits and log-probabilities become probabilities row by row, phase 0).
+// Two phases per block of up to block_items(C) items:
+//  1. per item, one pass over its K rows for each chunk of kRowLanes classes (a row chunk is a
+//     kRowLanes-lane vector, lanes past C masked; C <= kRowLanes is one chunk): validation as vector
+//     reductions (a running minimum for negatives; each row's total by a tree sum per chunk, or 16
+//     rows at once on AVX-512 — NaN / ±Inf fail their row's total; no branch per row; exact
+//     classification by classify_bad_row only on failure), the shifted float64 class sums, arg-max
+//     votes; Σ p ln p over the flat K·C values;
 //  2. per block, the class terms (ln p̄, std, BalEntAcq) in flat vector loops over items × classes,
 //     so that C = 10 fills whole vectors, then small per-item reductions over the classes.
 // Everything is per item and in a fixed order: results do not depend on the block or thread split.
@@ -684,24 +686,88 @@ constexpr int kRowLanes = 16;
 constexpr int kBlockItems = 32;
 constexpr int kResSlots = 10;  // one per labelwise::Metric (kNumMetrics)
 
+/// Items per block: kBlockItems, fewer for C > 128 so that each of phase 2's arrays (items × classes
+/// float64 values) stays within 32 KiB.
+inline int block_items(int C) {
+  const int n = 4096 / C;
+  return n < 1 ? 1 : (n > kBlockItems ? kBlockItems : n);
+}
+
 /// Per-worker scratch of the block path (allocated by the CPU backend, sizes below).
 struct BlockScratch {
-  // first, sum and sumsq have kRowLanes entries of slack (block_item_stats stores whole rows).
-  double* first;  // kBlockItems * C: p_0c
-  double* sum;    // kBlockItems * C: Σ_k (p_kc - p_0c)
-  double* sumsq;  // kBlockItems * C: Σ_k (p_kc - p_0c)²
-  double* mu;     // kBlockItems * C: p̄_c
-  double* plm;    // kBlockItems * C: p̄_c ln p̄_c
-  double* sd;     // kBlockItems * C: std_k p_kc
-  double* term;   // kBlockItems * C: BalEntAcq t_c (0 where the exact scalar path must redo it)
-  int* slow;      // kBlockItems * C: 1 where t_c needs balentacq_class_term
-  double* ent;    // kBlockItems: Σ_k H[p_k]
-  int* mode;      // kBlockItems: f_mode
+  // nb = block_items(C) items. first, sum and sumsq have kRowLanes entries of slack (block_item_stats
+  // stores whole chunks).
+  double* first;  // nb * C: p_0c
+  double* sum;    // nb * C: Σ_k (p_kc - p_0c)
+  double* sumsq;  // nb * C: Σ_k (p_kc - p_0c)²
+  double* mu;     // nb * C: p̄_c
+  double* plm;    // nb * C: p̄_c ln p̄_c
+  double* sd;     // nb * C: std_k p_kc
+  double* term;   // nb * C: BalEntAcq t_c (0 where the exact scalar path must redo it)
+  int* slow;      // nb * C: 1 where t_c needs balentacq_class_term
+  double* ent;    // nb: Σ_k H[p_k]
+  int* mode;      // nb: f_mode
   void* pad;      // K·C + kRowLanes values of T: an item near the end of the view, zero padded
-  double* lnb;    // kBlockItems * C: BalEntAcq ln B(α+1, β) (beta_entropy_parts)
-  double* wpsi;   // kBlockItems * C: BalEntAcq's digamma part w (beta_entropy_parts)
+  double* lnb;    // nb * C: BalEntAcq ln B(α+1, β) (beta_entropy_parts)
+  double* wpsi;   // nb * C: BalEntAcq's digamma part w (beta_entropy_parts)
 };
-inline std::size_t block_scratch_doubles(int C) { return static_cast<std::size_t>(kBlockItems) * (9 * C + 1) + 3 * kRowLanes; }
+inline std::size_t block_scratch_doubles(int nb, int C) { return static_cast<std::size_t>(nb) * (9 * C + 1) + 3 * kRowLanes; }
+
+/// Per-worker row state of phases 0 and 1 for C > kRowLanes, where a row spans several chunks of
+/// kRowLanes classes (one chunk keeps it in registers instead): per row, lane-wise partial totals and
+/// maxima over the chunks so far, reduced across the lanes once, after the last chunk.
+template <typename T>
+struct ChunkScratch {
+  T* total;    // K·kRowLanes: a row's lane-wise totals
+  T* best;     // K·kRowLanes: a row's lane-wise maxima (arg-max votes)
+  int* arg;    // K: a row's arg-max class
+  int* votes;  // C: vote counts, zero between items (chunk_mode clears what it counted)
+};
+
+/// The modal vote count from per-lane counts (one chunk).
+inline int lane_mode(const int* votes) {
+  int mode = 0;
+  for (int j = 0; j < kRowLanes; ++j) mode = votes[j] > mode ? votes[j] : mode;
+  return mode;
+}
+
+/// The modal vote count from the rows' arg-maxes in cs.arg (several chunks); leaves cs.votes zero.
+template <typename T>
+inline int chunk_mode(const ChunkScratch<T>& cs, int K) {
+  int mode = 0;
+  for (int k = 0; k < K; ++k) {
+    const int n = ++cs.votes[cs.arg[k]];
+    mode = n > mode ? n : mode;
+  }
+  for (int k = 0; k < K; ++k) cs.votes[cs.arg[k]] = 0;
+  return mode;
+}
+
+/// The maximum of kRowLanes values by a fixed tree (no serial chain of compares).
+template <typename R>
+inline R max16(const R* v) {
+  R m8[8], m4[4];
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < 8; ++j) m8[j] = v[j] > v[j + 8] ? v[j] : v[j + 8];
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < 4; ++j) m4[j] = m8[j] > m8[j + 4] ? m8[j] : m8[j + 4];
+  const R a = m4[0] > m4[2] ? m4[0] : m4[2], b = m4[1] > m4[3] ? m4[1] : m4[3];
+  return a > b ? a : b;
+}
+
+/// The lowest class c < C of row r with r[c] == m (the arg-max, ties to the lower class, for m the
+/// row maximum), read in whole chunks of kRowLanes values up to the first that holds it; 0 when none
+/// does (NaN rows, rejected by the callers).
+template <typename R, typename T>
+inline int first_equal(const T* r, int C, R m) {
+  for (int cb = 0; cb < C; cb += kRowLanes) {
+    unsigned bits = 0;
+    LABELWISE_SIMD_BITS
+    for (int j = 0; j < kRowLanes; ++j) bits |= ((cb + j < C) & (static_cast<R>(r[cb + j]) == m) ? 1u : 0u) << j;
+    if (bits) return cb + __builtin_ctz(bits);
+  }
+  return 0;
+}
 
 #if defined(LABELWISE_ROWS_AVX512)
 // GCC 12 warns "'__Y' may be used uninitialized" inside its own AVX-512 intrinsics (the
@@ -725,70 +791,119 @@ inline __m512 rows_reduce16(const __m512* r) {
   return op(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
 }
 
-/// The row loop of block_item_stats for float32 on AVX-512: masked row loads (nothing read past the
-/// row), rows in groups of 16 whose totals and maxima come from rows_reduce16. Same results as the
-/// portable loop up to the order of the row-total sum (validation only).
-inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need_sq, bool need_votes,
+/// The row loop of block_item_stats for float32 on AVX-512: masked loads of each row's chunk of 16
+/// classes (nothing read past the row), rows in groups of 16 whose totals and maxima come from
+/// rows_reduce16. Same results as the portable loop up to the order of the row-total sum (validation
+/// only). For several chunks, each row's float64 total, its maximum so far and that maximum's class
+/// are carried in `cs` (cs.total holds K doubles here, cs.best K floats). need_votes is a template
+/// argument so that without votes the rows are dead after their totals (fewer registers spilled).
+template <bool need_votes>
+inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need_sq, const ChunkScratch<float>& cs,
                              double* __restrict__ first_o, double* __restrict__ sum_o, double* __restrict__ sumsq_o,
                              int& mode_o) {
-  const __mmask16 cm = static_cast<__mmask16>((1u << C) - 1u);
+  const bool single = C <= 16;
   const __m512 zero = _mm512_setzero_ps();
   __m512 lo = zero;  // running minimum of all values (masked lanes are 0)
-  __m512d f0 = _mm512_setzero_pd(), f1 = f0, s0 = f0, s1 = f0, q0 = f0, q1 = f0;
   int bad = 0;
-  // Vote counts per class in the lanes of one integer vector: each row adds 1 in its arg-max lane by a
-  // masked add (no store / reload of a counter in memory per row).
+  // One chunk: vote counts per class in the lanes of one integer vector: each row adds 1 in its
+  // arg-max lane by a masked add (no store / reload of a counter in memory per row).
   __m512i votes = _mm512_setzero_si512();
   const __m512i ones = _mm512_set1_epi32(1);
   const __m512d one = _mm512_set1_pd(1.0), vtol = _mm512_set1_pd(tol);
   const __m512d absmask = _mm512_castsi512_pd(_mm512_set1_epi64(0x7fffffffffffffffLL));
-  for (int k0 = 0; k0 < K; k0 += 16) {
-    const int nr = K - k0 < 16 ? K - k0 : 16;
-    __m512 rows[16];
+  double* row_total = reinterpret_cast<double*>(cs.total);  // K doubles (intrinsic loads / stores only)
+  for (int cb = 0; cb < C; cb += 16) {
+    const int nl = C - cb;
+    const bool last = nl <= 16;
+    const __mmask16 cm = static_cast<__mmask16>(last ? (1u << nl) - 1u : 0xFFFFu);
+    __m512d f0 = _mm512_setzero_pd(), f1 = f0, s0 = f0, s1 = f0, q0 = f0, q1 = f0;
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      const int nr = K - k0 < 16 ? K - k0 : 16;
+      const unsigned rowm = nr == 16 ? 0xFFFFu : ((1u << nr) - 1u);
+      __m512 rows[16];
 #pragma GCC unroll 16
-    for (int t = 0; t < 16; ++t) {
-      if (t >= nr) {
-        rows[t] = zero;
-        continue;
+      for (int t = 0; t < 16; ++t) {
+        if (t >= nr) {
+          rows[t] = zero;
+          continue;
+        }
+        const __m512 v = _mm512_maskz_loadu_ps(cm, x + static_cast<std::int64_t>(k0 + t) * C + cb);
+        rows[t] = v;
+        lo = _mm512_min_ps(lo, v);
+        const __m512d d0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        const __m512d d1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+        if (k0 + t == 0) {
+          f0 = d0;
+          f1 = d1;
+        } else {
+          const __m512d e0 = _mm512_sub_pd(d0, f0), e1 = _mm512_sub_pd(d1, f1);
+          s0 = _mm512_add_pd(s0, e0);
+          s1 = _mm512_add_pd(s1, e1);
+          if (need_sq) {
+            q0 = _mm512_fmadd_pd(e0, e0, q0);
+            q1 = _mm512_fmadd_pd(e1, e1, q1);
+          }
+        }
       }
-      const __m512 v = _mm512_maskz_loadu_ps(cm, x + static_cast<std::int64_t>(k0 + t) * C);
-      rows[t] = v;
-      lo = _mm512_min_ps(lo, v);
-      const __m512d d0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-      const __m512d d1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
-      if (k0 + t == 0) {
-        f0 = d0;
-        f1 = d1;
+      // Row totals in float64, added to the previous chunks' (masked: rows past K are not touched),
+      // checked after the last chunk like the portable loop: |total - 1| <= tol.
+      const __m512 tot = rows_reduce16<false>(rows);
+      __m512d t0 = _mm512_cvtps_pd(_mm512_castps512_ps256(tot));
+      __m512d t1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(tot, 1));
+      const __mmask8 rm0 = static_cast<__mmask8>(rowm), rm1 = static_cast<__mmask8>(rowm >> 8);
+      if (cb > 0) {
+        t0 = _mm512_add_pd(t0, _mm512_maskz_loadu_pd(rm0, row_total + k0));
+        t1 = _mm512_add_pd(t1, _mm512_maskz_loadu_pd(rm1, row_total + k0 + 8));
+      }
+      if (last) {
+        const unsigned ok0 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t0, one), absmask), vtol, _CMP_LE_OQ);
+        const unsigned ok1 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t1, one), absmask), vtol, _CMP_LE_OQ);
+        if (((ok0 | (ok1 << 8)) & rowm) != rowm) bad = 1;
       } else {
-        const __m512d e0 = _mm512_sub_pd(d0, f0), e1 = _mm512_sub_pd(d1, f1);
-        s0 = _mm512_add_pd(s0, e0);
-        s1 = _mm512_add_pd(s1, e1);
-        if (need_sq) {
-          q0 = _mm512_fmadd_pd(e0, e0, q0);
-          q1 = _mm512_fmadd_pd(e1, e1, q1);
+        _mm512_mask_storeu_pd(row_total + k0, rm0, t0);
+        _mm512_mask_storeu_pd(row_total + k0 + 8, rm1, t1);
+      }
+      if constexpr (need_votes) {
+        // Arg-max per row (ties to the lower class): the row maxima, then the lowest lane equal to its own.
+        const __m512 mx = rows_reduce16<true>(rows);
+        if (single) {
+#pragma GCC unroll 16
+          for (int t = 0; t < 16; ++t) {
+            if (t >= nr) break;
+            const __m512 m = _mm512_permutexvar_ps(_mm512_set1_epi32(t), mx);
+            const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], m, _CMP_EQ_OQ);
+            // The lowest equal lane (eq & -eq); eq = 0 only for NaN rows, rejected below.
+            votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);
+          }
+        } else {
+          // Only the rows whose maximum this chunk strictly raises (the lower chunk keeps a tie; all
+          // rows in the first chunk) look for its lane.
+          float* best = cs.best + k0;
+          const __m512 prev = _mm512_maskz_loadu_ps(static_cast<__mmask16>(rowm), best);
+          unsigned gt = cb == 0 ? rowm : (_mm512_cmp_ps_mask(mx, prev, _CMP_GT_OQ) & rowm);
+          if (gt) {
+            _mm512_mask_storeu_ps(best, static_cast<__mmask16>(gt), mx);
+            alignas(64) float mxs[16];
+            _mm512_store_ps(mxs, mx);
+            for (; gt; gt &= gt - 1) {
+              // The row chunk is loaded again (from L1): indexing rows[] by a run-time t would keep the
+              // whole array in memory instead of registers.
+              const int t = __builtin_ctz(gt);
+              const __m512 v = _mm512_maskz_loadu_ps(cm, x + static_cast<std::int64_t>(k0 + t) * C + cb);
+              const unsigned eq = _mm512_mask_cmp_ps_mask(cm, v, _mm512_set1_ps(mxs[t]), _CMP_EQ_OQ);
+              cs.arg[k0 + t] = cb + (eq ? __builtin_ctz(eq) : 0);  // eq = 0 only for NaN rows
+            }
+          }
         }
       }
     }
-    // Row totals, checked in float64 like the portable loop: |total - 1| <= tol.
-    const __m512 tot = rows_reduce16<false>(rows);
-    const __m512d t0 = _mm512_cvtps_pd(_mm512_castps512_ps256(tot));
-    const __m512d t1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(tot, 1));
-    const unsigned ok0 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t0, one), absmask), vtol, _CMP_LE_OQ);
-    const unsigned ok1 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t1, one), absmask), vtol, _CMP_LE_OQ);
-    const unsigned rowm = nr == 16 ? 0xFFFFu : ((1u << nr) - 1u);
-    if (((ok0 | (ok1 << 8)) & rowm) != rowm) bad = 1;
-    if (need_votes) {
-      // Arg-max per row (ties to the lower class): the row maxima, then the lowest lane equal to its own.
-      const __m512 mx = rows_reduce16<true>(rows);
-#pragma GCC unroll 16
-      for (int t = 0; t < 16; ++t) {
-        if (t >= nr) break;
-        const __m512 m = _mm512_permutexvar_ps(_mm512_set1_epi32(t), mx);
-        const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], m, _CMP_EQ_OQ);
-        // The lowest equal lane (eq & -eq); eq = 0 only for NaN rows, rejected below.
-        votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);
-      }
-    }
+    // Lanes past C are 0 (masked loads); the caller's arrays have kRowLanes of slack.
+    _mm512_storeu_pd(first_o + cb, f0);
+    _mm512_storeu_pd(first_o + cb + 8, f1);
+    _mm512_storeu_pd(sum_o + cb, s0);
+    _mm512_storeu_pd(sum_o + cb + 8, s1);
+    _mm512_storeu_pd(sumsq_o + cb, q0);
+    _mm512_storeu_pd(sumsq_o + cb + 8, q1);
   }
   // Validation: every row total within tol of 1 (a NaN or ±Inf makes its row's total fail) and no
   // negative value; then no value exceeds 1 + tol either. Exact classification only on failure.
@@ -800,27 +915,22 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
     }
     return kItemUnnormalised;
   }
-  // Lanes past C are 0 (masked loads); the caller's arrays have kRowLanes of slack.
-  _mm512_storeu_pd(first_o, f0);
-  _mm512_storeu_pd(first_o + 8, f1);
-  _mm512_storeu_pd(sum_o, s0);
-  _mm512_storeu_pd(sum_o + 8, s1);
-  _mm512_storeu_pd(sumsq_o, q0);
-  _mm512_storeu_pd(sumsq_o + 8, q1);
-  if (need_votes) mode_o = _mm512_reduce_max_epi32(votes);
+  if constexpr (need_votes) mode_o = single ? _mm512_reduce_max_epi32(votes) : chunk_mode(cs, K);
   return kItemOk;
 }
 #pragma GCC diagnostic pop
 #endif
 
-/// Phase 1 for one item: `x` at (k=0, c=0), rows C apart (K == 1 allowed), and kRowLanes values
-/// readable from every row start. Writes the item's class sums shifted by the first sample (kRowLanes
-/// entries each, the C real ones first; sumsq only when need_sq), -Σ_k Σ_c p ln p and the modal vote
-/// count; returns an ItemStatus.
+/// Phase 1 for one item: `x` at (k=0, c=0), rows C apart (K == 1 allowed). The classes are taken in
+/// chunks of kRowLanes lanes (one chunk for C <= kRowLanes), read kRowLanes wide from every chunk start
+/// (c = 0, kRowLanes, 2·kRowLanes, ...: (K - 1)·C + round_up(C, kRowLanes) values in all). Writes the item's
+/// class sums shifted by the first sample (round_up(C, kRowLanes) entries each, the C real ones first;
+/// sumsq only when need_sq), -Σ_k Σ_c p ln p and the modal vote count; returns an ItemStatus. `cs`
+/// carries each row's totals and maxima from one chunk to the next (used only when C > kRowLanes).
 template <typename T>
 inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent, bool need_sq, bool need_votes,
-                            double* __restrict__ first_o, double* __restrict__ sum_o, double* __restrict__ sumsq_o,
-                            double& ent_o, int& mode_o) {
+                            const ChunkScratch<T>& cs, double* __restrict__ first_o, double* __restrict__ sum_o,
+                            double* __restrict__ sumsq_o, double& ent_o, int& mode_o) {
   using R = typename compute_type<T>::type;
   constexpr int W = kRowLanes;
   int bad = 0;
@@ -854,64 +964,95 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
   }
 #if defined(LABELWISE_ROWS_AVX512)
   if constexpr (std::is_same<T, float>::value)
-    if (C <= kRowLanes) return block_rows_avx512(x, K, C, tol, need_sq, need_votes, first_o, sum_o, sumsq_o, mode_o);
+    return need_votes ? block_rows_avx512<true>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o)
+                      : block_rows_avx512<false>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o);
 #endif
-  double first[W], sum[W], sumsq[W];
+  // Chunk by chunk: the chunk's class sums and the running minimum stay in registers over the K rows.
+  // One chunk (C <= kRowLanes) checks each row's total and counts its vote in lanes directly; with
+  // several, each row's lane-wise totals and maxima are carried from chunk to chunk in `cs` and
+  // reduced across the lanes after the last one (no horizontal work per chunk).
   int votes[W];
-  LABELWISE_SIMD_PLAIN
-  for (int j = 0; j < W; ++j) {
-    first[j] = 0.0;
-    sum[j] = 0.0;
-    sumsq[j] = 0.0;
-  }
-  R lo[W];
   for (int j = 0; j < W; ++j) votes[j] = 0;
+  R lo[W];
   LABELWISE_SIMD_PLAIN
   for (int j = 0; j < W; ++j) lo[j] = R(0);
-  for (int k = 0; k < K; ++k) {
-    const T* __restrict__ r = x + static_cast<std::int64_t>(k) * C;
-    R p[W];
+  for (int cb = 0; cb < C; cb += W) {
+    const int nl = C - cb;  // real lanes of this chunk: all W but in the last one
+    const bool last = nl <= W, single = last && cb == 0;
+    double first[W], sum[W], sumsq[W];
     LABELWISE_SIMD_PLAIN
     for (int j = 0; j < W; ++j) {
-      const R v = static_cast<R>(r[j]);  // unconditional (readable), masked below
-      p[j] = j < C ? v : R(0);
-      lo[j] = p[j] < lo[j] ? p[j] : lo[j];  // negatives; NaN / ±Inf fail their row's total below
+      first[j] = 0.0;
+      sum[j] = 0.0;
+      sumsq[j] = 0.0;
     }
-    const R total = tree_sum16(p);  // a fixed tree, no serial horizontal chain
-    bad |= fabs(static_cast<double>(total) - 1.0) <= tol ? 0 : 1;  // NaN fails
-    // Shifted sums whatever the metric set, so that a metric's value does not depend on which other
-    // metrics are requested (bit for bit).
-    if (k == 0) {
-      LABELWISE_SIMD_PLAIN
-      for (int j = 0; j < W; ++j) first[j] = static_cast<double>(p[j]);
-    } else if (!need_sq) {
-      LABELWISE_SIMD_PLAIN
-      for (int j = 0; j < W; ++j) sum[j] += static_cast<double>(p[j]) - first[j];
-    } else {
+    for (int k = 0; k < K; ++k) {
+      const T* __restrict__ r = x + static_cast<std::int64_t>(k) * C + cb;
+      R p[W];
       LABELWISE_SIMD_PLAIN
       for (int j = 0; j < W; ++j) {
-        const double d = static_cast<double>(p[j]) - first[j];
-        sum[j] += d;
-        sumsq[j] += d * d;
+        const R v = static_cast<R>(r[j]);  // unconditional (readable), masked below
+        p[j] = j < nl ? v : R(0);
+        lo[j] = p[j] < lo[j] ? p[j] : lo[j];  // negatives; NaN / ±Inf fail their row's total below
+      }
+      // Shifted sums whatever the metric set, so that a metric's value does not depend on which other
+      // metrics are requested (bit for bit).
+      if (k == 0) {
+        LABELWISE_SIMD_PLAIN
+        for (int j = 0; j < W; ++j) first[j] = static_cast<double>(p[j]);
+      } else if (!need_sq) {
+        LABELWISE_SIMD_PLAIN
+        for (int j = 0; j < W; ++j) sum[j] += static_cast<double>(p[j]) - first[j];
+      } else {
+        LABELWISE_SIMD_PLAIN
+        for (int j = 0; j < W; ++j) {
+          const double d = static_cast<double>(p[j]) - first[j];
+          sum[j] += d;
+          sumsq[j] += d * d;
+        }
+      }
+      if (single) {
+        // The row total by a fixed tree (no serial horizontal chain), checked without a branch.
+        bad |= fabs(static_cast<double>(tree_sum16(p)) - 1.0) <= tol ? 0 : 1;  // NaN fails
+        if (need_votes) {
+          // Arg-max with ties to the lower class: tree max, then the lowest lane equal to it, added
+          // one-hot over the lanes (vectorises; no counter stored and reloaded per row).
+          const int w = first_equal(p, C, max16(p));
+          LABELWISE_SIMD_PLAIN
+          for (int j = 0; j < W; ++j) votes[j] += j == w ? 1 : 0;
+        }
+        continue;
+      }
+      R* __restrict__ tl = cs.total + static_cast<std::int64_t>(k) * W;
+      R* __restrict__ bl = cs.best + static_cast<std::int64_t>(k) * W;
+      if (cb == 0) {
+        LABELWISE_SIMD_PLAIN
+        for (int j = 0; j < W; ++j) tl[j] = p[j];
+        if (need_votes) {
+          LABELWISE_SIMD_PLAIN
+          for (int j = 0; j < W; ++j) bl[j] = p[j];
+        }
+      } else {
+        LABELWISE_SIMD_PLAIN
+        for (int j = 0; j < W; ++j) tl[j] += p[j];
+        if (need_votes) {
+          LABELWISE_SIMD_PLAIN
+          for (int j = 0; j < W; ++j) bl[j] = p[j] > bl[j] ? p[j] : bl[j];  // lanes past C are 0
+        }
+      }
+      if (last) {
+        bad |= fabs(static_cast<double>(tree_sum16(tl)) - 1.0) <= tol ? 0 : 1;  // NaN fails
+        // The row maximum is known only now: its lowest class from the row itself (still in cache).
+        if (need_votes) cs.arg[k] = first_equal(x + static_cast<std::int64_t>(k) * C, C, max16(bl));
       }
     }
-    if (need_votes) {
-      // Arg-max with ties to the lower class: tree max, then the lowest lane equal to it.
-      R m8[8], m4[4];
-      LABELWISE_SIMD_PLAIN
-      for (int j = 0; j < 8; ++j) m8[j] = p[j] > p[j + 8] ? p[j] : p[j + 8];
-      LABELWISE_SIMD_PLAIN
-      for (int j = 0; j < 4; ++j) m4[j] = m8[j] > m8[j + 4] ? m8[j] : m8[j + 4];
-      const R a = m4[0] > m4[2] ? m4[0] : m4[2], b = m4[1] > m4[3] ? m4[1] : m4[3];
-      const R mx = a > b ? a : b;
-      unsigned bits = 0;
-      LABELWISE_SIMD_BITS
-      for (int j = 0; j < W; ++j) bits |= (p[j] == mx ? 1u : 0u) << j;
-      bits &= (1u << C) - 1u;
-      // One-hot add over the lanes (vectorises; no counter stored and reloaded per row).
-      const int w = bits ? __builtin_ctz(bits) : 0;  // bits = 0 only for NaN rows, rejected above
-      LABELWISE_SIMD_PLAIN
-      for (int j = 0; j < W; ++j) votes[j] += j == w ? 1 : 0;
+    // All W lanes (the lanes past C are 0): the caller's arrays have kRowLanes of slack, and the next
+    // chunk's or item's stores overwrite the spill.
+    LABELWISE_SIMD_PLAIN
+    for (int j = 0; j < W; ++j) {
+      first_o[cb + j] = first[j];
+      sum_o[cb + j] = sum[j];
+      sumsq_o[cb + j] = sumsq[j];
     }
   }
   // Every row total within tol of 1 and no negative value: then no value exceeds 1 + tol either.
@@ -924,28 +1065,16 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
     }
     return kItemUnnormalised;
   }
-  // All kRowLanes lanes (the lanes past C are 0): the caller's arrays have kRowLanes of slack, and the
-  // next item's stores overwrite the spill.
-  LABELWISE_SIMD_PLAIN
-  for (int j = 0; j < W; ++j) {
-    first_o[j] = first[j];
-    sum_o[j] = sum[j];
-    sumsq_o[j] = sumsq[j];
-  }
-  if (need_votes) {
-    int mode = 0;
-    for (int j = 0; j < W; ++j) mode = votes[j] > mode ? votes[j] : mode;
-    mode_o = mode;
-  }
+  if (need_votes) mode_o = C <= W ? lane_mode(votes) : chunk_mode(cs, K);
   return kItemOk;
 }
 
-/// Phase 0 for logits and log-probabilities (C <= kRowLanes; the same reading rules as
-/// block_item_stats): per sample row, the row maximum m, e = exp(x - m) and z = Σ e, then the row's
-/// probabilities written to `p_o` (rows C apart, kRowLanes values stored per row, so K·C + kRowLanes
+/// Phase 0 for logits and log-probabilities (the same reading rules as block_item_stats): per sample
+/// row, the row maximum m, e = exp(x - m) and z = Σ e, then the row's probabilities written to `p_o`
+/// (rows C apart, whole chunks of kRowLanes values stored, so (K - 1)·C + round_up(C, kRowLanes)
 /// entries): e / z for logits, e · exp(m) for log-probabilities (used as given, like probabilities,
 /// after the check |m + ln z| <= tol). The modal vote count comes from the raw values (ties to the
-/// lower class). Validation as score_item: NaN or +Inf anywhere in the item -> kItemNonFinite;
+/// lower class; `cs` as in block_item_stats). Validation as score_item: NaN or +Inf anywhere in the item -> kItemNonFinite;
 /// otherwise the first sample (in order) that is -inf everywhere (kItemAllMasked) or, for
 /// log-probabilities, not normalised (kItemUnnormalised). -inf entries are allowed (p = 0).
 #if defined(LABELWISE_ROWS_AVX512)
@@ -1032,12 +1161,12 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
 
 template <typename T>
 inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double tol, bool need_votes,
-                              T* __restrict__ p_o, int& mode_o) {
+                              const ChunkScratch<T>& cs, T* __restrict__ p_o, int& mode_o) {
   using R = typename compute_type<T>::type;
   static_assert(std::is_same<R, T>::value, "float and double only");
 #if defined(LABELWISE_ROWS_AVX512)
   if constexpr (std::is_same<T, float>::value)
-    return block_softmax_avx512(x, K, C, input_kind, tol, need_votes, p_o, mode_o);
+    if (C <= kRowLanes) return block_softmax_avx512(x, K, C, input_kind, tol, need_votes, p_o, mode_o);
 #endif
   constexpr int W = kRowLanes;
   int bad = 0, fail = 0;
@@ -1045,7 +1174,11 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
   for (int j = 0; j < W; ++j) votes[j] = 0;
   const double lo_total = exp(-tol), hi_total = exp(tol);
   for (int k = 0; k < K; ++k) {
+    // The first kRowLanes classes of a row stay in registers (for C <= kRowLanes the whole row, read
+    // once); the classes after them are flat vector loops (max, then exp into p_o and its sum, then
+    // the scale), which add nothing for C <= kRowLanes.
     const T* __restrict__ r = x + static_cast<std::int64_t>(k) * C;
+    T* __restrict__ po = p_o + static_cast<std::int64_t>(k) * C;
     R v[W];
     LABELWISE_SIMD_FLAT
     for (int j = 0; j < W; ++j) {
@@ -1054,13 +1187,13 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
       v[j] = real ? u : -INFINITY;
       bad |= (real & ((u != u) | (u == INFINITY))) ? 1 : 0;
     }
-    R m8[8], m4[4];
-    LABELWISE_SIMD_PLAIN
-    for (int j = 0; j < 8; ++j) m8[j] = v[j] > v[j + 8] ? v[j] : v[j + 8];
-    LABELWISE_SIMD_PLAIN
-    for (int j = 0; j < 4; ++j) m4[j] = m8[j] > m8[j + 4] ? m8[j] : m8[j + 4];
-    const R a = m4[0] > m4[2] ? m4[0] : m4[2], b = m4[1] > m4[3] ? m4[1] : m4[3];
-    const R mx = a > b ? a : b;
+    R mx = max16(v);
+    LABELWISE_SIMD_MAX
+    for (int c = W; c < C; ++c) {
+      const R u = r[c];
+      bad |= ((u != u) | (u == INFINITY)) ? 1 : 0;
+      mx = u > mx ? u : mx;
+    }
     if (!(mx > -INFINITY)) {  // -inf everywhere (or NaN, caught by bad)
       if (!fail) fail = kItemAllMasked;
       continue;
@@ -1071,7 +1204,15 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
       const R d = v[j] - mx;  // -inf for masked lanes and -inf entries: exp gives 0
       e[j] = lw_exp_nonpositive(d <= R(0) ? d : R(0));
     }
-    const R z = tree_sum16(e);
+    R z = R(0);
+    LABELWISE_SIMD_Z
+    for (int c = W; c < C; ++c) {
+      const R d = static_cast<R>(r[c]) - mx;
+      const R ec = lw_exp_nonpositive(d <= R(0) ? d : R(0));
+      po[c] = ec;
+      z += ec;
+    }
+    z += tree_sum16(e);  // one chunk: exactly the tree sum
     R scale;
     if (input_kind == 1) {
       // |m + ln z| <= tol, tested as exp(-tol) <= z·exp(m) <= exp(tol) (no logarithm per row).
@@ -1082,25 +1223,26 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
     } else {
       scale = R(1) / z;  // z >= 1: the maximum contributes 1
     }
-    T* __restrict__ po = p_o + static_cast<std::int64_t>(k) * C;
+    // All W lanes of the first chunk (lanes past C are 0, overwritten by the next row or in the slack).
     LABELWISE_SIMD_PLAIN
     for (int j = 0; j < W; ++j) po[j] = e[j] * scale;
+    LABELWISE_SIMD_PLAIN
+    for (int c = W; c < C; ++c) po[c] *= scale;
     if (need_votes) {
-      unsigned bits = 0;
-      LABELWISE_SIMD_BITS
-      for (int j = 0; j < W; ++j) bits |= (v[j] == mx ? 1u : 0u) << j;
-      const int w = bits ? __builtin_ctz(bits) : 0;  // masked lanes are -inf < mx
-      LABELWISE_SIMD_PLAIN
-      for (int j = 0; j < W; ++j) votes[j] += j == w ? 1 : 0;
+      // The lowest class holding the row maximum, ties to the lower class (masked lanes are -inf < mx;
+      // for several chunks, read again from the row up to the first chunk that holds it).
+      const int w = C <= W ? first_equal(v, C, mx) : first_equal(r, C, mx);
+      if (C <= W) {
+        LABELWISE_SIMD_PLAIN
+        for (int j = 0; j < W; ++j) votes[j] += j == w ? 1 : 0;
+      } else {
+        cs.arg[k] = w;
+      }
     }
   }
   if (bad) return kItemNonFinite;
   if (fail) return fail;
-  if (need_votes) {
-    int mode = 0;
-    for (int j = 0; j < W; ++j) mode = votes[j] > mode ? votes[j] : mode;
-    mode_o = mode;
-  }
+  if (need_votes) mode_o = C <= W ? lane_mode(votes) : chunk_mode(cs, K);
   return kItemOk;
 }
 
@@ -1138,52 +1280,61 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
   } else if (want_bal) {
     double* __restrict__ lnb_p = b.lnb;
     double* __restrict__ w_p = b.wpsi;
-    int any_band = 0;
-    LABELWISE_SIMD_BAND
-    for (int j = 0; j < n; ++j) {
-      const double mean_shift = sum_p[j] * inv_k;
-      const double mean = first_p[j] + mean_shift;
-      double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
-      var = var > 0.0 ? var : 0.0;
-      sd_p[j] = sqrt(var);
-      const double mu = mean < 1e-9 ? 1e-9 : mean;
-      const double v = var < 1e-9 ? 1e-9 : var;
-      const double alpha = mu * mu * (1.0 - mu) / v - mu;
-      const double beta = (1.0 / mu - 1.0) * alpha;
-      const bool ok = (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
-      double lb, w;
-      beta_entropy_parts(ok ? alpha : 1.0, ok ? beta : 1.0, lb, w);
-      // log(B + 1e-32) without its logarithm, exact outside |ln B - ln 1e-32| <= 40 (see
-      // balentacq_guarded_log_beta); classes inside that band are redone below.
-      const double t = mu * ((lb > kLog1em32 ? lb : kLog1em32) + w);
-      const bool band = ok & (fabs(lb - kLog1em32) <= 40.0);
-      term_p[j] = ok ? (t < 0.0 ? t : 0.0) : 0.0;
-      slow_p[j] = ok ? 0 : 1;
-      lnb_p[j] = lb;
-      w_p[j] = w;
-      any_band |= band ? 1 : 0;
-    }
-    if (any_band) {
-      // The guard's logarithm for the classes in the band (rare unless the samples agree closely).
-      LABELWISE_SIMD_PLAIN
-      for (int j = 0; j < n; ++j) {
-        const double lb = lnb_p[j];
-        const bool band = (slow_p[j] == 0) & (fabs(lb - kLog1em32) <= 40.0);
-        const double mean = mu_p[j];
+    // Segments of kBandSegment class terms, so that the rare passes below (the guard's logarithm, the
+    // exact scalar term) cover only the segments that need them, while their values are in L1.
+    constexpr int kBandSegment = 64;
+    for (int j0 = 0; j0 < n; j0 += kBandSegment) {
+      const int j1 = n - j0 < kBandSegment ? n : j0 + kBandSegment;
+      int any_band = 0, any_slow = 0;
+      LABELWISE_SIMD_BAND
+      for (int j = j0; j < j1; ++j) {
+        const double mean_shift = sum_p[j] * inv_k;
+        const double mean = first_p[j] + mean_shift;
+        double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
+        var = var > 0.0 ? var : 0.0;
+        sd_p[j] = sqrt(var);
         const double mu = mean < 1e-9 ? 1e-9 : mean;
-        const double t = mu * (balentacq_guarded_log_beta(band ? lb : 0.0) + w_p[j]);
-        term_p[j] = band ? (t < 0.0 ? t : 0.0) : term_p[j];
+        const double v = var < 1e-9 ? 1e-9 : var;
+        const double alpha = mu * mu * (1.0 - mu) / v - mu;
+        const double beta = (1.0 / mu - 1.0) * alpha;
+        const bool ok = (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
+        double lb, w;
+        beta_entropy_parts(ok ? alpha : 1.0, ok ? beta : 1.0, lb, w);
+        // log(B + 1e-32) without its logarithm, exact outside |ln B - ln 1e-32| <= 40 (see
+        // balentacq_guarded_log_beta); classes inside that band are redone below.
+        const double t = mu * ((lb > kLog1em32 ? lb : kLog1em32) + w);
+        const bool band = ok & (fabs(lb - kLog1em32) <= 40.0);
+        term_p[j] = ok ? (t < 0.0 ? t : 0.0) : 0.0;
+        slow_p[j] = ok ? 0 : 1;
+        lnb_p[j] = lb;
+        w_p[j] = w;
+        any_band |= band ? 1 : 0;
+        any_slow |= ok ? 0 : 1;
+      }
+      if (any_band) {
+        // The guard's logarithm for the classes in the band (rare unless the samples agree closely).
+        LABELWISE_SIMD_PLAIN
+        for (int j = j0; j < j1; ++j) {
+          const double lb = lnb_p[j];
+          const bool band = (slow_p[j] == 0) & (fabs(lb - kLog1em32) <= 40.0);
+          const double mean = mu_p[j];
+          const double mu = mean < 1e-9 ? 1e-9 : mean;
+          const double t = mu * (balentacq_guarded_log_beta(band ? lb : 0.0) + w_p[j]);
+          term_p[j] = band ? (t < 0.0 ? t : 0.0) : term_p[j];
+        }
+      }
+      if (any_slow) {
+        for (int j = j0; j < j1; ++j) {
+          if (!slow_p[j]) continue;
+          const double mean_shift = sum_p[j] * inv_k;
+          const double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
+          term_p[j] = balentacq_class_term(first_p[j] + mean_shift, var > 0.0 ? var : 0.0);
+        }
       }
     }
-    for (int j = 0; j < n; ++j) {
-      if (!slow_p[j]) continue;
-      const double mean_shift = sum_p[j] * inv_k;
-      const double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
-      term_p[j] = balentacq_class_term(first_p[j] + mean_shift, var > 0.0 ? var : 0.0);
-    }
   }
-  // Per-item reductions over the classes, in class order, vectorised across the block's items (class
-  // values C apart: strided loads); no per-item dependency chain of compares.
+  // Per-item reductions over the classes. The two largest means are the same whatever the order; the
+  // sums (entropy, std, BalEntAcq terms) depend on it, and so on C only, never on the block split.
   double top1[kBlockItems], top2[kBlockItems], h[kBlockItems], ssum[kBlockItems], tsum[kBlockItems];
   LABELWISE_SIMD_PLAIN
   for (int i = 0; i < nb; ++i) {
@@ -1193,25 +1344,86 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
     ssum[i] = 0.0;
     tsum[i] = 0.0;
   }
-  for (int c = 0; c < C; ++c) {
-    LABELWISE_SIMD_PLAIN
+  if (C <= kRowLanes) {
+    // Few classes: in class order, vectorised across the block's items (class values C apart: strided
+    // loads); no per-item dependency chain of compares.
+    for (int c = 0; c < C; ++c) {
+      LABELWISE_SIMD_PLAIN
+      for (int i = 0; i < nb; ++i) {
+        const double m = mu_p[i * C + c];
+        const double lo = m < top1[i] ? m : top1[i];
+        top2[i] = lo > top2[i] ? lo : top2[i];
+        top1[i] = m > top1[i] ? m : top1[i];
+      }
+      if (need_h) {
+        LABELWISE_SIMD_PLAIN
+        for (int i = 0; i < nb; ++i) h[i] -= plm_p[i * C + c];
+      }
+      if (need_sq) {
+        LABELWISE_SIMD_PLAIN
+        for (int i = 0; i < nb; ++i) ssum[i] += sd_p[i * C + c];
+      }
+      if (want_bal) {
+        LABELWISE_SIMD_PLAIN
+        for (int i = 0; i < nb; ++i) tsum[i] += term_p[i * C + c];
+      }
+    }
+  } else {
+    // Many classes (few items per block): per item, over its classes in kClassBlock lanes (contiguous
+    // loads; the lanes past C read the next values and are masked), the lanes merged once per item.
+    constexpr int L = kClassBlock;
     for (int i = 0; i < nb; ++i) {
-      const double m = mu_p[i * C + c];
-      const double lo = m < top1[i] ? m : top1[i];
-      top2[i] = lo > top2[i] ? lo : top2[i];
-      top1[i] = m > top1[i] ? m : top1[i];
-    }
-    if (need_h) {
+      const double* __restrict__ mu_i = mu_p + i * C;
+      const double* __restrict__ plm_i = plm_p + i * C;
+      const double* __restrict__ sd_i = sd_p + i * C;
+      const double* __restrict__ term_i = term_p + i * C;
+      double t1[L], t2[L], hl[L], sl[L], tl[L];
       LABELWISE_SIMD_PLAIN
-      for (int i = 0; i < nb; ++i) h[i] -= plm_p[i * C + c];
-    }
-    if (need_sq) {
-      LABELWISE_SIMD_PLAIN
-      for (int i = 0; i < nb; ++i) ssum[i] += sd_p[i * C + c];
-    }
-    if (want_bal) {
-      LABELWISE_SIMD_PLAIN
-      for (int i = 0; i < nb; ++i) tsum[i] += term_p[i * C + c];
+      for (int j = 0; j < L; ++j) {
+        t1[j] = -1.0;
+        t2[j] = -1.0;
+        hl[j] = 0.0;
+        sl[j] = 0.0;
+        tl[j] = 0.0;
+      }
+      for (int cb = 0; cb < C; cb += L) {
+        LABELWISE_SIMD_PLAIN
+        for (int j = 0; j < L; ++j) {
+          const bool real = cb + j < C;
+          const double m = real ? mu_i[cb + j] : -1.0;
+          const double lo = m < t1[j] ? m : t1[j];
+          t2[j] = lo > t2[j] ? lo : t2[j];
+          t1[j] = m > t1[j] ? m : t1[j];
+        }
+        if (need_h) {
+          LABELWISE_SIMD_PLAIN
+          for (int j = 0; j < L; ++j) hl[j] -= cb + j < C ? plm_i[cb + j] : 0.0;
+        }
+        if (need_sq) {
+          LABELWISE_SIMD_PLAIN
+          for (int j = 0; j < L; ++j) sl[j] += cb + j < C ? sd_i[cb + j] : 0.0;
+        }
+        if (want_bal) {
+          LABELWISE_SIMD_PLAIN
+          for (int j = 0; j < L; ++j) tl[j] += cb + j < C ? term_i[cb + j] : 0.0;
+        }
+      }
+      // The two largest of the lanes' pairs (as a multiset: a tie gives top2 = top1).
+      double a1 = -1.0, a2 = -1.0;
+      for (int j = 0; j < L; ++j) {
+        for (const double m : {t1[j], t2[j]}) {
+          const double lo = m < a1 ? m : a1;
+          a2 = lo > a2 ? lo : a2;
+          a1 = m > a1 ? m : a1;
+        }
+      }
+      top1[i] = a1;
+      top2[i] = a2;
+      for (int j = 0; j < L; ++j) {
+        h[i] += hl[j];
+        ssum[i] += sl[j];
+        tsum[i] += tl[j];
+      }
     }
   }
   for (int i = 0; i < nb; ++i) {
