@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -490,6 +491,75 @@ TEMPLATE_TEST_CASE("logits and log-probabilities around the vector width, and th
           }
         }
         set_num_threads(0);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("masked classes (-inf logits / log-probabilities) count as probability 0", "[uncertainty]", float,
+                   double) {
+  // The samples' entropies come from the row sums (ln p = x - m - ln z for logits, ln p = x for
+  // log-probabilities): a -inf entry must count 0 · ln 0 = 0 there, not NaN, for one chunk of 16 lanes
+  // and several. About a third of the classes of every sample masked, one class of each sample kept.
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> shift(0.0, 3.0);
+  std::bernoulli_distribution masked(0.35);
+  const bool f32 = std::is_same<TestType, float>::value;
+  const int N = 23, K = 6;
+  for (int kind : {1, 2}) {
+    for (int C : {3, 10, 16, 17, 40, 1000}) {
+      INFO("input kind " << kind << " C " << C);
+      Pool P = make_pool(rng, N, K, C);
+      std::uniform_int_distribution<int> pick(0, C - 1);
+      std::vector<TestType> x(static_cast<std::size_t>(N) * K * C);
+      for (int i = 0; i < N; ++i)
+        for (int k = 0; k < K; ++k) {
+          std::vector<double>& q = P.p[i][k];
+          const int keep = pick(rng);
+          double s = 0;
+          for (int c = 0; c < C; ++c) {
+            if (c != keep && masked(rng)) q[c] = 0.0;
+            s += q[c];
+          }
+          const double offset = kind == 2 ? shift(rng) : 0.0;
+          for (int c = 0; c < C; ++c)
+            x[(static_cast<std::size_t>(i) * K + k) * C + c] =
+                q[c] > 0.0 ? static_cast<TestType>(std::log(q[c] / s) + offset) : -std::numeric_limits<TestType>::infinity();
+        }
+      ScoreOptions opt;
+      opt.input = static_cast<InputKind>(kind);
+      std::vector<std::vector<double>> store;
+      auto outs = all_outputs(store, N, true);
+      score(TensorView::of(x.data(), {N, K, C}), outs, opt);
+      for (int i = 0; i < N; ++i) {
+        std::vector<std::vector<double>> item(K, std::vector<double>(C));
+        bool certain = false;  // some sample's top class within 1e-3 of 1 (see the test case above)
+        for (int k = 0; k < K; ++k) {
+          double z = 0;
+          for (int c = 0; c < C; ++c) z += item[k][c] = std::exp(static_cast<double>(x[(static_cast<std::size_t>(i) * K + k) * C + c]));
+          for (int c = 0; c < C; ++c) {
+            if (kind == 2) item[k][c] /= z;
+            certain |= item[k][c] > 1.0 - 1e-3;
+          }
+        }
+        const auto r = ref::metrics(item);
+        for (int m = 0; m < kNumMetrics; ++m) {
+          INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i] << " want "
+                       << r[m]);
+          const double s_abs = std::isfinite(r[m]) ? std::fabs(r[m]) : 0.0;
+          if (f32 && m == 9) {
+            if (certain) {
+              CHECK(!std::isnan(store[m][i]));
+            } else {
+              CHECK(close(store[m][i], r[m], 3e-3 + 2e-4 * s_abs));
+            }
+            continue;
+          }
+          const double t = f32 ? 2e-4 : 1e-9;
+          CHECK(close(store[m][i], r[m], m == 9 ? t + 1e-12 * s_abs : t));
+        }
       }
     }
   }
