@@ -52,6 +52,34 @@ bool close(double a, double b, double tol) {
   return std::fabs(a - b) <= tol * (1.0 + std::fabs(b));
 }
 
+/// The pool scored (all ten metrics) in three layouts: [N, K, C] into a, [K, C, N] (items innermost)
+/// into b and BaaL's [N, C, K] with a stride-2 sample axis into c2. Returns the [N, K, C] values.
+template <typename T>
+std::vector<T> score_three_layouts(const Pool& P, int N, int K, int C, std::vector<std::vector<double>>& a,
+                                   std::vector<std::vector<double>>& b, std::vector<std::vector<double>>& c2) {
+  const std::size_t n = static_cast<std::size_t>(N) * K * C;
+  std::vector<T> nkc(n), kcn(n), ncpk(2 * n);
+  for (int i = 0; i < N; ++i)
+    for (int k = 0; k < K; ++k)
+      for (int c = 0; c < C; ++c) {
+        const T v = static_cast<T>(P.p[i][k][c]);
+        nkc[(static_cast<std::size_t>(i) * K + k) * C + c] = v;
+        kcn[(static_cast<std::size_t>(k) * C + c) * N + i] = v;
+        ncpk[((static_cast<std::size_t>(i) * C + c) * K + k) * 2] = v;
+      }
+  auto oa = all_outputs(a, N, true), ob = all_outputs(b, N, true), oc = all_outputs(c2, N, true);
+  score(TensorView::of(nkc.data(), {N, K, C}), oa);
+  ScoreOptions o1;
+  o1.sample_axis = 0;
+  o1.class_axis = 1;
+  score(TensorView::of(kcn.data(), {K, C, N}), ob, o1);
+  ScoreOptions o2;
+  o2.sample_axis = -1;
+  o2.class_axis = 1;
+  score(TensorView::of(ncpk.data(), {N, C, K}, {std::int64_t(C) * K * 2, std::int64_t(K) * 2, 2}), oc, o2);
+  return nkc;
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("all metrics match the float64 reference for every input kind", "[uncertainty]", float, double) {
@@ -120,26 +148,8 @@ TEST_CASE("strided and permuted layouts equal the contiguous one", "[uncertainty
   std::mt19937_64 rng(seed);
   const int N = 64, K = 5, C = 4;
   Pool P = make_pool(rng, N, K, C);
-  std::vector<double> nkc(N * K * C), kcn(N * K * C), ncpk(N * C * K * 2);
-  for (int i = 0; i < N; ++i)
-    for (int k = 0; k < K; ++k)
-      for (int c = 0; c < C; ++c) {
-        const double v = P.p[i][k][c];
-        nkc[(i * K + k) * C + c] = v;
-        kcn[(k * C + c) * N + i] = v;
-        ncpk[((i * C + c) * K + k) * 2] = v;  // [N, C, K] with a stride-2 sample axis (BaaL-like layout)
-      }
   std::vector<std::vector<double>> a, b, c2;
-  auto oa = all_outputs(a, N, true), ob = all_outputs(b, N, true), oc = all_outputs(c2, N, true);
-  score(TensorView::of(nkc.data(), {N, K, C}), oa);
-  ScoreOptions o1;
-  o1.sample_axis = 0;
-  o1.class_axis = 1;
-  score(TensorView::of(kcn.data(), {K, C, N}), ob, o1);
-  ScoreOptions o2;
-  o2.sample_axis = -1;
-  o2.class_axis = 1;
-  score(TensorView::of(ncpk.data(), {N, C, K}, {C * K * 2, K * 2, 2}), oc, o2);
+  const std::vector<double> nkc = score_three_layouts<double>(P, N, K, C, a, b, c2);
   // Every layout is gathered into the same contiguous block first: the same bits.
   for (int m = 0; m < kNumMetrics; ++m)
     for (int i = 0; i < N; ++i) {
@@ -579,27 +589,8 @@ TEMPLATE_TEST_CASE("many classes: every layout against the reference, bit for bi
     const int N = C >= 1000 ? 37 : 101, K = 6;
     INFO("C " << C);
     Pool P = make_pool(rng, N, K, C);
-    const std::size_t n = static_cast<std::size_t>(N) * K * C;
-    std::vector<TestType> nkc(n), kcn(n), ncpk(2 * n);
-    for (int i = 0; i < N; ++i)
-      for (int k = 0; k < K; ++k)
-        for (int c = 0; c < C; ++c) {
-          const TestType v = static_cast<TestType>(P.p[i][k][c]);
-          nkc[(static_cast<std::size_t>(i) * K + k) * C + c] = v;
-          kcn[(static_cast<std::size_t>(k) * C + c) * N + i] = v;
-          ncpk[((static_cast<std::size_t>(i) * C + c) * K + k) * 2] = v;
-        }
     std::vector<std::vector<double>> a, b, c2;
-    auto oa = all_outputs(a, N, true), ob = all_outputs(b, N, true), oc = all_outputs(c2, N, true);
-    score(TensorView::of(nkc.data(), {N, K, C}), oa);
-    ScoreOptions o1;
-    o1.sample_axis = 0;
-    o1.class_axis = 1;
-    score(TensorView::of(kcn.data(), {K, C, N}), ob, o1);
-    ScoreOptions o2;
-    o2.sample_axis = -1;
-    o2.class_axis = 1;
-    score(TensorView::of(ncpk.data(), {N, C, K}, {std::int64_t(C) * K * 2, std::int64_t(K) * 2, 2}), oc, o2);
+    const std::vector<TestType> nkc = score_three_layouts<TestType>(P, N, K, C, a, b, c2);
     for (int i = 0; i < N; ++i) {
       std::vector<std::vector<double>> item(K, std::vector<double>(C));
       for (int k = 0; k < K; ++k)
