@@ -52,6 +52,53 @@ bool close(double a, double b, double tol) {
   return std::fabs(a - b) <= tol * (1.0 + std::fabs(b));
 }
 
+/// Scores logits (kind 2) or log-probabilities (kind 1) x [N, K, C] (all ten metrics) and checks every
+/// item against the float64 definitions over exp(x) (normalised for logits); returns the results.
+template <typename T>
+std::vector<std::vector<double>> score_logs_against_reference(const std::vector<T>& x, int N, int K, int C, int kind) {
+  const bool f32 = std::is_same<T, float>::value;
+  ScoreOptions opt;
+  opt.input = static_cast<InputKind>(kind);
+  std::vector<std::vector<double>> store;
+  auto outs = all_outputs(store, N, true);
+  score(TensorView::of(x.data(), {N, K, C}), outs, opt);
+  for (int i = 0; i < N; ++i) {
+    std::vector<std::vector<double>> item(K, std::vector<double>(C));
+    bool certain = false;  // some sample's top class within 1e-3 of 1
+    for (int k = 0; k < K; ++k) {
+      double z = 0;
+      for (int c = 0; c < C; ++c) z += item[k][c] = std::exp(static_cast<double>(x[(static_cast<std::size_t>(i) * K + k) * C + c]));
+      for (int c = 0; c < C; ++c) {
+        if (kind == 2) item[k][c] /= z;
+        certain |= item[k][c] > 1.0 - 1e-3;
+      }
+    }
+    const auto r = ref::metrics(item);
+    for (int m = 0; m < kNumMetrics; ++m) {
+      INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i] << " want "
+                   << r[m]);
+      const double s_abs = std::isfinite(r[m]) ? std::fabs(r[m]) : 0.0;
+      if (f32 && m == 9) {
+        // From float32 logits the probabilities exist only rounded to float32 (by softmax, in any
+        // implementation), and for a nearly certain sample 1 - p of its top class then carries a
+        // relative error of up to ulp(1) / (1 - p), which BalEntAcq's Beta terms amplify: there, only
+        // ask for a number (not NaN).
+        if (certain) {
+          CHECK(!std::isnan(store[m][i]));
+        } else {
+          CHECK(close(store[m][i], r[m], 3e-3 + 2e-4 * s_abs));
+        }
+        continue;
+      }
+      INFO("relative difference " << std::fabs(store[m][i] - r[m]) / (1.0 + std::fabs(r[m])));
+      // float64: BalEntAcq near its pole amplifies the last-bit differences of exp / log.
+      const double t = f32 ? 2e-4 : 1e-9;
+      CHECK(close(store[m][i], r[m], m == 9 ? t + 1e-12 * s_abs : t));
+    }
+  }
+  return store;
+}
+
 /// The pool scored (all ten metrics) in three layouts: [N, K, C] into a, [K, C, N] (items innermost)
 /// into b and BaaL's [N, C, K] with a stride-2 sample axis into c2. Returns the [N, K, C] values.
 template <typename T>
@@ -407,7 +454,6 @@ TEMPLATE_TEST_CASE("logits and log-probabilities around the vector width, and th
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> shift(0.0, 3.0);
-  const bool f32 = std::is_same<TestType, float>::value;
   const int N = 77;
   for (int kind : {1, 2}) {
     for (int K : {2, 20}) {
@@ -421,45 +467,9 @@ TEMPLATE_TEST_CASE("logits and log-probabilities around the vector width, and th
             for (int c = 0; c < C; ++c)
               x[(static_cast<std::size_t>(i) * K + k) * C + c] = static_cast<TestType>(std::log(P.p[i][k][c]) + offset);
           }
+        const std::vector<std::vector<double>> store = score_logs_against_reference(x, N, K, C, kind);
         ScoreOptions opt;
         opt.input = static_cast<InputKind>(kind);
-        std::vector<std::vector<double>> store;
-        auto outs = all_outputs(store, N, true);
-        score(TensorView::of(x.data(), {N, K, C}), outs, opt);
-        for (int i = 0; i < N; ++i) {
-          std::vector<std::vector<double>> item(K, std::vector<double>(C));
-          for (int k = 0; k < K; ++k) {
-            double z = 0;
-            for (int c = 0; c < C; ++c) z += item[k][c] = std::exp(static_cast<double>(x[(static_cast<std::size_t>(i) * K + k) * C + c]));
-            if (kind == 2)
-              for (int c = 0; c < C; ++c) item[k][c] /= z;
-          }
-          const auto r = ref::metrics(item);
-          bool certain = false;  // some sample's top class within 1e-3 of 1
-          for (int k = 0; k < K; ++k)
-            for (int c = 0; c < C; ++c) certain |= item[k][c] > 1.0 - 1e-3;
-          for (int m = 0; m < kNumMetrics; ++m) {
-            INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i]
-                         << " want " << r[m]);
-            const double s_abs = std::isfinite(r[m]) ? std::fabs(r[m]) : 0.0;
-            const double t = f32 ? (m == 9 ? 3e-3 + 2e-6 * s_abs : 2e-4) : 1e-9;
-            if (f32 && m == 9) {
-              // From float32 logits the probabilities exist only rounded to float32 (by softmax, in
-              // any implementation; the per-item path too), and for a nearly certain sample 1 - p of
-              // its top class then carries a relative error of up to ulp(1) / (1 - p), which
-              // BalEntAcq's Beta terms amplify: there, only ask for a number (not NaN).
-              if (certain) {
-                CHECK(!std::isnan(store[m][i]));
-              } else {
-                CHECK(close(store[m][i], r[m], 3e-3 + 2e-4 * s_abs));
-              }
-              continue;
-            }
-            INFO("relative difference " << std::fabs(store[m][i] - r[m]) / (1.0 + std::fabs(r[m])));
-            // float64: BalEntAcq near its pole amplifies the last-bit differences of exp / log.
-            CHECK(close(store[m][i], r[m], m == 9 ? t + 1e-12 * s_abs : t));
-          }
-        }
         // The error names the lowest bad item, whichever thread and block it falls in; NaN / +Inf
         // anywhere in an item come before its other faults; otherwise the first bad sample counts.
         const auto at = [&](int i, int k, int c) -> TestType& { return x[(static_cast<std::size_t>(i) * K + k) * C + c]; };
@@ -508,15 +518,14 @@ TEMPLATE_TEST_CASE("logits and log-probabilities around the vector width, and th
 
 TEMPLATE_TEST_CASE("masked classes (-inf logits / log-probabilities) count as probability 0", "[uncertainty]", float,
                    double) {
-  // The samples' entropies come from the row sums (ln p = x - m - ln z for logits, ln p = x for
-  // log-probabilities): a -inf entry must count 0 · ln 0 = 0 there, not NaN, for one chunk of 16 lanes
-  // and several. About a third of the classes of every sample masked, one class of each sample kept.
+  // A -inf entry is a class of probability 0: it must count 0 · ln 0 = 0 in the entropies (not NaN)
+  // and 0 in every other statistic, for one chunk of 16 lanes and several. About a third of the
+  // classes of every sample masked, one class of each sample kept.
   const std::uint64_t seed = fresh_seed();
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> shift(0.0, 3.0);
   std::bernoulli_distribution masked(0.35);
-  const bool f32 = std::is_same<TestType, float>::value;
   const int N = 23, K = 6;
   for (int kind : {1, 2}) {
     for (int C : {3, 10, 16, 17, 40, 1000}) {
@@ -538,39 +547,7 @@ TEMPLATE_TEST_CASE("masked classes (-inf logits / log-probabilities) count as pr
             x[(static_cast<std::size_t>(i) * K + k) * C + c] =
                 q[c] > 0.0 ? static_cast<TestType>(std::log(q[c] / s) + offset) : -std::numeric_limits<TestType>::infinity();
         }
-      ScoreOptions opt;
-      opt.input = static_cast<InputKind>(kind);
-      std::vector<std::vector<double>> store;
-      auto outs = all_outputs(store, N, true);
-      score(TensorView::of(x.data(), {N, K, C}), outs, opt);
-      for (int i = 0; i < N; ++i) {
-        std::vector<std::vector<double>> item(K, std::vector<double>(C));
-        bool certain = false;  // some sample's top class within 1e-3 of 1 (see the test case above)
-        for (int k = 0; k < K; ++k) {
-          double z = 0;
-          for (int c = 0; c < C; ++c) z += item[k][c] = std::exp(static_cast<double>(x[(static_cast<std::size_t>(i) * K + k) * C + c]));
-          for (int c = 0; c < C; ++c) {
-            if (kind == 2) item[k][c] /= z;
-            certain |= item[k][c] > 1.0 - 1e-3;
-          }
-        }
-        const auto r = ref::metrics(item);
-        for (int m = 0; m < kNumMetrics; ++m) {
-          INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i] << " want "
-                       << r[m]);
-          const double s_abs = std::isfinite(r[m]) ? std::fabs(r[m]) : 0.0;
-          if (f32 && m == 9) {
-            if (certain) {
-              CHECK(!std::isnan(store[m][i]));
-            } else {
-              CHECK(close(store[m][i], r[m], 3e-3 + 2e-4 * s_abs));
-            }
-            continue;
-          }
-          const double t = f32 ? 2e-4 : 1e-9;
-          CHECK(close(store[m][i], r[m], m == 9 ? t + 1e-12 * s_abs : t));
-        }
-      }
+      score_logs_against_reference(x, N, K, C, kind);
     }
   }
 }
