@@ -121,47 +121,27 @@ std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& o
 }
 
 namespace {
-void score_widened(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options,
-                   double tol);
-}  // namespace
 
-void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options) {
-  describe(x, options);  // the argument errors name x's own shape and dtype
-  if (!is_half(x.dtype)) return score_widened(x, outputs, options, normalization_tolerance(x.dtype));
-  // float16 / bfloat16: widened exactly to a contiguous float32 copy of the same shape (same item
-  // indices in the errors), validated with the tolerance of the half format.
-  std::vector<std::int64_t> shape(x.shape, x.shape + x.ndim);
-  const std::int64_t n = x.numel();
-  if (x.device.is_cpu()) {
-    std::vector<float> wide(static_cast<std::size_t>(n));
-    detail::widen_to_float32_cpu(x, wide.data());
-    return score_widened(TensorView::of(wide.data(), shape), outputs, options, normalization_tolerance(x.dtype));
-  }
-  const int dev = x.device.index;
-  std::unique_ptr<float, std::function<void(float*)>> wide(
-      detail::cuda_alloc_floats(n, dev, options.stream),
-      [dev, &options](float* p) { detail::cuda_free_floats(p, dev, options.stream); });
-  detail::widen_to_float32_cuda(x, wide.get(), options.stream);
-  score_widened(TensorView(wide.get(), DType::Float32, shape, x.device), outputs, options,
-                normalization_tolerance(x.dtype));
+/// Points the job at the data of y (layout Ly): pointer, dtype and strides.
+void point_at(detail::ScoreJob& job, const TensorView& y, const Layout& Ly) {
+  job.x = y.data;
+  job.dtype = y.dtype;
+  job.grid = Ly.grid;
+  job.sample_stride = Ly.sample_axis >= 0 ? y.strides[Ly.sample_axis] : 0;
+  job.class_stride = y.strides[Ly.class_axis];
 }
 
-namespace {
-void score_widened(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options,
-                   double tol) {
-  const Layout L = describe(x, options);
+/// The job for x and the requested outputs, every argument validated (x's own data and strides).
+detail::ScoreJob make_job(const TensorView& x, const Layout& L, const std::vector<MetricOutput>& outputs,
+                          const ScoreOptions& options) {
   check(!outputs.empty(), ErrorKind::Value, "metrics: no metric requested");
   detail::ScoreJob job;
-  job.x = x.data;
-  job.dtype = x.dtype;
-  job.grid = L.grid;
-  job.sample_stride = L.sample_axis >= 0 ? x.strides[L.sample_axis] : 0;
-  job.class_stride = x.strides[L.class_axis];
+  point_at(job, x, L);
   job.K = L.K;
   job.C = L.C;
   job.input_kind = static_cast<int>(options.input);
   check(job.input_kind >= 0 && job.input_kind <= 2, ErrorKind::Value, "input: unknown input kind ", job.input_kind);
-  job.tol = tol;
+  job.tol = normalization_tolerance(x.dtype);
   job.device_index = x.device.index;
   job.stream = options.stream;
   for (const MetricOutput& mo : outputs) {
@@ -187,7 +167,12 @@ void score_widened(const TensorView& x, const std::vector<MetricOutput>& outputs
     job.out_dtype[m] = o.dtype;
     for (int d = 0; d < o.ndim; ++d) job.out_stride[m][d] = o.strides[d];
   }
-  const detail::ScoreFailure f = x.device.is_cpu() ? detail::score_cpu(job) : detail::score_cuda(job);
+  return job;
+}
+
+/// Runs the job on x's device; a failing item becomes the error naming it.
+void run(const detail::ScoreJob& job, const Device& device, const Layout& L, const ScoreOptions& options) {
+  const detail::ScoreFailure f = device.is_cpu() ? detail::score_cpu(job) : detail::score_cuda(job);
   if (f.status == 0) return;
   const std::string where = "item " + item_index_str(L.grid, f.item) + " of x";
   const char* kind = options.input == InputKind::Probabilities      ? "probabilities"
@@ -207,7 +192,33 @@ void score_widened(const TensorView& x, const std::vector<MetricOutput>& outputs
     default: throw Error(ErrorKind::Runtime, "x: " + where + " failed with status " + std::to_string(f.status));
   }
 }
+
 }  // namespace
+
+void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options) {
+  const Layout L = describe(x, options);
+  detail::ScoreJob job = make_job(x, L, outputs, options);
+  if (!is_half(x.dtype)) return run(job, x.device, L, options);
+  // float16 / bfloat16: widened exactly to a contiguous float32 copy of the same shape (same item
+  // indices in the errors) once every argument is checked; the job keeps the half format's tolerance.
+  std::vector<std::int64_t> shape(x.shape, x.shape + x.ndim);
+  const std::int64_t n = x.numel();
+  if (x.device.is_cpu()) {
+    std::vector<float> wide(static_cast<std::size_t>(n));
+    detail::widen_to_float32_cpu(x, wide.data());
+    const TensorView y = TensorView::of(wide.data(), shape);
+    point_at(job, y, describe(y, options));
+    return run(job, x.device, L, options);
+  }
+  const int dev = x.device.index;
+  std::unique_ptr<float, std::function<void(float*)>> wide(
+      detail::cuda_alloc_floats(n, dev, options.stream),
+      [dev, &options](float* p) { detail::cuda_free_floats(p, dev, options.stream); });
+  detail::widen_to_float32_cuda(x, wide.get(), options.stream);
+  const TensorView y(wide.get(), DType::Float32, shape, x.device);
+  point_at(job, y, describe(y, options));
+  run(job, x.device, L, options);
+}
 
 #define LABELWISE_ONE_METRIC(fn, M)                                                    \
   void fn(const TensorView& x, const TensorView& out, const ScoreOptions& options) { \
