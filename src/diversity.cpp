@@ -169,13 +169,9 @@ void average_linkage_clusters(const TensorView& embeddings, const TensorView& cl
   check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
         "] (one per row of embeddings ", embeddings.shape_str(), "), got ", clusters.shape_str());
   check(clusters.data != nullptr, ErrorKind::Value, "clusters: data pointer is null");
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t t = 0; t < job.x.cols; ++t) {
-      const std::int64_t o = i * job.x.row_stride + t * job.x.col_stride;
-      const double v = job.x.dtype == DType::Float32 ? static_cast<double>(static_cast<const float*>(job.x.data)[o])
-                                                     : static_cast<const double*>(job.x.data)[o];
-      if (!std::isfinite(v)) throw Error(ErrorKind::Value, "embeddings: " + row_str(i) + " contains NaN or Inf");
-    }
+  const detail::DiversityFailure f = detail::first_non_finite_row(job.x);
+  if (f.status == detail::kDivNonFinite)
+    throw Error(ErrorKind::Value, "embeddings: " + row_str(f.item) + " contains NaN or Inf");
   job.distance = options.distance;
   job.num_clusters = options.num_clusters;
   job.out = static_cast<std::int64_t*>(clusters.data);

@@ -82,6 +82,9 @@ struct LinkageJob {
   std::int64_t out_stride = 1;
 };
 
+/// The first row of x (lowest index) with NaN / Inf as {kDivNonFinite, row}; {} when all are finite.
+DiversityFailure first_non_finite_row(const Matrix& x);
+
 /// Average-linkage clustering, cut into flat clusters (src/cpu/linkage_cpu.cpp).
 void average_linkage_cpu(const LinkageJob& job);
 

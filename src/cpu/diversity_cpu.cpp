@@ -423,23 +423,28 @@ std::pair<std::int64_t, double> nearest_centre(const double* row, const std::vec
   return {best, bd};
 }
 
+/// The first row (lowest index, whatever the thread count) with NaN / Inf: {kDivNonFinite, row}.
 template <typename T>
-DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
-  const Matrix& x = job.x;
-  const std::int64_t n = x.rows, d = x.cols, b = job.b;
-  // Every row must be finite (the first bad row is reported, whatever the thread count).
+DiversityFailure first_non_finite_row_of(const Matrix& x) {
   std::vector<DiversityFailure> fails(static_cast<std::size_t>(slots()));
-  parallel_for(n, grain_rows(d), [&](std::int64_t begin, std::int64_t end, int w) {
+  parallel_for(x.rows, grain_rows(x.cols), [&](std::int64_t begin, std::int64_t end, int w) {
     for (std::int64_t i = begin; i < end && fails[w].status == kDivOk; ++i) {
       const T* r = row_ptr<T>(x, i);
-      for (std::int64_t k = 0; k < d; ++k)
+      for (std::int64_t k = 0; k < x.cols; ++k)
         if (!std::isfinite(static_cast<double>(r[k * x.col_stride]))) {
           fails[w] = {kDivNonFinite, i};
           break;
         }
     }
   });
-  const DiversityFailure bad = first_failure(fails);
+  return first_failure(fails);
+}
+
+template <typename T>
+DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
+  const Matrix& x = job.x;
+  const std::int64_t n = x.rows, d = x.cols, b = job.b;
+  const DiversityFailure bad = first_non_finite_row_of<T>(x);
   if (bad.status != kDivOk) return bad;
   if (b == 0) return {};
 
@@ -577,6 +582,10 @@ DiversityFailure weighted_kmeans_cpu(const WeightedKmeansJob& job) {
 
 DiversityFailure badge_cpu(const BadgeJob& job) {
   return job.x.dtype == DType::Float32 ? badge_h<float>(job) : badge_h<double>(job);
+}
+
+DiversityFailure first_non_finite_row(const Matrix& x) {
+  return x.dtype == DType::Float32 ? first_non_finite_row_of<float>(x) : first_non_finite_row_of<double>(x);
 }
 
 }  // namespace detail
