@@ -217,6 +217,14 @@ def train(model, X, y, epochs: int, seed: int):
     return model
 
 
+def penultimate(model, X):
+    """The model's penultimate features of X (dropout off): a torch tensor [N, hidden]."""
+    torch = _torch()
+    model.eval()
+    with torch.no_grad():
+        return model[:-1](torch.from_numpy(X))
+
+
 def mc_log_probs(model, X, K: int, seed: int):
     """[N, K, C] log-probabilities from K dropout passes (dropout on at inference)."""
     torch = _torch()
@@ -261,10 +269,7 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         margins[~unlabeled] = -np.inf  # only candidates (not labelled, not calibration) can be picked
         return A.cluster_margin(margins, _CLUSTER_CACHE["ids"], b, seed=seed * 1000 + rnd, labeled=~unlabeled)
     if strategy == "coreset":
-        torch = _torch()
-        model.eval()
-        with torch.no_grad():
-            feats = model[:-1](torch.from_numpy(X_pool)).numpy()  # penultimate features
+        feats = penultimate(model, X_pool).numpy()
         # Only the labelled items and the candidates take part (the calibration set is neither).
         sub = np.concatenate([np.flatnonzero(labeled), cand])
         mask = np.zeros(len(sub), dtype=bool)
@@ -278,18 +283,13 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         picks = picks[0] if isinstance(picks, tuple) else picks
         return cand[np.asarray(picks)]
     if strategy == "weighted_kmeans":
-        torch = _torch()
-        model.eval()
-        with torch.no_grad():
-            feats = model[:-1](torch.from_numpy(X_pool[cand])).numpy()  # penultimate features
+        feats = penultimate(model, X_pool[cand]).numpy()
         s = np.maximum(np.asarray(U.bald(logp, input="log_probs")), 0.0)  # scores must be >= 0
         return cand[np.asarray(A.weighted_kmeans(feats, s, b))]
     if strategy == "badge":
         torch = _torch()
-        model.eval()
+        emb = penultimate(model, X_pool[cand])
         with torch.no_grad():
-            xt = torch.from_numpy(X_pool[cand])
-            emb = model[:-1](xt)
             probs = torch.softmax(model[-1](emb), dim=-1)
         return cand[np.asarray(A.badge(probs, emb, b, seed=seed * 1000 + rnd))]
     metric = {"entropy": "predictive_entropy", "bald": "bald", "balentacq": "balentacq", "powerbald": "bald"}[strategy]
