@@ -52,7 +52,10 @@ JointTableBuilder::JointTableBuilder(int k, int c, std::int64_t num_samples, std
 }
 
 void JointTableBuilder::add(const double* p_pick) {
-  chosen_p_.insert(chosen_p_.end(), p_pick, p_pick + static_cast<std::size_t>(k_) * c_);
+  const std::size_t kc = static_cast<std::size_t>(k_) * c_;
+  chosen_p_.insert(chosen_p_.end(), p_pick, p_pick + kc);
+  for (std::size_t j = 0; j < kc; ++j)
+    chosen_logp_.push_back(p_pick[j] > 0.0 ? std::log(p_pick[j]) : -std::numeric_limits<double>::infinity());
   if (exact_ && exact_fits(c_, table_.m + 1, num_samples_)) {
     extend_exact(p_pick);
   } else {
@@ -88,9 +91,7 @@ void JointTableBuilder::resample() {
   const std::int64_t S = std::max<std::int64_t>(1, num_samples_ / K);
   const std::int64_t R = S * K;
   const double* p = chosen_p_.data();
-  std::vector<double> logp(chosen_p_.size());
-  for (std::size_t j = 0; j < chosen_p_.size(); ++j)
-    logp[j] = p[j] > 0.0 ? std::log(p[j]) : -std::numeric_limits<double>::infinity();
+  const std::vector<double>& logp = chosen_logp_;
   std::vector<std::int32_t> lab(R * m);
   std::vector<double> pi(R * K), lam(R);
   parallel_for(R, 256, [&](std::int64_t begin, std::int64_t end, int) {

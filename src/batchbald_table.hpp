@@ -47,7 +47,8 @@ class JointTableBuilder {
   std::int64_t num_samples_;
   std::uint64_t seed_;
   bool exact_ = true;
-  std::vector<double> chosen_p_;  // m × K × C: the picks' probabilities, in the order chosen
+  std::vector<double> chosen_p_;     // m × K × C: the picks' probabilities, in the order chosen
+  std::vector<double> chosen_logp_;  // their logarithms (-inf for 0), for the sampled configurations
   JointTable table_;
 };
 
