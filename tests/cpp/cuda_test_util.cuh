@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "labelwise/core/tensor_view.hpp"
+#include "test_seed.hpp"
 
 namespace lw_test {
 
@@ -38,9 +39,6 @@ struct DeviceArray {
   }
 };
 
-inline std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
+using ::fresh_seed;
 
 }  // namespace lw_test

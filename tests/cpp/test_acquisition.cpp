@@ -2,6 +2,8 @@
 // sampling law of the stochastic modes, determinism, the shard merge and every bad input.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -20,10 +22,6 @@ using namespace labelwise;
 
 namespace {
 
-std::uint64_t fresh_seed() {
-  static std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 

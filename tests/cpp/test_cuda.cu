@@ -1,6 +1,8 @@
 // CPU == CUDA for the uncertainty metrics. Tagged [cuda]: CPU-only CI excludes it
 // (catch_discover_tests TEST_SPEC "~[cuda]"); bench/gpu_check.sh runs it on a GPU machine.
 #include <catch2/catch.hpp>
+
+#include "test_seed.hpp"
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -61,9 +63,7 @@ TEST_CASE("CUDA equals CPU for all metrics and input kinds", "[cuda]") {
   int devices = 0;
   REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
   REQUIRE(devices > 0);
-  std::random_device rd;
-  const std::uint64_t seed = rd();
-  INFO("seed " << seed);
+  const std::uint64_t seed = fresh_seed();
   for (int kind = 0; kind < 3; ++kind) {
     compare_layout<float>(3000, 20, 10, static_cast<InputKind>(kind), seed + kind);
     compare_layout<double>(500, 8, 14, static_cast<InputKind>(kind), seed + 10 + kind);

@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -20,7 +22,6 @@ using namespace labelwise;
 
 namespace {
 
-std::uint64_t fresh_seed() { return static_cast<std::uint64_t>(std::random_device{}()) << 20 | 12345u; }
 
 std::string temp_path(const std::string& name) {
   return std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/labelwise_heads_" +

@@ -2,6 +2,8 @@
 // larger than one GEMM block), label spreading / propagation invariants, and every bad input.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -19,10 +21,6 @@ using namespace labelwise;
 
 namespace {
 
-std::uint64_t fresh_seed() {
-  static std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
 
 /// Naive brute force: the point itself excluded, ties by the lower index.
 void naive_knn(const std::vector<double>& x, std::int64_t N, std::int64_t D, std::int64_t k, bool cosine,

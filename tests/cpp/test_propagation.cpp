@@ -2,6 +2,8 @@
 // naive float64 references written from the definitions, on fresh random inputs.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,10 +19,6 @@ using namespace labelwise;
 
 namespace {
 
-std::uint64_t fresh_seed() {
-  static std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
 
 /// P(Bin(n, p) <= k) by direct summation in log space (small n only).
 double naive_binomial_cdf(int k, int n, double p) {

@@ -1,6 +1,8 @@
 // Region acquisition against brute-force box means on fresh random maps.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cmath>
 #include <random>
 #include <vector>
@@ -10,7 +12,7 @@
 using namespace labelwise;
 
 TEST_CASE("patch scores equal brute-force box means (2D and 3D, strided)", "[regions]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(fresh_seed());
   std::uniform_real_distribution<double> u(0, 1);
   const int N = 2, D = 5, H = 7, W = 6;
   std::vector<double> map(N * D * H * W);

@@ -4,10 +4,12 @@
 
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 using namespace labelwise;
 
 TEST_CASE("torch adapter: scores equal a float64 torch formulation, any strides", "[torch]") {
-  torch::manual_seed(static_cast<std::uint64_t>(std::random_device{}()));
+  torch::manual_seed(fresh_seed());
   const auto logits = torch::randn({64, 8, 5}, torch::kFloat64);
   const auto p = torch::softmax(logits, -1);
   const auto mean = p.mean(1);

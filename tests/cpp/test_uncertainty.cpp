@@ -1,6 +1,8 @@
 // Uncertainty metrics against naive float64 references on fresh random inputs.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cmath>
 #include <limits>
 #include <random>
@@ -14,10 +16,6 @@ using namespace labelwise;
 
 namespace {
 
-std::uint64_t fresh_seed() {
-  static std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
 
 struct Pool {
   int N, K, C;

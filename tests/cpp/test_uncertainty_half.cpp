@@ -4,6 +4,8 @@
 // independently of include/labelwise/detail/half.hpp (frexp / ldexp arithmetic, not bit tricks).
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -76,9 +78,7 @@ std::vector<MetricOutput> all_outputs(std::vector<std::vector<float>>& bufs, std
 }  // namespace
 
 TEST_CASE("float16 / bfloat16 inputs equal float32 over the same values", "[uncertainty][half]") {
-  std::random_device rd;
-  const std::uint64_t seed = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-  INFO("seed " << seed);
+  const std::uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   const std::int64_t N = 150;
   const int K = 6, C = 7;
