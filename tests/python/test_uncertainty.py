@@ -13,6 +13,11 @@ TOL = {np.float32: 3e-4, np.float64: 1e-9}
 def _close(got, want, tol, name):
     got = np.asarray(got, dtype=np.float64)
     ok = np.isclose(got, want, rtol=tol, atol=tol) | ((got == want) & np.isinf(want))
+    if name == "balentacq":
+        # The pole: an item certain to within rounding (top mean within ~1e-12 of 1). The kernel's and
+        # the reference's float64 means may differ in the last ulp with one of them exactly 1, which is
+        # then certain (-inf) while the other gives s > 1e12: both are the documented behaviour.
+        ok |= ((got == -np.inf) & (want > 1e12)) | ((want == -np.inf) & (got > 1e12))
     assert ok.all(), f"{name}: max err {np.max(np.abs(got - want)[~ok])} at {np.flatnonzero(~ok)[:5]}"
 
 
