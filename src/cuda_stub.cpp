@@ -19,11 +19,17 @@ HeadFailure head_cuda(const HeadJob&) {
 DiversityFailure coreset_cuda(const CoresetJob&) {
   throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");
 }
+DiversityFailure weighted_kmeans_cuda(const WeightedKmeansJob&) {
+  throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");
+}
 DiversityFailure badge_cuda(const BadgeJob&) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
 }
-void copy_to_host(void*, const void*, std::size_t, int) {
-  throw Error(ErrorKind::Runtime, "labeled: is a CUDA tensor, but labelwise was built without CUDA");
+void copy_to_host(void*, const void*, std::size_t, int, void*) {
+  throw Error(ErrorKind::Runtime, "a CUDA tensor was passed, but labelwise was built without CUDA");
+}
+void copy_to_device(void*, const void*, std::size_t, int, void*) {
+  throw Error(ErrorKind::Runtime, "a CUDA tensor was passed, but labelwise was built without CUDA");
 }
 KnnCudaFailure knn_cuda(const KnnCudaJob&) {
   throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");

@@ -1,4 +1,4 @@
-// Front door of core-set and BADGE: validate shapes, dtypes and devices, build the job, dispatch.
+// Front door of core-set, BADGE, weighted k-means, average linkage and cluster-margin: validate shapes, dtypes and devices, build the job, dispatch.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -7,6 +7,7 @@
 
 #include "diversity_backend.hpp"
 #include "labelwise/acquisition/diversity.hpp"
+#include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/diversity_impl.hpp"
 
 namespace labelwise {
@@ -47,37 +48,71 @@ void check_out(const TensorView& o, std::int64_t b, const Device& dev, const cha
   check(b == 0 || o.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
 }
 
+/// CUDA input to a CPU-only build: the error that names the argument.
+void check_cuda_built(const TensorView& v, const char* what) {
+  check(!v.device.is_cuda() || built_with_cuda(), ErrorKind::Runtime, what,
+        ": is a CUDA tensor, but labelwise was built without CUDA");
+}
+
+/// A 1-D view's elements, readable on the host through `at(i)` (element i's bytes): a host view in
+/// place, a CUDA view through a host copy of the span of memory it covers.
+struct HostSpan {
+  std::vector<char> storage;
+  const char* base = nullptr;
+  std::int64_t stride_bytes = 0;
+  const void* at(std::int64_t i) const { return base + i * stride_bytes; }
+};
+HostSpan host_span(const TensorView& v, const char* what, void* stream) {
+  check_cuda_built(v, what);
+  HostSpan h;
+  const std::int64_t m = v.shape[0], s = v.strides[0], esize = dtype_size(v.dtype);
+  h.base = static_cast<const char*>(v.data);
+  h.stride_bytes = s * esize;
+  if (v.device.is_cuda() && m > 0) {
+    const std::int64_t lo = std::min<std::int64_t>(0, (m - 1) * s), hi = std::max<std::int64_t>(0, (m - 1) * s);
+    h.storage.resize(static_cast<std::size_t>((hi - lo + 1) * esize));
+    detail::copy_to_host(h.storage.data(), h.base + lo * esize, h.storage.size(), v.device.index, stream);
+    h.base = h.storage.data() - lo * esize;
+  }
+  return h;
+}
+
+/// Writes host values into the int64 [b] output `out` (host or CUDA memory, any stride).
+void write_indices(const std::vector<std::int64_t>& values, const TensorView& out, void* stream) {
+  check_cuda_built(out, "indices");
+  std::int64_t* dst = static_cast<std::int64_t*>(out.data);
+  const std::int64_t stride = out.strides[0], count = static_cast<std::int64_t>(values.size());
+  if (!out.device.is_cuda()) {
+    for (std::int64_t t = 0; t < count; ++t) dst[t * stride] = values[t];
+  } else if (stride == 1) {
+    detail::copy_to_device(dst, values.data(), values.size() * sizeof(std::int64_t), out.device.index, stream);
+  } else {
+    for (std::int64_t t = 0; t < count; ++t)
+      detail::copy_to_device(dst + t * stride, &values[t], sizeof(std::int64_t), out.device.index, stream);
+  }
+}
+
 /// The labelled set as a byte mask over n items, from a bool / uint8 mask [n] or int64 indices [M]
 /// (host or CUDA memory: a CUDA array is read through a host copy of the span it covers).
-std::vector<std::uint8_t> labelled_mask(const TensorView& labeled, bool has_labeled, std::int64_t n, const char* pool) {
+std::vector<std::uint8_t> labelled_mask(const TensorView& labeled, bool has_labeled, std::int64_t n, const char* pool,
+                                        void* stream) {
   std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
   if (!has_labeled) return mask;
   check(labeled.ndim == 1, ErrorKind::Value,
         "labeled: expected a boolean mask [N] or an int64 index array [M], got shape ", labeled.shape_str());
   const std::int64_t m = labeled.shape[0];
-  const std::int64_t s = labeled.strides[0];
   check(m == 0 || labeled.data != nullptr, ErrorKind::Value, "labeled: data pointer is null");
   check(labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8 || labeled.dtype == DType::Int64,
         ErrorKind::Type, "labeled: expected dtype bool / uint8 (a mask) or int64 (indices), got ",
         dtype_name(labeled.dtype));
-  std::vector<char> host;
-  const char* base = static_cast<const char*>(labeled.data);
-  if (labeled.device.is_cuda() && m > 0) {
-    const std::int64_t esize = dtype_size(labeled.dtype);
-    const std::int64_t lo = std::min<std::int64_t>(0, (m - 1) * s), hi = std::max<std::int64_t>(0, (m - 1) * s);
-    host.resize(static_cast<std::size_t>((hi - lo + 1) * esize));
-    detail::copy_to_host(host.data(), base + lo * esize, host.size(), labeled.device.index);
-    base = host.data() - lo * esize;
-  }
+  const HostSpan host = host_span(labeled, "labeled", stream);
   if (labeled.dtype == DType::Bool || labeled.dtype == DType::UInt8) {
     check(m == n, ErrorKind::Value, "labeled: a mask must have one entry per row of ", pool, ": expected shape [", n,
           "], got ", labeled.shape_str());
-    const std::uint8_t* p = reinterpret_cast<const std::uint8_t*>(base);
-    for (std::int64_t i = 0; i < n; ++i) mask[i] = p[i * s] != 0;
+    for (std::int64_t i = 0; i < n; ++i) mask[i] = *static_cast<const std::uint8_t*>(host.at(i)) != 0;
   } else {
-    const std::int64_t* p = reinterpret_cast<const std::int64_t*>(base);
     for (std::int64_t j = 0; j < m; ++j) {
-      const std::int64_t i = p[j * s];
+      const std::int64_t i = *static_cast<const std::int64_t*>(host.at(j));
       check(i >= 0 && i < n, ErrorKind::Value, "labeled: index [", j, "] = ", i, " is outside [0, ", n, ") (the rows of ",
             pool, ")");
       mask[i] = 1;
@@ -120,7 +155,7 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
   job.prune = options.prune;
   const std::int64_t n = job.x.rows;
 
-  const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "features");
+  const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "features", options.stream);
   std::int64_t n_labeled = 0;
   for (std::uint8_t v : mask) n_labeled += v;
   check(n_labeled < n, ErrorKind::Value, "labeled: every one of the ", n, " items is labelled; nothing to select");
@@ -181,9 +216,7 @@ void average_linkage_clusters(const TensorView& embeddings, const TensorView& cl
 
 void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
                      const WeightedKmeansOptions& options) {
-  check_not_cuda(features, "weighted_kmeans", "features");
-  check_not_cuda(scores, "weighted_kmeans", "scores");
-  check_not_cuda(indices, "weighted_kmeans", "indices");
+  check_cuda_built(features, "features");
   detail::WeightedKmeansJob job;
   job.x = check_matrix(features, "features", "[N, D]");
   const std::int64_t n = job.x.rows;
@@ -198,23 +231,31 @@ void weighted_kmeans(const TensorView& features, const TensorView& scores, std::
   check(options.max_iter >= 0, ErrorKind::Value, "max_iter: expected an integer >= 0, got ", options.max_iter);
   check(b >= 0 && b <= n, ErrorKind::Value, "b: expected 0 <= b <= ", n, " (the number of items), got b = ", b);
   check_out(indices, b, features.device, "indices", DType::Int64, "features");
+  // The scores (N values) are read on the host, from a copy when they live on a GPU.
+  const HostSpan host = host_span(scores, "scores", options.stream);
+  std::vector<double> w(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) {
-    const double v = scores.dtype == DType::Float32
-                         ? static_cast<double>(static_cast<const float*>(scores.data)[i * scores.strides[0]])
-                         : static_cast<const double*>(scores.data)[i * scores.strides[0]];
+    const double v = scores.dtype == DType::Float32 ? static_cast<double>(*static_cast<const float*>(host.at(i)))
+                                                    : *static_cast<const double*>(host.at(i));
     check(std::isfinite(v), ErrorKind::Value, "scores: [", i, "] is ", v, "; expected finite scores");
     check(v >= 0.0, ErrorKind::Value, "scores: [", i, "] = ", v,
           " is negative; the scores weight the clustering and must be >= 0 (shift or exponentiate them)");
+    w[i] = v;
   }
-  job.scores = scores.data;
-  job.score_dtype = scores.dtype;
-  job.score_stride = scores.strides[0];
+  job.scores = w.data();
+  job.score_dtype = DType::Float64;
+  job.score_stride = 1;
   job.b = b;
   job.prefilter = options.prefilter;
   job.max_iter = options.max_iter;
   job.out_index = static_cast<std::int64_t*>(indices.data);
   job.out_index_stride = indices.strides[0];
-  const detail::DiversityFailure f = detail::weighted_kmeans_cpu(job);
+  if (features.device.is_cuda()) {
+    job.device_index = features.device.index;
+    job.stream = options.stream;
+  }
+  const detail::DiversityFailure f =
+      features.device.is_cuda() ? detail::weighted_kmeans_cuda(job) : detail::weighted_kmeans_cpu(job);
   if (f.status == detail::kDivNonFinite)
     throw Error(ErrorKind::Value, "features: " + row_str(f.item) + " contains NaN or Inf");
   check(f.status == 0, ErrorKind::Runtime, "weighted_kmeans: failed with status ", f.status, " at row ", f.item);
@@ -274,11 +315,7 @@ namespace labelwise {
 
 void cluster_margin(const TensorView& margins, const TensorView& clusters, const TensorView& labeled, std::int64_t b,
                     const TensorView& indices, const ClusterMarginOptions& options) {
-  check_not_cuda(margins, "cluster_margin", "margins");
-  check_not_cuda(clusters, "cluster_margin", "clusters");
   const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
-  if (has_labeled) check_not_cuda(labeled, "cluster_margin", "labeled");
-  check_not_cuda(indices, "cluster_margin", "indices");
   check(is_float(margins.dtype), ErrorKind::Type, "margins: expected dtype float32 or float64, got ",
         dtype_name(margins.dtype));
   check(margins.ndim == 1, ErrorKind::Value, "margins: expected rank 1 [N], got shape ", margins.shape_str());
@@ -290,12 +327,17 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
   check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
         "] (one id per item of margins), got ", clusters.shape_str());
   check(clusters.data != nullptr, ErrorKind::Value, "clusters: data pointer is null");
-  const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "margins");
+  check(clusters.device == margins.device, ErrorKind::Value, "clusters: is on ", clusters.device.str(),
+        " but margins is on ", margins.device.str());
+  check(indices.device == margins.device, ErrorKind::Value, "indices: is on ", indices.device.str(),
+        " but margins is on ", margins.device.str());
+  // Everything here is O(N) scalars: CUDA arrays are read through host copies.
+  const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "margins", options.stream);
+  const HostSpan margin_span = host_span(margins, "margins", options.stream);
   std::vector<double> m(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) {
-    m[i] = margins.dtype == DType::Float32
-               ? static_cast<double>(static_cast<const float*>(margins.data)[i * margins.strides[0]])
-               : static_cast<const double*>(margins.data)[i * margins.strides[0]];
+    m[i] = margins.dtype == DType::Float32 ? static_cast<double>(*static_cast<const float*>(margin_span.at(i)))
+                                           : *static_cast<const double*>(margin_span.at(i));
     check(!std::isnan(m[i]), ErrorKind::Value, "margins: NaN at item [", i, "]");
   }
   std::vector<std::int64_t> free;
@@ -318,8 +360,7 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
   if (cand < n_free) std::nth_element(free.begin(), free.begin() + cand, free.end(), by_margin);
   free.resize(static_cast<std::size_t>(cand));
   // Group by cluster; within a group, the order of the Philox keys.
-  const std::int64_t* cl = static_cast<const std::int64_t*>(clusters.data);
-  const std::int64_t cs = clusters.strides[0];
+  const HostSpan cluster_span = host_span(clusters, "clusters", options.stream);
   struct Member {
     std::int64_t cluster;
     std::uint64_t key;
@@ -327,7 +368,9 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
   };
   std::vector<Member> members;
   members.reserve(free.size());
-  for (std::int64_t i : free) members.push_back({cl[i * cs], rng::bits64(options.seed, kStreamClusterMargin, i), i});
+  for (std::int64_t i : free)
+    members.push_back({*static_cast<const std::int64_t*>(cluster_span.at(i)),
+                       rng::bits64(options.seed, kStreamClusterMargin, i), i});
   std::sort(members.begin(), members.end(), [](const Member& a, const Member& c) {
     if (a.cluster != c.cluster) return a.cluster < c.cluster;
     if (a.key != c.key) return a.key < c.key;
@@ -346,15 +389,15 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
   // Smallest group first; ties: the lower cluster id (already in that order: stable sort).
   std::stable_sort(groups.begin(), groups.end(),
                    [](const Group& a, const Group& c) { return a.end - a.begin < c.end - c.begin; });
-  std::int64_t* out = static_cast<std::int64_t*>(indices.data);
-  std::int64_t t = 0;
-  while (t < b) {
+  std::vector<std::int64_t> picks;
+  picks.reserve(static_cast<std::size_t>(b));
+  while (static_cast<std::int64_t>(picks.size()) < b) {
     for (Group& g : groups) {
-      if (g.next == g.end || t == b) continue;
-      out[t * indices.strides[0]] = members[g.next++].item;
-      ++t;
+      if (g.next == g.end || static_cast<std::int64_t>(picks.size()) == b) continue;
+      picks.push_back(members[g.next++].item);
     }
   }
+  write_indices(picks, indices, options.stream);
 }
 
 }  // namespace labelwise

@@ -64,7 +64,7 @@ struct BadgeJob {
 
 struct WeightedKmeansJob {
   Matrix x;             // [N, D] features
-  const void* scores = nullptr;  // [N], validated finite and >= 0 by the front door
+  const void* scores = nullptr;  // [N] on the host, validated finite and >= 0 by the front door
   DType score_dtype = DType::Float32;
   std::int64_t score_stride = 1;
   std::int64_t b = 0;
@@ -72,6 +72,8 @@ struct WeightedKmeansJob {
   std::int64_t max_iter = 100;
   std::int64_t* out_index = nullptr;
   std::int64_t out_index_stride = 1;
+  int device_index = -1;   // >= 0: x and out_index live on this CUDA device (scores are on the host)
+  void* stream = nullptr;  // cudaStream_t
 };
 
 struct LinkageJob {
@@ -130,9 +132,25 @@ std::int64_t badge_draw(const std::vector<double>& block_sum, const std::vector<
 DiversityFailure coreset_cpu(const CoresetJob& job);
 DiversityFailure coreset_cuda(const CoresetJob& job);  // src/cuda/diversity_cuda.cu, or the stub's error
 DiversityFailure badge_cuda(const BadgeJob& job);
-/// Synchronous device-to-host copy (CPU-only builds: the "built without CUDA" error).
-void copy_to_host(void* dst, const void* src, std::size_t bytes, int device);
+/// Device-to-host copy on `stream` (cudaStream_t; after the work queued there), finished on return.
+/// CPU-only builds: the "built without CUDA" error.
+void copy_to_host(void* dst, const void* src, std::size_t bytes, int device, void* stream);
+/// Host-to-device copy on `stream`, finished on return (CPU-only builds: "built without CUDA").
+void copy_to_device(void* dst, const void* src, std::size_t bytes, int device, void* stream);
 DiversityFailure weighted_kmeans_cpu(const WeightedKmeansJob& job);
+/// The CUDA backend: features validated and the candidates' rows gathered on the device, the rest
+/// (weighted_kmeans_cluster) on the host: the same picks as weighted_kmeans_cpu.
+DiversityFailure weighted_kmeans_cuda(const WeightedKmeansJob& job);
+/// weighted k-means' candidates: the min(N, prefilter · b) items of largest weight w (N = w.size(),
+/// b >= 1), in rank order (weight descending, then lower index). Shared by the CPU and CUDA backends.
+std::vector<std::int64_t> weighted_kmeans_candidates(const std::vector<double>& w, std::int64_t b,
+                                                     std::int64_t prefilter);
+/// weighted k-means' seeding, Lloyd iterations and picks (docs/acquisition.md, "Hybrid") over the
+/// candidates `cand` (rank order, from weighted_kmeans_candidates), whose rows X are [cand.size(), d]
+/// float64 (unused when cand.size() == b); w: the weights of all N items. Returns the b picks.
+std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, const std::vector<double>& w,
+                                                  const std::vector<std::int64_t>& cand, std::int64_t d,
+                                                  std::int64_t b, std::int64_t max_iter);
 DiversityFailure badge_cpu(const BadgeJob& job);
 
 }  // namespace detail

@@ -319,12 +319,19 @@ def batchbald(
 CORESET_METRICS = ("euclidean", "cosine")
 
 
-def _cpu_only(x: Any, fn: str, what: str) -> None:
-    kind, _ = _arrays.device_of(x)
-    if kind not in (1, 3):
-        raise RuntimeError(
-            f"{fn}: {what} is on a GPU; {fn} is not implemented on CUDA yet (pass a CPU array, e.g. x.cpu())"
-        )
+def _int64_ids(x: Any, name: str) -> Any:
+    """Integer ids (numpy, torch or cupy, any integer dtype) as int64, in their framework and on their
+    device (a copy only when the dtype differs)."""
+    dt = str(x.dtype)
+    if "int" not in dt or dt.endswith("bool"):
+        raise TypeError(f"{name}: expected integer cluster ids, got dtype {x.dtype}")
+    if dt.endswith("int64") and "uint" not in dt:
+        return x
+    if _arrays.framework_name(x) == "torch":
+        import torch
+
+        return x.to(torch.int64)
+    return x.astype("int64")
 
 
 def _labeled_array(labeled: Any) -> Any:
@@ -434,27 +441,28 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     nearest centre), then at most ``max_iter`` Lloyd iterations (stopping when no assignment
     changes). Euclidean distances in float64; ties by lower index.
 
-    features : ``[N, D]`` float32 / float64, CPU, finite — the unlabelled pool's embeddings.
+    features : ``[N, D]`` float32 / float64, finite — the unlabelled pool's embeddings.
     scores : ``[N]`` float32 / float64, finite, ``>= 0`` — any "higher = more informative" metric
         (e.g. :func:`labelwise.uncertainty.bald`; shift or exponentiate scores that can be negative).
     b : ``0 <= b <= N``. prefilter : ``>= 1`` (Zhdanov's β). max_iter : ``>= 0``.
 
     Returns int64 ``[b]``: one item per cluster, clusters in decreasing total score; clusters left
     empty are filled with the best-scoring candidates not yet picked. ``prefilter=1`` gives the
-    top-``b`` by score. Cost ``O(prefilter · b² · D)`` per iteration. CUDA arrays raise
-    ``RuntimeError`` (not implemented on CUDA yet). See ``docs/acquisition.md`` ("Hybrid").
+    top-``b`` by score. Cost ``O(prefilter · b² · D)`` per iteration. CUDA arrays (both on one device):
+    the features are validated and the candidates' rows gathered on the GPU, the clustering runs on
+    the host over those ``M x D`` values (the scores are copied too) — the same picks as on the CPU,
+    returned on the features' device. See ``docs/acquisition.md`` ("Hybrid").
     """
     x = _arrays.as_array(features, "features")
     s = _arrays.as_array(scores, "scores")
     b = _count(b)
     pre = _arrays.check_int(prefilter, "prefilter", 1)
     it = _arrays.check_int(max_iter, "max_iter", 0)
-    _cpu_only(x, "weighted_kmeans", "features")
-    _cpu_only(s, "weighted_kmeans", "scores")
     shape = tuple(int(d) for d in x.shape)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
-    _core.weighted_kmeans(_arrays.capsule(x), _arrays.capsule(s), b, _arrays.capsule(idx, writable=True), pre, it)
+    _core.weighted_kmeans(_arrays.capsule(x), _arrays.capsule(s), b, _arrays.capsule(idx, writable=True), pre, it,
+                          _stream_of(x))
     return idx
 
 
@@ -589,7 +597,7 @@ def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None
 
 
 def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[int] = None, seed: int,
-                   labeled: Any = None) -> np.ndarray:
+                   labeled: Any = None) -> Any:
     """Cluster-margin batch selection (Citovsky et al., NeurIPS 2021).
 
     ``margins`` [N]: labelwise's margin scores (higher = smaller top-1/top-2 gap = more uncertain);
@@ -600,25 +608,19 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     id) and takes one item from each in turn, cycling until ``b`` are chosen. Within a group the items
     come in the order of their Philox keys ``bits64(seed, "CLMG", item)`` — random, the same for a seed
     on every run and machine, and the same in C++ (``labelwise::cluster_margin``).
-    Returns int64 indices [b] in the order chosen (numpy; GPU arrays are copied to the host)."""
-    m = np.ascontiguousarray(_arrays.to_host_numpy(margins))
-    if m.dtype not in (np.float32, np.float64):
+    Returns int64 indices [b] in the order chosen, in the margins' framework and on their device
+    (``clusters`` on the same device; the O(N) selection itself runs on the host)."""
+    m = _arrays.as_array(margins, "margins")
+    if isinstance(m, np.ndarray) and m.dtype not in (np.float32, np.float64):
         m = m.astype(np.float64)
-    cl = np.ascontiguousarray(_arrays.to_host_numpy(clusters))
-    if cl.dtype.kind not in "iu":
-        raise TypeError(f"clusters: expected integer cluster ids, got dtype {cl.dtype}")
-    cl = cl.astype(np.int64, copy=False)
+    cl = _int64_ids(_arrays.as_array(clusters, "clusters"), "clusters")
     b = _count(b)
     s = _seed(seed)
     cand = 0 if candidates is None else _arrays.check_int(candidates, "candidates", 1)
-    lab = None
-    if labeled is not None:
-        lab = np.ascontiguousarray(_arrays.to_host_numpy(labeled))
-        if lab.dtype.kind in "iu" and lab.dtype != np.uint8:
-            lab = lab.astype(np.int64)
-    idx = np.empty(max(0, b), dtype=np.int64)
+    lab = _labeled_array(labeled)
+    idx = _empty(m, (max(0, b),), "int64")
     _core.cluster_margin(_arrays.capsule(m), _arrays.capsule(cl), None if lab is None else _arrays.capsule(lab), b,
-                         _arrays.capsule(idx, writable=True), cand, s)
+                         _arrays.capsule(idx, writable=True), cand, s, _stream_of(m))
     return idx
 
 

@@ -372,7 +372,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("x"), py::arg("b"), py::arg("indices"), py::arg("scores"), py::arg("num_samples"), py::arg("seed"),
       py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"), py::arg("stream") = 0);
 
-  // ---- acquisition: core-set (k-center greedy) and BADGE (labelwise.acquisition), CPU ------------
+  // ---- acquisition: core-set, BADGE, cluster-margin, weighted k-means (labelwise.acquisition) -----
   m.def(
       "coreset",
       [](const py::capsule& features, const py::object& labeled, std::int64_t b, const py::capsule& indices,
@@ -410,7 +410,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "cluster_margin",
       [](const py::capsule& margins, const py::capsule& clusters, const py::object& labeled, std::int64_t b,
-         const py::capsule& indices, std::int64_t candidates, std::uint64_t seed) {
+         const py::capsule& indices, std::int64_t candidates, std::uint64_t seed, std::uintptr_t stream) {
         const TensorView mv = view_of(margins, "margins", false);
         const TensorView cv = view_of(clusters, "clusters", false);
         const TensorView lv = labeled.is_none() ? TensorView() : view_of(labeled.cast<py::capsule>(), "labeled", false);
@@ -418,11 +418,12 @@ PYBIND11_MODULE(_core, m) {
         ClusterMarginOptions opt;
         opt.candidates = candidates;
         opt.seed = seed;
+        opt.stream = reinterpret_cast<void*>(stream);
         py::gil_scoped_release release;
         cluster_margin(mv, cv, lv, b, iv, opt);
       },
       py::arg("margins"), py::arg("clusters"), py::arg("labeled"), py::arg("b"), py::arg("indices"),
-      py::arg("candidates"), py::arg("seed"));
+      py::arg("candidates"), py::arg("seed"), py::arg("stream") = 0);
   m.def(
       "average_linkage_clusters",
       [](const py::capsule& features, const py::capsule& clusters, double distance, std::int64_t num_clusters) {
@@ -438,18 +439,19 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "weighted_kmeans",
       [](const py::capsule& features, const py::capsule& scores, std::int64_t b, const py::capsule& indices,
-         std::int64_t prefilter, std::int64_t max_iter) {
+         std::int64_t prefilter, std::int64_t max_iter, std::uintptr_t stream) {
         const TensorView fv = view_of(features, "features", false);
         const TensorView sv = view_of(scores, "scores", false);
         const TensorView iv = view_of(indices, "indices", true);
         WeightedKmeansOptions opt;
         opt.prefilter = prefilter;
         opt.max_iter = max_iter;
+        opt.stream = reinterpret_cast<void*>(stream);
         py::gil_scoped_release release;
         weighted_kmeans(fv, sv, b, iv, opt);
       },
       py::arg("features"), py::arg("scores"), py::arg("b"), py::arg("indices"), py::arg("prefilter"),
-      py::arg("max_iter"));
+      py::arg("max_iter"), py::arg("stream") = 0);
 
   // ---- acquisition: regions of segmentation maps (patches, slices), CPU ----------------------------
   m.def(

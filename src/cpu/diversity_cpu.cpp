@@ -447,29 +447,47 @@ DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
   const DiversityFailure bad = first_non_finite_row_of<T>(x);
   if (bad.status != kDivOk) return bad;
   if (b == 0) return {};
-
-  // Candidates: the m best scores, in rank order (score descending, then lower index).
-  const std::int64_t m = job.prefilter >= (n + b - 1) / b ? n : job.prefilter * b;
   std::vector<double> w(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) w[i] = score_at(job, i);
+  const std::vector<std::int64_t> cand = weighted_kmeans_candidates(w, b, job.prefilter);
+  const std::int64_t m = static_cast<std::int64_t>(cand.size());
+  std::vector<double> X(static_cast<std::size_t>(m == b ? 0 : m * d));
+  if (m != b)
+    for (std::int64_t j = 0; j < m; ++j) load_row<T>(x, cand[j], 1.0, &X[j * d]);
+  const std::vector<std::int64_t> picks = weighted_kmeans_cluster(X, w, cand, d, b, job.max_iter);
+  for (std::int64_t t = 0; t < b; ++t) job.out_index[t * job.out_index_stride] = picks[t];
+  return {};
+}
+
+template <typename TX>
+DiversityFailure badge_h(const BadgeJob& job) {
+  return job.h.dtype == DType::Float32 ? badge_run<TX, float>(job) : badge_run<TX, double>(job);
+}
+
+}  // namespace
+
+std::vector<std::int64_t> weighted_kmeans_candidates(const std::vector<double>& w, std::int64_t b,
+                                                     std::int64_t prefilter) {
+  const std::int64_t n = static_cast<std::int64_t>(w.size());
+  const std::int64_t m = prefilter >= (n + b - 1) / b ? n : prefilter * b;
   std::vector<std::int64_t> cand(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) cand[i] = i;
   const auto by_rank = [&](std::int64_t i, std::int64_t j) { return w[i] > w[j] || (w[i] == w[j] && i < j); };
   if (m < n) std::nth_element(cand.begin(), cand.begin() + m, cand.end(), by_rank);
   cand.resize(static_cast<std::size_t>(m));
   std::sort(cand.begin(), cand.end(), by_rank);
-  const auto emit = [&](std::int64_t slot, std::int64_t item) { job.out_index[slot * job.out_index_stride] = item; };
-  if (m == b) {
-    for (std::int64_t t = 0; t < b; ++t) emit(t, cand[t]);
-    return {};
-  }
+  return cand;
+}
 
-  // The candidates' rows (float64, contiguous) and weights.
-  std::vector<double> X(static_cast<std::size_t>(m * d)), wc(static_cast<std::size_t>(m));
-  for (std::int64_t j = 0; j < m; ++j) {
-    load_row<T>(x, cand[j], 1.0, &X[j * d]);
-    wc[j] = w[cand[j]];
-  }
+std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, const std::vector<double>& w,
+                                                  const std::vector<std::int64_t>& cand, std::int64_t d,
+                                                  std::int64_t b, std::int64_t max_iter) {
+  const std::int64_t m = static_cast<std::int64_t>(cand.size());
+  if (m == b) return cand;  // prefilter 1 (or N == b): the top b by weight
+  std::vector<std::int64_t> picks;
+  picks.reserve(static_cast<std::size_t>(b));
+  std::vector<double> wc(static_cast<std::size_t>(m));
+  for (std::int64_t j = 0; j < m; ++j) wc[j] = w[cand[j]];
   const std::int64_t grain = grain_rows(d);
 
   // Seeding: weighted farthest-first traversal.
@@ -515,7 +533,7 @@ DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
   reassign();
   std::vector<double> wsum(static_cast<std::size_t>(b)), count(static_cast<std::size_t>(b));
   std::vector<double> acc(static_cast<std::size_t>(b * d)), plain(static_cast<std::size_t>(b * d));
-  for (std::int64_t it = 0; it < job.max_iter; ++it) {
+  for (std::int64_t it = 0; it < max_iter; ++it) {
     std::fill(wsum.begin(), wsum.end(), 0.0);
     std::fill(count.begin(), count.end(), 0.0);
     std::fill(acc.begin(), acc.end(), 0.0);
@@ -555,22 +573,14 @@ DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
     if (rep[c] >= 0) order.push_back(c);
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t c) { return wsum[a] > wsum[c]; });
   std::vector<std::uint8_t> taken(static_cast<std::size_t>(m), 0);
-  std::int64_t slot = 0;
   for (std::int64_t c : order) {
     taken[rep[c]] = 1;
-    emit(slot++, cand[rep[c]]);
+    picks.push_back(cand[rep[c]]);
   }
-  for (std::int64_t j = 0; j < m && slot < b; ++j)
-    if (!taken[j]) emit(slot++, cand[j]);
-  return {};
+  for (std::int64_t j = 0; j < m && static_cast<std::int64_t>(picks.size()) < b; ++j)
+    if (!taken[j]) picks.push_back(cand[j]);
+  return picks;
 }
-
-template <typename TX>
-DiversityFailure badge_h(const BadgeJob& job) {
-  return job.h.dtype == DType::Float32 ? badge_run<TX, float>(job) : badge_run<TX, double>(job);
-}
-
-}  // namespace
 
 DiversityFailure coreset_cpu(const CoresetJob& job) {
   return job.x.dtype == DType::Float32 ? coreset_run<float>(job) : coreset_run<double>(job);

@@ -1,4 +1,5 @@
-// CUDA backend of core-set (k-center greedy) and BADGE (k-means++ seeding on gradient embeddings): the
+// CUDA backend of core-set (k-center greedy), BADGE (k-means++ seeding on gradient embeddings) and the
+// weighted k-means hybrid (its device part: validation and the candidates' rows): the
 // passes of src/cpu/diversity_cpu.cpp, one warp per row, with the argmax / the k-means++ draw taken
 // on the host from per-block results (the draw is the shared detail::badge_draw, over the same fixed
 // blocks as on the CPU). Built with --fmad=false: identical rows give a difference of exactly 0.
@@ -150,7 +151,8 @@ __global__ void coreset_prepare(DevMatrix x, bool cosine, const std::uint8_t* la
 
 /// centres[j·d + k] = scale(row) · x[rows[j], k] for j < count.
 template <typename T>
-__global__ void load_centres(DevMatrix x, const std::int64_t* rows, int count, const double* scale, double* centres) {
+__global__ void load_centres(DevMatrix x, const std::int64_t* rows, std::int64_t count, const double* scale,
+                             double* centres) {
   const std::int64_t total = count * x.cols;
   for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -543,7 +545,73 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
   return {};
 }
 
+// ---- uncertainty-weighted k-means -------------------------------------------------------------------
+
+/// NaN / Inf rows -> failure (row << 3 | kDivNonFinite; the lowest row wins), one warp per row.
+template <typename T>
+__global__ void check_finite_rows(DevMatrix x, u64* failure) {
+  const int lane = threadIdx.x % kWarp;
+  for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
+    bool finite = true;
+    warp_norm2<T>(x, i, lane, finite);
+    if (lane == 0 && !finite) atomicMin(failure, (static_cast<u64>(i) << 3) | kDivNonFinite);
+  }
+}
+
+/// The features are validated and the candidates' rows gathered (as float64, the values the CPU's
+/// load_row gives) on the device; ranking and clustering are the CPU backend's own routines, so the
+/// picks are the CPU's.
+template <typename T>
+DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job, int sms, cudaStream_t stream) {
+  const DevMatrix x = dev_matrix(job.x);
+  const std::int64_t n = x.rows, d = x.cols, b = job.b;
+  std::vector<double> w(static_cast<std::size_t>(n));  // job.scores: host memory
+  for (std::int64_t i = 0; i < n; ++i)
+    w[i] = job.score_dtype == DType::Float32
+               ? static_cast<double>(static_cast<const float*>(job.scores)[i * job.score_stride])
+               : static_cast<const double*>(job.scores)[i * job.score_stride];
+  const std::vector<std::int64_t> cand =
+      b == 0 ? std::vector<std::int64_t>{} : weighted_kmeans_candidates(w, b, job.prefilter);
+  const std::int64_t m = static_cast<std::int64_t>(cand.size());
+  const bool gather = m != b;
+  Workspace ws(Workspace::align(sizeof(u64)) + Workspace::align((gather ? m : 0) * sizeof(std::int64_t)) +
+                   Workspace::align((gather ? m * d : 0) * sizeof(double)) + Workspace::align(b * sizeof(std::int64_t)),
+               stream);
+  u64* failure = ws.take<u64>(1);
+  std::int64_t* rows = ws.take<std::int64_t>(gather ? m : 0);
+  double* gathered = ws.take<double>(gather ? m * d : 0);
+  std::int64_t* out_idx = ws.take<std::int64_t>(b);
+
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(u64), stream));
+  check_finite_rows<T><<<blocks_for(n, kWarpsPerBlock, sms), kBlock, 0, stream>>>(x, failure);
+  LABELWISE_CUDA_CHECK(cudaGetLastError());
+  u64 host_failure = kNoFailure;
+  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&host_failure, failure, sizeof(u64), cudaMemcpyDeviceToHost, stream));
+  std::vector<double> X(static_cast<std::size_t>(gather ? m * d : 0));
+  if (gather) {
+    LABELWISE_CUDA_CHECK(cudaMemcpyAsync(rows, cand.data(), m * sizeof(std::int64_t), cudaMemcpyHostToDevice, stream));
+    load_centres<T><<<blocks_for(m * d, kBlock, sms), kBlock, 0, stream>>>(x, rows, m, nullptr, gathered);
+    LABELWISE_CUDA_CHECK(cudaGetLastError());
+    LABELWISE_CUDA_CHECK(cudaMemcpyAsync(X.data(), gathered, m * d * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  }
+  LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const DiversityFailure f = decode(host_failure);
+  if (f.status != kDivOk || b == 0) return f;
+  write_out(weighted_kmeans_cluster(X, w, cand, d, b, job.max_iter), out_idx, job.out_index, job.out_index_stride,
+            stream);
+  LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return {};
+}
+
 }  // namespace
+
+DiversityFailure weighted_kmeans_cuda(const WeightedKmeansJob& job) {
+  CudaDeviceGuard guard(job.device_index);
+  const int sms = multiprocessor_count(job.device_index);
+  cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
+  return job.x.dtype == DType::Float32 ? weighted_kmeans_run<float>(job, sms, stream)
+                                       : weighted_kmeans_run<double>(job, sms, stream);
+}
 
 DiversityFailure coreset_cuda(const CoresetJob& job) {
   CudaDeviceGuard guard(job.device_index);
@@ -561,9 +629,18 @@ DiversityFailure badge_cuda(const BadgeJob& job) {
   return h32 ? badge_run<double, float>(job, sms, stream) : badge_run<double, double>(job, sms, stream);
 }
 
-void copy_to_host(void* dst, const void* src, std::size_t bytes, int device) {
+void copy_to_host(void* dst, const void* src, std::size_t bytes, int device, void* stream) {
   CudaDeviceGuard guard(device);
-  LABELWISE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st));
+  LABELWISE_CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+void copy_to_device(void* dst, const void* src, std::size_t bytes, int device, void* stream) {
+  CudaDeviceGuard guard(device);
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, st));
+  LABELWISE_CUDA_CHECK(cudaStreamSynchronize(st));
 }
 
 }  // namespace detail

@@ -646,8 +646,13 @@ TEST_CASE("weighted_kmeans rejects bad input", "[diversity][weighted_kmeans][err
   x[7] = 0;
   TensorView cuda_x = fx;
   cuda_x.device = Device::cuda(0);
-  CHECK_THROWS_WITH(weighted_kmeans(cuda_x, fw, 1, TensorView::of(out.data(), {1})),
-                    Catch::Contains("not implemented on CUDA yet"));
+  if (built_with_cuda()) {
+    CHECK_THROWS_WITH(weighted_kmeans(cuda_x, fw, 1, TensorView::of(out.data(), {1})),
+                      Catch::Contains("scores: is on cpu but features is on cuda:0"));
+  } else {
+    CHECK_THROWS_WITH(weighted_kmeans(cuda_x, fw, 1, TensorView::of(out.data(), {1})),
+                      Catch::Contains("features: is a CUDA tensor, but labelwise was built without CUDA"));
+  }
 }
 
 // ---- cluster-margin -----------------------------------------------------------------------------------
@@ -711,6 +716,16 @@ TEST_CASE("cluster_margin rejects bad input", "[diversity][cluster_margin][error
   CHECK_THROWS_WITH(cluster_margin(mv, TensorView::of(fids.data(), {4}), TensorView(), 1, TensorView::of(out.data(), {1})),
                     Catch::Contains("clusters: expected dtype int64"));
   cluster_margin(mv, iv, TensorView(), 0, TensorView::of(out.data(), {0}));  // b = 0: valid
+  // Devices: every array on the margins' device (labeled may also stay on the host).
+  TensorView cuda_m = mv, cuda_ids = iv, cuda_out = TensorView::of(out.data(), {1});
+  cuda_m.device = cuda_ids.device = cuda_out.device = Device::cuda(0);
+  CHECK_THROWS_WITH(cluster_margin(cuda_m, iv, TensorView(), 1, cuda_out),
+                    Catch::Contains("clusters: is on cpu but margins is on cuda:0"));
+  CHECK_THROWS_WITH(cluster_margin(cuda_m, cuda_ids, TensorView(), 1, TensorView::of(out.data(), {1})),
+                    Catch::Contains("indices: is on cpu but margins is on cuda:0"));
+  if (!built_with_cuda())
+    CHECK_THROWS_WITH(cluster_margin(cuda_m, cuda_ids, TensorView(), 1, cuda_out),
+                      Catch::Contains("margins: is a CUDA tensor, but labelwise was built without CUDA"));
 }
 
 // ---- average-linkage clusters ----------------------------------------------------------------------

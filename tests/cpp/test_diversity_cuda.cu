@@ -1,5 +1,6 @@
-// CUDA == CPU for core-set (k-center greedy) and BADGE on fresh random pools: the same picks, radii
-// within 1e-9 relative (row sums run in another order on the device), the same errors.
+// CUDA == CPU for core-set (k-center greedy), BADGE, weighted k-means and cluster-margin on fresh
+// random pools: the same picks, radii within 1e-9 relative (row sums run in another order on the
+// device), the same errors.
 // Tagged [cuda]: CPU-only CI excludes it; bench/gpu_check.sh runs it on a GPU machine.
 #include <catch2/catch.hpp>
 #include <cuda_runtime.h>
@@ -107,4 +108,75 @@ TEST_CASE("coreset and badge on CUDA report the CPU's errors", "[cuda][diversity
   std::vector<std::int64_t> host_out(2);
   CHECK_THROWS_WITH(badge(dp2.view({40, 2}), dx.view({40, 3}), 2, TensorView::of(host_out.data(), {2})),
                     Catch::Contains("indices: is on cpu"));
+}
+
+TEST_CASE("weighted_kmeans on CUDA equals the CPU", "[cuda][diversity][weighted_kmeans]") {
+  std::mt19937_64 g(lw_test::fresh_seed());
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (std::int64_t prefilter : {1, 3, 10}) {
+    const std::int64_t n = 4000, d = 24, b = 40;
+    const std::vector<float> x = normal<float>(g, static_cast<std::size_t>(n * d));
+    std::vector<double> w(static_cast<std::size_t>(n));
+    for (auto& v : w) v = u(g);
+    for (std::int64_t i = 0; i < n; i += 50) w[i] = 0.5;  // ties between scores
+    std::vector<std::int64_t> ci(b);
+    weighted_kmeans(TensorView::of(x.data(), {n, d}), TensorView::of(w.data(), {n}), b,
+                    TensorView::of(ci.data(), {b}), {prefilter});
+    DeviceArray<float> dx(x);
+    DeviceArray<double> dw(w);
+    DeviceArray<std::int64_t> di(static_cast<std::size_t>(2 * b));
+    // Output every other slot (stride 2), features read through strides ([n, d] as rows of 2·d, half used).
+    const TensorView out(di.ptr, DType::Int64, {b}, {2}, Device::cuda(0));
+    weighted_kmeans(dx.view({n, d}), dw.view({n}), b, out, {prefilter});
+    const std::vector<std::int64_t> got = di.host();
+    for (std::int64_t t = 0; t < b; ++t) CHECK(got[2 * t] == ci[t]);
+    const TensorView half(dx.ptr, DType::Float32, {n / 2, d}, {2 * d, 1}, Device::cuda(0));
+    std::vector<std::int64_t> ch(b);
+    std::vector<float> xh(static_cast<std::size_t>(n / 2 * d));
+    for (std::int64_t i = 0; i < n / 2; ++i) std::copy(&x[2 * i * d], &x[2 * i * d] + d, &xh[i * d]);
+    weighted_kmeans(TensorView::of(xh.data(), {n / 2, d}), TensorView::of(w.data(), {n / 2}), b,
+                    TensorView::of(ch.data(), {b}), {prefilter});
+    weighted_kmeans(half, dw.view({n / 2}), b, di.view({b}), {prefilter});
+    const std::vector<std::int64_t> got_half = di.host();
+    CHECK(std::vector<std::int64_t>(got_half.begin(), got_half.begin() + b) == ch);
+  }
+  std::vector<double> bad(30 * 3, 0.25), w(30, 1.0);
+  bad[12 * 3 + 2] = std::numeric_limits<double>::quiet_NaN();
+  DeviceArray<double> dbad(bad), dw(w);
+  DeviceArray<std::int64_t> di(3);
+  CHECK_THROWS_WITH(weighted_kmeans(dbad.view({30, 3}), dw.view({30}), 3, di.view({3})),
+                    Catch::Contains("features: row [12] contains NaN or Inf"));
+  w[4] = -1.0;
+  DeviceArray<double> dneg(w);
+  CHECK_THROWS_WITH(weighted_kmeans(dbad.view({30, 3}), dneg.view({30}), 3, di.view({3})),
+                    Catch::Contains("scores: [4] = -1 is negative"));
+}
+
+TEST_CASE("cluster_margin on CUDA equals the CPU", "[cuda][diversity][cluster_margin]") {
+  std::mt19937_64 g(lw_test::fresh_seed());
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::uniform_int_distribution<std::int64_t> cl(0, 11);
+  const std::int64_t n = 3000, b = 50;
+  std::vector<float> m(static_cast<std::size_t>(n));
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(n)), lab;
+  for (std::int64_t i = 0; i < n; ++i) {
+    m[i] = u(g);
+    ids[i] = cl(g);
+    if (i % 13 == 0) lab.push_back(i);
+  }
+  const std::int64_t nl = static_cast<std::int64_t>(lab.size());
+  const std::uint64_t seed = lw_test::fresh_seed();
+  std::vector<std::int64_t> ci(b);
+  cluster_margin(TensorView::of(m.data(), {n}), TensorView::of(ids.data(), {n}), TensorView::of(lab.data(), {nl}), b,
+                 TensorView::of(ci.data(), {b}), {0, seed});
+  DeviceArray<float> dm(m);
+  DeviceArray<std::int64_t> dids(ids), dlab(lab), di(static_cast<std::size_t>(3 * b));
+  // labeled on the device and on the host; the output contiguous and with stride 3
+  cluster_margin(dm.view({n}), dids.view({n}), dlab.view({nl}), b, di.view({b}), {0, seed});
+  std::vector<std::int64_t> got = di.host();
+  CHECK(std::vector<std::int64_t>(got.begin(), got.begin() + b) == ci);
+  const TensorView strided(di.ptr, DType::Int64, {b}, {3}, Device::cuda(0));
+  cluster_margin(dm.view({n}), dids.view({n}), TensorView::of(lab.data(), {nl}), b, strided, {0, seed});
+  got = di.host();
+  for (std::int64_t t = 0; t < b; ++t) CHECK(got[3 * t] == ci[t]);
 }

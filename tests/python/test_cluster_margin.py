@@ -146,3 +146,20 @@ def test_cluster_margin_matches_reference(rng):
             A.cluster_margin(margins, ids.astype(np.int32), b, seed=seed, labeled=np.flatnonzero(labeled)),
             cluster_margin_ref(margins, ids, b, seed, None, labeled))
     assert not np.array_equal(A.cluster_margin(margins, ids, 20, seed=1), A.cluster_margin(margins, ids, 20, seed=2))
+
+
+def test_cluster_margin_answers_in_the_callers_framework(rng):
+    torch = pytest.importorskip("torch")
+    margins = rng.random(300)
+    ids = rng.integers(0, 9, 300)
+    want = A.cluster_margin(margins, ids, 25, seed=4)
+    assert isinstance(want, np.ndarray) and want.dtype == np.int64
+    got = A.cluster_margin(torch.from_numpy(margins), torch.from_numpy(ids.astype(np.int16)), 25, seed=4,
+                           labeled=torch.zeros(300, dtype=torch.bool))
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), want)
+    # strided inputs read in place
+    wide = np.stack([margins, margins], axis=1)
+    np.testing.assert_array_equal(A.cluster_margin(wide[:, 1], ids, 25, seed=4), want)
+    with pytest.raises(TypeError, match="clusters: expected integer cluster ids"):
+        A.cluster_margin(margins, ids.astype(np.float64), 25, seed=4)

@@ -366,6 +366,24 @@ def test_coreset_and_badge_on_cuda_equal_cpu(rng):
     np.testing.assert_array_equal(got.cpu().numpy(), want)
 
 
+def test_weighted_kmeans_and_cluster_margin_on_cuda_equal_cpu(rng):
+    t = _cuda_torch()
+    x = rng.normal(size=(8000, 40)).astype(np.float32)
+    w = rng.random(8000)
+    for prefilter in (1, 10):
+        want = A.weighted_kmeans(x, w, 50, prefilter=prefilter)
+        got = A.weighted_kmeans(t.from_numpy(x).cuda(), t.from_numpy(w).cuda(), 50, prefilter=prefilter)
+        assert got.is_cuda
+        np.testing.assert_array_equal(got.cpu().numpy(), want)
+    ids = rng.integers(0, 17, 8000)
+    lab = rng.random(8000) < 0.1
+    want = A.cluster_margin(w, ids, 60, seed=9, labeled=lab)
+    got = A.cluster_margin(t.from_numpy(w).cuda(), t.from_numpy(ids.astype(np.int32)).cuda(), 60, seed=9,
+                           labeled=t.from_numpy(lab).cuda())
+    assert got.is_cuda
+    np.testing.assert_array_equal(got.cpu().numpy(), want)
+
+
 # ---- weighted k-means hybrid (Zhdanov 2019) --------------------------------------------------------
 
 
@@ -516,5 +534,5 @@ def test_weighted_kmeans_bad_inputs(rng):
         A.weighted_kmeans(x, np.ones(6, np.int64), 2)
     with pytest.raises(ValueError, match="expected rank 2"):
         A.weighted_kmeans(np.zeros(6), w, 1)
-    with pytest.raises(RuntimeError, match="not implemented on CUDA yet"):
+    with pytest.raises(TypeError, match="cannot allocate results"):  # a GPU array of an unknown framework
         A.weighted_kmeans(FakeCuda(), w, 1)

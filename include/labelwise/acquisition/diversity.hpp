@@ -9,8 +9,8 @@
 //                           CPU, any strides, C >= 2.
 //   indices               : int64 [b] (out), any stride; the caller owns it. Picks in the order chosen.
 //   radii                 : float64 [b] (out), any stride; the caller owns it.
-//   Devices: coreset and badge run on the CPU (multi-threaded) or on CUDA (every array on the same
-//   device, except that coreset's `labeled` may also be a host array); weighted_kmeans is CPU only.
+//   Devices: coreset, badge and weighted_kmeans run on the CPU (multi-threaded) or on CUDA (every
+//   array on the same device, except that coreset's `labeled` may also be a host array).
 //   A CPU-only build raises "built without CUDA" for CUDA arrays.
 // Ties are broken by the lower index everywhere. Results never depend on the thread count.
 // On error nothing is written to the outputs.
@@ -99,6 +99,8 @@ struct WeightedKmeansOptions {
   std::int64_t prefilter = 10;
   /// Lloyd iterations at most (stops earlier when no assignment changes).
   std::int64_t max_iter = 100;
+  /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
+  void* stream = nullptr;
 };
 
 /// Uncertainty-weighted diversity hybrid: "Diverse mini-batch active learning" (Zhdanov, 2019,
@@ -119,8 +121,11 @@ struct WeightedKmeansOptions {
 ///             lower cluster); clusters left empty are filled with the best-scoring candidates not yet
 ///             picked, after the others. With M = b (prefilter = 1, or b = N) this is the top-b by score.
 /// Ties between equal scores or distances: lower index. The result never depends on the thread count.
+/// On CUDA, the features are validated and the M candidates' rows gathered on the device; the scores
+/// (N values) and the M x D candidate rows are copied to the host, where the clustering runs as on
+/// the CPU (O(M·b·D) per iteration, small for the batch sizes meant here): the same picks as the CPU.
 /// Errors: as the shape contract; NaN / Inf or negative scores (naming the first), prefilter < 1,
-/// max_iter < 0, N mismatch, wrong output shape / dtype, CUDA input.
+/// max_iter < 0, N mismatch, wrong output shape / dtype / device.
 void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
                      const WeightedKmeansOptions& options = {});
 
@@ -151,6 +156,8 @@ struct ClusterMarginOptions {
   std::int64_t candidates = 0;
   /// The order within each cluster is a pure function of (seed, item index).
   std::uint64_t seed = 0;
+  /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
+  void* stream = nullptr;
 };
 
 /// Cluster-margin (Citovsky, DeSalvo, Gentile, Karydas, Rajagopalan, Rostamizadeh, Kumar, NeurIPS
@@ -160,13 +167,18 @@ struct ClusterMarginOptions {
 /// the order of their keys rng::bits64(seed, kStreamClusterMargin, item) (ties: lower index) — a
 /// random order that is the same on every run and does not depend on the other items.
 ///   margins  : [N] float32 / float64 (labelwise's margin metric: higher = more uncertain; any score
-///              works), no NaN, CPU, any stride
+///              works), no NaN, any stride
 ///   clusters : int64 [N] cluster ids (any values; e.g. average-linkage clusters of the embeddings,
-///              computed once per campaign as the paper does), CPU, any stride
-///   labeled  : bool / uint8 mask [N] or int64 indices, or a default view (nothing labelled)
-///   indices  : int64 [b] (out): the picks in the order chosen; 0 <= b <= unlabelled items
+///              computed once per campaign as the paper does), any stride, on the margins' device
+///   labeled  : bool / uint8 mask [N] or int64 indices, or a default view (nothing labelled); on the
+///              margins' device or the host
+///   indices  : int64 [b] (out): the picks in the order chosen; 0 <= b <= unlabelled items; on the
+///              margins' device
+/// The work is O(N log N) on N scalars and runs on the host: CUDA arrays are copied there (on
+/// options.stream) and the picks copied back.
 /// Errors: NaN margins (first bad item), N mismatch, labelled index out of range, b outside
-/// [0, unlabelled], candidates < b (when given), wrong dtypes / output shape, CUDA input.
+/// [0, unlabelled], candidates < b (when given), wrong dtypes / output shape, arrays on different
+/// devices, CUDA input to a CPU-only build.
 void cluster_margin(const TensorView& margins, const TensorView& clusters, const TensorView& labeled, std::int64_t b,
                     const TensorView& indices, const ClusterMarginOptions& options = {});
 
