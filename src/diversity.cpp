@@ -296,6 +296,10 @@ void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, co
       throw Error(ErrorKind::Value, std::string("x: ") + row_str(f.item) + " contains NaN" +
                                         (kind == 2 ? " or +Inf" : kind == 1 ? " or +Inf" : " or Inf") + " (" + what_x +
                                         ")");
+    case detail::kDivNormOverflow:
+      throw Error(ErrorKind::Value, "embeddings: " + row_str(-1 - f.item) +
+                                        " is too large: its squared norm exceeds 4.5e307, more than float64 "
+                                        "distances between such rows can hold (scale the embeddings down)");
     case detail::kDivNegative:
       throw Error(ErrorKind::Value, "x: " + row_str(f.item) + " has a negative probability");
     case detail::kDivUnnormalised:

@@ -19,7 +19,11 @@ enum DiversityStatus : int {
   kDivNegative = 3,      // negative probability
   kDivUnnormalised = 4,  // probabilities / log-probabilities not summing to 1
   kDivAllNegInf = 5,     // logits row of -inf only
+  kDivNormOverflow = 6,  // BADGE: an embedding row whose squared norm exceeds kMaxEmbeddingNorm2
 };
+/// BADGE's largest squared embedding norm: ||g||² = ||a||²·||h||² <= 2·||h||², and sums of two such
+/// values must stay finite in float64.
+constexpr double kMaxEmbeddingNorm2 = 4.49423283715578976e307;  // DBL_MAX / 4
 
 struct DiversityFailure {
   int status = kDivOk;

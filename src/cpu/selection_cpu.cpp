@@ -184,6 +184,22 @@ SelectFailure run(const SelectJob& job) {
       }
     });
   } else if (job.source == SelectSource::Stochastic) {
+    if (job.out_keys) {
+      // Every item is validated before any key is written (outputs only for valid input).
+      parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+        for (std::int64_t i = begin; i < end; ++i) {
+          const double r = job.ranks ? static_cast<double>(job.ranks[flat_offset(job.ranks_grid, i)]) : 0.0;
+          double lw = 0.0;
+          const int st = stochastic_log_weight(job.mode, job.beta, load(i), r, &lw);
+          if (st != kSelectOk) {
+            sh.failures[w] = {st, i};
+            return;
+          }
+        }
+      });
+      const SelectFailure f = first_failure(sh.failures);
+      if (f.status != 0) return f;
+    }
     parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
       BestB& best = sh.best[w];
       double sv[kBlock], rv[kBlock];
@@ -255,24 +271,26 @@ SelectFailure run(const SelectJob& job) {
             u[j] = ordered_key(s);
           }
         }
-        if (bad) {
-          for (int j = 0; j < m; ++j)
+        const bool pairs = job.source == SelectSource::Pairs;
+        if (pairs)
+          for (int j = 0; j < m; ++j) bad |= job.ids[(i0 + j) * job.ids_stride] < 0;
+        if (bad) {  // the first bad item in index order: NaN value, then (merge) a negative id
+          for (int j = 0; j < m; ++j) {
             if (load(i0 + j) != load(i0 + j)) {
               sh.failures[w] = {kSelectNaN, i0 + j};
               return;
             }
-        }
-        if (!select) continue;
-        const std::uint64_t tu = best.full() ? best.threshold().u : 0;
-        if (job.source == SelectSource::Pairs) {
-          for (int j = 0; j < m; ++j) {
-            const std::int64_t id = job.ids[(i0 + j) * job.ids_stride];
-            if (id < 0) {
+            if (pairs && job.ids[(i0 + j) * job.ids_stride] < 0) {
               sh.failures[w] = {kSelectNegativeIndex, i0 + j};
               return;
             }
-            if (u[j] >= tu) best.push(u[j], id);
           }
+        }
+        if (!select) continue;
+        const std::uint64_t tu = best.full() ? best.threshold().u : 0;
+        if (pairs) {
+          for (int j = 0; j < m; ++j)
+            if (u[j] >= tu) best.push(u[j], job.ids[(i0 + j) * job.ids_stride]);
         } else {
           for (int j = 0; j < m; ++j)
             if (u[j] >= tu) best.push(u[j], i0 + j + offset);

@@ -182,14 +182,17 @@ void batchbald_cuda(const BatchBaldCudaJob& job) {
   const std::size_t smem = sizeof(double) * kGroup * KC;
   int smem_max = 0;
   LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, job.device_index));
-  check(smem + sizeof(double) * kGroup * (kBlock / kWarp) <= static_cast<std::size_t>(smem_max), ErrorKind::Value,
+  cudaFuncAttributes joint_attr{};
+  LABELWISE_CUDA_CHECK(cudaFuncGetAttributes(&joint_attr, joint_t));
+  const std::size_t smem_static = joint_attr.sharedSizeBytes;  // the kernel's reduction buffer, as compiled
+  check(smem + smem_static <= static_cast<std::size_t>(smem_max), ErrorKind::Value,
         "batchbald: K · C = ", KC, " is too large for the CUDA backend on this device (", kGroup, " · K · C doubles of ",
         smem_max, " bytes of shared memory per block); pass a CPU array");
-  // Allow the device's whole opt-in amount (less the kernel's static reduction buffer) once, the same
+  // Allow the device's whole opt-in amount (less the kernel's static shared memory) once, the same
   // value on every call: a per-call size would race between host threads with other K · C, and a
   // threshold on the dynamic size alone would miss dynamic + static just above 48 KiB.
   LABELWISE_CUDA_CHECK(cudaFuncSetAttribute(joint_t, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            smem_max - static_cast<int>(sizeof(double) * kGroup * (kBlock / kWarp))));
+                                            smem_max - static_cast<int>(smem_static)));
 
   JointTableBuilder tables(K, C, job.req.num_samples, job.req.seed);
   std::vector<char> chosen(N, 0);

@@ -50,6 +50,17 @@ inline int grid_blocks(std::int64_t items, std::int64_t per_block, int sms, int 
   return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(want, static_cast<std::int64_t>(sms) * per_sm)));
 }
 
+/// Caps a grid of `blocks` × `block` threads whose every thread owns `per_thread_bytes` of global
+/// scratch so that the scratch stays within `budget` bytes (at least one block): kernels with
+/// grid-stride loops then take more items per thread instead of failing to allocate for large K · C.
+inline int cap_blocks_for_scratch(int blocks, int block, std::size_t per_thread_bytes,
+                                  std::size_t budget = std::size_t{1} << 30) {
+  const std::size_t per_block = per_thread_bytes * static_cast<std::size_t>(block);
+  if (per_block == 0) return blocks;
+  const std::size_t fit = budget / per_block;
+  return static_cast<int>(std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(blocks), fit)));
+}
+
 /// A stream-ordered workspace carved into aligned pieces; freed (stream-ordered) on scope exit.
 class Workspace {
  public:

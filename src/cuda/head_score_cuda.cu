@@ -27,6 +27,7 @@ template <typename T>
 __global__ void head_kernel(HeadJob job, HeadParams hp, double* head_scratch, float* prob_scratch,
                             double* stats_scratch, float* row_scratch, int* votes_scratch,
                             unsigned long long* failure) {
+  if (failure[1] != ~0ULL) return;  // pack_params_kernel (earlier in the stream) found a bad weight: write nothing
   const std::int64_t tid = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   const std::int64_t nthreads = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const int K = hp.K, C = hp.C, Cp = hp.Cp;
@@ -86,11 +87,17 @@ HeadFailure head_cuda(const HeadJob& job) {
   CudaDeviceGuard guard(job.device_index);
   cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
   constexpr int kBlock = 128;
-  const int blocks = grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 8);
-  const std::size_t T = static_cast<std::size_t>(blocks) * kBlock;
-
   HeadParams hp = job.hp;
   const std::size_t Cp = static_cast<std::size_t>(hp.Cp);
+  // Per thread: F + Cp float64 head values, K · C float32 probabilities, 3 x Cp float64 class
+  // statistics, Cp float32 row values and Cp int votes.
+  const std::size_t per_thread = (static_cast<std::size_t>(hp.F) + Cp) * sizeof(double) +
+                                 static_cast<std::size_t>(hp.K) * hp.C * sizeof(float) +
+                                 Cp * (3 * sizeof(double) + sizeof(float) + sizeof(int));
+  const int blocks = cap_blocks_for_scratch(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 8),
+                                            kBlock, per_thread);
+  const std::size_t T = static_cast<std::size_t>(blocks) * kBlock;
+
   const std::size_t n_params = static_cast<std::size_t>(hp.M) * hp.F * Cp + static_cast<std::size_t>(hp.M) * hp.C;
   const std::size_t params_bytes = (n_params * sizeof(double) + 255) / 256 * 256;
   const std::size_t head_bytes = T * (static_cast<std::size_t>(hp.F) + Cp) * sizeof(double);

@@ -6,7 +6,8 @@
 //  2. radix select of the b-th best 128-bit composite key (u, ~index): one histogram pass per byte,
 //     most significant first, over the items that still share the chosen prefix, and a one-thread
 //     scan that picks the byte; it stops as soon as a bucket holds exactly the items still needed.
-//     Composite keys are unique, so exactly b items are >= the threshold prefix. At most 16 passes;
+//     Composite keys are unique (but for merge_top_k's repeated (value, id) pairs, see compact_kernel),
+//     so exactly b items are >= the threshold prefix. At most 16 passes;
 //     for distinct values typically 3-4. No host round trip between passes.
 //  3. compaction of the b winners (atomics, any order), then two stable CUB radix sorts of the b:
 //     by index ascending, then by u descending, which is (u desc, index asc); outputs written.
@@ -55,8 +56,9 @@ __device__ inline void record_failure(u64* failure, std::int64_t item, int statu
   atomicMin(failure, (static_cast<u64>(item) << 3) | static_cast<u64>(status));
 }
 
-/// u of every item (and the all-keys output of stochastic_keys).
-__global__ void keys_kernel(DeviceSource s, u64* __restrict__ U, u64* failure) {
+/// u of every item, and the validation; with write_keys (a second launch, once the input is known to
+/// be valid) the all-keys output of stochastic_keys.
+__global__ void keys_kernel(DeviceSource s, u64* __restrict__ U, u64* failure, bool write_keys) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < s.n; i += stride) {
     const double v = load_value(s, i);
@@ -70,7 +72,7 @@ __global__ void keys_kernel(DeviceSource s, u64* __restrict__ U, u64* failure) {
         continue;
       }
       key = gumbel_key(log_w, s.seed, static_cast<std::uint64_t>(i + s.offset));
-      if (s.out_keys) s.out_keys[flat_offset(s.keys_grid, i)] = key;
+      if (write_keys) s.out_keys[flat_offset(s.keys_grid, i)] = key;
     } else {
       if (v != v) {
         record_failure(failure, i, kSelectNaN);
@@ -144,16 +146,30 @@ __global__ void radix_scan_kernel(RadixState* state, u64* hist) {
   *state = st;
 }
 
-__global__ void compact_kernel(const u64* __restrict__ U, std::int64_t n, const std::int64_t* ids,
+/// The b winners into win_u / win_id (any order). Keys are unique except for merge_top_k's repeated
+/// (value, id) pairs: after 16 bytes the threshold is then a full key held by more items than still
+/// needed, and exactly st.need of those copies (indistinguishable) take the last st.need slots; every
+/// item strictly above the threshold takes one of the first b - st.need. count: slots written.
+__global__ void compact_kernel(const u64* __restrict__ U, std::int64_t n, std::int64_t b, const std::int64_t* ids,
                                std::int64_t ids_stride, std::int64_t offset, const RadixState* state,
-                               u64* __restrict__ win_u, u64* __restrict__ win_id, u64* count) {
+                               u64* __restrict__ win_u, u64* __restrict__ win_id, u64* above, u64* ties, u64* count) {
   const RadixState st = *state;
+  const u64 need = static_cast<u64>(st.need);
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
     const u64 u = U[i];
     const u64 t = tie_key(i, ids, ids_stride, offset);
     if (!radix_at_or_above(u, t, st)) continue;
-    const u64 pos = atomicAdd(count, 1ull);
+    u64 pos;
+    if (st.depth == 16 && u == st.hi && t == st.lo) {
+      const u64 slot = atomicAdd(ties, 1ull);
+      if (slot >= need) continue;
+      pos = static_cast<u64>(b) - need + slot;
+    } else {
+      pos = atomicAdd(above, 1ull);
+      if (pos >= static_cast<u64>(b)) continue;  // cannot happen (internal error, reported below)
+    }
+    atomicAdd(count, 1ull);
     win_u[pos] = u;
     win_id[pos] = ~t;
   }
@@ -252,15 +268,16 @@ SelectFailure select_cuda(const SelectJob& job) {
   if (softrank_sort) bytes += 3 * Workspace::align(n * sizeof(u64));
   if (select) bytes += 4 * Workspace::align(b * sizeof(u64));
   Workspace ws(bytes, stream);
-  u64* words = ws.take<u64>(4);  // [0] failure, [1] duplicate, [2] winner count
+  u64* words = ws.take<u64>(4);  // [0] failure, [1] duplicate, [2] winners written, [3] above the threshold
   RadixState* state = ws.take<RadixState>(1);
   u64* hist = ws.take<u64>(256);
+  u64* ties = hist;  // compact_kernel's tie counter: the histogram's first word, free by then
   void* sort_temp = ws.take<char>(sort_bytes);
   u64* U = need_u ? ws.take<u64>(n) : nullptr;
 
   const int blocks = grid_for(n, sms);
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(words, 0xff, 2 * sizeof(u64), stream));
-  LABELWISE_CUDA_CHECK(cudaMemsetAsync(words + 2, 0, sizeof(u64), stream));
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(words + 2, 0, 2 * sizeof(u64), stream));
 
   if (softrank_sort) {
     u64* U0 = ws.take<u64>(n);
@@ -268,19 +285,31 @@ SelectFailure select_cuda(const SelectJob& job) {
     u64* I1 = ws.take<u64>(n);
     score_order_kernel<<<blocks, kBlock, 0, stream>>>(src, U0, I0, words);
     LABELWISE_CUDA_CHECK(cudaGetLastError());
+    u64 failure = kNoFailure;  // NaN scores: no key is written
+    LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&failure, words, sizeof(u64), cudaMemcpyDeviceToHost, stream));
+    LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (failure != kNoFailure) return decode(failure);
     std::size_t tb = sort_bytes;
     // Stable: equal scores keep the lower index first.
     LABELWISE_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(sort_temp, tb, U0, U, I0, I1, n, 0, 64, stream));
     softrank_keys_kernel<<<blocks, kBlock, 0, stream>>>(src, I1, select ? U : nullptr);
     LABELWISE_CUDA_CHECK(cudaGetLastError());
   } else {
-    keys_kernel<<<blocks, kBlock, 0, stream>>>(src, select ? U : nullptr, words);
+    keys_kernel<<<blocks, kBlock, 0, stream>>>(src, select ? U : nullptr, words, false);
     LABELWISE_CUDA_CHECK(cudaGetLastError());
   }
   u64 failure = kNoFailure;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&failure, words, sizeof(u64), cudaMemcpyDeviceToHost, stream));
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (failure != kNoFailure || !select) return decode(failure);
+  if (failure != kNoFailure) return decode(failure);
+  if (job.out_keys && !softrank_sort) {  // valid input: now the keys (computed again: Philox is cheap)
+    keys_kernel<<<blocks, kBlock, 0, stream>>>(src, nullptr, words, true);
+    LABELWISE_CUDA_CHECK(cudaGetLastError());
+  }
+  if (!select) {
+    LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return {};
+  }
 
   // Radix select.
   const std::int64_t* ids = job.source == SelectSource::Pairs ? job.ids : nullptr;
@@ -299,7 +328,9 @@ SelectFailure select_cuda(const SelectJob& job) {
   u64* win_id = ws.take<u64>(b);
   u64* tmp_u = ws.take<u64>(b);
   u64* tmp_id = ws.take<u64>(b);
-  compact_kernel<<<blocks, kBlock, 0, stream>>>(U, n, ids, job.ids_stride, offset, state, win_u, win_id, words + 2);
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(ties, 0, sizeof(u64), stream));
+  compact_kernel<<<blocks, kBlock, 0, stream>>>(U, n, b, ids, job.ids_stride, offset, state, win_u, win_id, words + 3,
+                                                ties, words + 2);
   LABELWISE_CUDA_CHECK(cudaGetLastError());
   // (u desc, index asc) = stable sort by index, then stable sort by u descending.
   std::size_t tb = sort_bytes;
@@ -323,8 +354,8 @@ SelectFailure select_cuda(const SelectJob& job) {
   u64 count = 0;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&count, words + 2, sizeof(u64), cudaMemcpyDeviceToHost, stream));
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  check(static_cast<std::int64_t>(count) == b, ErrorKind::Runtime, "top_k: internal error, selected ", count,
-        " items instead of ", b);
+  check(static_cast<std::int64_t>(count) == b, ErrorKind::Runtime, "selection (CUDA): internal error, selected ",
+        count, " items instead of ", b);
   return {};
 }
 

@@ -104,7 +104,11 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   CudaDeviceGuard guard(job.device_index);
   cudaStream_t stream = static_cast<cudaStream_t>(job.stream);
   constexpr int kBlock = 128;
-  const int blocks = grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 16);
+  const std::size_t acc_size = job.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
+  const std::size_t Cp = static_cast<std::size_t>(padded_classes(job.C));
+  // Per thread: 3 x Cp float64 class statistics, Cp compute-type row values, Cp int votes.
+  const int blocks = cap_blocks_for_scratch(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 16),
+                                            kBlock, Cp * (3 * sizeof(double) + acc_size + sizeof(int)));
   const std::int64_t threads = static_cast<std::int64_t>(blocks) * kBlock;
 
   OutSpec outs{};
@@ -113,10 +117,7 @@ ScoreFailure score_cuda(const ScoreJob& job) {
     outs.is_f32[m] = job.out_dtype[m] == DType::Float32;
     for (int d = 0; d < kMaxDims; ++d) outs.stride[m][d] = job.out_stride[m][d];
   }
-  const std::size_t acc_size = job.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
-  const std::size_t Cp = static_cast<std::size_t>(padded_classes(job.C));
   const std::size_t T = static_cast<std::size_t>(threads);
-  // Per thread: 3 x Cp float64 class statistics, Cp compute-type row values, Cp int votes.
   const std::size_t stats_bytes = T * 3 * Cp * sizeof(double), row_bytes = T * Cp * acc_size;
   const std::size_t scratch_bytes = stats_bytes + row_bytes + T * Cp * sizeof(int);
   void* workspace = nullptr;

@@ -430,6 +430,21 @@ TEST_CASE("merge_top_k on its own: order, ties and duplicates", "[acquisition]")
   CHECK_THROWS_WITH(
       merge_top_k(TensorView::of(v.data(), {5}), TensorView::of(ids.data(), {5}), 3, TensorView::of(out.data(), {3})),
       Catch::Contains("indices: entry [4] is negative"));
+  // validated whatever b (b = 0 too), the first bad entry in index order: here the negative id at [1]
+  // comes before the NaN at [2]
+  ids[1] = -5;
+  v[2] = std::nan("");
+  CHECK_THROWS_WITH(
+      merge_top_k(TensorView::of(v.data(), {5}), TensorView::of(ids.data(), {5}), 0, TensorView::of(out.data(), {0})),
+      Catch::Contains("indices: entry [1] is negative"));
+  // the same (value, id) pair twice: an error only when both copies are among the b best
+  std::vector<double> dv = {1.0, 1.0, 0.5};
+  std::vector<std::int64_t> did = {5, 5, 7};
+  merge_top_k(TensorView::of(dv.data(), {3}), TensorView::of(did.data(), {3}), 1, TensorView::of(out.data(), {1}));
+  CHECK(out[0] == 5);
+  CHECK_THROWS_WITH(
+      merge_top_k(TensorView::of(dv.data(), {3}), TensorView::of(did.data(), {3}), 2, TensorView::of(out.data(), {2})),
+      Catch::Contains("global index 5 appears more than once"));
 }
 
 TEST_CASE("bad input to selection gets a clear error naming the argument", "[acquisition][errors]") {
@@ -461,6 +476,15 @@ TEST_CASE("bad input to selection gets a clear error naming the argument", "[acq
     CHECK_THROWS_WITH(stochastic(sv, 2, out(2), opts(StochasticMode::Softmax, 1)), Catch::Contains("item [1] is NaN"));
     CHECK_THROWS_WITH(stochastic(sv, 2, out(2), opts(StochasticMode::SoftRank, 1)), Catch::Contains("item [1] is NaN"));
     CHECK(idx[0] == -1);  // nothing written
+    // stochastic_keys writes no key either, in any mode (the bad item is past the first block of keys)
+    std::vector<double> big(3000, 0.25), keys(3000, -7.0);
+    big[2500] = NAN;
+    for (auto mode : {StochasticMode::Power, StochasticMode::Softmax, StochasticMode::SoftRank}) {
+      CHECK_THROWS_WITH(stochastic_keys(TensorView::of(big.data(), {3000}), TensorView::of(keys.data(), {3000}),
+                                        opts(mode, 1)),
+                        Catch::Contains("item [2500] is NaN"));
+      CHECK(std::all_of(keys.begin(), keys.end(), [](double k) { return k == -7.0; }));
+    }
   }
   SECTION("NaN in a map names its coordinates") {
     std::vector<float> m(2 * 3 * 4, 1.0f);

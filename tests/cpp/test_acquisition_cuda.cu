@@ -148,6 +148,24 @@ TEST_CASE("CUDA merge_top_k equals the CPU and reports duplicates", "[cuda]") {
   DeviceArray<std::int64_t> dd(dup), all(m);
   CHECK_THROWS_WITH(merge_top_k(dv.view({m}), dd.view({m}), m, all.view({m})),
                     Catch::Contains("appears more than once"));
+  // The same (value, id) pair twice (a shard merged twice), straddling the cut: one copy wins, as on
+  // the CPU; both copies inside the batch: the duplicate error.
+  std::vector<double> rv = {1.0, 1.0, 0.5, 0.25};
+  std::vector<std::int64_t> rid = {5, 5, 7, 9}, one(1);
+  DeviceArray<double> drv(rv);
+  DeviceArray<std::int64_t> drid(rid), gone(1), gtwo(2);
+  merge_top_k(drv.view({4}), drid.view({4}), 1, gone.view({1}));
+  merge_top_k(TensorView::of(rv.data(), {4}), TensorView::of(rid.data(), {4}), 1, TensorView::of(one.data(), {1}));
+  CHECK(gone.host() == one);
+  CHECK_THROWS_WITH(merge_top_k(drv.view({4}), drid.view({4}), 2, gtwo.view({2})),
+                    Catch::Contains("global index 5 appears more than once"));
+  // Ids validated whatever b, the first bad entry in index order (as on the CPU).
+  rid[1] = -3;
+  rv[2] = NAN;
+  DeviceArray<double> dbad(rv);
+  DeviceArray<std::int64_t> dneg(rid), gnone(1);
+  CHECK_THROWS_WITH(merge_top_k(dbad.view({4}), dneg.view({4}), 0, gnone.view({0})),
+                    Catch::Contains("indices: entry [1] is negative"));
 }
 
 TEST_CASE("CUDA selection reports the first bad item and writes nothing", "[cuda]") {
@@ -166,4 +184,15 @@ TEST_CASE("CUDA selection reports the first bad item and writes nothing", "[cuda
   StochasticOptions o;
   CHECK_THROWS_WITH(stochastic(dneg.view({100000}), 10, gi.view({10}), o), Catch::Contains("item [57123] is negative"));
   CHECK(gi.host() == minus);
+  // stochastic_keys writes no key on invalid input, in any mode.
+  s[57123] = NAN;
+  DeviceArray<float> dnan(s);
+  const std::vector<double> sentinel(100000, -7.0);
+  DeviceArray<double> keys(sentinel);
+  for (auto mode : {StochasticMode::Power, StochasticMode::Softmax, StochasticMode::SoftRank}) {
+    StochasticOptions om;
+    om.mode = mode;
+    CHECK_THROWS_WITH(stochastic_keys(dnan.view({100000}), keys.view({100000}), om), Catch::Contains("item [57123] is NaN"));
+    CHECK(keys.host() == sentinel);
+  }
 }

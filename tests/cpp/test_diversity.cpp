@@ -547,6 +547,12 @@ TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
   y[10] = std::nan("");
   CHECK_THROWS_WITH(badge(pv, TensorView::of(y.data(), {4, 3}), 1, idx(1), {}),
                     Catch::Contains("embeddings: row [3] contains NaN or Inf"));
+  y = x;
+  y[7] = 1e200;  // finite, but its square is not: no distance to it could be formed
+  CHECK_THROWS_WITH(badge(pv, TensorView::of(y.data(), {4, 3}), 1, idx(1), {}),
+                    Catch::Contains("embeddings: row [2] is too large: its squared norm exceeds 4.5e307"));
+  y[7] = 1e150;  // squared norm 1e300: fine
+  badge(pv, TensorView::of(y.data(), {4, 3}), 2, idx(2), {});
   TensorView cuda_p = pv;
   cuda_p.device = Device::cuda(0);
   CHECK_THROWS_WITH(badge(cuda_p, fx, 1, idx(1), {}), Catch::Contains("embeddings: is on cpu but x is on cuda:0"));

@@ -108,6 +108,11 @@ TEST_CASE("coreset and badge on CUDA report the CPU's errors", "[cuda][diversity
   std::vector<std::int64_t> host_out(2);
   CHECK_THROWS_WITH(badge(dp2.view({40, 2}), dx.view({40, 3}), 2, TensorView::of(host_out.data(), {2})),
                     Catch::Contains("indices: is on cpu"));
+  std::vector<double> big(40 * 3, 0.5);
+  big[9 * 3 + 2] = 1e200;
+  DeviceArray<double> dbig(big);
+  CHECK_THROWS_WITH(badge(dp2.view({40, 2}), dbig.view({40, 3}), 2, di.view({2})),
+                    Catch::Contains("embeddings: row [9] is too large"));
 }
 
 TEST_CASE("weighted_kmeans on CUDA equals the CPU", "[cuda][diversity][weighted_kmeans]") {
