@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && !defined(__CUDACC__)
 #include <immintrin.h>
@@ -796,8 +797,9 @@ inline __m512 rows_reduce16(const __m512* r) {
 /// rows_reduce16. Same results as the portable loop up to the order of the row-total sum (validation
 /// only). For several chunks, each row's float64 total, its maximum so far and that maximum's class
 /// are carried in `cs` (cs.total holds K doubles here, cs.best K floats). need_votes is a template
-/// argument so that without votes the rows are dead after their totals (fewer registers spilled).
-template <bool need_votes>
+/// argument so that without votes the rows are dead after their totals (fewer registers spilled);
+/// so is check, false for rows that block_softmax_rows made and validated (tol = inf): no row totals.
+template <bool need_votes, bool check>
 inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need_sq, const ChunkScratch<float>& cs,
                              double* __restrict__ first_o, double* __restrict__ sum_o, double* __restrict__ sumsq_o,
                              int& mode_o) {
@@ -847,21 +849,23 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
       }
       // Row totals in float64, added to the previous chunks' (masked: rows past K are not touched),
       // checked after the last chunk like the portable loop: |total - 1| <= tol.
-      const __m512 tot = rows_reduce16<false>(rows);
-      __m512d t0 = _mm512_cvtps_pd(_mm512_castps512_ps256(tot));
-      __m512d t1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(tot, 1));
-      const __mmask8 rm0 = static_cast<__mmask8>(rowm), rm1 = static_cast<__mmask8>(rowm >> 8);
-      if (cb > 0) {
-        t0 = _mm512_add_pd(t0, _mm512_maskz_loadu_pd(rm0, row_total + k0));
-        t1 = _mm512_add_pd(t1, _mm512_maskz_loadu_pd(rm1, row_total + k0 + 8));
-      }
-      if (last) {
-        const unsigned ok0 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t0, one), absmask), vtol, _CMP_LE_OQ);
-        const unsigned ok1 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t1, one), absmask), vtol, _CMP_LE_OQ);
-        if (((ok0 | (ok1 << 8)) & rowm) != rowm) bad = 1;
-      } else {
-        _mm512_mask_storeu_pd(row_total + k0, rm0, t0);
-        _mm512_mask_storeu_pd(row_total + k0 + 8, rm1, t1);
+      if constexpr (check) {
+        const __m512 tot = rows_reduce16<false>(rows);
+        __m512d t0 = _mm512_cvtps_pd(_mm512_castps512_ps256(tot));
+        __m512d t1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(tot, 1));
+        const __mmask8 rm0 = static_cast<__mmask8>(rowm), rm1 = static_cast<__mmask8>(rowm >> 8);
+        if (cb > 0) {
+          t0 = _mm512_add_pd(t0, _mm512_maskz_loadu_pd(rm0, row_total + k0));
+          t1 = _mm512_add_pd(t1, _mm512_maskz_loadu_pd(rm1, row_total + k0 + 8));
+        }
+        if (last) {
+          const unsigned ok0 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t0, one), absmask), vtol, _CMP_LE_OQ);
+          const unsigned ok1 = _mm512_cmp_pd_mask(_mm512_and_pd(_mm512_sub_pd(t1, one), absmask), vtol, _CMP_LE_OQ);
+          if (((ok0 | (ok1 << 8)) & rowm) != rowm) bad = 1;
+        } else {
+          _mm512_mask_storeu_pd(row_total + k0, rm0, t0);
+          _mm512_mask_storeu_pd(row_total + k0 + 8, rm1, t1);
+        }
       }
       if constexpr (need_votes) {
         // Arg-max per row (ties to the lower class): the row maxima, then the lowest lane equal to its own.
@@ -963,9 +967,13 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
     ent_o = -static_cast<double>(tree_sum16(acc));
   }
 #if defined(LABELWISE_ROWS_AVX512)
-  if constexpr (std::is_same<T, float>::value)
-    return need_votes ? block_rows_avx512<true>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o)
-                      : block_rows_avx512<false>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o);
+  if constexpr (std::is_same<T, float>::value) {
+    if (!(tol < static_cast<double>(INFINITY)))  // rows from block_softmax_rows, already validated
+      return need_votes ? block_rows_avx512<true, false>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o)
+                        : block_rows_avx512<false, false>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o);
+    return need_votes ? block_rows_avx512<true, true>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o)
+                      : block_rows_avx512<false, true>(x, K, C, tol, need_sq, cs, first_o, sum_o, sumsq_o, mode_o);
+  }
 #endif
   // Chunk by chunk: the chunk's class sums and the running minimum stay in registers over the K rows.
   // One chunk (C <= kRowLanes) checks each row's total and counts its vote in lanes directly; with
@@ -1069,12 +1077,35 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
   return kItemOk;
 }
 
+/// Natural logarithm in the compute type (host only): fast_logf for float, lw_log_d for double.
+LABELWISE_VEC_INLINE float lw_log_r(float v) { return fast_logf(v); }
+LABELWISE_VEC_INLINE double lw_log_r(double v) { return lw_log_d(v); }
+
+/// acc_j -= ln z_j for the first n (<= kRowLanes) of kRowLanes row sums z_j >= 1 (lanes from n on
+/// unchanged): the logarithms of logit rows for their entropies (block_softmax_rows), one vector per
+/// kRowLanes rows, kept in lanes (no horizontal sum per call).
+template <typename R>
+inline void rows_sub_log(const R* z, int n, R* __restrict__ acc) {
+  LABELWISE_SIMD_PLAIN
+  for (int j = 0; j < kRowLanes; ++j) acc[j] -= lw_log_r(j < n ? z[j] : R(1));
+}
+
 /// Phase 0 for logits and log-probabilities (the same reading rules as block_item_stats): per sample
 /// row, the row maximum m, e = exp(x - m) and z = Σ e, then the row's probabilities written to `p_o`
 /// (rows C apart, whole chunks of kRowLanes values stored, so (K - 1)·C + round_up(C, kRowLanes)
 /// entries): e / z for logits, e · exp(m) for log-probabilities (used as given, like probabilities,
 /// after the check |m + ln z| <= tol). The modal vote count comes from the raw values (ties to the
-/// lower class; `cs` as in block_item_stats). Validation as score_item: NaN or +Inf anywhere in the item -> kItemNonFinite;
+/// lower class; `cs` as in block_item_stats). With need_ent, also Σ_k H[p_k] into ent_o, without a
+/// logarithm per element (block_item_stats then skips its Σ p ln p): ln p_c is known exactly,
+///   logits:            ln p_c = (x_c - m) - ln z, so H = ln z · Σ_c p_c - Σ_c p_c (x_c - m)
+///                      (Σ_c p_c = 1 to rounding: one logarithm per row, taken kRowLanes rows at a time);
+///   log-probabilities: ln p_c = x_c (used as given), so H = -Σ_c p_c x_c (no logarithm at all);
+/// p_c being the probabilities written to p_o, and -inf entries (p_c = 0) counting 0 · ln 0 = 0. With
+/// x_c - m <= 0 and z >= 1 (for log-probabilities x_c <= tol) every term is non-negative up to
+/// p_c·tol: no cancellation, so H is within a few eps (of the compute type) of itself, like the sum of
+/// p ln p it replaces, and accumulated the same way: in kRowLanes lanes of the compute type over the
+/// item, the lanes summed in float64 once.
+/// Validation as score_item: NaN or +Inf anywhere in the item -> kItemNonFinite;
 /// otherwise the first sample (in order) that is -inf everywhere (kItemAllMasked) or, for
 /// log-probabilities, not normalised (kItemUnnormalised). -inf entries are allowed (p = 0).
 #if defined(LABELWISE_ROWS_AVX512)
@@ -1082,9 +1113,10 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 /// block_softmax_rows for float32 on AVX-512: rows in groups of 16 (masked loads, lanes past C at
 /// -inf) whose maxima and exp-sums come from rows_reduce16, one division for the 16 scales. Same
-/// results as the portable loop up to the order of the exp-sum.
+/// results as the portable loop up to the order of the exp-sum and of the entropy's sums.
 inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, double tol, bool need_votes,
-                                float* __restrict__ p_o, int& mode_o) {
+                                bool need_ent, float* __restrict__ p_o, int& mode_o, double& ent_o) {
+  const __m512 lowest = _mm512_set1_ps(-3.40282347e38f);  // -inf -> lowest: 0 · ln 0 = 0, not NaN
   const __mmask16 cm = static_cast<__mmask16>((1u << C) - 1u);
   const __m512 ninf = _mm512_set1_ps(-INFINITY), pinf = _mm512_set1_ps(INFINITY), zero = _mm512_setzero_ps();
   const double lo_total = exp(-tol), hi_total = exp(tol);
@@ -1093,6 +1125,8 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
   __m512i votes = _mm512_setzero_si512();  // per-class vote counts, as in block_rows_avx512
   const __m512i ones = _mm512_set1_epi32(1);
   alignas(64) float mxs[16], zs[16], sc[16], tmp[16];
+  // Lane-wise Σ p·(x - m) - Σ_k ln z_k (logits) or Σ p·x (log-probabilities): minus the entropy.
+  __m512 plp = zero;
   for (int k0 = 0; k0 < K; k0 += 16) {
     const int nr = K - k0 < 16 ? K - k0 : 16;
     __m512 rows[16], e[16];
@@ -1120,6 +1154,11 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
     }
     const __m512 z = rows_reduce16<false>(e);
     _mm512_store_ps(zs, z);
+    if (need_ent && input_kind != 1) {
+      _mm512_store_ps(tmp, plp);
+      rows_sub_log(zs, nr, tmp);
+      plp = _mm512_load_ps(tmp);
+    }
     if (input_kind == 1) {
       // exp(m) of the 16 rows at once; a row maximum above 0 (at most tol in valid input) is rare
       // and redone by the library exp (too large an m gives +inf and fails the check).
@@ -1143,7 +1182,12 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
         if (!fail && !(mxs[t] > -INFINITY)) fail = kItemAllMasked;
     }
     for (int t = 0; t < nr; ++t) {
-      _mm512_storeu_ps(p_o + static_cast<std::int64_t>(k0 + t) * C, _mm512_mul_ps(e[t], _mm512_set1_ps(sc[t])));
+      const __m512 p = _mm512_mul_ps(e[t], _mm512_set1_ps(sc[t]));
+      _mm512_storeu_ps(p_o + static_cast<std::int64_t>(k0 + t) * C, p);
+      if (need_ent) {
+        const __m512 lp = input_kind == 1 ? rows[t] : _mm512_sub_ps(rows[t], _mm512_set1_ps(mxs[t]));
+        plp = _mm512_fmadd_ps(p, _mm512_max_ps(lp, lowest), plp);
+      }
       if (need_votes) {
         // Arg-max from the raw values, ties to the lower class (lanes past C are -inf < max).
         const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], _mm512_set1_ps(mxs[t]), _CMP_EQ_OQ);
@@ -1154,24 +1198,40 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
   if (bad) return kItemNonFinite;
   if (fail) return fail;
   if (need_votes) mode_o = _mm512_reduce_max_epi32(votes);
+  if (need_ent) {
+    const double s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(plp)),
+                                                        _mm512_cvtps_pd(_mm512_extractf32x8_ps(plp, 1))));
+    ent_o = -s;
+  }
   return kItemOk;
 }
 #pragma GCC diagnostic pop
 #endif
 
-template <typename T>
-inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double tol, bool need_votes,
-                              const ChunkScratch<T>& cs, T* __restrict__ p_o, int& mode_o) {
+template <typename T, bool need_ent>
+[[gnu::noinline]] inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double tol, bool need_votes,
+                              const ChunkScratch<T>& cs, T* __restrict__ p_o, int& mode_o, double& ent_o) {
   using R = typename compute_type<T>::type;
   static_assert(std::is_same<R, T>::value, "float and double only");
 #if defined(LABELWISE_ROWS_AVX512)
   if constexpr (std::is_same<T, float>::value)
-    if (C <= kRowLanes) return block_softmax_avx512(x, K, C, input_kind, tol, need_votes, p_o, mode_o);
+    if (C <= kRowLanes)
+      return block_softmax_avx512(x, K, C, input_kind, tol, need_votes, need_ent, p_o, mode_o, ent_o);
 #endif
   constexpr int W = kRowLanes;
   int bad = 0, fail = 0;
   int votes[W];
   for (int j = 0; j < W; ++j) votes[j] = 0;
+  // The entropy (need_ent): lane-wise Σ p·(x - m) - Σ_k ln z_k (logits; the rows' z gathered W at a
+  // time) or Σ p·x (log-probabilities): minus the entropy.
+  R plp[W], zr[W];
+  for (int j = 0; j < W; ++j) {
+    plp[j] = R(0);
+    zr[j] = R(1);
+  }
+  double pl_rest = 0.0;  // the same Σ p·(x - m) or Σ p·x over the classes past the first chunk (a
+                        // scalar: a scalar store into plp would stall its next vector load)
+  const R lowest = std::numeric_limits<R>::lowest();  // -inf -> lowest: 0 · ln 0 = 0, not NaN
   const double lo_total = exp(-tol), hi_total = exp(tol);
   for (int k = 0; k < K; ++k) {
     // The first kRowLanes classes of a row stay in registers (for C <= kRowLanes the whole row, read
@@ -1187,12 +1247,33 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
       v[j] = real ? u : -INFINITY;
       bad |= (real & ((u != u) | (u == INFINITY))) ? 1 : 0;
     }
+    // For C > W: the whole chunks after the first as flat vector loops up to cf, then the last partial
+    // chunk (if any) as one chunk of W lanes, lanes past C masked (a chunk is readable from its start):
+    // no scalar remainder loop.
+#if defined(LABELWISE_ROWS_AVX512)
+    const int cf = C <= W ? W : C - (C - W) % W;
+#else
+    // AVX2 / generic: flat loops up to C (with the compiler's own remainder). The masked last chunk
+    // made the AVX2 build 10-25 % slower even at C = 10, where it never runs (code generation).
+    const int cf = C;
+#endif
     R mx = max16(v);
     LABELWISE_SIMD_MAX
-    for (int c = W; c < C; ++c) {
+    for (int c = W; c < cf; ++c) {
       const R u = r[c];
       bad |= ((u != u) | (u == INFINITY)) ? 1 : 0;
       mx = u > mx ? u : mx;
+    }
+    if (cf < C) {
+      R ml[W];
+      LABELWISE_SIMD_FLAT
+      for (int j = 0; j < W; ++j) {
+        const R u = r[cf + j];
+        const bool real = cf + j < C;
+        bad |= (real & ((u != u) | (u == INFINITY))) ? 1 : 0;
+        ml[j] = real & (u > mx) ? u : mx;
+      }
+      mx = max16(ml);
     }
     if (!(mx > -INFINITY)) {  // -inf everywhere (or NaN, caught by bad)
       if (!fail) fail = kItemAllMasked;
@@ -1206,11 +1287,22 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
     }
     R z = R(0);
     LABELWISE_SIMD_Z
-    for (int c = W; c < C; ++c) {
+    for (int c = W; c < cf; ++c) {
       const R d = static_cast<R>(r[c]) - mx;
       const R ec = lw_exp_nonpositive(d <= R(0) ? d : R(0));
       po[c] = ec;
       z += ec;
+    }
+    if (cf < C) {
+      // The lanes past C are 0, written into the next row (which overwrites them) or the slack.
+      R el[W];
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) {
+        const R d = cf + j < C ? static_cast<R>(r[cf + j]) - mx : R(-INFINITY);
+        el[j] = lw_exp_nonpositive(d <= R(0) ? d : R(0));
+        po[cf + j] = el[j];
+      }
+      z += tree_sum16(el);
     }
     z += tree_sum16(e);  // one chunk: exactly the tree sum
     R scale;
@@ -1224,10 +1316,36 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
       scale = R(1) / z;  // z >= 1: the maximum contributes 1
     }
     // All W lanes of the first chunk (lanes past C are 0, overwritten by the next row or in the slack).
-    LABELWISE_SIMD_PLAIN
-    for (int j = 0; j < W; ++j) po[j] = e[j] * scale;
-    LABELWISE_SIMD_PLAIN
-    for (int c = W; c < C; ++c) po[c] *= scale;
+    if constexpr (need_ent) {
+      // ln p = x - m - ln z (logits; the ln z once per W rows) or x (log-probabilities).
+      const R shift = input_kind == 1 ? R(0) : mx;
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) {
+        const R p = e[j] * scale;
+        po[j] = p;
+        const R lp = v[j] - shift;
+        plp[j] += p * (lp > lowest ? lp : lowest);
+      }
+      R pl = R(0);
+      LABELWISE_SIMD_PL
+      for (int c = W; c < C; ++c) {
+        const R p = po[c] * scale;
+        po[c] = p;
+        const R lp = static_cast<R>(r[c]) - shift;
+        pl += p * (lp > lowest ? lp : lowest);
+      }
+      pl_rest += static_cast<double>(pl);
+      if (input_kind != 1) {
+        const int slot = k % W;
+        zr[slot] = z;
+        if (slot == W - 1 || k == K - 1) rows_sub_log(zr, slot + 1, plp);
+      }
+    } else {
+      LABELWISE_SIMD_PLAIN
+      for (int j = 0; j < W; ++j) po[j] = e[j] * scale;
+      LABELWISE_SIMD_PLAIN
+      for (int c = W; c < C; ++c) po[c] *= scale;
+    }
     if (need_votes) {
       // The lowest class holding the row maximum, ties to the lower class (masked lanes are -inf < mx;
       // for several chunks, read again from the row up to the first chunk that holds it).
@@ -1243,6 +1361,12 @@ inline int block_softmax_rows(const T* x, int K, int C, int input_kind, double t
   if (bad) return kItemNonFinite;
   if (fail) return fail;
   if (need_votes) mode_o = C <= W ? lane_mode(votes) : chunk_mode(cs, K);
+  if constexpr (need_ent) {
+    double h = 0.0;
+    LABELWISE_SIMD_H
+    for (int j = 0; j < W; ++j) h += static_cast<double>(plp[j]);
+    ent_o = -(h + pl_rest);
+  }
   return kItemOk;
 }
 
