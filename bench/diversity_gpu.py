@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Core-set and BADGE on the GPU against the CPU path, same inputs, one run (the issue's sizes):
-core-set N=100000, D=512, b=1000 (10 labelled items); BADGE N=50000, C=10, D=512, b=100.
+"""Core-set, BADGE and weighted k-means on the GPU against the CPU path, same inputs, one run (the
+issue's sizes): core-set N=100000, D=512, b=1000 (10 labelled items); BADGE N=50000, C=10, D=512,
+b=100; weighted k-means on BADGE's embeddings, b=100 (its floor: one read of the features; the
+clustering itself runs on the host).
 
     python bench/diversity_gpu.py            # needs a CUDA build of labelwise and torch with CUDA
     python bench/diversity_gpu.py --quick    # small sizes
@@ -70,6 +72,14 @@ def main() -> int:
     tc, cb = cpu_time(lambda: A.badge(logits, h, b_b, seed=1, input="logits"))
     floor = (b_b - 1) * n_b * d * 4 / bw
     rows.append(("badge", f"N={n_b}, C={c}, D={d}, b={b_b}", tg, tc, floor, np.array_equal(gb.cpu().numpy(), cb)))
+    # The weighted k-means hybrid: one device pass (validation, candidates' rows), then the host.
+    w = rng.random(n_b)
+    wg = torch.from_numpy(w).cuda()
+    tg, gw = gpu_time(lambda: A.weighted_kmeans(hg, wg, b_b))
+    tc, cw = cpu_time(lambda: A.weighted_kmeans(h, w, b_b))
+    floor = n_b * d * 4 / bw
+    rows.append(("weighted_kmeans", f"N={n_b}, D={d}, b={b_b}, prefilter=10", tg, tc, floor,
+                 np.array_equal(gw.cpu().numpy(), cw)))
     print(f"device: {torch.cuda.get_device_name()}; copy bandwidth {bw / 1e9:.0f} GB/s (device-to-device clone)")
     print("| function | size | GPU (s) | CPU (s) | floor (s) | GPU picks == CPU picks |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
