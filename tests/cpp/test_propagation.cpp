@@ -374,10 +374,11 @@ TEST_CASE("the certified error holds over repeated calibration draws (simulation
     ++certified;
     exceed += risk(c.threshold) >= alpha;
   }
-  // Binomial(400, 0.1): mean 40, sd 6; 40 + 4.5 sd = 67.
+  // If the guarantee held with equality, exceed ~ Binomial(400, 0.1) (mean 40): 74 is its 1 - 1e-7
+  // quantile (computed with scipy.stats.binom.isf), so a correct method fails fewer than 1e-7 runs.
   INFO("certified " << certified << " exceed " << exceed);
   CHECK(certified > draws / 2);
-  CHECK(exceed <= 67);
+  CHECK(exceed <= 74);
 }
 
 TEST_CASE("label_issues equals a naive confident-learning reference", "[propagation]") {

@@ -298,10 +298,10 @@ def _draw(rng, n, model, C=3):
 
 @pytest.mark.parametrize("model", ["calibrated", "step", "discrete"])
 def test_simulation_certified_error_holds(rng, model):
-    """300 calibration draws of 500 items; the realised error among accepted items of a 200 000-item
-    pool (drawn once) exceeds target_error in at most about delta of the draws. Typical numbers (seed 0):
-    calibrated 23/297 certified draws, step 23/300, discrete 14/252, against delta * draws = 30."""
-    alpha, delta, draws = 0.05, 0.1, 300
+    """600 calibration draws of 500 items; the realised error among accepted items of a 200 000-item
+    pool (drawn once) exceeds target_error in at most about delta of the draws. Typical numbers (seed 0,
+    300 draws): calibrated 23/297 certified draws, step 23/300, discrete 14/252, against delta * draws = 30."""
+    alpha, delta, draws = 0.05, 0.1, 600
     pool, truth = _draw(rng, 200_000, model)
     exceed = certified = 0
     for _ in range(draws):
@@ -314,8 +314,10 @@ def test_simulation_certified_error_holds(rng, model):
         realised = float(np.mean(r.labels[r.accepted] != truth[r.accepted]))
         exceed += realised > alpha
     print(f"{model}: certified {certified}/{draws}, realised error > {alpha} in {exceed} draws")
-    # Binomial(300, 0.1): mean 30, sd 5.2; allow 3 sd (the method is conservative: it usually stays well below).
-    assert exceed <= delta * draws + 3 * np.sqrt(draws * delta * (1 - delta))
+    # If the guarantee held with equality, exceed ~ Binomial(600, 0.1) (mean 60): fail only beyond its
+    # 1 - 1e-7/3 quantile (103), so that a correct method fails fewer than 1e-7 runs over the three
+    # models, while an exceed rate of about 0.17 or more is still caught.
+    assert exceed <= stats.binom.isf(1e-7 / 3, draws, delta)
     assert certified >= draws // 2
 
 
@@ -369,8 +371,9 @@ def test_label_issues_match_reference(rng, dtype):
 
 def test_label_issues_on_digits_with_flipped_labels(rng):
     """sklearn's digits (1797 images), 10% of the labels flipped at random, 5-fold out-of-sample
-    probabilities of a logistic regression. Over eight runs: precision 0.78-0.84, recall 0.69-0.78
-    (chance precision: 0.10)."""
+    probabilities of a logistic regression. Over 60 runs: precision 0.817 ± 0.035 (lowest 0.749),
+    recall 0.742 ± 0.033 (lowest 0.659), flipped among the top 50 0.944 ± 0.048 (lowest 0.80); chance
+    precision 0.10. The bounds sit about 7 standard deviations below the means."""
     sklearn = pytest.importorskip("sklearn")
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
@@ -394,9 +397,9 @@ def test_label_issues_on_digits_with_flipped_labels(rng):
     precision = (found & flipped).sum() / max(found.sum(), 1)
     recall = (found & flipped).sum() / flipped.sum()
     print(f"digits: {found.sum()} flagged, precision {precision:.3f}, recall {recall:.3f}")
-    assert precision > 0.6 and recall > 0.55
+    assert precision > 0.6 and recall > 0.5
     # the most suspicious ones first: the top 50 are mostly flipped
-    assert flipped[r.indices[:50]].mean() > 0.8
+    assert flipped[r.indices[:50]].mean() > 0.6
     assert np.all(np.diff(r.self_confidence) >= 0)
 
 
