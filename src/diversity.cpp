@@ -1,4 +1,5 @@
-// Front door of core-set, BADGE, weighted k-means, average linkage and cluster-margin: validate shapes, dtypes and devices, build the job, dispatch.
+// Front door of core-set, BADGE, weighted k-means, average linkage and cluster-margin: validate
+// shapes, dtypes and devices, build the job, dispatch.
 #include <algorithm>
 #include <cmath>
 #include <limits>
