@@ -175,10 +175,12 @@ def _assert_maps_equal(a, b):
 
 def _assert_maps_close(a, b):
     """The fused kernel and labelwise.score run the same metric body, but its vectorised float sums may
-    split their lanes differently (instruction set, scratch alignment): equal to the last bits only."""
+    split their lanes differently (instruction set, scratch alignment): equal to the last bits only
+    (the float32 entropies of BALD / expected entropy came within 0.64 of 1e-6 over 20 000 runs, hence
+    3e-6)."""
     assert set(a) == set(b)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6, equal_nan=True, msg=k)
+        torch.testing.assert_close(a[k], b[k], rtol=3e-6, atol=3e-6, equal_nan=True, msg=k)
 
 
 def _mc_weights(head):

@@ -49,7 +49,10 @@ def test_propagate_slices_equals_the_scipy_reference(rng):
         ref_m, ref_c = propagate_slices_ref(vol.astype(np.float32).astype(np.float64), lab, ann, axis=axis, **kw)
         same = mask == ref_m
         assert same.mean() > 0.999, (axis, same.mean())  # argmax may differ only on solver-roundoff ties
-        np.testing.assert_allclose(conf[same], ref_c[same], rtol=1e-7, atol=1e-9)
+        # Two direct solvers (Eigen's LDLT, SciPy's factorized) on a Laplacian whose edge weights span
+        # ~10 orders of magnitude (beta = 30) agree to ~1e-7 relative: worst 1.9e-7 over 771 seeds,
+        # where rtol 1e-7 failed 6 % of runs. 1e-5 still catches any real difference in the walk.
+        np.testing.assert_allclose(conf[same], ref_c[same], rtol=1e-5, atol=1e-9)
 
 
 def test_propagate_slices_strided_and_threads(rng):

@@ -58,6 +58,12 @@ def test_all_metrics_match_float64_reference(rng, dtype, input_kind):
             ok = np.isclose(got, want[name], rtol=tol, atol=3e-3) | ((got == want[name]) & np.isinf(want[name]))
             assert ok.all(), f"balentacq: {got[~ok][:5]} vs {want[name][~ok][:5]}"
             continue
+        if name == "balentacq":
+            # float64 too: near its pole (|s| ~ 1e5) the rounding of float64 sums moves s by more
+            # than 1e-9 relative (2 runs in 11 000 failed a flat 1e-9); the same |s|-scaled bound as
+            # test_logs_around_the_vector_width.
+            _close(res[name], want[name], 1e-9 + 1e-12 * np.abs(np.where(np.isfinite(want[name]), want[name], 0)), name)
+            continue
         _close(res[name], want[name], TOL[dtype], name)
 
 
