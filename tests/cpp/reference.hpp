@@ -11,6 +11,27 @@
 
 namespace ref {
 
+/// P(X = i) for X ~ Binomial(n, p), 0 < p < 1, from lgamma in log space.
+inline double binomial_pmf(int i, int n, double p) {
+  return std::exp(std::lgamma(n + 1.0) - std::lgamma(i + 1.0) - std::lgamma(n - i + 1.0) + i * std::log(p) +
+                  (n - i) * std::log1p(-p));
+}
+
+/// P(X <= k) by direct summation of the pmf (small n only).
+inline double binomial_cdf(int k, int n, double p) {
+  double s = 0.0;
+  for (int i = 0; i <= std::min(k, n); ++i) s += binomial_pmf(i, n, p);
+  return s;
+}
+
+/// P(X >= k) by direct summation of the pmf (small n only; accurate in the far upper tail, unlike
+/// 1 - binomial_cdf(k - 1, n, p)).
+inline double binomial_upper(int k, int n, double p) {
+  double s = 0.0;
+  for (int i = std::max(k, 0); i <= n; ++i) s += binomial_pmf(i, n, p);
+  return s;
+}
+
 /// probs[k][c] of one item → the ten metrics in labelwise::Metric order.
 inline std::array<double, 10> metrics(const std::vector<std::vector<double>>& p) {
   const int K = static_cast<int>(p.size()), C = static_cast<int>(p[0].size());
