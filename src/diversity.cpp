@@ -234,7 +234,8 @@ void weighted_kmeans(const TensorView& features, const TensorView& scores, std::
   check_out(indices, b, features.device, "indices", DType::Int64, "features");
   // The scores (N values) are read on the host, from a copy when they live on a GPU.
   const HostSpan host = host_span(scores, "scores", options.stream);
-  std::vector<double> w(static_cast<std::size_t>(n));
+  std::vector<double>& w = job.weights;
+  w.resize(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) {
     const double v = scores.dtype == DType::Float32 ? static_cast<double>(*static_cast<const float*>(host.at(i)))
                                                     : *static_cast<const double*>(host.at(i));
@@ -243,9 +244,6 @@ void weighted_kmeans(const TensorView& features, const TensorView& scores, std::
           " is negative; the scores weight the clustering and must be >= 0 (shift or exponentiate them)");
     w[i] = v;
   }
-  job.scores = w.data();
-  job.score_dtype = DType::Float64;
-  job.score_stride = 1;
   job.b = b;
   job.prefilter = options.prefilter;
   job.max_iter = options.max_iter;

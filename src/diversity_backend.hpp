@@ -68,9 +68,7 @@ struct BadgeJob {
 
 struct WeightedKmeansJob {
   Matrix x;             // [N, D] features
-  const void* scores = nullptr;  // [N] on the host, validated finite and >= 0 by the front door
-  DType score_dtype = DType::Float32;
-  std::int64_t score_stride = 1;
+  std::vector<double> weights;  // [N] the scores, on the host, validated finite and >= 0 by the front door
   std::int64_t b = 0;
   std::int64_t prefilter = 10;
   std::int64_t max_iter = 100;

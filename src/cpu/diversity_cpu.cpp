@@ -402,12 +402,6 @@ DiversityFailure badge_run(const BadgeJob& job) {
 
 // ---- uncertainty-weighted k-means (Zhdanov 2019) ----------------------------------------------------
 
-double score_at(const WeightedKmeansJob& job, std::int64_t i) {
-  return job.score_dtype == DType::Float32
-             ? static_cast<double>(static_cast<const float*>(job.scores)[i * job.score_stride])
-             : static_cast<const double*>(job.scores)[i * job.score_stride];
-}
-
 /// Index of the nearest centre (ties: the lower centre) and its squared distance.
 std::pair<std::int64_t, double> nearest_centre(const double* row, const std::vector<double>& centres, std::int64_t k,
                                                std::int64_t d) {
@@ -443,18 +437,16 @@ DiversityFailure first_non_finite_row_of(const Matrix& x) {
 template <typename T>
 DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
   const Matrix& x = job.x;
-  const std::int64_t n = x.rows, d = x.cols, b = job.b;
+  const std::int64_t d = x.cols, b = job.b;
   const DiversityFailure bad = first_non_finite_row_of<T>(x);
   if (bad.status != kDivOk) return bad;
   if (b == 0) return {};
-  std::vector<double> w(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) w[i] = score_at(job, i);
-  const std::vector<std::int64_t> cand = weighted_kmeans_candidates(w, b, job.prefilter);
+  const std::vector<std::int64_t> cand = weighted_kmeans_candidates(job.weights, b, job.prefilter);
   const std::int64_t m = static_cast<std::int64_t>(cand.size());
   std::vector<double> X(static_cast<std::size_t>(m == b ? 0 : m * d));
   if (m != b)
     for (std::int64_t j = 0; j < m; ++j) load_row<T>(x, cand[j], 1.0, &X[j * d]);
-  const std::vector<std::int64_t> picks = weighted_kmeans_cluster(X, w, cand, d, b, job.max_iter);
+  const std::vector<std::int64_t> picks = weighted_kmeans_cluster(X, job.weights, cand, d, b, job.max_iter);
   for (std::int64_t t = 0; t < b; ++t) job.out_index[t * job.out_index_stride] = picks[t];
   return {};
 }

@@ -566,13 +566,8 @@ template <typename T>
 DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job, int sms, cudaStream_t stream) {
   const DevMatrix x = dev_matrix(job.x);
   const std::int64_t n = x.rows, d = x.cols, b = job.b;
-  std::vector<double> w(static_cast<std::size_t>(n));  // job.scores: host memory
-  for (std::int64_t i = 0; i < n; ++i)
-    w[i] = job.score_dtype == DType::Float32
-               ? static_cast<double>(static_cast<const float*>(job.scores)[i * job.score_stride])
-               : static_cast<const double*>(job.scores)[i * job.score_stride];
   const std::vector<std::int64_t> cand =
-      b == 0 ? std::vector<std::int64_t>{} : weighted_kmeans_candidates(w, b, job.prefilter);
+      b == 0 ? std::vector<std::int64_t>{} : weighted_kmeans_candidates(job.weights, b, job.prefilter);
   const std::int64_t m = static_cast<std::int64_t>(cand.size());
   const bool gather = m != b;
   Workspace ws(Workspace::align(sizeof(u64)) + Workspace::align((gather ? m : 0) * sizeof(std::int64_t)) +
@@ -598,7 +593,7 @@ DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job, int sms, cuda
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
   const DiversityFailure f = decode(host_failure);
   if (f.status != kDivOk || b == 0) return f;
-  write_out(weighted_kmeans_cluster(X, w, cand, d, b, job.max_iter), out_idx, job.out_index, job.out_index_stride,
+  write_out(weighted_kmeans_cluster(X, job.weights, cand, d, b, job.max_iter), out_idx, job.out_index, job.out_index_stride,
             stream);
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return {};
