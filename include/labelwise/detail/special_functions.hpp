@@ -78,18 +78,23 @@ LABELWISE_HD inline void log_gamma_and_digamma(double x, double& lg, double& dg)
 }
 
 #if !LABELWISE_ON_DEVICE
-/// Vectorisable float natural log for normal x > 0 (relative error ~2e-7): exponent from the bits,
-/// mantissa in [sqrt(1/2), sqrt(2)), then 2·atanh(s) = 2s(1 + s²/3 + s⁴/5 + s⁶/7 + s⁸/9).
+/// Vectorisable float natural log for normal x > 0 (error <= 1.6 ulp): x = 2^e · m with m in
+/// [sqrt(1/2), sqrt(2)) taken from the bits (offset by the bits of sqrt(1/2), so no compare), then
+/// ln(1 + f) = f - f²/2 + f³ P(f) for f = m - 1, P a degree-6 least-squares fit of relative error
+/// (fitted for this library, max 1.5e-7 relative on the interval). No division: a float division
+/// costs ~4× a fused multiply-add in throughput on the vector units.
 LABELWISE_VEC_INLINE float fast_logf(float x) {
-  const std::uint32_t bits = __builtin_bit_cast(std::uint32_t, x);
-  int e = static_cast<int>(bits >> 23) - 127;
-  float m = __builtin_bit_cast(float, (bits & 0x007fffffu) | 0x3f800000u);
-  const bool big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e += big ? 1 : 0;
-  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
-  const float series = 2.0f * s * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
-  return static_cast<float>(e) * 0.693147180559945309f + series;
+  constexpr std::uint32_t kSqrtHalfBits = 0x3f3504f3u;  // sqrt(1/2) as a float
+  const std::uint32_t rel = __builtin_bit_cast(std::uint32_t, x) - kSqrtHalfBits;
+  const int e = static_cast<int>(rel) >> 23;  // arithmetic shift: x / 2^e lies in [sqrt(1/2), sqrt(2))
+  const float m = __builtin_bit_cast(float, (rel & 0x007fffffu) + kSqrtHalfBits);
+  const float f = m - 1.0f, f2 = f * f;
+  const float p =
+      0.33333858847618103f +
+      f * (-0.2500174641609192f +
+           f * (0.1996539831161499f +
+                f * (-0.16565634310245514f + f * (0.14876963198184967f + f * (-0.14350201189517975f + f * 0.08917863667011261f)))));
+  return static_cast<float>(e) * 0.693147180559945309f + (f - 0.5f * f2 + f2 * f * p);
 }
 
 /// Vectorisable float exp for x <= 0 (relative error ~2e-7; 0 below -87.3, -inf gives 0):
