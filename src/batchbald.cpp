@@ -78,7 +78,6 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
         indices.shape_str());
   check(indices.device == x.device, ErrorKind::Value, "indices: is on ", indices.device.str(), " but x is on ",
         x.device.str());
-  check(b == 0 || indices.data != nullptr, ErrorKind::Value, "indices: data pointer is null");
   if (scores) {
     check(scores->dtype == DType::Float64, ErrorKind::Type, "scores: expected dtype float64, got ",
           dtype_name(scores->dtype));
@@ -86,8 +85,11 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
           scores->shape_str());
     check(scores->device == x.device, ErrorKind::Value, "scores: is on ", scores->device.str(), " but x is on ",
           x.device.str());
-    check(b == 0 || scores->data != nullptr, ErrorKind::Value, "scores: data pointer is null");
   }
+  if (scores)
+    check_outputs({{indices, "indices"}, {*scores, "scores"}}, {{x, "x"}});
+  else
+    check_outputs({{indices, "indices"}}, {{x, "x"}});
 
   // The metrics' validation (NaN / Inf, negative or unnormalised probabilities, naming the first bad item).
   ScoreOptions so;

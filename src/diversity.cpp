@@ -46,7 +46,6 @@ void check_out(const TensorView& o, std::int64_t b, const Device& dev, const cha
   check(o.dtype == want, ErrorKind::Type, what, ": expected dtype ", dtype_name(want), ", got ", dtype_name(o.dtype));
   check(o.ndim == 1 && o.shape[0] == b, ErrorKind::Value, what, ": expected shape [", b, "], got ", o.shape_str());
   check(o.device == dev, ErrorKind::Value, what, ": is on ", o.device.str(), " but ", pool, " is on ", dev.str());
-  check(b == 0 || o.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
 }
 
 /// CUDA input to a CPU-only build: the error that names the argument.
@@ -165,6 +164,7 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
         " (the number of unlabelled items), got b = ", b);
   check_out(indices, b, features.device, "indices", DType::Int64, "features");
   check_out(radii, b, features.device, "radii", DType::Float64, "features");
+  check_outputs({{indices, "indices"}, {radii, "radii"}}, {{features, "features"}, {labeled, "labeled"}});
 
   job.labeled = mask.data();
   job.n_labeled = n_labeled;
@@ -232,6 +232,7 @@ void weighted_kmeans(const TensorView& features, const TensorView& scores, std::
   check(options.max_iter >= 0, ErrorKind::Value, "max_iter: expected an integer >= 0, got ", options.max_iter);
   check(b >= 0 && b <= n, ErrorKind::Value, "b: expected 0 <= b <= ", n, " (the number of items), got b = ", b);
   check_out(indices, b, features.device, "indices", DType::Int64, "features");
+  check_outputs({{indices, "indices"}}, {{features, "features"}, {scores, "scores"}});
   // The scores (N values) are read on the host, from a copy when they live on a GPU.
   const HostSpan host = host_span(scores, "scores", options.stream);
   std::vector<double>& w = job.weights;
@@ -275,6 +276,7 @@ void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, co
   check(b >= 0 && b <= job.x.rows, ErrorKind::Value, "b: expected 0 <= b <= ", job.x.rows,
         " (the number of items), got b = ", b);
   check_out(indices, b, x.device, "indices", DType::Int64, "x");
+  check_outputs({{indices, "indices"}}, {{x, "x"}, {embeddings, "embeddings"}});
   job.kind = kind;
   job.tolerance = normalization_tolerance(x.dtype);
   job.seed = options.seed;
@@ -356,6 +358,7 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
                                 : std::min(options.candidates, n_free);
   check(cand >= b, ErrorKind::Value, "candidates: ", options.candidates, " is fewer than b = ", b);
   check_out(indices, b, margins.device, "indices", DType::Int64, "margins");
+  check_outputs({{indices, "indices"}}, {{margins, "margins"}, {clusters, "clusters"}, {labeled, "labeled"}});
   if (b == 0) return;
 
   // The `cand` most uncertain unlabelled items (margin descending, then lower index).

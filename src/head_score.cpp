@@ -201,7 +201,6 @@ void head_score(const TensorView& features, const TensorView& weight, const Tens
           dtype_name(o.dtype));
     check(o.sizes() == out_shape, ErrorKind::Value, name, ": output has shape ", o.shape_str(), ", expected ",
           shape_of(out_shape), " ([B, *spatial] of features ", features.shape_str(), ")");
-    check(o.data != nullptr, ErrorKind::Value, name, ": output data pointer is null");
     job.mask |= 1u << m;
     job.out[m] = o.data;
     job.out_dtype[m] = o.dtype;
@@ -216,12 +215,15 @@ void head_score(const TensorView& features, const TensorView& weight, const Tens
           dtype_name(mean->dtype));
     check(mean->sizes() == want, ErrorKind::Value, "mean: has shape ", mean->shape_str(), ", expected ",
           shape_of(want), " ([B, C, *spatial])");
-    check(mean->data != nullptr, ErrorKind::Value, "mean: data pointer is null");
     job.mean = mean->data;
     job.mean_dtype = mean->dtype;
     job.mean_class_stride = mean->strides[1];
     grid_strides(*mean, {1}, job.mean_stride);
   }
+  std::vector<NamedView> outs;
+  for (const MetricOutput& mo : outputs) outs.push_back({mo.out, std::string(metric_name(mo.metric)) + " output"});
+  if (mean) outs.push_back({*mean, "mean"});
+  check_outputs(outs, {{features, "features"}, {weight, "weight"}, {bias, "bias"}});
   dispatch(features, P);
 }
 
@@ -237,7 +239,7 @@ void head_sample(const TensorView& features, const TensorView& weight, const Ten
         dtype_name(samples.dtype));
   check(samples.sizes() == want, ErrorKind::Value, "samples: has shape ", samples.shape_str(), ", expected ",
         shape_of(want), " ([B, K, C, *spatial])");
-  check(samples.data != nullptr, ErrorKind::Value, "samples: data pointer is null");
+  check_outputs({{samples, "samples"}}, {{features, "features"}, {weight, "weight"}, {bias, "bias"}});
   job.samples = static_cast<float*>(samples.data);
   job.samples_k_stride = samples.strides[1];
   job.samples_c_stride = samples.strides[2];

@@ -806,7 +806,6 @@ void check_knn_request(const TensorView& f, std::int64_t N, std::int64_t k, cons
           f.device.str());
     check(v.ndim == 2 && v.shape[0] == N && v.shape[1] == k, ErrorKind::Value, name, ": expected shape [", N, ", ",
           k, "], got ", v.shape_str());
-    check(v.data != nullptr, ErrorKind::Value, name, ": data pointer is null");
   };
   check_out(indices, "indices");
   check(indices.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ",
@@ -814,6 +813,7 @@ void check_knn_request(const TensorView& f, std::int64_t N, std::int64_t k, cons
   check_out(distances, "distances");
   check(distances.dtype == DType::Float32 || distances.dtype == DType::Float64, ErrorKind::Type,
         "distances: expected dtype float32 or float64, got ", dtype_name(distances.dtype));
+  check_outputs({{indices, "indices"}, {distances, "distances"}}, {{f, "features"}});
 }
 
 void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indices, const TensorView& distances,

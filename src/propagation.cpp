@@ -410,11 +410,12 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
         "accepted: expected dtype bool or uint8, got ", dtype_name(accepted.dtype));
   check(accepted.sizes() == acc_shape, ErrorKind::Value, "accepted: expected shape ", shape_str(acc_shape), ", got ",
         accepted.shape_str());
-  check(accepted.data != nullptr, ErrorKind::Value, "accepted: data pointer is null");
   check(labels.dtype == DType::Int64, ErrorKind::Type, "labels: expected dtype int64, got ", dtype_name(labels.dtype));
   check(labels.sizes() == P.map_shape, ErrorKind::Value, "labels: expected shape ", shape_str(P.map_shape),
         " (pool_probs without its class axis), got ", labels.shape_str());
-  check(labels.data != nullptr, ErrorKind::Value, "labels: data pointer is null");
+  check_outputs({{accepted, "accepted"}, {labels, "labels"}},
+                {{pool_probs, "pool_probs"}, {calib_probs, "calib_probs"}, {calib_labels, "calib_labels"},
+                 {opt.pool_confidence, "pool_confidence"}, {opt.calib_confidence, "calib_confidence"}});
 
   // ---- calibration pass
   detail::UnitJob cj = unit_job(Q, has_conf ? &opt.calib_confidence : nullptr, calib_conf_per_image);
@@ -519,7 +520,6 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
   check(I.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ", dtype_name(I.dtype));
   check(I.ndim == 1 && I.shape[0] == N, ErrorKind::Value, "indices: expected shape [", N, "] (capacity), got ",
         I.shape_str());
-  check(I.data != nullptr, ErrorKind::Value, "indices: data pointer is null");
   const bool want_sc = given(out.self_confidence), want_t = given(out.thresholds), want_cj = given(out.confident_joint);
   if (want_sc) {
     const TensorView& v = out.self_confidence;
@@ -528,7 +528,6 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
           dtype_name(v.dtype));
     check(v.ndim == 1 && v.shape[0] == N, ErrorKind::Value, "self_confidence: expected shape [", N, "], got ",
           v.shape_str());
-    check(v.data != nullptr, ErrorKind::Value, "self_confidence: data pointer is null");
   }
   if (want_t) {
     const TensorView& v = out.thresholds;
@@ -536,7 +535,6 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
     check(v.dtype == DType::Float64, ErrorKind::Type, "thresholds: expected dtype float64, got ", dtype_name(v.dtype));
     check(v.ndim == 1 && v.shape[0] == C, ErrorKind::Value, "thresholds: expected shape [", C, "], got ",
           v.shape_str());
-    check(v.data != nullptr, ErrorKind::Value, "thresholds: data pointer is null");
   }
   if (want_cj) {
     const TensorView& v = out.confident_joint;
@@ -544,8 +542,12 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
     check(v.dtype == DType::Int64, ErrorKind::Type, "confident_joint: expected dtype int64, got ", dtype_name(v.dtype));
     check(v.ndim == 2 && v.shape[0] == C && v.shape[1] == C, ErrorKind::Value, "confident_joint: expected shape [", C,
           ", ", C, "], got ", v.shape_str());
-    check(v.data != nullptr, ErrorKind::Value, "confident_joint: data pointer is null");
   }
+  std::vector<NamedView> outs{{I, "indices"}};
+  if (want_sc) outs.push_back({out.self_confidence, "self_confidence"});
+  if (want_t) outs.push_back({out.thresholds, "thresholds"});
+  if (want_cj) outs.push_back({out.confident_joint, "confident_joint"});
+  check_outputs(outs, {{probs, "probs"}, {given_labels, "given_labels"}});
 
   // Validate (probabilities and labels) and read everything into float64, single-threaded: the class
   // means must not depend on a thread count.

@@ -142,7 +142,9 @@ void write_float(const TensorView& out, std::int64_t off, double v) {
     static_cast<double*>(out.data)[off] = v;
 }
 
-void check_out(const TensorView& out, const char* what, const std::vector<std::int64_t>& shape, bool int64) {
+/// An output of `shape` on the CPU, apart from map (and from `other` when given: top_regions' pair).
+void check_out(const TensorView& out, const char* what, const std::vector<std::int64_t>& shape, bool int64,
+               const TensorView& map, const TensorView* other = nullptr, const char* other_what = nullptr) {
   check(out.device.is_cpu(), ErrorKind::Value, what, ": must be on the CPU like map");
   if (int64)
     check(out.dtype == DType::Int64, ErrorKind::Type, what, ": expected int64, got ", dtype_name(out.dtype));
@@ -150,7 +152,10 @@ void check_out(const TensorView& out, const char* what, const std::vector<std::i
     check(out.dtype == DType::Float32 || out.dtype == DType::Float64, ErrorKind::Type, what,
           ": expected float32 or float64, got ", dtype_name(out.dtype));
   check(out.sizes() == shape, ErrorKind::Value, what, ": has shape ", out.shape_str(), ", expected ", vec_str(shape));
-  check(out.data != nullptr || out.numel() == 0, ErrorKind::Value, what, ": data pointer is null");
+  if (other)
+    check_outputs({{*other, other_what}, {out, what}}, {{map, "map"}});
+  else
+    check_outputs({{out, what}}, {{map, "map"}});
 }
 
 }  // namespace
@@ -161,7 +166,7 @@ void patch_scores(const TensorView& map, const std::vector<std::int64_t>& patch,
   const std::vector<std::int64_t> g = grid_of(m, patch, stride);
   std::vector<std::int64_t> shape = {m.N};
   shape.insert(shape.end(), g.begin(), g.end());
-  check_out(out, "out", shape, false);
+  check_out(out, "out", shape, false, map);
   std::int64_t G[3];
   const auto scores = all_patches(map, m, patch, stride, G);
   for (std::int64_t n = 0; n < m.N; ++n)
@@ -179,8 +184,8 @@ void top_regions(const TensorView& map, std::int64_t b, const std::vector<std::i
                  const std::vector<std::int64_t>& stride, const TensorView& corners, const TensorView& scores) {
   const MapInfo m = describe(map);
   check(b >= 0, ErrorKind::Value, "b: must be >= 0, got ", b);
-  check_out(corners, "corners", {b, static_cast<std::int64_t>(m.nsp) + 1}, true);
-  check_out(scores, "scores", {b}, false);
+  check_out(corners, "corners", {b, static_cast<std::int64_t>(m.nsp) + 1}, true, map);
+  check_out(scores, "scores", {b}, false, map, &corners, "corners");
   std::int64_t G[3];
   const auto all = all_patches(map, m, patch, stride, G);
   const std::int64_t per = G[0] * G[1] * G[2];
@@ -235,7 +240,7 @@ void slice_scores(const TensorView& map, int axis, const TensorView& out) {
   const int a = axis < 0 ? axis + map.ndim : axis;
   check(a >= 1 && a < map.ndim, ErrorKind::Value, "axis: must name a spatial axis of map (1..", map.ndim - 1,
         " or negative), got ", axis);
-  check_out(out, "out", {m.N, map.shape[a]}, false);
+  check_out(out, "out", {m.N, map.shape[a]}, false, map);
   // A patch spanning every axis but `axis`, one voxel thick along it, with stride 1.
   std::vector<std::int64_t> patch(m.S, m.S + m.nsp), stride(m.nsp, 1);
   patch[a - 1] = 1;

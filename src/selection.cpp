@@ -67,7 +67,6 @@ void check_out(const TensorView& o, std::int64_t b, const Device& dev, const cha
     check(is_float(o.dtype), ErrorKind::Type, what, ": expected dtype float32 or float64, got ", dtype_name(o.dtype));
   check(o.ndim == 1 && o.shape[0] == b, ErrorKind::Value, what, ": expected shape [", b, "], got ", o.shape_str());
   check(o.device == dev, ErrorKind::Value, what, ": is on ", o.device.str(), " but ", pool, " is on ", dev.str());
-  check(b == 0 || o.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
 }
 
 std::string item_str(const TensorView& v, std::int64_t i) {
@@ -134,6 +133,10 @@ void top_k_impl(const TensorView& scores, std::int64_t b, const TensorView& indi
   check_offset(options.index_offset, n);
   check_out(indices, b, scores.device, "indices", "scores", true, false);
   if (values) check_out(*values, b, scores.device, "values", "scores", false, false);
+  if (values)
+    check_outputs({{indices, "indices"}, {*values, "values"}}, {{scores, "scores"}});
+  else
+    check_outputs({{indices, "indices"}}, {{scores, "scores"}});
   detail::SelectJob job;
   job.source = detail::SelectSource::Scores;
   job.values = scores.data;
@@ -197,6 +200,9 @@ void stochastic_impl(const TensorView& scores, std::int64_t b, const TensorView&
   detail::SelectJob job = stochastic_job(scores, n, options);
   check_out(indices, b, scores.device, "indices", "scores", true, false);
   if (keys) check_out(*keys, b, scores.device, "keys", "scores", false, true);
+  std::vector<NamedView> outs{{indices, "indices"}};
+  if (keys) outs.push_back({*keys, "keys"});
+  check_outputs(outs, {{scores, "scores"}, {options.ranks, "ranks"}});
   job.b = b;
   set_index_out(job, indices);
   set_value_out(job, keys);
@@ -223,6 +229,9 @@ void merge_impl(const TensorView& values, const TensorView& indices, std::int64_
   check_b(b, m, "values");
   check_out(out_indices, b, values.device, "out_indices", "values", true, false);
   if (out_values) check_out(*out_values, b, values.device, "out_values", "values", false, false);
+  std::vector<NamedView> outs{{out_indices, "out_indices"}};
+  if (out_values) outs.push_back({*out_values, "out_values"});
+  check_outputs(outs, {{values, "values"}, {indices, "indices"}});
   detail::SelectJob job;
   job.source = detail::SelectSource::Pairs;
   job.values = values.data;
@@ -283,7 +292,7 @@ void stochastic_keys(const TensorView& scores, const TensorView& keys, const Sto
         ", got ", keys.shape_str());
   check(keys.device == scores.device, ErrorKind::Value, "keys: is on ", keys.device.str(), " but scores is on ",
         scores.device.str());
-  check(keys.data != nullptr, ErrorKind::Value, "keys: data pointer is null");
+  check_outputs({{keys, "keys"}}, {{scores, "scores"}, {options.ranks, "ranks"}});
   job.b = -1;
   job.out_keys = static_cast<double*>(keys.data);
   job.keys_grid = flat_grid(keys);

@@ -177,11 +177,12 @@ void propagate_slices(const TensorView& volume, const TensorView& labels, const 
     check(v.dtype == dt, ErrorKind::Type, what, ": expected dtype ", dts, ", got ", dtype_name(v.dtype));
     check(v.sizes() == shape, ErrorKind::Value, what, ": expected volume's shape ", volume.shape_str(), ", got ",
           v.shape_str());
-    check(v.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
   };
   same_shape(labels, "labels", DType::Int64, "int64");
+  check(labels.data != nullptr, ErrorKind::Value, "labels: data pointer is null");
   same_shape(mask, "mask", DType::Int64, "int64");
   same_shape(confidence, "confidence", DType::Float64, "float64");
+  check_outputs({{mask, "mask"}, {confidence, "confidence"}}, {{volume, "volume"}, {labels, "labels"}});
   check(options.axis >= -3 && options.axis < 3, ErrorKind::Value, "axis: expected an axis in [-3, 3), got ",
         options.axis);
   check(options.beta > 0.0 && std::isfinite(options.beta), ErrorKind::Value, "beta: expected a finite value > 0, got ",

@@ -91,7 +91,7 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
         dtype_name(out_labels.dtype));
   check(out_labels.ndim == 1 && out_labels.shape[0] == N, ErrorKind::Value, "out_labels: expected shape [", N,
         "], got ", out_labels.shape_str());
-  check(dist.data != nullptr && out_labels.data != nullptr, ErrorKind::Value, "outputs: data pointer is null");
+  check_outputs({{dist, "distributions"}, {out_labels, "out_labels"}}, {{features, "features"}, {labels, "labels"}});
 
   const bool sk = opt.variant == SpreadingVariant::Sklearn;
   const std::int64_t k = opt.k;

@@ -161,12 +161,14 @@ detail::ScoreJob make_job(const TensorView& x, const Layout& L, const std::vecto
           ": output dtype must be float32 or float64, got ", dtype_name(o.dtype));
     check(o.sizes() == L.out_shape, ErrorKind::Value, name, ": output has shape ", o.shape_str(), ", expected ",
           TensorView(nullptr, DType::Float32, L.out_shape).shape_str());
-    check(o.data != nullptr, ErrorKind::Value, name, ": output data pointer is null");
     job.mask |= 1u << m;
     job.out[m] = o.data;
     job.out_dtype[m] = o.dtype;
     for (int d = 0; d < o.ndim; ++d) job.out_stride[m][d] = o.strides[d];
   }
+  std::vector<NamedView> outs;
+  for (const MetricOutput& mo : outputs) outs.push_back({mo.out, std::string(metric_name(mo.metric)) + " output"});
+  check_outputs(outs, {{x, "x"}});
   return job;
 }
 

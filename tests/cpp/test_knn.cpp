@@ -141,11 +141,11 @@ TEST_CASE("knn_graph: many exact duplicates fall back to the exact path", "[prop
 TEST_CASE("knn_graph with CUDA input in a CPU-only build says so", "[propagation][knn]") {
   if (built_with_cuda()) return;  // the CUDA path: tests/cpp/test_knn_cuda.cu
   // never dereferenced: the CPU-only build stops at the stub
-  double fake = 0.0;
-  std::int64_t fake_i = 0;
-  const TensorView f(&fake, DType::Float64, {20, 3}, Device::cuda(0));
-  const TensorView I(&fake_i, DType::Int64, {20, 3}, Device::cuda(0));
-  const TensorView Dd(&fake, DType::Float64, {20, 3}, Device::cuda(0));
+  std::vector<double> fake(60), fake_d(60);
+  std::vector<std::int64_t> fake_i(60);
+  const TensorView f(fake.data(), DType::Float64, {20, 3}, Device::cuda(0));
+  const TensorView I(fake_i.data(), DType::Int64, {20, 3}, Device::cuda(0));
+  const TensorView Dd(fake_d.data(), DType::Float64, {20, 3}, Device::cuda(0));
   REQUIRE_THROWS_WITH(knn_graph(f, 3, I, Dd), Catch::Contains("features: is a CUDA tensor, but labelwise was built without CUDA"));
 }
 

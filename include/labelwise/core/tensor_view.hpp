@@ -156,4 +156,101 @@ struct TensorView {
   }
 };
 
+/// Output views are checked by the functions that take them: no two elements of one output may
+/// share an address, and an output may not overlap an input of the same call or another output.
+/// Self-overlap is decided by the usual sufficient condition: with the axes of extent > 1 sorted by
+/// |stride|, each |stride| exceeds the reach of the smaller ones, Σ (extent - 1)·|stride|. Every view
+/// made by slicing, transposing or permuting an array passes; a view with a zero stride on an axis
+/// of extent > 1 (a broadcast) fails, and so would an exotic interleaving such as shape [3, 3] with
+/// strides [2, 3], which is rejected although its elements happen to be distinct.
+inline bool may_overlap_itself(const TensorView& v) {
+  std::int64_t abs_stride[kMaxDims], extent[kMaxDims];
+  int n = 0;
+  for (int d = 0; d < v.ndim; ++d) {
+    if (v.shape[d] <= 1) continue;
+    int j = n++;
+    const std::int64_t s = v.strides[d] < 0 ? -v.strides[d] : v.strides[d];
+    for (; j > 0 && abs_stride[j - 1] > s; --j) {
+      abs_stride[j] = abs_stride[j - 1];
+      extent[j] = extent[j - 1];
+    }
+    abs_stride[j] = s;
+    extent[j] = v.shape[d];
+  }
+  std::int64_t reach = 0;  // the largest offset the smaller axes reach (in elements)
+  for (int j = 0; j < n; ++j) {
+    if (abs_stride[j] <= reach) return true;
+    if (__builtin_mul_overflow(extent[j] - 1, abs_stride[j], &extent[j]) || __builtin_add_overflow(reach, extent[j], &reach))
+      return true;
+  }
+  return false;
+}
+
+/// The bytes [lo, hi) that v's elements occupy (lo == hi for an empty view).
+inline void byte_range(const TensorView& v, std::intptr_t& lo, std::intptr_t& hi) {
+  lo = hi = reinterpret_cast<std::intptr_t>(v.data);
+  if (v.numel() == 0) return;
+  std::int64_t below = 0, above = 0;
+  for (int d = 0; d < v.ndim; ++d) {
+    const std::int64_t span = (v.shape[d] - 1) * v.strides[d];
+    (span < 0 ? below : above) += span;
+  }
+  const int w = dtype_size(v.dtype);
+  lo += static_cast<std::intptr_t>(below) * w;
+  hi += static_cast<std::intptr_t>(above) * w + w;
+}
+
+/// True when `a` and `b` (on one device) may share an element's memory: their address ranges
+/// intersect, unless they are the same dtype, shape and strides a whole number of elements apart
+/// (two columns of one array, say) and the two together form a view that does not overlap itself.
+inline bool may_overlap(const TensorView& a, const TensorView& b) {
+  if (a.device != b.device) return false;
+  std::intptr_t a0, a1, b0, b1;
+  byte_range(a, a0, a1);
+  byte_range(b, b0, b1);
+  if (a1 <= b0 || b1 <= a0 || a0 == a1 || b0 == b1) return false;
+  const std::intptr_t gap = reinterpret_cast<std::intptr_t>(b.data) - reinterpret_cast<std::intptr_t>(a.data);
+  const int w = dtype_size(a.dtype);
+  bool same_layout = a.dtype == b.dtype && a.ndim == b.ndim && a.ndim < kMaxDims && gap % w == 0;
+  for (int d = 0; same_layout && d < a.ndim; ++d) same_layout = a.shape[d] == b.shape[d] && a.strides[d] == b.strides[d];
+  if (!same_layout) return true;
+  TensorView both = a;  // a with one more axis of extent 2 whose step leads to b
+  both.shape[both.ndim] = 2;
+  both.strides[both.ndim] = static_cast<std::int64_t>(gap / w);
+  ++both.ndim;
+  return may_overlap_itself(both);
+}
+
+/// A view with the name that errors give it ("indices", "bald output", ...).
+struct NamedView {
+  const TensorView& view;
+  std::string name;
+};
+
+/// The output checks of every function that writes into caller-supplied views, after their shapes,
+/// dtypes and devices are checked: Error(Value) naming the output when one with elements has a null
+/// pointer or may overlap itself, another output (may_overlap: columns of one array are fine) or an
+/// input of the same call.
+inline void check_outputs(const std::vector<NamedView>& outputs, const std::vector<NamedView>& inputs) {
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    const TensorView& o = outputs[i].view;
+    const std::string& name = outputs[i].name;
+    if (o.numel() == 0) continue;
+    check(o.data != nullptr, ErrorKind::Value, name, ": data pointer is null");
+    check(!may_overlap_itself(o), ErrorKind::Value, name, ": the output view (shape ", o.shape_str(), ", strides ",
+          [&] {
+            std::string t = "[";
+            for (int d = 0; d < o.ndim; ++d) t += (d ? ", " : "") + std::to_string(o.strides[d]);
+            return t + "]";
+          }(),
+          ") has elements that share memory; pass a writable array with memory of its own for each element");
+    for (std::size_t j = 0; j < i; ++j)
+      check(!may_overlap(o, outputs[j].view), ErrorKind::Value, name, " and ", outputs[j].name,
+            " share memory; pass separate arrays (or separate columns of one array)");
+    for (const NamedView& in : inputs)
+      check(!may_overlap(o, in.view), ErrorKind::Value, name, " shares memory with the input ", in.name,
+            "; pass an output array of its own");
+  }
+}
+
 }  // namespace labelwise

@@ -1,0 +1,206 @@
+// Output views: self-overlap and overlap with other arguments (tensor_view.hpp check_outputs), the
+// predicates against brute-force address sets, and the errors of the functions that take outputs.
+#include <catch2/catch.hpp>
+
+#include "test_seed.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "labelwise/acquisition/diversity.hpp"
+#include "labelwise/acquisition/selection.hpp"
+#include "labelwise/propagation/knn.hpp"
+#include "labelwise/propagation/spreading.hpp"
+#include "labelwise/uncertainty/metrics.hpp"
+
+using namespace labelwise;
+
+namespace {
+
+/// Every element's byte offset from the view's data pointer (brute force).
+std::vector<std::int64_t> element_offsets(const TensorView& v) {
+  std::vector<std::int64_t> out;
+  const std::int64_t n = v.numel();
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::int64_t r = i, off = 0;
+    for (int d = v.ndim - 1; d >= 0; --d) {
+      off += (r % v.shape[d]) * v.strides[d];
+      r /= v.shape[d];
+    }
+    out.push_back(off * dtype_size(v.dtype));
+  }
+  return out;
+}
+
+/// True when two elements (of w bytes each, at the offsets given) share a byte.
+bool bytes_collide(const std::vector<std::int64_t>& a, const std::vector<std::int64_t>& b, int w) {
+  for (std::int64_t x : a)
+    for (std::int64_t y : b)
+      if (x < y + w && y < x + w) return true;
+  return false;
+}
+
+/// A view of `base` (contiguous, shape `shape`) with its axes permuted, reversed and strided at random:
+/// the kind of view slicing and transposing make. Its first element is at base + returned offset.
+TensorView random_slice_view(float* base, const std::vector<std::int64_t>& shape, std::mt19937_64& rng) {
+  const int nd = static_cast<int>(shape.size());
+  std::vector<std::int64_t> contiguous(nd);
+  std::int64_t s = 1;
+  for (int d = nd - 1; d >= 0; --d) {
+    contiguous[d] = s;
+    s *= shape[d];
+  }
+  std::vector<int> perm(nd);
+  for (int d = 0; d < nd; ++d) perm[d] = d;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<std::int64_t> shp(nd), str(nd);
+  std::int64_t offset = 0;
+  for (int d = 0; d < nd; ++d) {
+    const int a = perm[d];
+    const std::int64_t step = 1 + static_cast<std::int64_t>(rng() % 2);  // every element or every other one
+    shp[d] = (shape[a] + step - 1) / step;
+    str[d] = contiguous[a] * step;
+    if (rng() % 2) {  // reversed axis
+      offset += (shp[d] - 1) * str[d];
+      str[d] = -str[d];
+    }
+  }
+  return TensorView::of(base + offset, shp, str);
+}
+
+}  // namespace
+
+TEST_CASE("may_overlap_itself and may_overlap agree with brute-force address sets", "[core][outputs]") {
+  std::mt19937_64 rng(fresh_seed());
+  std::vector<float> buf(4096);
+  int self_found = 0, pair_found = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    // Arbitrary small views (zero and negative strides included): never "no overlap" when two
+    // elements collide.
+    const int nd = 1 + static_cast<int>(rng() % 3);
+    std::vector<std::int64_t> shp(nd), str(nd);
+    for (int d = 0; d < nd; ++d) {
+      shp[d] = 1 + static_cast<std::int64_t>(rng() % 4);
+      str[d] = static_cast<std::int64_t>(rng() % 9) - 4;
+    }
+    const TensorView v = TensorView::of(buf.data() + 1024, shp, str);
+    const std::vector<std::int64_t> off = element_offsets(v);
+    const bool dup = std::set<std::int64_t>(off.begin(), off.end()).size() < off.size();
+    if (dup) {
+      ++self_found;
+      CHECK(may_overlap_itself(v));
+    }
+    // A second view at a random distance: any shared byte must be reported.
+    std::vector<std::int64_t> str2 = str;
+    if (rng() % 2)
+      for (auto& x : str2) x = static_cast<std::int64_t>(rng() % 9) - 4;
+    const std::int64_t shift = static_cast<std::int64_t>(rng() % 41) - 20;
+    const TensorView u = TensorView::of(buf.data() + 1024 + shift, shp, str2);
+    std::vector<std::int64_t> off_u = element_offsets(u);
+    for (auto& o : off_u) o += shift * 4;  // relative to v's data pointer
+    if (bytes_collide(off, off_u, 4)) {
+      ++pair_found;
+      CHECK(may_overlap(v, u));
+      CHECK(may_overlap(u, v));
+    }
+  }
+  CHECK(self_found > 100);
+  CHECK(pair_found > 100);
+  // Views made by slicing / transposing a contiguous array never overlap themselves, and the
+  // halves of one such array (same shape and strides) never overlap each other.
+  for (int trial = 0; trial < 500; ++trial) {
+    const std::vector<std::int64_t> shape{1 + static_cast<std::int64_t>(rng() % 5), 1 + static_cast<std::int64_t>(rng() % 5),
+                                          2 * (1 + static_cast<std::int64_t>(rng() % 3))};
+    const TensorView v = random_slice_view(buf.data() + 512, shape, rng);
+    CHECK_FALSE(may_overlap_itself(v));
+  }
+  for (std::int64_t cols = 2; cols <= 10; ++cols) {
+    const TensorView c0 = TensorView::of(buf.data(), {50}, {cols}), c1 = TensorView::of(buf.data() + 1, {50}, {cols});
+    CHECK_FALSE(may_overlap(c0, c1));                                               // two columns of [50, cols]
+    CHECK(may_overlap(c0, TensorView::of(buf.data() + cols, {50}, {cols})));        // the same column, one row on
+    CHECK(may_overlap(c0, TensorView::of(buf.data() + 1, {50}, {cols + 1})));       // crossing strides
+  }
+  // The documented false positive: distinct elements, but not nested strides.
+  CHECK(may_overlap_itself(TensorView::of(buf.data(), {3, 3}, {2, 3})));
+  // Other devices and empty views never overlap.
+  TensorView gpu = TensorView::of(buf.data(), {10});
+  gpu.device = Device::cuda(0);
+  CHECK_FALSE(may_overlap(gpu, TensorView::of(buf.data(), {10})));
+  CHECK_FALSE(may_overlap(TensorView::of(buf.data(), {0}), TensorView::of(buf.data(), {10})));
+}
+
+TEST_CASE("functions that write outputs reject outputs that share memory", "[core][outputs]") {
+  std::mt19937_64 rng(fresh_seed());
+  std::gamma_distribution<double> g(0.7);
+  const std::int64_t N = 40, K = 4, C = 3;
+  std::vector<double> x(static_cast<std::size_t>(N * K * C));
+  for (std::int64_t r = 0; r < N * K; ++r) {
+    double t = 0;
+    for (std::int64_t c = 0; c < C; ++c) t += x[r * C + c] = g(rng) + 1e-3;
+    for (std::int64_t c = 0; c < C; ++c) x[r * C + c] /= t;
+  }
+  const TensorView xv = TensorView::of(x.data(), {N, K, C});
+  ScoreOptions so;
+  so.sample_axis = 1;
+  so.class_axis = 2;
+
+  SECTION("metrics") {
+    // Two metrics into two columns of one [N, 2] array: allowed, and equal to separate arrays.
+    std::vector<double> both(2 * N), bald_alone(N), ent_alone(N);
+    score(xv, {{Metric::Bald, TensorView::of(both.data(), {N}, {2})},
+               {Metric::PredictiveEntropy, TensorView::of(both.data() + 1, {N}, {2})}},
+          so);
+    bald(xv, TensorView::of(bald_alone.data(), {N}), so);
+    predictive_entropy(xv, TensorView::of(ent_alone.data(), {N}), so);
+    for (std::int64_t i = 0; i < N; ++i) {
+      CHECK(both[2 * i] == bald_alone[i]);
+      CHECK(both[2 * i + 1] == ent_alone[i]);
+    }
+    std::vector<double> out(N);
+    REQUIRE_THROWS_WITH(bald(xv, TensorView::of(out.data(), {N}, {0}), so),
+                        Catch::Contains("bald output: the output view (shape [40], strides [0]) has elements that "
+                                        "share memory"));
+    REQUIRE_THROWS_WITH(score(xv, {{Metric::Bald, TensorView::of(out.data(), {N})},
+                                  {Metric::Margin, TensorView::of(out.data(), {N})}},
+                              so),
+                        Catch::Contains("margin output and bald output share memory"));
+    REQUIRE_THROWS_WITH(bald(xv, TensorView::of(x.data() + 5, {N}), so),
+                        Catch::Contains("bald output shares memory with the input x"));
+  }
+  SECTION("top_k and core-set") {
+    std::vector<double> s(static_cast<std::size_t>(N));
+    for (auto& v : s) v = g(rng);
+    std::vector<std::int64_t> idx(5);
+    std::vector<double> vals(5);
+    REQUIRE_THROWS_WITH(top_k(TensorView::of(s.data(), {N}), 5, TensorView::of(idx.data(), {5}, {0})),
+                        Catch::Contains("indices: the output view"));
+    REQUIRE_THROWS_WITH(
+        top_k(TensorView::of(s.data(), {N}), 5, TensorView::of(idx.data(), {5}), TensorView::of(s.data() + 3, {5})),
+        Catch::Contains("values shares memory with the input scores"));
+    // int64 indices and float64 radii on the same bytes
+    std::vector<double> feats(static_cast<std::size_t>(N * 2));
+    for (auto& v : feats) v = g(rng);
+    REQUIRE_THROWS_WITH(coreset(TensorView::of(feats.data(), {N, 2}), TensorView(), 5,
+                                TensorView::of(idx.data(), {5}),
+                                TensorView(idx.data(), DType::Float64, {5})),
+                        Catch::Contains("radii and indices share memory"));
+  }
+  SECTION("knn_graph and label_spreading") {
+    std::vector<double> feats(static_cast<std::size_t>(N * 2));
+    for (auto& v : feats) v = g(rng);
+    std::vector<std::int64_t> I(static_cast<std::size_t>(N * 3));
+    REQUIRE_THROWS_WITH(knn_graph(TensorView::of(feats.data(), {N, 2}), 3, TensorView::of(I.data(), {N, 3}),
+                                  TensorView(I.data(), DType::Float64, {N, 3})),
+                        Catch::Contains("distances and indices share memory"));
+    std::vector<std::int64_t> labels(static_cast<std::size_t>(N), -1);
+    labels[0] = 0;
+    labels[1] = 1;
+    std::vector<double> dist(static_cast<std::size_t>(N * 2));
+    REQUIRE_THROWS_WITH(label_spreading(TensorView::of(feats.data(), {N, 2}), TensorView::of(labels.data(), {N}),
+                                        TensorView::of(dist.data(), {N, 2}), TensorView::of(labels.data(), {N})),
+                        Catch::Contains("out_labels shares memory with the input labels"));
+  }
+}
