@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <type_traits>
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && !defined(__CUDACC__)
@@ -13,6 +14,7 @@
 #endif
 
 #include "labelwise/core/config.hpp"
+#include "labelwise/core/error.hpp"
 #include "labelwise/detail/special_functions.hpp"
 
 namespace labelwise {
@@ -1565,6 +1567,61 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
     if (want_bal) r[9] = balentacq_from_terms(h[i], tsum[i], top1[i]);
   }
 }
+
+/// Per-worker scratch of the block path: the BlockScratch of block_items(C) items, the ChunkScratch,
+/// kResSlots results per item and two item buffers of K·C + kRowLanes values of T: pad() (an item
+/// gathered, or copied near the end of a view, zero padded) and probs() (an item's probabilities made
+/// from logits). Plain calloc'd blocks: std:: containers instantiated here would be compiled for this
+/// instruction set and could be merged by the linker into another variant.
+template <typename T>
+class BlockWorkspace {
+ public:
+  BlockWorkspace(int K, int C) : nb_(detail::block_items(C)) {
+    const std::size_t nd = block_scratch_doubles(nb_, C);
+    const std::size_t ni = static_cast<std::size_t>(nb_) * (C + 1);
+    const std::size_t npad = static_cast<std::size_t>(K) * C + kRowLanes;
+    const std::size_t nlanes = static_cast<std::size_t>(K) * kRowLanes;  // ChunkScratch: 2·K·kRowLanes of T
+    dbl_ = static_cast<double*>(std::calloc(nd + static_cast<std::size_t>(nb_) * kResSlots, sizeof(double)));
+    ints_ = static_cast<int*>(std::calloc(ni + K + C, sizeof(int)));
+    vals_ = static_cast<T*>(std::calloc(2 * npad + 2 * nlanes, sizeof(T)));
+    if (!dbl_ || !ints_ || !vals_) {
+      release();
+      throw Error(ErrorKind::Runtime, "out of memory for per-thread scratch");
+    }
+    const std::size_t bc = static_cast<std::size_t>(nb_) * C, bs = bc + kRowLanes;
+    double* d = dbl_;
+    b_ = BlockScratch{d,          d + bs,          d + 2 * bs,  d + 3 * bs, d + 3 * bs + bc, d + 3 * bs + 2 * bc,
+                      d + 3 * bs + 3 * bc, ints_, d + 3 * bs + 4 * bc, ints_ + bc, vals_,
+                      d + 3 * bs + 4 * bc + nb_, d + 3 * bs + 5 * bc + nb_};
+    res_ = dbl_ + nd;
+    probs_ = vals_ + npad;
+    cs_ = ChunkScratch<T>{vals_ + 2 * npad, vals_ + 2 * npad + nlanes, ints_ + ni, ints_ + ni + K};
+  }
+  ~BlockWorkspace() { release(); }
+  BlockWorkspace(const BlockWorkspace&) = delete;
+  BlockWorkspace& operator=(const BlockWorkspace&) = delete;
+  int block_items() const { return nb_; }
+  const BlockScratch& scratch() const { return b_; }
+  const ChunkScratch<T>& chunks() const { return cs_; }
+  double* results() const { return res_; }  // res[item * kResSlots + metric] (block_finalise)
+  T* pad() const { return vals_; }
+  T* probs() const { return probs_; }
+
+ private:
+  void release() {
+    std::free(dbl_);
+    std::free(ints_);
+    std::free(vals_);
+  }
+  int nb_;
+  double* dbl_ = nullptr;
+  int* ints_ = nullptr;
+  T* vals_ = nullptr;
+  T* probs_ = nullptr;
+  double* res_ = nullptr;
+  BlockScratch b_{};
+  ChunkScratch<T> cs_{};
+};
 #endif  // !__CUDACC__
 
 /// Offset (elements) of item `i` (row-major over the outer axes) given per-axis strides.
