@@ -204,7 +204,7 @@ void average_linkage_clusters(const TensorView& embeddings, const TensorView& cl
         dtype_name(clusters.dtype));
   check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
         "] (one per row of embeddings ", embeddings.shape_str(), "), got ", clusters.shape_str());
-  check(clusters.data != nullptr, ErrorKind::Value, "clusters: data pointer is null");
+  check_outputs({{clusters, "clusters"}}, {{embeddings, "embeddings"}});
   const detail::DiversityFailure f = detail::first_non_finite_row(job.x);
   if (f.status == detail::kDivNonFinite)
     throw Error(ErrorKind::Value, "embeddings: " + row_str(f.item) + " contains NaN or Inf");

@@ -13,7 +13,8 @@
 namespace labelwise {
 namespace detail {
 
-/// Status of a voxel whose probabilities score_item refused (should not happen; reported as a bug).
+/// Status of a voxel whose probabilities the metrics' validation refused (should not happen; reported
+/// as a bug).
 constexpr int kHeadScoreRefused = 6;
 
 struct HeadJob {

@@ -187,6 +187,14 @@ TEST_CASE("functions that write outputs reject outputs that share memory", "[cor
                                 TensorView::of(idx.data(), {5}),
                                 TensorView(idx.data(), DType::Float64, {5})),
                         Catch::Contains("radii and indices share memory"));
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(N));
+    AverageLinkageOptions lo;
+    lo.num_clusters = 3;
+    REQUIRE_THROWS_WITH(average_linkage_clusters(TensorView::of(feats.data(), {N, 2}), TensorView::of(ids.data(), {N}, {0}), lo),
+                        Catch::Contains("clusters: the output view"));
+    REQUIRE_THROWS_WITH(average_linkage_clusters(TensorView::of(feats.data(), {N, 2}),
+                                                 TensorView(feats.data() + 1, DType::Int64, {N}), lo),
+                        Catch::Contains("clusters shares memory with the input embeddings"));
   }
   SECTION("knn_graph and label_spreading") {
     std::vector<double> feats(static_cast<std::size_t>(N * 2));

@@ -168,6 +168,7 @@ inline bool may_overlap_itself(const TensorView& v) {
   int n = 0;
   for (int d = 0; d < v.ndim; ++d) {
     if (v.shape[d] <= 1) continue;
+    if (v.strides[d] == INT64_MIN) return true;  // no element of real memory is that far away
     int j = n++;
     const std::int64_t s = v.strides[d] < 0 ? -v.strides[d] : v.strides[d];
     for (; j > 0 && abs_stride[j - 1] > s; --j) {
@@ -186,18 +187,21 @@ inline bool may_overlap_itself(const TensorView& v) {
   return false;
 }
 
-/// The bytes [lo, hi) that v's elements occupy (lo == hi for an empty view).
-inline void byte_range(const TensorView& v, std::intptr_t& lo, std::intptr_t& hi) {
+/// The bytes [lo, hi) that v's elements occupy (lo == hi for an empty view); false when they do not
+/// fit in the address space (a view of no real memory).
+inline bool byte_range(const TensorView& v, std::intptr_t& lo, std::intptr_t& hi) {
   lo = hi = reinterpret_cast<std::intptr_t>(v.data);
-  if (v.numel() == 0) return;
-  std::int64_t below = 0, above = 0;
+  if (v.numel() == 0) return true;
+  std::int64_t below = 0, above = 0, span = 0;
   for (int d = 0; d < v.ndim; ++d) {
-    const std::int64_t span = (v.shape[d] - 1) * v.strides[d];
-    (span < 0 ? below : above) += span;
+    if (__builtin_mul_overflow(v.shape[d] - 1, v.strides[d], &span) ||
+        __builtin_add_overflow(span < 0 ? below : above, span, span < 0 ? &below : &above))
+      return false;
   }
-  const int w = dtype_size(v.dtype);
-  lo += static_cast<std::intptr_t>(below) * w;
-  hi += static_cast<std::intptr_t>(above) * w + w;
+  const std::int64_t w = dtype_size(v.dtype);
+  return !__builtin_mul_overflow(below, w, &below) && !__builtin_mul_overflow(above, w, &above) &&
+         !__builtin_add_overflow(lo, static_cast<std::intptr_t>(below), &lo) &&
+         !__builtin_add_overflow(hi, static_cast<std::intptr_t>(above) + static_cast<std::intptr_t>(w), &hi);
 }
 
 /// True when `a` and `b` (on one device) may share an element's memory: their address ranges
@@ -206,8 +210,7 @@ inline void byte_range(const TensorView& v, std::intptr_t& lo, std::intptr_t& hi
 inline bool may_overlap(const TensorView& a, const TensorView& b) {
   if (a.device != b.device) return false;
   std::intptr_t a0, a1, b0, b1;
-  byte_range(a, a0, a1);
-  byte_range(b, b0, b1);
+  if (!byte_range(a, a0, a1) || !byte_range(b, b0, b1)) return true;
   if (a1 <= b0 || b1 <= a0 || a0 == a1 || b0 == b1) return false;
   const std::intptr_t gap = reinterpret_cast<std::intptr_t>(b.data) - reinterpret_cast<std::intptr_t>(a.data);
   const int w = dtype_size(a.dtype);

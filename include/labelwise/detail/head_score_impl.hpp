@@ -2,8 +2,8 @@
 // compiled by g++ for the CPU (src/cpu/head_score_cpu_*.cpp, with -ffp-contract=off, once per
 // instruction set) and by nvcc for CUDA (src/cuda/head_score_cuda.cu, with --fmad=false and the
 // explicit __d*_rn intrinsics of rng.hpp). It computes the K x C float32 probabilities of one voxel of
-// one item; the caller then hands them to detail::score_item (the body of labelwise::score) or writes
-// them out (head_sample).
+// one item; the caller then hands them to the metrics of labelwise::score (the block path on the CPU,
+// detail::score_item on CUDA) or writes them out (head_sample).
 //
 // Every floating-point operation below is an IEEE-754 +, -, * or / in round-to-nearest, so the CPU
 // (any instruction set) and CUDA produce the same bits. That includes the exponential of the softmax:
@@ -176,14 +176,10 @@ struct HeadCpuScratch {
   const std::uint32_t* counter2;  // K · G: kStreamDropout << 16 | k of block j
 };
 
-/// Philox blocks j in [0, n) for voxel v, item b, kLanes blocks at a time so that the rounds vectorise.
-/// words[4j + w] = word w of block j. With AVX-512 the four counter words live in 64-bit lanes (values
-/// < 2^32: one widening multiply per lane, no shuffles); elsewhere in 32-bit lanes (faster there).
-#if defined(__AVX512F__)
-using PhiloxLane = std::uint64_t;
-#else
+/// Philox blocks j in [0, n) for voxel v, item b, kLanes blocks at a time so that the rounds vectorise
+/// (the generic and AVX2 builds; AVX-512 has head_philox_blocks_avx512 below).
+/// words[4j + w] = word w of block j.
 using PhiloxLane = std::uint32_t;
-#endif
 template <int kLanes = 16>
 inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint32_t b, const std::uint32_t* c1_in,
                                const std::uint32_t* c2_in, int n, std::uint32_t* words) {
@@ -225,7 +221,7 @@ inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint3
   }
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(__CUDACC__)
 /// The same blocks with AVX-512 intrinsics, 16 blocks per iteration in the 32-bit lanes of one vector
 /// per counter word: each 32 x 32 -> 64-bit product from two vpmuludq (even, then odd lanes), and the
 /// 4 x 16 words transposed in registers into the interleaved layout (words[4j + w]) by unpacks and
@@ -293,7 +289,7 @@ inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& h
     xs[f] = xv;
   }
   if (bad) return kItemNonFinite;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(__CUDACC__)
   if (hp.dropout) head_philox_blocks_avx512(hp, v, b, s.counter1, s.counter2, K * G, s.words);
 #else
   if (hp.dropout) head_philox_blocks(hp, v, b, s.counter1, s.counter2, K * G, s.words);
