@@ -31,21 +31,28 @@ namespace detail {
   void knn_block_scan_cols(const float* G, std::int64_t ldg, std::int64_t nq, std::int64_t nc, std::int64_t q0, \
                            std::int64_t c0, const float* yq, const float* yc, std::int64_t m, KnnCand* heaps,   \
                            std::int64_t* hsize);
+#define LABELWISE_KNN_EXACT_KEYS                                                                      \
+  void knn_exact_keys(const double* a, const double* XT, std::int64_t N, std::int64_t D, int kind, double norm_a, \
+                      const double* norms, double* keys);
 namespace generic {
 LABELWISE_KNN_DECLARE
+#include "cpu/knn_exact_keys.inc"
 }
 #if defined(__x86_64__)
 namespace avx2 {
 LABELWISE_KNN_DECLARE
+LABELWISE_KNN_EXACT_KEYS
 void knn_fused_block(const KnnFusedArgs& args);
 }
 #endif
 #undef LABELWISE_KNN_DECLARE
 #if defined(__x86_64__) && defined(LABELWISE_KNN_AVX512)
 namespace avx512 {
+LABELWISE_KNN_EXACT_KEYS
 void knn_fused_block(const KnnFusedArgs& args);
 }
 #endif
+#undef LABELWISE_KNN_EXACT_KEYS
 
 namespace {
 bool use_avx2() {
@@ -90,6 +97,22 @@ const FusedKernel& fused_kernel() {
     return k;
   }();
   return kernel;
+}
+
+/// knn_exact_keys of the widest build the processor runs (the same bits on each: no contraction).
+using ExactKeysFn = void (*)(const double*, const double*, std::int64_t, std::int64_t, int, double, const double*,
+                             double*);
+ExactKeysFn exact_keys_kernel() {
+  static const ExactKeysFn fn = [] {
+#if defined(__x86_64__) && defined(LABELWISE_KNN_AVX512)
+    if (fused_kernel().fn == avx512::knn_fused_block) return &avx512::knn_exact_keys;
+#endif
+#if defined(__x86_64__)
+    if (use_avx2()) return &avx2::knn_exact_keys;
+#endif
+    return &generic::knn_exact_keys;
+  }();
+  return fn;
 }
 
 /// Rounds a float to bfloat16 (to nearest, ties to even; subnormal results flushed to zero, as
@@ -375,26 +398,74 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
       out[q] = {key, j};
     }
   };
-  // One row done exactly over every candidate (the fallback).
-  auto full_row = [&](std::int64_t i) {
-    std::int64_t* oi = out_idx + i * k;
-    double* ok = out_key + i * k;
-    if (sk) {
+  // The rows no candidate set certified (many exact ties at the k-th neighbour: duplicated rows,
+  // integer or binary features), each done exactly over every column. With a transposed copy of X
+  // (column j's features contiguous per feature) the N keys of a row are sums that vectorise across
+  // columns, each in exact_key's order (the same bits); then the k smallest in one scan (ties: lower
+  // index, as a sort of (key, index) pairs gives) or sklearn's heap order. Without the copy (it would
+  // exceed kTransposedBytes) the keys come one column at a time.
+  constexpr std::int64_t kTransposedBytes = std::int64_t(1) << 29;
+  auto full_rows = [&](const std::vector<std::int64_t>& rows) {
+    if (rows.empty()) return;
+    std::vector<double> XT;
+    if (N * D * static_cast<std::int64_t>(sizeof(double)) <= kTransposedBytes) {
+      XT.resize(static_cast<std::size_t>(N * D));
+      parallel_for(N, 4096, [&](std::int64_t j0, std::int64_t j1, int) {
+        for (std::int64_t j = j0; j < j1; ++j)
+          for (std::int64_t t = 0; t < D; ++t) XT[static_cast<std::size_t>(t * N + j)] = X[j * D + t];
+      });
+    }
+    const ExactKeysFn exact_keys = exact_keys_kernel();
+    parallel_for(static_cast<std::int64_t>(rows.size()), 1, [&](std::int64_t b, std::int64_t e, int) {
       std::vector<double> v(N);
-      for (std::int64_t j = 0; j < N; ++j) v[j] = exact_key(i, j);
-      sklearn_heap_row(v.data(), N, k, T, oi);
-      for (std::int64_t a = 0; a < k; ++a) ok[a] = v[oi[a]];
-      return;
-    }
-    std::vector<std::pair<double, std::int64_t>> all;
-    all.reserve(N);
-    for (std::int64_t j = 0; j < N; ++j)
-      if (j != i) all.push_back({exact_key(i, j), j});
-    std::partial_sort(all.begin(), all.begin() + k, all.end());
-    for (std::int64_t a = 0; a < k; ++a) {
-      oi[a] = all[a].second;
-      ok[a] = all[a].first;
-    }
+      std::vector<double> bk(static_cast<std::size_t>(k));
+      std::vector<std::int64_t> bj(static_cast<std::size_t>(k));
+      for (std::int64_t f = b; f < e; ++f) {
+        const std::int64_t i = rows[f];
+        const double* a = X + i * D;
+        double* vk = v.data();
+        if (XT.empty()) {
+          for (std::int64_t j = 0; j < N; ++j) vk[j] = exact_key(i, j);
+        } else {
+          exact_keys(a, XT.data(), N, D, sk ? 1 : (cosine ? 2 : 0), rawsq[i], rawsq.data(), vk);
+        }
+        std::int64_t* oi = out_idx + i * k;
+        double* ok = out_key + i * k;
+        if (sk) {
+          sklearn_heap_row(vk, N, k, T, oi);
+          for (std::int64_t a2 = 0; a2 < k; ++a2) ok[a2] = vk[oi[a2]];
+          continue;
+        }
+        // The k smallest (key, j) by insertion into a sorted list: columns come in increasing j, so a
+        // key equal to the k-th kept one never displaces it.
+        std::int64_t have = 0;
+        constexpr std::int64_t kScan = 256;
+        for (std::int64_t j0 = 0; j0 < N; j0 += kScan) {
+          const std::int64_t j1 = std::min(N, j0 + kScan);
+          if (have == k) {  // once k are kept, most blocks hold nothing below the k-th: one vector test
+            const double kth = bk[k - 1];
+            int below = 0;
+            for (std::int64_t j = j0; j < j1; ++j) below |= vk[j] < kth ? 1 : 0;
+            if (!below) continue;
+          }
+          for (std::int64_t j = j0; j < j1; ++j) {
+            const double key = vk[j];
+            if ((have == k && !(key < bk[k - 1])) || j == i) continue;
+            std::int64_t p = have < k ? have++ : k - 1;
+            for (; p > 0 && key < bk[p - 1]; --p) {
+              bk[p] = bk[p - 1];
+              bj[p] = bj[p - 1];
+            }
+            bk[p] = key;
+            bj[p] = j;
+          }
+        }
+        for (std::int64_t a2 = 0; a2 < k; ++a2) {
+          oi[a2] = bj[a2];
+          ok[a2] = bk[a2];
+        }
+      }
+    });
   };
 
   const std::int64_t B = kKnnBlock;
@@ -733,9 +804,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
       }
       failed.swap(still);
     }
-    parallel_for(static_cast<std::int64_t>(failed.size()), 1, [&](std::int64_t b, std::int64_t e, int) {
-      for (std::int64_t f = b; f < e; ++f) full_row(failed[f]);
-    });
+    full_rows(failed);
     return;
   }
 #endif
@@ -769,16 +838,20 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   while (used < max_workers && !wheaps[used].empty()) ++used;
 
   // ---- merge the workers' heaps, refine each row exactly and certify it
-  parallel_for(N, 256, [&](std::int64_t i0, std::int64_t i1, int) {
+  std::vector<std::vector<std::int64_t>> wfail(max_workers);
+  parallel_for(N, 256, [&](std::int64_t i0, std::int64_t i1, int w) {
     std::vector<KnnCand> h;
     std::vector<std::pair<double, std::int64_t>> ref;
     for (std::int64_t i = i0; i < i1; ++i) {
       h.clear();
-      for (int w = 0; w < used; ++w)
-        h.insert(h.end(), wheaps[w].begin() + i * m, wheaps[w].begin() + i * m + wsize[w][i]);
-      if (!refine_row(i, h, ref, lower32)) full_row(i);
+      for (int u = 0; u < used; ++u)
+        h.insert(h.end(), wheaps[u].begin() + i * m, wheaps[u].begin() + i * m + wsize[u][i]);
+      if (!refine_row(i, h, ref, lower32)) wfail[w].push_back(i);
     }
   });
+  std::vector<std::int64_t> failed;
+  for (const auto& f : wfail) failed.insert(failed.end(), f.begin(), f.end());
+  full_rows(failed);
 }
 
 }  // namespace detail

@@ -178,6 +178,8 @@ void knn_fused_block(const KnnFusedArgs& args) {
     fused<0>(args);
 }
 
+#include "knn_exact_keys.inc"
+
 }  // namespace avx2
 }  // namespace detail
 }  // namespace labelwise

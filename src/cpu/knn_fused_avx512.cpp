@@ -209,6 +209,8 @@ void knn_fused_block(const KnnFusedArgs& args) {
   }
 }
 
+#include "knn_exact_keys.inc"
+
 }  // namespace avx512
 }  // namespace detail
 }  // namespace labelwise

@@ -185,6 +185,38 @@ def test_sklearn_variant_equals_sklearn_on_digits(rng, k):
     assert (l[lab < 0] == y[lab < 0]).mean() > 0.85
 
 
+def test_many_exact_ties_take_the_exact_path(rng):
+    """Binary features: the k-th neighbour ties with many others, so rows are redone exactly over all
+    columns (full_rows in src/knn.cpp). In 16 dimensions sklearn searches by brute force, and the
+    sklearn variant follows its tie rule exactly; in 6 (64 distinct points, ~16 copies of each) every
+    row ties, checked against a brute force."""
+    N, C, k = 1000, 3, 7
+    X16 = rng.integers(0, 2, size=(N, 16)).astype(np.float64)
+    lab = partial_labels(rng, rng.integers(0, C, N), 0.1)
+    s = sk_fit(LabelSpreading, X16, lab, n_neighbors=k, alpha=0.2, max_iter=30, tol=1e-3)
+    assert s.nn_fit._fit_method == "brute"
+    d, l = ours(P.label_spreading, X16, lab, k=k, alpha=0.2, max_iter=30, tol=1e-3)
+    np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(l, s.transduction_)
+    X = rng.integers(0, 2, size=(N, 6)).astype(np.float64)
+    # euclidean: squared distances of small integers are exact, so the brute force (the point itself
+    # excluded, ties by the lower index) is the same set in the same order
+    I, dist = P.knn_graph(X, k)
+    sq = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(sq, np.inf)
+    want = np.argsort(sq, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(I, want)
+    np.testing.assert_array_equal(dist, np.sqrt(np.take_along_axis(sq, want, 1)))
+    # cosine (rows shifted off zero): the k nearest distances, whichever of the tied rows are taken
+    Xc = X + 0.5
+    Ic, dc = P.knn_graph(Xc, k, metric="cosine")
+    nrm = np.linalg.norm(Xc, axis=1)
+    cd = 1.0 - (Xc @ Xc.T) / np.outer(nrm, nrm)
+    np.fill_diagonal(cd, np.inf)
+    np.testing.assert_allclose(dc, np.sort(cd, axis=1)[:, :k], rtol=0, atol=1e-12)
+    assert (Ic != np.arange(N)[:, None]).all()
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 def test_sklearn_variant_follows_sklearns_thread_count(threads):
     """sklearn's own neighbours on the digits depend on its OpenMP thread count; we follow it."""
