@@ -298,6 +298,133 @@ void sklearn_heap_row(const double* v, std::int64_t N, std::int64_t k, int T, st
   for (std::int64_t a = 0; a < k; ++a) out[a] = s[a].second;
 }
 
+/// The neighbours sklearn's NearestNeighbors finds with the KD-tree that algorithm="auto" picks for
+/// at most 15 features and k < N // 2 (LabelSpreading / LabelPropagation with kernel="knn"). With
+/// exact ties at the k-th neighbour the tree keeps the tied points its depth-first traversal meets
+/// first, so this replays that traversal; the method as scikit-learn 1.x documents and implements it
+/// (sklearn/neighbors/_binary_tree.pxi.tp, _kd_tree.pyx.tp, _partition_nodes.pyx), leaf_size 30:
+/// - levels = int(log2(max(1, (N - 1) / leaf_size)) + 1), nodes 0 .. 2^levels - 2 (children 2i+1, 2i+2);
+///   node i is a leaf when 2i + 1 >= nodes (or it holds < 2 points);
+/// - a node's bounds are the min / max of its points per feature; it splits on the feature of largest
+///   spread (the first one; 0 if none spreads), at n / 2 points, by std::nth_element over the point
+///   indices ordered by (value, index) — the same call, so the same arrangement within the halves;
+/// - a query pushes the points of a leaf, in the tree's index order, into sklearn's bounded max-heap
+///   (sk_heap_push) by their squared distance Σ (x - y)²; it visits the nearer child first (by the
+///   squared distance to its box, <= goes left) and skips a node whose box is farther than the heap's
+///   largest.
+class SklearnKdTree {
+ public:
+  SklearnKdTree(const double* X, std::int64_t N, std::int64_t D) : X_(X), N_(N), D_(D) {
+    constexpr double kLeafSize = 30.0;
+    const int levels = static_cast<int>(std::log2(std::max(1.0, static_cast<double>(N - 1) / kLeafSize)) + 1.0);
+    nodes_ = (std::int64_t(1) << levels) - 1;
+    idx_.resize(static_cast<std::size_t>(N));
+    for (std::int64_t i = 0; i < N; ++i) idx_[i] = i;
+    lo_.assign(static_cast<std::size_t>(nodes_ * D), 0.0);
+    hi_.assign(static_cast<std::size_t>(nodes_ * D), 0.0);
+    start_.assign(static_cast<std::size_t>(nodes_), 0);
+    end_.assign(static_cast<std::size_t>(nodes_), 0);
+    leaf_.assign(static_cast<std::size_t>(nodes_), 0);
+    build(0, 0, N);
+  }
+
+  /// The k neighbours of row i (itself included), nearest first, ties by the lower index; keys are
+  /// the squared distances.
+  void query(std::int64_t i, std::int64_t k, std::int64_t* out_idx, double* out_key) const {
+    std::vector<double> hv(static_cast<std::size_t>(k), INFINITY);
+    std::vector<std::int64_t> hi(static_cast<std::size_t>(k), 0);
+    const double* pt = X_ + i * D_;
+    search(0, pt, box_rdist(0, pt), k, hv.data(), hi.data());
+    std::vector<std::pair<double, std::int64_t>> s(static_cast<std::size_t>(k));
+    for (std::int64_t a = 0; a < k; ++a) s[a] = {hv[a], hi[a]};
+    std::sort(s.begin(), s.end());
+    for (std::int64_t a = 0; a < k; ++a) {
+      out_idx[a] = s[a].second;
+      out_key[a] = s[a].first;
+    }
+  }
+
+ private:
+  void build(std::int64_t node, std::int64_t start, std::int64_t end) {
+    double* lo = lo_.data() + node * D_;
+    double* hi = hi_.data() + node * D_;
+    for (std::int64_t t = 0; t < D_; ++t) {
+      lo[t] = INFINITY;
+      hi[t] = -INFINITY;
+    }
+    for (std::int64_t a = start; a < end; ++a)
+      for (std::int64_t t = 0; t < D_; ++t) {
+        lo[t] = std::fmin(lo[t], X_[idx_[a] * D_ + t]);
+        hi[t] = std::fmax(hi[t], X_[idx_[a] * D_ + t]);
+      }
+    start_[node] = start;
+    end_[node] = end;
+    if (2 * node + 1 >= nodes_ || end - start < 2) {
+      leaf_[node] = 1;
+      return;
+    }
+    const std::int64_t n = end - start;
+    std::int64_t dim = 0;
+    double widest = 0.0;
+    for (std::int64_t t = 0; t < D_; ++t) {
+      double mx = X_[idx_[start] * D_ + t], mn = mx;
+      for (std::int64_t a = start + 1; a < end; ++a) {
+        mx = std::fmax(mx, X_[idx_[a] * D_ + t]);
+        mn = std::fmin(mn, X_[idx_[a] * D_ + t]);
+      }
+      if (mx - mn > widest) {
+        widest = mx - mn;
+        dim = t;
+      }
+    }
+    const double* X = X_;
+    const std::int64_t D = D_;
+    std::nth_element(idx_.begin() + start, idx_.begin() + start + n / 2, idx_.begin() + end,
+                     [X, D, dim](const std::int64_t& a, const std::int64_t& b) {
+                       const double va = X[a * D + dim], vb = X[b * D + dim];
+                       return va == vb ? a < b : va < vb;
+                     });
+    build(2 * node + 1, start, start + n / 2);
+    build(2 * node + 2, start + n / 2, end);
+  }
+
+  /// Squared distance from pt to the node's box (x + |x| = 2 max(x, 0), as sklearn writes it).
+  double box_rdist(std::int64_t node, const double* pt) const {
+    const double* lo = lo_.data() + node * D_;
+    const double* hi = hi_.data() + node * D_;
+    double r = 0.0;
+    for (std::int64_t t = 0; t < D_; ++t) {
+      const double dlo = lo[t] - pt[t], dhi = pt[t] - hi[t];
+      const double h = 0.5 * ((dlo + std::fabs(dlo)) + (dhi + std::fabs(dhi)));
+      r += h * h;
+    }
+    return r;
+  }
+
+  void search(std::int64_t node, const double* pt, double bound, std::int64_t k, double* hv, std::int64_t* hi) const {
+    if (bound > hv[0]) return;
+    if (leaf_[node]) {
+      for (std::int64_t a = start_[node]; a < end_[node]; ++a)
+        sk_heap_push(hv, hi, k, sqdist(pt, X_ + idx_[a] * D_, D_), idx_[a]);
+      return;
+    }
+    const std::int64_t c1 = 2 * node + 1, c2 = c1 + 1;
+    const double b1 = box_rdist(c1, pt), b2 = box_rdist(c2, pt);
+    if (b1 <= b2) {
+      search(c1, pt, b1, k, hv, hi);
+      search(c2, pt, b2, k, hv, hi);
+    } else {
+      search(c2, pt, b2, k, hv, hi);
+      search(c1, pt, b1, k, hv, hi);
+    }
+  }
+
+  const double* X_;
+  std::int64_t N_, D_, nodes_ = 0;
+  std::vector<std::int64_t> idx_, start_, end_;
+  std::vector<double> lo_, hi_;
+  std::vector<char> leaf_;
+};
 
 }  // namespace
 
@@ -308,6 +435,14 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   const bool sk = rule == KnnRule::Sklearn;
   const int T = sklearn_threads > 0 ? sklearn_threads : num_threads();
   const double* X = data.x.data();
+  if (sk && D <= 15 && k < N / 2) {
+    // sklearn searches with a KD-tree here (algorithm="auto"): replay its traversal (its tie order)
+    const SklearnKdTree tree(X, N, D);
+    parallel_for(N, 64, [&](std::int64_t i0, std::int64_t i1, int) {
+      for (std::int64_t i = i0; i < i1; ++i) tree.query(i, k, out_idx + i * k, out_key + i * k);
+    });
+    return;
+  }
 
   // ---- per-row quantities in float64
   std::vector<double> rawsq(N);  // ||x_i||^2 (sklearn's X_norm_squared), or ||x_i|| for cosine

@@ -185,6 +185,32 @@ def test_sklearn_variant_equals_sklearn_on_digits(rng, k):
     assert (l[lab < 0] == y[lab < 0]).mean() > 0.85
 
 
+@pytest.mark.parametrize("D,kind", [(1, "ints"), (3, "binary"), (6, "binary"), (12, "binary"), (15, "ints"), (4, "dup")])
+def test_sklearn_variant_replays_sklearns_kd_tree(rng, D, kind):
+    """With at most 15 features sklearn searches with a KD-tree, which keeps the tied neighbours its
+    traversal meets first: the sklearn variant replays that traversal (exact ties everywhere here)."""
+    N, C = int(rng.integers(200, 1500)), 3
+    if kind == "ints":
+        X = rng.integers(0, 5, size=(N, D)).astype(np.float64)
+    elif kind == "binary":
+        X = rng.integers(0, 2, size=(N, D)).astype(np.float64)
+    else:
+        X = np.repeat(rng.normal(size=(N // 5 + 1, D)), 5, axis=0)[:N]
+    lab = partial_labels(rng, rng.integers(0, C, N), 0.15)
+    for k in (1, 5, 10):
+        for cls, fn, kw in ((LabelSpreading, P.label_spreading, dict(alpha=0.2, max_iter=30, tol=1e-3)),
+                            (LabelPropagation, P.label_propagation, dict(max_iter=1000, tol=1e-3))):
+            s = sk_fit(cls, X, lab, n_neighbors=k, **kw)
+            assert s.nn_fit._fit_method == "kd_tree"
+            d, l = ours(fn, X, lab, k=k, **kw)
+            np.testing.assert_allclose(d, s.label_distributions_, rtol=1e-6, atol=1e-12)
+            # labels: the arg-max of equal distributions; where two classes tie to the last bits
+            # (e.g. 0.5 / 0.5), the summation order of either implementation decides
+            top2 = np.sort(s.label_distributions_, axis=1)[:, -2:]
+            clear = top2[:, 1] - top2[:, 0] > 1e-12
+            np.testing.assert_array_equal(l[clear], s.transduction_[clear])
+
+
 def test_many_exact_ties_take_the_exact_path(rng):
     """Binary features: the k-th neighbour ties with many others, so rows are redone exactly over all
     columns (full_rows in src/knn.cpp). In 16 dimensions sklearn searches by brute force, and the
