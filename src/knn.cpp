@@ -314,7 +314,7 @@ void sklearn_heap_row(const double* v, std::int64_t N, std::int64_t k, int T, st
 ///   largest.
 class SklearnKdTree {
  public:
-  SklearnKdTree(const double* X, std::int64_t N, std::int64_t D) : X_(X), N_(N), D_(D) {
+  SklearnKdTree(const double* X, std::int64_t N, std::int64_t D) : X_(X), D_(D) {
     constexpr double kLeafSize = 30.0;
     const int levels = static_cast<int>(std::log2(std::max(1.0, static_cast<double>(N - 1) / kLeafSize)) + 1.0);
     nodes_ = (std::int64_t(1) << levels) - 1;
@@ -420,7 +420,7 @@ class SklearnKdTree {
   }
 
   const double* X_;
-  std::int64_t N_, D_, nodes_ = 0;
+  std::int64_t D_, nodes_ = 0;
   std::vector<std::int64_t> idx_, start_, end_;
   std::vector<double> lo_, hi_;
   std::vector<char> leaf_;

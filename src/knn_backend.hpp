@@ -98,7 +98,8 @@ KnnData knn_load(const TensorView& features, const char* what);
 /// How ties and the point itself are treated.
 enum class KnnRule : std::uint8_t {
   Exact,    ///< the point itself excluded; exact float64 distances; ties by the lower index
-  Sklearn,  ///< the point itself included; sklearn's ArgKmin squared distances and heap tie rule
+  Sklearn,  ///< the point itself included; sklearn's choice: its KD-tree's traversal order for D <= 15
+            ///< and k < N / 2, else its brute-force ArgKmin squared distances and heap tie rule
 };
 
 /// k neighbours of every row: idx [N, k] (nearest first), key [N, k] (squared euclidean distance,

@@ -436,8 +436,10 @@ def label_spreading(
     S = D^-1/2 W D^-1/2, F <- alpha S F + (1 - alpha) Y. ``"sklearn"``: exactly
     ``sklearn.semi_supervised.LabelSpreading(kernel="knn", n_neighbors=k, alpha=alpha,
     max_iter=max_iter, tol=tol)`` — ``distributions`` is its ``label_distributions_`` and ``labels``
-    its ``transduction_``. ``sklearn_threads``: the OpenMP thread count sklearn would use (it decides
-    which of several equidistant points sklearn keeps); default: asked from sklearn when installed.
+    its ``transduction_`` (with at most 15 features, where sklearn searches with a KD-tree, its tree
+    is replayed: same tied neighbours). ``sklearn_threads``: the OpenMP thread count sklearn's
+    brute-force search would use (more than 15 features; it decides which of several equidistant
+    points sklearn keeps); default: asked from sklearn when installed.
     Warns (``RuntimeWarning``) when max_iter is reached without convergence, as sklearn does.
     """
     return _spread(features, labels, False, k, alpha, max_iter, tol, variant, sklearn_threads)

@@ -12,8 +12,9 @@
 //     the label -1.
 //   Sklearn: reproduces sklearn.semi_supervised.LabelSpreading(kernel="knn") / LabelPropagation(
 //     kernel="knn") (scikit-learn 1.x): its directed kNN graph *including* the point itself, chosen
-//     with sklearn's own tie rule (its max-heap, fed in the order its ArgKmin uses for
-//     `sklearn_threads` OpenMP threads), its in-degree-normalised graph (spreading) or 1/k row
+//     with sklearn's own tie rule (more than 15 features or k >= N / 2: its brute-force max-heap,
+//     fed in the order its ArgKmin uses for `sklearn_threads` OpenMP threads; otherwise the order
+//     of the KD-tree its NearestNeighbors builds), its in-degree-normalised graph (spreading) or 1/k row
 //     weights (propagation), its convergence test and its output normalisation; unreached items
 //     get an all-zero distribution and label 0, as in sklearn.
 //   Both: F starts at the one-hot labels Y (zeros for unlabelled items); before each iteration the
@@ -50,8 +51,9 @@ struct SpreadingOptions {
   std::int64_t max_iter = 30;  ///< label_propagation: pass 1000 for sklearn's default
   double tol = 1e-3;
   SpreadingVariant variant = SpreadingVariant::Symmetric;
-  /// Sklearn variant: the number of OpenMP threads scikit-learn's ArgKmin would use (it decides how
-  /// equidistant neighbours are chosen). <= 0: labelwise::num_threads().
+  /// Sklearn variant with more than 15 features (or k >= N / 2): the number of OpenMP threads
+  /// scikit-learn's brute-force ArgKmin would use (it decides how equidistant neighbours are
+  /// chosen). <= 0: labelwise::num_threads(). Not used where sklearn searches with its KD-tree.
   int sklearn_threads = 0;
 };
 
