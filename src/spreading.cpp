@@ -23,6 +23,31 @@ std::string num(double v) {
 }
 
 /// Row-compressed sparse matrix with float64 weights.
+/// Σ a[0..n) in NumPy's order (its pairwise summation, numpy/_core/src/umath/loops_utils.h: below 8
+/// values one by one; up to 128 in eight interleaved partial sums combined as
+/// ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the rest one by one; above, the two halves
+/// split at a multiple of 8), so that sums sklearn takes with np.sum have the same bits here.
+double numpy_sum(const double* a, std::int64_t n) {
+  if (n < 8) {
+    double r = -0.0;
+    for (std::int64_t i = 0; i < n; ++i) r += a[i];
+    return r;
+  }
+  if (n <= 128) {
+    double r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    std::int64_t i = 8;
+    for (; i < n - n % 8; i += 8)
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  std::int64_t n2 = n / 2;
+  n2 -= n2 % 8;
+  return numpy_sum(a, n2) + numpy_sum(a + n2, n - n2);
+}
+
 struct Csr {
   std::vector<std::int64_t> ptr, col;
   std::vector<double> val;
@@ -114,9 +139,12 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
         for (std::int64_t a = 0; a < k; ++a)
           if (nb[i * k + a] != i) w[nb[i * k + a]] += 1.0;
       for (std::int64_t j = 0; j < N; ++j) w[j] = w[j] == 0.0 ? 1.0 : std::sqrt(w[j]);
+      std::vector<std::int64_t> row(static_cast<std::size_t>(k));
       for (std::int64_t i = 0; i < N; ++i) {
-        for (std::int64_t a = 0; a < k; ++a) {
-          const std::int64_t j = nb[i * k + a];
+        // columns in increasing order, as scipy's CSR form of the graph sums them
+        std::copy(nb.begin() + i * k, nb.begin() + (i + 1) * k, row.begin());
+        std::sort(row.begin(), row.end());
+        for (const std::int64_t j : row) {
           if (j == i) continue;
           S.col.push_back(j);
           S.val.push_back(1.0 / w[i] / w[j]);
@@ -124,12 +152,12 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
         S.ptr[i + 1] = static_cast<std::int64_t>(S.col.size());
       }
     } else {
-      // sklearn: connectivity rows divided by their sums (= k; the point itself included).
+      // sklearn: connectivity rows divided by their sums (= k; the point itself included), columns
+      // in increasing order as in scipy's CSR form.
       for (std::int64_t i = 0; i < N; ++i) {
-        for (std::int64_t a = 0; a < k; ++a) {
-          S.col.push_back(nb[i * k + a]);
-          S.val.push_back(1.0 / static_cast<double>(k));
-        }
+        S.col.insert(S.col.end(), nb.begin() + i * k, nb.begin() + (i + 1) * k);
+        std::sort(S.col.end() - k, S.col.end());
+        S.val.insert(S.val.end(), static_cast<std::size_t>(k), 1.0 / static_cast<double>(k));
         S.ptr[i + 1] = static_cast<std::int64_t>(S.col.size());
       }
     }
@@ -181,24 +209,16 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
       F[i * C + y[i]] = 1.0;
       Ystat[i * C + y[i]] = kind == Kind::Spreading ? 1.0 * (1.0 - alpha) : 1.0;
     }
-  std::vector<double> rowdiff(N);
+  // convergence: sum |F - F_previous| < tol, the |differences| written with each step in parallel,
+  // their total in NumPy's order (sklearn's np.abs(...).sum())
+  std::vector<double> diff(static_cast<std::size_t>(N * C));
   SpreadingResult R;
   R.n_classes = C;
   R.converged = false;
   std::int64_t it = 0;
-  // convergence: sum |F - F_previous| < tol (row sums in parallel, computed with each step; their
-  // total in index order)
-  detail::parallel_for(N, 1024, [&](std::int64_t b, std::int64_t e, int) {
-    for (std::int64_t i = b; i < e; ++i) {
-      double s = 0.0;
-      for (std::int64_t c = 0; c < C; ++c) s += std::fabs(F[i * C + c] - Fp[i * C + c]);
-      rowdiff[i] = s;
-    }
-  });
+  for (std::int64_t e = 0; e < N * C; ++e) diff[e] = std::fabs(F[e] - Fp[e]);
   for (; it < opt.max_iter; ++it) {
-    double total = 0.0;
-    for (std::int64_t i = 0; i < N; ++i) total += rowdiff[i];
-    if (total < opt.tol) {
+    if (numpy_sum(diff.data(), N * C) < opt.tol) {
       R.converged = true;
       break;
     }
@@ -218,14 +238,11 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
         } else if (y[i] >= 0) {
           for (std::int64_t c = 0; c < C; ++c) dst[c] = Ystat[i * C + c];
         } else {
-          double s = 0.0;
-          for (std::int64_t c = 0; c < C; ++c) s += acc[c];
+          double s = numpy_sum(acc.data(), C);
           if (s == 0.0) s = 1.0;
           for (std::int64_t c = 0; c < C; ++c) dst[c] = acc[c] / s;
         }
-        double d = 0.0;
-        for (std::int64_t c = 0; c < C; ++c) d += std::fabs(dst[c] - Fp[i * C + c]);
-        rowdiff[i] = d;
+        for (std::int64_t c = 0; c < C; ++c) diff[i * C + c] = std::fabs(dst[c] - Fp[i * C + c]);
       }
     });
   }
@@ -235,8 +252,7 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
   auto* L = static_cast<std::int64_t*>(out_labels.data);
   auto* P = static_cast<double*>(dist.data);
   for (std::int64_t i = 0; i < N; ++i) {
-    double s = 0.0;
-    for (std::int64_t c = 0; c < C; ++c) s += F[i * C + c];
+    double s = numpy_sum(F.data() + i * C, C);
     const bool zero = s == 0.0;
     if (zero) s = 1.0;
     std::int64_t arg = 0;
