@@ -315,6 +315,11 @@ void sklearn_heap_row(const double* v, std::int64_t N, std::int64_t k, int T, st
 class SklearnKdTree {
  public:
   SklearnKdTree(const double* X, std::int64_t N, std::int64_t D) : X_(X), D_(D) {
+    // sklearn's box distance calls the C library's pow(h, p) with p = 2 known only at run time; read
+    // through a volatile so that the compiler cannot fold it into h * h (they differ in ~0.1 % of
+    // cases by an ulp, which can change the traversal where neighbours tie).
+    volatile double two = 2.0;
+    p_ = two;
     constexpr double kLeafSize = 30.0;
     const int levels = static_cast<int>(std::log2(std::max(1.0, static_cast<double>(N - 1) / kLeafSize)) + 1.0);
     nodes_ = (std::int64_t(1) << levels) - 1;
@@ -396,7 +401,7 @@ class SklearnKdTree {
     for (std::int64_t t = 0; t < D_; ++t) {
       const double dlo = lo[t] - pt[t], dhi = pt[t] - hi[t];
       const double h = 0.5 * ((dlo + std::fabs(dlo)) + (dhi + std::fabs(dhi)));
-      r += h * h;
+      r += h == 0.0 ? 0.0 : std::pow(h, p_);  // inside the box along t: pow(0, 2) = 0, no call
     }
     return r;
   }
@@ -421,6 +426,7 @@ class SklearnKdTree {
 
   const double* X_;
   std::int64_t D_, nodes_ = 0;
+  double p_ = 2.0;
   std::vector<std::int64_t> idx_, start_, end_;
   std::vector<double> lo_, hi_;
   std::vector<char> leaf_;
@@ -538,12 +544,12 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   // (column j's features contiguous per feature) the N keys of a row are sums that vectorise across
   // columns, each in exact_key's order (the same bits); then the k smallest in one scan (ties: lower
   // index, as a sort of (key, index) pairs gives) or sklearn's heap order. Without the copy (it would
-  // exceed kTransposedBytes) the keys come one column at a time.
+  // exceed kTransposedBytes, or fewer than 4 rows) the keys come one column at a time.
   constexpr std::int64_t kTransposedBytes = std::int64_t(1) << 29;
   auto full_rows = [&](const std::vector<std::int64_t>& rows) {
     if (rows.empty()) return;
-    std::vector<double> XT;
-    if (N * D * static_cast<std::int64_t>(sizeof(double)) <= kTransposedBytes) {
+    std::vector<double> XT;  // worth its N·D pass from a few rows on
+    if (rows.size() >= 4 && N * D * static_cast<std::int64_t>(sizeof(double)) <= kTransposedBytes) {
       XT.resize(static_cast<std::size_t>(N * D));
       parallel_for(N, 4096, [&](std::int64_t j0, std::int64_t j1, int) {
         for (std::int64_t j = j0; j < j1; ++j)
