@@ -86,10 +86,9 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
     check(scores->device == x.device, ErrorKind::Value, "scores: is on ", scores->device.str(), " but x is on ",
           x.device.str());
   }
-  if (scores)
-    check_outputs({{indices, "indices"}, {*scores, "scores"}}, {{x, "x"}});
-  else
-    check_outputs({{indices, "indices"}}, {{x, "x"}});
+  std::vector<NamedView> outs{{indices, "indices"}};
+  if (scores) outs.push_back({*scores, "scores"});
+  check_outputs(outs, {{x, "x"}});
 
   // The metrics' validation (NaN / Inf, negative or unnormalised probabilities, naming the first bad item).
   ScoreOptions so;

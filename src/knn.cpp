@@ -368,20 +368,16 @@ class SklearnKdTree {
       leaf_[node] = 1;
       return;
     }
+    // The split feature: the widest spread of the node's points (first one; 0 if none spreads).
+    // sklearn takes the min / max again; for finite points they are the bounds just computed.
     const std::int64_t n = end - start;
     std::int64_t dim = 0;
     double widest = 0.0;
-    for (std::int64_t t = 0; t < D_; ++t) {
-      double mx = X_[idx_[start] * D_ + t], mn = mx;
-      for (std::int64_t a = start + 1; a < end; ++a) {
-        mx = std::fmax(mx, X_[idx_[a] * D_ + t]);
-        mn = std::fmin(mn, X_[idx_[a] * D_ + t]);
-      }
-      if (mx - mn > widest) {
-        widest = mx - mn;
+    for (std::int64_t t = 0; t < D_; ++t)
+      if (hi[t] - lo[t] > widest) {
+        widest = hi[t] - lo[t];
         dim = t;
       }
-    }
     const double* X = X_;
     const std::int64_t D = D_;
     std::nth_element(idx_.begin() + start, idx_.begin() + start + n / 2, idx_.begin() + end,
@@ -498,12 +494,11 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   const std::int64_t n_cand = sk ? N : N - 1;
   const std::int64_t m = std::min(n_cand, k + std::max<std::int64_t>(k, 16));
 
+  const int key_kind = sk ? 1 : (cosine ? 2 : 0);  // generic::knn_key_from_sum's kind
   auto exact_key = [&](std::int64_t i, std::int64_t j) -> double {
     const double* a = X + i * D;
     const double* b = X + j * D;
-    if (sk) return std::max(0.0, rawsq[i] + (-2.0 * dot(a, b, D)) + rawsq[j]);
-    if (cosine) return std::min(2.0, std::max(0.0, 1.0 - dot(a, b, D) / (rawsq[i] * rawsq[j])));
-    return sqdist(a, b, D);
+    return generic::knn_key_from_sum(key_kind, key_kind == 0 ? sqdist(a, b, D) : dot(a, b, D), rawsq[i], rawsq[j]);
   };
   // exact_key for four candidates at once: four independent sums, each in the same order as
   // exact_key's (the same bits), interleaved for instruction-level parallelism.
@@ -533,10 +528,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
     const double s[4] = {s0, s1, s2, s3};
     for (int q = 0; q < 4; ++q) {
       const std::int64_t j = c[q].j;
-      double key = s[q];
-      if (sk) key = std::max(0.0, rawsq[i] + (-2.0 * s[q]) + rawsq[j]);
-      else if (cosine) key = std::min(2.0, std::max(0.0, 1.0 - s[q] / (rawsq[i] * rawsq[j])));
-      out[q] = {key, j};
+      out[q] = {generic::knn_key_from_sum(key_kind, s[q], rawsq[i], rawsq[j]), j};
     }
   };
   // The rows no candidate set certified (many exact ties at the k-th neighbour: duplicated rows,
@@ -568,7 +560,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
         if (XT.empty()) {
           for (std::int64_t j = 0; j < N; ++j) vk[j] = exact_key(i, j);
         } else {
-          exact_keys(a, XT.data(), N, D, sk ? 1 : (cosine ? 2 : 0), rawsq[i], rawsq.data(), vk);
+          exact_keys(a, XT.data(), N, D, key_kind, rawsq[i], rawsq.data(), vk);
         }
         std::int64_t* oi = out_idx + i * k;
         double* ok = out_key + i * k;

@@ -152,10 +152,10 @@ void check_out(const TensorView& out, const char* what, const std::vector<std::i
     check(out.dtype == DType::Float32 || out.dtype == DType::Float64, ErrorKind::Type, what,
           ": expected float32 or float64, got ", dtype_name(out.dtype));
   check(out.sizes() == shape, ErrorKind::Value, what, ": has shape ", out.shape_str(), ", expected ", vec_str(shape));
-  if (other)
-    check_outputs({{*other, other_what}, {out, what}}, {{map, "map"}});
-  else
-    check_outputs({{out, what}}, {{map, "map"}});
+  std::vector<NamedView> outs;
+  if (other) outs.push_back({*other, other_what});
+  outs.push_back({out, what});
+  check_outputs(outs, {{map, "map"}});
 }
 
 }  // namespace

@@ -133,10 +133,9 @@ void top_k_impl(const TensorView& scores, std::int64_t b, const TensorView& indi
   check_offset(options.index_offset, n);
   check_out(indices, b, scores.device, "indices", "scores", true, false);
   if (values) check_out(*values, b, scores.device, "values", "scores", false, false);
-  if (values)
-    check_outputs({{indices, "indices"}, {*values, "values"}}, {{scores, "scores"}});
-  else
-    check_outputs({{indices, "indices"}}, {{scores, "scores"}});
+  std::vector<NamedView> outs{{indices, "indices"}};
+  if (values) outs.push_back({*values, "values"});
+  check_outputs(outs, {{scores, "scores"}});
   detail::SelectJob job;
   job.source = detail::SelectSource::Scores;
   job.values = scores.data;

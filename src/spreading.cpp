@@ -22,11 +22,13 @@ std::string num(double v) {
   return buf;
 }
 
-/// Row-compressed sparse matrix with float64 weights.
 /// Σ a[0..n) in NumPy's order (its pairwise summation, numpy/_core/src/umath/loops_utils.h: below 8
 /// values one by one; up to 128 in eight interleaved partial sums combined as
 /// ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the rest one by one; above, the two halves
 /// split at a multiple of 8), so that sums sklearn takes with np.sum have the same bits here.
+/// Where NumPy's pairwise summation splits more than 128 values: half, down to a multiple of 8.
+std::int64_t numpy_split(std::int64_t n) { return n / 2 - (n / 2) % 8; }
+
 double numpy_sum(const double* a, std::int64_t n) {
   if (n < 8) {
     double r = -0.0;
@@ -43,16 +45,14 @@ double numpy_sum(const double* a, std::int64_t n) {
     for (; i < n; ++i) res += a[i];
     return res;
   }
-  std::int64_t n2 = n / 2;
-  n2 -= n2 % 8;
+  const std::int64_t n2 = numpy_split(n);
   return numpy_sum(a, n2) + numpy_sum(a + n2, n - n2);
 }
 
 /// numpy_sum with the two halves of a long array on two threads (NumPy's own split: the same bits).
 double numpy_sum_threads(const double* a, std::int64_t n) {
   if (n < (std::int64_t(1) << 20)) return numpy_sum(a, n);
-  std::int64_t n2 = n / 2;
-  n2 -= n2 % 8;
+  const std::int64_t n2 = numpy_split(n);
   double half[2] = {0.0, 0.0};
   detail::parallel_for(2, 1, [&](std::int64_t b, std::int64_t e, int) {
     for (std::int64_t h = b; h < e; ++h) half[h] = h == 0 ? numpy_sum(a, n2) : numpy_sum(a + n2, n - n2);
@@ -60,6 +60,7 @@ double numpy_sum_threads(const double* a, std::int64_t n) {
   return half[0] + half[1];
 }
 
+/// Row-compressed sparse matrix with float64 weights.
 struct Csr {
   std::vector<std::int64_t> ptr, col;
   std::vector<double> val;
