@@ -95,7 +95,12 @@ class Config:
     seg_init_slices: int = 3  # seed set (grows until every class is present)
     seg_batch_slices: int = 3  # acquired per round (regions: the same number of voxels)
     seg_patch: int = 8  # region side, in pixels
-    seg_calib_clicks: int = 4000  # random labelled voxels on the calibration slices
+    seg_calib_clicks: int = 4000  # calibration: random labelled voxels of the unlabelled pool
+
+
+# Saved runs are resumed only under the same Config and the same version of the run's design; bump it
+# when a change alters what a run computes (2: segmentation calibration clicks come from the pool).
+STATE_VERSION = 2
 
 
 def available_strategies() -> List[str]:
@@ -498,13 +503,13 @@ def _dataset_intro(d, ds: str, first: Dict) -> List[str]:
     if first["metric"] == "dice":
         st = first["setup"]
         H, W = st["slice_shape"]
-        n_slices = st["pool_slices"] + st["test_slices"] + st["calibration_slices"]
+        n_slices = st["pool_slices"] + st["test_slices"]
         return [f"## {d.title} (`{ds}`)", "",
                 f"Source: {d.source}. {n_slices} axial slices of {H} x {W} pixels, {len(st['class_names'])} "
                 f"classes ({', '.join(st['class_names'])}): acquisition pool {st['pool_slices']} slices "
-                f"({first['pool_size']} voxels), test {st['test_slices']} slices (one random slice of every 4), "
-                f"calibration {st['calibration_slices']} slices with {first['n_calibration']} random labelled "
-                f"voxels; seed set {st['seed_slices']} whole slices ({100 * first['labeled_fraction'][0]:.1f} % "
+                f"({first['pool_size']} voxels), test {st['test_slices']} slices (one random slice of every 4); "
+                f"calibration: {first['n_calibration']} random labelled voxels (clicks) of the unlabelled pool; "
+                f"seed set {st['seed_slices']} whole slices ({100 * first['labeled_fraction'][0]:.1f} % "
                 f"of the pool's voxels; every class present); then {st['batch_slices']} slice(s) per round, or "
                 f"the same number of voxels as {st['patch']} x {st['patch']} regions, up to "
                 f"{st['budget_slices']} slices' worth. Model: 2D U-Net (width {st['width']}) + "
@@ -596,9 +601,10 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
                       f"{cfg.target_error:.0%} with probability ≥ {1 - cfg.delta:.0%}, calibrated on a random "
                       f"human-labelled calibration set of {first['n_calibration']} {what}; realised error measured "
                       "against the withheld truth"
-                      + ("; per voxel — the calibration voxels are random clicks on held-out slices, so the "
-                         "i.i.d. assumption of the bound holds only approximately (neighbouring voxels are "
-                         "correlated)" if seg else "") + "):", "",
+                      + ("; per voxel — the calibration voxels are clicks drawn uniformly at random from the "
+                         "unlabelled pool voxels themselves, so the bound holds for this pool however "
+                         "neighbouring voxels' errors are correlated; the clicked voxels are not auto-labelled"
+                         if seg else "") + "):", "",
                       "| strategy | certified runs | coverage of the rest (mean) | realised error (mean, max) | "
                       "certified bound (mean) |" + (" realised error on foreground voxels (mean) |" if seg else ""),
                       "|---|---|---|---|---|" + ("---|" if seg else "")]
@@ -715,7 +721,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if os.path.exists(state_path) and not a.fresh:
         with open(state_path) as f:
             saved = json.load(f)
-        if saved.get("config") == asdict(cfg):
+        if saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION:
             done = saved.get("runs", {})
             print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
         else:
@@ -741,7 +747,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             done[key] = asdict(r)
             tmp = state_path + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"config": asdict(cfg), "runs": done}, f)
+                json.dump({"config": asdict(cfg), "version": STATE_VERSION, "runs": done}, f)
             os.replace(tmp, state_path)  # atomic: an interrupted write never corrupts the state
         if bar is not None:
             bar.update(1)

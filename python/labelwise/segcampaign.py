@@ -6,8 +6,9 @@ AAL atlas mapped to 9 lobe classes + background (``--dataset colin27``, from Deb
 arrays ``image`` and ``labels`` ``[S, H, W]`` (label 0 = background).
 
 Per seed, the slices are split (stratified along the slice axis) into a held-out **test** set (one
-random slice of every 4 consecutive ones), a **calibration** set (10 % of the rest, humans label
-sparse random voxel "clicks" on it, for certified auto-labelling) and the **pool**. The seed set is a
+random slice of every 4 consecutive ones) and the **pool**. Certified auto-labelling is calibrated on
+sparse voxel "clicks" that humans label, drawn uniformly at random from the very pool voxels that are
+to be auto-labelled (so the bound holds however the voxels' errors are correlated). The seed set is a
 few pool slices chosen so that every class is present (greedy cover; it grows past
 ``seg_init_slices`` only when it must). The model is :class:`labelwise.models.Segmenter` (a small 2D
 U-Net with a :class:`labelwise.torch.MCDropoutHead`, input = intensity + row / column / slice
@@ -186,10 +187,8 @@ def validate(d: SegDataset) -> int:
 @dataclass
 class SegSplit:
     test: np.ndarray  #: slice indices
-    calib: np.ndarray
     pool: np.ndarray
     init: np.ndarray  #: indices into pool
-    calib_clicks: Tuple[np.ndarray, np.ndarray, np.ndarray]  #: (calib slice position, row, col)
 
 
 def split(d: SegDataset, cfg, seed: int) -> SegSplit:
@@ -211,14 +210,6 @@ def split(d: SegDataset, cfg, seed: int) -> SegSplit:
                 test.append(int(s))
                 in_pool[s] = False
                 break
-    calib = []
-    n_cal = max(2, int(round(cfg.calib_fraction / 2 * in_pool.sum())))  # ~10 % of the non-test slices
-    for s in rng.permutation(np.flatnonzero(in_pool)):
-        if len(calib) == n_cal:
-            break
-        if removable(int(s)):
-            calib.append(int(s))
-            in_pool[s] = False
     pool = np.flatnonzero(in_pool)
     missing = [c for c in range(C) if not present[pool, c].any()]
     if missing:  # cannot happen after validate(), kept as a guard for the invariant
@@ -235,12 +226,7 @@ def split(d: SegDataset, cfg, seed: int) -> SegSplit:
         have |= cover[i]
         if len(init) >= len(pool):
             break
-    calib = np.asarray(sorted(calib))
-    H, W = d.image.shape[1:]
-    n_clicks = min(cfg.seg_calib_clicks, len(calib) * H * W)
-    flat = rng.choice(len(calib) * H * W, size=n_clicks, replace=False)
-    clicks = np.unravel_index(flat, (len(calib), H, W))
-    return SegSplit(np.asarray(sorted(test)), calib, pool, np.asarray(init), clicks)
+    return SegSplit(np.asarray(sorted(test)), pool, np.asarray(init))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,22 +425,28 @@ def acquire(strategy: str, model, x_pool, labmask: np.ndarray, b_slices: int, cf
 # auto-labelling
 
 
-def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, x_cal, labmask: np.ndarray, cfg, seed: int) -> Dict:
-    """Certified per-voxel auto-labelling of every unlabelled pool voxel (MC-mean probabilities), calibrated
-    on the calibration slices' random clicks; the realised error uses the withheld truth."""
-    C = d.num_classes
+def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarray, cfg, seed: int,
+                   rnd: int) -> Dict:
+    """Certified per-voxel auto-labelling of the unlabelled pool voxels (MC-mean probabilities).
+
+    The calibration set is ``seg_calib_clicks`` voxels drawn uniformly at random, without replacement,
+    from the unlabelled pool voxels themselves and labelled by the humans (here: the withheld truth);
+    the rest is auto-labelled. Because the clicks are a simple random sample of the population whose
+    error is bounded, the binomial bound needs no independence between voxels: neighbouring voxels may
+    share their errors (they do). Clicks on a few separate slices would measure those slices only
+    (docs/campaign.md). The realised error is measured on the auto-labelled voxels against the truth."""
     rest = ~labmask
     mp = mc_maps(model, x_pool, cfg.samples, ["predictive_entropy"], seed + 7, return_mean=True)["mean"]  # [P, C, H, W]
-    probs_rest = mp.permute(0, 2, 3, 1).numpy()[rest]  # [n_rest, C]
-    mc = mc_maps(model, x_cal, cfg.samples, ["predictive_entropy"], seed + 8,
-                 return_mean=True)["mean"].permute(0, 2, 3, 1).numpy()
-    ci, cr, cc = sp.calib_clicks
-    probs_cal = mc[ci, cr, cc]
-    labels_cal = d.labels[sp.calib][ci, cr, cc]
-    r = P.certified_auto_label(np.ascontiguousarray(probs_rest), np.ascontiguousarray(probs_cal), labels_cal,
-                               target_error=cfg.target_error, delta=cfg.delta)
+    probs = np.ascontiguousarray(mp.permute(0, 2, 3, 1).numpy()[rest])  # [n_rest, C]
     truth = d.labels[sp.pool][rest]
-    out = autolabel_summary(r, truth, n_rest=int(rest.sum()), n_calibration=int(len(labels_cal)))
+    rng = np.random.default_rng([seed, rnd, 271])
+    n_clicks = min(cfg.seg_calib_clicks, len(truth) // 2)
+    clicked = np.zeros(len(truth), dtype=bool)
+    clicked[rng.choice(len(truth), size=n_clicks, replace=False)] = True
+    r = P.certified_auto_label(np.ascontiguousarray(probs[~clicked]), np.ascontiguousarray(probs[clicked]),
+                               truth[clicked], target_error=cfg.target_error, delta=cfg.delta)
+    truth = truth[~clicked]
+    out = autolabel_summary(r, truth, n_rest=len(truth), n_calibration=n_clicks)
     acc, labels = np.asarray(r.accepted), np.asarray(r.labels)
     fg = truth[acc] > 0
     out["realised_error_foreground"] = float((labels[acc][fg] != truth[acc][fg]).mean()) if fg.any() else None
@@ -484,7 +476,7 @@ def budget_and_batch(d: SegDataset, sp: SegSplit, cfg) -> Tuple[int, int, int]:
 
 def _setting_key(d: SegDataset, cfg) -> tuple:
     return (d.name, d.image.shape, float(d.image[:, ::7, ::7].sum()), cfg.seg_steps, cfg.seg_width, cfg.seg_lr,
-            cfg.seg_batch, cfg.dropout, cfg.calib_fraction, cfg.seg_init_slices)
+            cfg.seg_batch, cfg.dropout, cfg.seg_init_slices)
 
 
 def full_data_dice(d: SegDataset, sp: SegSplit, cfg, seed: int, x_pool, x_test) -> float:
@@ -509,7 +501,7 @@ def run_one(d: SegDataset, strategy: str, seed: int, cfg, result_cls):
     H, W = d.image.shape[1:]
     patch = cfg.seg_patch
     t0 = time.perf_counter()
-    x_pool, x_test, x_cal = inputs(d, sp.pool), inputs(d, sp.test), inputs(d, sp.calib)
+    x_pool, x_test = inputs(d, sp.pool), inputs(d, sp.test)
     y_pool, y_test = d.labels[sp.pool], d.labels[sp.test]
     n_vox = len(sp.pool) * H * W
     labmask = np.zeros((len(sp.pool), H, W), dtype=bool)
@@ -533,7 +525,7 @@ def run_one(d: SegDataset, strategy: str, seed: int, cfg, result_cls):
         per_class.append([None if not np.isfinite(v) else float(v) for v in dice_per_class(pred, y_test, C)])
         touched.append(int(len(rows)))
         if not auto10 and counts[-1] >= 0.1 * n_vox:
-            auto10 = autolabel_rest(model, d, sp, x_pool, x_cal, labmask, cfg, seed)
+            auto10 = autolabel_rest(model, d, sp, x_pool, labmask, cfg, seed, rnd)
             auto10["labeled_fraction"] = counts[-1] / n_vox
         if bar is not None:
             bar.set_postfix_str(f"dice {dices[-1]:.3f}")
@@ -544,12 +536,12 @@ def run_one(d: SegDataset, strategy: str, seed: int, cfg, result_cls):
         acquire(strategy, model, x_pool, labmask, take, cfg, seed, rnd, patch)
     if bar is not None:
         bar.close()
-    auto = autolabel_rest(model, d, sp, x_pool, x_cal, labmask, cfg, seed)
+    auto = autolabel_rest(model, d, sp, x_pool, labmask, cfg, seed, rounds + 1)
     full = full_data_dice(d, sp, cfg, seed, x_pool, x_test)
     extra = {"metric_name": "mean foreground Dice", "dice_per_class": per_class,
              "class_names": list(d.class_names), "slices_touched": touched,
              "pool_slices": int(len(sp.pool)), "test_slices": int(len(sp.test)),
-             "calibration_slices": int(len(sp.calib)), "seed_slices": int(len(sp.init)),
+             "seed_slices": int(len(sp.init)),
              "slice_shape": [int(H), int(W)], "batch_slices": int(b), "patch": int(patch),
              "budget_slices": int(budget), "width": int(cfg.seg_width), "steps": int(cfg.seg_steps)}
     return result_cls(d.name, strategy, seed, counts, dices, full, n_vox, time.perf_counter() - t0, auto, auto10,

@@ -127,6 +127,12 @@ def test_colin27_quick_campaign_writes_report_and_resumes(tmp_path, capsys):
         assert len(r["labeled"]) == 3
         for al in (r["autolabel"], r["autolabel_10"]):
             assert al["unit"] == "voxel" and 0.0 <= al["coverage"] <= 1.0 and al["n_calibration"] > 0
+        # the calibration clicks are unlabelled pool voxels, and are not auto-labelled themselves
+        assert r["autolabel"]["n_rest"] + r["autolabel"]["n_calibration"] == r["pool_size"] - r["labeled"][-1]
+        if r["autolabel_10"]:
+            lab10 = round(r["autolabel_10"]["labeled_fraction"] * r["pool_size"])
+            assert r["autolabel_10"]["n_rest"] + r["autolabel_10"]["n_calibration"] == r["pool_size"] - lab10
+        for al in (r["autolabel"], r["autolabel_10"]):
             assert al["n_accepted"] == round(al["coverage"] * al["n_rest"])
             if al["certified"]:
                 assert al["bound"] <= 0.05 and al["realised_error"] is not None
@@ -264,7 +270,7 @@ def test_segmentation_bad_inputs(tmp_path):
     d = campaign.load_dataset(str(tmp_path / "budget.npz"))
     sp = SEG.split(d, _seg_cfg(seg_init_slices=1), 0)
     assert np.array_equal(np.unique(d.labels[sp.pool[sp.init]]), [0, 1, 2])
-    assert not set(sp.test) & set(sp.pool) and not set(sp.calib) & set(sp.pool)
+    assert not set(sp.test) & set(sp.pool) and len(sp.test) + len(sp.pool) == d.image.shape[0]
 
 
 def test_segmentation_nan_model_output_is_an_error():

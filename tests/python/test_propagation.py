@@ -321,6 +321,51 @@ def test_simulation_certified_error_holds(rng, model):
     assert certified >= draws // 2
 
 
+def _volume(rng, slices, side=32, block=8):
+    """Voxel confidences and errors with correlated errors: a random effect per slice and per 8 x 8
+    block shifts the log-odds of an error, as neighbouring voxels of a real segmentation share them."""
+    nb = side // block
+    u = rng.normal(0, 1.2, size=(slices, 1, 1))
+    w = rng.normal(0, 0.8, size=(slices, nb, nb)).repeat(block, 1).repeat(block, 2)
+    z = rng.uniform(size=(slices, side, side))
+    wrong = rng.uniform(size=z.shape) < 1 / (1 + np.exp(1 + 5 * z - u - w))
+    return z.reshape(slices, -1), wrong.reshape(slices, -1)
+
+
+def test_simulation_correlated_voxels_clicks_from_the_pool_hold_clicks_on_few_slices_do_not(rng):
+    """Per-voxel certification of a volume whose voxel errors are correlated within slices and blocks.
+    Calibration clicks drawn uniformly from the very pool that is auto-labelled make the binomial bound
+    exact whatever the correlation (the randomness is the draw of the clicks; the bound is on this pool's
+    error rate): the realised error exceeds the target in at most about delta of the draws. The same
+    number of clicks on 5 held-out slices measure those 5 slices' errors only, and the bound fails far
+    more often (over 2000 draws: 7.1 % of the certified draws against 46 %) - what docs/propagation.md
+    and the campaign's design say."""
+    alpha, delta, draws, clicks = 0.05, 0.1, 400, 4000
+    pool_draws = pool_exceed = slice_draws = slice_exceed = 0
+    for _ in range(draws):
+        z, wrong = _volume(rng, 45)
+        pz, pw = z[:40].ravel(), wrong[:40].ravel()
+        pick = rng.choice(pz.size, clicks, replace=False)
+        cert = P.certify_threshold(pz[pick], pw[pick], target_error=alpha, delta=delta)
+        rest = np.ones(pz.size, dtype=bool)
+        rest[pick] = False
+        if cert.certified:
+            acc = rest & np.asarray(cert.accept(pz))
+            pool_draws += 1
+            pool_exceed += pw[acc].mean() > alpha
+        cz, cw = z[40:].ravel(), wrong[40:].ravel()
+        pick = rng.choice(cz.size, clicks, replace=False)
+        cert = P.certify_threshold(cz[pick], cw[pick], target_error=alpha, delta=delta)
+        if cert.certified:
+            acc = np.asarray(cert.accept(pz))
+            slice_draws += 1
+            slice_exceed += pw[acc].mean() > alpha
+    print(f"clicks from the pool: {pool_exceed}/{pool_draws}; clicks on 5 slices: {slice_exceed}/{slice_draws}")
+    assert pool_draws >= draws // 2 and slice_draws >= draws // 2
+    assert pool_exceed <= stats.binom.isf(1e-7, pool_draws, delta)
+    assert slice_exceed >= 0.25 * slice_draws  # ~0.46 expected: the failure the docs warn about is real
+
+
 # ---------------------------------------------------------------------------------------------------
 # label issues
 

@@ -23,6 +23,10 @@
 // at the critical level λ* = sup{λ : R(λ) >= target_error}, where it becomes delta + P(no calibration
 // unit scores exactly λ*). `bound` is the Clopper–Pearson bound at ĵ (<= target_error); the promise is
 // target_error, not `bound` (a selected bound is not by itself a 1 - delta bound).
+// Voxels are not i.i.d. (neighbours share their errors); (i) then holds in the design-based sense when
+// the calibration voxels are drawn uniformly at random from the pool voxels to be auto-labelled
+// ("clicks" a human labels): the guarantee is then about that pool's error rate, over the draw of the
+// clicks. Calibration voxels from a few other images measure those images only (docs/propagation.md).
 //
 // Shape contract of certified_auto_label
 //   pool_probs   : [N, C, *spatial] probabilities (class axis = options.class_axis; any strides);
