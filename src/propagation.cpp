@@ -230,6 +230,40 @@ ThresholdCertificate scan(std::vector<Scored>& units, double alpha, double delta
   return c;
 }
 
+/// The per-class scan: every class c on its own units at delta / C; returns the summary certificate
+/// (include/labelwise/propagation/certified.hpp, AutoLabelResult::certificate) and fills `classes`.
+ThresholdCertificate per_class_scan(std::vector<std::vector<Scored>>& by_class, double alpha, double delta,
+                                    std::int64_t scan_start, const char* plural,
+                                    std::vector<ThresholdCertificate>& classes) {
+  const int C = static_cast<int>(by_class.size());
+  const double class_delta = delta / C;
+  ThresholdCertificate s;
+  s.target_error = alpha;
+  s.delta = delta;
+  s.bound = kNaN;
+  std::string reasons;
+  classes.clear();
+  for (int c = 0; c < C; ++c) {
+    const std::string what = std::string(plural) + " predicted as class " + std::to_string(c);
+    classes.push_back(scan(by_class[c], alpha, class_delta, scan_start, what.c_str()));
+    const ThresholdCertificate& k = classes.back();
+    s.n_calibration += k.n_calibration;
+    s.min_calibration = k.min_calibration;
+    s.scan_start = k.scan_start;
+    if (k.certified) {
+      s.certified = true;
+      s.n_calibration_accepted += k.n_calibration_accepted;
+      s.calibration_errors += k.calibration_errors;
+      s.bound = std::isnan(s.bound) ? k.bound : std::max(s.bound, k.bound);
+    } else {
+      reasons += (reasons.empty() ? "" : "; ") + std::string("class ") + std::to_string(c) + ": " + k.reason;
+    }
+  }
+  if (!s.certified)
+    s.reason = "per_class: no class could be certified (each class at delta / C = " + num(class_delta) + "): " + reasons;
+  return s;
+}
+
 bool given(const TensorView& v) { return v.data != nullptr || v.ndim != 0; }
 
 }  // namespace
@@ -365,6 +399,8 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
     check(std::isnan(opt.max_voxel_error), ErrorKind::Value,
           "max_voxel_error: only used with unit=image (whole images), but unit=item");
   }
+  check(!(image_unit && opt.per_class), ErrorKind::Value,
+        "per_class: only with unit=item (a whole image has no single predicted class)");
   const bool has_conf = given(opt.pool_confidence);
   check(has_conf == given(opt.calib_confidence), ErrorKind::Value, has_conf ? "calib_confidence" : "pool_confidence",
         ": pass both pool_confidence and calib_confidence, or neither (then the maximum class probability is used)");
@@ -423,6 +459,7 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   const std::int64_t M = Q.map.shape[0];
   std::vector<double> c_conf, c_img_conf;
   std::vector<std::int8_t> c_err;
+  std::vector<std::int32_t> c_class;
   std::vector<std::int64_t> c_wrong, c_labelled;
   if (image_unit) {
     c_img_conf.resize(M);
@@ -436,6 +473,10 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
     c_err.resize(Q.map.count);
     cj.unit_conf = c_conf.data();
     cj.unit_error = c_err.data();
+    if (opt.per_class) {
+      c_class.resize(Q.map.count);
+      cj.unit_class = c_class.data();
+    }
   }
   detail::UnitFailure f = detail::unit_pass_cpu(cj);
   if (f.status) throw_unit_failure(f, Q, "calib_probs", "calib_confidence", "calib_labels");
@@ -452,21 +493,32 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   if (f.status) throw_unit_failure(f, P, "pool_probs", "pool_confidence", "labels");
 
   // ---- certify
-  std::vector<Scored> units;
+  const char* plural = image_unit ? "images" : (Q.map.ndim > 1 ? "voxels" : "items");
+  AutoLabelResult R;
+  std::vector<double> thresholds(static_cast<std::size_t>(P.C));  // per predicted class (Item unit)
   if (image_unit) {
+    std::vector<Scored> units;
     for (std::int64_t i = 0; i < M; ++i) {
       if (c_labelled[i] == 0) continue;
       const bool wrong = static_cast<double>(c_wrong[i]) > opt.max_voxel_error * static_cast<double>(c_labelled[i]);
       units.push_back({c_img_conf[i], static_cast<std::uint8_t>(wrong)});
     }
-  } else {
+    R.certificate = scan(units, opt.target_error, opt.delta, opt.scan_start, plural);
+  } else if (!opt.per_class) {
+    std::vector<Scored> units;
     units.reserve(static_cast<std::size_t>(Q.map.count));
     for (std::int64_t u = 0; u < Q.map.count; ++u)
       if (c_err[u] >= 0) units.push_back({c_conf[u], static_cast<std::uint8_t>(c_err[u])});
+    R.certificate = scan(units, opt.target_error, opt.delta, opt.scan_start, plural);
+    std::fill(thresholds.begin(), thresholds.end(), R.certificate.threshold);  // NaN when not certified
+  } else {
+    std::vector<std::vector<Scored>> by_class(static_cast<std::size_t>(P.C));
+    for (std::int64_t u = 0; u < Q.map.count; ++u)
+      if (c_err[u] >= 0) by_class[c_class[u]].push_back({c_conf[u], static_cast<std::uint8_t>(c_err[u])});
+    R.certificate = per_class_scan(by_class, opt.target_error, opt.delta, opt.scan_start, plural,
+                                   R.class_certificates);
+    for (int c = 0; c < P.C; ++c) thresholds[c] = R.class_certificates[c].threshold;
   }
-  const char* plural = image_unit ? "images" : (Q.map.ndim > 1 ? "voxels" : "items");
-  AutoLabelResult R;
-  R.certificate = scan(units, opt.target_error, opt.delta, opt.scan_start, plural);
   const ThresholdCertificate& cert = R.certificate;
 
   // ---- write the pool's decisions
@@ -475,8 +527,7 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   wj.probs = P.view;
   wj.class_stride = P.class_stride;
   wj.C = P.C;
-  wj.certified = cert.certified;
-  wj.threshold = cert.threshold;
+  wj.threshold = thresholds.data();
   std::vector<std::uint8_t> decide;
   if (image_unit) {
     decide.resize(N);

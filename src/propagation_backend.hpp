@@ -56,6 +56,7 @@ struct UnitJob {
   // outputs (each optional)
   double* unit_conf = nullptr;          // [count] per-voxel confidence
   std::int8_t* unit_error = nullptr;    // [count] -1 unlabelled, 0 right, 1 wrong (needs labels)
+  std::int32_t* unit_class = nullptr;   // [count] predicted (arg-max) class
   double* image_conf = nullptr;         // [N] mean voxel confidence (or the given per-image one)
   std::int64_t* image_wrong = nullptr;  // [N] mislabelled voxels (needs labels)
   std::int64_t* image_labelled = nullptr;  // [N] labelled voxels (needs labels)
@@ -70,8 +71,7 @@ struct WriteJob {
   std::int64_t class_stride = 0;
   int C = 0;
   Strided confidence;  // Item unit only (data == nullptr: maximum class probability)
-  bool certified = false;
-  double threshold = 0.0;
+  const double* threshold = nullptr;  // Item unit: [C] accept a unit predicted c when conf >= threshold[c] (NaN: never)
   const std::uint8_t* image_accept = nullptr;  // Image unit: [N] decisions; nullptr: Item unit
   void* accepted = nullptr;                    // Item unit only: bool / uint8 over the map
   std::int64_t accepted_stride[kMaxDims] = {};

@@ -30,7 +30,7 @@ in ``reason``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -121,6 +121,17 @@ class AutoLabelResult(ThresholdCertificate):
     n_accepted: int = 0
     unit: str = "item"
     score: str = "max_prob"  #: the confidence used ("given" for caller-supplied confidences)
+    #: per_class=True only: one certificate per predicted class (index = class), each at delta / C;
+    #: the fields above then summarise them (``threshold`` is NaN: the thresholds are per class)
+    class_certificates: Tuple[ThresholdCertificate, ...] = ()
+
+    def accept(self, confidence: Any) -> Any:
+        """As :meth:`ThresholdCertificate.accept`; with ``per_class=True`` the threshold depends on the
+        predicted class: use ``class_certificates[c].accept(...)`` on the units predicted as class c."""
+        if self.class_certificates:
+            raise ValueError("accept: this result has one threshold per predicted class (per_class=True); use "
+                             "class_certificates[c].accept(confidence) on the units predicted as class c")
+        return super().accept(confidence)
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,7 @@ def certified_auto_label(
     unit: str = "item",
     max_voxel_error: Optional[float] = None,
     scan_start: int = 0,
+    per_class: bool = False,
 ) -> AutoLabelResult:
     """Auto-labels the pool items whose confidence passes a threshold certified on the calibration set.
 
@@ -192,13 +204,19 @@ def certified_auto_label(
         probabilities and negated). For sample-based metrics (BALD, BalEntAcq, ...) pass the negated
         scores as ``pool_confidence`` / ``calib_confidence`` instead (then leave ``score`` unset).
     unit: ``"item"`` — every entry of the label map is accepted or not on its own (an item of
-        ``[N, C]``, a voxel of ``[N, C, D, H, W]``; the calibration voxels must then be independent
-        draws, e.g. sparse random clicks); ``"image"`` — each image (index along the first label-map
+        ``[N, C]``, a voxel of ``[N, C, D, H, W]``; for voxels, draw the calibration voxels uniformly at
+        random from the pool voxels to be auto-labelled, see ``docs/propagation.md``, "Voxels and
+        images"); ``"image"`` — each image (index along the first label-map
         axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
         counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
         are mislabelled.
     scan_start: start the scan at this many most-confident calibration units instead of the minimum
         (:func:`min_certifiable_count`); see ``docs/propagation.md``.
+    per_class: ``unit="item"`` only. Certify every predicted (arg-max) class on its own, at
+        ``delta / C`` each, with its own threshold: then with probability >= ``1 - delta`` the error
+        rate among the units auto-labelled c is below ``target_error`` for every class c at once —
+        not just overall, where a dominant easy class (background) can hide a rare one that is mostly
+        wrong. The thresholds are in ``class_certificates``.
     """
     pool_probs = _arrays.as_array(pool_probs, "pool_probs")
     calib_probs = _arrays.as_array(calib_probs, "calib_probs")
@@ -250,8 +268,11 @@ def certified_auto_label(
         None if pconf is None else _arrays.capsule(pconf),
         None if cconf is None else _arrays.capsule(cconf),
         int(scan_start),
+        bool(per_class),
     )
-    return AutoLabelResult(accepted=accepted, labels=labels, unit=unit, score=score_name, **r)
+    classes = tuple(ThresholdCertificate(**c) for c in r.pop("class_certificates"))
+    return AutoLabelResult(accepted=accepted, labels=labels, unit=unit, score=score_name,
+                           class_certificates=classes, **r)
 
 
 def certify_threshold(

@@ -72,6 +72,16 @@ class SegDataset:
     class_names: List[str]
     source: str
     kind: str = "segmentation"
+    #: (H, W) of the image before padding: rows >= H and columns >= W are padding (background, not data)
+    unpadded: Optional[Tuple[int, int]] = None
+
+    def data_mask(self) -> np.ndarray:
+        """[H, W] bool: True on the image, False on the padding added to reach a multiple of the patch."""
+        H, W = self.image.shape[1:]
+        h, w = self.unpadded or (H, W)
+        m = np.zeros((H, W), dtype=bool)
+        m[:h, :w] = True
+        return m
 
     @property
     def num_classes(self) -> int:
@@ -133,13 +143,14 @@ def load_colin27(downsample: int, slice_stride: int, patch: int) -> SegDataset:
     # [S, H, W]: H anterior-posterior (rows), W left-right
     img = np.ascontiguousarray(np.transpose(img, (2, 1, 0))[:, ::-1])
     seg = np.ascontiguousarray(np.transpose(seg, (2, 1, 0))[:, ::-1])
+    unpadded = img.shape[1:]
     img, seg = _pad_to(_normalise(img), seg.astype(np.int64), math.lcm(4, int(patch)))
     zpos = (2.0 * (keep - brain[0]) / max(1, brain[-1] - brain[0]) - 1.0).astype(np.float32)
     return SegDataset("colin27", "Colin27 T1 MRI with AAL lobe labels (axial slices, region acquisition)",
                       img, seg, zpos, class_names(),
                       f"Debian mricron-data (Colin27, Holmes et al. 1998; AAL, Tzourio-Mazoyer et al. 2002); "
                       f"{f} mm pixels, every {slice_stride} mm: {len(keep)} of the {len(brain)} 1 mm axial slices "
-                      "with brain")
+                      "with brain", unpadded=unpadded)
 
 
 def load_npz_volume(path: str, name: str, patch: int) -> SegDataset:
@@ -156,11 +167,13 @@ def load_npz_volume(path: str, name: str, patch: int) -> SegDataset:
         raise ValueError(f"{name}: labels must be integers, got {lab.dtype}")
     values, idx = np.unique(lab, return_inverse=True)
     seg = idx.reshape(lab.shape).astype(np.int64)
+    unpadded = img.shape[1:]
     image, seg = _pad_to(_normalise(img), seg, math.lcm(4, int(patch)))
     S = image.shape[0]
     zpos = np.linspace(-1.0, 1.0, S).astype(np.float32)
     names = ["background"] + [f"class {int(v)}" for v in values[1:]]
-    return SegDataset(name, f"user volume {os.path.basename(path)}", image, seg, zpos, names, f"user file {path}")
+    return SegDataset(name, f"user volume {os.path.basename(path)}", image, seg, zpos, names, f"user file {path}",
+                      unpadded=unpadded)
 
 
 def validate(d: SegDataset) -> int:
@@ -427,7 +440,9 @@ def acquire(strategy: str, model, x_pool, labmask: np.ndarray, b_slices: int, cf
 
 def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarray, cfg, seed: int,
                    rnd: int) -> Dict:
-    """Certified per-voxel auto-labelling of the unlabelled pool voxels (MC-mean probabilities).
+    """Certified per-voxel auto-labelling of the unlabelled pool voxels (MC-mean probabilities), with one
+    threshold for all voxels and with one per predicted class (``per_class=True``, result in
+    ``["per_class"]``).
 
     The calibration set is ``seg_calib_clicks`` voxels drawn uniformly at random, without replacement,
     from the unlabelled pool voxels themselves and labelled by the humans (here: the withheld truth);
@@ -435,22 +450,36 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarr
     error is bounded, the binomial bound needs no independence between voxels: neighbouring voxels may
     share their errors (they do). Clicks on a few separate slices would measure those slices only
     (docs/campaign.md). The realised error is measured on the auto-labelled voxels against the truth."""
-    rest = ~labmask
+    rest = ~labmask & d.data_mask()  # unlabelled voxels of the image (padding is neither labelled nor data)
     mp = mc_maps(model, x_pool, cfg.samples, ["predictive_entropy"], seed + 7, return_mean=True)["mean"]  # [P, C, H, W]
     probs = np.ascontiguousarray(mp.permute(0, 2, 3, 1).numpy()[rest])  # [n_rest, C]
     truth = d.labels[sp.pool][rest]
     rng = np.random.default_rng([seed, rnd, 271])
-    n_clicks = min(cfg.seg_calib_clicks, len(truth) // 2)
+    # At most 5 % of the voxels: the bound is on the error of all pool voxels above the threshold,
+    # clicks included; the auto-labelled rest's can exceed it by the factor N / (N - clicks above).
+    n_clicks = min(cfg.seg_calib_clicks, len(truth) // 20)
     clicked = np.zeros(len(truth), dtype=bool)
     clicked[rng.choice(len(truth), size=n_clicks, replace=False)] = True
-    r = P.certified_auto_label(np.ascontiguousarray(probs[~clicked]), np.ascontiguousarray(probs[clicked]),
-                               truth[clicked], target_error=cfg.target_error, delta=cfg.delta)
-    truth = truth[~clicked]
-    out = autolabel_summary(r, truth, n_rest=len(truth), n_calibration=n_clicks)
-    acc, labels = np.asarray(r.accepted), np.asarray(r.labels)
-    fg = truth[acc] > 0
-    out["realised_error_foreground"] = float((labels[acc][fg] != truth[acc][fg]).mean()) if fg.any() else None
-    out["unit"] = "voxel"
+    pool, calib = np.ascontiguousarray(probs[~clicked]), np.ascontiguousarray(probs[clicked])
+    truth_cal, truth = truth[clicked], truth[~clicked]
+
+    def summary(r) -> Dict:
+        out = autolabel_summary(r, truth, n_rest=len(truth), n_calibration=n_clicks)
+        acc, labels = np.asarray(r.accepted), np.asarray(r.labels)
+        fg = truth[acc] > 0
+        out["realised_error_foreground"] = float((labels[acc][fg] != truth[acc][fg]).mean()) if fg.any() else None
+        # the realised error of the worst predicted class among those with >= 100 auto-labelled voxels
+        per = [float((labels[acc & (labels == c)] != truth[acc & (labels == c)]).mean())
+               for c in range(d.num_classes) if (acc & (labels == c)).sum() >= 100]
+        out["worst_class_error"] = max(per) if per else None
+        out["unit"] = "voxel"
+        return out
+
+    out = summary(P.certified_auto_label(pool, calib, truth_cal, target_error=cfg.target_error, delta=cfg.delta))
+    out["n_unlabelled"] = int(rest.sum())
+    r = P.certified_auto_label(pool, calib, truth_cal, target_error=cfg.target_error, delta=cfg.delta, per_class=True)
+    out["per_class"] = summary(r)
+    out["per_class"]["classes_certified"] = sum(k.certified for k in r.class_certificates)
     return out
 
 

@@ -303,7 +303,7 @@ PYBIND11_MODULE(_core, m) {
                                     const py::capsule& labels, double target_error, double delta, int class_axis,
                                     const std::string& unit, std::optional<double> max_voxel_error,
                                     const py::object& pool_confidence, const py::object& calib_confidence,
-                                    std::int64_t scan_start) {
+                                    std::int64_t scan_start, bool per_class) {
         CertifyOptions opt;
         opt.target_error = target_error;
         opt.delta = delta;
@@ -313,6 +313,7 @@ PYBIND11_MODULE(_core, m) {
         opt.pool_confidence = prop_view(pool_confidence, "pool_confidence", false);
         opt.calib_confidence = prop_view(calib_confidence, "calib_confidence", false);
         opt.scan_start = scan_start;
+        opt.per_class = per_class;
         const TensorView pv = view_of(pool_probs, "pool_probs", false);
         const TensorView cv = view_of(calib_probs, "calib_probs", false);
         const TensorView lv = view_of(calib_labels, "calib_labels", false);
@@ -327,11 +328,14 @@ PYBIND11_MODULE(_core, m) {
         d["n_pool"] = r.n_pool;
         d["n_accepted"] = r.n_accepted;
         d["coverage"] = r.coverage;
+        py::list classes;
+        for (const auto& c : r.class_certificates) classes.append(certificate_dict(c));
+        d["class_certificates"] = classes;
         return d;
       },
       py::arg("pool_probs"), py::arg("calib_probs"), py::arg("calib_labels"), py::arg("accepted"), py::arg("labels"),
       py::arg("target_error"), py::arg("delta"), py::arg("class_axis"), py::arg("unit"), py::arg("max_voxel_error"),
-      py::arg("pool_confidence"), py::arg("calib_confidence"), py::arg("scan_start") = 0);
+      py::arg("pool_confidence"), py::arg("calib_confidence"), py::arg("scan_start") = 0, py::arg("per_class") = false);
   m.def(
       "label_issues",
       [prop_view](const py::capsule& probs, const py::capsule& given_labels, const py::capsule& indices,

@@ -134,6 +134,7 @@ UnitFailure unit_pass_t(const UnitJob& job) {
           }
         }
         if (job.unit_conf) job.unit_conf[unit] = conf;
+        if (job.unit_class) job.unit_class[unit] = arg;
         conf_sum += conf;
         if (has_labels) {
           const std::int64_t lab = read_int(job.labels.data, job.labels.dtype, w.off[2]);
@@ -209,7 +210,7 @@ std::int64_t write_pass_t(const WriteJob& job) {
         bool ok = image_ok;
         if (!image_unit) {
           const double conf = conf_voxel ? read_float(job.confidence.data, job.confidence.dtype, w.off[1]) : best;
-          ok = job.certified && conf >= job.threshold;
+          ok = conf >= job.threshold[arg];  // false for a NaN threshold (class not certified)
           acc[w.off[3]] = ok ? 1 : 0;
           count += ok;
         }

@@ -209,6 +209,86 @@ TEST_CASE("certified_auto_label on classification: decisions follow the threshol
   }
 }
 
+TEST_CASE("certified_auto_label per_class: one naive scan per predicted class at delta / C", "[propagation]") {
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  const std::int64_t C = 3, M = 4000, N = 1500;
+  const double prior[C] = {0.7, 0.2, 0.1}, err_floor[C] = {0.0, 0.02, 0.1};
+  // [n, C] float64 probabilities; per-class error floor, plus a rate growing below confidence 0.9
+  // (none above it, so that class 0 always certifies)
+  auto make = [&](std::int64_t n, std::vector<double>& p, std::vector<std::int64_t>& y) {
+    p.resize(n * C);
+    y.resize(n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double u = U(rng);
+      const int cls = u < prior[0] ? 0 : (u < prior[0] + prior[1] ? 1 : 2);
+      const double conf = std::round((0.5 + 0.5 * U(rng)) * 64) / 64;  // ties
+      for (int c = 0; c < C; ++c) p[i * C + c] = c == cls ? conf : (1 - conf) / (C - 1);
+      const bool wrong = U(rng) < err_floor[cls] + (conf < 0.9 ? 0.5 * (0.9 - conf) : 0.0);
+      y[i] = U(rng) < 0.1 ? -1 : (wrong ? (cls + 1) % C : cls);
+    }
+  };
+  std::vector<double> cp, pp;
+  std::vector<std::int64_t> cy, py;
+  make(M, cp, cy);
+  make(N, pp, py);
+  std::vector<std::uint8_t> acc(N, 7);
+  std::vector<std::int64_t> lab(N, 99);
+  CertifyOptions o;
+  o.target_error = 0.05;
+  o.delta = 0.1;
+  o.per_class = true;
+  const AutoLabelResult R = certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {M, C}),
+                                                 TensorView::of(cy.data(), {M}), TensorView::of(acc.data(), {N}),
+                                                 TensorView::of(lab.data(), {N}), o);
+  REQUIRE(R.class_certificates.size() == static_cast<std::size_t>(C));
+  auto argmax = [&](const std::vector<double>& p, std::int64_t i) {
+    return static_cast<int>(std::max_element(p.begin() + i * C, p.begin() + (i + 1) * C) - (p.begin() + i * C));
+  };
+  std::vector<double> thr(C, NAN);
+  std::int64_t labelled = 0, certified = 0;
+  for (int c = 0; c < C; ++c) {
+    std::vector<std::pair<double, int>> units;
+    for (std::int64_t i = 0; i < M; ++i)
+      if (cy[i] >= 0 && argmax(cp, i) == c) units.push_back({cp[i * C + c], cy[i] != c});
+    labelled += static_cast<std::int64_t>(units.size());
+    const RefScan want = ref_scan(units, o.target_error, o.delta / C);
+    const ThresholdCertificate& k = R.class_certificates[c];
+    INFO("class " << c << ": " << k.reason);
+    CHECK(k.delta == Approx(o.delta / C));
+    CHECK(k.n_calibration == static_cast<std::int64_t>(units.size()));
+    REQUIRE(k.certified == want.certified);
+    if (!want.certified) continue;
+    ++certified;
+    CHECK(k.threshold == want.threshold);
+    CHECK(k.n_calibration_accepted == want.j);
+    CHECK(k.calibration_errors == want.k);
+    thr[c] = k.threshold;
+  }
+  CHECK(R.class_certificates[0].certified);  // class 0: no error above 0.9, far more than j0 units there
+  CHECK(R.certificate.certified == (certified > 0));
+  CHECK(std::isnan(R.certificate.threshold));
+  CHECK(R.certificate.n_calibration == labelled);
+  std::int64_t n_acc = 0;
+  for (std::int64_t i = 0; i < N; ++i) {
+    const int arg = argmax(pp, i);
+    const bool want = pp[i * C + arg] >= thr[arg];  // false for NaN
+    CHECK(acc[i] == want);
+    CHECK(lab[i] == (want ? arg : -1));
+    n_acc += want;
+  }
+  CHECK(R.n_accepted == n_acc);
+  // per_class needs Item units
+  o.unit = AcceptUnit::Image;
+  o.max_voxel_error = 0.1;
+  CHECK_THROWS_WITH(certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {M, C}),
+                                         TensorView::of(cy.data(), {M}), TensorView::of(acc.data(), {N}),
+                                         TensorView::of(lab.data(), {N}), o),
+                    Catch::Contains("per_class: only with unit=item"));
+}
+
 TEST_CASE("certified_auto_label on segmentation maps: voxel and image units, unlabelled voxels", "[propagation]") {
   const std::uint64_t seed = fresh_seed();
   INFO("seed " << seed);

@@ -162,6 +162,108 @@ def test_auto_label_matches_reference_and_threshold(rng, dtype):
     assert r.score == "max_prob" and r.unit == "item" and r.reason == ""
 
 
+def _by_class(rng, n, C, prior, floor, slope, ties=False):
+    """Items predicted as class c (prior[c]) with top probability s ~ U(0.5, 1) (on a grid of 0.025 with
+    ties) and a wrong label with probability floor[c] + slope[c] (1 - s) / 0.5: error rates that differ
+    by predicted class."""
+    top = rng.choice(C, size=n, p=prior)
+    s = rng.uniform(0.5, 1.0, size=n)
+    if ties:
+        s = np.round(s * 40) / 40
+    p = np.repeat(((1 - s) / (C - 1))[:, None], C, axis=1)
+    p[np.arange(n), top] = s
+    wrong = rng.uniform(size=n) < np.asarray(floor)[top] + np.asarray(slope)[top] * (1 - s) / 0.5
+    y = np.where(wrong, (top + rng.integers(1, C, size=n)) % C, top)
+    return p, y
+
+
+@pytest.mark.parametrize("layout", ["items", "voxels"])
+def test_per_class_matches_reference(rng, layout):
+    """per_class: every predicted class scanned on its own at delta / C (brute-force reference), each
+    pool unit accepted when its confidence reaches its predicted class's threshold; the summary fields."""
+    C, alpha, delta = 4, 0.05, 0.1
+    prior, floor, slope = [0.55, 0.25, 0.15, 0.05], [0.0, 0.01, 0.09, 0.0], [0.06, 0.2, 0.1, 0.02]
+    n_certified = 0
+    for trial in range(6):
+        cp, cy = _by_class(rng, 6000, C, prior, floor, slope, ties=trial % 2 == 1)
+        pp, _ = _by_class(rng, 4000, C, prior, floor, slope, ties=trial % 2 == 1)
+        cy = np.where(rng.uniform(size=len(cy)) < 0.2, -1, cy)  # unlabelled calibration units
+        if layout == "voxels":  # [M, C, H, W] label maps, channels in axis 1
+            cp = cp.reshape(60, 10, 10, C).transpose(0, 3, 1, 2)
+            pp = pp.reshape(40, 10, 10, C).transpose(0, 3, 1, 2)
+            cy = cy.reshape(60, 10, 10)
+        r = P.certified_auto_label(pp, cp, cy, target_error=alpha, delta=delta, per_class=True)
+        flat_c = np.moveaxis(cp, 1, -1).reshape(-1, C).astype(np.float64)
+        flat_p = np.moveaxis(pp, 1, -1).reshape(-1, C).astype(np.float64)
+        lab = cy.reshape(-1)
+        pred_c, conf_c = flat_c.argmax(axis=1), flat_c.max(axis=1)
+        pred_p, conf_p = flat_p.argmax(axis=1), flat_p.max(axis=1)
+        assert len(r.class_certificates) == C
+        thr = np.full(C, np.nan)
+        for c in range(C):
+            m = (pred_c == c) & (lab >= 0)
+            want = ref_certify(conf_c[m], lab[m] != c, alpha, delta / C)
+            k = r.class_certificates[c]
+            assert k.certified == (want is not None), k.reason
+            assert k.delta == pytest.approx(delta / C) and k.n_calibration == m.sum()
+            assert k.min_calibration == P.min_certifiable_count(alpha, delta / C)
+            if want is None:
+                assert np.isnan(k.threshold) and f"predicted as class {c}" in k.reason
+                continue
+            assert (k.threshold, k.n_calibration_accepted, k.calibration_errors) == want[:3]
+            assert k.bound == pytest.approx(want[3], rel=1e-9)
+            thr[c] = k.threshold
+        with np.errstate(invalid="ignore"):
+            acc = conf_p >= thr[pred_p]
+        np.testing.assert_array_equal(np.asarray(r.accepted).reshape(-1), acc)
+        np.testing.assert_array_equal(np.asarray(r.labels).reshape(-1), np.where(acc, pred_p, -1))
+        cert = [k for k in r.class_certificates if k.certified]
+        n_certified += len(cert)
+        assert r.certified == bool(cert) and np.isnan(r.threshold) and r.delta == delta
+        assert r.n_calibration == (lab >= 0).sum() and r.n_accepted == acc.sum()
+        assert r.n_calibration_accepted == sum(k.n_calibration_accepted for k in cert)
+        assert r.calibration_errors == sum(k.calibration_errors for k in cert)
+        if cert:
+            assert r.bound == max(k.bound for k in cert) and r.reason == ""
+        else:
+            assert np.isnan(r.bound) and r.reason.startswith("per_class: no class could be certified")
+        with pytest.raises(ValueError, match="one threshold per predicted class"):
+            r.accept(conf_p)
+    assert n_certified >= 6
+    assert P.certified_auto_label(pp, cp, cy, target_error=alpha, delta=delta).class_certificates == ()
+
+
+def test_simulation_per_class_guarantee_holds_where_the_pooled_scan_fails(rng):
+    """A frequent, easy class and a rare class whose error is >= 8 % at any confidence. The pooled scan
+    certifies on the easy class's strength and auto-labels the rare class at >= 8 % error in almost
+    every draw; per_class keeps every class's realised error <= target_error in at least about
+    1 - delta of the draws (typical: 0 / 300 draws with a class above the target)."""
+    C, alpha, delta, draws = 3, 0.05, 0.1, 300
+    prior, floor, slope = [0.8, 0.1, 0.1], [0.0, 0.08, 0.0], [0.08, 0.3, 0.06]
+    pool, truth = _by_class(rng, 100_000, C, prior, floor, slope)
+    pred = pool.argmax(axis=1)
+    pooled_bad = pooled_cert = per_class_bad = per_class_cert = 0
+    for _ in range(draws):
+        cp, cy = _by_class(rng, 3000, C, prior, floor, slope)
+        for per_class in (False, True):
+            r = P.certified_auto_label(pool, cp, cy, target_error=alpha, delta=delta, per_class=per_class)
+            if not r.certified:
+                continue
+            acc = np.asarray(r.accepted)
+            worst = max((np.mean(r.labels[acc & (pred == c)] != truth[acc & (pred == c)])
+                         for c in range(C) if (acc & (pred == c)).any()), default=0.0)
+            if per_class:
+                per_class_cert += 1
+                per_class_bad += worst > alpha
+            else:
+                pooled_cert += 1
+                pooled_bad += worst > alpha
+    print(f"a class above the target: pooled {pooled_bad}/{pooled_cert}, per class {per_class_bad}/{per_class_cert}")
+    assert pooled_cert >= draws // 2 and per_class_cert >= draws // 2
+    assert per_class_bad <= stats.binom.isf(1e-7, draws, delta)
+    assert pooled_bad >= 0.8 * pooled_cert
+
+
 def test_scores_from_uncertainty_metrics(rng):
     cp, cy = _classification(rng, 1000)
     pp, _ = _classification(rng, 400)
@@ -270,6 +372,9 @@ def test_image_unit(rng):
         P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image")
     with pytest.raises(ValueError, match="max_voxel_error: only used with unit=image"):
         P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, max_voxel_error=0.1)
+    with pytest.raises(ValueError, match="per_class: only with unit=item"):
+        P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image", max_voxel_error=0.1,
+                               per_class=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -334,36 +439,36 @@ def _volume(rng, slices, side=32, block=8):
 
 def test_simulation_correlated_voxels_clicks_from_the_pool_hold_clicks_on_few_slices_do_not(rng):
     """Per-voxel certification of a volume whose voxel errors are correlated within slices and blocks.
-    Calibration clicks drawn uniformly from the very pool that is auto-labelled make the binomial bound
-    exact whatever the correlation (the randomness is the draw of the clicks; the bound is on this pool's
-    error rate): the realised error exceeds the target in at most about delta of the draws. The same
-    number of clicks on 5 held-out slices measure those 5 slices' errors only, and the bound fails far
-    more often (over 2000 draws: 7.1 % of the certified draws against 46 %) - what docs/propagation.md
-    and the campaign's design say."""
-    alpha, delta, draws, clicks = 0.05, 0.1, 400, 4000
+    Design-based: the pool (80 slices) is fixed, and the randomness is the draw of 4000 clicks (4.9 % of
+    its voxels), uniform without replacement. The realised error of the auto-labelled (unclicked) voxels
+    above the threshold must exceed the target in at most about delta of the draws, for each fixed pool.
+    The same number of clicks on 5 other slices of the same kind measure those 5 slices only, and fail
+    far more often. Typical (3 pools x 200 draws): 6-8 % of the certified draws against ~45 %."""
+    alpha, delta, draws, clicks = 0.05, 0.1, 200, 4000
     pool_draws = pool_exceed = slice_draws = slice_exceed = 0
-    for _ in range(draws):
-        z, wrong = _volume(rng, 45)
-        pz, pw = z[:40].ravel(), wrong[:40].ravel()
-        pick = rng.choice(pz.size, clicks, replace=False)
-        cert = P.certify_threshold(pz[pick], pw[pick], target_error=alpha, delta=delta)
-        rest = np.ones(pz.size, dtype=bool)
-        rest[pick] = False
-        if cert.certified:
-            acc = rest & np.asarray(cert.accept(pz))
-            pool_draws += 1
-            pool_exceed += pw[acc].mean() > alpha
-        cz, cw = z[40:].ravel(), wrong[40:].ravel()
-        pick = rng.choice(cz.size, clicks, replace=False)
-        cert = P.certify_threshold(cz[pick], cw[pick], target_error=alpha, delta=delta)
-        if cert.certified:
-            acc = np.asarray(cert.accept(pz))
-            slice_draws += 1
-            slice_exceed += pw[acc].mean() > alpha
+    for _ in range(3):
+        z, wrong = _volume(rng, 80)
+        pz, pw = z.ravel(), wrong.ravel()
+        for _ in range(draws):
+            pick = rng.choice(pz.size, clicks, replace=False)
+            cert = P.certify_threshold(pz[pick], pw[pick], target_error=alpha, delta=delta)
+            rest = np.ones(pz.size, dtype=bool)
+            rest[pick] = False
+            if cert.certified:
+                acc = rest & np.asarray(cert.accept(pz))
+                pool_draws += 1
+                pool_exceed += pw[acc].mean() > alpha
+            cz, cw = (a.ravel() for a in _volume(rng, 5))
+            pick = rng.choice(cz.size, clicks, replace=False)
+            cert = P.certify_threshold(cz[pick], cw[pick], target_error=alpha, delta=delta)
+            if cert.certified:
+                slice_draws += 1
+                slice_exceed += pw[np.asarray(cert.accept(pz))].mean() > alpha
     print(f"clicks from the pool: {pool_exceed}/{pool_draws}; clicks on 5 slices: {slice_exceed}/{slice_draws}")
-    assert pool_draws >= draws // 2 and slice_draws >= draws // 2
-    assert pool_exceed <= stats.binom.isf(1e-7, pool_draws, delta)
-    assert slice_exceed >= 0.25 * slice_draws  # ~0.46 expected: the failure the docs warn about is real
+    assert pool_draws >= 3 * draws // 2 and slice_draws >= 3 * draws // 2
+    # about delta + 3.7 sigma: a method at exactly delta fails 1e-4 of the runs; at 6-8 %, never
+    assert pool_exceed <= stats.binom.isf(1e-4, pool_draws, delta)
+    assert slice_exceed >= 0.25 * slice_draws  # ~0.45 expected: the failure the docs warn about is real
 
 
 # ---------------------------------------------------------------------------------------------------

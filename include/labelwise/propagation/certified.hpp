@@ -23,10 +23,6 @@
 // at the critical level λ* = sup{λ : R(λ) >= target_error}, where it becomes delta + P(no calibration
 // unit scores exactly λ*). `bound` is the Clopper–Pearson bound at ĵ (<= target_error); the promise is
 // target_error, not `bound` (a selected bound is not by itself a 1 - delta bound).
-// Voxels are not i.i.d. (neighbours share their errors); (i) then holds in the design-based sense when
-// the calibration voxels are drawn uniformly at random from the pool voxels to be auto-labelled
-// ("clicks" a human labels): the guarantee is then about that pool's error rate, over the draw of the
-// clicks. Calibration voxels from a few other images measure those images only (docs/propagation.md).
 //
 // Shape contract of certified_auto_label
 //   pool_probs   : [N, C, *spatial] probabilities (class axis = options.class_axis; any strides);
@@ -48,13 +44,23 @@
 //          Image = every index of the first label-map axis; an image's confidence is the mean of its
 //          voxel confidences, and a calibration image counts as wrong when more than
 //          options.max_voxel_error of its labelled voxels are mislabelled.
-//          Assumption (i) is about units: for Item units of a segmentation it needs calibration voxels
-//          drawn independently (e.g. sparse random clicks, every other voxel -1). The voxels of densely
-//          labelled calibration images are correlated, so their binomial bound is optimistic — certify
-//          whole images (Image) instead, whose calibration images are i.i.d.
+//          Assumption (i) is about units. Voxels are not independent (neighbours share their errors);
+//          for Item units of a segmentation, draw the calibration voxels uniformly at random from the
+//          pool voxels to be auto-labelled ("clicks" a human labels, every other voxel -1), at most a
+//          few percent of them: the bound is then about that pool's error above the threshold, over
+//          the draw of the clicks, whatever the correlation (approximately: docs/propagation.md,
+//          "Voxels and images"). Clicks on a few other images measure those images only, and densely
+//          labelled calibration images overstate the calibration size: certify whole images (Image).
+//   Per class (options.per_class, Item unit only): the units are split by their predicted (arg-max)
+//          class and every class is scanned on its own at delta / C (Bonferroni over the C classes),
+//          with its own threshold. Guarantee: with probability >= 1 - delta, simultaneously for every
+//          class c, the error rate among units auto-labelled c is below target_error (hence also
+//          among all auto-labelled units). For segmentation, where background voxels dominate, the
+//          pooled scan can certify a low overall error while a rare foreground class is mostly wrong;
+//          the per-class scan cannot.
 //
 // Errors (labelwise::Error): target_error / delta outside (0, 1); max_voxel_error outside [0, 1) or
-// missing for unit Image, or set for unit Item; scan_start < 0; NaN / Inf / negative / unnormalised probabilities (naming the first bad unit);
+// missing for unit Image, or set for unit Item; per_class with unit Image; scan_start < 0; NaN / Inf / negative / unnormalised probabilities (naming the first bad unit);
 // NaN confidences; labels < -1 or >= C; wrong ranks, shapes, dtypes; empty pool or calibration;
 // only one of the two confidences; CUDA inputs (Type: the CUDA path is not implemented yet; these
 // functions run on the CPU). A calibration set too small, or whose most confident units already
@@ -101,7 +107,14 @@ struct ThresholdCertificate {
 
 /// The certificate plus what it did to the pool.
 struct AutoLabelResult {
+  /// The scan's certificate. With options.per_class, a summary of class_certificates: certified when
+  /// any class is, threshold NaN (the thresholds are per class), bound the largest certified class
+  /// bound, n_calibration all labelled units, n_calibration_accepted / calibration_errors summed over
+  /// the certified classes, min_calibration / scan_start those of one class (at delta / C), delta the
+  /// overall delta, reason empty when any class is certified.
   ThresholdCertificate certificate;
+  /// options.per_class only: [C], entry c certifies the units predicted as class c at delta / C.
+  std::vector<ThresholdCertificate> class_certificates;
   std::int64_t n_pool = 0;      ///< pool units (items, voxels or images)
   std::int64_t n_accepted = 0;  ///< pool units accepted
   double coverage = 0.0;        ///< n_accepted / n_pool
@@ -123,6 +136,9 @@ struct CertifyOptions {
   /// calibration units (at j0 = min_certifiable_count a single one stops the scan) at the price of
   /// never certifying fewer than j0 calibration units. 0 = min_certifiable_count.
   std::int64_t scan_start = 0;
+  /// Item unit only: one threshold per predicted class, each class scanned at delta / C (see
+  /// "Per class" above); the result's class_certificates hold them.
+  bool per_class = false;
   /// Optional per-unit confidences (higher = more confident), both or neither; default-constructed
   /// (data == nullptr) = not given: the maximum class probability is used.
   TensorView pool_confidence;
