@@ -172,20 +172,48 @@ std::int64_t max_allowed_errors(std::int64_t n, std::int64_t k_ok, double alpha,
   return lo;
 }
 
-/// Steps 1-4 of the fixed-sequence scan (include/labelwise/propagation/certified.hpp).
-ThresholdCertificate scan(std::vector<Scored>& units, double alpha, double delta, std::int64_t scan_start,
-                          const char* plural) {
+/// One scan's data: the calibration units' distinct scores (the cuts of the pool grid), the
+/// calibration counts at each cut, and the pool units counted between the cuts.
+struct Calibration {
+  detail::PoolGrid grid;
+  std::vector<std::int64_t> J, K;  // [cut.size()]: calibration units, and wrong ones, with score >= cut[i]
+  std::int64_t n = 0;
+  // Calibration counts of a pool unit in interval i (units scoring at least as high as it does).
+  std::int64_t J_at(std::int64_t i) const { return i == 0 ? 0 : J[i - 1]; }
+  std::int64_t K_at(std::int64_t i) const { return i == 0 ? 0 : K[i - 1]; }
+};
+
+/// Sorts the calibration units and sets up the grid (its pool counts zeroed).
+Calibration calibrate(std::vector<Scored>& units) {
+  std::sort(units.begin(), units.end(), [](const Scored& a, const Scored& b) { return a.score > b.score; });
+  Calibration cal;
+  cal.n = static_cast<std::int64_t>(units.size());
+  std::int64_t K = 0;
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    K += units[u].error;
+    if (u + 1 < units.size() && units[u + 1].score == units[u].score) continue;  // inside a run of ties
+    cal.grid.cut.push_back(units[u].score);
+    cal.J.push_back(static_cast<std::int64_t>(u + 1));
+    cal.K.push_back(K);
+  }
+  cal.grid.reset();
+  return cal;
+}
+
+/// The fixed-sequence scan over the pool's own confidences (include/labelwise/propagation/certified.hpp).
+ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, std::int64_t scan_start,
+                          const std::string& plural) {
   ThresholdCertificate c;
   c.target_error = alpha;
   c.delta = delta;
-  const std::int64_t n = static_cast<std::int64_t>(units.size());
+  const std::int64_t n = cal.n;
   c.min_calibration = min_certifiable_count(alpha, delta);
   const std::int64_t j0 = std::max(c.min_calibration, scan_start);
   c.n_calibration = n;
   c.scan_start = j0;
   const std::string settings = "target_error=" + num(alpha) + " at delta=" + num(delta);
   if (n == 0) {
-    c.reason = std::string("no labelled calibration ") + plural + ": nothing can be certified";
+    c.reason = "no labelled calibration " + plural + ": nothing can be certified";
     return c;
   }
   if (n < c.min_calibration) {
@@ -199,40 +227,51 @@ ThresholdCertificate scan(std::vector<Scored>& units, double alpha, double delta
                " < scan_start = " + std::to_string(j0) + "; nothing can be certified";
     return c;
   }
-  std::sort(units.begin(), units.end(), [](const Scored& a, const Scored& b) { return a.score > b.score; });
-  std::int64_t K = 0, k_allowed = -1, best = 0, best_K = 0;
-  for (std::int64_t j = 1; j <= n; ++j) {
-    K += units[j - 1].error;
-    if (j < j0) continue;
-    if (j < n && units[j - 1].score == units[j].score) continue;  // inside a run of ties
-    if (K > k_allowed) {
-      if (detail::binomial_cdf(K, j, alpha) > delta) {
-        if (best == 0) {
-          c.reason = "the " + std::to_string(j) + " most confident calibration " + plural + " contain " +
-                     std::to_string(K) + " wrong: Clopper-Pearson bound " +
-                     num(detail::clopper_pearson_upper(K, j, delta)) +
-                     " > " + settings + "; nothing can be certified at this calibration size (more calibration data, "
+  const detail::PoolGrid& g = cal.grid;
+  std::int64_t pool = 0;
+  for (const std::int64_t v : g.count) pool += v;
+  if (pool == 0) {
+    c.reason = "no pool " + plural + ": nothing to certify";
+    return c;
+  }
+  // Start at the pool's k most confident units, k = ceil(pool * min(1, 2 j0 / n)): about 2 j0
+  // calibration units score as high when calibration and pool come from one distribution.
+  const double q = std::min(1.0, 2.0 * static_cast<double>(j0) / static_cast<double>(n));
+  const std::int64_t k = std::min(pool, std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(q * pool))));
+  const std::int64_t m = static_cast<std::int64_t>(g.cut.size());
+  std::int64_t i = 0;
+  for (std::int64_t seen = g.count[0]; seen < k;) seen += g.count[++i];
+  std::int64_t last = -1, k_allowed = -1;
+  for (; i <= m; ++i) {
+    if (g.count[i] == 0) continue;  // no pool confidence here: no threshold to test
+    const std::int64_t J = cal.J_at(i), K = cal.K_at(i);
+    if (K > k_allowed) {  // K <= k_allowed passes: the binomial CDF at K falls as J grows
+      if (J == 0 || detail::binomial_cdf(K, J, alpha) > delta) {
+        if (last < 0) {
+          c.reason = "the scan starts at the pool's " + std::to_string(k) + " most confident " + plural + ", and the " +
+                     std::to_string(J) + " calibration " + plural + " scoring as high contain " + std::to_string(K) +
+                     " wrong: Clopper-Pearson bound " + num(detail::clopper_pearson_upper(K, J, delta)) + " > " +
+                     settings + "; nothing can be certified at this calibration size (more calibration data, "
                      "a larger target_error or a better model are needed)";
         }
         break;
       }
-      k_allowed = max_allowed_errors(j, K, alpha, delta);
+      k_allowed = max_allowed_errors(J, K, alpha, delta);
     }
-    best = j;
-    best_K = K;
+    last = i;
   }
-  if (best == 0) return c;
+  if (last < 0) return c;
   c.certified = true;
-  c.threshold = units[best - 1].score;
-  c.n_calibration_accepted = best;
-  c.calibration_errors = best_K;
-  c.bound = detail::clopper_pearson_upper(best_K, best, delta);
+  c.threshold = g.min_score[last];
+  c.n_calibration_accepted = cal.J_at(last);
+  c.calibration_errors = cal.K_at(last);
+  c.bound = detail::clopper_pearson_upper(c.calibration_errors, c.n_calibration_accepted, delta);
   return c;
 }
 
 /// The per-class scan: every class c on its own units at delta / C; returns the summary certificate
 /// (include/labelwise/propagation/certified.hpp, AutoLabelResult::certificate) and fills `classes`.
-ThresholdCertificate per_class_scan(std::vector<std::vector<Scored>>& by_class, double alpha, double delta,
+ThresholdCertificate per_class_scan(const std::vector<Calibration>& by_class, double alpha, double delta,
                                     std::int64_t scan_start, const char* plural,
                                     std::vector<ThresholdCertificate>& classes) {
   const int C = static_cast<int>(by_class.size());
@@ -244,8 +283,8 @@ ThresholdCertificate per_class_scan(std::vector<std::vector<Scored>>& by_class, 
   std::string reasons;
   classes.clear();
   for (int c = 0; c < C; ++c) {
-    const std::string what = std::string(plural) + " predicted as class " + std::to_string(c);
-    classes.push_back(scan(by_class[c], alpha, class_delta, scan_start, what.c_str()));
+    classes.push_back(scan(by_class[c], alpha, class_delta, scan_start,
+                           std::string(plural) + " predicted as class " + std::to_string(c)));
     const ThresholdCertificate& k = classes.back();
     s.n_calibration += k.n_calibration;
     s.min_calibration = k.min_calibration;
@@ -265,6 +304,28 @@ ThresholdCertificate per_class_scan(std::vector<std::vector<Scored>>& by_class, 
 }
 
 bool given(const TensorView& v) { return v.data != nullptr || v.ndim != 0; }
+
+/// Calls fn(flat index, element offset) over the view's elements in row-major order (any strides).
+template <typename Fn>
+void for_each_offset(const TensorView& v, Fn&& fn) {
+  const std::int64_t n = v.numel();
+  std::vector<std::int64_t> idx(static_cast<std::size_t>(v.ndim), 0);
+  std::int64_t off = 0;
+  for (std::int64_t u = 0; u < n; ++u) {
+    fn(u, off);
+    for (int d = v.ndim - 1; d >= 0; --d) {
+      off += v.strides[d];
+      if (++idx[d] < v.shape[d]) break;
+      off -= v.strides[d] * v.shape[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+double read_score(const TensorView& v, std::int64_t off) {
+  return v.dtype == DType::Float64 ? static_cast<const double*>(v.data)[off]
+                                   : static_cast<double>(static_cast<const float*>(v.data)[off]);
+}
 
 }  // namespace
 
@@ -328,14 +389,17 @@ AcceptUnit accept_unit_from_name(const std::string& name) {
 }
 
 ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const TensorView& calib_errors,
-                                       double target_error, double delta, std::int64_t scan_start) {
+                                       const TensorView& pool_confidence, double target_error, double delta,
+                                       std::int64_t scan_start) {
   check_unit_interval(target_error, "target_error");
   check_unit_interval(delta, "delta");
   check(scan_start >= 0, ErrorKind::Value, "scan_start: expected >= 0 (0 = min_certifiable_count), got ", scan_start);
   check_cpu(calib_confidence, "certify_threshold", "calib_confidence");
   check_cpu(calib_errors, "certify_threshold", "calib_errors");
-  check(is_float(calib_confidence.dtype), ErrorKind::Type, "calib_confidence: expected dtype float32 or float64, got ",
-        dtype_name(calib_confidence.dtype));
+  check_cpu(pool_confidence, "certify_threshold", "pool_confidence");
+  for (const auto& [v, what] : {std::pair<const TensorView*, const char*>{&calib_confidence, "calib_confidence"},
+                                {&pool_confidence, "pool_confidence"}})
+    check(is_float(v->dtype), ErrorKind::Type, what, ": expected dtype float32 or float64, got ", dtype_name(v->dtype));
   check(is_label_dtype(calib_errors.dtype) || calib_errors.dtype == DType::Bool, ErrorKind::Type,
         "calib_errors: expected dtype bool, uint8, int32 or int64, got ", dtype_name(calib_errors.dtype));
   check(calib_errors.sizes() == calib_confidence.sizes(), ErrorKind::Value, "calib_errors: expected shape ",
@@ -343,33 +407,32 @@ ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const
   const std::int64_t n = checked_numel(calib_confidence, "calib_confidence");
   check(n == 0 || (calib_confidence.data && calib_errors.data), ErrorKind::Value,
         "calib_confidence: data pointer is null");
+  const std::int64_t n_pool = checked_numel(pool_confidence, "pool_confidence");
+  check(n_pool == 0 || pool_confidence.data, ErrorKind::Value, "pool_confidence: data pointer is null");
   std::vector<Scored> units(static_cast<std::size_t>(n));
-  // Row-major walk of the logical shape (any strides).
-  std::vector<std::int64_t> idx(static_cast<std::size_t>(calib_confidence.ndim), 0);
-  for (std::int64_t u = 0; u < n; ++u) {
-    std::int64_t oc = 0, oe = 0;
-    for (int d = 0; d < calib_confidence.ndim; ++d) {
-      oc += idx[d] * calib_confidence.strides[d];
-      oe += idx[d] * calib_errors.strides[d];
-    }
-    const double s = calib_confidence.dtype == DType::Float64 ? static_cast<const double*>(calib_confidence.data)[oc]
-                                                              : static_cast<const float*>(calib_confidence.data)[oc];
+  for_each_offset(calib_confidence, [&](std::int64_t u, std::int64_t off) {
+    const double s = read_score(calib_confidence, off);
     check(!std::isnan(s), ErrorKind::Value, "calib_confidence: entry [", u, "] is NaN");
+    units[static_cast<std::size_t>(u)].score = s;
+  });
+  for_each_offset(calib_errors, [&](std::int64_t u, std::int64_t off) {
     std::int64_t e = 0;
     switch (calib_errors.dtype) {
-      case DType::Int64: e = static_cast<const std::int64_t*>(calib_errors.data)[oe]; break;
-      case DType::Int32: e = static_cast<const std::int32_t*>(calib_errors.data)[oe]; break;
-      default: e = static_cast<const std::uint8_t*>(calib_errors.data)[oe]; break;
+      case DType::Int64: e = static_cast<const std::int64_t*>(calib_errors.data)[off]; break;
+      case DType::Int32: e = static_cast<const std::int32_t*>(calib_errors.data)[off]; break;
+      default: e = static_cast<const std::uint8_t*>(calib_errors.data)[off]; break;
     }
     check(e == 0 || e == 1, ErrorKind::Value, "calib_errors: entry [", u, "] is ", e,
           "; expected 0 (right) or 1 (wrong)");
-    units[static_cast<std::size_t>(u)] = {s, static_cast<std::uint8_t>(e)};
-    for (int d = calib_confidence.ndim - 1; d >= 0; --d) {
-      if (++idx[d] < calib_confidence.shape[d]) break;
-      idx[d] = 0;
-    }
-  }
-  return scan(units, target_error, delta, scan_start, "items");
+    units[static_cast<std::size_t>(u)].error = static_cast<std::uint8_t>(e);
+  });
+  Calibration cal = calibrate(units);
+  for_each_offset(pool_confidence, [&](std::int64_t u, std::int64_t off) {
+    const double s = read_score(pool_confidence, off);
+    check(!std::isnan(s), ErrorKind::Value, "pool_confidence: entry [", u, "] is NaN");
+    cal.grid.add(s);
+  });
+  return scan(cal, target_error, delta, scan_start, "items");
 }
 
 std::vector<std::vector<std::int64_t>> auto_label_shapes(const TensorView& pool_probs, const CertifyOptions& options) {
@@ -481,21 +544,8 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   detail::UnitFailure f = detail::unit_pass_cpu(cj);
   if (f.status) throw_unit_failure(f, Q, "calib_probs", "calib_confidence", "calib_labels");
 
-  // ---- pool validation pass (nothing is written to the outputs before every input is validated)
-  detail::UnitJob pj = unit_job(P, has_conf ? &opt.pool_confidence : nullptr, pool_conf_per_image);
-  const std::int64_t N = P.map.shape[0];
-  std::vector<double> p_img_conf;
-  if (image_unit) {
-    p_img_conf.resize(N);
-    pj.image_conf = p_img_conf.data();
-  }
-  f = detail::unit_pass_cpu(pj);
-  if (f.status) throw_unit_failure(f, P, "pool_probs", "pool_confidence", "labels");
-
-  // ---- certify
-  const char* plural = image_unit ? "images" : (Q.map.ndim > 1 ? "voxels" : "items");
-  AutoLabelResult R;
-  std::vector<double> thresholds(static_cast<std::size_t>(P.C));  // per predicted class (Item unit)
+  // ---- the calibration units of each scan: all of them, or those predicted as each class
+  std::vector<Calibration> cals;
   if (image_unit) {
     std::vector<Scored> units;
     for (std::int64_t i = 0; i < M; ++i) {
@@ -503,20 +553,43 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
       const bool wrong = static_cast<double>(c_wrong[i]) > opt.max_voxel_error * static_cast<double>(c_labelled[i]);
       units.push_back({c_img_conf[i], static_cast<std::uint8_t>(wrong)});
     }
-    R.certificate = scan(units, opt.target_error, opt.delta, opt.scan_start, plural);
-  } else if (!opt.per_class) {
-    std::vector<Scored> units;
-    units.reserve(static_cast<std::size_t>(Q.map.count));
+    cals.push_back(calibrate(units));
+  } else {
+    std::vector<std::vector<Scored>> units(opt.per_class ? static_cast<std::size_t>(P.C) : 1);
     for (std::int64_t u = 0; u < Q.map.count; ++u)
-      if (c_err[u] >= 0) units.push_back({c_conf[u], static_cast<std::uint8_t>(c_err[u])});
-    R.certificate = scan(units, opt.target_error, opt.delta, opt.scan_start, plural);
+      if (c_err[u] >= 0) units[opt.per_class ? c_class[u] : 0].push_back({c_conf[u], static_cast<std::uint8_t>(c_err[u])});
+    for (auto& g : units) cals.push_back(calibrate(g));
+  }
+
+  // ---- pool validation pass, counting the pool's confidences between the calibration cuts
+  // (nothing is written to the outputs before every input is validated)
+  std::vector<detail::PoolGrid> grids;
+  for (const Calibration& c : cals) grids.push_back(c.grid);
+  detail::UnitJob pj = unit_job(P, has_conf ? &opt.pool_confidence : nullptr, pool_conf_per_image);
+  const std::int64_t N = P.map.shape[0];
+  std::vector<double> p_img_conf;
+  if (image_unit) {
+    p_img_conf.resize(N);
+    pj.image_conf = p_img_conf.data();
+  } else {
+    pj.grids = &grids;
+    pj.class_grids = opt.per_class;
+  }
+  f = detail::unit_pass_cpu(pj);
+  if (f.status) throw_unit_failure(f, P, "pool_probs", "pool_confidence", "labels");
+  if (image_unit)
+    for (const double c : p_img_conf) grids[0].add(c);
+  for (std::size_t g = 0; g < cals.size(); ++g) cals[g].grid = std::move(grids[g]);
+
+  // ---- certify
+  const char* plural = image_unit ? "images" : (Q.map.ndim > 1 ? "voxels" : "items");
+  AutoLabelResult R;
+  std::vector<double> thresholds(static_cast<std::size_t>(P.C));  // per predicted class (Item unit)
+  if (!opt.per_class) {
+    R.certificate = scan(cals[0], opt.target_error, opt.delta, opt.scan_start, plural);
     std::fill(thresholds.begin(), thresholds.end(), R.certificate.threshold);  // NaN when not certified
   } else {
-    std::vector<std::vector<Scored>> by_class(static_cast<std::size_t>(P.C));
-    for (std::int64_t u = 0; u < Q.map.count; ++u)
-      if (c_err[u] >= 0) by_class[c_class[u]].push_back({c_conf[u], static_cast<std::uint8_t>(c_err[u])});
-    R.certificate = per_class_scan(by_class, opt.target_error, opt.delta, opt.scan_start, plural,
-                                   R.class_certificates);
+    R.certificate = per_class_scan(cals, opt.target_error, opt.delta, opt.scan_start, plural, R.class_certificates);
     for (int c = 0; c < P.C; ++c) thresholds[c] = R.class_certificates[c].threshold;
   }
   const ThresholdCertificate& cert = R.certificate;

@@ -43,6 +43,24 @@ struct UnitFailure {
   std::int64_t value = 0;
 };
 
+/// The calibration cuts of one scan and the pool units counted between them: `cut` holds the distinct
+/// calibration scores, descending; a pool unit with confidence s falls in interval i = the number of
+/// cuts >= s (0: above every cut; cut.size(): at or below the last), and count[i] / min_score[i] are
+/// the number of pool units there and their smallest confidence.
+struct PoolGrid {
+  std::vector<double> cut;
+  std::vector<std::int64_t> count;  // [cut.size() + 1]
+  std::vector<double> min_score;    // [cut.size() + 1], +inf where count is 0
+  std::int64_t interval(double s) const;
+  void reset();
+  void add(double s) {
+    const std::int64_t i = interval(s);
+    ++count[i];
+    if (s < min_score[i]) min_score[i] = s;
+  }
+  void merge(const PoolGrid& other);
+};
+
 /// One validated pass over probabilities (+ optional confidences and labels).
 struct UnitJob {
   MapLayout map;
@@ -57,6 +75,9 @@ struct UnitJob {
   double* unit_conf = nullptr;          // [count] per-voxel confidence
   std::int8_t* unit_error = nullptr;    // [count] -1 unlabelled, 0 right, 1 wrong (needs labels)
   std::int32_t* unit_class = nullptr;   // [count] predicted (arg-max) class
+  // Item units: every unit counted in grids[0], or with class_grids in grids[its predicted class]
+  std::vector<PoolGrid>* grids = nullptr;
+  bool class_grids = false;
   double* image_conf = nullptr;         // [N] mean voxel confidence (or the given per-image one)
   std::int64_t* image_wrong = nullptr;  // [N] mislabelled voxels (needs labels)
   std::int64_t* image_labelled = nullptr;  // [N] labelled voxels (needs labels)

@@ -403,7 +403,7 @@ def autolabel_rest(model, Xp, yp, labeled, calib, cfg: Config, seed: int) -> Dic
     probs_cal = mc_log_probs(model, Xp[calib], cfg.samples, seed=seed + 8).exp().mean(dim=1)
     r = P.certified_auto_label(probs_rest.numpy(), probs_cal.numpy(), yp[calib], target_error=cfg.target_error,
                                delta=cfg.delta)
-    return SEG.autolabel_summary(r, yp[rest], n_rest=int(rest.sum()), n_calibration=int(calib.sum()))
+    return SEG.autolabel_summary(r, yp[rest], n_calibration=int(calib.sum()))
 
 
 # ---------------------------------------------------------------------------------------------

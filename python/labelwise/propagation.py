@@ -194,10 +194,11 @@ def certified_auto_label(
 ) -> AutoLabelResult:
     """Auto-labels the pool items whose confidence passes a threshold certified on the calibration set.
 
-    Guarantee (``docs/propagation.md``): if calibration and pool units are i.i.d. from one distribution
-    and the error rate among accepted units does not fall when the threshold is lowered, then with
-    probability >= ``1 - delta`` over the calibration draw, the expected error rate of an auto-labelled
-    unit is below ``target_error``.
+    Guarantee (``docs/propagation.md``): if the calibration units are i.i.d. draws of the distribution
+    the pool units come from, then with probability >= ``1 - delta`` over the calibration draw, the
+    expected error rate of an auto-labelled unit is below ``target_error``. The candidate thresholds
+    are the pool's own confidences (fixed before any calibration label is seen), tested from the most
+    confident down; nothing is assumed about how the error rate varies with the threshold.
 
     score: ``"max_prob"`` (default), or the name of a single-prediction uncertainty metric of
         :mod:`labelwise.uncertainty` (``"margin"``, ``"predictive_entropy"``, ...; computed from the
@@ -276,15 +277,23 @@ def certified_auto_label(
 
 
 def certify_threshold(
-    calib_confidence: Any, calib_errors: Any, *, target_error: float, delta: float, scan_start: int = 0
+    calib_confidence: Any,
+    calib_errors: Any,
+    *,
+    pool_confidence: Any,
+    target_error: float,
+    delta: float,
+    scan_start: int = 0,
 ) -> ThresholdCertificate:
-    """The calibration scan alone: calibration confidences (any shape, float; higher = more confident)
-    and their losses (same shape; 0 = right, 1 = wrong; bool or integers) -> :class:`ThresholdCertificate`.
-    Apply it to new data with ``certificate.accept(confidence)``."""
+    """The calibration scan alone: calibration confidences (any shape, float; higher = more confident),
+    their losses (same shape; 0 = right, 1 = wrong; bool or integers) and the confidences of the pool
+    to be accepted (any shape, float; the scan's candidate thresholds) -> :class:`ThresholdCertificate`.
+    Apply it to the pool with ``certificate.accept(pool_confidence)``."""
     c = _arrays.as_array(calib_confidence, "calib_confidence")
     e = _arrays.as_array(calib_errors, "calib_errors")
+    p = _arrays.as_array(pool_confidence, "pool_confidence")
     r = _core.certify_threshold(
-        _arrays.capsule(c), _arrays.capsule(e), float(target_error), float(delta), int(scan_start)
+        _arrays.capsule(c), _arrays.capsule(e), _arrays.capsule(p), float(target_error), float(delta), int(scan_start)
     )
     return ThresholdCertificate(**r)
 

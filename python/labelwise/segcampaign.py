@@ -92,19 +92,23 @@ class SegDataset:
 # data
 
 
-def autolabel_summary(r, truth: np.ndarray, *, n_rest: int, n_calibration: int) -> Dict:
+def autolabel_summary(r, truth: np.ndarray, *, n_calibration: int, keep: Optional[np.ndarray] = None) -> Dict:
     """The raw numbers of one certified auto-labelling (a propagation.certified_auto_label result) against
-    the withheld truth, as the campaigns' results.json stores them (classification and segmentation)."""
-    acc = np.asarray(r.accepted)
-    labels = np.asarray(r.labels)
+    the withheld truth, as the campaigns' results.json stores them (classification and segmentation).
+    ``keep``: the pool units that are auto-labelled (default all; the segmentation campaign leaves out
+    its calibration clicks, which keep their human label); ``truth`` is over those."""
+    acc = np.asarray(r.accepted).reshape(-1)
+    labels = np.asarray(r.labels).reshape(-1)
+    if keep is not None:
+        acc, labels = acc[keep], labels[keep]
     n_acc = int(acc.sum())
     return {
         "certified": bool(r.certified),
         "reason": r.reason,
         "threshold": float(r.threshold),
         "bound": float(r.bound),
-        "coverage": float(r.coverage),
-        "n_rest": n_rest,
+        "coverage": n_acc / len(truth) if len(truth) else 0.0,
+        "n_rest": int(len(truth)),
         "n_accepted": n_acc,
         "realised_error": float((labels[acc] != truth[acc]).mean()) if n_acc else None,
         "n_calibration": n_calibration,
@@ -444,12 +448,15 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarr
     threshold for all voxels and with one per predicted class (``per_class=True``, result in
     ``["per_class"]``).
 
-    The calibration set is ``seg_calib_clicks`` voxels drawn uniformly at random, without replacement,
-    from the unlabelled pool voxels themselves and labelled by the humans (here: the withheld truth);
-    the rest is auto-labelled. Because the clicks are a simple random sample of the population whose
-    error is bounded, the binomial bound needs no independence between voxels: neighbouring voxels may
+    The calibration set is ``seg_calib_clicks`` voxels (at most 5 %) drawn uniformly at random, without
+    replacement, from the unlabelled pool voxels themselves and labelled by the humans (here: the
+    withheld truth). The whole pool, clicks included, is passed as the pool (its confidences are the
+    scan's candidate thresholds, so they must not depend on the draw); the clicks keep their human
+    label and the others are auto-labelled. Because the clicks are a simple random sample of the voxels
+    whose error is bounded, the bound needs no independence between voxels: neighbouring voxels may
     share their errors (they do). Clicks on a few separate slices would measure those slices only
-    (docs/campaign.md). The realised error is measured on the auto-labelled voxels against the truth."""
+    (docs/propagation.md, "Voxels and images"). The realised error is measured on the auto-labelled
+    voxels against the truth."""
     rest = ~labmask & d.data_mask()  # unlabelled voxels of the image (padding is neither labelled nor data)
     mp = mc_maps(model, x_pool, cfg.samples, ["predictive_entropy"], seed + 7, return_mean=True)["mean"]  # [P, C, H, W]
     probs = np.ascontiguousarray(mp.permute(0, 2, 3, 1).numpy()[rest])  # [n_rest, C]
@@ -460,12 +467,12 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarr
     n_clicks = min(cfg.seg_calib_clicks, len(truth) // 20)
     clicked = np.zeros(len(truth), dtype=bool)
     clicked[rng.choice(len(truth), size=n_clicks, replace=False)] = True
-    pool, calib = np.ascontiguousarray(probs[~clicked]), np.ascontiguousarray(probs[clicked])
-    truth_cal, truth = truth[clicked], truth[~clicked]
+    calib, truth_cal = np.ascontiguousarray(probs[clicked]), truth[clicked]
+    auto, truth = ~clicked, truth[~clicked]
 
     def summary(r) -> Dict:
-        out = autolabel_summary(r, truth, n_rest=len(truth), n_calibration=n_clicks)
-        acc, labels = np.asarray(r.accepted), np.asarray(r.labels)
+        out = autolabel_summary(r, truth, n_calibration=n_clicks, keep=auto)
+        acc, labels = np.asarray(r.accepted)[auto], np.asarray(r.labels)[auto]
         fg = truth[acc] > 0
         out["realised_error_foreground"] = float((labels[acc][fg] != truth[acc][fg]).mean()) if fg.any() else None
         # the realised error of the worst predicted class among those with >= 100 auto-labelled voxels
@@ -475,9 +482,9 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarr
         out["unit"] = "voxel"
         return out
 
-    out = summary(P.certified_auto_label(pool, calib, truth_cal, target_error=cfg.target_error, delta=cfg.delta))
+    out = summary(P.certified_auto_label(probs, calib, truth_cal, target_error=cfg.target_error, delta=cfg.delta))
     out["n_unlabelled"] = int(rest.sum())
-    r = P.certified_auto_label(pool, calib, truth_cal, target_error=cfg.target_error, delta=cfg.delta, per_class=True)
+    r = P.certified_auto_label(probs, calib, truth_cal, target_error=cfg.target_error, delta=cfg.delta, per_class=True)
     out["per_class"] = summary(r)
     out["per_class"]["classes_certified"] = sum(k.certified for k in r.class_certificates)
     return out

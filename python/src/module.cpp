@@ -283,18 +283,21 @@ PYBIND11_MODULE(_core, m) {
       py::arg("pool_probs"), py::arg("class_axis"), py::arg("unit"));
   m.def(
       "certify_threshold",
-      [certificate_dict](const py::capsule& calib_confidence, const py::capsule& calib_errors, double target_error,
-                         double delta, std::int64_t scan_start) {
+      [certificate_dict](const py::capsule& calib_confidence, const py::capsule& calib_errors,
+                         const py::capsule& pool_confidence, double target_error, double delta,
+                         std::int64_t scan_start) {
         const TensorView cv = view_of(calib_confidence, "calib_confidence", false);
         const TensorView ev = view_of(calib_errors, "calib_errors", false);
+        const TensorView pv = view_of(pool_confidence, "pool_confidence", false);
         ThresholdCertificate c;
         {
           py::gil_scoped_release release;
-          c = certify_threshold(cv, ev, target_error, delta, scan_start);
+          c = certify_threshold(cv, ev, pv, target_error, delta, scan_start);
         }
         return certificate_dict(c);
       },
-      py::arg("calib_confidence"), py::arg("calib_errors"), py::arg("target_error"), py::arg("delta"),
+      py::arg("calib_confidence"), py::arg("calib_errors"), py::arg("pool_confidence"), py::arg("target_error"),
+      py::arg("delta"),
       py::arg("scan_start") = 0);
   m.def(
       "certified_auto_label",

@@ -96,6 +96,26 @@ struct FirstFailure {
   }
 };
 
+}  // namespace
+
+std::int64_t PoolGrid::interval(double s) const {
+  return std::partition_point(cut.begin(), cut.end(), [s](double c) { return c >= s; }) - cut.begin();
+}
+
+void PoolGrid::reset() {
+  count.assign(cut.size() + 1, 0);
+  min_score.assign(cut.size() + 1, std::numeric_limits<double>::infinity());
+}
+
+void PoolGrid::merge(const PoolGrid& other) {
+  for (std::size_t i = 0; i < count.size(); ++i) {
+    count[i] += other.count[i];
+    min_score[i] = std::min(min_score[i], other.min_score[i]);
+  }
+}
+
+namespace {
+
 template <typename T>
 UnitFailure unit_pass_t(const UnitJob& job) {
   const MapLayout& M = job.map;
@@ -105,10 +125,16 @@ UnitFailure unit_pass_t(const UnitJob& job) {
   const std::int64_t* strides[Walker::kArrays] = {job.probs.stride, conf_voxel ? job.confidence.stride : nullptr,
                                                   has_labels ? job.labels.stride : nullptr, nullptr};
   FirstFailure first;
+  std::mutex grid_mutex;
   const std::int64_t grain = std::max<std::int64_t>(1, 65536 / std::max<std::int64_t>(1, M.per_image));
   parallel_for(N, grain, [&](std::int64_t b, std::int64_t e, int) {
     Walker w(M, strides);
     const T* P = static_cast<const T*>(job.probs.data);
+    std::vector<PoolGrid> grids;  // this worker's counts, merged at the end (integer counts and minima:
+    if (job.grids) {              // the merge order does not matter)
+      grids = *job.grids;
+      for (auto& g : grids) g.reset();
+    }
     for (std::int64_t i = b; i < e; ++i) {
       const std::int64_t base[Walker::kArrays] = {i * job.probs.stride[0],
                                                   conf_voxel ? i * job.confidence.stride[0] : 0,
@@ -135,6 +161,7 @@ UnitFailure unit_pass_t(const UnitJob& job) {
         }
         if (job.unit_conf) job.unit_conf[unit] = conf;
         if (job.unit_class) job.unit_class[unit] = arg;
+        if (job.grids) grids[job.class_grids ? arg : 0].add(conf);
         conf_sum += conf;
         if (has_labels) {
           const std::int64_t lab = read_int(job.labels.data, job.labels.dtype, w.off[2]);
@@ -168,6 +195,10 @@ UnitFailure unit_pass_t(const UnitJob& job) {
       }
       if (job.image_wrong) job.image_wrong[i] = wrong;
       if (job.image_labelled) job.image_labelled[i] = labelled;
+    }
+    if (job.grids) {
+      std::lock_guard<std::mutex> lock(grid_mutex);
+      for (std::size_t g = 0; g < grids.size(); ++g) (*job.grids)[g].merge(grids[g]);
     }
   });
   return first.any ? first.f : UnitFailure{};

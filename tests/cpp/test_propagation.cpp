@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -21,35 +22,41 @@ using namespace labelwise;
 namespace {
 
 
-/// Naive reference of the scan: every drop point from the top, Clopper–Pearson by bisection on the
-/// naive CDF, stop at the first bound above alpha.
+/// Naive reference of the scan: the candidate thresholds are the pool's distinct confidences,
+/// descending, from the k-th largest on (k = ceil(N min(1, 2 j0 / n))); at each, count the calibration
+/// units at or above it, Clopper–Pearson by bisection on the naive CDF, stop at the first bound above
+/// alpha.
 struct RefScan {
   bool certified = false;
   double threshold = NAN;
   std::int64_t j = 0, k = 0;
 };
-RefScan ref_scan(std::vector<std::pair<double, int>> u, double alpha, double delta) {
-  std::sort(u.begin(), u.end(), [](auto& a, auto& b) { return a.first > b.first; });
+RefScan ref_scan(const std::vector<std::pair<double, int>>& u, std::vector<double> pool, double alpha, double delta) {
   RefScan r;
-  int K = 0;
-  const int n = static_cast<int>(u.size());
-  for (int j = 1; j <= n; ++j) {
-    K += u[j - 1].second;
-    if (j < n && u[j - 1].first == u[j].first) continue;
-    // Clopper–Pearson upper bound by bisection: largest theta with P(Bin(j, theta) <= K) >= delta.
+  const std::int64_t n = static_cast<std::int64_t>(u.size()), N = static_cast<std::int64_t>(pool.size());
+  std::int64_t j0 = 1;
+  while (std::pow(1.0 - alpha, static_cast<double>(j0)) > delta) ++j0;
+  if (n < j0 || N == 0) return r;
+  std::sort(pool.begin(), pool.end(), std::greater<double>());
+  const double q = std::min(1.0, 2.0 * static_cast<double>(j0) / static_cast<double>(n));
+  const std::int64_t k = std::min<std::int64_t>(N, std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(q * N))));
+  for (std::int64_t p = k - 1; p < N; ++p) {
+    if (p > k - 1 && pool[p] == pool[p - 1]) continue;  // distinct candidates
+    const double lambda = pool[p];
+    std::int64_t J = 0, K = 0;
+    for (const auto& [s, e] : u)
+      if (s >= lambda) ++J, K += e;
+    // Clopper–Pearson upper bound by bisection: largest theta with P(Bin(J, theta) <= K) >= delta.
     double lo = 0.0, hi = 1.0;
-    if (K == j) lo = 1.0;
-    for (int it = 0; it < 200 && K < j; ++it) {
+    if (K == J) lo = 1.0;
+    for (int it = 0; it < 200 && K < J; ++it) {
       const double mid = 0.5 * (lo + hi);
-      (ref::binomial_cdf(K, j, mid) >= delta ? lo : hi) = mid;
+      (ref::binomial_cdf(static_cast<int>(K), static_cast<int>(J), mid) >= delta ? lo : hi) = mid;
     }
-    const double bound = lo;
-    const bool too_small_to_matter = 1.0 - std::pow(delta, 1.0 / j) > alpha;  // j < j0: skipped
-    if (too_small_to_matter) continue;
-    if (bound > alpha) break;
+    if (lo > alpha) break;
     r.certified = true;
-    r.threshold = u[j - 1].first;
-    r.j = j;
+    r.threshold = lambda;
+    r.j = J;
     r.k = K;
   }
   return r;
@@ -113,20 +120,22 @@ TEST_CASE("certify_threshold equals a naive scan on random calibration sets", "[
   std::uniform_real_distribution<double> U(0.0, 1.0);
   int certified = 0;
   for (int t = 0; t < 60; ++t) {
-    const int n = 20 + static_cast<int>(U(rng) * 400);
+    const int n = 20 + static_cast<int>(U(rng) * 400), N = 1 + static_cast<int>(U(rng) * 300);
     const bool discrete = t % 3 == 0;  // ties
-    std::vector<double> s(n);
+    auto score = [&] { return discrete ? std::floor(U(rng) * 8) / 8 : U(rng); };
+    std::vector<double> s(n), pool(N);
     std::vector<std::uint8_t> e(n);
     std::vector<std::pair<double, int>> ref;
     for (int i = 0; i < n; ++i) {
-      s[i] = discrete ? std::floor(U(rng) * 8) / 8 : U(rng);
+      s[i] = score();
       e[i] = U(rng) < 0.3 * (1 - s[i]) * (1 - s[i]);
       ref.push_back({s[i], e[i]});
     }
+    for (auto& v : pool) v = score();
     const double alpha = 0.03 + 0.1 * U(rng), delta = 0.02 + 0.2 * U(rng);
-    const ThresholdCertificate c =
-        certify_threshold(TensorView::of(s.data(), {n}), TensorView::of(e.data(), {n}), alpha, delta);
-    const RefScan r = ref_scan(ref, alpha, delta);
+    const ThresholdCertificate c = certify_threshold(TensorView::of(s.data(), {n}), TensorView::of(e.data(), {n}),
+                                                     TensorView::of(pool.data(), {N}), alpha, delta);
+    const RefScan r = ref_scan(ref, pool, alpha, delta);
     INFO("n " << n << " alpha " << alpha << " delta " << delta << " reason " << c.reason);
     REQUIRE(c.certified == r.certified);
     CHECK(c.n_calibration == n);
@@ -253,8 +262,11 @@ TEST_CASE("certified_auto_label per_class: one naive scan per predicted class at
     std::vector<std::pair<double, int>> units;
     for (std::int64_t i = 0; i < M; ++i)
       if (cy[i] >= 0 && argmax(cp, i) == c) units.push_back({cp[i * C + c], cy[i] != c});
+    std::vector<double> pool_c;
+    for (std::int64_t i = 0; i < N; ++i)
+      if (argmax(pp, i) == c) pool_c.push_back(pp[i * C + c]);
     labelled += static_cast<std::int64_t>(units.size());
-    const RefScan want = ref_scan(units, o.target_error, o.delta / C);
+    const RefScan want = ref_scan(units, pool_c, o.target_error, o.delta / C);
     const ThresholdCertificate& k = R.class_certificates[c];
     INFO("class " << c << ": " << k.reason);
     CHECK(k.delta == Approx(o.delta / C));
@@ -437,14 +449,15 @@ TEST_CASE("the certified error holds over repeated calibration draws (simulation
   const int draws = 400, n = 300;
   int exceed = 0, certified = 0;
   for (int t = 0; t < draws; ++t) {
-    std::vector<double> s(n);
+    std::vector<double> s(n), pool(1000);
     std::vector<std::uint8_t> e(n);
     for (int i = 0; i < n; ++i) {
       s[i] = 0.5 + 0.5 * U(rng);
       e[i] = U(rng) < eta(s[i]);
     }
-    const ThresholdCertificate c =
-        certify_threshold(TensorView::of(s.data(), {n}), TensorView::of(e.data(), {n}), alpha, delta);
+    for (auto& v : pool) v = 0.5 + 0.5 * U(rng);
+    const ThresholdCertificate c = certify_threshold(TensorView::of(s.data(), {n}), TensorView::of(e.data(), {n}),
+                                                     TensorView::of(pool.data(), {1000}), alpha, delta);
     if (!c.certified) continue;
     ++certified;
     exceed += risk(c.threshold) >= alpha;

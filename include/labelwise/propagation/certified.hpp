@@ -3,25 +3,29 @@
 // pool items the model labels (those at or above the threshold) is <= target_error.
 // The method, its guarantee and the proof: docs/propagation.md.
 //
-// Procedure (Learn-then-Test fixed-sequence scan with Clopper–Pearson p-values)
+// Procedure (Learn-then-Test: fixed-sequence testing over the pool's own confidences, exact
+// binomial p-values)
 //   1. Every calibration unit u has a confidence s_u (higher = more confident) and a loss e_u in {0, 1}
-//      (1 = the model's label is wrong). Sort by s descending: s_(1) >= s_(2) >= ... >= s_(n).
-//   2. j0 = min_certifiable_count(target_error, delta) (fewer units can never certify), or the larger
-//      options.scan_start.
-//   3. For j = j0, j0 + 1, ..., n, skipping j inside a run of tied scores (s_(j) == s_(j+1)):
-//      K_j = errors among the j most confident units; if clopper_pearson_upper(K_j, j, delta) >
-//      target_error STOP, else remember j. (Equivalently: P(Binomial(j, target_error) <= K_j) > delta.)
-//   4. The last remembered j = ĵ gives threshold = s_(ĵ); pool units with s >= threshold are accepted.
-//      None remembered: nothing is accepted, threshold = NaN, certified = false, and `reason` says why.
-// Guarantee (proof in docs/propagation.md): if (i) the calibration and pool units are i.i.d. draws of
-// one distribution and (ii) R(λ) = P(wrong | s >= λ) is non-increasing in λ (lowering the threshold
-// never lowers the error rate among accepted units), then over the calibration draw
-//     P( R(threshold) >= target_error ) <= delta,
+//      (1 = the model's label is wrong); every pool unit v a confidence t_v. For a threshold λ let
+//      J(λ) = #{u : s_u >= λ} and K(λ) = #{u : s_u >= λ, e_u = 1}.
+//   2. The candidate thresholds are the pool's distinct confidences, descending — fixed before any
+//      calibration label is seen. j0 = max(min_certifiable_count(target_error, delta), options.scan_start);
+//      the scan starts at the k-th largest pool confidence, k = ceil(N_pool * min(1, 2 j0 / n)), where
+//      about 2 j0 calibration units score as high (a candidate with few calibration units above it
+//      could never pass, and a failure there would end the scan).
+//   3. Down the candidates from there: if P(Binomial(J(λ), target_error) <= K(λ)) > delta (the
+//      Clopper–Pearson bound exceeds target_error; always when J(λ) = 0) STOP, else remember λ.
+//   4. The last remembered λ = threshold; pool units with t >= threshold are accepted (equal
+//      confidences together). None remembered: nothing accepted, threshold = NaN, certified = false,
+//      `reason` says why.
+// Guarantee (proof in docs/propagation.md): if (i) the calibration units are i.i.d. draws of the
+// distribution the pool units come from, independent of the pool, then over the calibration draw
+//     P( R(threshold) >= target_error ) <= delta,   R(λ) = P(wrong | s >= λ),
 // i.e. with probability >= 1 - delta the expected error rate of an auto-labelled unit is below
-// target_error (the realised rate on a finite pool scatters binomially around it). Ties: equal scores
-// are accepted or rejected together; the statement is exact unless the score distribution has an atom
-// at the critical level λ* = sup{λ : R(λ) >= target_error}, where it becomes delta + P(no calibration
-// unit scores exactly λ*). `bound` is the Clopper–Pearson bound at ĵ (<= target_error); the promise is
+// target_error (the realised rate on a finite pool scatters binomially around it). Nothing is assumed
+// about the shape of R or about ties: each candidate is a hypothesis "R(λ) >= target_error" fixed in
+// advance, tested in a fixed order, and a wrong certificate needs the first true one to pass.
+// `bound` is the Clopper–Pearson bound at the threshold (<= target_error); the promise is
 // target_error, not `bound` (a selected bound is not by itself a 1 - delta bound).
 //
 // Shape contract of certified_auto_label
@@ -46,11 +50,12 @@
 //          options.max_voxel_error of its labelled voxels are mislabelled.
 //          Assumption (i) is about units. Voxels are not independent (neighbours share their errors);
 //          for Item units of a segmentation, draw the calibration voxels uniformly at random from the
-//          pool voxels to be auto-labelled ("clicks" a human labels, every other voxel -1), at most a
-//          few percent of them: the bound is then about that pool's error above the threshold, over
-//          the draw of the clicks, whatever the correlation (approximately: docs/propagation.md,
-//          "Voxels and images"). Clicks on a few other images measure those images only, and densely
-//          labelled calibration images overstate the calibration size: certify whole images (Image).
+//          pool voxels to be auto-labelled ("clicks" a human labels, every other voxel -1) and pass
+//          the whole pool: then, over the draw of the clicks, the error rate of the pool voxels at or
+//          above the threshold (clicks included) is below target_error with probability >= 1 - delta
+//          (for delta < 1/2), whatever the correlation (docs/propagation.md, "Voxels and images").
+//          Clicks on a few other images measure those images only, and densely labelled calibration
+//          images overstate the calibration size: certify whole images (Image) then.
 //   Per class (options.per_class, Item unit only): the units are split by their predicted (arg-max)
 //          class and every class is scanned on its own at delta / C (Bonferroni over the C classes),
 //          with its own threshold. Guarantee: with probability >= 1 - delta, simultaneously for every
@@ -145,12 +150,15 @@ struct CertifyOptions {
   TensorView calib_confidence;
 };
 
-/// The scan alone, on given calibration scores and losses.
+/// The scan alone, on given calibration scores and losses and the pool's confidences (the thresholds
+/// it tests; the certificate's threshold is one of them).
 ///   calib_confidence : [n] (any shape; numel units), float32 / float64, CPU, no NaN (±inf allowed)
 ///   calib_errors     : same shape, bool / uint8 / int32 / int64 with values 0 (right) or 1 (wrong)
-/// n = 0 is allowed (nothing certified).
+///   pool_confidence  : [N] (any shape), float32 / float64, CPU, no NaN: the units to be accepted
+/// n = 0 or N = 0 is allowed (nothing certified).
 ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const TensorView& calib_errors,
-                                       double target_error, double delta, std::int64_t scan_start = 0);
+                                       const TensorView& pool_confidence, double target_error, double delta,
+                                       std::int64_t scan_start = 0);
 
 /// The shapes certified_auto_label writes: {accepted shape, labels shape}.
 std::vector<std::vector<std::int64_t>> auto_label_shapes(const TensorView& pool_probs,
