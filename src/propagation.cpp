@@ -234,10 +234,13 @@ ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, st
     c.reason = "no pool " + plural + ": nothing to certify";
     return c;
   }
-  // Start at the pool's k most confident units, k = ceil(pool * min(1, 2 j0 / n)): about 2 j0
-  // calibration units score as high when calibration and pool come from one distribution.
-  const double q = std::min(1.0, 2.0 * static_cast<double>(j0) / static_cast<double>(n));
-  const std::int64_t k = std::min(pool, std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(q * pool))));
+  // Start at the pool's k most confident units, k = ceil(pool * min(1, 2 j0 / n)) in exact integer
+  // arithmetic: about 2 j0 calibration units score as high when calibration and pool come from one
+  // distribution. (j0 >= 1 and pool >= 1, so k >= 1.)
+  const std::int64_t k = 2 * j0 >= n ? pool
+                                     : static_cast<std::int64_t>((static_cast<unsigned __int128>(2 * j0) * pool + n - 1) /
+                                                                 static_cast<unsigned __int128>(n));
+  c.start_rank = k;
   const std::int64_t m = static_cast<std::int64_t>(g.cut.size());
   std::int64_t i = 0;
   for (std::int64_t seen = g.count[0]; seen < k;) seen += g.count[++i];
@@ -275,7 +278,16 @@ ThresholdCertificate per_class_scan(const std::vector<Calibration>& by_class, do
                                     std::int64_t scan_start, const char* plural,
                                     std::vector<ThresholdCertificate>& classes) {
   const int C = static_cast<int>(by_class.size());
-  const double class_delta = delta / C;
+  // Bonferroni over the classes the pool predicts (fixed given the pool): a class with no pool unit
+  // has nothing to certify and no test.
+  int tested = 0;
+  for (const Calibration& cal : by_class)
+    for (const std::int64_t v : cal.grid.count)
+      if (v > 0) {
+        ++tested;
+        break;
+      }
+  const double class_delta = delta / std::max(tested, 1);
   ThresholdCertificate s;
   s.target_error = alpha;
   s.delta = delta;
@@ -299,7 +311,9 @@ ThresholdCertificate per_class_scan(const std::vector<Calibration>& by_class, do
     }
   }
   if (!s.certified)
-    s.reason = "per_class: no class could be certified (each class at delta / C = " + num(class_delta) + "): " + reasons;
+    s.reason = "per_class: no class could be certified (each of the " + std::to_string(tested) +
+               " classes predicted in the pool at delta / " + std::to_string(tested) + " = " + num(class_delta) +
+               "): " + reasons;
   return s;
 }
 

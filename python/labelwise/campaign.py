@@ -510,7 +510,7 @@ def _seg_columns(cert: List[Dict]) -> str:
 def _per_class_table(by: Dict, key: str, cfg: Config) -> List[str]:
     """The same auto-labelling with one certified threshold per predicted class (per_class=True)."""
     lines = [f"The same clicks with one threshold per predicted class (`per_class=True`: each class certified "
-             f"on its own at δ / C, so that every class's error among its auto-labelled voxels is below the "
+             f"on its own at δ / C' for the C' classes the pool predicts, so that every class's error among its auto-labelled voxels is below the "
              f"target, not just the total):", "",
              "| strategy | certified runs | classes certified (mean) | coverage of the rest (mean) | "
              "realised error (mean, max) | realised error on foreground voxels (mean) | worst predicted "

@@ -99,7 +99,8 @@ class ThresholdCertificate:
     n_calibration_accepted: int  #: calibration units at or above the threshold
     calibration_errors: int  #: wrong ones among them
     min_calibration: int  #: smallest calibration set that can certify anything at (target_error, delta)
-    scan_start: int  #: where the fixed-sequence scan started (>= min_calibration)
+    scan_start: int  #: j0 = max(min_calibration, the scan_start asked for)
+    start_rank: int  #: k: the scan began at the pool's k-th most confident unit (about 2 j0 calibration units above)
     target_error: float
     delta: float
     reason: str  #: empty when certified; otherwise why nothing could be certified
@@ -121,7 +122,8 @@ class AutoLabelResult(ThresholdCertificate):
     n_accepted: int = 0
     unit: str = "item"
     score: str = "max_prob"  #: the confidence used ("given" for caller-supplied confidences)
-    #: per_class=True only: one certificate per predicted class (index = class), each at delta / C;
+    #: per_class=True only: one certificate per predicted class (index = class), each at delta / C'
+    #: (C' = classes the pool predicts);
     #: the fields above then summarise them (``threshold`` is NaN: the thresholds are per class)
     class_certificates: Tuple[ThresholdCertificate, ...] = ()
 
@@ -211,10 +213,12 @@ def certified_auto_label(
         axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
         counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
         are mislabelled.
-    scan_start: start the scan at this many most-confident calibration units instead of the minimum
-        (:func:`min_certifiable_count`); see ``docs/propagation.md``.
+    scan_start: j0, instead of the minimum (:func:`min_certifiable_count`): the scan then starts where
+        about ``2 * scan_start`` calibration units score as high, tolerating a few more errors among the
+        most confident; see ``docs/propagation.md``.
     per_class: ``unit="item"`` only. Certify every predicted (arg-max) class on its own, at
-        ``delta / C`` each, with its own threshold: then with probability >= ``1 - delta`` the error
+        ``delta / C'`` each (C' = classes the pool predicts), with its own threshold: then with
+        probability >= ``1 - delta`` the error
         rate among the units auto-labelled c is below ``target_error`` for every class c at once —
         not just overall, where a dominant easy class (background) can hide a rare one that is mostly
         wrong. The thresholds are in ``class_certificates``.

@@ -262,6 +262,7 @@ PYBIND11_MODULE(_core, m) {
     d["calibration_errors"] = c.calibration_errors;
     d["min_calibration"] = c.min_calibration;
     d["scan_start"] = c.scan_start;
+    d["start_rank"] = c.start_rank;
     d["target_error"] = c.target_error;
     d["delta"] = c.delta;
     d["reason"] = c.reason;

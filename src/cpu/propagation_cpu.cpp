@@ -130,10 +130,12 @@ UnitFailure unit_pass_t(const UnitJob& job) {
   parallel_for(N, grain, [&](std::int64_t b, std::int64_t e, int) {
     Walker w(M, strides);
     const T* P = static_cast<const T*>(job.probs.data);
-    std::vector<PoolGrid> grids;  // this worker's counts, merged at the end (integer counts and minima:
-    if (job.grids) {              // the merge order does not matter)
-      grids = *job.grids;
-      for (auto& g : grids) g.reset();
+    // This worker's counts, merged at the end (integer counts and minima: the merge order does not
+    // matter). Only the cuts are read from the shared grids; their counts are written under the lock.
+    std::vector<PoolGrid> grids(job.grids ? job.grids->size() : 0);
+    for (std::size_t g = 0; g < grids.size(); ++g) {
+      grids[g].cut = (*job.grids)[g].cut;
+      grids[g].reset();
     }
     for (std::int64_t i = b; i < e; ++i) {
       const std::int64_t base[Walker::kArrays] = {i * job.probs.stride[0],

@@ -83,10 +83,10 @@ def test_binomial_cdf_and_min_certifiable_count(rng):
 # the threshold against a brute-force reference
 
 
-def ref_certify(conf, err, pool, alpha, delta):
+def ref_certify(conf, err, pool, alpha, delta, scan_start=0):
     """Brute force from the definition: the candidate thresholds are the pool's distinct confidences,
     descending, from the k-th largest on, k = ceil(N min(1, 2 j0 / n)) with j0 the smallest n whose
-    zero-error bound is <= alpha; at each, the calibration units at or above it and their Clopper-Pearson
+    zero-error bound is <= alpha (or scan_start if larger); at each, the calibration units at or above it and their Clopper-Pearson
     bound from scipy; stop at the first bound above alpha. Returns (threshold, n_accepted, errors, bound)
     or None."""
     conf, err = np.asarray(conf, dtype=np.float64), np.asarray(err, dtype=np.int64)
@@ -95,9 +95,10 @@ def ref_certify(conf, err, pool, alpha, delta):
     j0 = 1
     while 1 - delta ** (1 / j0) > alpha:
         j0 += 1
+    j0 = max(j0, scan_start)
     if n < j0 or N == 0:
         return None
-    k = min(N, max(1, int(np.ceil(min(1.0, 2 * j0 / n) * N))))
+    k = N if 2 * j0 >= n else -(-2 * j0 * N // n)  # ceil(N * 2 j0 / n), exactly
     best = None
     for lam in np.unique(pool[k - 1:])[::-1]:
         above = conf >= lam
@@ -122,8 +123,13 @@ def test_certify_threshold_matches_bruteforce(rng, discrete):
         pool = rng.uniform(size=int(rng.integers(1, 400)))
         if discrete:
             pool = np.floor(pool * 12) / 12
-        c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta)
-        want = ref_certify(conf, err, pool, alpha, delta)
+        if rng.uniform() < 0.2:  # infinite confidences sort like any other
+            conf[rng.uniform(size=n) < 0.05] = np.inf
+            pool[rng.uniform(size=len(pool)) < 0.05] = -np.inf
+        scan_start = int(rng.integers(0, 120)) if rng.uniform() < 0.3 else 0
+        c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta,
+                                scan_start=scan_start)
+        want = ref_certify(conf, err, pool, alpha, delta, scan_start)
         assert c.certified == (want is not None), c.reason
         assert c.n_calibration == n and c.min_calibration == P.min_certifiable_count(alpha, delta)
         if want is None:
@@ -136,6 +142,34 @@ def test_certify_threshold_matches_bruteforce(rng, discrete):
         assert c.reason == ""
         np.testing.assert_array_equal(c.accept(conf), conf >= want[0])
     assert n_cert >= 10
+
+
+def test_scan_start_rank_is_exact():
+    """The scan begins at the pool's k-th most confident unit, k = ceil(N * 2 j0 / n) exactly (j0 = 45 at
+    alpha = 0.05, delta = 0.1): one wrong calibration unit between the pool's k-th and (k-1)-th
+    confidences decides the outcome, and k is computed without floating-point rounding."""
+    alpha, delta = 0.05, 0.1
+    j0 = P.min_certifiable_count(alpha, delta)
+    assert j0 == 45
+    # n = 110, N = 1177: N * 90 / 110 = 963.0000...; a float computation can round it to 964
+    n, N = 110, 1177
+    k = -(-2 * j0 * N // n)
+    assert k == 963
+    pool = np.arange(N, 0, -1, dtype=np.float64)  # distinct, the k-th largest is N - k + 1
+    c = P.certify_threshold(np.full(n, 2.0 * N), np.zeros(n, np.uint8), pool_confidence=pool, target_error=alpha,
+                            delta=delta)
+    assert c.start_rank == k and c.certified and c.threshold == 1.0
+    # 90 right calibration units above the k-th pool confidence and 2 wrong ones between the k-th and
+    # the (k-1)-th: the first test sees 92 units with 2 wrong (bound > alpha): nothing certified; a
+    # scan starting one unit higher would have passed there (90 right) and certified.
+    kth = N - k + 1.0
+    conf = np.concatenate([np.full(90, 2.0 * N), [kth + 0.5, kth + 0.5], np.full(n - 92, 0.0)])
+    err = np.concatenate([np.zeros(90), [1, 1], np.zeros(n - 92)]).astype(np.uint8)
+    assert P.clopper_pearson_upper(2, 92, delta) > alpha and P.clopper_pearson_upper(0, 90, delta) <= alpha
+    c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta)
+    assert not c.certified and c.start_rank == k
+    assert f"the scan starts at the pool's {k} most confident items" in c.reason
+    assert "the 92 calibration items scoring as high contain 2 wrong" in c.reason
 
 
 def _classification(rng, n, C=3, sharp=3.0):
@@ -208,13 +242,14 @@ def test_per_class_matches_reference(rng, layout):
         pred_p, conf_p = flat_p.argmax(axis=1), flat_p.max(axis=1)
         assert len(r.class_certificates) == C
         thr = np.full(C, np.nan)
+        Cp = len(np.unique(pred_p))  # Bonferroni over the classes the pool predicts
         for c in range(C):
             m = (pred_c == c) & (lab >= 0)
-            want = ref_certify(conf_c[m], lab[m] != c, conf_p[pred_p == c], alpha, delta / C)
+            want = ref_certify(conf_c[m], lab[m] != c, conf_p[pred_p == c], alpha, delta / Cp)
             k = r.class_certificates[c]
             assert k.certified == (want is not None), k.reason
-            assert k.delta == pytest.approx(delta / C) and k.n_calibration == m.sum()
-            assert k.min_calibration == P.min_certifiable_count(alpha, delta / C)
+            assert k.delta == pytest.approx(delta / Cp) and k.n_calibration == m.sum()
+            assert k.min_calibration == P.min_certifiable_count(alpha, delta / Cp)
             if want is None:
                 assert np.isnan(k.threshold) and f"predicted as class {c}" in k.reason
                 continue

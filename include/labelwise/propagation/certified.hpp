@@ -57,7 +57,8 @@
 //          Clicks on a few other images measure those images only, and densely labelled calibration
 //          images overstate the calibration size: certify whole images (Image) then.
 //   Per class (options.per_class, Item unit only): the units are split by their predicted (arg-max)
-//          class and every class is scanned on its own at delta / C (Bonferroni over the C classes),
+//          class and every class is scanned on its own at delta / C' (Bonferroni over the C' classes
+//          that the pool predicts; the others have nothing to certify),
 //          with its own threshold. Guarantee: with probability >= 1 - delta, simultaneously for every
 //          class c, the error rate among units auto-labelled c is below target_error (hence also
 //          among all auto-labelled units). For segmentation, where background voxels dominate, the
@@ -104,6 +105,8 @@ struct ThresholdCertificate {
   std::int64_t calibration_errors = 0;      ///< K_ĵ: wrong ones among them
   std::int64_t min_calibration = 0;         ///< min_certifiable_count(target_error, delta)
   std::int64_t scan_start = 0;              ///< j0: max(min_calibration, the scan_start asked for)
+  /// k: the scan began at the pool's k-th most confident unit (0 when it did not run)
+  std::int64_t start_rank = 0;
   double target_error = 0.0;
   double delta = 0.0;
   /// Empty when certified; otherwise why nothing could be certified.
@@ -115,10 +118,11 @@ struct AutoLabelResult {
   /// The scan's certificate. With options.per_class, a summary of class_certificates: certified when
   /// any class is, threshold NaN (the thresholds are per class), bound the largest certified class
   /// bound, n_calibration all labelled units, n_calibration_accepted / calibration_errors summed over
-  /// the certified classes, min_calibration / scan_start those of one class (at delta / C), delta the
+  /// the certified classes, min_calibration / scan_start those of one class (at delta / C'), delta the
   /// overall delta, reason empty when any class is certified.
   ThresholdCertificate certificate;
-  /// options.per_class only: [C], entry c certifies the units predicted as class c at delta / C.
+  /// options.per_class only: [C], entry c certifies the units predicted as class c at delta / C'
+  /// (C' = classes the pool predicts).
   std::vector<ThresholdCertificate> class_certificates;
   std::int64_t n_pool = 0;      ///< pool units (items, voxels or images)
   std::int64_t n_accepted = 0;  ///< pool units accepted
@@ -141,7 +145,7 @@ struct CertifyOptions {
   /// calibration units (at j0 = min_certifiable_count a single one stops the scan) at the price of
   /// never certifying fewer than j0 calibration units. 0 = min_certifiable_count.
   std::int64_t scan_start = 0;
-  /// Item unit only: one threshold per predicted class, each class scanned at delta / C (see
+  /// Item unit only: one threshold per predicted class, each class scanned at delta / C' (see
   /// "Per class" above); the result's class_certificates hold them.
   bool per_class = false;
   /// Optional per-unit confidences (higher = more confident), both or neither; default-constructed
