@@ -61,6 +61,17 @@ RefScan ref_scan(const std::vector<std::pair<double, int>>& u, std::vector<doubl
   return r;
 }
 
+/// certified_auto_label on [N, C] pool / [M, C] calibration vectors, outputs into acc / lab ([N]).
+template <typename T>
+AutoLabelResult auto_label_items(std::vector<T>& pp, std::vector<T>& cp, std::vector<std::int64_t>& cy, std::int64_t M,
+                                 std::int64_t C, std::vector<std::uint8_t>& acc, std::vector<std::int64_t>& lab,
+                                 const CertifyOptions& o) {
+  const std::int64_t N = static_cast<std::int64_t>(acc.size());
+  return certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {M, C}),
+                              TensorView::of(cy.data(), {M}), TensorView::of(acc.data(), {N}),
+                              TensorView::of(lab.data(), {N}), o);
+}
+
 }  // namespace
 
 TEST_CASE("regularized incomplete beta: closed forms, symmetry and the binomial CDF", "[propagation]") {
@@ -180,9 +191,7 @@ TEST_CASE("certified_auto_label on classification: decisions follow the threshol
   CertifyOptions o;
   o.target_error = 0.05;
   o.delta = 0.1;
-  const AutoLabelResult R = certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {M, C}),
-                                                 TensorView::of(cy.data(), {M}), TensorView::of(acc.data(), {N}),
-                                                 TensorView::of(lab.data(), {N}), o);
+  const AutoLabelResult R = auto_label_items(pp, cp, cy, M, C, acc, lab, o);
   const ThresholdCertificate& c = R.certificate;
   REQUIRE(c.certified);
   CHECK(c.bound <= 0.05);
@@ -204,9 +213,7 @@ TEST_CASE("certified_auto_label on classification: decisions follow the threshol
   CHECK(R.coverage > 0.05);
 
   // Calibration too small: nothing accepted, a reason, no error.
-  const AutoLabelResult S = certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {30, C}),
-                                                 TensorView::of(cy.data(), {30}), TensorView::of(acc.data(), {N}),
-                                                 TensorView::of(lab.data(), {N}), o);
+  const AutoLabelResult S = auto_label_items(pp, cp, cy, 30, C, acc, lab, o);
   CHECK(!S.certificate.certified);
   CHECK(S.n_accepted == 0);
   CHECK(std::isnan(S.certificate.threshold));
@@ -248,9 +255,7 @@ TEST_CASE("certified_auto_label per_class: one naive scan per predicted class at
   o.target_error = 0.05;
   o.delta = 0.1;
   o.per_class = true;
-  const AutoLabelResult R = certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {M, C}),
-                                                 TensorView::of(cy.data(), {M}), TensorView::of(acc.data(), {N}),
-                                                 TensorView::of(lab.data(), {N}), o);
+  const AutoLabelResult R = auto_label_items(pp, cp, cy, M, C, acc, lab, o);
   REQUIRE(R.class_certificates.size() == static_cast<std::size_t>(C));
   auto argmax = [&](const std::vector<double>& p, std::int64_t i) {
     return static_cast<int>(std::max_element(p.begin() + i * C, p.begin() + (i + 1) * C) - (p.begin() + i * C));
@@ -297,9 +302,7 @@ TEST_CASE("certified_auto_label per_class: one naive scan per predicted class at
   // per_class needs Item units
   o.unit = AcceptUnit::Image;
   o.max_voxel_error = 0.1;
-  CHECK_THROWS_WITH(certified_auto_label(TensorView::of(pp.data(), {N, C}), TensorView::of(cp.data(), {M, C}),
-                                         TensorView::of(cy.data(), {M}), TensorView::of(acc.data(), {N}),
-                                         TensorView::of(lab.data(), {N}), o),
+  CHECK_THROWS_WITH(auto_label_items(pp, cp, cy, M, C, acc, lab, o),
                     Catch::Contains("per_class: only with unit=item"));
 }
 
