@@ -234,16 +234,22 @@ ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, st
     c.reason = "no pool " + plural + ": nothing to certify";
     return c;
   }
-  // Start at the pool's k most confident units, k = ceil(pool * min(1, 2 j0 / n)) in exact integer
-  // arithmetic: about 2 j0 calibration units score as high when calibration and pool come from one
-  // distribution. (j0 >= 1 and pool >= 1, so k >= 1.)
-  const std::int64_t k = 2 * j0 >= n ? pool
-                                     : static_cast<std::int64_t>((static_cast<unsigned __int128>(2 * j0) * pool + n - 1) /
-                                                                 static_cast<unsigned __int128>(n));
-  c.start_rank = k;
+  // Start at the first candidate (pool confidence) with at least t = max(j0, min(2 j0, n / 2))
+  // calibration units at or above it (step 2 of certified.hpp): with fewer than j0 no test could pass,
+  // and a first test on about 2 j0 units tolerates a stray wrong label among the most confident.
+  const std::int64_t t = std::max(j0, std::min(2 * j0, n / 2));
+  c.start_rank = 0;
   const std::int64_t m = static_cast<std::int64_t>(g.cut.size());
-  std::int64_t i = 0;
-  for (std::int64_t seen = g.count[0]; seen < k;) seen += g.count[++i];
+  std::int64_t i = 0, seen = g.count[0];
+  while (i < m && (g.count[i] == 0 || cal.J_at(i) < t)) seen += g.count[++i];
+  if (g.count[i] == 0 || cal.J_at(i) < t) {
+    c.reason = "all pool " + plural + " score above the " + std::to_string(t) +
+               "th most confident calibration unit, where the scan starts: nothing can be certified (the pool "
+               "is more confident than the calibration set)";
+    return c;
+  }
+  const std::int64_t k = seen;
+  c.start_rank = k;
   std::int64_t last = -1, k_allowed = -1;
   for (; i <= m; ++i) {
     if (g.count[i] == 0) continue;  // no pool confidence here: no threshold to test
@@ -252,7 +258,7 @@ ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, st
       if (J == 0 || detail::binomial_cdf(K, J, alpha) > delta) {
         if (last < 0) {
           c.reason = "the scan starts at the pool's " + std::to_string(k) + " most confident " + plural + ", and the " +
-                     std::to_string(J) + " calibration " + plural + " scoring as high contain " + std::to_string(K) +
+                     std::to_string(J) + " calibration " + plural + " scoring at least as high contain " + std::to_string(K) +
                      " wrong: Clopper-Pearson bound " + num(detail::clopper_pearson_upper(K, J, delta)) + " > " +
                      settings + "; nothing can be certified at this calibration size (more calibration data, "
                      "a larger target_error or a better model are needed)";

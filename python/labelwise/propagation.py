@@ -100,7 +100,7 @@ class ThresholdCertificate:
     calibration_errors: int  #: wrong ones among them
     min_calibration: int  #: smallest calibration set that can certify anything at (target_error, delta)
     scan_start: int  #: j0 = max(min_calibration, the scan_start asked for)
-    start_rank: int  #: k: the scan began at the pool's k-th most confident unit (about 2 j0 calibration units above)
+    start_rank: int  #: the pool units that the scan's first test accepts (0 when no test ran)
     target_error: float
     delta: float
     reason: str  #: empty when certified; otherwise why nothing could be certified
@@ -197,10 +197,10 @@ def certified_auto_label(
     """Auto-labels the pool items whose confidence passes a threshold certified on the calibration set.
 
     Guarantee (``docs/propagation.md``): if the calibration units are i.i.d. draws of the distribution
-    the pool units come from, then with probability >= ``1 - delta`` over the calibration draw, the
-    expected error rate of an auto-labelled unit is below ``target_error``. The candidate thresholds
-    are the pool's own confidences (fixed before any calibration label is seen), tested from the most
-    confident down; nothing is assumed about how the error rate varies with the threshold.
+    the pool units come from and the error rate among accepted units does not fall when the threshold
+    is lowered, then with probability >= ``1 - delta`` over the calibration draw, the expected error
+    rate of an auto-labelled unit is below ``target_error``. The candidate thresholds are the pool's
+    own confidences, tested from the most confident down.
 
     score: ``"max_prob"`` (default), or the name of a single-prediction uncertainty metric of
         :mod:`labelwise.uncertainty` (``"margin"``, ``"predictive_entropy"``, ...; computed from the
@@ -213,8 +213,8 @@ def certified_auto_label(
         axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
         counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
         are mislabelled.
-    scan_start: j0, instead of the minimum (:func:`min_certifiable_count`): the scan then starts where
-        about ``2 * scan_start`` calibration units score as high, tolerating a few more errors among the
+    scan_start: j0, instead of the minimum (:func:`min_certifiable_count`): the first test then sees at
+        least ``min(2 * scan_start, n // 2)`` calibration units, tolerating a few more errors among the
         most confident; see ``docs/propagation.md``.
     per_class: ``unit="item"`` only. Certify every predicted (arg-max) class on its own, at
         ``delta / C'`` each (C' = classes the pool predicts), with its own threshold: then with

@@ -23,9 +23,9 @@ namespace {
 
 
 /// Naive reference of the scan: the candidate thresholds are the pool's distinct confidences,
-/// descending, from the k-th largest on (k = ceil(N min(1, 2 j0 / n))); at each, count the calibration
-/// units at or above it, Clopper–Pearson by bisection on the naive CDF, stop at the first bound above
-/// alpha.
+/// descending; skip those with fewer than t = max(j0, min(2 j0, n / 2)) calibration units at or above
+/// them; at the others,
+/// Clopper–Pearson by bisection on the naive CDF; stop at the first bound above alpha.
 struct RefScan {
   bool certified = false;
   double threshold = NAN;
@@ -33,18 +33,18 @@ struct RefScan {
 };
 RefScan ref_scan(const std::vector<std::pair<double, int>>& u, std::vector<double> pool, double alpha, double delta) {
   RefScan r;
-  const std::int64_t n = static_cast<std::int64_t>(u.size()), N = static_cast<std::int64_t>(pool.size());
   std::int64_t j0 = 1;
   while (std::pow(1.0 - alpha, static_cast<double>(j0)) > delta) ++j0;
-  if (n < j0 || N == 0) return r;
+  const std::int64_t n = static_cast<std::int64_t>(u.size());
+  if (n < j0) return r;
+  const std::int64_t t = std::max(j0, std::min(2 * j0, n / 2));  // the first test sees >= t units
   std::sort(pool.begin(), pool.end(), std::greater<double>());
-  const std::int64_t k = 2 * j0 >= n ? N : (2 * j0 * N + n - 1) / n;  // ceil(N * 2 j0 / n), exactly
-  for (std::int64_t p = k - 1; p < N; ++p) {
-    if (p > k - 1 && pool[p] == pool[p - 1]) continue;  // distinct candidates
-    const double lambda = pool[p];
+  pool.erase(std::unique(pool.begin(), pool.end()), pool.end());
+  for (const double lambda : pool) {
     std::int64_t J = 0, K = 0;
     for (const auto& [s, e] : u)
       if (s >= lambda) ++J, K += e;
+    if (J < t) continue;
     // Clopper–Pearson upper bound by bisection: largest theta with P(Bin(J, theta) <= K) >= delta.
     double lo = 0.0, hi = 1.0;
     if (K == J) lo = 1.0;

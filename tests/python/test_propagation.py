@@ -85,24 +85,25 @@ def test_binomial_cdf_and_min_certifiable_count(rng):
 
 def ref_certify(conf, err, pool, alpha, delta, scan_start=0):
     """Brute force from the definition: the candidate thresholds are the pool's distinct confidences,
-    descending, from the k-th largest on, k = ceil(N min(1, 2 j0 / n)) with j0 the smallest n whose
-    zero-error bound is <= alpha (or scan_start if larger); at each, the calibration units at or above it and their Clopper-Pearson
-    bound from scipy; stop at the first bound above alpha. Returns (threshold, n_accepted, errors, bound)
-    or None."""
+    descending; those with fewer than t = max(j0, min(2 j0, n // 2)) calibration units at or above them are
+    skipped (j0 the smallest n whose zero-error bound is <= alpha, or scan_start if larger); at each other, the Clopper-Pearson bound
+    of the calibration units at or above it, from scipy; stop at the first bound above alpha. Returns
+    (threshold, n_accepted, errors, bound) or None."""
     conf, err = np.asarray(conf, dtype=np.float64), np.asarray(err, dtype=np.int64)
-    pool = np.sort(np.asarray(pool, dtype=np.float64).ravel())[::-1]
-    n, N = len(conf), len(pool)
+    pool = np.asarray(pool, dtype=np.float64).ravel()
     j0 = 1
     while 1 - delta ** (1 / j0) > alpha:
         j0 += 1
     j0 = max(j0, scan_start)
-    if n < j0 or N == 0:
+    t = max(j0, min(2 * j0, len(conf) // 2))  # the first test sees at least t calibration units
+    if len(conf) < j0:
         return None
-    k = N if 2 * j0 >= n else -(-2 * j0 * N // n)  # ceil(N * 2 j0 / n), exactly
     best = None
-    for lam in np.unique(pool[k - 1:])[::-1]:
+    for lam in np.unique(pool)[::-1]:
         above = conf >= lam
         j, e = int(above.sum()), int(err[above].sum())
+        if j < t:
+            continue
         bound = 1.0 if e == j else stats.beta.ppf(1 - delta, e + 1, j - e)
         if bound > alpha:
             break
@@ -144,32 +145,34 @@ def test_certify_threshold_matches_bruteforce(rng, discrete):
     assert n_cert >= 10
 
 
-def test_scan_start_rank_is_exact():
-    """The scan begins at the pool's k-th most confident unit, k = ceil(N * 2 j0 / n) exactly (j0 = 45 at
-    alpha = 0.05, delta = 0.1): one wrong calibration unit between the pool's k-th and (k-1)-th
-    confidences decides the outcome, and k is computed without floating-point rounding."""
+def test_scan_starts_where_enough_calibration_units_score_as_high():
+    """Candidates are the pool's confidences; the first tested one is the highest with t = max(j0,
+    min(2 j0, n // 2)) calibration units at or above it (j0 = 45 at alpha = 0.05, delta = 0.1). Two wrong
+    labels inside the first test's units stop the scan there; two just below it only end it early.
+    start_rank counts the pool units that the first test accepts."""
     alpha, delta = 0.05, 0.1
-    j0 = P.min_certifiable_count(alpha, delta)
-    assert j0 == 45
-    # n = 110, N = 1177: N * 90 / 110 = 963.0000...; a float computation can round it to 964
-    n, N = 110, 1177
-    k = -(-2 * j0 * N // n)
-    assert k == 963
-    pool = np.arange(N, 0, -1, dtype=np.float64)  # distinct, the k-th largest is N - k + 1
-    c = P.certify_threshold(np.full(n, 2.0 * N), np.zeros(n, np.uint8), pool_confidence=pool, target_error=alpha,
-                            delta=delta)
-    assert c.start_rank == k and c.certified and c.threshold == 1.0
-    # 90 right calibration units above the k-th pool confidence and 2 wrong ones between the k-th and
-    # the (k-1)-th: the first test sees 92 units with 2 wrong (bound > alpha): nothing certified; a
-    # scan starting one unit higher would have passed there (90 right) and certified.
-    kth = N - k + 1.0
-    conf = np.concatenate([np.full(90, 2.0 * N), [kth + 0.5, kth + 0.5], np.full(n - 92, 0.0)])
-    err = np.concatenate([np.zeros(90), [1, 1], np.zeros(n - 92)]).astype(np.uint8)
-    assert P.clopper_pearson_upper(2, 92, delta) > alpha and P.clopper_pearson_upper(0, 90, delta) <= alpha
+    assert P.min_certifiable_count(alpha, delta) == 45
+    pool = np.arange(200, 0, -1, dtype=np.float64)  # 200 .. 1
+    conf = np.arange(200, 0, -1, dtype=np.float64) - 0.5  # 199.5 .. 0.5: one per pool gap
+    err = np.zeros(200, np.uint8)
     c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta)
-    assert not c.certified and c.start_rank == k
-    assert f"the scan starts at the pool's {k} most confident items" in c.reason
-    assert "the 92 calibration items scoring as high contain 2 wrong" in c.reason
+    # t = 90: the first candidate with 90 units at or above it is 110 (units 199.5 .. 110.5)
+    assert c.start_rank == 91 and c.certified and c.threshold == 1.0 and c.n_calibration_accepted == 199
+    assert P.clopper_pearson_upper(1, 90, delta) <= alpha < P.clopper_pearson_upper(2, 90, delta)
+    err[[10, 20]] = 1  # two wrong among the first test's 90 units: nothing certified
+    c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta)
+    assert not c.certified and "the scan starts at the pool's 91 most confident items" in c.reason
+    assert "the 90 calibration items scoring at least as high contain 2 wrong" in c.reason
+    err[:] = 0
+    err[[95, 96]] = 1  # two wrong just below: the scan stops at the candidate that includes the second
+    c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta)
+    want = ref_certify(conf, err, pool, alpha, delta)
+    assert c.certified and (c.threshold, c.n_calibration_accepted, c.calibration_errors) == want[:3]
+    assert c.calibration_errors <= 1 and c.threshold >= 103.0
+    # a pool more confident than all but 20 calibration units: nothing can be tested
+    c = P.certify_threshold(conf, err * 0, pool_confidence=np.array([199.0, 185.0]), target_error=alpha,
+                            delta=delta)
+    assert not c.certified and "all pool items score above the 90th most confident calibration unit" in c.reason
 
 
 def _classification(rng, n, C=3, sharp=3.0):
@@ -397,14 +400,16 @@ def test_image_unit(rng):
     pp, _ = _segmentation(rng, 30)
     r = P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image", max_voxel_error=0.1)
     assert r.accepted.shape == (30,) and r.labels.shape == (30, 8, 7) and r.n_pool == 30 and r.n_calibration == 150
-    img_conf = cp.max(axis=1).mean(axis=(1, 2))
+    def image_mean(p):  # float64, voxels summed in row-major order, as the library does (same bits)
+        return np.cumsum(p.max(axis=1).astype(np.float64).reshape(len(p), -1), axis=1)[:, -1] / (8 * 7)
+
+    img_conf = image_mean(cp)
     img_wrong = (cp.argmax(axis=1) != cy).mean(axis=(1, 2)) > 0.1
-    want = ref_certify(img_conf, img_wrong, pp.max(axis=1).mean(axis=(1, 2)), 0.1, 0.1)
+    pool_conf = image_mean(pp)
+    want = ref_certify(img_conf, img_wrong, pool_conf, 0.1, 0.1)
     assert r.certified == (want is not None)
     if want is not None:
-        assert r.threshold == pytest.approx(want[0], rel=1e-13)
-        assert (r.n_calibration_accepted, r.calibration_errors) == want[1:3]
-    pool_conf = pp.max(axis=1).mean(axis=(1, 2))
+        assert (r.threshold, r.n_calibration_accepted, r.calibration_errors) == want[:3]
     np.testing.assert_array_equal(r.accepted, pool_conf >= r.threshold if r.certified else np.zeros(30, bool))
     np.testing.assert_array_equal(r.labels, np.where(r.accepted[:, None, None], pp.argmax(axis=1), -1))
     # one confidence per image can be given directly
@@ -684,8 +689,8 @@ def test_too_small_or_too_wrong_calibration_is_a_documented_result(rng):
     cp2, cy2 = _classification(rng, 400)
     bad = (cp2.argmax(1) + 1) % 3
     r = P.certified_auto_label(pp, cp2, bad, target_error=0.05, delta=0.1)
-    assert not r.certified and "the scan starts at the pool's 5 most confident items" in r.reason
-    assert re.search(r"the (\d+) calibration items scoring as high contain \1 wrong", r.reason)
+    assert not r.certified and "the scan starts at the pool's" in r.reason
+    assert re.search(r"the (\d+) calibration items scoring at least as high contain \1 wrong", r.reason)
     # scan_start above the calibration size
     r = P.certified_auto_label(pp, cp2, cy2, target_error=0.05, delta=0.1, scan_start=1000)
     assert not r.certified and "scan_start" in r.reason

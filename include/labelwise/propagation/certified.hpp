@@ -3,30 +3,29 @@
 // pool items the model labels (those at or above the threshold) is <= target_error.
 // The method, its guarantee and the proof: docs/propagation.md.
 //
-// Procedure (Learn-then-Test: fixed-sequence testing over the pool's own confidences, exact
-// binomial p-values)
+// Procedure (Learn-then-Test fixed-sequence testing, exact binomial p-values)
 //   1. Every calibration unit u has a confidence s_u (higher = more confident) and a loss e_u in {0, 1}
 //      (1 = the model's label is wrong); every pool unit v a confidence t_v. For a threshold λ let
 //      J(λ) = #{u : s_u >= λ} and K(λ) = #{u : s_u >= λ, e_u = 1}.
-//   2. The candidate thresholds are the pool's distinct confidences, descending — fixed before any
-//      calibration label is seen. j0 = max(min_certifiable_count(target_error, delta), options.scan_start);
-//      the scan starts at the k-th largest pool confidence, k = ceil(N_pool * min(1, 2 j0 / n)), where
-//      about 2 j0 calibration units score as high (a candidate with few calibration units above it
-//      could never pass, and a failure there would end the scan).
-//   3. Down the candidates from there: if P(Binomial(J(λ), target_error) <= K(λ)) > delta (the
-//      Clopper–Pearson bound exceeds target_error; always when J(λ) = 0) STOP, else remember λ.
+//   2. The candidate thresholds are the pool's distinct confidences, descending. j0 =
+//      max(min_certifiable_count(target_error, delta), options.scan_start); candidates with fewer than
+//      t = max(j0, min(2 j0, n / 2)) calibration units at or above them are skipped (below j0 no test
+//      can pass; a first test on about 2 j0 units tolerates one stray error at the top).
+//   3. Down the other candidates: if P(Binomial(J(λ), target_error) <= K(λ)) > delta (the
+//      Clopper–Pearson bound exceeds target_error) STOP, else remember λ.
 //   4. The last remembered λ = threshold; pool units with t >= threshold are accepted (equal
 //      confidences together). None remembered: nothing accepted, threshold = NaN, certified = false,
 //      `reason` says why.
 // Guarantee (proof in docs/propagation.md): if (i) the calibration units are i.i.d. draws of the
-// distribution the pool units come from, independent of the pool, then over the calibration draw
-//     P( R(threshold) >= target_error ) <= delta,   R(λ) = P(wrong | s >= λ),
+// distribution the pool units come from, independent of the pool, and (ii) R(λ) = P(wrong | s >= λ)
+// is non-increasing in λ (lowering the threshold never lowers the error rate among accepted units),
+// then over the calibration draw
+//     P( R(threshold) >= target_error ) <= delta,
 // i.e. with probability >= 1 - delta the expected error rate of an auto-labelled unit is below
-// target_error (the realised rate on a finite pool scatters binomially around it). Nothing is assumed
-// about the shape of R or about ties: each candidate is a hypothesis "R(λ) >= target_error" fixed in
-// advance, tested in a fixed order, and a wrong certificate needs the first true one to pass.
-// `bound` is the Clopper–Pearson bound at the threshold (<= target_error); the promise is
-// target_error, not `bound` (a selected bound is not by itself a 1 - delta bound).
+// target_error (the realised rate on a finite pool scatters binomially around it). No caveat for
+// ties: the threshold is a pool confidence. `bound` is the Clopper–Pearson bound at the threshold
+// (<= target_error); the promise is target_error, not `bound` (a selected bound is not by itself a
+// 1 - delta bound).
 //
 // Shape contract of certified_auto_label
 //   pool_probs   : [N, C, *spatial] probabilities (class axis = options.class_axis; any strides);
@@ -52,8 +51,9 @@
 //          for Item units of a segmentation, draw the calibration voxels uniformly at random from the
 //          pool voxels to be auto-labelled ("clicks" a human labels, every other voxel -1) and pass
 //          the whole pool: then, over the draw of the clicks, the error rate of the pool voxels at or
-//          above the threshold (clicks included) is below target_error with probability >= 1 - delta
-//          (for delta < 1/2), whatever the correlation (docs/propagation.md, "Voxels and images").
+//          above the threshold (clicks included) is below target_error with probability about
+//          1 - delta, whatever the correlation (docs/propagation.md, "Voxels and images": (ii) holds
+//          only approximately for a finite pool).
 //          Clicks on a few other images measure those images only, and densely labelled calibration
 //          images overstate the calibration size: certify whole images (Image) then.
 //   Per class (options.per_class, Item unit only): the units are split by their predicted (arg-max)
@@ -105,7 +105,7 @@ struct ThresholdCertificate {
   std::int64_t calibration_errors = 0;      ///< K_ĵ: wrong ones among them
   std::int64_t min_calibration = 0;         ///< min_certifiable_count(target_error, delta)
   std::int64_t scan_start = 0;              ///< j0: max(min_calibration, the scan_start asked for)
-  /// k: the scan began at the pool's k-th most confident unit (0 when it did not run)
+  /// the pool units that the scan's first test accepts (0 when no test ran)
   std::int64_t start_rank = 0;
   double target_error = 0.0;
   double delta = 0.0;
