@@ -243,9 +243,9 @@ ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, st
   std::int64_t i = 0, seen = g.count[0];
   while (i < m && (g.count[i] == 0 || cal.J_at(i) < t)) seen += g.count[++i];
   if (g.count[i] == 0 || cal.J_at(i) < t) {
-    c.reason = "all pool " + plural + " score above the " + std::to_string(t) +
-               "th most confident calibration unit, where the scan starts: nothing can be certified (the pool "
-               "is more confident than the calibration set)";
+    c.reason = "fewer than " + std::to_string(t) + " calibration units score at least as high as any pool " + plural +
+               " (the scan's first test needs " + std::to_string(t) +
+               "): nothing can be certified (the pool is more confident than the calibration set)";
     return c;
   }
   const std::int64_t k = seen;

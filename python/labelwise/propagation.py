@@ -213,15 +213,16 @@ def certified_auto_label(
         axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
         counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
         are mislabelled.
-    scan_start: j0, instead of the minimum (:func:`min_certifiable_count`): the first test then sees at
-        least ``min(2 * scan_start, n // 2)`` calibration units, tolerating a few more errors among the
-        most confident; see ``docs/propagation.md``.
+    scan_start: j0, instead of the minimum (:func:`min_certifiable_count`): the first test sees at least
+        ``max(j0, min(2 * j0, n // 2))`` calibration units, so a larger j0 tolerates a few more errors
+        among the most confident; see ``docs/propagation.md``.
     per_class: ``unit="item"`` only. Certify every predicted (arg-max) class on its own, at
         ``delta / C'`` each (C' = classes the pool predicts), with its own threshold: then with
         probability >= ``1 - delta`` the error
         rate among the units auto-labelled c is below ``target_error`` for every class c at once —
         not just overall, where a dominant easy class (background) can hide a rare one that is mostly
-        wrong. The thresholds are in ``class_certificates``.
+        wrong. The thresholds are in ``class_certificates``. The guarantee then needs each class's
+        error rate among accepted units not to fall when its threshold is lowered.
     """
     pool_probs = _arrays.as_array(pool_probs, "pool_probs")
     calib_probs = _arrays.as_array(calib_probs, "calib_probs")

@@ -164,15 +164,22 @@ def test_scan_starts_where_enough_calibration_units_score_as_high():
     assert not c.certified and "the scan starts at the pool's 91 most confident items" in c.reason
     assert "the 90 calibration items scoring at least as high contain 2 wrong" in c.reason
     err[:] = 0
-    err[[95, 96]] = 1  # two wrong just below: the scan stops at the candidate that includes the second
+    err[10] = 1  # one stray wrong label at the top: tolerated by a first test on 90 units
+    c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta)
+    assert c.certified and c.start_rank == 91
+    err[:] = 0
+    err[[95, 96]] = 1  # two wrong just below the first test: the scan ends at the candidate with both
     c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=alpha, delta=delta)
     want = ref_certify(conf, err, pool, alpha, delta)
     assert c.certified and (c.threshold, c.n_calibration_accepted, c.calibration_errors) == want[:3]
-    assert c.calibration_errors <= 1 and c.threshold >= 103.0
-    # a pool more confident than all but 20 calibration units: nothing can be tested
+    assert (c.threshold, c.n_calibration_accepted, c.calibration_errors) == (104.0, 96, 1)
+    # n = 120: t = n // 2 = 60, the first test on the 60 units at or above 140 (the pool's 61 above it)
+    c = P.certify_threshold(conf[:120], err[:120] * 0, pool_confidence=pool, target_error=alpha, delta=delta)
+    assert c.certified and c.start_rank == 61
+    # a pool more confident than all but 15 calibration units (those >= 185): nothing can be tested
     c = P.certify_threshold(conf, err * 0, pool_confidence=np.array([199.0, 185.0]), target_error=alpha,
                             delta=delta)
-    assert not c.certified and "all pool items score above the 90th most confident calibration unit" in c.reason
+    assert not c.certified and "fewer than 90 calibration units score at least as high as any pool items" in c.reason
 
 
 def _classification(rng, n, C=3, sharp=3.0):

@@ -58,7 +58,8 @@
 //          images overstate the calibration size: certify whole images (Image) then.
 //   Per class (options.per_class, Item unit only): the units are split by their predicted (arg-max)
 //          class and every class is scanned on its own at delta / C' (Bonferroni over the C' classes
-//          that the pool predicts; the others have nothing to certify),
+//          that the pool predicts; the others have nothing to certify; (ii) is then needed for every
+//          class's own curve P(wrong | s >= λ, predicted c)),
 //          with its own threshold. Guarantee: with probability >= 1 - delta, simultaneously for every
 //          class c, the error rate among units auto-labelled c is below target_error (hence also
 //          among all auto-labelled units). For segmentation, where background voxels dominate, the
@@ -141,9 +142,10 @@ struct CertifyOptions {
   /// exceeds this, in [0, 1). Required for Image.
   double max_voxel_error = std::numeric_limits<double>::quiet_NaN();
   /// j0 of step 2 is max(min_certifiable_count, scan_start). Any value fixed before the labels are
-  /// seen keeps the guarantee; a larger one tolerates a few wrong labels among the most confident
-  /// calibration units (at j0 = min_certifiable_count a single one stops the scan) at the price of
-  /// never certifying fewer than j0 calibration units. 0 = min_certifiable_count.
+  /// seen keeps the guarantee. The first test sees t = max(j0, min(2 j0, n / 2)) calibration units:
+  /// one wrong label among them is tolerated once n >= 4 j0 (two stop the scan), none when t = j0
+  /// (n < 2 j0); a larger scan_start tolerates a few more, at the price of never certifying fewer
+  /// than t calibration units. 0 = min_certifiable_count.
   std::int64_t scan_start = 0;
   /// Item unit only: one threshold per predicted class, each class scanned at delta / C' (see
   /// "Per class" above); the result's class_certificates hold them.
