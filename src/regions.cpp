@@ -63,20 +63,25 @@ double at(const TensorView& map, const MapInfo& m, std::int64_t n, std::int64_t 
   return map.dtype == DType::Float32 ? static_cast<const float*>(map.data)[off] : static_cast<const double*>(map.data)[off];
 }
 
-/// Image n as doubles [S0][S1][S2] (row-major), checking for NaN (the first in row-major order).
-void load_image(const TensorView& map, const MapInfo& m, std::int64_t n, std::vector<double>& V) {
+/// "[n, i(, j(, k))]" for a voxel or a patch corner of image n.
+std::string position(const MapInfo& m, std::int64_t n, std::int64_t i, std::int64_t j, std::int64_t k) {
+  return "[" + std::to_string(n) + ", " + std::to_string(i) + (m.nsp > 1 ? ", " + std::to_string(j) : "") +
+         (m.nsp > 2 ? ", " + std::to_string(k) : "") + "]";
+}
+
+/// Image n as doubles [S0][S1][S2] (row-major). Returns an error message naming the first NaN in
+/// row-major order, or an empty string.
+std::string load_image(const TensorView& map, const MapInfo& m, std::int64_t n, std::vector<double>& V) {
   V.resize(static_cast<std::size_t>(m.S[0] * m.S[1] * m.S[2]));
   std::size_t e = 0;
   for (std::int64_t i = 0; i < m.S[0]; ++i)
     for (std::int64_t j = 0; j < m.S[1]; ++j)
       for (std::int64_t k = 0; k < m.S[2]; ++k) {
         const double v = at(map, m, n, i, j, k);
-        if (v != v)
-          throw Error(ErrorKind::Value, "map: NaN at [" + std::to_string(n) + ", " + std::to_string(i) +
-                                            (m.nsp > 1 ? ", " + std::to_string(j) : "") +
-                                            (m.nsp > 2 ? ", " + std::to_string(k) : "") + "]");
+        if (v != v) return "map: NaN at " + position(m, n, i, j, k);
         V[e++] = v;
       }
+  return {};
 }
 
 /// Sums of the windows [q·step, q·step + width) of a line of `len` values (read at x[t·xs]), for
@@ -113,10 +118,13 @@ std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInf
   const std::int64_t S0 = m.S[0], S1 = m.S[1], S2 = m.S[2];
   const double volume = static_cast<double>(sz[0] * sz[1] * sz[2]);
   std::vector<std::vector<double>> out(static_cast<std::size_t>(m.N));
+  std::vector<std::string> errors(static_cast<std::size_t>(m.N));  // per image: the report names the first
   detail::parallel_for(m.N, 1, [&](std::int64_t begin, std::int64_t end, int) {
     std::vector<double> V, A, B, pre, suf;
     for (std::int64_t n = begin; n < end; ++n) {
-      load_image(map, m, n, V);
+      std::string& error = errors[static_cast<std::size_t>(n)];
+      error = load_image(map, m, n, V);
+      if (!error.empty()) continue;
       A.resize(static_cast<std::size_t>(S0 * S1 * G[2]));  // [S0][S1][G2]: windows along axis 2
       for (std::int64_t i = 0; i < S0; ++i)
         for (std::int64_t j = 0; j < S1; ++j)
@@ -129,9 +137,20 @@ std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInf
       o.resize(static_cast<std::size_t>(G[0] * G[1] * G[2]));
       for (std::int64_t bc = 0; bc < G[1] * G[2]; ++bc)
         window_sums(&B[bc], G[1] * G[2], S0, sz[0], sd[0], G[0], &o[bc], G[1] * G[2], pre, suf);
-      for (double& v : o) v /= volume;
+      for (std::size_t q = 0; q < o.size(); ++q) {
+        o[q] /= volume;
+        if (o[q] != o[q] && error.empty()) {  // no NaN in V: the patch holds both +inf and -inf
+          const std::int64_t g = static_cast<std::int64_t>(q);
+          error = "map: the patch at " +
+                  position(m, n, g / (G[1] * G[2]) * sd[0], (g / G[2]) % G[1] * sd[1], g % G[2] * sd[2]) +
+                  " holds both +inf and -inf, so its mean is undefined; replace the infinities first (e.g. by "
+                  "the map's finite extremes)";
+        }
+      }
     }
   });
+  for (const std::string& e : errors)
+    if (!e.empty()) throw Error(ErrorKind::Value, e);
   return out;
 }
 
@@ -224,8 +243,8 @@ void top_regions(const TensorView& map, std::int64_t b, const std::vector<std::i
     chosen_scores.push_back(score_of(i));
   }
   check(static_cast<std::int64_t>(chosen.size()) == b, ErrorKind::Value, "b: asked for ", b,
-        " non-overlapping patches, but only ", chosen.size(), " fit (map ", map.shape_str(), ", patch ", vec_str(patch),
-        ", stride ", vec_str(stride), ")");
+        " non-overlapping patches, but the greedy selection (best first) found only ", chosen.size(), " (map ",
+        map.shape_str(), ", patch ", vec_str(patch), ", stride ", vec_str(stride), ")");
   for (std::int64_t r = 0; r < b; ++r) {
     const Box& c = chosen[static_cast<std::size_t>(r)];
     auto* base = static_cast<std::int64_t*>(corners.data);

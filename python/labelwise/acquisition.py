@@ -485,9 +485,13 @@ def _spatial(map_: Any, values: Any, name: str, default: Any = None) -> list:
     nsp = len(map_.shape) - 1
     if values is None:
         values = default
-    if isinstance(values, int):
-        values = [values] * nsp
-    values = [int(v) for v in values]
+    try:
+        values = [operator.index(values)] * nsp  # one integer (numpy integers too) for every axis
+    except TypeError:
+        try:
+            values = [operator.index(v) for v in values]
+        except TypeError:
+            raise TypeError(f"{name}: expected an integer or one integer per spatial axis, got {values!r}") from None
     if len(values) != nsp:
         raise ValueError(f"{name}: expected {nsp} values (one per spatial axis of a map of shape {tuple(map_.shape)}), got {values}")
     return values

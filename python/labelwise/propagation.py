@@ -507,7 +507,8 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     (``labelwise::propagate_slices`` in C++; method in ``docs/propagation.md``).
 
     volume [Z, H, W] (any real dtype; ``axis`` names the slice axis), labels: same shape, integer classes
-    >= 0, read only on ``labelled_slices`` (a list of slice indices along ``axis``). Every other slice
+    >= 0, read only on ``labelled_slices`` (slice indices along ``axis``, or a boolean mask over that
+    axis). Every other slice
     is segmented from its neighbour towards the nearest annotated slice: the neighbour's labels, eroded
     by ``erode`` pixels and kept where its confidence is >= ``min_confidence``, seed Grady's random
     walker on this slice's intensities (edge weights exp(-beta·Δg²) on unit-variance intensities).
@@ -527,7 +528,16 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
             raise TypeError(f"volume: expected a real dtype, got {vol.dtype}")
         vol = vol.astype(np.float64)
     lab = lab.astype(np.int64, copy=False)
-    ann = [int(v) for v in np.asarray(labelled_slices).reshape(-1)]
+    sel = np.asarray(labelled_slices)
+    if sel.dtype == np.bool_:  # a mask over the slice axis
+        if -3 <= int(axis) < 3 and sel.shape != (vol.shape[axis],):
+            raise ValueError(f"labelled_slices: a boolean mask must have one entry per slice ({vol.shape[axis]}), "
+                             f"got shape {sel.shape}")
+        ann = [int(v) for v in np.flatnonzero(sel)]
+    elif sel.size == 0 or np.issubdtype(sel.dtype, np.integer):
+        ann = [int(v) for v in sel.reshape(-1)]
+    else:
+        raise TypeError(f"labelled_slices: expected slice indices (integers) or a boolean mask, got dtype {sel.dtype}")
     mask = np.empty(vol.shape, dtype=np.int64)
     conf = np.empty(vol.shape, dtype=np.float64)
     _core.propagate_slices(_arrays.capsule(vol), _arrays.capsule(lab), ann, _arrays.capsule(mask, writable=True),

@@ -122,3 +122,12 @@ def test_propagate_slices_errors(rng):
         P.propagate_slices(vol, lab, [1], min_confidence=1.5)
     with pytest.raises(ValueError, match="axis"):
         P.propagate_slices(vol, lab, [1], axis=3)
+    # a boolean mask over the slice axis is a set of slices, not the indices 0 and 1
+    sel = np.zeros(6, dtype=bool)
+    sel[[1, 4]] = True
+    for a, b in zip(P.propagate_slices(vol, lab, sel), P.propagate_slices(vol, lab, [1, 4])):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="one entry per slice"):
+        P.propagate_slices(vol, lab, sel[:5])
+    with pytest.raises(TypeError, match="slice indices"):
+        P.propagate_slices(vol, lab, [1.7, 4.2])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import labelwise
 from labelwise import acquisition as A
 
 
@@ -72,8 +73,32 @@ def test_region_errors():
         A.patch_scores(m, (2,))
     with pytest.raises(ValueError, match="need 1 <= patch"):
         A.patch_scores(m, (5, 2))
-    with pytest.raises(ValueError, match="only 8 fit"):
+    with pytest.raises(ValueError, match="found only 8"):
         A.top_regions(m, 9, 2)
+    # a patch holding both +inf and -inf has no mean: an error naming the patch, whatever the threads
+    inf = np.arange(20.0)[None, None] / 20
+    inf[0, 0, 10], inf[0, 0, 11] = np.inf, -np.inf
+    with pytest.raises(ValueError, match=r"the patch at \[0, 0, 10\] holds both \+inf and -inf"):
+        A.top_regions(inf, 4, (1, 2), (1, 2))
+    with pytest.raises(ValueError, match=r"the patch at \[0, 0, 10\] holds both"):
+        A.patch_scores(inf, (1, 2), (1, 2))
+    apart = np.arange(20.0)[None, None] / 20
+    apart[0, 0, 10], apart[0, 0, 13] = np.inf, -np.inf
+    ok = A.patch_scores(apart, (1, 2), (1, 1))  # patches holding one infinity are fine
+    assert ok[0, 0, 9] == np.inf and ok[0, 0, 12] == -np.inf and np.isfinite(ok[0, 0, 11])
+    many = np.zeros((8, 4, 4))
+    many[0, 1, 2] = many[7, 0, 0] = np.nan
+    for threads in (1, 2, 8):
+        labelwise.set_num_threads(threads)
+        try:
+            with pytest.raises(ValueError, match=r"NaN at \[0, 1, 2\]"):
+                A.patch_scores(many, 2)
+        finally:
+            labelwise.set_num_threads(0)
+    # sizes: numpy integers are integers, fractions are an error
+    assert A.patch_scores(m, np.int64(2)).shape == (2, 2, 2)  # stride defaults to the patch
+    with pytest.raises(TypeError, match="patch: expected an integer or one integer per spatial axis"):
+        A.patch_scores(m, (2.7, 2.2))
     bad = m.copy()
     bad[1, 0, 1] = np.nan
     with pytest.raises(ValueError, match=r"NaN at \[1, 0, 1\]"):

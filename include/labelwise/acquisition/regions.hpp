@@ -3,7 +3,8 @@
 //
 // Shape contract
 //   map    : [N, *spatial] with 1 to 3 spatial axes (e.g. BALD maps [N, H, W] or [N, D, H, W]);
-//            float32 or float64, CPU, any strides. No NaN (+-inf allowed: they propagate to the means).
+//            float32 or float64, CPU, any strides. No NaN (+-inf allowed: they propagate to the
+//            means; a patch holding both +inf and -inf has no mean and is an error naming it).
 //   patch  : one size per spatial axis, 1 <= patch_d <= S_d.
 //   stride : one step per spatial axis, >= 1 (the patch size gives non-overlapping tiles).
 //   A patch's score is the mean of the map over its voxels (a box filter: separable window sums in
