@@ -124,27 +124,31 @@ std::vector<double> random_walker(const Planes& vol, std::int64_t z, const std::
 }
 
 /// Seeds from the neighbour's labels and confidence: erosion by `erode` (edge-clamped) and the
-/// confidence threshold; the whole neighbour mask if nothing survives.
+/// confidence threshold. If no pixel survives, erosion 1 without the threshold (so that class
+/// boundaries stay unseeded and the walker decides them from the image); only if that leaves nothing
+/// either, the whole neighbour mask.
 std::vector<std::int64_t> seeds_from(const std::vector<std::int64_t>& lab, const std::vector<double>& conf,
                                      std::int64_t H, std::int64_t W, std::int64_t erode, double min_conf) {
   std::vector<std::int64_t> s(lab.size(), -1);
-  bool any = false;
-  for (std::int64_t i = 0; i < H; ++i)
-    for (std::int64_t j = 0; j < W; ++j) {
-      const std::int64_t p = i * W + j;
-      bool keep = conf[p] >= min_conf;
-      for (std::int64_t dy = -erode; dy <= erode && keep; ++dy)
-        for (std::int64_t dx = -erode; dx <= erode && keep; ++dx) {
-          const std::int64_t y = std::min(H - 1, std::max<std::int64_t>(0, i + dy));
-          const std::int64_t x = std::min(W - 1, std::max<std::int64_t>(0, j + dx));
-          keep = lab[y * W + x] == lab[p];
-        }
-      if (keep) {
-        s[p] = lab[p];
-        any = true;
+  auto select = [&](std::int64_t e, double threshold) {
+    bool any = false;
+    for (std::int64_t i = 0; i < H; ++i)
+      for (std::int64_t j = 0; j < W; ++j) {
+        const std::int64_t p = i * W + j;
+        bool keep = conf[p] >= threshold;
+        for (std::int64_t dy = -e; dy <= e && keep; ++dy)
+          for (std::int64_t dx = -e; dx <= e && keep; ++dx) {
+            const std::int64_t y = std::min(H - 1, std::max<std::int64_t>(0, i + dy));
+            const std::int64_t x = std::min(W - 1, std::max<std::int64_t>(0, j + dx));
+            keep = lab[y * W + x] == lab[p];
+          }
+        s[p] = keep ? lab[p] : -1;
+        any = any || keep;
       }
-    }
-  return any ? s : lab;
+    return any;
+  };
+  if (select(erode, min_conf) || select(std::min<std::int64_t>(erode, 1), 0.0)) return s;
+  return lab;
 }
 
 /// argmax (lowest class on ties) and its probability of every pixel of probs [C][n].

@@ -223,8 +223,10 @@ def propagate_slices_ref(vol, lab, labelled_slices, *, axis=0, num_classes=None,
         prev_lab, prev_conf = lab[start], np.ones(vol.shape[1:])
         for z in range(start + step, stop, step):
             seeds = _seeds_from(prev_lab, prev_conf, erode, min_confidence)
+            if not (seeds >= 0).any():  # nothing survived: erosion 1, no threshold (boundaries unseeded)
+                seeds = _seeds_from(prev_lab, prev_conf, min(erode, 1), 0.0)
             if not (seeds >= 0).any():
-                seeds = prev_lab.copy()  # nothing survived the erosion: seed with the whole neighbour mask
+                seeds = prev_lab.copy()  # still nothing: seed with the whole neighbour mask
             p = _random_walker_slice(vol[z], seeds, C, beta)
             w = weight_of(z)
             probs[z] += w * p

@@ -122,6 +122,12 @@ def test_propagate_slices_errors(rng):
         P.propagate_slices(vol, lab, [1], min_confidence=1.5)
     with pytest.raises(ValueError, match="axis"):
         P.propagate_slices(vol, lab, [1], axis=3)
+    # an erosion larger than the structures leaves no seed: the boundaries are still decided from the image,
+    # so the confidence there is below 1 (a copy of the neighbour's mask reported 1 everywhere)
+    big, big_lab = sphere(rng)
+    mask, conf = P.propagate_slices(big, big_lab, [6], erode=30)
+    assert conf.min() < 0.99 and (mask != big_lab).any()
+    assert conf[mask != big_lab].mean() < conf[mask == big_lab].mean()
     # a boolean mask over the slice axis is a set of slices, not the indices 0 and 1
     sel = np.zeros(6, dtype=bool)
     sel[[1, 4]] = True

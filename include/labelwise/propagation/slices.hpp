@@ -9,7 +9,9 @@
 //   walker (IEEE TPAMI 2006) on this slice: a 4-neighbour graph with edge weights
 //   exp(-beta·(g_i - g_j)²) + 1e-10 on the slice's intensities scaled to zero mean and unit variance,
 //   one sparse SPD solve (Eigen's simplicial LDLᵀ) per class present among the seeds; probabilities
-//   clipped to [0, 1] and normalised. If no seed survives, the whole neighbour mask seeds the slice.
+//   clipped to [0, 1] and normalised. If no seed survives, the neighbour's labels eroded by 1 pixel
+//   without the confidence threshold seed the slice (class boundaries stay unseeded, so the walker
+//   still decides them from the image); only if none survives that either, the whole neighbour mask.
 //   A slice between two annotated slices gets the distance-weighted mean of the probabilities
 //   propagated from both sides (weights falling linearly with the distance). Intervals between
 //   annotated slices are independent and run in parallel; the result does not depend on the thread
