@@ -130,18 +130,26 @@ std::vector<double> random_walker(const Planes& vol, std::int64_t z, const std::
 std::vector<std::int64_t> seeds_from(const std::vector<std::int64_t>& lab, const std::vector<double>& conf,
                                      std::int64_t H, std::int64_t W, std::int64_t erode, double min_conf) {
   std::vector<std::int64_t> s(lab.size(), -1);
+  std::vector<std::uint8_t> row_ok(lab.size());
   auto select = [&](std::int64_t e, double threshold) {
+    // Separable: row_ok[p] = the (2e+1)-pixel row window around p (edge-clamped) has p's label; then the
+    // box holds p's label iff every pixel of p's column window is row_ok and has p's label.
+    e = std::min(e, std::max(H, W));  // a larger window clamps to the same pixels
+    for (std::int64_t i = 0; i < H; ++i)
+      for (std::int64_t j = 0; j < W; ++j) {
+        const std::int64_t p = i * W + j;
+        bool ok = true;
+        for (std::int64_t x = std::max<std::int64_t>(0, j - e); x <= std::min(W - 1, j + e) && ok; ++x)
+          ok = lab[i * W + x] == lab[p];
+        row_ok[p] = ok;
+      }
     bool any = false;
     for (std::int64_t i = 0; i < H; ++i)
       for (std::int64_t j = 0; j < W; ++j) {
         const std::int64_t p = i * W + j;
         bool keep = conf[p] >= threshold;
-        for (std::int64_t dy = -e; dy <= e && keep; ++dy)
-          for (std::int64_t dx = -e; dx <= e && keep; ++dx) {
-            const std::int64_t y = std::min(H - 1, std::max<std::int64_t>(0, i + dy));
-            const std::int64_t x = std::min(W - 1, std::max<std::int64_t>(0, j + dx));
-            keep = lab[y * W + x] == lab[p];
-          }
+        for (std::int64_t y = std::max<std::int64_t>(0, i - e); y <= std::min(H - 1, i + e) && keep; ++y)
+          keep = row_ok[y * W + j] && lab[y * W + j] == lab[p];
         s[p] = keep ? lab[p] : -1;
         any = any || keep;
       }
@@ -253,34 +261,41 @@ void propagate_slices(const TensorView& volume, const TensorView& labels, const 
       const std::int64_t first = job.lo + 1, count = job.hi - first;  // the slices strictly between
       if (job.lo >= 0) write_slice(job.lo, annotated(job.lo), std::vector<double>(static_cast<std::size_t>(n), 1.0));
       if (count <= 0) continue;
-      std::vector<double> acc(static_cast<std::size_t>(count * C * n), 0.0), weight(static_cast<std::size_t>(count), 0.0);
+      // Between two annotated slices the first sweep's weighted probabilities are kept and the second
+      // sweep mixes and writes each slice as it goes; a one-sided segment writes as it goes (no store).
       const bool both = job.lo >= 0 && job.hi < Z;
+      std::vector<double> acc(both ? static_cast<std::size_t>(count * C * n) : 0), weight(both ? count : 0, 0.0);
       const double span = static_cast<double>(job.hi - job.lo);
-      auto sweep = [&](std::int64_t from, std::int64_t step) {
+      std::vector<std::int64_t> m;
+      std::vector<double> c, q;
+      auto sweep = [&](std::int64_t from, std::int64_t step, bool store) {
         std::vector<std::int64_t> prev = annotated(from);
         std::vector<double> prev_conf(static_cast<std::size_t>(n), 1.0);
         for (std::int64_t z = from + step; z > job.lo && z < job.hi; z += step) {
           const std::vector<std::int64_t> seeds = seeds_from(prev, prev_conf, H, W, options.erode, options.min_confidence);
           const std::vector<double> p = random_walker(vol, z, seeds, C, options.beta);
-          const double w = !both ? 1.0 : step > 0 ? static_cast<double>(job.hi - z) / span
-                                                  : static_cast<double>(z - job.lo) / span;
-          double* a = &acc[(z - first) * C * n];
-          for (std::int64_t e = 0; e < C * n; ++e) a[e] += w * p[e];
-          weight[z - first] += w;
+          if (!both) {
+            decide(p, C, n, m, c);
+            write_slice(z, m, c);
+          } else {
+            const double w = step > 0 ? static_cast<double>(job.hi - z) / span : static_cast<double>(z - job.lo) / span;
+            double* a = &acc[(z - first) * C * n];
+            if (store) {
+              for (std::int64_t e = 0; e < C * n; ++e) a[e] = w * p[e];
+              weight[z - first] = w;
+            } else {
+              q.resize(static_cast<std::size_t>(C * n));
+              const double wz = std::max(weight[z - first] + w, 1e-12);
+              for (std::int64_t e = 0; e < C * n; ++e) q[e] = (a[e] + w * p[e]) / wz;
+              decide(q, C, n, m, c);
+              write_slice(z, m, c);
+            }
+          }
           decide(p, C, n, prev, prev_conf);
         }
       };
-      if (job.lo >= 0) sweep(job.lo, +1);
-      if (job.hi < Z) sweep(job.hi, -1);
-      std::vector<std::int64_t> m;
-      std::vector<double> c;
-      for (std::int64_t z = first; z < job.hi; ++z) {
-        std::vector<double> p(acc.begin() + (z - first) * C * n, acc.begin() + (z - first + 1) * C * n);
-        const double wz = std::max(weight[z - first], 1e-12);
-        for (double& v : p) v /= wz;
-        decide(p, C, n, m, c);
-        write_slice(z, m, c);
-      }
+      if (job.lo >= 0) sweep(job.lo, +1, both);
+      if (job.hi < Z) sweep(job.hi, -1, false);
     }
   });
 }
