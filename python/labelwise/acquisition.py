@@ -502,11 +502,14 @@ def _host_map(map_: Any) -> Tuple[Any, Any]:
     region acquisition runs on the CPU (window sums), and its results go back to the map's
     device (see ``_back``)."""
     m = _arrays.as_array(map_, "map")
+    caller = m
+    if str(getattr(m, "dtype", "")).replace("torch.", "") in ("float16", "bfloat16"):  # half maps: widened to float32
+        m = m.float() if _arrays.framework_name(m) == "torch" else m.astype("float32")
     if _arrays.device_of(m)[0] in (1, 3):
-        return m, m
+        return m, caller
     if _arrays.framework_name(m) not in ("torch", "cupy"):
         raise TypeError(f"map: a GPU array of type {type(m).__name__}; pass a torch or cupy array")
-    return _arrays.to_host_numpy(m), m
+    return _arrays.to_host_numpy(m), caller
 
 
 def _back(result: Any, caller: Any) -> Any:
@@ -520,7 +523,7 @@ def patch_scores(map: Any, patch: Any, stride: Any = None) -> Any:
     """Mean of a per-voxel map over every patch: ``map`` [N, *spatial] (1-3 spatial axes) -> [N, *grid],
     ``grid_d = (S_d - patch_d) // stride_d + 1`` (whole patches only; ``stride`` defaults to ``patch``,
     i.e. non-overlapping tiles; an int applies to every axis). Same framework, device and dtype as
-    ``map`` (GPU maps are copied to the host for the computation)."""
+    ``map`` (float16 / bfloat16 maps give float32; GPU maps are copied to the host for the computation)."""
     m, caller = _host_map(map)
     p = _spatial(m, patch, "patch")
     s = _spatial(m, stride, "stride", default=p)

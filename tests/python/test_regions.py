@@ -95,6 +95,16 @@ def test_region_errors():
                 A.patch_scores(many, 2)
         finally:
             labelwise.set_num_threads(0)
+    # half-precision maps (mixed-precision training) are widened exactly to float32
+    h = np.random.default_rng(0).uniform(size=(2, 6, 6)).astype(np.float16)
+    got = A.patch_scores(h, 3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, brute_patches(h.astype(np.float64), (3, 3), (3, 3)), rtol=1e-6)
+    torch = pytest.importorskip("torch")
+    tb = torch.from_numpy(h.astype(np.float32)).to(torch.bfloat16)
+    np.testing.assert_allclose(A.patch_scores(tb, 3).numpy(), brute_patches(tb.float().numpy().astype(np.float64), (3, 3), (3, 3)),
+                               rtol=1e-6)
+    assert A.top_regions(tb, 2, 3)[0].shape == (2, 3)
     # sizes: numpy integers are integers, fractions are an error
     assert A.patch_scores(m, np.int64(2)).shape == (2, 2, 2)  # stride defaults to the patch
     with pytest.raises(TypeError, match="patch: expected an integer or one integer per spatial axis"):
