@@ -32,24 +32,30 @@ def test_patch_scores_match_brute_force(rng, shape, patch, stride):
     np.testing.assert_allclose(A.patch_scores(mt, patch, stride), got, rtol=1e-12)
 
 
-def test_top_regions_greedy_non_overlapping(rng):
-    m = rng.random((2, 12, 10))
-    patch, stride = (3, 3), (1, 1)
-    corners, scores = A.top_regions(m, 6, patch, stride)
-    assert corners.shape == (6, 3) and corners.dtype == np.int64
+@pytest.mark.parametrize("shape, patch, stride, b", [((2, 12, 10), (3, 3), (1, 1), 6),
+                                                     ((2, 12, 10), (3, 3), (2, 2), 6),
+                                                     ((2, 13, 11), (4, 3), (3, 1), 5),
+                                                     ((2, 9, 8, 7), (3, 2, 4), (2, 1, 3), 7),
+                                                     ((1, 40), (5,), (2,), 4)])
+def test_top_regions_greedy_non_overlapping(rng, shape, patch, stride, b):
+    m = rng.random(shape)
+    corners, scores = A.top_regions(m, b, patch, stride)
+    assert corners.shape == (b, 1 + len(patch)) and corners.dtype == np.int64
     assert np.all(np.diff(scores) <= 0)
-    # brute-force greedy over all patches
+    # brute-force greedy over all patches, overlap tested on voxel boxes (corner = grid index * stride)
     all_s = brute_patches(m, patch, stride)
     order = sorted(np.ndindex(*all_s.shape), key=lambda i: (-all_s[i], i))
     chosen = []
     for i in order:
-        if len(chosen) == 6:
+        if len(chosen) == b:
             break
-        if any(c[0] == i[0] and all(abs(a - b) < p for a, b, p in zip(c[1:], i[1:], patch)) for c in chosen):
+        box = (i[0], *[g * st for g, st in zip(i[1:], stride)])
+        if any(c[0] == box[0] and all(abs(u - v) < p for u, v, p in zip(c[1:], box[1:], patch)) for c in chosen):
             continue
-        chosen.append(i)
+        chosen.append(box)
     np.testing.assert_array_equal(corners, np.array(chosen))
-    np.testing.assert_allclose(scores, [all_s[c] for c in chosen], rtol=1e-12)
+    grid_of = [(c[0], *[v // st for v, st in zip(c[1:], stride)]) for c in chosen]
+    np.testing.assert_allclose(scores, [all_s[g] for g in grid_of], rtol=1e-12)
 
 
 def test_slice_scores_and_torch(rng):
