@@ -15,18 +15,37 @@ _CPU, _CUDA, _CUDA_HOST, _CUDA_MANAGED = 1, 2, 3, 13
 
 
 def _framework(x: Any) -> str:
-    mod = type(x).__module__.split(".", 1)[0]
-    return mod if mod in ("torch", "cupy", "numpy") else "other"
+    # isinstance, not the type's module: subclasses (MONAI's MetaTensor, ...) belong to their framework
+    for fw, cls in (("torch", "Tensor"), ("cupy", "ndarray")):
+        mod = sys.modules.get(fw)
+        if mod is not None and isinstance(x, getattr(mod, cls)):
+            return fw
+    return "numpy" if isinstance(x, np.ndarray) else "other"
 
 
 def as_array(x: Any, name: str = "x") -> Any:
-    """Returns x itself when it speaks DLPack, else a zero-copy numpy view of it (buffer protocol)."""
+    """Returns x itself when it speaks DLPack (a torch tensor detached from autograd: no copy), else a
+    zero-copy numpy view of it (buffer protocol). Non-numeric input is a TypeError naming ``name``."""
+    if _framework(x) == "torch" and x.requires_grad:
+        x = x.detach()  # the metrics are not differentiable; DLPack refuses tensors that require grad
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        if isinstance(x, np.ndarray):
+            _check_numeric(x, name)
         return x
     try:
-        return np.asarray(x)
+        a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - message path
         raise TypeError(f"{name}: expected an array (numpy, torch, cupy or buffer protocol), got {type(x).__name__}") from exc
+    _check_numeric(a, name, type(x).__name__)
+    return a
+
+
+def _check_numeric(a: np.ndarray, name: str, given: Optional[str] = None) -> None:
+    """Real numbers DLPack can carry: booleans, integers, IEEE floats up to 64 bits."""
+    if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and a.dtype.itemsize > 8):
+        what = f"{given} (numpy dtype {a.dtype})" if given and given != "ndarray" else f"dtype {a.dtype}"
+        raise TypeError(f"{name}: expected a real numeric array (numpy, torch, cupy or buffer protocol) of at "
+                        f"most 64-bit floats, got {what}")
 
 
 def device_of(x: Any) -> Tuple[int, int]:
@@ -62,9 +81,11 @@ def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
     except BufferError:
         if writable:
             raise
-        # Old numpy refuses read-only arrays; a copy is the only way in.
+        # numpy refuses some inputs DLPack cannot describe: read-only arrays (old numpy), strides that are
+        # not whole elements (a field of a structured array), non-native byte order. A native-order copy
+        # is the only way in (the one case where an input is copied).
         if isinstance(x, np.ndarray):
-            return np.array(x).__dlpack__()
+            return np.array(x, dtype=x.dtype.newbyteorder("=")).__dlpack__()
         raise
 
 
@@ -95,7 +116,7 @@ def empty_like_framework(x: Any, shape: Sequence[int], dtype_of: Any = None, dty
         )
     if dtype is None:
         dtype = src.dtype if fw == "numpy" else np.from_dlpack(src).dtype
-    return np.empty(tuple(shape), dtype=dtype)
+    return np.empty(tuple(shape), dtype=np.dtype(dtype).newbyteorder("="))  # results in native byte order
 
 
 def framework_name(x: Any) -> str:

@@ -3,9 +3,11 @@
 Shape contract (every function)
     x : array, shape ``[N, K, C, *spatial]`` by default — N items, K MC-dropout / ensemble
         samples, C classes, optional spatial axes (2D / 3D segmentation). float32 or float64
-        (numpy, torch or cupy; CPU or CUDA; any strides — nothing is copied); float16 and
-        bfloat16 too (e.g. mixed-precision outputs): widened exactly to a float32 copy on x's
-        device first, results in float32.
+        (numpy, torch or cupy; CPU or CUDA; any strides, broadcast views, tensors that require
+        grad — nothing is copied, except numpy arrays that DLPack cannot describe: non-native byte
+        order or strides that are not whole elements); float16 and bfloat16 too (e.g.
+        mixed-precision outputs): widened exactly to a float32 copy on x's device first, results in
+        float32.
         ``sample_axis`` / ``class_axis`` name other layouts (e.g. BaaL's ``[N, C, ..., K]``
         is ``sample_axis=-1, class_axis=1``); ``sample_axis=None`` means one prediction per
         item (K = 1), for which the sample-based metrics raise ``ValueError``.
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Optional
 
+import numpy as np
+
 from . import _arrays, _core
 
 METRICS = tuple(_core.METRICS)
@@ -32,9 +36,19 @@ METRICS = tuple(_core.METRICS)
 __all__ = ["METRICS", "score"] + list(METRICS)
 
 
+def _axis(value: Any, name: str, allow_none: bool) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer axis{' or None' if allow_none else ''}, got {value!r}")
+    if not -(2**31) <= int(value) < 2**31:
+        raise ValueError(f"{name}: axis {int(value)} is out of range")
+    return int(value)
+
+
 def score(
     x: Any,
-    metrics: Iterable[str] = METRICS,
+    metrics: Optional[Iterable[str]] = None,
     *,
     input: str = "probs",
     sample_axis: Optional[int] = 1,
@@ -42,15 +56,24 @@ def score(
 ) -> Dict[str, Any]:
     """Computes several metrics in one fused pass; returns ``{name: array}``.
 
-    ``metrics`` is any subset of :data:`METRICS` (default: all ten). With
-    ``sample_axis=None`` the default set drops the metrics that need samples.
+    ``metrics`` is any subset of :data:`METRICS`, each at most once (default ``None``: all ten; with
+    ``sample_axis=None`` the default drops the metrics that need samples, while naming one of them is
+    an error).
     """
     x = _arrays.as_array(x, "x")
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    names = list(metrics)
-    if sample_axis is None and names == list(METRICS):
-        names = [m for m in METRICS if not _core.metric_needs_samples(m)]
+    sample_axis = _axis(sample_axis, "sample_axis", True)
+    class_axis = _axis(class_axis, "class_axis", False)
+    if not isinstance(input, str):
+        raise TypeError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
+    if metrics is None:
+        names = [m for m in METRICS if sample_axis is not None or not _core.metric_needs_samples(m)]
+    else:
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
+        for m in names:
+            if not isinstance(m, str):
+                raise TypeError(f"metrics: expected metric names (str), got {m!r}")
+            if names.count(m) > 1:
+                raise ValueError(f"metrics: {m!r} is requested twice")
     kind, _ = _arrays.device_of(x)
     stream = _arrays.current_stream(x) if kind in (2, 13) else 0
     xcap = _arrays.capsule(x, stream=stream)

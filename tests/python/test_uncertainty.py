@@ -213,6 +213,51 @@ def test_bad_shapes_and_types():
         U.score(x, ["entropy"])
     with pytest.raises(ValueError, match="input: expected"):
         U.bald(x, input="softmax")
+    # arguments of the wrong kind are named
+    for bad in (None, "abc", {}):
+        with pytest.raises(TypeError, match="x: expected a real numeric array"):
+            U.margin(bad)
+    for dt in (np.longdouble, np.complex128):
+        with pytest.raises(TypeError, match="x: expected a real numeric array"):
+            U.margin(np.full((2, 2), 0.5, dtype=dt), sample_axis=None, class_axis=1)
+    for kw, match in (({"class_axis": None}, "class_axis: expected an integer axis, got None"),
+                      ({"sample_axis": 1.0}, "sample_axis: expected an integer axis or None"),
+                      ({"sample_axis": True}, "sample_axis: expected an integer axis"),
+                      ({"sample_axis": 2**40}, "sample_axis: axis 1099511627776 is out of range"),
+                      ({"input": None}, "input: expected 'probs'")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            U.bald(x, **kw)
+    with pytest.raises(ValueError, match="'bald' is requested twice"):
+        U.score(x, ["bald", "bald"])
+    with pytest.raises(TypeError, match="metrics: expected metric names"):
+        U.score(x, ["bald", 3])
+    # all ten named explicitly need samples; the default (None) drops those that do
+    with pytest.raises(ValueError):
+        U.score(x[:, 0], U.METRICS, sample_axis=None, class_axis=1)
+    assert "bald" not in U.score(x[:, 0], sample_axis=None, class_axis=1)
+    # non-native byte order is read through a native copy; results are native
+    be = U.margin(x[:, 0].astype(">f8"), sample_axis=None, class_axis=1)
+    assert be.dtype == np.float64 and be.dtype.isnative
+    np.testing.assert_array_equal(be, U.margin(x[:, 0], sample_axis=None, class_axis=1))
+
+
+def test_torch_autograd_tensors_and_subclasses(rng):
+    """Model outputs that require grad, and torch subclasses (MONAI's MetaTensor), are read in place and
+    the results come back as torch tensors."""
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(random_probs(rng, (6, 5, 3))).requires_grad_()
+    got = U.bald(x)
+    assert isinstance(got, torch.Tensor) and not got.requires_grad
+    np.testing.assert_array_equal(got.numpy(), U.bald(x.detach().numpy()))
+
+    class MetaLike(torch.Tensor):  # a subclass from another package
+        pass
+
+    MetaLike.__module__ = "monai.data.meta_tensor"
+    sub = x.detach().as_subclass(MetaLike)
+    res = U.bald(sub)
+    assert isinstance(res, torch.Tensor)
+    np.testing.assert_array_equal(res.numpy(), got.numpy())
 
 
 def test_list_input_and_thread_invariance(rng):
