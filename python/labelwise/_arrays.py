@@ -31,6 +31,9 @@ def as_array(x: Any, name: str = "x") -> Any:
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         if isinstance(x, np.ndarray):
             _check_numeric(x, name)
+            if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
+                raise ValueError(f"{name}: a masked array with masked entries, which would be read as if "
+                                 "unmasked; fill them (x.filled(...)) or leave those items out first")
         return x
     try:
         a = np.asarray(x)

@@ -235,6 +235,12 @@ def test_bad_shapes_and_types():
     with pytest.raises(ValueError):
         U.score(x[:, 0], U.METRICS, sample_axis=None, class_axis=1)
     assert "bald" not in U.score(x[:, 0], sample_axis=None, class_axis=1)
+    # a masked array would be read as if unmasked: an error when anything is masked
+    masked = np.ma.masked_array(x, mask=np.zeros(x.shape, bool))
+    np.testing.assert_array_equal(U.bald(masked), U.bald(x))
+    masked[0, 0, 0] = np.ma.masked
+    with pytest.raises(ValueError, match="x: a masked array with masked entries"):
+        U.bald(masked)
     # non-native byte order is read through a native copy; results are native
     be = U.margin(x[:, 0].astype(">f8"), sample_axis=None, class_axis=1)
     assert be.dtype == np.float64 and be.dtype.isnative
