@@ -21,6 +21,7 @@ to a CPU-only build.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -58,11 +59,27 @@ def _empty(x: Any, shape: Sequence[int], dtype: str) -> Any:
     return np.empty(tuple(shape), dtype=dtype)
 
 
-def _count(b: Any) -> int:
+def _integer(value: Any, name: str) -> int:
+    """An integer argument (numpy / 0-d arrays too), not a bool; beyond int64 a ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got bool")
     try:
-        return operator.index(b)
+        v = operator.index(value)
     except TypeError:
-        raise TypeError(f"b: expected an integer, got {type(b).__name__}") from None
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if not -(2**63) <= v < 2**63:
+        raise ValueError(f"{name}: {v} does not fit in int64")
+    return v
+
+
+def _count(b: Any) -> int:
+    return _integer(b, "b")
+
+
+def _temperature(t: Any) -> float:
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"temperature: expected a real number, got {type(t).__name__}")
+    return float(t)
 
 
 def _numel(x: Any) -> int:
@@ -74,10 +91,7 @@ def _seed(seed: Any) -> int:
 
 
 def _offset(index_offset: Any) -> int:
-    try:
-        return operator.index(index_offset)
-    except TypeError:
-        raise TypeError(f"index_offset: expected an integer, got {type(index_offset).__name__}") from None
+    return _integer(index_offset, "index_offset")
 
 
 def _out_len(x: Any, b: int) -> int:
@@ -161,7 +175,7 @@ def stochastic(
         _arrays.capsule(idx, stream=stream, writable=True),
         None if keys is None else _arrays.capsule(keys, stream=stream, writable=True),
         mode,
-        float(temperature),
+        _temperature(temperature),
         _seed(seed),
         _offset(index_offset),
         _ranks_capsule(ranks, stream),
@@ -193,7 +207,7 @@ def stochastic_keys(
         xcap,
         _arrays.capsule(keys, stream=stream, writable=True),
         mode,
-        float(temperature),
+        _temperature(temperature),
         _seed(seed),
         _offset(index_offset),
         _ranks_capsule(ranks, stream),
@@ -281,10 +295,9 @@ def batchbald(
     """
     if input not in ("probs", "log_probs", "logits"):
         raise ValueError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
-    try:
-        ns = operator.index(num_samples)
-    except TypeError:
-        raise TypeError(f"num_samples: expected an integer, got {type(num_samples).__name__}") from None
+    ns = _integer(num_samples, "num_samples")
+    sample_axis = _arrays.check_int(sample_axis, "sample_axis", -3, 2)
+    class_axis = _arrays.check_int(class_axis, "class_axis", -3, 2)
     xa = _arrays.as_array(x, "x")
     b = _count(b)
     shape = tuple(int(d) for d in xa.shape)
@@ -334,8 +347,10 @@ def _int64_ids(x: Any, name: str) -> Any:
     return x.astype("int64")
 
 
-def _labeled_array(labeled: Any) -> Any:
-    """None, a boolean / uint8 mask [N] or integer indices [M]; integer numpy arrays become int64."""
+def _labeled_array(labeled: Any, n_items: Optional[int] = None) -> Any:
+    """None, a boolean / uint8 mask [N] or integer indices [M]; integer numpy arrays become int64.
+    With the pool size ``n_items``, an integer 0/1 vector of length N (a mask that lost its bool dtype)
+    is an error."""
     if labeled is None:
         return None
     if isinstance(labeled, (list, tuple)):
@@ -343,6 +358,16 @@ def _labeled_array(labeled: Any) -> Any:
         if labeled.size == 0:
             labeled = labeled.astype(np.int64)
     lab = _arrays.as_array(labeled, "labeled")
+    if n_items is not None and len(lab.shape) == 1 and int(lab.shape[0]) == n_items and n_items > 2:
+        # An integer 0/1 vector as long as the pool is almost surely a mask that lost its bool dtype
+        # (mask.long(), mask.astype(int)); read as indices it would mean "items 0 and 1".
+        dt = str(lab.dtype).replace("torch.", "")
+        if dt.startswith(("int", "uint")) and dt != "uint8":
+            vals = np.unique(_arrays.to_host_numpy(lab))
+            if vals.size and set(vals.tolist()) <= {0, 1}:
+                raise ValueError(f"labeled: an integer 0/1 vector of length N = {n_items}, which reads as the "
+                                 "indices 0 and 1; pass a mask as bool (mask.astype(bool) / mask.bool()) or "
+                                 "pass the labelled indices")
     if isinstance(lab, np.ndarray) and lab.dtype.kind in "iu" and lab.dtype not in (np.int64, np.uint8):
         lab = lab.astype(np.int64)
     elif _arrays.framework_name(lab) == "torch":
@@ -383,8 +408,8 @@ def coreset(
         raise ValueError(f"metric: expected 'euclidean' or 'cosine', got {metric!r}")
     x = _arrays.as_array(features, "features")
     b = _count(b)
-    lab = _labeled_array(labeled)
     shape = tuple(int(d) for d in x.shape)
+    lab = _labeled_array(labeled, shape[0] if len(shape) == 2 else None)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
     radii = _empty(x, (m,), "float64")
@@ -624,8 +649,8 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     b = _count(b)
     s = _seed(seed)
     cand = 0 if candidates is None else _arrays.check_int(candidates, "candidates", 1)
-    lab = _labeled_array(labeled)
-    idx = _empty(m, (max(0, b),), "int64")
+    lab = _labeled_array(labeled, _numel(m))
+    idx = _empty(m, (_out_len(m, b),), "int64")
     _core.cluster_margin(_arrays.capsule(m), _arrays.capsule(cl), None if lab is None else _arrays.capsule(lab), b,
                          _arrays.capsule(idx, writable=True), cand, s, _stream_of(m))
     return idx

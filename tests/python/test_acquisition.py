@@ -326,3 +326,41 @@ def test_bad_input_errors():
         A.stochastic(s, 1, mode="softrank", seed=0, ranks=np.arange(4))
     with pytest.raises(TypeError, match="ranks: expected dtype int64"):
         A.stochastic(s, 1, mode="softrank", seed=0, ranks=np.arange(1, 5, dtype=np.int32))
+
+
+def test_front_door_argument_kinds(rng):
+    """Arguments of the wrong kind are named errors, consistently across the front doors."""
+    s = rng.random(10)
+    x = rng.random((10, 4))
+    with pytest.raises(TypeError, match="b: expected an integer, got bool"):
+        A.top_k(s, True)
+    with pytest.raises(TypeError, match="b: expected an integer, got bool"):
+        A.top_k(s, np.bool_(True))
+    assert A.top_k(s, np.int64(2)).shape == (2,)
+    with pytest.raises(TypeError, match="index_offset: expected an integer, got bool"):
+        A.top_k(s, 1, index_offset=True)
+    with pytest.raises(ValueError, match="index_offset: 9223372036854775808 does not fit in int64"):
+        A.top_k(s, 1, index_offset=2**63)
+    with pytest.raises(ValueError, match="b: 1180591620717411303424 does not fit in int64"):
+        A.top_k(s, 2**70)
+    with pytest.raises(TypeError, match="temperature: expected a real number, got str"):
+        A.stochastic(s, 2, seed=0, temperature="2")
+    p = np.full((4, 3, 2), 0.5)
+    with pytest.raises(TypeError, match="sample_axis: expected an integer, got float"):
+        A.batchbald(p, 2, num_samples=100, seed=0, sample_axis=1.5)
+    with pytest.raises(TypeError, match="num_samples: expected an integer, got bool"):
+        A.batchbald(p, 2, num_samples=True, seed=0)
+    # an integer 0/1 mask would read as the indices 0 and 1: an error, not a wrong pick
+    mask = np.zeros(10, bool)
+    mask[[1, 3]] = True
+    picks = A.coreset(x, mask, 3)[0]
+    assert not set(picks.tolist()) & {1, 3}
+    np.testing.assert_array_equal(A.coreset(x, np.flatnonzero(mask), 3)[0], picks)
+    for bad in (mask.astype(int), mask.astype(np.int32)):
+        with pytest.raises(ValueError, match="labeled: an integer 0/1 vector of length N = 10"):
+            A.coreset(x, bad, 3)
+        with pytest.raises(ValueError, match="labeled: an integer 0/1 vector"):
+            A.cluster_margin(s, np.arange(10) % 3, 2, seed=0, labeled=bad)
+    # b far beyond the pool: the core's error, without allocating b outputs first
+    with pytest.raises(ValueError, match="b: expected 0 <= b <= 10"):
+        A.cluster_margin(s, np.arange(10) % 3, 2**40, seed=0)
