@@ -216,18 +216,24 @@ def stochastic_keys(
     return keys
 
 
-def _concat(parts: Sequence[Any]) -> Any:
-    first = _arrays.as_array(parts[0])
-    fw = _arrays.framework_name(first)
+def _concat(parts: Sequence[Any], name: str) -> Any:
+    """Per-shard arrays concatenated in the first one's framework (all of them must share it)."""
+    if len(parts) == 0:
+        raise ValueError(f"{name}: an empty list of shards")
+    arrays = [_arrays.as_array(p, name) for p in parts]
+    fw = _arrays.framework_name(arrays[0])
+    if any(_arrays.framework_name(a) != fw for a in arrays):
+        raise TypeError(f"{name}: the shards mix frameworks ({sorted({_arrays.framework_name(a) for a in arrays})}); "
+                        "pass them all as numpy, all as torch or all as cupy")
     if fw == "torch":
         import torch
 
-        return torch.cat([p.reshape(-1) for p in parts])
+        return torch.cat([p.reshape(-1) for p in arrays])
     if fw == "cupy":
         import cupy
 
-        return cupy.concatenate([cupy.asarray(p).reshape(-1) for p in parts])
-    return np.concatenate([np.asarray(p).reshape(-1) for p in parts])
+        return cupy.concatenate([p.reshape(-1) for p in arrays])
+    return np.concatenate([np.asarray(p).reshape(-1) for p in arrays])
 
 
 def merge_top_k(
@@ -242,9 +248,9 @@ def merge_top_k(
     exactly the batch that one call on the whole pool returns.
     """
     if isinstance(values, (list, tuple)):
-        values = _concat(values)
+        values = _concat(values, "values")
     if isinstance(indices, (list, tuple)):
-        indices = _concat(indices)
+        indices = _concat(indices, "indices")
     v = _arrays.as_array(values, "values")
     i = _arrays.as_array(indices, "indices")
     b = _count(b)

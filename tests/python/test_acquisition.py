@@ -364,3 +364,9 @@ def test_front_door_argument_kinds(rng):
     # b far beyond the pool: the core's error, without allocating b outputs first
     with pytest.raises(ValueError, match="b: expected 0 <= b <= 10"):
         A.cluster_margin(s, np.arange(10) % 3, 2**40, seed=0)
+    # merge_top_k: shard lists must be non-empty and of one framework
+    with pytest.raises(ValueError, match="values: an empty list of shards"):
+        A.merge_top_k([], [], 0)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="values: the shards mix frameworks"):
+        A.merge_top_k([s[:5], torch.from_numpy(s[5:])], [np.arange(5), np.arange(5, 10)], 2)
