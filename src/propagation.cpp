@@ -255,7 +255,7 @@ ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, st
     if (g.count[i] == 0) continue;  // no pool confidence here: no threshold to test
     const std::int64_t J = cal.J_at(i), K = cal.K_at(i);
     if (K > k_allowed) {  // K <= k_allowed passes: the binomial CDF at K falls as J grows
-      if (J == 0 || detail::binomial_cdf(K, J, alpha) > delta) {
+      if (detail::binomial_cdf(K, J, alpha) > delta) {  // J >= t >= 1 from the start on
         if (last < 0) {
           c.reason = "the scan starts at the pool's " + std::to_string(k) + " most confident " + plural + ", and the " +
                      std::to_string(J) + " calibration " + plural + " scoring at least as high contain " + std::to_string(K) +
@@ -342,11 +342,6 @@ void for_each_offset(const TensorView& v, Fn&& fn) {
   }
 }
 
-double read_score(const TensorView& v, std::int64_t off) {
-  return v.dtype == DType::Float64 ? static_cast<const double*>(v.data)[off]
-                                   : static_cast<double>(static_cast<const float*>(v.data)[off]);
-}
-
 }  // namespace
 
 // ---- binomial tools ----------------------------------------------------------------------------
@@ -431,7 +426,7 @@ ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const
   check(n_pool == 0 || pool_confidence.data, ErrorKind::Value, "pool_confidence: data pointer is null");
   std::vector<Scored> units(static_cast<std::size_t>(n));
   for_each_offset(calib_confidence, [&](std::int64_t u, std::int64_t off) {
-    const double s = read_score(calib_confidence, off);
+    const double s = detail::read_float(calib_confidence.data, calib_confidence.dtype, off);
     check(!std::isnan(s), ErrorKind::Value, "calib_confidence: entry [", u, "] is NaN");
     units[static_cast<std::size_t>(u)].score = s;
   });
@@ -448,7 +443,7 @@ ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const
   });
   Calibration cal = calibrate(units);
   for_each_offset(pool_confidence, [&](std::int64_t u, std::int64_t off) {
-    const double s = read_score(pool_confidence, off);
+    const double s = detail::read_float(pool_confidence.data, pool_confidence.dtype, off);
     check(!std::isnan(s), ErrorKind::Value, "pool_confidence: entry [", u, "] is NaN");
     cal.grid.add(s);
   });

@@ -10,6 +10,12 @@
 namespace labelwise {
 namespace detail {
 
+/// Element `off` of a float32 / float64 array, as a double.
+inline double read_float(const void* p, DType t, std::int64_t off) {
+  return t == DType::Float64 ? static_cast<const double*>(p)[off]
+                             : static_cast<double>(static_cast<const float*>(p)[off]);
+}
+
 /// The label-map axes of a probability tensor (every axis but the class axis), in order; axis 0 is
 /// the image (item) axis.
 struct MapLayout {

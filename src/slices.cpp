@@ -274,9 +274,9 @@ void propagate_slices(const TensorView& volume, const TensorView& labels, const 
         for (std::int64_t z = from + step; z > job.lo && z < job.hi; z += step) {
           const std::vector<std::int64_t> seeds = seeds_from(prev, prev_conf, H, W, options.erode, options.min_confidence);
           const std::vector<double> p = random_walker(vol, z, seeds, C, options.beta);
+          decide(p, C, n, prev, prev_conf);  // this slice's own decision seeds the next one
           if (!both) {
-            decide(p, C, n, m, c);
-            write_slice(z, m, c);
+            write_slice(z, prev, prev_conf);
           } else {
             const double w = step > 0 ? static_cast<double>(job.hi - z) / span : static_cast<double>(z - job.lo) / span;
             double* a = &acc[(z - first) * C * n];
@@ -291,7 +291,6 @@ void propagate_slices(const TensorView& volume, const TensorView& labels, const 
               write_slice(z, m, c);
             }
           }
-          decide(p, C, n, prev, prev_conf);
         }
       };
       if (job.lo >= 0) sweep(job.lo, +1, both);

@@ -60,16 +60,8 @@ def _empty(x: Any, shape: Sequence[int], dtype: str) -> Any:
 
 
 def _integer(value: Any, name: str) -> int:
-    """An integer argument (numpy / 0-d arrays too), not a bool; beyond int64 a ValueError naming it."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected an integer, got bool")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
-    if not -(2**63) <= v < 2**63:
-        raise ValueError(f"{name}: {v} does not fit in int64")
-    return v
+    """An int64 argument (numpy / 0-d arrays too, not a bool), named in its errors."""
+    return _arrays.check_int(value, name, -(2**63), 2**63 - 1)
 
 
 def _count(b: Any) -> int:

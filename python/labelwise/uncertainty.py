@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Optional
 
-import numpy as np
-
 from . import _arrays, _core
 
 METRICS = tuple(_core.METRICS)
@@ -39,11 +37,7 @@ __all__ = ["METRICS", "score"] + list(METRICS)
 def _axis(value: Any, name: str, allow_none: bool) -> Optional[int]:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an integer axis{' or None' if allow_none else ''}, got {value!r}")
-    if not -(2**31) <= int(value) < 2**31:
-        raise ValueError(f"{name}: axis {int(value)} is out of range")
-    return int(value)
+    return _arrays.check_int(value, name, -(2**31), 2**31 - 1)
 
 
 def score(

@@ -46,11 +46,6 @@ struct Walker {
   }
 };
 
-inline double read_float(const void* p, DType t, std::int64_t off) {
-  return t == DType::Float64 ? static_cast<const double*>(p)[off]
-                             : static_cast<double>(static_cast<const float*>(p)[off]);
-}
-
 inline std::int64_t read_int(const void* p, DType t, std::int64_t off) {
   switch (t) {
     case DType::Int64: return static_cast<const std::int64_t*>(p)[off];
