@@ -93,7 +93,8 @@ void write_indices(const std::vector<std::int64_t>& values, const TensorView& ou
 }
 
 /// The labelled set as a byte mask over n items, from a bool / uint8 mask [n] or int64 indices [M]
-/// (host or CUDA memory: a CUDA array is read through a host copy of the span it covers).
+/// (host or CUDA memory: a CUDA array is read through a host copy of the span it covers). A set that
+/// covers every item is an error, whatever b (core-set and cluster-margin alike).
 std::vector<std::uint8_t> labelled_mask(const TensorView& labeled, bool has_labeled, std::int64_t n, const char* pool,
                                         void* stream) {
   std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
@@ -118,6 +119,8 @@ std::vector<std::uint8_t> labelled_mask(const TensorView& labeled, bool has_labe
       mask[i] = 1;
     }
   }
+  check(std::find(mask.begin(), mask.end(), std::uint8_t{0}) != mask.end(), ErrorKind::Value, "labeled: every one of the ",
+        n, " items is labelled; nothing to select");
   return mask;
 }
 
@@ -158,7 +161,6 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
   const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "features", options.stream);
   std::int64_t n_labeled = 0;
   for (std::uint8_t v : mask) n_labeled += v;
-  check(n_labeled < n, ErrorKind::Value, "labeled: every one of the ", n, " items is labelled; nothing to select");
   const std::int64_t n_free = n - n_labeled;
   check(b >= 0 && b <= n_free, ErrorKind::Value, "b: expected 0 <= b <= ", n_free,
         " (the number of unlabelled items), got b = ", b);

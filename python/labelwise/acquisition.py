@@ -424,7 +424,7 @@ def coreset(
     return idx, radii
 
 
-def badge(probs_or_logits: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs") -> Any:
+def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs") -> Any:
     """BADGE (Ash et al., ICLR 2020): k-means++ seeding on last-layer gradient embeddings.
 
     The gradient embedding of item ``n`` is ``g_n = (p_n - onehot(argmax p_n)) ⊗ h_n`` (``C·D``
@@ -434,14 +434,14 @@ def badge(probs_or_logits: Any, embeddings: Any, b: int, *, seed: int, input: st
     centre, the draw of step ``t`` being :func:`badge_uniform` ``(seed, t)`` — the same batch for a
     seed on every run and thread count.
 
-    probs_or_logits : ``[N, C]`` float32 / float64, one prediction per item, classes on axis 1;
+    x : ``[N, C]`` float32 / float64, one prediction per item, classes on axis 1;
         ``input="probs"`` (rows >= 0 summing to 1), ``"log_probs"`` or ``"logits"`` (softmax inside).
     embeddings : ``[N, D]`` float32 / float64, penultimate-layer features.
     b : ``0 <= b <= N``. Returns int64 ``[b]``, the picks in the order chosen, in the caller's
     framework and on its device (CUDA arrays run on the GPU: the same draws, over the same blocks).
     See ``docs/acquisition.md``.
     """
-    x = _arrays.as_array(probs_or_logits, "probs_or_logits")
+    x = _arrays.as_array(x, "x")
     e = _arrays.as_array(embeddings, "embeddings")
     b = _count(b)
     s = _seed(seed)
@@ -641,8 +641,6 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     Returns int64 indices [b] in the order chosen, in the margins' framework and on their device
     (``clusters`` on the same device; the O(N) selection itself runs on the host)."""
     m = _arrays.as_array(margins, "margins")
-    if isinstance(m, np.ndarray) and m.dtype not in (np.float32, np.float64):
-        m = m.astype(np.float64)
     cl = _int64_ids(_arrays.as_array(clusters, "clusters"), "clusters")
     b = _count(b)
     s = _seed(seed)

@@ -718,6 +718,9 @@ TEST_CASE("cluster_margin rejects bad input", "[diversity][cluster_margin][error
   std::vector<std::int64_t> lab = {4};
   CHECK_THROWS_WITH(cluster_margin(mv, iv, TensorView::of(lab.data(), {1}), 1, TensorView::of(out.data(), {1})),
                     Catch::Contains("labeled: index [0] = 4 is outside [0, 4)"));
+  std::vector<std::int64_t> every = {3, 0, 2, 1, 0};  // all four items, one repeated: even b = 0 is an error
+  CHECK_THROWS_WITH(cluster_margin(mv, iv, TensorView::of(every.data(), {5}), 0, TensorView::of(out.data(), {0})),
+                    Catch::Contains("labeled: every one of the 4 items is labelled"));
   std::vector<float> fids(4);
   CHECK_THROWS_WITH(cluster_margin(mv, TensorView::of(fids.data(), {4}), TensorView(), 1, TensorView::of(out.data(), {1})),
                     Catch::Contains("clusters: expected dtype int64"));

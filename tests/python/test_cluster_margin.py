@@ -128,6 +128,13 @@ def test_cluster_margin_errors():
     m[2] = np.nan
     with pytest.raises(ValueError, match=r"NaN at item \[2\]"):
         A.cluster_margin(m, ids, 2, seed=0)
+    # every item labelled: an error whatever b, as for coreset
+    for b in (0, 1):
+        with pytest.raises(ValueError, match="every one of the 10 items is labelled"):
+            A.cluster_margin(np.random.rand(10), ids, b, seed=0, labeled=np.ones(10, bool))
+    # margins are float32 / float64 in every framework, as top_k's scores (integers are not margin scores)
+    with pytest.raises(TypeError, match="margins: expected dtype float32 or float64"):
+        A.cluster_margin(np.arange(10), ids, 2, seed=0)
 
 
 def test_cluster_margin_matches_reference(rng):
