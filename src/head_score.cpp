@@ -86,8 +86,9 @@ Prepared prepare(const TensorView& x, const TensorView& weight, const TensorView
   check(K >= 1 && K < 65536, ErrorKind::Value, "samples: K must be in [1, 65535], got ", K);
   check(K * C <= (std::int64_t(1) << 24), ErrorKind::Value, "samples: K * C = ", K * C,
         " probabilities per voxel is more than supported (2^24)");
-  check(std::isfinite(opt.dropout) && opt.dropout >= 0.0 && opt.dropout < 1.0, ErrorKind::Value,
-        "dropout: the rate must be in [0, 1), got ", opt.dropout);
+  check(opt.dropout >= 0.0 && opt.dropout <= kMaxDropout, ErrorKind::Value,
+        "dropout: the rate must be in [0, 1) and at most 1 - 2^-32 (masks compare 32-bit random words), got ",
+        opt.dropout);
   if (M > 1) {
     check(K == M, ErrorKind::Value, "samples: an ensemble of M = ", M, " members (weight ", weight.shape_str(),
           ") has exactly K = M samples, got K = ", K);
@@ -128,7 +129,8 @@ Prepared prepare(const TensorView& x, const TensorView& weight, const TensorView
   hp.K = static_cast<int>(K);
   hp.M = static_cast<int>(M);
   hp.dropout = opt.dropout > 0.0;
-  // keep <=> word / 2^32 >= p; p · 2^32 is exact in double, so this is word >= ceil(p · 2^32) (< 2^32).
+  // keep <=> word / 2^32 >= p; p · 2^32 is exact in double, so this is word >= ceil(p · 2^32) (< 2^32 as
+  // p <= kMaxDropout).
   hp.keep_threshold = static_cast<std::uint32_t>(std::ceil(opt.dropout * 4294967296.0));
   hp.scale = 1.0 / (1.0 - opt.dropout);
   hp.key0 = static_cast<std::uint32_t>(opt.seed);

@@ -2,6 +2,7 @@
 // float32 candidates by blocked GEMM (src/cpu/knn_gemm*.cpp), exact float64 refinement, a bound
 // that certifies the refinement, and an exact per-row fallback (see the header for the method).
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
@@ -430,20 +431,57 @@ class SklearnKdTree {
 
 }  // namespace
 
-void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
-                std::int64_t* out_idx, double* out_key) {
+int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
+               std::int64_t* out_idx, double* out_key) {
   const std::int64_t N = data.N, D = data.D;
   const bool cosine = metric == KnnMetric::Cosine;
   const bool sk = rule == KnnRule::Sklearn;
   const int T = sklearn_threads > 0 ? sklearn_threads : num_threads();
   const double* X = data.x.data();
+  // ---- scale by powers of two (exact: the same sums, scaled) where the magnitudes leave [2^-30, 2^31):
+  // beyond, ||x||^2 or the float32 candidate keys overflow (1e19 and up), or squared differences underflow
+  // (1e-170 and below). Euclidean: the whole matrix by one factor 2^-shift; cosine: each row by its own.
+  std::vector<double> scaled;
+  int shift = 0;
+  {
+    constexpr int kLowest = -30, kHighest = 30;
+    std::vector<int> row_exp(static_cast<std::size_t>(N));
+    parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
+      for (std::int64_t i = i0; i < i1; ++i) {
+        double mx = 0.0;
+        for (std::int64_t t = 0; t < D; ++t) mx = std::max(mx, std::abs(X[i * D + t]));
+        row_exp[i] = mx > 0.0 ? std::ilogb(mx) : INT_MIN;  // all-zero rows: nothing to scale
+      }
+    });
+    const auto outside = [&](int e) { return e != INT_MIN && (e < kLowest || e > kHighest); };
+    if (cosine) {
+      if (std::any_of(row_exp.begin(), row_exp.end(), outside)) {
+        scaled.assign(data.x.begin(), data.x.end());
+        parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
+          for (std::int64_t i = i0; i < i1; ++i)
+            if (outside(row_exp[i]))
+              for (std::int64_t t = 0; t < D; ++t) scaled[i * D + t] = std::ldexp(scaled[i * D + t], -row_exp[i]);
+        });
+      }
+    } else {
+      const int top = *std::max_element(row_exp.begin(), row_exp.end());  // the largest magnitude's exponent
+      if (outside(top)) {
+        shift = top;
+        scaled.resize(data.x.size());
+        parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
+          for (std::int64_t q = i0 * D; q < i1 * D; ++q) scaled[q] = std::ldexp(data.x[q], -shift);
+        });
+      }
+    }
+    if (!scaled.empty()) X = scaled.data();
+  }
   if (sk && D <= 15 && k < N / 2) {
     // sklearn searches with a KD-tree here (algorithm="auto"): replay its traversal (its tie order)
     const SklearnKdTree tree(X, N, D);
     parallel_for(N, 64, [&](std::int64_t i0, std::int64_t i1, int) {
       for (std::int64_t i = i0; i < i1; ++i) tree.query(i, k, out_idx + i * k, out_key + i * k);
     });
-    return;
+    return shift;
   }
 
   // ---- per-row quantities in float64
@@ -620,6 +658,8 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   auto refine_row = [&](std::int64_t i, std::vector<KnnCand>& h, std::vector<std::pair<double, std::int64_t>>& ref,
                         const auto& lower) -> bool {
     const auto by_a = [](const KnnCand& x, const KnnCand& y) { return x.a < y.a; };
+    // Fewer than m candidates (only when approximate keys were not finite): nothing to certify with.
+    if (static_cast<std::int64_t>(h.size()) < m) return false;
     if (static_cast<std::int64_t>(h.size()) > m) std::nth_element(h.begin(), h.begin() + (m - 1), h.end(), by_a);
     h.resize(static_cast<std::size_t>(m));
     std::sort(h.begin(), h.end(), by_a);
@@ -938,7 +978,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
       failed.swap(still);
     }
     full_rows(failed);
-    return;
+    return shift;
   }
 #endif
 
@@ -985,6 +1025,7 @@ void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule r
   std::vector<std::int64_t> failed;
   for (const auto& f : wfail) failed.insert(failed.end(), f.begin(), f.end());
   full_rows(failed);
+  return shift;
 }
 
 }  // namespace detail
@@ -1070,12 +1111,13 @@ void knn_graph(const TensorView& features, std::int64_t k, const TensorView& ind
   check_knn_request(features, N, k, indices, distances);
   std::vector<std::int64_t> idx(static_cast<std::size_t>(N * k));
   std::vector<double> key(static_cast<std::size_t>(N * k));
-  detail::knn_search(data, k, metric, detail::KnnRule::Exact, 0, idx.data(), key.data());
+  const int shift = detail::knn_search(data, k, metric, detail::KnnRule::Exact, 0, idx.data(), key.data());
   auto* I = static_cast<std::int64_t*>(indices.data);
   for (std::int64_t i = 0; i < N; ++i)
     for (std::int64_t a = 0; a < k; ++a) {
       const double kv = key[i * k + a];
-      const double d = metric == KnnMetric::Euclidean ? std::sqrt(kv) : kv;
+      // keys of the data scaled by 2^-shift: sqrt and the power of two are both exact in this order
+      const double d = metric == KnnMetric::Euclidean ? std::ldexp(std::sqrt(kv), shift) : kv;
       I[i * indices.strides[0] + a * indices.strides[1]] = idx[i * k + a];
       const std::int64_t off = i * distances.strides[0] + a * distances.strides[1];
       if (distances.dtype == DType::Float64) static_cast<double*>(distances.data)[off] = d;

@@ -104,8 +104,12 @@ enum class KnnRule : std::uint8_t {
 
 /// k neighbours of every row: idx [N, k] (nearest first), key [N, k] (squared euclidean distance,
 /// or the cosine distance 1 - cos). Sklearn rule: euclidean only; `sklearn_threads` as in
-/// SpreadingOptions.
-void knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
+/// SpreadingOptions. Data whose magnitudes would overflow or underflow the float64 sums or the float32
+/// candidate space are searched scaled by powers of two (exact, the same neighbours): the return value
+/// `shift` says that the euclidean keys are those of the data times 2^-shift, i.e. 2^(-2 shift) times
+/// the true squared distances (distance = sqrt(key) * 2^shift); 0 for data in [2^-30, 2^31) and for cosine,
+/// whose rows are scaled one by one (the cosine distance does not change).
+int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
                 std::int64_t* idx, double* key);
 
 /// A validated kNN graph on one CUDA device (src/cuda/knn_cuda.cu): every pointer on that device,

@@ -724,25 +724,33 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
   }
   for (int j = 0; j < C; ++j)
     if (cnt[j] > 0) t[j] = sum[j] / static_cast<double>(cnt[j]);
-  // 2. confident joint; 3. off-diagonal items
+  // 2. confident joint; 3. off-diagonal items whose given label is not the model's prediction.
+  // The threshold test allows kThresholdSlack for the rounding of the mean: the float64 mean of n equal
+  // self-confidences can round above them (5 x 0.98, 7 x 0.9), which would leave a class with no
+  // confident member (cleanlab allows the same 1e-6).
+  constexpr double kThresholdSlack = 1e-6;
   std::vector<std::int64_t> joint(static_cast<std::size_t>(C) * C, 0);
   std::vector<std::pair<double, std::int64_t>> issues;
   for (std::int64_t i = 0; i < N; ++i) {
     const std::int64_t y = label(i);
     if (y < 0) continue;
-    int best = -1;
-    double best_p = -1.0;
+    int best = -1, top = 0;
+    double best_p = -1.0, top_p = -1.0;
     for (int j = 0; j < C; ++j) {
-      if (!(cnt[j] > 0)) continue;  // no threshold: never a confident true class
       const double p = prob(i, j);
-      if (p >= t[j] && p > best_p) {
+      if (p > top_p) {  // the model's prediction (ties: the lower class)
+        top_p = p;
+        top = j;
+      }
+      if (!(cnt[j] > 0)) continue;  // no threshold: never a confident true class
+      if (p >= t[j] - kThresholdSlack && p > best_p) {
         best_p = p;
         best = j;
       }
     }
     if (best < 0) continue;
     ++joint[static_cast<std::size_t>(y) * C + best];
-    if (best != y) issues.push_back({prob(i, static_cast<int>(y)), i});
+    if (best != y && top != y) issues.push_back({prob(i, static_cast<int>(y)), i});
   }
   std::sort(issues.begin(), issues.end());  // self-confidence ascending, ties: lower index
   auto* idx = static_cast<std::int64_t*>(I.data);

@@ -86,6 +86,10 @@ std::vector<std::int64_t> load_labels(const TensorView& labels, std::int64_t* C_
   for (std::int64_t i = 0; i < N; ++i) {
     y[i] = read_label(labels, i);
     check(y[i] >= -1, ErrorKind::Value, "labels: entry ", i, " is ", y[i], "; expected a class >= 0 or -1 (unlabelled)");
+    // every class 0 .. max needs a labelled item, so a class >= N cannot be complete (and C = y + 1 would
+    // overflow for y = INT64_MAX)
+    check(y[i] < N, ErrorKind::Value, "labels: entry ", i, " is ", y[i], "; classes are 0 .. max label and each needs "
+          "a labelled item, so a class must be < N = ", N, " (renumber the classes)");
     if (y[i] >= 0) {
       ++n_lab;
       C = std::max(C, y[i] + 1);

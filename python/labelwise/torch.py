@@ -46,6 +46,7 @@ __all__ = [
     "save_weights",
     "load_weights",
     "STREAM_DROPOUT",
+    "MAX_DROPOUT",
     "EVIDENTIAL_METRICS",
 ]
 
@@ -61,6 +62,9 @@ _PHILOX_W1 = 0xBB67AE85
 #: labelwise::rng::kStreamStochastic and kStreamBatchBald (which put the stream itself in word 2).
 STREAM_DROPOUT = 3
 _MAX_K = 1 << 16
+#: The largest dropout rate (C++ labelwise::kMaxDropout): a channel is kept when its 32-bit random word u
+#: has u / 2**32 >= p, so a rate above 1 - 2**-32 would drop every channel.
+MAX_DROPOUT = 1.0 - 2.0**-32
 
 
 def _mulhilo(m: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +109,9 @@ def _p_arg(p: Any) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"p: expected a float in [0, 1), got {type(p).__name__}")
     pf = float(p)
-    if not 0.0 <= pf < 1.0:  # also rejects NaN
-        raise ValueError(f"p: the dropout rate must be in [0, 1), got {p}")
+    if not 0.0 <= pf <= MAX_DROPOUT:  # also rejects NaN
+        raise ValueError(f"p: the dropout rate must be in [0, 1) and at most 1 - 2**-32 (masks compare 32-bit "
+                         f"random words), got {p}")
     return pf
 
 
@@ -545,7 +550,12 @@ class EvidentialHead(_Head):
         z = F.conv2d if self.dims == 2 else F.conv3d
         logits = z(x.to(torch.float64), self.conv.weight.detach().to(device=x.device, dtype=torch.float64),
                    self.conv.bias.detach().to(device=x.device, dtype=torch.float64))
-        return F.softplus(logits) + 1.0
+        alpha = F.softplus(logits) + 1.0
+        bad = torch.nonzero(~torch.isfinite(alpha.sum(dim=1)))
+        if bad.shape[0]:
+            raise ValueError(f"features: voxel {bad[0].tolist()} gives concentrations that overflow float64 "
+                             "(features or weights far too large)")
+        return alpha
 
     @torch.no_grad()
     def uncertainty(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -570,6 +580,9 @@ class EvidentialHead(_Head):
         """Per-voxel maps ``{metric: [B, *spatial]}`` (float32) in closed form from the Dirichlet; any of
         :data:`EVIDENTIAL_METRICS`. ``K`` and ``seed`` are accepted for a uniform call across heads and
         ignored (nothing is sampled). ``variation_ratio`` has no closed form and is refused."""
+        if "variation_ratio" in ((metrics,) if isinstance(metrics, str) else tuple(metrics)):
+            raise ValueError("metrics: variation_ratio has no closed form for an EvidentialHead (a mode count "
+                             "needs samples)")
         names = _metrics_arg(metrics, EVIDENTIAL_METRICS)
         if K is not None:
             _arrays.check_int(K, "K", 1)

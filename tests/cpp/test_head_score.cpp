@@ -383,16 +383,23 @@ TEST_CASE("index_offset: a shard draws exactly the whole batch's samples; thread
   head_score(x.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m_whole.data(), {4, 6, 5})}}, nullptr, opt);
   head_score(tail, h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m_shard.data(), {2, 6, 5})}}, nullptr, sh);
   CHECK(std::memcmp(m_shard.data(), m_whole.data() + 60, 60 * sizeof(double)) == 0);
-  // thread count
-  std::vector<double> m1(4 * 30);
+  // thread count: the CPU backend splits the voxels into chunks of about 65536 / (K·C·F) = 520 here, so
+  // the volume has 2 x 50 x 40 = 4000 voxels (8 chunks); 1, 2 and 3 threads give the same bits.
+  Features<float> big(2, 7, {50, 40}, false, rng);
+  std::vector<double> m1(4000), m2(4000), m3(4000);
+  std::vector<float> s1(2 * 6 * 3 * 2000), s3(s1.size());
   set_num_threads(1);
-  head_score(x.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m1.data(), {4, 6, 5})}}, nullptr, opt);
+  head_score(big.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m1.data(), {2, 50, 40})}}, nullptr, opt);
+  head_sample(big.view(), h.wv(), h.bv(), TensorView::of(s1.data(), {2, 6, 3, 50, 40}), opt);
+  set_num_threads(2);
+  head_score(big.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m2.data(), {2, 50, 40})}}, nullptr, opt);
   set_num_threads(3);
-  std::vector<double> m3(4 * 30);
-  head_score(x.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m3.data(), {4, 6, 5})}}, nullptr, opt);
+  head_score(big.view(), h.wv(), h.bv(), {{Metric::BalEntAcq, TensorView::of(m3.data(), {2, 50, 40})}}, nullptr, opt);
+  head_sample(big.view(), h.wv(), h.bv(), TensorView::of(s3.data(), {2, 6, 3, 50, 40}), opt);
   set_num_threads(0);
-  CHECK(std::memcmp(m1.data(), m_whole.data(), m1.size() * sizeof(double)) == 0);
-  CHECK(std::memcmp(m3.data(), m_whole.data(), m3.size() * sizeof(double)) == 0);
+  CHECK(std::memcmp(m1.data(), m2.data(), m1.size() * sizeof(double)) == 0);
+  CHECK(std::memcmp(m1.data(), m3.data(), m1.size() * sizeof(double)) == 0);
+  CHECK(std::memcmp(s1.data(), s3.data(), s1.size() * sizeof(float)) == 0);
 }
 
 TEST_CASE("head_score / head_sample: bad input gets a clear error naming the argument", "[head_score][errors]") {
@@ -466,11 +473,15 @@ TEST_CASE("head_score / head_sample: bad input gets a clear error naming the arg
     CHECK_THROWS_WITH(score1(xv, wv, bv, ov, o), Contains("samples: K must be in [1, 65535], got 65536"));
   }
   SECTION("dropout rate") {
-    for (double p : {-0.1, 1.0, 1.5, double(NAN), double(INFINITY)}) {
+    // Rates in (1 - 2^-32, 1) would make the 32-bit keep threshold 2^32 (it wrapped to 0: every channel kept).
+    for (double p : {-0.1, 1.0, 1.5, double(NAN), double(INFINITY), std::nextafter(1.0, 0.0), 1.0 - 0x1p-33}) {
       HeadScoreOptions o = opt;
       o.dropout = p;
       CHECK_THROWS_WITH(score1(xv, wv, bv, ov, o), Contains("dropout: the rate must be in [0, 1)"));
     }
+    HeadScoreOptions o = opt;
+    o.dropout = kMaxDropout;  // the largest rate is valid
+    CHECK_NOTHROW(score1(xv, wv, bv, ov, o));
   }
   SECTION("ensembles: K = M and no dropout") {
     const TensorView ew = TensorView::of(w2.data(), {3, 4, 3}), eb = TensorView::of(b2.data(), {3, 4});

@@ -214,6 +214,27 @@ TEST_CASE("heads: score equals labelwise::score of sample, mean equals the sampl
   }
 }
 
+TEST_CASE("heads: float16 / bfloat16 heads score and sample like their weights widened to float64",
+          "[torch][heads]") {
+  torch::manual_seed(fresh_seed());
+  const auto x = torch::randn({2, 6, 5, 4});
+  for (auto dt : {torch::kHalf, torch::kBFloat16}) {
+    MCDropoutHead half(6, 3, 0.3);
+    half->to(dt);
+    MCDropoutHead wide(6, 3, 0.3);
+    {
+      torch::NoGradGuard no_grad;
+      wide->to(torch::kDouble);
+      wide->weight().copy_(half->weight());
+      wide->bias().copy_(half->bias());
+    }
+    CHECK(torch::equal(half->sample(x.to(dt), 4, 11), wide->sample(x.to(dt), 4, 11)));
+    const auto a = half->score(x, 4, {Metric::Bald}, 11).at(Metric::Bald);
+    const auto b = wide->score(x, 4, {Metric::Bald}, 11).at(Metric::Bald);
+    CHECK(torch::equal(a, b));
+  }
+}
+
 TEST_CASE("heads: evidential closed form against Dirichlet draws", "[torch][heads]") {
   const std::uint64_t seed = fresh_seed();
   torch::manual_seed(seed);
@@ -302,6 +323,8 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
   require_error([] { MCDropoutHead(4, 3, 1.0); }, "p: the dropout rate must be in [0, 1)");
   require_error([] { MCDropoutHead(4, 3, -0.1); }, "p: the dropout rate");
   require_error([] { MCDropoutHead(4, 3, std::nan("")); }, "p: the dropout rate");
+  require_error([] { MCDropoutHead(4, 3, std::nextafter(1.0, 0.0)); }, "at most 1 - 2^-32");
+  CHECK(MCDropoutHead(4, 3, kMaxDropout)->p() == kMaxDropout);
   require_error([] { EvidentialHead(4, 1); }, "num_classes");
   require_error([] { EvidentialHead(4, 3, 4); }, "dims");
   require_error([] { EnsembleHead(4, 3, 0); }, "members");

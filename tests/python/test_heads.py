@@ -100,7 +100,7 @@ SPATIAL = {2: (3, 4), 3: (2, 3, 2)}
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("p", [0.0, 0.3, 0.5])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 1 - 2**-32])  # the last: the largest rate (LT.MAX_DROPOUT)
 def test_sample_equals_naive_loop_from_documented_layout(rng, dims, p):
     torch.manual_seed(int(rng.integers(2**31)))
     B, Fch, C, K = 2, 6, 3, 4  # F = 6: a partial group of four channels
@@ -294,6 +294,18 @@ def test_evidential_closed_forms_match_dirichlet_monte_carlo(rng):
             assert abs(sc["margin"][0, i, j].item() - (1 - (top[0] - top[1]).item())) < 1e-6
 
 
+def test_evidential_concentrations_that_overflow_are_an_error():
+    # finite float64 features whose logits overflow: alpha = inf would read as a certain voxel (bald 0)
+    ev = LT.EvidentialHead(4, 3).double()
+    x = torch.zeros((1, 4, 2, 2), dtype=torch.float64)
+    x[0, :, 1, 0] = 1e308
+    with torch.no_grad():
+        ev.conv.weight.fill_(10.0)
+    for call in (lambda: ev.score(x), lambda: ev.uncertainty(x)):
+        with pytest.raises(ValueError, match=r"features: voxel \[0, 1, 0\] gives concentrations that overflow"):
+            call()
+
+
 def test_evidential_3d_shapes():
     head = LT.EvidentialHead(3, 5, dims=3)
     x = torch.randn(2, 3, 4, 5, 6)
@@ -395,9 +407,11 @@ def test_import_labelwise_does_not_import_torch():
 
 
 def test_bad_constructor_arguments():
-    for bad in (-0.1, 1.0, 1.5, float("nan")):
+    # rates in (1 - 2^-32, 1) would drop every channel (masks compare 32-bit words): errors too
+    for bad in (-0.1, 1.0, 1.5, float("nan"), math.nextafter(1.0, 0.0), 1 - 2**-33):
         with pytest.raises(ValueError, match="^p:"):
             LT.MCDropoutHead(4, 3, p=bad)
+    assert LT.MCDropoutHead(4, 3, p=LT.MAX_DROPOUT).p == LT.MAX_DROPOUT
     with pytest.raises(TypeError, match="^p:"):
         LT.MCDropoutHead(4, 3, p="0.5")
     with pytest.raises(ValueError, match="^dims:"):
@@ -464,7 +478,7 @@ def test_bad_features_and_call_arguments():
     # metrics
     with pytest.raises(ValueError, match="^metrics:.*nonsense"):
         mc.score(x, metrics=("bald", "nonsense"))
-    with pytest.raises(ValueError, match="^metrics:.*variation_ratio"):
+    with pytest.raises(ValueError, match="^metrics: variation_ratio has no closed form"):
         ev.score(x, metrics=("variation_ratio",))
     with pytest.raises(ValueError, match="^index_offset:"):
         mc.sample(x, K=2, index_offset=-1)

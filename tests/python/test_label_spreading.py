@@ -69,6 +69,26 @@ def test_knn_graph_float32_strided_and_torch(rng):
     np.testing.assert_array_equal(ti.numpy(), want_i)
 
 
+@pytest.mark.parametrize("N", [20, 700, 3000])
+def test_knn_graph_is_scale_free(rng, N):
+    """Far outside [2^-30, 2^31) the float64 squared norms or float32 candidate keys over- or underflow;
+    the search then runs on the data scaled by a power of two (exact): the same neighbours, distances
+    scaled back (1e200: squared distances beyond float64, distances fine)."""
+    X = with_duplicates(rng, N, 6)
+    idx, dist = P.knn_graph(X, 5)
+    for scale in (2.0**70, 1e19, 1e200, 2.0**-70, 1e-170, 1e-300):
+        si, sd = P.knn_graph(X * scale, 5)
+        np.testing.assert_array_equal(si, idx, err_msg=f"scale {scale}")
+        np.testing.assert_allclose(sd, dist * scale, rtol=1e-12, err_msg=f"scale {scale}")
+    # cosine ignores each row's scale: rows from 1e-200 to 1e200 (powers of two, so that the duplicated
+    # rows stay exact duplicates) give the unit rows' neighbours
+    ci, cd = P.knn_graph(X, 5, metric="cosine")
+    rows = 2.0 ** rng.integers(-660, 661, size=(N, 1)).astype(np.float64)
+    gi, gd = P.knn_graph(X * rows, 5, metric="cosine")
+    np.testing.assert_array_equal(gi, ci)
+    np.testing.assert_allclose(gd, cd, rtol=1e-9, atol=1e-15)
+
+
 def test_knn_graph_bad_input():
     X = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ValueError, match="k"):
@@ -279,6 +299,11 @@ def test_spreading_bad_input():
     gap[1] = 3  # class 1 has no labelled item
     with pytest.raises(ValueError, match="class 1"):
         P.label_spreading(X, gap, k=3)
+    for huge in (30, 2**40, 2**63 - 1):  # a class >= N cannot have all classes below it labelled
+        big = y.copy()
+        big[4] = huge
+        with pytest.raises(ValueError, match="entry 4 is .*must be < N = 30"):
+            P.label_spreading(X, big, k=3)
     low = y.copy()
     low[5] = -2
     with pytest.raises(ValueError, match="entry 5"):

@@ -545,12 +545,12 @@ def ref_label_issues(p, y):
     for i in range(N):
         if y[i] < 0:
             continue
-        above = [j for j in range(C) if not np.isnan(t[j]) and p[i, j] >= t[j]]
+        above = [j for j in range(C) if not np.isnan(t[j]) and p[i, j] >= t[j] - 1e-6]  # 1e-6: mean rounding
         if not above:
             continue
         b = max(above, key=lambda j: (p[i, j], -j))
         joint[y[i], b] += 1
-        if b != y[i]:
+        if b != y[i] and int(np.argmax(p[i])) != y[i]:  # the model agreeing with the label: not an issue
             flagged.append((p[i, y[i]], i))
     flagged.sort()
     return np.array([i for _, i in flagged], dtype=np.int64), np.array([s for s, _ in flagged]), t, joint
@@ -576,6 +576,24 @@ def test_label_issues_match_reference(rng, dtype):
     # [C, N] layout through class_axis=0 (a transposed view, no copy)
     rt = P.label_issues(p.T, y, class_axis=0)
     np.testing.assert_array_equal(rt.indices, idx)
+
+
+def test_label_issues_equal_self_confidences_and_agreeing_predictions():
+    # five equal self-confidences of 0.98 average to more than 0.98 in float64: without the 1e-6
+    # allowance class 0 would have no confident member and the mislabelled item 10 would go unnoticed
+    p = np.array([[.98, .01, .01]] * 5 + [[.1, .8, .1]] * 5 + [[.98, .01, .01]])
+    y = np.array([0] * 5 + [1] * 6)
+    assert p[:5, 0].mean() > 0.98
+    r = P.label_issues(p, y)
+    assert r.indices.tolist() == [10]
+    assert r.confident_joint[0, 0] == 5 and r.confident_joint[1, 0] == 1
+    # item 10 reaches class 1's low threshold (0.3) but the model predicts its given label 0: not an issue,
+    # though the joint counts it off the diagonal
+    p = np.array([[.99, .01]] * 10 + [[.6, .4]] + [[.7, .3]] * 10)
+    y = np.array([0] * 11 + [1] * 10)
+    r = P.label_issues(p, y)
+    assert r.indices.tolist() == []
+    assert r.confident_joint[0, 1] == 1 and r.confident_joint[1, 1] == 10
 
 
 def test_label_issues_on_digits_with_flipped_labels(rng):

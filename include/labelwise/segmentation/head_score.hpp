@@ -33,7 +33,7 @@
 // [B, K, C, *spatial] samples exist only where head_sample() is asked for them.
 //
 // Errors (labelwise::Error): wrong ranks or sizes (naming the argument and both shapes), K < 1, K < 2 for a
-// metric that needs samples, K >= 2^16, C > 4096, dropout outside [0, 1), dropout != 0 or K != M for an
+// metric that needs samples, K >= 2^16, C > 4096, dropout outside [0, 1 - 2^-32], dropout != 0 or K != M for an
 // ensemble, NaN / Inf features (naming the item and voxel), NaN / Inf weights or biases (naming the
 // entry), logits that overflow float64, a metric requested twice, no output at all, index_offset + B >
 // 2^32, mismatched devices, non-float dtypes (samples: float32 only), CUDA work in a CPU-only build.
@@ -47,10 +47,14 @@
 
 namespace labelwise {
 
+/// The largest dropout rate: a channel is kept when its 32-bit random word u has u / 2^32 >= p, which
+/// drops every channel of a rate above 1 - 2^-32 (and 1 / (1 - p) would exceed 2^32).
+constexpr double kMaxDropout = 1.0 - 1.0 / 4294967296.0;
+
 struct HeadScoreOptions {
   /// K: MC-dropout samples (M = 1) or the member count (M > 1).
   std::int64_t samples = 20;
-  /// Dropout rate p in [0, 1); must be 0 for ensembles.
+  /// Dropout rate p in [0, kMaxDropout]; must be 0 for ensembles.
   double dropout = 0.0;
   std::uint64_t seed = 0;
   /// Global index of features' first item (a shard of a batch passes its first item's index).

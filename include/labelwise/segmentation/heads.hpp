@@ -47,6 +47,7 @@
 #include <iterator>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -181,7 +182,8 @@ inline std::int64_t check_arg(std::int64_t v, const char* name, std::int64_t lo,
 }
 
 inline double check_p(double p) {
-  check(p >= 0.0 && p < 1.0, ErrorKind::Value, "p: the dropout rate must be in [0, 1), got ", p);
+  check(p >= 0.0 && p <= kMaxDropout, ErrorKind::Value,
+        "p: the dropout rate must be in [0, 1) and at most 1 - 2^-32 (masks compare 32-bit random words), got ", p);
   return p;
 }
 
@@ -211,6 +213,14 @@ inline void* stream_for(const at::Tensor& x) {
 inline at::Tensor sample_input(const at::Tensor& x) {
   if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return x;
   return x.to(at::kFloat);
+}
+
+/// A weight or bias as the fused kernels take it: detached, on the features' device, float32 / float64
+/// kept and anything else (float16, bfloat16) widened to float64, exactly (as the Python heads do).
+inline at::Tensor kernel_param(const at::Tensor& t, const at::Device& device) {
+  at::Tensor r = t.detach().to(device);
+  if (r.scalar_type() == at::kFloat || r.scalar_type() == at::kDouble) return r;
+  return r.to(at::kDouble);
 }
 
 }  // namespace heads_detail
@@ -252,8 +262,8 @@ class HeadBase : public torch::nn::Module {
     check_features(features);
     check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
     const at::Tensor x = heads_detail::sample_input(features);
-    const auto w = weight.detach().to(x.device());
-    const auto b = bias.detach().to(x.device());
+    const at::Tensor w = heads_detail::kernel_param(weight, x.device());
+    const at::Tensor b = heads_detail::kernel_param(bias, x.device());
     std::vector<std::int64_t> shape{x.size(0)};
     for (auto s : spatial(x)) shape.push_back(s);
     const auto fopt = at::TensorOptions().dtype(at::kFloat).device(x.device());
@@ -287,8 +297,8 @@ class HeadBase : public torch::nn::Module {
                           std::int64_t K, double p, std::uint64_t seed, std::uint64_t index_offset) const {
     check_features(features);
     const at::Tensor x = heads_detail::sample_input(features);
-    const auto w = weight.detach().to(x.device());
-    const auto b = bias.detach().to(x.device());
+    const at::Tensor w = heads_detail::kernel_param(weight, x.device());
+    const at::Tensor b = heads_detail::kernel_param(bias, x.device());
     std::vector<std::int64_t> shape{x.size(0), K, num_classes_};
     for (auto s : spatial(x)) shape.push_back(s);
     at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(x.device()));
@@ -565,7 +575,16 @@ class EvidentialHeadImpl : public HeadBase {
     const at::Tensor x = features.to(at::kDouble);
     const at::Tensor z = heads_detail::conv(x, weight().detach().to(x.device(), at::kDouble),
                                             bias().detach().to(x.device(), at::kDouble), dims_);
-    return at::softplus(z, 1, 20) + 1.0;
+    const at::Tensor alpha = at::softplus(z, 1, 20) + 1.0;
+    const at::Tensor bad = at::nonzero(~at::isfinite(alpha.sum(1)));
+    if (bad.size(0) > 0) {
+      const at::Tensor first = bad[0].cpu();
+      std::ostringstream where;
+      for (std::int64_t d = 0; d < first.size(0); ++d) where << (d ? ", " : "[") << first[d].item<std::int64_t>();
+      throw Error(ErrorKind::Value, "features: voxel " + where.str() +
+                                        "] gives concentrations that overflow float64 (features or weights far too large)");
+    }
+    return alpha;
   }
   static at::Tensor expected_entropy(const at::Tensor& alpha, const at::Tensor& S, const at::Tensor& mu) {
     return at::digamma(S.select(1, 0) + 1) - (mu * at::digamma(alpha + 1)).sum(1);
