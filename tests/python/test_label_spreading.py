@@ -3,6 +3,9 @@ torch, strides), label_spreading / label_propagation with variant="sklearn" agai
 (random data and the digits with 10% labels, several thread counts), the symmetric variant, and every
 bad input."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -111,6 +114,45 @@ def test_knn_graph_bad_input():
         P.knn_graph(z, 3, metric="cosine")
     with pytest.raises(TypeError):
         P.knn_graph(X.astype(np.int64), 3)
+
+
+_ISA_CHILD = """
+import sys
+import numpy as np
+from labelwise import propagation as P
+d = np.load(sys.argv[1])
+X, y = d["X"], d["y"]
+out = {}
+for metric in ("euclidean", "cosine"):
+    out["i_" + metric], out["d_" + metric] = P.knn_graph(X, 9, metric=metric)
+out["i_f32"], _ = P.knn_graph(X.astype(np.float32), 9)
+out["dist"], out["lab"] = P.label_spreading(X, y, k=7, variant="sklearn")
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.parametrize("isa,bf16", [("generic", "1"), ("avx2", "1"), ("", "0"), ("", "1")])
+def test_knn_every_cpu_kernel_matches_brute_force_and_sklearn(rng, tmp_path, isa, bf16):
+    """The candidate kernel is chosen once per process (AVX-512 with or without the bfloat16 pass, AVX2,
+    or the Eigen GEMM): each one, forced in a child process, gives the brute-force neighbours and
+    scikit-learn's spreading, over several 1024-row blocks with duplicates."""
+    X = with_duplicates(rng, 2300, 20)
+    y = np.full(len(X), -1)
+    lab = rng.choice(len(X), 200, replace=False)
+    y[lab] = rng.integers(0, 3, 200)
+    np.savez(tmp_path / "in.npz", X=X, y=y)
+    env = dict(os.environ, LABELWISE_CPU_ISA=isa, LABELWISE_KNN_BF16=bf16)
+    subprocess.run([sys.executable, "-c", _ISA_CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                   env=env, check=True, timeout=300)
+    got = np.load(tmp_path / "out.npz")
+    for metric in ("euclidean", "cosine"):
+        want_i, want_d = brute_knn(X, 9, metric)
+        np.testing.assert_array_equal(got["i_" + metric], want_i, err_msg=metric)
+        np.testing.assert_allclose(got["d_" + metric], want_d, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(got["i_f32"], brute_knn(X.astype(np.float32), 9)[0])
+    sk = LabelSpreading(kernel="knn", n_neighbors=7).fit(X, y)
+    np.testing.assert_array_equal(got["lab"], sk.transduction_)
+    np.testing.assert_allclose(got["dist"], sk.label_distributions_, rtol=0, atol=1e-12)
 
 
 def test_knn_graph_on_cuda_equals_cpu(rng):
