@@ -43,7 +43,7 @@ void widen_to_float32_cuda(const TensorView&, float*, void*) {
 float* cuda_alloc_floats(std::int64_t, int, void*) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
 }
-void cuda_free_floats(float*, int, void*) {}
+void cuda_free_floats(float*, int, void*) noexcept {}
 SelectFailure select_cuda(const SelectJob&) {
   throw Error(ErrorKind::Runtime, "scores: is a CUDA tensor, but labelwise was built without CUDA");
 }

@@ -43,7 +43,7 @@ ScoreFailure score_cuda(const ScoreJob& job);  // throws Error(Runtime) in a CPU
 void widen_to_float32_cpu(const TensorView& x, float* out);
 void widen_to_float32_cuda(const TensorView& x, float* out, void* stream);
 float* cuda_alloc_floats(std::int64_t count, int device, void* stream);
-void cuda_free_floats(float* p, int device, void* stream);
+void cuda_free_floats(float* p, int device, void* stream) noexcept;
 
 }  // namespace detail
 }  // namespace labelwise

@@ -50,15 +50,25 @@ inline int grid_blocks(std::int64_t items, std::int64_t per_block, int sms, int 
   return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(want, static_cast<std::int64_t>(sms) * per_sm)));
 }
 
-/// Caps a grid of `blocks` × `block` threads whose every thread owns `per_thread_bytes` of global
-/// scratch so that the scratch stays within `budget` bytes (at least one block): kernels with
-/// grid-stride loops then take more items per thread instead of failing to allocate for large K · C.
-inline int cap_blocks_for_scratch(int blocks, int block, std::size_t per_thread_bytes,
-                                  std::size_t budget = std::size_t{1} << 30) {
-  const std::size_t per_block = per_thread_bytes * static_cast<std::size_t>(block);
-  if (per_block == 0) return blocks;
-  const std::size_t fit = budget / per_block;
-  return static_cast<int>(std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(blocks), fit)));
+/// A launch shape: `blocks` blocks of `threads` threads.
+struct ScratchGrid {
+  int blocks = 1;
+  int threads = 1;
+};
+
+/// Shrinks a grid of `blocks` × `block` threads whose every thread owns `per_thread_bytes` of global
+/// scratch until the scratch fits in `budget` bytes: fewer blocks first, then smaller blocks (halving,
+/// down to one thread, whose own scratch is the floor). Kernels with grid-stride loops (any blockDim)
+/// then take more items per thread instead of failing to allocate for large K · C.
+inline ScratchGrid scratch_grid(int blocks, int block, std::size_t per_thread_bytes,
+                                std::size_t budget = std::size_t{1} << 30) {
+  if (per_thread_bytes == 0) return {blocks, block};
+  const std::size_t fit = std::max<std::size_t>(1, budget / per_thread_bytes);  // threads that fit
+  if (static_cast<std::size_t>(blocks) * static_cast<std::size_t>(block) <= fit) return {blocks, block};
+  if (fit >= static_cast<std::size_t>(block)) return {static_cast<int>(fit / static_cast<std::size_t>(block)), block};
+  int threads = block;
+  while (threads > 1 && static_cast<std::size_t>(threads) > fit) threads /= 2;
+  return {1, threads};
 }
 
 /// A stream-ordered workspace carved into aligned pieces; freed (stream-ordered) on scope exit.

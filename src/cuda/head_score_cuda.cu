@@ -94,9 +94,9 @@ HeadFailure head_cuda(const HeadJob& job) {
   const std::size_t per_thread = (static_cast<std::size_t>(hp.F) + Cp) * sizeof(double) +
                                  static_cast<std::size_t>(hp.K) * hp.C * sizeof(float) +
                                  Cp * (3 * sizeof(double) + sizeof(float) + sizeof(int));
-  const int blocks = cap_blocks_for_scratch(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 8),
-                                            kBlock, per_thread);
-  const std::size_t T = static_cast<std::size_t>(blocks) * kBlock;
+  const ScratchGrid grid =
+      scratch_grid(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 8), kBlock, per_thread);
+  const std::size_t T = static_cast<std::size_t>(grid.blocks) * grid.threads;
 
   const std::size_t n_params = static_cast<std::size_t>(hp.M) * hp.F * Cp + static_cast<std::size_t>(hp.M) * hp.C;
   const std::size_t params_bytes = (n_params * sizeof(double) + 255) / 256 * 256;
@@ -127,9 +127,11 @@ HeadFailure head_cuda(const HeadJob& job) {
   }
   if (err == cudaSuccess) {
     if (job.x_dtype == DType::Float32)
-      head_kernel<float><<<blocks, kBlock, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats, rows, votes, flags);
+      head_kernel<float><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats, rows,
+                                                                   votes, flags);
     else
-      head_kernel<double><<<blocks, kBlock, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats, rows, votes, flags);
+      head_kernel<double><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats, rows,
+                                                                    votes, flags);
     err = cudaGetLastError();
   }
   unsigned long long host_flags[2] = {~0ULL, ~0ULL};

@@ -95,9 +95,14 @@ float* cuda_alloc_floats(std::int64_t count, int device, void* stream) {
   return static_cast<float*>(p);
 }
 
-void cuda_free_floats(float* p, int device, void* stream) {
-  CudaDeviceGuard guard(device);
+void cuda_free_floats(float* p, int device, void* stream) noexcept {
+  // Called from a deleter, possibly while an exception unwinds: no CudaDeviceGuard (its constructor can
+  // throw after a sticky error); errors are ignored.
+  int previous = 0;
+  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device &&
+                        cudaSetDevice(device) == cudaSuccess;
   cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
+  if (switched) cudaSetDevice(previous);
 }
 
 ScoreFailure score_cuda(const ScoreJob& job) {
@@ -107,9 +112,9 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   const std::size_t acc_size = job.dtype == DType::Float32 ? sizeof(float) : sizeof(double);
   const std::size_t Cp = static_cast<std::size_t>(padded_classes(job.C));
   // Per thread: 3 x Cp float64 class statistics, Cp compute-type row values, Cp int votes.
-  const int blocks = cap_blocks_for_scratch(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 16),
-                                            kBlock, Cp * (3 * sizeof(double) + acc_size + sizeof(int)));
-  const std::int64_t threads = static_cast<std::int64_t>(blocks) * kBlock;
+  const ScratchGrid grid = scratch_grid(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 16),
+                                        kBlock, Cp * (3 * sizeof(double) + acc_size + sizeof(int)));
+  const std::int64_t threads = static_cast<std::int64_t>(grid.blocks) * grid.threads;
 
   OutSpec outs{};
   for (int m = 0; m < kNumMetrics; ++m) {
@@ -132,12 +137,12 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(unsigned long long), stream));
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(scratch, 0, scratch_bytes, stream));
   if (job.dtype == DType::Float32)
-    score_kernel<float><<<blocks, kBlock, 0, stream>>>(static_cast<const float*>(job.x), job.grid, job.sample_stride,
+    score_kernel<float><<<grid.blocks, grid.threads, 0, stream>>>(static_cast<const float*>(job.x), job.grid, job.sample_stride,
                                                        job.class_stride, job.K, job.C, job.input_kind, job.mask,
                                                        job.tol, outs, stats, reinterpret_cast<float*>(rows), votes,
                                                        failure);
   else
-    score_kernel<double><<<blocks, kBlock, 0, stream>>>(static_cast<const double*>(job.x), job.grid, job.sample_stride,
+    score_kernel<double><<<grid.blocks, grid.threads, 0, stream>>>(static_cast<const double*>(job.x), job.grid, job.sample_stride,
                                                         job.class_stride, job.K, job.C, job.input_kind, job.mask,
                                                         job.tol, outs, stats, reinterpret_cast<double*>(rows), votes,
                                                         failure);

@@ -3,10 +3,14 @@
 #include <catch2/catch.hpp>
 
 #include "test_seed.hpp"
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "labelwise/uncertainty/metrics.hpp"
@@ -62,7 +66,112 @@ void compare_layout(int N, int K, int C, InputKind kind, std::uint64_t seed) {
       CHECK(((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= tol * (1 + std::fabs(a))));
     }
 }
+/// Every metric of x (host bytes `host`, dtype dt, shape / strides as given) on the CPU and on CUDA (a
+/// byte copy of the same storage), into float64 or float32 outputs; equal within tol (relative), equal
+/// infinities, BalEntAcq's pole as above.
+void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std::vector<std::int64_t>& shape,
+                     const std::vector<std::int64_t>& strides, const ScoreOptions& opt, DType out_dt, double tol) {
+  const TensorView hx(const_cast<unsigned char*>(host.data()), dt, shape, strides);
+  const std::vector<std::int64_t> oshape = score_shape(hx, opt);
+  std::int64_t n = 1;
+  for (auto d : oshape) n *= d;
+  const std::size_t es = out_dt == DType::Float32 ? 4 : 8;
+  std::vector<unsigned char> cpu(static_cast<std::size_t>(kNumMetrics * n) * es), gpu(cpu.size());
+  DeviceArray<unsigned char> dx(host), dout(cpu.size());
+  std::vector<MetricOutput> oc, og;
+  for (int m = 0; m < kNumMetrics; ++m) {
+    oc.push_back({static_cast<Metric>(m), TensorView(cpu.data() + m * n * es, out_dt, oshape)});
+    og.push_back({static_cast<Metric>(m), TensorView(dout.ptr + m * n * es, out_dt, oshape, Device::cuda(0))});
+  }
+  score(hx, oc, opt);
+  score(TensorView(dx.ptr, dt, shape, strides, Device::cuda(0)), og, opt);
+  gpu = dout.host();
+  auto at = [&](const std::vector<unsigned char>& v, std::int64_t q) {
+    if (out_dt == DType::Float64) {
+      double d;
+      std::memcpy(&d, v.data() + q * 8, 8);
+      return d;
+    }
+    float f;
+    std::memcpy(&f, v.data() + q * 4, 4);
+    return static_cast<double>(f);
+  };
+  for (int m = 0; m < kNumMetrics; ++m) {
+    std::int64_t bad = 0, first = -1;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double a = at(cpu, m * n + i), g = at(gpu, m * n + i);
+      const bool pole = m == static_cast<int>(Metric::BalEntAcq) &&
+                        ((a == -INFINITY && g > 1e12) || (g == -INFINITY && a > 1e12));
+      if (!((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= tol * (1 + std::fabs(a))))
+        if (bad++ == 0) first = i;
+    }
+    INFO(metric_name(static_cast<Metric>(m)) << ": " << bad << " of " << n << " items differ; first " << first
+                                             << (first >= 0 ? " cpu " + std::to_string(at(cpu, m * n + first)) +
+                                                                  " gpu " + std::to_string(at(gpu, m * n + first))
+                                                            : std::string()));
+    CHECK(bad == 0);
+  }
+}
+
+/// n logits rows of C classes (normal, scale 2) as float values.
+std::vector<float> random_logits(std::size_t count, std::mt19937_64& rng) {
+  std::normal_distribution<double> n01(0, 2);
+  std::vector<float> v(count);
+  for (float& x : v) x = static_cast<float>(n01(rng));
+  return v;
+}
+
+template <typename T>
+std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
+  std::vector<unsigned char> b(v.size() * sizeof(T));
+  std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
 }  // namespace
+
+TEST_CASE("CUDA equals CPU: strided layouts, float16 / bfloat16, float32 outputs, more items than threads",
+          "[cuda]") {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE(devices > 0);
+  std::mt19937_64 rng(fresh_seed());
+  ScoreOptions logits;
+  logits.input = InputKind::Logits;
+  {
+    // BaaL's [N, C, K]: samples on the last axis, classes in the middle
+    const int N = 700, K = 9, C = 6;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(N) * C * K, rng);
+    ScoreOptions o = logits;
+    o.sample_axis = 2;
+    o.class_axis = 1;
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, C, K}, {C * K, K, 1}, o, DType::Float64, 1e-4);
+    // a transposed view of [K, N, C] storage read as [N, K, C] (sample stride > item stride)
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, K, C}, {C, N * C, 1}, logits, DType::Float32, 1e-4);
+  }
+  {
+    // float16 / bfloat16 logits (widened exactly on both sides), 2D segmentation maps [B, K, C, H, W]
+    const int B = 2, K = 5, C = 4, H = 13, W = 17;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(B) * K * C * H * W, rng);
+    std::vector<std::uint16_t> h16(x.size()), b16(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const __half h = __float2half(x[i]);
+      const __nv_bfloat16 b = __float2bfloat16(x[i]);
+      std::memcpy(&h16[i], &h, 2);
+      std::memcpy(&b16[i], &b, 2);
+    }
+    const std::vector<std::int64_t> shape{B, K, C, H, W}, strides{K * C * H * W, C * H * W, H * W, W, 1};
+    cpu_equals_cuda(bytes_of(h16), DType::Float16, shape, strides, logits, DType::Float64, 1e-4);
+    cpu_equals_cuda(bytes_of(b16), DType::BFloat16, shape, strides, logits, DType::Float32, 1e-4);
+  }
+  {
+    // more items than the grid has threads (132 SMs x 16 x 128 = 270k on an H200): each thread loops
+    // over many items and reuses its scratch
+    const int N = 1 << 20, K = 3, C = 3;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(N) * K * C, rng);
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, K, C}, {K * C, C, 1}, logits, DType::Float64, 1e-4);
+  }
+}
 
 TEST_CASE("CUDA equals CPU for all metrics and input kinds", "[cuda]") {
   int devices = 0;

@@ -82,6 +82,34 @@ TEST_CASE("badge on CUDA equals the CPU", "[cuda][diversity][badge]") {
     DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
     badge(dl.view({n, c}), dh.view({n, d}), b, di.view({b}), {InputKind::Logits, seed});
     CHECK(di.host() == ci);
+    // probabilities and log-probabilities, stored class-major ([C, N] read through a transposed view),
+    // with the embeddings a strided view of a wider matrix
+    std::vector<double> probs(static_cast<std::size_t>(n * c)), logp(probs.size());  // [C, N]
+    for (std::int64_t i = 0; i < n; ++i) {
+      double mx = -INFINITY, z = 0.0;
+      for (std::int64_t k = 0; k < c; ++k) mx = std::max(mx, logits[i * c + k]);
+      for (std::int64_t k = 0; k < c; ++k) z += std::exp(logits[i * c + k] - mx);
+      for (std::int64_t k = 0; k < c; ++k) {
+        probs[k * n + i] = std::exp(logits[i * c + k] - mx) / z;
+        logp[k * n + i] = logits[i * c + k] - mx - std::log(z);
+      }
+    }
+    std::vector<float> wide(static_cast<std::size_t>(n * 2 * d));  // embeddings in the odd columns
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t t = 0; t < d; ++t) wide[(i * d + t) * 2 + 1] = h[i * d + t];
+    DeviceArray<float> dwide(wide);
+    for (InputKind kind : {InputKind::Probabilities, InputKind::LogProbabilities}) {
+      const std::vector<double>& v = kind == InputKind::Probabilities ? probs : logp;
+      const TensorView hx(const_cast<double*>(v.data()), DType::Float64, {n, c}, {1, n});
+      const TensorView he(wide.data() + 1, DType::Float32, {n, d}, {2 * d, 2});
+      badge(hx, he, b, TensorView::of(ci.data(), {b}), {kind, seed});
+      DeviceArray<double> dv(v);
+      badge(TensorView(dv.ptr, DType::Float64, {n, c}, {1, n}, Device::cuda(0)),
+            TensorView(dwide.ptr + 1, DType::Float32, {n, d}, {2 * d, 2}, Device::cuda(0)), b, di.view({b}),
+            {kind, seed});
+      INFO("input kind " << static_cast<int>(kind));
+      CHECK(di.host() == ci);
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -90,29 +91,39 @@ void compare(int B, int F, int C, int M, int K, double p, std::vector<std::int64
   head_score(on_device(xv, dx.ptr), on_device(wv, dw.ptr), on_device(bv, db.ptr), gpu_out, &dmv, opt);
   for (std::size_t i = 0; i < metrics.size(); ++i) {
     const std::vector<double> g = douts[i]->host();
+    std::size_t bad = 0, first = 0;
     for (std::size_t j = 0; j < nvox; ++j) {
-      INFO(metric_name(metrics[i]) << " voxel " << j << " cpu " << cpu[i][j] << " gpu " << g[j]);
-      CHECK(std::abs(g[j] - cpu[i][j]) <= 1e-6 * std::max(1.0, std::abs(cpu[i][j])));
+      const double a = cpu[i][j];
+      // equal infinities (BalEntAcq of a certain voxel) match; so does BalEntAcq's pole, where one side
+      // rounds the top mean to exactly 1 (-inf) and the other gives s > 1e12 (test_cuda.cu's rule)
+      const bool pole = metrics[i] == Metric::BalEntAcq && ((a == -INFINITY && g[j] > 1e12) || (g[j] == -INFINITY && a > 1e12));
+      if (!((std::isinf(a) && a == g[j]) || pole || std::abs(g[j] - a) <= 1e-6 * std::max(1.0, std::abs(a))))
+        if (bad++ == 0) first = j;
     }
+    INFO(metric_name(metrics[i]) << ": " << bad << " of " << nvox << " voxels differ; first " << first << " cpu "
+                                 << cpu[i][first] << " gpu " << g[first]);
+    CHECK(bad == 0);
     delete douts[i];
   }
   const std::vector<float> gm = dmean.host();
-  for (std::size_t j = 0; j < gm.size(); ++j) CHECK(std::abs(gm[j] - mean[j]) <= 1e-6f);
+  float worst = 0.0f;
+  for (std::size_t j = 0; j < gm.size(); ++j) worst = std::max(worst, std::abs(gm[j] - mean[j]));
+  CHECK(worst <= 1e-6f);
 }
 
 }  // namespace
 
 TEST_CASE("head_score / head_sample: CUDA equals CPU (MC dropout and ensembles, 2D and 3D)", "[cuda][head_score]") {
   int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    WARN("no CUDA device");
-    return;
-  }
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE(devices > 0);
   compare<float>(2, 13, 5, 1, 7, 0.4, {17, 23}, false, 1);
   compare<double>(2, 9, 4, 1, 6, 0.25, {5, 6, 7}, true, 2);
   compare<float>(1, 32, 8, 1, 20, 0.5, {9, 10, 11}, false, 3);
   compare<float>(3, 6, 3, 4, 4, 0.0, {12, 13}, true, 4);   // ensemble of 4
   compare<double>(2, 5, 14, 1, 3, 0.0, {300}, false, 5);    // p = 0
+  // more voxels than the grid has threads: each thread loops over many voxels, reusing its scratch
+  compare<float>(1, 3, 3, 1, 2, 0.3, {300, 1000}, false, 6);
   // NaN features: the same error on the device
   std::vector<float> x(2 * 3 * 4, 1.0f), w(2 * 3, 0.5f), b(2, 0.0f);
   x[13] = NAN;
