@@ -734,15 +734,11 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
   for (std::int64_t i = 0; i < N; ++i) {
     const std::int64_t y = label(i);
     if (y < 0) continue;
-    int best = -1, top = 0;
-    double best_p = -1.0, top_p = -1.0;
+    int best = -1;
+    double best_p = -1.0;
     for (int j = 0; j < C; ++j) {
-      const double p = prob(i, j);
-      if (p > top_p) {  // the model's prediction (ties: the lower class)
-        top_p = p;
-        top = j;
-      }
       if (!(cnt[j] > 0)) continue;  // no threshold: never a confident true class
+      const double p = prob(i, j);
       if (p >= t[j] - kThresholdSlack && p > best_p) {
         best_p = p;
         best = j;
@@ -750,7 +746,14 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
     }
     if (best < 0) continue;
     ++joint[static_cast<std::size_t>(y) * C + best];
-    if (best != y && top != y) issues.push_back({prob(i, static_cast<int>(y)), i});
+    if (best == y) continue;
+    const double p_y = prob(i, static_cast<int>(y));
+    bool predicted = true;  // is y the model's prediction (the first class of the largest probability)?
+    for (int j = 0; j < C && predicted; ++j) {
+      const double p = prob(i, j);
+      predicted = j < y ? p < p_y : p <= p_y;
+    }
+    if (!predicted) issues.push_back({p_y, i});
   }
   std::sort(issues.begin(), issues.end());  // self-confidence ascending, ties: lower index
   auto* idx = static_cast<std::int64_t*>(I.data);
