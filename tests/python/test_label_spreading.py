@@ -121,12 +121,12 @@ import sys
 import numpy as np
 from labelwise import propagation as P
 d = np.load(sys.argv[1])
-X, y = d["X"], d["y"]
+X, Z, y = d["X"], d["Z"], d["y"]
 out = {}
 for metric in ("euclidean", "cosine"):
     out["i_" + metric], out["d_" + metric] = P.knn_graph(X, 9, metric=metric)
 out["i_f32"], _ = P.knn_graph(X.astype(np.float32), 9)
-out["dist"], out["lab"] = P.label_spreading(X, y, k=7, variant="sklearn")
+out["dist"], out["lab"] = P.label_spreading(Z, y, k=7, variant="sklearn")
 np.savez(sys.argv[2], **out)
 """
 
@@ -135,12 +135,14 @@ np.savez(sys.argv[2], **out)
 def test_knn_every_cpu_kernel_matches_brute_force_and_sklearn(rng, tmp_path, isa, bf16):
     """The candidate kernel is chosen once per process (AVX-512 with or without the bfloat16 pass, AVX2,
     or the Eigen GEMM): each one, forced in a child process, gives the brute-force neighbours and
-    scikit-learn's spreading, over several 1024-row blocks with duplicates."""
+    scikit-learn's spreading, over several 1024-row blocks (duplicates for the graph; none for sklearn,
+    whose BLAS distances of two identical rows in this brute-force regime can differ in the last bit)."""
     X = with_duplicates(rng, 2300, 20)
+    Z = rng.normal(size=X.shape) + rng.normal(size=20) * 3
     y = np.full(len(X), -1)
     lab = rng.choice(len(X), 200, replace=False)
     y[lab] = rng.integers(0, 3, 200)
-    np.savez(tmp_path / "in.npz", X=X, y=y)
+    np.savez(tmp_path / "in.npz", X=X, Z=Z, y=y)
     env = dict(os.environ, LABELWISE_CPU_ISA=isa, LABELWISE_KNN_BF16=bf16)
     subprocess.run([sys.executable, "-c", _ISA_CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
                    env=env, check=True, timeout=300)
@@ -150,7 +152,7 @@ def test_knn_every_cpu_kernel_matches_brute_force_and_sklearn(rng, tmp_path, isa
         np.testing.assert_array_equal(got["i_" + metric], want_i, err_msg=metric)
         np.testing.assert_allclose(got["d_" + metric], want_d, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(got["i_f32"], brute_knn(X.astype(np.float32), 9)[0])
-    sk = LabelSpreading(kernel="knn", n_neighbors=7).fit(X, y)
+    sk = LabelSpreading(kernel="knn", n_neighbors=7).fit(Z, y)
     np.testing.assert_array_equal(got["lab"], sk.transduction_)
     np.testing.assert_allclose(got["dist"], sk.label_distributions_, rtol=0, atol=1e-12)
 
