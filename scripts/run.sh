@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: install what is missing, build and install labelwise into ./.venv, then
 #  1. score one MC-dropout model on real data (breast cancer) and print the items to label next;
-#  2. run the default active-learning campaign on the bundled real data sets and write its report.
+#  2. run the default active-learning campaign on real data (scikit-learn's breast-cancer and digits data)
+#     and write its report.
 # Extra arguments go to the campaign (python -m labelwise.campaign --help), e.g. --quick, --out DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,7 +18,7 @@ namespace {
 bool is_float(DType t) { return t == DType::Float32 || t == DType::Float64; }
 
 void check_not_cuda(const TensorView& v, const char* fn, const char* what) {
-  check(!v.device.is_cuda(), ErrorKind::Runtime, fn, ": ", what, " is on ", v.device.str(), "; ", fn,
+  check(!v.device.is_cuda(), ErrorKind::Type, fn, ": ", what, " is on ", v.device.str(), "; ", fn,
         " is not implemented on CUDA yet (pass CPU arrays)");
 }
 

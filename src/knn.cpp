@@ -1049,7 +1049,7 @@ void check_knn_request(const TensorView& f, std::int64_t N, std::int64_t k, cons
   check(k >= 1 && k < N, ErrorKind::Value, "k: expected 1 <= k < N = ", N,
         " (the point itself is not its own neighbour), got ", k);
   auto check_out = [&](const TensorView& v, const char* name) {
-    check(v.device == f.device, ErrorKind::Type, name, ": is on ", v.device.str(), " but features is on ",
+    check(v.device == f.device, ErrorKind::Value, name, ": is on ", v.device.str(), " but features is on ",
           f.device.str());
     check(v.ndim == 2 && v.shape[0] == N && v.shape[1] == k, ErrorKind::Value, name, ": expected shape [", N, ", ",
           k, "], got ", v.shape_str());

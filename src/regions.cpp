@@ -25,7 +25,7 @@ std::string vec_str(const std::vector<std::int64_t>& v) {
 }
 
 MapInfo describe(const TensorView& map) {
-  check(map.device.is_cpu(), ErrorKind::Runtime, "map: region acquisition is not implemented on CUDA yet; pass a CPU array");
+  check(map.device.is_cpu(), ErrorKind::Type, "map: region acquisition is not implemented on CUDA yet; pass a CPU array");
   check(map.dtype == DType::Float32 || map.dtype == DType::Float64, ErrorKind::Type,
         "map: expected dtype float32 or float64, got ", dtype_name(map.dtype));
   check(map.ndim >= 2 && map.ndim <= 4, ErrorKind::Value, "map: expected [N, *spatial] with 1 to 3 spatial axes, got shape ",

@@ -175,10 +175,11 @@ void decide(const std::vector<double>& probs, std::int64_t C, std::int64_t n, st
 
 }  // namespace
 
-void propagate_slices(const TensorView& volume, const TensorView& labels, const std::vector<std::int64_t>& slices,
-                      const TensorView& mask, const TensorView& confidence, const SlicePropagationOptions& options) {
+void propagate_slices(const TensorView& volume, const TensorView& labels,
+                      const std::vector<std::int64_t>& labelled_slices, const TensorView& mask,
+                      const TensorView& confidence, const SlicePropagationOptions& options) {
   for (const TensorView* v : {&volume, &labels, &mask, &confidence})
-    check(v->device.is_cpu(), ErrorKind::Runtime, "propagate_slices: every array must be on the CPU, got ",
+    check(v->device.is_cpu(), ErrorKind::Type, "propagate_slices: every array must be on the CPU, got ",
           v->device.str(), " (copy it to the host)");
   check(volume.dtype == DType::Float32 || volume.dtype == DType::Float64, ErrorKind::Type,
         "volume: expected dtype float32 or float64, got ", dtype_name(volume.dtype));
@@ -209,7 +210,7 @@ void propagate_slices(const TensorView& volume, const TensorView& labels, const 
   const Planes out_mask = planes_of(mask, axis), out_conf = planes_of(confidence, axis);
   const std::int64_t Z = vol.Z, H = vol.H, W = vol.W, n = H * W;
 
-  std::vector<std::int64_t> ann(slices);
+  std::vector<std::int64_t> ann(labelled_slices);
   std::sort(ann.begin(), ann.end());
   ann.erase(std::unique(ann.begin(), ann.end()), ann.end());
   check(!ann.empty(), ErrorKind::Value, "labelled_slices: at least one annotated slice is needed");

@@ -96,6 +96,21 @@ Metric metric_from_name(const std::string& name) {
   throw Error(ErrorKind::Value, "metrics: unknown metric '" + name + "'; expected one of: " + all);
 }
 
+const char* input_kind_name(InputKind kind) {
+  switch (kind) {
+    case InputKind::Probabilities: return "probs";
+    case InputKind::LogProbabilities: return "log_probs";
+    case InputKind::Logits: return "logits";
+  }
+  throw Error(ErrorKind::Value, "input: unknown input kind id " + std::to_string(static_cast<int>(kind)));
+}
+
+InputKind input_kind_from_name(const std::string& name) {
+  for (InputKind k : {InputKind::Probabilities, InputKind::LogProbabilities, InputKind::Logits})
+    if (name == input_kind_name(k)) return k;
+  throw Error(ErrorKind::Value, "input: expected 'probs', 'log_probs' or 'logits', got '" + name + "'");
+}
+
 bool metric_needs_samples(Metric m) {
   switch (m) {
     case Metric::ExpectedEntropy:

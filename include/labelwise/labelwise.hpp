@@ -4,6 +4,7 @@
 #include "labelwise/core/config.hpp"
 #include "labelwise/core/error.hpp"
 #include "labelwise/core/parallel.hpp"
+#include "labelwise/core/rng.hpp"
 #include "labelwise/core/tensor_view.hpp"
 #include "labelwise/acquisition/selection.hpp"
 #include "labelwise/acquisition/batchbald.hpp"
@@ -16,3 +17,4 @@
 #include "labelwise/propagation/knn.hpp"
 #include "labelwise/propagation/slices.hpp"
 #include "labelwise/propagation/spreading.hpp"
+#include "labelwise/segmentation/head_score.hpp"

@@ -10,7 +10,9 @@ Shape contract (every function)
     returns : int64 indices ``[b]``, best first, in the caller's framework and on its device.
         Ties break by the lower index; ``-0.0 == +0.0``; ``±inf`` are ordinary values.
 
-Definitions, the random numbers and the merge protocol: ``docs/acquisition.md``.
+Definitions, the random numbers and the merge protocol: ``docs/acquisition.md``. CUDA inputs run the
+CUDA kernels, which are compiled and tested against the CPU by ``[cuda]`` tests but have not yet run on
+a GPU: "the same batch on every device" is their design, not yet observed.
 
 Errors: ``ValueError`` for NaN scores (naming the first bad item), an empty pool, ``b`` outside
 ``[0, N]``, wrong rank, negative scores in ``"power"`` mode, ``temperature <= 0``, bad ranks or

@@ -13,7 +13,8 @@ layer of any backbone. ``forward`` returns logits ``[B, C, *spatial]`` and train
 MC sampling is deterministic and device independent: ``MCDropoutHead.sample(features, K, seed)`` draws
 its dropout masks from Philox-4x32-10 (the counter RNG of ``include/labelwise/core/rng.hpp``),
 keyed by (seed, sample k, item b, channel f, voxel v) — never from torch's RNG — so that the fused
-C++/CUDA kernel reproduces the masks bit for bit. The counter layout and the arithmetic order are in
+C++/CUDA kernel reproduces the masks bit for bit (checked on the CPU; the CUDA kernel is compiled and
+tested against the CPU by ``[cuda]`` tests, but has not yet run on a GPU). The counter layout and the arithmetic order are in
 ``docs/segmentation.md`` and in :func:`dropout_keep_mask`.
 
 ``head.sample`` and ``head.score(features, K, metrics, seed)`` run the fused C++/CUDA kernel
@@ -313,8 +314,9 @@ class _SampledHead(_Head):
         index_offset: Any = 0,
         chunk_bytes: Any = None,
     ) -> Dict[str, torch.Tensor]:
-        """Per-voxel uncertainty maps ``{metric: [B, *spatial]}`` (float32), equal to
-        ``labelwise.uncertainty.score(head.sample(features, K, seed), metrics)``, computed by the fused
+        """Per-voxel uncertainty maps ``{metric: [B, *spatial]}`` (float32), equal (to float32 rounding:
+        another summation order) to ``labelwise.uncertainty.score(head.sample(features, K, seed), metrics)``,
+        computed by the fused
         kernel voxel by voxel (memory O(voxels x outputs)). With ``return_mean=True`` the result also
         holds ``"mean"``: the mean probabilities ``[B, C, *spatial]``. ``index_offset``: global index of
         the first item, as in :meth:`sample`. ``chunk_bytes`` is accepted and ignored (deprecated)."""

@@ -46,17 +46,10 @@ TensorView view_of(const py::capsule& cap, const char* what, bool writable) {
                                    (name ? name : "<unnamed>") + "' (was it already consumed?)");
 }
 
-InputKind parse_input(const std::string& s) {
-  if (s == "probs") return InputKind::Probabilities;
-  if (s == "log_probs") return InputKind::LogProbabilities;
-  if (s == "logits") return InputKind::Logits;
-  throw Error(ErrorKind::Value, "input: expected 'probs', 'log_probs' or 'logits', got '" + s + "'");
-}
-
 ScoreOptions make_options(const std::string& input, std::optional<int> sample_axis, int class_axis,
                           std::uintptr_t stream) {
   ScoreOptions opt;
-  opt.input = parse_input(input);
+  opt.input = input_kind_from_name(input);
   opt.sample_axis = sample_axis;
   opt.class_axis = class_axis;
   opt.stream = reinterpret_cast<void*>(stream);
@@ -368,7 +361,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView iv = view_of(indices, "indices", true);
         const TensorView sv = view_of(scores, "scores", true);
         BatchBaldOptions opt;
-        opt.input = parse_input(input);
+        opt.input = input_kind_from_name(input);
         opt.num_samples = num_samples;
         opt.seed = seed;
         opt.sample_axis = sample_axis;
@@ -406,7 +399,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView ev = view_of(embeddings, "embeddings", false);
         const TensorView iv = view_of(indices, "indices", true);
         BadgeOptions opt;
-        opt.input = parse_input(input);
+        opt.input = input_kind_from_name(input);
         opt.seed = seed;
         opt.stream = reinterpret_cast<void*>(stream);
         py::gil_scoped_release release;

@@ -387,6 +387,12 @@ TEST_CASE("bad input gets a clear error naming the argument", "[uncertainty][err
   SECTION("unknown metric name") {
     CHECK_THROWS_WITH(metric_from_name("entropy"), Catch::Contains("predictive_entropy"));
   }
+  SECTION("input kind names round-trip; an unknown one names the argument") {
+    for (InputKind k : {InputKind::Probabilities, InputKind::LogProbabilities, InputKind::Logits})
+      CHECK(input_kind_from_name(input_kind_name(k)) == k);
+    CHECK(std::string(input_kind_name(InputKind::LogProbabilities)) == "log_probs");
+    CHECK_THROWS_WITH(input_kind_from_name("probabilities"), Catch::Contains("input: expected 'probs'"));
+  }
   SECTION("CUDA input") {
     TensorView xc = xv, oc = ov;
     xc.device = oc.device = Device::cuda(0);

@@ -3,15 +3,17 @@
 // Definitions, first-pick rules and the random numbers: docs/acquisition.md ("Diversity").
 //
 // Shape contract
-//   features / embeddings : [N, D], float32 or float64, CPU, any strides (nothing is copied; the
-//                           inner axis is fastest when its stride is 1). N >= 1, D >= 1, finite.
+//   features / embeddings : [N, D], float32 or float64, any strides (nothing is copied; the inner
+//                           axis is fastest when its stride is 1). N >= 1, D >= 1, finite.
 //   probs / logits        : [N, C] (one prediction per item, classes on axis 1), float32 / float64,
-//                           CPU, any strides, C >= 2.
+//                           any strides, C >= 2.
 //   indices               : int64 [b] (out), any stride; the caller owns it. Picks in the order chosen.
 //   radii                 : float64 [b] (out), any stride; the caller owns it.
 //   Devices: coreset, badge and weighted_kmeans run on the CPU (multi-threaded) or on CUDA (every
-//   array on the same device, except that coreset's `labeled` may also be a host array).
-//   A CPU-only build raises "built without CUDA" for CUDA arrays.
+//   array on the same device, except that coreset's `labeled` may also be a host array);
+//   cluster_margin reads CUDA arrays through host copies of its O(N) scalars; average_linkage_clusters
+//   is CPU-only (CUDA arrays: ErrorKind::Type). A CPU-only build raises "built without CUDA" for CUDA
+//   arrays.
 // Ties are broken by the lower index everywhere. Results never depend on the thread count.
 // On error nothing is written to the outputs.
 #pragma once
@@ -185,8 +187,9 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
 /// The Philox stream of cluster-margin's within-cluster order ("CLMG").
 constexpr std::uint32_t kStreamClusterMargin = 0x434C4D47u;
 
-/// The uniform draw of BADGE step t under `seed`: rng::uniform_open(rng::bits64(seed, kStreamBadge, t)),
-/// in (0, 1). Exposed so that tests and users can replay the sampling.
+/// The uniform draw of BADGE step t under `seed`, in (0, 1): rng::uniform_open of the Philox bits of
+/// (seed, BADGE's stream "BADG", t) (docs/acquisition.md). Exposed so that tests and users can replay
+/// the sampling.
 double badge_uniform(std::uint64_t seed, std::uint64_t step);
 
 }  // namespace labelwise

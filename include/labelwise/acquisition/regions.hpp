@@ -24,20 +24,21 @@
 
 namespace labelwise {
 
-/// Patch scores: out [N, *grid] float32 / float64 (caller-owned), out[n, g...] = mean of map over the
-/// patch whose first voxel is g·stride.
+/// Patch scores: out [N, *grid] float32 / float64 (caller-owned, CPU), out[n, g...] = mean of map over
+/// the patch whose first voxel is g·stride. Errors as above (the shape of out included).
 void patch_scores(const TensorView& map, const std::vector<std::int64_t>& patch,
                   const std::vector<std::int64_t>& stride, const TensorView& out);
 
 /// The b highest-scoring patches that do not overlap each other (greedy: best first, a patch that
 /// overlaps an already chosen one in the same image is skipped; ties by the lower patch index).
-///   corners: int64 [b, 1 + spatial]: (n, first voxel per spatial axis) of each chosen patch (out)
-///   scores : float64 [b]: their mean scores (out)
+///   corners: int64 [b, 1 + spatial]: (n, first voxel per spatial axis) of each chosen patch (out, CPU)
+///   scores : float32 or float64 [b]: their mean scores (out, CPU)
 void top_regions(const TensorView& map, std::int64_t b, const std::vector<std::int64_t>& patch,
                  const std::vector<std::int64_t>& stride, const TensorView& corners, const TensorView& scores);
 
 /// Slice scores: the mean of the map over every spatial axis but `axis` (a spatial axis, 1-based
-/// like in map's shape, negative counts from the end): out [N, S_axis] float32 / float64.
+/// like in map's shape, negative counts from the end): out [N, S_axis] float32 / float64 (CPU).
+/// Errors: as above, and an axis that is not spatial (0, the items, included).
 void slice_scores(const TensorView& map, int axis, const TensorView& out);
 
 }  // namespace labelwise

@@ -11,8 +11,10 @@ namespace labelwise {
 /// What went wrong, so that bindings can map it to the fitting exception
 /// (Python: ValueError, TypeError, RuntimeError).
 enum class ErrorKind {
-  Value,    ///< bad value or shape of an argument (NaN, wrong rank, empty, ...)
-  Type,     ///< unsupported dtype or device
+  Value,    ///< bad value or shape of an argument (NaN, wrong rank, empty, ...), or arrays on devices
+            ///< that do not match each other
+  Type,     ///< unsupported dtype, or a device the function does not run on (CUDA input to a CPU-only
+            ///< function)
   Runtime,  ///< environment problem: built without CUDA, CUDA launch failure, ...
 };
 

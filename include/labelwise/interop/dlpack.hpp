@@ -61,7 +61,7 @@ inline TensorView to_view(const DLTensor& t, const char* what) {
   else if (code == kInt && bits == 32) dt = DType::Int32;
   else if (code == kInt && bits == 64) dt = DType::Int64;
   else if (code == kUInt && bits == 8) dt = DType::UInt8;
-  else if (code == kBool || (code == kUInt && bits == 1)) dt = DType::Bool;
+  else if ((code == kBool && bits == 8) || (code == kUInt && bits == 1)) dt = DType::Bool;
   else
     throw Error(ErrorKind::Type, detail::concat(what, ": unsupported DLPack dtype (code ", code, ", bits ", bits, ")"));
   Device dev;
@@ -72,6 +72,10 @@ inline TensorView to_view(const DLTensor& t, const char* what) {
                 detail::concat(what, ": unsupported device type ", t.device.device_type, " (only CPU and CUDA)"));
   check(t.ndim >= 0 && t.ndim <= kMaxDims, ErrorKind::Value, what, ": rank ", t.ndim, " exceeds the maximum of ",
         kMaxDims);
+  check(t.ndim == 0 || t.shape != nullptr, ErrorKind::Value, what, ": DLPack tensor of rank ", t.ndim,
+        " without a shape");
+  for (int d = 0; d < t.ndim; ++d)
+    check(t.shape[d] >= 0, ErrorKind::Value, what, ": negative extent ", t.shape[d], " on axis ", d);
   TensorView v;
   v.data = static_cast<char*>(t.data) + t.byte_offset;
   v.ndim = t.ndim;
@@ -81,7 +85,8 @@ inline TensorView to_view(const DLTensor& t, const char* what) {
   for (int d = t.ndim - 1; d >= 0; --d) {
     v.shape[d] = t.shape[d];
     v.strides[d] = t.strides ? t.strides[d] : s;
-    s *= t.shape[d];
+    check(!__builtin_mul_overflow(s, t.shape[d] > 0 ? t.shape[d] : 1, &s), ErrorKind::Value, what,
+          ": shape has more elements than fit in int64");
   }
   return v;
 }

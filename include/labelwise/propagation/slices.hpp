@@ -21,7 +21,7 @@
 //   volume     : [Z, H, W] (with the slice axis named by options.axis; the other two axes keep their
 //                order) float32 / float64, CPU, any strides, finite.
 //   labels     : int64, volume's shape, any strides; read only on the annotated slices (classes >= 0).
-//   slices     : the annotated slice indices along the axis (any order, repeats ignored), >= 1 of them.
+//   labelled_slices : the annotated slice indices along the axis (any order, repeats ignored), >= 1 of them.
 //   mask       : int64, volume's shape (out): the class of every voxel (the labels on annotated slices).
 //   confidence : float64, volume's shape (out): the probability of that class (1 on annotated slices).
 // Errors (labelwise::Error): wrong ranks / shapes / dtypes, NaN / Inf intensities, no annotated
@@ -50,7 +50,8 @@ struct SlicePropagationOptions {
 };
 
 /// See the method above.
-void propagate_slices(const TensorView& volume, const TensorView& labels, const std::vector<std::int64_t>& slices,
-                      const TensorView& mask, const TensorView& confidence, const SlicePropagationOptions& options = {});
+void propagate_slices(const TensorView& volume, const TensorView& labels,
+                      const std::vector<std::int64_t>& labelled_slices, const TensorView& mask,
+                      const TensorView& confidence, const SlicePropagationOptions& options = {});
 
 }  // namespace labelwise

@@ -34,6 +34,11 @@ namespace labelwise {
 /// What the numbers in x are.
 enum class InputKind : int { Probabilities = 0, LogProbabilities = 1, Logits = 2 };
 
+/// The Python API's name of an input kind: "probs", "log_probs" or "logits".
+const char* input_kind_name(InputKind kind);
+/// Inverse of input_kind_name; throws Error(Value) naming the argument `input`.
+InputKind input_kind_from_name(const std::string& name);
+
 /// The metrics. With p_kc the probability of class c under sample k, p̄_c = mean_k p_kc:
 enum class Metric : int {
   PredictiveEntropy = 0,  ///< H[p̄] = -Σ_c p̄_c ln p̄_c
@@ -56,7 +61,8 @@ Metric metric_from_name(const std::string& name);
 /// True for the metrics that need a sample axis with K >= 2.
 bool metric_needs_samples(Metric m);
 
-/// Tolerance on |Σ_c p_c - 1| (or |logsumexp| for log-probabilities): 1e-3 for float32, 1e-6 for float64.
+/// Tolerance on |Σ_c p_c - 1| (or |logsumexp| for log-probabilities): 1e-6 for float64, 1e-3 for
+/// float32, 5e-3 for float16, 4e-2 for bfloat16 (1e-3 for any other dtype, which no metric accepts).
 double normalization_tolerance(DType dtype);
 
 struct ScoreOptions {
