@@ -68,6 +68,38 @@ def test_exact_matches_brute_force(rng, rep):
         assert sc[i] == pytest.approx(mi, abs=1e-12)
 
 
+_KERNEL_CHILD = """
+import sys
+import numpy as np
+from labelwise import acquisition as A
+d = np.load(sys.argv[1])
+out = {}
+for name in ("small", "pool"):
+    out["i_" + name], out["s_" + name] = A.batchbald(d[name], int(d["b_" + name]), num_samples=int(d["ns"]), seed=3)
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.parametrize("env", [{"LABELWISE_BATCHBALD_SCALAR": "1"}, {"LABELWISE_CPU_ISA": "avx2"}, {}])
+def test_every_cpu_kernel_matches_brute_force(rng, tmp_path, env):
+    """The row kernel is chosen once per process (AVX-512, AVX2 + FMA or the portable loop): each one,
+    forced in a child process, gives the brute-force greedy picks and scores (C^m rows up to 1000 rows,
+    the cascade's coarse levels, candidate groups of 16 and the padding of 4- and 8-row blocks)."""
+    import subprocess
+    import sys
+
+    small = make_probs(rng, 7, 5, 3)
+    pool = make_probs(rng, 60, 6, 10, spread=rng.choice([0.3, 1.5]))
+    np.savez(tmp_path / "in.npz", small=small, pool=pool, b_small=4, b_pool=4, ns=1000)
+    subprocess.run([sys.executable, "-c", _KERNEL_CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                   env=dict(os.environ, **env), check=True, timeout=300)
+    got = np.load(tmp_path / "out.npz")
+    for name, p, b in (("small", small, 4), ("pool", pool, 4)):
+        want_i, want_s = brute_greedy(p, b)
+        np.testing.assert_array_equal(got["i_" + name], want_i, err_msg=name)
+        np.testing.assert_allclose(got["s_" + name], want_s, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
 def test_b1_is_bald_argmax(rng):
     p = make_probs(rng, 300, 8, 6)
     idx, sc = A.batchbald(p, 1, num_samples=10, seed=0)
