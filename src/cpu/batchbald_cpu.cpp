@@ -72,116 +72,64 @@ void finish_level(Level& lv, int K) {
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// AVX2 + FMA kernel (chosen at run time): 4 rows per vector, classes in register-held chunks, and the
-// library's branch-free logarithm (detail::fast_log) on each lane.
+// Vector kernels (chosen at run time): W rows per vector (AVX2 + FMA: W = 4; AVX-512: W = 8), the
+// classes in register-held chunks of up to MaxCB, the candidate's probability broadcast into each FMA,
+// and the library's branch-free logarithm (detail::fast_log) on each lane. One template serves both:
+// it is always inlined into the two entry points below, which carry the instruction-set attributes.
 #define LW_BB_VECTOR 1
 typedef double v4d __attribute__((vector_size(32)));
-typedef double v4du __attribute__((vector_size(32), aligned(8)));
-#define LW_AVX2 __attribute__((target("avx2,fma")))
-#define LW_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
-
-/// ln x for normal x > 0 in each lane (detail::fast_log, vectorised by the compiler).
-LW_AVX2_INLINE v4d vlog4(v4d x) {
-  v4d r;
-  for (int l = 0; l < 4; ++l) r[l] = fast_log(x[l]);
-  return r;
-}
-
-template <int CB>
-LW_AVX2_INLINE void chunk4(const double* at, const double* pn, int K, int C, int c0, v4d lo, v4d& tv) {
-  v4d acc[CB];
-  for (int cc = 0; cc < CB; ++cc) acc[cc] = v4d{0.0, 0.0, 0.0, 0.0};
-  for (int k = 0; k < K; ++k) {
-    const v4d a = *reinterpret_cast<const v4du*>(at + 4 * k);
-    const double* pk = pn + k * C + c0;
-    for (int cc = 0; cc < CB; ++cc) acc[cc] += a * pk[cc];
-  }
-  const v4d tiny = v4d{1e-300, 1e-300, 1e-300, 1e-300};
-  for (int cc = 0; cc < CB; ++cc) {
-    const v4d q = acc[cc];
-    const v4d qc = q > tiny ? q : tiny;  // q = 0 contributes 0 · finite = 0
-    tv -= q * (vlog4(qc) - lo);
-  }
-}
-
-/// T(n) of up to kGroup candidates at once, row chunk by row chunk, so that each chunk of the table is read
-/// from cache once per group rather than once per candidate. Every candidate's sum runs over the rows in
-/// the same order whatever group it is in, so its value does not depend on the grouping (thread count).
-constexpr int kGroup = 16;
-LW_AVX2 void level_t_avx2_group(const Level& lv, const double* const* pns, int cnt, int K, int C, double* out) {
-  v4d tv[kGroup];
-  for (int i = 0; i < cnt; ++i) tv[i] = v4d{0.0, 0.0, 0.0, 0.0};
-  const std::int64_t nb = (lv.rows + 3) / 4;
-  const std::int64_t chunk = std::max<std::int64_t>(1, 8192 / K);  // ~64 KiB of the table per chunk
-  for (std::int64_t b0 = 0; b0 < nb; b0 += chunk) {
-    const std::int64_t b1 = std::min(nb, b0 + chunk);
-    for (int i = 0; i < cnt; ++i) {
-      const double* pn = pns[i];
-      v4d t = tv[i];
-      for (std::int64_t blk = b0; blk < b1; ++blk) {
-        const double* at = lv.at.data() + blk * K * 4;
-        const v4d lo = *reinterpret_cast<const v4du*>(lv.lo4.data() + blk * 4);
-        int c0 = 0;
-        for (; C - c0 >= 8; c0 += 8) chunk4<8>(at, pn, K, C, c0, lo, t);
-        if (C - c0 >= 4) {
-          chunk4<4>(at, pn, K, C, c0, lo, t);
-          c0 += 4;
-        }
-        if (C - c0 >= 2) {
-          chunk4<2>(at, pn, K, C, c0, lo, t);
-          c0 += 2;
-        }
-        if (C - c0 >= 1) chunk4<1>(at, pn, K, C, c0, lo, t);
-      }
-      tv[i] = t;
-    }
-  }
-  for (int i = 0; i < cnt; ++i) out[i] = (tv[i][0] + tv[i][1]) + (tv[i][2] + tv[i][3]);
-}
-
-// AVX-512 kernel: 8 rows per vector and the class chunk held whole in registers (up to 16 classes), each
-// product term one FMA with the candidate's probability broadcast from memory. On Zen 4 and Intel cores
-// it issues about a third of the AVX2 kernel's instructions per multiply-add.
 typedef double v8d __attribute__((vector_size(64)));
-typedef double v8du __attribute__((vector_size(64), aligned(8)));
-#define LW_AVX512 __attribute__((target("avx512f,avx512dq,fma")))
-#define LW_AVX512_INLINE __attribute__((target("avx512f,avx512dq,fma"), always_inline)) inline
+#define LW_BB_INLINE __attribute__((always_inline)) inline
 
-LW_AVX512_INLINE v8d vlog8(v8d x) {
-  v8d r;
-  for (int l = 0; l < 8; ++l) r[l] = fast_log(x[l]);
-  return r;
+/// An unaligned vector load (the table rows are 8-byte aligned; an alignment attribute on a typedef would
+/// be dropped as a template argument).
+template <typename V>
+LW_BB_INLINE V load(const double* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
 }
 
-template <int CB>
-LW_AVX512_INLINE void chunk8(const double* at, const double* pn, int K, int C, int c0, v8d lo, v8d& tv) {
-  v8d acc[CB];
-  for (int cc = 0; cc < CB; ++cc) acc[cc] = v8d{};
+/// −Σ_c Q ln(Q / Ω) of one block of W rows for classes [c0, c0 + CB), added to tv, in class order. With
+/// W = 8 (32 registers) the CB logarithms are unrolled so that their chains interleave; with W = 4 (16
+/// registers) that spills and runs 2.3x slower, so there they are taken one class at a time.
+template <typename V, int W, int CB>
+LW_BB_INLINE void chunk(const double* at, const double* pn, int K, int C, int c0, const V& lo, V& tv) {
+  V acc[CB];
+  for (int cc = 0; cc < CB; ++cc) acc[cc] = V{};
   for (int k = 0; k < K; ++k) {
-    const v8d a = *reinterpret_cast<const v8du*>(at + 8 * k);
+    const V a = load<V>(at + W * k);
     const double* pk = pn + k * C + c0;
     for (int cc = 0; cc < CB; ++cc) acc[cc] += a * pk[cc];
   }
-  // The CB logarithms are independent: unrolled, their division and Horner chains interleave instead
-  // of waiting on each other's latency. Their sum keeps the class order.
-  const v8d tiny = v8d{} + 1e-300;
-  v8d term[CB];
+  const V tiny = V{} + 1e-300;
+  auto term = [&](const V& q) {
+    const V qc = q > tiny ? q : tiny;  // q = 0 contributes 0 · finite = 0
+    V lg;
+    for (int l = 0; l < W; ++l) lg[l] = fast_log(qc[l]);
+    return q * (lg - lo);
+  };
+  if constexpr (W == 8) {
+    V terms[CB];
 #pragma GCC unroll 16
-  for (int cc = 0; cc < CB; ++cc) {
-    const v8d q = acc[cc];
-    const v8d qc = q > tiny ? q : tiny;  // q = 0 contributes 0 · finite = 0
-    term[cc] = q * (vlog8(qc) - lo);
+    for (int cc = 0; cc < CB; ++cc) terms[cc] = term(acc[cc]);
+#pragma GCC unroll 16
+    for (int cc = 0; cc < CB; ++cc) tv -= terms[cc];
+  } else {
+    for (int cc = 0; cc < CB; ++cc) tv -= term(acc[cc]);
   }
-#pragma GCC unroll 16
-  for (int cc = 0; cc < CB; ++cc) tv -= term[cc];
 }
 
-LW_AVX512_INLINE void block8(const double* at, const double* pn, int K, int C, v8d lo, v8d& t) {
+/// All C classes of one block: chunks of MaxCB, then the rest in one chunk.
+template <typename V, int W, int MaxCB>
+LW_BB_INLINE void block(const double* at, const double* pn, int K, int C, const V& lo, V& t) {
   int c0 = 0;
-  for (; C - c0 >= 16; c0 += 16) chunk8<16>(at, pn, K, C, c0, lo, t);
-  switch (C - c0) {  // the rest in one chunk
+  for (; C - c0 >= MaxCB; c0 += MaxCB) chunk<V, W, MaxCB>(at, pn, K, C, c0, lo, t);
+  switch (C - c0) {
 #define LW_BB_REST(n) \
-  case n: chunk8<n>(at, pn, K, C, c0, lo, t); break;
+  case n:             \
+    if constexpr (n < MaxCB) chunk<V, W, n>(at, pn, K, C, c0, lo, t); \
+    break;
     LW_BB_REST(1) LW_BB_REST(2) LW_BB_REST(3) LW_BB_REST(4) LW_BB_REST(5) LW_BB_REST(6) LW_BB_REST(7)
     LW_BB_REST(8) LW_BB_REST(9) LW_BB_REST(10) LW_BB_REST(11) LW_BB_REST(12) LW_BB_REST(13) LW_BB_REST(14)
     LW_BB_REST(15)
@@ -190,24 +138,47 @@ LW_AVX512_INLINE void block8(const double* at, const double* pn, int K, int C, v
   }
 }
 
-/// level_t_avx2_group with 8-row blocks (the table laid out for W = 8).
-LW_AVX512 void level_t_avx512_group(const Level& lv, const double* const* pns, int cnt, int K, int C, double* out) {
-  v8d tv[kGroup];
-  for (int i = 0; i < cnt; ++i) tv[i] = v8d{};
-  const std::int64_t nb = (lv.rows + 7) / 8;
-  const std::int64_t chunk = std::max<std::int64_t>(1, 4096 / K);  // ~64 KiB of the table per chunk
-  for (std::int64_t b0 = 0; b0 < nb; b0 += chunk) {
-    const std::int64_t b1 = std::min(nb, b0 + chunk);
+/// T(n) of up to kGroup candidates at once, row chunk by row chunk, so that each ~64 KiB chunk of the
+/// table is read from cache once per group rather than once per candidate. Every candidate's sum runs
+/// over the rows in the same order whatever group it is in, so its value does not depend on the grouping
+/// (thread count). The lanes are summed pairwise at the end.
+constexpr int kGroup = 16;
+template <typename V, int W, int MaxCB>
+LW_BB_INLINE void level_t_group(const Level& lv, const double* const* pns, int cnt, int K, int C, double* out) {
+  V tv[kGroup];
+  for (int i = 0; i < cnt; ++i) tv[i] = V{};
+  const std::int64_t nb = (lv.rows + W - 1) / W;
+  const std::int64_t chunk_blocks = std::max<std::int64_t>(1, 32768 / (K * W));
+  for (std::int64_t b0 = 0; b0 < nb; b0 += chunk_blocks) {
+    const std::int64_t b1 = std::min(nb, b0 + chunk_blocks);
     for (int i = 0; i < cnt; ++i) {
-      const double* pn = pns[i];
-      v8d t = tv[i];
-      for (std::int64_t blk = b0; blk < b1; ++blk)
-        block8(lv.at.data() + blk * K * 8, pn, K, C, *reinterpret_cast<const v8du*>(lv.lo4.data() + blk * 8), t);
+      V t = tv[i];
+      for (std::int64_t blk = b0; blk < b1; ++blk) {
+        const V lo = load<V>(lv.lo4.data() + blk * W);
+        block<V, W, MaxCB>(lv.at.data() + blk * K * W, pns[i], K, C, lo, t);
+      }
       tv[i] = t;
     }
   }
-  for (int i = 0; i < cnt; ++i)
-    out[i] = ((tv[i][0] + tv[i][1]) + (tv[i][2] + tv[i][3])) + ((tv[i][4] + tv[i][5]) + (tv[i][6] + tv[i][7]));
+  for (int i = 0; i < cnt; ++i) {
+    double lanes[W];
+    for (int l = 0; l < W; ++l) lanes[l] = tv[i][l];
+    for (int width = W / 2; width >= 1; width /= 2)  // pairwise: (l0 + l1) + (l2 + l3), ...
+      for (int l = 0; l < width; ++l) lanes[l] = lanes[2 * l] + lanes[2 * l + 1];
+    out[i] = lanes[0];
+  }
+}
+
+__attribute__((target("avx2,fma"))) void level_t_avx2_group(const Level& lv, const double* const* pns, int cnt,
+                                                              int K, int C, double* out) {
+  level_t_group<v4d, 4, 8>(lv, pns, cnt, K, C, out);
+}
+
+// AVX-512: 32 registers hold up to 16 class accumulators; on Zen 4 and Intel cores it issues about a
+// third of the AVX2 kernel's instructions per multiply-add.
+__attribute__((target("avx512f,avx512dq,fma"))) void level_t_avx512_group(const Level& lv, const double* const* pns,
+                                                                           int cnt, int K, int C, double* out) {
+  level_t_group<v8d, 8, 16>(lv, pns, cnt, K, C, out);
 }
 #endif
 
