@@ -81,7 +81,7 @@ Prepared prepare(const TensorView& x, const TensorView& weight, const TensorView
   check(bias.data != nullptr, ErrorKind::Value, "bias: data pointer is null");
   constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
   check(F <= kIntMax / 8 && C <= 4096 && M < 65536, ErrorKind::Value,
-        "weight: too large (F <= 2^28, C <= 4096, M < 65536 supported), got shape ", weight.shape_str());
+        "weight: too large (F < 2^28, C <= 4096, M < 65536 supported), got shape ", weight.shape_str());
   const std::int64_t K = opt.samples;
   check(K >= 1 && K < 65536, ErrorKind::Value, "samples: K must be in [1, 65535], got ", K);
   check(K * C <= (std::int64_t(1) << 24), ErrorKind::Value, "samples: K * C = ", K * C,

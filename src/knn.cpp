@@ -438,7 +438,8 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
   const bool sk = rule == KnnRule::Sklearn;
   const int T = sklearn_threads > 0 ? sklearn_threads : num_threads();
   const double* X = data.x.data();
-  // ---- scale by powers of two (exact: the same sums, scaled) where the magnitudes leave [2^-30, 2^31):
+  // ---- scale by powers of two (exact: the same sums, scaled, unless the data span more than ~2^1000,
+  // where the smallest values become subnormal) where the magnitudes leave [2^-30, 2^31):
   // beyond, ||x||^2 or the float32 candidate keys overflow (1e19 and up), or squared differences underflow
   // (1e-170 and below). Euclidean: the whole matrix by one factor 2^-shift; cosine: each row by its own.
   std::vector<double> scaled;

@@ -582,10 +582,10 @@ class EvidentialHead(_Head):
         """Per-voxel maps ``{metric: [B, *spatial]}`` (float32) in closed form from the Dirichlet; any of
         :data:`EVIDENTIAL_METRICS`. ``K`` and ``seed`` are accepted for a uniform call across heads and
         ignored (nothing is sampled). ``variation_ratio`` has no closed form and is refused."""
-        if "variation_ratio" in ((metrics,) if isinstance(metrics, str) else tuple(metrics)):
+        names = _metrics_arg(metrics, tuple(EVIDENTIAL_METRICS) + ("variation_ratio",))
+        if "variation_ratio" in names:
             raise ValueError("metrics: variation_ratio has no closed form for an EvidentialHead (a mode count "
                              "needs samples)")
-        names = _metrics_arg(metrics, EVIDENTIAL_METRICS)
         if K is not None:
             _arrays.check_int(K, "K", 1)
         if seed is not None:

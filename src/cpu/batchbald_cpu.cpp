@@ -138,7 +138,7 @@ LW_BB_INLINE void block(const double* at, const double* pn, int K, int C, const 
   }
 }
 
-/// T(n) of up to kGroup candidates at once, row chunk by row chunk, so that each ~64 KiB chunk of the
+/// T(n) of up to kGroup candidates at once, row chunk by row chunk, so that each 256 KiB chunk of the
 /// table is read from cache once per group rather than once per candidate. Every candidate's sum runs
 /// over the rows in the same order whatever group it is in, so its value does not depend on the grouping
 /// (thread count). The lanes are summed pairwise at the end.

@@ -478,6 +478,10 @@ def test_bad_features_and_call_arguments():
     # metrics
     with pytest.raises(ValueError, match="^metrics:.*nonsense"):
         mc.score(x, metrics=("bald", "nonsense"))
+    # any iterable of names, as for the sampled heads (a generator is read once)
+    assert set(ev.score(x, metrics=(m for m in ("bald", "vacuity") if m != "vacuity"))) == {"bald"}
+    with pytest.raises(TypeError, match="^metrics: expected a metric name"):
+        ev.score(x, metrics=5)
     with pytest.raises(ValueError, match="^metrics: variation_ratio has no closed form"):
         ev.score(x, metrics=("variation_ratio",))
     with pytest.raises(ValueError, match="^index_offset:"):

@@ -33,7 +33,7 @@
 // [B, K, C, *spatial] samples exist only where head_sample() is asked for them.
 //
 // Errors (labelwise::Error): wrong ranks or sizes (naming the argument and both shapes), K < 1, K < 2
-// for a metric that needs samples, K >= 2^16, K * C > 2^24, C > 4096, F > 2^28, M >= 2^16, dropout
+// for a metric that needs samples, K >= 2^16, K * C > 2^24, C > 4096, F >= 2^28, M >= 2^16, dropout
 // outside [0, 1 - 2^-32], dropout != 0 or K != M for an ensemble, NaN / Inf features (naming the item
 // and voxel), NaN / Inf weights or biases (naming the entry), logits that overflow float64, a metric
 // requested twice, no output at all, index_offset + B > 2^32, mismatched devices, non-float dtypes
