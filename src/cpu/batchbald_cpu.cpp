@@ -23,6 +23,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../batchbald_backend.hpp"
@@ -226,11 +227,27 @@ double level_t(const Level& lv, const double* pn, int K, int C, double* q) {
   return total;
 }
 
-/// The levels of the pruning cascade, coarse to fine, the finest (the table itself) last. Coarser levels
-/// merge the table's rows that share a prefix (y_1..y_t) of their (lexicographically sorted) labels.
+/// The levels of the pruning cascade, coarse to fine, the finest (the table itself) last. Every coarser
+/// level merges rows of the table, which can only raise T (an upper bound): rows that share a prefix
+/// (y_1..y_t) of their (lexicographically sorted) labels; rows outside the heaviest (all but a fraction
+/// of the mass); rows whose posterior over the samples peaks at the same sample(s).
+/// LABELWISE_BATCHBALD_FULL (any value) keeps the finest level only: every candidate evaluated exactly,
+/// for tests and timings of the pruning.
 std::vector<Level> build_cascade(const JointTable& tb, int K) {
   const std::int64_t R = tb.rows;
   const int m = tb.m;
+  const auto finest = [&] {
+    Level fin;
+    fin.rows = R;
+    fin.a = tb.a;
+    finish_level(fin, K);
+    return fin;
+  };
+  std::vector<Level> cascade;
+  if (std::getenv("LABELWISE_BATCHBALD_FULL") != nullptr) {
+    cascade.push_back(finest());
+    return cascade;
+  }
   // first differing label position between row r and row r-1
   std::vector<int> diff(R, 0);
   for (std::int64_t r = 1; r < R; ++r) {
@@ -240,7 +257,6 @@ std::vector<Level> build_cascade(const JointTable& tb, int K) {
     while (d < m && x[d] == y[d]) ++d;
     diff[r] = d;
   }
-  std::vector<Level> cascade;
   std::int64_t last_rows = 0;
   for (int t = 0; t < m; ++t) {
     std::int64_t g = 1;
@@ -301,13 +317,42 @@ std::vector<Level> build_cascade(const JointTable& tb, int K) {
       cascade.push_back(std::move(lv));
       kept_prev = keep;
     }
-    std::stable_sort(cascade.begin(), cascade.end(), [](const Level& x, const Level& y) { return x.rows < y.rows; });
   }
-  Level fin;
-  fin.rows = R;
-  fin.a = tb.a;
-  finish_level(fin, K);
-  cascade.push_back(std::move(fin));
+  // Posterior levels: rows grouped by the sample that weighs most in A[y, ·] (and then by the second):
+  // the rows of a group have similar posteriors over the samples, so merging them loses little (the
+  // bound's slack is the Jensen gap of the group's mixtures).
+  {
+    std::vector<int> first(static_cast<std::size_t>(R)), second(static_cast<std::size_t>(R));
+    for (std::int64_t r = 0; r < R; ++r) {
+      const double* a = tb.a.data() + r * K;
+      int b1 = 0, b2 = -1;
+      for (int k = 1; k < K; ++k)
+        if (a[k] > a[b1]) b1 = k;
+      for (int k = 0; k < K; ++k)
+        if (k != b1 && (b2 < 0 || a[k] > a[b2])) b2 = k;
+      first[r] = b1;
+      second[r] = b2 < 0 ? 0 : b2;
+    }
+    for (int depth = 1; depth <= 2; ++depth) {
+      std::unordered_map<std::int64_t, std::int64_t> group_of;  // key -> group, numbered by first row
+      std::vector<std::int64_t> g(static_cast<std::size_t>(R));
+      for (std::int64_t r = 0; r < R; ++r) {
+        const std::int64_t key = depth == 1 ? first[r] : static_cast<std::int64_t>(first[r]) * K + second[r];
+        g[r] = group_of.emplace(key, static_cast<std::int64_t>(group_of.size())).first->second;
+      }
+      const std::int64_t groups = static_cast<std::int64_t>(group_of.size());
+      if (groups * 2 > R) break;
+      Level lv;
+      lv.rows = groups;
+      lv.a.assign(groups * K, 0.0);
+      for (std::int64_t r = 0; r < R; ++r)
+        for (int k = 0; k < K; ++k) lv.a[g[r] * K + k] += tb.a[r * K + k];
+      finish_level(lv, K);
+      cascade.push_back(std::move(lv));
+    }
+  }
+  std::stable_sort(cascade.begin(), cascade.end(), [](const Level& x, const Level& y) { return x.rows < y.rows; });
+  cascade.push_back(finest());
   return cascade;
 }
 

@@ -102,6 +102,36 @@ def test_every_cpu_kernel_matches_brute_force(rng, tmp_path, env):
         np.testing.assert_allclose(got["s_" + name], want_s, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
+_FULL_CHILD = """
+import sys
+import numpy as np
+from labelwise import acquisition as A
+d = np.load(sys.argv[1])
+i, s = A.batchbald(d["p"], int(d["b"]), num_samples=int(d["ns"]), seed=int(d["seed"]))
+np.savez(sys.argv[2], i=i, s=s)
+"""
+
+
+@pytest.mark.parametrize("spread", [0.3, 1.5])
+def test_pruned_search_equals_evaluating_every_candidate_in_the_sampled_regime(rng, tmp_path, spread):
+    """In the sampled regime no brute force applies, but LABELWISE_BATCHBALD_FULL (read per call) evaluates
+    every candidate on the same sampled table: the cascade's bounds (prefix, truncated and posterior
+    levels) must give the same picks and the same score bits."""
+    import subprocess
+    import sys
+
+    p = make_probs(rng, 300, 20, 10, spread=spread)
+    np.savez(tmp_path / "in.npz", p=p, b=8, ns=2000, seed=int(rng.integers(2**62)))  # picks 5..8 sampled
+    out = {}
+    for name, extra in (("pruned", {}), ("full", {"LABELWISE_BATCHBALD_FULL": "1"})):
+        env = {k: v for k, v in os.environ.items() if k != "LABELWISE_BATCHBALD_FULL"}
+        subprocess.run([sys.executable, "-c", _FULL_CHILD, str(tmp_path / "in.npz"), str(tmp_path / f"{name}.npz")],
+                       env=dict(env, **extra), check=True, timeout=300)
+        out[name] = np.load(tmp_path / f"{name}.npz")
+    np.testing.assert_array_equal(out["pruned"]["i"], out["full"]["i"])
+    np.testing.assert_array_equal(out["pruned"]["s"], out["full"]["s"])
+
+
 def test_saturated_pool_matches_brute_force(rng):
     """Samples that disagree strongly: the joint MI saturates after a few picks, every candidate's gain is
     nearly 0, and the cascade must use its truncated levels (the heaviest of the 6^m table rows kept, the
