@@ -51,12 +51,14 @@ struct Level {
 int vector_rows();
 
 
-void finish_level(Level& lv, int K) {
+/// Ω, ln Ω and (for the vector kernels) the W-row layout of a level whose row weights are a[rows × K].
+/// The portable loop reads lv.a; the vector kernels read only the layout, so lv.a may stay empty there.
+void finish_level(Level& lv, const double* a, int K) {
   lv.omega.assign(lv.rows, 0.0);
   lv.log_omega.assign(lv.rows, 0.0);
   for (std::int64_t r = 0; r < lv.rows; ++r) {
     double s = 0.0;
-    for (int k = 0; k < K; ++k) s += lv.a[r * K + k];
+    for (int k = 0; k < K; ++k) s += a[r * K + k];
     lv.omega[r] = s;
     lv.log_omega[r] = s > 0.0 ? std::log(s) : 0.0;
   }
@@ -67,7 +69,7 @@ void finish_level(Level& lv, int K) {
   lv.lo4.assign(nb * W, 0.0);
   for (std::int64_t r = 0; r < lv.rows; ++r) {
     const std::int64_t blk = r / W, lane = r % W;
-    for (int k = 0; k < K; ++k) lv.at[(blk * K + k) * W + lane] = lv.a[r * K + k];
+    for (int k = 0; k < K; ++k) lv.at[(blk * K + k) * W + lane] = a[r * K + k];
     lv.lo4[r] = lv.log_omega[r];
   }
 }
@@ -227,61 +229,58 @@ double level_t(const Level& lv, const double* pn, int K, int C, double* q) {
   return total;
 }
 
-/// The levels of the pruning cascade, coarse to fine, the finest (the table itself) last. Every coarser
-/// level merges rows of the table, which can only raise T (an upper bound): rows that share a prefix
-/// (y_1..y_t) of their (lexicographically sorted) labels; rows outside the heaviest (all but a fraction
-/// of the mass); rows whose posterior over the samples peaks at the same sample(s).
-/// LABELWISE_BATCHBALD_FULL (any value) keeps the finest level only: every candidate evaluated exactly,
-/// for tests and timings of the pruning.
-std::vector<Level> build_cascade(const JointTable& tb, int K) {
+/// A coarser level: its row g is the sum of the table rows r with group[r] == g (in increasing r).
+Level merged_level(const JointTable& tb, int K, const std::vector<std::int64_t>& group, std::int64_t groups) {
+  Level lv;
+  lv.rows = groups;
+  lv.a.assign(static_cast<std::size_t>(groups) * K, 0.0);
+  for (std::int64_t r = 0; r < tb.rows; ++r)
+    for (int k = 0; k < K; ++k) lv.a[group[r] * K + k] += tb.a[r * K + k];
+  finish_level(lv, lv.a.data(), K);
+  if (vector_rows() > 0) std::vector<double>().swap(lv.a);  // only the layout is read
+  return lv;
+}
+
+/// The levels of the pruning cascade in order of their row counts, the table itself last. Every coarser
+/// level merges rows of the table, which can only raise T — by the log-sum inequality, for any
+/// non-negative weights, so for exact and sampled tables alike: an upper bound of each candidate's score.
+/// Three groupings, each tight in another situation:
+///   prefix    — rows sharing their first t labels (the table is sorted): tight while the joint MI grows;
+///   truncated — the heaviest rows (all but 1e-2 / 1e-3 / 1e-4 of the mass) kept, the rest merged into
+///               one: tight where the configurations' mass is concentrated (saturated exact steps);
+///   posterior — rows grouped by the sample that weighs most in A[y, ·] (then by the two heaviest): their
+///               rows mix the candidate's K predictions with nearly the same weights, so the merge loses
+///               little; this is what keeps saturated batches cheap, sampled steps included.
+/// A level is kept only if it has at most half the table's rows and is not much finer than the previous
+/// one of its kind. Only the table itself when `full` (LABELWISE_BATCHBALD_FULL set, to any value: every
+/// candidate evaluated exactly, for tests and timings) or when few candidates are left (building the
+/// levels would cost more than it saves).
+std::vector<Level> build_cascade(const JointTable& tb, int K, bool full) {
   const std::int64_t R = tb.rows;
   const int m = tb.m;
-  const auto finest = [&] {
-    Level fin;
-    fin.rows = R;
-    fin.a = tb.a;
-    finish_level(fin, K);
-    return fin;
-  };
   std::vector<Level> cascade;
-  if (std::getenv("LABELWISE_BATCHBALD_FULL") != nullptr) {
-    cascade.push_back(finest());
-    return cascade;
-  }
-  // first differing label position between row r and row r-1
-  std::vector<int> diff(R, 0);
-  for (std::int64_t r = 1; r < R; ++r) {
-    int d = 0;
-    const std::int32_t* x = tb.labels.data() + r * m;
-    const std::int32_t* y = x - m;
-    while (d < m && x[d] == y[d]) ++d;
-    diff[r] = d;
-  }
-  std::int64_t last_rows = 0;
-  for (int t = 0; t < m; ++t) {
-    std::int64_t g = 1;
-    for (std::int64_t r = 1; r < R; ++r) g += diff[r] < t;
-    if (g * 2 > R) break;                     // not much cheaper than the finest table
-    if (t > 0 && g < last_rows * 3) continue;  // not much finer than the previous level
-    Level lv;
-    lv.rows = g;
-    lv.a.assign(g * K, 0.0);
-    std::int64_t row = -1;
-    for (std::int64_t r = 0; r < R; ++r) {
-      if (r == 0 || diff[r] < t) ++row;
-      for (int k = 0; k < K; ++k) lv.a[row * K + k] += tb.a[r * K + k];
+  std::vector<std::int64_t> group(static_cast<std::size_t>(R));
+  if (!full) {
+    // prefix levels: the first differing label position between row r and row r - 1
+    std::vector<int> diff(R, 0);
+    for (std::int64_t r = 1; r < R; ++r) {
+      int d = 0;
+      const std::int32_t* x = tb.labels.data() + r * m;
+      const std::int32_t* y = x - m;
+      while (d < m && x[d] == y[d]) ++d;
+      diff[r] = d;
     }
-    finish_level(lv, K);
-    cascade.push_back(std::move(lv));
-    last_rows = g;
-  }
-  // Truncated levels: the heaviest rows kept as they are and every other row merged into one. Merging
-  // can only raise T (the same log-sum inequality), so these are upper bounds too, and tight where the
-  // configurations' mass is concentrated: when the joint MI saturates, the prefix levels above bound
-  // every candidate loosely, while keeping the rows that carry all but 1e-3 of the mass (a sixth of them
-  // in the 10^4-row exact step of bench/compare_batchbald.py) already separates most candidates from the
-  // best. Rows by Ω descending, ties by the lower row (a fixed order: the bounds do not depend on threads).
-  {
+    std::int64_t last_rows = 0;
+    for (int t = 0; t < m; ++t) {
+      std::int64_t g = 0;
+      for (std::int64_t r = 0; r < R; ++r) group[r] = (r > 0 && diff[r] < t) ? ++g : g;
+      ++g;
+      if (g * 2 > R) break;                      // not much cheaper than the finest table
+      if (t > 0 && g < last_rows * 3) continue;  // not much finer than the previous level
+      cascade.push_back(merged_level(tb, K, group, g));
+      last_rows = g;
+    }
+    // truncated levels: rows by Ω descending, ties by the lower row
     std::vector<double> om(static_cast<std::size_t>(R), 0.0);
     double total = 0.0;
     for (std::int64_t r = 0; r < R; ++r) {
@@ -291,38 +290,24 @@ std::vector<Level> build_cascade(const JointTable& tb, int K) {
     std::vector<std::int64_t> order(static_cast<std::size_t>(R));
     for (std::int64_t r = 0; r < R; ++r) order[r] = r;
     std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return om[x] > om[y]; });
-    std::int64_t kept_prev = 0;
+    std::int64_t kept_prev = 0, next = 0;
     double cum = 0.0;
-    std::int64_t next = 0;
     for (double eps : {1e-2, 1e-3, 1e-4}) {
       while (next < R && cum < (1.0 - eps) * total) cum += om[order[next++]];
       const std::int64_t keep = next;
-      if (keep + 1 > R / 2) break;                        // not much cheaper than the finest table
-      if (kept_prev > 0 && keep < kept_prev * 3 / 2) continue;  // not much finer than the previous one
-      Level lv;
-      lv.rows = keep + 1;
-      lv.a.assign(lv.rows * K, 0.0);
+      if (keep + 1 > R / 2) break;
+      if (kept_prev > 0 && keep < kept_prev * 3 / 2) continue;
       std::vector<char> heavy(static_cast<std::size_t>(R), 0);
       for (std::int64_t j = 0; j < keep; ++j) heavy[order[j]] = 1;
-      std::int64_t row = 0;
-      for (std::int64_t r = 0; r < R; ++r) {  // heavy rows in table order, then the merged rest
-        if (!heavy[r]) continue;
-        for (int k = 0; k < K; ++k) lv.a[row * K + k] = tb.a[r * K + k];
-        ++row;
-      }
+      std::int64_t g = 0;
+      for (std::int64_t r = 0; r < R; ++r) group[r] = heavy[r] ? g++ : -1;  // heavy rows in table order
       for (std::int64_t r = 0; r < R; ++r)
-        if (!heavy[r])
-          for (int k = 0; k < K; ++k) lv.a[keep * K + k] += tb.a[r * K + k];
-      finish_level(lv, K);
-      cascade.push_back(std::move(lv));
+        if (group[r] < 0) group[r] = keep;  // then the merged rest
+      cascade.push_back(merged_level(tb, K, group, keep + 1));
       kept_prev = keep;
     }
-  }
-  // Posterior levels: rows grouped by the sample that weighs most in A[y, ·] (and then by the second):
-  // the rows of a group have similar posteriors over the samples, so merging them loses little (the
-  // bound's slack is the Jensen gap of the group's mixtures).
-  {
-    std::vector<int> first(static_cast<std::size_t>(R)), second(static_cast<std::size_t>(R));
+    // posterior levels
+    std::vector<std::int64_t> first(static_cast<std::size_t>(R)), second(static_cast<std::size_t>(R));
     for (std::int64_t r = 0; r < R; ++r) {
       const double* a = tb.a.data() + r * K;
       int b1 = 0, b2 = -1;
@@ -333,26 +318,27 @@ std::vector<Level> build_cascade(const JointTable& tb, int K) {
       first[r] = b1;
       second[r] = b2 < 0 ? 0 : b2;
     }
-    for (int depth = 1; depth <= 2; ++depth) {
-      std::unordered_map<std::int64_t, std::int64_t> group_of;  // key -> group, numbered by first row
-      std::vector<std::int64_t> g(static_cast<std::size_t>(R));
-      for (std::int64_t r = 0; r < R; ++r) {
-        const std::int64_t key = depth == 1 ? first[r] : static_cast<std::int64_t>(first[r]) * K + second[r];
-        g[r] = group_of.emplace(key, static_cast<std::int64_t>(group_of.size())).first->second;
+    std::vector<std::int64_t> id_of(static_cast<std::size_t>(K), -1);  // depth 1: by the heaviest sample
+    std::int64_t g1 = 0;
+    for (std::int64_t r = 0; r < R; ++r) group[r] = id_of[first[r]] < 0 ? (id_of[first[r]] = g1++) : id_of[first[r]];
+    if (g1 * 2 <= R) {
+      cascade.push_back(merged_level(tb, K, group, g1));
+      std::unordered_map<std::int64_t, std::int64_t> pair_id;  // depth 2: by the two heaviest
+      bool small = true;
+      for (std::int64_t r = 0; r < R && small; ++r) {
+        const std::int64_t key = first[r] * K + second[r];
+        group[r] = pair_id.emplace(key, static_cast<std::int64_t>(pair_id.size())).first->second;
+        small = static_cast<std::int64_t>(pair_id.size()) * 2 <= R;
       }
-      const std::int64_t groups = static_cast<std::int64_t>(group_of.size());
-      if (groups * 2 > R) break;
-      Level lv;
-      lv.rows = groups;
-      lv.a.assign(groups * K, 0.0);
-      for (std::int64_t r = 0; r < R; ++r)
-        for (int k = 0; k < K; ++k) lv.a[g[r] * K + k] += tb.a[r * K + k];
-      finish_level(lv, K);
-      cascade.push_back(std::move(lv));
+      if (small) cascade.push_back(merged_level(tb, K, group, static_cast<std::int64_t>(pair_id.size())));
     }
+    std::stable_sort(cascade.begin(), cascade.end(), [](const Level& x, const Level& y) { return x.rows < y.rows; });
   }
-  std::stable_sort(cascade.begin(), cascade.end(), [](const Level& x, const Level& y) { return x.rows < y.rows; });
-  cascade.push_back(finest());
+  Level fin;
+  fin.rows = R;
+  if (vector_rows() == 0) fin.a = tb.a;  // the portable loop reads the weights; the kernels the layout
+  finish_level(fin, tb.a.data(), K);
+  cascade.push_back(std::move(fin));
   return cascade;
 }
 
@@ -386,10 +372,20 @@ void batchbald_cpu(const BatchBaldJob& job) {
   double ce_batch = 0.0;
   constexpr int kProbe = 4;  // candidates evaluated exactly per cascade level to raise the threshold
 
+  // LABELWISE_BATCHBALD_FULL (any value): no cascade, every candidate exact. LABELWISE_BATCHBALD_CHECK_BOUNDS
+  // (any value): every level is also evaluated for every candidate and must not fall below its exact value
+  // (a test hook: the search itself would rarely show a wrong bound, as its probes often settle a step).
+  const bool full = std::getenv("LABELWISE_BATCHBALD_FULL") != nullptr;
+  const bool check_bounds = std::getenv("LABELWISE_BATCHBALD_CHECK_BOUNDS") != nullptr;
+  constexpr std::int64_t kFewCandidates = 64;  // below this, building the levels costs more than it saves
+
   for (std::int64_t step = 0; step < job.req.b; ++step) {
     const JointTable& tb = tables.table();
-    const std::vector<Level> cascade = build_cascade(tb, K);
+    const std::vector<Level> cascade = build_cascade(tb, K, full || N - step <= kFewCandidates);
     const int levels = static_cast<int>(cascade.size());
+    // Pruning margin: the bounds and the exact values are sums over up to R rows, each lane in sequence,
+    // so their rounding grows with R (≈ R · 2^-53 relative at worst); 1e-9 covers realistic tables.
+    const double margin = std::max(1e-9, 4.0 * static_cast<double>(tb.rows) * std::ldexp(1.0, -53));
     const Level& fin = cascade.back();
     std::vector<std::int64_t> active;
     active.reserve(N - step);
@@ -428,7 +424,8 @@ void batchbald_cpu(const BatchBaldJob& job) {
                          exact_val[n] = v;
                          has_exact[n] = 1;
                        }
-                       bound[n] = v;
+                       // every level bounds from above: keep the tightest bound seen this step
+                       bound[n] = with_base ? v : std::min(bound[n], v);
                      }
                    });
     };
@@ -436,6 +433,20 @@ void batchbald_cpu(const BatchBaldJob& job) {
       return bound[x] > bound[y] || (bound[x] == bound[y] && x < y);
     };
 
+    if (check_bounds && levels > 1) {
+      std::vector<std::vector<double>> at_level;
+      for (int li = 0; li + 1 < levels; ++li) {
+        eval(active, cascade[li], false, true);
+        at_level.emplace_back(bound);
+      }
+      eval(active, cascade.back(), true, false);
+      for (int li = 0; li + 1 < levels; ++li)
+        for (std::int64_t n : active)
+          check(at_level[li][n] + margin * (1.0 + std::fabs(exact_val[n])) >= exact_val[n], ErrorKind::Runtime,
+                "batchbald: cascade level ", li, " (", cascade[li].rows, " rows) bounds candidate ", n, " at ",
+                at_level[li][n], ", below its exact value ", exact_val[n], " (step ", step, ")");
+      std::fill(has_exact.begin(), has_exact.end(), 0);
+    }
     eval(active, cascade[0], levels == 1, true);
     double beta = -std::numeric_limits<double>::infinity();
     for (int li = 1; li < levels; ++li) {
@@ -451,7 +462,7 @@ void batchbald_cpu(const BatchBaldJob& job) {
       std::vector<std::int64_t> keep, refine;
       for (std::int64_t n : active) {
         const double v = bound[n];
-        if (v + 1e-9 * (1.0 + std::fabs(v)) >= beta) {
+        if (v + margin * (1.0 + std::fabs(v)) >= beta) {
           keep.push_back(n);
           if (!has_exact[n]) refine.push_back(n);
         }

@@ -121,7 +121,7 @@ TEST_CASE("batchbald: exact joint entropy and greedy picks equal a brute force o
 TEST_CASE("batchbald: the pruned search picks what evaluating every candidate picks (larger pools)", "[batchbald]") {
   std::mt19937_64 g(777);
   for (int rep = 0; rep < 6; ++rep) {
-    const int N = 40, K = 5, C = 4, b = 4;
+    const int N = 100, K = 5, C = 4, b = 4;  // more than 64 candidates: the cascade is built (and prunes)
     const auto p = random_probs(g, N, K, C, rep % 2 ? 0.3 : 2.0);
     std::vector<std::int64_t> want_i, got_i;
     std::vector<double> want_s, got_s;
