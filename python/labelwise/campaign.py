@@ -96,11 +96,12 @@ class Config:
     seg_batch_slices: int = 3  # acquired per round (regions: the same number of voxels)
     seg_patch: int = 8  # region side, in pixels
     seg_calib_clicks: int = 4000  # calibration: random labelled voxels of the unlabelled pool
+    data_fingerprints: Dict[str, str] = field(default_factory=dict)  # sha256 of each --data file
 
 
 # Saved runs are resumed only under the same Config and the same version of the run's design; bump it
 # when a change alters what a run computes (2: segmentation calibration clicks come from the pool).
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: classification calibration drawn from the unlabelled pool at auto-labelling time
 
 
 def available_strategies() -> List[str]:
@@ -378,7 +379,7 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
         counts.append(int(labeled.sum()))
         accs.append(accuracy(model, Xt, yt))
         if not auto10 and counts[-1] >= 0.1 * N:
-            auto10 = autolabel_rest(model, Xp, yp, labeled, calib, cfg, seed)
+            auto10 = autolabel_rest(model, Xp, yp, labeled, int(calib.sum()), cfg, seed, draw=rnd)
             auto10["labeled_fraction"] = counts[-1] / N
         if progress is not None:
             progress.update(1)
@@ -389,21 +390,30 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
         if labeled[picks].any() or calib[picks].any() or len(np.unique(picks)) != len(picks):
             raise RuntimeError(f"{strategy}: acquired an already labelled or duplicate item")
         labeled[picks] = True
-    auto = autolabel_rest(model, Xp, yp, labeled, calib, cfg, seed)
+    auto = autolabel_rest(model, Xp, yp, labeled, int(calib.sum()), cfg, seed, draw=rounds + 1)
     full = train(make_model(Xp.shape[1], C, cfg.hidden, cfg.dropout, seed), Xp[~calib], yp[~calib], cfg.epochs, seed)
     return RunResult(d.name, strategy, seed, counts, accs, accuracy(full, Xt, yt), N, time.perf_counter() - t0, auto,
                      auto10)
 
 
-def autolabel_rest(model, Xp, yp, labeled, calib, cfg: Config, seed: int) -> Dict:
-    """Certified auto-labelling of the still-unlabelled pool with the final model (MC-mean probabilities),
-    calibrated on the human-labelled calibration set; the realised error uses the withheld truth."""
-    rest = ~labeled & ~calib
-    probs_rest = mc_log_probs(model, Xp[rest], cfg.samples, seed=seed + 7).exp().mean(dim=1)
-    probs_cal = mc_log_probs(model, Xp[calib], cfg.samples, seed=seed + 8).exp().mean(dim=1)
-    r = P.certified_auto_label(probs_rest.numpy(), probs_cal.numpy(), yp[calib], target_error=cfg.target_error,
+def autolabel_rest(model, Xp, yp, labeled, n_calibration: int, cfg: Config, seed: int, draw: int) -> Dict:
+    """Certified auto-labelling of the still-unlabelled pool with the current model (MC-mean
+    probabilities). Design-based calibration: at this moment the humans label `n_calibration` items drawn
+    uniformly at random from the unlabelled items (the items set aside from acquisition included), and
+    the model labels the others — calibration and auto-labelled items are a random split of one set,
+    which is the certificate's assumption (i), whatever the strategy removed from the pool before (a
+    calibration set drawn once at the start is not exchangeable with what the strategy leaves behind).
+    The realised error uses the withheld truth."""
+    unl = np.flatnonzero(~labeled)
+    rng = np.random.default_rng([seed, 7919, draw])
+    cal = np.zeros(len(yp), dtype=bool)
+    cal[rng.choice(unl, size=min(n_calibration, len(unl) - 1), replace=False)] = True
+    rest = ~labeled & ~cal
+    probs = mc_log_probs(model, Xp[~labeled], cfg.samples, seed=seed + 7).exp().mean(dim=1).numpy()
+    in_cal = cal[~labeled]
+    r = P.certified_auto_label(probs[~in_cal], probs[in_cal], yp[cal], target_error=cfg.target_error,
                                delta=cfg.delta)
-    return SEG.autolabel_summary(r, yp[rest], n_calibration=int(calib.sum()))
+    return SEG.autolabel_summary(r, yp[rest], n_calibration=int(cal.sum()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,8 +512,9 @@ def plot(summary: Dict, out: str) -> List[str]:
 def _seg_columns(cert: List[Dict]) -> str:
     """The segmentation columns of an auto-labelling row: foreground error, worst predicted class."""
     fg = [a["realised_error_foreground"] for a in cert if a.get("realised_error_foreground") is not None]
+    n_fg = [a.get("n_foreground_accepted", 0) for a in cert]
     worst = [a["worst_class_error"] for a in cert if a.get("worst_class_error") is not None]
-    return ((f" {np.mean(fg):.3f} |" if fg else " — |")
+    return ((f" {np.mean(fg):.3f} ({np.mean(n_fg):.0f} voxels) |" if fg else " — (none auto-labelled) |")
             + (f" {np.mean(worst):.3f}, {np.max(worst):.3f} |" if worst else " — |"))
 
 
@@ -634,15 +645,15 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
         for key, when in (("autolabel_10", "at the first round with at least 10 % of the pool labelled"),
                           ("autolabel", "after the last round")):
             lines += [f"**Certified auto-labelling of the rest of the pool** {when} (target error "
-                      f"{cfg.target_error:.0%} with probability ≥ {1 - cfg.delta:.0%}, calibrated on a random "
-                      f"human-labelled calibration set of {first['n_calibration']} {what}; realised error measured "
-                      "against the withheld truth"
+                      f"{cfg.target_error:.0%} with probability ≥ {1 - cfg.delta:.0%}, calibrated on "
+                      f"{first['n_calibration']} {what} drawn at random from the unlabelled pool at that moment and "
+                      "labelled by the humans; realised error measured against the withheld truth"
                       + ("; per voxel — the calibration voxels are clicks drawn uniformly at random from the "
                          "unlabelled pool voxels themselves, so the bound is about this pool however "
                          "neighbouring voxels' errors are correlated; the clicked voxels are not auto-labelled"
                          if seg else "") + "):", "",
                       "| strategy | certified runs | coverage of the rest (mean) | realised error (mean, max) | "
-                      "certified bound (mean) |" + (" realised error on foreground voxels (mean) | worst predicted "
+                      "Clopper–Pearson bound at the chosen threshold (mean) |" + (" realised error on foreground voxels (mean) | worst predicted "
                                                     "class's realised error (mean, max) |" if seg else ""),
                       "|---|---|---|---|---|" + ("---|---|" if seg else "")]
             for st, s in sorted(by.items()):
@@ -659,12 +670,16 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
                     row += _seg_columns(cert)
                 lines.append(row)
             lines.append("")
+            cert = [a for s in by.values() for a in s[key] if a and a["certified"]]
+            over = [a["realised_error"] for a in cert if a["realised_error"] is not None
+                    and a["realised_error"] > cfg.target_error]
+            runs = sum(1 for s in by.values() for a in s[key] if a)
+            lines += [f"Realised {'voxel ' if seg else ''}error above the {cfg.target_error:.0%} target in {len(over)} "
+                      f"of {len(cert)} certified runs" + (f" (up to {max(over):.3f})" if over else "")
+                      + f"; the promise allows it in at most about δ = {cfg.delta:.0%} of all {runs} runs. (The "
+                      "bound column is the Clopper–Pearson bound at the threshold the scan chose; having been "
+                      "selected, it is not by itself a 1 − δ bound — the target is the promise.)", ""]
             if seg:
-                cert = [a for s in by.values() for a in s[key] if a and a["certified"]]
-                over = [a["realised_error"] for a in cert if a["realised_error"] is not None
-                        and a["realised_error"] > cfg.target_error]
-                lines += [f"Realised voxel error above the {cfg.target_error:.0%} target in {len(over)} of {len(cert)} "
-                          "certified runs" + (f" (up to {max(over):.3f})" if over else "") + ".", ""]
                 lines += _per_class_table(by, key, cfg)
         worse = [st for st, s in by.items() if st != "random" and rand is not None and
                  (s["fraction_to_95"] is None or s["fraction_to_95"] > rand)]
@@ -697,13 +712,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--strategies", default=",".join(all_strategies()),
                    help=f"comma-separated; each data set runs those that apply to it. Classification: "
                         f"{', '.join(available_strategies())}; segmentation: {', '.join(segmentation_strategies())}")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    p.add_argument("--samples", type=int, default=20, help="MC-dropout samples K (default 20)")
-    p.add_argument("--budget", type=float, default=0.3, help="labels to acquire, fraction of the pool (default 0.3)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3; --quick: 1)")
+    p.add_argument("--samples", type=int, help="MC-dropout samples K (default 20; --quick: 8)")
+    p.add_argument("--budget", type=float, help="labels to acquire, fraction of the pool (default 0.3; --quick: 0.12)")
     p.add_argument("--batch", type=int, help="acquisition batch size (default: about 2 %% of the pool; "
                                              "segmentation: slices per round, default 3)")
     p.add_argument("--out", default="campaign-out", help="output folder (default campaign-out/)")
-    p.add_argument("--quick", action="store_true", help="small, fast settings for CI")
+    p.add_argument("--quick", action="store_true",
+                   help="small, fast settings for CI: 1 seed, K = 8, budget 0.12, 120 training epochs, tiny "
+                        "segmentation settings (flags given explicitly are kept)")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start over")
     return p.parse_args(argv)
 
@@ -712,35 +729,62 @@ def build_config(a: argparse.Namespace) -> Config:
     names = list(a.dataset or ([] if a.data else list(DEFAULT_DATASETS)))
     if a.data:
         names.append(a.data)
-    strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
+    strategies = list(dict.fromkeys(s.strip() for s in a.strategies.split(",") if s.strip()))  # no repeats
+    bad = [n for n in names if n not in CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS and not n.endswith(".npz")]
+    if bad:
+        raise SystemExit(f"--dataset: unknown {bad}; choose from {list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS)} "
+                         "or pass your own file with --data FILE.npz")
+    seeds = a.seeds if a.seeds is not None else (1 if a.quick else 3)
+    samples = a.samples if a.samples is not None else (8 if a.quick else 20)
+    budget = a.budget if a.budget is not None else (0.12 if a.quick else 0.3)
     unknown = [s for s in strategies if s not in all_strategies()]
     if unknown:
         raise SystemExit(f"--strategies: unknown or unavailable {unknown}; available: {all_strategies()}")
-    if a.seeds < 1:
+    if seeds < 1:
         raise SystemExit("--seeds must be >= 1")
-    if a.samples < 2:
+    if samples < 2:
         raise SystemExit("--samples must be >= 2 (MC dropout needs several passes)")
-    if not 0 < a.budget < 1:
+    if not 0 < budget < 1:
         raise SystemExit("--budget must be a fraction in (0, 1)")
-    cfg = Config(datasets=names, strategies=strategies, seeds=list(range(a.seeds)), samples=a.samples,
-                 budget_fraction=a.budget, quick=a.quick)
+    cfg = Config(datasets=names, strategies=strategies, seeds=list(range(seeds)), samples=samples,
+                 budget_fraction=budget, quick=a.quick)
+    # resume only on the same data: a --data file's contents, not just its name
+    for n in names:
+        if n.endswith(".npz") and os.path.exists(n):
+            with open(n, "rb") as f:
+                cfg.data_fingerprints[n] = hashlib.sha256(f.read()).hexdigest()
     if a.batch is not None:
         if a.batch < 1:
             raise SystemExit("--batch must be >= 1")
         cfg.batch = {(os.path.basename(n)[:-4] if n.endswith(".npz") else n): a.batch
                      for n in list(CLASSIFICATION_DATASETS) + list(SEGMENTATION_DATASETS) + names}
     if a.quick:
-        cfg.seeds = cfg.seeds[:1] if a.seeds == 3 else cfg.seeds
-        cfg.epochs, cfg.samples, cfg.budget_fraction = 120, min(cfg.samples, 8), min(cfg.budget_fraction, 0.12)
+        cfg.epochs = 120
         # segmentation: 8 mm pixels, every 6th slice, a narrow U-Net, 2 rounds of one slice
         cfg.seg_downsample, cfg.seg_slice_stride, cfg.seg_width, cfg.seg_steps = 8, 6, 8, 40
         cfg.seg_init_slices, cfg.seg_batch_slices, cfg.seg_patch, cfg.seg_calib_clicks = 2, 1, 4, 1500
     return cfg
 
 
+def _check_dependencies() -> None:
+    """The campaign's own dependencies (not the library's), checked before any run starts."""
+    missing = []
+    for mod, pkg in (("torch", "torch"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(pkg)
+    if missing:
+        raise SystemExit(f"the campaign needs {', '.join(missing)}: pip install 'labelwise[campaign]' "
+                         f"(or pip install {' '.join(missing)})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     a = parse_args(argv)
     cfg = build_config(a)
+    _check_dependencies()
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise SystemExit(f"--out {a.out}: exists and is not a folder")
     os.makedirs(a.out, exist_ok=True)
     torch = _torch()
     torch.set_num_threads(1)  # small models: one thread is faster and deterministic
@@ -761,8 +805,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         if saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION:
             done = saved.get("runs", {})
             print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
-        else:
-            print(f"[campaign] {state_path} is from other settings; starting over")
+        elif saved.get("runs"):
+            raise SystemExit(f"{state_path} holds {len(saved['runs'])} finished runs of other settings (or of an "
+                             "older version); pass --fresh to discard them, or choose another --out")
+    if not done and os.path.exists(state_path):  # a fresh start in a campaign folder: no report, curves or
+        # overlays of an earlier configuration stay behind
+        for f in os.listdir(a.out):
+            if f in ("report.md", "results.json") or (f.endswith(".png") and f.startswith(("curves_", "overlay_"))):
+                os.remove(os.path.join(a.out, f))
     jobs = [(ds, st, sd) for ds in datasets for st in cfg.strategies if applicable(datasets[ds], st)
             for sd in cfg.seeds]
     try:
@@ -791,6 +841,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if bar is not None:
         bar.close()
     summary = summarise(results)
+    with open(os.path.join(a.out, "results.json"), "w") as f:  # the numbers first, whatever the plots do
+        json.dump({"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results]}, f, indent=1)
     plots = plot(summary, a.out)
     overlays = {ds: SEG.overlay(d, cfg, cfg.seeds[0], a.out) for ds, d in datasets.items()
                 if getattr(d, "kind", "") == "segmentation"}
@@ -809,9 +861,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     return summary
 
 
-def cli() -> int:
-    """Console entry point (``labelwise-campaign``): exit status 0 on success."""
-    main()
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point (``labelwise-campaign``): exit status 0 on success; 2 with a one-line message
+    for bad arguments or data (a missing or malformed file, a batch larger than the budget, ...)."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as e:
+        print(f"labelwise-campaign: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -475,6 +475,9 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarr
         acc, labels = np.asarray(r.accepted)[auto], np.asarray(r.labels)[auto]
         fg = truth[acc] > 0
         out["realised_error_foreground"] = float((labels[acc][fg] != truth[acc][fg]).mean()) if fg.any() else None
+        # how many truly-foreground voxels were auto-labelled: with only the background certified, the few
+        # that pass are all wrong (error 1.0), which reads alarming without the count
+        out["n_foreground_accepted"] = int(fg.sum())
         # the realised error of the worst predicted class among those with >= 100 auto-labelled voxels
         per = [float((labels[acc & (labels == c)] != truth[acc & (labels == c)]).mean())
                for c in range(d.num_classes) if (acc & (labels == c)).sum() >= 100]

@@ -79,6 +79,37 @@ def test_bad_inputs(tmp_path):
         campaign.main(["--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o6")])
 
 
+def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
+    # plausible mistakes: a one-line message and exit status 2, not a traceback
+    assert campaign.cli(["--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")]) == 2
+    assert "labelwise-campaign: error: --data: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--dataset: unknown"):
+        campaign.main(["--dataset", "mnist", "--out", str(tmp_path / "o")])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="not a folder"):
+        campaign.main(ARGS + ["--out", str(tmp_path / "file")])
+    # --quick keeps what is given explicitly; repeated strategies run once
+    cfg = campaign.build_config(campaign.parse_args(["--quick", "--seeds", "3", "--samples", "30"]))
+    assert cfg.seeds == [0, 1, 2] and cfg.samples == 30 and cfg.budget_fraction == 0.12
+    assert campaign.build_config(campaign.parse_args(["--strategies", "random,random,bald"])).strategies == ["random", "bald"]
+    # a folder of finished runs is never silently discarded: other settings, or other data under the same
+    # file name, are refused until --fresh
+    data = tmp_path / "mine.npz"
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (60, 4)), rng.normal(2, 1, (60, 4))])
+    np.savez(data, X=X, y=np.repeat([0, 1], 60))
+    out = str(tmp_path / "runs")
+    base = ["--data", str(data), "--strategies", "random", "--quick", "--out", out]
+    campaign.main(base)
+    with pytest.raises(SystemExit, match="finished runs of other settings"):
+        campaign.main(base[:-2] + ["--budget", "0.2", "--out", out])
+    np.savez(data, X=X + 1.0, y=np.repeat([0, 1], 60))  # same name, other contents
+    with pytest.raises(SystemExit, match="--fresh"):
+        campaign.main(base)
+    campaign.main(base + ["--fresh"])
+    assert "random" in open(os.path.join(out, "report.md")).read()
+
+
 def test_nan_model_output_is_an_error():
     model = campaign.make_model(3, 2, 8, 0.3, 0)
     with torch.no_grad():
