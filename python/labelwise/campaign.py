@@ -591,10 +591,15 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
         lines.append(f"| strategy | final {mname} (mean ± std) | {unit} to reach 95 % of full-data {mname} | "
                      "runs reaching it |")
         lines.append("|---|---|---|---|")
+        lines.insert(len(lines) - 2, f"(The labelled fraction at the first round whose {mname} reaches 95 % of the "
+                                     "full-data score, averaged over the seeds when every seed reaches it; the curve can dip "
+                                     "below later.)")
+        lines.insert(len(lines) - 2, "")
         rand = by.get("random", {}).get("fraction_to_95")
         for st, s in sorted(by.items(), key=lambda kv: (kv[1]["fraction_to_95"] is None, kv[1]["fraction_to_95"] or 0)):
             f = s["fraction_to_95"]
-            fs = "not reached within the budget" if f is None else f"{100 * f:.1f} %"
+            fs = (("not reached within the budget" if s["runs_reaching_95"] == 0 else "not reached by every seed")
+                  if f is None else f"{100 * f:.1f} %")
             if f is not None and rand is not None and st != "random":
                 if f < rand:
                     fs += f" ({100 * (1 - f / rand):.0f} % fewer labels than random)"
