@@ -576,7 +576,7 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
     lines = ["# Active-learning campaign report", ""]
     ran = [s for s in cfg.strategies if any(s in by for by in summary.values())]  # the applicable ones
     lines.append(f"Strategies: {', '.join(ran)}; seeds: {cfg.seeds}; MC-dropout samples K = {cfg.samples}; "
-                 f"{'quick mode; ' if cfg.quick else ''}wall time {seconds:.0f} s.")
+                 f"{'quick mode; ' if cfg.quick else ''}compute time of the runs {seconds:.0f} s.")
     lines.append("")
     for ds, by in summary.items():
         d = datasets[ds]
@@ -739,6 +739,11 @@ def build_config(a: argparse.Namespace) -> Config:
     if bad:
         raise SystemExit(f"--dataset: unknown {bad}; choose from {list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS)} "
                          "or pass your own file with --data FILE.npz")
+    short = [os.path.basename(n)[:-4] if n.endswith(".npz") else n for n in names]
+    clash = sorted({s for s in short if short.count(s) > 1})
+    if clash:  # the report, curves and state are keyed by these names
+        raise SystemExit(f"data sets named alike: {clash} (a --data file named like a built-in data set, or given "
+                         "twice); rename the file")
     seeds = a.seeds if a.seeds is not None else (1 if a.quick else 3)
     samples = a.samples if a.samples is not None else (8 if a.quick else 20)
     budget = a.budget if a.budget is not None else (0.12 if a.quick else 0.3)
@@ -824,7 +829,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    t0 = time.perf_counter()
     results: List[RunResult] = []
     bar = tqdm(total=len(jobs), desc="campaign runs", unit="run") if tqdm else None
     for ds, st, sd in jobs:
@@ -854,7 +858,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results],
                    "overlays": overlays}, f, indent=1)
-    report = write_report(summary, cfg, datasets, plots, a.out, time.perf_counter() - t0, overlays)
+    # the runs' own compute time (a resumed campaign's elapsed time would count only the resumed part)
+    report = write_report(summary, cfg, datasets, plots, a.out, sum(r.seconds for r in results), overlays)
     print(f"[campaign] report: {report}")
     for ds, by in summary.items():
         metric = next(iter(by.values()))["metric"]

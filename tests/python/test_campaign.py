@@ -92,6 +92,8 @@ def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
     cfg = campaign.build_config(campaign.parse_args(["--quick", "--seeds", "3", "--samples", "30"]))
     assert cfg.seeds == [0, 1, 2] and cfg.samples == 30 and cfg.budget_fraction == 0.12
     assert campaign.build_config(campaign.parse_args(["--strategies", "random,random,bald"])).strategies == ["random", "bald"]
+    with pytest.raises(SystemExit, match="named alike"):
+        campaign.build_config(campaign.parse_args(["--dataset", "digits", "--data", str(tmp_path / "digits.npz")]))
     # a folder of finished runs is never silently discarded: other settings, or other data under the same
     # file name, are refused until --fresh
     data = tmp_path / "mine.npz"
