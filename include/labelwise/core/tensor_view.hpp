@@ -226,7 +226,7 @@ inline bool may_overlap(const TensorView& a, const TensorView& b) {
 
 /// A view with the name that errors give it ("indices", "bald output", ...).
 struct NamedView {
-  const TensorView& view;
+  TensorView view;  // a copy (a few hundred bytes): a NamedView made from a temporary cannot dangle
   std::string name;
 };
 
