@@ -815,9 +815,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         if saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION:
             done = saved.get("runs", {})
             print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
+        elif saved.get("version") != STATE_VERSION:  # runs of an older design cannot be reused anyway
+            print(f"[campaign] {state_path} is from an older version of the campaign; starting over")
         elif saved.get("runs"):
-            raise SystemExit(f"{state_path} holds {len(saved['runs'])} finished runs of other settings (or of an "
-                             "older version); pass --fresh to discard them, or choose another --out")
+            raise SystemExit(f"{state_path} holds {len(saved['runs'])} finished runs of other settings; pass "
+                             "--fresh to discard them, or choose another --out")
     if not done and os.path.exists(state_path):  # a fresh start in a campaign folder: no report, curves or
         # overlays of an earlier configuration stay behind
         for f in os.listdir(a.out):
