@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_variant.hpp"
 #include "head_score_backend.hpp"
 #include "labelwise/segmentation/head_score.hpp"
 
@@ -13,7 +14,6 @@ namespace labelwise {
 
 namespace detail {
 
-const char* cpu_variant();  // src/cpu/uncertainty_cpu.cpp: "generic", "avx2" or "avx512" (LABELWISE_CPU_ISA)
 namespace head_generic { HeadFailure head_cpu(const HeadJob& job); }
 #if defined(__x86_64__)
 namespace head_avx2 { HeadFailure head_cpu(const HeadJob& job); }

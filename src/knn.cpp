@@ -189,6 +189,7 @@ KnnData knn_load(const TensorView& f, const char* what) {
   check(!__builtin_mul_overflow(d.N, d.D, &total), ErrorKind::Value, what, ": shape ", f.shape_str(),
         " has more elements than fit in int64");
   d.x.resize(static_cast<std::size_t>(total));
+  d.row_exp.resize(static_cast<std::size_t>(d.N));
   const std::int64_t s0 = f.strides[0], s1 = f.strides[1];
   // copied in parallel; the first bad row (lowest index) is reported
   const int W = std::max(1, num_threads());
@@ -204,11 +205,16 @@ KnnData knn_load(const TensorView& f, const char* what) {
         const float* p = static_cast<const float*>(f.data) + i * s0;
         for (std::int64_t j = 0; j < d.D; ++j) row[j] = static_cast<double>(p[j * s1]);
       }
-      for (std::int64_t j = 0; j < d.D; ++j) ok = ok && std::isfinite(row[j]);
+      double mx = 0.0;
+      for (std::int64_t j = 0; j < d.D; ++j) {
+        ok = ok && std::isfinite(row[j]);
+        mx = std::max(mx, std::abs(row[j]));
+      }
       if (!ok) {
         bad[w] = std::min(bad[w], i);
         return;
       }
+      d.row_exp[i] = mx > 0.0 ? std::ilogb(mx) : INT_MIN;
     }
   });
   const std::int64_t first_bad = *std::min_element(bad.begin(), bad.end());
@@ -446,14 +452,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
   int shift = 0;
   {
     constexpr int kLowest = -30, kHighest = 30;
-    std::vector<int> row_exp(static_cast<std::size_t>(N));
-    parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
-      for (std::int64_t i = i0; i < i1; ++i) {
-        double mx = 0.0;
-        for (std::int64_t t = 0; t < D; ++t) mx = std::max(mx, std::abs(X[i * D + t]));
-        row_exp[i] = mx > 0.0 ? std::ilogb(mx) : INT_MIN;  // all-zero rows: nothing to scale
-      }
-    });
+    const std::vector<int>& row_exp = data.row_exp;  // from knn_load's copy (INT_MIN: an all-zero row)
     const auto outside = [&](int e) { return e != INT_MIN && (e < kLowest || e > kHighest); };
     if (cosine) {
       if (std::any_of(row_exp.begin(), row_exp.end(), outside)) {

@@ -90,9 +90,10 @@ inline void knn_offer_survivors(const KnnFusedArgs& g, const float* buf, std::ui
 struct KnnData {
   std::vector<double> x;  // [N, D]
   std::int64_t N = 0, D = 0;
+  std::vector<int> row_exp;  // per row, ilogb of its largest |x| (INT_MIN for an all-zero row): the scale
 };
 
-/// Validates (rank 2, float dtype, CPU, non-empty, finite) and copies `features`.
+/// Validates (rank 2, float dtype, CPU, non-empty, finite) and copies `features`, recording each row's scale.
 KnnData knn_load(const TensorView& features, const char* what);
 
 /// How ties and the point itself are treated.

@@ -28,6 +28,7 @@
 
 #include "../batchbald_backend.hpp"
 #include "../batchbald_table.hpp"
+#include "../cpu_variant.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 #include "labelwise/detail/special_functions.hpp"
@@ -185,21 +186,16 @@ __attribute__((target("avx512f,avx512dq,fma"))) void level_t_avx512_group(const 
 }
 #endif
 
-/// The vector kernel, chosen once per process: AVX-512 where the processor has it (LABELWISE_CPU_ISA=avx2
-/// keeps AVX2, =generic the portable loop), else AVX2 + FMA, else the portable loop;
-/// LABELWISE_BATCHBALD_SCALAR (any value) forces the portable loop. The kernels can differ in the last
-/// bits of a candidate's value (another summation order); each is the same on every thread count.
+/// The vector kernel, chosen once per process by the library's CPU variant (cpu_variant(): AVX-512, AVX2 +
+/// FMA or generic, LABELWISE_CPU_ISA forcing one); LABELWISE_BATCHBALD_SCALAR (any value) forces the
+/// portable loop. The kernels can differ in the last bits of a candidate's value (another summation
+/// order); each is the same on every thread count.
 int vector_rows() {
   static const int w = [] {
 #ifdef LW_BB_VECTOR
     if (std::getenv("LABELWISE_BATCHBALD_SCALAR") != nullptr) return 0;
-    const char* forced = std::getenv("LABELWISE_CPU_ISA");
-    if (forced && std::string(forced) == "generic") return 0;
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
-    if (!(forced && std::string(forced) == "avx2") && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512dq"))
-      return 8;
-    return 4;
+    const std::string v = cpu_variant();
+    return v == "avx512" ? 8 : v == "avx2" ? 4 : 0;
 #else
     return 0;
 #endif
@@ -258,6 +254,10 @@ Level merged_level(const JointTable& tb, int K, const std::vector<std::int64_t>&
 std::vector<Level> build_cascade(const JointTable& tb, int K, bool full) {
   const std::int64_t R = tb.rows;
   const int m = tb.m;
+  Level fin;  // the table itself (last in the cascade); its Ω also orders the truncated levels' rows
+  fin.rows = R;
+  if (vector_rows() == 0) fin.a = tb.a;  // the portable loop reads the weights; the kernels the layout
+  finish_level(fin, tb.a.data(), K);
   std::vector<Level> cascade;
   std::vector<std::int64_t> group(static_cast<std::size_t>(R));
   if (!full) {
@@ -281,12 +281,9 @@ std::vector<Level> build_cascade(const JointTable& tb, int K, bool full) {
       last_rows = g;
     }
     // truncated levels: rows by Ω descending, ties by the lower row
-    std::vector<double> om(static_cast<std::size_t>(R), 0.0);
+    const std::vector<double>& om = fin.omega;
     double total = 0.0;
-    for (std::int64_t r = 0; r < R; ++r) {
-      for (int k = 0; k < K; ++k) om[r] += tb.a[r * K + k];
-      total += om[r];
-    }
+    for (std::int64_t r = 0; r < R; ++r) total += om[r];
     std::vector<std::int64_t> order(static_cast<std::size_t>(R));
     for (std::int64_t r = 0; r < R; ++r) order[r] = r;
     std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return om[x] > om[y]; });
@@ -334,10 +331,6 @@ std::vector<Level> build_cascade(const JointTable& tb, int K, bool full) {
     }
     std::stable_sort(cascade.begin(), cascade.end(), [](const Level& x, const Level& y) { return x.rows < y.rows; });
   }
-  Level fin;
-  fin.rows = R;
-  if (vector_rows() == 0) fin.a = tb.a;  // the portable loop reads the weights; the kernels the layout
-  finish_level(fin, tb.a.data(), K);
   cascade.push_back(std::move(fin));
   return cascade;
 }

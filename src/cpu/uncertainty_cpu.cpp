@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../cpu_variant.hpp"
 #include "../uncertainty_backend.hpp"
 
 namespace labelwise {
