@@ -124,7 +124,7 @@ std::vector<double> random_walker(const Planes& vol, std::int64_t z, const std::
 }
 
 /// Seeds from the neighbour's labels and confidence: erosion by `erode` (edge-clamped) and the
-/// confidence threshold. If no pixel survives, erosion 1 without the threshold (so that class
+/// confidence threshold (erode >= 1). If no pixel survives, erosion 1 without the threshold (so that class
 /// boundaries stay unseeded and the walker decides them from the image); only if that leaves nothing
 /// either, the whole neighbour mask.
 std::vector<std::int64_t> seeds_from(const std::vector<std::int64_t>& lab, const std::vector<double>& conf,
@@ -155,7 +155,7 @@ std::vector<std::int64_t> seeds_from(const std::vector<std::int64_t>& lab, const
       }
     return any;
   };
-  if (select(erode, min_conf) || select(std::min<std::int64_t>(erode, 1), 0.0)) return s;
+  if (select(erode, min_conf) || select(1, 0.0)) return s;
   return lab;
 }
 
@@ -200,7 +200,8 @@ void propagate_slices(const TensorView& volume, const TensorView& labels,
         options.axis);
   check(options.beta > 0.0 && std::isfinite(options.beta), ErrorKind::Value, "beta: expected a finite value > 0, got ",
         options.beta);
-  check(options.erode >= 0, ErrorKind::Value, "erode: expected an integer >= 0, got ", options.erode);
+  check(options.erode >= 1, ErrorKind::Value, "erode: expected an integer >= 1 (class boundaries are never seeded), got ",
+        options.erode);
   check(options.min_confidence >= 0.0 && options.min_confidence <= 1.0, ErrorKind::Value,
         "min_confidence: expected a value in [0, 1], got ", options.min_confidence);
   check(options.num_classes >= 0, ErrorKind::Value, "num_classes: expected an integer >= 0 (0: from the labels), got ",

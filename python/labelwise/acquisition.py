@@ -365,9 +365,9 @@ def _labeled_array(labeled: Any, n_items: Optional[int] = None) -> Any:
         if dt.startswith(("int", "uint")) and dt != "uint8":
             vals = np.unique(_arrays.to_host_numpy(lab))
             if vals.size and set(vals.tolist()) <= {0, 1}:
-                raise ValueError(f"labeled: an integer 0/1 vector of length N = {n_items}, which reads as the "
-                                 "indices 0 and 1; pass a mask as bool (mask.astype(bool) / mask.bool()) or "
-                                 "pass the labelled indices")
+                raise ValueError(f"labeled: an integer 0/1 vector of length N = {n_items} is ambiguous (a mask that "
+                                 "lost its bool dtype, or the indices 0 and 1 repeated); pass a mask as bool "
+                                 "(mask.astype(bool) / mask.bool()) or the labelled indices without repeats")
     if isinstance(lab, np.ndarray) and lab.dtype.kind in "iu" and lab.dtype not in (np.int64, np.uint8):
         lab = lab.astype(np.int64)
     elif _arrays.framework_name(lab) == "torch":
@@ -572,6 +572,15 @@ def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, 
     b = _count(b)
     p = _spatial(m, patch, "patch")
     s = _spatial(m, stride, "stride", default=p)
+    if b < 0:
+        raise ValueError(f"b: must be >= 0, got {b}")
+    if all(v >= 1 for v in p) and all(0 < pv <= sv for pv, sv in zip(p, m.shape[1:])):
+        # Disjoint patches cannot cover more voxels than an image has: refuse a b beyond that bound
+        # here, before allocating [b, ...] outputs (the core reports any b its greedy pass cannot reach).
+        fit = int(m.shape[0]) * (math.prod(int(v) for v in m.shape[1:]) // math.prod(p))
+        if b > fit:
+            raise ValueError(f"b: asked for {b} non-overlapping patches of size {tuple(p)}, but at most {fit} fit in "
+                             f"maps of shape {tuple(m.shape)}")
     corners = _empty(m, (b, len(m.shape)), "int64")
     scores = _empty(m, (b,), "float64")
     _core.top_regions(_arrays.capsule(m), b, p, s, _arrays.capsule(corners, writable=True),

@@ -213,8 +213,8 @@ def propagate_slices_ref(vol, lab, labelled_slices, *, axis=0, num_classes=None,
     C = int(lab_ann.max()) + 1 if num_classes is None else int(num_classes)
     if lab_ann.max() >= C:
         raise ValueError(f"labels: class {int(lab_ann.max())} >= num_classes {C}")
-    if not 0.0 <= min_confidence <= 1.0 or erode < 0 or beta <= 0:
-        raise ValueError("min_confidence must be in [0, 1], erode >= 0 and beta > 0")
+    if not 0.0 <= min_confidence <= 1.0 or erode < 1 or beta <= 0:
+        raise ValueError("min_confidence must be in [0, 1], erode >= 1 and beta > 0")
 
     probs = np.zeros((Z, C) + vol.shape[1:])
     weight = np.zeros(Z)
@@ -224,7 +224,7 @@ def propagate_slices_ref(vol, lab, labelled_slices, *, axis=0, num_classes=None,
         for z in range(start + step, stop, step):
             seeds = _seeds_from(prev_lab, prev_conf, erode, min_confidence)
             if not (seeds >= 0).any():  # nothing survived: erosion 1, no threshold (boundaries unseeded)
-                seeds = _seeds_from(prev_lab, prev_conf, min(erode, 1), 0.0)
+                seeds = _seeds_from(prev_lab, prev_conf, 1, 0.0)
             if not (seeds >= 0).any():
                 seeds = prev_lab.copy()  # still nothing: seed with the whole neighbour mask
             p = _random_walker_slice(vol[z], seeds, C, beta)

@@ -334,6 +334,66 @@ def test_symmetric_variant(rng):
     np.testing.assert_array_equal(l2[lab >= 0], lab[lab >= 0])
 
 
+def symmetric_reference(X, labels, k, alpha, max_iter, tol, propagation):
+    """The documented symmetric variant, dense and in float64: W = the kNN graph (brute force, ties by
+    the lower index) or its transpose, S = D^-1/2 W D^-1/2 (spreading) or T = D^-1 W (propagation),
+    the stop rule sum |F - F_prev| < tol checked before each step (F_prev = 0 at first); propagation
+    divides each row by its sum after each step (0 stays 0) and resets the labelled rows."""
+    N = len(X)
+    idx, _ = brute_knn(X, k)
+    W = np.zeros((N, N))
+    W[np.repeat(np.arange(N), k), idx.ravel()] = 1.0
+    W = np.maximum(W, W.T)
+    deg = W.sum(1)
+    C = labels.max() + 1
+    Y = np.zeros((N, C))
+    lab = labels >= 0
+    Y[np.flatnonzero(lab), labels[lab]] = 1.0
+    M = W / deg[:, None] if propagation else W / np.sqrt(np.outer(deg, deg))
+    F, prev, n_iter = Y.copy(), np.zeros_like(Y), 0
+    while n_iter < max_iter and np.abs(F - prev).sum() >= tol:
+        prev = F
+        if propagation:
+            F = M @ F
+            t = F.sum(1, keepdims=True)
+            F = np.divide(F, t, out=np.zeros_like(F), where=t > 0)
+            F[lab] = Y[lab]
+        else:
+            F = alpha * (M @ F) + (1 - alpha) * Y
+        n_iter += 1
+    converged = np.abs(F - prev).sum() < tol
+    s = F.sum(1, keepdims=True)
+    D = np.divide(F, s, out=np.zeros_like(F), where=s > 0)
+    out = np.where(s[:, 0] > 0, D.argmax(1), -1)
+    return D, out, n_iter, converged
+
+
+@pytest.mark.parametrize("propagation", [False, True])
+def test_symmetric_variant_matches_dense_reference(rng, propagation):
+    """Distributions, labels and the convergence warning against a dense float64 reference, on data with
+    a second connected component that no label reaches (label -1, zero row)."""
+    N1, N2, D, k = int(rng.integers(60, 200)), 12, int(rng.integers(2, 20)), int(rng.integers(3, 9))
+    X = np.vstack([rng.normal(size=(N1, D)), rng.normal(size=(N2, D)) + 1e3])  # far away: own component
+    C = int(rng.integers(2, 5))
+    labels = np.full(N1 + N2, -1)
+    pick = rng.choice(N1, size=3 * C, replace=False)
+    labels[pick] = np.arange(3 * C) % C
+    alpha = float(rng.uniform(0.05, 0.95))
+    fn = P.label_propagation if propagation else P.label_spreading
+    kw = {} if propagation else {"alpha": alpha}
+    for max_iter, tol in ((1000, 1e-9), (2, 1e-12)):
+        ref_d, ref_l, n_iter, converged = symmetric_reference(X, labels, k, alpha, max_iter, tol, propagation)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            d, l = fn(X, labels, k=k, max_iter=max_iter, tol=tol, **kw)
+        np.testing.assert_allclose(d, ref_d, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(l, ref_l)
+        assert (l[N1:] == -1).all() and (d[N1:] == 0).all()
+        warned = [w for w in caught if issubclass(w.category, RuntimeWarning) and "max_iter" in str(w.message)]
+        assert len(warned) == (0 if converged else 1), (max_iter, n_iter, converged)
+        assert converged == (max_iter == 1000)
+
+
 def test_spreading_bad_input():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 4))

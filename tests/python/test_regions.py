@@ -79,8 +79,15 @@ def test_region_errors():
         A.patch_scores(m, (2,))
     with pytest.raises(ValueError, match="need 1 <= patch"):
         A.patch_scores(m, (5, 2))
-    with pytest.raises(ValueError, match="found only 8"):
+    with pytest.raises(ValueError, match=r"asked for 9 non-overlapping patches of size \(2, 2\), but at most 8 fit"):
         A.top_regions(m, 9, 2)
+    with pytest.raises(ValueError, match="at most 8 fit"):
+        A.top_regions(m, 10**12, 2)  # refused before any allocation
+    with pytest.raises(ValueError, match="b: must be >= 0, got -1"):
+        A.top_regions(m, -1, 2)
+    # within the volume bound (9 // 4 = 2) but every 2x2 patch of a 3x3 image overlaps the centre
+    with pytest.raises(ValueError, match="found only 1"):
+        A.top_regions(np.random.default_rng(0).random((1, 3, 3)), 2, 2, 1)
     # a patch holding both +inf and -inf has no mean: an error naming the patch, whatever the threads
     inf = np.arange(20.0)[None, None] / 20
     inf[0, 0, 10], inf[0, 0, 11] = np.inf, -np.inf

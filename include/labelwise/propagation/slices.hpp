@@ -23,10 +23,14 @@
 //   labels     : int64, volume's shape, any strides; read only on the annotated slices (classes >= 0).
 //   labelled_slices : the annotated slice indices along the axis (any order, repeats ignored), >= 1 of them.
 //   mask       : int64, volume's shape (out): the class of every voxel (the labels on annotated slices).
-//   confidence : float64, volume's shape (out): the probability of that class (1 on annotated slices).
+//   confidence : float64, volume's shape (out): the probability of that class (1 on annotated slices
+//                and on the seeds of the others: carried over from the neighbour slice, not measured).
+// Limits of the method: a structure narrower than 2·erode + 1 pixels leaves no seed and vanishes from
+// the propagated slices (erode = 1 keeps structures >= 3 pixels wide); a structure that ends is
+// extrapolated for as long as its eroded interior leaves seeds, with confidence 1 on them.
 // Errors (labelwise::Error): wrong ranks / shapes / dtypes, NaN / Inf intensities, no annotated
 // slice or one out of range, a negative label or one >= num_classes on an annotated slice, beta <= 0,
-// erode < 0, min_confidence outside [0, 1], CUDA arrays.
+// erode < 1, min_confidence outside [0, 1], CUDA arrays.
 #pragma once
 
 #include <cstdint>
@@ -43,7 +47,7 @@ struct SlicePropagationOptions {
   std::int64_t num_classes = 0;
   /// Edge-weight contrast of the random walker.
   double beta = 30.0;
-  /// Erosion radius of the seeds (pixels).
+  /// Erosion radius of the seeds (pixels), >= 1.
   std::int64_t erode = 2;
   /// Seeds keep only the neighbour's pixels of at least this confidence.
   double min_confidence = 0.9;

@@ -7,7 +7,8 @@
 //   Symmetric (default): the kNN graph of knn_graph (the point itself excluded), symmetrised
 //     (W_ij = 1 when j is among the k nearest of i or i among those of j).
 //     Spreading: S = D^-1/2 W D^-1/2, F <- alpha S F + (1 - alpha) Y.
-//     Propagation: T = D^-1 W, F <- T F, labelled rows reset to their one-hot label.
+//     Propagation: T = D^-1 W, F <- T F, each row divided by its sum (0 stays 0), labelled rows
+//     reset to their one-hot label.
 //     Items that no label reaches (another connected component) get an all-zero distribution and
 //     the label -1.
 //   Sklearn: reproduces sklearn.semi_supervised.LabelSpreading(kernel="knn") / LabelPropagation(
