@@ -41,7 +41,7 @@ Layout describe(const TensorView& x, const ScoreOptions& opt) {
   check(x.ndim >= min_rank, ErrorKind::Value, "x: expected rank >= ", min_rank, " (",
         opt.sample_axis ? "samples and classes" : "classes", "), got shape ", x.shape_str());
   Layout L;
-  L.class_axis = normalise_axis(opt.class_axis, x.ndim, "class_axis");
+  L.class_axis = normalise_axis(opt.class_axis.value_or(opt.sample_axis ? 2 : 1), x.ndim, "class_axis");
   if (opt.sample_axis) {
     L.sample_axis = normalise_axis(*opt.sample_axis, x.ndim, "sample_axis");
     check(L.sample_axis != L.class_axis, ErrorKind::Value, "sample_axis and class_axis both name axis ", L.class_axis,
@@ -56,6 +56,9 @@ Layout describe(const TensorView& x, const ScoreOptions& opt) {
         " entry; at least 2 classes are needed (shape ", x.shape_str(), ")");
   check(C <= std::numeric_limits<int>::max() && K <= std::numeric_limits<int>::max(), ErrorKind::Value,
         "x: sample or class axis longer than 2^31-1 (shape ", x.shape_str(), ")");
+  // per-item offsets (sample, class) are int: K·C plus a row of vector padding must fit
+  check(K * C <= std::numeric_limits<int>::max() - 4096, ErrorKind::Value, "x: one item holds K·C = ", K * C,
+        " values (K = ", K, ", C = ", C, "); at most 2^31 - 4097 per item (shape ", x.shape_str(), ")");
   L.C = static_cast<int>(C);
   L.K = static_cast<int>(K);
   L.grid.count = 1;
@@ -205,7 +208,10 @@ void run(const detail::ScoreJob& job, const Device& device, const Layout& L, con
                                         " that do not sum to 1 over the class axis (tolerance " +
                                         std::to_string(job.tol) + "); pass input=\"logits\" for unnormalised scores");
     case detail::kItemAllMasked:
-      throw Error(ErrorKind::Value, "x: " + where + " has a sample whose logits are all -inf");
+      throw Error(ErrorKind::Value, "x: " + where + " has a sample whose " + kind + " are all -inf" +
+                                        (options.input == InputKind::LogProbabilities
+                                             ? " (probabilities summing to 0, not 1)"
+                                             : ""));
     default: throw Error(ErrorKind::Runtime, "x: " + where + " failed with status " + std::to_string(f.status));
   }
 }

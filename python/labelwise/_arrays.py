@@ -26,8 +26,16 @@ def _framework(x: Any) -> str:
 def as_array(x: Any, name: str = "x") -> Any:
     """Returns x itself when it speaks DLPack (a torch tensor detached from autograd: no copy), else a
     zero-copy numpy view of it (buffer protocol). Non-numeric input is a TypeError naming ``name``."""
-    if _framework(x) == "torch" and x.requires_grad:
-        x = x.detach()  # the metrics are not differentiable; DLPack refuses tensors that require grad
+    if _framework(x) == "torch":
+        if x.requires_grad:
+            x = x.detach()  # the metrics are not differentiable; DLPack refuses tensors that require grad
+        if x.is_complex():
+            raise TypeError(f"{name}: expected a real numeric tensor, got dtype {str(x.dtype).replace('torch.', '')}")
+        if x.is_neg():
+            # a lazily negated view (e.g. z.conj().imag): DLPack would export the stored, un-negated values
+            x = x.resolve_neg()
+        if x.device.type not in ("cpu", "cuda"):
+            raise TypeError(f"{name}: a torch tensor on device {x.device.type!r}; expected a CPU or CUDA tensor")
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         if isinstance(x, np.ndarray):
             _check_numeric(x, name)
@@ -66,7 +74,8 @@ def current_stream(x: Any) -> int:
     if fw == "cupy":
         import cupy
 
-        return int(cupy.cuda.get_current_stream().ptr)
+        with x.device:  # the current stream of x's device, not of the current device
+            return int(cupy.cuda.get_current_stream().ptr)
     return 0
 
 
@@ -78,8 +87,10 @@ def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
         # DLPack: 1 names the legacy default stream; 0 is not allowed.
         kwargs["stream"] = stream if stream != 0 else 1
     try:
-        return x.__dlpack__(max_version=(1, 0), **kwargs)
-    except TypeError:
+        try:
+            return x.__dlpack__(max_version=(1, 0), **kwargs)
+        except (TypeError, NotImplementedError):
+            pass  # a producer without versioned DLPack (numpy < 2.1, ...): the legacy call below
         return x.__dlpack__(**kwargs)
     except BufferError:
         if writable:

@@ -11,7 +11,8 @@ Shape contract (every function)
         float32.
         ``sample_axis`` / ``class_axis`` name other layouts (e.g. BaaL's ``[N, C, ..., K]``
         is ``sample_axis=-1, class_axis=1``); ``sample_axis=None`` means one prediction per
-        item (K = 1), for which the sample-based metrics raise ``ValueError``.
+        item (K = 1, ``[N, C, *spatial]``), for which the sample-based metrics raise ``ValueError``.
+        ``class_axis=None`` (default) is 2 with a sample axis and 1 without.
     input : ``"probs"`` (each sample's class vector sums to 1 within 1e-3 for float32, 1e-6 for
         float64, 5e-3 for float16, 4e-2 for bfloat16), ``"log_probs"`` (log-sum-exp within the
         same of 0) or ``"logits"`` (softmax applied inside).
@@ -47,7 +48,7 @@ def score(
     *,
     input: str = "probs",
     sample_axis: Optional[int] = 1,
-    class_axis: int = 2,
+    class_axis: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Computes several metrics in one fused pass; returns ``{name: array}``.
 
@@ -57,7 +58,7 @@ def score(
     """
     x = _arrays.as_array(x, "x")
     sample_axis = _axis(sample_axis, "sample_axis", True)
-    class_axis = _axis(class_axis, "class_axis", False)
+    class_axis = _axis(class_axis, "class_axis", True)
     if not isinstance(input, str):
         raise TypeError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
     if metrics is None:
@@ -69,6 +70,12 @@ def score(
                 raise TypeError(f"metrics: expected metric names (str), got {m!r}")
             if names.count(m) > 1:
                 raise ValueError(f"metrics: {m!r} is requested twice")
+    if metrics is None and sample_axis is not None and -len(x.shape) <= sample_axis < len(x.shape) \
+            and int(x.shape[sample_axis]) == 1:
+        need = ", ".join(m for m in METRICS if _core.metric_needs_samples(m))
+        raise ValueError(f"x: the sample axis (axis {sample_axis}) holds one sample; the default metric set includes "
+                         f"{need}, which need at least 2: pass metrics=[...] without them, or sample_axis=None for "
+                         "single predictions")
     kind, _ = _arrays.device_of(x)
     stream = _arrays.current_stream(x) if kind in (2, 13) else 0
     xcap = _arrays.capsule(x, stream=stream)
@@ -87,7 +94,7 @@ def score(
 
 
 def _single(name: str, doc: str):
-    def fn(x: Any, *, input: str = "probs", sample_axis: Optional[int] = 1, class_axis: int = 2) -> Any:
+    def fn(x: Any, *, input: str = "probs", sample_axis: Optional[int] = 1, class_axis: Optional[int] = None) -> Any:
         return score(x, (name,), input=input, sample_axis=sample_axis, class_axis=class_axis)[name]
 
     fn.__name__ = fn.__qualname__ = name

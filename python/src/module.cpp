@@ -46,7 +46,7 @@ TensorView view_of(const py::capsule& cap, const char* what, bool writable) {
                                    (name ? name : "<unnamed>") + "' (was it already consumed?)");
 }
 
-ScoreOptions make_options(const std::string& input, std::optional<int> sample_axis, int class_axis,
+ScoreOptions make_options(const std::string& input, std::optional<int> sample_axis, std::optional<int> class_axis,
                           std::uintptr_t stream) {
   ScoreOptions opt;
   opt.input = input_kind_from_name(input);
@@ -88,7 +88,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "score_shape",
-      [](const py::capsule& x, const std::string& input, std::optional<int> sample_axis, int class_axis) {
+      [](const py::capsule& x, const std::string& input, std::optional<int> sample_axis, std::optional<int> class_axis) {
         return score_shape(view_of(x, "x", false), make_options(input, sample_axis, class_axis, 0));
       },
       py::arg("x"), py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"));
@@ -96,7 +96,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "score",
       [](const py::capsule& x, const std::vector<std::pair<std::string, py::capsule>>& outputs,
-         const std::string& input, std::optional<int> sample_axis, int class_axis, std::uintptr_t stream) {
+         const std::string& input, std::optional<int> sample_axis, std::optional<int> class_axis,
+         std::uintptr_t stream) {
         const TensorView xv = view_of(x, "x", false);
         std::vector<MetricOutput> outs;
         for (const auto& [name, cap] : outputs) outs.push_back({metric_from_name(name), view_of(cap, "out", true)});

@@ -8,8 +8,11 @@
 
 #include "labelwise/detail/special_functions.hpp"
 #include "labelwise/detail/uncertainty_impl.hpp"
+#include "labelwise/uncertainty/metrics.hpp"
+#include "test_seed.hpp"
 
 using labelwise::detail::digamma;
+namespace detail = labelwise::detail;
 
 TEST_CASE("digamma matches closed forms", "[special]") {
   const double euler = 0.57721566490153286061;
@@ -165,4 +168,44 @@ TEST_CASE("Beta-entropy parts (one division, four logs) against a long-double re
   }
   INFO("worst ln B " << worst_lb << " w " << worst_w << " (units of eps · magnitude)");
   CHECK(std::max(worst_lb, worst_w) < 32.0);
+}
+
+// The per-item path (score_item: what every CUDA thread runs) on float32 logits far from 0: the
+// entropies must keep float32 accuracy relative to the entropy, not to |x| (a rounded ln-sum-exp
+// subtracted in float lost half an ulp of |x| per entry: 4.6e-4 relative at 1e4).
+TEST_CASE("score_item: float32 logits far from zero keep the entropies' accuracy", "[uncertainty]") {
+  std::mt19937_64 gen(fresh_seed());
+  std::uniform_real_distribution<double> off(-3e4, 3e4), spread(0.0, 4.0);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int K = 2 + static_cast<int>(gen() % 5), C = 2 + static_cast<int>(gen() % 20);
+    const double base = off(gen);
+    std::vector<float> x(static_cast<std::size_t>(K * C));
+    for (float& v : x) v = static_cast<float>(base + spread(gen));
+    // float64 reference on the float32 values
+    double H = 0.0, EH = 0.0;
+    std::vector<double> mean(C, 0.0);
+    for (int k = 0; k < K; ++k) {
+      double mx = -INFINITY, z = 0.0;
+      for (int c = 0; c < C; ++c) mx = std::max(mx, static_cast<double>(x[k * C + c]));
+      for (int c = 0; c < C; ++c) z += std::exp(x[k * C + c] - mx);
+      for (int c = 0; c < C; ++c) {
+        const double lp = x[k * C + c] - mx - std::log(z), p = std::exp(lp);
+        EH -= p * lp / K;
+        mean[c] += p / K;
+      }
+    }
+    for (double m : mean) H -= m > 0 ? m * std::log(m) : 0.0;
+    const int Cp = detail::padded_classes(C);
+    std::vector<double> stats(3 * static_cast<std::size_t>(Cp), 0.0);
+    std::vector<float> row(static_cast<std::size_t>(Cp), 0.0f);
+    std::vector<int> votes(static_cast<std::size_t>(Cp), 0);
+    detail::ItemScratch<float> s{stats.data(), stats.data() + Cp, stats.data() + 2 * Cp, row.data(), votes.data(),
+                                 nullptr, nullptr, nullptr};
+    double res[labelwise::kNumMetrics] = {};
+    const unsigned mask = detail::kBitPredictiveEntropy | detail::kBitExpectedEntropy | detail::kBitBald;
+    REQUIRE(detail::score_item<float>(x.data(), C, 1, K, C, /*logits*/ 2, mask, 1e-3, s, res) == detail::kItemOk);
+    INFO("trial " << trial << " K=" << K << " C=" << C << " base=" << base);
+    CHECK(std::fabs(res[1] - EH) <= 2e-6 * EH + 1e-6);
+    CHECK(std::fabs(res[0] - H) <= 2e-6 * H + 1e-6);
+  }
 }

@@ -52,3 +52,17 @@ TEST_CASE("torch adapter: unsupported dtypes are a TypeError-kind Error", "[torc
     CHECK(e.kind() == ErrorKind::Type);
   }
 }
+
+TEST_CASE("torch adapter: a lazily negated tensor is read with its sign", "[torch]") {
+  torch::manual_seed(fresh_seed());
+  const auto z = torch::complex(torch::randn({16, 4, 5}, torch::kFloat64), torch::randn({16, 4, 5}, torch::kFloat64));
+  const auto neg = torch::imag(z.conj());  // is_neg(): the storage holds +imag
+  REQUIRE(neg.is_neg());
+  ScoreOptions lopt;
+  lopt.input = InputKind::Logits;
+  const auto expect = torch_interop::score(neg.resolve_neg(), Metric::PredictiveEntropy, lopt);
+  CHECK(torch::equal(torch_interop::score(neg, Metric::PredictiveEntropy, lopt), expect));
+  const auto p = torch::softmax(-torch::imag(z), -1).mean(1);
+  CHECK(torch::allclose(expect, -(p * p.log()).sum(-1), 1e-12, 1e-14));
+  CHECK_THROWS_WITH(torch_interop::view(neg), Catch::Contains("lazily negated"));
+}

@@ -260,6 +260,12 @@ TEST_CASE("single predictions (no sample axis)", "[uncertainty]") {
   CHECK(mg[1] == Approx(1.0));
   CHECK(lc[0] == Approx(0.3));
   CHECK(ra[1] == Approx(1.0));
+  // class_axis left unset: 1 without a sample axis (2 with one)
+  ScoreOptions dflt;
+  dflt.sample_axis = std::nullopt;
+  std::vector<double> pe2(2);
+  predictive_entropy(TensorView::of(x.data(), {2, 3}), TensorView::of(pe2.data(), {2}), dflt);
+  CHECK(pe2 == pe);
   std::vector<double> out(2);
   CHECK_THROWS_WITH(bald(TensorView::of(x.data(), {2, 3}), TensorView::of(out.data(), {2}), opt),
                     Catch::Contains("no sample axis"));

@@ -220,7 +220,7 @@ def test_bad_shapes_and_types():
     for dt in (np.longdouble, np.complex128):
         with pytest.raises(TypeError, match="x: expected a real numeric array"):
             U.margin(np.full((2, 2), 0.5, dtype=dt), sample_axis=None, class_axis=1)
-    for kw, match in (({"class_axis": None}, "class_axis: expected an integer, got NoneType"),
+    for kw, match in (({"class_axis": 1.5}, "class_axis: expected an integer, got float"),
                       ({"sample_axis": 1.0}, "sample_axis: expected an integer, got float"),
                       ({"sample_axis": True}, "sample_axis: expected an integer, got bool"),
                       ({"sample_axis": 2**40},
@@ -265,6 +265,39 @@ def test_torch_autograd_tensors_and_subclasses(rng):
     res = U.bald(sub)
     assert isinstance(res, torch.Tensor)
     np.testing.assert_array_equal(res.numpy(), got.numpy())
+
+
+def test_torch_lazy_negation_complex_and_meta(rng):
+    """A lazily negated torch view (z.conj().imag) is read with its sign (DLPack exports the stored values);
+    complex and meta tensors are refused by name."""
+    torch = pytest.importorskip("torch")
+    z = torch.complex(torch.from_numpy(rng.normal(size=(4, 3, 5))), torch.from_numpy(rng.normal(size=(4, 3, 5))))
+    neg = z.conj().imag
+    assert neg.is_neg()
+    expect = ref_metrics(torch.softmax(-z.imag, dim=2).numpy())["predictive_entropy"]
+    np.testing.assert_allclose(U.predictive_entropy(neg, input="logits").numpy(), expect, rtol=1e-12)
+    with pytest.raises(TypeError, match="x: expected a real numeric tensor, got dtype complex128"):
+        U.predictive_entropy(z)
+    with pytest.raises(TypeError, match="x: a torch tensor on device 'meta'"):
+        U.predictive_entropy(torch.empty(2, 3, 4, device="meta"))
+
+
+def test_producers_without_versioned_dlpack(rng):
+    """numpy < 2.1 has no __dlpack__(max_version=...) and refuses read-only arrays: the legacy call, then a
+    copy, must be reached (a nested handler used to leak a bare BufferError)."""
+
+    class OldNumpy(np.ndarray):
+        def __dlpack__(self, *, stream=None, max_version=None, **kw):
+            if max_version is not None:
+                raise TypeError("__dlpack__() got an unexpected keyword argument 'max_version'")
+            if not self.flags.writeable:
+                raise BufferError("Cannot export readonly array since signalling readonly is unsupported")
+            return np.asarray(self).__dlpack__()
+
+    x = random_probs(rng, (5, 4, 3))
+    old = x.view(OldNumpy)
+    old.flags.writeable = False
+    np.testing.assert_allclose(U.bald(old), ref_metrics(x)["bald"], rtol=1e-12, atol=1e-15)
 
 
 def test_list_input_and_thread_invariance(rng):
@@ -317,13 +350,23 @@ def test_logs_around_the_vector_width(rng, dtype, input_kind, C):
             _close(res[name], want[name], tol, name)
 
 
+def test_items_too_large_for_int_offsets():
+    """K·C values per item are addressed with int offsets: an item beyond 2^31 - 4097 values is an error
+    naming x, raised before anything is read (a broadcast view: no memory behind it)."""
+    x = np.broadcast_to(np.float32(0.5), (1, 3, 10**9))
+    with pytest.raises(ValueError, match=r"x: one item holds K·C = 3000000000 values \(K = 3, C = 1000000000\)"):
+        U.bald(x)
+
+
 @pytest.mark.parametrize("C", [2, 10, 16, 17])
 def test_logs_errors_name_the_first_bad_item(C):
     x = np.full((77, 3, C), -np.log(C))
     x[40, 2, :] = -np.inf  # a sample all -inf
     x[60, 0, 0] = np.nan
-    with pytest.raises(ValueError, match=r"item \[40\].*all -inf"):
+    with pytest.raises(ValueError, match=r"item \[40\].*whose logits are all -inf"):
         U.score(x, input="logits")
+    with pytest.raises(ValueError, match=r"item \[40\].*whose log-probabilities are all -inf \(probabilities summing to 0"):
+        U.score(x, input="log_probs")
     x[40, 0, 1] = np.inf  # NaN / +Inf anywhere in the item come first
     with pytest.raises(ValueError, match=r"item \[40\].*NaN or Inf"):
         U.score(x, input="log_probs")
@@ -404,3 +447,39 @@ def test_half_on_cuda_equals_cpu(rng):
     bad[9, 1, 2, 0, 1] = float("nan")
     with pytest.raises(ValueError, match=r"item \[9, 0, 1\].*NaN"):
         U.bald(bad.cuda())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_certain_items_score_positive_zero(dtype):
+    """One-hot samples that agree: every entropy-like metric is +0, not -0 (printed and sign-tested output)."""
+    x = np.zeros((40, 3, 4), dtype)
+    x[:, :, 1] = 1
+    with np.errstate(divide="ignore"):
+        for inp, xx in (("probs", x), ("log_probs", np.log(x))):
+            res = U.score(xx, input=inp)
+            for name, v in res.items():
+                if name != "balentacq":  # -inf for certain items, by definition
+                    assert not np.signbit(v).any(), (inp, name)
+
+
+def test_single_prediction_class_axis_default(rng):
+    """sample_axis=None: the class axis defaults to 1 ([N, C, *spatial]); it used to stay 2, so
+    segmentation logits [N, C, H, W] were silently read with H as the classes."""
+    logits = rng.normal(size=(2, 3, 4, 5))
+    got = U.predictive_entropy(logits, input="logits", sample_axis=None)
+    assert got.shape == (2, 4, 5)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(got, -(p * np.log(p)).sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(got, U.predictive_entropy(logits, input="logits", sample_axis=None, class_axis=1))
+    # with a sample axis the default stays 2
+    np.testing.assert_array_equal(U.bald(p[:, None].repeat(2, 1)), U.bald(p[:, None].repeat(2, 1), class_axis=2))
+
+
+def test_default_metric_set_with_one_sample_names_the_problem(rng):
+    x = random_probs(rng, (5, 1, 3))
+    with pytest.raises(ValueError, match=r"x: the sample axis \(axis 1\) holds one sample; the default metric set "
+                                         r"includes expected_entropy, bald"):
+        U.score(x)
+    assert set(U.score(x[:, 0], sample_axis=None)) == {m for m in U.METRICS if m not in
+                                                      ("expected_entropy", "bald", "variation_ratio", "mean_std", "balentacq")}

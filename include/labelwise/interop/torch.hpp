@@ -3,6 +3,10 @@
 
 #include <torch/torch.h>
 
+#ifdef LABELWISE_TORCH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include <map>
 
 #include "labelwise/uncertainty/metrics.hpp"
@@ -27,14 +31,31 @@ inline TensorView view(const at::Tensor& t) {
   }
   const Device dev = t.is_cuda() ? Device::cuda(t.get_device()) : Device::cpu();
   check(t.is_cpu() || t.is_cuda(), ErrorKind::Type, "tensor: only CPU and CUDA tensors are supported");
+  // a lazily negated view (z.conj().imag) stores the un-negated values: a view would read the wrong sign
+  check(!t.is_neg(), ErrorKind::Value,
+        "tensor: a lazily negated tensor (is_neg()); pass t.resolve_neg() (score() does this itself)");
   return TensorView(t.data_ptr(), dt, t.sizes().vec(), t.strides().vec(), dev);
 }
 
+/// Torch's current CUDA stream on x's device (the stream x's producer ran on, unless the caller
+/// synchronised); nullptr (the legacy default stream) for CPU tensors or builds without torch CUDA.
+inline void* current_stream(const at::Tensor& x) {
+#ifdef LABELWISE_TORCH_CUDA
+  if (x.is_cuda()) return c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
+#endif
+  (void)x;
+  return nullptr;
+}
+
 /// Several metrics in one pass; each result has x's dtype (float32 for float16 / bfloat16 x) and device.
-inline std::map<Metric, at::Tensor> score(const at::Tensor& x, const std::vector<Metric>& metrics,
+/// CUDA: options.stream == nullptr means torch's current stream on x's device (current_stream()).
+inline std::map<Metric, at::Tensor> score(const at::Tensor& input, const std::vector<Metric>& metrics,
                                           const ScoreOptions& options = {}) {
+  const at::Tensor x = input.resolve_neg();
   const TensorView xv = view(x);
-  const std::vector<std::int64_t> shape = score_shape(xv, options);
+  ScoreOptions opt = options;
+  if (opt.stream == nullptr) opt.stream = current_stream(x);
+  const std::vector<std::int64_t> shape = score_shape(xv, opt);
   std::map<Metric, at::Tensor> results;
   std::vector<MetricOutput> outs;
   for (Metric m : metrics) {
@@ -44,7 +65,7 @@ inline std::map<Metric, at::Tensor> score(const at::Tensor& x, const std::vector
     outs.push_back({m, view(o)});
     results.emplace(m, o);
   }
-  labelwise::score(xv, outs, options);
+  labelwise::score(xv, outs, opt);
   return results;
 }
 

@@ -37,9 +37,6 @@
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/torch.h>
 
-#ifdef LABELWISE_TORCH_CUDA
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 #include <cmath>
 #include <cstdint>
@@ -201,16 +198,9 @@ inline at::Tensor conv(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 
 inline at::Tensor param(torch::nn::Module& m, const char* name) { return m.named_parameters(false)[name]; }
 
-inline void* stream_for(const at::Tensor& x) {
-#ifdef LABELWISE_TORCH_CUDA
-  if (x.is_cuda()) return c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
-#endif
-  (void)x;
-  return nullptr;
-}
-
 /// features as float32 / float64 (float16 / bfloat16 widened), checked.
-inline at::Tensor sample_input(const at::Tensor& x) {
+inline at::Tensor sample_input(const at::Tensor& features) {
+  const at::Tensor x = features.resolve_neg();  // a lazily negated view: its real values
   if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return x;
   return x.to(at::kFloat);
 }
@@ -287,7 +277,7 @@ class HeadBase : public torch::nn::Module {
     opt.dropout = p;
     opt.seed = seed;
     opt.index_offset = index_offset;
-    opt.stream = heads_detail::stream_for(x);
+    opt.stream = torch_interop::current_stream(x);
     head_score(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), outs,
                mean != nullptr ? &mean_view : nullptr, opt);
     return results;
@@ -307,7 +297,7 @@ class HeadBase : public torch::nn::Module {
     opt.dropout = p;
     opt.seed = seed;
     opt.index_offset = index_offset;
-    opt.stream = heads_detail::stream_for(x);
+    opt.stream = torch_interop::current_stream(x);
     head_sample(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), torch_interop::view(out), opt);
     return out;
   }

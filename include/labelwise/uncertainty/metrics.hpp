@@ -69,8 +69,9 @@ struct ScoreOptions {
   InputKind input = InputKind::Probabilities;
   /// Axis of the MC / ensemble samples (negative counts from the end); nullopt = single predictions.
   std::optional<int> sample_axis = 1;
-  /// Axis of the classes (negative counts from the end).
-  int class_axis = 2;
+  /// Axis of the classes (negative counts from the end); nullopt = 2 with a sample axis ([N, K, C, ...]),
+  /// 1 without ([N, C, ...]).
+  std::optional<int> class_axis;
   /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
   void* stream = nullptr;
 };
