@@ -11,7 +11,7 @@ source scripts/env.sh
 if ! "$LW_PY" -c "import labelwise" 2>/dev/null || [[ -n "$(find include src python CMakeLists.txt pyproject.toml -newer .venv/.labelwise-installed 2>/dev/null | head -1)" ]] || [[ ! -f .venv/.labelwise-installed ]]; then
   echo "[run] building and installing labelwise into .venv (pip install .)"
   if ((${#LW_LAUNCHER[@]})); then export CMAKE_ARGS="${CMAKE_ARGS:-} ${LW_LAUNCHER[*]}"; fi
-  "$LW_PY" -m pip install -q --no-build-isolation .
+  "$LW_PY" -m pip install -q --no-build-isolation -C build-dir=build-py/{wheel_tag} .
   touch .venv/.labelwise-installed
 fi
 echo "== what to label next (one round, breast cancer, BalEntAcq)"

@@ -10,7 +10,8 @@ APT_PACKAGES=(build-essential cmake ninja-build ccache git pkg-config
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  # installed, not merely known to dpkg (a removed but not purged package still answers dpkg -s)
+  [[ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" == installed ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
   echo "[setup] apt: installing ${missing[*]}"

@@ -26,7 +26,7 @@ for isa in generic avx2; do LABELWISE_CPU_ISA=$isa ./build/tests/labelwise_tests
 
 echo "== [3/4] pip install . (scikit-build-core)"
 if ((${#LW_LAUNCHER[@]})); then export CMAKE_ARGS="${CMAKE_ARGS:-} ${LW_LAUNCHER[*]}"; fi
-"$LW_PY" -m pip install -q --no-build-isolation .
+"$LW_PY" -m pip install -q --no-build-isolation -C build-dir=build-py/{wheel_tag} .
 
 echo "== [4/4] pytest against the installed package, and the Python <-> C++ head weights round trip"
 (cd tests/python && "$LW_PY" -m pytest -q -p no:cacheprovider)

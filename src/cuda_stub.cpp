@@ -34,6 +34,7 @@ void copy_to_device(void*, const void*, std::size_t, int, void*) {
 KnnCudaFailure knn_cuda(const KnnCudaJob&) {
   throw Error(ErrorKind::Runtime, "features: is a CUDA tensor, but labelwise was built without CUDA");
 }
+std::string cublas_load_error() { return "built without CUDA"; }
 void batchbald_cuda(const BatchBaldCudaJob&) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "labelwise/core/tensor_view.hpp"
@@ -142,6 +143,10 @@ struct KnnCudaFailure {
 
 /// The CUDA kNN graph (the stub in CPU-only builds throws "built without CUDA").
 KnnCudaFailure knn_cuda(const KnnCudaJob& job);
+
+/// CUDA builds load cuBLAS on first use (dlopen): "" once it resolved, else why not (no device
+/// needed; the stub in CPU-only builds says "built without CUDA").
+std::string cublas_load_error();
 
 }  // namespace detail
 }  // namespace labelwise

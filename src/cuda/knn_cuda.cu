@@ -18,16 +18,21 @@
 // Memory: X (8 N D bytes), Y (4 N D), O(N) vectors, the candidate lists and refined keys of one query
 // block (<= 256 MiB), one G block (kQueryBlock x kChunk float32 = 128 MiB); the fallback 24 N bytes.
 // Never N^2. Compiled, not yet run on a GPU.
+// cuBLAS is loaded on the first CUDA kNN call (dlopen; see cublas_api() below), not linked: an
+// extension built with CUDA imports and runs its CPU paths on machines without libcublas.
 #include <cublas_v2.h>
+#include <dlfcn.h>
 
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../knn_backend.hpp"
@@ -294,6 +299,75 @@ __global__ void write_row(const double* key, const int* val, i64 i, i64 k, Out o
     put(o, i, a, val[a], key[a]);
 }
 
+/// The five cuBLAS entry points the kNN graph uses, resolved from libcublas.so.<major> on first use
+/// (the major version of the toolkit this was built with). Search order: the loader's own (an already
+/// loaded copy — torch's or cupy's —, LD_LIBRARY_PATH, ld.so.cache), then next to this library in a
+/// Python environment (site-packages/nvidia/cu<major>/lib and site-packages/nvidia/cublas/lib, where
+/// the nvidia-cublas wheels put it), then $CUDA_HOME/lib64 and /usr/local/cuda/lib64.
+struct CublasApi {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasSetMathMode) set_math_mode = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasDgemv_v2) dgemv = nullptr;
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  std::string error;  // empty when loaded
+};
+
+#define LABELWISE_STR2(x) #x
+#define LABELWISE_STR(x) LABELWISE_STR2(x)
+
+const CublasApi& cublas_loaded() {
+  static const CublasApi api = [] {
+    CublasApi a;
+    const std::string soname = "libcublas.so." LABELWISE_STR(CUBLAS_VER_MAJOR);
+    std::vector<std::string> tried{soname};
+    void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) {
+      std::vector<std::string> dirs;
+      Dl_info info;
+      if (dladdr(reinterpret_cast<const void*>(&cublas_loaded), &info) != 0 && info.dli_fname != nullptr) {
+        std::string self = info.dli_fname;
+        const std::size_t slash = self.rfind('/');
+        const std::string here = slash == std::string::npos ? "." : self.substr(0, slash);
+        dirs.push_back(here + "/../nvidia/cu" LABELWISE_STR(CUBLAS_VER_MAJOR) "/lib");
+        dirs.push_back(here + "/../nvidia/cublas/lib");
+      }
+      if (const char* home = std::getenv("CUDA_HOME")) dirs.push_back(std::string(home) + "/lib64");
+      dirs.push_back("/usr/local/cuda/lib64");
+      for (const std::string& d : dirs) {
+        const std::string path = d + "/" + soname;
+        tried.push_back(path);
+        lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (lib != nullptr) break;
+      }
+    }
+    if (lib == nullptr) {
+      a.error = "the CUDA kNN graph needs cuBLAS (" + soname + "), which was not found (tried";
+      for (const std::string& t : tried) a.error += " " + t;
+      a.error += "); install the CUDA toolkit's cuBLAS or the nvidia-cublas wheel, or put its directory on "
+                 "LD_LIBRARY_PATH";
+      return a;
+    }
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (fn == nullptr && a.error.empty()) a.error = std::string("cuBLAS (") + soname + ") has no symbol " + name;
+    };
+    sym(a.create, "cublasCreate_v2");
+    sym(a.set_math_mode, "cublasSetMathMode");
+    sym(a.set_stream, "cublasSetStream_v2");
+    sym(a.dgemv, "cublasDgemv_v2");
+    sym(a.sgemm, "cublasSgemm_v2");
+    return a;  // the library stays loaded for the life of the process
+  }();
+  return api;
+}
+
+const CublasApi& cublas_api() {
+  const CublasApi& api = cublas_loaded();
+  check(api.error.empty(), ErrorKind::Runtime, api.error);
+  return api;
+}
+
 /// One cuBLAS handle per host thread and device (created once; cuBLAS handles are not shared between
 /// threads). CUBLAS_PEDANTIC_MATH: the float32 GEMMs use standard float32 arithmetic (compute type
 /// CUBLAS_COMPUTE_32F_PEDANTIC) — never TF32, never the BF16x9 emulation that the default compute
@@ -303,13 +377,16 @@ cublasHandle_t cublas_for(int device) {
   auto it = handles.find(device);
   if (it != handles.end()) return it->second;
   cublasHandle_t h = nullptr;
-  LABELWISE_CUBLAS_CHECK(cublasCreate(&h));
-  LABELWISE_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH));
+  const CublasApi& api = cublas_api();
+  LABELWISE_CUBLAS_CHECK(api.create(&h));
+  LABELWISE_CUBLAS_CHECK(api.set_math_mode(h, CUBLAS_PEDANTIC_MATH));
   handles[device] = h;
   return h;
 }
 
 }  // namespace
+
+std::string cublas_load_error() { return cublas_loaded().error; }
 
 KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
   CudaDeviceGuard guard(job.device_index);
@@ -367,13 +444,14 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
 
   // ---- 2. candidate space
   cublasHandle_t h = cublas_for(job.device_index);
-  LABELWISE_CUBLAS_CHECK(cublasSetStream(h, stream));
+  const CublasApi& blas = cublas_api();
+  LABELWISE_CUBLAS_CHECK(blas.set_stream(h, stream));
   if (!cosine) {
     fill_ones<<<grid_blocks(N, kBlock, sms, 4), kBlock, 0, stream>>>(ones, N);
     launch_check();
     // colsum = X^T 1 (X row-major [N, D] is column-major [D, N])
     const double one = 1.0, zero = 0.0;
-    LABELWISE_CUBLAS_CHECK(cublasDgemv(h, CUBLAS_OP_N, static_cast<int>(D), static_cast<int>(N), &one, X,
+    LABELWISE_CUBLAS_CHECK(blas.dgemv(h, CUBLAS_OP_N, static_cast<int>(D), static_cast<int>(N), &one, X,
                                        static_cast<int>(D), ones, 1, &zero, colsum, 1));
   }
   make_candidate_rows<<<grid_blocks(N, kBlock, sms, 8), kBlock, 0, stream>>>(X, rawsq, colsum, N, D, cosine, Y, yn,
@@ -400,7 +478,7 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
       for (i64 c0 = 0; c0 < N; c0 += Cb) {
         const i64 nc = std::min(Cb, N - c0);
         // G' (column-major [nc, nq], ld Cb) = Yc^T Yq: row r of G (row-major) holds y_{q0+r} . y_{c0+c}
-        LABELWISE_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nc), static_cast<int>(nq),
+        LABELWISE_CUBLAS_CHECK(blas.sgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nc), static_cast<int>(nq),
                                            static_cast<int>(D), &fone, Y + c0 * D, static_cast<int>(D), Y + q0 * D,
                                            static_cast<int>(D), &fzero, G, static_cast<int>(Cb)));
         scan_block<<<warp_blocks, kBlock, 0, stream>>>(G, Cb, nq, nc, q0, c0, ynf, m, lkeys, lidx);

@@ -1,6 +1,6 @@
-# cmake -DSRC=... -DBIN=... -DARGS=... -P build_and_run.cmake : configure, build and run a consumer project.
+# cmake -DSRC=... -DBIN=... -DARGS=... [-DARGS2=...] -P build_and_run.cmake : configure, build and run a consumer project.
 file(REMOVE_RECURSE ${BIN})
-execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${BIN} ${ARGS} RESULT_VARIABLE rc)
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${BIN} ${ARGS} ${ARGS2} RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "configuring ${SRC} failed")
 endif()

@@ -10,8 +10,10 @@
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "labelwise/core/parallel.hpp"
 #include "labelwise/propagation/binomial.hpp"
 #include "labelwise/propagation/certified.hpp"
 #include "labelwise/propagation/label_issues.hpp"
@@ -586,4 +588,23 @@ TEST_CASE("propagate_slices rejects bad input", "[propagation][slices][errors]")
   CHECK_THROWS_WITH(propagate_slices(v, l, {1}, m, c, bad), Catch::Contains("class 5 >= num_classes 3"));
   vol[2 * 30] = std::nan("");
   CHECK_THROWS_WITH(propagate_slices(v, l, {1}, m, c), Catch::Contains("volume: NaN or Inf at slice 2"));
+}
+
+namespace labelwise {
+namespace detail {
+std::string cublas_load_error();  // src/knn_backend.hpp (not a public header)
+}
+}  // namespace labelwise
+
+// CUDA builds do not link cuBLAS (an extension built with CUDA must import where libcublas is absent):
+// it is loaded on the first CUDA kNN call. The loading and the five symbols are checked here without a
+// device, where the toolkit is installed (CI and the build machines).
+TEST_CASE("CUDA builds resolve cuBLAS at run time", "[knn]") {
+  const std::string err = labelwise::detail::cublas_load_error();
+  if (!labelwise::built_with_cuda()) {
+    CHECK(err == "built without CUDA");
+    return;
+  }
+  INFO(err);
+  CHECK(err.empty());
 }
