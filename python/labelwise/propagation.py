@@ -2,8 +2,9 @@
 
 Humans label a small calibration set; the model labels the pool items it is confident about.
 :func:`certified_auto_label` picks the confidence threshold so that, with probability at least
-``1 - delta`` over the calibration draw, the error rate among auto-labelled items is below
-``target_error`` (Clopper–Pearson bounds in a Learn-then-Test fixed-sequence scan; the guarantee,
+``1 - delta`` over the calibration draw, the expected error rate of an auto-labelled item (the
+population rate among items at or above the threshold; the realised rate on a small accepted set
+scatters around it binomially) is below ``target_error`` (Clopper–Pearson bounds in a Learn-then-Test fixed-sequence scan; the guarantee,
 its assumptions and its proof are in ``docs/propagation.md``). :func:`label_issues` flags labels that
 the model confidently contradicts (confident learning, Northcutt et al., JAIR 2021).
 
@@ -209,8 +210,8 @@ def certified_auto_label(
     unit: ``"item"`` — every entry of the label map is accepted or not on its own (an item of
         ``[N, C]``, a voxel of ``[N, C, D, H, W]``; for voxels, draw the calibration voxels uniformly at
         random from the pool voxels to be auto-labelled, see ``docs/propagation.md``, "Voxels and
-        images"); ``"image"`` — each image (index along the first label-map
-        axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
+        images"; label maps more than half labelled warn, ``RuntimeWarning``); ``"image"`` — each image
+        (index along the first label-map axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
         counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
         are mislabelled.
     scan_start: j0, instead of the minimum (:func:`min_certifiable_count`): the first test sees at least
@@ -256,6 +257,8 @@ def certified_auto_label(
             cconf = _score_confidence(score_name, calib_probs, class_axis, "calib_probs")
     if unit not in ("item", "image"):
         raise ValueError(f"unit: expected 'item' or 'image', got {unit!r}")
+    if unit == "item" and len(calib_labels.shape) >= 2:
+        _warn_if_dense_voxel_calibration(calib_labels)
     pcap = _arrays.capsule(pool_probs)
     acc_shape, lab_shape = _core.auto_label_shapes(pcap, class_axis, unit)
     accepted = _empty(pool_probs, acc_shape, "bool")
@@ -279,6 +282,25 @@ def certified_auto_label(
     classes = tuple(ThresholdCertificate(**c) for c in r.pop("class_certificates"))
     return AutoLabelResult(accepted=accepted, labels=labels, unit=unit, score=score_name,
                            class_certificates=classes, **r)
+
+
+def _warn_if_dense_voxel_calibration(calib_labels: Any) -> None:
+    """unit="item" on label maps: the guarantee needs calibration voxels drawn at random from the pool
+    voxels (sparse clicks, -1 elsewhere). Densely labelled calibration images overstate the calibration
+    size by far (docs/propagation.md, "Voxels and images"): say so instead of certifying silently."""
+    import warnings
+
+    lab = np.asarray(_arrays.to_host_numpy(calib_labels))
+    if lab.size and (lab >= 0).mean() > 0.5:
+        warnings.warn(
+            f"calib_labels: {100 * (lab >= 0).mean():.0f} % of the calibration voxels are labelled; with unit='item' "
+            "each voxel counts as an independent calibration unit, which densely labelled images are not (the "
+            "certificate can fail far more often than delta). Use unit='image' with max_voxel_error, or calibrate "
+            "on voxels drawn at random from the pool (sparse clicks, -1 elsewhere): docs/propagation.md, "
+            "'Voxels and images'.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def certify_threshold(

@@ -109,6 +109,11 @@ def test_propagate_slices_errors(rng):
         P.propagate_slices(bad, lab, [1])
     with pytest.raises(ValueError, match="num_classes"):
         P.propagate_slices(vol, lab, [3], num_classes=2)
+    for huge in (10**12, 2**63 - 1):  # bad_alloc / an overflowing class count before
+        big = lab.copy()
+        big[3, 0, 0] = huge
+        with pytest.raises(ValueError, match=rf"labels: class {huge} on an annotated slice;.*at most 65536 classes"):
+            P.propagate_slices(vol, big, [3])
     neg = lab.copy()
     neg[1, 2, 3] = -1
     with pytest.raises(ValueError, match=r"annotated slice 1 holds class -1 at \[2, 3\]"):

@@ -62,6 +62,24 @@ def test_clopper_pearson_matches_scipy(n):
                 assert stats.binom.cdf(k, n, got) == pytest.approx(delta, rel=1e-6)
 
 
+def test_quantiles_in_the_far_tail(rng):
+    """Tails far below 1e-170: the inverse stopped short of the root (clopper_pearson_upper(1, 1e6, 1e-200)
+    gave 4.06e-4, below the true 4.67e-4: not conservative). Upper tails against scipy's betainccinv
+    (accurate there); lower tails by the defining property with an independent series evaluation
+    (I_x(a, b) = x^a (1-x)^b / (a B(a, b)) · 2F1(a + b, 1; a + 1; x), in mpmath)."""
+    for k, n, delta in ((1, 10**6, 1e-200), (5, 10**4, 1e-250), (1, 100, 1e-300), (30, 10**5, 1e-180)):
+        assert P.clopper_pearson_upper(k, n, delta) == pytest.approx(sp.betainccinv(k + 1, n - k, delta), rel=1e-9)
+    mpmath = pytest.importorskip("mpmath")  # installed with torch (through sympy)
+    mpmath.mp.dps = 40
+    for _ in range(20):
+        a, b = np.exp(rng.uniform(np.log(0.5), np.log(2e4), size=2))
+        p = 10.0 ** rng.uniform(-300, -150)
+        x = P.beta_quantile(p, a, b)
+        A, B, X = mpmath.mpf(a), mpmath.mpf(b), mpmath.mpf(x)
+        I = X**A * (1 - X)**B / (A * mpmath.beta(A, B)) * mpmath.hyp2f1(A + B, 1, A + 1, X, maxterms=10**6)
+        assert float(I / p) == pytest.approx(1.0, rel=1e-9), (a, b, p, x)
+
+
 def test_binomial_cdf_and_min_certifiable_count(rng):
     for _ in range(500):
         n = int(rng.integers(1, 5000))
@@ -802,3 +820,21 @@ def test_label_issues_equal_cleanlab_confident_learning_if_installed():
     theirs = set(np.flatnonzero(filt.find_label_issues(noisy, probs, filter_by="confident_learning")).tolist())
     assert ours == theirs
     assert len(ours & set(np.flatnonzero(flip).tolist())) / len(ours) > 0.6  # mostly real flips
+
+
+def test_dense_voxel_calibration_with_unit_item_warns(rng):
+    """unit="item" on label maps: densely labelled calibration images get a RuntimeWarning (the guarantee
+    needs voxels drawn at random from the pool); sparse clicks (-1 elsewhere) and unit="image" do not."""
+    import warnings
+
+    probs = rng.dirichlet(np.ones(3) * 0.3, size=(4, 8, 8)).transpose(0, 3, 1, 2)  # [N, C, H, W]
+    dense = probs.argmax(1)
+    sparse = np.full_like(dense, -1)
+    sparse.reshape(-1)[rng.choice(dense.size, 40, replace=False)] = 0
+    with pytest.warns(RuntimeWarning, match=r"calib_labels: 100 % of the calibration voxels are labelled"):
+        P.certified_auto_label(probs, probs, dense, target_error=0.1, delta=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        P.certified_auto_label(probs, probs, sparse, target_error=0.1, delta=0.1)
+        P.certified_auto_label(probs, probs, dense, target_error=0.1, delta=0.1, unit="image", max_voxel_error=0.2)
+        P.certified_auto_label(probs[:, :, 0, 0], probs[:, :, 0, 0], dense[:, 0, 0], target_error=0.1, delta=0.1)

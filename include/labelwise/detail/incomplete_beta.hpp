@@ -173,11 +173,16 @@ inline double ibeta_inverse(double p, double q, double a, double b) {
   if (!(q > 0.0)) return 1.0;
   const bool use_complement = p > 0.5;  // compare the smaller tail: no cancellation near 1
   const double lnB = log_beta(a, b);
-  // residual r(x) = I_x - p (increasing in x)
-  auto residual = [&](double x) {
+  const double log_target = use_complement ? std::log(q) : std::log(p);
+  // Residual in log space, increasing in x: r(x) = ln I_x - ln p, or ln q - ln(1 - I_x). Tails far
+  // below 1e-100 (Clopper-Pearson at tiny delta) keep full relative accuracy this way; the linear
+  // residual I_x - p stopped short of the root there. *tail = the compared tail at x.
+  auto residual = [&](double x, double* tail) {
     double I, Ic;
     ibeta_pair(x, 1.0 - x, a, b, &I, &Ic);
-    return use_complement ? q - Ic : I - p;
+    *tail = use_complement ? Ic : I;
+    if (!(*tail > 0.0)) return use_complement ? HUGE_VAL : -HUGE_VAL;
+    return use_complement ? log_target - std::log(Ic) : std::log(I) - log_target;
   };
   double lo = 0.0, hi = 1.0;
   // Start at the mean, or at the small-x / small-(1-x) tail approximation when that side is thin.
@@ -190,19 +195,21 @@ inline double ibeta_inverse(double p, double q, double a, double b) {
     if (!(x > 0.0 && x < 1.0)) x = 0.5;
   }
   for (int it = 0; it < 400; ++it) {
-    const double r = residual(x);
-    if (r == 0.0) return x;
+    double tail = 0.0;
+    const double r = residual(x, &tail);
+    if (r == 0.0 || std::fabs(r) <= 1e-15) return x;
     if (r < 0.0) lo = x;
     else hi = x;
-    // Newton step with the density f(x) = x^(a-1) (1-x)^(b-1) / B(a, b).
+    // Newton step on the log residual: d/dx ln T = ±f(x) / T, f(x) = x^(a-1) (1-x)^(b-1) / B(a, b).
     const double log_density = (a - 1.0) * std::log(x) + (b - 1.0) * std::log1p(-x) - lnB;
-    double next = x - r / std::exp(log_density);
+    double next = std::isfinite(r) ? x - r * std::exp(std::log(tail) - log_density) : -1.0;
     if (!(next > lo && next < hi)) {
       // Bisect; geometrically when the bracket spans orders of magnitude near 0.
       next = (lo == 0.0 && hi > 0.0 && hi < 1e-3) ? hi * 1e-3 : 0.5 * (lo + hi);
       if (lo > 0.0 && hi / lo > 1e3) next = std::sqrt(lo * hi);
     }
-    if (std::fabs(next - x) <= 1e-15 * x || hi - lo <= 4e-16 * hi) return next;
+    // steps relative to the nearer end: near 1 the answer's precision is that of 1 - x
+    if (next == x || std::fabs(next - x) <= 1e-15 * std::min(x, 1.0 - x) || hi - lo <= 4e-16 * hi) return next;
     x = next;
   }
   return x;

@@ -1,6 +1,7 @@
 // labelwise — certified auto-labelling: pick a confidence threshold on a human-labelled calibration
-// set so that, with probability >= 1 - delta over the calibration draw, the error rate among the
-// pool items the model labels (those at or above the threshold) is <= target_error.
+// set so that, with probability >= 1 - delta over the calibration draw, the expected error rate of
+// a pool item the model labels (the population rate among items at or above the threshold; the
+// realised rate on a small accepted set scatters around it binomially) is <= target_error.
 // The method, its guarantee and the proof: docs/propagation.md.
 //
 // Procedure (Learn-then-Test fixed-sequence testing, exact binomial p-values)

@@ -29,7 +29,7 @@
 // the propagated slices (erode = 1 keeps structures >= 3 pixels wide); a structure that ends is
 // extrapolated for as long as its eroded interior leaves seeds, with confidence 1 on them.
 // Errors (labelwise::Error): wrong ranks / shapes / dtypes, NaN / Inf intensities, no annotated
-// slice or one out of range, a negative label or one >= num_classes on an annotated slice, beta <= 0,
+// slice or one out of range, a negative label or one >= num_classes (or >= 65536) on an annotated slice, beta <= 0,
 // erode < 1, min_confidence outside [0, 1], CUDA arrays.
 #pragma once
 
