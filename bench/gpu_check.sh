@@ -48,7 +48,9 @@ python3 -c "import labelwise; print('labelwise', labelwise.__file__, 'CUDA:', la
 
 # 1. correctness: every CUDA kernel against the CPU (C++), then the Python CUDA paths
 step cuda_tests 240 ./build-gpu/tests/labelwise_tests "[cuda]"
-step python_cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/python
+# -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name
+step python_cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -rs \
+  -k "cuda or gpu or cupy or (test_propagation and test_torch_in_torch_out)" tests/python
 # 2. speed, in the order of the issues' GPU targets
 step bench_cuda 60 ./build-gpu/bench/bench_cuda                       # metrics, selection: bandwidth
 step heads_cuda 120 python3 bench/bench_heads.py --device cuda        # 512x512x300, F=64, C=14, K=20

@@ -4,12 +4,40 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <vector>
 
-#include "labelwise/detail/special_functions.hpp"
-
 namespace ref {
+
+/// ψ(x) in long double, written independently of labelwise/detail/special_functions.hpp: the
+/// recurrence ψ(x) = ψ(x + 1) − 1/x up to x >= 30 (it also carries x in (−∞, 0) that is not an
+/// integer up to positive arguments; BalEntAcq only sends x > −1 there), then the asymptotic series
+/// ln x − 1/(2x) − Σ_{n<=8} B_2n / (2n x^2n) (truncation below 1e-25 at x >= 30). Poles (0, −1, −2, …)
+/// give NaN. Large negative x uses the reflection ψ(x) = ψ(1 − x) − π / tan(π x) instead of a long loop.
+inline double digamma(double xd) {
+  if (std::isnan(xd)) return xd;
+  if (xd <= 0.0 && std::floor(xd) == xd) return NAN;
+  long double x = xd, acc = 0.0L;
+  if (x < -1000.0L) {
+    const long double pi = 3.141592653589793238462643383279502884L;
+    acc = -pi / std::tan(pi * x);
+    x = 1.0L - x;
+  }
+  while (x < 30.0L) {
+    acc -= 1.0L / x;
+    x += 1.0L;
+  }
+  const long double b2n[8] = {1.0L / 6, -1.0L / 30, 1.0L / 42, -1.0L / 30, 5.0L / 66, -691.0L / 2730, 7.0L / 6,
+                              -3617.0L / 510};
+  const long double r2 = 1.0L / (x * x);
+  long double p = r2, series = 0.0L;
+  for (int n = 1; n <= 8; ++n) {
+    series += b2n[n - 1] / (2 * n) * p;
+    p *= r2;
+  }
+  return static_cast<double>(acc + std::log(x) - 0.5L / x - series);
+}
 
 /// P(X = i) for X ~ Binomial(n, p), 0 < p < 1, from lgamma in log space.
 inline double binomial_pmf(int i, int n, double p) {
@@ -73,7 +101,6 @@ inline std::array<double, 10> metrics(const std::vector<std::vector<double>>& p)
       const double a = mu * mu * (1 - mu) / v - mu, b = (1 / mu - 1) * a;
       const double lnB = std::lgamma(a + 1) + std::lgamma(b) - std::lgamma(a + b + 1);
       const double lnB_ref = std::log(std::exp(lnB) + 1e-32);
-      using labelwise::detail::digamma;
       const double h = lnB_ref - a * digamma(a + 1) - (b - 1) * digamma(b) + (a + b - 1) * digamma(a + b + 1);
       double t = mu * h;
       if (!std::isfinite(t)) t = 0;
@@ -85,6 +112,32 @@ inline std::array<double, 10> metrics(const std::vector<std::vector<double>>& p)
     r[9] = (H == 0 || sorted[0] >= 1.0) ? -INFINITY : s;  // certain item: bottom of the ranking (docs/metrics.md)
   }
   return r;
+}
+
+/// Philox-4x32-10 (Salmon, Moraes, Dror and Shaw, SC'11), written from the paper independently of
+/// labelwise/core/rng.hpp: 10 rounds of the two multiplications, key bumped by the Weyl constants.
+inline std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> c, std::uint32_t k0, std::uint32_t k1) {
+  for (int r = 0; r < 10; ++r) {
+    const std::uint64_t p0 = 0xD2511F53ull * c[0], p1 = 0xCD9E8D57ull * c[2];
+    c = {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k0, static_cast<std::uint32_t>(p1),
+         static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k1, static_cast<std::uint32_t>(p0)};
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c;
+}
+
+/// The documented 64 random bits of (seed, stream, index) (docs/acquisition.md, "Random numbers"):
+/// key (seed lo, seed hi), counter (index lo, index hi, stream, 0), the first two words, low first.
+inline std::uint64_t philox_bits64(std::uint64_t seed, std::uint32_t stream, std::uint64_t index) {
+  const auto w = philox4x32_10({static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(index >> 32), stream, 0u},
+                               static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32));
+  return static_cast<std::uint64_t>(w[0]) | (static_cast<std::uint64_t>(w[1]) << 32);
+}
+
+/// The documented uniform: U = (2k + 1) / 2^53 with k the top 52 bits of the 64 (exact in float64).
+inline double uniform_open_from_bits(std::uint64_t bits) {
+  return std::ldexp(static_cast<double>(2 * (bits >> 12) + 1), -53);
 }
 
 /// Random probability vectors of several characters: spread, near one-hot, uniform, tiny entries.

@@ -5,6 +5,8 @@
 #include "test_seed.hpp"
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -15,6 +17,7 @@
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/core/rng.hpp"
 #include "labelwise/detail/diversity_impl.hpp"
+#include "reference.hpp"
 
 using namespace labelwise;
 
@@ -159,7 +162,8 @@ std::vector<double> explicit_gradients(const std::vector<double>& p, const std::
   return gr;
 }
 
-/// k-means++ seeding with the same uniform draws as labelwise (badge_uniform(seed, t)).
+/// k-means++ seeding with the documented uniform draws (Philox stream "BADG", counter t), computed by
+/// the independent reference of reference.hpp (checked bit for bit against badge_uniform below).
 std::vector<std::int64_t> badge_ref(const std::vector<double>& gr, std::int64_t n, std::int64_t m, std::int64_t b,
                                     std::uint64_t seed) {
   auto sq = [&](std::int64_t i, std::int64_t j) {
@@ -182,7 +186,7 @@ std::vector<std::int64_t> badge_ref(const std::vector<double>& gr, std::int64_t 
     for (std::int64_t i = 0; i < n; ++i) d2[i] = chosen[i] ? 0.0 : std::min(d2[i], sq(i, pick));
     double total = 0;
     for (double v : d2) total += v;
-    const double target = badge_uniform(seed, picks.size()) * total;
+    const double target = ref::uniform_open_from_bits(ref::philox_bits64(seed, 0x42414447u, picks.size())) * total;
     double run = 0;
     pick = -1;
     for (std::int64_t i = 0; i < n; ++i) {
@@ -432,6 +436,38 @@ TEST_CASE("badge: degenerate pools follow the documented rules", "[diversity][ba
   CHECK(badge_uniform(5, 1) > 0.0);
   CHECK(badge_uniform(5, 1) < 1.0);
   CHECK(badge_uniform(5, 1) != badge_uniform(5, 2));
+}
+
+TEST_CASE("badge_uniform equals the documented Philox draw, bit for bit", "[diversity][badge]") {
+  // The reference (tests/cpp/reference.hpp) is Philox-4x32-10 written from the paper, checked here
+  // against the Random123 known answers, then the documented stream "BADG" = 0x42414447, counter
+  // (t lo, t hi, stream, 0), key (seed lo, seed hi) and U = (2k + 1) / 2^53 from the top 52 bits.
+  CHECK(ref::philox4x32_10({0, 0, 0, 0}, 0, 0) == std::array<std::uint32_t, 4>{0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8});
+  CHECK(ref::philox4x32_10({0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF}, 0xFFFFFFFF, 0xFFFFFFFF) ==
+        std::array<std::uint32_t, 4>{0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD});
+  CHECK(ref::philox4x32_10({0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344}, 0xA4093822, 0x299F31D0) ==
+        std::array<std::uint32_t, 4>{0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1});
+  const std::uint32_t kBadg = ('B' << 24) | ('A' << 16) | ('D' << 8) | 'G';
+  REQUIRE(kBadg == 0x42414447u);
+  std::mt19937_64 g(fresh_seed());
+  std::vector<std::uint64_t> seeds{0, 1, 5, 0xFFFFFFFFull, 0x100000000ull, ~0ull};
+  for (int i = 0; i < 20; ++i) seeds.push_back(g());
+  for (const std::uint64_t seed : seeds) {
+    std::vector<std::uint64_t> steps{0, 1, 2, 3, 1000, 0xFFFFFFFFull, 0x100000000ull, ~0ull};
+    for (int i = 0; i < 20; ++i) steps.push_back(g() >> (g() % 64));
+    for (const std::uint64_t t : steps) {
+      const double want = ref::uniform_open_from_bits(ref::philox_bits64(seed, kBadg, t));
+      const double got = badge_uniform(seed, t);
+      INFO("seed " << seed << " t " << t << " got " << got << " want " << want);
+      CHECK(std::memcmp(&got, &want, sizeof(double)) == 0);
+      CHECK(got > 0.0);
+      CHECK(got < 1.0);
+    }
+  }
+  // the extremes of the mapping: k = 0 gives 2^-53, k = 2^52 - 1 gives 1 - 2^-53
+  CHECK(ref::uniform_open_from_bits(0) == std::ldexp(1.0, -53));
+  CHECK(ref::uniform_open_from_bits(0xFFF) == std::ldexp(1.0, -53));
+  CHECK(ref::uniform_open_from_bits(~0ull) == 1.0 - std::ldexp(1.0, -53));
 }
 
 TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {

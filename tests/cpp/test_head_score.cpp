@@ -20,6 +20,7 @@
 #include "labelwise/detail/head_score_impl.hpp"
 #include "labelwise/segmentation/head_score.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
+#include "test_seed.hpp"
 
 using namespace labelwise;
 
@@ -215,7 +216,9 @@ void check_fused_equals_sample_then_score(const Features<T>& x, const Head& h, c
 
 TEST_CASE("det_exp_nonpositive is within 1 ulp of exp on (-inf, 0]", "[head_score]") {
   using labelwise::detail::det_exp_nonpositive;
-  std::mt19937_64 rng(17);
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(-708.0, 0.0), small(-1.0, 0.0);
   CHECK(det_exp_nonpositive(0.0) == 1.0);
   CHECK(det_exp_nonpositive(-0.0) == 1.0);
@@ -241,7 +244,9 @@ TEST_CASE("philox reference matches the Random123 known answers", "[head_score]"
 
 TEMPLATE_TEST_CASE("MC dropout: samples equal the float64 reference, fused score equals score(head_sample)",
                    "[head_score]", float, double) {
-  std::mt19937_64 rng(GENERATE(1u, 2u, 3u));
+  GENERATE(0, 1, 2);  // three fresh draws of F, C, K and the data
+  const std::uint64_t seed = fresh_seed();
+  std::mt19937_64 rng(seed);
   const bool last = GENERATE(false, true);  // channels-last storage: strided / transposed features
   const std::vector<std::int64_t> sp = GENERATE(std::vector<std::int64_t>{5, 7}, std::vector<std::int64_t>{3, 4, 5},
                                                 std::vector<std::int64_t>{}, std::vector<std::int64_t>{9});
@@ -252,13 +257,34 @@ TEMPLATE_TEST_CASE("MC dropout: samples equal the float64 reference, fused score
   opt.samples = 2 + static_cast<int>(rng() % 7);
   opt.dropout = GENERATE(0.0, 0.3, 0.5);
   opt.seed = rng();  // both key words
-  INFO("F=" << F << " C=" << C << " K=" << opt.samples << " p=" << opt.dropout << " last=" << last);
+  INFO("seed " << seed << " F=" << F << " C=" << C << " K=" << opt.samples << " p=" << opt.dropout << " last=" << last);
+  check_fused_equals_sample_then_score(x, h, opt);
+}
+
+TEMPLATE_TEST_CASE("MC dropout, wide heads (C in {17, 33, 100}, F in {16, 17, 64}): samples equal the float64 "
+                   "reference, fused score equals score(head_sample)",
+                   "[head_score]", float, double) {
+  const std::uint64_t seed = fresh_seed();
+  std::mt19937_64 rng(seed);
+  const int C = GENERATE(17, 33, 100);
+  const int F = GENERATE(16, 17, 64);
+  const bool last = GENERATE(false, true);
+  const std::vector<std::int64_t> sp = GENERATE(std::vector<std::int64_t>{5, 7}, std::vector<std::int64_t>{3});
+  Features<TestType> x(2, F, sp, last, rng);
+  Head h(1, C, F, rng);
+  HeadScoreOptions opt;
+  opt.samples = 2 + static_cast<int>(rng() % 7);
+  opt.dropout = GENERATE(0.0, 0.3);
+  opt.seed = rng();
+  INFO("seed " << seed << " F=" << F << " C=" << C << " K=" << opt.samples << " p=" << opt.dropout << " last=" << last);
   check_fused_equals_sample_then_score(x, h, opt);
 }
 
 TEMPLATE_TEST_CASE("ensemble: sample k is member k, fused score equals score(head_sample)", "[head_score]", float,
                    double) {
-  std::mt19937_64 rng(GENERATE(4u, 5u));
+  GENERATE(0, 1);  // two fresh draws of M, F, C and the data
+  const std::uint64_t seed = fresh_seed();
+  std::mt19937_64 rng(seed);
   const bool last = GENERATE(false, true);
   const std::vector<std::int64_t> sp = GENERATE(std::vector<std::int64_t>{6, 5}, std::vector<std::int64_t>{2, 3, 4});
   const int M = 2 + static_cast<int>(rng() % 4), F = 1 + static_cast<int>(rng() % 9), C = 2 + static_cast<int>(rng() % 6);
@@ -267,11 +293,30 @@ TEMPLATE_TEST_CASE("ensemble: sample k is member k, fused score equals score(hea
   HeadScoreOptions opt;
   opt.samples = M;
   opt.seed = rng();
+  INFO("seed " << seed << " M=" << M << " F=" << F << " C=" << C << " last=" << last);
+  check_fused_equals_sample_then_score(x, h, opt);
+}
+
+TEMPLATE_TEST_CASE("ensemble, wide heads (C in {17, 33, 100}, F in {16, 17, 64})", "[head_score]", float, double) {
+  const std::uint64_t seed = fresh_seed();
+  std::mt19937_64 rng(seed);
+  const int C = GENERATE(17, 33, 100);
+  const int F = GENERATE(16, 17, 64);
+  const int M = 2 + static_cast<int>(rng() % 4);
+  const bool last = GENERATE(false, true);
+  Features<TestType> x(2, F, {4, 5}, last, rng);
+  Head h(M, C, F, rng);
+  HeadScoreOptions opt;
+  opt.samples = M;
+  opt.seed = rng();
+  INFO("seed " << seed << " M=" << M << " F=" << F << " C=" << C << " last=" << last);
   check_fused_equals_sample_then_score(x, h, opt);
 }
 
 TEST_CASE("mixed dtypes: float32 weights, strided weight view, float32 outputs", "[head_score]") {
-  std::mt19937_64 rng(9);
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
   Features<float> x(2, 6, {4, 5}, false, rng);
   Head h(1, 3, 6, rng);
   // weight stored as [F, C] (transposed) float32, viewed as [1, C, F]
@@ -334,7 +379,9 @@ TEST_CASE("dropout masks keep each channel with probability 1 - p", "[head_score
 }
 
 TEST_CASE("p = 0 gives K identical samples; K = 1 works for metrics without samples", "[head_score]") {
-  std::mt19937_64 rng(21);
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
   Features<double> x(2, 5, {3, 4}, false, rng);
   Head h(1, 4, 5, rng);
   HeadScoreOptions opt;
@@ -359,7 +406,9 @@ TEST_CASE("p = 0 gives K identical samples; K = 1 works for metrics without samp
 
 TEST_CASE("index_offset: a shard draws exactly the whole batch's samples; thread count is invisible",
           "[head_score]") {
-  std::mt19937_64 rng(5);
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
   Features<float> x(4, 7, {6, 5}, false, rng);
   Head h(1, 3, 7, rng);
   HeadScoreOptions opt;

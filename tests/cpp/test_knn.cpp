@@ -159,19 +159,41 @@ TEST_CASE("knn_graph and label_spreading reject bad input", "[propagation][knn]"
     knn_graph(X, k, TensorView::of(I.data(), {20, k}), TensorView::of(Dd.data(), {20, k}));
   };
   REQUIRE_NOTHROW(run(3));
-  REQUIRE_THROWS_AS(run(0), Error);
-  REQUIRE_THROWS_AS(run(20), Error);
+  REQUIRE_THROWS_WITH(run(0),
+                      Catch::Contains("k: expected 1 <= k < N = 20 (the point itself is not its own neighbour), got 0"));
+  REQUIRE_THROWS_WITH(run(20),
+                      Catch::Contains("k: expected 1 <= k < N = 20 (the point itself is not its own neighbour), got 20"));
+  REQUIRE_THROWS_WITH(knn_graph(X, -1, TensorView::of(I.data(), {20, 1}), TensorView::of(Dd.data(), {20, 1})),
+                      Catch::Contains("k: expected 1 <= k < N = 20") && Catch::Contains("got -1"));
+  {
+    std::vector<std::int64_t> I19(20 * 19);
+    std::vector<double> D19(20 * 19);
+    REQUIRE_NOTHROW(knn_graph(X, 19, TensorView::of(I19.data(), {20, 19}),  // k = N - 1: every other point
+                              TensorView::of(D19.data(), {20, 19})));
+  }
   std::vector<double> bad = x;
   bad[7] = std::numeric_limits<double>::quiet_NaN();
   REQUIRE_THROWS_WITH(knn_graph(TensorView::of(bad.data(), {20, 3}), 3, TensorView::of(I.data(), {20, 3}),
                                 TensorView::of(Dd.data(), {20, 3})),
-                      Catch::Contains("row 2"));
-  REQUIRE_THROWS_AS(knn_graph(TensorView::of(x.data(), {60}), 3, TensorView::of(I.data(), {20, 3}),
-                              TensorView::of(Dd.data(), {20, 3})),
-                    Error);
-  REQUIRE_THROWS_AS(knn_graph(TensorView::of(x.data(), {0, 3}), 3, TensorView::of(I.data(), {20, 3}),
-                              TensorView::of(Dd.data(), {20, 3})),
-                    Error);
+                      Catch::Contains("features: row 2 contains NaN or Inf"));
+  REQUIRE_THROWS_WITH(knn_graph(TensorView::of(x.data(), {60}), 3, TensorView::of(I.data(), {20, 3}),
+                                TensorView::of(Dd.data(), {20, 3})),
+                      Catch::Contains("features: expected rank 2 ([N, D]), got shape [60]"));
+  REQUIRE_THROWS_WITH(knn_graph(TensorView::of(x.data(), {0, 3}), 3, TensorView::of(I.data(), {20, 3}),
+                                TensorView::of(Dd.data(), {20, 3})),
+                      Catch::Contains("features: is empty (shape [0, 3])"));
+  REQUIRE_THROWS_WITH(knn_graph(TensorView::of(x.data(), {20, 0}), 3, TensorView::of(I.data(), {20, 3}),
+                                TensorView::of(Dd.data(), {20, 3})),
+                      Catch::Contains("features: is empty (shape [20, 0])"));
+  REQUIRE_THROWS_WITH(knn_graph(TensorView::of(x.data(), {1, 3}), 1, TensorView::of(I.data(), {1, 1}),
+                                TensorView::of(Dd.data(), {1, 1})),
+                      Catch::Contains("features: a kNN graph needs at least 2 rows, got shape [1, 3]"));
+  REQUIRE_THROWS_WITH(knn_graph(X, 3, TensorView::of(I.data(), {20, 4}), TensorView::of(Dd.data(), {20, 3})),
+                      Catch::Contains("indices: expected shape [20, 3], got [20, 4]"));
+  REQUIRE_THROWS_WITH(knn_graph(X, 3, TensorView::of(I.data(), {20, 3}), TensorView::of(Dd.data(), {19, 3})),
+                      Catch::Contains("distances: expected shape [20, 3], got [19, 3]"));
+  REQUIRE_THROWS_WITH(knn_graph(X, 3, TensorView::of(Dd.data(), {20, 3}), TensorView::of(Dd.data(), {20, 3})),
+                      Catch::Contains("indices: expected dtype int64, got float64"));
 
   std::vector<std::int64_t> y(20, -1), out(20);
   std::vector<double> P(20 * 2);

@@ -182,8 +182,10 @@ TEST_CASE("knn_graph on CUDA reports the CPU's errors", "[cuda][propagation][knn
   for (std::int64_t t = 0; t < d; ++t) zero[7 * d + t] = zero[12 * d + t] = 0.0;
   CHECK_THAT(both(zero, k, KnnMetric::Cosine), Catch::Contains("row 7 is all zeros"));
   CHECK(both(zero, k, KnnMetric::Euclidean) == "(none)");
-  CHECK_THAT(both(x, 0, KnnMetric::Euclidean), Catch::Contains("k: expected 1 <= k < N"));
-  CHECK_THAT(both(x, n, KnnMetric::Euclidean), Catch::Contains("k: expected 1 <= k < N"));
+  CHECK_THAT(both(x, 0, KnnMetric::Euclidean),
+             Catch::Contains("k: expected 1 <= k < N = 50 (the point itself is not its own neighbour), got 0"));
+  CHECK_THAT(both(x, n, KnnMetric::Euclidean),
+             Catch::Contains("k: expected 1 <= k < N = 50 (the point itself is not its own neighbour), got 50"));
 
   DeviceArray<double> dx(x);
   // outputs on another device than the features
@@ -192,9 +194,16 @@ TEST_CASE("knn_graph on CUDA reports the CPU's errors", "[cuda][propagation][knn
   REQUIRE_THROWS_WITH(knn_graph(dx.view({n, d}), k, di.view({n, k}), TensorView::of(hd.data(), {n, k})),
                       Catch::Contains("distances: is on cpu"));
   // shapes and dtypes
-  REQUIRE_THROWS_AS(knn_graph(dx.view({n * d}), k, di.view({n, k}), dd.view({n, k})), Error);
-  REQUIRE_THROWS_AS(knn_graph(dx.view({n, d}), k, di.view({n, k + 1}), dd.view({n, k})), Error);
-  REQUIRE_THROWS_AS(knn_graph(dx.view({1, d}), 1, di.view({1, 1}), dd.view({1, 1})), Error);
+  REQUIRE_THROWS_WITH(knn_graph(dx.view({n * d}), k, di.view({n, k}), dd.view({n, k})),
+                      Catch::Contains("features: expected rank 2 ([N, D]), got shape [150]"));
+  REQUIRE_THROWS_WITH(knn_graph(dx.view({n, d}), k, di.view({n, k + 1}), dd.view({n, k})),
+                      Catch::Contains("indices: expected shape [50, 4], got [50, 5]"));
+  REQUIRE_THROWS_WITH(knn_graph(dx.view({n, d}), k, di.view({n, k}), dd.view({n - 1, k})),
+                      Catch::Contains("distances: expected shape [50, 4], got [49, 4]"));
+  REQUIRE_THROWS_WITH(knn_graph(dx.view({1, d}), 1, di.view({1, 1}), dd.view({1, 1})),
+                      Catch::Contains("features: a kNN graph needs at least 2 rows, got shape [1, 3]"));
+  REQUIRE_THROWS_WITH(knn_graph(dx.view({0, d}), 1, di.view({1, 1}), dd.view({1, 1})),
+                      Catch::Contains("features: is empty (shape [0, 3])"));
   DeviceArray<std::int64_t> xi(static_cast<std::size_t>(n * d));
   REQUIRE_THROWS_WITH(knn_graph(xi.view({n, d}), k, di.view({n, k}), dd.view({n, k})),
                       Catch::Contains("expected dtype float32 or float64"));

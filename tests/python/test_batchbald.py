@@ -3,6 +3,7 @@ b = 1, the same picks as batchbald-redux in the exact regime, the sampled regime
 value, determinism across thread counts, frameworks and bad inputs."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -217,8 +218,23 @@ def test_layouts_and_float32(rng):
     baal = p.transpose(0, 2, 1)  # BaaL [N, C, K], read in place
     i3, _ = A.batchbald(baal, 4, num_samples=200, seed=0, sample_axis=-1, class_axis=1)
     np.testing.assert_array_equal(i3, idx)
-    i4, _ = A.batchbald(p.astype(np.float32), 4, num_samples=200, seed=0)
-    assert i4.shape == (4,)
+    # float32: the picks and scores of the brute force over the float32-rounded probabilities (read as
+    # given, widened exactly); 5^3 <= 200, so every step is exact
+    p32 = p.astype(np.float32)
+    want_i, want_s = brute_greedy(p32.astype(np.float64), 4)
+    i4, s4 = A.batchbald(p32, 4, num_samples=200, seed=0)
+    assert i4.dtype == np.int64 and s4.dtype == np.float64
+    np.testing.assert_array_equal(i4, want_i)
+    np.testing.assert_allclose(s4, want_s, rtol=1e-10, atol=1e-12)
+    # the same through float32 logits (softmax in float64 of the float32 values)
+    z32 = (np.log(p) + 2.0).astype(np.float32)
+    z = z32.astype(np.float64)
+    pz = np.exp(z - z.max(-1, keepdims=True))
+    pz /= pz.sum(-1, keepdims=True)
+    want_i, want_s = brute_greedy(pz, 4)
+    i5, s5 = A.batchbald(z32, 4, num_samples=200, seed=0, input="logits")
+    np.testing.assert_array_equal(i5, want_i)
+    np.testing.assert_allclose(s5, want_s, rtol=1e-10, atol=1e-12)
 
 
 def test_bad_inputs(rng):
@@ -239,18 +255,20 @@ def test_bad_inputs(rng):
         A.batchbald(p[:, 0], 1, num_samples=10, seed=0)
     bad = p.copy()
     bad[2, 1, 0] = np.nan
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("x: item [2] of x contains NaN or Inf (input=probabilities)")):
         A.batchbald(bad, 1, num_samples=10, seed=0)
     bad = p.copy()
     bad[2, 1, 0] += 0.2
-    with pytest.raises(ValueError, match="sum to 1"):
+    with pytest.raises(ValueError, match=re.escape("x: item [2] of x has probabilities that do not sum to 1")):
         A.batchbald(bad, 1, num_samples=10, seed=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="x: expected dtype float32 or float64, got int64"):
         A.batchbald(p.astype(np.int64), 1, num_samples=10, seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="input: expected 'probs', 'log_probs' or 'logits', got 'nope'"):
         A.batchbald(p, 1, num_samples=10, seed=0, input="nope")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("seed: expected 0 <= seed < 2**64, got -1")):
         A.batchbald(p, 1, num_samples=10, seed=-1)
+    with pytest.raises(ValueError, match=re.escape("num_samples: expected 1 <= num_samples <= 2^31, got 2147483649")):
+        A.batchbald(p, 1, num_samples=2**31 + 1, seed=0)
 
 
 def test_cuda_equals_cpu():

@@ -7,6 +7,7 @@ import pytest
 
 import labelwise as lw
 from labelwise import acquisition as A
+from reference import philox_bits64
 
 try:  # torch is optional: the framework checks are skipped without it
     import torch
@@ -56,8 +57,19 @@ def gradients(p, h):
     return (a[:, :, None] * np.asarray(h, dtype=np.float64)[:, None, :]).reshape(len(p), -1)
 
 
+STREAM_BADGE = int.from_bytes(b"BADG", "big")  # 0x42414447, docs/acquisition.md
+
+
+def badge_uniform_ref(seed, t):
+    """The documented draw of BADGE step t, from an independent Philox (reference.philox_bits64):
+    U = (2k + 1) / 2^53 with k the top 52 of the 64 bits (exact in float64)."""
+    k = philox_bits64(seed, STREAM_BADGE, t) >> 12
+    return (2 * k + 1) / 2.0**53
+
+
 def badge_ref(p, h, b, seed):
-    """k-means++ seeding on explicit gradient embeddings, with labelwise's uniform draws."""
+    """k-means++ seeding on explicit gradient embeddings, with the documented uniform draws (computed
+    here, not by the library)."""
     g = gradients(p, h)
     n = len(g)
     pick = int(np.argmax((g * g).sum(1)))
@@ -72,7 +84,7 @@ def badge_ref(p, h, b, seed):
         if total == 0:
             pick = int(np.flatnonzero(~chosen)[0])
         else:
-            target = A.badge_uniform(seed, len(picks)) * total
+            target = badge_uniform_ref(seed, len(picks)) * total
             run = np.cumsum(d2)
             pick = int(np.flatnonzero((run > target) & (d2 > 0))[0])
         picks.append(pick)
@@ -212,6 +224,19 @@ def test_badge_degenerate_and_full():
     u = [A.badge_uniform(5, t) for t in range(1, 200)]
     assert all(0 < v < 1 for v in u) and len(set(u)) == len(u)
     assert 0.4 < np.mean(u) < 0.6
+
+
+def test_badge_uniform_bit_for_bit_against_the_documented_draw(rng):
+    # the reference Philox against the Random123 known answer it can express (counter word 3 = 0)
+    assert philox_bits64(0, 0, 0) == 0xE169C58D6627E8D5
+    assert STREAM_BADGE == 0x42414447
+    seeds = [0, 1, 5, 2**32 - 1, 2**32, 2**64 - 1] + [int(s) for s in rng.integers(0, 2**63, size=10)]
+    steps = [0, 1, 2, 3, 1000, 2**32 - 1, 2**32, 2**64 - 1] + [int(t) for t in rng.integers(0, 2**62, size=10)]
+    for seed in seeds:
+        for t in steps:
+            got, want = A.badge_uniform(seed, t), badge_uniform_ref(seed, t)
+            assert np.float64(got).tobytes() == np.float64(want).tobytes(), (seed, t, got, want)
+            assert 0.0 < got < 1.0
 
 
 def test_same_seed_same_batch_on_any_thread_count(rng):
