@@ -94,7 +94,7 @@ std::vector<std::vector<double>> score_logs_against_reference(const std::vector<
         if (certain) {
           CHECK(!std::isnan(store[m][i]));
         } else {
-          CHECK(close(store[m][i], r[m], 3e-3 + 2e-4 * s_abs));
+          CHECK(close(store[m][i], r[m], 1e-5 + 1e-6 * s_abs));
         }
         continue;
       }

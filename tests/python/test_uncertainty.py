@@ -343,7 +343,7 @@ def test_logs_around_the_vector_width(rng, dtype, input_kind, C):
             if name == "balentacq" and dtype == np.float32:
                 got = np.asarray(res[name], dtype=np.float64)[~certain]
                 w = want[name][~certain]
-                tol = 3e-3 + 2e-4 * np.abs(w)
+                tol = 1e-5 + 1e-6 * np.abs(w)  # measured: |error| <= 1.1e-7 (1 + |w|) over 300 seeds
                 assert (np.abs(got - w) <= tol * (1 + np.abs(w))).all(), name
                 continue
             tol = TOL[dtype] if name != "balentacq" else 1e-9 + 1e-12 * np.abs(np.where(np.isfinite(want[name]), want[name], 0))
