@@ -113,6 +113,10 @@ detail::SelectFailure dispatch(const detail::SelectJob& job, const Device& dev) 
     case detail::kSelectNegative:
       throw Error(ErrorKind::Value, std::string(what) + ": " + item_str(scores, f.item) + " is negative; mode=\"" +
                                         mode + "\" needs scores >= 0 (weights s^beta)");
+    case detail::kSelectOverflow:
+      throw Error(ErrorKind::Value, std::string(what) + ": " + item_str(scores, f.item) +
+                                        " times 1 / temperature overflows a double (mode=\"softmax\"); rescale the "
+                                        "scores or raise the temperature");
     case detail::kSelectBadRank:
       throw Error(ErrorKind::Value, "ranks: " + item_str(scores, f.item) + " is below 1 (ranks are 1-based)");
     case detail::kSelectNegativeIndex:

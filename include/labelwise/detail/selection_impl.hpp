@@ -23,6 +23,7 @@ enum SelectStatus : int {
   kSelectBadRank = 3,        // a given rank < 1
   kSelectNegativeIndex = 4,  // a negative global index given to merge_top_k
   kSelectDuplicate = 5,      // the same global index twice among merge_top_k's winners
+  kSelectOverflow = 6,       // softmax mode: beta * score overflows for a finite score
 };
 
 enum SelectMode : int { kModePower = 0, kModeSoftmax = 1, kModeSoftRank = 2 };
@@ -71,6 +72,8 @@ LABELWISE_HD inline int stochastic_log_weight(int mode, double beta, double s, d
       return kSelectOk;
     case kModeSoftmax:
       *log_w = rng::mul_rn(beta, s);
+      // a finite score whose beta * s overflows would get an infinite weight and be ordered by index
+      if (s - s == 0.0 && *log_w - *log_w != 0.0) return kSelectOverflow;
       return kSelectOk;
     default:
       if (!(rank >= 1.0)) return kSelectBadRank;
