@@ -17,7 +17,9 @@
 #include "labelwise/propagation/binomial.hpp"
 #include "labelwise/propagation/certified.hpp"
 #include "labelwise/propagation/label_issues.hpp"
+#include "labelwise/propagation/knn.hpp"
 #include "labelwise/propagation/slices.hpp"
+#include "labelwise/propagation/spreading.hpp"
 
 using namespace labelwise;
 
@@ -607,4 +609,18 @@ TEST_CASE("CUDA builds resolve cuBLAS at run time", "[knn]") {
   }
   INFO(err);
   CHECK(err.empty());
+}
+
+TEST_CASE("option names round-trip and unknown names list the valid ones", "[propagation]") {
+  for (const AcceptUnit u : {AcceptUnit::Item, AcceptUnit::Image})
+    CHECK(accept_unit_from_name(accept_unit_name(u)) == u);
+  CHECK(std::string(accept_unit_name(AcceptUnit::Image)) == "image");
+  CHECK_THROWS_WITH(accept_unit_from_name("voxel"), Catch::Contains("'item'") && Catch::Contains("'image'"));
+  for (const KnnMetric m : {KnnMetric::Euclidean, KnnMetric::Cosine}) CHECK(knn_metric_from_name(knn_metric_name(m)) == m);
+  CHECK(std::string(knn_metric_name(KnnMetric::Cosine)) == "cosine");
+  CHECK_THROWS_WITH(knn_metric_from_name("manhattan"), Catch::Contains("euclidean") && Catch::Contains("cosine"));
+  for (const SpreadingVariant v : {SpreadingVariant::Symmetric, SpreadingVariant::Sklearn})
+    CHECK(spreading_variant_from_name(spreading_variant_name(v)) == v);
+  CHECK(std::string(spreading_variant_name(SpreadingVariant::Sklearn)) == "sklearn");
+  CHECK_THROWS_WITH(spreading_variant_from_name("dense"), Catch::Contains("symmetric") && Catch::Contains("sklearn"));
 }

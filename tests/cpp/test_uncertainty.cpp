@@ -631,3 +631,36 @@ TEST_CASE("arg-max ties across class chunks go to the lower class", "[uncertaint
     CHECK(vr[1] == 0.5f);
   }
 }
+
+// Each single-metric entry point computes its own metric (a swapped dispatch would pass every test
+// that goes through score()).
+TEST_CASE("single-metric functions equal their score() entry", "[uncertainty]") {
+  std::mt19937_64 rng(fresh_seed());
+  const int N = 64, K = 6, C = 5;
+  std::vector<double> x;
+  for (int i = 0; i < N * K; ++i) {
+    const std::vector<double> q = ref::random_probs(rng, C, i % 4);
+    x.insert(x.end(), q.begin(), q.end());
+  }
+  const TensorView xv = TensorView::of(x.data(), {N, K, C});
+  using Fn = void (*)(const TensorView&, const TensorView&, const ScoreOptions&);
+  const std::pair<Metric, Fn> fns[] = {
+      {Metric::PredictiveEntropy, predictive_entropy}, {Metric::ExpectedEntropy, expected_entropy},
+      {Metric::Bald, bald},                             {Metric::LeastConfidence, least_confidence},
+      {Metric::Margin, margin},                         {Metric::Ratio, ratio},
+      {Metric::VariationRatio, variation_ratio},        {Metric::MaxMeanVariationRatio, max_mean_variation_ratio},
+      {Metric::MeanStd, mean_std},                      {Metric::BalEntAcq, balentacq}};
+  std::vector<std::vector<double>> outs(kNumMetrics, std::vector<double>(N));
+  for (const auto& [m, fn] : fns) fn(xv, TensorView::of(outs[static_cast<int>(m)].data(), {N}), ScoreOptions{});
+  for (int i = 0; i < N; ++i) {
+    std::vector<std::vector<double>> item(K, std::vector<double>(C));
+    for (int k = 0; k < K; ++k)
+      for (int c = 0; c < C; ++c) item[k][c] = x[(static_cast<std::size_t>(i) * K + k) * C + c];
+    const auto r = ref::metrics(item);
+    for (int m = 0; m < kNumMetrics; ++m) {
+      INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)));
+      if (m == 9 && balentacq_at_pole(outs[m][i], r[m])) continue;
+      CHECK(close(outs[m][i], r[m], m == 9 ? 1e-9 + 1e-12 * std::fabs(r[m]) : 1e-12));
+    }
+  }
+}
