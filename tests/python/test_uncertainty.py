@@ -193,6 +193,9 @@ def test_bad_values_raise_value_error(mutate, kind, match):
 
 def test_bad_shapes_and_types():
     x = np.full((4, 3, 4), 0.25)
+    for dt in ("uint16", "int8"):  # named as the frameworks name them, not by DLPack type code
+        with pytest.raises(TypeError, match=rf"x: unsupported dtype {dt}; expected float32 / float64"):
+            U.bald(np.ones((2, 3, 4), dt))
     with pytest.raises(ValueError, match="expected rank >= 2"):
         U.bald(np.full(4, 0.25))
     with pytest.raises(ValueError, match="at least 2 samples"):

@@ -11,7 +11,7 @@ namespace labelwise {
 namespace dlpack {
 
 enum DeviceType : std::int32_t { kCPU = 1, kCUDA = 2, kCUDAHost = 3, kCUDAManaged = 13 };
-enum TypeCode : std::uint8_t { kInt = 0, kUInt = 1, kFloat = 2, kBfloat = 4, kBool = 6 };
+enum TypeCode : std::uint8_t { kInt = 0, kUInt = 1, kFloat = 2, kBfloat = 4, kComplex = 5, kBool = 6 };
 
 struct DLDevice {
   std::int32_t device_type;
@@ -62,8 +62,16 @@ inline TensorView to_view(const DLTensor& t, const char* what) {
   else if (code == kInt && bits == 64) dt = DType::Int64;
   else if (code == kUInt && bits == 8) dt = DType::UInt8;
   else if ((code == kBool && bits == 8) || (code == kUInt && bits == 1)) dt = DType::Bool;
-  else
+  else {
+    // name the dtype as the frameworks do (complex64, uint16, float8, int8, ...)
+    const char* family = code == kFloat ? "float" : code == kInt ? "int" : code == kUInt ? "uint"
+                         : code == kBfloat ? "bfloat" : code == kComplex ? "complex" : code == kBool ? "bool" : nullptr;
+    if (family != nullptr)
+      throw Error(ErrorKind::Type, detail::concat(what, ": unsupported dtype ", family, bits,
+                                                  "; expected float32 / float64 (float16 / bfloat16 where "
+                                                  "documented) or the integer / bool types an argument names"));
     throw Error(ErrorKind::Type, detail::concat(what, ": unsupported DLPack dtype (code ", code, ", bits ", bits, ")"));
+  }
   Device dev;
   if (t.device.device_type == kCPU || t.device.device_type == kCUDAHost) dev = Device::cpu();
   else if (t.device.device_type == kCUDA || t.device.device_type == kCUDAManaged) dev = Device::cuda(t.device.device_id);
