@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "labelwise/labelwise.hpp"
+#include "read_floor.hpp"
 
 using namespace labelwise;
 
@@ -31,17 +32,7 @@ const std::vector<float>& scores(std::int64_t n) {
 void BM_read_floor(benchmark::State& st) {
   const auto& s = scores(st.range(0));
   const int workers = std::max(1, num_threads());
-  std::vector<double> part(static_cast<std::size_t>(workers));
-  for (auto _ : st) {
-    std::vector<std::thread> pool;
-    const std::size_t n = s.size();
-    for (int w = 0; w < workers; ++w)
-      pool.emplace_back([&, w] {
-        part[w] = std::accumulate(s.begin() + n * w / workers, s.begin() + n * (w + 1) / workers, 0.0f);
-      });
-    for (auto& t : pool) t.join();
-    benchmark::DoNotOptimize(part.data());
-  }
+  for (auto _ : st) benchmark::DoNotOptimize(labelwise_bench::read_once(s.data(), s.size(), workers));
   st.SetBytesProcessed(st.iterations() * st.range(0) * 4);
   st.SetItemsProcessed(st.iterations() * st.range(0));
 }

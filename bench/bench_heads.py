@@ -67,9 +67,10 @@ def child_fused(args) -> dict:
     return {"time_s": dt, "peak_mib": _peak_mib() - base, "bald_mean": float(res["bald"].mean())}
 
 
-def _naive_metrics(torch, probs):
-    """BALD and BalEntAcq of probs [K, C, *spatial] with torch ops (docs/metrics.md)."""
-    p64 = probs.double()
+def _naive_metrics(torch, probs, dtype="float32"):
+    """BALD and BalEntAcq of probs [K, C, *spatial] with torch ops (docs/metrics.md), in `dtype`
+    (float32: what a straightforward torch script does; float64 doubles the K·C·V temporaries)."""
+    p64 = probs.double() if dtype == "float64" else probs
     mean = p64.mean(0)
 
     def ent(q, dim):
@@ -102,7 +103,7 @@ def child_naive(args) -> dict:
     with torch.no_grad():
         probs = torch.stack([torch.softmax(F.conv3d(F.dropout(x, P_DEFAULT, training=True), w, bias)[0], dim=0)
                              for _ in range(args.samples)])  # [K, C, D, H, W] float32
-        bald, bal = _naive_metrics(torch, probs)
+        bald, bal = _naive_metrics(torch, probs, args.naive_dtype)
     dt = time.perf_counter() - t0
     return {"time_s": dt, "peak_mib": _peak_mib() - base, "bald_mean": float(bald.mean())}
 
@@ -171,14 +172,16 @@ def cuda_fused(args) -> int:
     print(f"32^3 crop: CUDA samples == CPU samples bit for bit: {same}; max |metric difference| {err:.2e}")
     print(f"fused: {best * 1e3:.1f} ms (best of 3, CUDA events) = {V / best / 1e6:.0f} M voxels/s; "
           f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (features {x.numel() * 4 / 2**30:.1f} GiB)")
-    print(f"floor: {madds / 1e12:.2f} T multiply-adds at {rate / 1e12:.1f} T/s (float64 matmul) = "
+    print(f"floor: {madds / 1e12:.2f} T multiply-adds at {rate / 1e12:.1f} T/s (cuBLAS float64 matmul, tensor cores "
+          f"where the card has them: a lower bound for the kernel's scalar FMAs) = "
           f"{madds / rate * 1e3:.1f} ms; without FMA {2 * madds / rate * 1e3:.1f} ms")
     return 0
 
 
 def run_child(mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--size", str(args.size), "--threads", str(args.threads),
-           "--features", str(args.features), "--classes", str(args.classes), "--samples", str(args.samples)]
+           "--features", str(args.features), "--classes", str(args.classes), "--samples", str(args.samples),
+           "--naive-dtype", args.naive_dtype]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -191,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=K_DEFAULT)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-naive", action="store_true", help="only the fused path and the floor")
+    ap.add_argument("--naive-dtype", choices=["float32", "float64"], default="float32",
+                    help="arithmetic of the naive path's metrics (default float32, as a plain torch script)")
     ap.add_argument("--naive-size", type=int, default=None,
                     help="edge of the naive path's volume (default --size; smaller when its ~10 GiB at 128^3 do not fit)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -223,7 +228,7 @@ def main(argv=None) -> int:
     print("| --- | ---: | ---: |")
     print(f"| fused (labelwise) | {fused['time_s']:.2f} | {fused['peak_mib']:.0f} |")
     if naive and naive_size == args.size:
-        print(f"| naive PyTorch | {naive['time_s']:.2f} | {naive['peak_mib']:.0f} |")
+        print(f"| naive PyTorch ({args.naive_dtype} metrics) | {naive['time_s']:.2f} | {naive['peak_mib']:.0f} |")
     elif naive:
         scale = args.size**3 / naive_size**3
         print(f"| naive PyTorch on {naive_size}^3 (shrunk to fit memory) | {naive['time_s']:.2f} | "

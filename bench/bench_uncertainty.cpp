@@ -1,6 +1,6 @@
 // Google Benchmark: the fused uncertainty pass on CPU, with bytes/s counters.
 // The floor is the input read once: N*K*C*sizeof(T) bytes over the machine's read bandwidth,
-// measured by BM_read_floor in the same run (a vectorised sum over the same buffer).
+// measured by BM_read_floor in the same run (a load-bound sum over the same buffer, bench/read_floor.hpp).
 #include <benchmark/benchmark.h>
 
 #include <numeric>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "labelwise/labelwise.hpp"
+#include "read_floor.hpp"
 
 using namespace labelwise;
 
@@ -29,27 +30,12 @@ const std::vector<float>& probs(std::int64_t N, std::int64_t K, std::int64_t C) 
   return x;
 }
 
-float sum_range(const float* p, std::size_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (std::size_t i = 0; i < n; ++i) s += p[i];
-  return s;
-}
-
-// The floor: read the same bytes once on every thread labelwise uses, with a vectorised sum.
+// The floor: read the same bytes once on every thread labelwise uses (bench/read_floor.hpp).
 void BM_read_floor(benchmark::State& st) {
   const std::int64_t N = st.range(0), K = st.range(1), C = st.range(2);
   const auto& x = probs(N, K, C);
   const int T = labelwise::num_threads();
-  std::vector<float> partial(T);
-  for (auto _ : st) {
-    std::vector<std::thread> pool;
-    for (int t = 1; t < T; ++t)
-      pool.emplace_back([&, t] { partial[t] = sum_range(x.data() + x.size() * t / T, x.size() * (t + 1) / T - x.size() * t / T); });
-    partial[0] = sum_range(x.data(), x.size() / T);
-    for (auto& th : pool) th.join();
-    benchmark::DoNotOptimize(partial.data());
-  }
+  for (auto _ : st) benchmark::DoNotOptimize(labelwise_bench::read_once(x.data(), x.size(), T));
   st.SetBytesProcessed(st.iterations() * N * K * C * 4);
   st.counters["threads"] = T;
 }

@@ -50,6 +50,7 @@ def add_problem_args(ap):
     ap.add_argument("--c", type=int, default=10)
     ap.add_argument("--b", type=int, default=10)
     ap.add_argument("--num-samples", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0, help="the inputs' generator seed (one generator per spread)")
 
 
 def main():
@@ -59,7 +60,6 @@ def main():
     ap.add_argument("--ref-b", type=int, default=None, help="batch size for the reference (default: --b)")
     ap.add_argument("--skip-ref", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="labelwise timing: best of this many runs")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 

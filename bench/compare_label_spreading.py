@@ -12,7 +12,8 @@ repetitions interleave the implementations):
     transduction_ and label_distributions_ to rtol 1e-6), variant="symmetric", and knn_graph alone;
   * the floor: the kNN graph is a GEMM of about 2 N^2 D flops; this machine's float32 GEMM rate is
     measured here (numpy float32 matmul, 4096 x 4096 x 4096, and the (4096 x D) x (D x N) shape of the
-    kNN blocks, best of 3), and floor = 2 N^2 D / rate.
+    kNN blocks, best of 3), and floor = 2 N^2 D / rate (sklearn's work); labelwise computes each pair
+    once in bfloat16 (N^2 D flops), so its own floor uses torch's measured bfloat16 GEMM rate.
 BLAS threads: by default the timed calls (both sides) run under threadpoolctl's
 threadpool_limits(1, "blas"). scikit-learn's kNN search (ArgKmin) already limits BLAS to one thread
 itself and parallelises with OpenMP; without the limit, the idle OpenBLAS threads left by numpy /
@@ -58,6 +59,20 @@ def gemm_rate(N, D):
     t, _ = best_of(lambda: q @ c, 3)
     knn_shape = 2 * 4096 * D * N / t
     return square, knn_shape
+
+
+def bf16_gemm_rate():
+    """bfloat16 GEMM rate (torch, oneDNN; 4096^3, best of 3) or None without torch / bf16 support:
+    labelwise's candidate search runs its GEMM blocks in bfloat16 where the CPU has AVX512_BF16."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    a = torch.randn(4096, 4096).to(torch.bfloat16)
+    b = torch.randn(4096, 4096).to(torch.bfloat16)
+    a @ b
+    t, _ = best_of(lambda: a @ b, 3)
+    return 2 * 4096**3 / t
 
 
 def main():
@@ -126,6 +141,7 @@ def main():
     max_rel = float(np.max(np.abs(dist - s.label_distributions_) / np.maximum(np.abs(s.label_distributions_), 1e-300)))
     np.testing.assert_allclose(dist, s.label_distributions_, rtol=1e-6, atol=1e-12)
     square, knn_shape = gemm_rate(N, D)
+    bf16 = bf16_gemm_rate()
     flops = 2.0 * N * N * D
     unl = lab < 0
     res = {
@@ -140,6 +156,9 @@ def main():
         "max_rel_diff_distributions": max_rel,
         "gemm_f32_square_gflops": square / 1e9, "gemm_f32_knn_shape_gflops": knn_shape / 1e9,
         "knn_flops": flops, "floor_s": flops / max(square, knn_shape),
+        # labelwise computes each pair once (blocks on and above the diagonal: N^2 D flops) in bfloat16
+        "gemm_bf16_square_gflops": None if bf16 is None else bf16 / 1e9,
+        "labelwise_floor_s": None if bf16 is None else N * N * D / bf16,
         "acc_sklearn_variant": float((labels[unl] == y[unl]).mean()),
         "acc_symmetric_variant": float((lsym[unl] == y[unl]).mean()),
     }
@@ -153,6 +172,9 @@ def main():
     print(f"  labelwise knn_graph alone               : {t_knn:8.3f} s")
     print(f"  GEMM floor: 2 N^2 D = {flops:.3g} flop at {max(square, knn_shape) / 1e9:.0f} GFLOP/s "
           f"(numpy float32: square {square / 1e9:.0f}, kNN shape {knn_shape / 1e9:.0f}) = {res['floor_s']:.3f} s")
+    if bf16 is not None:
+        print(f"  labelwise's own GEMM floor: N^2 D = {N * N * D:.3g} flop (each pair once) in bfloat16 at "
+              f"{bf16 / 1e9:.0f} GFLOP/s (torch 4096^3, this run) = {res['labelwise_floor_s']:.3f} s")
     print(f"  accuracy on the unlabelled items: sklearn variant {res['acc_sklearn_variant']:.4f}, "
           f"symmetric {res['acc_symmetric_variant']:.4f}")
     if args.json:
