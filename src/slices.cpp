@@ -233,8 +233,9 @@ void propagate_slices(const TensorView& volume, const TensorView& labels,
       }
   // C probabilities per voxel are kept for each slice being propagated: bound C before allocating
   constexpr std::int64_t kMaxClasses = 65536;
-  check(max_label < kMaxClasses && options.num_classes <= kMaxClasses, ErrorKind::Value,
-        "labels: class ", std::max(max_label, options.num_classes - 1),
+  check(options.num_classes <= kMaxClasses, ErrorKind::Value, "num_classes: at most ", kMaxClasses,
+        " (propagate_slices keeps one probability per class and voxel), got ", options.num_classes);
+  check(max_label < kMaxClasses, ErrorKind::Value, "labels: class ", max_label,
         " on an annotated slice; propagate_slices keeps one probability per class and voxel and takes at most ",
         kMaxClasses, " classes (remap sparse codes, e.g. an 'ignore' value of 255 costs 256 classes)");
   const std::int64_t C = options.num_classes == 0 ? max_label + 1 : options.num_classes;

@@ -81,6 +81,11 @@ def current_stream(x: Any) -> int:
 
 def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
     """A DLPack capsule for x (versioned when the producer supports it, so read-only numpy works)."""
+    if _framework(x) == "torch" and x.is_neg():
+        # a lazily negated view: DLPack would export the stored, un-negated values
+        if writable:
+            raise ValueError("a lazily negated torch tensor (is_neg()) cannot be written through; pass a plain tensor")
+        x = x.resolve_neg()
     kind, _ = device_of(x)
     kwargs = {}
     if kind in (_CUDA, _CUDA_MANAGED):

@@ -212,7 +212,7 @@ SelectFailure run(const SelectJob& job) {
           rv[j] = job.ranks ? static_cast<double>(job.ranks[flat_offset(job.ranks_grid, i0 + j)]) : 0.0;
           const double bs = job.beta * sv[j];  // softmax: a finite score whose beta * s overflows
           bad |= sv[j] != sv[j] || (job.mode == kModePower && sv[j] < 0.0) || (job.ranks && !(rv[j] >= 1.0)) ||
-                 (job.mode == kModeSoftmax && sv[j] - sv[j] == 0.0 && bs - bs != 0.0);
+                 (job.mode == kModeSoftmax && sv[j] - sv[j] == 0.0 && bs == INFINITY);
         }
         if (bad) {
           for (int j = 0; j < m; ++j) {

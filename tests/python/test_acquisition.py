@@ -300,6 +300,8 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"scores: item \[1\] times 1 / temperature overflows a double"):
         A.stochastic(np.array([1.0, 1e300, 2.0]), 2, mode="softmax", temperature=1e-10, seed=1)
     assert A.stochastic(np.array([1.0, np.inf, 2.0]), 1, mode="softmax", seed=1)[0] == 1
+    # overflowing downwards is weight 0 (the limit, as for -inf): last, not an error
+    assert A.stochastic(np.array([1.0, -1e300, 2.0]), 3, mode="softmax", temperature=1e-10, seed=1)[2] == 1
     for t in (0.0, -1.0, np.inf, np.nan):
         with pytest.raises(ValueError, match="temperature: expected a finite value > 0"):
             A.stochastic(s, 1, temperature=t, seed=0)

@@ -251,6 +251,20 @@ def test_requires_grad_features_and_half_precision(rng):
                                head_sample_torch(*_mc_weights(head), xh.float(), 3, 0.3, 1), rtol=0, atol=1e-7)
 
 
+def test_lazily_negated_features(rng):
+    """Features that are a lazily negated view (is_neg(), e.g. z.conj().imag) are read with their sign by
+    every head: DLPack exports the stored, un-negated values."""
+    f = _feat(rng, 2, 4, (5, 5))
+    neg = torch.complex(torch.zeros_like(f), -f).conj().imag  # equal to f, stored negated
+    assert neg.is_neg() and torch.equal(neg, f)
+    for head in (LT.MCDropoutHead(4, 3, p=0.3), LT.EnsembleHead(4, 3, members=3), LT.EvidentialHead(4, 3)):
+        a, b = head.score(neg, K=3, seed=2), head.score(f, K=3, seed=2)
+        for m in a:
+            torch.testing.assert_close(a[m], b[m], rtol=0, atol=0, msg=f"{type(head).__name__} {m}")
+        if not isinstance(head, LT.EvidentialHead):
+            torch.testing.assert_close(head.sample(neg, K=3, seed=2), head.sample(f, K=3, seed=2), rtol=0, atol=0)
+
+
 # ---- evidential closed forms ---------------------------------------------------------------------------------
 
 

@@ -109,6 +109,8 @@ def test_propagate_slices_errors(rng):
         P.propagate_slices(bad, lab, [1])
     with pytest.raises(ValueError, match="num_classes"):
         P.propagate_slices(vol, lab, [3], num_classes=2)
+    with pytest.raises(ValueError, match=r"num_classes: at most 65536 .*got 70000"):
+        P.propagate_slices(vol, lab, [3], num_classes=70000)
     for huge in (10**12, 2**63 - 1):  # bad_alloc / an overflowing class count before
         big = lab.copy()
         big[3, 0, 0] = huge

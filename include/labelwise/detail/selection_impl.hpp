@@ -72,8 +72,9 @@ LABELWISE_HD inline int stochastic_log_weight(int mode, double beta, double s, d
       return kSelectOk;
     case kModeSoftmax:
       *log_w = rng::mul_rn(beta, s);
-      // a finite score whose beta * s overflows would get an infinite weight and be ordered by index
-      if (s - s == 0.0 && *log_w - *log_w != 0.0) return kSelectOverflow;
+      // a finite score whose beta * s overflows upwards would get an infinite weight and be ordered by
+      // index (downwards, weight 0 is right: the limit, as for s = -inf)
+      if (s - s == 0.0 && *log_w == INFINITY) return kSelectOverflow;
       return kSelectOk;
     default:
       if (!(rank >= 1.0)) return kSelectBadRank;
