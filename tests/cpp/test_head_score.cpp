@@ -20,6 +20,7 @@
 #include "labelwise/detail/head_score_impl.hpp"
 #include "labelwise/segmentation/head_score.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
+#include "reference.hpp"
 #include "test_seed.hpp"
 
 using namespace labelwise;
@@ -28,21 +29,9 @@ namespace {
 
 // ---- the reference ----------------------------------------------------------------------------------
 
-/// Philox-4x32-10 written from Salmon et al. (SC'11), independently of rng.hpp.
-std::array<std::uint32_t, 4> philox_ref(std::array<std::uint32_t, 4> c, std::uint32_t k0, std::uint32_t k1) {
-  for (int r = 0; r < 10; ++r) {
-    const std::uint64_t p0 = 0xD2511F53ull * c[0], p1 = 0xCD9E8D57ull * c[2];
-    c = {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k0, static_cast<std::uint32_t>(p1),
-         static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k1, static_cast<std::uint32_t>(p0)};
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return c;
-}
-
 /// Keep decision of one mask element, from the documented layout (u = word / 2^32 >= p).
 bool keep_ref(std::uint64_t seed, double p, std::uint32_t b, std::uint32_t k, int f, std::uint32_t v) {
-  const auto w = philox_ref({v, static_cast<std::uint32_t>(f / 4), (3u << 16) | k, b}, static_cast<std::uint32_t>(seed),
+  const auto w = ref::philox4x32_10({v, static_cast<std::uint32_t>(f / 4), (3u << 16) | k, b}, static_cast<std::uint32_t>(seed),
                             static_cast<std::uint32_t>(seed >> 32));
   return static_cast<double>(w[f % 4]) / 4294967296.0 >= p;
 }
@@ -239,8 +228,8 @@ TEST_CASE("det_exp_nonpositive is within 1 ulp of exp on (-inf, 0]", "[head_scor
 }
 
 TEST_CASE("philox reference matches the Random123 known answers", "[head_score]") {
-  CHECK(philox_ref({0, 0, 0, 0}, 0, 0) == std::array<std::uint32_t, 4>{0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8});
-  CHECK(philox_ref({0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344}, 0xA4093822, 0x299F31D0) ==
+  CHECK(ref::philox4x32_10({0, 0, 0, 0}, 0, 0) == std::array<std::uint32_t, 4>{0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8});
+  CHECK(ref::philox4x32_10({0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344}, 0xA4093822, 0x299F31D0) ==
         std::array<std::uint32_t, 4>{0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1});
 }
 

@@ -45,6 +45,15 @@ std::vector<MetricOutput> all_outputs(std::vector<std::vector<double>>& storage,
 }
 
 // Relative-or-absolute closeness with a per-dtype tolerance.
+/// Item i of a contiguous [N, K, C] buffer as K rows of float64 (the references' input).
+template <typename T>
+std::vector<std::vector<double>> item_rows(const std::vector<T>& x, int i, int K, int C) {
+  std::vector<std::vector<double>> item(K, std::vector<double>(C));
+  for (int k = 0; k < K; ++k)
+    for (int c = 0; c < C; ++c) item[k][c] = static_cast<double>(x[(static_cast<std::size_t>(i) * K + k) * C + c]);
+  return item;
+}
+
 bool close(double a, double b, double tol) {
   if (std::isinf(a) || std::isinf(b)) return a == b;
   return std::fabs(a - b) <= tol * (1.0 + std::fabs(b));
@@ -427,10 +436,7 @@ TEST_CASE("class counts around the vector width, many samples, and the first bad
       auto outs = all_outputs(store, N, true);
       score(TensorView::of(x.data(), {N, K, C}), outs);
       for (int i = 0; i < N; ++i) {
-        std::vector<std::vector<double>> item(K, std::vector<double>(C));
-        for (int k = 0; k < K; ++k)
-          for (int c = 0; c < C; ++c) item[k][c] = x[(static_cast<std::size_t>(i) * K + k) * C + c];
-        const auto r = ref::metrics(item);
+        const auto r = ref::metrics(item_rows(x, i, K, C));
         for (int m = 0; m < kNumMetrics; ++m) {
           INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)) << " got " << store[m][i] << " want "
                        << r[m]);
@@ -653,10 +659,7 @@ TEST_CASE("single-metric functions equal their score() entry", "[uncertainty]") 
   std::vector<std::vector<double>> outs(kNumMetrics, std::vector<double>(N));
   for (const auto& [m, fn] : fns) fn(xv, TensorView::of(outs[static_cast<int>(m)].data(), {N}), ScoreOptions{});
   for (int i = 0; i < N; ++i) {
-    std::vector<std::vector<double>> item(K, std::vector<double>(C));
-    for (int k = 0; k < K; ++k)
-      for (int c = 0; c < C; ++c) item[k][c] = x[(static_cast<std::size_t>(i) * K + k) * C + c];
-    const auto r = ref::metrics(item);
+    const auto r = ref::metrics(item_rows(x, i, K, C));
     for (int m = 0; m < kNumMetrics; ++m) {
       INFO("item " << i << " metric " << metric_name(static_cast<Metric>(m)));
       if (m == 9 && balentacq_at_pole(outs[m][i], r[m])) continue;
