@@ -109,16 +109,24 @@ def head_sample_torch(weight, bias, x, K, p, seed, index_offset=0):
     return probs.view((B, K, C) + sp)
 
 
-def philox_bits64(seed, stream, index):
-    """Philox-4x32-10 (Salmon et al., SC'11) in Python integers: key (seed lo, seed hi), counter
-    (index lo, index hi, stream, 0); the first two output words, low first — labelwise's rng::bits64."""
+def philox4x32_10(ctr, key):
+    """Philox-4x32-10 (Salmon et al., SC'11) in Python integers, written from the paper: counter of four
+    32-bit words, key of two; returns the four output words."""
     M = 0xFFFFFFFF
-    c = [index & M, (index >> 32) & M, stream & M, 0]
-    k0, k1 = seed & M, (seed >> 32) & M
+    c = list(ctr)
+    k0, k1 = key
     for _ in range(10):
         p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
         c = [((p1 >> 32) ^ c[1] ^ k0) & M, p1 & M, ((p0 >> 32) ^ c[3] ^ k1) & M, p0 & M]
         k0, k1 = (k0 + 0x9E3779B9) & M, (k1 + 0xBB67AE85) & M
+    return c
+
+
+def philox_bits64(seed, stream, index):
+    """labelwise's rng::bits64: key (seed lo, seed hi), counter (index lo, index hi, stream, 0); the first
+    two output words, low first."""
+    M = 0xFFFFFFFF
+    c = philox4x32_10([index & M, (index >> 32) & M, stream & M, 0], (seed & M, (seed >> 32) & M))
     return c[0] | (c[1] << 32)
 
 
