@@ -169,6 +169,7 @@ constexpr std::int64_t kClasses = 9;
 /// multiple of 4. images [S, 1, H, W] (zero mean, unit variance), labels [S, H, W] int64, z in [-1, 1].
 struct Slices {
   at::Tensor images, labels, z;
+  std::int64_t h0 = 0, w0 = 0;  ///< the real pixels: rows [0, h0), columns [0, w0); the rest is padding
 };
 
 Slices make_slices(const Volume& t1, const Volume& aal, const std::vector<int>& lut, int down, int zstep) {
@@ -207,7 +208,7 @@ Slices make_slices(const Volume& t1, const Volume& aal, const std::vector<int>& 
   const float lo = static_cast<float>((real.min().item<double>() - mean) / sd);
   img.slice(2, H0).fill_(lo);
   img.slice(3, W0).fill_(lo);
-  return {img, lab, at::linspace(-1.0, 1.0, S, at::kFloat)};
+  return {img, lab, at::linspace(-1.0, 1.0, S, at::kFloat), H0, W0};
 }
 
 /// [n, 1, H, W] images + slice positions -> [n, 4, H, W]: image, row, column and slice coordinates in [-1, 1]
@@ -373,9 +374,12 @@ Rgb label_panel(const at::Tensor& img, const at::Tensor& lab /*[H, W] int64*/) {
   return out;
 }
 
-/// A map drawn between its 2nd and 98th percentiles of the finite values (BalEntAcq has a heavy tail
-/// and -inf on certain pixels).
-Rgb map_panel(const at::Tensor& map /*[H, W] float*/) {
+/// A map drawn between its own 2nd and 98th percentiles of the finite values (written to *lo_out /
+/// *hi_out): a per-image scale, so the brightest pixels are bright even where the model is confident
+/// everywhere, and two images do not compare — the caller prints the scale (a fixed scale such as
+/// [0, ln C] nats left typical BALD maps, ~0.1 nats, nearly black). BalEntAcq: a heavy tail and -inf
+/// on certain pixels.
+Rgb map_panel(const at::Tensor& map /*[H, W] float*/, double* lo_out, double* hi_out) {
   const auto finite = map.masked_select(at::isfinite(map)).to(at::kDouble);
   double lo = 0, hi = 1;
   if (finite.numel() > 0) {
@@ -392,6 +396,8 @@ Rgb map_panel(const at::Tensor& map /*[H, W] float*/) {
       const auto col = heat(std::isfinite(v) ? (v - lo) / (hi - lo + 1e-12) : (v > 0 ? 1.0 : 0.0));
       std::memcpy(out.at(r, c), col.data(), 3);
     }
+  *lo_out = lo;
+  *hi_out = hi;
   return out;
 }
 
@@ -629,8 +635,10 @@ int main(int argc, char** argv) {
       at::Tensor pool_probs;
       net->head->score(net->features(inputs.index_select(0, pool_idx)), args.samples, {labelwise::Metric::Bald},
                        /*seed=*/778, &pool_probs);
-      pool_probs = pool_probs.contiguous();  // [n, C, H, W] float32: the MC-dropout mean prediction
-      const auto truth = sl.labels.index_select(0, pool_idx);
+      // [n, C, h0, w0] float32: the MC-dropout mean prediction on the real pixels only (the padding,
+      // trivially background, would inflate the coverage and dilute the error)
+      pool_probs = pool_probs.slice(2, 0, sl.h0).slice(3, 0, sl.w0).contiguous();
+      const auto truth = sl.labels.index_select(0, pool_idx).slice(1, 0, sl.h0).slice(2, 0, sl.w0).contiguous();
       const std::int64_t n_vox = truth.numel();
       // at most 5 % of the voxels: the bound covers all pool voxels above the threshold, clicks included;
       // the auto-labelled rest's error can exceed it by the factor N / (N - clicks above the threshold)
@@ -702,12 +710,13 @@ int main(int argc, char** argv) {
     const auto image = sl.images[shown][0];
     const auto truth = sl.labels[shown];
     ::mkdir(args.out.c_str(), 0755);
+    double bald_lo = 0, bald_hi = 0, bal_lo = 0, bal_hi = 0;  // the maps' colour scales (per image)
     const std::vector<std::pair<std::string, Rgb>> panels{
         {"image", gray_panel(image)},
         {"ground_truth", label_panel(image, truth)},
         {"prediction", label_panel(image, pred)},
-        {"bald", map_panel(maps.at(labelwise::Metric::Bald)[0])},
-        {"balentacq", map_panel(maps.at(labelwise::Metric::BalEntAcq)[0])}};
+        {"bald_per_image_scale", map_panel(maps.at(labelwise::Metric::Bald)[0], &bald_lo, &bald_hi)},
+        {"balentacq_per_image_scale", map_panel(maps.at(labelwise::Metric::BalEntAcq)[0], &bal_lo, &bal_hi)}};
     std::vector<Rgb> all;
     for (const auto& [name, img] : panels) {
       write_png(args.out + "/" + name + ".png", img);
@@ -723,8 +732,9 @@ int main(int argc, char** argv) {
         first = false;
       }
     std::cout << "); mean BALD " << std::setprecision(4) << maps.at(labelwise::Metric::Bald).mean().item<double>()
-              << "\nwrote image.png, ground_truth.png, prediction.png, bald.png, balentacq.png, overview.png to "
-              << args.out << "\nDice per round:";
+              << "\nwrote image.png, ground_truth.png, prediction.png, bald_per_image_scale.png (colours from "
+              << std::setprecision(3) << bald_lo << " to " << bald_hi << " nats: this slice's 2nd-98th percentile), "
+              << "balentacq_per_image_scale.png (" << bal_lo << " to " << bal_hi << "), overview.png to " << args.out << "\nDice per round:";
     for (double d : dice_per_round) std::cout << " " << std::setprecision(3) << d;
     std::cout << "\ntotal " << std::setprecision(1) << seconds_since(t_start) << " s\n";
   } catch (const std::exception& e) {

@@ -11,11 +11,11 @@ slices, runs ``head.score(features, K, metrics=("bald", "balentacq"), seed)`` �
 samples of the head with masks from the counter-based RNG, scored per pixel — and writes PNGs to
 ``--out``:
 
-* ``image.png``, ``ground_truth.png``, ``prediction.png`` (the mean of the K samples' arg-max
-  overlaid on the image), ``bald.png``, ``balentacq.png``, and ``overview.png`` with all of them;
+* ``image.png``, ``ground_truth.png``, ``prediction.png`` (the arg-max of the K samples' mean
+  probabilities, overlaid on the image), ``bald.png``, ``balentacq.png``, and ``overview.png`` with all of them;
   when ``labelwise.acquisition.top_regions`` is available the 3 most uncertain non-overlapping 12x12
   patches (mean BALD by default, ``--region-metric``) — the regions to label next — are outlined on
-  ``overview.png``.
+  ``overview.png``, on the prediction and on the map that chose them.
 
 BalEntAcq has a heavy upper tail (a pole of the published formula, see docs/metrics.md) and is
 ``-inf`` on certain pixels; its map is drawn between its 2nd and 98th percentiles.
@@ -103,7 +103,7 @@ def dice_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> Dict[i
 
 
 def write_pngs(out: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, maps: Dict[str, np.ndarray],
-               names, regions=None) -> list:
+               names, regions=None, region_metric: str = "bald") -> list:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +161,8 @@ def write_pngs(out: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
     heat(axes[4], maps["balentacq"], "BalEntAcq (2-98th pct)", fig)
     if regions is not None:
         for (r, c, size) in regions:
-            for ax in (axes[2], axes[4]):
+            # on the prediction and on the map that chose them
+            for ax in (axes[2], axes[3] if region_metric == "bald" else axes[4]):
                 ax.add_patch(Rectangle((c - 0.5, r - 0.5), size, size, fill=False, edgecolor="cyan", linewidth=1.5))
     handles = [Rectangle((0, 0), 1, 1, color=colors[c]) for c in range(1, C)]
     fig.legend(handles, names[1:], loc="lower center", ncol=C - 1, frameon=False)
@@ -262,7 +263,8 @@ def main(argv=None) -> int:
         regions = [(int(r[1]), int(r[2]), size) for r in corners]
         print(f"  next regions to label (row, col of a 12x12 patch, mean {args.region_metric}): "
               + "; ".join(f"({r}, {c}) {float(s):.3f}" for (r, c, _), s in zip(regions, scores)))
-    files = write_pngs(args.out, img[held, 0], truth, pred, {"bald": bald, "balentacq": bal_show}, names, regions)
+    files = write_pngs(args.out, img[held, 0], truth, pred, {"bald": bald, "balentacq": bal_show}, names, regions,
+                       args.region_metric)
     print(f"trained in {t_train:.1f} s; wrote {', '.join(files)}")
     return 0
 

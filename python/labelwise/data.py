@@ -8,9 +8,10 @@
   limbic/cingulate, occipital, parietal, subcortical, temporal, cerebellum), by the first digit of
   the AAL region code — a segmentation task with few, anatomically meaningful classes.
 
-Sources and licences: Colin27 average brain (Holmes et al., J Comput Assist Tomogr 1998, Montreal
-Neurological Institute) and the AAL atlas (Tzourio-Mazoyer et al., NeuroImage 2002), as distributed
-with MRIcron by Chris Rorden in Debian's ``mricron-data`` (see /usr/share/doc/mricron-data/copyright).
+Sources and licences: Colin27 average brain (Holmes et al., J Comput Assist Tomogr 1998; © Montreal
+Neurological Institute, under its own terms) and the AAL atlas (Tzourio-Mazoyer et al., NeuroImage
+2002; © GIN Caen, distributed by its authors under the GNU GPL), as redistributed with MRIcron in
+Debian's ``mricron-data``; details in the README's "Data and licences".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The segmentation side of ``python -m labelwise.campaign``: slices as the pool, region acquisition.
 
 Data: a volume of axial slices ``[S, H, W]`` with a label map of the same shape — Colin27 T1 with its
-AAL atlas mapped to 9 lobe classes + background (``--dataset colin27``, from Debian's
+AAL atlas mapped to 8 lobes + background (9 classes) (``--dataset colin27``, from Debian's
 ``mricron-data`` through :func:`labelwise.data.colin27`), or your own ``--data FILE.npz`` with
 arrays ``image`` and ``labels`` ``[S, H, W]`` (label 0 = background).
 
@@ -31,8 +31,8 @@ Strategies (per-voxel maps from ``head.score(features, K, metrics, seed)``):
   for segmentation data sets and the report says so.
 
 Metric: mean Dice over the foreground classes present in the test slices (one Dice per class over
-all test slices together, see :func:`dice_per_class`), next to the full-data model's Dice (same
-model and training trained on every pool voxel). Labelled amounts are counted in voxels.
+all test slices together, see :func:`dice_per_class`), next to the full-data model's Dice (the same
+model trained on every pool voxel, with twice the steps and twice the batch). Labelled amounts are counted in voxels.
 """
 
 from __future__ import annotations
@@ -328,11 +328,14 @@ def features(model, x, chunk: int = 32):
     return f
 
 
-def mc_maps(model, x, K: int, metrics: Sequence[str], seed: int, return_mean: bool = False) -> Dict:
+def mc_maps(model, x, K: int, metrics: Sequence[str], seed: int, return_mean: bool = False,
+            index_offset: int = 0) -> Dict:
     """Per-voxel maps ``{metric: [n, H, W]}`` (and ``"mean"`` probabilities [n, C, H, W]) from K MC-dropout
-    samples of the head (``head.score``); ``"features"``: the backbone's features."""
+    samples of the head (``head.score``); ``"features"``: the backbone's features. ``index_offset``: the
+    index of ``x[0]`` in a larger batch, so that a slice scored alone gets the masks it got there."""
     f = features(model, x)
-    res = dict(model.head.score(f, K=K, metrics=tuple(metrics), seed=seed, return_mean=return_mean))
+    res = dict(model.head.score(f, K=K, metrics=tuple(metrics), seed=seed, return_mean=return_mean,
+                                index_offset=index_offset))
     for k, v in res.items():
         if k != "balentacq" and not bool(_torch().isfinite(v).all()):
             raise FloatingPointError(f"the model produced NaN or Inf {k} maps")
@@ -613,7 +616,9 @@ def overlay(d: SegDataset, cfg, seed: int, out: str) -> Optional[str]:
     _, regions = acquire("bald_regions", model, x_pool, labmask.copy(), min(b, budget), cfg, seed, 0, cfg.seg_patch)
     per_slice = np.bincount([s for s, _, _ in regions], minlength=len(sp.pool))
     s = int(np.argmax(per_slice))
-    res = mc_maps(model, x_pool[s : s + 1], cfg.samples, ["bald", "balentacq"], seed * 1000, return_mean=True)
+    # the maps the acquisition saw: slice s was item s of the pool (same seed, same dropout masks)
+    res = mc_maps(model, x_pool[s : s + 1], cfg.samples, ["bald", "balentacq"], seed * 1000, return_mean=True,
+                  index_offset=s)
     img = d.image[sp.pool[s]]
     truth = d.labels[sp.pool[s]]
     pred = res["mean"][0].argmax(0).numpy()

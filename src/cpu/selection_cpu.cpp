@@ -259,6 +259,17 @@ SelectFailure run(const SelectJob& job) {
       for (std::int64_t i0 = begin; i0 < end; i0 += kBlock) {
         const int m = static_cast<int>(std::min<std::int64_t>(kBlock, end - i0));
         bool bad = false;
+        if (contiguous && select && job.source == SelectSource::Scores && best.full()) {
+          // Once the worker holds b candidates, most blocks have nothing to offer: one vectorisable
+          // comparison with the current threshold's value skips them. !(s < t) also holds for NaN, and
+          // for every s whose key reaches the threshold (ordered_key is monotone, -0 and +0 tie), so
+          // a block is skipped only when no item could be pushed and none is NaN.
+          const T t = static_cast<T>(ordered_value(best.threshold().u));
+          const T* xb = x + i0;
+          bool any = false;
+          for (int j = 0; j < m; ++j) any |= !(xb[j] < t);
+          if (!any) continue;
+        }
         if (contiguous) {
           const T* xb = x + i0;
           for (int j = 0; j < m; ++j) {

@@ -378,3 +378,22 @@ def test_front_door_argument_kinds(rng):
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="values: the shards mix frameworks"):
         A.merge_top_k([s[:5], torch.from_numpy(s[5:])], [np.arange(5), np.arange(5, 10)], 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_block_skip_keeps_ties_and_late_nans(rng, dtype):
+    """Blocks are skipped once a worker holds b candidates and none of the block reaches its threshold:
+    equal scores later in the pool (ties go to the lower index), -0.0 against +0.0, and a NaN far behind
+    a full heap must all still be seen."""
+    for _ in range(20):
+        n = int(rng.integers(5000, 60000))
+        s = rng.integers(-3, 4, size=n).astype(dtype)  # heavy ties
+        s[rng.random(n) < 0.1] = -0.0
+        b = int(rng.integers(1, 50))
+        want = np.lexsort((np.arange(n), -s.astype(np.float64)))[:b]
+        np.testing.assert_array_equal(A.top_k(s, b), want)
+        late = s.copy()
+        j = int(rng.integers(n // 2, n))
+        late[j] = np.nan
+        with pytest.raises(ValueError, match=rf"scores: item \[{j}\] is NaN"):
+            A.top_k(late, b)
