@@ -269,6 +269,24 @@ SelectFailure run(const SelectJob& job) {
           bool any = false;
           for (int j = 0; j < m; ++j) any |= !(xb[j] < t);
           if (!any) continue;
+          // Few items of a block pass once the heap is full: offer only those (in index order, so the
+          // first NaN met is the block's first), instead of making every item's key; sub-blocks of 32
+          // with nothing to offer are passed over after the same vector comparison.
+          for (int j0 = 0; j0 < m; j0 += 32) {
+            const int j1 = std::min(m, j0 + 32);
+            bool sub = false;
+            for (int j = j0; j < j1; ++j) sub |= !(xb[j] < t);
+            if (!sub) continue;
+            for (int j = j0; j < j1; ++j) {
+              if (xb[j] < t) continue;
+              if (xb[j] != xb[j]) {
+                sh.failures[w] = {kSelectNaN, i0 + j};
+                return;
+              }
+              best.push(ordered_key(static_cast<double>(xb[j])), i0 + j + offset);
+            }
+          }
+          continue;
         }
         if (contiguous) {
           const T* xb = x + i0;
