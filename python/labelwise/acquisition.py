@@ -15,8 +15,8 @@ CUDA kernels, which are compiled and tested against the CPU by ``[cuda]`` tests 
 a GPU: "the same batch on every device" is their design, not yet observed.
 
 Errors: ``ValueError`` for NaN scores (naming the first bad item), an empty pool, ``b`` outside
-``[0, N]``, wrong rank, negative scores in ``"power"`` mode, ``temperature <= 0``, bad ranks or
-indices; ``TypeError`` for non-float scores or a non-integer seed; ``RuntimeError`` for CUDA input
+``[0, N]``, wrong rank, negative scores in ``"power"`` mode, finite scores whose score / temperature
+overflows to +inf in ``"softmax"`` mode, ``temperature <= 0``, bad ranks or indices; ``TypeError`` for non-float scores or a non-integer seed; ``RuntimeError`` for CUDA input
 to a CPU-only build.
 """
 

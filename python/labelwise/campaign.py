@@ -21,7 +21,7 @@ diversity hybrid: BALD-weighted k-means over the penultimate features of the 10Â
 candidates) when this build of labelwise provides them.
 
 Segmentation (``--dataset colin27``; :mod:`labelwise.segcampaign`): the Colin27 T1 MRI with its AAL
-atlas as 9 lobe classes + background; axial slices are the pool, a small 2D U-Net with a
+atlas as 8 lobes + background (9 classes); axial slices are the pool, a small 2D U-Net with a
 ``labelwise.torch.MCDropoutHead`` is the model, mean foreground Dice on held-out slices the metric and
 labels are counted in voxels. Strategies: ``random``, ``entropy``, ``bald``, ``balentacq``,
 ``powerbald``, ``coreset`` (whole slices, per-voxel maps reduced to slice means) and

@@ -532,13 +532,14 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     >= 0, read only on ``labelled_slices`` (slice indices along ``axis``, or a boolean mask over that
     axis). Every other slice
     is segmented from its neighbour towards the nearest annotated slice: the neighbour's labels, eroded
-    by ``erode`` pixels (>= 1; a structure narrower than 2·erode + 1 pixels leaves no seed and vanishes:
-    use ``erode=1`` for thin structures) and kept where its confidence is >= ``min_confidence``, seed Grady's
+    by ``erode`` pixels (>= 1; a structure narrower than 2·erode + 1 pixels leaves no seed and vanishes,
+    unless nothing on the slice survives the erosion; use ``erode=1`` for thin structures) and kept where its confidence is >= ``min_confidence``, seed Grady's
     random walker on this slice's intensities (edge weights exp(-beta·Δg²) on unit-variance intensities).
     A slice between two annotated slices gets the distance-weighted mean of the probabilities
     propagated from both sides. Returns ``(mask, confidence)``: int64 [Z, H, W] and float64 [Z, H, W]
-    (the probability of the chosen class; 1 on annotated slices and on seeded voxels, which are carried
-    over, not measured), as numpy arrays (GPU arrays are
+    (the probability of the chosen class; 1 on annotated slices and on the seeds of slices beyond the
+    outermost annotated ones — carried over, not measured; between two annotated slices, the
+    distance-weighted mix of the two sweeps), as numpy arrays (GPU arrays are
     copied to the host). Intervals between annotated slices run in parallel.
     """
     vol = np.asarray(_arrays.to_host_numpy(volume))

@@ -23,13 +23,17 @@
 //   labels     : int64, volume's shape, any strides; read only on the annotated slices (classes >= 0).
 //   labelled_slices : the annotated slice indices along the axis (any order, repeats ignored), >= 1 of them.
 //   mask       : int64, volume's shape (out): the class of every voxel (the labels on annotated slices).
-//   confidence : float64, volume's shape (out): the probability of that class (1 on annotated slices
-//                and on the seeds of the others: carried over from the neighbour slice, not measured).
+//   confidence : float64, volume's shape (out): the probability of that class (1 on annotated slices,
+//                and on the seeds of slices beyond the outermost annotated ones: carried over from
+//                the neighbour, not measured; between two annotated slices, the distance-weighted
+//                mix of the two sweeps).
 // Limits of the method: a structure narrower than 2·erode + 1 pixels leaves no seed and vanishes from
-// the propagated slices (erode = 1 keeps structures >= 3 pixels wide); a structure that ends is
-// extrapolated for as long as its eroded interior leaves seeds, with confidence 1 on them.
+// the propagated slices (unless no pixel of the slice survives the erosion: the fallback above;
+// erode = 1 keeps structures >= 3 pixels wide); a structure that ends is extrapolated for as long as
+// its eroded interior leaves seeds, with confidence 1 on them.
 // Errors (labelwise::Error): wrong ranks / shapes / dtypes, NaN / Inf intensities, no annotated
-// slice or one out of range, a negative label or one >= num_classes (or >= 65536) on an annotated slice, beta <= 0,
+// slice or one out of range, a negative label or one >= num_classes (or >= 65536) on an annotated
+// slice, num_classes > 65536, beta <= 0,
 // erode < 1, min_confidence outside [0, 1], CUDA arrays.
 #pragma once
 
