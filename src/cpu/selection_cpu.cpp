@@ -15,12 +15,31 @@
 #include <cstring>
 #include <vector>
 
+#include <cstring>
+
+#include "../cpu_variant.hpp"
+#include "../philox_lanes.hpp"
 #include "../selection_backend.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 
 namespace labelwise {
 namespace detail {
+
+void philox_bits64_block(std::uint64_t seed, std::uint32_t stream, std::uint64_t index0, std::int64_t n,
+                         std::uint64_t* out) {
+  using Fn = void (*)(std::uint64_t, std::uint32_t, std::uint64_t, std::int64_t, std::uint64_t*);
+  static const Fn fn = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    const char* v = cpu_variant();
+    if (std::strcmp(v, "avx512") == 0) return Fn(isa_philox_avx512::philox_bits64_lanes);
+    if (std::strcmp(v, "avx2") == 0) return Fn(isa_philox_avx2::philox_bits64_lanes);
+#endif
+    return Fn(isa_philox_base::philox_bits64_lanes);
+  }();
+  fn(seed, stream, index0, n, out);
+}
+
 namespace {
 
 struct Cand {
@@ -238,9 +257,11 @@ SelectFailure run(const SelectJob& job) {
           }
           u0 = prune_uniform(ordered_value(best.threshold().u), max_log_w);
         }
+        std::uint64_t block_bits[kBlock];  // = gumbel_bits(seed, g) of the block's items, vectorised
+        philox_bits64_block(seed, rng::kStreamStochastic, static_cast<std::uint64_t>(i0 + offset), m, block_bits);
         for (int j = 0; j < m; ++j) {
           const std::int64_t g = i0 + j + offset;
-          const std::uint64_t bits = gumbel_bits(seed, static_cast<std::uint64_t>(g));
+          const std::uint64_t bits = block_bits[j];
           if (rng::uniform_open(bits) < u0) continue;
           double log_w = 0.0;
           stochastic_log_weight(job.mode, job.beta, sv[j], rv[j], &log_w);

@@ -1,0 +1,2 @@
+// Philox lanes, avx2 build (flags in CMakeLists.txt).
+#include "philox_lanes.inc"

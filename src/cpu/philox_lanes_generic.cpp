@@ -1,0 +1,2 @@
+// Philox lanes, generic build (flags in CMakeLists.txt).
+#include "philox_lanes.inc"
