@@ -4,10 +4,12 @@
 namespace labelwise {
 namespace detail {
 
-/// "avx512", "avx2" (with FMA) or "generic": the widest the processor has, or the one LABELWISE_CPU_ISA
+enum class CpuIsa { Generic, Avx2, Avx512 };
+
+/// AVX-512, AVX2 (with FMA) or generic: the widest the processor has, or the one LABELWISE_CPU_ISA
 /// forces (generic / avx2 / avx512; a forced level the processor lacks falls back to the next one).
-/// Defined in src/cpu/uncertainty_cpu.cpp.
-const char* cpu_variant();
+/// Read at each call (tests switch it with setenv). Defined in src/cpu/uncertainty_cpu.cpp.
+CpuIsa cpu_isa();
 
 }  // namespace detail
 }  // namespace labelwise

@@ -22,9 +22,9 @@ namespace head_avx512 { HeadFailure head_cpu(const HeadJob& job); }
 
 HeadFailure head_cpu(const HeadJob& job) {
 #if defined(__x86_64__)
-  const char* v = cpu_variant();
-  if (v[0] == 'a' && v[3] == '5') return head_avx512::head_cpu(job);
-  if (v[0] == 'a') return head_avx2::head_cpu(job);
+  const CpuIsa isa = cpu_isa();
+  if (isa == CpuIsa::Avx512) return head_avx512::head_cpu(job);
+  if (isa == CpuIsa::Avx2) return head_avx2::head_cpu(job);
 #endif
   return head_generic::head_cpu(job);
 }

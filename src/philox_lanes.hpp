@@ -7,7 +7,7 @@ namespace labelwise {
 namespace detail {
 
 /// out[j] = rng::bits64(seed, stream, index0 + j) for j in [0, n): the same bits, 16 counters per step,
-/// in the widest instruction set cpu_variant() picks.
+/// in the instruction set cpu_isa() picks (once per process: the bits are the same on every one).
 void philox_bits64_block(std::uint64_t seed, std::uint32_t stream, std::uint64_t index0, std::int64_t n,
                          std::uint64_t* out);
 

@@ -16,8 +16,8 @@ a GPU: "the same batch on every device" is their design, not yet observed.
 
 Errors: ``ValueError`` for NaN scores (naming the first bad item), an empty pool, ``b`` outside
 ``[0, N]``, wrong rank, negative scores in ``"power"`` mode, finite scores whose score / temperature
-overflows to +inf in ``"softmax"`` mode, ``temperature <= 0``, bad ranks or indices; ``TypeError`` for non-float scores or a non-integer seed; ``RuntimeError`` for CUDA input
-to a CPU-only build.
+overflows to +inf in ``"softmax"`` mode, ``temperature <= 0``, bad ranks or indices; ``TypeError``
+for non-float scores or a non-integer seed; ``RuntimeError`` for CUDA input to a CPU-only build.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Humans label a small calibration set; the model labels the pool items it is conf
 :func:`certified_auto_label` picks the confidence threshold so that, with probability at least
 ``1 - delta`` over the calibration draw, the expected error rate of an auto-labelled item (the
 population rate among items at or above the threshold; the realised rate on a small accepted set
-scatters around it binomially) is below ``target_error`` (Clopper–Pearson bounds in a Learn-then-Test fixed-sequence scan; the guarantee,
-its assumptions and its proof are in ``docs/propagation.md``). :func:`label_issues` flags labels that
+scatters around it binomially) is below ``target_error`` (Clopper–Pearson bounds in a
+Learn-then-Test fixed-sequence scan; the guarantee, its assumptions and its proof are in
+``docs/propagation.md``). :func:`label_issues` flags labels that
 the model confidently contradicts (confident learning, Northcutt et al., JAIR 2021).
 
 Shape contract of :func:`certified_auto_label`
@@ -211,8 +212,8 @@ def certified_auto_label(
         ``[N, C]``, a voxel of ``[N, C, D, H, W]``; for voxels, draw the calibration voxels uniformly at
         random from the pool voxels to be auto-labelled, see ``docs/propagation.md``, "Voxels and
         images"; label maps more than half labelled warn, ``RuntimeWarning``); ``"image"`` — each image
-        (index along the first label-map axis) as a whole: its confidence is the mean of its voxel confidences, and a calibration image
-        counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
+        (index along the first label-map axis) as a whole: its confidence is the mean of its voxel
+        confidences, and a calibration image counts as wrong when more than ``max_voxel_error`` (required, in [0, 1)) of its labelled voxels
         are mislabelled.
     scan_start: j0, instead of the minimum (:func:`min_certifiable_count`): the first test sees at least
         ``max(j0, min(2 * j0, n // 2))`` calibration units, so a larger j0 tolerates a few more errors
@@ -291,9 +292,10 @@ def _warn_if_dense_voxel_calibration(calib_labels: Any) -> None:
     import warnings
 
     lab = np.asarray(_arrays.to_host_numpy(calib_labels))
-    if lab.size and (lab >= 0).mean() > 0.5:
+    labelled = float((lab >= 0).mean()) if lab.size else 0.0
+    if labelled > 0.5:
         warnings.warn(
-            f"calib_labels: {100 * (lab >= 0).mean():.0f} % of the calibration voxels are labelled; with unit='item' "
+            f"calib_labels: {100 * labelled:.0f} % of the calibration voxels are labelled; with unit='item' "
             "each voxel counts as an independent calibration unit, which densely labelled images are not (the "
             "certificate can fail far more often than delta). Use unit='image' with max_voxel_error, or calibrate "
             "on voxels drawn at random from the pool (sparse clicks, -1 elsewhere): docs/propagation.md, "
@@ -530,17 +532,17 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
 
     volume [Z, H, W] (any real dtype; ``axis`` names the slice axis), labels: same shape, integer classes
     >= 0, read only on ``labelled_slices`` (slice indices along ``axis``, or a boolean mask over that
-    axis). Every other slice
-    is segmented from its neighbour towards the nearest annotated slice: the neighbour's labels, eroded
-    by ``erode`` pixels (>= 1; a structure narrower than 2·erode + 1 pixels leaves no seed and vanishes,
-    unless nothing on the slice survives the erosion; use ``erode=1`` for thin structures) and kept where its confidence is >= ``min_confidence``, seed Grady's
-    random walker on this slice's intensities (edge weights exp(-beta·Δg²) on unit-variance intensities).
+    axis). Every other slice is segmented from its neighbour towards the nearest annotated slice: the
+    neighbour's labels, eroded by ``erode`` pixels (>= 1; a structure narrower than 2·erode + 1 pixels
+    leaves no seed and vanishes, unless nothing on the slice survives the erosion; use ``erode=1`` for
+    thin structures) and kept where its confidence is >= ``min_confidence``, seed Grady's random
+    walker on this slice's intensities (edge weights exp(-beta·Δg²) on unit-variance intensities).
     A slice between two annotated slices gets the distance-weighted mean of the probabilities
     propagated from both sides. Returns ``(mask, confidence)``: int64 [Z, H, W] and float64 [Z, H, W]
     (the probability of the chosen class; 1 on annotated slices and on the seeds of slices beyond the
     outermost annotated ones — carried over, not measured; between two annotated slices, the
-    distance-weighted mix of the two sweeps), as numpy arrays (GPU arrays are
-    copied to the host). Intervals between annotated slices run in parallel.
+    distance-weighted mix of the two sweeps), as numpy arrays (GPU arrays are copied to the host).
+    Intervals between annotated slices run in parallel.
     """
     vol = np.asarray(_arrays.to_host_numpy(volume))
     lab = np.asarray(_arrays.to_host_numpy(labels))

@@ -186,7 +186,7 @@ __attribute__((target("avx512f,avx512dq,fma"))) void level_t_avx512_group(const 
 }
 #endif
 
-/// The vector kernel, chosen once per process by the library's CPU variant (cpu_variant(): AVX-512, AVX2 +
+/// The vector kernel, chosen once per process by the library's CPU variant (cpu_isa(): AVX-512, AVX2 +
 /// FMA or generic, LABELWISE_CPU_ISA forcing one); LABELWISE_BATCHBALD_SCALAR (any value) forces the
 /// portable loop. The kernels can differ in the last bits of a candidate's value (another summation
 /// order); each is the same on every thread count.
@@ -194,8 +194,8 @@ int vector_rows() {
   static const int w = [] {
 #ifdef LW_BB_VECTOR
     if (std::getenv("LABELWISE_BATCHBALD_SCALAR") != nullptr) return 0;
-    const std::string v = cpu_variant();
-    return v == "avx512" ? 8 : v == "avx2" ? 4 : 0;
+    const CpuIsa isa = cpu_isa();
+    return isa == CpuIsa::Avx512 ? 8 : isa == CpuIsa::Avx2 ? 4 : 0;
 #else
     return 0;
 #endif

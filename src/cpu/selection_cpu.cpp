@@ -15,8 +15,6 @@
 #include <cstring>
 #include <vector>
 
-#include <cstring>
-
 #include "../cpu_variant.hpp"
 #include "../philox_lanes.hpp"
 #include "../selection_backend.hpp"
@@ -30,10 +28,10 @@ void philox_bits64_block(std::uint64_t seed, std::uint32_t stream, std::uint64_t
                          std::uint64_t* out) {
   using Fn = void (*)(std::uint64_t, std::uint32_t, std::uint64_t, std::int64_t, std::uint64_t*);
   static const Fn fn = [] {
-#if defined(__x86_64__) || defined(_M_X64)
-    const char* v = cpu_variant();
-    if (std::strcmp(v, "avx512") == 0) return Fn(isa_philox_avx512::philox_bits64_lanes);
-    if (std::strcmp(v, "avx2") == 0) return Fn(isa_philox_avx2::philox_bits64_lanes);
+#if defined(__x86_64__)
+    const CpuIsa isa = cpu_isa();
+    if (isa == CpuIsa::Avx512) return Fn(isa_philox_avx512::philox_bits64_lanes);
+    if (isa == CpuIsa::Avx2) return Fn(isa_philox_avx2::philox_bits64_lanes);
 #endif
     return Fn(isa_philox_base::philox_bits64_lanes);
   }();
@@ -284,14 +282,15 @@ SelectFailure run(const SelectJob& job) {
           // Once the worker holds b candidates, most blocks have nothing to offer: one vectorisable
           // comparison with the current threshold's value skips them. !(s < t) also holds for NaN, and
           // for every s whose key reaches the threshold (ordered_key is monotone, -0 and +0 tie), so
-          // a block is skipped only when no item could be pushed and none is NaN.
+          // a block is skipped only when no item could be pushed and none is NaN. (This whole-block
+          // pass before the 32-item parts below is not redundant: measured, it is the faster skip.)
           const T t = static_cast<T>(ordered_value(best.threshold().u));
           const T* xb = x + i0;
           bool any = false;
           for (int j = 0; j < m; ++j) any |= !(xb[j] < t);
           if (!any) continue;
           // Few items of a block pass once the heap is full: offer only those (in index order, so the
-          // first NaN met is the block's first), instead of making every item's key; sub-blocks of 32
+          // first NaN met is the block's first), instead of making every item's key; parts of 32
           // with nothing to offer are passed over after the same vector comparison.
           for (int j0 = 0; j0 < m; j0 += 32) {
             const int j1 = std::min(m, j0 + 32);

@@ -15,25 +15,25 @@ namespace avx2 { ScoreFailure score_cpu(const ScoreJob& job); }
 namespace avx512 { ScoreFailure score_cpu(const ScoreJob& job); }
 #endif
 
-const char* cpu_variant() {
+CpuIsa cpu_isa() {
 #if defined(__x86_64__)
   const char* forced = std::getenv("LABELWISE_CPU_ISA");
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (forced && std::strcmp(forced, "generic") == 0) return "generic";
-  if (forced && std::strcmp(forced, "avx2") == 0 && has2) return "avx2";
-  if (has512 && !(forced && std::strcmp(forced, "avx2") == 0)) return "avx512";
-  if (has2) return "avx2";
+  if (forced && std::strcmp(forced, "generic") == 0) return CpuIsa::Generic;
+  if (forced && std::strcmp(forced, "avx2") == 0 && has2) return CpuIsa::Avx2;
+  if (has512 && !(forced && std::strcmp(forced, "avx2") == 0)) return CpuIsa::Avx512;
+  if (has2) return CpuIsa::Avx2;
 #endif
-  return "generic";
+  return CpuIsa::Generic;
 }
 
 ScoreFailure score_cpu(const ScoreJob& job) {
 #if defined(__x86_64__)
-  const char* v = cpu_variant();
-  if (v[0] == 'a' && v[3] == '5') return avx512::score_cpu(job);
-  if (v[0] == 'a') return avx2::score_cpu(job);
+  const CpuIsa isa = cpu_isa();
+  if (isa == CpuIsa::Avx512) return avx512::score_cpu(job);
+  if (isa == CpuIsa::Avx2) return avx2::score_cpu(job);
 #endif
   return generic::score_cpu(job);
 }

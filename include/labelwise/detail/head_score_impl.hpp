@@ -19,6 +19,7 @@
 
 #include "labelwise/core/config.hpp"
 #include "labelwise/core/rng.hpp"
+#include "labelwise/detail/philox_lanes.hpp"
 #include "labelwise/detail/uncertainty_impl.hpp"
 
 namespace labelwise {
@@ -179,13 +180,11 @@ struct HeadCpuScratch {
 /// Philox blocks j in [0, n) for voxel v, item b, kLanes blocks at a time so that the rounds vectorise
 /// (the generic and AVX2 builds; AVX-512 has head_philox_blocks_avx512 below).
 /// words[4j + w] = word w of block j.
-using PhiloxLane = std::uint32_t;
 template <int kLanes = 16>
 inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint32_t b, const std::uint32_t* c1_in,
                                const std::uint32_t* c2_in, int n, std::uint32_t* words) {
-  constexpr std::uint64_t kLo = 0xFFFFFFFFull;
   for (int j0 = 0; j0 < n; j0 += kLanes) {
-    PhiloxLane c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+    std::uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
     LABELWISE_SIMD_HEAD
     for (int l = 0; l < kLanes; ++l) {
       const int j = j0 + l < n ? j0 + l : n - 1;
@@ -194,22 +193,7 @@ inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint3
       c2[l] = c2_in[j];
       c3[l] = b;
     }
-    PhiloxLane k0 = hp.key0, k1 = hp.key1;
-    for (int round = 0; round < 10; ++round) {
-      LABELWISE_SIMD_HEAD
-      for (int l = 0; l < kLanes; ++l) {
-        const std::uint64_t p0 = (static_cast<std::uint64_t>(c0[l]) & kLo) * 0xD2511F53ull;
-        const std::uint64_t p1 = (static_cast<std::uint64_t>(c2[l]) & kLo) * 0xCD9E8D57ull;
-        const PhiloxLane n0 = static_cast<PhiloxLane>(p1 >> 32) ^ c1[l] ^ k0;
-        const PhiloxLane n2 = static_cast<PhiloxLane>(p0 >> 32) ^ c3[l] ^ k1;
-        c1[l] = static_cast<PhiloxLane>(p1 & kLo);
-        c3[l] = static_cast<PhiloxLane>(p0 & kLo);
-        c0[l] = n0;
-        c2[l] = n2;
-      }
-      k0 = static_cast<PhiloxLane>((k0 + 0x9E3779B9ull) & kLo);
-      k1 = static_cast<PhiloxLane>((k1 + 0xBB67AE85ull) & kLo);
-    }
+    philox_rounds_lanes<kLanes>(c0, c1, c2, c3, hp.key0, hp.key1);
     const int lanes = n - j0 < kLanes ? n - j0 : kLanes;
     for (int l = 0; l < lanes; ++l) {
       std::uint32_t* wj = words + 4 * static_cast<std::int64_t>(j0 + l);
