@@ -254,6 +254,40 @@ TEST_CASE("selection does not depend on the thread count", "[acquisition]") {
   }
 }
 
+TEMPLATE_TEST_CASE("stochastic softrank: the pool's own ranks of tie-heavy scores, on any thread count and layout",
+                   "[acquisition]", float, double) {
+  // The ranks are computed by a parallel radix sort: ties (-0 = +0, ±inf), several parts per thread
+  // count, a strided view. Keys with computed ranks must be the keys with the reference's ranks.
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const std::int64_t n = 100003, b = 700;
+  const auto s = tie_heavy<TestType>(rng, n);
+  std::vector<TestType> spread(static_cast<std::size_t>(2 * n));
+  for (std::int64_t i = 0; i < n; ++i) spread[2 * i] = s[i];
+  std::vector<double> sd(s.begin(), s.end());
+  const auto ref_ranks = ranks_of(sd);
+  auto o = opts(StochasticMode::SoftRank, seed, 0.6);
+  std::vector<double> want(static_cast<std::size_t>(n));
+  o.ranks = TensorView::of(ref_ranks.data(), {n});
+  stochastic_keys(TensorView::of(s.data(), {n}), TensorView::of(want.data(), {n}), o);
+  o.ranks = TensorView();
+  const auto want_top = brute_top(want, b);
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    INFO("threads " << threads);
+    for (const TensorView& v : {TensorView::of(s.data(), {n}), TensorView::of(spread.data(), {n}, {2})}) {
+      std::vector<double> got(static_cast<std::size_t>(n));
+      stochastic_keys(v, TensorView::of(got.data(), {n}), o);
+      CHECK(std::memcmp(got.data(), want.data(), want.size() * sizeof(double)) == 0);
+      std::vector<std::int64_t> idx(static_cast<std::size_t>(b));
+      stochastic(v, b, TensorView::of(idx.data(), {b}), o);
+      CHECK(idx == want_top);
+    }
+  }
+  set_num_threads(0);
+}
+
 TEST_CASE("stochastic: keys follow the documented formula; the batch is top_k of the keys", "[acquisition]") {
   const std::uint64_t seed = fresh_seed();
   INFO("seed " << seed);
