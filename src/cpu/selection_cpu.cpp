@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -61,6 +63,14 @@ class BestB {
     if (full_ && !(u > thr_.u || (u == thr_.u && id < thr_.id))) return;
     buf_.push_back({u, id});
     if (buf_.size() >= cap_) shrink();
+  }
+
+  /// From now on admits only candidates whose key is at least u: a floor under the final threshold
+  /// when at least b items of the whole pool reach it (the caller checks; see top_k_floor). The
+  /// first shrink replaces it by a real threshold.
+  void set_floor(std::uint64_t u) {
+    thr_ = {u, std::numeric_limits<std::int64_t>::max()};
+    full_ = true;
   }
 
   /// True once a threshold exists: only candidates better than threshold() can still enter.
@@ -150,6 +160,29 @@ double prune_uniform(double thr, double max_log_w) {
   if (!std::isfinite(thr) || !std::isfinite(max_log_w)) return 0.0;
   const double g0 = thr - max_log_w - 1e-6 * (1.0 + std::fabs(thr) + std::fabs(max_log_w));
   return std::exp(-std::exp(-g0)) * (1.0 - 1e-12);
+}
+
+/// True when some x[j], j < m, is not below t (NaN included). Whole vectors of 32 bytes (GCC vector
+/// extensions: the compiler left the plain loop scalar, a compare and an or per item), the rest scalar.
+typedef float Float8 __attribute__((vector_size(16)));
+typedef double Double4 __attribute__((vector_size(16)));
+template <typename T>
+bool any_not_below(const T* x, int m, T t) {
+  constexpr int L = 16 / sizeof(T);
+  using Vec = typename std::conditional<std::is_same<T, float>::value, Float8, Double4>::type;
+  using Mask = decltype(Vec{} < Vec{});
+  const Vec tv = Vec{} + t;
+  Mask acc = {};
+  int j = 0;
+  for (; j + L <= m; j += L) {
+    Vec v;
+    std::memcpy(&v, x + j, sizeof v);
+    acc |= ~(v < tv);
+  }
+  bool any = false;
+  for (int l = 0; l < L; ++l) any |= acc[l] != 0;
+  for (; j < m; ++j) any |= !(x[j] < t);
+  return any;
 }
 
 /// Scratch of n values, not initialised (a std::vector would write every page once more).
@@ -276,6 +309,30 @@ SelectFailure ranks_from_scores(const SelectJob& job, Buffer<std::int64_t>& rank
   return {};
 }
 
+/// top_k on a large pool: the value of a regularly spaced sample of S = 65536 scores that about
+/// 1.25·b + 32·N/S of the pool's items should reach, when that is well below N (else false). The
+/// workers start with it as their threshold instead of admitting everything until they hold 2b
+/// candidates, whose threshold then rises slowly: at N = 10^7, b = 10^4 most of the time went to
+/// pushes that a later threshold would have refused. If fewer than b items reach it (a sample that
+/// misrepresents the pool), the pass is run again without it; the result is the same either way.
+template <typename T, typename Load>
+bool top_k_floor(std::int64_t n, std::int64_t b, const Load& load, T& floor) {
+  constexpr std::int64_t S = 65536;
+  if (n < 16 * S || b < 1) return false;
+  const double expect = static_cast<double>(S) * static_cast<double>(b) / static_cast<double>(n);
+  if (expect < 16.0) return false;  // too few sample items above the floor to place it
+  const std::int64_t q = static_cast<std::int64_t>(std::ceil(1.25 * expect)) + 32;
+  if (q >= S / 2) return false;  // most of the pool would pass anyway
+  std::vector<T> sample(static_cast<std::size_t>(S));
+  for (std::int64_t k = 0; k < S; ++k) {
+    sample[k] = static_cast<T>(load(k * (n / S)));
+    if (sample[k] != sample[k]) return false;  // NaN: the pass reports it
+  }
+  std::nth_element(sample.begin(), sample.begin() + q, sample.end(), std::greater<T>());
+  floor = sample[q];
+  return true;
+}
+
 template <typename T>
 SelectFailure run(const SelectJob& job) {
   const T* x = static_cast<const T*>(job.values);
@@ -389,8 +446,11 @@ SelectFailure run(const SelectJob& job) {
   } else {
     // Scores (top_k) and Pairs (merge_top_k): ordered keys in a branch-free, vectorisable block loop,
     // then one comparison against the worker's threshold before the exact push.
-    parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+    T floor = 0;
+    const bool primed = select && job.source == SelectSource::Scores && top_k_floor<T>(n, job.b, load, floor);
+    auto scan = [&](bool use_floor) { parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
       BestB& best = sh.best[w];
+      if (use_floor) best.set_floor(ordered_key(static_cast<double>(floor)));
       std::uint64_t u[kBlock];
       for (std::int64_t i0 = begin; i0 < end; i0 += kBlock) {
         const int m = static_cast<int>(std::min<std::int64_t>(kBlock, end - i0));
@@ -403,17 +463,13 @@ SelectFailure run(const SelectJob& job) {
           // pass before the 32-item parts below is not redundant: measured, it is the faster skip.)
           const T t = static_cast<T>(ordered_value(best.threshold().u));
           const T* xb = x + i0;
-          bool any = false;
-          for (int j = 0; j < m; ++j) any |= !(xb[j] < t);
-          if (!any) continue;
+          if (!any_not_below(xb, m, t)) continue;
           // Few items of a block pass once the heap is full: offer only those (in index order, so the
           // first NaN met is the block's first), instead of making every item's key; parts of 32
           // with nothing to offer are passed over after the same vector comparison.
           for (int j0 = 0; j0 < m; j0 += 32) {
             const int j1 = std::min(m, j0 + 32);
-            bool sub = false;
-            for (int j = j0; j < j1; ++j) sub |= !(xb[j] < t);
-            if (!sub) continue;
+            if (!any_not_below(xb + j0, j1 - j0, t)) continue;
             for (int j = j0; j < j1; ++j) {
               if (xb[j] < t) continue;
               if (xb[j] != xb[j]) {
@@ -464,7 +520,18 @@ SelectFailure run(const SelectJob& job) {
             if (u[j] >= tu) best.push(u[j], i0 + j + offset);
         }
       }
-    });
+    }); };
+    scan(primed);
+    if (primed && first_failure(sh.failures).status == 0) {
+      // Every item at or above the floor was admitted by a worker that never shrank its buffer; a
+      // worker that did holds b of them. So fewer than b in all means fewer than b reach the floor.
+      std::size_t held = 0;
+      for (auto& bb : sh.best) held += bb.finish().size();
+      if (held < static_cast<std::size_t>(job.b)) {
+        sh = Shared(workers, job.b);
+        scan(false);
+      }
+    }
   }
   const SelectFailure f = first_failure(sh.failures);
   if (f.status != 0 || !select) return f;

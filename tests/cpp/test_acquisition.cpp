@@ -190,6 +190,46 @@ TEMPLATE_TEST_CASE("top_k equals a stable argsort on fresh inputs with ties and 
   }
 }
 
+TEMPLATE_TEST_CASE("top_k on pools large enough for the sampled floor, including a sample that misleads it",
+                   "[acquisition]", float, double) {
+  // From 2^20 items on, top_k starts its workers from a floor read off a regular sample of the pool
+  // (selection_cpu.cpp, top_k_floor) and runs again without it when fewer than b items reach it.
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const std::int64_t n = (1 << 21) + 77;
+  const std::int64_t stride = n / 65536;  // the sample's spacing
+  std::normal_distribution<double> g(0, 1);
+  std::vector<TestType> smooth(static_cast<std::size_t>(n)), misleading(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    smooth[i] = static_cast<TestType>(g(rng));
+    // Every sampled item is high, every other low: the floor lands above all but ~q sampled items.
+    misleading[i] = static_cast<TestType>(i % stride == 0 ? 10.0 + g(rng) : g(rng));
+  }
+  const auto ties = tie_heavy<TestType>(rng, n);
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    const std::vector<const std::vector<TestType>*> pools = {&smooth, &misleading, &ties};
+    for (const std::vector<TestType>* s : pools) {
+      for (std::int64_t b : {std::int64_t(800), std::int64_t(5000), std::int64_t(40000)}) {
+        INFO("threads " << threads << " pool " << (s == &smooth ? "smooth" : s == &misleading ? "misleading" : "ties")
+                        << " b " << b);
+        std::vector<std::int64_t> idx(static_cast<std::size_t>(b));
+        top_k(TensorView::of(s->data(), {n}), b, TensorView::of(idx.data(), {b}));
+        CHECK(idx == brute_top(*s, b));
+      }
+    }
+  }
+  set_num_threads(0);
+  // A NaN away from the sample is still found, and named.
+  auto bad = smooth;
+  const std::int64_t at = 12345 * stride + 3;
+  bad[at] = std::numeric_limits<TestType>::quiet_NaN();
+  std::vector<std::int64_t> idx(5000);
+  CHECK_THROWS_WITH(top_k(TensorView::of(bad.data(), {n}), 5000, TensorView::of(idx.data(), {5000})),
+                    Catch::Contains("item [" + std::to_string(at) + "] is NaN"));
+}
+
 TEST_CASE("top_k on strided views and segmentation maps", "[acquisition]") {
   const std::uint64_t seed = fresh_seed();
   INFO("seed " << seed);
