@@ -7,7 +7,8 @@
 // item). The workers' survivors (at most b each) are merged by nth_element and the b winners sorted.
 // The order (u descending, index ascending) is strict, so the result is unique: it cannot depend on
 // the thread count. Stochastic keys are made in blocks, and the worker's threshold also prunes them:
-// items whose Gumbel noise provably cannot beat it skip their logarithms (prune_uniform). SoftRank
+// items whose Gumbel noise provably cannot beat it skip their logarithms (PruneTable, per bucket of
+// log-weights; detail/selection_impl.hpp). SoftRank
 // without given ranks first ranks the pool (a stable radix sort of the scores, O(N)), then runs as
 // with given ranks.
 // Built with -ffp-contract=off (CMakeLists.txt) so that the keys are the same bits as on the GPU.
@@ -151,16 +152,6 @@ void parallel_sort(std::vector<Cand>& v) {
       std::inplace_merge(v.begin(), v.begin() + c.first, v.begin() + c.second, Better());
 }
 
-/// Below this uniform U, no item of a block whose log-weights are all <= max_log_w can beat the
-/// threshold key thr: G(U) = −ln(−ln U) is increasing, so key <= max_log_w + G(U) < thr whenever
-/// U < exp(−exp(−(thr − max_log_w))). A margin of 1e-6 in key units (and 1e-12 relative on U) makes
-/// the bound safe against the rounding of every step; items above it get their exact key. The
-/// pruning only skips work: the result is the same bits as without it. 0 = no pruning.
-double prune_uniform(double thr, double max_log_w) {
-  if (!std::isfinite(thr) || !std::isfinite(max_log_w)) return 0.0;
-  const double g0 = thr - max_log_w - 1e-6 * (1.0 + std::fabs(thr) + std::fabs(max_log_w));
-  return std::exp(-std::exp(-g0)) * (1.0 - 1e-12);
-}
 
 /// True when some x[j], j < m, is not below t (NaN included). Whole vectors of 32 bytes (GCC vector
 /// extensions: the compiler left the plain loop scalar, a compare and an or per item), the rest scalar.
@@ -377,9 +368,7 @@ SelectFailure run(const SelectJob& job) {
     parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
       BestB& best = sh.best[w];
       double sv[kBlock], rv[kBlock];
-      double octave_u0[64];
-      std::uint64_t octave_thr = 0;
-      bool octave_ready = false;
+      PruneTable prune(job.mode, job.beta);
       for (std::int64_t i0 = begin; i0 < end; i0 += kBlock) {
         const int m = static_cast<int>(std::min<std::int64_t>(kBlock, end - i0));
         // Validate the block (NaN, negative power scores, ranks < 1) before any key.
@@ -401,40 +390,13 @@ SelectFailure run(const SelectJob& job) {
             }
           }
         }
-        double u0 = 0.0;
-        const double* u0_octave = nullptr;  // softrank: the bound per octave of ranks (below)
-        if (!job.out_keys && select && best.full()) {
-          if (job.mode == kModeSoftRank) {
-            // Ranks in a block are in no order, so one bound from the block's best rank prunes little;
-            // instead a bound per octave [2^e, 2^(e+1)) of ranks, from its best rank 2^e (log w is
-            // decreasing in the rank), rebuilt when the threshold moves.
-            if (!octave_ready || best.threshold().u != octave_thr) {
-              octave_thr = best.threshold().u;
-              octave_ready = true;
-              const double thr = ordered_value(octave_thr);
-              for (int e = 0; e < 64; ++e) {
-                double max_log_w = 0.0;
-                stochastic_log_weight(kModeSoftRank, job.beta, 0.0, std::ldexp(1.0, e), &max_log_w);
-                octave_u0[e] = prune_uniform(thr, max_log_w);
-              }
-            }
-            u0_octave = octave_u0;
-          } else {
-            double smax = sv[0];
-            for (int j = 1; j < m; ++j) smax = std::max(smax, sv[j]);
-            double max_log_w = 0.0;
-            stochastic_log_weight(job.mode, job.beta, smax, 0.0, &max_log_w);
-            u0 = prune_uniform(ordered_value(best.threshold().u), max_log_w);
-          }
-        }
+        const double* u0 = !job.out_keys && select && best.full() ? prune.bounds(best.threshold().u) : nullptr;
         std::uint64_t block_bits[kBlock];  // = gumbel_bits(seed, g) of the block's items, vectorised
         philox_bits64_block(seed, rng::kStreamStochastic, static_cast<std::uint64_t>(i0 + offset), m, block_bits);
         for (int j = 0; j < m; ++j) {
           const std::int64_t g = i0 + j + offset;
           const std::uint64_t bits = block_bits[j];
-          // rv >= 1 here (validated): its octave is its binary exponent.
-          const double uj = u0_octave ? u0_octave[std::ilogb(rv[j])] : u0;
-          if (rng::uniform_open(bits) < uj) continue;
+          if (u0 && rng::uniform_open(bits) < u0[prune.bucket(sv[j], rv[j])]) continue;
           double log_w = 0.0;
           stochastic_log_weight(job.mode, job.beta, sv[j], rv[j], &log_w);
           const double key = gumbel_key_from_bits(log_w, bits);

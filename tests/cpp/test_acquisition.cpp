@@ -692,6 +692,70 @@ TEST_CASE("the CUDA backend's radix select picks exactly the top b (host simulat
   }
 }
 
+TEST_CASE("stochastic pruning: each bucket's bound is at most, and near, the bound of every item in it",
+          "[acquisition]") {
+  // An item may be skipped when its uniform U is below PruneTable's bound for its bucket; that is safe
+  // only if the bound never exceeds prune_uniform(thr, the item's own log-weight) (end-to-end tests
+  // rarely see a slightly too high bound: the workers' thresholds trail the final one). Items at the
+  // buckets' edges: powers of two and their neighbours, softmax grid points, 0, subnormals, ±inf.
+  const std::uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  for (int mode : {detail::kModePower, detail::kModeSoftmax, detail::kModeSoftRank}) {
+    for (double beta : {0.1, 1.0, 7.0}) {
+      for (int trial = 0; trial < 20; ++trial) {
+        const double thr = trial == 0 ? 0.0 : (unit(rng) - 0.5) * 200.0;
+        detail::PruneTable table(mode, beta);
+        const double* u0 = table.bounds(detail::ordered_key(thr));
+        REQUIRE(u0 != nullptr);
+        std::vector<double> items;  // scores (power, softmax) or ranks (softrank)
+        if (mode == detail::kModeSoftRank) {
+          for (int e = 0; e < 63; ++e)
+            for (double d : {-1.0, 0.0, 1.0}) items.push_back(std::max(1.0, std::ldexp(1.0, e) + d));
+          for (int k = 0; k < 200; ++k) items.push_back(std::floor(std::exp(unit(rng) * 43.0)) + 1.0);
+        } else if (mode == detail::kModePower) {
+          for (int e = -1074; e < 1024; e += 3) {
+            const double v = std::ldexp(1.0, e);
+            items.push_back(v);
+            items.push_back(std::nextafter(v, 0.0));
+          }
+          items.push_back(0.0);
+          items.push_back(kInf);
+          for (int k = 0; k < 200; ++k) items.push_back(std::exp((unit(rng) - 0.5) * 1400.0));
+        } else {
+          const double base = thr - 24.0;
+          for (int k = -3; k < 515; ++k) {
+            const double v = (base + k / 16.0) / beta;
+            items.push_back(v);
+            items.push_back(std::nextafter(v, kInf));
+            items.push_back(std::nextafter(v, -kInf));
+          }
+          items.push_back(-kInf);
+          items.push_back(kInf);
+          for (int k = 0; k < 200; ++k) items.push_back((thr + (unit(rng) - 0.7) * 80.0) / beta);
+        }
+        for (const double v : items) {
+          const double s = mode == detail::kModeSoftRank ? 0.0 : v, r = mode == detail::kModeSoftRank ? v : 0.0;
+          double log_w = 0.0;
+          REQUIRE(detail::stochastic_log_weight(mode, beta, s, r, &log_w) == detail::kSelectOk);
+          const int k = table.bucket(s, r);
+          INFO("mode " << mode << " beta " << beta << " thr " << thr << " item " << v << " log_w " << log_w
+                       << " bucket " << k);
+          // Weight 0 (key -inf) can never beat a finite threshold: prunable whatever U.
+          const double own = log_w == -kInf ? 1.0 : detail::prune_uniform(thr, log_w);
+          CHECK(u0[k] <= own);
+          // Near: the bucket's width (an octave of s or r, 1/16 of β·s) above the item, where it prunes.
+          const double width = mode == detail::kModeSoftmax ? 1.0 / 16 : beta * std::log(2.0);
+          const bool edge = !std::isfinite(log_w) || (mode == detail::kModePower && (v < 0x1p-62 || v >= 0x1p62)) ||
+                            (mode == detail::kModeSoftmax && (beta * s < thr - 24.0 || beta * s >= thr + 7.9));
+          if (!edge) CHECK(u0[k] >= detail::prune_uniform(thr, log_w + width * (1.0 + 1e-9) + 1e-9));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("stochastic on large pools (CPU pruning active) equals top_k of all keys", "[acquisition]") {
   const std::uint64_t seed = fresh_seed();
   INFO("seed " << seed);
@@ -699,10 +763,15 @@ TEST_CASE("stochastic on large pools (CPU pruning active) equals top_k of all ke
   const std::int64_t n = 200000;
   std::gamma_distribution<double> heavy(0.5);
   std::uniform_real_distribution<double> flat(0.0, 1.0);
-  for (double scale : {1.0, 1e4, -1.0}) {  // -1: uniform scores on (0, 1)
+  // The pruning bounds are per bucket of log-weights (score or rank exponents, a grid of β·s near the
+  // threshold): extreme scales reach the buckets at both ends (subnormal and zero scores, 1e300,
+  // +inf; softmax far below and above the threshold).
+  for (double scale : {1.0, 1e4, -1.0, 1e-300, 1e300}) {  // -1: uniform scores on (0, 1)
     std::vector<double> s(static_cast<std::size_t>(n));
     for (auto& v : s) v = scale < 0 ? flat(rng) : heavy(rng) * scale;
     for (std::int64_t i = 0; i < n; i += 97) s[i] = 0.0;
+    if (scale == 1e300)
+      for (std::int64_t i = 5; i < n; i += 4999) s[i] = kInf;
     for (auto mode : {StochasticMode::Power, StochasticMode::Softmax, StochasticMode::SoftRank})
       for (double temperature : {0.1, 1.0, 5.0})
         for (std::int64_t b : {1, 10, 700, 5000}) {

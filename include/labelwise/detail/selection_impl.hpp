@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "labelwise/core/config.hpp"
 #include "labelwise/core/rng.hpp"
@@ -94,6 +95,85 @@ LABELWISE_HD inline double gumbel_key_from_bits(double log_w, std::uint64_t bits
 LABELWISE_HD inline double gumbel_key(double log_w, std::uint64_t seed, std::uint64_t g) {
   return gumbel_key_from_bits(log_w, gumbel_bits(seed, g));
 }
+
+#if !defined(__CUDACC__)
+// ---- CPU pruning of stochastic keys (src/cpu/selection_cpu.cpp; here for the tests) ----------------
+
+/// Below this uniform U, no item whose log-weight is at most max_log_w can beat the
+/// threshold key thr: G(U) = −ln(−ln U) is increasing, so key <= max_log_w + G(U) < thr whenever
+/// U < exp(−exp(−(thr − max_log_w))). A margin of 1e-6 in key units (and 1e-12 relative on U) makes
+/// the bound safe against the rounding of every step; items above it get their exact key. The
+/// pruning only skips work: the result is the same bits as without it. 0 = no pruning.
+inline double prune_uniform(double thr, double max_log_w) {
+  if (!std::isfinite(thr) || !std::isfinite(max_log_w)) return 0.0;
+  const double g0 = thr - max_log_w - 1e-6 * (1.0 + std::fabs(thr) + std::fabs(max_log_w));
+  return std::exp(-std::exp(-g0)) * (1.0 - 1e-12);
+}
+
+/// prune_uniform per bucket of log-weights, so that each item is pruned by a bound near its own
+/// weight (a block's best weight, the bound before, let most items of a heavy-tailed pool through:
+/// softmax pruned ~87 % of N = 10^7 gamma-distributed scores). An item's bucket comes from bits it
+/// already has: its rank's binary exponent (softrank: ranks in [2^e, 2^(e+1)) have log w <= -β e ln 2),
+/// its score's (power: s in [2^e, 2^(e+1)) has log w < β (e+1) ln 2; s < 2^-63, 0 included, in the
+/// lowest bucket), or β·s on a grid of 1/16 from thr - 24 (softmax; below that, everything is in the
+/// lowest bucket, whose bound prunes all but ~4e-11 of it). The highest bucket never prunes.
+class PruneTable {
+ public:
+  PruneTable(int mode, double beta) : mode_(mode), beta_(beta) {}
+
+  /// The bounds for threshold key thr_u (ordered), null when thr is not finite (no pruning).
+  const double* bounds(std::uint64_t thr_u) {
+    if (ready_ && thr_u == thr_u_) return usable_ ? u0_ : nullptr;
+    ready_ = true;
+    thr_u_ = thr_u;
+    const double thr = ordered_value(thr_u);
+    usable_ = std::isfinite(thr);
+    if (!usable_) return nullptr;
+    base_ = thr - 24.0;
+    const int n = size();
+    for (int k = 0; k + 1 < n; ++k) {
+      double max_log_w = 0.0;
+      if (mode_ == kModeSoftRank)
+        stochastic_log_weight(kModeSoftRank, beta_, 0.0, std::ldexp(1.0, k), &max_log_w);
+      else if (mode_ == kModePower)  // the weight at the bucket's upper end, with the items' rounding
+        stochastic_log_weight(kModePower, beta_, std::ldexp(1.0, k == 0 ? -63 : k - 63), 0.0, &max_log_w);
+      else  // the grid's upper end, plus the rounding of the bucket's arithmetic (bucket())
+        max_log_w = base_ + (k + 1) / 16.0 + 1e-12 * (1.0 + std::fabs(base_));
+      u0_[k] = prune_uniform(thr, max_log_w);
+    }
+    u0_[n - 1] = 0.0;
+    return u0_;
+  }
+
+  /// The bucket of a valid item: score s (power, softmax) or rank r >= 1 (softrank).
+  int bucket(double s, double r) const {
+    if (mode_ == kModeSoftRank) return exponent(r);  // 0..63
+    if (mode_ == kModePower) {
+      const int e = exponent(s);  // s >= 0; 0 and subnormals -1023, +inf 1024
+      return e < -63 ? 0 : (e > 62 ? 127 : e + 64);
+    }
+    const double x = (beta_ * s - base_) * 16.0;
+    return x < 0.0 ? 0 : (x >= 511.0 ? 511 : static_cast<int>(x));
+  }
+
+ private:
+  /// The binary exponent of v >= 0 from its bits (ilogb for normal numbers; a libm call per item
+  /// cost ~6 % of power mode).
+  static int exponent(double v) {
+    std::uint64_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return static_cast<int>((b >> 52) & 0x7FF) - 1023;
+  }
+  int size() const { return mode_ == kModeSoftRank ? 64 : (mode_ == kModePower ? 128 : 512); }
+
+  int mode_;
+  double beta_;
+  double base_ = 0.0;
+  std::uint64_t thr_u_ = 0;
+  bool ready_ = false, usable_ = false;
+  double u0_[512];
+};
+#endif  // !__CUDACC__
 
 // ---- radix select on the composite key (u, t), t = ~global index (larger t = lower index) -------
 // Used by the CUDA backend (one histogram pass per byte, most significant first); kept here, host
