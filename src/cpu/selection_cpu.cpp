@@ -8,9 +8,8 @@
 // The order (u descending, index ascending) is strict, so the result is unique: it cannot depend on
 // the thread count. Stochastic keys are made in blocks, and the worker's threshold also prunes them:
 // items whose Gumbel noise provably cannot beat it skip their logarithms (PruneTable, per bucket of
-// log-weights; detail/selection_impl.hpp). SoftRank
-// without given ranks first ranks the pool (a stable radix sort of the scores, O(N)), then runs as
-// with given ranks.
+// log-weights; detail/selection_impl.hpp). SoftRank without given ranks first ranks the pool (a
+// stable radix sort of the scores, O(N)), then runs as with given ranks.
 // Built with -ffp-contract=off (CMakeLists.txt) so that the keys are the same bits as on the GPU.
 #include <algorithm>
 #include <cmath>
