@@ -364,46 +364,79 @@ SelectFailure run(const SelectJob& job) {
       const SelectFailure f = first_failure(sh.failures);
       if (f.status != 0) return f;
     }
-    parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
-      BestB& best = sh.best[w];
-      double sv[kBlock], rv[kBlock];
-      PruneTable prune(job.mode, job.beta);
-      for (std::int64_t i0 = begin; i0 < end; i0 += kBlock) {
-        const int m = static_cast<int>(std::min<std::int64_t>(kBlock, end - i0));
-        // Validate the block (NaN, negative power scores, ranks < 1) before any key.
-        bool bad = false;
-        for (int j = 0; j < m; ++j) {
-          sv[j] = load(i0 + j);
-          rv[j] = job.ranks ? static_cast<double>(job.ranks[flat_offset(job.ranks_grid, i0 + j)]) : 0.0;
-          const double bs = job.beta * sv[j];  // softmax: a finite score whose beta * s overflows
-          bad |= sv[j] != sv[j] || (job.mode == kModePower && sv[j] < 0.0) || (job.ranks && !(rv[j] >= 1.0)) ||
-                 (job.mode == kModeSoftmax && sv[j] - sv[j] == 0.0 && bs == INFINITY);
-        }
-        if (bad) {
-          for (int j = 0; j < m; ++j) {
-            double lw = 0.0;
-            const int st = stochastic_log_weight(job.mode, job.beta, sv[j], rv[j], &lw);
-            if (st != kSelectOk) {
-              sh.failures[w] = {st, i0 + j};
-              return;
+    // One instance per mode, so that the item loops do not branch on it.
+    auto pass = [&](auto mode_constant) {
+      constexpr int kMode = decltype(mode_constant)::value;
+      const bool ranks_flat = job.ranks && job.ranks_grid.ndim == 1 && job.ranks_grid.stride[0] == 1;
+      const double beta = job.beta;
+      parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+        BestB& best = sh.best[w];
+        double sv[kBlock], rv[kBlock];
+        int survivors[kBlock];
+        std::uint64_t block_bits[kBlock];  // = gumbel_bits(seed, g) of the block's items, vectorised
+        PruneTable prune(kMode, beta);
+        for (std::int64_t i0 = begin; i0 < end; i0 += kBlock) {
+          const int m = static_cast<int>(std::min<std::int64_t>(kBlock, end - i0));
+          // Validate the block (NaN, negative power scores, ranks < 1, softmax overflow) before any key.
+          if (contiguous) {
+            const T* xb = x + i0;
+            for (int j = 0; j < m; ++j) sv[j] = static_cast<double>(xb[j]);
+          } else {
+            for (int j = 0; j < m; ++j) sv[j] = load(i0 + j);
+          }
+          int bad = 0;
+          if (kMode == kModeSoftRank) {
+            if (ranks_flat) {
+              for (int j = 0; j < m; ++j) rv[j] = static_cast<double>(job.ranks[i0 + j]);
+            } else {
+              for (int j = 0; j < m; ++j) rv[j] = static_cast<double>(job.ranks[flat_offset(job.ranks_grid, i0 + j)]);
+            }
+            for (int j = 0; j < m; ++j) bad |= (sv[j] != sv[j]) | !(rv[j] >= 1.0);
+          } else if (kMode == kModePower) {
+            for (int j = 0; j < m; ++j) bad |= !(sv[j] >= 0.0);  // NaN too
+          } else {
+            // a finite score whose beta * s overflows
+            for (int j = 0; j < m; ++j) bad |= (sv[j] != sv[j]) | ((sv[j] - sv[j] == 0.0) & (beta * sv[j] == INFINITY));
+          }
+          if (bad) {
+            for (int j = 0; j < m; ++j) {
+              double lw = 0.0;
+              const int st = stochastic_log_weight(kMode, beta, sv[j], kMode == kModeSoftRank ? rv[j] : 0.0, &lw);
+              if (st != kSelectOk) {
+                sh.failures[w] = {st, i0 + j};
+                return;
+              }
             }
           }
+          philox_bits64_block(seed, rng::kStreamStochastic, static_cast<std::uint64_t>(i0 + offset), m, block_bits);
+          // The items that pruning cannot rule out (all of them until the worker has a threshold).
+          int ns = 0;
+          if (const double* u0 = !job.out_keys && select && best.full() ? prune.bounds(best.threshold().u) : nullptr) {
+            for (int j = 0; j < m; ++j) {
+              survivors[ns] = j;
+              ns += rng::uniform_open(block_bits[j]) >= u0[prune.bucket_for<kMode>(sv[j], rv[j])] ? 1 : 0;
+            }
+          } else {
+            for (int j = 0; j < m; ++j) survivors[j] = j;
+            ns = m;
+          }
+          for (int t = 0; t < ns; ++t) {
+            const int j = survivors[t];
+            double log_w = 0.0;
+            stochastic_log_weight(kMode, beta, sv[j], kMode == kModeSoftRank ? rv[j] : 0.0, &log_w);
+            const double key = gumbel_key_from_bits(log_w, block_bits[j]);
+            if (job.out_keys) job.out_keys[flat_offset(job.keys_grid, i0 + j)] = key;
+            if (select) best.push(ordered_key(key), i0 + j + offset);
+          }
         }
-        const double* u0 = !job.out_keys && select && best.full() ? prune.bounds(best.threshold().u) : nullptr;
-        std::uint64_t block_bits[kBlock];  // = gumbel_bits(seed, g) of the block's items, vectorised
-        philox_bits64_block(seed, rng::kStreamStochastic, static_cast<std::uint64_t>(i0 + offset), m, block_bits);
-        for (int j = 0; j < m; ++j) {
-          const std::int64_t g = i0 + j + offset;
-          const std::uint64_t bits = block_bits[j];
-          if (u0 && rng::uniform_open(bits) < u0[prune.bucket(sv[j], rv[j])]) continue;
-          double log_w = 0.0;
-          stochastic_log_weight(job.mode, job.beta, sv[j], rv[j], &log_w);
-          const double key = gumbel_key_from_bits(log_w, bits);
-          if (job.out_keys) job.out_keys[flat_offset(job.keys_grid, i0 + j)] = key;
-          if (select) best.push(ordered_key(key), g);
-        }
-      }
-    });
+      });
+    };
+    if (job.mode == kModePower)
+      pass(std::integral_constant<int, kModePower>{});
+    else if (job.mode == kModeSoftmax)
+      pass(std::integral_constant<int, kModeSoftmax>{});
+    else
+      pass(std::integral_constant<int, kModeSoftRank>{});
   } else {
     // Scores (top_k) and Pairs (merge_top_k): ordered keys in a branch-free, vectorisable block loop,
     // then one comparison against the worker's threshold before the exact push.

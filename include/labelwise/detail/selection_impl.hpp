@@ -145,15 +145,21 @@ class PruneTable {
     return u0_;
   }
 
-  /// The bucket of a valid item: score s (power, softmax) or rank r >= 1 (softrank).
-  int bucket(double s, double r) const {
-    if (mode_ == kModeSoftRank) return exponent(r);  // 0..63
-    if (mode_ == kModePower) {
+  /// The bucket of a valid item: score s (power, softmax) or rank r >= 1 (softrank); kMode = the
+  /// table's mode (a template argument, so that loops over items do not branch on it).
+  template <int kMode>
+  int bucket_for(double s, double r) const {
+    if (kMode == kModeSoftRank) return exponent(r);  // 0..63
+    if (kMode == kModePower) {
       const int e = exponent(s);  // s >= 0; 0 and subnormals -1023, +inf 1024
       return e < -63 ? 0 : (e > 62 ? 127 : e + 64);
     }
     const double x = (beta_ * s - base_) * 16.0;
     return x < 0.0 ? 0 : (x >= 511.0 ? 511 : static_cast<int>(x));
+  }
+  int bucket(double s, double r) const {
+    return mode_ == kModeSoftRank ? bucket_for<kModeSoftRank>(s, r)
+                                  : (mode_ == kModePower ? bucket_for<kModePower>(s, r) : bucket_for<kModeSoftmax>(s, r));
   }
 
  private:
