@@ -11,22 +11,12 @@ flagged items against the flipped ones and the times (best of --repeats), plus a
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _timing import best_time
 
 import labelwise as lw
 from labelwise import propagation as P
-
-
-def best_time(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def prf(flagged, truth):

@@ -20,19 +20,9 @@ i.e. the NumPy formulation with the same noise picks the same items. Usage:
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-
-
-def best_time(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from _timing import best_time
 
 
 def numpy_top(keys, b):
