@@ -26,7 +26,8 @@ from _timing import best_time
 
 
 def numpy_top(keys, b):
-    """The b largest, best first, ties to the lower index (argpartition, then a lexsort of the b)."""
+    """The b largest, best first (argpartition, then a lexsort of the b: ties to the lower index
+    among them; which of several items tied at the b-th value argpartition keeps is not promised)."""
     part = np.argpartition(-keys, b - 1)[:b]
     return part[np.lexsort((part, -keys[part]))]
 

@@ -152,14 +152,15 @@ void parallel_sort(std::vector<Cand>& v) {
 }
 
 
-/// True when some x[j], j < m, is not below t (NaN included). Whole vectors of 32 bytes (GCC vector
-/// extensions: the compiler left the plain loop scalar, a compare and an or per item), the rest scalar.
-typedef float Float8 __attribute__((vector_size(16)));
-typedef double Double4 __attribute__((vector_size(16)));
+/// True when some x[j], j < m, is not below t (NaN included). Whole 16-byte vectors (GCC vector
+/// extensions: the compiler left the plain loop scalar, a compare and an or per item; 32-byte ones
+/// were slower in this SSE2 translation unit), the rest scalar.
+typedef float Float4 __attribute__((vector_size(16)));
+typedef double Double2 __attribute__((vector_size(16)));
 template <typename T>
 bool any_not_below(const T* x, int m, T t) {
-  constexpr int L = 16 / sizeof(T);
-  using Vec = typename std::conditional<std::is_same<T, float>::value, Float8, Double4>::type;
+  using Vec = typename std::conditional<std::is_same<T, float>::value, Float4, Double2>::type;
+  constexpr int L = static_cast<int>(sizeof(Vec) / sizeof(T));
   using Mask = decltype(Vec{} < Vec{});
   const Vec tv = Vec{} + t;
   Mask acc = {};
@@ -248,9 +249,10 @@ void radix_sort_stable(Buffer<std::uint64_t>& key, Buffer<std::uint64_t>& key_tm
 
 /// Every item's 1-based rank by score, descending, ties (-0 = +0 included) to the lower index: a
 /// stable radix sort of order-preserving keys that starts in index order (float32 scores of fewer
-/// than 2^32 items: key and index share one 64-bit word), then rank[order[p]] = p + 1. O(N), where
-/// a comparison sort of 10^7 items took ~0.45 s of softrank's 0.64 s. kSelectNaN for the first NaN.
-template <typename T>
+/// than 2^32 items: key and index share one 64-bit word; else the index, of type P, is moved
+/// alongside), then rank[order[p]] = p + 1. O(N), where a comparison sort of 10^7 items took ~0.45 s
+/// of softrank's 0.64 s. kSelectNaN for the first NaN.
+template <typename T, typename P>
 SelectFailure ranks_from_scores(const SelectJob& job, Buffer<std::int64_t>& rank) {
   const T* x = static_cast<const T*>(job.values);
   const std::int64_t n = job.n;
@@ -261,7 +263,7 @@ SelectFailure ranks_from_scores(const SelectJob& job, Buffer<std::int64_t>& rank
   constexpr bool kPackable = std::is_same<T, float>::value;
   const bool packed = kPackable && n <= 0xFFFFFFFFll;
   Buffer<std::uint64_t> key(new std::uint64_t[n]), key_tmp(new std::uint64_t[n]);
-  Buffer<std::int64_t> id(packed ? nullptr : new std::int64_t[n]), id_tmp(packed ? nullptr : new std::int64_t[n]);
+  Buffer<P> id(packed ? nullptr : new P[n]), id_tmp(packed ? nullptr : new P[n]);
   std::vector<SelectFailure> failures(static_cast<std::size_t>(W));
   parallel_for(W, 1, [&](std::int64_t w0, std::int64_t w1, int) {
     for (std::int64_t w = w0; w < w1; ++w) {
@@ -276,7 +278,7 @@ SelectFailure ranks_from_scores(const SelectJob& job, Buffer<std::int64_t>& rank
           key[i] = (static_cast<std::uint64_t>(~ordered_key32(static_cast<float>(s))) << 32) | static_cast<std::uint64_t>(i);
         } else {
           key[i] = ~ordered_key(static_cast<double>(s));
-          id[i] = i;
+          id[i] = static_cast<P>(i);
         }
       }
     }
@@ -284,9 +286,9 @@ SelectFailure ranks_from_scores(const SelectJob& job, Buffer<std::int64_t>& rank
   const SelectFailure f = first_failure(failures);
   if (f.status != 0) return f;
   if (packed)
-    radix_sort_stable<std::int64_t>(key, key_tmp, nullptr, nullptr, 32, parts);
+    radix_sort_stable<P>(key, key_tmp, nullptr, nullptr, 32, parts);
   else
-    radix_sort_stable<std::int64_t>(key, key_tmp, &id, &id_tmp, 0, parts);
+    radix_sort_stable<P>(key, key_tmp, &id, &id_tmp, 0, parts);
   key_tmp.reset();
   id_tmp.reset();
   rank.reset(new std::int64_t[n]);
@@ -338,7 +340,9 @@ SelectFailure run(const SelectJob& job) {
   if (job.source == SelectSource::Stochastic && job.mode == kModeSoftRank && job.ranks == nullptr) {
     // Ranks from the scores, then the same pass as for given ranks (the keys are the same bits).
     Buffer<std::int64_t> ranks;
-    const SelectFailure f = ranks_from_scores<T>(job, ranks);
+    // The index payload of the float64 sort: 4 bytes per item while indices fit.
+    const SelectFailure f = n <= 0xFFFFFFFFll ? ranks_from_scores<T, std::uint32_t>(job, ranks)
+                                              : ranks_from_scores<T, std::int64_t>(job, ranks);
     if (f.status != 0) return f;
     SelectJob ranked = job;
     ranked.ranks = ranks.get();
@@ -414,7 +418,7 @@ SelectFailure run(const SelectJob& job) {
           if (const double* u0 = !job.out_keys && select && best.full() ? prune.bounds(best.threshold().u) : nullptr) {
             for (int j = 0; j < m; ++j) {
               survivors[ns] = j;
-              ns += rng::uniform_open(block_bits[j]) >= u0[prune.bucket_for<kMode>(sv[j], rv[j])] ? 1 : 0;
+              ns += rng::uniform_open(block_bits[j]) >= u0[prune.bucket_for<kMode>(sv[j], kMode == kModeSoftRank ? rv[j] : 0.0)] ? 1 : 0;
             }
           } else {
             for (int j = 0; j < m; ++j) survivors[j] = j;

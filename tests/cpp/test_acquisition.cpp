@@ -216,7 +216,13 @@ TEMPLATE_TEST_CASE("top_k on pools large enough for the sampled floor, including
                         << " b " << b);
         std::vector<std::int64_t> idx(static_cast<std::size_t>(b));
         top_k(TensorView::of(s->data(), {n}), b, TensorView::of(idx.data(), {b}));
-        CHECK(idx == brute_top(*s, b));
+        const auto want = brute_top(*s, b);
+        CHECK(idx == want);
+        // A shard: the same picks, shifted.
+        const auto shifted = run_top_k(TensorView::of(s->data(), {n}), b, 1000003);
+        bool same = true;
+        for (std::int64_t j = 0; j < b; ++j) same &= shifted[j] == want[j] + 1000003;
+        CHECK(same);
       }
     }
   }
@@ -702,10 +708,14 @@ TEST_CASE("stochastic pruning: each bucket's bound is at most, and near, the bou
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
+  // Extreme thresholds and β (temperatures 1e-300 / 1e300) reach the margin's overflow and absorption
+  // branches of prune_uniform; there only safety is checked.
+  const double extreme_thr[] = {1e15, -1e15, 1e300, -1e300, 1.7e308, -1.7e308};
   for (int mode : {detail::kModePower, detail::kModeSoftmax, detail::kModeSoftRank}) {
-    for (double beta : {0.1, 1.0, 7.0}) {
-      for (int trial = 0; trial < 20; ++trial) {
-        const double thr = trial == 0 ? 0.0 : (unit(rng) - 0.5) * 200.0;
+    for (double beta : {0.1, 1.0, 7.0, 1e-300, 1e300, 1e306}) {
+      for (int trial = 0; trial < 26; ++trial) {
+        const bool extreme = trial >= 20 || beta < 1e-6 || beta > 1e6;
+        const double thr = trial >= 20 ? extreme_thr[trial - 20] : (trial == 0 ? 0.0 : (unit(rng) - 0.5) * 200.0);
         detail::PruneTable table(mode, beta);
         const double* u0 = table.bounds(detail::ordered_key(thr));
         REQUIRE(u0 != nullptr);
@@ -738,12 +748,22 @@ TEST_CASE("stochastic pruning: each bucket's bound is at most, and near, the bou
         for (const double v : items) {
           const double s = mode == detail::kModeSoftRank ? 0.0 : v, r = mode == detail::kModeSoftRank ? v : 0.0;
           double log_w = 0.0;
-          REQUIRE(detail::stochastic_log_weight(mode, beta, s, r, &log_w) == detail::kSelectOk);
+          const int status = detail::stochastic_log_weight(mode, beta, s, r, &log_w);
+          if (extreme && status == detail::kSelectOverflow) continue;  // rejected before any pruning
+          REQUIRE(status == detail::kSelectOk);
           const int k = table.bucket(s, r);
           INFO("mode " << mode << " beta " << beta << " thr " << thr << " item " << v << " log_w " << log_w
                        << " bucket " << k);
           // Weight 0 (key -inf) can never beat a finite threshold: prunable whatever U.
           const double own = log_w == -kInf ? 1.0 : detail::prune_uniform(thr, log_w);
+          CHECK(u0[k] >= 0.0);  // not NaN (a NaN bound would prune the whole bucket)
+          if (extreme) {
+            // Where thr − log_w overflows, the item's own bound is 0 (no pruning, conservative) and no
+            // longer a reference: check the bucket's bound directly, U below it must give key < thr.
+            const long double g = -std::log(-std::log(static_cast<long double>(u0[k])));
+            CHECK((u0[k] <= own || static_cast<long double>(log_w) + g < static_cast<long double>(thr)));
+            continue;
+          }
           CHECK(u0[k] <= own);
           // Near: the bucket's width (an octave of s or r, 1/16 of β·s) above the item, where it prunes.
           const double width = mode == detail::kModeSoftmax ? 1.0 / 16 : beta * std::log(2.0);

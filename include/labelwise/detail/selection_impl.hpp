@@ -99,14 +99,17 @@ LABELWISE_HD inline double gumbel_key(double log_w, std::uint64_t seed, std::uin
 #if !defined(__CUDACC__)
 // ---- CPU pruning of stochastic keys (src/cpu/selection_cpu.cpp; here for the tests) ----------------
 
-/// Below this uniform U, no item whose log-weight is at most max_log_w can beat the
-/// threshold key thr: G(U) = −ln(−ln U) is increasing, so key <= max_log_w + G(U) < thr whenever
-/// U < exp(−exp(−(thr − max_log_w))). A margin of 1e-6 in key units (and 1e-12 relative on U) makes
-/// the bound safe against the rounding of every step; items above it get their exact key. The
-/// pruning only skips work: the result is the same bits as without it. 0 = no pruning.
+/// Below this uniform U, no item whose log-weight is at most max_log_w can beat the threshold key
+/// thr: G(U) = −ln(−ln U) is increasing, so key <= max_log_w + G(U) < thr whenever
+/// U < exp(−exp(−(thr − max_log_w))). A margin of 1e-12·(1 + |thr| + |max_log_w|) in key units (the
+/// log-weights and keys are within a few ulp: det_log is within 2 ulp) and 1e-12 relative on U (near
+/// U = 1, G is steep) makes the bound safe against the rounding of every step; items above it get
+/// their exact key. The pruning only skips work: the result is the same bits as without it. 0 = no
+/// pruning (also where the arithmetic overflows: thr − max_log_w and the margin both infinite).
 inline double prune_uniform(double thr, double max_log_w) {
   if (!std::isfinite(thr) || !std::isfinite(max_log_w)) return 0.0;
-  const double g0 = thr - max_log_w - 1e-6 * (1.0 + std::fabs(thr) + std::fabs(max_log_w));
+  const double g0 = (thr - max_log_w) - 1e-12 * (1.0 + std::fabs(thr) + std::fabs(max_log_w));
+  if (g0 != g0) return 0.0;  // inf - inf
   return std::exp(-std::exp(-g0)) * (1.0 - 1e-12);
 }
 
@@ -155,7 +158,7 @@ class PruneTable {
       return e < -63 ? 0 : (e > 62 ? 127 : e + 64);
     }
     const double x = (beta_ * s - base_) * 16.0;
-    return x < 0.0 ? 0 : (x >= 511.0 ? 511 : static_cast<int>(x));
+    return !(x < 511.0) ? 511 : (x < 0.0 ? 0 : static_cast<int>(x));  // NaN (unreachable): no pruning
   }
   int bucket(double s, double r) const {
     return mode_ == kModeSoftRank ? bucket_for<kModeSoftRank>(s, r)
