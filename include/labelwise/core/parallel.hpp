@@ -5,7 +5,9 @@ namespace labelwise {
 
 /// Number of CPU threads labelwise uses (default: LABELWISE_NUM_THREADS, else all cores).
 int num_threads();
-/// Sets the CPU thread count; n <= 0 restores the default. Results never depend on it.
+/// Sets the CPU thread count; n <= 0 restores the default. Results never depend on it. Process-wide:
+/// call it between labelwise calls, not while another thread is inside one (a call sizes its
+/// per-thread scratch from the count when it starts).
 void set_num_threads(int n);
 
 /// True when this build of labelwise contains the CUDA kernels.
