@@ -126,6 +126,27 @@ std::vector<std::uint8_t> labelled_mask(const TensorView& labeled, bool has_labe
 
 std::string row_str(std::int64_t i) { return "row [" + std::to_string(i) + "]"; }
 
+/// Throws the error of a failed row check of `arg` (features / embeddings) in `fn`; returns on kDivOk.
+void throw_row_failure(const detail::DiversityFailure& f, const char* arg, const char* fn) {
+  const std::string row = std::string(arg) + ": " + row_str(f.item);
+  switch (f.status) {
+    case detail::kDivOk: return;
+    case detail::kDivNonFinite: throw Error(ErrorKind::Value, row + " contains NaN or Inf");
+    case detail::kDivZeroRow:
+      throw Error(ErrorKind::Value, row + " is all zeros; metric='cosine' needs rows of nonzero norm");
+    case detail::kDivNormOverflow:
+      throw Error(ErrorKind::Value, row + " is too large: its squared norm exceeds 4.5e307, more than float64 "
+                                          "distances between such rows can hold (scale the " + arg + " down)");
+    case detail::kDivNormRange:
+      throw Error(ErrorKind::Value, row + " has a squared norm outside the normal float64 range [2.2e-308, "
+                                          "1.8e308], so it cannot be normalised for metric='cosine' (rescale the " +
+                                          arg + "; cosine distances do not depend on the scale of a row)");
+    default:
+      throw Error(ErrorKind::Runtime, std::string(fn) + ": failed with status " + std::to_string(f.status) + " at " +
+                                          row_str(f.item));
+  }
+}
+
 }  // namespace
 
 const char* coreset_metric_name(CoresetMetric metric) {
@@ -179,13 +200,8 @@ void coreset(const TensorView& features, const TensorView& labeled, std::int64_t
     job.device_index = features.device.index;
     job.stream = options.stream;
   }
-  const detail::DiversityFailure f = features.device.is_cuda() ? detail::coreset_cuda(job) : detail::coreset_cpu(job);
-  if (f.status == detail::kDivNonFinite)
-    throw Error(ErrorKind::Value, "features: " + row_str(f.item) + " contains NaN or Inf");
-  if (f.status == detail::kDivZeroRow)
-    throw Error(ErrorKind::Value, "features: " + row_str(f.item) +
-                                      " is all zeros; metric='cosine' needs rows of nonzero norm");
-  check(f.status == 0, ErrorKind::Runtime, "coreset: failed with status ", f.status, " at row ", f.item);
+  throw_row_failure(features.device.is_cuda() ? detail::coreset_cuda(job) : detail::coreset_cpu(job), "features",
+                    "coreset");
 }
 
 void average_linkage_clusters(const TensorView& embeddings, const TensorView& clusters,
@@ -207,9 +223,7 @@ void average_linkage_clusters(const TensorView& embeddings, const TensorView& cl
   check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
         "] (one per row of embeddings ", embeddings.shape_str(), "), got ", clusters.shape_str());
   check_outputs({{clusters, "clusters"}}, {{embeddings, "embeddings"}});
-  const detail::DiversityFailure f = detail::first_non_finite_row(job.x);
-  if (f.status == detail::kDivNonFinite)
-    throw Error(ErrorKind::Value, "embeddings: " + row_str(f.item) + " contains NaN or Inf");
+  throw_row_failure(detail::first_bad_euclidean_row(job.x), "embeddings", "average_linkage_clusters");
   job.distance = options.distance;
   job.num_clusters = options.num_clusters;
   job.out = static_cast<std::int64_t*>(clusters.data);
@@ -256,11 +270,8 @@ void weighted_kmeans(const TensorView& features, const TensorView& scores, std::
     job.device_index = features.device.index;
     job.stream = options.stream;
   }
-  const detail::DiversityFailure f =
-      features.device.is_cuda() ? detail::weighted_kmeans_cuda(job) : detail::weighted_kmeans_cpu(job);
-  if (f.status == detail::kDivNonFinite)
-    throw Error(ErrorKind::Value, "features: " + row_str(f.item) + " contains NaN or Inf");
-  check(f.status == 0, ErrorKind::Runtime, "weighted_kmeans: failed with status ", f.status, " at row ", f.item);
+  throw_row_failure(features.device.is_cuda() ? detail::weighted_kmeans_cuda(job) : detail::weighted_kmeans_cpu(job),
+                    "features", "weighted_kmeans");
 }
 
 void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,

@@ -12,6 +12,11 @@
 namespace labelwise {
 namespace detail {
 
+/// The largest squared row norm of the Euclidean metrics: squared distances between such rows (at most
+/// 2(||a||² + ||b||²)) and sums of two of them stay finite in float64. BADGE's embeddings are held
+/// to it too (||g||² = ||a||²·||h||² <= 2·||h||²).
+constexpr double kMaxEmbeddingNorm2 = 4.49423283715578976e307;  // DBL_MAX / 4
+
 enum DiversityStatus : int {
   kDivOk = 0,
   kDivNonFinite = 1,     // NaN / Inf in a row (item = row)
@@ -19,11 +24,20 @@ enum DiversityStatus : int {
   kDivNegative = 3,      // negative probability
   kDivUnnormalised = 4,  // probabilities / log-probabilities not summing to 1
   kDivAllNegInf = 5,     // logits row of -inf only
-  kDivNormOverflow = 6,  // BADGE: an embedding row whose squared norm exceeds kMaxEmbeddingNorm2
+  kDivNormOverflow = 6,  // a row whose squared norm exceeds kMaxEmbeddingNorm2 (BADGE embeddings;
+                         // Euclidean core-set, weighted k-means and linkage features)
+  kDivNormRange = 7,     // cosine: a nonzero row whose squared norm is outside the normal float64 range
 };
-/// BADGE's largest squared embedding norm: ||g||² = ||a||²·||h||² <= 2·||h||², and sums of two such
-/// values must stay finite in float64.
-constexpr double kMaxEmbeddingNorm2 = 4.49423283715578976e307;  // DBL_MAX / 4
+
+/// The check of one finite row from its squared norm ss (summed in float64, so that it may overflow
+/// to +inf or underflow) and whether any entry is nonzero. Euclidean metrics: ss <= kMaxEmbeddingNorm2;
+/// cosine: the row is scaled by 1/sqrt(ss), which needs ss a normal, finite double (else the norm is
+/// wrong: a row of 1e-190s is not zero, a row of 1e200s not the origin).
+LABELWISE_HD inline int row_norm_status(double ss, bool nonzero, bool cosine) {
+  if (!cosine) return ss <= kMaxEmbeddingNorm2 ? kDivOk : kDivNormOverflow;
+  if (!nonzero) return kDivZeroRow;
+  return ss >= 2.2250738585072014e-308 && ss <= 1.7976931348623157e308 ? kDivOk : kDivNormRange;
+}
 
 struct DiversityFailure {
   int status = kDivOk;
@@ -87,7 +101,9 @@ struct LinkageJob {
 };
 
 /// The first row of x (lowest index) with NaN / Inf as {kDivNonFinite, row}; {} when all are finite.
-DiversityFailure first_non_finite_row(const Matrix& x);
+/// The first row (lowest index) with NaN / Inf (kDivNonFinite) or a squared norm that Euclidean
+/// distances cannot hold (kDivNormOverflow); kDivOk when none.
+DiversityFailure first_bad_euclidean_row(const Matrix& x);
 
 /// Average-linkage clustering, cut into flat clusters (src/cpu/linkage_cpu.cpp).
 void average_linkage_cpu(const LinkageJob& job);

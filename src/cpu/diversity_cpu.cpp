@@ -86,19 +86,27 @@ const T* row_ptr(const Matrix& m, std::int64_t i) {
   return static_cast<const T*>(m.data) + i * m.row_stride;
 }
 
-/// ||row i of m||² accumulated in index order in double, and whether the whole row is finite.
+/// ||row i of m||² accumulated in index order in double, whether the whole row is finite and whether
+/// any entry is nonzero.
 template <typename T>
-double row_norm2(const Matrix& m, std::int64_t i, bool& finite) {
+double row_norm2(const Matrix& m, std::int64_t i, bool& finite, bool& nonzero) {
   const T* r = row_ptr<T>(m, i);
   double s = 0.0;
-  bool ok = true;
+  bool ok = true, nz = false;
   for (std::int64_t k = 0; k < m.cols; ++k) {
     const double v = static_cast<double>(r[k * m.col_stride]);
     ok &= std::isfinite(v);
+    nz |= v != 0.0;
     s += v * v;
   }
   finite = ok;
+  nonzero = nz;
   return s;
+}
+template <typename T>
+double row_norm2(const Matrix& m, std::int64_t i, bool& finite) {
+  bool nonzero = false;
+  return row_norm2<T>(m, i, finite, nonzero);
 }
 
 /// Row i of m, times `scale`, as doubles.
@@ -123,19 +131,14 @@ DiversityFailure coreset_run(const CoresetJob& job) {
     std::vector<DiversityFailure> fails(slots());
     parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
       for (std::int64_t i = begin; i < end; ++i) {
-        bool finite = true;
-        const double ss = row_norm2<T>(x, i, finite);
-        if (!finite) {
-          fails[w] = {kDivNonFinite, i};
+        bool finite = true, nonzero = false;
+        const double ss = row_norm2<T>(x, i, finite, nonzero);
+        const int st = finite ? row_norm_status(ss, nonzero, cosine) : kDivNonFinite;
+        if (st != kDivOk) {
+          fails[w] = {st, i};
           return;
         }
-        if (cosine) {
-          if (ss == 0.0) {
-            fails[w] = {kDivZeroRow, i};
-            return;
-          }
-          scale[i] = 1.0 / std::sqrt(ss);
-        }
+        if (cosine) scale[i] = 1.0 / std::sqrt(ss);
       }
     });
     const DiversityFailure f = first_failure(fails);
@@ -419,16 +422,14 @@ std::pair<std::int64_t, double> nearest_centre(const double* row, const std::vec
 
 /// The first row (lowest index, whatever the thread count) with NaN / Inf: {kDivNonFinite, row}.
 template <typename T>
-DiversityFailure first_non_finite_row_of(const Matrix& x) {
+DiversityFailure first_bad_euclidean_row_of(const Matrix& x) {
   std::vector<DiversityFailure> fails(static_cast<std::size_t>(slots()));
   parallel_for(x.rows, grain_rows(x.cols), [&](std::int64_t begin, std::int64_t end, int w) {
     for (std::int64_t i = begin; i < end && fails[w].status == kDivOk; ++i) {
-      const T* r = row_ptr<T>(x, i);
-      for (std::int64_t k = 0; k < x.cols; ++k)
-        if (!std::isfinite(static_cast<double>(r[k * x.col_stride]))) {
-          fails[w] = {kDivNonFinite, i};
-          break;
-        }
+      bool finite = true;
+      const double ss = row_norm2<T>(x, i, finite);
+      const int st = finite ? row_norm_status(ss, true, false) : kDivNonFinite;
+      if (st != kDivOk) fails[w] = {st, i};
     }
   });
   return first_failure(fails);
@@ -438,7 +439,7 @@ template <typename T>
 DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
   const Matrix& x = job.x;
   const std::int64_t d = x.cols, b = job.b;
-  const DiversityFailure bad = first_non_finite_row_of<T>(x);
+  const DiversityFailure bad = first_bad_euclidean_row_of<T>(x);
   if (bad.status != kDivOk) return bad;
   if (b == 0) return {};
   const std::vector<std::int64_t> cand = weighted_kmeans_candidates(job.weights, b, job.prefilter);
@@ -555,7 +556,7 @@ std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, 
     const std::int64_t c = assign[j];
     wsum[c] += wc[j];
     const double v = row_sq(&X[j * d], d, &centres[c * d]);
-    if (v < rep_d[c] || (v == rep_d[c] && cand[j] < cand[rep[c]])) {
+    if (rep[c] < 0 || v < rep_d[c] || (v == rep_d[c] && cand[j] < cand[rep[c]])) {
       rep_d[c] = v;
       rep[c] = j;
     }
@@ -586,8 +587,8 @@ DiversityFailure badge_cpu(const BadgeJob& job) {
   return job.x.dtype == DType::Float32 ? badge_h<float>(job) : badge_h<double>(job);
 }
 
-DiversityFailure first_non_finite_row(const Matrix& x) {
-  return x.dtype == DType::Float32 ? first_non_finite_row_of<float>(x) : first_non_finite_row_of<double>(x);
+DiversityFailure first_bad_euclidean_row(const Matrix& x) {
+  return x.dtype == DType::Float32 ? first_bad_euclidean_row_of<float>(x) : first_bad_euclidean_row_of<double>(x);
 }
 
 }  // namespace detail

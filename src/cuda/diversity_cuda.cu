@@ -107,19 +107,27 @@ __device__ inline double warp_dot(const DevMatrix& m, std::int64_t i, const doub
   return warp_sum(s);
 }
 
-/// ||x_i||² by the warp (every lane gets the value), and whether the whole row is finite.
+/// ||x_i||² by the warp (every lane gets the value), whether the whole row is finite and whether any
+/// entry is nonzero.
 template <typename T>
-__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite) {
+__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite, bool& nonzero) {
   const T* r = row_of<T>(m, i);
-  bool ok = true;
+  bool ok = true, nz = false;
   double s = 0.0;
   for (std::int64_t k = lane; k < m.cols; k += kWarp) {
     const double v = static_cast<double>(r[k * m.cs]);
     ok &= isfinite(v);
+    nz |= v != 0.0;
     s += v * v;
   }
   finite = __all_sync(0xffffffffu, ok);
+  nonzero = __any_sync(0xffffffffu, nz);
   return warp_sum(s);
+}
+template <typename T>
+__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite) {
+  bool nonzero = false;
+  return warp_norm2<T>(m, i, lane, finite, nonzero);
 }
 
 __device__ inline std::int64_t global_warp() {
@@ -129,21 +137,19 @@ __device__ inline std::int64_t warp_count() { return static_cast<std::int64_t>(g
 
 // ---- core-set ---------------------------------------------------------------------------------------
 
-/// NaN / Inf rows (and zero rows for cosine) -> failure (row << 3 | status, lowest row wins); the
-/// inverse norms for cosine; mins = -1 (labelled) or +inf.
+/// NaN / Inf rows and rows that fail row_norm_status -> failure (row << 3 | status, lowest row wins);
+/// the inverse norms for cosine; mins = -1 (labelled) or +inf.
 template <typename T>
 __global__ void coreset_prepare(DevMatrix x, bool cosine, const std::uint8_t* labeled, double* scale, double* mins,
                                 u64* failure) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
-    bool finite = true;
-    const double ss = warp_norm2<T>(x, i, lane, finite);
+    bool finite = true, nonzero = false;
+    const double ss = warp_norm2<T>(x, i, lane, finite, nonzero);
     if (lane == 0) {
-      if (!finite)
-        atomicMin(failure, (static_cast<u64>(i) << 3) | kDivNonFinite);
-      else if (cosine && ss == 0.0)
-        atomicMin(failure, (static_cast<u64>(i) << 3) | kDivZeroRow);
-      if (cosine) scale[i] = ss > 0.0 ? 1.0 / sqrt(ss) : 0.0;
+      const int st = finite ? row_norm_status(ss, nonzero, cosine) : kDivNonFinite;
+      if (st != kDivOk) atomicMin(failure, (static_cast<u64>(i) << 3) | static_cast<u64>(st));
+      if (cosine) scale[i] = st == kDivOk ? 1.0 / sqrt(ss) : 0.0;
       mins[i] = labeled[i] ? -1.0 : INFINITY;
     }
   }
@@ -548,14 +554,16 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
 
 // ---- uncertainty-weighted k-means -------------------------------------------------------------------
 
-/// NaN / Inf rows -> failure (row << 3 | kDivNonFinite; the lowest row wins), one warp per row.
+/// NaN / Inf rows and rows too large for Euclidean distances -> failure (row << 3 | status; the
+/// lowest row wins), one warp per row (first_bad_euclidean_row on the CPU).
 template <typename T>
-__global__ void check_finite_rows(DevMatrix x, u64* failure) {
+__global__ void check_euclidean_rows(DevMatrix x, u64* failure) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
     bool finite = true;
-    warp_norm2<T>(x, i, lane, finite);
-    if (lane == 0 && !finite) atomicMin(failure, (static_cast<u64>(i) << 3) | kDivNonFinite);
+    const double ss = warp_norm2<T>(x, i, lane, finite);
+    const int st = finite ? row_norm_status(ss, true, false) : kDivNonFinite;
+    if (lane == 0 && st != kDivOk) atomicMin(failure, (static_cast<u64>(i) << 3) | static_cast<u64>(st));
   }
 }
 
@@ -579,7 +587,7 @@ DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job, int sms, cuda
   std::int64_t* out_idx = ws.take<std::int64_t>(b);
 
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(u64), stream));
-  check_finite_rows<T><<<blocks_for(n, kWarpsPerBlock, sms), kBlock, 0, stream>>>(x, failure);
+  check_euclidean_rows<T><<<blocks_for(n, kWarpsPerBlock, sms), kBlock, 0, stream>>>(x, failure);
   LABELWISE_CUDA_CHECK(cudaGetLastError());
   u64 host_failure = kNoFailure;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&host_failure, failure, sizeof(u64), cudaMemcpyDeviceToHost, stream));

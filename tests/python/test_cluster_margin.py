@@ -111,6 +111,10 @@ def test_cluster_margin_errors():
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match=r"row \[3\] contains NaN"):
         A.cluster_margin_clusters(bad, num_clusters=2)
+    bad = emb.copy()
+    bad[5] = 1e300
+    with pytest.raises(ValueError, match=r"embeddings: row \[5\] is too large"):
+        A.cluster_margin_clusters(bad, num_clusters=2)
     with pytest.raises(ValueError, match="distance"):
         A.cluster_margin_clusters(emb, distance=-1.0)
     with pytest.raises(ValueError, match="num_clusters"):

@@ -311,6 +311,24 @@ def test_coreset_bad_inputs(rng):
     with pytest.raises(ValueError, match=r"row \[2\] is all zeros"):
         A.coreset(y, None, 1, metric="cosine")
     A.coreset(y, None, 1)  # fine for Euclidean
+    # Norms float64 cannot hold: Euclidean squared distances would overflow (every pick a tie at +inf);
+    # cosine rows would be normalised by an underflowed / overflowed norm (a row of 1e-190s is not zero).
+    big = x.copy()
+    big[3] *= 1e200
+    with pytest.raises(ValueError, match=r"features: row \[3\] is too large: its squared norm exceeds 4.5e307"):
+        A.coreset(big, None, 2)
+    for scale in (1e-190, 1e200):
+        odd = x.copy()
+        odd[1] = scale * np.array([1.0, 0.5, 0.25])
+        with pytest.raises(ValueError, match=r"features: row \[1\] has a squared norm outside the normal float64 range"):
+            A.coreset(odd, None, 2, metric="cosine")
+    # Just inside both ranges: accepted, and cosine picks equal those of the rescaled rows.
+    edge = x.copy()
+    edge[0] *= 1e150
+    A.coreset(edge, None, 3)
+    small, ref = A.coreset(x * 1e-150, None, 4, metric="cosine"), A.coreset(x, None, 4, metric="cosine")
+    np.testing.assert_array_equal(small[0], ref[0])
+    np.testing.assert_allclose(small[1], ref[1], rtol=1e-12)
     with pytest.raises(ValueError, match="metric"):
         A.coreset(x, None, 1, metric="manhattan")
     with pytest.raises(TypeError, match="dtype float32 or float64"):
@@ -548,6 +566,10 @@ def test_weighted_kmeans_bad_inputs(rng):
     y = x.copy()
     y[2, 0] = np.inf
     with pytest.raises(ValueError, match=r"features: row \[2\] contains NaN or Inf"):
+        A.weighted_kmeans(y, w, 2)
+    y = x.copy()
+    y[4] = 1e300  # distances to it overflow (a nearest centre at +inf read out of bounds before)
+    with pytest.raises(ValueError, match=r"features: row \[4\] is too large: its squared norm exceeds 4.5e307"):
         A.weighted_kmeans(y, w, 2)
     with pytest.raises(ValueError, match="prefilter: expected an integer >= 1"):
         A.weighted_kmeans(x, w, 2, prefilter=0)
