@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -63,8 +64,8 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
   check(N > 0, ErrorKind::Value, "x: the pool is empty (shape ", x.shape_str(), ")");
   check(K >= 2, ErrorKind::Value, "batchbald: needs at least 2 samples, but the sample axis (axis ", sa, ") has ", K,
         " (shape ", x.shape_str(), ")");
-  check(C >= 2, ErrorKind::Value, "x: the class axis (axis ", ca, ") has ", C,
-        " entry; at least 2 classes are needed (shape ", x.shape_str(), ")");
+  check(C >= 2, ErrorKind::Value, "x: the class axis (axis ", ca, ") has ", C, C == 1 ? " entry" : " entries",
+        "; at least 2 classes are needed (shape ", x.shape_str(), ")");
   check(K <= (1 << 20) && C <= (1 << 20), ErrorKind::Value, "x: sample or class axis longer than 2^20 (shape ",
         x.shape_str(), ")");
   check(N <= std::numeric_limits<std::int64_t>::max() / (K * C), ErrorKind::Value, "x: shape ", x.shape_str(),
@@ -155,15 +156,35 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
   detail::batchbald_cpu(job);
 }
 
+/// batchbald_impl, with a failed host allocation reported by its sizes: the joint-configuration
+/// table grows to about num_samples × K float64 values (num_samples may be up to 2^31), next to the
+/// pool's dense probabilities.
+void batchbald_checked(const TensorView& x, std::int64_t b, const TensorView& indices, const TensorView* scores,
+                       const BatchBaldOptions& options) {
+  try {
+    batchbald_impl(x, b, indices, scores, options);
+  } catch (const std::bad_alloc&) {
+    // Allocation starts after the shape checks: x has rank 3 and a valid sample axis here.
+    const double k = static_cast<double>(x.shape[((options.sample_axis % 3) + 3) % 3]);
+    const double table_gib = static_cast<double>(options.num_samples) * k * 8.0 / 1073741824.0;
+    const double pool_gib = static_cast<double>(x.numel()) * 8.0 / 1073741824.0;
+    throw Error(ErrorKind::Runtime, "batchbald: out of host memory. Its table of joint configurations grows to about "
+                                    "num_samples x K float64 values (num_samples = " +
+                                        std::to_string(options.num_samples) + ": up to " + std::to_string(table_gib) +
+                                        " GiB) next to the pool's probabilities in float64 (" +
+                                        std::to_string(pool_gib) + " GiB); lower num_samples");
+  }
+}
+
 }  // namespace
 
 void batchbald(const TensorView& x, std::int64_t b, const TensorView& indices, const BatchBaldOptions& options) {
-  batchbald_impl(x, b, indices, nullptr, options);
+  batchbald_checked(x, b, indices, nullptr, options);
 }
 
 void batchbald(const TensorView& x, std::int64_t b, const TensorView& indices, const TensorView& scores,
                const BatchBaldOptions& options) {
-  batchbald_impl(x, b, indices, &scores, options);
+  batchbald_checked(x, b, indices, &scores, options);
 }
 
 }  // namespace labelwise

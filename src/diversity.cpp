@@ -349,6 +349,9 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
         " but margins is on ", margins.device.str());
   check(indices.device == margins.device, ErrorKind::Value, "indices: is on ", indices.device.str(),
         " but margins is on ", margins.device.str());
+  if (has_labeled)  // on the host or with the margins, as for coreset
+    check(labeled.device.is_cpu() || labeled.device == margins.device, ErrorKind::Value, "labeled: is on ",
+          labeled.device.str(), " but margins is on ", margins.device.str());
   // Everything here is O(N) scalars: CUDA arrays are read through host copies.
   const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "margins", options.stream);
   const HostSpan margin_span = host_span(margins, "margins", options.stream);

@@ -285,7 +285,9 @@ def batchbald(
     Joint entropies are exact while ``C**m <= num_samples`` (``m`` = items already chosen, the
     reference's rule) and estimated from ``K * max(1, num_samples // K)`` joint configurations drawn
     with Philox(``seed``) after that; the picks are a pure function of the arguments (any thread
-    count).
+    count), except that candidates tied mathematically but not in their float64 scores (saturated
+    or symmetric pools) are ordered by rounding, which may differ between CPU kernels, CUDA and
+    batchbald-redux (docs/acquisition.md, "Greedy step").
 
     Returns ``(indices, scores)``: int64 ``[b]`` in the order chosen (ties by the lower index) and
     float64 ``[b]`` where ``scores[i]`` is the (estimated) joint mutual information between the
@@ -312,17 +314,18 @@ def batchbald(
     m = max(0, min(b, n_items))
     idx = _empty(xa, (m,), "int64")
     scores = _empty(xa, (m,), "float64")
+    stream = _stream_of(xa)
     _core.batchbald(
-        _arrays.capsule(xa),
+        _arrays.capsule(xa, stream=stream),
         b,
-        _arrays.capsule(idx, writable=True),
-        _arrays.capsule(scores, writable=True),
+        _arrays.capsule(idx, stream=stream, writable=True),
+        _arrays.capsule(scores, stream=stream, writable=True),
         int(ns),
         _seed(seed),
         input,
         int(sample_axis),
         int(class_axis),
-        _stream_of(xa),
+        stream,
     )
     return idx, scores
 
@@ -386,7 +389,9 @@ def coreset(
     Keeps every item's distance to the nearest labelled-or-chosen item and picks, ``b`` times, the
     unlabelled item farthest from that set (ties: lower index); one pass over the pool per pick.
 
-    features : ``[N, D]`` float32 / float64, CPU (any strides; finite; cosine: no all-zero row).
+    features : ``[N, D]`` float32 / float64, CPU or CUDA, any strides; finite, with squared row
+        norms within float64's reach (Euclidean: at most 4.5e307; cosine: nonzero rows whose squared
+        norm is a normal double, 2.2e-308 to 1.8e308) — other rows are named in a ``ValueError``.
     labeled : ``None`` (nothing labelled), a boolean mask ``[N]`` (uint8 also accepted) or an
         integer index array ``[M]`` (0 <= index < N; repeats allowed).
     b : ``0 <= b <=`` number of unlabelled items (``b = 0``: empty result, inputs still validated).
@@ -413,15 +418,16 @@ def coreset(
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
     radii = _empty(x, (m,), "float64")
+    stream = _stream_of(x)
     _core.coreset(
-        _arrays.capsule(x),
-        None if lab is None else _arrays.capsule(lab),
+        _arrays.capsule(x, stream=stream),
+        None if lab is None else _arrays.capsule(lab, stream=stream),
         b,
-        _arrays.capsule(idx, writable=True),
-        _arrays.capsule(radii, writable=True),
+        _arrays.capsule(idx, stream=stream, writable=True),
+        _arrays.capsule(radii, stream=stream, writable=True),
         metric,
         bool(prune),
-        _stream_of(x),
+        stream,
     )
     return idx, radii
 
@@ -450,8 +456,9 @@ def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs") -
     shape = tuple(int(d) for d in x.shape)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
-    _core.badge(_arrays.capsule(x), _arrays.capsule(e), b, _arrays.capsule(idx, writable=True), s, input,
-                _stream_of(x))
+    stream = _stream_of(x)
+    _core.badge(_arrays.capsule(x, stream=stream), _arrays.capsule(e, stream=stream), b,
+                _arrays.capsule(idx, stream=stream, writable=True), s, input, stream)
     return idx
 
 
@@ -486,8 +493,9 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     shape = tuple(int(d) for d in x.shape)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
-    _core.weighted_kmeans(_arrays.capsule(x), _arrays.capsule(s), b, _arrays.capsule(idx, writable=True), pre, it,
-                          _stream_of(x))
+    stream = _stream_of(x)
+    _core.weighted_kmeans(_arrays.capsule(x, stream=stream), _arrays.capsule(s, stream=stream), b,
+                          _arrays.capsule(idx, stream=stream, writable=True), pre, it, stream)
     return idx
 
 
@@ -658,8 +666,10 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     cand = 0 if candidates is None else _arrays.check_int(candidates, "candidates", 1)
     lab = _labeled_array(labeled, _numel(m))
     idx = _empty(m, (_out_len(m, b),), "int64")
-    _core.cluster_margin(_arrays.capsule(m), _arrays.capsule(cl), None if lab is None else _arrays.capsule(lab), b,
-                         _arrays.capsule(idx, writable=True), cand, s, _stream_of(m))
+    stream = _stream_of(m)
+    _core.cluster_margin(_arrays.capsule(m, stream=stream), _arrays.capsule(cl, stream=stream),
+                         None if lab is None else _arrays.capsule(lab, stream=stream), b,
+                         _arrays.capsule(idx, stream=stream, writable=True), cand, s, stream)
     return idx
 
 

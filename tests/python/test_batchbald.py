@@ -159,6 +159,18 @@ def test_saturated_pool_matches_brute_force(rng):
     idx, sc = A.batchbald(p, 5, num_samples=10000, seed=0)
     np.testing.assert_array_equal(idx, want_i)
     np.testing.assert_allclose(sc, want_s, rtol=1e-11, atol=1e-12)
+    # The pruning cascade (built from 65 candidates on) in the sampled regime: the same bits on 1-3
+    # threads (the small pools of the other thread tests never build it).
+    got = []
+    try:
+        for t in (1, 2, 3):
+            lw.set_num_threads(t)
+            got.append(A.batchbald(p, 6, num_samples=300, seed=5))
+    finally:
+        lw.set_num_threads(0)
+    for i2, s2 in got[1:]:
+        np.testing.assert_array_equal(i2, got[0][0])
+        np.testing.assert_array_equal(s2, got[0][1])
 
 
 def test_b1_is_bald_argmax(rng):

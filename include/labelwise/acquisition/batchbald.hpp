@@ -23,10 +23,11 @@
 // within the rounding of their sums (about 1e-12 relative). The CUDA backend needs 4 · K · C doubles of
 // shared memory per block (K · C up to about 7000 on an H100) and 8 · N · K · C bytes of device memory.
 //
-// Errors (labelwise::Error): the metrics' input errors, rank != 3, K < 2, K or C above 2^20, b < 0 or
-// b > N, an empty pool,
-// num_samples < 1 (or above 2^31), wrong output dtypes / shapes / devices, CUDA input to a build
-// without CUDA, K · C too large for the device's shared memory.
+// Errors (labelwise::Error): the metrics' input errors, rank != 3, K < 2, C < 2, K or C above 2^20,
+// b < 0 or b > N, an empty pool, num_samples < 1 (or above 2^31), wrong output dtypes / shapes /
+// devices, CUDA input to a build without CUDA, K · C too large for the device's shared memory; a host
+// allocation that fails (the table grows to about num_samples · K doubles) as a Runtime error with
+// the sizes.
 #pragma once
 
 #include <cstdint>
