@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "knn_backend.hpp"
+#include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 #include "labelwise/propagation/spreading.hpp"
 
@@ -234,13 +235,39 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
   R.converged = false;
   std::int64_t it = 0;
   for (std::int64_t e = 0; e < N * C; ++e) diff[e] = std::fabs(F[e] - Fp[e]);
+  // Symmetric variant: the items that some label reaches (the labels' connected components). Each
+  // step carries label mass one hop further, shrunk by α (spreading), so the total change falls
+  // below `tol` long before the mass reaches items a few hops away: the loop does not stop on `tol`
+  // while such an item is still all zero (it would get the label -1 although a label reaches it).
+  // sklearn's variant keeps sklearn's rule (its unreached rows come out as class 0).
+  std::vector<std::uint8_t> reachable;
+  std::int64_t unreached = 0;  // reachable items whose row is all zero after the last step
+  if (!sk) {
+    reachable.assign(static_cast<std::size_t>(N), 0);
+    std::vector<std::int64_t> queue;
+    for (std::int64_t i = 0; i < N; ++i)
+      if (y[i] >= 0) {
+        reachable[i] = 1;
+        queue.push_back(i);
+      }
+    const std::size_t labelled = queue.size();
+    for (std::size_t h = 0; h < queue.size(); ++h)
+      for (std::int64_t p = S.ptr[queue[h]]; p < S.ptr[queue[h] + 1]; ++p)
+        if (!reachable[S.col[p]]) {
+          reachable[S.col[p]] = 1;
+          queue.push_back(S.col[p]);
+        }
+    unreached = static_cast<std::int64_t>(queue.size() - labelled);
+  }
+  std::vector<std::int64_t> zero_rows(static_cast<std::size_t>(std::max(1, num_threads())), 0);
   for (; it < opt.max_iter; ++it) {
-    if (numpy_sum_threads(diff.data(), N * C) < opt.tol) {
+    if (unreached == 0 && numpy_sum_threads(diff.data(), N * C) < opt.tol) {
       R.converged = true;
       break;
     }
     std::swap(F, Fp);  // Fp = previous F; F is overwritten below
-    detail::parallel_for(N, 512, [&](std::int64_t b, std::int64_t e, int) {
+    std::fill(zero_rows.begin(), zero_rows.end(), 0);
+    detail::parallel_for(N, 512, [&](std::int64_t b, std::int64_t e, int w) {
       std::vector<double> acc(C);
       for (std::int64_t i = b; i < e; ++i) {
         std::fill(acc.begin(), acc.end(), 0.0);
@@ -259,9 +286,16 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
           if (s == 0.0) s = 1.0;
           for (std::int64_t c = 0; c < C; ++c) dst[c] = acc[c] / s;
         }
-        for (std::int64_t c = 0; c < C; ++c) diff[i * C + c] = std::fabs(dst[c] - Fp[i * C + c]);
+        bool zero = true;
+        for (std::int64_t c = 0; c < C; ++c) {
+          diff[i * C + c] = std::fabs(dst[c] - Fp[i * C + c]);
+          zero &= dst[c] == 0.0;
+        }
+        if (!sk && zero && reachable[i]) ++zero_rows[w];
       }
     });
+    unreached = 0;
+    for (const std::int64_t z : zero_rows) unreached += z;
   }
   R.n_iter = it;
 

@@ -489,7 +489,8 @@ def label_spreading(
     ``[0, C)`` or ``-1`` (unlabelled); C = max label + 1 and every class needs a labelled item.
     Returns ``(distributions, labels)``: float64 ``[N, C]`` (rows sum to 1; all zeros for an item no
     label reaches) and int64 ``[N]`` (arg-max class; ``-1`` for unreached items with the symmetric
-    variant).
+    variant: items in components without a label, or more than ``max_iter`` hops from every label —
+    the symmetric variant does not stop on ``tol`` before every item a label reaches has mass).
 
     variant: ``"symmetric"`` (default): the symmetrised kNN graph W (the point itself excluded),
     S = D^-1/2 W D^-1/2, F <- alpha S F + (1 - alpha) Y. ``"sklearn"``: exactly

@@ -337,8 +337,10 @@ def test_symmetric_variant(rng):
 def symmetric_reference(X, labels, k, alpha, max_iter, tol, propagation):
     """The documented symmetric variant, dense and in float64: W = the kNN graph (brute force, ties by
     the lower index) or its transpose, S = D^-1/2 W D^-1/2 (spreading) or T = D^-1 W (propagation),
-    the stop rule sum |F - F_prev| < tol checked before each step (F_prev = 0 at first); propagation
-    divides each row by its sum after each step (0 stays 0) and resets the labelled rows."""
+    the stop rule sum |F - F_prev| < tol checked before each step (F_prev = 0 at first) and not taken
+    while an item that a label reaches (the labels' connected components, by breadth-first search) is
+    still all zero; propagation divides each row by its sum after each step (0 stays 0) and resets the
+    labelled rows."""
     N = len(X)
     idx, _ = brute_knn(X, k)
     W = np.zeros((N, N))
@@ -350,8 +352,18 @@ def symmetric_reference(X, labels, k, alpha, max_iter, tol, propagation):
     lab = labels >= 0
     Y[np.flatnonzero(lab), labels[lab]] = 1.0
     M = W / deg[:, None] if propagation else W / np.sqrt(np.outer(deg, deg))
+    reach = lab.copy()
+    frontier = lab.copy()
+    while frontier.any():
+        new = (W[frontier].sum(0) > 0) & ~reach
+        reach |= new
+        frontier = new
+
+    def unreached(F):
+        return int((reach & (F.sum(1) == 0)).sum())
+
     F, prev, n_iter = Y.copy(), np.zeros_like(Y), 0
-    while n_iter < max_iter and np.abs(F - prev).sum() >= tol:
+    while n_iter < max_iter and (np.abs(F - prev).sum() >= tol or unreached(F) > 0):
         prev = F
         if propagation:
             F = M @ F
@@ -361,7 +373,7 @@ def symmetric_reference(X, labels, k, alpha, max_iter, tol, propagation):
         else:
             F = alpha * (M @ F) + (1 - alpha) * Y
         n_iter += 1
-    converged = np.abs(F - prev).sum() < tol
+    converged = np.abs(F - prev).sum() < tol and unreached(F) == 0
     s = F.sum(1, keepdims=True)
     D = np.divide(F, s, out=np.zeros_like(F), where=s > 0)
     out = np.where(s[:, 0] > 0, D.argmax(1), -1)
@@ -396,6 +408,24 @@ def test_symmetric_variant_matches_dense_reference(rng, propagation):
         assert len(warned) == (0 if converged else 1), (max_iter, n_iter, converged)
         if max_iter == 2:
             assert not converged  # tol 1e-12 is not reached in two steps
+
+
+def test_symmetric_spreading_reaches_every_item_a_label_reaches():
+    """A chain of 300 points labelled at both ends: label mass h hops out is ~alpha^h, so the total
+    change per step falls below tol after a few steps. The symmetric variant must not stop there while
+    items connected to a label are still all zero (they came out -1: 260 of 300 did before)."""
+    X = np.arange(300.0)[:, None]
+    y = np.full(300, -1)
+    y[0], y[299] = 0, 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converges, no warning
+        d, lab = P.label_spreading(X, y, max_iter=1000)
+    assert (lab != -1).all() and (d.sum(1) > 0).all()
+    assert (lab[:140] == 0).all() and (lab[160:] == 1).all()
+    # Too few iterations to reach the middle: the unreached items keep -1, and the call says it did not converge.
+    with pytest.warns(RuntimeWarning, match="max_iter=30"):
+        _, lab = P.label_spreading(X, y, max_iter=30)
+    assert (lab == -1).sum() > 0 and (lab[:20] == 0).all() and (lab[-20:] == 1).all()
 
 
 def test_spreading_bad_input():

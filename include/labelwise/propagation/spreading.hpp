@@ -9,8 +9,10 @@
 //     Spreading: S = D^-1/2 W D^-1/2, F <- alpha S F + (1 - alpha) Y.
 //     Propagation: T = D^-1 W, F <- T F, each row divided by its sum (0 stays 0), labelled rows
 //     reset to their one-hot label.
-//     Items that no label reaches (another connected component) get an all-zero distribution and
-//     the label -1.
+//     The loop does not stop on tol while an item that a label reaches (the labels' connected
+//     components) is still all zero: mass h hops from a label is ~alpha^h, so the change per step
+//     falls below tol before it arrives. Items that no label reaches (another component), or that
+//     max_iter steps do not reach (converged = false), get an all-zero distribution and the label -1.
 //   Sklearn: reproduces sklearn.semi_supervised.LabelSpreading(kernel="knn") / LabelPropagation(
 //     kernel="knn") (scikit-learn 1.x): its directed kNN graph *including* the point itself, chosen
 //     with sklearn's own tie rule (more than 15 features or k >= N / 2: its brute-force max-heap,
