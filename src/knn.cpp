@@ -439,13 +439,13 @@ class SklearnKdTree {
 
 int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
                std::int64_t* out_idx, double* out_key) {
+  constexpr int kMaxEuclideanSpan = 480;  // binary orders of magnitude between the largest rows and the smallest
   const std::int64_t N = data.N, D = data.D;
   const bool cosine = metric == KnnMetric::Cosine;
   const bool sk = rule == KnnRule::Sklearn;
   const int T = sklearn_threads > 0 ? sklearn_threads : num_threads();
   const double* X = data.x.data();
-  // ---- scale by powers of two (exact: the same sums, scaled, unless the data span more than ~2^1000,
-  // where the smallest values become subnormal) where the magnitudes leave [2^-30, 2^31):
+  // ---- scale by powers of two (exact: the same sums, scaled) where the magnitudes leave [2^-30, 2^31):
   // beyond, ||x||^2 or the float32 candidate keys overflow (1e19 and up), or squared differences underflow
   // (1e-170 and below). Euclidean: the whole matrix by one factor 2^-shift; cosine: each row by its own.
   std::vector<double> scaled;
@@ -464,7 +464,22 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
         });
       }
     } else {
-      const int top = *std::max_element(row_exp.begin(), row_exp.end());  // the largest magnitude's exponent
+      const auto top_it = std::max_element(row_exp.begin(), row_exp.end());  // the largest magnitude's exponent
+      const int top = *top_it;
+      // One factor for the whole matrix keeps the search exact only while every row's squared
+      // differences stay normal doubles after it: rows more than ~2^511 below the largest underflow
+      // (wrong neighbours, distances of 0). Refused, naming both rows, beyond a span of 2^480.
+      std::int64_t low_row = -1;
+      for (std::int64_t i = 0; i < N; ++i)
+        if (row_exp[i] != INT_MIN && (low_row < 0 || row_exp[i] < row_exp[low_row])) low_row = i;
+      if (low_row >= 0 && top - row_exp[low_row] > kMaxEuclideanSpan)
+        throw Error(ErrorKind::Value,
+                    "features: row " + std::to_string(top_it - row_exp.begin()) + " (largest |x| ~2^" +
+                        std::to_string(top) + ") and row " + std::to_string(low_row) + " (largest |x| ~2^" +
+                        std::to_string(row_exp[low_row]) + ") differ in magnitude by more than 2^" +
+                        std::to_string(kMaxEuclideanSpan) +
+                        ": float64 squared distances cannot hold both (scaled to fit the large rows, the small "
+                        "rows' differences underflow); rescale or clip the outlying rows");
       if (outside(top)) {
         shift = top;
         scaled.resize(data.x.size());

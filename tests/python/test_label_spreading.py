@@ -92,6 +92,23 @@ def test_knn_graph_is_scale_free(rng, N):
     np.testing.assert_allclose(gd, cd, rtol=1e-9, atol=1e-15)
 
 
+def test_knn_graph_rows_of_very_different_magnitudes(rng):
+    """One factor cannot scale rows 2^500 apart (the small rows' squared differences underflow once the
+    large row fits): refused, naming both rows; a span of ~2^465 still equals the float64 brute force."""
+    X = rng.normal(size=(300, 3))
+    X[7] *= 1e140
+    idx, dist = P.knn_graph(X, 4)
+    want_i, want_d = brute_knn(X, 4)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-12)
+    X[7] *= 1e10
+    with pytest.raises(ValueError, match=r"features: row 7 \(largest \|x\| ~2\^.*\) and row \d+ .* more than 2\^480"):
+        P.knn_graph(X, 4)
+    with pytest.raises(ValueError, match=r"more than 2\^480"):
+        P.label_spreading(X, np.r_[0, 1, np.full(298, -1)], k=4)
+    P.knn_graph(X, 4, metric="cosine")  # each row scaled by its own factor: fine
+
+
 def test_knn_graph_bad_input():
     X = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ValueError, match="k"):
