@@ -328,7 +328,8 @@ def certify_threshold(
 
 
 def label_issues(probs: Any, given_labels: Any, *, class_axis: int = 1) -> LabelIssues:
-    """Likely wrong labels by confident learning (the off-diagonal of the confident joint).
+    """Likely wrong labels by confident learning: the items off the diagonal of the confident joint,
+    except those whose given label is the model's own arg-max prediction.
 
     probs: ``[N, C]`` out-of-sample predicted probabilities (e.g. cross-validated), float32 / float64,
         CPU (``class_axis=0`` for ``[C, N]``). given_labels: ``[N]`` integers in ``[0, C)`` or ``-1``
@@ -383,10 +384,12 @@ def knn_graph(features: Any, k: int, *, metric: str = "euclidean"):
     float64 refinement and certificate; docs/propagation.md, "kNN graph").
 
     Brute force by blocked float32 GEMM (1024 x 1024 blocks on and above the diagonal, 4 MiB per
-    thread; memory O(N (D + threads * (k + 16))), never N^2), refined and certified in float64, so the
-    result equals a float64 brute force. Errors: ``ValueError`` for NaN / Inf (naming the row), ``k < 1`` or
-    ``k >= N``, empty input, a rank other than 2, an all-zero row with ``metric="cosine"``;
-    ``TypeError`` for non-float dtypes; ``RuntimeError`` for CUDA arrays in a build without CUDA.
+    thread; memory O(N (D + threads * (k + 16))) plus (N / 1024)^2 / 2 block pairs, never the N^2
+    distances), refined and certified in float64, so the result equals a float64 brute force.
+    Errors: ``ValueError`` for NaN / Inf (naming the row), ``k < 1`` or ``k >= N``, empty input, a
+    rank other than 2, an all-zero row with ``metric="cosine"``, Euclidean rows whose magnitudes span
+    more than 2^480; ``TypeError`` for non-float dtypes and non-integer ``k``; ``RuntimeError`` for
+    CUDA arrays in a build without CUDA.
     """
     features = _arrays.as_array(features, "features")
     shape = tuple(int(s) for s in features.shape)
@@ -394,7 +397,7 @@ def knn_graph(features: Any, k: int, *, metric: str = "euclidean"):
         raise ValueError(f"features: expected rank 2 ([N, D]), got shape {list(shape)}")
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric: expected 'euclidean' or 'cosine', got {metric!r}")
-    k = int(k)
+    k = _arrays.check_int(k, "k", 1)
     N = shape[0]
     if not 1 <= k < max(N, 1):
         raise ValueError(f"k: expected 1 <= k < N = {N} (the point itself is not its own neighbour), got {k}")
@@ -460,12 +463,12 @@ def _spread(features, labels, propagation, k, alpha, max_iter, tol, variant, skl
         _arrays.capsule(dist, writable=True),
         _arrays.capsule(out, writable=True),
         bool(propagation),
-        int(k),
+        _arrays.check_int(k, "k", 1),
         float(alpha),
-        int(max_iter),
+        _arrays.check_int(max_iter, "max_iter", 1),
         float(tol),
         variant,
-        0 if sklearn_threads is None else int(sklearn_threads),
+        0 if sklearn_threads is None else _arrays.check_int(sklearn_threads, "sklearn_threads", 0),
     )
     if not r["converged"]:
         warnings.warn(f"max_iter={int(max_iter)} was reached without convergence.", RuntimeWarning, stacklevel=3)
@@ -499,8 +502,9 @@ def label_spreading(
     its ``transduction_`` (with at most 15 features, where sklearn searches with a KD-tree, its tree
     is replayed: same tied neighbours). ``sklearn_threads``: the OpenMP thread count sklearn's
     brute-force search would use (more than 15 features; it decides which of several equidistant
-    points sklearn keeps); default: asked from sklearn when installed.
-    Warns (``RuntimeWarning``) when max_iter is reached without convergence, as sklearn does.
+    points sklearn keeps); default: asked from sklearn when installed, else (and for 0) labelwise's
+    own thread count. Warns (``RuntimeWarning``) when max_iter is reached without convergence, as
+    sklearn does. Integer arguments must be integers (``k=2.7`` is a ``TypeError``).
     """
     return _spread(features, labels, False, k, alpha, max_iter, tol, variant, sklearn_threads)
 

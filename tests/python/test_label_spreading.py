@@ -125,6 +125,15 @@ def test_knn_graph_bad_input():
         P.knn_graph(np.zeros((0, 3)), 1)
     with pytest.raises(ValueError, match="metric"):
         P.knn_graph(X, 3, metric="manhattan")
+    with pytest.raises(TypeError, match="k: expected an integer"):  # was silently truncated to 2
+        P.knn_graph(X, 2.7)
+    y = np.r_[0, 1, np.full(18, -1)]
+    with pytest.raises(TypeError, match="k: expected an integer"):
+        P.label_spreading(X, y, k=2.7)
+    with pytest.raises(TypeError, match="max_iter: expected an integer"):
+        P.label_spreading(X, y, k=3, max_iter=10.5)
+    with pytest.raises(ValueError, match="sklearn_threads: expected an integer >= 0"):
+        P.label_spreading(X, y, k=3, variant="sklearn", sklearn_threads=-1)
     z = X.copy()
     z[3] = 0
     with pytest.raises(ValueError, match="row 3"):

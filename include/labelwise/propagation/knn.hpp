@@ -17,7 +17,9 @@
 //   redone exactly in float64. The result is therefore exact: the same as a float64 brute force,
 //   with ties broken by the lower index. Details: docs/propagation.md ("kNN graph").
 //   Memory: O(N * (D + T * (k + 16))) for T threads, plus (Eigen path) one kKnnBlock x kKnnBlock
-//   float32 block per thread (4 MiB), never N^2.
+//   float32 block per thread (4 MiB) and the list of block pairs ((N / kKnnBlock)^2 / 2 entries),
+//   never the N^2 distances. Euclidean rows whose largest entries span more than 2^480 are refused
+//   (one power-of-two scale cannot serve both ends).
 // On CUDA (src/cuda/knn_cuda.cu; compiled, not yet run on a GPU): the same method and the same
 //   certification formula (src/knn_bound.hpp) on the device — float64 copy, validated there; centred /
 //   unit float32 rows; cuBLAS SGEMM (pedantic float32: no TF32) of 8192-row query blocks against 4096-row

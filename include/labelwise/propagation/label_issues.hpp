@@ -10,10 +10,12 @@
 //   2. Confident joint C[ỹ][y*]: item i with given label ỹ_i = a is counted in C[a][b] with
 //      b = arg max { p̂_ij : p̂_ij >= t_j } (ties: the lower class index); items with no class at or
 //      above its threshold are not counted.
-//   3. Label issues: the items counted off the diagonal (b != ỹ_i), ranked by self-confidence, lowest
-//      first (ties: lower item index).
+//   3. Label issues: the items counted off the diagonal (b != ỹ_i), except those whose given label is
+//      the model's own prediction (ỹ_i = arg max_j p̂_ij, the lower class on ties: the model agrees with
+//      the label although the item reaches another class's lower threshold; cleanlab drops these too),
+//      ranked by self-confidence, lowest first (ties: lower item index). The joint keeps them.
 //   We do not apply the paper's calibration of C to the label counts (Eq. 3): it rescales the cells
-//   but does not change which items lie off the diagonal, the only thing this function reports.
+//   but does not change which items lie off the diagonal, which is what this function reports.
 //
 // Shape contract
 //   probs        : [N, C] probabilities (class axis = class_axis: 1 or -1 for [N, C], 0 or -2 for

@@ -14,7 +14,7 @@
 //     falls below tol before it arrives. Items that no label reaches (another component), or that
 //     max_iter steps do not reach (converged = false), get an all-zero distribution and the label -1.
 //   Sklearn: reproduces sklearn.semi_supervised.LabelSpreading(kernel="knn") / LabelPropagation(
-//     kernel="knn") (scikit-learn 1.x): its directed kNN graph *including* the point itself, chosen
+//     kernel="knn") (scikit-learn 1.9.1, as tested): its directed kNN graph *including* the point itself, chosen
 //     with sklearn's own tie rule (more than 15 features or k >= N / 2: its brute-force max-heap,
 //     fed in the order its ArgKmin uses for `sklearn_threads` OpenMP threads; otherwise the order
 //     of the KD-tree its NearestNeighbors builds), its in-degree-normalised graph (spreading) or 1/k row
