@@ -140,6 +140,15 @@ def _metrics_arg(metrics: Any, allowed: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(names))
 
 
+def _index_offset_arg(index_offset: Any, items: int) -> int:
+    """``index_offset`` of sample() / score(): the global index of the call's first item (>= 0, and the
+    items' indices below 2^32: the masks' Philox counter holds them in 32 bits)."""
+    off = _arrays.check_int(index_offset, "index_offset", 0)
+    if off + items > 2**32:
+        raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {items} items")
+    return off
+
+
 def _chunk_arg(chunk_bytes: Any) -> Optional[int]:
     """``chunk_bytes`` of sample() / score(): checked (None or an integer >= 1) and otherwise ignored —
     deprecated since the fused kernel (it never holds more than one voxel's samples)."""
@@ -239,6 +248,15 @@ class _Head(nn.Module):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name}: contains NaN or Inf")
 
+    def _check_parameters(self) -> None:
+        """Every parameter finite, else a ValueError naming it and the first bad entry in its own
+        coordinates (e.g. ``conv.weight[1, 1, 0, 0]``), before any kernel sees the weights."""
+        for name, t in self.named_parameters():
+            bad = torch.nonzero(~torch.isfinite(t.detach()))
+            if bad.shape[0]:
+                raise ValueError(f"{name}{bad[0].tolist()} is {t.detach()[tuple(bad[0].tolist())].item()}: the head's "
+                                 "parameters must be finite")
+
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, num_classes={self.num_classes}, dims={self.dims}"
 
@@ -256,6 +274,16 @@ class _SampledHead(_Head):
     def _resolve_K(self, K: Any) -> int:
         raise NotImplementedError
 
+    def _check_kernel_limits(self, members: int) -> None:
+        """The fused sample / score kernel's limits, checked when the head is built (not at its first
+        score, after training): F < 2^28 features, C <= 4096 classes, fewer than 65536 members."""
+        if self.in_channels >= 2**28:
+            raise ValueError(f"in_channels: at most 2^28 - 1 for the fused sample / score kernel, got {self.in_channels}")
+        if self.num_classes > 4096:
+            raise ValueError(f"num_classes: at most 4096 for the fused sample / score kernel, got {self.num_classes}")
+        if members >= 65536:
+            raise ValueError(f"members: at most 65535 for the fused sample / score kernel, got {members}")
+
     def _weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """weight [M, C, F] and bias [M, C] (views of the convolutions' parameters where possible)."""
         raise NotImplementedError
@@ -264,9 +292,8 @@ class _SampledHead(_Head):
                                                                                      torch.Tensor, int, int]:
         x = self._check(features).detach()
         _chunk_arg(chunk_bytes)
-        off = _arrays.check_int(index_offset, "index_offset", 0)
-        if off + x.shape[0] > 2**32:
-            raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {x.shape[0]} items")
+        off = _index_offset_arg(index_offset, x.shape[0])
+        self._check_parameters()
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)  # float16 / bfloat16: exact in float32
         w, b = self._weights()
@@ -325,6 +352,9 @@ class _SampledHead(_Head):
         if K < 2:
             needing = [m for m in names if _core.metric_needs_samples(m)]
             if needing:
+                if isinstance(self, EnsembleHead):
+                    raise ValueError(f"metrics: {', '.join(needing)} need at least 2 samples, but this EnsembleHead "
+                                     "has members=1 (its members are its samples)")
                 raise ValueError(f"K: the metrics {', '.join(needing)} need K >= 2 samples, got K={K}")
         seed = _seed_arg(seed)
         x, w, b, off, stream = self._prepare(features, index_offset, chunk_bytes)
@@ -355,8 +385,19 @@ class MCDropoutHead(_SampledHead):
 
     def __init__(self, in_channels: int, num_classes: int, p: float = 0.5, dims: int = 2) -> None:
         super().__init__(in_channels, num_classes, dims)
-        self.p = _p_arg(p)
+        self._check_kernel_limits(1)
+        self.p = p
         self.conv = self._conv()
+
+    @property
+    def p(self) -> float:
+        """The dropout rate, in [0, 1 - 2**-32] (checked whenever it is set). Not part of the weights
+        file: a head loaded elsewhere must be built with the same ``p`` to draw the same samples."""
+        return self._p
+
+    @p.setter
+    def p(self, value: Any) -> None:
+        self._p = _p_arg(value)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self.p}"
@@ -394,6 +435,7 @@ class EnsembleHead(_SampledHead):
     def __init__(self, in_channels: int, num_classes: int, members: int = 5, dims: int = 2) -> None:
         super().__init__(in_channels, num_classes, dims)
         self.num_members = _arrays.check_int(members, "members", 1)
+        self._check_kernel_limits(self.num_members)
         self.members = nn.ModuleList([self._conv() for _ in range(self.num_members)])
 
     def extra_repr(self) -> str:
@@ -502,15 +544,21 @@ def _dirichlet_maps(alpha: torch.Tensor, names: Sequence[str]) -> Dict[str, torc
         elif m == "vacuity":
             out[m] = C / S[:, 0]
         elif m == "balentacq":
-            out[m] = _balentacq_dirichlet(alpha, S, mu, H)
+            out[m] = _balentacq_dirichlet(S, mu, H)
     return out
 
 
-def _balentacq_dirichlet(alpha: torch.Tensor, S: torch.Tensor, mu: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """BalEntAcq (docs/metrics.md) with the exact Beta(alpha_c, S - alpha_c) marginals of the Dirichlet,
-    i.e. what the moment-matched Beta of the sample metric converges to as K -> infinity."""
-    a = alpha
-    b = S - alpha
+def _balentacq_dirichlet(S: torch.Tensor, mu: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """BalEntAcq (docs/metrics.md) from the Dirichlet's exact marginal means and variances: the sample
+    metric's formula, floors included (mean and variance at least 1e-9), on mu_c = alpha_c / S and
+    var_c = mu_c (1 - mu_c) / (S + 1) — what the sample metric converges to as K -> infinity. Without
+    the floors, moment matching gives back Beta(alpha_c, S - alpha_c); with them (var below 1e-9,
+    S above ~3e4), the Beta parameters stay below ~1e9, where lgamma / digamma differences keep their
+    precision (at S ~ 1e16 the unfloored terms cancelled to noise and ranked certain voxels first)."""
+    m = mu.clamp(min=1e-9)
+    var = (mu * (1 - mu) / (S + 1)).clamp(min=1e-9)
+    a = m * m * (1 - m) / var - m
+    b = (1 / m - 1) * a
     ln_beta = torch.lgamma(a + 1) + torch.lgamma(b) - torch.lgamma(a + b + 1)
     ln_beta = torch.logaddexp(ln_beta, torch.full_like(ln_beta, math.log(1e-32)))
     h = ln_beta - a * torch.digamma(a + 1) - (b - 1) * torch.digamma(b) + (a + b - 1) * torch.digamma(a + b + 1)
@@ -519,7 +567,9 @@ def _balentacq_dirichlet(alpha: torch.Tensor, S: torch.Tensor, mu: torch.Tensor,
     mjent = t.sum(dim=1) + H
     s = (H + math.log(2.0)) / (mjent + H)
     s = torch.where(s < 0, 1 / s, s)
-    return s
+    top = mu.max(dim=1).values
+    # a certain voxel (top mean 1, or its Bernoulli variance below the floor): -inf, as the sample metric
+    return torch.where((H <= 0) | (top * (1 - top) < 1e-9), torch.full_like(s, -math.inf), s)
 
 
 class EvidentialHead(_Head):
@@ -549,6 +599,7 @@ class EvidentialHead(_Head):
     def _alpha64(self, features: torch.Tensor) -> torch.Tensor:
         x = self._check(features)
         self._check_finite(x)
+        self._check_parameters()
         z = F.conv2d if self.dims == 2 else F.conv3d
         logits = z(x.to(torch.float64), self.conv.weight.detach().to(device=x.device, dtype=torch.float64),
                    self.conv.bias.detach().to(device=x.device, dtype=torch.float64))
@@ -556,7 +607,7 @@ class EvidentialHead(_Head):
         bad = torch.nonzero(~torch.isfinite(alpha.sum(dim=1)))
         if bad.shape[0]:
             raise ValueError(f"features: voxel {bad[0].tolist()} gives concentrations that overflow float64 "
-                             "(features or weights far too large)")
+                             "(features or weights far too large; both are finite)")
         return alpha
 
     @torch.no_grad()
@@ -578,10 +629,13 @@ class EvidentialHead(_Head):
         seed: Any = None,
         *,
         return_mean: bool = False,
+        index_offset: Any = 0,
+        chunk_bytes: Any = None,
     ) -> Dict[str, torch.Tensor]:
         """Per-voxel maps ``{metric: [B, *spatial]}`` (float32) in closed form from the Dirichlet; any of
-        :data:`EVIDENTIAL_METRICS`. ``K`` and ``seed`` are accepted for a uniform call across heads and
-        ignored (nothing is sampled). ``variation_ratio`` has no closed form and is refused."""
+        :data:`EVIDENTIAL_METRICS`. ``K``, ``seed``, ``index_offset`` and ``chunk_bytes`` are checked
+        as for the sampled heads and otherwise ignored (nothing is sampled): one call serves every head.
+        ``variation_ratio`` has no closed form and is refused."""
         names = _metrics_arg(metrics, tuple(EVIDENTIAL_METRICS) + ("variation_ratio",))
         if "variation_ratio" in names:
             raise ValueError("metrics: variation_ratio has no closed form for an EvidentialHead (a mode count "
@@ -590,6 +644,8 @@ class EvidentialHead(_Head):
             _arrays.check_int(K, "K", 1)
         if seed is not None:
             _seed_arg(seed)
+        _chunk_arg(chunk_bytes)
+        _index_offset_arg(index_offset, int(self._check(features).shape[0]))
         alpha = self._alpha64(features)
         res = {k: v.to(torch.float32) for k, v in _dirichlet_maps(alpha, names).items()}
         if return_mean:

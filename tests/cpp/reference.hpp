@@ -109,7 +109,8 @@ inline std::array<double, 10> metrics(const std::vector<std::vector<double>>& p)
     r[8] = std_sum / C;
     double s = (H + std::log(2.0)) / (terms + 2 * H);
     if (s < 0) s = 1 / s;
-    r[9] = (H == 0 || sorted[0] >= 1.0) ? -INFINITY : s;  // certain item: bottom of the ranking (docs/metrics.md)
+    // certain item (top mean 1, or its Bernoulli variance below the 1e-9 floor): bottom of the ranking
+    r[9] = (H == 0 || sorted[0] >= 1.0 || sorted[0] * (1 - sorted[0]) < 1e-9) ? -INFINITY : s;
   }
   return r;
 }

@@ -49,7 +49,9 @@ def metrics(p):
         with np.errstate(divide="ignore"):
             s = (H + np.log(2)) / (t.sum(axis=1) + 2 * H)
             s = np.where(s < 0, 1 / s, s)
-        out["balentacq"] = np.where((H == 0) | (srt[:, 0] >= 1.0), -np.inf, s)  # certain item: bottom of the ranking
+        # certain item (top mean 1, or its Bernoulli variance below the 1e-9 floor): bottom of the ranking
+        certain = (H == 0) | (srt[:, 0] >= 1.0) | (srt[:, 0] * (1 - srt[:, 0]) < 1e-9)
+        out["balentacq"] = np.where(certain, -np.inf, s)
     return out
 
 

@@ -293,6 +293,29 @@ def test_evidential_closed_forms_match_dirichlet_monte_carlo(rng):
             assert abs(sc["margin"][0, i, j].item() - (1 - (top[0] - top[1]).item())) < 1e-6
 
 
+def test_evidential_balentacq_is_the_sample_limit_for_confident_voxels(rng):
+    """Concentrations (a0, 1, 1): from a0 ~ 3e4 the Dirichlet's marginal variance falls below the sample
+    metric's 1e-9 floor; the closed form applies the same floor, so it still equals the metric on many
+    draws (unfloored it gave -17.7 at a0 = 1e6 against the samples' -364). From a0 ~ 2e9 the top
+    class's Bernoulli variance is below the floor: a certain voxel, -inf in both (the formula gave
+    +7e7 .. +4.7e13 there, ranking such voxels first)."""
+    torch.manual_seed(int(rng.integers(2**31)))
+    head = LT.EvidentialHead(1, 3).double()
+    x = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    got = {}
+    for a0 in (2.0, 1e4, 1e6, 1e10, 1e16):
+        with torch.no_grad():
+            head.conv.weight.zero_()
+            head.conv.bias.copy_(torch.tensor([a0 - 1.0 if a0 > 30 else math.log(math.expm1(a0 - 1.0)), -60.0, -60.0]))
+        got[a0] = head.score(x, metrics=("balentacq",))["balentacq"].item()
+        p = torch.distributions.Dirichlet(torch.tensor([a0, 1.0, 1.0], dtype=torch.float64)).sample((200_000,))
+        want = U.balentacq(p[None]).item()
+        if a0 <= 1e6:
+            assert abs(got[a0] - want) < 0.02 * abs(want) + 1e-3, (a0, got[a0], want)
+        else:
+            assert got[a0] == -math.inf and want == -math.inf, (a0, got[a0], want)
+
+
 def test_evidential_concentrations_that_overflow_are_an_error():
     # finite float64 features whose logits overflow: alpha = inf would read as a certain voxel (bald 0)
     ev = LT.EvidentialHead(4, 3).double()
@@ -425,6 +448,18 @@ def test_bad_constructor_arguments():
         LT.MCDropoutHead(4, 2.5)
     with pytest.raises(ValueError, match="^members:"):
         LT.EnsembleHead(4, 3, members=0)
+    # the fused kernel's limits, at construction (not at the first score, after training)
+    with pytest.raises(ValueError, match="^num_classes: at most 4096"):
+        LT.MCDropoutHead(2, 5000)
+    with pytest.raises(ValueError, match="^members: at most 65535"):
+        LT.EnsembleHead(1, 2, members=65536)
+    assert LT.EvidentialHead(2, 5000).num_classes == 5000  # closed form: no kernel limit
+    # p is checked whenever it is set
+    mc = LT.MCDropoutHead(4, 3, p=0.5)
+    with pytest.raises(ValueError, match="^p:"):
+        mc.p = 1.0
+    mc.p = 0.25
+    assert mc.p == 0.25 and "p=0.25" in repr(mc)
 
 
 def test_bad_features_and_call_arguments():
@@ -464,7 +499,7 @@ def test_bad_features_and_call_arguments():
         mc.sample(x, K=2.0)
     with pytest.raises(ValueError, match="^K:"):
         en.sample(x, K=5)
-    with pytest.raises(ValueError, match="^K:.*K >= 2"):
+    with pytest.raises(ValueError, match="^metrics: bald, balentacq need at least 2 samples.*members=1"):
         LT.EnsembleHead(4, 3, members=1).score(x)
     # seed
     for bad_seed, exc in ((1.5, TypeError), ("0", TypeError), (True, TypeError), (None, TypeError),
@@ -489,6 +524,26 @@ def test_bad_features_and_call_arguments():
         mc.score(x, K=2, index_offset=2**32 - 1)
     with pytest.raises(ValueError, match="^chunk_bytes:"):
         mc.score(x, chunk_bytes=0)
+    # one call serves every head: the evidential head checks and ignores index_offset / chunk_bytes
+    for head in (mc, en, ev):
+        assert set(head.score(x, metrics=("bald",), index_offset=3, chunk_bytes=1 << 20)) == {"bald"}
+        with pytest.raises(ValueError, match="^index_offset:"):
+            head.score(x, metrics=("bald",), index_offset=-1)
+    # non-finite parameters are named, in the parameter's own coordinates
+    for head, param, where in ((mc, "conv.weight", (1, 1, 0, 0)), (ev, "conv.bias", (2,)),
+                               (en, "members.1.weight", (0, 3, 0, 0))):
+        t = dict(head.named_parameters())[param]
+        keep = t.detach()[where].item()
+        with torch.no_grad():
+            t[where] = float("nan")
+        try:
+            calls = (head.score, head.uncertainty) if head is ev else (head.score, head.sample)
+            for fn in calls:
+                with pytest.raises(ValueError, match=rf"^{param}\[{', '.join(map(str, where))}\] is nan"):
+                    fn(x)
+        finally:
+            with torch.no_grad():
+                t[where] = keep
     with pytest.raises(ValueError, match="^target:"):
         LT.evidential_loss(ev(x), torch.zeros(2, 5, dtype=torch.long))
 

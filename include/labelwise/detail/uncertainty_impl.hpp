@@ -305,10 +305,13 @@ LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool
 }
 
 /// BalEntAcq from H = H[p̄] and Σ_c t_c: MJEnt = Σ t + H, s = (H + ln 2)/(MJEnt + H), s<0 → 1/s.
-/// A certain item (a class with mean probability exactly 1, so H = 0 up to underflow) gets -inf,
-/// the bottom of the ranking, where the reference's NaN sentinel (-99999999999) also puts it.
+/// A certain item gets -inf, the bottom of the ranking, where the reference's NaN sentinel
+/// (-99999999999) also puts exactly certain ones: a class with mean probability 1 (so H = 0 up to
+/// underflow), or so close to 1 that the Bernoulli variance bound p̄(1 - p̄) is below the variance
+/// floor 1e-9 (float64 inputs only): there every moment-matched Beta is invalid, every t_c is 0, and
+/// the formula's value jumps from about -1e9 (just above) to about +ln 2 / (2H) (docs/metrics.md).
 LABELWISE_HD inline double balentacq_from_terms(double entropy_of_mean, double sum_terms, double top_mean) {
-  if (entropy_of_mean <= 0.0 || top_mean >= 1.0) return -INFINITY;
+  if (entropy_of_mean <= 0.0 || top_mean >= 1.0 || top_mean * (1.0 - top_mean) < 1e-9) return -INFINITY;
   const double mjent = sum_terms + entropy_of_mean;
   double s = (entropy_of_mean + kLn2) / (mjent + entropy_of_mean);
   if (s < 0.0) s = 1.0 / s;

@@ -27,7 +27,7 @@
 // torch.load(path) (weights_only=True works: no type tags, no OrderedDict metadata).
 //
 // Errors: labelwise::Error naming the argument (features of the wrong rank / channel count, K < 1,
-// K < 2 for metrics that need samples, an ensemble's K other than M, p outside [0, 1), dims other than
+// K < 2 for metrics that need samples, an ensemble's K other than M, p outside [0, 1 - 2^-32], dims other than
 // 2 / 3, num_classes < 2, a weights file with a missing / unexpected key or a shape mismatch).
 #pragma once
 
@@ -178,6 +178,16 @@ inline std::int64_t check_arg(std::int64_t v, const char* name, std::int64_t lo,
   return v;
 }
 
+/// The fused sample / score kernel's limits, checked when a sampled head is built (not at its first
+/// score, after training): F < 2^28 features, C <= 4096 classes, fewer than 65536 members.
+inline void check_kernel_limits(std::int64_t in_channels, std::int64_t num_classes, std::int64_t members) {
+  check(in_channels < (std::int64_t(1) << 28), ErrorKind::Value,
+        "in_channels: at most 2^28 - 1 for the fused sample / score kernel, got ", in_channels);
+  check(num_classes <= 4096, ErrorKind::Value, "num_classes: at most 4096 for the fused sample / score kernel, got ",
+        num_classes);
+  check(members < 65536, ErrorKind::Value, "members: at most 65535 for the fused sample / score kernel, got ", members);
+}
+
 inline double check_p(double p) {
   check(p >= 0.0 && p <= kMaxDropout, ErrorKind::Value,
         "p: the dropout rate must be in [0, 1) and at most 1 - 2^-32 (masks compare 32-bit random words), got ", p);
@@ -312,6 +322,7 @@ class MCDropoutHeadImpl : public HeadBase {
  public:
   MCDropoutHeadImpl(std::int64_t in_channels, std::int64_t num_classes, double p = 0.5, int dims = 2)
       : HeadBase(in_channels, num_classes, dims), p_(heads_detail::check_p(p)) {
+    heads_detail::check_kernel_limits(in_channels_, num_classes_, 1);
     conv_ = register_module("conv", heads_detail::make_conv(in_channels_, num_classes_, dims_));
   }
 
@@ -364,6 +375,7 @@ class EnsembleHeadImpl : public HeadBase {
  public:
   EnsembleHeadImpl(std::int64_t in_channels, std::int64_t num_classes, std::int64_t members = 5, int dims = 2)
       : HeadBase(in_channels, num_classes, dims), num_members_(heads_detail::check_arg(members, "members", 1)) {
+    heads_detail::check_kernel_limits(in_channels_, num_classes_, num_members_);
     members_ = register_module("members", torch::nn::ModuleList());
     for (std::int64_t m = 0; m < num_members_; ++m) members_->push_back(heads_detail::make_conv(in_channels_, num_classes_, dims_));
   }
@@ -449,11 +461,16 @@ inline at::Tensor entropy64(const at::Tensor& p, int64_t dim) {
   return -at::where(p > 0, p * at::log(p), at::zeros({}, p.options())).sum(dim);
 }
 
-/// BalEntAcq with the exact Beta(alpha_c, S - alpha_c) marginals (docs/segmentation.md).
-inline at::Tensor balentacq_dirichlet(const at::Tensor& alpha, const at::Tensor& S, const at::Tensor& mu,
-                                      const at::Tensor& H) {
-  const at::Tensor a = alpha;
-  const at::Tensor b = S - alpha;
+/// BalEntAcq from the Dirichlet's exact marginal means mu = alpha / S and variances
+/// mu (1 - mu) / (S + 1), with the sample metric's floors (both at least 1e-9): its K -> infinity limit
+/// (docs/segmentation.md). Without the floors moment matching gives back Beta(alpha_c, S - alpha_c);
+/// with them the Beta parameters stay below ~1e9, where the lgamma / digamma differences keep their
+/// precision. The Python twin (labelwise.torch._balentacq_dirichlet) is the same, line by line.
+inline at::Tensor balentacq_dirichlet(const at::Tensor& S, const at::Tensor& mu, const at::Tensor& H) {
+  const at::Tensor m = mu.clamp_min(1e-9);
+  const at::Tensor var = (mu * (1 - mu) / (S + 1)).clamp_min(1e-9);
+  const at::Tensor a = m * m * (1 - m) / var - m;
+  const at::Tensor b = (1 / m - 1) * a;
   at::Tensor ln_beta = at::lgamma(a + 1) + at::lgamma(b) - at::lgamma(a + b + 1);
   ln_beta = at::logaddexp(ln_beta, at::full_like(ln_beta, std::log(1e-32)));
   const at::Tensor h = ln_beta - a * at::digamma(a + 1) - (b - 1) * at::digamma(b) + (a + b - 1) * at::digamma(a + b + 1);
@@ -461,7 +478,10 @@ inline at::Tensor balentacq_dirichlet(const at::Tensor& alpha, const at::Tensor&
   t = at::where(at::isfinite(t), t, at::zeros_like(t));
   const at::Tensor mjent = t.sum(1) + H;
   at::Tensor s = (H + std::log(2.0)) / (mjent + H);
-  return at::where(s < 0, 1 / s, s);
+  s = at::where(s < 0, 1 / s, s);
+  // a certain voxel (top mean 1, or its Bernoulli variance below the floor): -inf, as the sample metric
+  const at::Tensor top = std::get<0>(mu.max(1));
+  return at::where((H <= 0) | (top * (1 - top) < 1e-9), at::full_like(s, -INFINITY), s);
 }
 
 }  // namespace heads_detail
@@ -542,7 +562,7 @@ class EvidentialHeadImpl : public HeadBase {
             r = 1 - top2.select(1, 0);
           break;
         case Metric::MeanStd: r = at::sqrt(alpha * (S - alpha) / (S * S * (S + 1))).mean(1); break;
-        case Metric::BalEntAcq: r = heads_detail::balentacq_dirichlet(alpha, S, mu, H); break;
+        case Metric::BalEntAcq: r = heads_detail::balentacq_dirichlet(S, mu, H); break;
         default: throw Error(ErrorKind::Value, std::string("metrics: unsupported metric ") + metric_name(m));
       }
       out[m] = r.to(at::kFloat);
