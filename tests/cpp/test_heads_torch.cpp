@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <random>
 #include <string>
@@ -347,4 +348,14 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
   require_error([&] { ev->score(bad); }, "features: contains NaN or Inf");
   // K = 1 is fine for metrics that need no samples.
   CHECK(mc->score(x, 1, {Metric::PredictiveEntropy}).at(Metric::PredictiveEntropy).sizes() == at::IntArrayRef({2, 5, 5}));
+  // The fused kernel's limits, at construction; the closed-form head has none.
+  require_error([] { MCDropoutHead(2, 5000); }, "num_classes: at most 4096");
+  require_error([] { EnsembleHead(1, 2, 65536); }, "members: at most 65535");
+  CHECK(EvidentialHead(2, 5000)->num_classes() == 5000);
+  // A non-finite parameter of the evidential head is named, not blamed on the features.
+  {
+    torch::NoGradGuard no_grad;
+    ev->bias()[2] = std::numeric_limits<double>::infinity();
+  }
+  require_error([&] { ev->score(x); }, "conv.bias[2] is NaN or Inf");
 }

@@ -582,6 +582,17 @@ class EvidentialHeadImpl : public HeadBase {
     check_features(features);
     torch::NoGradGuard no_grad;
     check(bool(at::isfinite(features).all().item<bool>()), ErrorKind::Value, "features: contains NaN or Inf");
+    for (const auto& item : named_parameters()) {  // named in their own coordinates, before the features are blamed
+      const at::Tensor bad_entry = at::nonzero(~at::isfinite(item.value().detach()));
+      if (bad_entry.size(0) > 0) {
+        const at::Tensor first = bad_entry[0].cpu();
+        std::ostringstream where;
+        where << item.key() << "[";
+        for (int64_t d = 0; d < first.size(0); ++d) where << (d ? ", " : "") << first[d].item<int64_t>();
+        where << "] is NaN or Inf: the head's parameters must be finite";
+        throw Error(ErrorKind::Value, where.str());
+      }
+    }
     const at::Tensor x = features.to(at::kDouble);
     const at::Tensor z = heads_detail::conv(x, weight().detach().to(x.device(), at::kDouble),
                                             bias().detach().to(x.device(), at::kDouble), dims_);
