@@ -653,30 +653,50 @@ class EvidentialHead(_Head):
         return res
 
 
-def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float = 0.0) -> torch.Tensor:
+def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float = 0.0,
+                    ignore_index: Optional[int] = None) -> torch.Tensor:
     """Mean over voxels of the expected cross-entropy under Dir(alpha), ``psi(S) - psi(alpha_y)``
     (Sensoy et al. 2018, eq. 4), plus ``kl_weight`` times KL(Dir(alpha~) || Dir(1)) of the evidence left
     after removing the target class (alpha~ = y + (1 - y) alpha; their eq. 5 regulariser).
 
-    logits [B, C, *spatial] (EvidentialHead.forward), target int64 [B, *spatial] class indices."""
+    logits [B, C, *spatial] (EvidentialHead.forward), target integer [B, *spatial] class indices in
+    [0, C). ``ignore_index`` (e.g. 255 or -100, as segmentation labels often mark unlabelled voxels):
+    such voxels are left out of both means (a batch with none left gives a loss of 0). Any other label
+    outside [0, C) is a ValueError naming the voxel."""
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("logits, target: expected torch.Tensors")
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         want = tuple(logits.shape[:1] + logits.shape[2:])
         raise ValueError(f"target: expected shape {want}, got {tuple(target.shape)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target: expected integer class indices, got {target.dtype}")
+    C = logits.shape[1]
+    valid = None if ignore_index is None else target != _arrays.check_int(ignore_index, "ignore_index", -(2**63))
+    out = (target < 0) | (target >= C)
+    if valid is not None:
+        out &= valid
+    if bool(out.any()):
+        where = torch.nonzero(out)[0].tolist()
+        hint = "" if ignore_index is not None else " (pass ignore_index= to leave such voxels out)"
+        raise ValueError(f"target: voxel {where} has label {target[tuple(where)].item()}, outside [0, {C}){hint}")
+    t = target.long() if valid is None else torch.where(valid, target, torch.zeros_like(target)).long()
     alpha = F.softplus(logits) + 1.0
     S = alpha.sum(dim=1)
-    a_y = alpha.gather(1, target.unsqueeze(1)).squeeze(1)
-    loss = (torch.digamma(S) - torch.digamma(a_y)).mean()
+    a_y = alpha.gather(1, t.unsqueeze(1)).squeeze(1)
+    per_voxel = torch.digamma(S) - torch.digamma(a_y)
     if kl_weight:
-        C = logits.shape[1]
-        y = F.one_hot(target, C).movedim(-1, 1).to(alpha.dtype)
+        y = F.one_hot(t, C).movedim(-1, 1).to(alpha.dtype)
         at = y + (1 - y) * alpha
         St = at.sum(dim=1)
         kl = (torch.lgamma(St) - math.lgamma(C) - torch.lgamma(at).sum(dim=1)
               + ((at - 1) * (torch.digamma(at) - torch.digamma(St).unsqueeze(1))).sum(dim=1))
-        loss = loss + float(kl_weight) * kl.mean()
-    return loss
+    if valid is None:
+        loss = per_voxel.mean()
+        return loss + float(kl_weight) * kl.mean() if kl_weight else loss
+    w = valid.to(alpha.dtype)
+    n = w.sum().clamp(min=1.0)
+    loss = (per_voxel * w).sum() / n
+    return loss + float(kl_weight) * (kl * w).sum() / n if kl_weight else loss
 
 
 # ---- weights files shared with the C++ heads ---------------------------------------------------------

@@ -279,6 +279,16 @@ TEST_CASE("heads: evidential closed form against Dirichlet draws", "[torch][head
   const auto al = torch::softplus(logits.to(torch::kDouble)) + 1;
   const auto want = (torch::digamma(al.sum(1)) - torch::digamma(al.gather(1, target.unsqueeze(1)).squeeze(1))).mean();
   CHECK(std::abs(evidential_loss(logits, target).item<double>() - want.item<double>()) < 1e-5);
+  // ignore_index: those voxels leave both means; other labels outside [0, C) are named
+  auto partial = target.clone();
+  partial[0][1][2] = 255;
+  partial[0][0][0] = 255;
+  const auto keep = partial != 255;
+  const auto per = torch::digamma(al.sum(1)) - torch::digamma(al.gather(1, target.unsqueeze(1)).squeeze(1));
+  const double want_partial = per.masked_select(keep).mean().item<double>();
+  CHECK(std::abs(evidential_loss(logits, partial, 0.0, 255).item<double>() - want_partial) < 1e-5);
+  require_error([&] { evidential_loss(logits, partial); }, "target: voxel [0, 0, 0] has label 255, outside [0, 3)");
+  CHECK(evidential_loss(logits, torch::full({1, 2, 3}, 255, torch::kLong), 0.1, 255).item<double>() == 0.0);
 }
 
 TEST_CASE("heads: weights files round-trip and are refused for another head shape", "[torch][heads]") {

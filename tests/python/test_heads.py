@@ -546,6 +546,22 @@ def test_bad_features_and_call_arguments():
                 t[where] = keep
     with pytest.raises(ValueError, match="^target:"):
         LT.evidential_loss(ev(x), torch.zeros(2, 5, dtype=torch.long))
+    # labels outside [0, C): named (gather failed with an index error before); ignore_index leaves voxels out
+    logits = ev(x)
+    target = torch.randint(3, (2, 5, 6))
+    target[1, 2, 3] = 255
+    with pytest.raises(ValueError, match=r"^target: voxel \[1, 2, 3\] has label 255, outside \[0, 3\) \(pass ignore_index"):
+        LT.evidential_loss(logits, target)
+    keep = target != 255
+    for kl in (0.0, 0.3):
+        got = LT.evidential_loss(logits, target, kl_weight=kl, ignore_index=255)
+        per = [LT.evidential_loss(logits[b:b + 1, :, i:i + 1, j:j + 1], target[b:b + 1, i:i + 1, j:j + 1], kl_weight=kl)
+               for b in range(2) for i in range(5) for j in range(6) if keep[b, i, j]]
+        torch.testing.assert_close(got, torch.stack(per).mean(), rtol=1e-5, atol=1e-6)
+    got.backward()  # differentiable
+    assert LT.evidential_loss(ev(x), torch.full((2, 5, 6), -100), ignore_index=-100).item() == 0.0
+    with pytest.raises(TypeError, match="^target: expected integer"):
+        LT.evidential_loss(ev(x), torch.zeros(2, 5, 6))
 
 
 # ---- the example ------------------------------------------------------------------------------------------------

@@ -616,27 +616,59 @@ TORCH_MODULE(EvidentialHead);
 
 /// Expected cross-entropy under Dir(alpha), psi(S) - psi(alpha_y), averaged over voxels, plus kl_weight
 /// times KL(Dir(alpha~) || Dir(1)) with alpha~ = y + (1 - y) alpha (Sensoy et al. 2018, eqs. 4-5), as
-/// labelwise.torch.evidential_loss. logits [B, C, *spatial], target int64 [B, *spatial].
-inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& target, double kl_weight = 0.0) {
+/// labelwise.torch.evidential_loss. logits [B, C, *spatial], target integer [B, *spatial] in [0, C);
+/// voxels labelled ignore_index (e.g. 255, -100) are left out of the means (none left: 0); any other
+/// label outside [0, C) is an Error naming the voxel.
+inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& target, double kl_weight = 0.0,
+                                  std::optional<std::int64_t> ignore_index = std::nullopt) {
   check(logits.dim() >= 2, ErrorKind::Value, "logits: expected [B, C, *spatial], got shape ", c10::str(logits.sizes()));
   std::vector<std::int64_t> want{logits.size(0)};
   for (std::int64_t d = 2; d < logits.dim(); ++d) want.push_back(logits.size(d));
   check(target.sizes() == at::IntArrayRef(want), ErrorKind::Value, "target: expected shape ", at::IntArrayRef(want), ", got ",
         c10::str(target.sizes()));
+  check(!target.is_floating_point() && !target.is_complex() && target.scalar_type() != at::kBool, ErrorKind::Type,
+        "target: expected integer class indices, got ", c10::toString(target.scalar_type()));
+  const std::int64_t C = logits.size(1);
+  at::Tensor valid;
+  if (ignore_index) valid = target != *ignore_index;
+  at::Tensor out = (target < 0) | (target >= C);
+  if (valid.defined()) out = out & valid;
+  const at::Tensor bad = at::nonzero(out);
+  if (bad.size(0) > 0) {
+    const at::Tensor first = bad[0].cpu();
+    std::ostringstream where;
+    where << "target: voxel [";
+    std::vector<at::indexing::TensorIndex> idx;
+    for (std::int64_t d = 0; d < first.size(0); ++d) {
+      where << (d ? ", " : "") << first[d].item<std::int64_t>();
+      idx.emplace_back(first[d].item<std::int64_t>());
+    }
+    where << "] has label " << target.index(idx).item<std::int64_t>() << ", outside [0, " << C << ")"
+          << (ignore_index ? "" : " (pass ignore_index to leave such voxels out)");
+    throw Error(ErrorKind::Value, where.str());
+  }
+  const at::Tensor t = valid.defined() ? at::where(valid, target, at::zeros_like(target)).to(at::kLong) : target.to(at::kLong);
   const at::Tensor alpha = at::softplus(logits, 1, 20) + 1.0;
   const at::Tensor S = alpha.sum(1);
-  const at::Tensor a_y = alpha.gather(1, target.unsqueeze(1)).squeeze(1);
-  at::Tensor loss = (at::digamma(S) - at::digamma(a_y)).mean();
+  const at::Tensor a_y = alpha.gather(1, t.unsqueeze(1)).squeeze(1);
+  const at::Tensor per_voxel = at::digamma(S) - at::digamma(a_y);
+  at::Tensor kl;
   if (kl_weight != 0.0) {
-    const std::int64_t C = logits.size(1);
-    const at::Tensor y = at::one_hot(target, C).movedim(-1, 1).to(alpha.scalar_type());
+    const at::Tensor y = at::one_hot(t, C).movedim(-1, 1).to(alpha.scalar_type());
     const at::Tensor at_ = y + (1 - y) * alpha;
     const at::Tensor St = at_.sum(1);
-    const at::Tensor kl = at::lgamma(St) - std::lgamma(double(C)) - at::lgamma(at_).sum(1) +
-                          ((at_ - 1) * (at::digamma(at_) - at::digamma(St).unsqueeze(1))).sum(1);
-    loss = loss + kl_weight * kl.mean();
+    kl = at::lgamma(St) - std::lgamma(double(C)) - at::lgamma(at_).sum(1) +
+         ((at_ - 1) * (at::digamma(at_) - at::digamma(St).unsqueeze(1))).sum(1);
   }
-  return loss;
+  if (!valid.defined()) {
+    const at::Tensor loss = per_voxel.mean();
+    return kl_weight != 0.0 ? loss + kl_weight * kl.mean() : loss;
+  }
+  // Ignored voxels are left out of both means; none left: a loss of 0.
+  const at::Tensor w = valid.to(alpha.scalar_type());
+  const at::Tensor n = w.sum().clamp_min(1.0);
+  const at::Tensor loss = (per_voxel * w).sum() / n;
+  return kl_weight != 0.0 ? loss + kl_weight * (kl * w).sum() / n : loss;
 }
 
 }  // namespace labelwise
