@@ -72,13 +72,14 @@ def beta_quantile(p: float, a: float, b: float) -> float:
 
 def binomial_cdf(k: int, n: int, theta: float) -> float:
     """P(Binomial(n, theta) <= k)."""
-    return _core.binomial_cdf(int(k), int(n), float(theta))
+    return _core.binomial_cdf(_arrays.check_int(k, "k", -(2**63)), _arrays.check_int(n, "n", 0), float(theta))
 
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     """Exact (Clopper–Pearson) one-sided upper confidence bound at level 1 - delta on an error rate
     after ``errors`` wrong out of ``n``: the (1 - delta) quantile of Beta(errors + 1, n - errors)."""
-    return _core.clopper_pearson_upper(int(errors), int(n), float(delta))
+    return _core.clopper_pearson_upper(_arrays.check_int(errors, "errors", 0), _arrays.check_int(n, "n", 0),
+                                       float(delta))
 
 
 def min_certifiable_count(target_error: float, delta: float) -> int:
@@ -277,7 +278,7 @@ def certified_auto_label(
         None if max_voxel_error is None else float(max_voxel_error),
         None if pconf is None else _arrays.capsule(pconf),
         None if cconf is None else _arrays.capsule(cconf),
-        int(scan_start),
+        _arrays.check_int(scan_start, "scan_start", -(2**63)),  # an integer; its range is checked in C++
         bool(per_class),
     )
     classes = tuple(ThresholdCertificate(**c) for c in r.pop("class_certificates"))
@@ -322,7 +323,8 @@ def certify_threshold(
     e = _arrays.as_array(calib_errors, "calib_errors")
     p = _arrays.as_array(pool_confidence, "pool_confidence")
     r = _core.certify_threshold(
-        _arrays.capsule(c), _arrays.capsule(e), _arrays.capsule(p), float(target_error), float(delta), int(scan_start)
+        _arrays.capsule(c), _arrays.capsule(e), _arrays.capsule(p), float(target_error), float(delta),
+        _arrays.check_int(scan_start, "scan_start", -(2**63)),  # an integer; its range is checked in C++
     )
     return ThresholdCertificate(**r)
 
@@ -573,8 +575,9 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     mask = np.empty(vol.shape, dtype=np.int64)
     conf = np.empty(vol.shape, dtype=np.float64)
     _core.propagate_slices(_arrays.capsule(vol), _arrays.capsule(lab), ann, _arrays.capsule(mask, writable=True),
-                           _arrays.capsule(conf, writable=True), int(axis), 0 if num_classes is None else int(num_classes),
-                           float(beta), int(erode), float(min_confidence))
+                           _arrays.capsule(conf, writable=True), _arrays.check_int(axis, "axis", -3, 2),
+                           0 if num_classes is None else _arrays.check_int(num_classes, "num_classes", 0),
+                           float(beta), _arrays.check_int(erode, "erode", 1), float(min_confidence))
     return mask, conf
 
 

@@ -718,6 +718,10 @@ def test_bad_input_certified_auto_label(rng):
         P.certified_auto_label(pp, cp, cy, unit="voxel", **kw)
     with pytest.raises(ValueError, match="scan_start: expected >= 0"):
         P.certified_auto_label(pp, cp, cy, scan_start=-1, **kw)
+    with pytest.raises(TypeError, match="scan_start: expected an integer"):  # was truncated to 2
+        P.certified_auto_label(pp, cp, cy, scan_start=2.5, **kw)
+    with pytest.raises(TypeError, match="n: expected an integer"):
+        P.clopper_pearson_upper(1, 10.5, 0.05)
 
 
 def test_too_small_or_too_wrong_calibration_is_a_documented_result(rng):
