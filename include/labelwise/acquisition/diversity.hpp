@@ -62,8 +62,9 @@ struct CoresetOptions {
 /// from the mean of the unit-normalised rows; if that mean is the zero vector, item 0).
 /// Duplicates: distances are exactly 0, so once only duplicates of covered items remain the radius
 /// is 0 and the picks are the remaining unlabelled items by lower index.
-/// Errors: empty pool, D = 0, wrong rank, NaN / Inf features (naming the first bad row), zero rows
-/// with cosine, mask of the wrong length, index out of range, every item labelled, b < 0 or b > the
+/// Errors: empty pool, D = 0, wrong rank, NaN / Inf features (naming the first bad row), a squared
+/// row norm float64 cannot hold (Euclidean: above 4.5e307; cosine: a zero row, or a nonzero one whose
+/// squared norm is not a normal double), mask of the wrong length, index out of range, every item labelled, b < 0 or b > the
 /// number of unlabelled items, wrong dtypes / output shapes, mismatched devices.
 void coreset(const TensorView& features, const TensorView& labeled, std::int64_t b, const TensorView& indices,
              const TensorView& radii, const CoresetOptions& options = {});
@@ -126,8 +127,9 @@ struct WeightedKmeansOptions {
 /// On CUDA, the features are validated and the M candidates' rows gathered on the device; the scores
 /// (N values) and the M x D candidate rows are copied to the host, where the clustering runs as on
 /// the CPU (O(M·b·D) per iteration, small for the batch sizes meant here): the same picks as the CPU.
-/// Errors: as the shape contract; NaN / Inf or negative scores (naming the first), prefilter < 1,
-/// max_iter < 0, N mismatch, wrong output shape / dtype / device.
+/// Errors: as the shape contract; NaN / Inf features or a squared row norm above 4.5e307 (naming the
+/// first row); NaN / Inf or negative scores (naming the first), prefilter < 1, max_iter < 0, N
+/// mismatch, wrong output shape / dtype / device.
 void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
                      const WeightedKmeansOptions& options = {});
 
@@ -148,7 +150,8 @@ struct AverageLinkageOptions {
 ///   clusters  : int64 [N] (out), CPU, any stride: ids 0, 1, ... numbered in the order of each
 ///               cluster's lowest row index
 ///   options   : exactly one of distance > 0 and 1 <= num_clusters <= N
-/// Errors: as the shape contract; NaN / Inf embeddings (first bad row), both or neither option set,
+/// Errors: as the shape contract; NaN / Inf embeddings or a squared row norm above 4.5e307 (first bad
+/// row), both or neither option set,
 /// the pairwise distances do not fit in memory, CUDA input.
 void average_linkage_clusters(const TensorView& embeddings, const TensorView& clusters,
                               const AverageLinkageOptions& options);
