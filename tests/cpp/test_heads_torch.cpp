@@ -291,6 +291,33 @@ TEST_CASE("heads: evidential closed form against Dirichlet draws", "[torch][head
   CHECK(evidential_loss(logits, torch::full({1, 2, 3}, 255, torch::kLong), 0.1, 255).item<double>() == 0.0);
 }
 
+TEST_CASE("heads: the evidential closed form in chunks equals one pass", "[torch][heads]") {
+  const std::uint64_t seed = fresh_seed();
+  torch::manual_seed(seed);
+  INFO("seed " << seed);
+  EvidentialHead ev(5, 4, 3);
+  const auto x = torch::randn({2, 5, 3, 4, 7});
+  const std::vector<Metric> ms{Metric::PredictiveEntropy, Metric::Bald, Metric::BalEntAcq, Metric::Margin, Metric::MeanStd};
+  at::Tensor mean_whole, mean_parts;
+  const auto whole = ev->score(x, std::nullopt, ms, 0, &mean_whole);
+  const auto u_whole = ev->uncertainty(x);
+  ev->chunk_values = 2 * 5 * 3 * 4 * 2;  // two indices of the last axis per chunk (the last chunk: one)
+  const auto parts = ev->score(x, std::nullopt, ms, 0, &mean_parts);
+  const auto u_parts = ev->uncertainty(x);
+  for (Metric m : ms) CHECK(torch::allclose(parts.at(m), whole.at(m), 1e-6, 1e-7));
+  CHECK(torch::allclose(mean_parts, mean_whole, 1e-6, 1e-7));
+  CHECK(torch::allclose(u_parts.probs, u_whole.probs, 1e-6, 1e-7));
+  CHECK(torch::allclose(u_parts.vacuity, u_whole.vacuity, 1e-6, 1e-7));
+  CHECK(torch::allclose(u_parts.bald, u_whole.bald, 1e-6, 1e-7));
+  auto big = x.to(torch::kDouble);
+  big.index_put_({1, torch::indexing::Slice(), 2, 3, 5}, 1e308);  // in the third chunk: 5 x 1e308 overflows
+  {
+    torch::NoGradGuard no_grad;
+    ev->weight().fill_(1.0);
+  }
+  require_error([&] { ev->score(big); }, "features: voxel [1, 2, 3, 5] gives concentrations that overflow");
+}
+
 TEST_CASE("heads: weights files round-trip and are refused for another head shape", "[torch][heads]") {
   torch::manual_seed(fresh_seed());
   const std::string path = temp_path("w.pt");

@@ -316,6 +316,28 @@ def test_evidential_balentacq_is_the_sample_limit_for_confident_voxels(rng):
             assert got[a0] == -math.inf and want == -math.inf, (a0, got[a0], want)
 
 
+def test_evidential_closed_form_in_chunks_equals_one_pass(rng):
+    """The closed form runs over chunks of the last spatial axis (float64 copies of a whole volume
+    would not fit); any chunking gives the same maps, and an overflow is named at its voxel."""
+    torch.manual_seed(int(rng.integers(2**31)))
+    head = LT.EvidentialHead(5, 4, dims=3)
+    x = _feat(rng, 2, 5, (3, 4, 7))
+    whole = head.score(x, metrics=LT.EVIDENTIAL_METRICS, return_mean=True)
+    unc = head.uncertainty(x)
+    head._CHUNK_VALUES = 2 * 5 * 3 * 4 * 2  # two indices of the last axis per chunk (the last chunk: one)
+    parts = head.score(x, metrics=LT.EVIDENTIAL_METRICS, return_mean=True)
+    for k in whole:
+        torch.testing.assert_close(parts[k], whole[k], rtol=1e-6, atol=1e-7)
+    for k, v in head.uncertainty(x).items():
+        torch.testing.assert_close(v, unc[k], rtol=1e-6, atol=1e-7)
+    big = x.double()
+    big[1, :, 2, 3, 5] = 1e308  # in the third chunk: 5 x 1e308 overflows
+    with torch.no_grad():
+        head.conv.weight.fill_(1.0)
+    with pytest.raises(ValueError, match=r"^features: voxel \[1, 2, 3, 5\] gives concentrations that overflow"):
+        head.score(big)
+
+
 def test_evidential_concentrations_that_overflow_are_an_error():
     # finite float64 features whose logits overflow: alpha = inf would read as a certain voxel (bald 0)
     ev = LT.EvidentialHead(4, 3).double()

@@ -507,22 +507,21 @@ class EvidentialHeadImpl : public HeadBase {
 
   /// Probabilities, vacuity, predictive / expected entropy and BALD in closed form (float32).
   EvidentialUncertainty uncertainty(const at::Tensor& features) {
-    const at::Tensor alpha = alpha64(features);
-    const at::Tensor S = alpha.sum(1, true);
-    const at::Tensor mu = alpha / S;
-    const at::Tensor H = heads_detail::entropy64(mu, 1);
-    const at::Tensor eh = expected_entropy(alpha, S, mu);
+    const std::vector<Metric> metrics{Metric::PredictiveEntropy, Metric::ExpectedEntropy, Metric::Bald};
+    at::Tensor probs, vacuity;
+    const std::map<Metric, at::Tensor> maps = closed_form(features, metrics, &probs, &vacuity);
     EvidentialUncertainty u;
-    u.probs = mu.to(at::kFloat);
-    u.vacuity = (double(num_classes_) / S.select(1, 0)).to(at::kFloat);
-    u.predictive_entropy = H.to(at::kFloat);
-    u.expected_entropy = eh.to(at::kFloat);
-    u.bald = at::clamp_min(H - eh, 0.0).to(at::kFloat);
+    u.probs = probs;
+    u.vacuity = vacuity;
+    u.predictive_entropy = maps.at(Metric::PredictiveEntropy);
+    u.expected_entropy = maps.at(Metric::ExpectedEntropy);
+    u.bald = maps.at(Metric::Bald);
     return u;
   }
 
   /// Per-voxel maps {metric: [B, *spatial]} (float32) in closed form; any metric but VariationRatio.
-  /// K and seed are accepted for a uniform call across heads and ignored (nothing is sampled).
+  /// K, seed and index_offset are accepted for a uniform call across heads and ignored (nothing is
+  /// sampled).
   std::map<Metric, at::Tensor> score(const at::Tensor& features, std::optional<std::int64_t> K = std::nullopt,
                                      const std::vector<Metric>& metrics = {Metric::Bald, Metric::BalEntAcq},
                                      std::uint64_t seed = 0, at::Tensor* mean = nullptr,
@@ -534,41 +533,7 @@ class EvidentialHeadImpl : public HeadBase {
     for (Metric m : metrics)
       check(m != Metric::VariationRatio, ErrorKind::Value,
             "metrics: variation_ratio has no closed form for an EvidentialHead");
-    const at::Tensor alpha = alpha64(features);
-    const at::Tensor S = alpha.sum(1, true);
-    const at::Tensor mu = alpha / S;
-    const at::Tensor H = heads_detail::entropy64(mu, 1);
-    at::Tensor eh, top2;
-    std::map<Metric, at::Tensor> out;
-    for (Metric m : metrics) {
-      at::Tensor r;
-      switch (m) {
-        case Metric::PredictiveEntropy: r = H; break;
-        case Metric::ExpectedEntropy:
-        case Metric::Bald:
-          if (!eh.defined()) eh = expected_entropy(alpha, S, mu);
-          r = m == Metric::Bald ? at::clamp_min(H - eh, 0.0) : eh;
-          break;
-        case Metric::LeastConfidence:
-        case Metric::MaxMeanVariationRatio:
-        case Metric::Margin:
-        case Metric::Ratio:
-          if (!top2.defined()) top2 = std::get<0>(at::topk(mu, 2, 1));
-          if (m == Metric::Margin)
-            r = 1 - (top2.select(1, 0) - top2.select(1, 1));
-          else if (m == Metric::Ratio)
-            r = top2.select(1, 1) / top2.select(1, 0);
-          else
-            r = 1 - top2.select(1, 0);
-          break;
-        case Metric::MeanStd: r = at::sqrt(alpha * (S - alpha) / (S * S * (S + 1))).mean(1); break;
-        case Metric::BalEntAcq: r = heads_detail::balentacq_dirichlet(S, mu, H); break;
-        default: throw Error(ErrorKind::Value, std::string("metrics: unsupported metric ") + metric_name(m));
-      }
-      out[m] = r.to(at::kFloat);
-    }
-    if (mean != nullptr) *mean = mu.to(at::kFloat);
-    return out;
+    return closed_form(features, metrics, mean, nullptr);
   }
 
   void pretty_print(std::ostream& os) const override {
@@ -576,9 +541,15 @@ class EvidentialHeadImpl : public HeadBase {
        << ", dims=" << dims_ << ")";
   }
 
+  /// float64 feature values converted per chunk of the closed form (128 MiB): the float64 copies of a
+  /// large volume (512 x 512 x 300 voxels, F = 32: 20 GB) are never made whole. As in the Python twin.
+  std::int64_t chunk_values = std::int64_t(1) << 24;
+
  private:
-  /// alpha in float64: the logits recomputed in float64 from the weights.
-  at::Tensor alpha64(const at::Tensor& features) {
+  /// The closed-form maps, and optionally alpha / S [B, C, *spatial] and the vacuity C / S, float32,
+  /// computed in float64 over chunks of the last spatial axis.
+  std::map<Metric, at::Tensor> closed_form(const at::Tensor& features, const std::vector<Metric>& metrics,
+                                           at::Tensor* probs, at::Tensor* vacuity) {
     check_features(features);
     torch::NoGradGuard no_grad;
     check(bool(at::isfinite(features).all().item<bool>()), ErrorKind::Value, "features: contains NaN or Inf");
@@ -593,19 +564,70 @@ class EvidentialHeadImpl : public HeadBase {
         throw Error(ErrorKind::Value, where.str());
       }
     }
-    const at::Tensor x = features.to(at::kDouble);
-    const at::Tensor z = heads_detail::conv(x, weight().detach().to(x.device(), at::kDouble),
-                                            bias().detach().to(x.device(), at::kDouble), dims_);
-    const at::Tensor alpha = at::softplus(z, 1, 20) + 1.0;
-    const at::Tensor bad = at::nonzero(~at::isfinite(alpha.sum(1)));
-    if (bad.size(0) > 0) {
-      const at::Tensor first = bad[0].cpu();
-      std::ostringstream where;
-      for (std::int64_t d = 0; d < first.size(0); ++d) where << (d ? ", " : "[") << first[d].item<std::int64_t>();
-      throw Error(ErrorKind::Value, "features: voxel " + where.str() +
-                                        "] gives concentrations that overflow float64 (features or weights far too large)");
+    const at::Tensor w = weight().detach().to(features.device(), at::kDouble);
+    const at::Tensor b = bias().detach().to(features.device(), at::kDouble);
+    std::vector<std::int64_t> map_shape{features.size(0)}, probs_shape{features.size(0), num_classes_};
+    for (std::int64_t d = 2; d < features.dim(); ++d) {
+      map_shape.push_back(features.size(d));
+      probs_shape.push_back(features.size(d));
     }
-    return alpha;
+    const auto f32 = features.options().dtype(at::kFloat);
+    std::map<Metric, at::Tensor> out;
+    for (Metric m : metrics) out[m] = at::empty(map_shape, f32);
+    if (probs) *probs = at::empty(probs_shape, f32);
+    if (vacuity) *vacuity = at::empty(map_shape, f32);
+    const std::int64_t last = features.size(-1);
+    const std::int64_t per_index = features.numel() / last;
+    const std::int64_t step = std::max<std::int64_t>(1, chunk_values / std::max<std::int64_t>(1, per_index));
+    for (std::int64_t a = 0; a < last; a += step) {
+      const std::int64_t n = std::min(step, last - a);
+      const at::Tensor z = heads_detail::conv(features.narrow(-1, a, n).to(at::kDouble), w, b, dims_);
+      const at::Tensor alpha = at::softplus(z, 1, 20) + 1.0;
+      const at::Tensor bad = at::nonzero(~at::isfinite(alpha.sum(1)));
+      if (bad.size(0) > 0) {
+        const at::Tensor first = bad[0].cpu();
+        std::ostringstream where;
+        for (std::int64_t d = 0; d < first.size(0); ++d)
+          where << (d ? ", " : "[") << first[d].item<std::int64_t>() + (d + 1 == first.size(0) ? a : 0);
+        throw Error(ErrorKind::Value, "features: voxel " + where.str() +
+                                          "] gives concentrations that overflow float64 (features or weights far too "
+                                          "large; both are finite)");
+      }
+      const at::Tensor S = alpha.sum(1, true);
+      const at::Tensor mu = alpha / S;
+      const at::Tensor H = heads_detail::entropy64(mu, 1);
+      at::Tensor eh, top2;
+      for (Metric m : metrics) {
+        at::Tensor r;
+        switch (m) {
+          case Metric::PredictiveEntropy: r = H; break;
+          case Metric::ExpectedEntropy:
+          case Metric::Bald:
+            if (!eh.defined()) eh = expected_entropy(alpha, S, mu);
+            r = m == Metric::Bald ? at::clamp_min(H - eh, 0.0) : eh;
+            break;
+          case Metric::LeastConfidence:
+          case Metric::MaxMeanVariationRatio:
+          case Metric::Margin:
+          case Metric::Ratio:
+            if (!top2.defined()) top2 = std::get<0>(at::topk(mu, 2, 1));
+            if (m == Metric::Margin)
+              r = 1 - (top2.select(1, 0) - top2.select(1, 1));
+            else if (m == Metric::Ratio)
+              r = top2.select(1, 1) / top2.select(1, 0);
+            else
+              r = 1 - top2.select(1, 0);
+            break;
+          case Metric::MeanStd: r = at::sqrt(alpha * (S - alpha) / (S * S * (S + 1))).mean(1); break;
+          case Metric::BalEntAcq: r = heads_detail::balentacq_dirichlet(S, mu, H); break;
+          default: throw Error(ErrorKind::Value, std::string("metrics: unsupported metric ") + metric_name(m));
+        }
+        out[m].narrow(-1, a, n).copy_(r);
+      }
+      if (probs) probs->narrow(-1, a, n).copy_(mu);
+      if (vacuity) vacuity->narrow(-1, a, n).copy_(double(num_classes_) / S.select(1, 0));
+    }
+    return out;
   }
   static at::Tensor expected_entropy(const at::Tensor& alpha, const at::Tensor& S, const at::Tensor& mu) {
     return at::digamma(S.select(1, 0) + 1) - (mu * at::digamma(alpha + 1)).sum(1);
