@@ -3,6 +3,7 @@
 // the CPU backend or hand x to the CUDA backend (which does the same on the device).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <new>
 #include <string>
@@ -168,11 +169,12 @@ void batchbald_checked(const TensorView& x, std::int64_t b, const TensorView& in
     const double k = static_cast<double>(x.shape[((options.sample_axis % 3) + 3) % 3]);
     const double table_gib = static_cast<double>(options.num_samples) * k * 8.0 / 1073741824.0;
     const double pool_gib = static_cast<double>(x.numel()) * 8.0 / 1073741824.0;
-    throw Error(ErrorKind::Runtime, "batchbald: out of host memory. Its table of joint configurations grows to about "
-                                    "num_samples x K float64 values (num_samples = " +
-                                        std::to_string(options.num_samples) + ": up to " + std::to_string(table_gib) +
-                                        " GiB) next to the pool's probabilities in float64 (" +
-                                        std::to_string(pool_gib) + " GiB); lower num_samples");
+    char sizes[160];
+    std::snprintf(sizes, sizeof sizes, "num_samples = %lld: up to %.3g GiB) next to the pool's probabilities in "
+                  "float64 (%.3g GiB)", static_cast<long long>(options.num_samples), table_gib, pool_gib);
+    throw Error(ErrorKind::Runtime, std::string("batchbald: out of host memory. Its table of joint configurations grows "
+                                                "to about num_samples x K float64 values (") +
+                                        sizes + "; lower num_samples");
   }
 }
 

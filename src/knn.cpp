@@ -466,20 +466,25 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
     } else {
       const auto top_it = std::max_element(row_exp.begin(), row_exp.end());  // the largest magnitude's exponent
       const int top = *top_it;
-      // One factor for the whole matrix keeps the search exact only while every row's squared
-      // differences stay normal doubles after it: rows more than ~2^511 below the largest underflow
-      // (wrong neighbours, distances of 0). Refused, naming both rows, beyond a span of 2^480.
-      std::int64_t low_row = -1;
-      for (std::int64_t i = 0; i < N; ++i)
-        if (row_exp[i] != INT_MIN && (low_row < 0 || row_exp[i] < row_exp[low_row])) low_row = i;
-      if (low_row >= 0 && top - row_exp[low_row] > kMaxEuclideanSpan)
+      // Scaled down so that the largest rows fit, rows more than ~2^511 below them have squared
+      // differences below the float64 range: two such rows come out at distance 0 (wrong neighbours).
+      // Refused, naming a large and a small row, when at least two rows lie beyond a span of 2^480
+      // (one tiny row among large ones is just near the origin, as an all-zero row would be).
+      std::int64_t low_row = -1, n_low = 0;
+      if (top > kHighest)
+        for (std::int64_t i = 0; i < N; ++i)
+          if (row_exp[i] != INT_MIN && top - row_exp[i] > kMaxEuclideanSpan) {
+            ++n_low;
+            if (low_row < 0 || row_exp[i] < row_exp[low_row]) low_row = i;
+          }
+      if (n_low >= 2)
         throw Error(ErrorKind::Value,
                     "features: row " + std::to_string(top_it - row_exp.begin()) + " (largest |x| ~2^" +
                         std::to_string(top) + ") and row " + std::to_string(low_row) + " (largest |x| ~2^" +
                         std::to_string(row_exp[low_row]) + ") differ in magnitude by more than 2^" +
-                        std::to_string(kMaxEuclideanSpan) +
-                        ": float64 squared distances cannot hold both (scaled to fit the large rows, the small "
-                        "rows' differences underflow); rescale or clip the outlying rows");
+                        std::to_string(kMaxEuclideanSpan) + " (" + std::to_string(n_low) +
+                        " rows that small): float64 squared distances cannot hold both (scaled so that the large "
+                        "rows fit, the small rows' differences underflow); rescale or clip the outlying rows");
       if (outside(top)) {
         shift = top;
         scaled.resize(data.x.size());

@@ -260,11 +260,17 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
     unreached = static_cast<std::int64_t>(queue.size() - labelled);
   }
   std::vector<std::int64_t> zero_rows(static_cast<std::size_t>(std::max(1, num_threads())), 0);
+  std::int64_t stalled = 0;  // steps in a row that reached no new item
   for (; it < opt.max_iter; ++it) {
-    if (unreached == 0 && numpy_sum_threads(diff.data(), N * C) < opt.tol) {
-      R.converged = true;
-      break;
+    if (numpy_sum_threads(diff.data(), N * C) < opt.tol) {
+      if (unreached == 0) {
+        R.converged = true;
+        break;
+      }
+      // The remaining items' mass underflowed (far along the graph): more steps will not reach them.
+      if (stalled >= 3) break;
     }
+    const std::int64_t unreached_before = unreached;
     std::swap(F, Fp);  // Fp = previous F; F is overwritten below
     std::fill(zero_rows.begin(), zero_rows.end(), 0);
     detail::parallel_for(N, 512, [&](std::int64_t b, std::int64_t e, int w) {
@@ -296,8 +302,10 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
     });
     unreached = 0;
     for (const std::int64_t z : zero_rows) unreached += z;
+    stalled = unreached > 0 && unreached == unreached_before ? stalled + 1 : 0;
   }
   R.n_iter = it;
+  R.unreached = unreached;
 
   // ---- normalise, arg-max, write
   auto* L = static_cast<std::int64_t*>(out_labels.data);

@@ -473,7 +473,8 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     nearest centre), then at most ``max_iter`` Lloyd iterations (stopping when no assignment
     changes). Euclidean distances in float64; ties by lower index.
 
-    features : ``[N, D]`` float32 / float64, finite — the unlabelled pool's embeddings.
+    features : ``[N, D]`` float32 / float64, finite — the unlabelled pool's embeddings (a row whose
+        squared norm exceeds 4.5e307 is a ``ValueError``: its squared distances would overflow).
     scores : ``[N]`` float32 / float64, finite, ``>= 0`` — any "higher = more informative" metric
         (e.g. :func:`labelwise.uncertainty.bald`; shift or exponentiate scores that can be negative).
     b : ``0 <= b <= N``. prefilter : ``>= 1`` (Zhdanov's β). max_iter : ``>= 0``.
@@ -624,7 +625,9 @@ def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None
     ``"maxclust"``), computed in C++ (``labelwise::average_linkage_clusters``; nearest-neighbour
     chain, multi-threaded distances). Returns int64 cluster ids ``[N]`` (numpy), numbered 0, 1, ... in
     the order of each cluster's lowest row index. Memory: ``N (N − 1) / 2`` doubles (N = 20000:
-    1.6 GB), hence ``max_items`` (raise it deliberately). GPU arrays are copied to the host."""
+    1.6 GB), hence ``max_items`` (raise it deliberately). GPU arrays are copied to the host. Errors:
+    ``ValueError`` naming the row for NaN / Inf or a squared norm above 4.5e307 (distances would
+    overflow)."""
     e = np.asarray(_arrays.to_host_numpy(embeddings))
     if e.dtype not in (np.float32, np.float64):
         e = e.astype(np.float64)

@@ -472,7 +472,11 @@ def _spread(features, labels, propagation, k, alpha, max_iter, tol, variant, skl
         variant,
         0 if sklearn_threads is None else _arrays.check_int(sklearn_threads, "sklearn_threads", 0),
     )
-    if not r["converged"]:
+    if r["unreached"]:
+        warnings.warn(f"{r['unreached']} items that a label reaches in the graph got no label mass (it shrinks by "
+                      "about alpha times an edge weight per hop and underflowed float64, or max_iter ran out first): "
+                      "they keep the label -1.", RuntimeWarning, stacklevel=3)
+    elif not r["converged"]:
         warnings.warn(f"max_iter={int(max_iter)} was reached without convergence.", RuntimeWarning, stacklevel=3)
     return dist, out
 

@@ -251,11 +251,14 @@ class _Head(nn.Module):
     def _check_parameters(self) -> None:
         """Every parameter finite, else a ValueError naming it and the first bad entry in its own
         coordinates (e.g. ``conv.weight[1, 1, 0, 0]``), before any kernel sees the weights."""
-        for name, t in self.named_parameters():
+        params = list(self.named_parameters())
+        if not params or bool(torch.stack([torch.isfinite(t.detach()).all() for _, t in params]).all()):
+            return  # one device sync when all are finite
+        for name, t in params:
             bad = torch.nonzero(~torch.isfinite(t.detach()))
             if bad.shape[0]:
-                raise ValueError(f"{name}{bad[0].tolist()} is {t.detach()[tuple(bad[0].tolist())].item()}: the head's "
-                                 "parameters must be finite")
+                raise ValueError(f"{name}{bad[0].tolist()} is NaN or Inf ({t.detach()[tuple(bad[0].tolist())].item()}): "
+                                 "the head's parameters must be finite")
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, num_classes={self.num_classes}, dims={self.dims}"
@@ -689,15 +692,18 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target: expected integer class indices, got {target.dtype}")
     C = logits.shape[1]
-    valid = None if ignore_index is None else target != _arrays.check_int(ignore_index, "ignore_index", -(2**63))
-    out = (target < 0) | (target >= C)
+    t = target.long()  # labels and ignore_index compared as integers, not in the target's dtype (uint8 wraps)
+    valid = None if ignore_index is None else t != _arrays.check_int(ignore_index, "ignore_index", -(2**63))
+    out = (t < 0) | (t >= C)
     if valid is not None:
         out &= valid
     if bool(out.any()):
         where = torch.nonzero(out)[0].tolist()
         hint = "" if ignore_index is not None else " (pass ignore_index= to leave such voxels out)"
-        raise ValueError(f"target: voxel {where} has label {target[tuple(where)].item()}, outside [0, {C}){hint}")
-    t = target.long() if valid is None else torch.where(valid, target, torch.zeros_like(target)).long()
+        raise ValueError(f"target: voxel {where} has label {t[tuple(where)].item()}, outside [0, {C}){hint}")
+    if valid is not None:
+        t = torch.where(valid, t, torch.zeros_like(t))
+        logits = torch.where(valid.unsqueeze(1), logits, torch.zeros_like(logits))  # ignored: finite, no gradient
     alpha = F.softplus(logits) + 1.0
     S = alpha.sum(dim=1)
     a_y = alpha.gather(1, t.unsqueeze(1)).squeeze(1)
@@ -711,10 +717,15 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
     if valid is None:
         loss = per_voxel.mean()
         return loss + float(kl_weight) * kl.mean() if kl_weight else loss
-    w = valid.to(alpha.dtype)
-    n = w.sum().clamp(min=1.0)
-    loss = (per_voxel * w).sum() / n
-    return loss + float(kl_weight) * (kl * w).sum() / n if kl_weight else loss
+    # masked means accumulated in float32 at least (half sums overflow past 65504 voxels), in alpha's dtype
+    acc = torch.promote_types(alpha.dtype, torch.float32)
+    n = valid.sum().clamp(min=1).to(acc)
+
+    def masked_mean(v: torch.Tensor) -> torch.Tensor:
+        return (torch.where(valid, v, torch.zeros_like(v)).sum(dtype=acc) / n).to(alpha.dtype)
+
+    loss = masked_mean(per_voxel)
+    return loss + float(kl_weight) * masked_mean(kl) if kl_weight else loss
 
 
 # ---- weights files shared with the C++ heads ---------------------------------------------------------

@@ -550,6 +550,7 @@ PYBIND11_MODULE(_core, m) {
         py::dict d;
         d["n_iter"] = r.n_iter;
         d["converged"] = r.converged;
+        d["unreached"] = r.unreached;
         d["n_classes"] = r.n_classes;
         return d;
       },

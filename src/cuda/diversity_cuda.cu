@@ -231,6 +231,9 @@ __global__ void scatter(const V* src, std::int64_t count, V* dst, std::int64_t s
 
 int blocks_for(std::int64_t work_items, int per_block, int sms) { return grid_blocks(work_items, per_block, sms, 16); }
 
+// Failures are packed as row << 3 | status: every status must fit in 3 bits.
+static_assert(kDivNormRange < 8, "diversity statuses must fit the 3-bit field of the packed failure word");
+
 DiversityFailure decode(u64 packed) {
   DiversityFailure f;
   if (packed != kNoFailure) {

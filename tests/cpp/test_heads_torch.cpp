@@ -289,6 +289,10 @@ TEST_CASE("heads: evidential closed form against Dirichlet draws", "[torch][head
   CHECK(std::abs(evidential_loss(logits, partial, 0.0, 255).item<double>() - want_partial) < 1e-5);
   require_error([&] { evidential_loss(logits, partial); }, "target: voxel [0, 0, 0] has label 255, outside [0, 3)");
   CHECK(evidential_loss(logits, torch::full({1, 2, 3}, 255, torch::kLong), 0.1, 255).item<double>() == 0.0);
+  // compared as integers: -100 is not the uint8 label 156
+  auto u8 = torch::zeros({1, 2, 3}, torch::kUInt8);
+  u8[0][1][1] = 156;
+  require_error([&] { evidential_loss(logits, u8, 0.0, -100); }, "target: voxel [0, 1, 1] has label 156");
 }
 
 TEST_CASE("heads: the evidential closed form in chunks equals one pass", "[torch][heads]") {
@@ -395,4 +399,11 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
     ev->bias()[2] = std::numeric_limits<double>::infinity();
   }
   require_error([&] { ev->score(x); }, "conv.bias[2] is NaN or Inf");
+  // ... and so is one of a sampled head's (not in the kernel's [M, C, F] coordinates)
+  {
+    torch::NoGradGuard no_grad;
+    en->weight(1)[2][3][0][0] = std::nan("");
+  }
+  require_error([&] { en->score(x); }, "members.1.weight[2, 3, 0, 0] is NaN or Inf");
+  require_error([&] { en->sample(x); }, "members.1.weight[2, 3, 0, 0] is NaN or Inf");
 }

@@ -561,7 +561,7 @@ def test_bad_features_and_call_arguments():
         try:
             calls = (head.score, head.uncertainty) if head is ev else (head.score, head.sample)
             for fn in calls:
-                with pytest.raises(ValueError, match=rf"^{param}\[{', '.join(map(str, where))}\] is nan"):
+                with pytest.raises(ValueError, match=rf"^{param}\[{', '.join(map(str, where))}\] is NaN or Inf \(nan\)"):
                     fn(x)
         finally:
             with torch.no_grad():
@@ -582,6 +582,29 @@ def test_bad_features_and_call_arguments():
         torch.testing.assert_close(got, torch.stack(per).mean(), rtol=1e-5, atol=1e-6)
     got.backward()  # differentiable
     assert LT.evidential_loss(ev(x), torch.full((2, 5, 6), -100), ignore_index=-100).item() == 0.0
+    # ignore_index is compared as an integer, not in the target's dtype: -100 is not uint8 156
+    u8 = torch.zeros(2, 5, 6, dtype=torch.uint8)
+    u8[0, 1, 1] = 156
+    with pytest.raises(ValueError, match=r"^target: voxel \[0, 1, 1\] has label 156"):
+        LT.evidential_loss(logits, u8, ignore_index=-100)
+    u8[0, 1, 1] = 255
+    torch.testing.assert_close(LT.evidential_loss(logits, u8, ignore_index=255),
+                               LT.evidential_loss(logits, u8.long(), ignore_index=255))
+    # half logits over more than 65504 voxels: the masked means do not overflow; non-finite logits at
+    # ignored voxels neither poison the loss nor its gradient
+    big = torch.randn(1, 3, 300, 300, dtype=torch.float16, requires_grad=True)
+    tb = torch.randint(3, (1, 300, 300))
+    tb[0, 0, 0] = 255
+    half = LT.evidential_loss(big, tb, ignore_index=255)
+    full = LT.evidential_loss(big.detach().float(), tb, ignore_index=255)
+    assert half.dtype == torch.float16 and torch.isfinite(half)
+    assert abs(half.item() - full.item()) < 1e-2
+    bad = big.detach().clone()
+    bad[0, :, 0, 0] = float("inf")
+    bad.requires_grad_(True)
+    lb = LT.evidential_loss(bad, tb, kl_weight=0.1, ignore_index=255)
+    lb.backward()
+    assert torch.isfinite(lb) and torch.isfinite(bad.grad).all()
     with pytest.raises(TypeError, match="^target: expected integer"):
         LT.evidential_loss(ev(x), torch.zeros(2, 5, 6))
 

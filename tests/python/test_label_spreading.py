@@ -107,6 +107,17 @@ def test_knn_graph_rows_of_very_different_magnitudes(rng):
     with pytest.raises(ValueError, match=r"more than 2\^480"):
         P.label_spreading(X, np.r_[0, 1, np.full(298, -1)], k=4)
     P.knn_graph(X, 4, metric="cosine")  # each row scaled by its own factor: fine
+    # Only rows that a downward scaling pushes below the range count, and only two or more of them:
+    # one tiny row among rows of 1 (nothing is scaled) keeps the float64 brute-force answer, in
+    # knn_graph and in the sklearn variant (which sklearn itself accepts).
+    Y = rng.normal(size=(300, 3))
+    for v in (1e-160, 5e-324):
+        Y[5] = [v, 0.0, 0.0]
+        yi, yd = P.knn_graph(Y, 4)
+        wi, wd = brute_knn(Y, 4)
+        np.testing.assert_array_equal(yi, wi)
+        np.testing.assert_allclose(yd, wd, rtol=1e-12)
+        P.label_spreading(Y, np.r_[0, 1, np.full(298, -1)], k=4, variant="sklearn")
 
 
 def test_knn_graph_bad_input():
@@ -448,8 +459,8 @@ def test_symmetric_spreading_reaches_every_item_a_label_reaches():
         d, lab = P.label_spreading(X, y, max_iter=1000)
     assert (lab != -1).all() and (d.sum(1) > 0).all()
     assert (lab[:140] == 0).all() and (lab[160:] == 1).all()
-    # Too few iterations to reach the middle: the unreached items keep -1, and the call says it did not converge.
-    with pytest.warns(RuntimeWarning, match="max_iter=30"):
+    # Too few iterations to reach the middle: the unreached items keep -1, and the call says so.
+    with pytest.warns(RuntimeWarning, match="items that a label reaches in the graph got no label mass"):
         _, lab = P.label_spreading(X, y, max_iter=30)
     assert (lab == -1).sum() > 0 and (lab[:20] == 0).all() and (lab[-20:] == 1).all()
 

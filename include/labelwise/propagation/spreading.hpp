@@ -62,8 +62,12 @@ struct SpreadingOptions {
 
 struct SpreadingResult {
   std::int64_t n_iter = 0;    ///< iterations run (sklearn's n_iter_)
-  bool converged = false;     ///< false: max_iter was reached (sklearn warns)
+  bool converged = false;     ///< false: max_iter was reached (sklearn warns), or `unreached` > 0
   std::int64_t n_classes = 0;
+  /// Symmetric variant: items that a label reaches in the graph but whose label mass underflowed
+  /// float64 on the way (it shrinks by about alpha times an edge weight per hop), so they keep -1.
+  /// The loop stops once the change is below tol and this count has not moved for 3 steps.
+  std::int64_t unreached = 0;
 };
 
 /// The number of classes C of a label vector (max label + 1), validated as above.

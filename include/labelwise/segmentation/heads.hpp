@@ -255,12 +255,32 @@ class HeadBase : public torch::nn::Module {
     return std::vector<std::int64_t>(x.sizes().begin() + 2, x.sizes().end());
   }
 
+  /// Every parameter finite, else an Error naming it and its first bad entry in its own coordinates
+  /// (e.g. "conv.weight[1, 1, 0, 0]"), before any kernel sees the weights; one device sync when all
+  /// are finite.
+  void check_parameters() const {
+    std::vector<at::Tensor> finite;
+    for (const auto& item : named_parameters()) finite.push_back(at::isfinite(item.value().detach()).all());
+    if (finite.empty() || at::stack(finite).all().item<bool>()) return;
+    for (const auto& item : named_parameters()) {
+      const at::Tensor bad_entry = at::nonzero(~at::isfinite(item.value().detach()));
+      if (bad_entry.size(0) == 0) continue;
+      const at::Tensor first = bad_entry[0].cpu();
+      std::ostringstream where;
+      where << item.key() << "[";
+      for (int64_t d = 0; d < first.size(0); ++d) where << (d ? ", " : "") << first[d].item<int64_t>();
+      where << "] is NaN or Inf: the head's parameters must be finite";
+      throw Error(ErrorKind::Value, where.str());
+    }
+  }
+
   /// head_score / head_sample on weight [M, C, F], bias [M, C].
   std::map<Metric, at::Tensor> fused_score(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& bias,
                                            std::int64_t K, double p, const std::vector<Metric>& metrics,
                                            std::uint64_t seed, at::Tensor* mean, std::uint64_t index_offset) const {
     check_features(features);
     check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
+    check_parameters();
     const at::Tensor x = heads_detail::sample_input(features);
     const at::Tensor w = heads_detail::kernel_param(weight, x.device());
     const at::Tensor b = heads_detail::kernel_param(bias, x.device());
@@ -296,6 +316,7 @@ class HeadBase : public torch::nn::Module {
   at::Tensor fused_sample(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& bias,
                           std::int64_t K, double p, std::uint64_t seed, std::uint64_t index_offset) const {
     check_features(features);
+    check_parameters();
     const at::Tensor x = heads_detail::sample_input(features);
     const at::Tensor w = heads_detail::kernel_param(weight, x.device());
     const at::Tensor b = heads_detail::kernel_param(bias, x.device());
@@ -553,17 +574,7 @@ class EvidentialHeadImpl : public HeadBase {
     check_features(features);
     torch::NoGradGuard no_grad;
     check(bool(at::isfinite(features).all().item<bool>()), ErrorKind::Value, "features: contains NaN or Inf");
-    for (const auto& item : named_parameters()) {  // named in their own coordinates, before the features are blamed
-      const at::Tensor bad_entry = at::nonzero(~at::isfinite(item.value().detach()));
-      if (bad_entry.size(0) > 0) {
-        const at::Tensor first = bad_entry[0].cpu();
-        std::ostringstream where;
-        where << item.key() << "[";
-        for (int64_t d = 0; d < first.size(0); ++d) where << (d ? ", " : "") << first[d].item<int64_t>();
-        where << "] is NaN or Inf: the head's parameters must be finite";
-        throw Error(ErrorKind::Value, where.str());
-      }
-    }
+    check_parameters();  // named in their own coordinates, before the features are blamed
     const at::Tensor w = weight().detach().to(features.device(), at::kDouble);
     const at::Tensor b = bias().detach().to(features.device(), at::kDouble);
     std::vector<std::int64_t> map_shape{features.size(0)}, probs_shape{features.size(0), num_classes_};
@@ -651,9 +662,10 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
   check(!target.is_floating_point() && !target.is_complex() && target.scalar_type() != at::kBool, ErrorKind::Type,
         "target: expected integer class indices, got ", c10::toString(target.scalar_type()));
   const std::int64_t C = logits.size(1);
+  at::Tensor t = target.to(at::kLong);  // labels and ignore_index compared as integers (uint8 wraps)
   at::Tensor valid;
-  if (ignore_index) valid = target != *ignore_index;
-  at::Tensor out = (target < 0) | (target >= C);
+  if (ignore_index) valid = t != *ignore_index;
+  at::Tensor out = (t < 0) | (t >= C);
   if (valid.defined()) out = out & valid;
   const at::Tensor bad = at::nonzero(out);
   if (bad.size(0) > 0) {
@@ -665,12 +677,16 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
       where << (d ? ", " : "") << first[d].item<std::int64_t>();
       idx.emplace_back(first[d].item<std::int64_t>());
     }
-    where << "] has label " << target.index(idx).item<std::int64_t>() << ", outside [0, " << C << ")"
+    where << "] has label " << t.index(idx).item<std::int64_t>() << ", outside [0, " << C << ")"
           << (ignore_index ? "" : " (pass ignore_index to leave such voxels out)");
     throw Error(ErrorKind::Value, where.str());
   }
-  const at::Tensor t = valid.defined() ? at::where(valid, target, at::zeros_like(target)).to(at::kLong) : target.to(at::kLong);
-  const at::Tensor alpha = at::softplus(logits, 1, 20) + 1.0;
+  at::Tensor z = logits;
+  if (valid.defined()) {
+    t = at::where(valid, t, at::zeros_like(t));
+    z = at::where(valid.unsqueeze(1), logits, at::zeros_like(logits));  // ignored: finite, no gradient
+  }
+  const at::Tensor alpha = at::softplus(z, 1, 20) + 1.0;
   const at::Tensor S = alpha.sum(1);
   const at::Tensor a_y = alpha.gather(1, t.unsqueeze(1)).squeeze(1);
   const at::Tensor per_voxel = at::digamma(S) - at::digamma(a_y);
@@ -686,11 +702,15 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
     const at::Tensor loss = per_voxel.mean();
     return kl_weight != 0.0 ? loss + kl_weight * kl.mean() : loss;
   }
-  // Ignored voxels are left out of both means; none left: a loss of 0.
-  const at::Tensor w = valid.to(alpha.scalar_type());
-  const at::Tensor n = w.sum().clamp_min(1.0);
-  const at::Tensor loss = (per_voxel * w).sum() / n;
-  return kl_weight != 0.0 ? loss + kl_weight * (kl * w).sum() / n : loss;
+  // Ignored voxels are left out of both means (none left: 0), accumulated in float32 at least (half
+  // sums overflow past 65504 voxels) and returned in alpha's dtype.
+  const auto acc = at::promote_types(alpha.scalar_type(), at::kFloat);
+  const at::Tensor n = valid.sum().clamp_min(1).to(acc);
+  const auto masked_mean = [&](const at::Tensor& v) {
+    return (at::where(valid, v, at::zeros_like(v)).sum(acc) / n).to(alpha.scalar_type());
+  };
+  const at::Tensor loss = masked_mean(per_voxel);
+  return kl_weight != 0.0 ? loss + kl_weight * masked_mean(kl) : loss;
 }
 
 }  // namespace labelwise
