@@ -698,6 +698,11 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
   job.tol = P.tol;
   job.labels = strided(given_labels);
   const detail::UnitFailure f = detail::unit_pass_cpu(job);
+  if (f.status == detail::kUnitBadLabel && given_labels.dtype == DType::UInt8)  // -1 cannot be written in uint8
+    throw Error(ErrorKind::Value, "given_labels: entry " + unit_str(P.map, f.unit) + " is " + std::to_string(f.value) +
+                                      "; expected a class in [0, " + std::to_string(C) +
+                                      ") (uint8 labels cannot hold -1: pass int32 / int64 labels to mark unlabelled "
+                                      "items with -1)");
   if (f.status) throw_unit_failure(f, P, "probs", "probs", "given_labels");
 
   auto prob = [&](std::int64_t i, int c) {

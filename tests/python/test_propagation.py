@@ -751,6 +751,9 @@ def test_bad_input_label_issues_and_tools():
     y = np.array([0, 1, 2, 0, 1, 2])
     with pytest.raises(ValueError, match=r"given_labels: entry \[2\] is 7"):
         P.label_issues(p, np.array([0, 1, 7, 0, 1, 2]))
+    # uint8 cannot hold -1 (255 is what a -1 becomes): the message says so instead of offering -1
+    with pytest.raises(ValueError, match=r"given_labels: entry \[2\] is 255.*uint8 labels cannot hold -1"):
+        P.label_issues(p, np.array([0, 1, 255, 0, 1, 2], dtype=np.uint8))
     with pytest.raises(ValueError, match=r"given_labels: expected shape \[6\]"):
         P.label_issues(p, y[:3])
     q = p.copy()
