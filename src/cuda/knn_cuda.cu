@@ -274,8 +274,14 @@ __global__ void refine_block(const double* X, const double* rawsq, i64 D, i64 q0
       if (rank == k - 1) kth = kv;
     }
     for (int s = kWarp / 2; s > 0; s >>= 1) kth = fmax(kth, __shfl_xor_sync(kFull, kth, s));
-    const bool certain =
-        all_candidates || knn_lower_bound32(lk[m - 1], yn[i], yn_max, D, unit, 0.0) > knn_kth_slack(kth);
+    // The bound's error model is relative; this path does not scale the features as the CPU does
+    // (docs/propagation.md), so float32 products of tiny features can be subnormal or flushed to 0, an
+    // absolute error of up to FLT_MIN per operation: added to the bound (negligible for features of
+    // normal size), so that such rows fail certification and take the exact path instead of being
+    // certified with a dropped neighbour.
+    const double subnormal_slack = (2.0 * static_cast<double>(D) + 8.0) * 2.0 * 1.1754943508222875e-38;
+    const bool certain = all_candidates ||
+                         knn_lower_bound32(lk[m - 1], yn[i], yn_max, D, unit, subnormal_slack) > knn_kth_slack(kth);
     if (!certain && lane == 0) failed[atomicAdd(n_failed, 1u)] = static_cast<int>(i);
     __syncwarp();
   }

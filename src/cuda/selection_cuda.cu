@@ -13,6 +13,11 @@
 //     by index ascending, then by u descending, which is (u desc, index asc); outputs written.
 // The host synchronises after step 1 (so that invalid input writes nothing) and at the end.
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/version.cuh>
+
+// The sorts below pass 64-bit item counts; CUB before 1.16 (CUDA < 11.7) takes an int and would
+// truncate them silently.
+static_assert(CUB_VERSION >= 101600, "labelwise's CUDA selection needs CUB >= 1.16 (CUDA >= 11.7)");
 
 #include <algorithm>
 #include <cstdint>
