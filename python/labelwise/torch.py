@@ -609,15 +609,16 @@ class EvidentialHead(_Head):
         float32, computed in float64 over chunks of the last spatial axis (per voxel: the same values
         whatever the chunking, up to the convolution's summation order)."""
         x = self._check(features)
-        self._check_finite(x)
-        self._check_parameters()
         B, C, sp = x.shape[0], self.num_classes, tuple(x.shape[2:])
+        step = max(1, self._CHUNK_VALUES // max(1, x[..., 0].numel()))
+        for a in range(0, sp[-1], step):  # by chunks too: no mask of the whole volume
+            self._check_finite(x[..., a:a + step])
+        self._check_parameters()
         outs = {m: torch.empty((B,) + sp, dtype=torch.float32, device=x.device) for m in names}
         probs = torch.empty((B, C) + sp, dtype=torch.float32, device=x.device) if want_probs else None
         w = self.conv.weight.detach().to(device=x.device, dtype=torch.float64)
         b = self.conv.bias.detach().to(device=x.device, dtype=torch.float64)
         conv = F.conv2d if self.dims == 2 else F.conv3d
-        step = max(1, self._CHUNK_VALUES // max(1, x[..., 0].numel()))
         for a in range(0, sp[-1], step):
             e = min(sp[-1], a + step)
             alpha = F.softplus(conv(x[..., a:e].to(torch.float64), w, b)) + 1.0

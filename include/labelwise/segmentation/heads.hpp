@@ -44,7 +44,7 @@
 #include <iterator>
 #include <map>
 #include <optional>
-#include <sstream>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -171,6 +171,24 @@ inline void load_head_weights(torch::nn::Module& module, const std::string& path
 
 namespace heads_detail {
 
+/// The coordinates of the first true entry of a boolean tensor (empty when there is none), for the
+/// error messages that name an entry.
+inline std::vector<std::int64_t> first_true(const at::Tensor& mask) {
+  const at::Tensor all = at::nonzero(mask);
+  if (all.size(0) == 0) return {};
+  const at::Tensor first = all[0].cpu();
+  std::vector<std::int64_t> pos(static_cast<std::size_t>(first.size(0)));
+  for (std::int64_t d = 0; d < first.size(0); ++d) pos[d] = first[d].item<std::int64_t>();
+  return pos;
+}
+
+/// "[a, b, c]".
+inline std::string index_str(const std::vector<std::int64_t>& pos) {
+  std::string s = "[";
+  for (std::size_t d = 0; d < pos.size(); ++d) s += (d ? ", " : "") + std::to_string(pos[d]);
+  return s + "]";
+}
+
 inline std::int64_t check_arg(std::int64_t v, const char* name, std::int64_t lo, std::int64_t hi = INT64_MAX) {
   check(v >= lo && v <= hi, ErrorKind::Value, name, ": expected an integer ",
         hi == INT64_MAX ? ">= " + std::to_string(lo) : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]",
@@ -263,14 +281,10 @@ class HeadBase : public torch::nn::Module {
     for (const auto& item : named_parameters()) finite.push_back(at::isfinite(item.value().detach()).all());
     if (finite.empty() || at::stack(finite).all().item<bool>()) return;
     for (const auto& item : named_parameters()) {
-      const at::Tensor bad_entry = at::nonzero(~at::isfinite(item.value().detach()));
-      if (bad_entry.size(0) == 0) continue;
-      const at::Tensor first = bad_entry[0].cpu();
-      std::ostringstream where;
-      where << item.key() << "[";
-      for (int64_t d = 0; d < first.size(0); ++d) where << (d ? ", " : "") << first[d].item<int64_t>();
-      where << "] is NaN or Inf: the head's parameters must be finite";
-      throw Error(ErrorKind::Value, where.str());
+      const std::vector<std::int64_t> pos = heads_detail::first_true(~at::isfinite(item.value().detach()));
+      if (!pos.empty())
+        throw Error(ErrorKind::Value, item.key() + heads_detail::index_str(pos) +
+                                          " is NaN or Inf: the head's parameters must be finite");
     }
   }
 
@@ -573,7 +587,12 @@ class EvidentialHeadImpl : public HeadBase {
                                            at::Tensor* probs, at::Tensor* vacuity) {
     check_features(features);
     torch::NoGradGuard no_grad;
-    check(bool(at::isfinite(features).all().item<bool>()), ErrorKind::Value, "features: contains NaN or Inf");
+    const std::int64_t last = features.size(-1);
+    const std::int64_t per_index = features.numel() / last;
+    const std::int64_t step = std::max<std::int64_t>(1, chunk_values / std::max<std::int64_t>(1, per_index));
+    for (std::int64_t a = 0; a < last; a += step)  // by chunks too: no mask of the whole volume
+      check(bool(at::isfinite(features.narrow(-1, a, std::min(step, last - a))).all().item<bool>()), ErrorKind::Value,
+            "features: contains NaN or Inf");
     check_parameters();  // named in their own coordinates, before the features are blamed
     const at::Tensor w = weight().detach().to(features.device(), at::kDouble);
     const at::Tensor b = bias().detach().to(features.device(), at::kDouble);
@@ -587,21 +606,15 @@ class EvidentialHeadImpl : public HeadBase {
     for (Metric m : metrics) out[m] = at::empty(map_shape, f32);
     if (probs) *probs = at::empty(probs_shape, f32);
     if (vacuity) *vacuity = at::empty(map_shape, f32);
-    const std::int64_t last = features.size(-1);
-    const std::int64_t per_index = features.numel() / last;
-    const std::int64_t step = std::max<std::int64_t>(1, chunk_values / std::max<std::int64_t>(1, per_index));
     for (std::int64_t a = 0; a < last; a += step) {
       const std::int64_t n = std::min(step, last - a);
       const at::Tensor z = heads_detail::conv(features.narrow(-1, a, n).to(at::kDouble), w, b, dims_);
       const at::Tensor alpha = at::softplus(z, 1, 20) + 1.0;
-      const at::Tensor bad = at::nonzero(~at::isfinite(alpha.sum(1)));
-      if (bad.size(0) > 0) {
-        const at::Tensor first = bad[0].cpu();
-        std::ostringstream where;
-        for (std::int64_t d = 0; d < first.size(0); ++d)
-          where << (d ? ", " : "[") << first[d].item<std::int64_t>() + (d + 1 == first.size(0) ? a : 0);
-        throw Error(ErrorKind::Value, "features: voxel " + where.str() +
-                                          "] gives concentrations that overflow float64 (features or weights far too "
+      std::vector<std::int64_t> bad = heads_detail::first_true(~at::isfinite(alpha.sum(1)));
+      if (!bad.empty()) {
+        bad.back() += a;  // the chunk's offset on the last axis
+        throw Error(ErrorKind::Value, "features: voxel " + heads_detail::index_str(bad) +
+                                          " gives concentrations that overflow float64 (features or weights far too "
                                           "large; both are finite)");
       }
       const at::Tensor S = alpha.sum(1, true);
@@ -667,19 +680,13 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
   if (ignore_index) valid = t != *ignore_index;
   at::Tensor out = (t < 0) | (t >= C);
   if (valid.defined()) out = out & valid;
-  const at::Tensor bad = at::nonzero(out);
-  if (bad.size(0) > 0) {
-    const at::Tensor first = bad[0].cpu();
-    std::ostringstream where;
-    where << "target: voxel [";
-    std::vector<at::indexing::TensorIndex> idx;
-    for (std::int64_t d = 0; d < first.size(0); ++d) {
-      where << (d ? ", " : "") << first[d].item<std::int64_t>();
-      idx.emplace_back(first[d].item<std::int64_t>());
-    }
-    where << "] has label " << t.index(idx).item<std::int64_t>() << ", outside [0, " << C << ")"
-          << (ignore_index ? "" : " (pass ignore_index to leave such voxels out)");
-    throw Error(ErrorKind::Value, where.str());
+  const std::vector<std::int64_t> bad = heads_detail::first_true(out);
+  if (!bad.empty()) {
+    const std::vector<at::indexing::TensorIndex> idx(bad.begin(), bad.end());
+    throw Error(ErrorKind::Value, "target: voxel " + heads_detail::index_str(bad) + " has label " +
+                                      std::to_string(t.index(idx).item<std::int64_t>()) + ", outside [0, " +
+                                      std::to_string(C) + ")" +
+                                      (ignore_index ? "" : " (pass ignore_index to leave such voxels out)"));
   }
   at::Tensor z = logits;
   if (valid.defined()) {
