@@ -129,8 +129,11 @@ std::string unit_str(const detail::MapLayout& m, std::int64_t unit) {
   return "[" + s + "]";
 }
 
+/// labels_dtype: the labels' dtype where the pass read labels (uint8 cannot hold the -1 that marks an
+/// unlabelled unit, so its message says so instead of offering -1).
 [[noreturn]] void throw_unit_failure(const detail::UnitFailure& f, const Probs& P, const char* probs_name,
-                                     const char* conf_name, const char* labels_name) {
+                                     const char* conf_name, const char* labels_name,
+                                     DType labels_dtype = DType::Int64) {
   const std::string at = unit_str(P.map, f.unit);
   switch (f.status) {
     case detail::kUnitNonFinite:
@@ -144,7 +147,10 @@ std::string unit_str(const detail::MapLayout& m, std::int64_t unit) {
     case detail::kUnitBadLabel:
       throw Error(ErrorKind::Value, std::string(labels_name) + ": entry " + at + " is " + std::to_string(f.value) +
                                         "; expected a class in [0, " + std::to_string(P.C) +
-                                        ") or -1 (not labelled)");
+                                        (labels_dtype == DType::UInt8
+                                             ? ") (uint8 labels cannot hold -1: pass int32 / int64 labels to mark "
+                                               "unlabelled items with -1)"
+                                             : ") or -1 (not labelled)"));
     case detail::kUnitNaNConfidence:
       throw Error(ErrorKind::Value, std::string(conf_name) + ": entry " + at + " is NaN");
     case detail::kUnitNaNImageMean:
@@ -557,7 +563,7 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
     }
   }
   detail::UnitFailure f = detail::unit_pass_cpu(cj);
-  if (f.status) throw_unit_failure(f, Q, "calib_probs", "calib_confidence", "calib_labels");
+  if (f.status) throw_unit_failure(f, Q, "calib_probs", "calib_confidence", "calib_labels", calib_labels.dtype);
 
   // ---- the calibration units of each scan: all of them, or those predicted as each class
   std::vector<Calibration> cals;
@@ -698,12 +704,7 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
   job.tol = P.tol;
   job.labels = strided(given_labels);
   const detail::UnitFailure f = detail::unit_pass_cpu(job);
-  if (f.status == detail::kUnitBadLabel && given_labels.dtype == DType::UInt8)  // -1 cannot be written in uint8
-    throw Error(ErrorKind::Value, "given_labels: entry " + unit_str(P.map, f.unit) + " is " + std::to_string(f.value) +
-                                      "; expected a class in [0, " + std::to_string(C) +
-                                      ") (uint8 labels cannot hold -1: pass int32 / int64 labels to mark unlabelled "
-                                      "items with -1)");
-  if (f.status) throw_unit_failure(f, P, "probs", "probs", "given_labels");
+  if (f.status) throw_unit_failure(f, P, "probs", "probs", "given_labels", given_labels.dtype);
 
   auto prob = [&](std::int64_t i, int c) {
     const std::int64_t off = i * P.view.stride[0] + c * P.class_stride;

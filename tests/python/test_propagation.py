@@ -682,6 +682,10 @@ def test_bad_input_certified_auto_label(rng):
     y[5] = -2
     with pytest.raises(ValueError, match=r"calib_labels: entry \[5\] is -2"):
         P.certified_auto_label(pp, cp, y, **kw)
+    y8 = cy.astype(np.uint8)
+    y8[5] = 255  # what a -1 becomes in uint8: the message says uint8 cannot hold -1
+    with pytest.raises(ValueError, match=r"calib_labels: entry \[5\] is 255.*uint8 labels cannot hold -1"):
+        P.certified_auto_label(pp, cp, y8, **kw)
     with pytest.raises(ValueError, match=r"calib_labels: expected shape \[100\]"):
         P.certified_auto_label(pp, cp, cy[:50], **kw)
     with pytest.raises(ValueError, match="calib_probs: has 4 classes"):
