@@ -325,8 +325,9 @@ DiversityFailure badge_run(const BadgeJob& job) {
         }
         bool finite = true;
         const double hh = row_norm2<TH>(job.h, i, finite);
-        if (!finite || !(hh <= kMaxEmbeddingNorm2)) {
-          fails[w] = {finite ? kDivNormOverflow : kDivNonFinite, -1 - i};  // negative item: the embeddings' row
+        const int hst = finite ? row_norm_status(hh, true, false) : kDivNonFinite;
+        if (hst != kDivOk) {
+          fails[w] = {hst, -1 - i};  // negative item: the embeddings' row
           return;
         }
         g2[i] = badge_residual(xr, xs, c, job.kind, &a[i * c]) * hh;

@@ -386,7 +386,8 @@ __device__ u64 badge_row(const DevMatrix& x, std::int64_t i, int kind, double to
     st = kDivUnnormalised;
   if (st != kDivOk) return (static_cast<u64>(i) << 4) | static_cast<u64>(st);
   if (!h_finite) return (static_cast<u64>(i) << 4) | 8ull | kDivNonFinite;
-  if (!(hh <= kMaxEmbeddingNorm2)) return (static_cast<u64>(i) << 4) | 8ull | kDivNormOverflow;
+  const int hst = row_norm_status(hh, true, false);  // the Euclidean bound, as for the features
+  if (hst != kDivOk) return (static_cast<u64>(i) << 4) | 8ull | static_cast<u64>(hst);
   g2[i] = badge_residual(xr, x.cs, c, kind, a + i * c) * hh;
   return kNoFailure;
 }
