@@ -192,9 +192,9 @@ KnnData knn_load(const TensorView& f, const char* what) {
   d.row_exp.resize(static_cast<std::size_t>(d.N));
   const std::int64_t s0 = f.strides[0], s1 = f.strides[1];
   // copied in parallel; the first bad row (lowest index) is reported
-  const int W = std::max(1, num_threads());
+  const int W = worker_slots();
   std::vector<std::int64_t> bad(static_cast<std::size_t>(W), d.N);
-  parallel_for(d.N, 2048, [&](std::int64_t i0, std::int64_t i1, int w) {
+  parallel_for(d.N, 2048, W, [&](std::int64_t i0, std::int64_t i1, int w) {
     for (std::int64_t i = i0; i < i1; ++i) {
       double* row = d.x.data() + i * d.D;
       bool ok = true;
@@ -664,7 +664,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
   std::vector<std::pair<std::int64_t, std::int64_t>> pairs;
   for (std::int64_t I = 0; I < nb; ++I)
     for (std::int64_t J = I; J < nb; ++J) pairs.push_back({I, J});
-  const int max_workers = std::max(1, num_threads());
+  const int max_workers = worker_slots();
 
   // Lower bound on the exact key of any non-candidate of row i whose float32 approximation is >= amax.
   auto lower32 = [&](std::int64_t i, float amax_f) -> double {
@@ -872,7 +872,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
     // merge the workers' heaps and refine every row; the rows not certified go to `failed`
     auto refine_all = [&](const std::vector<WorkerHeaps>& wh, const auto& lower, std::vector<std::int64_t>& failed) {
       std::vector<std::vector<std::int64_t>> wfail(max_workers);
-      parallel_for(N, 256, [&](std::int64_t i0, std::int64_t i1, int w) {
+      parallel_for(N, 256, max_workers, [&](std::int64_t i0, std::int64_t i1, int w) {
         std::vector<KnnCand> h;
         std::vector<std::pair<double, std::int64_t>> ref;
         for (std::int64_t p = i0; p < i1; ++p) {
@@ -1007,7 +1007,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
   // heaps for every row.
   std::vector<std::vector<KnnCand>> wheaps(max_workers);
   std::vector<std::vector<std::int64_t>> wsize(max_workers);
-  parallel_for(static_cast<std::int64_t>(pairs.size()), 1, [&](std::int64_t p0, std::int64_t p1, int w) {
+  parallel_for(static_cast<std::int64_t>(pairs.size()), 1, max_workers, [&](std::int64_t p0, std::int64_t p1, int w) {
     std::vector<KnnCand>& heaps = wheaps[w];
     std::vector<std::int64_t>& hsize = wsize[w];
     heaps.resize(static_cast<std::size_t>(N * m));
@@ -1032,7 +1032,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
 
   // ---- merge the workers' heaps, refine each row exactly and certify it
   std::vector<std::vector<std::int64_t>> wfail(max_workers);
-  parallel_for(N, 256, [&](std::int64_t i0, std::int64_t i1, int w) {
+  parallel_for(N, 256, max_workers, [&](std::int64_t i0, std::int64_t i1, int w) {
     std::vector<KnnCand> h;
     std::vector<std::pair<double, std::int64_t>> ref;
     for (std::int64_t i = i0; i < i1; ++i) {

@@ -259,7 +259,7 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
         }
     unreached = static_cast<std::int64_t>(queue.size() - labelled);
   }
-  std::vector<std::int64_t> zero_rows(static_cast<std::size_t>(std::max(1, num_threads())), 0);
+  std::vector<std::int64_t> zero_rows(static_cast<std::size_t>(detail::worker_slots()), 0);
   std::int64_t stalled = 0;  // steps in a row that reached no new item
   for (; it < opt.max_iter; ++it) {
     if (numpy_sum_threads(diff.data(), N * C) < opt.tol) {
@@ -273,7 +273,7 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
     const std::int64_t unreached_before = unreached;
     std::swap(F, Fp);  // Fp = previous F; F is overwritten below
     std::fill(zero_rows.begin(), zero_rows.end(), 0);
-    detail::parallel_for(N, 512, [&](std::int64_t b, std::int64_t e, int w) {
+    detail::parallel_for(N, 512, static_cast<int>(zero_rows.size()), [&](std::int64_t b, std::int64_t e, int w) {
       std::vector<double> acc(C);
       for (std::int64_t i = b; i < e; ++i) {
         std::fill(acc.begin(), acc.end(), 0.0);

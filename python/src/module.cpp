@@ -85,7 +85,8 @@ PYBIND11_MODULE(_core, m) {
         "all cores).");
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Sets the CPU thread count for every later call; n <= 0 restores the default. Results never depend on "
-        "it. Process-wide: call it between labelwise calls, not while another thread is inside one.");
+        "it. Process-wide and safe from any thread at any time: running calls finish each parallel stage with "
+        "the count it started with.");
   m.def("normalization_tolerance", [](const std::string& dtype) {
     return normalization_tolerance(dtype == "float64" ? DType::Float64 : DType::Float32);
   });

@@ -54,8 +54,6 @@ DiversityFailure first_failure(const std::vector<DiversityFailure>& fs) {
   return worst;
 }
 
-int slots() { return std::max(1, num_threads()); }
-
 /// Rows per thread at least, for rows of `cols` values.
 std::int64_t grain_rows(std::int64_t cols) {
   return std::max<std::int64_t>(16, kGrainValues / std::max<std::int64_t>(cols, 1));
@@ -128,8 +126,8 @@ DiversityFailure coreset_run(const CoresetJob& job) {
   // Validate (NaN / Inf; zero rows for cosine) and, for cosine, the inverse norms.
   std::vector<double> scale(cosine ? static_cast<std::size_t>(n) : 0);
   {
-    std::vector<DiversityFailure> fails(slots());
-    parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+    std::vector<DiversityFailure> fails(worker_slots());
+    parallel_for(n, grain, static_cast<int>(fails.size()), [&](std::int64_t begin, std::int64_t end, int w) {
       for (std::int64_t i = begin; i < end; ++i) {
         bool finite = true, nonzero = false;
         const double ss = row_norm2<T>(x, i, finite, nonzero);
@@ -155,7 +153,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
   // -1 marks labelled and chosen items (never picked again).
   std::vector<double> mins(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) mins[i] = job.labeled[i] ? -1.0 : std::numeric_limits<double>::infinity();
-  std::vector<ArgMax> parts(slots());
+  std::vector<ArgMax> parts(worker_slots());
   std::int64_t pick = -1;
   // owner[i]: position in `cent` (the labelled rows, then the picks) of the centre at distance
   // sqrt(mins[i]) from item i (-1: none yet). Used to skip items that the new centre cannot reach.
@@ -174,7 +172,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
       for (std::int64_t c = c0; c < c1; ++c) load_row<T>(x, lab[c], scale_of(lab[c]), &centres[(c - c0) * d]);
       const bool last = c1 == nl;
       std::fill(parts.begin(), parts.end(), ArgMax());
-      parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+      parallel_for(n, grain, static_cast<int>(parts.size()), [&](std::int64_t begin, std::int64_t end, int w) {
         ArgMax best;
         for (std::int64_t i = begin; i < end; ++i) {
           double m = mins[i];
@@ -222,7 +220,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
     if (cosine && zero) {
       pick = 0;  // every unit row is equally far from a zero mean
     } else {
-      parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+      parallel_for(n, grain, static_cast<int>(parts.size()), [&](std::int64_t begin, std::int64_t end, int w) {
         ArgMax best;
         for (std::int64_t i = begin; i < end; ++i) best.offer(dist2(i, mean.data()), i);
         parts[w] = best;
@@ -254,7 +252,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
     }
     cent.push_back(pick);
     std::fill(parts.begin(), parts.end(), ArgMax());
-    parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+    parallel_for(n, grain, static_cast<int>(parts.size()), [&](std::int64_t begin, std::int64_t end, int w) {
       ArgMax best;
       for (std::int64_t i = begin; i < end; ++i) {
         double m = mins[i];
@@ -291,8 +289,8 @@ DiversityFailure badge_run(const BadgeJob& job) {
 
   // Validate, and the residuals and norms.
   {
-    std::vector<DiversityFailure> fails(slots());
-    parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int w) {
+    std::vector<DiversityFailure> fails(worker_slots());
+    parallel_for(n, grain, static_cast<int>(fails.size()), [&](std::int64_t begin, std::int64_t end, int w) {
       for (std::int64_t i = begin; i < end; ++i) {
         const TX* xr = row_ptr<TX>(job.x, i);
         const std::int64_t xs = job.x.col_stride;
@@ -424,8 +422,8 @@ std::pair<std::int64_t, double> nearest_centre(const double* row, const std::vec
 /// The first row (lowest index, whatever the thread count) with NaN / Inf: {kDivNonFinite, row}.
 template <typename T>
 DiversityFailure first_bad_euclidean_row_of(const Matrix& x) {
-  std::vector<DiversityFailure> fails(static_cast<std::size_t>(slots()));
-  parallel_for(x.rows, grain_rows(x.cols), [&](std::int64_t begin, std::int64_t end, int w) {
+  std::vector<DiversityFailure> fails(static_cast<std::size_t>(worker_slots()));
+  parallel_for(x.rows, grain_rows(x.cols), static_cast<int>(fails.size()), [&](std::int64_t begin, std::int64_t end, int w) {
     for (std::int64_t i = begin; i < end && fails[w].status == kDivOk; ++i) {
       bool finite = true;
       const double ss = row_norm2<T>(x, i, finite);
@@ -494,8 +492,8 @@ std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, 
     std::copy(&X[next * d], &X[next * d] + d, &centres[t * d]);
     if (t + 1 == b) break;
     const double* c = &centres[t * d];
-    std::vector<ArgMax> best(static_cast<std::size_t>(slots()));
-    parallel_for(m, grain, [&](std::int64_t begin, std::int64_t end, int wk) {
+    std::vector<ArgMax> best(static_cast<std::size_t>(worker_slots()));
+    parallel_for(m, grain, static_cast<int>(best.size()), [&](std::int64_t begin, std::int64_t end, int wk) {
       for (std::int64_t j = begin; j < end; ++j) {
         dist2[j] = std::min(dist2[j], row_sq(&X[j * d], d, c));
         if (!seeded[j]) best[wk].offer(wc[j] * dist2[j], cand[j]);  // ties: the lower item index
@@ -512,8 +510,8 @@ std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, 
   // Lloyd iterations.
   std::vector<std::int64_t> assign(static_cast<std::size_t>(m));
   const auto reassign = [&]() {
-    std::vector<std::uint8_t> changed(static_cast<std::size_t>(slots()), 0);
-    parallel_for(m, std::max<std::int64_t>(1, grain / std::max<std::int64_t>(b, 1)),
+    std::vector<std::uint8_t> changed(static_cast<std::size_t>(worker_slots()), 0);
+    parallel_for(m, std::max<std::int64_t>(1, grain / std::max<std::int64_t>(b, 1)), static_cast<int>(changed.size()),
                  [&](std::int64_t begin, std::int64_t end, int wk) {
                    for (std::int64_t j = begin; j < end; ++j) {
                      const std::int64_t c = nearest_centre(&X[j * d], centres, b, d).first;

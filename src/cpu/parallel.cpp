@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -12,6 +13,7 @@
 namespace labelwise {
 namespace {
 std::atomic<int> g_threads{0};
+std::atomic<int> g_thread_start_budget{-1};  // limit_thread_starts_for_testing
 
 int default_threads() {
   if (const char* env = std::getenv("LABELWISE_NUM_THREADS")) {
@@ -32,12 +34,21 @@ void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0); }
 
 namespace detail {
 
+int worker_slots() { return std::max(1, num_threads()); }
+
+void limit_thread_starts_for_testing(int n) { g_thread_start_budget.store(n < 0 ? -1 : n); }
+
 void parallel_for(std::int64_t n, std::int64_t grain,
+                  const std::function<void(std::int64_t, std::int64_t, int)>& fn) {
+  parallel_for(n, grain, worker_slots(), fn);
+}
+
+void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
                   const std::function<void(std::int64_t, std::int64_t, int)>& fn) {
   if (n <= 0) return;
   grain = std::max<std::int64_t>(grain, 1);
   const std::int64_t max_chunks = (n + grain - 1) / grain;
-  const int workers = static_cast<int>(std::min<std::int64_t>(num_threads(), max_chunks));
+  const int workers = static_cast<int>(std::min<std::int64_t>(std::max(1, max_workers), max_chunks));
   if (workers <= 1) {
     fn(0, n, 0);
     return;
@@ -54,10 +65,22 @@ void parallel_for(std::int64_t n, std::int64_t grain,
       if (!error) error = std::current_exception();
     }
   };
+  // Where the system refuses a thread (process limits, many concurrent calls), the chunks that got
+  // none run here, one after another: same chunks, same results. An exception escaping with threads
+  // still joinable would terminate the process.
   std::vector<std::thread> pool;
-  pool.reserve(workers - 1);
-  for (int w = 1; w < workers; ++w) pool.emplace_back(run, w);
+  int started = 1;
+  try {
+    pool.reserve(static_cast<std::size_t>(workers - 1));
+    for (; started < workers; ++started) {
+      const int budget = g_thread_start_budget.load();
+      if (budget >= 0 && started > budget) throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
+      pool.emplace_back(run, started);
+    }
+  } catch (...) {
+  }
   run(0);
+  for (int w = started; w < workers; ++w) run(w);
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
 }

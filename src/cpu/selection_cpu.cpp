@@ -141,8 +141,9 @@ void write_outputs(const SelectJob& job, const std::vector<Cand>& win) {
 /// so the result does not depend on the thread count).
 void parallel_sort(std::vector<Cand>& v) {
   const std::int64_t n = static_cast<std::int64_t>(v.size());
-  std::vector<std::pair<std::int64_t, std::int64_t>> chunks(std::max(1, num_threads()), {0, 0});
-  parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+  const int slots = worker_slots();
+  std::vector<std::pair<std::int64_t, std::int64_t>> chunks(slots, {0, 0});
+  parallel_for(n, kGrain, slots, [&](std::int64_t begin, std::int64_t end, int w) {
     std::sort(v.begin() + begin, v.begin() + end, Better());
     chunks[w] = {begin, end};
   });
@@ -328,7 +329,7 @@ bool top_k_floor(std::int64_t n, std::int64_t b, const Load& load, T& floor) {
 template <typename T>
 SelectFailure run(const SelectJob& job) {
   const T* x = static_cast<const T*>(job.values);
-  const int workers = std::max(1, num_threads());
+  const int workers = worker_slots();
   Shared sh(workers, job.b);
   const std::int64_t n = job.n;
   const bool select = job.b > 0;  // b = 0: validate only; b = -1: keys only (stochastic_keys)
@@ -354,7 +355,7 @@ SelectFailure run(const SelectJob& job) {
   if (job.source == SelectSource::Stochastic) {
     if (job.out_keys) {
       // Every item is validated before any key is written (outputs only for valid input).
-      parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+      parallel_for(n, kGrain, workers, [&](std::int64_t begin, std::int64_t end, int w) {
         for (std::int64_t i = begin; i < end; ++i) {
           const double r = job.ranks ? static_cast<double>(job.ranks[flat_offset(job.ranks_grid, i)]) : 0.0;
           double lw = 0.0;
@@ -373,7 +374,7 @@ SelectFailure run(const SelectJob& job) {
       constexpr int kMode = decltype(mode_constant)::value;
       const bool ranks_flat = job.ranks && job.ranks_grid.ndim == 1 && job.ranks_grid.stride[0] == 1;
       const double beta = job.beta;
-      parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+      parallel_for(n, kGrain, workers, [&](std::int64_t begin, std::int64_t end, int w) {
         BestB& best = sh.best[w];
         double sv[kBlock], rv[kBlock];
         int survivors[kBlock];
@@ -446,7 +447,7 @@ SelectFailure run(const SelectJob& job) {
     // then one comparison against the worker's threshold before the exact push.
     T floor = 0;
     const bool primed = select && job.source == SelectSource::Scores && top_k_floor<T>(n, job.b, load, floor);
-    auto scan = [&](bool use_floor) { parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int w) {
+    auto scan = [&](bool use_floor) { parallel_for(n, kGrain, workers, [&](std::int64_t begin, std::int64_t end, int w) {
       BestB& best = sh.best[w];
       if (use_floor) best.set_floor(ordered_key(static_cast<double>(floor)));
       std::uint64_t u[kBlock];

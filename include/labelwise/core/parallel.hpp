@@ -5,9 +5,9 @@ namespace labelwise {
 
 /// Number of CPU threads labelwise uses (default: LABELWISE_NUM_THREADS, else all cores).
 int num_threads();
-/// Sets the CPU thread count; n <= 0 restores the default. Results never depend on it. Process-wide:
-/// call it between labelwise calls, not while another thread is inside one (a call sizes its
-/// per-thread scratch from the count when it starts).
+/// Sets the CPU thread count; n <= 0 restores the default. Results never depend on it. Process-wide,
+/// and safe to call from any thread at any time: calls already running finish with the count each of
+/// their parallel stages started with.
 void set_num_threads(int n);
 
 /// True when this build of labelwise contains the CUDA kernels.

@@ -9,9 +9,23 @@ namespace labelwise {
 namespace detail {
 
 /// Calls fn(begin, end, worker) over [0, n) split into contiguous chunks of at least
-/// `grain` items, on up to num_threads() threads. Exceptions from fn are re-thrown.
+/// `grain` items, on up to max_workers threads (worker < max_workers; max_workers >= 1). Callers
+/// that keep per-worker state size it by one worker_slots() value and pass that same value here, so
+/// that set_num_threads() from another thread cannot hand fn a worker index past the state.
+/// Exceptions from fn are re-thrown.
+void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
+                  const std::function<void(std::int64_t, std::int64_t, int)>& fn);
+
+/// The same on up to num_threads() threads, for loops without per-worker state.
 void parallel_for(std::int64_t n, std::int64_t grain,
                   const std::function<void(std::int64_t, std::int64_t, int)>& fn);
+
+/// max(1, num_threads()) read once: the size of a call's per-worker state.
+int worker_slots();
+
+/// Test hook: from now on each parallel_for starts at most n threads besides the caller's (n < 0:
+/// no limit); the next start fails as when the system refuses a thread (std::system_error).
+void limit_thread_starts_for_testing(int n);
 
 }  // namespace detail
 }  // namespace labelwise
