@@ -119,7 +119,13 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
   check(static_cast<std::int64_t>(y.size()) == N, ErrorKind::Value, "labels: expected shape [", N,
         "] (one per row of features), got ", labels.shape_str());
   check(N >= 2, ErrorKind::Value, "features: ", fn, " needs at least 2 rows, got shape ", features.shape_str());
-  check(opt.k >= 1 && opt.k < N, ErrorKind::Value, "k: expected 1 <= k < N = ", N, ", got ", opt.k);
+  // sklearn counts the point itself among its k neighbours and accepts k = N (the complete graph).
+  const bool sk = opt.variant == SpreadingVariant::Sklearn;
+  if (sk)
+    check(opt.k >= 1 && opt.k <= N, ErrorKind::Value, "k: expected 1 <= k <= N = ", N,
+          " (the sklearn variant counts the point itself), got ", opt.k);
+  else
+    check(opt.k >= 1 && opt.k < N, ErrorKind::Value, "k: expected 1 <= k < N = ", N, ", got ", opt.k);
   if (kind == Kind::Spreading)
     check(opt.alpha > 0.0 && opt.alpha < 1.0, ErrorKind::Value, "alpha: expected a value in (0, 1), got ",
           num(opt.alpha));
@@ -136,10 +142,12 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
         "], got ", out_labels.shape_str());
   check_outputs({{dist, "distributions"}, {out_labels, "out_labels"}}, {{features, "features"}, {labels, "labels"}});
 
-  const bool sk = opt.variant == SpreadingVariant::Sklearn;
   const std::int64_t k = opt.k;
   std::vector<std::int64_t> nb(static_cast<std::size_t>(N * k));
-  {
+  if (k == N) {  // sklearn variant: every point is a neighbour of every point (order is not used below)
+    for (std::int64_t i = 0; i < N; ++i)
+      for (std::int64_t j = 0; j < N; ++j) nb[i * N + j] = j;
+  } else {
     std::vector<double> key(static_cast<std::size_t>(N * k));
     detail::knn_search(data, k, KnnMetric::Euclidean, sk ? detail::KnnRule::Sklearn : detail::KnnRule::Exact,
                        opt.sklearn_threads, nb.data(), key.data());

@@ -15,13 +15,18 @@ namespace {
 std::atomic<int> g_threads{0};
 std::atomic<int> g_thread_start_budget{-1};  // limit_thread_starts_for_testing
 
+/// LABELWISE_NUM_THREADS, else the cores; read once, at the first call (getenv is not safe against a
+/// concurrent setenv, and num_threads() runs in every parallel loop, without the GIL in Python).
 int default_threads() {
-  if (const char* env = std::getenv("LABELWISE_NUM_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
-  }
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
+  static const int n = [] {
+    if (const char* env = std::getenv("LABELWISE_NUM_THREADS")) {
+      const int v = std::atoi(env);
+      if (v > 0) return v;
+    }
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? 1 : static_cast<int>(hw);
+  }();
+  return n;
 }
 }  // namespace
 

@@ -21,19 +21,47 @@
 namespace labelwise {
 namespace detail {
 
-/// Makes `device` current for the scope and restores the previous device afterwards.
+/// True unless the calling host thread is known to have no current CUDA context (cuCtxGetCurrent,
+/// reached through the runtime's driver entry points: no link to libcuda). A thread that never used
+/// CUDA reports device 0 from cudaGetDevice; setting device 0 back on it would create device 0's
+/// primary context (hundreds of MiB on a GPU the caller may not use), so guards leave such threads
+/// on the device they switched to, as PyTorch's device guards do.
+inline bool thread_has_cuda_context() {
+  using CtxGetCurrent = int (*)(void**);  // CUresult cuCtxGetCurrent(CUcontext*)
+  static const CtxGetCurrent fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &p, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      return CtxGetCurrent{nullptr};
+    return reinterpret_cast<CtxGetCurrent>(p);
+  }();
+  if (fn == nullptr) return true;  // unknown: restore as before
+  void* ctx = nullptr;
+  return fn(&ctx) == 0 && ctx != nullptr;
+}
+
+/// Makes `device` current for the scope and restores the previous device afterwards (when the thread
+/// had a current context before: see thread_has_cuda_context).
 class CudaDeviceGuard {
  public:
   explicit CudaDeviceGuard(int device) {
+    const bool had_context = thread_has_cuda_context();
     LABELWISE_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device) LABELWISE_CUDA_CHECK(cudaSetDevice(device));
+    if (previous_ != device) {
+      LABELWISE_CUDA_CHECK(cudaSetDevice(device));
+      restore_ = had_context;
+    }
   }
-  ~CudaDeviceGuard() { cudaSetDevice(previous_); }
+  ~CudaDeviceGuard() {
+    if (restore_) cudaSetDevice(previous_);
+  }
   CudaDeviceGuard(const CudaDeviceGuard&) = delete;
   CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
 
  private:
   int previous_ = 0;
+  bool restore_ = false;
 };
 
 /// Number of streaming multiprocessors of `device`.

@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -312,6 +313,7 @@ __global__ void write_row(const double* key, const int* val, i64 i, i64 k, Out o
 /// the nvidia-cublas wheels put it), then $CUDA_HOME/lib64 and /usr/local/cuda/lib64.
 struct CublasApi {
   decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
   decltype(&cublasSetMathMode) set_math_mode = nullptr;
   decltype(&cublasSetStream_v2) set_stream = nullptr;
   decltype(&cublasDgemv_v2) dgemv = nullptr;
@@ -359,6 +361,7 @@ const CublasApi& cublas_loaded() {
       if (fn == nullptr && a.error.empty()) a.error = std::string("cuBLAS (") + soname + ") has no symbol " + name;
     };
     sym(a.create, "cublasCreate_v2");
+    sym(a.destroy, "cublasDestroy_v2");
     sym(a.set_math_mode, "cublasSetMathMode");
     sym(a.set_stream, "cublasSetStream_v2");
     sym(a.dgemv, "cublasDgemv_v2");
@@ -374,21 +377,60 @@ const CublasApi& cublas_api() {
   return api;
 }
 
-/// One cuBLAS handle per host thread and device (created once; cuBLAS handles are not shared between
-/// threads). CUBLAS_PEDANTIC_MATH: the float32 GEMMs use standard float32 arithmetic (compute type
-/// CUBLAS_COMPUTE_32F_PEDANTIC) — never TF32, never the BF16x9 emulation that the default compute
-/// type may be switched to (math mode or environment) — so the certificate's error bound holds.
-cublasHandle_t cublas_for(int device) {
-  thread_local std::map<int, cublasHandle_t> handles;
-  auto it = handles.find(device);
-  if (it != handles.end()) return it->second;
-  cublasHandle_t h = nullptr;
-  const CublasApi& api = cublas_api();
-  LABELWISE_CUBLAS_CHECK(api.create(&h));
-  LABELWISE_CUBLAS_CHECK(api.set_math_mode(h, CUBLAS_PEDANTIC_MATH));
-  handles[device] = h;
-  return h;
-}
+/// cuBLAS handles for the kNN graph, per device, shared by the process: a call leases one (an idle
+/// handle of its device, or a new one) and gives it back when it returns, so there are as many
+/// handles as concurrent calls ever were, whichever host threads made them (a handle per thread leaked
+/// its device workspace with every exited thread; a handle is used by one thread at a time). Handles
+/// live as long as the process. CUBLAS_PEDANTIC_MATH: the float32 GEMMs use standard float32
+/// arithmetic (compute type CUBLAS_COMPUTE_32F_PEDANTIC) — never TF32, never the BF16x9 emulation
+/// that the default compute type may be switched to (math mode or environment) — so the
+/// certificate's error bound holds.
+class CublasLease {
+ public:
+  /// Call with `device` current (the handle binds to it).
+  explicit CublasLease(int device) : device_(device) {
+    {
+      std::lock_guard<std::mutex> lock(pool().mutex);
+      std::vector<cublasHandle_t>& idle = pool().idle[device];
+      if (!idle.empty()) {
+        handle_ = idle.back();
+        idle.pop_back();
+        return;
+      }
+    }
+    const CublasApi& api = cublas_api();
+    cublasHandle_t h = nullptr;
+    LABELWISE_CUBLAS_CHECK(api.create(&h));
+    const cublasStatus_t st = api.set_math_mode(h, CUBLAS_PEDANTIC_MATH);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      api.destroy(h);
+      LABELWISE_CUBLAS_CHECK(st);
+    }
+    handle_ = h;
+  }
+  ~CublasLease() {
+    try {
+      std::lock_guard<std::mutex> lock(pool().mutex);
+      pool().idle[device_].push_back(handle_);
+    } catch (...) {  // no memory to keep it: the handle is dropped (a leak, not a crash)
+    }
+  }
+  CublasLease(const CublasLease&) = delete;
+  CublasLease& operator=(const CublasLease&) = delete;
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  struct Pool {
+    std::mutex mutex;
+    std::map<int, std::vector<cublasHandle_t>> idle;
+  };
+  static Pool& pool() {
+    static Pool* p = new Pool;  // never destroyed: handles outlive static destruction order
+    return *p;
+  }
+  int device_;
+  cublasHandle_t handle_ = nullptr;
+};
 
 }  // namespace
 
@@ -449,7 +491,8 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
   if (cosine && hf[1] != kNone) return {kKnnZeroRow, static_cast<i64>(hf[1])};
 
   // ---- 2. candidate space
-  cublasHandle_t h = cublas_for(job.device_index);
+  const CublasLease lease(job.device_index);
+  const cublasHandle_t h = lease.get();
   const CublasApi& blas = cublas_api();
   LABELWISE_CUBLAS_CHECK(blas.set_stream(h, stream));
   if (!cosine) {

@@ -99,10 +99,11 @@ void cuda_free_floats(float* p, int device, void* stream) noexcept {
   // Called from a deleter, possibly while an exception unwinds: no CudaDeviceGuard (its constructor can
   // throw after a sticky error); errors are ignored.
   int previous = 0;
+  const bool had_context = thread_has_cuda_context();
   const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device &&
                         cudaSetDevice(device) == cudaSuccess;
   cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
-  if (switched) cudaSetDevice(previous);
+  if (switched && had_context) cudaSetDevice(previous);
 }
 
 ScoreFailure score_cuda(const ScoreJob& job) {

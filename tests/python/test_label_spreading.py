@@ -251,6 +251,30 @@ def partial_labels(rng, y, frac):
     return lab
 
 
+@pytest.mark.parametrize("N,D", [(9, 3), (40, 20)])
+def test_sklearn_variant_takes_k_equal_to_n_like_sklearn(rng, N, D):
+    """sklearn counts the point itself among its n_neighbors and accepts n_neighbors = N (the complete
+    graph); the sklearn variant does too, and k = N + 1 is refused by both."""
+    X = rng.normal(size=(N, D))
+    lab = np.full(N, -1, dtype=np.int64)
+    lab[:3] = [0, 1, 2]
+    for alpha in (0.2, 0.9):
+        s = sk_fit(LabelSpreading, X, lab, n_neighbors=N, alpha=alpha, max_iter=30, tol=1e-3)
+        d, l = ours(P.label_spreading, X, lab, k=N, alpha=alpha, max_iter=30, tol=1e-3)
+        np.testing.assert_array_equal(d, s.label_distributions_)
+        np.testing.assert_array_equal(l, s.transduction_)
+    s = sk_fit(LabelPropagation, X, lab, n_neighbors=N, max_iter=1000, tol=1e-3)
+    d, l = ours(P.label_propagation, X, lab, k=N, max_iter=1000, tol=1e-3)
+    np.testing.assert_array_equal(d, s.label_distributions_)
+    np.testing.assert_array_equal(l, s.transduction_)
+    with pytest.raises(ValueError):
+        sk_fit(LabelSpreading, X, lab, n_neighbors=N + 1)
+    with pytest.raises(ValueError, match=rf"1 <= k <= N = {N} \(the sklearn variant counts the point itself\)"):
+        ours(P.label_spreading, X, lab, k=N + 1)
+    with pytest.raises(ValueError, match=rf"1 <= k < N = {N}, got {N}"):
+        P.label_spreading(X, lab, k=N)  # the symmetric graph excludes the point itself
+
+
 @pytest.mark.parametrize("N,D,C,k", [(200, 5, 3, 7), (700, 20, 4, 10), (1500, 32, 6, 5)])
 def test_sklearn_variant_equals_sklearn_on_random_data(rng, N, D, C, k):
     X = rng.normal(size=(N, D))

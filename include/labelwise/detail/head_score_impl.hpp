@@ -182,19 +182,19 @@ struct HeadCpuScratch {
 /// words[4j + w] = word w of block j.
 template <int kLanes = 16>
 inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint32_t b, const std::uint32_t* c1_in,
-                               const std::uint32_t* c2_in, int n, std::uint32_t* words) {
-  for (int j0 = 0; j0 < n; j0 += kLanes) {
+                               const std::uint32_t* c2_in, std::int64_t n, std::uint32_t* words) {
+  for (std::int64_t j0 = 0; j0 < n; j0 += kLanes) {
     std::uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
     LABELWISE_SIMD_HEAD
     for (int l = 0; l < kLanes; ++l) {
-      const int j = j0 + l < n ? j0 + l : n - 1;
+      const std::int64_t j = j0 + l < n ? j0 + l : n - 1;
       c0[l] = v;
       c1[l] = c1_in[j];
       c2[l] = c2_in[j];
       c3[l] = b;
     }
     philox_rounds_lanes<kLanes>(c0, c1, c2, c3, hp.key0, hp.key1);
-    const int lanes = n - j0 < kLanes ? n - j0 : kLanes;
+    const int lanes = n - j0 < kLanes ? static_cast<int>(n - j0) : kLanes;
     for (int l = 0; l < lanes; ++l) {
       std::uint32_t* wj = words + 4 * static_cast<std::int64_t>(j0 + l);
       wj[0] = static_cast<std::uint32_t>(c0[l]);
@@ -211,12 +211,12 @@ inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint3
 /// 4 x 16 words transposed in registers into the interleaved layout (words[4j + w]) by unpacks and
 /// 128-bit shuffles instead of 64 scalar stores.
 inline void head_philox_blocks_avx512(const HeadParams& hp, std::uint32_t v, std::uint32_t b,
-                                      const std::uint32_t* c1_in, const std::uint32_t* c2_in, int n,
+                                      const std::uint32_t* c1_in, const std::uint32_t* c2_in, std::int64_t n,
                                       std::uint32_t* words) {
   const __m512i m0 = _mm512_set1_epi64(0xD2511F53ll), m1 = _mm512_set1_epi64(0xCD9E8D57ll);
   constexpr __mmask16 kOdd = 0xAAAA;
-  for (int j0 = 0; j0 < n; j0 += 16) {
-    const int lanes = n - j0 < 16 ? n - j0 : 16;
+  for (std::int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int lanes = n - j0 < 16 ? static_cast<int>(n - j0) : 16;
     const __mmask16 live = static_cast<__mmask16>(lanes == 16 ? 0xFFFFu : (1u << lanes) - 1u);
     __m512i c0 = _mm512_set1_epi32(static_cast<int>(v));
     __m512i c1 = _mm512_maskz_loadu_epi32(live, c1_in + j0);
@@ -274,9 +274,9 @@ inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& h
   }
   if (bad) return kItemNonFinite;
 #if defined(__AVX512F__) && !defined(__CUDACC__)
-  if (hp.dropout) head_philox_blocks_avx512(hp, v, b, s.counter1, s.counter2, K * G, s.words);
+  if (hp.dropout) head_philox_blocks_avx512(hp, v, b, s.counter1, s.counter2, static_cast<std::int64_t>(K) * G, s.words);
 #else
-  if (hp.dropout) head_philox_blocks(hp, v, b, s.counter1, s.counter2, K * G, s.words);
+  if (hp.dropout) head_philox_blocks(hp, v, b, s.counter1, s.counter2, static_cast<std::int64_t>(K) * G, s.words);
 #endif
   // Logits of 4 samples at a time, by blocks of 8 classes: 4 independent accumulator vectors that stay
   // in registers over the f loop (one sample at a time would be a chain of dependent adds through memory).

@@ -724,7 +724,7 @@ struct BlockScratch {
   double* lnb;    // nb * C: BalEntAcq ln B(α+1, β) (beta_entropy_parts)
   double* wpsi;   // nb * C: BalEntAcq's digamma part w (beta_entropy_parts)
 };
-inline std::size_t block_scratch_doubles(int nb, int C) { return static_cast<std::size_t>(nb) * (9 * C + 1) + 3 * kRowLanes; }
+inline std::size_t block_scratch_doubles(int nb, int C) { return static_cast<std::size_t>(nb) * (9 * static_cast<std::size_t>(C) + 1) + 3 * kRowLanes; }
 
 /// Per-worker row state of phases 0 and 1 for C > kRowLanes, where a row spans several chunks of
 /// kRowLanes classes (one chunk keeps it in registers instead): per row, lane-wise partial totals and

@@ -32,7 +32,8 @@
 //   distributions : float64 [N, C] (written): the normalised label distributions.
 //   out_labels    : int64 [N] (written): the arg-max class (-1 for unreached items, Symmetric only).
 // Errors (labelwise::Error): NaN / Inf features, labels < -1, no labelled item, a class index below
-// the largest label that no item carries, k < 1 or k >= N, alpha not in (0, 1) (spreading),
+// the largest label that no item carries, k < 1 or k >= N (k > N for Sklearn, whose k counts the point
+// itself), alpha not in (0, 1) (spreading),
 // max_iter < 1, tol < 0 or NaN, wrong shapes / dtypes, CUDA inputs.
 #pragma once
 
