@@ -437,9 +437,41 @@ class SklearnKdTree {
 
 }  // namespace
 
+KnnScaling knn_scaling(const std::vector<int>& row_exp, bool cosine) {
+  constexpr int kMaxEuclideanSpan = 480;  // binary orders of magnitude between the largest rows and the smallest
+  KnnScaling sc;
+  if (row_exp.empty()) return sc;
+  if (cosine) {
+    sc.any_row_scaled = std::any_of(row_exp.begin(), row_exp.end(), KnnScaling::row_outside);
+    return sc;
+  }
+  const auto top_it = std::max_element(row_exp.begin(), row_exp.end());  // the largest magnitude's exponent
+  const int top = *top_it;
+  // Scaled down so that the largest rows fit, rows more than ~2^511 below them have squared
+  // differences below the float64 range: two such rows come out at distance 0 (wrong neighbours).
+  // Refused, naming a large and a small row, when at least two rows lie beyond a span of 2^480
+  // (one tiny row among large ones is just near the origin, as an all-zero row would be).
+  std::int64_t low_row = -1, n_low = 0;
+  if (top > 30)
+    for (std::size_t i = 0; i < row_exp.size(); ++i)
+      if (row_exp[i] != INT_MIN && top - row_exp[i] > kMaxEuclideanSpan) {
+        ++n_low;
+        if (low_row < 0 || row_exp[i] < row_exp[static_cast<std::size_t>(low_row)]) low_row = static_cast<std::int64_t>(i);
+      }
+  if (n_low >= 2)
+    throw Error(ErrorKind::Value,
+                "features: row " + std::to_string(top_it - row_exp.begin()) + " (largest |x| ~2^" +
+                    std::to_string(top) + ") and row " + std::to_string(low_row) + " (largest |x| ~2^" +
+                    std::to_string(row_exp[static_cast<std::size_t>(low_row)]) + ") differ in magnitude by more than 2^" +
+                    std::to_string(kMaxEuclideanSpan) + " (" + std::to_string(n_low) +
+                    " rows that small): float64 squared distances cannot hold both (scaled so that the large "
+                    "rows fit, the small rows' differences underflow); rescale or clip the outlying rows");
+  if (KnnScaling::row_outside(top)) sc.shift = top;
+  return sc;
+}
+
 int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
                std::int64_t* out_idx, double* out_key) {
-  constexpr int kMaxEuclideanSpan = 480;  // binary orders of magnitude between the largest rows and the smallest
   const std::int64_t N = data.N, D = data.D;
   const bool cosine = metric == KnnMetric::Cosine;
   const bool sk = rule == KnnRule::Sklearn;
@@ -449,52 +481,23 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
   // beyond, ||x||^2 or the float32 candidate keys overflow (1e19 and up), or squared differences underflow
   // (1e-170 and below). Euclidean: the whole matrix by one factor 2^-shift; cosine: each row by its own.
   std::vector<double> scaled;
-  int shift = 0;
-  {
-    constexpr int kLowest = -30, kHighest = 30;
-    const std::vector<int>& row_exp = data.row_exp;  // from knn_load's copy (INT_MIN: an all-zero row)
-    const auto outside = [&](int e) { return e != INT_MIN && (e < kLowest || e > kHighest); };
-    if (cosine) {
-      if (std::any_of(row_exp.begin(), row_exp.end(), outside)) {
-        scaled.assign(data.x.begin(), data.x.end());
-        parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
-          for (std::int64_t i = i0; i < i1; ++i)
-            if (outside(row_exp[i]))
-              for (std::int64_t t = 0; t < D; ++t) scaled[i * D + t] = std::ldexp(scaled[i * D + t], -row_exp[i]);
-        });
-      }
-    } else {
-      const auto top_it = std::max_element(row_exp.begin(), row_exp.end());  // the largest magnitude's exponent
-      const int top = *top_it;
-      // Scaled down so that the largest rows fit, rows more than ~2^511 below them have squared
-      // differences below the float64 range: two such rows come out at distance 0 (wrong neighbours).
-      // Refused, naming a large and a small row, when at least two rows lie beyond a span of 2^480
-      // (one tiny row among large ones is just near the origin, as an all-zero row would be).
-      std::int64_t low_row = -1, n_low = 0;
-      if (top > kHighest)
-        for (std::int64_t i = 0; i < N; ++i)
-          if (row_exp[i] != INT_MIN && top - row_exp[i] > kMaxEuclideanSpan) {
-            ++n_low;
-            if (low_row < 0 || row_exp[i] < row_exp[low_row]) low_row = i;
-          }
-      if (n_low >= 2)
-        throw Error(ErrorKind::Value,
-                    "features: row " + std::to_string(top_it - row_exp.begin()) + " (largest |x| ~2^" +
-                        std::to_string(top) + ") and row " + std::to_string(low_row) + " (largest |x| ~2^" +
-                        std::to_string(row_exp[low_row]) + ") differ in magnitude by more than 2^" +
-                        std::to_string(kMaxEuclideanSpan) + " (" + std::to_string(n_low) +
-                        " rows that small): float64 squared distances cannot hold both (scaled so that the large "
-                        "rows fit, the small rows' differences underflow); rescale or clip the outlying rows");
-      if (outside(top)) {
-        shift = top;
-        scaled.resize(data.x.size());
-        parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
-          for (std::int64_t q = i0 * D; q < i1 * D; ++q) scaled[q] = std::ldexp(data.x[q], -shift);
-        });
-      }
-    }
-    if (!scaled.empty()) X = scaled.data();
+  const KnnScaling scaling = knn_scaling(data.row_exp, cosine);
+  const int shift = scaling.shift;
+  if (scaling.any_row_scaled) {
+    const std::vector<int>& row_exp = data.row_exp;
+    scaled.assign(data.x.begin(), data.x.end());
+    parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
+      for (std::int64_t i = i0; i < i1; ++i)
+        if (KnnScaling::row_outside(row_exp[i]))
+          for (std::int64_t t = 0; t < D; ++t) scaled[i * D + t] = std::ldexp(scaled[i * D + t], -row_exp[i]);
+    });
+  } else if (shift != 0) {
+    scaled.resize(data.x.size());
+    parallel_for(N, 2048, [&](std::int64_t i0, std::int64_t i1, int) {
+      for (std::int64_t q = i0 * D; q < i1 * D; ++q) scaled[q] = std::ldexp(data.x[q], -shift);
+    });
   }
+  if (!scaled.empty()) X = scaled.data();
   if (sk && D <= 15 && k < N / 2) {
     // sklearn searches with a KD-tree here (algorithm="auto"): replay its traversal (its tie order)
     const SklearnKdTree tree(X, N, D);

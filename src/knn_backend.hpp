@@ -3,10 +3,12 @@
 // spreading (src/spreading.cpp). Eigen stays in src/cpu/.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "labelwise/core/config.hpp"
 #include "labelwise/core/tensor_view.hpp"
 #include "labelwise/propagation/knn.hpp"
 
@@ -113,6 +115,19 @@ enum class KnnRule : std::uint8_t {
 /// whose rows are scaled one by one (the cosine distance does not change).
 int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
                 std::int64_t* idx, double* key);
+
+/// The power-of-two scaling (exact) that keeps the kNN sums in range, from each row's ilogb of its
+/// largest |x| (INT_MIN: an all-zero row), shared by the CPU and CUDA searches. Euclidean: the whole
+/// matrix times 2^-shift when the largest exponent leaves [-30, 30] (else shift 0); a Value error
+/// naming a large and a small row when at least two rows lie more than 2^480 below the largest (their
+/// scaled squared differences underflow). Cosine: shift 0, and each row whose exponent leaves
+/// [-30, 30] is scaled by its own 2^-exponent (row_outside says which).
+struct KnnScaling {
+  int shift = 0;
+  bool any_row_scaled = false;  // cosine
+  LABELWISE_HD static bool row_outside(int e) { return e != INT_MIN && (e < -30 || e > 30); }
+};
+KnnScaling knn_scaling(const std::vector<int>& row_exp, bool cosine);
 
 /// A validated kNN graph on one CUDA device (src/cuda/knn_cuda.cu): every pointer on that device,
 /// strides in elements.

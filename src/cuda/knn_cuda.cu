@@ -80,6 +80,32 @@ __global__ void load_rows(const void* x, int is64, i64 N, i64 D, i64 rs, i64 cs,
   }
 }
 
+/// rexp[i] = ilogb of row i's largest |x| (INT_MIN for an all-zero row), as knn_load records it on the
+/// CPU: the input of knn_scaling.
+__global__ void row_exponents(const double* X, i64 N, i64 D, int* rexp) {
+  for (i64 i = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; i < N;
+       i += static_cast<i64>(gridDim.x) * blockDim.x) {
+    double mx = 0.0;
+    for (i64 t = 0; t < D; ++t) mx = fmax(mx, fabs(X[i * D + t]));
+    rexp[i] = mx > 0.0 ? ilogb(mx) : INT_MIN;
+  }
+}
+
+/// knn_scaling's plan applied to X in place (exact: powers of two): every value times 2^-shift
+/// (euclidean), or each row that KnnScaling::row_outside flags times 2^-(its exponent) (cosine).
+__global__ void scale_rows(double* X, i64 N, i64 D, int shift, const int* rexp, int per_row) {
+  const i64 total = N * D;
+  for (i64 e = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<i64>(gridDim.x) * blockDim.x) {
+    int s = shift;
+    if (per_row) {
+      const int r = rexp[e / D];
+      s = KnnScaling::row_outside(r) ? r : 0;
+    }
+    if (s != 0) X[e] = scalbn(X[e], -s);
+  }
+}
+
 /// rawsq[i] = x_i . x_i (the CPU's order); cosine: the lowest all-zero row into *zero, then ||x_i||.
 __global__ void row_norms(const double* X, i64 N, i64 D, int cosine, double* rawsq, u64* zero) {
   for (i64 i = blockIdx.x * static_cast<i64>(blockDim.x) + threadIdx.x; i < N;
@@ -228,11 +254,13 @@ struct Out {
   int dist64;
   i64 ds0, ds1;
   int cosine;
+  int shift;  // euclidean: the keys are of the data times 2^-shift (knn_scaling)
 };
 
 __device__ inline void put(const Out& o, i64 i, i64 a, i64 j, double key) {
   o.index[i * o.is0 + a * o.is1] = j;
-  const double d = o.cosine ? key : sqrt(key);
+  // euclidean keys of the data scaled by 2^-shift: sqrt, then the power of two (both exact), as the CPU
+  const double d = o.cosine ? key : scalbn(sqrt(key), o.shift);
   const i64 off = i * o.ds0 + a * o.ds1;
   if (o.dist64) static_cast<double*>(o.dist)[off] = d;
   else static_cast<float*>(o.dist)[off] = static_cast<float>(d);
@@ -275,11 +303,11 @@ __global__ void refine_block(const double* X, const double* rawsq, i64 D, i64 q0
       if (rank == k - 1) kth = kv;
     }
     for (int s = kWarp / 2; s > 0; s >>= 1) kth = fmax(kth, __shfl_xor_sync(kFull, kth, s));
-    // The bound's error model is relative; this path does not scale the features as the CPU does
-    // (docs/propagation.md), so float32 products of tiny features can be subnormal or flushed to 0, an
-    // absolute error of up to FLT_MIN per operation: added to the bound (negligible for features of
-    // normal size), so that such rows fail certification and take the exact path instead of being
-    // certified with a dropped neighbour.
+    // The bound's error model is relative; rows far below the largest (euclidean: one scale for the
+    // whole matrix) can still have float32 products that are subnormal or flushed to 0, an absolute
+    // error of up to FLT_MIN per operation: added to the bound (negligible for features of normal
+    // size), so that such rows fail certification and take the exact path instead of being certified
+    // with a dropped neighbour.
     const double subnormal_slack = (2.0 * static_cast<double>(D) + 8.0) * 2.0 * 1.1754943508222875e-38;
     const bool certain = all_candidates ||
                          knn_lower_bound32(lk[m - 1], yn[i], yn_max, D, unit, subnormal_slack) > knn_kth_slack(kth);
@@ -442,8 +470,6 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
   const i64 N = job.N, D = job.D, k = job.k;
   const int cosine = job.metric == KnnMetric::Cosine ? 1 : 0;
   const int sms = multiprocessor_count(job.device_index);
-  const Out out{job.out_index, job.is0, job.is1, job.out_dist, job.dist_dtype == DType::Float64 ? 1 : 0,
-                job.ds0, job.ds1, cosine};
 
   const i64 m = std::min(N - 1, k + std::max<i64>(k, 16));
   // query rows per block: the lists (float key + int index) and refined keys (double) within budget
@@ -482,12 +508,28 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
   load_rows<<<grid_blocks(N * D, kBlock, sms, 8), kBlock, 0, stream>>>(job.x, job.dtype == DType::Float64 ? 1 : 0, N,
                                                                       D, job.rs, job.cs, X, flags);
   launch_check();
-  row_norms<<<grid_blocks(N, kBlock, sms, 8), kBlock, 0, stream>>>(X, N, D, cosine, rawsq, flags + 1);
+  // Each row's scale (in `failed`, unused until step 4) for the power-of-two scaling the CPU applies:
+  // the same plan (knn_scaling, including its error for rows too far apart), the same keys.
+  row_exponents<<<grid_blocks(N, kBlock, sms, 8), kBlock, 0, stream>>>(X, N, D, failed);
   launch_check();
   u64 hf[3] = {0, 0, 0};
-  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(hf, flags, 2 * sizeof(u64), cudaMemcpyDeviceToHost, stream));
+  std::vector<int> row_exp(n);
+  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(hf, flags, sizeof(u64), cudaMemcpyDeviceToHost, stream));
+  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(row_exp.data(), failed, n * sizeof(int), cudaMemcpyDeviceToHost, stream));
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (hf[0] != kNone) return {kKnnNonFinite, static_cast<i64>(hf[0])};
+  const KnnScaling scaling = knn_scaling(row_exp, cosine != 0);
+  if (scaling.shift != 0 || scaling.any_row_scaled) {
+    scale_rows<<<grid_blocks(N * D, kBlock, sms, 8), kBlock, 0, stream>>>(X, N, D, scaling.shift, failed,
+                                                                        scaling.any_row_scaled ? 1 : 0);
+    launch_check();
+  }
+  const Out out{job.out_index, job.is0, job.is1, job.out_dist, job.dist_dtype == DType::Float64 ? 1 : 0,
+                job.ds0, job.ds1, cosine, scaling.shift};
+  row_norms<<<grid_blocks(N, kBlock, sms, 8), kBlock, 0, stream>>>(X, N, D, cosine, rawsq, flags + 1);
+  launch_check();
+  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(hf + 1, flags + 1, sizeof(u64), cudaMemcpyDeviceToHost, stream));
+  LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (cosine && hf[1] != kNone) return {kKnnZeroRow, static_cast<i64>(hf[1])};
 
   // ---- 2. candidate space

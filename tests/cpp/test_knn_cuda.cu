@@ -143,6 +143,26 @@ TEST_CASE("knn_graph on CUDA equals the CPU: values too large for the float32 bo
   cpu_vs_cuda(normal<double>(g, 600 * 4, 1e20), 600, 4, 10, KnnMetric::Cosine);
 }
 
+TEST_CASE("knn_graph on CUDA equals the CPU: features scaled by powers of two", "[cuda][propagation][knn]") {
+  std::mt19937_64 g(lw_test::fresh_seed());
+  // Beyond ~1e154 the squares overflow float64, below ~1e-154 the squared differences underflow: both
+  // devices search the features scaled by the same power of two (knn_scaling) and scale the distances back.
+  for (const double scale : {1e200, 1e-200, 1e25, 1e-25}) {
+    INFO("scale " << scale);
+    cpu_vs_cuda(normal<double>(g, 700 * 6, scale), 700, 6, 10, KnnMetric::Euclidean);
+    cpu_vs_cuda(clustered<double>(g, 700, 6), 700, 6, 5, KnnMetric::Euclidean);
+  }
+  // cosine: each row by its own factor, rows of very different magnitudes
+  std::vector<double> mixed = normal<double>(g, 900 * 5);
+  for (std::int64_t i = 0; i < 900; ++i)
+    for (std::int64_t t = 0; t < 5; ++t) mixed[i * 5 + t] *= (i % 3 == 0 ? 1e250 : (i % 3 == 1 ? 1e-250 : 1.0));
+  cpu_vs_cuda(mixed, 900, 5, 10, KnnMetric::Cosine);
+  // euclidean: one tiny row among large ones is searched (it sits near the origin)
+  std::vector<double> one_tiny = normal<double>(g, 400 * 3, 1e200);
+  for (std::int64_t t = 0; t < 3; ++t) one_tiny[17 * 3 + t] *= 1e-300;
+  cpu_vs_cuda(one_tiny, 400, 3, 4, KnnMetric::Euclidean);
+}
+
 TEST_CASE("knn_graph on CUDA reports the CPU's errors", "[cuda][propagation][knn]") {
   const std::int64_t n = 50, d = 3, k = 4;
   std::vector<double> x(static_cast<std::size_t>(n * d));
@@ -182,6 +202,12 @@ TEST_CASE("knn_graph on CUDA reports the CPU's errors", "[cuda][propagation][knn
   for (std::int64_t t = 0; t < d; ++t) zero[7 * d + t] = zero[12 * d + t] = 0.0;
   CHECK_THAT(both(zero, k, KnnMetric::Cosine), Catch::Contains("row 7 is all zeros"));
   CHECK(both(zero, k, KnnMetric::Euclidean) == "(none)");
+  // two rows more than 2^480 below the largest: refused with the same message on both devices
+  std::vector<double> span = x;
+  for (std::int64_t t = 0; t < d; ++t) span[3 * d + t] = 1e200;
+  for (std::int64_t t = 0; t < d; ++t) span[20 * d + t] *= 1e-200;
+  for (std::int64_t t = 0; t < d; ++t) span[40 * d + t] *= 1e-210;
+  CHECK_THAT(both(span, k, KnnMetric::Euclidean), Catch::Contains("differ in magnitude by more than 2^480"));
   CHECK_THAT(both(x, 0, KnnMetric::Euclidean),
              Catch::Contains("k: expected 1 <= k < N = 50 (the point itself is not its own neighbour), got 0"));
   CHECK_THAT(both(x, n, KnnMetric::Euclidean),
