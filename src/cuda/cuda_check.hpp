@@ -21,36 +21,47 @@
 namespace labelwise {
 namespace detail {
 
-/// True unless the calling host thread is known to have no current CUDA context (cuCtxGetCurrent,
-/// reached through the runtime's driver entry points: no link to libcuda). A thread that never used
-/// CUDA reports device 0 from cudaGetDevice; setting device 0 back on it would create device 0's
-/// primary context (hundreds of MiB on a GPU the caller may not use), so guards leave such threads
-/// on the device they switched to, as PyTorch's device guards do.
-inline bool thread_has_cuda_context() {
-  using CtxGetCurrent = int (*)(void**);  // CUresult cuCtxGetCurrent(CUcontext*)
-  static const CtxGetCurrent fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &p, 12000, cudaEnableDefault, &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
-      return CtxGetCurrent{nullptr};
-    return reinterpret_cast<CtxGetCurrent>(p);
-  }();
-  if (fn == nullptr) return true;  // unknown: restore as before
-  void* ctx = nullptr;
-  return fn(&ctx) == 0 && ctx != nullptr;
+/// Driver entry points reached through the runtime (no link to libcuda); null where unavailable.
+template <typename Fn>
+inline Fn cuda_driver_entry(const char* name) {
+  void* p = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  if (cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess)
+    return nullptr;
+  return reinterpret_cast<Fn>(p);
 }
 
-/// Makes `device` current for the scope and restores the previous device afterwards (when the thread
-/// had a current context before: see thread_has_cuda_context).
+/// Whether setting `device` current again would not create a context: the calling thread has a
+/// current context, or the device's primary context is already active in the process. A thread that
+/// never used CUDA reports device 0 from cudaGetDevice; switching such a thread back to device 0 when
+/// the process never used it would create device 0's primary context (hundreds of MiB on a GPU the
+/// caller may not use), so guards then leave the thread on the device they switched to. True when the
+/// driver entry points are unavailable (restore, as before).
+inline bool restoring_is_free(int device) {
+  using CtxGetCurrent = int (*)(void**);                     // CUresult cuCtxGetCurrent(CUcontext*)
+  using DeviceGet = int (*)(int*, int);                      // CUresult cuDeviceGet(CUdevice*, int)
+  using PrimaryCtxGetState = int (*)(int, unsigned*, int*);  // CUresult cuDevicePrimaryCtxGetState(...)
+  static const CtxGetCurrent ctx_get_current = cuda_driver_entry<CtxGetCurrent>("cuCtxGetCurrent");
+  static const DeviceGet device_get = cuda_driver_entry<DeviceGet>("cuDeviceGet");
+  static const PrimaryCtxGetState primary_state = cuda_driver_entry<PrimaryCtxGetState>("cuDevicePrimaryCtxGetState");
+  if (!ctx_get_current || !device_get || !primary_state) return true;
+  void* ctx = nullptr;
+  if (ctx_get_current(&ctx) == 0 && ctx != nullptr) return true;
+  int dev = 0, active = 0;
+  unsigned flags = 0;
+  return device_get(&dev, device) == 0 && primary_state(dev, &flags, &active) == 0 && active != 0;
+}
+
+/// Makes `device` current for the scope and restores the previous device afterwards, unless that would
+/// create a context the process does not have (restoring_is_free).
 class CudaDeviceGuard {
  public:
   explicit CudaDeviceGuard(int device) {
-    const bool had_context = thread_has_cuda_context();
     LABELWISE_CUDA_CHECK(cudaGetDevice(&previous_));
     if (previous_ != device) {
+      restore_ = restoring_is_free(previous_);
       LABELWISE_CUDA_CHECK(cudaSetDevice(device));
-      restore_ = had_context;
     }
   }
   ~CudaDeviceGuard() {

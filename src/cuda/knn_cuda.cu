@@ -409,7 +409,9 @@ const CublasApi& cublas_api() {
 /// handle of its device, or a new one) and gives it back when it returns, so there are as many
 /// handles as concurrent calls ever were, whichever host threads made them (a handle per thread leaked
 /// its device workspace with every exited thread; a handle is used by one thread at a time). Handles
-/// live as long as the process. CUBLAS_PEDANTIC_MATH: the float32 GEMMs use standard float32
+/// live as long as the process. The pool is keyed by device number: a handle belongs to the context
+/// it was created in, which is the device's primary context for callers of the runtime API (torch,
+/// cupy); callers that make their own driver-API contexts current get handles of the first such context. CUBLAS_PEDANTIC_MATH: the float32 GEMMs use standard float32
 /// arithmetic (compute type CUBLAS_COMPUTE_32F_PEDANTIC) — never TF32, never the BF16x9 emulation
 /// that the default compute type may be switched to (math mode or environment) — so the
 /// certificate's error bound holds.
@@ -436,7 +438,16 @@ class CublasLease {
     }
     handle_ = h;
   }
+  /// Points the handle at `stream` (the stream the lease's work is queued on).
+  void bind(cudaStream_t stream, const CublasApi& api) {
+    LABELWISE_CUBLAS_CHECK(api.set_stream(handle_, stream));
+    stream_ = stream;
+    bound_ = true;
+  }
   ~CublasLease() {
+    // Work may still be queued on the handle (a call that threw mid-way): it finishes before another
+    // thread can lease the handle and its workspace. Errors are ignored (the handle is still valid).
+    if (bound_) cudaStreamSynchronize(stream_);
     try {
       std::lock_guard<std::mutex> lock(pool().mutex);
       pool().idle[device_].push_back(handle_);
@@ -458,6 +469,8 @@ class CublasLease {
   }
   int device_;
   cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  bool bound_ = false;
 };
 
 }  // namespace
@@ -533,10 +546,10 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
   if (cosine && hf[1] != kNone) return {kKnnZeroRow, static_cast<i64>(hf[1])};
 
   // ---- 2. candidate space
-  const CublasLease lease(job.device_index);
+  CublasLease lease(job.device_index);
   const cublasHandle_t h = lease.get();
   const CublasApi& blas = cublas_api();
-  LABELWISE_CUBLAS_CHECK(blas.set_stream(h, stream));
+  lease.bind(stream, blas);
   if (!cosine) {
     fill_ones<<<grid_blocks(N, kBlock, sms, 4), kBlock, 0, stream>>>(ones, N);
     launch_check();
@@ -557,7 +570,10 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
   }
 
   std::vector<int> redo;
-  if (yn_max < 1e30) {
+  // Long candidate lists (m = 2k > 1024: k above 512) cost O(m) per insertion and O(m^2) per row to rank: hours at
+  // k ~ N / 2 on 10^5 rows; those searches take the exact per-row path below instead, O(N log N) a row.
+  constexpr i64 kMaxListLength = 1024;
+  if (yn_max < 1e30 && m <= kMaxListLength) {
     // ---- 3 + 4. candidates by blocks, refinement and certificate
     const int all_candidates = m == N - 1 ? 1 : 0;
     const float fone = 1.0f, fzero = 0.0f;
@@ -590,7 +606,8 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
       std::sort(redo.begin(), redo.end());
     }
   } else {
-    // float32 candidate keys would overflow or the bound would be void: every row exactly
+    // float32 candidate keys would overflow, the bound would be void, or the lists would be too long:
+    // every row exactly
     redo.resize(n);
     for (i64 i = 0; i < N; ++i) redo[i] = static_cast<int>(i);
   }

@@ -99,11 +99,11 @@ void cuda_free_floats(float* p, int device, void* stream) noexcept {
   // Called from a deleter, possibly while an exception unwinds: no CudaDeviceGuard (its constructor can
   // throw after a sticky error); errors are ignored.
   int previous = 0;
-  const bool had_context = thread_has_cuda_context();
-  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device &&
-                        cudaSetDevice(device) == cudaSuccess;
+  const bool other = cudaGetDevice(&previous) == cudaSuccess && previous != device;
+  const bool restore = other && restoring_is_free(previous);
+  const bool switched = other && cudaSetDevice(device) == cudaSuccess;
   cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
-  if (switched && had_context) cudaSetDevice(previous);
+  if (switched && restore) cudaSetDevice(previous);
 }
 
 ScoreFailure score_cuda(const ScoreJob& job) {
@@ -126,10 +126,10 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   const std::size_t T = static_cast<std::size_t>(threads);
   const std::size_t stats_bytes = T * 3 * Cp * sizeof(double), row_bytes = T * Cp * acc_size;
   const std::size_t scratch_bytes = stats_bytes + row_bytes + T * Cp * sizeof(int);
-  void* workspace = nullptr;
-  LABELWISE_CUDA_CHECK(cudaMallocAsync(&workspace, scratch_bytes + 16, stream));
-  auto* failure = static_cast<unsigned long long*>(workspace);
-  char* scratch = static_cast<char*>(workspace) + 16;
+  // Freed (stream-ordered) on every exit, the throwing ones included.
+  Workspace ws(Workspace::align(sizeof(unsigned long long)) + Workspace::align(scratch_bytes), stream);
+  auto* failure = ws.take<unsigned long long>(1);
+  char* scratch = ws.take<char>(scratch_bytes);
   auto* stats = reinterpret_cast<double*>(scratch);
   char* rows = scratch + stats_bytes;
   auto* votes = reinterpret_cast<int*>(rows + row_bytes);
@@ -151,7 +151,6 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   unsigned long long host_failure = ~0ULL;
   const cudaError_t copy = cudaMemcpyAsync(&host_failure, failure, sizeof(host_failure), cudaMemcpyDeviceToHost, stream);
   const cudaError_t sync = cudaStreamSynchronize(stream);
-  cudaFreeAsync(workspace, stream);
   LABELWISE_CUDA_CHECK(launch);
   LABELWISE_CUDA_CHECK(copy);
   LABELWISE_CUDA_CHECK(sync);

@@ -106,6 +106,8 @@ TEST_CASE("knn_graph on CUDA equals the CPU: random data", "[cuda][propagation][
     cpu_vs_cuda<double, float>(normal<double>(g, 20 * 5), 20, 5, 10, metric);
     cpu_vs_cuda<float, float>(normal<float>(g, 333 * 1), 333, 1, 10, metric);
     cpu_vs_cuda(normal<double>(g, 2 * 3), 2, 3, 1, metric);
+    // k above 512: candidate lists longer than 1024, the exact per-row path instead
+    cpu_vs_cuda(normal<float>(g, 2500 * 7), 2500, 7, 1200, metric);
   }
 }
 

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -207,5 +208,72 @@ TEST_CASE("score_item: float32 logits far from zero keep the entropies' accuracy
     INFO("trial " << trial << " K=" << K << " C=" << C << " base=" << base);
     CHECK(std::fabs(res[1] - EH) <= 2e-6 * EH + 1e-6);
     CHECK(std::fabs(res[0] - H) <= 2e-6 * H + 1e-6);
+  }
+}
+
+namespace {
+/// score_item on one item [K, C] (float64), through the row-by-row path (no block scratch: the path
+/// of the CUDA kernel) or the contiguous block path (the CPU's).
+int item_status(const std::vector<double>& x, int K, int C, int input_kind, bool rows) {
+  const int Cp = labelwise::detail::padded_classes(C);
+  std::vector<double> stats(3 * static_cast<std::size_t>(Cp), 0.0), row(static_cast<std::size_t>(Cp + K + 16), 0.0);
+  std::vector<double> block(static_cast<std::size_t>(K * C + 16), 0.0), block2(block.size(), 0.0);
+  std::vector<int> votes(static_cast<std::size_t>(Cp), 0);
+  labelwise::detail::ItemScratch<double> s{stats.data(), stats.data() + Cp, stats.data() + 2 * Cp, row.data(),
+                                           votes.data(),  rows ? nullptr : block.data(),
+                                           rows ? nullptr : block2.data(), nullptr};
+  double res[labelwise::kNumMetrics] = {};
+  return labelwise::detail::score_item<double>(x.data(), C, 1, K, C, input_kind, 0x3FFu, 1e-6, s, res);
+}
+}  // namespace
+
+TEST_CASE("the row-by-row path names the same error as the block path for every bad item", "[uncertainty][errors]") {
+  using namespace labelwise::detail;
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = INFINITY;
+  // Items whose first bad sample is not the one that decides the error.
+  struct Case {
+    std::vector<double> x;
+    int input_kind, expected;
+  };
+  const std::vector<Case> cases = {
+      {{0.6, 0.6, nan, 1.0}, 0, kItemNonFinite},       // unnormalised sample, then NaN
+      {{0.6, 0.6, -0.1, 1.1}, 0, kItemNegative},       // unnormalised sample, then a negative value
+      {{-inf, -inf, nan, 0.0}, 2, kItemNonFinite},     // all -inf logits, then NaN
+      {{0.0, 0.0, nan, 0.0}, 1, kItemNonFinite},       // unnormalised log-probabilities, then NaN
+      {{-inf, -inf, 0.0, inf}, 1, kItemNonFinite},     // all -inf, then +inf
+      {{0.5, 0.5, 0.6, 0.6}, 0, kItemUnnormalised},
+      {{0.0, -inf, -inf, -inf}, 2, kItemAllMasked},
+  };
+  for (const Case& c : cases) {
+    INFO("input kind " << c.input_kind << ", x = " << c.x[0] << " " << c.x[1] << " " << c.x[2] << " " << c.x[3]);
+    CHECK(item_status(c.x, 2, 2, c.input_kind, false) == c.expected);
+    CHECK(item_status(c.x, 2, 2, c.input_kind, true) == c.expected);
+  }
+  // Fresh random items with faults in random samples: both paths agree.
+  std::mt19937_64 g(fresh_seed());
+  std::uniform_real_distribution<double> u(0.05, 1.0);
+  const double faults[] = {nan, inf, -inf, -0.25, 3.0};
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int K = 2 + static_cast<int>(g() % 4), C = 2 + static_cast<int>(g() % 5), kind = static_cast<int>(g() % 3);
+    std::vector<double> x(static_cast<std::size_t>(K * C));
+    for (int k = 0; k < K; ++k) {
+      double t = 0.0;
+      for (int c = 0; c < C; ++c) t += (x[k * C + c] = u(g));
+      for (int c = 0; c < C; ++c) {
+        const double p = x[k * C + c] / t;
+        x[k * C + c] = kind == 0 ? p : std::log(p) + (kind == 2 ? 3.0 : 0.0);
+      }
+    }
+    const int nf = 1 + static_cast<int>(g() % 3);
+    for (int f = 0; f < nf; ++f) {
+      const int k = static_cast<int>(g() % K);
+      if (g() % 4 == 0) {  // a whole sample of -inf
+        for (int c = 0; c < C; ++c) x[k * C + c] = -inf;
+      } else {
+        x[k * C + static_cast<int>(g() % C)] = faults[g() % 5];
+      }
+    }
+    INFO("trial " << trial << " K=" << K << " C=" << C << " kind " << kind);
+    CHECK(item_status(x, K, C, kind, true) == item_status(x, K, C, kind, false));
   }
 }

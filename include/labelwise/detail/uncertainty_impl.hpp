@@ -331,6 +331,30 @@ LABELWISE_HD int classify_bad_row(const T* r, std::int64_t sc, int C, int input_
   return kItemUnnormalised;
 }
 
+/// The status of an item whose sample k0 failed score_item's row-by-row checks with status `row_status`
+/// (the samples before k0 passed), by the rules of the contiguous and block paths, so that every path
+/// names the same error: probabilities: the first sample from k0 on with NaN / ±Inf or a negative
+/// value, else unnormalised; logits / log-probabilities: NaN or +Inf in any sample wins over sample
+/// k0's own status (all -inf, or unnormalised log-probabilities).
+template <typename T>
+LABELWISE_HD int classify_failed_item(const T* x, std::int64_t sk, std::int64_t sc, int K, int C, int input_kind,
+                                      int k0, int row_status) {
+  if (input_kind == 0) {
+    for (int k = k0; k < K; ++k) {
+      const int st = classify_bad_row(x + k * sk, sc, C, 0);
+      if (st != kItemUnnormalised) return st;
+    }
+    return kItemUnnormalised;
+  }
+  if (row_status == kItemNonFinite) return row_status;
+  for (int k = k0 + 1; k < K; ++k)
+    for (int c = 0; c < C; ++c) {
+      const double v = static_cast<double>(x[k * sk + c * sc]);
+      if (v != v || v == INFINITY) return kItemNonFinite;
+    }
+  return row_status;
+}
+
 /// Adds one sample's probability p_c to the shifted per-class sums.
 template <typename A>
 LABELWISE_HD inline void accumulate(const ItemScratch<A>& s, int c, A pa, bool first_sample, bool need_sq) {
@@ -594,7 +618,8 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
         total += v;
         if (need_ent) plogp += lw_plogp(v);
       }
-      if (bad || !(fabs(static_cast<double>(total) - 1.0) <= tol)) return classify_bad_row(r, sc, C, input_kind);
+      if (bad || !(fabs(static_cast<double>(total) - 1.0) <= tol))
+        return classify_failed_item(x, sk, sc, K, C, input_kind, k, kItemUnnormalised);
       ent_sum -= static_cast<double>(plogp);
       for (int c = 0; c < C; ++c) accumulate<R>(s, c, static_cast<R>(r[c * sc]), first, need_sq);
     } else {
@@ -607,7 +632,7 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
         mx = v > mx ? v : mx;
       }
       if (bad) return kItemNonFinite;
-      if (mx == -INFINITY) return kItemAllMasked;
+      if (mx == -INFINITY) return classify_failed_item(x, sk, sc, K, C, input_kind, k, kItemAllMasked);
       R z = R(0);
       LABELWISE_SIMD_Z
       for (int c = 0; c < C; ++c) {
@@ -616,7 +641,8 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
         z += e;
       }
       const double lse = static_cast<double>(mx) + log(static_cast<double>(z));
-      if (input_kind == 1 && !(fabs(lse) <= tol)) return kItemUnnormalised;
+      if (input_kind == 1 && !(fabs(lse) <= tol))
+        return classify_failed_item(x, sk, sc, K, C, input_kind, k, kItemUnnormalised);
       // Log-probabilities are used as given (like probabilities); logits are normalised.
       const R scale = static_cast<R>(input_kind == 1 ? exp(static_cast<double>(mx)) : 1.0 / static_cast<double>(z));
       // Logits: ln p = (x - mx) - ln z. x - mx is taken in R (exact or nearly: the two are close) and
