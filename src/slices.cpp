@@ -53,13 +53,27 @@ std::vector<double> random_walker(const Planes& vol, std::int64_t z, const std::
                                   std::int64_t C, double beta) {
   const std::int64_t H = vol.H, W = vol.W, n = H * W;
   std::vector<double> g(static_cast<std::size_t>(n));
-  double mean = 0.0;
+  // Zero mean, unit variance: g = (v - mean) / (sd + 1e-12 · max|v|), the guard relative so that the
+  // result does not depend on the volume's units. The values are first scaled by a power of two
+  // (exact) into [-2, 2], so that the sums neither overflow (1e307) nor underflow (1e-200).
+  double top = 0.0;
   for (std::int64_t i = 0; i < H; ++i)
-    for (std::int64_t j = 0; j < W; ++j) mean += g[i * W + j] = intensity(vol, z, i, j);
+    for (std::int64_t j = 0; j < W; ++j) {
+      g[i * W + j] = intensity(vol, z, i, j);
+      top = std::max(top, std::fabs(g[i * W + j]));
+    }
+  if (top > 0.0) {
+    const int e = std::ilogb(top);
+    for (double& v : g) v = std::ldexp(v, -e);
+    top = std::ldexp(top, -e);
+  }
+  double mean = 0.0;
+  for (double v : g) mean += v;
   mean /= static_cast<double>(n);
   double var = 0.0;
   for (double v : g) var += (v - mean) * (v - mean);
-  const double scale = 1.0 / (std::sqrt(var / static_cast<double>(n)) + 1e-12);
+  const double spread = std::sqrt(var / static_cast<double>(n)) + 1e-12 * top;
+  const double scale = spread > 0.0 ? 1.0 / spread : 1.0;  // an all-zero slice stays zero
   for (double& v : g) v = (v - mean) * scale;
 
   std::vector<double> probs(static_cast<std::size_t>(C * n), 0.0);

@@ -144,7 +144,12 @@ def _random_walker_slice(image, seeds, num_classes, beta):
 
     H, W = image.shape
     g = image.astype(np.float64)
-    g = (g - g.mean()) / (g.std() + 1e-12)
+    # unit variance; the guard is relative to the largest |intensity| (independent of the units)
+    top = np.abs(g).max()
+    if top > 0:
+        g = np.ldexp(g, -int(np.frexp(top)[1] - 1))  # a power of two: exact, keeps the sums in range
+    spread = g.std() + 1e-12 * np.abs(g).max()
+    g = (g - g.mean()) / (spread if spread > 0 else 1.0)
     idx = np.arange(H * W).reshape(H, W)
     rows, cols, wts = [], [], []
     for a, b, da in ((idx[:, :-1], idx[:, 1:], g[:, :-1] - g[:, 1:]), (idx[:-1, :], idx[1:, :], g[:-1, :] - g[1:, :])):

@@ -40,6 +40,29 @@ def test_sphere_is_recovered_from_two_slices_on_any_axis(rng):
     assert np.array_equal(m1, m2)
 
 
+def test_propagate_slices_does_not_depend_on_the_intensity_units(rng):
+    """Intensities are normalised per slice: a volume in other units (tiny, huge, near the float64
+    limits) gives the same masks; powers of two the same bits. (Sums of squares of 1e-200 underflowed
+    and of 1e307 overflowed, and an absolute 1e-12 guard flattened small units.)"""
+    vol, lab = sphere(rng, Z=8, H=14, W=15)
+    vol = vol + 0.3 * rng.standard_normal(vol.shape)
+    m0, c0 = P.propagate_slices(vol, lab, [3])
+    for scale in (2.0 ** -700, 2.0 ** 1000):
+        m, c = P.propagate_slices(vol * scale, lab, [3])
+        assert np.array_equal(m, m0) and np.array_equal(c, c0), scale
+    for scale in (1e-300, 1e-200, 1e-20, 1e20, 1e300, 1e307):
+        m, c = P.propagate_slices(vol * scale, lab, [3])
+        assert np.array_equal(m, m0), scale
+        np.testing.assert_allclose(c, c0, rtol=1e-6, err_msg=str(scale))
+    assert np.all(c0 >= 1 / 3 - 1e-12)  # three classes: the chosen one has at least a third of the mass
+    # float32 volumes near their own limits
+    v32 = vol.astype(np.float32)
+    m32, _ = P.propagate_slices(v32, lab, [3])
+    for scale in (np.float32(1e-30), np.float32(1e30)):
+        m, _ = P.propagate_slices(v32 * scale, lab, [3])
+        assert (m == m32).mean() > 0.999, scale
+
+
 def test_propagate_slices_equals_the_scipy_reference(rng):
     for axis, ann, kw in [(0, [6, 13], {}), (1, [3, 14, 20], {"erode": 3}), (2, [15], {"beta": 5.0, "min_confidence": 0.6}),
                           (-1, [0, 29], {"erode": 1})]:

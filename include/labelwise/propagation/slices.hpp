@@ -7,7 +7,8 @@
 //   by `erode` pixels (a pixel survives if its whole (2·erode+1)² neighbourhood, edge-clamped, has
 //   its label) and kept where the neighbour's confidence is >= `min_confidence`, seed Grady's random
 //   walker (IEEE TPAMI 2006) on this slice: a 4-neighbour graph with edge weights
-//   exp(-beta·(g_i - g_j)²) + 1e-10 on the slice's intensities scaled to zero mean and unit variance,
+//   exp(-beta·(g_i - g_j)²) + 1e-10 on the slice's intensities scaled to zero mean and unit variance
+//   (divided by sd + 1e-12·max|intensity|: the same masks in any units),
 //   one sparse SPD solve (Eigen's simplicial LDLᵀ) per class present among the seeds; probabilities
 //   clipped to [0, 1] and normalised. If no seed survives, the neighbour's labels eroded by 1 pixel
 //   without the confidence threshold seed the slice (class boundaries stay unseeded, so the walker
