@@ -5,6 +5,7 @@ Nothing here imports torch or cupy unless the caller's array already comes from 
 
 from __future__ import annotations
 
+import numbers
 import operator
 import sys
 from typing import Any, Optional, Sequence, Tuple
@@ -34,6 +35,9 @@ def as_array(x: Any, name: str = "x") -> Any:
         if x.is_neg():
             # a lazily negated view (e.g. z.conj().imag): DLPack would export the stored, un-negated values
             x = x.resolve_neg()
+        if x.layout != _torch_strided():
+            raise TypeError(f"{name}: a torch tensor with layout {str(x.layout).replace('torch.', '')}; expected a "
+                            "dense (strided) tensor, e.g. x.to_dense()")
         if x.device.type not in ("cpu", "cuda"):
             raise TypeError(f"{name}: a torch tensor on device {x.device.type!r}; expected a CPU or CUDA tensor")
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
@@ -49,6 +53,12 @@ def as_array(x: Any, name: str = "x") -> Any:
         raise TypeError(f"{name}: expected an array (numpy, torch, cupy or buffer protocol), got {type(x).__name__}") from exc
     _check_numeric(a, name, type(x).__name__)
     return a
+
+
+def _torch_strided() -> Any:
+    import torch
+
+    return torch.strided
 
 
 def _check_numeric(a: np.ndarray, name: str, given: Optional[str] = None) -> None:
@@ -183,6 +193,24 @@ def like_device(result: np.ndarray, x: Any) -> Any:
         with cupy.cuda.Device(x.device.id):
             return cupy.asarray(result)
     return result
+
+
+def check_real(value: Any, name: str) -> float:
+    """A real-number argument (Python / numpy ints and floats, 0-d real arrays; not a bool, a string,
+    None or a complex) as a float, named in its TypeError. Ranges are checked by the callers."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            return float(value)
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A boolean flag (Python or numpy bool), named in its TypeError: a string such as "no" is refused
+    instead of being read as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)
 
 
 def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None) -> int:

@@ -23,7 +23,6 @@ for non-float scores or a non-integer seed; ``RuntimeError`` for CUDA input to a
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -70,10 +69,6 @@ def _count(b: Any) -> int:
     return _integer(b, "b")
 
 
-def _temperature(t: Any) -> float:
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"temperature: expected a real number, got {type(t).__name__}")
-    return float(t)
 
 
 def _numel(x: Any) -> int:
@@ -169,7 +164,7 @@ def stochastic(
         _arrays.capsule(idx, stream=stream, writable=True),
         None if keys is None else _arrays.capsule(keys, stream=stream, writable=True),
         mode,
-        _temperature(temperature),
+        _arrays.check_real(temperature, "temperature"),
         _seed(seed),
         _offset(index_offset),
         _ranks_capsule(ranks, stream),
@@ -201,7 +196,7 @@ def stochastic_keys(
         xcap,
         _arrays.capsule(keys, stream=stream, writable=True),
         mode,
-        _temperature(temperature),
+        _arrays.check_real(temperature, "temperature"),
         _seed(seed),
         _offset(index_offset),
         _ranks_capsule(ranks, stream),
@@ -426,7 +421,7 @@ def coreset(
         _arrays.capsule(idx, stream=stream, writable=True),
         _arrays.capsule(radii, stream=stream, writable=True),
         metric,
-        bool(prune),
+        _arrays.check_bool(prune, "prune"),
         stream,
     )
     return idx, radii
@@ -503,10 +498,7 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
 def badge_uniform(seed: int, step: int) -> float:
     """The uniform draw in (0, 1) of BADGE step ``step`` (1 .. b-1) under ``seed``: Philox-4x32-10
     bits of (seed, stream "BADG", step), as :func:`badge` uses them. For replaying the sampling."""
-    st = operator.index(step)
-    if st < 0:
-        raise ValueError(f"step: expected >= 0, got {st}")
-    return float(_core.badge_uniform(_seed(seed), st))
+    return float(_core.badge_uniform(_seed(seed), _arrays.check_int(step, "step", 0, 2**64 - 1)))
 
 
 __all__ += ["CORESET_METRICS", "coreset", "badge", "badge_uniform", "weighted_kmeans"]
@@ -536,6 +528,8 @@ def _host_map(map_: Any) -> Tuple[Any, Any]:
     region acquisition runs on the CPU (window sums), and its results go back to the map's
     device (see ``_back``)."""
     m = _arrays.as_array(map_, "map")
+    if not 2 <= len(m.shape) <= 4:  # before the patch / axis arguments are read against it
+        raise ValueError(f"map: expected [N, *spatial] with 1 to 3 spatial axes, got shape {list(m.shape)}")
     caller = m
     if str(getattr(m, "dtype", "")).replace("torch.", "") in ("float16", "bfloat16"):  # half maps: widened to float32
         m = m.float() if _arrays.framework_name(m) == "torch" else m.astype("float32")
@@ -602,6 +596,7 @@ def slice_scores(map: Any, axis: int = 1) -> Any:
     (e.g. axis=1 of [N, D, H, W] scores the D slices of each volume). GPU maps are copied to the host;
     the result comes back on the map's device."""
     m, caller = _host_map(map)
+    axis = _arrays.check_int(axis, "axis", -(2**63), 2**63 - 1)
     a = axis + len(m.shape) if axis < 0 else axis
     if not 1 <= a < len(m.shape):
         raise ValueError(f"axis: must name a spatial axis (1..{len(m.shape) - 1} or negative), got {axis}")
@@ -628,9 +623,9 @@ def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None
     1.6 GB), hence ``max_items`` (raise it deliberately). GPU arrays are copied to the host. Errors:
     ``ValueError`` naming the row for NaN / Inf or a squared norm above 4.5e307 (distances would
     overflow)."""
-    e = np.asarray(_arrays.to_host_numpy(embeddings))
+    e = np.asarray(_arrays.to_host_numpy(_arrays.as_array(embeddings, "embeddings")))
     if e.dtype not in (np.float32, np.float64):
-        e = e.astype(np.float64)
+        e = e.astype(np.float64)  # integers and booleans (as_array refused complex, strings, objects)
     if e.ndim == 2 and len(e) > _arrays.check_int(max_items, "max_items", 1):
         raise ValueError(f"embeddings: {len(e)} items; average-linkage clustering needs O(N^2) memory "
                          f"({len(e) * (len(e) - 1) * 4 / 2**30:.1f} GiB), limit max_items={max_items} "
@@ -638,7 +633,7 @@ def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None
     if (distance is None) == (num_clusters is None):
         raise ValueError("pass exactly one of distance= or num_clusters=")
     if distance is not None:
-        distance = float(distance)
+        distance = _arrays.check_real(distance, "distance")
         if not (np.isfinite(distance) and distance > 0):
             raise ValueError(f"distance: must be a finite value > 0, got {distance}")
     k = 0 if num_clusters is None else _arrays.check_int(num_clusters, "num_clusters", 1)

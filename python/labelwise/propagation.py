@@ -62,30 +62,31 @@ SCORES = ("max_prob",) + tuple(m for m in _uncertainty.METRICS if not _core.metr
 
 def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
     """I_x(a, b), the regularized incomplete beta function: the CDF of Beta(a, b) at x (float64)."""
-    return _core.regularized_incomplete_beta(float(x), float(a), float(b))
+    return _core.regularized_incomplete_beta(_arrays.check_real(x, "x"), _arrays.check_real(a, "a"), _arrays.check_real(b, "b"))
 
 
 def beta_quantile(p: float, a: float, b: float) -> float:
     """The p-quantile of Beta(a, b): the x with I_x(a, b) = p (like scipy.special.betaincinv)."""
-    return _core.beta_quantile(float(p), float(a), float(b))
+    return _core.beta_quantile(_arrays.check_real(p, "p"), _arrays.check_real(a, "a"), _arrays.check_real(b, "b"))
 
 
 def binomial_cdf(k: int, n: int, theta: float) -> float:
     """P(Binomial(n, theta) <= k)."""
-    return _core.binomial_cdf(_arrays.check_int(k, "k", -(2**63)), _arrays.check_int(n, "n", 0), float(theta))
+    return _core.binomial_cdf(_arrays.check_int(k, "k", -(2**63), 2**63 - 1), _arrays.check_int(n, "n", 0, 2**63 - 1),
+                              _arrays.check_real(theta, "theta"))
 
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     """Exact (Clopper–Pearson) one-sided upper confidence bound at level 1 - delta on an error rate
     after ``errors`` wrong out of ``n``: the (1 - delta) quantile of Beta(errors + 1, n - errors)."""
-    return _core.clopper_pearson_upper(_arrays.check_int(errors, "errors", 0), _arrays.check_int(n, "n", 0),
-                                       float(delta))
+    return _core.clopper_pearson_upper(_arrays.check_int(errors, "errors", 0, 2**63 - 1),
+                                       _arrays.check_int(n, "n", 0, 2**63 - 1), _arrays.check_real(delta, "delta"))
 
 
 def min_certifiable_count(target_error: float, delta: float) -> int:
     """The smallest calibration set (all right) whose Clopper–Pearson bound reaches target_error:
     ceil(ln delta / ln(1 - target_error))."""
-    return _core.min_certifiable_count(float(target_error), float(delta))
+    return _core.min_certifiable_count(_arrays.check_real(target_error, "target_error"), _arrays.check_real(delta, "delta"))
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ def certified_auto_label(
         wrong. The thresholds are in ``class_certificates``. The guarantee then needs each class's
         error rate among accepted units not to fall when its threshold is lowered.
     """
+    class_axis = _arrays.check_int(class_axis, "class_axis", -64, 63)  # range against the rank in C++
     pool_probs = _arrays.as_array(pool_probs, "pool_probs")
     calib_probs = _arrays.as_array(calib_probs, "calib_probs")
     calib_labels = _arrays.as_array(calib_labels, "calib_labels")
@@ -271,15 +273,15 @@ def certified_auto_label(
         _arrays.capsule(calib_labels),
         _arrays.capsule(accepted, writable=True),
         _arrays.capsule(labels, writable=True),
-        float(target_error),
-        float(delta),
-        int(class_axis),
+        _arrays.check_real(target_error, "target_error"),
+        _arrays.check_real(delta, "delta"),
+        class_axis,
         unit,
-        None if max_voxel_error is None else float(max_voxel_error),
+        None if max_voxel_error is None else _arrays.check_real(max_voxel_error, "max_voxel_error"),
         None if pconf is None else _arrays.capsule(pconf),
         None if cconf is None else _arrays.capsule(cconf),
         _arrays.check_int(scan_start, "scan_start", -(2**63)),  # an integer; its range is checked in C++
-        bool(per_class),
+        _arrays.check_bool(per_class, "per_class"),
     )
     classes = tuple(ThresholdCertificate(**c) for c in r.pop("class_certificates"))
     return AutoLabelResult(accepted=accepted, labels=labels, unit=unit, score=score_name,
@@ -323,7 +325,8 @@ def certify_threshold(
     e = _arrays.as_array(calib_errors, "calib_errors")
     p = _arrays.as_array(pool_confidence, "pool_confidence")
     r = _core.certify_threshold(
-        _arrays.capsule(c), _arrays.capsule(e), _arrays.capsule(p), float(target_error), float(delta),
+        _arrays.capsule(c), _arrays.capsule(e), _arrays.capsule(p), _arrays.check_real(target_error, "target_error"),
+        _arrays.check_real(delta, "delta"),
         _arrays.check_int(scan_start, "scan_start", -(2**63)),  # an integer; its range is checked in C++
     )
     return ThresholdCertificate(**r)
@@ -345,6 +348,7 @@ def label_issues(probs: Any, given_labels: Any, *, class_axis: int = 1) -> Label
     shape = tuple(int(s) for s in probs.shape)
     if len(shape) != 2:
         raise ValueError(f"probs: expected rank 2 ([N, C]), got shape {list(shape)}")
+    class_axis = _arrays.check_int(class_axis, "class_axis", -(2**63), 2**63 - 1)
     ca = class_axis + 2 if class_axis < 0 else class_axis
     if ca not in (0, 1):
         raise ValueError(f"class_axis: axis {class_axis} is out of range for probs of rank 2")
@@ -466,11 +470,11 @@ def _spread(features, labels, propagation, k, alpha, max_iter, tol, variant, skl
         _arrays.capsule(out, writable=True),
         bool(propagation),
         _arrays.check_int(k, "k", 1),
-        float(alpha),
+        _arrays.check_real(alpha, "alpha"),
         _arrays.check_int(max_iter, "max_iter", 1),
-        float(tol),
+        _arrays.check_real(tol, "tol"),
         variant,
-        0 if sklearn_threads is None else _arrays.check_int(sklearn_threads, "sklearn_threads", 0),
+        0 if sklearn_threads is None else _arrays.check_int(sklearn_threads, "sklearn_threads", 0, 2**31 - 1),
     )
     if r["unreached"]:
         warnings.warn(f"{r['unreached']} items that a label reaches in the graph got no label mass (it shrinks by "
@@ -581,7 +585,8 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     _core.propagate_slices(_arrays.capsule(vol), _arrays.capsule(lab), ann, _arrays.capsule(mask, writable=True),
                            _arrays.capsule(conf, writable=True), _arrays.check_int(axis, "axis", -3, 2),
                            0 if num_classes is None else _arrays.check_int(num_classes, "num_classes", 0),
-                           float(beta), _arrays.check_int(erode, "erode", 1), float(min_confidence))
+                           _arrays.check_real(beta, "beta"), _arrays.check_int(erode, "erode", 1),
+                           _arrays.check_real(min_confidence, "min_confidence"))
     return mask, conf
 
 

@@ -213,8 +213,9 @@ def dropout_keep_mask(
 class _Head(nn.Module):
     def __init__(self, in_channels: Any, num_classes: Any, dims: Any) -> None:
         super().__init__()
-        self.in_channels = _arrays.check_int(in_channels, "in_channels", 1)
-        self.num_classes = _arrays.check_int(num_classes, "num_classes", 2)
+        # 2^31 - 1 each: far beyond any head, and the weight's entry count stays within int64
+        self.in_channels = _arrays.check_int(in_channels, "in_channels", 1, 2**31 - 1)
+        self.num_classes = _arrays.check_int(num_classes, "num_classes", 2, 2**31 - 1)
         self.dims = _dims_arg(dims)
 
     def _conv(self) -> nn.Module:
@@ -252,6 +253,9 @@ class _Head(nn.Module):
         """Every parameter finite, else a ValueError naming it and the first bad entry in its own
         coordinates (e.g. ``conv.weight[1, 1, 0, 0]``), before any kernel sees the weights."""
         params = list(self.named_parameters())
+        for name, t in params:
+            if t.device.type not in ("cpu", "cuda"):
+                raise TypeError(f"{name}: the head's parameters are on device {t.device.type!r}; expected CPU or CUDA")
         if not params or bool(torch.stack([torch.isfinite(t.detach()).all() for _, t in params]).all()):
             return  # one device sync when all are finite
         for name, t in params:
@@ -363,7 +367,8 @@ class _SampledHead(_Head):
         x, w, b, off, stream = self._prepare(features, index_offset, chunk_bytes)
         B, sp = x.shape[0], tuple(x.shape[2:])
         outs = {m: torch.empty((B,) + sp, dtype=torch.float32, device=x.device) for m in names}
-        mean = torch.empty((B, self.num_classes) + sp, dtype=torch.float32, device=x.device) if return_mean else None
+        want_mean = _arrays.check_bool(return_mean, "return_mean")
+        mean = torch.empty((B, self.num_classes) + sp, dtype=torch.float32, device=x.device) if want_mean else None
         _core.head_score(
             _capsule(x, stream), _capsule(w, stream), _capsule(b, stream),
             [(m, _capsule(o, stream, writable=True)) for m, o in outs.items()],
@@ -669,7 +674,7 @@ class EvidentialHead(_Head):
             _seed_arg(seed)
         _chunk_arg(chunk_bytes)
         _index_offset_arg(index_offset, int(self._check(features).shape[0]))
-        res, probs = self._closed_form(features, names, return_mean)
+        res, probs = self._closed_form(features, names, _arrays.check_bool(return_mean, "return_mean"))
         if probs is not None:
             res["mean"] = probs
         return res
@@ -692,6 +697,8 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
         raise ValueError(f"target: expected shape {want}, got {tuple(target.shape)}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target: expected integer class indices, got {target.dtype}")
+    if not isinstance(kl_weight, torch.Tensor):  # a tensor weight (an annealing schedule) is used as given
+        kl_weight = _arrays.check_real(kl_weight, "kl_weight")
     C = logits.shape[1]
     t = target.long()  # labels and ignore_index compared as integers, not in the target's dtype (uint8 wraps)
     valid = None if ignore_index is None else t != _arrays.check_int(ignore_index, "ignore_index", -(2**63))
@@ -717,7 +724,7 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
               + ((at - 1) * (torch.digamma(at) - torch.digamma(St).unsqueeze(1))).sum(dim=1))
     if valid is None:
         loss = per_voxel.mean()
-        return loss + float(kl_weight) * kl.mean() if kl_weight else loss
+        return loss + kl_weight * kl.mean() if kl_weight else loss
     # masked means accumulated in float32 at least (half sums overflow past 65504 voxels), in alpha's dtype
     acc = torch.promote_types(alpha.dtype, torch.float32)
     n = valid.sum().clamp(min=1).to(acc)
@@ -726,7 +733,7 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
         return (torch.where(valid, v, torch.zeros_like(v)).sum(dtype=acc) / n).to(alpha.dtype)
 
     loss = masked_mean(per_voxel)
-    return loss + float(kl_weight) * masked_mean(kl) if kl_weight else loss
+    return loss + kl_weight * masked_mean(kl) if kl_weight else loss
 
 
 # ---- weights files shared with the C++ heads ---------------------------------------------------------

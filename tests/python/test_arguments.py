@@ -1,0 +1,100 @@
+"""Scalar arguments of the public functions: the wrong type or range is a TypeError / ValueError that
+names the argument, never a raw pybind11 signature dump, a numpy error from inside the package or a
+silent conversion (strings read as numbers, "no" read as True, complex values cut to their real part)."""
+
+import numpy as np
+import pytest
+
+from labelwise import acquisition as A
+from labelwise import propagation as P
+from labelwise import uncertainty as U
+
+
+@pytest.fixture
+def pool(rng):
+    p = rng.dirichlet(np.ones(3), size=40)
+    labels = p.argmax(1)
+    return p, labels
+
+
+def cases(rng, pool):
+    p, labels = pool
+    X = rng.normal(size=(30, 4))
+    y = np.r_[0, 1, np.full(28, -1)]
+    m = rng.random((2, 6, 6))
+    auto = dict(pool_probs=p, calib_probs=p, calib_labels=labels, target_error=0.1, delta=0.1)
+    return [
+        # (call, exception, message pattern)
+        (lambda: P.certified_auto_label(**auto, class_axis=1.0), TypeError, "class_axis: expected an integer"),
+        (lambda: P.certified_auto_label(**auto, class_axis=None), TypeError, "class_axis: expected an integer"),
+        (lambda: P.certified_auto_label(**auto, class_axis=2**40), ValueError, "class_axis: expected an integer in"),
+        (lambda: P.certified_auto_label(**{**auto, "target_error": None}), TypeError, "target_error: expected a real"),
+        (lambda: P.certified_auto_label(**{**auto, "target_error": "0.1"}), TypeError, "target_error: expected a real"),
+        (lambda: P.certified_auto_label(**{**auto, "delta": 0.1j}), TypeError, "delta: expected a real"),
+        (lambda: P.certified_auto_label(**auto, per_class="yes"), TypeError, "per_class: expected True or False"),
+        (lambda: P.label_spreading(X, y, k=3, sklearn_threads=2**40, variant="sklearn"), ValueError,
+         "sklearn_threads: expected an integer in"),
+        (lambda: P.label_spreading(X, y, k=3, alpha="0.5"), TypeError, "alpha: expected a real"),
+        (lambda: P.label_spreading(X, y, k=3, tol=None), TypeError, "tol: expected a real"),
+        (lambda: P.binomial_cdf(1, 2**63, 0.5), ValueError, "n: expected an integer in"),
+        (lambda: P.binomial_cdf(1, 10, "0.5"), TypeError, "theta: expected a real"),
+        (lambda: P.clopper_pearson_upper(0, 2**63, 0.1), ValueError, "n: expected an integer in"),
+        (lambda: P.min_certifiable_count(True, 0.1), TypeError, "target_error: expected a real"),
+        (lambda: P.label_issues(p, labels, class_axis=None), TypeError, "class_axis: expected an integer"),
+        (lambda: P.label_issues(p, labels, class_axis=1.5), TypeError, "class_axis: expected an integer"),
+        (lambda: P.label_issues(p, labels, class_axis=True), TypeError, "class_axis: expected an integer, got bool"),
+        (lambda: P.propagate_slices(m, np.zeros(m.shape, np.int64), [0], beta="30"), TypeError, "beta: expected a real"),
+        (lambda: A.slice_scores(m, axis=1.0), TypeError, "axis: expected an integer"),
+        (lambda: A.slice_scores(m, axis=None), TypeError, "axis: expected an integer"),
+        (lambda: A.slice_scores(m, axis=True), TypeError, "axis: expected an integer, got bool"),
+        (lambda: A.patch_scores(np.array(1.0), 2), ValueError, r"map: expected \[N, \*spatial\] with 1 to 3"),
+        (lambda: A.top_regions(rng.random(5), 1, 2), ValueError, r"map: expected \[N, \*spatial\] with 1 to 3"),
+        (lambda: A.badge_uniform(0, 1.0), TypeError, "step: expected an integer"),
+        (lambda: A.badge_uniform(0, True), TypeError, "step: expected an integer, got bool"),
+        (lambda: A.badge_uniform(0, 2**64), ValueError, "step: expected an integer in"),
+        (lambda: A.cluster_margin_clusters(X.astype(complex), num_clusters=3), TypeError, "embeddings: expected a real"),
+        (lambda: A.cluster_margin_clusters(np.array([["a"]]), distance=0.5), TypeError, "embeddings: expected a real"),
+        (lambda: A.cluster_margin_clusters(X, distance="1"), TypeError, "distance: expected a real"),
+        (lambda: A.coreset(X, None, 2, prune="no"), TypeError, "prune: expected True or False"),
+        (lambda: A.stochastic(rng.random(10), 2, seed=0, temperature="1"), TypeError, "temperature: expected a real"),
+    ]
+
+
+def test_bad_scalar_arguments_are_named(rng, pool):
+    for i, (call, exc, pattern) in enumerate(cases(rng, pool)):
+        with pytest.raises(exc, match=pattern):
+            call()
+
+
+def test_good_scalar_arguments_of_every_numeric_kind(rng, pool):
+    """numpy scalars and 0-d arrays are accepted wherever Python numbers are."""
+    p, labels = pool
+    a = P.certified_auto_label(p, p, labels, target_error=np.float32(0.2), delta=np.array(0.1), class_axis=np.int64(1))
+    b = P.certified_auto_label(p, p, labels, target_error=0.2, delta=0.1)
+    assert np.array_equal(a.accepted, b.accepted) and a.threshold == b.threshold
+    assert P.binomial_cdf(np.int32(3), np.uint8(10), np.float16(0.5)) == P.binomial_cdf(3, 10, 0.5)
+    assert A.badge_uniform(0, np.uint64(2**64 - 1)) == A.badge_uniform(0, 2**64 - 1)
+    m = rng.random((2, 6, 6))
+    assert np.array_equal(A.slice_scores(m, axis=np.int8(2)), A.slice_scores(m, axis=2))
+
+
+def test_sparse_torch_tensors_are_refused_by_name():
+    torch = pytest.importorskip("torch")
+    x = torch.rand(4, 3, 5).to_sparse()
+    with pytest.raises(TypeError, match="x: a torch tensor with layout sparse_coo"):
+        U.predictive_entropy(x)
+
+
+def test_heads_name_bad_sizes_and_devices():
+    pytest.importorskip("torch")
+    import torch
+
+    from labelwise.torch import EvidentialHead, MCDropoutHead
+
+    with pytest.raises(ValueError, match="num_classes: expected an integer in"):
+        EvidentialHead(4, 2**62)
+    head = MCDropoutHead(4, 3).to("meta")
+    with pytest.raises(TypeError, match="on device 'meta'"):
+        head.score(torch.rand(1, 4, 5, 5))
+    with pytest.raises(TypeError, match="return_mean: expected True or False"):
+        MCDropoutHead(4, 3).score(torch.rand(1, 4, 5, 5), K=2, return_mean="yes")
