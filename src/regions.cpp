@@ -106,8 +106,10 @@ void window_sums(const double* x, std::int64_t xs, std::int64_t len, std::int64_
 
 /// All patch means of every image: scores[n][g] with g row-major over the grid. Separable window sums
 /// along each spatial axis (O(voxels) per axis, whatever the patch size).
+/// `what` names a window in errors ("patch"; "slice" for slice_scores' whole-slice windows).
 std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInfo& m, const std::vector<std::int64_t>& patch,
-                                             const std::vector<std::int64_t>& stride, std::int64_t G[3]) {
+                                             const std::vector<std::int64_t>& stride, std::int64_t G[3],
+                                             const char* what = "patch") {
   const std::vector<std::int64_t> g = grid_of(m, patch, stride);
   std::int64_t sz[3] = {1, 1, 1}, sd[3] = {1, 1, 1};
   for (int d = 0; d < 3; ++d) G[d] = 1;
@@ -142,7 +144,7 @@ std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInf
         o[q] /= volume;
         if (o[q] != o[q] && error.empty()) {  // no NaN in V: the patch holds both +inf and -inf
           const std::int64_t g = static_cast<std::int64_t>(q);
-          error = "map: the patch at " +
+          error = std::string("map: the ") + what + " at " +
                   position(m, n, g / (G[1] * G[2]) * sd[0], (g / G[2]) % G[1] * sd[1], g % G[2] * sd[2]) +
                   " holds both +inf and -inf, so its mean is undefined; replace the infinities first (e.g. by "
                   "the map's finite extremes)";
@@ -287,7 +289,7 @@ void slice_scores(const TensorView& map, int axis, const TensorView& out) {
   std::vector<std::int64_t> patch(m.S, m.S + m.nsp), stride(m.nsp, 1);
   patch[a - 1] = 1;
   std::int64_t G[3];
-  const auto all = all_patches(map, m, patch, stride, G);
+  const auto all = all_patches(map, m, patch, stride, G, "slice");
   for (std::int64_t n = 0; n < m.N; ++n)
     for (std::int64_t s = 0; s < map.shape[a]; ++s)
       write_float(out, n * out.strides[0] + s * out.strides[1], all[static_cast<std::size_t>(n)][static_cast<std::size_t>(s)]);

@@ -95,6 +95,8 @@ def test_region_errors():
         A.top_regions(inf, 4, (1, 2), (1, 2))
     with pytest.raises(ValueError, match=r"the patch at \[0, 0, 10\] holds both"):
         A.patch_scores(inf, (1, 2), (1, 2))
+    with pytest.raises(ValueError, match=r"the slice at \[0, 0, 0\] holds both"):  # a whole slice, not a patch
+        A.slice_scores(inf, axis=1)
     apart = np.arange(20.0)[None, None] / 20
     apart[0, 0, 10], apart[0, 0, 13] = np.inf, -np.inf
     ok = A.patch_scores(apart, (1, 2), (1, 1))  # patches holding one infinity are fine
