@@ -61,6 +61,12 @@ def _torch_strided() -> Any:
     return torch.strided
 
 
+def _torch_bool() -> Any:
+    import torch
+
+    return torch.bool
+
+
 def _check_numeric(a: np.ndarray, name: str, given: Optional[str] = None) -> None:
     """Real numbers DLPack can carry: booleans, integers, IEEE floats up to 64 bits."""
     if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and a.dtype.itemsize > 8):
@@ -195,22 +201,42 @@ def like_device(result: np.ndarray, x: Any) -> Any:
     return result
 
 
+def _scalar_kind(value: Any) -> str:
+    """'b' / 'i' / 'u' / 'f' / 'c' for a 0-d numpy, torch or cupy array, else ''."""
+    if getattr(value, "ndim", None) != 0:
+        return ""
+    if _framework(value) == "torch":
+        if value.is_complex():
+            return "c"
+        if value.dtype == _torch_bool():
+            return "b"
+        return "f" if value.is_floating_point() else "i"
+    kind = getattr(getattr(value, "dtype", None), "kind", "")
+    return kind if isinstance(kind, str) and len(kind) == 1 else ""
+
+
 def check_real(value: Any, name: str) -> float:
-    """A real-number argument (Python / numpy ints and floats, 0-d real arrays; not a bool, a string,
-    None or a complex) as a float, named in its TypeError. Ranges are checked by the callers."""
+    """A real-number argument (Python / numpy ints and floats, 0-d real numpy / torch / cupy arrays;
+    not a bool, a string, None or a complex) as a float, named in its TypeError. Ranges are checked by
+    the callers."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        if _scalar_kind(value) in ("i", "u", "f"):
             return float(value)
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     return float(value)
 
 
 def check_bool(value: Any, name: str) -> bool:
-    """A boolean flag (Python or numpy bool), named in its TypeError: a string such as "no" is refused
-    instead of being read as True."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
-    return bool(value)
+    """A flag: True / False (Python, numpy, 0-d bool arrays) or the integers 0 / 1, named in its
+    TypeError; a string such as "no", None or a float is refused instead of being read as True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (numbers.Integral, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    if _scalar_kind(value) == "b":
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {value!r}" if isinstance(value, (int, np.integer))
+                    else f"{name}: expected True or False, got {type(value).__name__}")
 
 
 def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None) -> int:

@@ -623,9 +623,10 @@ def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None
     1.6 GB), hence ``max_items`` (raise it deliberately). GPU arrays are copied to the host. Errors:
     ``ValueError`` naming the row for NaN / Inf or a squared norm above 4.5e307 (distances would
     overflow)."""
-    e = np.asarray(_arrays.to_host_numpy(_arrays.as_array(embeddings, "embeddings")))
+    e = np.asarray(_arrays.to_host_numpy(embeddings))  # GPU arrays of any device: to the host
+    _arrays._check_numeric(e, "embeddings")  # complex, strings, objects (None) are refused by name
     if e.dtype not in (np.float32, np.float64):
-        e = e.astype(np.float64)  # integers and booleans (as_array refused complex, strings, objects)
+        e = e.astype(np.float64)  # integers and booleans
     if e.ndim == 2 and len(e) > _arrays.check_int(max_items, "max_items", 1):
         raise ValueError(f"embeddings: {len(e)} items; average-linkage clustering needs O(N^2) memory "
                          f"({len(e) * (len(e) - 1) * 4 / 2**30:.1f} GiB), limit max_items={max_items} "

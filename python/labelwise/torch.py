@@ -697,7 +697,12 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
         raise ValueError(f"target: expected shape {want}, got {tuple(target.shape)}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target: expected integer class indices, got {target.dtype}")
-    if not isinstance(kl_weight, torch.Tensor):  # a tensor weight (an annealing schedule) is used as given
+    if isinstance(kl_weight, torch.Tensor):  # a tensor weight (an annealing schedule): one real value
+        if kl_weight.numel() != 1 or kl_weight.is_complex() or kl_weight.dtype == torch.bool:
+            raise TypeError(f"kl_weight: expected a real number or a one-element real tensor, got a {kl_weight.dtype} "
+                            f"tensor of shape {list(kl_weight.shape)}")
+        kl_weight = kl_weight.reshape(()).to(logits.dtype if logits.is_floating_point() else torch.float32)
+    else:
         kl_weight = _arrays.check_real(kl_weight, "kl_weight")
     C = logits.shape[1]
     t = target.long()  # labels and ignore_index compared as integers, not in the target's dtype (uint8 wraps)

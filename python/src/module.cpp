@@ -81,8 +81,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("metric_needs_samples", [](const std::string& name) { return metric_needs_samples(metric_from_name(name)); });
   m.def("built_with_cuda", &built_with_cuda, "True when this build contains the CUDA kernels.");
   m.def("num_threads", &num_threads,
-        "Number of CPU threads labelwise uses (default: the LABELWISE_NUM_THREADS environment variable, else "
-        "all cores).");
+        "Number of CPU threads labelwise uses (default: the LABELWISE_NUM_THREADS environment variable, read "
+        "once at the first call, else all cores).");
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Sets the CPU thread count for every later call; n <= 0 restores the default. Results never depend on "
         "it. Process-wide and safe from any thread at any time: running calls finish each parallel stage with "

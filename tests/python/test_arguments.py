@@ -98,3 +98,38 @@ def test_heads_name_bad_sizes_and_devices():
         head.score(torch.rand(1, 4, 5, 5))
     with pytest.raises(TypeError, match="return_mean: expected True or False"):
         MCDropoutHead(4, 3).score(torch.rand(1, 4, 5, 5), K=2, return_mean="yes")
+
+
+def test_scalars_from_every_framework_and_integer_flags(rng, pool):
+    """0-d torch tensors are real numbers as 0-d numpy arrays are; flags take 0 / 1 and 0-d bools."""
+    torch = pytest.importorskip("torch")
+    p, labels = pool
+    a = P.certified_auto_label(p, p, labels, target_error=torch.tensor(0.2), delta=torch.tensor(0.1, dtype=torch.float64))
+    b = P.certified_auto_label(p, p, labels, target_error=0.2, delta=0.1)
+    assert np.array_equal(a.accepted, b.accepted) and a.threshold == b.threshold
+    for bad in (torch.tensor(0.5j), torch.tensor(True), torch.tensor([0.2])):
+        with pytest.raises(TypeError, match="target_error: expected a real"):
+            P.certified_auto_label(p, p, labels, target_error=bad, delta=0.1)
+    X = rng.normal(size=(50, 3))
+    for flag in (0, 1, np.int8(1), np.array(False), torch.tensor(True)):
+        picks = A.coreset(X, None, 3, prune=flag)
+        assert np.array_equal(picks, A.coreset(X, None, 3))
+    for bad in (2, -1, 0.0, None, "True"):
+        with pytest.raises(TypeError, match="prune: expected True or False"):
+            A.coreset(X, None, 3, prune=bad)
+
+
+def test_tensor_kl_weight_keeps_the_loss_dtype():
+    torch = pytest.importorskip("torch")
+    from labelwise.torch import evidential_loss
+
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    plain = evidential_loss(logits, target, kl_weight=0.5)
+    tensor = evidential_loss(logits, target, kl_weight=torch.tensor(0.5, dtype=torch.float64))
+    assert tensor.dtype == logits.dtype and torch.equal(plain, tensor)
+    for bad in (torch.tensor(0.5j), torch.tensor([0.5, 0.5]), torch.tensor(True)):
+        with pytest.raises(TypeError, match="kl_weight"):
+            evidential_loss(logits, target, kl_weight=bad)
+    with pytest.raises(TypeError, match="kl_weight: expected a real"):
+        evidential_loss(logits, target, kl_weight="0.5")
