@@ -129,7 +129,8 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
   if (kind == Kind::Spreading)
     check(opt.alpha > 0.0 && opt.alpha < 1.0, ErrorKind::Value, "alpha: expected a value in (0, 1), got ",
           num(opt.alpha));
-  check(opt.max_iter >= 1, ErrorKind::Value, "max_iter: expected >= 1, got ", opt.max_iter);
+  check(opt.max_iter >= 0, ErrorKind::Value, "max_iter: expected >= 1 (or 0: the default), got ", opt.max_iter);
+  const std::int64_t max_iter = opt.max_iter > 0 ? opt.max_iter : (kind == Kind::Spreading ? 30 : 1000);
   check(opt.tol >= 0.0, ErrorKind::Value, "tol: expected a value >= 0, got ", num(opt.tol));
   check(dist.device.is_cpu() && out_labels.device.is_cpu(), ErrorKind::Type, "distributions / labels: expected CPU arrays");
   check(dist.dtype == DType::Float64, ErrorKind::Type, "distributions: expected dtype float64, got ",
@@ -269,7 +270,7 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
   }
   std::vector<std::int64_t> zero_rows(static_cast<std::size_t>(detail::worker_slots()), 0);
   std::int64_t stalled = 0;  // steps in a row that reached no new item
-  for (; it < opt.max_iter; ++it) {
+  for (; it < max_iter; ++it) {
     if (numpy_sum_threads(diff.data(), N * C) < opt.tol) {
       if (unreached == 0) {
         R.converged = true;

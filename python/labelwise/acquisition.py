@@ -1,6 +1,9 @@
-"""Batch acquisition from per-item scores: top-k, stochastic (Gumbel-top-k) and the shard merge.
+"""Batch acquisition: from per-item scores (top-k, stochastic Gumbel-top-k, the shard merge), from
+samples and embeddings (BatchBALD, core-set, BADGE, cluster-margin, weighted k-means) and from
+per-voxel maps (patches, regions, slices). Each function's docstring states its own inputs and
+returns; the contract below is that of the score-based selections.
 
-Shape contract (every function)
+Shape contract (top_k, stochastic, stochastic_keys, merge_top_k)
     scores : array ``[N]`` or a map ``[N, *spatial]`` (e.g. per-voxel uncertainty ``[N, D, H, W]``),
         float32 or float64 (numpy, torch or cupy; CPU or CUDA; any strides — nothing is copied).
         A map is a pool of ``scores.size`` items numbered in row-major (C) order of its shape:

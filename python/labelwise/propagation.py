@@ -23,8 +23,10 @@ Shape contract of :func:`certified_auto_label`
 
 Errors: ``ValueError`` for NaN / Inf / negative / unnormalised probabilities, NaN confidences, labels
 below -1 or >= C, wrong shapes, ``target_error`` / ``delta`` outside (0, 1), empty inputs;
-``TypeError`` for non-float probabilities, non-integer labels, and CUDA arrays (these functions run on
-the CPU; their CUDA path is not implemented yet — pass ``x.cpu()``). A calibration set too small to
+``TypeError`` for non-float probabilities, non-integer labels, and CUDA arrays (certified_auto_label,
+certify_threshold, label_issues and label spreading / propagation run on the CPU; their CUDA path is not
+implemented yet — pass ``x.cpu()``; knn_graph runs on CUDA, propagate_slices copies GPU arrays to the
+host). A calibration set too small to
 certify anything is *not* an error: the result has ``certified=False``, accepts nothing and says why
 in ``reason``.
 """

@@ -311,3 +311,34 @@ TEST_CASE("symmetric spreading: every item a label reaches gets mass, unless it 
     }
   }
 }
+
+TEST_CASE("max_iter = 0 is each function's own default: 30 for spreading, 1000 for propagation (sklearn's)",
+          "[propagation][knn]") {
+  std::mt19937_64 g(fresh_seed());
+  std::normal_distribution<double> nd;
+  const std::int64_t N = 60, D = 3;
+  std::vector<double> x(N * D);
+  for (double& v : x) v = nd(g);
+  std::vector<std::int64_t> y(N, -1), out(N);
+  y[0] = 0;
+  y[1] = 1;
+  std::vector<double> P(N * 2);
+  for (const SpreadingVariant v : {SpreadingVariant::Symmetric, SpreadingVariant::Sklearn}) {
+    SpreadingOptions o;  // max_iter = 0
+    o.k = 4;
+    o.variant = v;
+    o.tol = 0.0;  // never converged: the loop runs max_iter steps
+    const auto views = [&] {
+      return std::make_tuple(TensorView::of(x.data(), {N, D}), TensorView::of(y.data(), {N}),
+                             TensorView::of(P.data(), {N, 2}), TensorView::of(out.data(), {N}));
+    };
+    auto [f, l, d, o2] = views();
+    INFO("variant " << spreading_variant_name(v));
+    CHECK(label_spreading(f, l, d, o2, o).n_iter == 30);
+    CHECK(label_propagation(f, l, d, o2, o).n_iter == 1000);
+    o.max_iter = 7;
+    CHECK(label_propagation(f, l, d, o2, o).n_iter == 7);
+    o.max_iter = -1;
+    REQUIRE_THROWS_WITH(label_spreading(f, l, d, o2, o), Catch::Contains("max_iter: expected >= 1 (or 0: the default), got -1"));
+  }
+}

@@ -34,7 +34,7 @@
 // Errors (labelwise::Error): NaN / Inf features, labels < -1, no labelled item, a class index below
 // the largest label that no item carries, k < 1 or k >= N (k > N for Sklearn, whose k counts the point
 // itself), alpha not in (0, 1) (spreading),
-// max_iter < 1, tol < 0 or NaN, wrong shapes / dtypes, CUDA inputs.
+// max_iter < 0, tol < 0 or NaN, wrong shapes / dtypes, CUDA inputs.
 #pragma once
 
 #include <cstdint>
@@ -52,7 +52,9 @@ SpreadingVariant spreading_variant_from_name(const std::string& name);
 struct SpreadingOptions {
   std::int64_t k = 7;
   double alpha = 0.2;          ///< label_spreading only: weight of the neighbours (1 - alpha: of the labels)
-  std::int64_t max_iter = 30;  ///< label_propagation: pass 1000 for sklearn's default
+  /// 0 (default): each function's own default, sklearn's: 30 for label_spreading, 1000 for
+  /// label_propagation. Otherwise >= 1.
+  std::int64_t max_iter = 0;
   double tol = 1e-3;
   SpreadingVariant variant = SpreadingVariant::Symmetric;
   /// Sklearn variant with more than 15 features (or k >= N / 2): the number of OpenMP threads

@@ -556,7 +556,8 @@ class EvidentialHeadImpl : public HeadBase {
 
   /// Per-voxel maps {metric: [B, *spatial]} (float32) in closed form; any metric but VariationRatio.
   /// K, seed and index_offset are accepted for a uniform call across heads and ignored (nothing is
-  /// sampled).
+  /// sampled). The vacuity map, which Python's score() also takes as a metric name, is uncertainty()'s
+  /// `vacuity` here (it is not a labelwise::Metric).
   std::map<Metric, at::Tensor> score(const at::Tensor& features, std::optional<std::int64_t> K = std::nullopt,
                                      const std::vector<Metric>& metrics = {Metric::Bald, Metric::BalEntAcq},
                                      std::uint64_t seed = 0, at::Tensor* mean = nullptr,

@@ -85,7 +85,9 @@ struct MetricOutput {
 /// The shape every metric output must have for input x (see the shape contract above).
 std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& options = {});
 
-/// Computes all requested metrics in one fused pass over x.
+/// Computes all requested metrics in one fused pass over x. Each output is float32 or float64 (either,
+/// whatever x's dtype), of score_shape(x), any strides, on x's device. Extra errors: no output, a
+/// metric requested twice, outputs that overlap x or each other.
 void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options = {});
 
 /// One metric; same contract as score().
