@@ -20,7 +20,7 @@
 //   float32 block per thread (4 MiB) and the list of block pairs ((N / kKnnBlock)^2 / 2 entries),
 //   never the N^2 distances. Euclidean rows whose largest entries span more than 2^480 are refused
 //   (one power-of-two scale cannot serve both ends).
-// On CUDA (src/cuda/knn_cuda.cu; compiled, not yet run on a GPU): the same method and the same
+// On CUDA (src/cuda/knn_cuda.cu; compiled, not yet run on a GPU): the same scaling, method and
 //   certification formula (src/knn_bound.hpp) on the device — float64 copy, validated there; centred /
 //   unit float32 rows; cuBLAS SGEMM (pedantic float32: no TF32) of 8192-row query blocks against 4096-row
 //   chunks; one warp per query row keeps its m candidates; exact float64 refinement (sequential sums,
@@ -31,9 +31,9 @@
 //   features  : [N, D] float32 / float64, CPU or CUDA, any strides. N >= 2, D >= 1, finite
 //               (CUDA: N, D < 2^31 - 1).
 //   k         : 1 <= k < N (the point itself is excluded, so at most N - 1 neighbours exist).
-//   indices   : int64 [N, k] (written; on the device of features): the neighbours of each row, nearest first; ties (equal
-//               distances, e.g. duplicate points) by the lower index. Never the row itself.
-//   distances : [N, k] float32 / float64 (written, usually the dtype of features):
+//   indices   : int64 [N, k], any strides (written; on the device of features): the neighbours of each row, nearest first; ties (equal
+//               distances, e.g. duplicate points) by the lower index. Never the row itself. distances: any strides too.
+//   distances : [N, k] float32 or float64, either whatever the features' dtype (written, same device):
 //               euclidean — the euclidean distance ||x_i - x_j|| (not squared);
 //               cosine    — 1 - x_i.x_j / (||x_i|| ||x_j||), clamped to [0, 2].
 // Errors (labelwise::Error): NaN / Inf features (naming the row), wrong rank / dtype, empty input,

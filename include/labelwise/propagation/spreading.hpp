@@ -76,9 +76,13 @@ struct SpreadingResult {
 /// The number of classes C of a label vector (max label + 1), validated as above.
 std::int64_t spreading_num_classes(const TensorView& labels);
 
+/// Label spreading (Zhou et al. 2004) on the kNN graph of `features`: shapes, variants and errors in
+/// the contract at the top of this header (features [N, D] CPU float; labels [N] int64 / int32;
+/// distributions float64 [N, C] and out_labels int64 [N] written, any strides, CPU).
 SpreadingResult label_spreading(const TensorView& features, const TensorView& labels, const TensorView& distributions,
                                 const TensorView& out_labels, const SpreadingOptions& options = {});
 
+/// Label propagation (Zhu & Ghahramani 2002): the same contract as label_spreading (alpha unused).
 SpreadingResult label_propagation(const TensorView& features, const TensorView& labels,
                                   const TensorView& distributions, const TensorView& out_labels,
                                   const SpreadingOptions& options = {});
