@@ -98,6 +98,19 @@ struct ScratchGrid {
   int threads = 1;
 };
 
+/// The global scratch a kernel launch may take on the current device: a quarter of the free memory,
+/// between 1 GiB and 16 GiB (1 GiB when the query fails). Items of huge K · C (tens of MB of scratch
+/// per thread) then still run on hundreds of threads instead of the 1 GiB floor's few.
+inline std::size_t scratch_budget() {
+  std::size_t free_bytes = 0, total_bytes = 0;
+  constexpr std::size_t kGiB = std::size_t{1} << 30;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();  // not sticky: clear it
+    return kGiB;
+  }
+  return std::min(16 * kGiB, std::max(kGiB, free_bytes / 4));
+}
+
 /// Shrinks a grid of `blocks` × `block` threads whose every thread owns `per_thread_bytes` of global
 /// scratch until the scratch fits in `budget` bytes: fewer blocks first, then smaller blocks (halving,
 /// down to one thread, whose own scratch is the floor). Kernels with grid-stride loops (any blockDim)
