@@ -242,6 +242,20 @@ def ours(fn, X, y, **kw):
         return fn(X, y, variant="sklearn", **kw)
 
 
+def assert_both_equal_sklearn(X, lab, k, alphas):
+    """Spreading (each alpha, 30 steps) and propagation (1000 steps) in the sklearn variant: the same
+    distributions and labels as sklearn's, bit for bit."""
+    for alpha in alphas:
+        s = sk_fit(LabelSpreading, X, lab, n_neighbors=k, alpha=alpha, max_iter=30, tol=1e-3)
+        d, l = ours(P.label_spreading, X, lab, k=k, alpha=alpha, max_iter=30, tol=1e-3)
+        np.testing.assert_array_equal(d, s.label_distributions_)
+        np.testing.assert_array_equal(l, s.transduction_)
+    s = sk_fit(LabelPropagation, X, lab, n_neighbors=k, max_iter=1000, tol=1e-3)
+    d, l = ours(P.label_propagation, X, lab, k=k, max_iter=1000, tol=1e-3)
+    np.testing.assert_array_equal(d, s.label_distributions_)
+    np.testing.assert_array_equal(l, s.transduction_)
+
+
 def partial_labels(rng, y, frac):
     lab = np.full(len(y), -1, dtype=np.int64)
     m = rng.random(len(y)) < frac
@@ -258,15 +272,7 @@ def test_sklearn_variant_takes_k_equal_to_n_like_sklearn(rng, N, D):
     X = rng.normal(size=(N, D))
     lab = np.full(N, -1, dtype=np.int64)
     lab[:3] = [0, 1, 2]
-    for alpha in (0.2, 0.9):
-        s = sk_fit(LabelSpreading, X, lab, n_neighbors=N, alpha=alpha, max_iter=30, tol=1e-3)
-        d, l = ours(P.label_spreading, X, lab, k=N, alpha=alpha, max_iter=30, tol=1e-3)
-        np.testing.assert_array_equal(d, s.label_distributions_)
-        np.testing.assert_array_equal(l, s.transduction_)
-    s = sk_fit(LabelPropagation, X, lab, n_neighbors=N, max_iter=1000, tol=1e-3)
-    d, l = ours(P.label_propagation, X, lab, k=N, max_iter=1000, tol=1e-3)
-    np.testing.assert_array_equal(d, s.label_distributions_)
-    np.testing.assert_array_equal(l, s.transduction_)
+    assert_both_equal_sklearn(X, lab, N, (0.2, 0.9))
     with pytest.raises(ValueError):
         sk_fit(LabelSpreading, X, lab, n_neighbors=N + 1)
     with pytest.raises(ValueError, match=rf"1 <= k <= N = {N} \(the sklearn variant counts the point itself\)"):
@@ -280,15 +286,7 @@ def test_sklearn_variant_equals_sklearn_on_random_data(rng, N, D, C, k):
     X = rng.normal(size=(N, D))
     y = rng.integers(0, C, N)
     lab = partial_labels(rng, y, 0.1)
-    for alpha in (0.2, 0.7):
-        s = sk_fit(LabelSpreading, X, lab, n_neighbors=k, alpha=alpha, max_iter=30, tol=1e-3)
-        d, l = ours(P.label_spreading, X, lab, k=k, alpha=alpha, max_iter=30, tol=1e-3)
-        np.testing.assert_array_equal(d, s.label_distributions_)
-        np.testing.assert_array_equal(l, s.transduction_)
-    s = sk_fit(LabelPropagation, X, lab, n_neighbors=k, max_iter=1000, tol=1e-3)
-    d, l = ours(P.label_propagation, X, lab, k=k, max_iter=1000, tol=1e-3)
-    np.testing.assert_array_equal(d, s.label_distributions_)
-    np.testing.assert_array_equal(l, s.transduction_)
+    assert_both_equal_sklearn(X, lab, k, (0.2, 0.7))
     # float32 features: sklearn computes its distances in float64 from them, and so do we
     X32 = X.astype(np.float32)
     s = sk_fit(LabelSpreading, X32, lab, n_neighbors=k)
