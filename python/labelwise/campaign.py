@@ -85,6 +85,7 @@ class Config:
     target_error: float = 0.05
     delta: float = 0.1
     quick: bool = False
+    seg_max_rounds: int = 0  # segmentation: stop after this many rounds (0: the budget decides; --quick: 2)
     # segmentation (colin27 / volumes); labels are counted in voxels
     seg_downsample: int = 4  # in-plane: 4 mm pixels
     seg_slice_stride: int = 2  # every 2nd 1 mm slice with brain
@@ -101,7 +102,7 @@ class Config:
 
 # Saved runs are resumed only under the same Config and the same version of the run's design; bump it
 # when a change alters what a run computes (2: segmentation calibration clicks come from the pool).
-STATE_VERSION = 3  # 3: classification calibration drawn from the unlabelled pool at auto-labelling time
+STATE_VERSION = 4  # 3: classification calibration drawn from the unlabelled pool at auto-labelling time; 4: seg_max_rounds
 
 
 def available_strategies() -> List[str]:
@@ -363,6 +364,9 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
     N = int((~calib).sum())  # the acquisition pool: everything but the calibration set
     b = cfg.batch.get(d.name, max(C, N // 50))
     budget = int(round(cfg.budget_fraction * N))
+    if budget < 1:
+        raise CampaignError(f"{d.name}: --budget {cfg.budget_fraction:g} of a {N}-item pool is no item; "
+                            f"at least {0.5 / N:.2g} is needed")
     if budget > N - len(init):
         raise ValueError(f"{d.name}: budget {budget} is larger than the unlabelled pool ({N - len(init)})")
     if b < 1 or b > budget:
@@ -585,7 +589,7 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
         seg = metric == "dice"
         mname = "mean Dice" if seg else "accuracy"
         lines += _dataset_intro(d, ds, first)
-        lines.append(f"![learning curves](curves_{ds}.png)")
+        lines.append(f"![learning curves](<curves_{ds}.png>)")  # <...>: file names with spaces
         lines.append("")
         unit = "labelled fraction of the pool's voxels" if seg else "labelled fraction"
         lines.append(f"| strategy | final {mname} (mean ± std) | {unit} to reach 95 % of full-data {mname} | "
@@ -651,7 +655,7 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
                           ("autolabel", "after the last round")):
             lines += [f"**Certified auto-labelling of the rest of the pool** {when} (target error "
                       f"{cfg.target_error:.0%} with probability ≥ {1 - cfg.delta:.0%}, calibrated on "
-                      f"{first['n_calibration']} {what} drawn at random from the unlabelled pool at that moment and "
+                      f"{_calibration_sizes(by, key)} {what} drawn at random from the unlabelled pool at that moment and "
                       "labelled by the humans; realised error measured against the withheld truth"
                       + ("; per voxel — the calibration voxels are clicks drawn uniformly at random from the "
                          "unlabelled pool voxels themselves, so the bound is about this pool however "
@@ -707,6 +711,19 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
 # driver
 
 
+class CampaignError(ValueError):
+    """A bad argument, data file or output folder: cli() prints it on one line and exits with 2."""
+
+
+def _calibration_sizes(by: Dict, key: str) -> str:
+    """The calibration set size(s) behind the `key` ("autolabel" / "autolabel_10") results of every
+    strategy and run: one number, or the range when they differ (segmentation clicks: 5 % of the rest)."""
+    sizes = sorted({int(a["n_calibration"]) for s in by.values() for a in s[key] if a and "n_calibration" in a})
+    if not sizes:
+        return "0"
+    return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m labelwise.campaign", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", action="append",
@@ -737,25 +754,25 @@ def build_config(a: argparse.Namespace) -> Config:
     strategies = list(dict.fromkeys(s.strip() for s in a.strategies.split(",") if s.strip()))  # no repeats
     bad = [n for n in names if n not in CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS and not n.endswith(".npz")]
     if bad:
-        raise SystemExit(f"--dataset: unknown {bad}; choose from {list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS)} "
+        raise CampaignError(f"--dataset: unknown {bad}; choose from {list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS)} "
                          "or pass your own file with --data FILE.npz")
     short = [os.path.basename(n)[:-4] if n.endswith(".npz") else n for n in names]
     clash = sorted({s for s in short if short.count(s) > 1})
     if clash:  # the report, curves and state are keyed by these names
-        raise SystemExit(f"data sets named alike: {clash} (a --data file named like a built-in data set, or given "
+        raise CampaignError(f"data sets named alike: {clash} (a --data file named like a built-in data set, or given "
                          "twice); rename the file")
     seeds = a.seeds if a.seeds is not None else (1 if a.quick else 3)
     samples = a.samples if a.samples is not None else (8 if a.quick else 20)
     budget = a.budget if a.budget is not None else (0.12 if a.quick else 0.3)
     unknown = [s for s in strategies if s not in all_strategies()]
     if unknown:
-        raise SystemExit(f"--strategies: unknown or unavailable {unknown}; available: {all_strategies()}")
+        raise CampaignError(f"--strategies: unknown or unavailable {unknown}; available: {all_strategies()}")
     if seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
+        raise CampaignError("--seeds must be >= 1")
     if samples < 2:
-        raise SystemExit("--samples must be >= 2 (MC dropout needs several passes)")
+        raise CampaignError("--samples must be >= 2 (MC dropout needs several passes)")
     if not 0 < budget < 1:
-        raise SystemExit("--budget must be a fraction in (0, 1)")
+        raise CampaignError("--budget must be a fraction in (0, 1)")
     cfg = Config(datasets=names, strategies=strategies, seeds=list(range(seeds)), samples=samples,
                  budget_fraction=budget, quick=a.quick)
     # resume only on the same data: a --data file's contents, not just its name
@@ -765,74 +782,37 @@ def build_config(a: argparse.Namespace) -> Config:
                 cfg.data_fingerprints[n] = hashlib.sha256(f.read()).hexdigest()
     if a.batch is not None:
         if a.batch < 1:
-            raise SystemExit("--batch must be >= 1")
+            raise CampaignError("--batch must be >= 1")
         cfg.batch = {(os.path.basename(n)[:-4] if n.endswith(".npz") else n): a.batch
                      for n in list(CLASSIFICATION_DATASETS) + list(SEGMENTATION_DATASETS) + names}
     if a.quick:
         cfg.epochs = 120
+        if a.budget is None:  # an explicit --budget is kept (segmentation otherwise stops after 2 rounds)
+            cfg.seg_max_rounds = 2
         # segmentation: 8 mm pixels, every 6th slice, a narrow U-Net, 2 rounds of one slice
         cfg.seg_downsample, cfg.seg_slice_stride, cfg.seg_width, cfg.seg_steps = 8, 6, 8, 40
         cfg.seg_init_slices, cfg.seg_batch_slices, cfg.seg_patch, cfg.seg_calib_clicks = 2, 1, 4, 1500
     return cfg
 
 
-def _check_dependencies() -> None:
+def _check_dependencies(cfg: Config) -> None:
     """The campaign's own dependencies (not the library's), checked before any run starts."""
     missing = []
-    for mod, pkg in (("torch", "torch"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")):
+    need = [("torch", "torch"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")]
+    if any(n in SEGMENTATION_DATASETS for n in cfg.datasets):
+        need.append(("nibabel", "nibabel"))  # the Colin27 NIfTI files
+    for mod, pkg in need:
         try:
             __import__(mod)
         except ImportError:
             missing.append(pkg)
     if missing:
-        raise SystemExit(f"the campaign needs {', '.join(missing)}: pip install 'labelwise[campaign]' "
+        raise CampaignError(f"the campaign needs {', '.join(missing)}: pip install 'labelwise[campaign]' "
                          f"(or pip install {' '.join(missing)})")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    a = parse_args(argv)
-    cfg = build_config(a)
-    _check_dependencies()
-    if os.path.exists(a.out) and not os.path.isdir(a.out):
-        raise SystemExit(f"--out {a.out}: exists and is not a folder")
-    os.makedirs(a.out, exist_ok=True)
-    torch = _torch()
-    torch.set_num_threads(1)  # small models: one thread is faster and deterministic
-    datasets = {}
-    for n in cfg.datasets:
-        d = load_dataset(n, cfg)
-        validate_dataset(d)
-        datasets[d.name] = d
-        if not any(applicable(d, st) for st in cfg.strategies):
-            kind = getattr(d, "kind", "classification")
-            raise SystemExit(f"--strategies: none of {cfg.strategies} applies to the {kind} data set {d.name}; "
-                             f"choose from {segmentation_strategies() if kind == 'segmentation' else available_strategies()}")
-    state_path = os.path.join(a.out, "state.json")
-    done: Dict[str, Dict] = {}
-    if os.path.exists(state_path) and not a.fresh:
-        with open(state_path) as f:
-            saved = json.load(f)
-        if saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION:
-            done = saved.get("runs", {})
-            print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
-        elif saved.get("version") != STATE_VERSION:  # runs of an older design cannot be reused anyway
-            print(f"[campaign] {state_path} is from an older version of the campaign; starting over")
-        elif saved.get("runs"):
-            raise SystemExit(f"{state_path} holds {len(saved['runs'])} finished runs of other settings; pass "
-                             "--fresh to discard them, or choose another --out")
-    if not done and os.path.exists(state_path):  # a fresh start in a campaign folder: no report, curves or
-        # overlays of an earlier configuration stay behind
-        for f in os.listdir(a.out):
-            if f in ("report.md", "results.json") or (f.endswith(".png") and f.startswith(("curves_", "overlay_"))):
-                os.remove(os.path.join(a.out, f))
-    jobs = [(ds, st, sd) for ds in datasets for st in cfg.strategies if applicable(datasets[ds], st)
-            for sd in cfg.seeds]
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    results: List[RunResult] = []
-    bar = tqdm(total=len(jobs), desc="campaign runs", unit="run") if tqdm else None
+def _run_jobs(jobs, done: Dict[str, Dict], results: List, datasets: Dict, cfg: Config, state_path: str, bar) -> None:
+    """Runs the jobs not yet in `done`, saving the state after each (a rerun resumes from there)."""
     for ds, st, sd in jobs:
         key = f"{ds}/{st}/{sd}"
         if key in done:
@@ -849,8 +829,68 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             os.replace(tmp, state_path)  # atomic: an interrupted write never corrupts the state
         if bar is not None:
             bar.update(1)
-    if bar is not None:
-        bar.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    a = parse_args(argv)
+    cfg = build_config(a)
+    _check_dependencies(cfg)
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise CampaignError(f"--out {a.out}: exists and is not a folder")
+    torch = _torch()
+    torch.set_num_threads(1)  # small models: one thread is faster and deterministic
+    datasets = {}
+    for n in cfg.datasets:
+        d = load_dataset(n, cfg)
+        validate_dataset(d)
+        datasets[d.name] = d
+        if not any(applicable(d, st) for st in cfg.strategies):
+            kind = getattr(d, "kind", "classification")
+            raise CampaignError(f"--strategies: none of {cfg.strategies} applies to the {kind} data set {d.name}; "
+                             f"choose from {segmentation_strategies() if kind == 'segmentation' else available_strategies()}")
+    # The folder is made, and proved writable, only now that the arguments and data are valid, and
+    # before any run: a run's work is never lost to an output folder that cannot take its state.
+    os.makedirs(a.out, exist_ok=True)
+    probe = os.path.join(a.out, ".write-test")
+    with open(probe, "w") as f:
+        f.write("ok")
+    os.remove(probe)
+    state_path = os.path.join(a.out, "state.json")
+    done: Dict[str, Dict] = {}
+    if os.path.exists(state_path) and not a.fresh:
+        try:
+            with open(state_path) as f:
+                saved = json.load(f)
+        except ValueError as e:
+            raise CampaignError(f"{state_path} is not valid JSON ({e}); pass --fresh to start over") from None
+        if not isinstance(saved, dict):
+            raise CampaignError(f"{state_path} does not hold a campaign state; pass --fresh to start over")
+        if saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION:
+            done = saved.get("runs", {})
+            print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
+        elif saved.get("version") != STATE_VERSION:  # runs of an older design cannot be reused anyway
+            print(f"[campaign] {state_path} is from an older version of the campaign; starting over")
+        elif saved.get("runs"):
+            raise CampaignError(f"{state_path} holds {len(saved['runs'])} finished runs of other settings; pass "
+                             "--fresh to discard them, or choose another --out")
+    if not done and os.path.exists(state_path):  # a fresh start in a campaign folder: no report, curves or
+        # overlays of an earlier configuration stay behind
+        for f in os.listdir(a.out):
+            if f in ("report.md", "results.json") or (f.endswith(".png") and f.startswith(("curves_", "overlay_"))):
+                os.remove(os.path.join(a.out, f))
+    jobs = [(ds, st, sd) for ds in datasets for st in cfg.strategies if applicable(datasets[ds], st)
+            for sd in cfg.seeds]
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    results: List[RunResult] = []
+    bar = tqdm(total=len(jobs), desc="campaign runs", unit="run") if tqdm else None
+    try:
+        _run_jobs(jobs, done, results, datasets, cfg, state_path, bar)
+    finally:
+        if bar is not None:
+            bar.close()  # an error message then starts on a line of its own
     summary = summarise(results)
     with open(os.path.join(a.out, "results.json"), "w") as f:  # the numbers first, whatever the plots do
         json.dump({"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results]}, f, indent=1)
@@ -878,9 +918,13 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     for bad arguments or data (a missing or malformed file, a batch larger than the budget, ...)."""
     try:
         main(argv)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # CampaignError included
         print(f"labelwise-campaign: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("labelwise-campaign: interrupted; the finished runs are saved in the --out folder's state.json: "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -505,8 +505,11 @@ def budget_and_batch(d: SegDataset, sp: SegSplit, cfg) -> Tuple[int, int, int]:
     n_pool = len(sp.pool)
     b = cfg.batch.get(d.name, cfg.seg_batch_slices)
     budget = int(round(cfg.budget_fraction * n_pool))
-    if cfg.quick:
-        budget = min(budget, 2 * b)  # 2 rounds
+    if budget < 1:
+        raise ValueError(f"{d.name}: --budget {cfg.budget_fraction:g} of a {n_pool}-slice pool is no slice; at least "
+                         f"{0.5 / n_pool:.2g} is needed")
+    if cfg.seg_max_rounds:
+        budget = min(budget, cfg.seg_max_rounds * b)  # --quick without an explicit --budget: 2 rounds
     free = n_pool - len(sp.init)
     if budget > free:
         raise ValueError(f"{d.name}: budget {budget} slices is larger than the unlabelled pool ({free} slices after "

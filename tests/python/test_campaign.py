@@ -71,9 +71,9 @@ def test_bad_inputs(tmp_path):
     np.savez(rare, X=np.random.rand(60, 3), y=y)
     with pytest.raises(ValueError, match="seed set needs"):
         campaign.main(["--data", str(rare), "--strategies", "random", "--seeds", "1", "--quick", "--out", str(tmp_path / "o3")])
-    with pytest.raises(SystemExit, match="budget"):
+    with pytest.raises(campaign.CampaignError, match="budget"):
         campaign.main(["--dataset", "digits", "--budget", "1.5", "--out", str(tmp_path / "o4")])
-    with pytest.raises(SystemExit, match="unknown or unavailable"):
+    with pytest.raises(campaign.CampaignError, match="unknown or unavailable"):
         campaign.main(["--strategies", "oracle", "--out", str(tmp_path / "o5")])
     with pytest.raises(FileNotFoundError):
         campaign.main(["--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o6")])
@@ -83,16 +83,16 @@ def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
     # plausible mistakes: a one-line message and exit status 2, not a traceback
     assert campaign.cli(["--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")]) == 2
     assert "labelwise-campaign: error: --data: no such file" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--dataset: unknown"):
+    with pytest.raises(campaign.CampaignError, match="--dataset: unknown"):
         campaign.main(["--dataset", "mnist", "--out", str(tmp_path / "o")])
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SystemExit, match="not a folder"):
+    with pytest.raises(campaign.CampaignError, match="not a folder"):
         campaign.main(ARGS + ["--out", str(tmp_path / "file")])
     # --quick keeps what is given explicitly; repeated strategies run once
     cfg = campaign.build_config(campaign.parse_args(["--quick", "--seeds", "3", "--samples", "30"]))
     assert cfg.seeds == [0, 1, 2] and cfg.samples == 30 and cfg.budget_fraction == 0.12
     assert campaign.build_config(campaign.parse_args(["--strategies", "random,random,bald"])).strategies == ["random", "bald"]
-    with pytest.raises(SystemExit, match="named alike"):
+    with pytest.raises(campaign.CampaignError, match="named alike"):
         campaign.build_config(campaign.parse_args(["--dataset", "digits", "--data", str(tmp_path / "digits.npz")]))
     # a folder of finished runs is never silently discarded: other settings, or other data under the same
     # file name, are refused until --fresh
@@ -103,13 +103,33 @@ def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
     out = str(tmp_path / "runs")
     base = ["--data", str(data), "--strategies", "random", "--quick", "--out", out]
     campaign.main(base)
-    with pytest.raises(SystemExit, match="finished runs of other settings"):
+    with pytest.raises(campaign.CampaignError, match="finished runs of other settings"):
         campaign.main(base[:-2] + ["--budget", "0.2", "--out", out])
     np.savez(data, X=X + 1.0, y=np.repeat([0, 1], 60))  # same name, other contents
-    with pytest.raises(SystemExit, match="--fresh"):
+    with pytest.raises(campaign.CampaignError, match="--fresh"):
         campaign.main(base)
     campaign.main(base + ["--fresh"])
     assert "random" in open(os.path.join(out, "report.md")).read()
+    # argument errors are one line with exit status 2 too (they exited 1 with a bare message)
+    capsys.readouterr()  # the progress output so far
+    for bad in (["--seeds", "0"], ["--budget", "1.5"], ["--strategies", "nope"], ["--dataset", "nope"]):
+        assert campaign.cli(bad + ["--out", str(tmp_path / "o7")]) == 2, bad
+        assert capsys.readouterr().err.startswith("labelwise-campaign: error: "), bad
+    assert not os.path.exists(tmp_path / "o7")  # nothing is created for a refused invocation
+    # a budget that rounds to no item is named as such
+    with pytest.raises(campaign.CampaignError, match="--budget 0.001 of a .*-item pool is no item"):
+        campaign.main(["--data", str(data), "--strategies", "random", "--quick", "--budget", "0.001",
+                       "--out", str(tmp_path / "o8")])
+    # a state file that is not a campaign's: named, with the way out
+    bad_state = tmp_path / "o9"
+    bad_state.mkdir()
+    for text in ("[]", "{not json"):
+        (bad_state / "state.json").write_text(text)
+        with pytest.raises(campaign.CampaignError, match="state.json .*--fresh"):
+            campaign.main(base[:-1] + [str(bad_state)])
+    # --quick caps segmentation at 2 rounds only when --budget is not given
+    assert campaign.build_config(campaign.parse_args(["--quick"])).seg_max_rounds == 2
+    assert campaign.build_config(campaign.parse_args(["--quick", "--budget", "0.5"])).seg_max_rounds == 0
 
 
 def test_nan_model_output_is_an_error():
@@ -299,7 +319,7 @@ def test_segmentation_bad_inputs(tmp_path):
         run("rare", img, rare)
     with pytest.raises(ValueError, match="larger than the unlabelled pool"):
         run("budget", img, lab, "--budget", "0.95", "--batch", "1", quick=False)  # fails before any training
-    with pytest.raises(SystemExit, match="none of"):
+    with pytest.raises(campaign.CampaignError, match="none of"):
         campaign.main(["--data", str(tmp_path / "budget.npz"), "--strategies", "batchbald", "--quick",
                        "--out", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="not a segmentation strategy"):
