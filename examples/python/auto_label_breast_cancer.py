@@ -88,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (0 < args.labelled < 1 and 0 < args.calibration < 1 and args.labelled + args.calibration < 1):
         ap.error("--labelled and --calibration must be in (0, 1) and leave a pool")
+    if round(args.labelled * 569) < 2:
+        ap.error("--labelled: the model needs at least 2 of the 569 items (one per class) to train")
+    if not (0 < args.target_error < 1 and 0 < args.delta < 1):
+        ap.error("--target-error and --delta must be in (0, 1)")
+    if args.seed < 0 or args.repeats < 0:
+        ap.error("--seed and --repeats must be >= 0")
     kw = dict(labelled=args.labelled, calibration=args.calibration, target_error=args.target_error,
               delta=args.delta, score=args.score)
 

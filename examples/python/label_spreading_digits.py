@@ -50,6 +50,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 0 < args.fraction < 1:
+        ap.error("--fraction must be in (0, 1): some items labelled, some left to label")
+    if not 1 <= args.k < 1797 or not 0 < args.alpha < 1 or not 0 <= args.confident <= 1:
+        ap.error("--k must be in [1, 1797), --alpha in (0, 1), --confident in [0, 1]")
+    if args.repeats < 1 or args.seed < 0:
+        ap.error("--repeats must be >= 1 and --seed >= 0")
 
     X, y = load_digits(return_X_y=True)
     rng = np.random.default_rng(args.seed)

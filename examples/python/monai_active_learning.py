@@ -38,13 +38,20 @@ def parse_args(argv=None):
     p.add_argument("--initial", type=int, default=4, help="labelled slices at the start")
     p.add_argument("--samples", type=int, default=8, help="MC-dropout passes")
     p.add_argument("--steps", type=int, default=150, help="training steps per round")
-    p.add_argument("--metric", default="bald")
+    p.add_argument("--metric", default="bald", choices=("predictive_entropy", "expected_entropy", "bald", "least_confidence",
+                                                     "margin", "ratio", "variation_ratio", "max_mean_variation_ratio",
+                                                     "mean_std", "balentacq"),
+                   help="the uncertainty that ranks the slices (default bald); compared with random selection")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the PNG of the uncertainty map")
     p.add_argument("--quick", action="store_true", help="fewer steps and rounds (CI)")
     a = p.parse_args(argv)
-    if a.quick:
-        a.rounds, a.steps, a.samples = 2, 60, 4
+    if a.quick:  # at most these; smaller values given explicitly are kept
+        a.rounds, a.steps, a.samples = min(a.rounds, 2), min(a.steps, 60), min(a.samples, 4)
+    if a.seed < 0:
+        p.error("--seed must be >= 0")
+    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+        p.error(f"--out {a.out}: exists and is not a folder")
     for name in ("rounds", "batch", "initial", "steps"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")
@@ -94,7 +101,7 @@ def train(net, x, y, steps: int, seed: int):
         loss = loss_fn(net(xt[idx]), yt[idx])
         loss.backward()
         opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def dice(net, x, y, num_classes: int) -> float:

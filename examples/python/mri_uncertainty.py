@@ -187,8 +187,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.samples, args.width = min(args.steps, 50), min(args.samples, 8), min(args.width, 8)
-    if args.steps < 1 or args.batch < 1 or args.samples < 2:
-        ap.error("--steps and --batch must be >= 1 and --samples >= 2")
+    if args.steps < 1 or args.batch < 1 or args.samples < 2 or args.width < 1:
+        ap.error("--steps, --batch and --width must be >= 1 and --samples >= 2")
+    if not 0 < args.p < 1 or not args.lr > 0 or args.seed < 0:
+        ap.error("--p must be in (0, 1) (0 would give an all-zero BALD map), --lr > 0 and --seed >= 0")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        ap.error(f"--out {args.out}: exists and is not a folder")
 
     import torch
 

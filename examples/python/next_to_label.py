@@ -293,6 +293,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
     if args.seed_frac + args.test_frac >= 1.0:
         parser.error(f"--seed-frac + --test-frac must be below 1 (got {args.seed_frac:g} + {args.test_frac:g})")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: exists and is not a folder")
     try:
         split = load_and_split(args.dataset, args.seed, args.seed_frac, args.test_frac)
     except ValueError as e:

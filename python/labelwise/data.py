@@ -38,9 +38,15 @@ class Volume:
     path: str
 
 
-def load_volume(path: str, key: Optional[str] = None) -> Volume:
+def load_volume(path: "str | os.PathLike", key: Optional[str] = None) -> Volume:
     """A 2D / 3D / 4D volume from NIfTI (``.nii``, ``.nii.gz``; needs ``pip install nibabel``) or NumPy
-    (``.npy``; ``.npz`` with ``key``, or the file's only array)."""
+    (``.npy``; ``.npz`` with ``key``, or the file's only array). ``spacing`` has one entry per axis (1.0
+    for NumPy files). Errors: ``TypeError`` for a path that is not a str / os.PathLike,
+    ``FileNotFoundError``, ``ValueError`` for other file types and missing keys, ``RuntimeError`` for
+    NIfTI without nibabel."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_volume: path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_volume: no such file: {path}")
     low = path.lower()
@@ -53,7 +59,8 @@ def load_volume(path: str, key: Optional[str] = None) -> Volume:
         return Volume(np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64),
                       tuple(float(z) for z in img.header.get_zooms()), path)
     if low.endswith(".npy"):
-        return Volume(np.load(path), np.eye(4), (1.0,) * 3, path)
+        data = np.load(path)
+        return Volume(data, np.eye(4), (1.0,) * data.ndim, path)
     if low.endswith(".npz"):
         with np.load(path) as f:
             if key is None:
@@ -62,7 +69,8 @@ def load_volume(path: str, key: Optional[str] = None) -> Volume:
                 key = f.files[0]
             if key not in f.files:
                 raise ValueError(f"load_volume: {path} has no array '{key}' (has {sorted(f.files)})")
-            return Volume(f[key], np.eye(4), (1.0,) * 3, path)
+            data = f[key]
+            return Volume(data, np.eye(4), (1.0,) * data.ndim, path)
     raise ValueError(f"load_volume: unsupported file type {path!r}; expected .nii, .nii.gz, .npy or .npz")
 
 
@@ -82,18 +90,32 @@ def aal_region_codes(templates: str = MRICRON_TEMPLATES) -> Dict[int, Tuple[str,
 
 def aal_lobes(labels: np.ndarray, templates: str = MRICRON_TEMPLATES) -> np.ndarray:
     """Maps AAL region labels (0 = background) to the 9 coarse classes of :data:`AAL_LOBES` (uint8)."""
+    codes = aal_region_codes(templates)
     lut = np.zeros(256, dtype=np.uint8)
-    for value, (_, code) in aal_region_codes(templates).items():
+    for value, (_, code) in codes.items():
         lut[value] = _LOBE_OF_DIGIT[code // 1000]
     labels = np.asarray(labels)
-    if labels.min() < 0 or labels.max() > 255:
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"aal_lobes: AAL labels must be integers, got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError("aal_lobes: AAL labels must be in [0, 255]")
+    known = np.zeros(256, dtype=bool)
+    known[0] = True
+    known[list(codes)] = True
+    unknown = np.setdiff1d(np.unique(labels), np.flatnonzero(known))
+    if unknown.size:
+        raise ValueError(f"aal_lobes: label values {unknown[:5].tolist()} are not AAL regions (aal.nii.txt)")
     return lut[labels.astype(np.int64)]
 
 
 def colin27(templates: str = MRICRON_TEMPLATES, lobes: bool = True) -> Tuple[Volume, Volume]:
     """(T1 image, labels): Colin27 T1 (float32) and its AAL labels — 9 lobe classes by default, the
     116 regions with ``lobes=False`` — on the same 181 x 217 x 181 grid of 1 mm voxels."""
+    from ._arrays import check_bool
+
+    lobes = check_bool(lobes, "lobes")
+    if not isinstance(templates, (str, os.PathLike)):
+        raise TypeError(f"colin27: templates must be a folder path, got {type(templates).__name__}")
     t1_path = os.path.join(templates, "ch2.nii.gz")
     aal_path = os.path.join(templates, "aal.nii.gz")
     for p in (t1_path, aal_path):

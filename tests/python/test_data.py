@@ -54,3 +54,26 @@ def test_colin27_with_aal_lobes():
     assert cz < fz
     _, regions = data.colin27(lobes=False)
     assert len(np.unique(regions.data)) == 117 and len(data.class_names(lobes=False)) == 117
+
+
+def test_loader_arguments(tmp_path):
+    """Paths may be os.PathLike; bad types, float or unknown AAL labels and non-flag lobes are named."""
+    import pathlib
+
+    v = np.arange(12.0).reshape(3, 4)
+    np.save(tmp_path / "v.npy", v)
+    vol = data.load_volume(pathlib.Path(tmp_path / "v.npy"))
+    assert np.array_equal(vol.data, v) and vol.spacing == (1.0, 1.0)  # one spacing per axis
+    with pytest.raises(TypeError, match="load_volume: path must be a str or os.PathLike"):
+        data.load_volume(5)
+    with pytest.raises(TypeError, match="load_volume: path must be"):
+        data.load_volume(None)
+    if not os.path.exists(os.path.join(data.MRICRON_TEMPLATES, "aal.nii.txt")):
+        pytest.skip("mricron-data is not installed")
+    with pytest.raises(TypeError, match="AAL labels must be integers"):
+        data.aal_lobes(np.array([1.7, 2.2]))
+    with pytest.raises(ValueError, match="not AAL regions"):
+        data.aal_lobes(np.array([1, 117, 200]))
+    assert data.aal_lobes(np.zeros(0, np.int64)).shape == (0,)
+    with pytest.raises(TypeError, match="lobes: expected True or False"):
+        data.colin27(lobes="no")
