@@ -838,6 +838,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
         H.idx.assign(static_cast<std::size_t>(N * S), -1);
         H.root.assign(Npad, finf);
         while (true) {
+          poll_interrupt();
           const std::int64_t p = next.fetch_add(1);
           if (p >= npairs) break;
           const std::int64_t q0 = pairs[p].first * B, nq = std::min(N, q0 + B) - q0;
@@ -879,6 +880,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
         std::vector<KnnCand> h;
         std::vector<std::pair<double, std::int64_t>> ref;
         for (std::int64_t p = i0; p < i1; ++p) {
+          poll_interrupt();
           h.clear();
           for (const WorkerHeaps& H : wh)
             if (!H.key.empty())
@@ -1019,6 +1021,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
     const std::int64_t ld = bs + 16;  // padded rows: no cache-set aliasing
     std::vector<float> G(static_cast<std::size_t>(bs * ld));
     for (std::int64_t p = p0; p < p1; ++p) {
+      poll_interrupt();
       const std::int64_t q0 = pairs[p].first * B, q1 = std::min(N, q0 + B), nq = q1 - q0;
       const std::int64_t c0 = pairs[p].second * B, c1 = std::min(N, c0 + B), nc = c1 - c0;
       knn_block_gemm(Y.data() + q0 * D, nq, Y.data() + c0 * D, nc, D, G.data(), ld);
@@ -1039,6 +1042,7 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
     std::vector<KnnCand> h;
     std::vector<std::pair<double, std::int64_t>> ref;
     for (std::int64_t i = i0; i < i1; ++i) {
+      poll_interrupt();
       h.clear();
       for (int u = 0; u < used; ++u)
         h.insert(h.end(), wheaps[u].begin() + i * m, wheaps[u].begin() + i * m + wsize[u][i]);

@@ -296,6 +296,7 @@ void propagate_slices(const TensorView& volume, const TensorView& labels,
         std::vector<double> prev_conf(static_cast<std::size_t>(n), 1.0);
         for (std::int64_t z = from + step; z > job.lo && z < job.hi; z += step) {
           const std::vector<std::int64_t> seeds = seeds_from(prev, prev_conf, H, W, options.erode, options.min_confidence);
+          detail::poll_interrupt();
           const std::vector<double> p = random_walker(vol, z, seeds, C, options.beta);
           decide(p, C, n, prev, prev_conf);  // this slice's own decision seeds the next one
           if (!both) {

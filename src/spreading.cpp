@@ -271,6 +271,7 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
   std::vector<std::int64_t> zero_rows(static_cast<std::size_t>(detail::worker_slots()), 0);
   std::int64_t stalled = 0;  // steps in a row that reached no new item
   for (; it < max_iter; ++it) {
+    detail::poll_interrupt();
     if (numpy_sum_threads(diff.data(), N * C) < opt.tol) {
       if (unreached == 0) {
         R.converged = true;

@@ -58,8 +58,22 @@ ScoreOptions make_options(const std::string& input, std::optional<int> sample_ax
 
 }  // namespace
 
+/// The interrupt check of long-running calls (labelwise::set_interrupt_check): runs Python's signal
+/// handlers (they run only on the main thread); true when one raised, e.g. KeyboardInterrupt on Ctrl-C,
+/// whose exception then stays set for the call's error translation.
+bool python_signal_raised() {
+#if PY_VERSION_HEX >= 0x030D0000
+  if (!Py_IsInitialized() || Py_IsFinalizing()) return false;
+#else
+  if (!Py_IsInitialized() || _Py_IsFinalizing()) return false;
+#endif
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "labelwise C++/CUDA core (use the `labelwise` package, not this module)";
+  set_interrupt_check(&python_signal_raised);
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {
@@ -69,6 +83,9 @@ PYBIND11_MODULE(_core, m) {
         case ErrorKind::Value: PyErr_SetString(PyExc_ValueError, e.what()); break;
         case ErrorKind::Type: PyErr_SetString(PyExc_TypeError, e.what()); break;
         case ErrorKind::Runtime: PyErr_SetString(PyExc_RuntimeError, e.what()); break;
+        case ErrorKind::Interrupted:  // the signal handler's own exception (KeyboardInterrupt) is already set
+          if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+          break;
       }
     }
   });

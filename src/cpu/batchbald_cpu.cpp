@@ -373,6 +373,7 @@ void batchbald_cpu(const BatchBaldJob& job) {
   constexpr std::int64_t kFewCandidates = 64;  // below this, building the levels costs more than it saves
 
   for (std::int64_t step = 0; step < job.req.b; ++step) {
+    poll_interrupt();
     const JointTable& tb = tables.table();
     const std::vector<Level> cascade = build_cascade(tb, K, full || N - step <= kFewCandidates);
     const int levels = static_cast<int>(cascade.size());

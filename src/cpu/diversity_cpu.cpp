@@ -239,6 +239,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
   std::vector<double> centre(static_cast<std::size_t>(d));
   std::vector<double> cc2;
   for (std::int64_t t = 0; t < job.b; ++t) {
+    poll_interrupt();
     mins[pick] = -1.0;
     job.out_index[t * job.out_index_stride] = pick;
     load_row<T>(x, pick, scale_of(pick), centre.data());
@@ -358,6 +359,7 @@ DiversityFailure badge_run(const BadgeJob& job) {
   std::vector<double> hc(static_cast<std::size_t>(d));
   std::vector<double> ac(static_cast<std::size_t>(c));
   for (std::int64_t t = 0;; ++t) {
+    poll_interrupt();
     job.out_index[t * job.out_index_stride] = pick;
     chosen[pick] = 1;
     dist[pick] = 0.0;
@@ -488,6 +490,7 @@ std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, 
   std::vector<std::uint8_t> seeded(static_cast<std::size_t>(m), 0);
   std::int64_t next = 0;  // rank 0: the best score
   for (std::int64_t t = 0; t < b; ++t) {
+    poll_interrupt();
     seeded[next] = 1;
     std::copy(&X[next * d], &X[next * d] + d, &centres[t * d]);
     if (t + 1 == b) break;
@@ -526,6 +529,7 @@ std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, 
   std::vector<double> wsum(static_cast<std::size_t>(b)), count(static_cast<std::size_t>(b));
   std::vector<double> acc(static_cast<std::size_t>(b * d)), plain(static_cast<std::size_t>(b * d));
   for (std::int64_t it = 0; it < max_iter; ++it) {
+    poll_interrupt();
     std::fill(wsum.begin(), wsum.end(), 0.0);
     std::fill(count.begin(), count.end(), 0.0);
     std::fill(acc.begin(), acc.end(), 0.0);

@@ -82,6 +82,7 @@ std::vector<Merge> nn_chain(std::int64_t n, std::vector<double>& d) {
   std::vector<Merge> merges;
   merges.reserve(static_cast<std::size_t>(n - 1));
   while (static_cast<std::int64_t>(merges.size()) < n - 1) {
+    poll_interrupt();
     if (chain.empty()) chain.push_back(active.front());
     const std::int64_t a = chain.back();
     const std::int64_t prev = chain.size() >= 2 ? chain[chain.size() - 2] : -1;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
@@ -7,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "labelwise/core/error.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 
@@ -14,6 +16,9 @@ namespace labelwise {
 namespace {
 std::atomic<int> g_threads{0};
 std::atomic<int> g_thread_start_budget{-1};  // limit_thread_starts_for_testing
+std::atomic<bool (*)()> g_interrupt_check{nullptr};
+thread_local bool t_pool_thread = false;                   // a thread parallel_for started
+thread_local const std::atomic<bool>* t_stop = nullptr;    // the stop flag of the loop whose chunk runs here
 
 /// LABELWISE_NUM_THREADS, else the cores; read once, at the first call (getenv is not safe against a
 /// concurrent setenv, and num_threads() runs in every parallel loop, without the GIL in Python).
@@ -37,9 +42,24 @@ int num_threads() {
 
 void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0); }
 
+void set_interrupt_check(bool (*check)()) { g_interrupt_check.store(check); }
+
 namespace detail {
 
 int worker_slots() { return std::max(1, num_threads()); }
+
+void poll_interrupt() {
+  // Another chunk of the same parallel loop failed or was interrupted: stop this one too.
+  if (t_stop != nullptr && t_stop->load(std::memory_order_relaxed)) throw Error(ErrorKind::Interrupted, "interrupted");
+  bool (*check)() = g_interrupt_check.load();
+  if (check == nullptr || t_pool_thread) return;  // the check runs on the calling thread only
+  // At most every 0.2 s per thread: the check may take a lock (Python's GIL).
+  thread_local std::chrono::steady_clock::time_point last{};
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last < std::chrono::milliseconds(200)) return;
+  last = now;
+  if (check()) throw Error(ErrorKind::Interrupted, "interrupted");
+}
 
 void limit_thread_starts_for_testing(int n) { g_thread_start_budget.store(n < 0 ? -1 : n); }
 
@@ -60,15 +80,20 @@ void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
   }
   std::exception_ptr error;
   std::mutex error_mutex;
+  std::atomic<bool> stop{false};  // set once a chunk fails: the others stop at their next poll_interrupt
   auto run = [&](int w) {
     const std::int64_t begin = n * w / workers;
     const std::int64_t end = n * (w + 1) / workers;
+    const std::atomic<bool>* outer = t_stop;
+    t_stop = &stop;
     try {
       fn(begin, end, w);
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
-      if (!error) error = std::current_exception();
+      if (!error) error = std::current_exception();  // the first error: later chunks only echo the stop
+      stop.store(true);
     }
+    t_stop = outer;
   };
   // Where the system refuses a thread (process limits, many concurrent calls), the chunks that got
   // none run here, one after another: same chunks, same results. An exception escaping with threads
@@ -80,7 +105,10 @@ void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
     for (; started < workers; ++started) {
       const int budget = g_thread_start_budget.load();
       if (budget >= 0 && started > budget) throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
-      pool.emplace_back(run, started);
+      pool.emplace_back([&run, w = started] {
+        t_pool_thread = true;
+        run(w);
+      });
     }
   } catch (...) {
   }

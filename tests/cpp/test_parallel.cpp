@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <cstdint>
 #include <random>
 #include <stdexcept>
@@ -11,6 +13,8 @@
 
 #include "labelwise/acquisition/diversity.hpp"
 #include "labelwise/acquisition/selection.hpp"
+#include "labelwise/core/error.hpp"
+#include "labelwise/propagation/knn.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 #include "test_seed.hpp"
@@ -146,4 +150,55 @@ TEST_CASE("parallel_for runs the chunks of threads the system refuses on the cal
   coreset(TensorView::of(x.data(), {n, d}), TensorView(), b, TensorView::of(p2.data(), {b}), TensorView::of(r2.data(), {b}));
   REQUIRE(p1 == p2);
   REQUIRE(r1 == r2);
+}
+
+TEST_CASE("set_interrupt_check stops long calls with ErrorKind::Interrupted, only when it says so", "[parallel]") {
+  struct Reset {
+    ~Reset() { set_interrupt_check(nullptr); }
+  } reset;
+  std::mt19937_64 g(fresh_seed());
+  const std::int64_t n = 4000, d = 8, b = 40;
+  std::vector<double> x(static_cast<std::size_t>(n * d));
+  std::normal_distribution<double> nd;
+  for (double& v : x) v = nd(g);
+  std::vector<std::int64_t> p0(b), p1(b);
+  std::vector<double> r0(b), r1(b);
+  auto run_coreset = [&](std::vector<std::int64_t>& p, std::vector<double>& r) {
+    coreset(TensorView::of(x.data(), {n, d}), TensorView(), b, TensorView::of(p.data(), {b}), TensorView::of(r.data(), {b}));
+  };
+  run_coreset(p0, r0);
+  auto kind_of = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return static_cast<int>(e.kind());
+    }
+    return -1;
+  };
+  static std::atomic<int> asked{0};
+  set_interrupt_check(+[] {
+    ++asked;
+    return true;
+  });
+  // The check runs at most every 0.2 s on a thread: wait out any earlier poll of this one.
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  CHECK(kind_of([&] { run_coreset(p1, r1); }) == static_cast<int>(ErrorKind::Interrupted));
+  CHECK(asked.load() == 1);
+  // A parallel stage (the kNN search's block pairs): the calling thread's chunk stops, and the other
+  // workers stop at their next step instead of finishing theirs.
+  set_num_threads(2);
+  std::vector<std::int64_t> ki(static_cast<std::size_t>(n * 5));
+  std::vector<double> kd(ki.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  CHECK(kind_of([&] {
+          knn_graph(TensorView::of(x.data(), {n, d}), 5, TensorView::of(ki.data(), {n, 5}),
+                    TensorView::of(kd.data(), {n, 5}));
+        }) == static_cast<int>(ErrorKind::Interrupted));
+  set_num_threads(0);
+  // A check that never says stop changes nothing.
+  set_interrupt_check(+[] { return false; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  run_coreset(p1, r1);
+  CHECK(p1 == p0);
+  CHECK(r1 == r0);
 }

@@ -9,13 +9,15 @@
 namespace labelwise {
 
 /// What went wrong, so that bindings can map it to the fitting exception
-/// (Python: ValueError, TypeError, RuntimeError).
+/// (Python: ValueError, TypeError, RuntimeError, KeyboardInterrupt).
 enum class ErrorKind {
   Value,    ///< bad value or shape of an argument (NaN, wrong rank, empty, ...), or arrays on devices
             ///< that do not match each other
   Type,     ///< unsupported dtype, or a device the function does not run on (CUDA input to a CPU-only
             ///< function)
   Runtime,  ///< environment problem: built without CUDA, CUDA launch failure, ...
+  Interrupted,  ///< the interrupt check (set_interrupt_check) asked to stop: Ctrl-C in Python
+                ///< (KeyboardInterrupt); outputs may be partly written
 };
 
 /// The single exception type thrown by labelwise. The message always names the

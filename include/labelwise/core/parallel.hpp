@@ -11,6 +11,15 @@ int num_threads();
 /// their parallel stages started with.
 void set_num_threads(int n);
 
+/// Installs the function that long-running calls ask, every 0.2 s or so between their steps and on the
+/// thread that called them, whether to stop; when it returns true the call throws
+/// Error(ErrorKind::Interrupted). The steps are the iterations of the iterative algorithms (core-set /
+/// BADGE / k-means picks, BatchBALD steps, label spreading iterations, linkage merges, slice
+/// propagation's slices) and the stages of the kNN search. The Python module installs one that turns
+/// Ctrl-C into KeyboardInterrupt. nullptr (the default): never interrupted. Process-wide; set it
+/// before calls begin.
+void set_interrupt_check(bool (*check)());
+
 /// True when this build of labelwise contains the CUDA kernels.
 bool built_with_cuda();
 

@@ -23,6 +23,10 @@ void parallel_for(std::int64_t n, std::int64_t grain,
 /// max(1, num_threads()) read once: the size of a call's per-worker state.
 int worker_slots();
 
+/// A step boundary of a long-running call, on its calling thread: asks the interrupt check (at most
+/// every 0.2 s) and throws Error(ErrorKind::Interrupted) when it says stop.
+void poll_interrupt();
+
 /// Test hook: from now on each parallel_for starts at most n threads besides the caller's (n < 0:
 /// no limit); the next start fails as when the system refuses a thread (std::system_error).
 void limit_thread_starts_for_testing(int n);
