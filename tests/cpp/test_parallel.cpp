@@ -25,6 +25,15 @@ namespace {
 struct ThreadReset {
   ~ThreadReset() { set_num_threads(0); }
 };
+
+/// n x d standard normal features (row-major), from this test's fresh seed.
+std::vector<double> normal_pool(std::int64_t n, std::int64_t d) {
+  std::mt19937_64 g(fresh_seed());
+  std::normal_distribution<double> nd;
+  std::vector<double> x(static_cast<std::size_t>(n * d));
+  for (double& v : x) v = nd(g);
+  return x;
+}
 }  // namespace
 
 TEST_CASE("parallel_for never hands out a worker index at or past max_workers", "[parallel]") {
@@ -137,11 +146,8 @@ TEST_CASE("parallel_for runs the chunks of threads the system refuses on the cal
                         "chunk 7");
   }
   // A public operation gives the same batch with every thread refused.
-  std::mt19937_64 g(fresh_seed());
   const std::int64_t n = 3000, d = 6, b = 10;
-  std::vector<double> x(static_cast<std::size_t>(n * d));
-  std::normal_distribution<double> nd;
-  for (double& v : x) v = nd(g);
+  const std::vector<double> x = normal_pool(n, d);
   std::vector<std::int64_t> p1(b), p2(b);
   std::vector<double> r1(b), r2(b);
   detail::limit_thread_starts_for_testing(-1);
@@ -156,11 +162,8 @@ TEST_CASE("set_interrupt_check stops long calls with ErrorKind::Interrupted, onl
   struct Reset {
     ~Reset() { set_interrupt_check(nullptr); }
   } reset;
-  std::mt19937_64 g(fresh_seed());
   const std::int64_t n = 4000, d = 8, b = 40;
-  std::vector<double> x(static_cast<std::size_t>(n * d));
-  std::normal_distribution<double> nd;
-  for (double& v : x) v = nd(g);
+  std::vector<double> x = normal_pool(n, d);
   std::vector<std::int64_t> p0(b), p1(b);
   std::vector<double> r0(b), r1(b);
   auto run_coreset = [&](std::vector<std::int64_t>& p, std::vector<double>& r) {
