@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,10 @@ PYBIND11_MODULE(_core, m) {
           if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
           break;
       }
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError,
+                      "labelwise: out of host memory (an allocation for the call failed; an input may be larger "
+                      "than its storage, e.g. a broadcast view of a huge shape)");
     }
   });
 

@@ -133,3 +133,11 @@ def test_tensor_kl_weight_keeps_the_loss_dtype():
             evidential_loss(logits, target, kl_weight=bad)
     with pytest.raises(TypeError, match="kl_weight: expected a real"):
         evidential_loss(logits, target, kl_weight="0.5")
+
+
+def test_a_failed_host_allocation_says_so():
+    """A broadcast view of a huge shape needs scratch of its full size: a MemoryError that says what
+    happened (pybind11 alone says "std::bad_alloc")."""
+    huge = np.broadcast_to(1.0, (1, 2**20, 2**20))
+    with pytest.raises(MemoryError, match="labelwise: out of host memory"):
+        A.slice_scores(huge, 1)
