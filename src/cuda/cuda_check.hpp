@@ -98,28 +98,31 @@ struct ScratchGrid {
   int threads = 1;
 };
 
+constexpr std::size_t kScratchFloor = std::size_t{1} << 30;  // 1 GiB
+
 /// The global scratch a kernel launch may take on the current device: a quarter of the free memory,
-/// between 1 GiB and 16 GiB (1 GiB when the query fails). Items of huge K · C (tens of MB of scratch
-/// per thread) then still run on hundreds of threads instead of the 1 GiB floor's few.
+/// between kScratchFloor and 16 GiB (the floor when the query fails). Items of huge K · C (tens of MB
+/// of scratch per thread) then still run on hundreds of threads instead of the floor's few.
 inline std::size_t scratch_budget() {
   std::size_t free_bytes = 0, total_bytes = 0;
-  constexpr std::size_t kGiB = std::size_t{1} << 30;
   if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
     cudaGetLastError();  // not sticky: clear it
-    return kGiB;
+    return kScratchFloor;
   }
-  return std::min(16 * kGiB, std::max(kGiB, free_bytes / 4));
+  return std::min(16 * kScratchFloor, std::max(kScratchFloor, free_bytes / 4));
 }
 
 /// Shrinks a grid of `blocks` × `block` threads whose every thread owns `per_thread_bytes` of global
-/// scratch until the scratch fits in `budget` bytes: fewer blocks first, then smaller blocks (halving,
-/// down to one thread, whose own scratch is the floor). Kernels with grid-stride loops (any blockDim)
-/// then take more items per thread instead of failing to allocate for large K · C.
-inline ScratchGrid scratch_grid(int blocks, int block, std::size_t per_thread_bytes,
-                                std::size_t budget = std::size_t{1} << 30) {
-  if (per_thread_bytes == 0) return {blocks, block};
-  const std::size_t fit = std::max<std::size_t>(1, budget / per_thread_bytes);  // threads that fit
-  if (static_cast<std::size_t>(blocks) * static_cast<std::size_t>(block) <= fit) return {blocks, block};
+/// scratch until the scratch fits in scratch_budget(): fewer blocks first, then smaller blocks
+/// (halving, down to one thread, whose own scratch is the floor). Kernels with grid-stride loops (any
+/// blockDim) then take more items per thread instead of failing to allocate for large K · C. The
+/// device is asked for its free memory only when the grid needs more than kScratchFloor (the budget
+/// is never below it).
+inline ScratchGrid scratch_grid(int blocks, int block, std::size_t per_thread_bytes) {
+  const std::size_t threads_wanted = static_cast<std::size_t>(blocks) * static_cast<std::size_t>(block);
+  if (per_thread_bytes == 0 || threads_wanted <= kScratchFloor / per_thread_bytes) return {blocks, block};
+  const std::size_t fit = std::max<std::size_t>(1, scratch_budget() / per_thread_bytes);  // threads that fit
+  if (threads_wanted <= fit) return {blocks, block};
   if (fit >= static_cast<std::size_t>(block)) return {static_cast<int>(fit / static_cast<std::size_t>(block)), block};
   int threads = block;
   while (threads > 1 && static_cast<std::size_t>(threads) > fit) threads /= 2;

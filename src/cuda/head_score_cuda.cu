@@ -95,8 +95,7 @@ HeadFailure head_cuda(const HeadJob& job) {
                                  static_cast<std::size_t>(hp.K) * hp.C * sizeof(float) +
                                  Cp * (3 * sizeof(double) + sizeof(float) + sizeof(int));
   const ScratchGrid grid =
-      scratch_grid(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 8), kBlock, per_thread,
-                   scratch_budget());
+      scratch_grid(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 8), kBlock, per_thread);
   const std::size_t T = static_cast<std::size_t>(grid.blocks) * grid.threads;
 
   const std::size_t n_params = static_cast<std::size_t>(hp.M) * hp.F * Cp + static_cast<std::size_t>(hp.M) * hp.C;

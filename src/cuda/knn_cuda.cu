@@ -411,10 +411,10 @@ const CublasApi& cublas_api() {
 /// its device workspace with every exited thread; a handle is used by one thread at a time). Handles
 /// live as long as the process. The pool is keyed by device number: a handle belongs to the context
 /// it was created in, which is the device's primary context for callers of the runtime API (torch,
-/// cupy); callers that make their own driver-API contexts current get handles of the first such context. CUBLAS_PEDANTIC_MATH: the float32 GEMMs use standard float32
-/// arithmetic (compute type CUBLAS_COMPUTE_32F_PEDANTIC) — never TF32, never the BF16x9 emulation
-/// that the default compute type may be switched to (math mode or environment) — so the
-/// certificate's error bound holds.
+/// cupy); callers that make their own driver-API contexts current get handles of the first such context.
+/// CUBLAS_PEDANTIC_MATH: the float32 GEMMs use standard float32 arithmetic (compute type
+/// CUBLAS_COMPUTE_32F_PEDANTIC) — never TF32, never the BF16x9 emulation that the default compute type
+/// may be switched to (math mode or environment) — so the certificate's error bound holds.
 class CublasLease {
  public:
   /// Call with `device` current (the handle binds to it).

@@ -114,7 +114,7 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   const std::size_t Cp = static_cast<std::size_t>(padded_classes(job.C));
   // Per thread: 3 x Cp float64 class statistics, Cp compute-type row values, Cp int votes.
   const ScratchGrid grid = scratch_grid(grid_blocks(job.grid.count, kBlock, multiprocessor_count(job.device_index), 16),
-                                        kBlock, Cp * (3 * sizeof(double) + acc_size + sizeof(int)), scratch_budget());
+                                        kBlock, Cp * (3 * sizeof(double) + acc_size + sizeof(int)));
   const std::int64_t threads = static_cast<std::int64_t>(grid.blocks) * grid.threads;
 
   OutSpec outs{};

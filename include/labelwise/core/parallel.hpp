@@ -15,7 +15,8 @@ void set_num_threads(int n);
 /// thread that called them, whether to stop; when it returns true the call throws
 /// Error(ErrorKind::Interrupted). The steps are the iterations of the iterative algorithms (core-set /
 /// BADGE / k-means picks, BatchBALD steps, label spreading iterations, linkage merges, slice
-/// propagation's slices) and the stages of the kNN search. The Python module installs one that turns
+/// propagation's slices), the kNN search's block pairs and rows, and the fused head's voxel blocks.
+/// The Python module installs one that turns
 /// Ctrl-C into KeyboardInterrupt. nullptr (the default): never interrupted. Process-wide; set it
 /// before calls begin.
 void set_interrupt_check(bool (*check)());

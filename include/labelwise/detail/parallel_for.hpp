@@ -12,7 +12,8 @@ namespace detail {
 /// `grain` items, on up to max_workers threads (worker < max_workers; max_workers >= 1). Callers
 /// that keep per-worker state size it by one worker_slots() value and pass that same value here, so
 /// that set_num_threads() from another thread cannot hand fn a worker index past the state.
-/// Exceptions from fn are re-thrown.
+/// The first exception from fn is re-thrown; once a chunk has thrown, the others stop at their next
+/// poll_interrupt().
 void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
                   const std::function<void(std::int64_t, std::int64_t, int)>& fn);
 

@@ -331,6 +331,18 @@ LABELWISE_HD int classify_bad_row(const T* r, std::int64_t sc, int C, int input_
   return kItemUnnormalised;
 }
 
+/// The status of a probability item known to be bad (the samples before k0 passed): the first sample
+/// from k0 on with NaN / ±Inf or a negative value names the error, else it is unnormalised. The one
+/// rule of every path (block, contiguous, row by row), so that they all name the same error.
+template <typename T>
+LABELWISE_HD int classify_bad_probs(const T* x, std::int64_t sk, std::int64_t sc, int K, int C, int k0 = 0) {
+  for (int k = k0; k < K; ++k) {
+    const int st = classify_bad_row(x + k * sk, sc, C, 0);
+    if (st != kItemUnnormalised) return st;
+  }
+  return kItemUnnormalised;
+}
+
 /// The status of an item whose sample k0 failed score_item's row-by-row checks with status `row_status`
 /// (the samples before k0 passed), by the rules of the contiguous and block paths, so that every path
 /// names the same error: probabilities: the first sample from k0 on with NaN / ±Inf or a negative
@@ -339,13 +351,7 @@ LABELWISE_HD int classify_bad_row(const T* r, std::int64_t sc, int C, int input_
 template <typename T>
 LABELWISE_HD int classify_failed_item(const T* x, std::int64_t sk, std::int64_t sc, int K, int C, int input_kind,
                                       int k0, int row_status) {
-  if (input_kind == 0) {
-    for (int k = k0; k < K; ++k) {
-      const int st = classify_bad_row(x + k * sk, sc, C, 0);
-      if (st != kItemUnnormalised) return st;
-    }
-    return kItemUnnormalised;
-  }
+  if (input_kind == 0) return classify_bad_probs(x, sk, sc, K, C, k0);
   if (row_status == kItemNonFinite) return row_status;
   for (int k = k0 + 1; k < K; ++k)
     for (int c = 0; c < C; ++c) {
@@ -495,13 +501,7 @@ LABELWISE_HD int contiguous_probs(const T* x, int K, int C, double tol, bool nee
       bad |= ((v >= R(0)) & (v <= R(2))) ? 0 : 1;
     }
   }
-  if (bad) {
-    for (int k = 0; k < K; ++k) {
-      const int st = classify_bad_row(x + k * C, 1, C, 0);
-      if (st != kItemUnnormalised) return st;
-    }
-    return kItemUnnormalised;
-  }
+  if (bad) return classify_bad_probs(x, C, 1, K, C);
   if (accumulate_block<R>(blk, nullptr, K, C, s, true, tol) != 0) return kItemUnnormalised;
   ent_sum -= static_cast<double>(plogp);
   return kItemOk;
@@ -715,7 +715,7 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
 //     kRowLanes-lane vector, lanes past C masked; C <= kRowLanes is one chunk): validation as vector
 //     reductions (a running minimum for negatives; each row's total by a tree sum per chunk, or 16
 //     rows at once on AVX-512 — NaN / ±Inf fail their row's total; no branch per row; exact
-//     classification by classify_bad_row only on failure), the shifted float64 class sums, arg-max
+//     classification by classify_bad_probs only on failure), the shifted float64 class sums, arg-max
 //     votes; Σ p ln p over the flat K·C values;
 //  2. per block, the class terms (ln p̄, std, BalEntAcq) in flat vector loops over items × classes,
 //     so that C = 10 fills whole vectors, then small per-item reductions over the classes.
@@ -950,13 +950,7 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   // Validation: every row total within tol of 1 (a NaN or ±Inf makes its row's total fail) and no
   // negative value; then no value exceeds 1 + tol either. Exact classification only on failure.
   if (_mm512_cmp_ps_mask(lo, zero, _CMP_LT_OQ)) bad = 1;
-  if (bad) {
-    for (int k = 0; k < K; ++k) {
-      const int st = classify_bad_row(x + static_cast<std::int64_t>(k) * C, 1, C, 0);
-      if (st != kItemUnnormalised) return st;
-    }
-    return kItemUnnormalised;
-  }
+  if (bad) return classify_bad_probs(x, C, 1, K, C);
   if constexpr (need_votes) mode_o = single ? _mm512_reduce_max_epi32(votes) : chunk_mode(cs, K);
   return kItemOk;
 }
@@ -1104,13 +1098,7 @@ inline int block_item_stats(const T* x, int K, int C, double tol, bool need_ent,
   // Every row total within tol of 1 and no negative value: then no value exceeds 1 + tol either.
   LABELWISE_SIMD_FLAT
   for (int j = 0; j < W; ++j) bad |= lo[j] < R(0) ? 1 : 0;
-  if (bad) {
-    for (int k = 0; k < K; ++k) {
-      const int st = classify_bad_row(x + static_cast<std::int64_t>(k) * C, 1, C, 0);
-      if (st != kItemUnnormalised) return st;
-    }
-    return kItemUnnormalised;
-  }
+  if (bad) return classify_bad_probs(x, C, 1, K, C);
   if (need_votes) mode_o = C <= W ? lane_mode(votes) : chunk_mode(cs, K);
   return kItemOk;
 }
