@@ -239,6 +239,11 @@ def check_bool(value: Any, name: str) -> bool:
                     else f"{name}: expected True or False, got {type(value).__name__}")
 
 
+def check_int64(value: Any, name: str, lo: int = -(2**63)) -> int:
+    """check_int for an argument that the core takes as int64: in [lo, 2^63 - 1]."""
+    return check_int(value, name, lo, 2**63 - 1)
+
+
 def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None) -> int:
     """An integer argument in [lo, hi] (hi None: no upper bound): TypeError for bools and non-integers,
     ValueError out of range, both naming the argument."""

@@ -63,15 +63,8 @@ def _empty(x: Any, shape: Sequence[int], dtype: str) -> Any:
     return np.empty(tuple(shape), dtype=dtype)
 
 
-def _integer(value: Any, name: str) -> int:
-    """An int64 argument (numpy / 0-d arrays too, not a bool), named in its errors."""
-    return _arrays.check_int(value, name, -(2**63), 2**63 - 1)
-
-
 def _count(b: Any) -> int:
-    return _integer(b, "b")
-
-
+    return _arrays.check_int64(b, "b")
 
 
 def _numel(x: Any) -> int:
@@ -83,7 +76,7 @@ def _seed(seed: Any) -> int:
 
 
 def _offset(index_offset: Any) -> int:
-    return _integer(index_offset, "index_offset")
+    return _arrays.check_int64(index_offset, "index_offset")
 
 
 def _out_len(x: Any, b: int) -> int:
@@ -295,7 +288,7 @@ def batchbald(
     """
     if input not in ("probs", "log_probs", "logits"):
         raise ValueError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
-    ns = _integer(num_samples, "num_samples")
+    ns = _arrays.check_int64(num_samples, "num_samples")
     sample_axis = _arrays.check_int(sample_axis, "sample_axis", -3, 2)
     class_axis = _arrays.check_int(class_axis, "class_axis", -3, 2)
     xa = _arrays.as_array(x, "x")
@@ -599,7 +592,7 @@ def slice_scores(map: Any, axis: int = 1) -> Any:
     (e.g. axis=1 of [N, D, H, W] scores the D slices of each volume). GPU maps are copied to the host;
     the result comes back on the map's device."""
     m, caller = _host_map(map)
-    axis = _arrays.check_int(axis, "axis", -(2**63), 2**63 - 1)
+    axis = _arrays.check_int64(axis, "axis")
     a = axis + len(m.shape) if axis < 0 else axis
     if not 1 <= a < len(m.shape):
         raise ValueError(f"axis: must name a spatial axis (1..{len(m.shape) - 1} or negative), got {axis}")

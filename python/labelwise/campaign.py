@@ -363,10 +363,7 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
     Xp, yp, Xt, yt, init, calib = split(X, y, C, cfg, seed)
     N = int((~calib).sum())  # the acquisition pool: everything but the calibration set
     b = cfg.batch.get(d.name, max(C, N // 50))
-    budget = int(round(cfg.budget_fraction * N))
-    if budget < 1:
-        raise CampaignError(f"{d.name}: --budget {cfg.budget_fraction:g} of a {N}-item pool is no item; "
-                            f"at least {0.5 / N:.2g} is needed")
+    budget = SEG.budget_count(d.name, cfg.budget_fraction, N, "item")
     if budget > N - len(init):
         raise ValueError(f"{d.name}: budget {budget} is larger than the unlabelled pool ({N - len(init)})")
     if b < 1 or b > budget:
@@ -711,8 +708,7 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
 # driver
 
 
-class CampaignError(ValueError):
-    """A bad argument, data file or output folder: cli() prints it on one line and exits with 2."""
+CampaignError = SEG.CampaignError  # a bad argument, data file or output folder: cli() exits with 2
 
 
 def _calibration_sizes(by: Dict, key: str) -> str:

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ._arrays import check_bool
+
 MRICRON_TEMPLATES = "/usr/share/mricron/templates"
 
 #: Coarse AAL classes: index -> name (0 = background), keyed by the first digit of the AAL code.
@@ -111,8 +113,6 @@ def aal_lobes(labels: np.ndarray, templates: str = MRICRON_TEMPLATES) -> np.ndar
 def colin27(templates: str = MRICRON_TEMPLATES, lobes: bool = True) -> Tuple[Volume, Volume]:
     """(T1 image, labels): Colin27 T1 (float32) and its AAL labels — 9 lobe classes by default, the
     116 regions with ``lobes=False`` — on the same 181 x 217 x 181 grid of 1 mm voxels."""
-    from ._arrays import check_bool
-
     lobes = check_bool(lobes, "lobes")
     if not isinstance(templates, (str, os.PathLike)):
         raise TypeError(f"colin27: templates must be a folder path, got {type(templates).__name__}")

@@ -74,15 +74,15 @@ def beta_quantile(p: float, a: float, b: float) -> float:
 
 def binomial_cdf(k: int, n: int, theta: float) -> float:
     """P(Binomial(n, theta) <= k)."""
-    return _core.binomial_cdf(_arrays.check_int(k, "k", -(2**63), 2**63 - 1), _arrays.check_int(n, "n", 0, 2**63 - 1),
+    return _core.binomial_cdf(_arrays.check_int64(k, "k"), _arrays.check_int64(n, "n", 0),
                               _arrays.check_real(theta, "theta"))
 
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     """Exact (Clopper–Pearson) one-sided upper confidence bound at level 1 - delta on an error rate
     after ``errors`` wrong out of ``n``: the (1 - delta) quantile of Beta(errors + 1, n - errors)."""
-    return _core.clopper_pearson_upper(_arrays.check_int(errors, "errors", 0, 2**63 - 1),
-                                       _arrays.check_int(n, "n", 0, 2**63 - 1), _arrays.check_real(delta, "delta"))
+    return _core.clopper_pearson_upper(_arrays.check_int64(errors, "errors", 0),
+                                       _arrays.check_int64(n, "n", 0), _arrays.check_real(delta, "delta"))
 
 
 def min_certifiable_count(target_error: float, delta: float) -> int:
@@ -282,7 +282,7 @@ def certified_auto_label(
         None if max_voxel_error is None else _arrays.check_real(max_voxel_error, "max_voxel_error"),
         None if pconf is None else _arrays.capsule(pconf),
         None if cconf is None else _arrays.capsule(cconf),
-        _arrays.check_int(scan_start, "scan_start", -(2**63)),  # an integer; its range is checked in C++
+        _arrays.check_int64(scan_start, "scan_start"),  # an int64; its range is checked in C++
         _arrays.check_bool(per_class, "per_class"),
     )
     classes = tuple(ThresholdCertificate(**c) for c in r.pop("class_certificates"))
@@ -329,7 +329,7 @@ def certify_threshold(
     r = _core.certify_threshold(
         _arrays.capsule(c), _arrays.capsule(e), _arrays.capsule(p), _arrays.check_real(target_error, "target_error"),
         _arrays.check_real(delta, "delta"),
-        _arrays.check_int(scan_start, "scan_start", -(2**63)),  # an integer; its range is checked in C++
+        _arrays.check_int64(scan_start, "scan_start"),  # an int64; its range is checked in C++
     )
     return ThresholdCertificate(**r)
 
@@ -350,7 +350,7 @@ def label_issues(probs: Any, given_labels: Any, *, class_axis: int = 1) -> Label
     shape = tuple(int(s) for s in probs.shape)
     if len(shape) != 2:
         raise ValueError(f"probs: expected rank 2 ([N, C]), got shape {list(shape)}")
-    class_axis = _arrays.check_int(class_axis, "class_axis", -(2**63), 2**63 - 1)
+    class_axis = _arrays.check_int64(class_axis, "class_axis")
     ca = class_axis + 2 if class_axis < 0 else class_axis
     if ca not in (0, 1):
         raise ValueError(f"class_axis: axis {class_axis} is out of range for probs of rank 2")

@@ -500,14 +500,25 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarr
 # one run
 
 
+class CampaignError(ValueError):
+    """A bad argument, data file or output folder: the campaign's cli() prints it on one line and exits
+    with 2 (labelwise.campaign re-exports it)."""
+
+
+def budget_count(name: str, fraction: float, n_pool: int, unit: str) -> int:
+    """--budget as a count of the pool's units (items or slices), at least one (else CampaignError)."""
+    budget = int(round(fraction * n_pool))
+    if budget < 1:
+        raise CampaignError(f"{name}: --budget {fraction:g} of a {n_pool}-{unit} pool is no {unit}; at least "
+                            f"{0.5 / n_pool:.2g} is needed")
+    return budget
+
+
 def budget_and_batch(d: SegDataset, sp: SegSplit, cfg) -> Tuple[int, int, int]:
     """(slices to acquire, slices per round, rounds)."""
     n_pool = len(sp.pool)
     b = cfg.batch.get(d.name, cfg.seg_batch_slices)
-    budget = int(round(cfg.budget_fraction * n_pool))
-    if budget < 1:
-        raise ValueError(f"{d.name}: --budget {cfg.budget_fraction:g} of a {n_pool}-slice pool is no slice; at least "
-                         f"{0.5 / n_pool:.2g} is needed")
+    budget = budget_count(d.name, cfg.budget_fraction, n_pool, "slice")
     if cfg.seg_max_rounds:
         budget = min(budget, cfg.seg_max_rounds * b)  # --quick without an explicit --budget: 2 rounds
     free = n_pool - len(sp.init)

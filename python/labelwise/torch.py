@@ -706,7 +706,7 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
         kl_weight = _arrays.check_real(kl_weight, "kl_weight")
     C = logits.shape[1]
     t = target.long()  # labels and ignore_index compared as integers, not in the target's dtype (uint8 wraps)
-    valid = None if ignore_index is None else t != _arrays.check_int(ignore_index, "ignore_index", -(2**63))
+    valid = None if ignore_index is None else t != _arrays.check_int64(ignore_index, "ignore_index")
     out = (t < 0) | (t >= C)
     if valid is not None:
         out &= valid
