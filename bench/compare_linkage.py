@@ -40,7 +40,7 @@ def main():
         centres = 3.0 * rng.standard_normal((50, args.d))
         e = centres[rng.integers(0, 50, n)] + rng.standard_normal((n, args.d))
         t0 = time.perf_counter()
-        ours = A.cluster_margin_clusters(e, num_clusters=args.clusters, max_items=n)
+        ours = A.average_linkage_clusters(e, num_clusters=args.clusters, max_items=n)
         t_lw = time.perf_counter() - t0
         t0 = time.perf_counter()
         ref = fcluster(linkage(e, method="average"), t=args.clusters, criterion="maxclust")

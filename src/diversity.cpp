@@ -149,18 +149,19 @@ void throw_row_failure(const detail::DiversityFailure& f, const char* arg, const
 
 }  // namespace
 
-const char* coreset_metric_name(CoresetMetric metric) {
-  switch (metric) {
-    case CoresetMetric::Euclidean: return "euclidean";
-    case CoresetMetric::Cosine: return "cosine";
-  }
-  return "unknown";
-}
-
-CoresetMetric coreset_metric_from_name(const std::string& name) {
-  if (name == "euclidean") return CoresetMetric::Euclidean;
-  if (name == "cosine") return CoresetMetric::Cosine;
-  throw Error(ErrorKind::Value, "metric: expected 'euclidean' or 'cosine', got '" + name + "'");
+std::int64_t unlabeled_rows(const TensorView& labeled, std::int64_t n, const TensorView& rows, void* stream) {
+  check(n >= 1, ErrorKind::Value, "n: expected a pool of at least 1 item, got ", n);
+  check_cuda_built(labeled, "labeled");
+  check(rows.device.is_cpu(), ErrorKind::Value, "rows: expected a host array, got one on ", rows.device.str());
+  check_out(rows, n, rows.device, "rows", DType::Int64, "the pool");
+  check(rows.data != nullptr, ErrorKind::Value, "rows: data pointer is null");
+  const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
+  const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "the pool", stream);
+  auto* out = static_cast<std::int64_t*>(rows.data);
+  std::int64_t count = 0;
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!mask[i]) out[count++ * rows.strides[0]] = i;
+  return count;
 }
 
 double badge_uniform(std::uint64_t seed, std::uint64_t step) { return detail::badge_uniform_of(seed, step); }

@@ -54,7 +54,7 @@ struct Matrix {
 
 struct CoresetJob {
   Matrix x;
-  int metric = 0;                          // CoresetMetric
+  int metric = 0;                          // DistanceMetric
   bool prune = true;                       // skip rows by the triangle inequality (exact)
   const std::uint8_t* labeled = nullptr;   // [N], 1 = labelled
   std::int64_t n_labeled = 0;

@@ -470,10 +470,10 @@ KnnScaling knn_scaling(const std::vector<int>& row_exp, bool cosine) {
   return sc;
 }
 
-int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
+int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRule rule, int sklearn_threads,
                std::int64_t* out_idx, double* out_key) {
   const std::int64_t N = data.N, D = data.D;
-  const bool cosine = metric == KnnMetric::Cosine;
+  const bool cosine = metric == DistanceMetric::Cosine;
   const bool sk = rule == KnnRule::Sklearn;
   const int T = sklearn_threads > 0 ? sklearn_threads : num_threads();
   const double* X = data.x.data();
@@ -1057,14 +1057,6 @@ int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule ru
 
 }  // namespace detail
 
-const char* knn_metric_name(KnnMetric m) { return m == KnnMetric::Cosine ? "cosine" : "euclidean"; }
-
-KnnMetric knn_metric_from_name(const std::string& name) {
-  if (name == "euclidean") return KnnMetric::Euclidean;
-  if (name == "cosine") return KnnMetric::Cosine;
-  throw Error(ErrorKind::Value, "metric: expected 'euclidean' or 'cosine', got '" + name + "'");
-}
-
 namespace {
 /// knn_graph on CUDA: the static checks of knn_load and knn_graph in the same order and words, then
 /// the device run, which reports the lowest NaN / Inf row, then the lowest all-zero row (cosine).
@@ -1091,7 +1083,7 @@ void check_knn_request(const TensorView& f, std::int64_t N, std::int64_t k, cons
 }
 
 void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indices, const TensorView& distances,
-                    KnnMetric metric, void* stream) {
+                    DistanceMetric metric, void* stream) {
   const char* what = "features";
   check(f.dtype == DType::Float32 || f.dtype == DType::Float64, ErrorKind::Type, what,
         ": expected dtype float32 or float64, got ", dtype_name(f.dtype));
@@ -1131,7 +1123,7 @@ void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indic
 }  // namespace
 
 void knn_graph(const TensorView& features, std::int64_t k, const TensorView& indices, const TensorView& distances,
-               KnnMetric metric, void* stream) {
+               DistanceMetric metric, void* stream) {
   if (features.device.is_cuda()) return knn_graph_cuda(features, k, indices, distances, metric, stream);
   const detail::KnnData data = detail::knn_load(features, "features");
   const std::int64_t N = data.N;
@@ -1144,7 +1136,7 @@ void knn_graph(const TensorView& features, std::int64_t k, const TensorView& ind
     for (std::int64_t a = 0; a < k; ++a) {
       const double kv = key[i * k + a];
       // keys of the data scaled by 2^-shift: sqrt and the power of two are both exact in this order
-      const double d = metric == KnnMetric::Euclidean ? std::ldexp(std::sqrt(kv), shift) : kv;
+      const double d = metric == DistanceMetric::Euclidean ? std::ldexp(std::sqrt(kv), shift) : kv;
       I[i * indices.strides[0] + a * indices.strides[1]] = idx[i * k + a];
       const std::int64_t off = i * distances.strides[0] + a * distances.strides[1];
       if (distances.dtype == DType::Float64) static_cast<double*>(distances.data)[off] = d;

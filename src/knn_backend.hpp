@@ -113,7 +113,7 @@ enum class KnnRule : std::uint8_t {
 /// `shift` says that the euclidean keys are those of the data times 2^-shift, i.e. 2^(-2 shift) times
 /// the true squared distances (distance = sqrt(key) * 2^shift); 0 for data in [2^-30, 2^31) and for cosine,
 /// whose rows are scaled one by one (the cosine distance does not change).
-int knn_search(const KnnData& data, std::int64_t k, KnnMetric metric, KnnRule rule, int sklearn_threads,
+int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRule rule, int sklearn_threads,
                 std::int64_t* idx, double* key);
 
 /// The power-of-two scaling (exact) that keeps the kNN sums in range, from each row's ilogb of its
@@ -136,7 +136,7 @@ struct KnnCudaJob {
   DType dtype = DType::Float32;
   std::int64_t N = 0, D = 0, rs = 0, cs = 1;
   std::int64_t k = 0;
-  KnnMetric metric = KnnMetric::Euclidean;
+  DistanceMetric metric = DistanceMetric::Euclidean;
   std::int64_t* out_index = nullptr;  ///< [N, k]
   std::int64_t is0 = 0, is1 = 1;
   void* out_dist = nullptr;  ///< [N, k], float32 / float64

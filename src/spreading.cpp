@@ -150,7 +150,7 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
       for (std::int64_t j = 0; j < N; ++j) nb[i * N + j] = j;
   } else {
     std::vector<double> key(static_cast<std::size_t>(N * k));
-    detail::knn_search(data, k, KnnMetric::Euclidean, sk ? detail::KnnRule::Sklearn : detail::KnnRule::Exact,
+    detail::knn_search(data, k, DistanceMetric::Euclidean, sk ? detail::KnnRule::Sklearn : detail::KnnRule::Exact,
                        opt.sklearn_threads, nb.data(), key.data());
   }
 

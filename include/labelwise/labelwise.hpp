@@ -2,6 +2,7 @@
 #pragma once
 
 #include "labelwise/core/config.hpp"
+#include "labelwise/core/distance.hpp"
 #include "labelwise/core/error.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/core/rng.hpp"

@@ -239,6 +239,31 @@ def check_bool(value: Any, name: str) -> bool:
                     else f"{name}: expected True or False, got {type(value).__name__}")
 
 
+#: What an array of predictions holds (``input=`` of the metrics, BatchBALD and BADGE).
+INPUT_KINDS = ("probs", "log_probs", "logits")
+
+
+def check_input_kind(input: Any) -> str:
+    """``input=``: one of INPUT_KINDS; TypeError for a non-string, ValueError for another string."""
+    if not isinstance(input, str):
+        raise TypeError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
+    if input not in INPUT_KINDS:
+        raise ValueError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
+    return input
+
+
+#: The distances between feature rows that core-set and the kNN graph take as ``metric=`` (C++:
+#: labelwise::DistanceMetric): euclidean ``||x - y||``, cosine ``1 - cos(x, y)``.
+DISTANCE_METRICS = ("euclidean", "cosine")
+
+
+def check_distance_metric(metric: Any) -> str:
+    """``metric=`` of core-set and the kNN graph: one of DISTANCE_METRICS, else ValueError."""
+    if not isinstance(metric, str) or metric not in DISTANCE_METRICS:
+        raise ValueError(f"metric: expected 'euclidean' or 'cosine', got {metric!r}")
+    return metric
+
+
 def check_int64(value: Any, name: str, lo: int = -(2**63)) -> int:
     """check_int for an argument that the core takes as int64: in [lo, 2^63 - 1]."""
     return check_int(value, name, lo, 2**63 - 1)

@@ -286,8 +286,7 @@ def batchbald(
     returns them; the marginal gains are ``np.diff(scores, prepend=0)``. Both come back in ``x``'s
     framework. See ``docs/acquisition.md``.
     """
-    if input not in ("probs", "log_probs", "logits"):
-        raise ValueError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
+    input = _arrays.check_input_kind(input)
     ns = _arrays.check_int64(num_samples, "num_samples")
     sample_axis = _arrays.check_int(sample_axis, "sample_axis", -3, 2)
     class_axis = _arrays.check_int(class_axis, "class_axis", -3, 2)
@@ -323,7 +322,7 @@ def batchbald(
 
 # ---- diversity: core-set (k-center greedy) and BADGE ---------------------------------------------
 
-CORESET_METRICS = ("euclidean", "cosine")
+DISTANCE_METRICS = _arrays.DISTANCE_METRICS
 
 
 def _int64_ids(x: Any, name: str) -> Any:
@@ -400,8 +399,7 @@ def coreset(
     run on the GPU (one pass per pick, no pruning; ``labeled`` may stay on the host) and the results
     come back there. See ``docs/acquisition.md``.
     """
-    if metric not in CORESET_METRICS:
-        raise ValueError(f"metric: expected 'euclidean' or 'cosine', got {metric!r}")
+    metric = _arrays.check_distance_metric(metric)
     x = _arrays.as_array(features, "features")
     b = _count(b)
     shape = tuple(int(d) for d in x.shape)
@@ -423,7 +421,34 @@ def coreset(
     return idx, radii
 
 
-def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs") -> Any:
+def _unlabeled_pool(labeled: Any, shapes: Sequence[Tuple[int, ...]], b: int) -> Optional[np.ndarray]:
+    """``labeled=`` of badge / weighted_kmeans: None, or the unlabelled rows (host int64, ascending) of
+    a pool whose arrays have ``shapes`` (the first axis is the pool), validated like core-set's
+    ``labeled`` by the core (``labelwise::unlabeled_rows``), with b checked against their number.
+    Arrays that do not share a first axis are left to the core to report (None)."""
+    if labeled is None or not all(len(sh) >= 1 for sh in shapes) or len({sh[0] for sh in shapes}) != 1:
+        return None
+    n = shapes[0][0]
+    lab = _labeled_array(labeled, n)
+    rows = np.empty(n, dtype=np.int64)
+    count = _core.unlabeled_rows(_arrays.capsule(lab, stream=_stream_of(lab)), n,
+                                 _arrays.capsule(rows, writable=True), _stream_of(lab))
+    rows = rows[:count]
+    if not 0 <= b <= count:
+        raise ValueError(f"b: expected 0 <= b <= {count} (the number of unlabelled items), got b = {b}")
+    return rows
+
+
+def _on_rows(rows: Optional[np.ndarray], *arrays: Any) -> Tuple[Any, ...]:
+    """The arrays restricted to ``rows`` (their framework and device; as they are when rows is None),
+    plus the rows there (to map picks back)."""
+    if rows is None:
+        return arrays + (None,)
+    where = _arrays.like_device(rows, arrays[0])
+    return tuple(a[where] for a in arrays) + (where,)
+
+
+def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs", labeled: Any = None) -> Any:
     """BADGE (Ash et al., ICLR 2020): k-means++ seeding on last-layer gradient embeddings.
 
     The gradient embedding of item ``n`` is ``g_n = (p_n - onehot(argmax p_n)) ⊗ h_n`` (``C·D``
@@ -436,24 +461,32 @@ def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs") -
     x : ``[N, C]`` float32 / float64, one prediction per item, classes on axis 1;
         ``input="probs"`` (rows >= 0 summing to 1), ``"log_probs"`` or ``"logits"`` (softmax inside).
     embeddings : ``[N, D]`` float32 / float64, penultimate-layer features.
-    b : ``0 <= b <= N``. Returns int64 ``[b]``, the picks in the order chosen, in the caller's
-    framework and on its device (CUDA arrays run on the GPU: the same draws, over the same blocks).
-    See ``docs/acquisition.md``.
+    b : ``0 <= b <= N`` (with ``labeled``: ``<=`` the unlabelled items).
+    labeled : optional, as in :func:`coreset` (a boolean mask ``[N]`` or integer indices): these items
+        are never picked and take no part (BADGE runs on the unlabelled rows; the seed's draws then
+        follow the unlabelled pool, not the whole one).
+    Returns int64 ``[b]``, indices into the whole pool (``[N]``), the picks in the order chosen, in the
+    caller's framework and on its device (CUDA arrays run on the GPU: the same draws, over the same
+    blocks). See ``docs/acquisition.md``.
     """
+    input = _arrays.check_input_kind(input)
     x = _arrays.as_array(x, "x")
     e = _arrays.as_array(embeddings, "embeddings")
     b = _count(b)
     s = _seed(seed)
+    rows = _unlabeled_pool(labeled, [tuple(int(d) for d in a.shape) for a in (x, e)], b)
+    x, e, where = _on_rows(rows, x, e)
     shape = tuple(int(d) for d in x.shape)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
     stream = _stream_of(x)
     _core.badge(_arrays.capsule(x, stream=stream), _arrays.capsule(e, stream=stream), b,
                 _arrays.capsule(idx, stream=stream, writable=True), s, input, stream)
-    return idx
+    return idx if where is None else where[idx]
 
 
-def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, max_iter: int = 100) -> Any:
+def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, max_iter: int = 100,
+                    labeled: Any = None) -> Any:
     """Uncertainty-weighted diversity hybrid: "Diverse mini-batch active learning" (Zhdanov, 2019,
     arXiv 1901.05954) — weighted k-means over the most uncertain items, one pick per cluster.
 
@@ -468,9 +501,12 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
         squared norm exceeds 4.5e307 is a ``ValueError``: its squared distances would overflow).
     scores : ``[N]`` float32 / float64, finite, ``>= 0`` — any "higher = more informative" metric
         (e.g. :func:`labelwise.uncertainty.bald`; shift or exponentiate scores that can be negative).
-    b : ``0 <= b <= N``. prefilter : ``>= 1`` (Zhdanov's β). max_iter : ``>= 0``.
+    b : ``0 <= b <= N`` (with ``labeled``: ``<=`` the unlabelled items). prefilter : ``>= 1``
+        (Zhdanov's β). max_iter : ``>= 0``.
+    labeled : optional, as in :func:`coreset` (a boolean mask ``[N]`` or integer indices): these items
+        are never picked and take no part (the method runs on the unlabelled rows).
 
-    Returns int64 ``[b]``: one item per cluster, clusters in decreasing total score; clusters left
+    Returns int64 ``[b]``, indices into the whole pool: one item per cluster, clusters in decreasing total score; clusters left
     empty are filled with the best-scoring candidates not yet picked. ``prefilter=1`` gives the
     top-``b`` by score. Cost ``O(prefilter · b² · D)`` per iteration. CUDA arrays (both on one device):
     the features are validated and the candidates' rows gathered on the GPU, the clustering runs on
@@ -482,13 +518,15 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     b = _count(b)
     pre = _arrays.check_int(prefilter, "prefilter", 1)
     it = _arrays.check_int(max_iter, "max_iter", 0)
+    rows = _unlabeled_pool(labeled, [tuple(int(d) for d in a.shape) for a in (x, s)], b)
+    x, s, where = _on_rows(rows, x, s)
     shape = tuple(int(d) for d in x.shape)
     m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
     idx = _empty(x, (m,), "int64")
     stream = _stream_of(x)
     _core.weighted_kmeans(_arrays.capsule(x, stream=stream), _arrays.capsule(s, stream=stream), b,
                           _arrays.capsule(idx, stream=stream, writable=True), pre, it, stream)
-    return idx
+    return idx if where is None else where[idx]
 
 
 def badge_uniform(seed: int, step: int) -> float:
@@ -497,7 +535,7 @@ def badge_uniform(seed: int, step: int) -> float:
     return float(_core.badge_uniform(_seed(seed), _arrays.check_int(step, "step", 0, 2**64 - 1)))
 
 
-__all__ += ["CORESET_METRICS", "coreset", "badge", "badge_uniform", "weighted_kmeans"]
+__all__ += ["DISTANCE_METRICS", "coreset", "badge", "badge_uniform", "weighted_kmeans"]
 
 
 # ---- regions: patches and slices of segmentation uncertainty maps (CPU) ---------------------------
@@ -607,16 +645,18 @@ __all__ += ["patch_scores", "top_regions", "slice_scores"]
 # ---- cluster-margin (Citovsky et al., NeurIPS 2021) ---------------------------------------------
 
 
-def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None, num_clusters: Optional[int] = None,
-                            max_items: int = 20000) -> np.ndarray:
+def average_linkage_clusters(embeddings: Any, *, distance: Optional[float] = None, num_clusters: Optional[int] = None,
+                             max_items: int = 20000) -> Any:
     """The once-per-campaign step of cluster-margin: average-linkage (UPGMA) agglomerative clustering
     of the pool's embeddings ``[N, D]`` (Euclidean), cut at the cophenetic ``distance`` (merges of
     height <= distance) or into at most ``num_clusters`` clusters — exactly one of the two. The same
     partitions as SciPy's ``linkage(method="average")`` + ``fcluster`` (criterion ``"distance"`` /
     ``"maxclust"``), computed in C++ (``labelwise::average_linkage_clusters``; nearest-neighbour
-    chain, multi-threaded distances). Returns int64 cluster ids ``[N]`` (numpy), numbered 0, 1, ... in
-    the order of each cluster's lowest row index. Memory: ``N (N − 1) / 2`` doubles (N = 20000:
-    1.6 GB), hence ``max_items`` (raise it deliberately). GPU arrays are copied to the host. Errors:
+    chain, multi-threaded distances). Returns int64 cluster ids ``[N]``, numbered 0, 1, ... in
+    the order of each cluster's lowest row index, in the embeddings' framework and on their device
+    (ready for :func:`cluster_margin` next to margins computed there). Memory: ``N (N − 1) / 2`` doubles (N = 20000:
+    1.6 GB), hence ``max_items`` (raise it deliberately). GPU arrays are copied to the host (the
+    clustering runs there). Errors:
     ``ValueError`` naming the row for NaN / Inf or a squared norm above 4.5e307 (distances would
     overflow)."""
     e = np.asarray(_arrays.to_host_numpy(embeddings))  # GPU arrays of any device: to the host
@@ -637,7 +677,7 @@ def cluster_margin_clusters(embeddings: Any, *, distance: Optional[float] = None
     ids = np.empty(e.shape[0] if e.ndim >= 1 else 0, dtype=np.int64)
     _core.average_linkage_clusters(_arrays.capsule(e), _arrays.capsule(ids, writable=True),
                                    0.0 if distance is None else distance, k)
-    return ids
+    return _arrays.like_device(ids, embeddings)
 
 
 def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[int] = None, seed: int,
@@ -645,7 +685,7 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     """Cluster-margin batch selection (Citovsky et al., NeurIPS 2021).
 
     ``margins`` [N]: labelwise's margin scores (higher = smaller top-1/top-2 gap = more uncertain);
-    ``clusters`` [N]: integer ids, e.g. from :func:`cluster_margin_clusters`; ``labeled``: optional
+    ``clusters`` [N]: integer ids, e.g. from :func:`average_linkage_clusters`; ``labeled``: optional
     bool mask [N] or integer indices of items already labelled (never picked). Takes the
     ``candidates`` (default ``min(10·b, unlabelled)``) most uncertain unlabelled items (ties: lower
     index), groups them by cluster, visits the groups from the smallest to the largest (ties: lower
@@ -668,4 +708,4 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     return idx
 
 
-__all__ += ["cluster_margin", "cluster_margin_clusters"]
+__all__ += ["cluster_margin", "average_linkage_clusters"]

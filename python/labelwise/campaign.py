@@ -190,35 +190,28 @@ def validate_dataset(d: Dataset) -> Tuple[np.ndarray, np.ndarray, int]:
 # model
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - exercised only without torch
-        raise RuntimeError("labelwise.campaign needs PyTorch (pip install torch)") from exc
-    return torch
+_torch = SEG._torch
 
 
 def make_model(D: int, C: int, hidden: int, dropout: float, seed: int):
-    torch = _torch()
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(D, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
-        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
-        torch.nn.Linear(hidden, C),
-    )
+    with SEG.seeded_torch(seed) as torch:
+        return torch.nn.Sequential(
+            torch.nn.Linear(D, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, C),
+        )
 
 
 def train(model, X, y, epochs: int, seed: int):
-    torch = _torch()
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
-    xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    model.train()
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xt), yt)
-        loss.backward()
-        opt.step()
+    with SEG.seeded_torch(seed) as torch:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+        xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        model.train()
+        for _ in range(epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xt), yt)
+            loss.backward()
+            opt.step()
     if not torch.isfinite(loss):
         raise FloatingPointError("training diverged: the loss is NaN or Inf")
     return model
@@ -234,11 +227,9 @@ def penultimate(model, X):
 
 def mc_log_probs(model, X, K: int, seed: int):
     """[N, K, C] log-probabilities from K dropout passes (dropout on at inference)."""
-    torch = _torch()
-    torch.manual_seed(seed)
-    model.train()
-    xt = torch.from_numpy(X)
-    with torch.no_grad():
+    with SEG.seeded_torch(seed) as torch, torch.no_grad():
+        model.train()
+        xt = torch.from_numpy(X)
         out = torch.stack([torch.log_softmax(model(xt), dim=-1) for _ in range(K)], dim=1)
     if not torch.isfinite(out).all():
         raise FloatingPointError("the model produced NaN or Inf log-probabilities")
@@ -270,7 +261,7 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         key = hashlib.sha1(np.ascontiguousarray(X_pool).tobytes()).hexdigest()
         if _CLUSTER_CACHE.get("key") != key:
             k = max(2, int(round(math.sqrt(len(X_pool) / 2))))
-            _CLUSTER_CACHE.update(key=key, ids=A.cluster_margin_clusters(X_pool, num_clusters=k))
+            _CLUSTER_CACHE.update(key=key, ids=A.average_linkage_clusters(X_pool, num_clusters=k))
         logp = mc_log_probs(model, X_pool, K, seed=seed * 1000 + rnd)
         margins = U.margin(logp, input="log_probs").numpy()
         margins[~unlabeled] = -np.inf  # only candidates (not labelled, not calibration) can be picked
@@ -281,13 +272,11 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         sub = np.concatenate([np.flatnonzero(labeled), cand])
         mask = np.zeros(len(sub), dtype=bool)
         mask[: int(labeled.sum())] = True
-        picks = A.coreset(feats[sub], mask, b)
-        picks = np.asarray(picks[0] if isinstance(picks, tuple) else picks)
+        picks, _ = A.coreset(feats[sub], mask, b)
         return sub[picks]
     logp = mc_log_probs(model, X_pool[cand], K, seed=seed * 1000 + rnd)
     if strategy == "batchbald":
-        picks = A.batchbald(logp, b, num_samples=10000, seed=seed, input="log_probs")
-        picks = picks[0] if isinstance(picks, tuple) else picks
+        picks, _ = A.batchbald(logp, b, num_samples=10000, seed=seed, input="log_probs")
         return cand[np.asarray(picks)]
     if strategy == "weighted_kmeans":
         feats = penultimate(model, X_pool[cand]).numpy()

@@ -24,6 +24,9 @@ import numpy as np
 
 from ._arrays import check_bool
 
+__all__ = ["MRICRON_TEMPLATES", "AAL_LOBES", "Volume", "load_volume", "aal_region_codes", "aal_lobes", "colin27",
+           "class_names"]
+
 MRICRON_TEMPLATES = "/usr/share/mricron/templates"
 
 #: Coarse AAL classes: index -> name (0 = background), keyed by the first digit of the AAL code.
@@ -44,14 +47,16 @@ def load_volume(path: "str | os.PathLike", key: Optional[str] = None) -> Volume:
     """A 2D / 3D / 4D volume from NIfTI (``.nii``, ``.nii.gz``; needs ``pip install nibabel``) or NumPy
     (``.npy``; ``.npz`` with ``key``, or the file's only array). ``spacing`` has one entry per axis (1.0
     for NumPy files). Errors: ``TypeError`` for a path that is not a str / os.PathLike,
-    ``FileNotFoundError``, ``ValueError`` for other file types and missing keys, ``RuntimeError`` for
-    NIfTI without nibabel."""
+    ``FileNotFoundError``, ``ValueError`` for other file types, missing keys and a ``key`` for a file
+    that holds one array (.nii, .npy), ``RuntimeError`` for NIfTI without nibabel."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"load_volume: path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_volume: no such file: {path}")
     low = path.lower()
+    if key is not None and not low.endswith(".npz"):
+        raise ValueError(f"load_volume: key={key!r} applies to .npz archives only; {path} holds one array")
     if low.endswith((".nii", ".nii.gz")):
         try:
             import nibabel as nib
@@ -110,7 +115,7 @@ def aal_lobes(labels: np.ndarray, templates: str = MRICRON_TEMPLATES) -> np.ndar
     return lut[labels.astype(np.int64)]
 
 
-def colin27(templates: str = MRICRON_TEMPLATES, lobes: bool = True) -> Tuple[Volume, Volume]:
+def colin27(templates: str = MRICRON_TEMPLATES, *, lobes: bool = True) -> Tuple[Volume, Volume]:
     """(T1 image, labels): Colin27 T1 (float32) and its AAL labels — 9 lobe classes by default, the
     116 regions with ``lobes=False`` — on the same 181 x 217 x 181 grid of 1 mm voxels."""
     lobes = check_bool(lobes, "lobes")
@@ -131,9 +136,9 @@ def colin27(templates: str = MRICRON_TEMPLATES, lobes: bool = True) -> Tuple[Vol
     return t1, lab
 
 
-def class_names(lobes: bool = True, templates: str = MRICRON_TEMPLATES) -> List[str]:
-    """Names of the classes that :func:`colin27` returns."""
-    if lobes:
+def class_names(templates: str = MRICRON_TEMPLATES, *, lobes: bool = True) -> List[str]:
+    """Names of the classes that :func:`colin27` (same arguments) returns, index = class."""
+    if check_bool(lobes, "lobes"):
         return list(AAL_LOBES)
     codes = aal_region_codes(templates)
     return ["background"] + [codes[v][0] for v in sorted(codes)]

@@ -374,7 +374,8 @@ def label_issues(probs: Any, given_labels: Any, *, class_axis: int = 1) -> Label
 # ---------------------------------------------------------------------------------------------------
 # kNN graph, label spreading and label propagation (docs/propagation.md, "Label spreading")
 
-__all__ += ["knn_graph", "label_spreading", "label_propagation", "SPREADING_VARIANTS"]
+DISTANCE_METRICS = _arrays.DISTANCE_METRICS
+__all__ += ["DISTANCE_METRICS", "knn_graph", "label_spreading", "label_propagation", "SPREADING_VARIANTS"]
 
 #: ``variant=`` values of :func:`label_spreading` / :func:`label_propagation`.
 SPREADING_VARIANTS = ("symmetric", "sklearn")
@@ -403,8 +404,7 @@ def knn_graph(features: Any, k: int, *, metric: str = "euclidean"):
     shape = tuple(int(s) for s in features.shape)
     if len(shape) != 2:
         raise ValueError(f"features: expected rank 2 ([N, D]), got shape {list(shape)}")
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric: expected 'euclidean' or 'cosine', got {metric!r}")
+    metric = _arrays.check_distance_metric(metric)
     k = _arrays.check_int(k, "k", 1)
     N = shape[0]
     if not 1 <= k < max(N, 1):
@@ -558,7 +558,8 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     propagated from both sides. Returns ``(mask, confidence)``: int64 [Z, H, W] and float64 [Z, H, W]
     (the probability of the chosen class; 1 on annotated slices and on the seeds of slices beyond the
     outermost annotated ones — carried over, not measured; between two annotated slices, the
-    distance-weighted mix of the two sweeps), as numpy arrays (GPU arrays are copied to the host).
+    distance-weighted mix of the two sweeps), in the volume's framework and on its device (the
+    propagation itself runs on the host: GPU arrays are copied there and the results back).
     Intervals between annotated slices run in parallel.
     """
     vol = np.asarray(_arrays.to_host_numpy(volume))
@@ -589,7 +590,7 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
                            0 if num_classes is None else _arrays.check_int(num_classes, "num_classes", 0),
                            _arrays.check_real(beta, "beta"), _arrays.check_int(erode, "erode", 1),
                            _arrays.check_real(min_confidence, "min_confidence"))
-    return mask, conf
+    return _arrays.like_device(mask, volume), _arrays.like_device(conf, volume)
 
 
 __all__ += ["propagate_slices"]

@@ -37,6 +37,7 @@ model trained on every pool voxel, with twice the steps and twice the batch). La
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -253,9 +254,21 @@ def split(d: SegDataset, cfg, seed: int) -> SegSplit:
 def _torch():
     try:
         import torch
-    except ImportError as exc:  # pragma: no cover
-        raise RuntimeError("the segmentation campaign needs PyTorch (pip install torch)") from exc
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise RuntimeError("the campaigns (labelwise.campaign, labelwise.segcampaign) need PyTorch "
+                           "(pip install torch)") from exc
     return torch
+
+
+@contextlib.contextmanager
+def seeded_torch(seed: int):
+    """torch's global CPU generator seeded with ``seed`` inside the block (module initialisation and
+    dropout draw from it), and the caller's generator state restored afterwards: a campaign step is
+    reproducible from its seed and leaves the random stream of the code around it untouched."""
+    torch = _torch()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield torch
 
 
 def inputs(d: SegDataset, idx: np.ndarray):
@@ -273,49 +286,49 @@ def train(d: SegDataset, x, target, cfg, seed: int, progress: bool = False, step
     torch = _torch()
     from .models import build_segmenter
 
-    torch.manual_seed(seed)
-    model = build_segmenter(d.num_classes, cfg.dropout, cfg.seg_width)
-    C = d.num_classes
-    t = torch.as_tensor(target)
-    lab = t[t >= 0]
-    counts = torch.bincount(lab, minlength=C).double()
-    weights = (counts.sum() / counts.clamp(min=1)).sqrt()
-    weights = (weights / weights[counts > 0].mean()).float()
-    steps = cfg.seg_steps if steps is None else steps
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.seg_lr, total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    bs = min(cfg.seg_batch if batch is None else batch, n)
-    per_slice = (t >= 0).flatten(1).sum(dim=1).double()
-    if not bool((per_slice > 0).all()):
-        raise ValueError("train: every training slice needs at least one labelled voxel")
-    model.train()
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+    with seeded_torch(seed):
+        model = build_segmenter(d.num_classes, cfg.dropout, cfg.seg_width)
+        C = d.num_classes
+        t = torch.as_tensor(target)
+        lab = t[t >= 0]
+        counts = torch.bincount(lab, minlength=C).double()
+        weights = (counts.sum() / counts.clamp(min=1)).sqrt()
+        weights = (weights / weights[counts > 0].mean()).float()
+        steps = cfg.seg_steps if steps is None else steps
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.seg_lr, total_steps=steps, pct_start=0.15)
+        gen = torch.Generator().manual_seed(seed)
+        n = x.shape[0]
+        bs = min(cfg.seg_batch if batch is None else batch, n)
+        per_slice = (t >= 0).flatten(1).sum(dim=1).double()
+        if not bool((per_slice > 0).all()):
+            raise ValueError("train: every training slice needs at least one labelled voxel")
+        model.train()
+        bar = None
+        if progress:
+            try:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, desc="  training", unit="step", leave=False, disable=None)
-        except ImportError:  # pragma: no cover
-            bar = None
-    loss = torch.zeros(())
-    for _ in range(steps):
-        idx = torch.multinomial(per_slice, bs, replacement=False, generator=gen) if n > bs else torch.arange(n)
-        logits = model(x[idx])
-        loss = torch.nn.functional.cross_entropy(logits, t[idx], weight=weights, ignore_index=-1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+                bar = tqdm(total=steps, desc="  training", unit="step", leave=False, disable=None)
+            except ImportError:  # pragma: no cover
+                bar = None
+        loss = torch.zeros(())
+        for _ in range(steps):
+            idx = torch.multinomial(per_slice, bs, replacement=False, generator=gen) if n > bs else torch.arange(n)
+            logits = model(x[idx])
+            loss = torch.nn.functional.cross_entropy(logits, t[idx], weight=weights, ignore_index=-1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if not torch.isfinite(loss):
-        raise FloatingPointError("training diverged: the loss is NaN or Inf")
-    model.eval()
-    return model
+            bar.close()
+        if not torch.isfinite(loss):
+            raise FloatingPointError("training diverged: the loss is NaN or Inf")
+        model.eval()
+        return model
 
 
 def features(model, x, chunk: int = 32):

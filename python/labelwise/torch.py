@@ -44,8 +44,8 @@ __all__ = [
     "philox4x32_10",
     "dropout_keep_mask",
     "evidential_loss",
-    "save_weights",
-    "load_weights",
+    "save_head_weights",
+    "load_head_weights",
     "STREAM_DROPOUT",
     "MAX_DROPOUT",
     "EVIDENTIAL_METRICS",
@@ -147,14 +147,6 @@ def _index_offset_arg(index_offset: Any, items: int) -> int:
     if off + items > 2**32:
         raise ValueError(f"index_offset: items must have global indices below 2^32, got {off} + {items} items")
     return off
-
-
-def _chunk_arg(chunk_bytes: Any) -> Optional[int]:
-    """``chunk_bytes`` of sample() / score(): checked (None or an integer >= 1) and otherwise ignored —
-    deprecated since the fused kernel (it never holds more than one voxel's samples)."""
-    if chunk_bytes is None:
-        return None
-    return _arrays.check_int(chunk_bytes, "chunk_bytes", 1)
 
 
 # ---- dropout masks --------------------------------------------------------------------------------------
@@ -295,10 +287,8 @@ class _SampledHead(_Head):
         """weight [M, C, F] and bias [M, C] (views of the convolutions' parameters where possible)."""
         raise NotImplementedError
 
-    def _prepare(self, features: Any, index_offset: Any, chunk_bytes: Any) -> Tuple[torch.Tensor, torch.Tensor,
-                                                                                     torch.Tensor, int, int]:
+    def _prepare(self, features: Any, index_offset: Any) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
         x = self._check(features).detach()
-        _chunk_arg(chunk_bytes)
         off = _index_offset_arg(index_offset, x.shape[0])
         self._check_parameters()
         if x.dtype not in (torch.float32, torch.float64):
@@ -320,16 +310,14 @@ class _SampledHead(_Head):
         seed: Any = 0,
         *,
         index_offset: Any = 0,
-        chunk_bytes: Any = None,
     ) -> torch.Tensor:
         """Probabilities ``[B, K, C, *spatial]`` (float32, on features' device) of K samples — exactly
         what :meth:`score` reduces. Item b of the call draws the masks of global item ``index_offset + b``
         (a shard of a batch passes its first item's index and gets the masks one call on the whole batch
-        would). See docs/segmentation.md for the arithmetic. ``chunk_bytes`` is accepted and ignored
-        (deprecated: the fused kernel needs no chunking)."""
+        would). See docs/segmentation.md for the arithmetic."""
         K = self._resolve_K(K)
         seed = _seed_arg(seed)
-        x, w, b, off, stream = self._prepare(features, index_offset, chunk_bytes)
+        x, w, b, off, stream = self._prepare(features, index_offset)
         B, sp = x.shape[0], tuple(x.shape[2:])
         out = torch.empty((B, K, self.num_classes) + sp, dtype=torch.float32, device=x.device)
         _core.head_sample(_capsule(x, stream), _capsule(w, stream), _capsule(b, stream),
@@ -346,14 +334,13 @@ class _SampledHead(_Head):
         *,
         return_mean: bool = False,
         index_offset: Any = 0,
-        chunk_bytes: Any = None,
     ) -> Dict[str, torch.Tensor]:
         """Per-voxel uncertainty maps ``{metric: [B, *spatial]}`` (float32), equal (to float32 rounding:
         another summation order) to ``labelwise.uncertainty.score(head.sample(features, K, seed), metrics)``,
         computed by the fused
         kernel voxel by voxel (memory O(voxels x outputs)). With ``return_mean=True`` the result also
         holds ``"mean"``: the mean probabilities ``[B, C, *spatial]``. ``index_offset``: global index of
-        the first item, as in :meth:`sample`. ``chunk_bytes`` is accepted and ignored (deprecated)."""
+        the first item, as in :meth:`sample`."""
         names = _metrics_arg(metrics, _U.METRICS)
         K = self._resolve_K(K)
         if K < 2:
@@ -364,7 +351,7 @@ class _SampledHead(_Head):
                                      "has members=1 (its members are its samples)")
                 raise ValueError(f"K: the metrics {', '.join(needing)} need K >= 2 samples, got K={K}")
         seed = _seed_arg(seed)
-        x, w, b, off, stream = self._prepare(features, index_offset, chunk_bytes)
+        x, w, b, off, stream = self._prepare(features, index_offset)
         B, sp = x.shape[0], tuple(x.shape[2:])
         outs = {m: torch.empty((B,) + sp, dtype=torch.float32, device=x.device) for m in names}
         want_mean = _arrays.check_bool(return_mean, "return_mean")
@@ -478,9 +465,8 @@ class EnsembleHead(_SampledHead):
         seed: Any = 0,
         *,
         index_offset: Any = 0,
-        chunk_bytes: Any = None,
     ) -> torch.Tensor:
-        return super().sample(features, K, seed, index_offset=index_offset, chunk_bytes=chunk_bytes)
+        return super().sample(features, K, seed, index_offset=index_offset)
 
     def score(
         self,
@@ -491,10 +477,8 @@ class EnsembleHead(_SampledHead):
         *,
         return_mean: bool = False,
         index_offset: Any = 0,
-        chunk_bytes: Any = None,
     ) -> Dict[str, torch.Tensor]:
-        return super().score(features, K, metrics, seed, return_mean=return_mean, index_offset=index_offset,
-                             chunk_bytes=chunk_bytes)
+        return super().score(features, K, metrics, seed, return_mean=return_mean, index_offset=index_offset)
 
     def _weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         C, Fch = self.num_classes, self.in_channels
@@ -658,10 +642,9 @@ class EvidentialHead(_Head):
         *,
         return_mean: bool = False,
         index_offset: Any = 0,
-        chunk_bytes: Any = None,
     ) -> Dict[str, torch.Tensor]:
         """Per-voxel maps ``{metric: [B, *spatial]}`` (float32) in closed form from the Dirichlet; any of
-        :data:`EVIDENTIAL_METRICS`. ``K``, ``seed``, ``index_offset`` and ``chunk_bytes`` are checked
+        :data:`EVIDENTIAL_METRICS`. ``K``, ``seed`` and ``index_offset`` are checked
         as for the sampled heads and otherwise ignored (nothing is sampled): one call serves every head.
         ``variation_ratio`` has no closed form and is refused."""
         names = _metrics_arg(metrics, tuple(EVIDENTIAL_METRICS) + ("variation_ratio",))
@@ -672,7 +655,6 @@ class EvidentialHead(_Head):
             _arrays.check_int(K, "K", 1)
         if seed is not None:
             _seed_arg(seed)
-        _chunk_arg(chunk_bytes)
         _index_offset_arg(index_offset, int(self._check(features).shape[0]))
         res, probs = self._closed_form(features, names, _arrays.check_bool(return_mean, "return_mean"))
         if probs is not None:
@@ -744,7 +726,7 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
 # ---- weights files shared with the C++ heads ---------------------------------------------------------
 
 
-def save_weights(module: nn.Module, path: Any) -> None:
+def save_head_weights(module: nn.Module, path: Any) -> None:
     """Saves ``module``'s state dict as a ``torch.save`` archive of a plain ``{name: tensor}`` dict (CPU,
     contiguous): the format that the C++ heads read with ``labelwise::load_head_weights`` (LibTorch's
     unpickler cannot read the ``OrderedDict`` with ``_metadata`` that ``state_dict()`` returns)."""
@@ -753,8 +735,8 @@ def save_weights(module: nn.Module, path: Any) -> None:
     torch.save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, path)
 
 
-def load_weights(module: nn.Module, path: Any, strict: bool = True) -> nn.Module:
-    """Loads weights written by :func:`save_weights` or by C++'s ``labelwise::save_head_weights``
+def load_head_weights(module: nn.Module, path: Any, strict: bool = True) -> nn.Module:
+    """Loads weights written by :func:`save_head_weights` or by C++'s ``labelwise::save_head_weights``
     (``torch.load(path, weights_only=True)``) into ``module`` with ``load_state_dict(strict=strict)``:
     a head of another shape raises torch's ``RuntimeError`` naming the key. Returns ``module``."""
     if not isinstance(module, nn.Module):

@@ -59,8 +59,7 @@ def score(
     x = _arrays.as_array(x, "x")
     sample_axis = _axis(sample_axis, "sample_axis", True)
     class_axis = _axis(class_axis, "class_axis", True)
-    if not isinstance(input, str):
-        raise TypeError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
+    input = _arrays.check_input_kind(input)
     if metrics is None:
         names = [m for m in METRICS if sample_axis is not None or not _core.metric_needs_samples(m)]
     else:

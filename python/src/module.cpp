@@ -411,7 +411,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView iv = view_of(indices, "indices", true);
         const TensorView rv = view_of(radii, "radii", true);
         CoresetOptions opt;
-        opt.metric = coreset_metric_from_name(metric);
+        opt.metric = distance_metric_from_name(metric);
         opt.prune = prune;
         opt.stream = reinterpret_cast<void*>(stream);
         py::gil_scoped_release release;
@@ -419,6 +419,14 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("features"), py::arg("labeled"), py::arg("b"), py::arg("indices"), py::arg("radii"),
       py::arg("metric"), py::arg("prune") = true, py::arg("stream") = 0);
+  m.def(
+      "unlabeled_rows",
+      [](const py::capsule& labeled, std::int64_t n, const py::capsule& rows, std::uintptr_t stream) {
+        const TensorView lv = view_of(labeled, "labeled", false), rv = view_of(rows, "rows", true);
+        py::gil_scoped_release release;
+        return unlabeled_rows(lv, n, rv, reinterpret_cast<void*>(stream));
+      },
+      py::arg("labeled"), py::arg("n"), py::arg("rows"), py::arg("stream") = 0);
   m.def(
       "badge",
       [](const py::capsule& x, const py::capsule& embeddings, std::int64_t b, const py::capsule& indices,
@@ -519,7 +527,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView fv = view_of(features, "features", false);
         const TensorView iv = view_of(indices, "indices", true);
         const TensorView dv = view_of(distances, "distances", true);
-        const KnnMetric km = knn_metric_from_name(metric);
+        const DistanceMetric km = distance_metric_from_name(metric);
         py::gil_scoped_release release;
         knn_graph(fv, k, iv, dv, km, reinterpret_cast<void*>(stream));
       },

@@ -481,7 +481,7 @@ KnnCudaFailure knn_cuda(const KnnCudaJob& job) {
   CudaDeviceGuard guard(job.device_index);
   auto stream = static_cast<cudaStream_t>(job.stream);
   const i64 N = job.N, D = job.D, k = job.k;
-  const int cosine = job.metric == KnnMetric::Cosine ? 1 : 0;
+  const int cosine = job.metric == DistanceMetric::Cosine ? 1 : 0;
   const int sms = multiprocessor_count(job.device_index);
 
   const i64 m = std::min(N - 1, k + std::max<i64>(k, 16));

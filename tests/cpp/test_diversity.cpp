@@ -104,7 +104,7 @@ std::vector<double> widen(const std::vector<T>& x) {
 }
 
 template <typename T>
-void check_coreset(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int64_t b, CoresetMetric metric,
+void check_coreset(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int64_t b, DistanceMetric metric,
                    int labelled_kind /*0 none, 1 mask, 2 indices*/) {
   std::vector<T> x = random_matrix<T>(g, n, d);
   std::vector<bool> taken(n, false);
@@ -122,7 +122,7 @@ void check_coreset(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int6
   std::int64_t free_items = 0;
   for (bool t : taken) free_items += !t;
   b = std::min(b, free_items);
-  const CoresetRef ref = coreset_ref(widen(x), n, d, taken, b, metric == CoresetMetric::Cosine);
+  const CoresetRef ref = coreset_ref(widen(x), n, d, taken, b, metric == DistanceMetric::Cosine);
   std::vector<std::int64_t> out(b, -7);
   std::vector<double> radii(b, -7.0);
   TensorView lab;
@@ -130,7 +130,7 @@ void check_coreset(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int6
   if (labelled_kind == 2) lab = TensorView::of(idx.data(), {static_cast<std::int64_t>(idx.size())});
   coreset(TensorView::of(x.data(), {n, d}), lab, b, TensorView::of(out.data(), {b}), TensorView::of(radii.data(), {b}),
           {metric});
-  if (metric == CoresetMetric::Cosine && d == 1) {
+  if (metric == DistanceMetric::Cosine && d == 1) {
     // One dimension: every unit row is +1 or -1, so all rows of a sign tie exactly and which of them
     // wins depends on the last bit of x * (1 / |x|). Only the radii (and distinct picks) are defined.
     std::vector<std::int64_t> sorted(out);
@@ -219,9 +219,9 @@ std::vector<double> random_probs(std::mt19937_64& g, std::int64_t n, std::int64_
 TEST_CASE("coreset equals the brute-force k-center greedy reference", "[diversity][coreset]") {
   std::mt19937_64 g(fresh_seed());
   for (int rep = 0; rep < 4; ++rep) {
-    for (CoresetMetric metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine}) {
+    for (DistanceMetric metric : {DistanceMetric::Euclidean, DistanceMetric::Cosine}) {
       for (int lk = 0; lk < 3; ++lk) {
-        INFO("rep " << rep << " metric " << coreset_metric_name(metric) << " labelled kind " << lk);
+        INFO("rep " << rep << " metric " << distance_metric_name(metric) << " labelled kind " << lk);
         check_coreset<double>(g, 40 + rep * 37, 1 + rep * 5, 15, metric, lk);
         check_coreset<float>(g, 53, 7, 53, metric, lk);  // every unlabelled item: the radius reaches 0
       }
@@ -246,9 +246,9 @@ TEST_CASE("coreset: pruning by the triangle inequality changes no bit", "[divers
     x[(n - 1 - i) * d + 1] = x[i * d + 1];
   }
   std::vector<std::int64_t> lab = {5, 77, 1234};
-  for (CoresetMetric metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine}) {
+  for (DistanceMetric metric : {DistanceMetric::Euclidean, DistanceMetric::Cosine}) {
     for (bool labelled : {false, true}) {
-      INFO("metric " << coreset_metric_name(metric) << " labelled " << labelled);
+      INFO("metric " << distance_metric_name(metric) << " labelled " << labelled);
       const TensorView lv = labelled ? TensorView::of(lab.data(), {3}) : TensorView();
       std::vector<std::int64_t> a(b), c(b);
       std::vector<double> ra(b), rc(b);
@@ -262,7 +262,7 @@ TEST_CASE("coreset: pruning by the triangle inequality changes no bit", "[divers
       std::vector<bool> taken(n, false);
       if (labelled)
         for (auto i : lab) taken[i] = true;
-      const CoresetRef ref = coreset_ref(widen(x), n, d, taken, b, metric == CoresetMetric::Cosine);
+      const CoresetRef ref = coreset_ref(widen(x), n, d, taken, b, metric == DistanceMetric::Cosine);
       CHECK(a == ref.picks);
       for (std::int64_t t = 0; t < b; ++t) CHECK(ra[t] == Approx(ref.radii[t]).epsilon(1e-9).margin(1e-12));
     }
@@ -288,7 +288,7 @@ TEST_CASE("coreset: strided features give the same picks", "[diversity][coreset]
 
 TEST_CASE("coreset: duplicates have distance 0, ties break by the lower index", "[diversity][coreset]") {
   // Rows: 0..3 distinct, 4..7 copies of 0..3. All four distinct points first, then radius 0.
-  for (CoresetMetric metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine}) {
+  for (DistanceMetric metric : {DistanceMetric::Euclidean, DistanceMetric::Cosine}) {
     const std::vector<double> base = {1, 0, 0, 1, -1, 0.5, 0.25, -2};
     std::vector<double> x(base);
     x.insert(x.end(), base.begin(), base.end());
@@ -303,7 +303,7 @@ TEST_CASE("coreset: duplicates have distance 0, ties break by the lower index", 
     CHECK(radii[3] == 0.0);
     CHECK(std::vector<std::int64_t>(out.begin() + 4, out.end()) == std::vector<std::int64_t>{4, 5, 6, 7});
     for (int t = 3; t < 8; ++t) CHECK(radii[t] == 0.0);
-    const CoresetRef ref = coreset_ref(x, n, d, std::vector<bool>(n, false), b, metric == CoresetMetric::Cosine);
+    const CoresetRef ref = coreset_ref(x, n, d, std::vector<bool>(n, false), b, metric == DistanceMetric::Cosine);
     CHECK(out == ref.picks);
   }
   // Every point identical: radius 0 at once, picks by index.
@@ -330,7 +330,7 @@ TEST_CASE("coreset and badge give the same result on every thread count", "[dive
     std::vector<std::int64_t> oc(b), ob(b);
     std::vector<double> r(b);
     coreset(TensorView::of(x.data(), {n, d}), TensorView(), b, TensorView::of(oc.data(), {b}),
-            TensorView::of(r.data(), {b}), {CoresetMetric::Cosine});
+            TensorView::of(r.data(), {b}), {DistanceMetric::Cosine});
     badge(TensorView::of(p.data(), {n, c}), TensorView::of(x.data(), {n, d}), b, TensorView::of(ob.data(), {b}),
           {InputKind::Probabilities, seed});
     if (ref_c.empty()) {
@@ -523,14 +523,13 @@ TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
                     Catch::Contains("row [2]"));
   y = x;
   y[3] = y[4] = y[5] = 0.0;
-  CHECK_THROWS_WITH(coreset(TensorView::of(y.data(), {4, 3}), TensorView(), 1, idx(1), rad(1), {CoresetMetric::Cosine}),
+  CHECK_THROWS_WITH(coreset(TensorView::of(y.data(), {4, 3}), TensorView(), 1, idx(1), rad(1), {DistanceMetric::Cosine}),
                     Catch::Contains("row [1] is all zeros"));
   coreset(TensorView::of(y.data(), {4, 3}), TensorView(), 1, idx(1), rad(1));  // fine for Euclidean
   // Outputs.
   std::vector<float> rf(4);
   CHECK(kind_of([&] { coreset(fx, TensorView(), 2, idx(2), TensorView::of(rf.data(), {2})); }) == ErrorKind::Type);
   CHECK_THROWS_WITH(coreset(fx, TensorView(), 2, idx(3), rad(2)), Catch::Contains("indices: expected shape [2]"));
-  CHECK_THROWS_WITH(coreset_metric_from_name("manhattan"), Catch::Contains("'euclidean' or 'cosine'"));
   // CUDA input.
   TensorView cuda_x = fx;
   cuda_x.device = Device::cuda(0);
@@ -601,6 +600,40 @@ TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
 }
 
 // ---- weighted k-means hybrid ------------------------------------------------------------------------
+
+TEST_CASE("unlabeled_rows: the rows a mask or an index list leaves, and coreset's errors", "[diversity]") {
+  std::mt19937_64 g(fresh_seed());
+  const std::int64_t n = 57;
+  std::vector<std::uint8_t> mask(n);
+  std::vector<std::int64_t> ids, want;
+  for (std::int64_t i = 0; i < n; ++i) {
+    mask[i] = (g() % 3 == 0) ? 1 : 0;
+    if (mask[i]) ids.push_back(i), ids.push_back(i);  // repeats are allowed
+    else want.push_back(i);
+  }
+  std::vector<std::int64_t> rows(2 * n, -7);
+  const TensorView strided = TensorView::of(rows.data(), {n}, {2});
+  CHECK(unlabeled_rows(TensorView::of(mask.data(), {n}), n, strided) == static_cast<std::int64_t>(want.size()));
+  for (std::size_t j = 0; j < want.size(); ++j) CHECK(rows[2 * j] == want[j]);
+  CHECK(rows[1] == -7);  // the stride is respected
+  std::vector<std::int64_t> dense(n);
+  const TensorView out = TensorView::of(dense.data(), {n});
+  CHECK(unlabeled_rows(TensorView::of(ids.data(), {static_cast<std::int64_t>(ids.size())}), n, out) ==
+        static_cast<std::int64_t>(want.size()));
+  CHECK(std::equal(want.begin(), want.end(), dense.begin()));
+  CHECK(unlabeled_rows(TensorView(), n, out) == n);
+  CHECK(dense[n - 1] == n - 1);
+  std::vector<std::uint8_t> all(n, 1);
+  CHECK_THROWS_WITH(unlabeled_rows(TensorView::of(all.data(), {n}), n, out),
+                    Catch::Contains("labeled: every one of the 57 items is labelled"));
+  std::int64_t bad[2] = {3, n};
+  CHECK_THROWS_WITH(unlabeled_rows(TensorView::of(bad, {2}), n, out),
+                    Catch::Contains("labeled: index [1] = 57 is outside [0, 57)"));
+  CHECK_THROWS_WITH(unlabeled_rows(TensorView::of(mask.data(), {n - 1}), n, out),
+                    Catch::Contains("labeled: a mask must have one entry per row"));
+  CHECK_THROWS_WITH(unlabeled_rows(TensorView(), n, TensorView::of(dense.data(), {n - 1})),
+                    Catch::Contains("rows: expected shape [57]"));
+}
 
 TEST_CASE("weighted_kmeans: one pick per blob, from its uncertain side; prefilter 1 is top-b",
           "[diversity][weighted_kmeans]") {

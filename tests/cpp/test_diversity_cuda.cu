@@ -30,7 +30,7 @@ std::vector<T> normal(std::mt19937_64& g, std::size_t n) {
 }
 
 template <typename T>
-void coreset_cpu_vs_cuda(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int64_t b, CoresetMetric metric,
+void coreset_cpu_vs_cuda(std::mt19937_64& g, std::int64_t n, std::int64_t d, std::int64_t b, DistanceMetric metric,
                          bool labelled) {
   const std::vector<T> x = normal<T>(g, static_cast<std::size_t>(n * d));
   std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
@@ -59,7 +59,7 @@ void coreset_cpu_vs_cuda(std::mt19937_64& g, std::int64_t n, std::int64_t d, std
 
 TEST_CASE("coreset on CUDA equals the CPU", "[cuda][diversity][coreset]") {
   std::mt19937_64 g(lw_test::fresh_seed());
-  for (auto metric : {CoresetMetric::Euclidean, CoresetMetric::Cosine})
+  for (auto metric : {DistanceMetric::Euclidean, DistanceMetric::Cosine})
     for (bool labelled : {false, true}) {
       coreset_cpu_vs_cuda<float>(g, 3001, 37, 25, metric, labelled);
       coreset_cpu_vs_cuda<double>(g, 20000, 64, 40, metric, labelled);

@@ -71,7 +71,7 @@ TEST_CASE("knn_graph equals a float64 brute force (duplicates, cosine, several b
     std::vector<double> want_d, got_d(N * k);
     naive_knn(x, N, D, k, cosine, want_i, want_d);
     knn_graph(TensorView::of(x.data(), {N, D}), k, TensorView::of(got_i.data(), {N, k}),
-              TensorView::of(got_d.data(), {N, k}), cosine ? KnnMetric::Cosine : KnnMetric::Euclidean);
+              TensorView::of(got_d.data(), {N, k}), cosine ? DistanceMetric::Cosine : DistanceMetric::Euclidean);
     for (std::int64_t e = 0; e < N * k; ++e) {
       INFO("N=" << N << " D=" << D << " k=" << k << " cosine=" << cosine << " entry " << e);
       REQUIRE(got_i[e] == want_i[e]);
@@ -87,7 +87,7 @@ TEST_CASE("knn_graph equals a float64 brute force (duplicates, cosine, several b
     naive_knn(x32, N, D, k, cosine, want_i, want_d);
     std::vector<float> got_f(N * k);
     knn_graph(TensorView::of(xt.data(), {N, D}, {1, N}), k, TensorView::of(got_i.data(), {N, k}),
-              TensorView::of(got_f.data(), {N, k}), cosine ? KnnMetric::Cosine : KnnMetric::Euclidean);
+              TensorView::of(got_f.data(), {N, k}), cosine ? DistanceMetric::Cosine : DistanceMetric::Euclidean);
     for (std::int64_t e = 0; e < N * k; ++e) {
       REQUIRE(got_i[e] == want_i[e]);
       REQUIRE(got_f[e] == Approx(want_d[e]).epsilon(1e-6).margin(1e-6));
@@ -113,7 +113,7 @@ TEST_CASE("knn_graph: tight clusters far from the mean, several blocks, k up to 
         std::vector<double> want_d, got_d(N * k);
         naive_knn(x, N, D, k, cosine, want_i, want_d);
         knn_graph(TensorView::of(x.data(), {N, D}), k, TensorView::of(got_i.data(), {N, k}),
-                  TensorView::of(got_d.data(), {N, k}), cosine ? KnnMetric::Cosine : KnnMetric::Euclidean);
+                  TensorView::of(got_d.data(), {N, k}), cosine ? DistanceMetric::Cosine : DistanceMetric::Euclidean);
         for (std::int64_t e = 0; e < N * k; ++e) {
           INFO("spread " << spread << " k=" << k << " cosine=" << cosine << " entry " << e);
           REQUIRE(got_i[e] == want_i[e]);

@@ -62,9 +62,9 @@ std::vector<T> ties(std::mt19937_64& g, std::int64_t n, std::int64_t d) {
 
 /// knn_graph on the CPU and on cuda:0 (features [n, d] of T, distances of dtype DT); equal results.
 template <typename T, typename DT = double>
-void cpu_vs_cuda(const std::vector<T>& x, std::int64_t n, std::int64_t d, std::int64_t k, KnnMetric metric,
+void cpu_vs_cuda(const std::vector<T>& x, std::int64_t n, std::int64_t d, std::int64_t k, DistanceMetric metric,
                  bool transposed = false) {
-  INFO("N = " << n << ", D = " << d << ", k = " << k << ", metric = " << knn_metric_name(metric)
+  INFO("N = " << n << ", D = " << d << ", k = " << k << ", metric = " << distance_metric_name(metric)
               << ", features " << (sizeof(T) == 8 ? "float64" : "float32") << ", distances "
               << (sizeof(DT) == 8 ? "float64" : "float32") << (transposed ? ", transposed view" : ""));
   // transposed: x holds the [D, N] matrix, viewed as [N, D] with strides (1, N)
@@ -95,7 +95,7 @@ void cpu_vs_cuda(const std::vector<T>& x, std::int64_t n, std::int64_t d, std::i
 
 TEST_CASE("knn_graph on CUDA equals the CPU: random data", "[cuda][propagation][knn]") {
   std::mt19937_64 g(lw_test::fresh_seed());
-  for (const KnnMetric metric : {KnnMetric::Euclidean, KnnMetric::Cosine}) {
+  for (const DistanceMetric metric : {DistanceMetric::Euclidean, DistanceMetric::Cosine}) {
     for (const std::int64_t k : {1, 10, 40}) {
       // 9001 rows: two query blocks (8192 + 809) and three GEMM chunks (4096 + 4096 + 809)
       const std::int64_t n = 9001, d = 24;
@@ -113,7 +113,7 @@ TEST_CASE("knn_graph on CUDA equals the CPU: random data", "[cuda][propagation][
 
 TEST_CASE("knn_graph on CUDA equals the CPU: clustered data, strided view", "[cuda][propagation][knn]") {
   std::mt19937_64 g(lw_test::fresh_seed());
-  for (const KnnMetric metric : {KnnMetric::Euclidean, KnnMetric::Cosine}) {
+  for (const DistanceMetric metric : {DistanceMetric::Euclidean, DistanceMetric::Cosine}) {
     for (const std::int64_t k : {1, 10, 40}) {
       cpu_vs_cuda(clustered<double>(g, 5000, 33), 5000, 33, k, metric);
       cpu_vs_cuda<float, float>(clustered<float>(g, 4097, 8), 4097, 8, k, metric);
@@ -124,7 +124,7 @@ TEST_CASE("knn_graph on CUDA equals the CPU: clustered data, strided view", "[cu
 
 TEST_CASE("knn_graph on CUDA equals the CPU: duplicates and ties", "[cuda][propagation][knn]") {
   std::mt19937_64 g(lw_test::fresh_seed());
-  for (const KnnMetric metric : {KnnMetric::Euclidean, KnnMetric::Cosine}) {
+  for (const DistanceMetric metric : {DistanceMetric::Euclidean, DistanceMetric::Cosine}) {
     for (const std::int64_t k : {1, 10, 40}) {
       cpu_vs_cuda(ties<double>(g, 3001, 4), 3001, 4, k, metric);
       cpu_vs_cuda(ties<float>(g, 777, 2), 777, 2, k, metric);
@@ -139,10 +139,10 @@ TEST_CASE("knn_graph on CUDA equals the CPU: duplicates and ties", "[cuda][propa
 TEST_CASE("knn_graph on CUDA equals the CPU: values too large for the float32 bound", "[cuda][propagation][knn]") {
   std::mt19937_64 g(lw_test::fresh_seed());
   // ||y||^2 ~ 4e34 >= 1e30 (still finite in float32): every row by the exact float64 fallback
-  cpu_vs_cuda(normal<double>(g, 600 * 4, 1e17), 600, 4, 10, KnnMetric::Euclidean);
-  cpu_vs_cuda(normal<float>(g, 600 * 4, 1e17), 600, 4, 1, KnnMetric::Euclidean);
+  cpu_vs_cuda(normal<double>(g, 600 * 4, 1e17), 600, 4, 10, DistanceMetric::Euclidean);
+  cpu_vs_cuda(normal<float>(g, 600 * 4, 1e17), 600, 4, 1, DistanceMetric::Euclidean);
   // cosine rows are unit length in candidate space: the normal path, whatever the scale
-  cpu_vs_cuda(normal<double>(g, 600 * 4, 1e20), 600, 4, 10, KnnMetric::Cosine);
+  cpu_vs_cuda(normal<double>(g, 600 * 4, 1e20), 600, 4, 10, DistanceMetric::Cosine);
 }
 
 TEST_CASE("knn_graph on CUDA equals the CPU: features scaled by powers of two", "[cuda][propagation][knn]") {
@@ -151,20 +151,20 @@ TEST_CASE("knn_graph on CUDA equals the CPU: features scaled by powers of two", 
   // devices search the features scaled by the same power of two (knn_scaling) and scale the distances back.
   for (const double scale : {1e200, 1e-200, 1e25, 1e-25}) {
     INFO("scale " << scale);
-    cpu_vs_cuda(normal<double>(g, 700 * 6, scale), 700, 6, 10, KnnMetric::Euclidean);
+    cpu_vs_cuda(normal<double>(g, 700 * 6, scale), 700, 6, 10, DistanceMetric::Euclidean);
     std::vector<double> cl = clustered<double>(g, 700, 6);
     for (double& v : cl) v *= scale;
-    cpu_vs_cuda(cl, 700, 6, 5, KnnMetric::Euclidean);
+    cpu_vs_cuda(cl, 700, 6, 5, DistanceMetric::Euclidean);
   }
   // cosine: each row by its own factor, rows of very different magnitudes
   std::vector<double> mixed = normal<double>(g, 900 * 5);
   for (std::int64_t i = 0; i < 900; ++i)
     for (std::int64_t t = 0; t < 5; ++t) mixed[i * 5 + t] *= (i % 3 == 0 ? 1e250 : (i % 3 == 1 ? 1e-250 : 1.0));
-  cpu_vs_cuda(mixed, 900, 5, 10, KnnMetric::Cosine);
+  cpu_vs_cuda(mixed, 900, 5, 10, DistanceMetric::Cosine);
   // euclidean: one tiny row among large ones is searched (it sits near the origin)
   std::vector<double> one_tiny = normal<double>(g, 400 * 3, 1e200);
   for (std::int64_t t = 0; t < 3; ++t) one_tiny[17 * 3 + t] *= 1e-300;
-  cpu_vs_cuda(one_tiny, 400, 3, 4, KnnMetric::Euclidean);
+  cpu_vs_cuda(one_tiny, 400, 3, 4, DistanceMetric::Euclidean);
 }
 
 TEST_CASE("knn_graph on CUDA reports the CPU's errors", "[cuda][propagation][knn]") {
@@ -175,7 +175,7 @@ TEST_CASE("knn_graph on CUDA reports the CPU's errors", "[cuda][propagation][knn
   std::vector<double> hd(static_cast<std::size_t>(n * k));
   DeviceArray<std::int64_t> di(static_cast<std::size_t>(n * k));
   DeviceArray<double> dd(static_cast<std::size_t>(n * k));
-  auto both = [&](const std::vector<double>& v, std::int64_t kk, KnnMetric metric) {
+  auto both = [&](const std::vector<double>& v, std::int64_t kk, DistanceMetric metric) {
     std::string cpu_msg = "(none)", cuda_msg = "(none)";
     std::vector<std::int64_t> hi2(static_cast<std::size_t>(n * std::max<std::int64_t>(kk, 1)));
     std::vector<double> hd2(hi2.size());
@@ -201,20 +201,20 @@ TEST_CASE("knn_graph on CUDA reports the CPU's errors", "[cuda][propagation][knn
   bad[5 * d + 1] = std::numeric_limits<double>::quiet_NaN();
   bad[9 * d] = std::numeric_limits<double>::infinity();
   bad[30 * d + 2] = -std::numeric_limits<double>::infinity();
-  CHECK_THAT(both(bad, k, KnnMetric::Euclidean), Catch::Contains("row 5 contains NaN or Inf"));
+  CHECK_THAT(both(bad, k, DistanceMetric::Euclidean), Catch::Contains("row 5 contains NaN or Inf"));
   std::vector<double> zero = x;
   for (std::int64_t t = 0; t < d; ++t) zero[7 * d + t] = zero[12 * d + t] = 0.0;
-  CHECK_THAT(both(zero, k, KnnMetric::Cosine), Catch::Contains("row 7 is all zeros"));
-  CHECK(both(zero, k, KnnMetric::Euclidean) == "(none)");
+  CHECK_THAT(both(zero, k, DistanceMetric::Cosine), Catch::Contains("row 7 is all zeros"));
+  CHECK(both(zero, k, DistanceMetric::Euclidean) == "(none)");
   // two rows more than 2^480 below the largest: refused with the same message on both devices
   std::vector<double> span = x;
   for (std::int64_t t = 0; t < d; ++t) span[3 * d + t] = 1e200;
   for (std::int64_t t = 0; t < d; ++t) span[20 * d + t] *= 1e-200;
   for (std::int64_t t = 0; t < d; ++t) span[40 * d + t] *= 1e-210;
-  CHECK_THAT(both(span, k, KnnMetric::Euclidean), Catch::Contains("differ in magnitude by more than 2^480"));
-  CHECK_THAT(both(x, 0, KnnMetric::Euclidean),
+  CHECK_THAT(both(span, k, DistanceMetric::Euclidean), Catch::Contains("differ in magnitude by more than 2^480"));
+  CHECK_THAT(both(x, 0, DistanceMetric::Euclidean),
              Catch::Contains("k: expected 1 <= k < N = 50 (the point itself is not its own neighbour), got 0"));
-  CHECK_THAT(both(x, n, KnnMetric::Euclidean),
+  CHECK_THAT(both(x, n, DistanceMetric::Euclidean),
              Catch::Contains("k: expected 1 <= k < N = 50 (the point itself is not its own neighbour), got 50"));
 
   DeviceArray<double> dx(x);

@@ -616,9 +616,10 @@ TEST_CASE("option names round-trip and unknown names list the valid ones", "[pro
     CHECK(accept_unit_from_name(accept_unit_name(u)) == u);
   CHECK(std::string(accept_unit_name(AcceptUnit::Image)) == "image");
   CHECK_THROWS_WITH(accept_unit_from_name("voxel"), Catch::Contains("'item'") && Catch::Contains("'image'"));
-  for (const KnnMetric m : {KnnMetric::Euclidean, KnnMetric::Cosine}) CHECK(knn_metric_from_name(knn_metric_name(m)) == m);
-  CHECK(std::string(knn_metric_name(KnnMetric::Cosine)) == "cosine");
-  CHECK_THROWS_WITH(knn_metric_from_name("manhattan"), Catch::Contains("euclidean") && Catch::Contains("cosine"));
+  for (const DistanceMetric m : {DistanceMetric::Euclidean, DistanceMetric::Cosine})
+    CHECK(distance_metric_from_name(distance_metric_name(m)) == m);
+  CHECK(std::string(distance_metric_name(DistanceMetric::Cosine)) == "cosine");
+  CHECK_THROWS_WITH(distance_metric_from_name("manhattan"), Catch::Contains("'euclidean' or 'cosine', got 'manhattan'"));
   for (const SpreadingVariant v : {SpreadingVariant::Symmetric, SpreadingVariant::Sklearn})
     CHECK(spreading_variant_from_name(spreading_variant_name(v)) == v);
   CHECK(std::string(spreading_variant_name(SpreadingVariant::Sklearn)) == "sklearn");

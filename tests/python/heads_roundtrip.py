@@ -2,9 +2,9 @@
 """Weights and outputs of the segmentation heads, both ways between Python and C++ (ctest drives it,
 see tests/CMakeLists.txt; the C++ half is tests/cpp/heads_roundtrip.cpp):
 
-    heads_roundtrip.py write DIR   random heads -> DIR/py_<name>.pt (labelwise.torch.save_weights),
+    heads_roundtrip.py write DIR   random heads -> DIR/py_<name>.pt (labelwise.torch.save_head_weights),
                                    their outputs on fixed inputs -> DIR/py_outputs.pt
-    heads_roundtrip.py check DIR   loads the C++ heads DIR/cpp_<name>.pt (labelwise.torch.load_weights)
+    heads_roundtrip.py check DIR   loads the C++ heads DIR/cpp_<name>.pt (labelwise.torch.load_head_weights)
                                    and checks Python's outputs against DIR/cpp_outputs.pt
 
 Exit status 0 on success, 1 on a mismatch, 77 (ctest: skipped) when torch or labelwise cannot be
@@ -29,21 +29,6 @@ METRICS = ("predictive_entropy", "expected_entropy", "bald", "least_confidence",
 EV_METRICS = tuple(m for m in METRICS if m != "variation_ratio")
 K = 16
 SEED = 0x1234567890ABCDEF
-
-
-def save_weights(module, path):
-    # labelwise.torch.save_weights; the same archive by hand for an installed labelwise that predates it
-    if hasattr(lt, "save_weights"):
-        lt.save_weights(module, path)
-    else:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, path)
-
-
-def load_weights(module, path):
-    if hasattr(lt, "load_weights"):
-        return lt.load_weights(module, path)
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return module
 
 
 def make_heads():
@@ -150,7 +135,7 @@ def main(argv):
                 for p in m.parameters():
                     p.normal_(0.0, 0.7)
         for name, m in h.items():
-            save_weights(m, os.path.join(d, f"py_{name}.pt"))
+            lt.save_head_weights(m, os.path.join(d, f"py_{name}.pt"))
         torch.save(h["mc2"].state_dict(), os.path.join(d, "py_mc2_ordereddict.pt"))  # the raw OrderedDict
         x2 = torch.randn(2, 6, 5, 7)
         x3 = torch.randn(1, 6, 3, 4, 5)
@@ -159,12 +144,12 @@ def main(argv):
         return 0
     h = make_heads()
     for name, m in h.items():
-        load_weights(m, os.path.join(d, f"cpp_{name}.pt"))
+        lt.load_head_weights(m, os.path.join(d, f"cpp_{name}.pt"))
     theirs = torch.load(os.path.join(d, "cpp_outputs.pt"))  # plain torch.load (weights_only=True by default)
     bad = compare(outputs(h, theirs["x2"], theirs["x3"]), theirs, "Python heads with C++'s weights vs C++'s outputs")
     # a wrong head shape is refused by torch, naming the key
     try:
-        load_weights(lt.MCDropoutHead(6, 5, dims=2), os.path.join(d, "cpp_mc2.pt"))
+        lt.load_head_weights(lt.MCDropoutHead(6, 5, dims=2), os.path.join(d, "cpp_mc2.pt"))
         print("  a 5-class head accepted 4-class weights")
         bad += 1
     except RuntimeError as exc:

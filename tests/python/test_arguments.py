@@ -52,10 +52,15 @@ def cases(rng, pool):
         (lambda: A.badge_uniform(0, 1.0), TypeError, "step: expected an integer"),
         (lambda: A.badge_uniform(0, True), TypeError, "step: expected an integer, got bool"),
         (lambda: A.badge_uniform(0, 2**64), ValueError, "step: expected an integer in"),
-        (lambda: A.cluster_margin_clusters(X.astype(complex), num_clusters=3), TypeError, "embeddings: expected a real"),
-        (lambda: A.cluster_margin_clusters(np.array([["a"]]), distance=0.5), TypeError, "embeddings: expected a real"),
-        (lambda: A.cluster_margin_clusters(X, distance="1"), TypeError, "distance: expected a real"),
+        (lambda: A.average_linkage_clusters(X.astype(complex), num_clusters=3), TypeError, "embeddings: expected a real"),
+        (lambda: A.average_linkage_clusters(np.array([["a"]]), distance=0.5), TypeError, "embeddings: expected a real"),
+        (lambda: A.average_linkage_clusters(X, distance="1"), TypeError, "distance: expected a real"),
         (lambda: A.coreset(X, None, 2, prune="no"), TypeError, "prune: expected True or False"),
+        (lambda: A.coreset(X, None, 2, metric=None), ValueError, "metric: expected 'euclidean' or 'cosine', got None"),
+        (lambda: P.knn_graph(X, 2, metric="l1"), ValueError, "metric: expected 'euclidean' or 'cosine', got 'l1'"),
+        (lambda: A.badge(p, X, 2, seed=0, input=None), TypeError, "input: expected 'probs', 'log_probs' or 'logits'"),
+        (lambda: A.badge(p, X, 2, seed=0, input="softmax"), ValueError, "input: expected 'probs'"),
+        (lambda: A.batchbald(p[:, None], 2, num_samples=10, seed=0, input=3), TypeError, "input: expected 'probs'"),
         (lambda: A.stochastic(rng.random(10), 2, seed=0, temperature="1"), TypeError, "temperature: expected a real"),
     ]
 

@@ -340,3 +340,27 @@ def test_segmentation_nan_model_output_is_an_error():
         model.backbone.dec1[3].weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         mc_maps(model, torch.zeros(2, 4, 16, 16), 4, ["bald"], 0)
+
+
+def test_campaign_steps_are_seeded_and_leave_the_global_generator_alone():
+    from labelwise import segcampaign
+
+    X = np.random.default_rng(3).normal(size=(40, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+
+    def steps(seed):
+        model = campaign.train(campaign.make_model(5, 2, 8, 0.5, seed), X, y, 3, seed)
+        return campaign.mc_log_probs(model, X, 4, seed)
+
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = steps(0)
+    assert torch.equal(torch.random.get_rng_state(), before), "a campaign step moved the caller's generator"
+    assert torch.equal(steps(0), first)  # the seed alone decides
+    assert not torch.equal(steps(1), first)
+    # the segmentation trainer draws inside the same context
+    with segcampaign.seeded_torch(5):
+        a = torch.rand(3)
+    with segcampaign.seeded_torch(5):
+        assert torch.equal(torch.rand(3), a)
+    assert torch.equal(torch.random.get_rng_state(), before)

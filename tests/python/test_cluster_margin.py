@@ -33,10 +33,10 @@ def test_clusters_and_round_robin(rng):
     centers = np.array([[0, 0], [10, 0], [0, 10]], dtype=float)
     sizes = [5, 10, 20]
     emb = np.concatenate([c + 0.1 * rng.standard_normal((n, 2)) for c, n in zip(centers, sizes)])
-    ids = A.cluster_margin_clusters(emb, distance=3.0)
+    ids = A.average_linkage_clusters(emb, distance=3.0)
     assert len(np.unique(ids)) == 3
     assert np.array_equal(np.unique(ids[:5]).size, 1) and ids[0] != ids[5] != ids[15]
-    assert np.array_equal(A.cluster_margin_clusters(emb, num_clusters=3), ids)
+    assert np.array_equal(A.average_linkage_clusters(emb, num_clusters=3), ids)
     margins = rng.random(35)
     picks = A.cluster_margin(margins, ids, 6, candidates=35, seed=0)
     assert len(set(picks.tolist())) == 6
@@ -75,13 +75,13 @@ def test_clusters_equal_scipy(rng, dtype):
         Z = linkage(emb.astype(np.float64), method="average")
         heights = np.sort(Z[:, 2])
         for k in (1, 2, 6, 17, n // 2, n):
-            ours = A.cluster_margin_clusters(emb, num_clusters=k)
+            ours = A.average_linkage_clusters(emb, num_clusters=k)
             assert np.array_equal(ours, _first_appearance(fcluster(Z, t=k, criterion="maxclust"))), (n, d, k)
         for q in (0.1, 0.5, 0.9, 0.99):
             # a threshold between two merge heights, away from both
             i = int(q * (n - 1))
             t = 0.5 * (heights[i - 1] + heights[i]) if i > 0 else 0.5 * heights[0]
-            ours = A.cluster_margin_clusters(emb, distance=t)
+            ours = A.average_linkage_clusters(emb, distance=t)
             assert np.array_equal(ours, _first_appearance(fcluster(Z, t=t, criterion="distance"))), (n, d, q)
     # exact ties: duplicated rows and points on an integer lattice (the merge order then decides)
     for emb in (np.repeat(rng.standard_normal((40, 3)), 3, axis=0)[rng.permutation(120)],
@@ -90,37 +90,37 @@ def test_clusters_equal_scipy(rng, dtype):
         n = len(emb)
         Z = linkage(emb.astype(np.float64), method="average")
         for k in (1, 2, 3, 7, n // 3, n - 1, n):
-            ours = A.cluster_margin_clusters(emb, num_clusters=k)
+            ours = A.average_linkage_clusters(emb, num_clusters=k)
             assert np.array_equal(ours, _first_appearance(fcluster(Z, t=k, criterion="maxclust"))), (n, k)
         for t in (0.5, 1.2, 2.05):
-            ours = A.cluster_margin_clusters(emb, distance=t)
+            ours = A.average_linkage_clusters(emb, distance=t)
             assert np.array_equal(ours, _first_appearance(fcluster(Z, t=t, criterion="distance"))), (n, t)
     # a strided view (every other row of a wider array) is read in place: the same clusters
     wide = rng.standard_normal((80, 4))
-    assert np.array_equal(A.cluster_margin_clusters(wide[::2, 1:3], num_clusters=5),
-                          A.cluster_margin_clusters(np.ascontiguousarray(wide[::2, 1:3]), num_clusters=5))
+    assert np.array_equal(A.average_linkage_clusters(wide[::2, 1:3], num_clusters=5),
+                          A.average_linkage_clusters(np.ascontiguousarray(wide[::2, 1:3]), num_clusters=5))
 
 
 def test_cluster_margin_errors():
     emb = np.random.rand(10, 3)
     with pytest.raises(ValueError, match="exactly one"):
-        A.cluster_margin_clusters(emb)
+        A.average_linkage_clusters(emb)
     with pytest.raises(ValueError, match="max_items"):
-        A.cluster_margin_clusters(emb, num_clusters=2, max_items=5)
+        A.average_linkage_clusters(emb, num_clusters=2, max_items=5)
     bad = emb.copy()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match=r"row \[3\] contains NaN"):
-        A.cluster_margin_clusters(bad, num_clusters=2)
+        A.average_linkage_clusters(bad, num_clusters=2)
     bad = emb.copy()
     bad[5] = 1e300
     with pytest.raises(ValueError, match=r"embeddings: row \[5\] is too large"):
-        A.cluster_margin_clusters(bad, num_clusters=2)
+        A.average_linkage_clusters(bad, num_clusters=2)
     with pytest.raises(ValueError, match="distance"):
-        A.cluster_margin_clusters(emb, distance=-1.0)
+        A.average_linkage_clusters(emb, distance=-1.0)
     with pytest.raises(ValueError, match="num_clusters"):
-        A.cluster_margin_clusters(emb, num_clusters=11)
+        A.average_linkage_clusters(emb, num_clusters=11)
     with pytest.raises(ValueError, match="rank 2"):
-        A.cluster_margin_clusters(emb[0], num_clusters=1)
+        A.average_linkage_clusters(emb[0], num_clusters=1)
     ids = np.zeros(10, dtype=int)
     with pytest.raises(ValueError, match=r"b: expected 0 <= b <= 10"):
         A.cluster_margin(np.random.rand(10), ids, 11, seed=0)
@@ -169,6 +169,12 @@ def test_cluster_margin_answers_in_the_callers_framework(rng):
                            labeled=torch.zeros(300, dtype=torch.bool))
     assert isinstance(got, torch.Tensor) and got.dtype == torch.int64
     np.testing.assert_array_equal(got.numpy(), want)
+    # the clusters come back in the embeddings' framework, ready for cluster_margin there
+    emb = rng.normal(size=(60, 3))
+    t_ids = A.average_linkage_clusters(torch.from_numpy(emb), num_clusters=4)
+    assert isinstance(t_ids, torch.Tensor) and t_ids.dtype == torch.int64
+    np.testing.assert_array_equal(t_ids.numpy(), A.average_linkage_clusters(emb, num_clusters=4))
+    assert isinstance(A.cluster_margin(torch.from_numpy(margins[:60]), t_ids, 5, seed=1), torch.Tensor)
     # strided inputs read in place
     wide = np.stack([margins, margins], axis=1)
     np.testing.assert_array_equal(A.cluster_margin(wide[:, 1], ids, 25, seed=4), want)

@@ -25,6 +25,8 @@ def test_numpy_volumes_and_errors(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="unsupported file type"):
         data.load_volume(str(tmp_path / "x.txt"))
+    with pytest.raises(ValueError, match="key='b' applies to .npz archives only"):
+        data.load_volume(str(tmp_path / "v.npy"), key="b")
 
 
 def test_nifti_round_trip(tmp_path):
@@ -54,6 +56,8 @@ def test_colin27_with_aal_lobes():
     assert cz < fz
     _, regions = data.colin27(lobes=False)
     assert len(np.unique(regions.data)) == 117 and len(data.class_names(lobes=False)) == 117
+    with pytest.raises(TypeError, match="lobes: expected True or False"):
+        data.class_names(lobes="no")
 
 
 def test_loader_arguments(tmp_path):

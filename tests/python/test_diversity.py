@@ -583,3 +583,40 @@ def test_weighted_kmeans_bad_inputs(rng):
         A.weighted_kmeans(np.zeros(6), w, 1)
     with pytest.raises(TypeError, match="cannot allocate results"):  # a GPU array of an unknown framework
         A.weighted_kmeans(FakeCuda(), w, 1)
+
+
+@pytest.mark.parametrize("form", ["mask", "indices", "list"])
+def test_badge_and_weighted_kmeans_skip_labelled_items(rng, form):
+    n, c, d, b = 90, 4, 5, 12
+    p = softmax(2 * rng.normal(size=(n, c)))
+    h = rng.normal(size=(n, d))
+    w = rng.random(n)
+    taken = rng.random(n) < 0.4
+    lab = {"mask": taken, "indices": np.flatnonzero(taken), "list": np.flatnonzero(taken).tolist()}[form]
+    rows = np.flatnonzero(~taken)
+    seed = int(rng.integers(0, 2**63))
+    # the references on the unlabelled rows, mapped back to pool indices
+    got = A.badge(p, h, b, seed=seed, labeled=lab)
+    np.testing.assert_array_equal(got, rows[badge_ref(p[rows], h[rows], b, seed)])
+    assert not taken[got].any()
+    got = A.weighted_kmeans(h, w, b, prefilter=3, labeled=lab)
+    np.testing.assert_array_equal(got, rows[weighted_kmeans_ref(h[rows], w[rows], b, 3)])
+    assert not taken[got].any()
+    # b counts the unlabelled items; an all-labelled pool and bad indices are named
+    u = int((~taken).sum())
+    assert np.array_equal(np.sort(A.badge(p, h, u, seed=1, labeled=lab)), rows)
+    with pytest.raises(ValueError, match=rf"b: expected 0 <= b <= {u} \(the number of unlabelled items\)"):
+        A.badge(p, h, u + 1, seed=1, labeled=lab)
+    with pytest.raises(ValueError, match=rf"b: expected 0 <= b <= {u} \(the number of unlabelled items\)"):
+        A.weighted_kmeans(h, w, u + 1, labeled=lab)
+    with pytest.raises(ValueError, match=f"labeled: every one of the {n} items is labelled"):
+        A.badge(p, h, 1, seed=1, labeled=np.ones(n, bool))
+    with pytest.raises(ValueError, match=rf"labeled: index \[1\] = {n} is outside \[0, {n}\)"):
+        A.weighted_kmeans(h, w, 1, labeled=np.array([0, n]))
+    with pytest.raises(ValueError, match=rf"labeled: a mask must have one entry per row"):
+        A.badge(p, h, 1, seed=1, labeled=np.zeros(n - 1, bool))
+    if torch is not None:
+        tl = torch.from_numpy(taken) if form == "mask" else torch.from_numpy(np.flatnonzero(taken))
+        got = A.badge(torch.from_numpy(p), torch.from_numpy(h), b, seed=seed, labeled=tl)
+        assert isinstance(got, torch.Tensor)
+        np.testing.assert_array_equal(got.numpy(), A.badge(p, h, b, seed=seed, labeled=lab))

@@ -201,9 +201,8 @@ def test_sample_and_score_equal_the_torch_reference(rng, dims, layout):
     _assert_maps_close(got, U.score(want, metrics))
     _assert_maps_close(got, U.score(probs, metrics))
     torch.testing.assert_close(mean, probs.double().mean(1).float(), rtol=0, atol=1e-7)
-    # chunk_bytes is accepted and ignored (deprecated)
-    _assert_maps_equal(head.score(x, K=K, metrics=metrics, seed=seed, chunk_bytes=1), got)
-    assert torch.equal(head.sample(x, K=K, seed=seed, chunk_bytes=None), probs)
+    # the same seed gives the same maps, with or without the mean
+    _assert_maps_equal(head.score(x, K=K, metrics=metrics, seed=seed), got)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -220,7 +219,6 @@ def test_ensemble_sample_and_score(rng, dims):
         torch.testing.assert_close(s[:, m].double(), want, rtol=0, atol=2e-7)
     torch.testing.assert_close(s, head_sample_torch(*_ens_weights(head), x, 3, 0.0, 0), rtol=0, atol=1e-7)
     _assert_maps_close(head.score(x, metrics=U.METRICS), U.score(s, U.METRICS))
-    _assert_maps_equal(head.score(x, metrics=U.METRICS, chunk_bytes=1), head.score(x, metrics=U.METRICS))
     # eval forward: logits whose softmax is the ensemble mean
     torch.testing.assert_close(torch.softmax(head(x), dim=1), s.double().mean(1).float(), atol=1e-6, rtol=1e-5)
     assert head.forward_members(x).shape == (2, 3, 4) + sp
@@ -442,6 +440,29 @@ def test_state_dict_names_and_shapes():
         LT.EnsembleHead(16, 9, members=4).load_state_dict(en.state_dict())
 
 
+
+def test_weights_files_round_trip_and_errors(tmp_path):
+    torch.manual_seed(7)
+    en = LT.EnsembleHead(5, 3, members=2, dims=3)
+    path = tmp_path / "en.pt"
+    LT.save_head_weights(en, path)
+    # the file is a plain {name: tensor} dict (what LibTorch's unpickler reads), CPU and contiguous
+    state = torch.load(path, weights_only=True)
+    assert type(state) is dict and set(state) == set(en.state_dict())
+    assert all(v.is_contiguous() and v.device.type == "cpu" for v in state.values())
+    back = LT.load_head_weights(LT.EnsembleHead(5, 3, members=2, dims=3), path)
+    for k, v in en.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    with pytest.raises(RuntimeError, match="members.0.weight"):
+        LT.load_head_weights(LT.EnsembleHead(5, 4, members=2, dims=3), path)
+    with pytest.raises(TypeError, match="^module: expected a torch.nn.Module, got dict"):
+        LT.save_head_weights(dict(en.state_dict()), tmp_path / "x.pt")
+    with pytest.raises(TypeError, match="^module:"):
+        LT.load_head_weights("en", path)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"does not hold a \{name: tensor\} dict"):
+        LT.load_head_weights(en, tmp_path / "list.pt")
+
 def test_import_labelwise_does_not_import_torch():
     code = "import sys, labelwise, labelwise.uncertainty; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -544,11 +565,9 @@ def test_bad_features_and_call_arguments():
         mc.sample(x, K=2, index_offset=-1)
     with pytest.raises(ValueError, match="^index_offset:"):
         mc.score(x, K=2, index_offset=2**32 - 1)
-    with pytest.raises(ValueError, match="^chunk_bytes:"):
-        mc.score(x, chunk_bytes=0)
-    # one call serves every head: the evidential head checks and ignores index_offset / chunk_bytes
+    # one call serves every head: the evidential head checks and ignores index_offset
     for head in (mc, en, ev):
-        assert set(head.score(x, metrics=("bald",), index_offset=3, chunk_bytes=1 << 20)) == {"bald"}
+        assert set(head.score(x, metrics=("bald",), index_offset=3)) == {"bald"}
         with pytest.raises(ValueError, match="^index_offset:"):
             head.score(x, metrics=("bald",), index_offset=-1)
     # non-finite parameters are named, in the parameter's own coordinates

@@ -94,6 +94,12 @@ def test_propagate_slices_strided_and_threads(rng):
         lw.set_num_threads(0)
     np.testing.assert_array_equal(one[0], want[0])
     np.testing.assert_array_equal(one[1], want[1])
+    assert isinstance(want[0], np.ndarray) and want[0].dtype == np.int64 and want[1].dtype == np.float64
+    torch = pytest.importorskip("torch")
+    t_mask, t_conf = P.propagate_slices(torch.from_numpy(vol), torch.from_numpy(lab), [2, 7, 12])
+    assert isinstance(t_mask, torch.Tensor) and t_mask.dtype == torch.int64 and t_conf.dtype == torch.float64
+    np.testing.assert_array_equal(t_mask.numpy(), want[0])
+    np.testing.assert_array_equal(t_conf.numpy(), want[1])
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(data.MRICRON_TEMPLATES, "ch2.nii.gz")),

@@ -21,23 +21,14 @@
 #include <cstdint>
 #include <string>
 
+#include "labelwise/core/distance.hpp"
 #include "labelwise/core/tensor_view.hpp"
 #include "labelwise/uncertainty/metrics.hpp"  // InputKind
 
 namespace labelwise {
 
-enum class CoresetMetric : int {
-  Euclidean = 0,  ///< ||x - y||_2
-  Cosine = 1,     ///< 1 - cos(x, y), computed as ½·||x/|x| - y/|y|||² (exactly 0 for identical rows)
-};
-
-/// "euclidean", "cosine".
-const char* coreset_metric_name(CoresetMetric metric);
-/// Inverse of coreset_metric_name; throws Error(Value) listing the valid names.
-CoresetMetric coreset_metric_from_name(const std::string& name);
-
 struct CoresetOptions {
-  CoresetMetric metric = CoresetMetric::Euclidean;
+  DistanceMetric metric = DistanceMetric::Euclidean;  ///< cosine computed as ½·||x/|x| - y/|y|||² (exactly 0 for identical rows)
   /// Skip the rows whose distance to the chosen set the new centre provably cannot lower (triangle
   /// inequality with a safety margin): the result is the same bits either way; false only to
   /// measure the plain one-pass-per-pick cost. (CUDA: no pruning; one pass per pick on the device.)
@@ -194,5 +185,15 @@ constexpr std::uint32_t kStreamClusterMargin = 0x434C4D47u;
 /// (seed, BADGE's stream "BADG", t) (docs/acquisition.md). Exposed so that tests and users can replay
 /// the sampling.
 double badge_uniform(std::uint64_t seed, std::uint64_t step);
+
+/// The rows of an n-item pool that `labeled` leaves unlabelled, ascending: the pool that coreset()
+/// and cluster_margin() pick from. For running badge() / weighted_kmeans() (which take the pool
+/// they pick from) on the unlabelled rows only, as Python's `labeled=` of those functions does.
+///   labeled : as in coreset(): a bool / uint8 mask [n] or int64 indices [M] (repeats allowed), host
+///             or CUDA memory (read through a host copy on `stream`); a default-constructed view
+///             means nothing is labelled.
+///   rows    : int64 [n] (out, host, any stride): the first (returned) count entries are written.
+/// Returns that count (>= 1). Errors as coreset()'s `labeled`, including a set that covers every item.
+std::int64_t unlabeled_rows(const TensorView& labeled, std::int64_t n, const TensorView& rows, void* stream = nullptr);
 
 }  // namespace labelwise

@@ -46,15 +46,10 @@
 #include <cstdint>
 #include <string>
 
+#include "labelwise/core/distance.hpp"
 #include "labelwise/core/tensor_view.hpp"
 
 namespace labelwise {
-
-enum class KnnMetric : std::uint8_t { Euclidean, Cosine };
-
-/// "euclidean" / "cosine".
-const char* knn_metric_name(KnnMetric m);
-KnnMetric knn_metric_from_name(const std::string& name);
 
 /// Rows per block of the blocked GEMM: blocks of kKnnBlock x kKnnBlock float32 dot products (4 MiB per
 /// thread). Only the blocks on and above the diagonal are computed.
@@ -62,6 +57,6 @@ constexpr std::int64_t kKnnBlock = 1024;
 
 /// Exact k nearest neighbours of every row among the other rows (see above).
 void knn_graph(const TensorView& features, std::int64_t k, const TensorView& indices, const TensorView& distances,
-               KnnMetric metric = KnnMetric::Euclidean, void* stream = nullptr);
+               DistanceMetric metric = DistanceMetric::Euclidean, void* stream = nullptr);
 
 }  // namespace labelwise

@@ -23,7 +23,7 @@
 //
 // Weights on disk (save_head_weights / load_head_weights, save_tensors / load_tensors): a torch.save
 // zip archive of a plain {name: tensor} dict — what Python writes with
-// torch.save(dict(head.state_dict()), path) (labelwise.torch.save_weights) and reads with
+// torch.save(dict(head.state_dict()), path) (labelwise.torch.save_head_weights) and reads with
 // torch.load(path) (weights_only=True works: no type tags, no OrderedDict metadata).
 //
 // Errors: labelwise::Error naming the argument (features of the wrong rank / channel count, K < 1,
@@ -93,7 +93,7 @@ inline void save_tensors(const std::string& path, const NamedTensors& tensors) {
 
 /// Reads a {name: tensor} dict written by save_tensors() or by Python's torch.save of a plain dict
 /// (in the file's key order). Python: save dict(head.state_dict()), not the OrderedDict itself (its
-/// _metadata attribute is a pickle construct LibTorch 1.13 cannot read), or use labelwise.torch.save_weights.
+/// _metadata attribute is a pickle construct LibTorch 1.13 cannot read), or use labelwise.torch.save_head_weights.
 inline NamedTensors load_tensors(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   check(bool(file), ErrorKind::Value, "load_tensors: cannot open '", path, "'");
@@ -106,7 +106,7 @@ inline NamedTensors load_tensors(const std::string& path) {
     throw Error(ErrorKind::Value,
                 "load_tensors: '" + path +
                     "' is not a torch.save archive of a plain {name: tensor} dict that LibTorch can read "
-                    "(from Python save dict(module.state_dict()) or use labelwise.torch.save_weights): " +
+                    "(from Python save dict(module.state_dict()) or use labelwise.torch.save_head_weights): " +
                     (ce ? ce->what_without_backtrace() : e.what()));
   }
   check(value.isGenericDict(), ErrorKind::Value, "load_tensors: '", path, "' holds a ", value.tagKind(),
@@ -162,7 +162,7 @@ inline void load_head_state(torch::nn::Module& module, const NamedTensors& state
   for (auto& [dst, src] : copies) dst.copy_(src);  // all checked first: nothing half-loaded
 }
 
-/// Loads weights written by save_head_weights() or Python's labelwise.torch.save_weights, strictly.
+/// Loads weights written by save_head_weights() or Python's labelwise.torch.save_head_weights, strictly.
 inline void load_head_weights(torch::nn::Module& module, const std::string& path) {
   load_head_state(module, load_tensors(path), "load_head_weights('" + path + "')");
 }
