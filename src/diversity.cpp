@@ -393,7 +393,7 @@ void cluster_margin(const TensorView& margins, const TensorView& clusters, const
   members.reserve(free.size());
   for (std::int64_t i : free)
     members.push_back({*static_cast<const std::int64_t*>(cluster_span.at(i)),
-                       rng::bits64(options.seed, kStreamClusterMargin, i), i});
+                       rng::bits64(options.seed, rng::kStreamClusterMargin, i), i});
   std::sort(members.begin(), members.end(), [](const Member& a, const Member& c) {
     if (a.cluster != c.cluster) return a.cluster < c.cluster;
     if (a.key != c.key) return a.key < c.key;

@@ -581,11 +581,22 @@ def _back(result: Any, caller: Any) -> Any:
     return _arrays.like_device(_arrays.to_host_numpy(result), caller)
 
 
+_REGION_ERRORS = """
+    Errors: ``ValueError`` for NaN in the map (naming the first voxel; ±inf propagate to the means, a
+    patch holding both +inf and -inf is an error naming it), a rank other than 2-4, an empty map, and
+    ``patch`` / ``stride`` of the wrong length or out of range; ``TypeError`` for a non-float map and
+    for non-integer sizes."""
+
+
 def patch_scores(map: Any, patch: Any, stride: Any = None) -> Any:
-    """Mean of a per-voxel map over every patch: ``map`` [N, *spatial] (1-3 spatial axes) -> [N, *grid],
-    ``grid_d = (S_d - patch_d) // stride_d + 1`` (whole patches only; ``stride`` defaults to ``patch``,
-    i.e. non-overlapping tiles; an int applies to every axis). Same framework, device and dtype as
-    ``map`` (float16 / bfloat16 maps give float32; GPU maps are copied to the host for the computation)."""
+    """Mean of a per-voxel map over every patch: ``map`` [N, *spatial] (1-3 spatial axes; float16,
+    bfloat16, float32 or float64, any strides) -> [N, *grid], ``grid_d = (S_d - patch_d) // stride_d + 1``
+    (whole patches only; ``patch`` and ``stride``: an int for every axis or one per spatial axis,
+    ``1 <= patch_d <= S_d``, ``stride_d >= 1``, default ``patch``, i.e. non-overlapping tiles). Same
+    framework, device and dtype as ``map`` (float16 / bfloat16 maps give float32; GPU maps are copied
+    to the host for the computation). Window sums in float64 (a huge value in one patch cannot swamp
+    its neighbours' means).
+    """
     m, caller = _host_map(map)
     p = _spatial(m, patch, "patch")
     s = _spatial(m, stride, "stride", default=p)
@@ -601,10 +612,13 @@ def patch_scores(map: Any, patch: Any, stride: Any = None) -> Any:
 def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, Any]:
     """The ``b`` best non-overlapping patches of per-voxel maps [N, *spatial], best first.
 
-    Returns ``(corners, scores)``: int64 [b, 1 + spatial] rows ``(n, first voxel per axis)`` and the
-    patches' mean scores (float64 [b]). Greedy: patches in descending score order (ties by the lower
-    index), skipping any that overlaps an already chosen patch of the same image. GPU maps are copied
-    to the host; the results come back on the map's device."""
+    ``map``, ``patch``, ``stride``: as in :func:`patch_scores`. ``b >= 0``, at most the number of
+    non-overlapping patches the greedy pass finds (else ``ValueError``). Returns ``(corners, scores)``:
+    int64 [b, 1 + spatial] rows ``(n, first voxel per axis)`` and the patches' mean scores (float64
+    [b]). Greedy: patches in descending score order (ties by the lower index), skipping any that
+    overlaps an already chosen patch of the same image. GPU maps are copied to the host; the results
+    come back in the map's framework and on its device.
+    """
     m, caller = _host_map(map)
     b = _count(b)
     p = _spatial(m, patch, "patch")
@@ -626,9 +640,12 @@ def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, 
 
 
 def slice_scores(map: Any, axis: int = 1) -> Any:
-    """Mean of per-voxel maps [N, *spatial] over every spatial axis but ``axis`` -> [N, S_axis]
-    (e.g. axis=1 of [N, D, H, W] scores the D slices of each volume). GPU maps are copied to the host;
-    the result comes back on the map's device."""
+    """Mean of per-voxel maps [N, *spatial] (1-3 spatial axes, float dtypes as in :func:`patch_scores`)
+    over every spatial axis but ``axis`` -> [N, S_axis] (e.g. axis=1 of [N, D, H, W] scores the D
+    slices of each volume; ``axis`` counts in the map's shape, negative from the end, and must name a
+    spatial axis). GPU maps are copied to the host; the result comes back in the map's framework and
+    on its device.
+    """
     m, caller = _host_map(map)
     axis = _arrays.check_int64(axis, "axis")
     a = axis + len(m.shape) if axis < 0 else axis
@@ -638,6 +655,10 @@ def slice_scores(map: Any, axis: int = 1) -> Any:
     _core.slice_scores(_arrays.capsule(m), axis, _arrays.capsule(out, writable=True))
     return _back(out, caller)
 
+
+for _f in (patch_scores, top_regions, slice_scores):
+    _f.__doc__ = _f.__doc__.rstrip() + "\n" + _REGION_ERRORS
+del _f
 
 __all__ += ["patch_scores", "top_regions", "slice_scores"]
 

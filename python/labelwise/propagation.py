@@ -322,7 +322,15 @@ def certify_threshold(
     """The calibration scan alone: calibration confidences (any shape, float; higher = more confident),
     their losses (same shape; 0 = right, 1 = wrong; bool or integers) and the confidences of the pool
     to be accepted (any shape, float; the scan's candidate thresholds) -> :class:`ThresholdCertificate`.
-    Apply it to the pool with ``certificate.accept(pool_confidence)``."""
+    Apply it to the pool with ``certificate.accept(pool_confidence)``. ``target_error``, ``delta`` and
+    ``scan_start`` as in :func:`certified_auto_label` (the same guarantee, for these losses). Empty
+    calibration or pool arrays are allowed (nothing certified, ``reason`` says why).
+
+    Errors: ``ValueError`` for NaN confidences (naming the entry; ±inf allowed), losses other than
+    0 / 1, mismatched calibration shapes, ``target_error`` or ``delta`` outside (0, 1),
+    ``scan_start < 0``; ``TypeError`` for non-float confidences, other loss dtypes and GPU arrays
+    (CPU only).
+    """
     c = _arrays.as_array(calib_confidence, "calib_confidence")
     e = _arrays.as_array(calib_errors, "calib_errors")
     p = _arrays.as_array(pool_confidence, "pool_confidence")
@@ -516,7 +524,14 @@ def label_spreading(
     brute-force search would use (more than 15 features; it decides which of several equidistant
     points sklearn keeps); default: asked from sklearn when installed, else (and for 0) labelwise's
     own thread count. Warns (``RuntimeWarning``) when max_iter is reached without convergence, as
-    sklearn does. Integer arguments must be integers (``k=2.7`` is a ``TypeError``).
+    sklearn does. Results come in the features' framework (numpy or torch CPU tensors).
+
+    Errors: ``ValueError`` for NaN / Inf features (naming the row), labels below -1, no labelled item,
+    a class below the largest label that no item carries, ``k < 1`` or ``k >= N`` (``k > N`` for
+    ``"sklearn"``, whose k counts the point itself), ``alpha`` outside (0, 1), ``max_iter < 1``,
+    ``tol < 0`` or NaN, wrong ranks or mismatched N, an unknown variant; ``TypeError`` for
+    non-float features, non-integer labels, non-integer counts (``k=2.7``) and GPU arrays (CPU only:
+    the error says so).
     """
     return _spread(features, labels, False, k, alpha, max_iter, tol, variant, sklearn_threads)
 
@@ -534,8 +549,8 @@ def label_propagation(
     """Label propagation (Zhu & Ghahramani, 2002) on the kNN graph of ``features``: F <- T F with the
     labelled rows reset to their labels after every step; T = D^-1 W on the symmetrised kNN graph
     (``variant="symmetric"``, default) or sklearn's ``LabelPropagation(kernel="knn", n_neighbors=k,
-    max_iter=max_iter, tol=tol)`` exactly (``variant="sklearn"``). Arguments and results as
-    :func:`label_spreading`."""
+    max_iter=max_iter, tol=tol)`` exactly (``variant="sklearn"``). Arguments, results and errors as
+    :func:`label_spreading` (no ``alpha``)."""
     return _spread(features, labels, True, k, 0.5, max_iter, tol, variant, sklearn_threads)
 
 

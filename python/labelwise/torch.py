@@ -137,7 +137,10 @@ def _metrics_arg(metrics: Any, allowed: Sequence[str]) -> List[str]:
             raise TypeError(f"metrics: expected metric names (str), got {type(m).__name__}")
         if m not in allowed:
             raise ValueError(f"metrics: unknown metric {m!r}; expected one of {', '.join(allowed)}")
-    return list(dict.fromkeys(names))
+    for i, m in enumerate(names):
+        if m in names[:i]:
+            raise ValueError(f"metrics: {m!r} is requested twice")  # as labelwise.uncertainty.score
+    return names
 
 
 def _index_offset_arg(index_offset: Any, items: int) -> int:
@@ -314,7 +317,14 @@ class _SampledHead(_Head):
         """Probabilities ``[B, K, C, *spatial]`` (float32, on features' device) of K samples — exactly
         what :meth:`score` reduces. Item b of the call draws the masks of global item ``index_offset + b``
         (a shard of a batch passes its first item's index and gets the masks one call on the whole batch
-        would). See docs/segmentation.md for the arithmetic."""
+        would). See docs/segmentation.md for the arithmetic.
+
+        Errors: ``TypeError`` for features that are not a float ``torch.Tensor`` and for a seed that is
+        not an integer; ``ValueError`` naming the argument for features of the wrong rank for ``dims``
+        or with the wrong channel count, empty or with NaN / Inf (``features: ...``), ``K < 1`` or an
+        ensemble's K other than its member count (``K: ...``), a seed outside ``[0, 2^64)`` and an
+        ``index_offset`` below 0 or past 2^32 items.
+        """
         K = self._resolve_K(K)
         seed = _seed_arg(seed)
         x, w, b, off, stream = self._prepare(features, index_offset)
@@ -340,7 +350,11 @@ class _SampledHead(_Head):
         computed by the fused
         kernel voxel by voxel (memory O(voxels x outputs)). With ``return_mean=True`` the result also
         holds ``"mean"``: the mean probabilities ``[B, C, *spatial]``. ``index_offset``: global index of
-        the first item, as in :meth:`sample`."""
+        the first item, as in :meth:`sample`.
+
+        Errors: as :meth:`sample`, and unknown or repeated metric names, ``K < 2`` when a requested
+        metric needs samples (``K: ...``).
+        """
         names = _metrics_arg(metrics, _U.METRICS)
         K = self._resolve_K(K)
         if K < 2:

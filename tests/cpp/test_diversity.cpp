@@ -751,7 +751,7 @@ TEST_CASE("cluster_margin: round-robin over clusters from the smallest, Philox o
   for (std::int64_t t = 0; t < b; ++t) CHECK(ids[out[t]] == std::vector<std::int64_t>{7, 3, 11}[t % 3]);
   // within a cluster: ascending Philox keys
   for (std::int64_t t = 3; t < b; ++t)
-    CHECK(rng::bits64(seed, kStreamClusterMargin, out[t - 3]) < rng::bits64(seed, kStreamClusterMargin, out[t]));
+    CHECK(rng::bits64(seed, rng::kStreamClusterMargin, out[t - 3]) < rng::bits64(seed, rng::kStreamClusterMargin, out[t]));
   // candidates = b: exactly the b largest margins
   std::vector<std::int64_t> top(b), order(n);
   cluster_margin(TensorView::of(m.data(), {n}), TensorView::of(ids.data(), {n}), TensorView(), b,

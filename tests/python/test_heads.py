@@ -559,6 +559,9 @@ def test_bad_features_and_call_arguments():
     assert set(ev.score(x, metrics=(m for m in ("bald", "vacuity") if m != "vacuity"))) == {"bald"}
     with pytest.raises(TypeError, match="^metrics: expected a metric name"):
         ev.score(x, metrics=5)
+    for head in (mc, ev):
+        with pytest.raises(ValueError, match="^metrics: 'bald' is requested twice"):
+            head.score(x, metrics=("bald", "margin", "bald"))
     with pytest.raises(ValueError, match="^metrics: variation_ratio has no closed form"):
         ev.score(x, metrics=("variation_ratio",))
     with pytest.raises(ValueError, match="^index_offset:"):

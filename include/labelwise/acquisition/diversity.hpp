@@ -160,7 +160,7 @@ struct ClusterMarginOptions {
 /// 2021): take the `candidates` unlabelled items with the highest margin scores (ties: lower index),
 /// group them by cluster, sort the groups by size (smallest first; ties: lower cluster id) and pick
 /// round-robin, one item per group per round, until b are chosen. Within a group the items go in
-/// the order of their keys rng::bits64(seed, kStreamClusterMargin, item) (ties: lower index) — a
+/// the order of their keys rng::bits64(seed, rng::kStreamClusterMargin, item) (ties: lower index) — a
 /// random order that is the same on every run and does not depend on the other items.
 ///   margins  : [N] float32 / float64 (labelwise's margin metric: higher = more uncertain; any score
 ///              works), no NaN, any stride
@@ -177,9 +177,6 @@ struct ClusterMarginOptions {
 /// devices, CUDA input to a CPU-only build.
 void cluster_margin(const TensorView& margins, const TensorView& clusters, const TensorView& labeled, std::int64_t b,
                     const TensorView& indices, const ClusterMarginOptions& options = {});
-
-/// The Philox stream of cluster-margin's within-cluster order ("CLMG").
-constexpr std::uint32_t kStreamClusterMargin = 0x434C4D47u;
 
 /// The uniform draw of BADGE step t under `seed`, in (0, 1): rng::uniform_open of the Philox bits of
 /// (seed, BADGE's stream "BADG", t) (docs/acquisition.md). Exposed so that tests and users can replay

@@ -33,6 +33,8 @@ enum Stream : std::uint32_t {
   kStreamStochastic = 1,  ///< Gumbel noise of labelwise::stochastic
   kStreamBatchBald = 2,   ///< sampled joint configurations of labelwise::batchbald
   kStreamDropout = 3,     ///< dropout masks of the segmentation heads (docs/segmentation.md)
+  kStreamBadge = 0x42414447u,          ///< "BADG": BADGE's k-means++ draws (labelwise::badge_uniform)
+  kStreamClusterMargin = 0x434C4D47u,  ///< "CLMG": cluster-margin's order within a cluster
 };
 
 struct Philox4x32 {

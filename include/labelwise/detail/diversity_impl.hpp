@@ -14,12 +14,9 @@ namespace labelwise {
 namespace detail {
 inline namespace LABELWISE_ISA_NAMESPACE {
 
-/// Philox stream of BADGE's k-means++ draws ("BADG"), distinct from every other method's stream.
-constexpr std::uint32_t kStreamBadge = 0x42414447u;
-
 /// Uniform in (0, 1) of BADGE step t.
 LABELWISE_HD inline double badge_uniform_of(std::uint64_t seed, std::uint64_t step) {
-  return rng::uniform_open(rng::bits64(seed, kStreamBadge, step));
+  return rng::uniform_open(rng::bits64(seed, rng::kStreamBadge, step));
 }
 
 /// Σ_d (scale·x[d·stride] − c[d])², accumulated in double (the simd reduction's order is fixed at
