@@ -67,6 +67,12 @@ def _torch_bool() -> Any:
     return torch.bool
 
 
+def _torch_bfloat16() -> Any:
+    import torch
+
+    return torch.bfloat16
+
+
 def _check_numeric(a: np.ndarray, name: str, given: Optional[str] = None) -> None:
     """Real numbers DLPack can carry: booleans, integers, IEEE floats up to 64 bits."""
     if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and a.dtype.itemsize > 8):
@@ -179,7 +185,10 @@ def to_host_numpy(x: Any) -> np.ndarray:
     """A host numpy array for x (torch / cupy copied to the CPU; everything else through np.asarray)."""
     fw = _framework(x)
     if fw == "torch":
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.dtype == _torch_bfloat16():  # numpy has no bfloat16; float32 holds every value exactly
+            x = x.float()
+        return x.numpy()
     if fw == "cupy":
         return x.get()
     return np.asarray(x)

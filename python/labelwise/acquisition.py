@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -361,13 +361,20 @@ def _labeled_array(labeled: Any, n_items: Optional[int] = None) -> Any:
                 raise ValueError(f"labeled: an integer 0/1 vector of length N = {n_items} is ambiguous (a mask that "
                                  "lost its bool dtype, or the indices 0 and 1 repeated); pass a mask as bool "
                                  "(mask.astype(bool) / mask.bool()) or the labelled indices without repeats")
+    if len(lab.shape) == 1 and int(lab.shape[0]) == 0:
+        return np.zeros(0, dtype=np.int64)  # an empty set, whatever its dtype (np.array([]) is float)
     if isinstance(lab, np.ndarray) and lab.dtype.kind in "iu" and lab.dtype not in (np.int64, np.uint8):
+        if lab.dtype.kind == "u" and lab.size and int(lab.max()) >= 2**63:
+            raise ValueError(f"labeled: index {int(lab.max())} is beyond the int64 range")
         lab = lab.astype(np.int64)
     elif _arrays.framework_name(lab) == "torch":
         import torch
 
         if lab.dtype in (torch.int8, torch.int16, torch.int32):
             lab = lab.to(torch.int64)
+        elif str(lab.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
+            host = _labeled_array(_arrays.to_host_numpy(lab))  # torch cannot cast these on every device
+            lab = _arrays.like_device(host, lab)
     return lab
 
 
@@ -429,6 +436,8 @@ def _unlabeled_pool(labeled: Any, shapes: Sequence[Tuple[int, ...]], b: int) -> 
     if labeled is None or not all(len(sh) >= 1 for sh in shapes) or len({sh[0] for sh in shapes}) != 1:
         return None
     n = shapes[0][0]
+    if n == 0:
+        return None  # an empty pool: the core's own error names it
     lab = _labeled_array(labeled, n)
     rows = np.empty(n, dtype=np.int64)
     count = _core.unlabeled_rows(_arrays.capsule(lab, stream=_stream_of(lab)), n,
@@ -446,6 +455,16 @@ def _on_rows(rows: Optional[np.ndarray], *arrays: Any) -> Tuple[Any, ...]:
         return arrays + (None,)
     where = _arrays.like_device(rows, arrays[0])
     return tuple(a[where] for a in arrays) + (where,)
+
+
+def _pool_error(where: Any, run_on_pool: Callable[[], Any], exc: Exception) -> None:
+    """The core rejected the unlabelled rows: its message counts rows and shapes in that subset. Rerun
+    it on the whole pool with b = 0 (inputs validated, nothing picked), which raises the same fault in
+    the caller's rows and shapes; re-raise the original when the pool passes."""
+    if where is None:
+        raise exc
+    run_on_pool()
+    raise exc
 
 
 def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs", labeled: Any = None) -> Any:
@@ -475,13 +494,20 @@ def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs", l
     b = _count(b)
     s = _seed(seed)
     rows = _unlabeled_pool(labeled, [tuple(int(d) for d in a.shape) for a in (x, e)], b)
-    x, e, where = _on_rows(rows, x, e)
-    shape = tuple(int(d) for d in x.shape)
-    m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
-    idx = _empty(x, (m,), "int64")
-    stream = _stream_of(x)
-    _core.badge(_arrays.capsule(x, stream=stream), _arrays.capsule(e, stream=stream), b,
-                _arrays.capsule(idx, stream=stream, writable=True), s, input, stream)
+
+    def run(xa: Any, ea: Any, count: int) -> Any:
+        shape = tuple(int(d) for d in xa.shape)
+        idx = _empty(xa, (max(0, min(count, shape[0] if len(shape) == 2 else 0)),), "int64")
+        stream = _stream_of(xa)
+        _core.badge(_arrays.capsule(xa, stream=stream), _arrays.capsule(ea, stream=stream), count,
+                    _arrays.capsule(idx, stream=stream, writable=True), s, input, stream)
+        return idx
+
+    xs, es, where = _on_rows(rows, x, e)
+    try:
+        idx = run(xs, es, b)
+    except (ValueError, TypeError) as exc:
+        _pool_error(where, lambda: run(x, e, 0), exc)
     return idx if where is None else where[idx]
 
 
@@ -516,16 +542,23 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     x = _arrays.as_array(features, "features")
     s = _arrays.as_array(scores, "scores")
     b = _count(b)
-    pre = _arrays.check_int(prefilter, "prefilter", 1)
-    it = _arrays.check_int(max_iter, "max_iter", 0)
+    pre = _arrays.check_int64(prefilter, "prefilter", 1)
+    it = _arrays.check_int64(max_iter, "max_iter", 0)
     rows = _unlabeled_pool(labeled, [tuple(int(d) for d in a.shape) for a in (x, s)], b)
-    x, s, where = _on_rows(rows, x, s)
-    shape = tuple(int(d) for d in x.shape)
-    m = max(0, min(b, shape[0] if len(shape) == 2 else 0))
-    idx = _empty(x, (m,), "int64")
-    stream = _stream_of(x)
-    _core.weighted_kmeans(_arrays.capsule(x, stream=stream), _arrays.capsule(s, stream=stream), b,
-                          _arrays.capsule(idx, stream=stream, writable=True), pre, it, stream)
+
+    def run(xa: Any, sa: Any, count: int) -> Any:
+        shape = tuple(int(d) for d in xa.shape)
+        idx = _empty(xa, (max(0, min(count, shape[0] if len(shape) == 2 else 0)),), "int64")
+        stream = _stream_of(xa)
+        _core.weighted_kmeans(_arrays.capsule(xa, stream=stream), _arrays.capsule(sa, stream=stream), count,
+                              _arrays.capsule(idx, stream=stream, writable=True), pre, it, stream)
+        return idx
+
+    xs, ss, where = _on_rows(rows, x, s)
+    try:
+        idx = run(xs, ss, b)
+    except (ValueError, TypeError) as exc:
+        _pool_error(where, lambda: run(x, s, 0), exc)
     return idx if where is None else where[idx]
 
 
@@ -694,7 +727,7 @@ def average_linkage_clusters(embeddings: Any, *, distance: Optional[float] = Non
         distance = _arrays.check_real(distance, "distance")
         if not (np.isfinite(distance) and distance > 0):
             raise ValueError(f"distance: must be a finite value > 0, got {distance}")
-    k = 0 if num_clusters is None else _arrays.check_int(num_clusters, "num_clusters", 1)
+    k = 0 if num_clusters is None else _arrays.check_int64(num_clusters, "num_clusters", 1)
     ids = np.empty(e.shape[0] if e.ndim >= 1 else 0, dtype=np.int64)
     _core.average_linkage_clusters(_arrays.capsule(e), _arrays.capsule(ids, writable=True),
                                    0.0 if distance is None else distance, k)
@@ -719,7 +752,7 @@ def cluster_margin(margins: Any, clusters: Any, b: int, *, candidates: Optional[
     cl = _int64_ids(_arrays.as_array(clusters, "clusters"), "clusters")
     b = _count(b)
     s = _seed(seed)
-    cand = 0 if candidates is None else _arrays.check_int(candidates, "candidates", 1)
+    cand = 0 if candidates is None else _arrays.check_int64(candidates, "candidates", 1)
     lab = _labeled_array(labeled, _numel(m))
     idx = _empty(m, (_out_len(m, b),), "int64")
     stream = _stream_of(m)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -115,12 +115,16 @@ def aal_lobes(labels: np.ndarray, templates: str = MRICRON_TEMPLATES) -> np.ndar
     return lut[labels.astype(np.int64)]
 
 
+def _check_templates(templates: Any) -> None:
+    if not isinstance(templates, (str, os.PathLike)):
+        raise TypeError(f"templates: expected a folder path (str or os.PathLike), got {type(templates).__name__}")
+
+
 def colin27(templates: str = MRICRON_TEMPLATES, *, lobes: bool = True) -> Tuple[Volume, Volume]:
     """(T1 image, labels): Colin27 T1 (float32) and its AAL labels — 9 lobe classes by default, the
     116 regions with ``lobes=False`` — on the same 181 x 217 x 181 grid of 1 mm voxels."""
     lobes = check_bool(lobes, "lobes")
-    if not isinstance(templates, (str, os.PathLike)):
-        raise TypeError(f"colin27: templates must be a folder path, got {type(templates).__name__}")
+    _check_templates(templates)
     t1_path = os.path.join(templates, "ch2.nii.gz")
     aal_path = os.path.join(templates, "aal.nii.gz")
     for p in (t1_path, aal_path):
@@ -138,6 +142,7 @@ def colin27(templates: str = MRICRON_TEMPLATES, *, lobes: bool = True) -> Tuple[
 
 def class_names(templates: str = MRICRON_TEMPLATES, *, lobes: bool = True) -> List[str]:
     """Names of the classes that :func:`colin27` (same arguments) returns, index = class."""
+    _check_templates(templates)
     if check_bool(lobes, "lobes"):
         return list(AAL_LOBES)
     codes = aal_region_codes(templates)

@@ -577,6 +577,7 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     propagation itself runs on the host: GPU arrays are copied there and the results back).
     Intervals between annotated slices run in parallel.
     """
+    axis = _arrays.check_int(axis, "axis", -3, 2)
     vol = np.asarray(_arrays.to_host_numpy(volume))
     lab = np.asarray(_arrays.to_host_numpy(labels))
     if vol.ndim != 3 or lab.shape != vol.shape:
@@ -590,20 +591,20 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     lab = lab.astype(np.int64, copy=False)
     sel = np.asarray(labelled_slices)
     if sel.dtype == np.bool_:  # a mask over the slice axis
-        if -3 <= int(axis) < 3 and sel.shape != (vol.shape[axis],):
+        if sel.shape != (vol.shape[axis],):
             raise ValueError(f"labelled_slices: a boolean mask must have one entry per slice ({vol.shape[axis]}), "
                              f"got shape {sel.shape}")
         ann = [int(v) for v in np.flatnonzero(sel)]
     elif sel.size == 0 or np.issubdtype(sel.dtype, np.integer):
-        ann = [int(v) for v in sel.reshape(-1)]
+        ann = [_arrays.check_int64(v, "labelled_slices") for v in sel.reshape(-1).tolist()]
     else:
         raise TypeError(f"labelled_slices: expected slice indices (integers) or a boolean mask, got dtype {sel.dtype}")
     mask = np.empty(vol.shape, dtype=np.int64)
     conf = np.empty(vol.shape, dtype=np.float64)
     _core.propagate_slices(_arrays.capsule(vol), _arrays.capsule(lab), ann, _arrays.capsule(mask, writable=True),
-                           _arrays.capsule(conf, writable=True), _arrays.check_int(axis, "axis", -3, 2),
-                           0 if num_classes is None else _arrays.check_int(num_classes, "num_classes", 0),
-                           _arrays.check_real(beta, "beta"), _arrays.check_int(erode, "erode", 1),
+                           _arrays.capsule(conf, writable=True), axis,
+                           0 if num_classes is None else _arrays.check_int64(num_classes, "num_classes", 0),
+                           _arrays.check_real(beta, "beta"), _arrays.check_int64(erode, "erode", 1),
                            _arrays.check_real(min_confidence, "min_confidence"))
     return _arrays.like_device(mask, volume), _arrays.like_device(conf, volume)
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from . import acquisition as A
 from . import propagation as P
+from ._arrays import check_seed
 
 SLICE_STRATEGIES = ("random", "entropy", "bald", "balentacq", "powerbald", "coreset")
 REGION_STRATEGIES = ("random_regions", "bald_regions", "balentacq_regions")
@@ -262,12 +263,15 @@ def _torch():
 
 @contextlib.contextmanager
 def seeded_torch(seed: int):
-    """torch's global CPU generator seeded with ``seed`` inside the block (module initialisation and
+    """torch's global CPU generator seeded with ``seed`` (an integer in [0, 2^64)) inside the block (module initialisation and
     dropout draw from it), and the caller's generator state restored afterwards: a campaign step is
     reproducible from its seed and leaves the random stream of the code around it untouched."""
     torch = _torch()
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also reseed (and not restore) every CUDA
+        # device's generator; the campaigns train and sample on the CPU
+        torch.default_generator.manual_seed(seed)
         yield torch
 
 

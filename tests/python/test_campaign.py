@@ -364,3 +364,7 @@ def test_campaign_steps_are_seeded_and_leave_the_global_generator_alone():
     with segcampaign.seeded_torch(5):
         assert torch.equal(torch.rand(3), a)
     assert torch.equal(torch.random.get_rng_state(), before)
+    for bad, exc in ((1.5, TypeError), (-1, ValueError), (2**64, ValueError), ("a", TypeError)):
+        with pytest.raises(exc, match="seed"):
+            with segcampaign.seeded_torch(bad):
+                pass

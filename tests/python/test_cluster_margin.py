@@ -175,6 +175,9 @@ def test_cluster_margin_answers_in_the_callers_framework(rng):
     assert isinstance(t_ids, torch.Tensor) and t_ids.dtype == torch.int64
     np.testing.assert_array_equal(t_ids.numpy(), A.average_linkage_clusters(emb, num_clusters=4))
     assert isinstance(A.cluster_margin(torch.from_numpy(margins[:60]), t_ids, 5, seed=1), torch.Tensor)
+    b_ids = A.average_linkage_clusters(torch.from_numpy(emb).bfloat16(), num_clusters=4)  # widened on the host
+    np.testing.assert_array_equal(b_ids.numpy(), A.average_linkage_clusters(
+        torch.from_numpy(emb).bfloat16().float().numpy(), num_clusters=4))
     # strided inputs read in place
     wide = np.stack([margins, margins], axis=1)
     np.testing.assert_array_equal(A.cluster_margin(wide[:, 1], ids, 25, seed=4), want)

@@ -25,6 +25,10 @@ def test_numpy_volumes_and_errors(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="unsupported file type"):
         data.load_volume(str(tmp_path / "x.txt"))
+    with pytest.raises(TypeError, match="templates: expected a folder path"):
+        data.class_names(False)  # the templates folder comes first; lobes is keyword-only
+    with pytest.raises(TypeError, match="templates: expected a folder path"):
+        data.colin27(3)
     with pytest.raises(ValueError, match="key='b' applies to .npz archives only"):
         data.load_volume(str(tmp_path / "v.npy"), key="b")
 

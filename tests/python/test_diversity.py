@@ -571,9 +571,9 @@ def test_weighted_kmeans_bad_inputs(rng):
     y[4] = 1e300  # distances to it overflow (a nearest centre at +inf read out of bounds before)
     with pytest.raises(ValueError, match=r"features: row \[4\] is too large: its squared norm exceeds 4.5e307"):
         A.weighted_kmeans(y, w, 2)
-    with pytest.raises(ValueError, match="prefilter: expected an integer >= 1"):
+    with pytest.raises(ValueError, match=r"prefilter: expected an integer in \[1, "):
         A.weighted_kmeans(x, w, 2, prefilter=0)
-    with pytest.raises(ValueError, match="max_iter: expected an integer >= 0"):
+    with pytest.raises(ValueError, match=r"max_iter: expected an integer in \[0, "):
         A.weighted_kmeans(x, w, 2, max_iter=-1)
     with pytest.raises(TypeError, match="prefilter: expected an integer"):
         A.weighted_kmeans(x, w, 2, prefilter=2.5)
@@ -615,7 +615,27 @@ def test_badge_and_weighted_kmeans_skip_labelled_items(rng, form):
         A.weighted_kmeans(h, w, 1, labeled=np.array([0, n]))
     with pytest.raises(ValueError, match=rf"labeled: a mask must have one entry per row"):
         A.badge(p, h, 1, seed=1, labeled=np.zeros(n - 1, bool))
+    # a fault is reported in the caller's rows and shapes, not the unlabelled subset's
+    bad_row = int(rows[-1])
+    q = p.copy()
+    q[bad_row] = np.nan
+    with pytest.raises(ValueError, match=rf"x: row \[{bad_row}\] contains NaN or Inf"):
+        A.badge(q, h, 2, seed=1, labeled=lab)
+    ws = w.copy()
+    ws[bad_row] = -1.0
+    with pytest.raises(ValueError, match=rf"scores: \[{bad_row}\] = -1 is negative"):
+        A.weighted_kmeans(h, ws, 2, labeled=lab)
+    with pytest.raises(ValueError, match=rf"scores: expected shape \[{n}\]"):
+        A.weighted_kmeans(h, w[:, None], 2, labeled=lab)
+    # an empty pool is named as without labeled=; empty sets of any dtype mean nothing labelled
+    with pytest.raises(ValueError, match=r"x: the pool is empty"):
+        A.badge(p[:0], h[:0], 0, seed=1, labeled=[])
+    for empty in ([], np.array([]), np.zeros(0, bool)):
+        np.testing.assert_array_equal(A.weighted_kmeans(h, w, 3, labeled=empty), A.weighted_kmeans(h, w, 3))
+    with pytest.raises(ValueError, match="labeled: index 9223372036854775808 is beyond the int64 range"):
+        A.weighted_kmeans(h, w, 3, labeled=np.array([2**63], np.uint64))
     if torch is not None:
+        np.testing.assert_array_equal(A.weighted_kmeans(h, w, 3, labeled=torch.tensor([])), A.weighted_kmeans(h, w, 3))
         tl = torch.from_numpy(taken) if form == "mask" else torch.from_numpy(np.flatnonzero(taken))
         got = A.badge(torch.from_numpy(p), torch.from_numpy(h), b, seed=seed, labeled=tl)
         assert isinstance(got, torch.Tensor)
