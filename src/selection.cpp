@@ -220,21 +220,23 @@ void merge_impl(const TensorView& values, const TensorView& indices, std::int64_
   check(values.ndim == 1, ErrorKind::Value, "values: expected rank 1 (the concatenated shard values [M]), got shape ",
         values.shape_str());
   const std::int64_t m = values.shape[0];
-  check(m > 0, ErrorKind::Value, "values: the pool is empty (shape ", values.shape_str(), ")");
-  check(values.data != nullptr, ErrorKind::Value, "values: data pointer is null");
+  check(m > 0 || b == 0, ErrorKind::Value, "values: the pool is empty (shape ", values.shape_str(),
+        "); only b = 0 can be merged from no items");
+  check(m == 0 || values.data != nullptr, ErrorKind::Value, "values: data pointer is null");
   check(indices.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ",
         dtype_name(indices.dtype));
   check(indices.ndim == 1 && indices.shape[0] == m, ErrorKind::Value, "indices: expected shape [", m,
         "] like values, got ", indices.shape_str());
   check(indices.device == values.device, ErrorKind::Value, "indices: is on ", indices.device.str(),
         " but values is on ", values.device.str());
-  check(indices.data != nullptr, ErrorKind::Value, "indices: data pointer is null");
+  check(m == 0 || indices.data != nullptr, ErrorKind::Value, "indices: data pointer is null");
   check_b(b, m, "values");
   check_out(out_indices, b, values.device, "out_indices", "values", true, false);
   if (out_values) check_out(*out_values, b, values.device, "out_values", "values", false, false);
   std::vector<NamedView> outs{{out_indices, "out_indices"}};
   if (out_values) outs.push_back({*out_values, "out_values"});
   check_outputs(outs, {{values, "values"}, {indices, "indices"}});
+  if (m == 0) return;  // b = 0 from shards that were each asked for none: nothing to merge
   detail::SelectJob job;
   job.source = detail::SelectSource::Pairs;
   job.values = values.data;

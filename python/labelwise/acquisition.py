@@ -98,6 +98,7 @@ def top_k(scores: Any, b: int, *, index_offset: int = 0, return_values: bool = F
     xcap = _arrays.capsule(x, stream=stream)
     m = _out_len(x, b)
     idx = _empty(x, (m,), "int64")
+    return_values = _arrays.check_bool(return_values, "return_values")
     vals = _arrays.empty_like_framework(x, (m,)) if return_values else None
     _core.top_k(
         xcap,
@@ -153,6 +154,7 @@ def stochastic(
     xcap = _arrays.capsule(x, stream=stream)
     m = _out_len(x, b)
     idx = _empty(x, (m,), "int64")
+    return_keys = _arrays.check_bool(return_keys, "return_keys")
     keys = _empty(x, (m,), "float64") if return_keys else None
     _core.stochastic(
         xcap,
@@ -244,6 +246,7 @@ def merge_top_k(
     icap = _arrays.capsule(i, stream=stream)
     m = _out_len(v, b)
     out = _empty(v, (m,), "int64")
+    return_values = _arrays.check_bool(return_values, "return_values")
     out_v = _arrays.empty_like_framework(v, (m,)) if return_values else None
     _core.merge_top_k(
         vcap,

@@ -532,6 +532,11 @@ TEST_CASE("merge_top_k on its own: order, ties and duplicates", "[acquisition]")
   CHECK_THROWS_WITH(
       merge_top_k(TensorView::of(dv.data(), {3}), TensorView::of(did.data(), {3}), 2, TensorView::of(out.data(), {2})),
       Catch::Contains("global index 5 appears more than once"));
+  // no items at all: the empty batch for b = 0 (shards each asked for none), an error otherwise
+  merge_top_k(TensorView::of(dv.data(), {0}), TensorView::of(did.data(), {0}), 0, TensorView::of(out.data(), {0}));
+  CHECK_THROWS_WITH(
+      merge_top_k(TensorView::of(dv.data(), {0}), TensorView::of(did.data(), {0}), 1, TensorView::of(out.data(), {1})),
+      Catch::Contains("values: the pool is empty (shape [0]); only b = 0 can be merged from no items"));
 }
 
 TEST_CASE("bad input to selection gets a clear error naming the argument", "[acquisition][errors]") {

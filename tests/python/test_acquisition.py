@@ -206,6 +206,12 @@ def test_merge_rejects_duplicates_and_negative_indices():
         A.merge_top_k(v.reshape(2, 2), np.arange(4).reshape(2, 2), 1)
     with pytest.raises(TypeError, match="indices: expected dtype int64"):
         A.merge_top_k(v, np.arange(4, dtype=np.int32), 1)
+    # b = 0: every shard asked for none, so the union is empty; the merge is the empty batch, as top_k(s, 0)
+    parts = [A.top_k(v[:2], 0, return_values=True), A.top_k(v[2:], 0, index_offset=2, return_values=True)]
+    out, out_v = A.merge_top_k([p[1] for p in parts], [p[0] for p in parts], 0, return_values=True)
+    assert out.shape == (0,) and out.dtype == np.int64 and out_v.shape == (0,)
+    with pytest.raises(ValueError, match="values: the pool is empty .*only b = 0"):
+        A.merge_top_k(v[:0], np.zeros(0, np.int64), 1)
 
 
 # ---- frameworks and devices ------------------------------------------------------------------------

@@ -101,7 +101,7 @@ void stochastic_keys(const TensorView& scores, const TensorView& keys, const Sto
 /// index_offset and the same b (min(b, shard size) for a small shard), keeping the values / keys;
 /// concatenate all shards' (values, indices); merge_top_k gives exactly the batch one machine would
 /// have selected from the whole pool (docs/acquisition.md).
-///   values     : [M] float32 / float64, no NaN
+///   values     : [M] float32 / float64, no NaN (M = 0 only with b = 0: an empty batch)
 ///   indices    : int64 [M], >= 0, same device as values
 ///   out_indices: int64 [b] (out); out_values: [b] float32 / float64 (out, optional)
 /// Extra errors: negative indices; the same index twice among the winners (a shard merged twice).
