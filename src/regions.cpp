@@ -70,18 +70,30 @@ std::string position(const MapInfo& m, std::int64_t n, std::int64_t i, std::int6
          (m.nsp > 2 ? ", " + std::to_string(k) : "") + "]";
 }
 
-/// Image n as doubles [S0][S1][S2] (row-major). Returns an error message naming the first NaN in
-/// row-major order, or an empty string.
-std::string load_image(const TensorView& map, const MapInfo& m, std::int64_t n, std::vector<double>& V) {
+/// Image n as doubles [S0][S1][S2] (row-major), scaled by 2^-shift where sums of `window` values
+/// could overflow: shift is 0 (the values as they are) unless the largest finite |value| times the
+/// window exceeds 2^1000, and then just enough that no window sum of finite values can overflow
+/// (a power of two: exact, but for values that the scaling takes below 2^-1022). Returns an error
+/// message naming the first NaN in row-major order, or an empty string.
+std::string load_image(const TensorView& map, const MapInfo& m, std::int64_t n, double window, std::vector<double>& V,
+                       int& shift) {
   V.resize(static_cast<std::size_t>(m.S[0] * m.S[1] * m.S[2]));
   std::size_t e = 0;
+  double vmax = 0.0;
   for (std::int64_t i = 0; i < m.S[0]; ++i)
     for (std::int64_t j = 0; j < m.S[1]; ++j)
       for (std::int64_t k = 0; k < m.S[2]; ++k) {
         const double v = at(map, m, n, i, j, k);
         if (v != v) return "map: NaN at " + position(m, n, i, j, k);
+        if (std::fabs(v) > vmax && std::fabs(v) < INFINITY) vmax = std::fabs(v);
         V[e++] = v;
       }
+  shift = 0;
+  if (vmax * window > 0x1p1000) {
+    // |v| < 2^(ilogb(vmax) + 1), window < 2^(ilogb(window) + 1): scaled sums stay below 2^1020
+    shift = std::ilogb(vmax) + std::ilogb(window) + 2 - 1020;
+    for (double& v : V) v = std::ldexp(v, -shift);
+  }
   return {};
 }
 
@@ -126,7 +138,8 @@ std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInf
     std::vector<double> V, A, B, pre, suf;
     for (std::int64_t n = begin; n < end; ++n) {
       std::string& error = errors[static_cast<std::size_t>(n)];
-      error = load_image(map, m, n, V);
+      int shift = 0;
+      error = load_image(map, m, n, volume, V, shift);
       if (!error.empty()) continue;
       A.resize(static_cast<std::size_t>(S0 * S1 * G[2]));  // [S0][S1][G2]: windows along axis 2
       for (std::int64_t i = 0; i < S0; ++i)
@@ -141,13 +154,13 @@ std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInf
       for (std::int64_t bc = 0; bc < G[1] * G[2]; ++bc)
         window_sums(&B[bc], G[1] * G[2], S0, sz[0], sd[0], G[0], &o[bc], G[1] * G[2], pre, suf);
       for (std::size_t q = 0; q < o.size(); ++q) {
-        o[q] /= volume;
+        o[q] = shift ? std::ldexp(o[q] / volume, shift) : o[q] / volume;
         if (o[q] != o[q] && error.empty()) {  // no NaN in V: the patch holds both +inf and -inf
           const std::int64_t g = static_cast<std::int64_t>(q);
           error = std::string("map: the ") + what + " at " +
                   position(m, n, g / (G[1] * G[2]) * sd[0], (g / G[2]) % G[1] * sd[1], g % G[2] * sd[2]) +
                   " holds both +inf and -inf, so its mean is undefined; replace the infinities first (e.g. by "
-                  "the map's finite extremes)";
+                  "the map's finite extremes, or by +-DBL_MAX)";
         }
       }
     }

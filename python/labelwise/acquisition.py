@@ -581,15 +581,26 @@ def _spatial(map_: Any, values: Any, name: str, default: Any = None) -> list:
     nsp = len(map_.shape) - 1
     if values is None:
         values = default
+    bad = TypeError(f"{name}: expected an integer or one integer per spatial axis, got {values!r}")
+    if isinstance(values, (bool, np.bool_)):
+        raise bad
     try:
         values = [operator.index(values)] * nsp  # one integer (numpy integers too) for every axis
     except TypeError:
         try:
+            values = list(values)
+        except TypeError:
+            raise bad from None
+        if any(isinstance(v, (bool, np.bool_)) for v in values):
+            raise bad
+        try:
             values = [operator.index(v) for v in values]
         except TypeError:
-            raise TypeError(f"{name}: expected an integer or one integer per spatial axis, got {values!r}") from None
+            raise bad from None
     if len(values) != nsp:
         raise ValueError(f"{name}: expected {nsp} values (one per spatial axis of a map of shape {tuple(map_.shape)}), got {values}")
+    for v in values:
+        _arrays.check_int64(v, name)  # the core takes int64 sizes; the ranges are checked against the map
     return values
 
 
@@ -634,6 +645,8 @@ def patch_scores(map: Any, patch: Any, stride: Any = None) -> Any:
     its neighbours' means).
     """
     m, caller = _host_map(map)
+    if _numel(m) == 0:
+        raise ValueError(f"map: empty (shape {list(m.shape)})")
     p = _spatial(m, patch, "patch")
     s = _spatial(m, stride, "stride", default=p)
     for d, (S, pd, sd) in enumerate(zip(m.shape[1:], p, s)):

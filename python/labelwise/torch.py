@@ -659,14 +659,15 @@ class EvidentialHead(_Head):
     ) -> Dict[str, torch.Tensor]:
         """Per-voxel maps ``{metric: [B, *spatial]}`` (float32) in closed form from the Dirichlet; any of
         :data:`EVIDENTIAL_METRICS`. ``K``, ``seed`` and ``index_offset`` are checked
-        as for the sampled heads and otherwise ignored (nothing is sampled): one call serves every head.
+        against the sampled heads' ranges and otherwise ignored (nothing is sampled; so K < 2 is no
+        error here): one call serves every head.
         ``variation_ratio`` has no closed form and is refused."""
         names = _metrics_arg(metrics, tuple(EVIDENTIAL_METRICS) + ("variation_ratio",))
         if "variation_ratio" in names:
             raise ValueError("metrics: variation_ratio has no closed form for an EvidentialHead (a mode count "
                              "needs samples)")
         if K is not None:
-            _arrays.check_int(K, "K", 1)
+            _arrays.check_int(K, "K", 1, _MAX_K - 1)
         if seed is not None:
             _seed_arg(seed)
         _index_offset_arg(index_offset, int(self._check(features).shape[0]))
@@ -684,13 +685,17 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
 
     logits [B, C, *spatial] (EvidentialHead.forward), target integer [B, *spatial] class indices in
     [0, C). ``ignore_index`` (e.g. 255 or -100, as segmentation labels often mark unlabelled voxels):
-    such voxels are left out of both means (a batch with none left gives a loss of 0). Any other label
-    outside [0, C) is a ValueError naming the voxel."""
+    such voxels are left out of both means (a batch with none left, or an empty one, gives a loss of 0).
+    Any other label outside [0, C) is a ValueError naming the voxel. ``kl_weight``: a finite number
+    >= 0, or a one-element tensor (an annealing schedule; its value is not checked, which would
+    synchronise the device). Non-float logits are a TypeError."""
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("logits, target: expected torch.Tensors")
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         want = tuple(logits.shape[:1] + logits.shape[2:])
         raise ValueError(f"target: expected shape {want}, got {tuple(target.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits: expected a floating-point tensor, got {logits.dtype}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target: expected integer class indices, got {target.dtype}")
     if isinstance(kl_weight, torch.Tensor):  # a tensor weight (an annealing schedule): one real value
@@ -700,6 +705,10 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
         kl_weight = kl_weight.reshape(()).to(logits.dtype if logits.is_floating_point() else torch.float32)
     else:
         kl_weight = _arrays.check_real(kl_weight, "kl_weight")
+        if not (math.isfinite(kl_weight) and kl_weight >= 0):
+            raise ValueError(f"kl_weight: expected a finite value >= 0, got {kl_weight}")
+    if target.numel() == 0:
+        return logits.sum() * 0.0  # no voxel: 0, as when every voxel is ignored (and still differentiable)
     C = logits.shape[1]
     t = target.long()  # labels and ignore_index compared as integers, not in the target's dtype (uint8 wraps)
     valid = None if ignore_index is None else t != _arrays.check_int64(ignore_index, "ignore_index")

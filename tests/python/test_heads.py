@@ -604,6 +604,13 @@ def test_bad_features_and_call_arguments():
         torch.testing.assert_close(got, torch.stack(per).mean(), rtol=1e-5, atol=1e-6)
     got.backward()  # differentiable
     assert LT.evidential_loss(ev(x), torch.full((2, 5, 6), -100), ignore_index=-100).item() == 0.0
+    empty = LT.evidential_loss(logits[:0], target[:0])  # no voxel at all: 0 as well, still differentiable
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(TypeError, match="^logits: expected a floating-point tensor"):
+        LT.evidential_loss(logits.detach().long(), target.clamp(max=2))
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ValueError, match="^kl_weight: expected a finite value >= 0"):
+            LT.evidential_loss(logits, target.clamp(max=2), kl_weight=bad)
     # ignore_index is compared as an integer, not in the target's dtype: -100 is not uint8 156
     u8 = torch.zeros(2, 5, 6, dtype=torch.uint8)
     u8[0, 1, 1] = 156

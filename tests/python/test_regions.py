@@ -181,3 +181,35 @@ def test_a_huge_score_does_not_swamp_the_neighbouring_patches(rng):
     np.testing.assert_allclose(sl[0], m[0].mean(axis=(1, 2)), rtol=1e-12)
     c, s = A.top_regions(m, 5, (4, 5, 3), (2, 5, 3))
     assert (s > 0).all()  # the masked patch never wins, its neighbours keep their real means
+
+
+def test_window_sums_of_huge_finite_values_do_not_overflow():
+    big = np.finfo(np.float64).max
+    m = np.array([[[1e308, 1e308, -1e308, -1e308, 1.0, 1.0]]])
+    np.testing.assert_allclose(A.patch_scores(m, (1, 4), (1, 1))[0, 0], [0.0, -2.5e307, -5e307], rtol=1e-15, atol=1e-300)
+    assert A.patch_scores(m, (1, 2), (1, 1))[0, 0, 0] == 1e308
+    np.testing.assert_array_equal(A.slice_scores(np.full((1, 2, 3), 1e308), 1), [[1e308, 1e308]])  # was +inf
+    c, s = A.top_regions(m, 1, (1, 4), (1, 1))
+    assert s[0] == 0.0 and c[0].tolist() == [0, 0, 0]
+    # +-DBL_MAX in place of the infinities (what the "+inf and -inf" error suggests) gives finite means
+    x = np.zeros((1, 1, 8))
+    x[0, 0, 2:4], x[0, 0, 4:6] = big, -big
+    np.testing.assert_allclose(A.patch_scores(x, (1, 4), (1, 1))[0, 0], [big / 2, big / 4, 0.0, -big / 4, -big / 2],
+                               rtol=1e-15)
+    y = x.copy()
+    y[0, 0, 2:4], y[0, 0, 4:6] = np.inf, -np.inf
+    with pytest.raises(ValueError, match=r"holds both \+inf and -inf"):
+        A.patch_scores(y, (1, 4), (1, 1))
+
+
+def test_patch_and_stride_are_integers_within_int64():
+    m = np.random.default_rng(1).random((2, 6, 5))
+    for bad in (True, [True, 2], np.bool_(True), "ab", 2.0):
+        with pytest.raises(TypeError, match="^patch: expected an integer or one integer per spatial axis"):
+            A.patch_scores(m, bad)
+    with pytest.raises(ValueError, match="^stride: expected an integer in"):
+        A.patch_scores(m, 2, 2**63)
+    with pytest.raises(ValueError, match="^patch: expected an integer in"):
+        A.top_regions(m, 1, 2**63)
+    with pytest.raises(ValueError, match=r"^map: empty \(shape \[2, 0, 5\]\)"):
+        A.patch_scores(m[:, :0], 1)

@@ -9,7 +9,8 @@
 //   stride : one step per spatial axis, >= 1 (the patch size gives non-overlapping tiles).
 //   A patch's score is the mean of the map over its voxels (a box filter: separable window sums in
 //   float64, O(voxels) per axis whatever the patch size; a sum only adds values inside its patch, so
-//   a huge value in one patch cannot swamp its neighbours' means). Only whole patches are scored:
+//   a huge value in one patch cannot swamp its neighbours' means; an image whose finite values could
+//   overflow a window sum, near 1.8e308, is summed scaled by a power of two). Only whole patches are scored:
 //   grid_d = (S_d - patch_d) / stride_d + 1 positions per axis.
 //
 // Errors (labelwise::Error): NaN (naming the first voxel), wrong rank, empty map, patch or stride of
