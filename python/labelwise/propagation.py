@@ -233,7 +233,7 @@ def certified_auto_label(
     class_axis = _arrays.check_int(class_axis, "class_axis", -64, 63)  # range against the rank in C++
     pool_probs = _arrays.as_array(pool_probs, "pool_probs")
     calib_probs = _arrays.as_array(calib_probs, "calib_probs")
-    calib_labels = _arrays.as_array(calib_labels, "calib_labels")
+    calib_labels = _arrays.as_labels(calib_labels, "calib_labels")
     if pool_confidence is not None or calib_confidence is not None:
         if score is not None:
             raise ValueError("score: pass either score=<name> or pool_confidence/calib_confidence arrays, not both")
@@ -332,7 +332,7 @@ def certify_threshold(
     (CPU only).
     """
     c = _arrays.as_array(calib_confidence, "calib_confidence")
-    e = _arrays.as_array(calib_errors, "calib_errors")
+    e = _arrays.as_labels(calib_errors, "calib_errors")
     p = _arrays.as_array(pool_confidence, "pool_confidence")
     r = _core.certify_threshold(
         _arrays.capsule(c), _arrays.capsule(e), _arrays.capsule(p), _arrays.check_real(target_error, "target_error"),
@@ -353,7 +353,7 @@ def label_issues(probs: Any, given_labels: Any, *, class_axis: int = 1) -> Label
         confident joint, in the caller's framework. Method and choices: ``docs/propagation.md``.
     """
     probs = _arrays.as_array(probs, "probs")
-    given_labels = _arrays.as_array(given_labels, "given_labels")
+    given_labels = _arrays.as_labels(given_labels, "given_labels")
     pcap = _arrays.capsule(probs)
     shape = tuple(int(s) for s in probs.shape)
     if len(shape) != 2:
@@ -465,7 +465,7 @@ def _spread(features, labels, propagation, k, alpha, max_iter, tol, variant, skl
     if variant not in SPREADING_VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(SPREADING_VARIANTS)}, got {variant!r}")
     features = _arrays.as_array(features, "features")
-    labels = _arrays.as_array(labels, "labels")
+    labels = _arrays.as_labels(labels, "labels")
     lcap = _arrays.capsule(labels)
     C = _core.spreading_num_classes(lcap)
     N = int(labels.shape[0])

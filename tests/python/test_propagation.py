@@ -852,3 +852,37 @@ def test_dense_voxel_calibration_with_unit_item_warns(rng):
         P.certified_auto_label(probs, probs, sparse, target_error=0.1, delta=0.1)
         P.certified_auto_label(probs, probs, dense, target_error=0.1, delta=0.1, unit="image", max_voxel_error=0.2)
         P.certified_auto_label(probs[:, :, 0, 0], probs[:, :, 0, 0], dense[:, 0, 0], target_error=0.1, delta=0.1)
+
+
+def test_small_and_unsigned_integer_labels_are_read_as_int64(rng):
+    """Label maps often come as int16 / uint16 (NIfTI segmentations): every integer dtype gives the
+    int64 result; uint64 values beyond int64 are refused by name."""
+    p = rng.dirichlet(np.ones(3), size=300)
+    y = p.argmax(1)
+    y[::7] = (y[::7] + 1) % 3
+    want = P.label_issues(p, y.astype(np.int64))
+    for dt in (np.int8, np.int16, np.uint16, np.uint32, np.uint64):
+        got = P.label_issues(p, y.astype(dt))
+        np.testing.assert_array_equal(got.indices, want.indices)
+    cy = y.copy()
+    cy[:5] = -1
+    want = P.certified_auto_label(p, p, cy, target_error=0.2, delta=0.1)
+    for dt in (np.int8, np.int16):
+        got = P.certified_auto_label(p, p, cy.astype(dt), target_error=0.2, delta=0.1)
+        np.testing.assert_array_equal(got.accepted, want.accepted)
+        assert got.threshold == want.threshold or (np.isnan(got.threshold) and np.isnan(want.threshold))
+    X = rng.normal(size=(60, 3))
+    ly = np.full(60, -1)
+    ly[:6] = [0, 1, 2, 0, 1, 2]
+    F, lab = P.label_spreading(X, ly, k=5)
+    F8, lab8 = P.label_spreading(X, ly.astype(np.int8), k=5)
+    np.testing.assert_array_equal(lab8, lab)
+    conf, pool, err = rng.random(500), rng.random(800), rng.random(500) < 0.05
+    want_c = P.certify_threshold(conf, err, pool_confidence=pool, target_error=0.2, delta=0.1)
+    got_c = P.certify_threshold(conf, err.astype(np.int16), pool_confidence=pool, target_error=0.2, delta=0.1)
+    assert repr(got_c) == repr(want_c)  # (NaN fields compare unequal with ==)
+    with pytest.raises(ValueError, match="given_labels: value 18446744073709551615 is beyond the int64 range"):
+        P.label_issues(p, np.full(300, 2**64 - 1, np.uint64))
+    torch = pytest.importorskip("torch")
+    got = P.label_issues(torch.from_numpy(p), torch.from_numpy(y.astype(np.int16)))
+    np.testing.assert_array_equal(np.asarray(got.indices), P.label_issues(p, y).indices)
