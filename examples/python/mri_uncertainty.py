@@ -3,10 +3,11 @@
 
 The script takes the Colin27 T1 MRI and its hand-drawn AAL atlas, mapped to 9 lobe classes
 (background, frontal, insula, limbic, occipital, parietal, subcortical, temporal, cerebellum), from
-``labelwise.data.colin27()``; downsamples the axial slices by 2 (2x2 mean of the image, the label at
-the top-left voxel of each 2x2 block); trains a small 2D U-Net (``labelwise.models``: two down- and two
-up-sampling levels, 16-32-64 channels) ending in a ``labelwise.torch.MCDropoutHead`` on about 20 % of
-the slices that contain brain (every 5th); then, for one held-out slice between two training
+``labelwise.data.colin27()``; downsamples by 2 in-plane (2x2 mean of the image, the label at the
+top-left voxel of each 2x2 block) and keeps every 2nd axial slice; trains a small 2D U-Net
+(``labelwise.models``: two down- and two up-sampling levels, 16-32-64 channels) ending in a
+``labelwise.torch.MCDropoutHead`` on every 5th of the kept slices that contain brain (about 20 % of
+them, every 10th 1 mm slice); then, for one held-out slice between two training
 slices, runs ``head.score(features, K, metrics=("bald", "balentacq"), seed)`` — K MC-dropout
 samples of the head with masks from the counter-based RNG, scored per pixel — and writes PNGs to
 ``--out``:
