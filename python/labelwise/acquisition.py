@@ -451,23 +451,32 @@ def _unlabeled_pool(labeled: Any, shapes: Sequence[Tuple[int, ...]], b: int) -> 
     return rows
 
 
-def _on_rows(rows: Optional[np.ndarray], *arrays: Any) -> Tuple[Any, ...]:
-    """The arrays restricted to ``rows`` (their framework and device; as they are when rows is None),
-    plus the rows there (to map picks back)."""
+def _pick_from_unlabeled(labeled: Any, b: int, x: Any, other: Any, core_call: Callable[..., None]) -> Any:
+    """badge / weighted_kmeans on the pool's unlabelled rows: ``core_call(x, other, b, indices, stream)``
+    (capsules) runs on x and other restricted to those rows (gathered in their framework and on their
+    device) and the picks come back as indices into the whole pool. Without ``labeled`` it runs on the
+    arrays as they are. A fault the core finds in the gathered rows would be reported in their
+    numbering: the whole pool is then validated (b = 0, nothing picked), which raises it in the
+    caller's rows and shapes."""
+    rows = _unlabeled_pool(labeled, [tuple(int(d) for d in a.shape) for a in (x, other)], b)
+
+    def run(xa: Any, oa: Any, count: int) -> Any:
+        shape = tuple(int(d) for d in xa.shape)
+        idx = _empty(xa, (max(0, min(count, shape[0] if len(shape) == 2 else 0)),), "int64")
+        stream = _stream_of(xa)
+        core_call(_arrays.capsule(xa, stream=stream), _arrays.capsule(oa, stream=stream), count,
+                  _arrays.capsule(idx, stream=stream, writable=True), stream)
+        return idx
+
     if rows is None:
-        return arrays + (None,)
-    where = _arrays.like_device(rows, arrays[0])
-    return tuple(a[where] for a in arrays) + (where,)
-
-
-def _pool_error(where: Any, run_on_pool: Callable[[], Any], exc: Exception) -> None:
-    """The core rejected the unlabelled rows: its message counts rows and shapes in that subset. Rerun
-    it on the whole pool with b = 0 (inputs validated, nothing picked), which raises the same fault in
-    the caller's rows and shapes; re-raise the original when the pool passes."""
-    if where is None:
-        raise exc
-    run_on_pool()
-    raise exc
+        return run(x, other, b)
+    where = _arrays.like_device(rows, x)
+    try:
+        idx = run(x[where], other[where], b)
+    except (ValueError, TypeError):
+        run(x, other, 0)  # raises the same fault, numbered in the whole pool
+        raise
+    return where[idx]
 
 
 def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs", labeled: Any = None) -> Any:
@@ -496,22 +505,8 @@ def badge(x: Any, embeddings: Any, b: int, *, seed: int, input: str = "probs", l
     e = _arrays.as_array(embeddings, "embeddings")
     b = _count(b)
     s = _seed(seed)
-    rows = _unlabeled_pool(labeled, [tuple(int(d) for d in a.shape) for a in (x, e)], b)
-
-    def run(xa: Any, ea: Any, count: int) -> Any:
-        shape = tuple(int(d) for d in xa.shape)
-        idx = _empty(xa, (max(0, min(count, shape[0] if len(shape) == 2 else 0)),), "int64")
-        stream = _stream_of(xa)
-        _core.badge(_arrays.capsule(xa, stream=stream), _arrays.capsule(ea, stream=stream), count,
-                    _arrays.capsule(idx, stream=stream, writable=True), s, input, stream)
-        return idx
-
-    xs, es, where = _on_rows(rows, x, e)
-    try:
-        idx = run(xs, es, b)
-    except (ValueError, TypeError) as exc:
-        _pool_error(where, lambda: run(x, e, 0), exc)
-    return idx if where is None else where[idx]
+    return _pick_from_unlabeled(labeled, b, x, e, lambda xc, ec, count, ic, stream: _core.badge(
+        xc, ec, count, ic, s, input, stream))
 
 
 def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, max_iter: int = 100,
@@ -547,22 +542,8 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     b = _count(b)
     pre = _arrays.check_int64(prefilter, "prefilter", 1)
     it = _arrays.check_int64(max_iter, "max_iter", 0)
-    rows = _unlabeled_pool(labeled, [tuple(int(d) for d in a.shape) for a in (x, s)], b)
-
-    def run(xa: Any, sa: Any, count: int) -> Any:
-        shape = tuple(int(d) for d in xa.shape)
-        idx = _empty(xa, (max(0, min(count, shape[0] if len(shape) == 2 else 0)),), "int64")
-        stream = _stream_of(xa)
-        _core.weighted_kmeans(_arrays.capsule(xa, stream=stream), _arrays.capsule(sa, stream=stream), count,
-                              _arrays.capsule(idx, stream=stream, writable=True), pre, it, stream)
-        return idx
-
-    xs, ss, where = _on_rows(rows, x, s)
-    try:
-        idx = run(xs, ss, b)
-    except (ValueError, TypeError) as exc:
-        _pool_error(where, lambda: run(x, s, 0), exc)
-    return idx if where is None else where[idx]
+    return _pick_from_unlabeled(labeled, b, x, s, lambda xc, sc, count, ic, stream: _core.weighted_kmeans(
+        xc, sc, count, ic, pre, it, stream))
 
 
 def badge_uniform(seed: int, step: int) -> float:
