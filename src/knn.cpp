@@ -192,7 +192,7 @@ KnnData knn_load(const TensorView& f, const char* what) {
   d.row_exp.resize(static_cast<std::size_t>(d.N));
   const std::int64_t s0 = f.strides[0], s1 = f.strides[1];
   // copied in parallel; the first bad row (lowest index) is reported
-  const int W = worker_slots();
+  const int W = static_cast<int>(std::min<std::int64_t>(worker_slots(), (d.N + 2047) / 2048 + 1));
   std::vector<std::int64_t> bad(static_cast<std::size_t>(W), d.N);
   parallel_for(d.N, 2048, W, [&](std::int64_t i0, std::int64_t i1, int w) {
     for (std::int64_t i = i0; i < i1; ++i) {
@@ -668,6 +668,8 @@ int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRu
   for (std::int64_t I = 0; I < nb; ++I)
     for (std::int64_t J = I; J < nb; ++J) pairs.push_back({I, J});
   const int max_workers = worker_slots();
+  // the candidate passes hand out block pairs: no more workers (threads, per-worker heaps) than pairs
+  const int pair_workers = static_cast<int>(std::min<std::int64_t>(max_workers, static_cast<std::int64_t>(pairs.size())));
 
   // Lower bound on the exact key of any non-candidate of row i whose float32 approximation is >= amax.
   auto lower32 = [&](std::int64_t i, float amax_f) -> double {
@@ -817,7 +819,7 @@ int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRu
     // the symmetric pass over the block pairs (I, J >= I), pairs handed out dynamically
     auto symmetric_pass = [&](bool bf, const std::uint32_t* rows, std::int64_t ks, const std::uint32_t* panels,
                               const float* ycp, std::vector<WorkerHeaps>& wh) {
-      wh.assign(max_workers, WorkerHeaps{});
+      wh.assign(pair_workers, WorkerHeaps{});
       std::atomic<std::int64_t> next{0};
       // thresholds shared between the workers: the smallest full-heap root any of them had for a row
       // (relaxed; a stale value only admits more)
@@ -831,7 +833,7 @@ int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRu
         }
       };
       const std::int64_t npairs = static_cast<std::int64_t>(pairs.size());
-      parallel_for(max_workers, 1, [&](std::int64_t w0, std::int64_t w1, int w) {
+      parallel_for(pair_workers, 1, [&](std::int64_t w0, std::int64_t w1, int w) {
         if (w1 <= w0) return;
         WorkerHeaps& H = wh[w];
         H.key.assign(static_cast<std::size_t>(N * S), finf);
@@ -1010,9 +1012,9 @@ int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRu
   // ---- candidates: square blocks (I, J), J >= I; one GEMM serves the rows of I against J (scanned
   // by rows) and the rows of J against I (scanned by columns). Each worker keeps its own bounded
   // heaps for every row.
-  std::vector<std::vector<KnnCand>> wheaps(max_workers);
-  std::vector<std::vector<std::int64_t>> wsize(max_workers);
-  parallel_for(static_cast<std::int64_t>(pairs.size()), 1, max_workers, [&](std::int64_t p0, std::int64_t p1, int w) {
+  std::vector<std::vector<KnnCand>> wheaps(pair_workers);
+  std::vector<std::vector<std::int64_t>> wsize(pair_workers);
+  parallel_for(static_cast<std::int64_t>(pairs.size()), 1, pair_workers, [&](std::int64_t p0, std::int64_t p1, int w) {
     std::vector<KnnCand>& heaps = wheaps[w];
     std::vector<std::int64_t>& hsize = wsize[w];
     heaps.resize(static_cast<std::size_t>(N * m));
@@ -1034,7 +1036,7 @@ int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRu
     }
   });
   int used = 0;
-  while (used < max_workers && !wheaps[used].empty()) ++used;
+  while (used < pair_workers && !wheaps[used].empty()) ++used;
 
   // ---- merge the workers' heaps, refine each row exactly and certify it
   std::vector<std::vector<std::int64_t>> wfail(max_workers);

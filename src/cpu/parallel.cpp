@@ -16,6 +16,7 @@ namespace labelwise {
 namespace {
 std::atomic<int> g_threads{0};
 std::atomic<int> g_thread_start_budget{-1};  // limit_thread_starts_for_testing
+std::atomic<std::int64_t> g_thread_starts{0};  // thread_starts_for_testing
 std::atomic<bool (*)()> g_interrupt_check{nullptr};
 thread_local bool t_pool_thread = false;                   // a thread parallel_for started
 thread_local const std::atomic<bool>* t_stop = nullptr;    // the stop flag of the loop whose chunk runs here
@@ -26,10 +27,10 @@ int default_threads() {
   static const int n = [] {
     if (const char* env = std::getenv("LABELWISE_NUM_THREADS")) {
       const int v = std::atoi(env);
-      if (v > 0) return v;
+      if (v > 0) return std::min(v, kMaxThreads);
     }
     const unsigned hw = std::thread::hardware_concurrency();
-    return hw == 0 ? 1 : static_cast<int>(hw);
+    return hw == 0 ? 1 : static_cast<int>(std::min<unsigned>(hw, kMaxThreads));
   }();
   return n;
 }
@@ -40,7 +41,7 @@ int num_threads() {
   return n > 0 ? n : default_threads();
 }
 
-void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0); }
+void set_num_threads(int n) { g_threads.store(n > 0 ? std::min(n, kMaxThreads) : 0); }
 
 void set_interrupt_check(bool (*check)()) { g_interrupt_check.store(check); }
 
@@ -62,6 +63,8 @@ void poll_interrupt() {
 }
 
 void limit_thread_starts_for_testing(int n) { g_thread_start_budget.store(n < 0 ? -1 : n); }
+
+std::int64_t thread_starts_for_testing() { return g_thread_starts.load(); }
 
 void parallel_for(std::int64_t n, std::int64_t grain,
                   const std::function<void(std::int64_t, std::int64_t, int)>& fn) {
@@ -109,6 +112,7 @@ void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
         t_pool_thread = true;
         run(w);
       });
+      g_thread_starts.fetch_add(1, std::memory_order_relaxed);
     }
   } catch (...) {
   }

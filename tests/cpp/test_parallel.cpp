@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <cstdint>
 #include <random>
 #include <stdexcept>
@@ -35,6 +36,30 @@ std::vector<double> normal_pool(std::int64_t n, std::int64_t d) {
   return x;
 }
 }  // namespace
+
+TEST_CASE("a thread count far beyond the work costs neither threads nor memory", "[parallel]") {
+  ThreadReset reset;
+  set_num_threads(std::numeric_limits<int>::max());
+  CHECK(num_threads() == kMaxThreads);  // capped: per-call state is sized by it
+  set_num_threads(1000);
+  CHECK(num_threads() == 1000);
+  // tiny inputs: one kNN block pair, one selection chunk, one core-set chunk start no thread
+  std::vector<double> f = {0, 0, 1, 0, 0, 1, 5, 5}, dist(4), s = {1, 5, 3, 3, 2, 0}, radii(2);
+  std::vector<std::int64_t> idx(4), top(2), picks(2);
+  const std::int64_t before = detail::thread_starts_for_testing();
+  knn_graph(TensorView::of(f.data(), {4, 2}), 1, TensorView::of(idx.data(), {4, 1}), TensorView::of(dist.data(), {4, 1}));
+  top_k(TensorView::of(s.data(), {6}), 2, TensorView::of(top.data(), {2}));
+  coreset(TensorView::of(f.data(), {4, 2}), TensorView(), 2, TensorView::of(picks.data(), {2}),
+          TensorView::of(radii.data(), {2}));
+  CHECK(detail::thread_starts_for_testing() == before);
+  CHECK(idx == std::vector<std::int64_t>{1, 0, 0, 1});
+  CHECK(top == std::vector<std::int64_t>{1, 2});
+  std::vector<std::int64_t> one(2);
+  set_num_threads(1);
+  coreset(TensorView::of(f.data(), {4, 2}), TensorView(), 2, TensorView::of(one.data(), {2}),
+          TensorView::of(radii.data(), {2}));
+  CHECK(picks == one);
+}
 
 TEST_CASE("parallel_for never hands out a worker index at or past max_workers", "[parallel]") {
   ThreadReset reset;

@@ -6,6 +6,10 @@ namespace labelwise {
 /// Number of CPU threads labelwise uses (default: LABELWISE_NUM_THREADS, read once at the first call,
 /// else all cores).
 int num_threads();
+/// The most CPU threads labelwise uses: larger counts (set_num_threads, LABELWISE_NUM_THREADS) mean
+/// this many. Every parallel call keeps some state per thread, and a count far beyond the cores only
+/// costs thread starts and memory.
+constexpr int kMaxThreads = 1024;
 /// Sets the CPU thread count; n <= 0 restores the default. Results never depend on it. Process-wide,
 /// and safe to call from any thread at any time: calls already running finish with the count each of
 /// their parallel stages started with.

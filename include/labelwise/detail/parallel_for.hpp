@@ -32,5 +32,8 @@ void poll_interrupt();
 /// no limit); the next start fails as when the system refuses a thread (std::system_error).
 void limit_thread_starts_for_testing(int n);
 
+/// Test hook: the threads parallel_for has started in this process so far.
+std::int64_t thread_starts_for_testing();
+
 }  // namespace detail
 }  // namespace labelwise
