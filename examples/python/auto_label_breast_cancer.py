@@ -92,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--labelled: the model needs at least 2 of the 569 items (one per class) to train")
     if not (0 < args.target_error < 1 and 0 < args.delta < 1):
         ap.error("--target-error and --delta must be in (0, 1)")
-    if args.seed < 0 or args.repeats < 0:
-        ap.error("--seed and --repeats must be >= 0")
+    if not 0 <= args.seed < 2**32 or not 0 <= args.repeats <= 10**6:
+        ap.error("--seed must be in [0, 2^32) and --repeats in [0, 10^6]")
     kw = dict(labelled=args.labelled, calibration=args.calibration, target_error=args.target_error,
               delta=args.delta, score=args.score)
 

@@ -54,8 +54,8 @@ def main():
         ap.error("--fraction must be in (0, 1): some items labelled, some left to label")
     if not 1 <= args.k < 1797 or not 0 < args.alpha < 1 or not 0 <= args.confident <= 1:
         ap.error("--k must be in [1, 1797), --alpha in (0, 1), --confident in [0, 1]")
-    if args.repeats < 1 or args.seed < 0:
-        ap.error("--repeats must be >= 1 and --seed >= 0")
+    if not 1 <= args.repeats <= 10**6 or args.seed < 0:
+        ap.error("--repeats must be in [1, 10^6] and --seed >= 0")
 
     X, y = load_digits(return_X_y=True)
     rng = np.random.default_rng(args.seed)

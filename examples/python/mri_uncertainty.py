@@ -190,10 +190,16 @@ def main(argv=None) -> int:
         args.steps, args.samples, args.width = min(args.steps, 50), min(args.samples, 8), min(args.width, 8)
     if args.steps < 1 or args.batch < 1 or args.samples < 2 or args.width < 1:
         ap.error("--steps, --batch and --width must be >= 1 and --samples >= 2")
-    if not 0 < args.p < 1 or not args.lr > 0 or args.seed < 0:
-        ap.error("--p must be in (0, 1) (0 would give an all-zero BALD map), --lr > 0 and --seed >= 0")
+    if not 0 < args.p < 1 or not 0 < args.lr < float("inf") or not 0 <= args.seed < 2**64:
+        ap.error("--p must be in (0, 1) (0 would give an all-zero BALD map), --lr finite and > 0 and --seed in [0, 2^64)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         ap.error(f"--out {args.out}: exists and is not a folder")
+    try:  # made, and proved writable, before the training
+        os.makedirs(args.out, exist_ok=True)
+        open(os.path.join(args.out, ".write-test"), "w").close()
+        os.remove(os.path.join(args.out, ".write-test"))
+    except OSError as e:
+        ap.error(f"--out {args.out}: cannot be written ({e.strerror})")
 
     import torch
 

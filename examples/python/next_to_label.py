@@ -66,7 +66,7 @@ OVERLAP_METRICS = ("balentacq", "bald", "predictive_entropy")
 # --------------------------------------------------------------------------- arguments
 
 
-def _int_at_least(lo: int, what: str):
+def _int_at_least(lo: int, what: str, hi: int = 2**31 - 1):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -74,6 +74,8 @@ def _int_at_least(lo: int, what: str):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < lo:
             raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        if value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi}, got {value}")
         return value
 
     return parse
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         help="MC-dropout forward passes K per pool item",
     )
-    p.add_argument("--seed", type=_int_at_least(0, "a non-negative integer"), default=0, help="seed for the split, the initialisation and dropout")
+    p.add_argument("--seed", type=_int_at_least(0, "a non-negative integer", 2**32 - 1), default=0, help="seed for the split, the initialisation and dropout")
     p.add_argument("--steps", type=_int_at_least(1, "a positive integer"), default=300, help="full-batch Adam steps on the seed set")
     p.add_argument("--hidden", type=_int_at_least(1, "a positive integer"), default=64, help="width of the two hidden layers")
     p.add_argument("--dropout", type=_float_in_open_interval(0.0, 1.0), default=0.5, help="dropout probability (training and MC inference)")
@@ -295,6 +297,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"--seed-frac + --test-frac must be below 1 (got {args.seed_frac:g} + {args.test_frac:g})")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out}: exists and is not a folder")
+    if args.out:  # made, and proved writable, before any training
+        try:
+            os.makedirs(args.out, exist_ok=True)
+            open(os.path.join(args.out, ".write-test"), "w").close()
+            os.remove(os.path.join(args.out, ".write-test"))
+        except OSError as e:
+            parser.error(f"--out {args.out}: cannot be written ({e.strerror})")
     try:
         split = load_and_split(args.dataset, args.seed, args.seed_frac, args.test_frac)
     except ValueError as e:

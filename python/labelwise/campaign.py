@@ -148,15 +148,21 @@ def load_dataset(name: str, cfg: Optional[Config] = None):
     if name.endswith(".npz"):
         if not os.path.exists(name):
             raise FileNotFoundError(f"--data: no such file: {name}")
-        with np.load(name) as f:
-            files = set(f.files)
+        try:
+            with np.load(name) as f:
+                files = set(f.files)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"--data {name}: not a readable .npz archive ({exc})") from None
         if {"image", "labels"} <= files:
             return SEG.load_npz_volume(name, os.path.basename(name)[:-4], cfg.seg_patch)
         with np.load(name) as f:
             if "X" not in f or "y" not in f:
                 raise ValueError(f"--data {name}: expected arrays 'X' [N, D] and 'y' [N] (classification) or "
                                  f"'image' and 'labels' [S, H, W] (segmentation), found {sorted(f.files)}")
-            X, y = np.asarray(f["X"], dtype=np.float64), np.asarray(f["y"])
+            try:
+                X, y = np.asarray(f["X"], dtype=np.float64), np.asarray(f["y"])
+            except (ValueError, TypeError) as exc:  # object arrays (pickles are not loaded), non-numeric X
+                raise ValueError(f"--data {name}: X must be numeric and y numbers or strings ({exc})") from None
         return Dataset(os.path.basename(name)[:-4], name, X.reshape(len(X), -1), y, f"user file {name}")
     from sklearn import datasets
 
@@ -178,8 +184,12 @@ def validate_dataset(d: Dataset) -> Tuple[np.ndarray, np.ndarray, int]:
     X, y = d.X, d.y
     if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
         raise ValueError(f"{d.name}: expected X [N, D] and y [N], got X {X.shape} and y {y.shape}")
+    if X.shape[1] == 0:
+        raise ValueError(f"{d.name}: X has no features (shape {X.shape})")
     if not np.isfinite(X).all():
         raise ValueError(f"{d.name}: X contains NaN or Inf (first at row {int(np.argwhere(~np.isfinite(X))[0, 0])})")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError(f"{d.name}: y contains NaN or Inf (first at item {int(np.flatnonzero(~np.isfinite(y))[0])})")
     classes, y_idx = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"{d.name}: a campaign needs at least 2 classes, the labels have {len(classes)}")
@@ -345,9 +355,9 @@ def split(X, y, C, cfg: Config, seed: int):
     return Xp, yp, Xt, yt, np.asarray(init), calib_mask
 
 
-def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) -> RunResult:
-    if getattr(d, "kind", "classification") == "segmentation":
-        return SEG.run_one(d, strategy, seed, cfg, RunResult)
+def plan(d: Dataset, cfg: Config, seed: int):
+    """A classification run's split and sizes, every check a run makes before it trains:
+    (Xp, yp, Xt, yt, init, calib, C, N, b, budget). Errors as CampaignError / ValueError."""
     X, y, C = validate_dataset(d)
     Xp, yp, Xt, yt, init, calib = split(X, y, C, cfg, seed)
     N = int((~calib).sum())  # the acquisition pool: everything but the calibration set
@@ -357,6 +367,22 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
         raise ValueError(f"{d.name}: budget {budget} is larger than the unlabelled pool ({N - len(init)})")
     if b < 1 or b > budget:
         raise ValueError(f"{d.name}: batch size {b} must be in [1, budget={budget}]")
+    return Xp, yp, Xt, yt, init, calib, C, N, b, budget
+
+
+def check_before_runs(d, cfg: Config) -> None:
+    """Every data set's split, budget and batch checked before the first run (with the first seed),
+    so that a bad setting for one data set does not surface after the runs of the others."""
+    if getattr(d, "kind", "classification") == "segmentation":
+        SEG.budget_and_batch(d, SEG.split(d, cfg, cfg.seeds[0]), cfg)
+    else:
+        plan(d, cfg, cfg.seeds[0])
+
+
+def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) -> RunResult:
+    if getattr(d, "kind", "classification") == "segmentation":
+        return SEG.run_one(d, strategy, seed, cfg, RunResult)
+    Xp, yp, Xt, yt, init, calib, C, N, b, budget = plan(d, cfg, seed)
     t0 = time.perf_counter()
     labeled = np.zeros(len(yp), dtype=bool)
     labeled[init] = True
@@ -752,10 +778,10 @@ def build_config(a: argparse.Namespace) -> Config:
     unknown = [s for s in strategies if s not in all_strategies()]
     if unknown:
         raise CampaignError(f"--strategies: unknown or unavailable {unknown}; available: {all_strategies()}")
-    if seeds < 1:
-        raise CampaignError("--seeds must be >= 1")
-    if samples < 2:
-        raise CampaignError("--samples must be >= 2 (MC dropout needs several passes)")
+    if not 1 <= seeds <= 10_000:
+        raise CampaignError(f"--seeds must be in [1, 10000], got {seeds}")
+    if not 2 <= samples <= 10_000:
+        raise CampaignError(f"--samples must be in [2, 10000] (MC dropout needs several passes), got {samples}")
     if not 0 < budget < 1:
         raise CampaignError("--budget must be a fraction in (0, 1)")
     cfg = Config(datasets=names, strategies=strategies, seeds=list(range(seeds)), samples=samples,
@@ -766,8 +792,8 @@ def build_config(a: argparse.Namespace) -> Config:
             with open(n, "rb") as f:
                 cfg.data_fingerprints[n] = hashlib.sha256(f.read()).hexdigest()
     if a.batch is not None:
-        if a.batch < 1:
-            raise CampaignError("--batch must be >= 1")
+        if not 1 <= a.batch <= 2**31 - 1:
+            raise CampaignError(f"--batch must be in [1, 2^31 - 1], got {a.batch}")
         cfg.batch = {(os.path.basename(n)[:-4] if n.endswith(".npz") else n): a.batch
                      for n in list(CLASSIFICATION_DATASETS) + list(SEGMENTATION_DATASETS) + names}
     if a.quick:
@@ -828,6 +854,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     for n in cfg.datasets:
         d = load_dataset(n, cfg)
         validate_dataset(d)
+        check_before_runs(d, cfg)
         datasets[d.name] = d
         if not any(applicable(d, st) for st in cfg.strategies):
             kind = getattr(d, "kind", "classification")

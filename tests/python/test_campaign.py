@@ -77,6 +77,23 @@ def test_bad_inputs(tmp_path):
         campaign.main(["--strategies", "oracle", "--out", str(tmp_path / "o5")])
     with pytest.raises(FileNotFoundError):
         campaign.main(["--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o6")])
+    # every data set's batch and split are checked before the first run: digits' runs do not go first
+    with pytest.raises(ValueError, match="breast_cancer: batch size 60 must be in"):
+        campaign.main(["--dataset", "digits", "--dataset", "breast_cancer", "--batch", "60", "--quick", "--strategies",
+                       "random", "--out", str(tmp_path / "o7")])
+    assert not (tmp_path / "o7").exists()
+    for bad, msg in (("--seeds", "--seeds must be in"), ("--samples", "--samples must be in"),
+                     ("--batch", "--batch must be in")):
+        with pytest.raises(campaign.CampaignError, match=msg):
+            campaign.main([bad, str(2**63), "--out", str(tmp_path / "o8")])
+    text = tmp_path / "text.npz"
+    text.write_text("not an archive")
+    with pytest.raises(ValueError, match="not a readable .npz archive"):
+        campaign.main(["--data", str(text), "--out", str(tmp_path / "o9")])
+    ynan = tmp_path / "ynan.npz"
+    np.savez(ynan, X=np.random.rand(40, 2), y=np.r_[np.zeros(20), np.ones(19), np.nan])
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        campaign.main(["--data", str(ynan), "--quick", "--out", str(tmp_path / "o10")])
 
 
 def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
