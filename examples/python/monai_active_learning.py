@@ -53,12 +53,12 @@ def parse_args(argv=None):
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         p.error(f"--out {a.out}: exists and is not a folder")
     if a.out:  # made, and proved writable, before the rounds
+        from labelwise.data import make_output_folder
+
         try:
-            os.makedirs(a.out, exist_ok=True)
-            open(os.path.join(a.out, ".write-test"), "w").close()
-            os.remove(os.path.join(a.out, ".write-test"))
+            make_output_folder(a.out)
         except OSError as e:
-            p.error(f"--out {a.out}: cannot be written ({e.strerror})")
+            p.error(f"--out {e}")
     for name in ("rounds", "batch", "initial", "steps"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")

@@ -194,12 +194,12 @@ def main(argv=None) -> int:
         ap.error("--p must be in (0, 1) (0 would give an all-zero BALD map), --lr finite and > 0 and --seed in [0, 2^64)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         ap.error(f"--out {args.out}: exists and is not a folder")
+    from labelwise.data import make_output_folder
+
     try:  # made, and proved writable, before the training
-        os.makedirs(args.out, exist_ok=True)
-        open(os.path.join(args.out, ".write-test"), "w").close()
-        os.remove(os.path.join(args.out, ".write-test"))
+        make_output_folder(args.out)
     except OSError as e:
-        ap.error(f"--out {args.out}: cannot be written ({e.strerror})")
+        ap.error(f"--out {e}")
 
     import torch
 

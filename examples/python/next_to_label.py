@@ -45,6 +45,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from labelwise import uncertainty as U
+from labelwise.data import make_output_folder
 
 DATASETS = {
     "breast_cancer": ("Breast Cancer Wisconsin (Diagnostic)", datasets.load_breast_cancer),
@@ -299,11 +300,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"--out {args.out}: exists and is not a folder")
     if args.out:  # made, and proved writable, before any training
         try:
-            os.makedirs(args.out, exist_ok=True)
-            open(os.path.join(args.out, ".write-test"), "w").close()
-            os.remove(os.path.join(args.out, ".write-test"))
+            make_output_folder(args.out)
         except OSError as e:
-            parser.error(f"--out {args.out}: cannot be written ({e.strerror})")
+            parser.error(f"--out {e}")
     try:
         split = load_and_split(args.dataset, args.seed, args.seed_frac, args.test_frac)
     except ValueError as e:

@@ -862,11 +862,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                              f"choose from {segmentation_strategies() if kind == 'segmentation' else available_strategies()}")
     # The folder is made, and proved writable, only now that the arguments and data are valid, and
     # before any run: a run's work is never lost to an output folder that cannot take its state.
-    os.makedirs(a.out, exist_ok=True)
-    probe = os.path.join(a.out, ".write-test")
-    with open(probe, "w") as f:
-        f.write("ok")
-    os.remove(probe)
+    from .data import make_output_folder
+
+    make_output_folder(a.out)
     state_path = os.path.join(a.out, "state.json")
     done: Dict[str, Dict] = {}
     if os.path.exists(state_path) and not a.fresh:

@@ -25,7 +25,7 @@ import numpy as np
 from ._arrays import check_bool
 
 __all__ = ["MRICRON_TEMPLATES", "AAL_LOBES", "Volume", "load_volume", "aal_region_codes", "aal_lobes", "colin27",
-           "class_names"]
+           "class_names", "make_output_folder"]
 
 MRICRON_TEMPLATES = "/usr/share/mricron/templates"
 
@@ -147,3 +147,20 @@ def class_names(templates: str = MRICRON_TEMPLATES, *, lobes: bool = True) -> Li
         return list(AAL_LOBES)
     codes = aal_region_codes(templates)
     return ["background"] + [codes[v][0] for v in sorted(codes)]
+
+
+def make_output_folder(path: "str | os.PathLike") -> None:
+    """Makes ``path`` (and its parents) if needed and proves that a file can be written there, so that a
+    program can refuse an unusable output folder before its long work instead of after it. Raises
+    ``OSError`` (``NotADirectoryError`` for an existing file) naming the path."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path}: exists and is not a folder")
+    probe = os.path.join(path, ".write-test")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"{path}: cannot be written ({e.strerror})") from None

@@ -85,3 +85,14 @@ def test_loader_arguments(tmp_path):
     assert data.aal_lobes(np.zeros(0, np.int64)).shape == (0,)
     with pytest.raises(TypeError, match="lobes: expected True or False"):
         data.colin27(lobes="no")
+
+
+def test_make_output_folder(tmp_path):
+    target = tmp_path / "a" / "b"
+    data.make_output_folder(target)  # parents made, the probe removed
+    assert target.is_dir() and list(target.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="exists and is not a folder"):
+        data.make_output_folder(tmp_path / "file")
+    with pytest.raises(OSError, match="cannot be written"):
+        data.make_output_folder(tmp_path / "file" / "sub")
