@@ -192,7 +192,7 @@ KnnData knn_load(const TensorView& f, const char* what) {
   d.row_exp.resize(static_cast<std::size_t>(d.N));
   const std::int64_t s0 = f.strides[0], s1 = f.strides[1];
   // copied in parallel; the first bad row (lowest index) is reported
-  const int W = static_cast<int>(std::min<std::int64_t>(worker_slots(), (d.N + 2047) / 2048 + 1));
+  const int W = worker_slots(d.N, 2048);
   std::vector<std::int64_t> bad(static_cast<std::size_t>(W), d.N);
   parallel_for(d.N, 2048, W, [&](std::int64_t i0, std::int64_t i1, int w) {
     for (std::int64_t i = i0; i < i1; ++i) {
@@ -669,7 +669,7 @@ int knn_search(const KnnData& data, std::int64_t k, DistanceMetric metric, KnnRu
     for (std::int64_t J = I; J < nb; ++J) pairs.push_back({I, J});
   const int max_workers = worker_slots();
   // the candidate passes hand out block pairs: no more workers (threads, per-worker heaps) than pairs
-  const int pair_workers = static_cast<int>(std::min<std::int64_t>(max_workers, static_cast<std::int64_t>(pairs.size())));
+  const int pair_workers = worker_slots(static_cast<std::int64_t>(pairs.size()), 1);
 
   // Lower bound on the exact key of any non-candidate of row i whose float32 approximation is >= amax.
   auto lower32 = [&](std::int64_t i, float amax_f) -> double {

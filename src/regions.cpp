@@ -154,7 +154,7 @@ std::vector<std::vector<double>> all_patches(const TensorView& map, const MapInf
       for (std::int64_t bc = 0; bc < G[1] * G[2]; ++bc)
         window_sums(&B[bc], G[1] * G[2], S0, sz[0], sd[0], G[0], &o[bc], G[1] * G[2], pre, suf);
       for (std::size_t q = 0; q < o.size(); ++q) {
-        o[q] = shift ? std::ldexp(o[q] / volume, shift) : o[q] / volume;
+        o[q] = std::ldexp(o[q] / volume, shift);  // shift 0: the plain mean
         if (o[q] != o[q] && error.empty()) {  // no NaN in V: the patch holds both +inf and -inf
           const std::int64_t g = static_cast<std::int64_t>(q);
           error = std::string("map: the ") + what + " at " +

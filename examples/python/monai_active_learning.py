@@ -50,8 +50,6 @@ def parse_args(argv=None):
         a.rounds, a.steps, a.samples = min(a.rounds, 2), min(a.steps, 60), min(a.samples, 4)
     if a.seed < 0:
         p.error("--seed must be >= 0")
-    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
-        p.error(f"--out {a.out}: exists and is not a folder")
     if a.out:  # made, and proved writable, before the rounds
         from labelwise.data import make_output_folder
 

@@ -192,8 +192,6 @@ def main(argv=None) -> int:
         ap.error("--steps, --batch and --width must be >= 1 and --samples >= 2")
     if not 0 < args.p < 1 or not 0 < args.lr < float("inf") or not 0 <= args.seed < 2**64:
         ap.error("--p must be in (0, 1) (0 would give an all-zero BALD map), --lr finite and > 0 and --seed in [0, 2^64)")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        ap.error(f"--out {args.out}: exists and is not a folder")
     from labelwise.data import make_output_folder
 
     try:  # made, and proved writable, before the training

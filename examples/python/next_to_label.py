@@ -296,8 +296,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
     if args.seed_frac + args.test_frac >= 1.0:
         parser.error(f"--seed-frac + --test-frac must be below 1 (got {args.seed_frac:g} + {args.test_frac:g})")
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out}: exists and is not a folder")
     if args.out:  # made, and proved writable, before any training
         try:
             make_output_folder(args.out)

@@ -55,26 +55,33 @@ def as_array(x: Any, name: str = "x") -> Any:
     return a
 
 
+def widen_to_int64(a: Any, name: str, keep: Sequence[str], what: str = "value") -> Any:
+    """An integer array (numpy, torch or cupy) as int64 in its framework and on its device, unless its
+    dtype is one of ``keep`` (e.g. "int32", "uint8": what the core reads itself); other arrays pass as
+    they are (the core names what it refuses). uint64 entries beyond int64 are a ValueError
+    "<name>: <what> <v> is beyond the int64 range"."""
+    dt = str(a.dtype).replace("torch.", "")
+    if not dt.startswith(("int", "uint")) or dt in keep:
+        return a
+    if dt == "uint64":
+        host = to_host_numpy(a)
+        if host.size and int(host.max()) >= 2**63:
+            raise ValueError(f"{name}: {what} {int(host.max())} is beyond the int64 range")
+    if _framework(a) == "torch":
+        import torch
+
+        if dt.startswith("int"):
+            return a.to(torch.int64)
+        return like_device(to_host_numpy(a).astype(np.int64), a)  # torch casts unsigned types on few devices
+    return a.astype("int64")
+
+
 def as_labels(x: Any, name: str) -> Any:
     """as_array for integer label arrays: int8 / int16 / uint16 / uint32 / uint64 (label maps are often
     stored as int16 or uint16, e.g. NIfTI segmentations) become int64, which the core reads; int64,
     int32, uint8, bool and non-integer arrays pass as they are (the core names what it refuses).
     uint64 values beyond int64 are a ValueError naming ``name``."""
-    a = as_array(x, name)
-    dt = str(a.dtype).replace("torch.", "")
-    if dt not in ("int8", "int16", "uint16", "uint32", "uint64"):
-        return a
-    if dt == "uint64":
-        host = to_host_numpy(a)
-        if host.size and int(host.max()) >= 2**63:
-            raise ValueError(f"{name}: value {int(host.max())} is beyond the int64 range")
-    if _framework(a) == "torch":
-        import torch
-
-        if dt in ("int8", "int16"):
-            return a.to(torch.int64)
-        return like_device(to_host_numpy(a).astype(np.int64), a)  # torch casts these on few devices
-    return a.astype("int64")
+    return widen_to_int64(as_array(x, name), name, keep=("int64", "int32", "uint8"))
 
 
 def _torch_strided() -> Any:

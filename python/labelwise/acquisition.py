@@ -366,18 +366,8 @@ def _labeled_array(labeled: Any, n_items: Optional[int] = None) -> Any:
                                  "(mask.astype(bool) / mask.bool()) or the labelled indices without repeats")
     if len(lab.shape) == 1 and int(lab.shape[0]) == 0:
         return np.zeros(0, dtype=np.int64)  # an empty set, whatever its dtype (np.array([]) is float)
-    if isinstance(lab, np.ndarray) and lab.dtype.kind in "iu" and lab.dtype not in (np.int64, np.uint8):
-        if lab.dtype.kind == "u" and lab.size and int(lab.max()) >= 2**63:
-            raise ValueError(f"labeled: index {int(lab.max())} is beyond the int64 range")
-        lab = lab.astype(np.int64)
-    elif _arrays.framework_name(lab) == "torch":
-        import torch
-
-        if lab.dtype in (torch.int8, torch.int16, torch.int32):
-            lab = lab.to(torch.int64)
-        elif str(lab.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
-            host = _labeled_array(_arrays.to_host_numpy(lab))  # torch cannot cast these on every device
-            lab = _arrays.like_device(host, lab)
+    if isinstance(lab, np.ndarray) or _arrays.framework_name(lab) == "torch":  # (cupy: as given)
+        lab = _arrays.widen_to_int64(lab, "labeled", keep=("int64", "uint8"), what="index")
     return lab
 
 

@@ -49,6 +49,12 @@ namespace detail {
 
 int worker_slots() { return std::max(1, num_threads()); }
 
+int worker_slots(std::int64_t n, std::int64_t grain) {
+  grain = std::max<std::int64_t>(grain, 1);
+  const std::int64_t chunks = std::max<std::int64_t>(1, (n + grain - 1) / grain);
+  return static_cast<int>(std::min<std::int64_t>(worker_slots(), chunks));
+}
+
 void poll_interrupt() {
   // Another chunk of the same parallel loop failed or was interrupted: stop this one too.
   if (t_stop != nullptr && t_stop->load(std::memory_order_relaxed)) throw Error(ErrorKind::Interrupted, "interrupted");

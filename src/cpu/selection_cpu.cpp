@@ -329,8 +329,7 @@ bool top_k_floor(std::int64_t n, std::int64_t b, const Load& load, T& floor) {
 template <typename T>
 SelectFailure run(const SelectJob& job) {
   const T* x = static_cast<const T*>(job.values);
-  // no more workers than chunks of the pool: per-worker state for threads that would get no chunk is waste
-  const int workers = static_cast<int>(std::min<std::int64_t>(worker_slots(), std::max<std::int64_t>(1, (job.n + kGrain - 1) / kGrain)));
+  const int workers = worker_slots(job.n, kGrain);  // per-worker state only for workers that get a chunk
   Shared sh(workers, job.b);
   const std::int64_t n = job.n;
   const bool select = job.b > 0;  // b = 0: validate only; b = -1: keys only (stochastic_keys)

@@ -23,6 +23,9 @@ void parallel_for(std::int64_t n, std::int64_t grain,
 
 /// max(1, num_threads()) read once: the size of a call's per-worker state.
 int worker_slots();
+/// worker_slots(), but no more than the chunks of a loop over n items in chunks of `grain` (at least
+/// 1): the workers that parallel_for(n, grain, ...) can use, for state that no idle worker should get.
+int worker_slots(std::int64_t n, std::int64_t grain);
 
 /// A step boundary of a long-running call, on its calling thread: asks the interrupt check (at most
 /// every 0.2 s) and throws Error(ErrorKind::Interrupted) when it says stop.
