@@ -5,17 +5,22 @@
 # time budget, and print short tables. Run it on the GPU machine through the device tool:
 #   here:   bash scripts/prepare_gpu_deps.sh            (copies Eigen/xtensor/xtl/Catch2 headers to .deps)
 #   device: run(command="bash bench/gpu_check.sh", carry=[".deps"], timeout_s=570)
-# Every log lands in $OUT (when set, it comes back even if the run is cut) and on stdout; copy the
+# Every log lands in $OUT/logs.tgz (when set, it comes back even if the run is cut) and on stdout; copy the
 # tables into bench/RESULTS.md. LW_GPU_BUDGET (seconds, default 540) stops starting new steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
+# the device tool brings back at most 8 files: every log goes to $LOGS, packed into $OUT/logs.tgz
+# after each step (so a run cut short still returns what it did)
+LOGS=$(mktemp -d)
 mkdir -p "$OUT"
+pack() { tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null || true; }
+trap pack EXIT
 BUDGET=${LW_GPU_BUDGET:-540}
 START=$(date +%s)
 status=0
 log() { echo "== [$(($(date +%s) - START)) s] $*"; }
-# step NAME TIMEOUT CMD...: runs CMD (output to stdout and $OUT/NAME.log) unless the budget is spent.
+# step NAME TIMEOUT CMD...: runs CMD (output to stdout and $LOGS/NAME.log) unless the budget is spent.
 step() {
   local name=$1 limit=$2
   shift 2
@@ -27,9 +32,10 @@ step() {
   fi
   ((limit > left)) && limit=$left
   log "$name (timeout ${limit} s)"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -40
+  timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log" | tail -40
   local rc=${PIPESTATUS[0]}
   ((rc != 0)) && { echo "   -> exit $rc"; status=1; }
+  pack
 }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD/tests/python${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -46,25 +52,31 @@ PYBIND_DIR=$(python3 -m pybind11 --cmakedir 2>/dev/null || true)
 configure() {
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.deps" \
     -DLABELWISE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="90-real;75-virtual" -DLABELWISE_BUILD_EXAMPLES=OFF \
-    -DPython_EXECUTABLE="$(command -v python3)" ${PYBIND_DIR:+-Dpybind11_DIR="$PYBIND_DIR"} "$@" >"$OUT/configure.log" 2>&1
+    -DPython_EXECUTABLE="$(command -v python3)" ${PYBIND_DIR:+-Dpybind11_DIR="$PYBIND_DIR"} "$@" >"$LOGS/configure.log" 2>&1
 }
 # without Python headers / pybind11 the C++ tests and benchmark still run
 configure -DLABELWISE_PYTHON=ON || { log "configure with Python failed: retrying without the extension"; \
-  tail -15 "$OUT/configure.log"; status=1; configure -DLABELWISE_PYTHON=OFF; } \
-  || { tail -30 "$OUT/configure.log"; exit 1; }
-# one failing test compile must not cost the benchmarks: the library targets first, the tests after
-targets=(labelwise)
-for t in _core bench_cuda; do ninja -C build-gpu -t targets all 2>/dev/null | grep -q "^$t: " && targets+=("$t"); done
-cmake --build build-gpu -j "$(nproc)" --target "${targets[@]}" >"$OUT/build.log" 2>&1 \
-  || { tail -30 "$OUT/build.log"; exit 1; }
-cmake --build build-gpu -j "$(nproc)" >"$OUT/build_tests.log" 2>&1 || { tail -30 "$OUT/build_tests.log"; status=1; }
+  tail -15 "$LOGS/configure.log"; status=1; configure -DLABELWISE_PYTHON=OFF; } \
+  || { tail -30 "$LOGS/configure.log"; exit 1; }
+# one failing compile must not cost the rest: the library and the CUDA benchmark first, then the
+# Python extension, then the tests
+cmake --build build-gpu -j "$(nproc)" --target labelwise bench_cuda >"$LOGS/build.log" 2>&1 \
+  || { tail -30 "$LOGS/build.log"; exit 1; }
+log "library built"
+if ninja -C build-gpu -t targets all 2>/dev/null | grep -q "^_core: "; then
+  cmake --build build-gpu -j "$(nproc)" --target _core >"$LOGS/build_python.log" 2>&1 \
+    || { tail -30 "$LOGS/build_python.log"; status=1; }
+fi
+cmake --build build-gpu -j "$(nproc)" >"$LOGS/build_tests.log" 2>&1 || { tail -30 "$LOGS/build_tests.log"; status=1; }
+log "build done"
+pack
 python3 -c "import labelwise; print('labelwise', labelwise.__file__, 'CUDA:', labelwise.built_with_cuda())" || status=1
 
 # 1. correctness: every CUDA kernel against the CPU (C++), then the Python CUDA paths
 step cuda_tests 150 ./build-gpu/tests/labelwise_tests "[cuda]"
 # -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name
-step python_cuda_tests 100 python3 -m pytest -q -p no:cacheprovider -rs \
-  -k "cuda or gpu or cupy or (test_propagation and test_torch_in_torch_out)" tests/python
+step python_cuda_tests 120 python3 -m pytest -q -p no:cacheprovider -rs -k \
+  "cuda or gpu or cupy or torch_in_torch_out or bad_inputs or region_errors or any_thread_count" tests/python
 # 2. speed, in the order of the issues' GPU targets
 step bench_cuda 60 ./build-gpu/bench/bench_cuda                       # metrics, selection: bandwidth
 step bench_cuda_target 30 ./build-gpu/bench/bench_cuda 100000 20 10   # the metrics issue's CPU shape (80 MB)
@@ -73,5 +85,11 @@ step knn_gpu 100 python3 bench/knn_gpu.py                             # N=10^6, 
 step batchbald_gpu 60 python3 bench/batchbald_gpu.py                  # N=5000, K=20, C=10, b=10
 step diversity_gpu 90 python3 bench/diversity_gpu.py                  # core-set 1e5x512, BADGE 5e4
 step compare_gpu 60 python3 bench/compare_uncertainty_gpu.py --device cuda
+# 3. memory errors and races the comparisons cannot see (compute-sanitizer works on Firecracker
+#    machines only; a refusal there is reported, not counted as a failure of the kernels)
+if command -v compute-sanitizer >/dev/null; then
+  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests "[cuda]"
+  step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests "[cuda]"
+fi
 log "done, status $status"
 exit $status
