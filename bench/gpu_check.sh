@@ -5,6 +5,9 @@
 # time budget, and print short tables. Run it on the GPU machine through the device tool:
 #   here:   bash scripts/prepare_gpu_deps.sh            (copies Eigen/xtensor/xtl/Catch2 headers to .deps)
 #   device: run(command="bash bench/gpu_check.sh", carry=[".deps"], timeout_s=570)
+# A rerun can leave steps out (LW_GPU_SKIP="heads_cuda knn_gpu ...", "sanitizers" for all three) and
+# point the sanitizers at some tests (LW_MEMCHECK_A / LW_MEMCHECK_B / LW_RACECHECK: comma-separated
+# Catch test specs; default "[cuda]").
 # Every log lands in $OUT/logs.tgz (when set, it comes back even if the run is cut) and on stdout; copy the
 # tables into bench/RESULTS.md. LW_GPU_BUDGET (seconds, default 540) stops starting new steps.
 set -uo pipefail
@@ -20,10 +23,13 @@ BUDGET=${LW_GPU_BUDGET:-540}
 START=$(date +%s)
 status=0
 log() { echo "== [$(($(date +%s) - START)) s] $*"; }
+# LW_GPU_SKIP: step names to leave out (a rerun after a fix: "heads_cuda diversity_gpu")
+SKIP=" ${LW_GPU_SKIP:-} "
 # step NAME TIMEOUT CMD...: runs CMD (output to stdout and $LOGS/NAME.log) unless the budget is spent.
 step() {
   local name=$1 limit=$2
   shift 2
+  [[ $SKIP == *" $name "* ]] && { log "skipped $name (LW_GPU_SKIP)"; return; }
   local left=$((BUDGET - ($(date +%s) - START)))
   if ((left < 20)); then
     log "skipped $name: time budget spent"
@@ -72,24 +78,72 @@ log "build done"
 pack
 python3 -c "import labelwise; print('labelwise', labelwise.__file__, 'CUDA:', labelwise.built_with_cuda())" || status=1
 
-# 1. correctness: every CUDA kernel against the CPU (C++), then the Python CUDA paths
+# 0. a C++ error must reach Python as its exception (it crashed the interpreter on this machine once:
+#    Python 3.12, numpy 2.5, g++ 13 from /opt/gcc); on a crash, a native backtrace from cuda-gdb
+cat >"$LOGS/errors.py" <<'PY'
+import sys
+if "torch" in sys.argv: import torch  # noqa: F401
+import numpy as np
+import labelwise.acquisition as A
+import labelwise.uncertainty as U
+for call in (lambda: A.batchbald(np.full((5, 3, 3), 1 / 3), 6, num_samples=10, seed=0),
+             lambda: U.score(np.full((4, 2, 3), 0.5), ["bald"])):
+    try:
+        call()
+        print("no error raised"); sys.exit(1)
+    except ValueError as e:
+        print("ValueError:", str(e)[:100])
+PY
+step python_errors 30 python3 -X faulthandler "$LOGS/errors.py"
+step python_errors_torch 30 python3 -X faulthandler "$LOGS/errors.py" torch
+if grep -q "Segmentation fault\|Fatal Python error" "$LOGS/python_errors.log" "$LOGS/python_errors_torch.log" 2>/dev/null \
+  && command -v cuda-gdb >/dev/null; then
+  step python_errors_backtrace 90 cuda-gdb -q -nx -batch -ex run -ex bt -ex "info sharedlibrary" --args python3 "$LOGS/errors.py"
+fi
+
+# 1. correctness: every CUDA kernel against the CPU (C++), then the Python CUDA paths; meanwhile the
+#    sanitizers (compute-sanitizer works on Firecracker machines) look for memory errors and races the
+#    comparisons cannot see, in the background
 step cuda_tests 150 ./build-gpu/tests/labelwise_tests "[cuda]"
-# -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name
-step python_cuda_tests 120 python3 -m pytest -q -p no:cacheprovider -rs -k \
+san_pids=()
+# bg_sanitize NAME TIMEOUT TOOL TESTS...: compute-sanitizer TOOL on the named C++ tests, in the background
+bg_sanitize() {
+  local name=$1 limit=$2 tool=$3
+  shift 3
+  [[ $SKIP == *" $name "* || $SKIP == *" sanitizers "* ]] && return
+  command -v compute-sanitizer >/dev/null || return
+  log "$name in the background (timeout $limit s)"
+  (timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 ./build-gpu/tests/labelwise_tests "$@" \
+     >"$LOGS/$name.log" 2>&1; echo "exit $?" >>"$LOGS/$name.log") &
+  san_pids+=($!)
+}
+IFS=, read -r -a san_memcheck_a <<<"${LW_MEMCHECK_A:-[cuda]}"
+bg_sanitize memcheck 150 memcheck "${san_memcheck_a[@]}"
+[[ -n ${LW_MEMCHECK_B:-} ]] && { IFS=, read -r -a san_memcheck_b <<<"$LW_MEMCHECK_B"; bg_sanitize memcheck_b 150 memcheck "${san_memcheck_b[@]}"; }
+IFS=, read -r -a san_racecheck <<<"${LW_RACECHECK:-[cuda]}"
+bg_sanitize racecheck 150 racecheck "${san_racecheck[@]}"
+# -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name; xdist (when
+# there) keeps going past a crashed test
+xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n 4)
+step python_cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" -k \
   "cuda or gpu or cupy or torch_in_torch_out or bad_inputs or region_errors or any_thread_count" tests/python
-# 2. speed, in the order of the issues' GPU targets
+if ((${#san_pids[@]})); then
+  log "waiting for the sanitizers"
+  wait "${san_pids[@]}"
+  for f in memcheck memcheck_b racecheck; do
+    [[ -f $LOGS/$f.log ]] || continue
+    echo "--- $f:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test cases|^exit|Invalid|Race reported" "$LOGS/$f.log" | head -12
+    grep -q "^exit 0" "$LOGS/$f.log" || status=1
+  done
+  pack
+fi
+# 2. speed, in the order of the issues' GPU targets (the GPU to themselves: the sanitizers are done)
 step bench_cuda 60 ./build-gpu/bench/bench_cuda                       # metrics, selection: bandwidth
 step bench_cuda_target 30 ./build-gpu/bench/bench_cuda 100000 20 10   # the metrics issue's CPU shape (80 MB)
+step compare_gpu 60 python3 bench/compare_uncertainty_gpu.py --device cuda
 step heads_cuda 120 python3 bench/bench_heads.py --device cuda        # 512x512x300, F=64, C=14, K=20
 step knn_gpu 100 python3 bench/knn_gpu.py                             # N=10^6, D=128, k=10
 step batchbald_gpu 60 python3 bench/batchbald_gpu.py                  # N=5000, K=20, C=10, b=10
 step diversity_gpu 90 python3 bench/diversity_gpu.py                  # core-set 1e5x512, BADGE 5e4
-step compare_gpu 60 python3 bench/compare_uncertainty_gpu.py --device cuda
-# 3. memory errors and races the comparisons cannot see (compute-sanitizer works on Firecracker
-#    machines only; a refusal there is reported, not counted as a failure of the kernels)
-if command -v compute-sanitizer >/dev/null; then
-  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests "[cuda]"
-  step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests "[cuda]"
-fi
 log "done, status $status"
 exit $status

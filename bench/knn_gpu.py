@@ -77,7 +77,9 @@ def main() -> int:
         t_cpu = time.perf_counter() - t0
         t_gpu, (gi, gd) = gpu_time(lambda: P.knn_graph(xs_g, k, metric=metric))
         same_i = bool(np.array_equal(gi.cpu().numpy(), ci))
-        rel = float(np.max(np.abs(gd.cpu().numpy().astype(np.float64) - cd) / np.maximum(np.abs(cd), 1e-300)))
+        # float64 before the floor: in float32, 1e-300 is 0 and equal zero distances (the duplicates) gave 0/0
+        cd64, gd64 = cd.astype(np.float64), gd.cpu().numpy().astype(np.float64)
+        rel = float(np.max(np.abs(gd64 - cd64) / np.maximum(np.abs(cd64), 1e-300)))
         checks.append((metric, t_cpu, t_gpu, same_i, rel))
 
     # ---- pilot and size

@@ -24,6 +24,15 @@ using lw_test::DeviceArray;
 
 namespace {
 
+/// BalEntAcq computed in float32 arithmetic on two backends: each rounds the probabilities to
+/// float32 (softmax, or the float16 / bfloat16 values widened), and s = (H + ln 2) / (MJEnt + H)
+/// amplifies a relative error e of them by about s² / (H + ln 2) (docs/metrics.md). The C++ CPU tests
+/// accept 5e-3 relative against the float64 reference there, so two backends may differ by twice
+/// that, never in sign. (Measured on an H200: up to 1.1e-3 relative, at |s| ~ 330.)
+bool float32_balentacq_close(double a, double g) {
+  return std::isfinite(a) && std::isfinite(g) && (a > 0) == (g > 0) && std::fabs(a - g) <= 1e-2 * std::fabs(a);
+}
+
 /// Every metric of a contiguous [N, K, C] pool on the CPU and on CUDA. mixed = false: smooth gamma(0.5)
 /// rows. mixed = true: one character per item, in turn the four of the CPU tests (ref::random_probs:
 /// spread, near one-hot, uniform, entries of 1e-30) and a fifth with exact zeros (1 to C - 1 classes of
@@ -107,7 +116,8 @@ void compare_layout(int N, int K, int C, InputKind kind, std::uint64_t seed, boo
       // rounds the top mean to exactly 1 (-inf) and the other gives s > 1e12 (the C++ CPU tests' rule).
       const bool pole = balentacq && ((a == -INFINITY && g > 1e12) || (g == -INFINITY && a > 1e12));
       const double t = balentacq && std::isfinite(a) ? tol + 1e-12 * std::fabs(a) : tol;
-      CHECK(((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= t * (1 + std::fabs(a))));
+      CHECK(((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= t * (1 + std::fabs(a)) ||
+             (balentacq && f32 && float32_balentacq_close(a, g))));
     }
 }
 /// Every metric of x (host bytes `host`, dtype dt, shape / strides as given) on the CPU and on CUDA (a
@@ -146,7 +156,9 @@ void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std
       const double a = at(cpu, m * n + i), g = at(gpu, m * n + i);
       const bool pole = m == static_cast<int>(Metric::BalEntAcq) &&
                         ((a == -INFINITY && g > 1e12) || (g == -INFINITY && a > 1e12));
-      if (!((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= tol * (1 + std::fabs(a))))
+      const bool f32_balentacq = m == static_cast<int>(Metric::BalEntAcq) && dt != DType::Float64;
+      if (!((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= tol * (1 + std::fabs(a)) ||
+            (f32_balentacq && float32_balentacq_close(a, g))))
         if (bad++ == 0) first = i;
     }
     INFO(metric_name(static_cast<Metric>(m)) << ": " << bad << " of " << n << " items differ; first " << first
