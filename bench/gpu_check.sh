@@ -117,11 +117,10 @@ bg_sanitize() {
      >"$LOGS/$name.log" 2>&1; echo "exit $?" >>"$LOGS/$name.log") &
   san_pids+=($!)
 }
-IFS=, read -r -a san_memcheck_a <<<"${LW_MEMCHECK_A:-[cuda]}"
-bg_sanitize memcheck 150 memcheck "${san_memcheck_a[@]}"
-[[ -n ${LW_MEMCHECK_B:-} ]] && { IFS=, read -r -a san_memcheck_b <<<"$LW_MEMCHECK_B"; bg_sanitize memcheck_b 150 memcheck "${san_memcheck_b[@]}"; }
-IFS=, read -r -a san_racecheck <<<"${LW_RACECHECK:-[cuda]}"
-bg_sanitize racecheck 150 racecheck "${san_racecheck[@]}"
+# one argument each: Catch2 v2 joins several test-spec arguments without a separator
+bg_sanitize memcheck 150 memcheck "${LW_MEMCHECK_A:-[cuda]}"
+[[ -n ${LW_MEMCHECK_B:-} ]] && bg_sanitize memcheck_b 150 memcheck "$LW_MEMCHECK_B"
+bg_sanitize racecheck 150 racecheck "${LW_RACECHECK:-[cuda]}"
 # -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name; xdist (when
 # there) keeps going past a crashed test
 xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n 4)

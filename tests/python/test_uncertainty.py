@@ -458,7 +458,18 @@ def test_half_on_cuda_equals_cpu(rng):
             gpu = U.score(xc.cuda(), input=kind)
             for m in U.METRICS:
                 assert gpu[m].is_cuda and gpu[m].dtype == torch.float32
-                np.testing.assert_allclose(gpu[m].cpu().numpy(), cpu[m].numpy(), rtol=1e-5, atol=1e-6)
+                g, c = gpu[m].cpu().numpy().astype(np.float64), cpu[m].numpy().astype(np.float64)
+                if m == "balentacq":
+                    # float32 arithmetic on both sides, rounded differently (CUDA's expf / logf against
+                    # the CPU's): s = (H + ln 2)/(MJEnt + H) amplifies that (the C++ rule, test_cuda.cu:
+                    # 1e-2 relative, same sign; only "a number" where the top mean is within 1e-2 of 1).
+                    # Measured on an H200: up to 1.9e-4 relative at |s| ~ 390.
+                    certain = cpu["least_confidence"].numpy() < 1e-2
+                    ok = ((g == c) & np.isinf(c)) | (np.isfinite(g) & np.isfinite(c) & ((g > 0) == (c > 0)) &
+                                                     (np.abs(g - c) <= 1e-2 * np.abs(c))) | (certain & ~np.isnan(g))
+                    assert ok.all(), f"balentacq: {g[~ok][:5]} vs {c[~ok][:5]}"
+                    continue
+                np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
     bad = torch.from_numpy(p).half()
     bad[9, 1, 2, 0, 1] = float("nan")
     with pytest.raises(ValueError, match=r"item \[9, 0, 1\].*NaN"):
