@@ -5,9 +5,9 @@
 # time budget, and print short tables. Run it on the GPU machine through the device tool:
 #   here:   bash scripts/prepare_gpu_deps.sh            (copies Eigen/xtensor/xtl/Catch2 headers to .deps)
 #   device: run(command="bash bench/gpu_check.sh", carry=[".deps"], timeout_s=570)
-# A rerun can leave steps out (LW_GPU_SKIP="heads_cuda knn_gpu ...", "sanitizers" for all three) and
-# point the sanitizers at some tests (LW_MEMCHECK_A / LW_MEMCHECK_B / LW_RACECHECK: comma-separated
-# Catch test specs; default "[cuda]").
+# A rerun can leave steps out (LW_GPU_SKIP="heads_cuda knn_gpu torch_cuda_tests ...", "sanitizers" for
+# all three) and point the sanitizers at some tests (LW_MEMCHECK_A / LW_MEMCHECK_B / LW_RACECHECK:
+# comma-separated Catch test specs; default "[cuda]").
 # Every log lands in $OUT/logs.tgz (when set, it comes back even if the run is cut) and on stdout; copy the
 # tables into bench/RESULTS.md. LW_GPU_BUDGET (seconds, default 540) stops starting new steps.
 set -uo pipefail
@@ -101,42 +101,59 @@ if grep -q "Segmentation fault\|Fatal Python error" "$LOGS/python_errors.log" "$
   step python_errors_backtrace 90 cuda-gdb -q -nx -batch -ex run -ex bt -ex "info sharedlibrary" --args python3 "$LOGS/errors.py"
 fi
 
-# 1. correctness: every CUDA kernel against the CPU (C++), then the Python CUDA paths; meanwhile the
-#    sanitizers (compute-sanitizer works on Firecracker machines) look for memory errors and races the
-#    comparisons cannot see, in the background
+# 1. correctness: every CUDA kernel against the CPU (C++), then the Python CUDA paths; meanwhile, in the
+#    background, the sanitizers (compute-sanitizer works on Firecracker machines) look for memory errors
+#    and races the comparisons cannot see, and the LibTorch component is built and its CUDA test run
 step cuda_tests 150 ./build-gpu/tests/labelwise_tests "[cuda]"
-san_pids=()
-# bg_sanitize NAME TIMEOUT TOOL TESTS...: compute-sanitizer TOOL on the named C++ tests, in the background
-bg_sanitize() {
-  local name=$1 limit=$2 tool=$3
-  shift 3
-  [[ $SKIP == *" $name "* || $SKIP == *" sanitizers "* ]] && return
-  command -v compute-sanitizer >/dev/null || return
+bg_pids=()
+bg_names=()
+# bg_step NAME TIMEOUT CMD...: CMD in the background, output to $LOGS/NAME.log, "exit RC" appended
+bg_step() {
+  local name=$1 limit=$2
+  shift 2
+  [[ $SKIP == *" $name "* ]] && { log "skipped $name (LW_GPU_SKIP)"; return; }
   log "$name in the background (timeout $limit s)"
-  (timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 ./build-gpu/tests/labelwise_tests "$@" \
-     >"$LOGS/$name.log" 2>&1; echo "exit $?" >>"$LOGS/$name.log") &
-  san_pids+=($!)
+  (timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1; echo "exit $?" >>"$LOGS/$name.log") &
+  bg_pids+=($!)
+  bg_names+=("$name")
 }
 # one argument each: Catch2 v2 joins several test-spec arguments without a separator
-bg_sanitize memcheck 150 memcheck "${LW_MEMCHECK_A:-[cuda]}"
-[[ -n ${LW_MEMCHECK_B:-} ]] && bg_sanitize memcheck_b 150 memcheck "$LW_MEMCHECK_B"
-bg_sanitize racecheck 150 racecheck "${LW_RACECHECK:-[cuda]}"
+if command -v compute-sanitizer >/dev/null && [[ $SKIP != *" sanitizers "* ]]; then
+  bg_step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
+    "${LW_MEMCHECK_A:-[cuda]}"
+  [[ -n ${LW_MEMCHECK_B:-} ]] && bg_step memcheck_b 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    ./build-gpu/tests/labelwise_tests "$LW_MEMCHECK_B"
+  bg_step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
+    "${LW_RACECHECK:-[cuda]}"
+fi
+# The LibTorch component (labelwise::torch) against the PyTorch that python3 holds: its own build
+# folder, its CUDA test (C++ heads and torch adapter on CUDA tensors, on a stream of torch's pool)
+torch_cuda() {
+  local torch_dir
+  torch_dir=$(python3 -c "import os, torch; print(os.path.join(torch.utils.cmake_prefix_path, 'Torch'))") || return 1
+  cmake -S . -B build-gpu-torch -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.deps" \
+    -DLABELWISE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DLABELWISE_BUILD_EXAMPLES=OFF \
+    -DLABELWISE_BUILD_BENCHMARKS=OFF -DLABELWISE_TORCH=ON -DTorch_DIR="$torch_dir" || return 1
+  cmake --build build-gpu-torch -j 8 --target labelwise_torch_tests || return 1
+  ./build-gpu-torch/tests/labelwise_torch_tests "[cuda]"
+}
+export -f torch_cuda
+bg_step torch_cuda_tests 240 bash -c torch_cuda
 # -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name; xdist (when
 # there) keeps going past a crashed test
 xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n 4)
 step python_cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" -k \
   "cuda or gpu or cupy or torch_in_torch_out or bad_inputs or region_errors or any_thread_count" tests/python
-if ((${#san_pids[@]})); then
-  log "waiting for the sanitizers"
-  wait "${san_pids[@]}"
-  for f in memcheck memcheck_b racecheck; do
-    [[ -f $LOGS/$f.log ]] || continue
-    echo "--- $f:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test cases|^exit|Invalid|Race reported" "$LOGS/$f.log" | head -12
+if ((${#bg_pids[@]})); then
+  log "waiting for ${bg_names[*]}"
+  wait "${bg_pids[@]}"
+  for f in "${bg_names[@]}"; do
+    echo "--- $f:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test cases|^exit|Invalid|Race reported|FAILED|Error" "$LOGS/$f.log" | head -12
     grep -q "^exit 0" "$LOGS/$f.log" || status=1
   done
   pack
 fi
-# 2. speed, in the order of the issues' GPU targets (the GPU to themselves: the sanitizers are done)
+# 2. speed, in the order of the issues' GPU targets (the GPU to themselves: the background jobs are done)
 step bench_cuda 60 ./build-gpu/bench/bench_cuda                       # metrics, selection: bandwidth
 step bench_cuda_target 30 ./build-gpu/bench/bench_cuda 100000 20 10   # the metrics issue's CPU shape (80 MB)
 step compare_gpu 60 python3 bench/compare_uncertainty_gpu.py --device cuda

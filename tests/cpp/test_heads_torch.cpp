@@ -6,6 +6,9 @@
 #include "labelwise/segmentation/heads.hpp"
 
 #include <catch2/catch.hpp>
+#ifdef LABELWISE_TORCH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include "test_seed.hpp"
 
@@ -413,4 +416,80 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
   }
   require_error([&] { en->score(x); }, "members.1.weight[2, 3, 0, 0] is NaN or Inf");
   require_error([&] { en->sample(x); }, "members.1.weight[2, 3, 0, 0] is NaN or Inf");
+}
+
+namespace {
+
+/// CPU / CUDA agreement of one metric map (test_head_score_cuda.cu's rule): relative `tol`, equal
+/// infinities, and BalEntAcq's pole (one side rounds the top mean to exactly 1: -inf against > 1e12).
+void check_maps_agree(const at::Tensor& cpu, const at::Tensor& gpu, Metric m, double tol) {
+  REQUIRE(gpu.is_cuda());
+  REQUIRE(cpu.sizes() == gpu.sizes());
+  const auto a = cpu.to(torch::kDouble).contiguous().flatten();
+  const auto g = gpu.cpu().to(torch::kDouble).contiguous().flatten();
+  const double* pa = a.data_ptr<double>();
+  const double* pg = g.data_ptr<double>();
+  std::int64_t bad = 0, first = -1;
+  for (std::int64_t j = 0; j < a.numel(); ++j) {
+    const bool pole = m == Metric::BalEntAcq && ((pa[j] == -INFINITY && pg[j] > 1e12) || (pg[j] == -INFINITY && pa[j] > 1e12));
+    // near its pole BalEntAcq amplifies last-bit differences (test_cuda.cu's 1e-12 |s| term)
+    const double t = tol + (m == Metric::BalEntAcq && std::isfinite(pa[j]) ? 1e-12 * std::abs(pa[j]) : 0.0);
+    if (!((std::isinf(pa[j]) && pa[j] == pg[j]) || pole || std::abs(pg[j] - pa[j]) <= t * std::max(1.0, std::abs(pa[j]))))
+      if (bad++ == 0) first = j;
+  }
+  INFO(metric_name(m) << ": " << bad << " of " << a.numel() << " values differ; first " << first
+                      << (first >= 0 ? " cpu " + std::to_string(pa[first]) + " gpu " + std::to_string(pg[first]) : ""));
+  CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEST_CASE("heads and the torch adapter on CUDA tensors equal the CPU, on torch's current stream",
+          "[torch][heads][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device: the LibTorch component's CUDA path is not checked here");
+    return;
+  }
+  const std::uint64_t seed = fresh_seed();
+  torch::manual_seed(seed);
+  INFO("seed " << seed);
+#ifdef LABELWISE_TORCH_CUDA
+  // A stream of torch's pool, not the default one: the kernels must run on torch's current stream.
+  c10::cuda::CUDAStreamGuard on_stream(c10::cuda::getStreamFromPool());
+#endif
+  const std::vector<Metric> metrics{Metric::PredictiveEntropy, Metric::Bald, Metric::VariationRatio, Metric::MeanStd,
+                                    Metric::BalEntAcq};
+  for (int dims : {2, 3}) {
+    INFO("dims " << dims);
+    const auto x = dims == 2 ? torch::randn({2, 8, 9, 7}) : torch::randn({2, 8, 3, 5, 4});
+    const auto xg = x.cuda();
+    MCDropoutHead mc(8, 5, 0.4, dims);
+    EnsembleHead en(8, 5, 4, dims);
+    at::Tensor mean_cpu, mean_gpu;
+    const auto mc_cpu = mc->score(x, 12, metrics, seed, &mean_cpu);
+    const auto mc_samples = mc->sample(x, 12, seed);
+    const auto en_cpu = en->score(x, std::nullopt, metrics, 0);
+    mc->to(torch::kCUDA);
+    en->to(torch::kCUDA);
+    const auto mc_gpu = mc->score(xg, 12, metrics, seed, &mean_gpu);
+    const auto en_gpu = en->score(xg, std::nullopt, metrics, 0);
+    const auto mc_samples_gpu = mc->sample(xg, 12, seed);
+    // the same dropout masks and float32 probabilities on both devices, bit for bit
+    REQUIRE(mc_samples_gpu.is_cuda());
+    CHECK(torch::equal(mc_samples_gpu.cpu(), mc_samples));
+    for (Metric m : metrics) {
+      check_maps_agree(mc_cpu.at(m), mc_gpu.at(m), m, 1e-6);
+      check_maps_agree(en_cpu.at(m), en_gpu.at(m), m, 1e-6);
+    }
+    REQUIRE(mean_gpu.is_cuda());
+    CHECK(torch::allclose(mean_gpu.cpu(), mean_cpu, 0, 1e-6));
+    // the adapter: float64 samples on the device give the CPU's maps, on the device
+    const auto p = mc_samples.to(torch::kDouble);
+    const auto cpu = torch_interop::score(p, metrics);
+    const auto gpu = torch_interop::score(p.cuda(), metrics);
+    for (Metric m : metrics) {
+      CHECK(gpu.at(m).scalar_type() == torch::kDouble);
+      check_maps_agree(cpu.at(m), gpu.at(m), m, 1e-10);
+    }
+  }
 }
