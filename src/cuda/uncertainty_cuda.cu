@@ -21,6 +21,25 @@ struct OutSpec {
   std::int64_t stride[kNumMetrics][kMaxDims];
 };
 
+/// Item i's requested metrics into their outputs, or, for a failed item (status st), its index into
+/// the lowest-failure slot: (i << 3) | st, so that atomicMin keeps the first bad item.
+__device__ inline void store_item(int st, std::int64_t i, const double* res, const ItemGrid& grid, unsigned mask,
+                                  const OutSpec& outs, unsigned long long* failure) {
+  if (st != kItemOk) {
+    atomicMin(failure, (static_cast<unsigned long long>(i) << 3) | static_cast<unsigned long long>(st));
+    return;
+  }
+#pragma unroll
+  for (int m = 0; m < kNumMetrics; ++m) {
+    if (!(mask & (1u << m))) continue;
+    const std::int64_t o = item_offset(grid, outs.stride[m], i);
+    if (outs.is_f32[m])
+      static_cast<float*>(outs.out[m])[o] = static_cast<float>(res[m]);
+    else
+      static_cast<double*>(outs.out[m])[o] = res[m];
+  }
+}
+
 template <typename T>
 __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_t sk, std::int64_t sc, int K, int C,
                              int input_kind, unsigned mask, double tol, OutSpec outs, double* stats_scratch,
@@ -37,19 +56,7 @@ __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_
   for (std::int64_t i = tid; i < grid.count; i += nthreads) {
     const std::int64_t off = item_offset(grid, grid.in_stride, i);
     const int st = score_item<T>(x + off, sk, sc, K, C, input_kind, mask, tol, s, res);
-    if (st != kItemOk) {
-      atomicMin(failure, (static_cast<unsigned long long>(i) << 3) | static_cast<unsigned long long>(st));
-      continue;
-    }
-#pragma unroll
-    for (int m = 0; m < kNumMetrics; ++m) {
-      if (!(mask & (1u << m))) continue;
-      const std::int64_t o = item_offset(grid, outs.stride[m], i);
-      if (outs.is_f32[m])
-        static_cast<float*>(outs.out[m])[o] = static_cast<float>(res[m]);
-      else
-        static_cast<double*>(outs.out[m])[o] = res[m];
-    }
+    store_item(st, i, res, grid, mask, outs, failure);
   }
 }
 
@@ -123,19 +130,7 @@ __global__ void staged_kernel(const T* __restrict__ x, ItemGrid grid, std::int64
       const std::int64_t i = base + lane;
       const int st = score_item<T, true>(in_all + static_cast<std::int64_t>(lane) * pitch.in, C, 1, K, C, input_kind,
                                          mask, tol, s, res);
-      if (st != kItemOk) {
-        atomicMin(failure, (static_cast<unsigned long long>(i) << 3) | static_cast<unsigned long long>(st));
-      } else {
-#pragma unroll
-        for (int m = 0; m < kNumMetrics; ++m) {
-          if (!(mask & (1u << m))) continue;
-          const std::int64_t o = item_offset(grid, outs.stride[m], i);
-          if (outs.is_f32[m])
-            static_cast<float*>(outs.out[m])[o] = static_cast<float>(res[m]);
-          else
-            static_cast<double*>(outs.out[m])[o] = res[m];
-        }
-      }
+      store_item(st, i, res, grid, mask, outs, failure);
     }
     __syncwarp();  // the next round overwrites the staged values
   }
