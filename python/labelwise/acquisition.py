@@ -84,6 +84,15 @@ def _out_len(x: Any, b: int) -> int:
     return max(0, min(b, _numel(x)))
 
 
+def _selection_start(scores: Any, b: Any) -> Tuple[Any, int, int, Any, Any]:
+    """The start of a selection from scores: (array, b, stream, its capsule, the int64 index output,
+    of min(b, N) entries)."""
+    x = _arrays.as_array(scores, "scores")
+    b = _count(b)
+    stream = _stream_of(x)
+    return x, b, stream, _arrays.capsule(x, stream=stream), _empty(x, (_out_len(x, b),), "int64")
+
+
 def top_k(scores: Any, b: int, *, index_offset: int = 0, return_values: bool = False) -> Union[Any, Tuple[Any, Any]]:
     """Indices of the ``b`` highest scores, best first, ties broken by the lower index.
 
@@ -92,14 +101,9 @@ def top_k(scores: Any, b: int, *, index_offset: int = 0, return_values: bool = F
     :func:`merge_top_k`). With ``return_values=True`` returns ``(indices, values)``, the values in
     the scores' dtype.
     """
-    x = _arrays.as_array(scores, "scores")
-    b = _count(b)
-    stream = _stream_of(x)
-    xcap = _arrays.capsule(x, stream=stream)
-    m = _out_len(x, b)
-    idx = _empty(x, (m,), "int64")
+    x, b, stream, xcap, idx = _selection_start(scores, b)
     return_values = _arrays.check_bool(return_values, "return_values")
-    vals = _arrays.empty_like_framework(x, (m,)) if return_values else None
+    vals = _arrays.empty_like_framework(x, tuple(idx.shape)) if return_values else None
     _core.top_k(
         xcap,
         b,
@@ -148,14 +152,9 @@ def stochastic(
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected 'power', 'softmax' or 'softrank', got {mode!r}")
-    x = _arrays.as_array(scores, "scores")
-    b = _count(b)
-    stream = _stream_of(x)
-    xcap = _arrays.capsule(x, stream=stream)
-    m = _out_len(x, b)
-    idx = _empty(x, (m,), "int64")
+    x, b, stream, xcap, idx = _selection_start(scores, b)
     return_keys = _arrays.check_bool(return_keys, "return_keys")
-    keys = _empty(x, (m,), "float64") if return_keys else None
+    keys = _empty(x, tuple(idx.shape), "float64") if return_keys else None
     _core.stochastic(
         xcap,
         b,

@@ -288,6 +288,18 @@ class HeadBase : public torch::nn::Module {
     }
   }
 
+  /// The fused kernels' options; CUDA input runs on torch's current stream on its device.
+  static HeadScoreOptions kernel_options(const at::Tensor& x, std::int64_t K, double p, std::uint64_t seed,
+                                         std::uint64_t index_offset) {
+    HeadScoreOptions opt;
+    opt.samples = K;
+    opt.dropout = p;
+    opt.seed = seed;
+    opt.index_offset = index_offset;
+    opt.stream = torch_interop::current_stream(x);
+    return opt;
+  }
+
   /// head_score / head_sample on weight [M, C, F], bias [M, C].
   std::map<Metric, at::Tensor> fused_score(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& bias,
                                            std::int64_t K, double p, const std::vector<Metric>& metrics,
@@ -316,14 +328,8 @@ class HeadBase : public torch::nn::Module {
       *mean = at::empty(mshape, fopt);
       mean_view = torch_interop::view(*mean);
     }
-    HeadScoreOptions opt;
-    opt.samples = K;
-    opt.dropout = p;
-    opt.seed = seed;
-    opt.index_offset = index_offset;
-    opt.stream = torch_interop::current_stream(x);
     head_score(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), outs,
-               mean != nullptr ? &mean_view : nullptr, opt);
+               mean != nullptr ? &mean_view : nullptr, kernel_options(x, K, p, seed, index_offset));
     return results;
   }
 
@@ -337,13 +343,8 @@ class HeadBase : public torch::nn::Module {
     std::vector<std::int64_t> shape{x.size(0), K, num_classes_};
     for (auto s : spatial(x)) shape.push_back(s);
     at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(x.device()));
-    HeadScoreOptions opt;
-    opt.samples = K;
-    opt.dropout = p;
-    opt.seed = seed;
-    opt.index_offset = index_offset;
-    opt.stream = torch_interop::current_stream(x);
-    head_sample(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), torch_interop::view(out), opt);
+    head_sample(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), torch_interop::view(out),
+                kernel_options(x, K, p, seed, index_offset));
     return out;
   }
 
