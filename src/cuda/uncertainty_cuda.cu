@@ -62,8 +62,10 @@ __global__ void score_kernel(const T* __restrict__ x, ItemGrid grid, std::int64_
 
 /// Shared-memory pitches of staged_kernel, per thread: `dbl` float64 class statistics (first, sum,
 /// sumsq: 3 padded class blocks, plus one so that neighbouring threads start in different banks),
-/// `in` staged input values of T (K·C, rounded to an odd count of 4-byte words), `row` values of the
-/// compute type and `votes` ints (padded classes, plus one).
+/// `in` staged input values of T (K·C, made odd so that the 32 threads' items start in different
+/// banks: 4-byte words for float, 8-byte units for double), `row` values of the compute type and
+/// `votes` ints (padded classes, plus one). Pitches are 0 (and the bytes huge) where an item could
+/// never be staged, so that no int overflows for absurd K or C.
 struct StagedPitch {
   int dbl, in, row, votes;
   std::size_t bytes_per_thread;
@@ -72,12 +74,15 @@ struct StagedPitch {
 template <typename T>
 StagedPitch staged_pitch(int K, int C) {
   using A = typename compute_type<T>::type;
-  const int Cp = padded_classes(C);
   StagedPitch p{};
-  p.dbl = 3 * Cp + 1;
   const std::int64_t kc = static_cast<std::int64_t>(K) * C;
-  const std::int64_t words = kc * static_cast<std::int64_t>(sizeof(T) / 4);
-  p.in = static_cast<int>(std::min<std::int64_t>(kc + ((words % 2 == 0 && sizeof(T) == 4) ? 1 : 0), 1 << 30));
+  if (C > (1 << 16) || kc > (1 << 20)) {
+    p.bytes_per_thread = ~std::size_t{0} / 64;
+    return p;
+  }
+  const int Cp = padded_classes(C);
+  p.dbl = 3 * Cp + 1;
+  p.in = static_cast<int>(kc | 1);
   p.row = Cp + 1;
   p.votes = Cp + 1;
   p.bytes_per_thread = static_cast<std::size_t>(p.dbl) * 8 + static_cast<std::size_t>(p.in) * sizeof(T) +
@@ -136,7 +141,8 @@ __global__ void staged_kernel(const T* __restrict__ x, ItemGrid grid, std::int64
   }
 }
 
-/// Shared memory a staged_kernel block may take: at most this, so that several blocks share an SM.
+/// Shared memory a staged_kernel block may take: at most this, so that several blocks share an SM,
+/// and at most what the device allows one block (64 KiB on sm_75, 227 KiB on sm_90).
 constexpr std::size_t kStagedMaxBytes = 96 * 1024;
 
 struct WidenShape {
@@ -202,13 +208,23 @@ std::size_t staged_block_bytes(const ScoreJob& job) {
   return 32 * staged_pitch<T>(job.K, job.C).bytes_per_thread;
 }
 
+/// The shared memory a staged_kernel block may take on `device`: min(kStagedMaxBytes, the device's
+/// opt-in maximum per block).
+std::size_t staged_limit(int device) {
+  int optin = 0;
+  LABELWISE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return std::min<std::size_t>(kStagedMaxBytes, static_cast<std::size_t>(optin));
+}
+
 template <typename T>
-void launch_staged(const ScoreJob& job, const OutSpec& outs, unsigned long long* failure, cudaStream_t stream) {
+void launch_staged(const ScoreJob& job, const OutSpec& outs, std::size_t limit, unsigned long long* failure,
+                   cudaStream_t stream) {
   const StagedPitch pitch = staged_pitch<T>(job.K, job.C);
   const std::size_t bytes = 32 * pitch.bytes_per_thread;
-  if (bytes > 48 * 1024)
-    LABELWISE_CUDA_CHECK(cudaFuncSetAttribute(staged_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(bytes)));
+  // Always the same value (the device's limit), never this call's size: concurrent calls from other
+  // host threads cannot lower it under a launch that needs more.
+  LABELWISE_CUDA_CHECK(cudaFuncSetAttribute(staged_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(limit)));
   int per_sm = 0;
   LABELWISE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, staged_kernel<T>, 32, bytes));
   const int blocks = grid_blocks((job.grid.count + 31) / 32, 1, multiprocessor_count(job.device_index),
@@ -231,7 +247,8 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   }
   // Items of up to a few hundred values are staged in shared memory; larger ones use global scratch.
   const bool f32 = job.dtype == DType::Float32;
-  const bool staged = (f32 ? staged_block_bytes<float>(job) : staged_block_bytes<double>(job)) <= kStagedMaxBytes;
+  const std::size_t limit = staged_limit(job.device_index);
+  const bool staged = (f32 ? staged_block_bytes<float>(job) : staged_block_bytes<double>(job)) <= limit;
   constexpr int kBlock = 128;
   const std::size_t acc_size = f32 ? sizeof(float) : sizeof(double);
   const std::size_t Cp = static_cast<std::size_t>(padded_classes(job.C));
@@ -252,9 +269,9 @@ ScoreFailure score_cuda(const ScoreJob& job) {
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(unsigned long long), stream));
   if (staged) {
     if (f32)
-      launch_staged<float>(job, outs, failure, stream);
+      launch_staged<float>(job, outs, limit, failure, stream);
     else
-      launch_staged<double>(job, outs, failure, stream);
+      launch_staged<double>(job, outs, limit, failure, stream);
   } else {
     char* scratch = ws.take<char>(scratch_bytes);
     auto* stats = reinterpret_cast<double*>(scratch);
