@@ -23,7 +23,8 @@
 // within the rounding of their sums (about 1e-12 relative). The CUDA backend needs 4 · K · C doubles of
 // shared memory per block (K · C up to about 7000 on an H100) and 8 · N · K · C bytes of device memory.
 //
-// Errors (labelwise::Error): the metrics' input errors, rank != 3, K < 2, C < 2, K or C above 2^20,
+// Errors (labelwise::Error): the metrics' input errors, rank != 3, an axis out of range,
+// sample_axis == class_axis, K < 2, C < 2, K or C above 2^20, N · K · C above int64,
 // b < 0 or b > N, an empty pool, num_samples < 1 (or above 2^31), wrong output dtypes / shapes /
 // devices, CUDA input to a build without CUDA, K · C too large for the device's shared memory; a host
 // allocation that fails (the table grows to about num_samples · K doubles) as a Runtime error with
@@ -38,9 +39,12 @@
 namespace labelwise {
 
 struct BatchBaldOptions {
+  /// What the values of x are: probabilities (default), log-probabilities or logits.
   InputKind input = InputKind::Probabilities;
-  int sample_axis = 1;  ///< axis of the K MC / ensemble samples (negative counts from the end)
-  int class_axis = 2;   ///< axis of the C classes (negative counts from the end)
+  /// Axis of the K MC / ensemble samples, in [-3, 3) (negative counts from the end).
+  int sample_axis = 1;
+  /// Axis of the C classes, in [-3, 3), not the sample axis; the remaining axis is the pool.
+  int class_axis = 2;
   /// Budget of joint configurations: exact joint entropies while C^m <= num_samples, then
   /// K · max(1, num_samples / K) sampled configurations. Must be >= 1.
   std::int64_t num_samples = 10000;
@@ -50,8 +54,8 @@ struct BatchBaldOptions {
   void* stream = nullptr;
 };
 
-/// Greedy BatchBALD: b picks (in order) and, optionally, the cumulative joint mutual information after
-/// each pick.
+/// Greedy BatchBALD: b picks (in order) into `indices` (int64 [b]) and, optionally, the cumulative joint
+/// mutual information after each pick into `scores` (float64 [b]); x, b and the errors as above.
 void batchbald(const TensorView& x, std::int64_t b, const TensorView& indices, const BatchBaldOptions& options);
 void batchbald(const TensorView& x, std::int64_t b, const TensorView& indices, const TensorView& scores,
                const BatchBaldOptions& options);

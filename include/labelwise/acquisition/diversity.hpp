@@ -83,15 +83,17 @@ struct BadgeOptions {
 ///   x         : [N, C] probabilities / logits
 ///   embeddings: [N, D] penultimate-layer features
 ///   indices   : int64 [b] (out), picks in the order chosen; 0 <= b <= N
-/// Errors: as the shape contract; NaN / Inf, negative or unnormalised probabilities (naming the first
-/// bad item), C < 2, N mismatch, b outside [0, N], mismatched devices.
+/// Errors: as the shape contract; NaN / Inf, negative or unnormalised probabilities, a logits row that
+/// is -inf everywhere (each naming the first bad item), C < 2, N mismatch, b outside [0, N],
+/// mismatched devices.
 void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, const TensorView& indices,
            const BadgeOptions& options = {});
 
 struct WeightedKmeansOptions {
   /// Candidates: the min(N, prefilter · b) highest-scoring items (Zhdanov's β; 10 in the paper).
+  /// Must be >= 1.
   std::int64_t prefilter = 10;
-  /// Lloyd iterations at most (stops earlier when no assignment changes).
+  /// Lloyd iterations at most (stops earlier when no assignment changes). Must be >= 0.
   std::int64_t max_iter = 100;
   /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
   void* stream = nullptr;
@@ -149,6 +151,7 @@ void average_linkage_clusters(const TensorView& embeddings, const TensorView& cl
 
 struct ClusterMarginOptions {
   /// Candidates: the `candidates` most uncertain unlabelled items (0: min(10·b, unlabelled items)).
+  /// Must be >= 0; a value above the number of unlabelled items means all of them; must be >= b.
   std::int64_t candidates = 0;
   /// The order within each cluster is a pure function of (seed, item index).
   std::uint64_t seed = 0;
@@ -189,8 +192,10 @@ double badge_uniform(std::uint64_t seed, std::uint64_t step);
 ///   labeled : as in coreset(): a bool / uint8 mask [n] or int64 indices [M] (repeats allowed), host
 ///             or CUDA memory (read through a host copy on `stream`); a default-constructed view
 ///             means nothing is labelled.
+///   n       : the pool size, >= 1.
 ///   rows    : int64 [n] (out, host, any stride): the first (returned) count entries are written.
-/// Returns that count (>= 1). Errors as coreset()'s `labeled`, including a set that covers every item.
+/// Returns that count (>= 1). Errors as coreset()'s `labeled`, including a set that covers every item;
+/// n < 1; `rows` not on the host.
 std::int64_t unlabeled_rows(const TensorView& labeled, std::int64_t n, const TensorView& rows, void* stream = nullptr);
 
 }  // namespace labelwise

@@ -13,7 +13,7 @@
 //   Ties are broken by the lower index; -0.0 and +0.0 are equal; +inf and -inf are ordinary values.
 //
 // Errors (labelwise::Error): NaN scores (naming the first bad item), wrong rank, empty pool, b < 0 or
-// b > N, non-float dtypes, non-int64 indices, wrong output shapes, mismatched devices, a negative
+// b > numel, non-float dtypes, non-int64 indices, wrong output shapes, mismatched devices, a negative
 // index_offset or one that overflows int64, CUDA work in a CPU-only build, and per function below.
 // On error nothing is written to the outputs (except by stochastic_keys, see there).
 #pragma once
@@ -55,6 +55,8 @@ const char* stochastic_mode_name(StochasticMode mode);
 StochasticMode stochastic_mode_from_name(const std::string& name);
 
 struct StochasticOptions {
+  /// The weight of each item: score^β (Power, scores >= 0), exp(β·score) (Softmax) or rank^-β
+  /// (SoftRank); docs/acquisition.md.
   StochasticMode mode = StochasticMode::Power;
   /// β = 1 / temperature; must be finite and > 0 (and 1 / temperature finite).
   double temperature = 1.0;
@@ -104,7 +106,8 @@ void stochastic_keys(const TensorView& scores, const TensorView& keys, const Sto
 ///   values     : [M] float32 / float64, no NaN (M = 0 only with b = 0: an empty batch)
 ///   indices    : int64 [M], >= 0, same device as values
 ///   out_indices: int64 [b] (out); out_values: [b] float32 / float64 (out, optional)
-/// Extra errors: negative indices; the same index twice among the winners (a shard merged twice).
+/// Extra errors: b > M; values and indices of different lengths; negative indices; the same index
+/// twice among the winners (a shard merged twice).
 ///   stream     : CUDA stream for CUDA inputs (nullptr = default stream)
 void merge_top_k(const TensorView& values, const TensorView& indices, std::int64_t b, const TensorView& out_indices,
                  void* stream = nullptr);

@@ -78,7 +78,8 @@ struct TensorView {
 
   TensorView() = default;
 
-  /// A view with explicit strides (in elements).
+  /// A view with explicit strides (in elements). Error(Value): shape and strides of different lengths,
+  /// rank above kMaxDims, a negative extent.
   TensorView(void* ptr, DType type, const std::vector<std::int64_t>& shp, const std::vector<std::int64_t>& str,
              Device dev = Device::cpu())
       : data(ptr), dtype(type), device(dev) {
@@ -88,7 +89,8 @@ struct TensorView {
     for (int d = 0; d < ndim; ++d) strides[d] = str[d];
   }
 
-  /// A C-contiguous (row-major) view.
+  /// A C-contiguous (row-major) view. Error(Value): rank above kMaxDims, a negative extent, a size
+  /// that overflows int64.
   TensorView(void* ptr, DType type, const std::vector<std::int64_t>& shp, Device dev = Device::cpu())
       : data(ptr), dtype(type), device(dev) {
     set_shape(shp);

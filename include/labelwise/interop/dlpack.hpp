@@ -49,7 +49,11 @@ struct DLManagedTensorVersioned {
 };
 constexpr std::uint64_t kFlagReadOnly = 1;
 
-/// A TensorView over a DLTensor (no copy). `what` names the argument in errors.
+/// A TensorView over a DLTensor (no copy). `what` names the argument in errors. CUDA-host (pinned)
+/// memory becomes a CPU view, CUDA-managed memory a CUDA view. Errors: Type for vector dtypes
+/// (lanes != 1), dtypes without a labelwise DType and devices other than CPU / CUDA; Value for a rank
+/// above kMaxDims, a null shape, a negative extent, a size that overflows int64. The read-only flag of
+/// a versioned tensor is the caller's to check (kFlagReadOnly) before writing through the view.
 inline TensorView to_view(const DLTensor& t, const char* what) {
   check(t.dtype.lanes == 1, ErrorKind::Type, what, ": vector dtypes (lanes=", t.dtype.lanes, ") are not supported");
   DType dt;

@@ -10,7 +10,9 @@
 namespace labelwise {
 namespace eigen {
 
-/// A [rows, cols] view of a dense Eigen expression with direct access (Matrix, Map, Block, Ref).
+/// A [rows, cols] host view of a dense Eigen expression with direct access (Matrix, Map, Block, Ref),
+/// no copy; its Scalar must be a type with a labelwise DType (float, double, int32/64, uint8, bool:
+/// anything else does not compile).
 template <typename Derived>
 TensorView view(const Eigen::DenseBase<Derived>& m) {
   using Scalar = typename Derived::Scalar;
@@ -19,7 +21,9 @@ TensorView view(const Eigen::DenseBase<Derived>& m) {
                         {static_cast<std::int64_t>(d.rowStride()), static_cast<std::int64_t>(d.colStride())});
 }
 
-/// One metric of single predictions probs [N, C] (class axis 1, no samples) → [N].
+/// One metric of single predictions probs [N, C] (class axis 1, no samples) → [N], Scalar float or
+/// double. Metrics that need samples (BALD, expected entropy, variation ratio, mean std, BalEntAcq)
+/// raise Error(Value) here: build a TensorView with a sample axis for them. Errors: score()'s.
 template <typename Derived>
 Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1> score(const Eigen::DenseBase<Derived>& probs, Metric metric,
                                                                  InputKind input = InputKind::Probabilities) {

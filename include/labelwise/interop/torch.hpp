@@ -14,7 +14,10 @@
 namespace labelwise {
 namespace torch_interop {
 
-/// A view of a strided torch::Tensor (CPU or CUDA), no copy.
+/// A view of a strided torch::Tensor (CPU or CUDA), no copy: its shape, strides, dtype and device.
+/// Errors: Type for a non-strided (sparse) tensor, a dtype without a labelwise DType (float32/64,
+/// float16, bfloat16, int32/64, uint8, bool are supported) or a device other than CPU / CUDA; Value
+/// for a lazily negated tensor (is_neg()).
 inline TensorView view(const at::Tensor& t) {
   check(t.layout() == at::kStrided, ErrorKind::Type, "tensor: only strided (dense) tensors are supported");
   DType dt;
@@ -47,8 +50,10 @@ inline void* current_stream(const at::Tensor& x) {
   return nullptr;
 }
 
-/// Several metrics in one pass; each result has x's dtype (float32 for float16 / bfloat16 x) and device.
-/// CUDA: options.stream == nullptr means torch's current stream on x's device (current_stream()).
+/// Several metrics in one pass; each result has shape score_shape(x, options), x's dtype (float32 for
+/// float16 / bfloat16 x) and x's device. CUDA: options.stream == nullptr means torch's current stream
+/// on x's device (current_stream()). Errors: view()'s and labelwise::score()'s (no metric, a metric
+/// named twice, ...).
 inline std::map<Metric, at::Tensor> score(const at::Tensor& input, const std::vector<Metric>& metrics,
                                           const ScoreOptions& options = {}) {
   const at::Tensor x = input.resolve_neg();

@@ -8,7 +8,9 @@
 namespace labelwise {
 namespace xtensor {
 
-/// A view of an xtensor container (xarray / xtensor / strided view with data()); strides in elements.
+/// A host view of an xtensor container (xarray / xtensor / strided view with data()), no copy; strides
+/// in elements. Its value_type must have a labelwise DType (float, double, int32/64, uint8, bool:
+/// anything else does not compile).
 template <typename E>
 TensorView view(E& e) {
   using T = std::remove_const_t<typename E::value_type>;
@@ -19,7 +21,8 @@ TensorView view(E& e) {
   return TensorView::of(const_cast<T*>(e.data() + e.data_offset()), shape, strides);
 }
 
-/// One metric, owning result of shape score_shape(x) (same value type as x).
+/// One metric, owning result of shape score_shape(x) (same value type as x: float or double). x is
+/// read with `options` (default: [N, K, C, *spatial] probabilities, sample axis 1). Errors: score()'s.
 template <typename T>
 xt::xarray<T> score(const xt::xarray<T>& x, Metric metric, const ScoreOptions& options = {}) {
   const TensorView xv = view(x);

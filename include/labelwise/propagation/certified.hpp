@@ -162,7 +162,10 @@ struct CertifyOptions {
 ///   calib_confidence : [n] (any shape; numel units), float32 / float64, CPU, no NaN (±inf allowed)
 ///   calib_errors     : same shape, bool / uint8 / int32 / int64 with values 0 (right) or 1 (wrong)
 ///   pool_confidence  : [N] (any shape), float32 / float64, CPU, no NaN: the units to be accepted
-/// n = 0 or N = 0 is allowed (nothing certified).
+///   target_error, delta : in (0, 1); scan_start >= 0 (0: min_certifiable_count, as certified_auto_label)
+/// n = 0 or N = 0 is allowed (nothing certified). Errors: target_error or delta outside (0, 1),
+/// scan_start < 0, a NaN confidence or an error value other than 0 / 1 (naming the entry), calib_errors
+/// not of calib_confidence's shape, wrong dtypes (Type), CUDA arrays (Type).
 ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const TensorView& calib_errors,
                                        const TensorView& pool_confidence, double target_error, double delta,
                                        std::int64_t scan_start = 0);

@@ -34,8 +34,9 @@
 // its eroded interior leaves seeds, with confidence 1 on them.
 // Errors (labelwise::Error): wrong ranks / shapes / dtypes, NaN / Inf intensities, no annotated
 // slice or one out of range, a negative label or one >= num_classes (or >= 65536) on an annotated
-// slice, num_classes > 65536, beta <= 0,
-// erode < 1, min_confidence outside [0, 1], CUDA arrays.
+// slice, num_classes < 0 or > 65536, an axis outside [-3, 3), beta <= 0 or not finite,
+// erode < 1, min_confidence outside [0, 1], CUDA arrays (Type); a random-walker system the sparse
+// solver cannot factorise (Runtime, naming the slice).
 #pragma once
 
 #include <cstdint>
@@ -46,15 +47,15 @@
 namespace labelwise {
 
 struct SlicePropagationOptions {
-  /// The slice axis of volume (negative counts from the end).
+  /// The slice axis of volume, in [-3, 3) (negative counts from the end).
   int axis = 0;
-  /// Number of classes; 0 = the largest label on the annotated slices + 1.
+  /// Number of classes, 0 <= num_classes <= 65536; 0 = the largest label on the annotated slices + 1.
   std::int64_t num_classes = 0;
-  /// Edge-weight contrast of the random walker.
+  /// Edge-weight contrast of the random walker; finite, > 0.
   double beta = 30.0;
   /// Erosion radius of the seeds (pixels), >= 1.
   std::int64_t erode = 2;
-  /// Seeds keep only the neighbour's pixels of at least this confidence.
+  /// Seeds keep only the neighbour's pixels of at least this confidence, in [0, 1].
   double min_confidence = 0.9;
 };
 

@@ -44,18 +44,25 @@
 
 namespace labelwise {
 
+/// The graph and update rule (see Variants above).
 enum class SpreadingVariant : std::uint8_t { Symmetric, Sklearn };
 
+/// "symmetric" or "sklearn" (the Python API's names).
 const char* spreading_variant_name(SpreadingVariant v);
+/// Inverse of spreading_variant_name; throws Error(Value) naming the valid names.
 SpreadingVariant spreading_variant_from_name(const std::string& name);
 
 struct SpreadingOptions {
+  /// Neighbours per item: 1 <= k < N (Symmetric; the point itself excluded), 1 <= k <= N (Sklearn; the
+  /// point itself counted, as sklearn's n_neighbors).
   std::int64_t k = 7;
-  double alpha = 0.2;          ///< label_spreading only: weight of the neighbours (1 - alpha: of the labels)
+  double alpha = 0.2;          ///< label_spreading only: weight of the neighbours (1 - alpha: of the labels), in (0, 1)
   /// 0 (default): each function's own default, sklearn's: 30 for label_spreading, 1000 for
   /// label_propagation. Otherwise >= 1.
   std::int64_t max_iter = 0;
+  /// Stop when sum |F - F_previous| < tol (see Both above); >= 0, not NaN.
   double tol = 1e-3;
+  /// Symmetric (default) or sklearn's exact graph and rules (see Variants above).
   SpreadingVariant variant = SpreadingVariant::Symmetric;
   /// Sklearn variant with more than 15 features (or k >= N / 2): the number of OpenMP threads
   /// scikit-learn's brute-force ArgKmin would use (it decides how equidistant neighbours are
@@ -66,7 +73,7 @@ struct SpreadingOptions {
 struct SpreadingResult {
   std::int64_t n_iter = 0;    ///< iterations run (sklearn's n_iter_)
   bool converged = false;     ///< false: max_iter was reached (sklearn warns), or `unreached` > 0
-  std::int64_t n_classes = 0;
+  std::int64_t n_classes = 0;  ///< C = max label + 1: the columns of the distributions
   /// Symmetric variant: items that a label reaches in the graph but whose label mass underflowed
   /// float64 on the way (it shrinks by about alpha times an edge weight per hop), so they keep -1.
   /// The loop stops once the change is below tol and this count has not moved for 3 steps.

@@ -53,12 +53,15 @@ namespace labelwise {
 constexpr double kMaxDropout = 1.0 - 1.0 / 4294967296.0;
 
 struct HeadScoreOptions {
-  /// K: MC-dropout samples (M = 1) or the member count (M > 1).
+  /// K: MC-dropout samples (M = 1) or the member count (M > 1); 1 <= K < 2^16, K · C <= 2^24.
   std::int64_t samples = 20;
   /// Dropout rate p in [0, kMaxDropout]; must be 0 for ensembles.
   double dropout = 0.0;
+  /// The Philox key of the dropout masks (low word, high word): the masks are a pure function of
+  /// (seed, voxel, channel, sample, global item), the same on every CPU and on CUDA.
   std::uint64_t seed = 0;
-  /// Global index of features' first item (a shard of a batch passes its first item's index).
+  /// Global index of features' first item (a shard of a batch passes its first item's index);
+  /// index_offset + B <= 2^32.
   std::uint64_t index_offset = 0;
   /// CUDA stream (cudaStream_t) for CUDA inputs; nullptr = the default stream. Ignored on the CPU.
   void* stream = nullptr;

@@ -136,8 +136,10 @@ inline void save_head_weights(const torch::nn::Module& module, const std::string
 }
 
 /// Copies named tensors into the module's parameters and buffers, strictly: every key must be present,
-/// no key may be left over, and shapes must match (Error naming the key and both shapes). Values are
-/// converted to each parameter's dtype and device.
+/// no key may be left over, and shapes must match (Error(Value) naming the key and both shapes).
+/// Values are converted to each parameter's device and dtype, floating point to floating point; a
+/// floating-point value for an integer tensor, or the reverse, is an Error(Type). Nothing is copied
+/// unless every key passes. `what` names the source in the messages (e.g. the file).
 inline void load_head_state(torch::nn::Module& module, const NamedTensors& state, const std::string& what) {
   std::map<std::string, at::Tensor> given;
   for (const auto& [k, v] : state) given[k] = v;
@@ -378,7 +380,9 @@ class MCDropoutHeadImpl : public HeadBase {
     return fused_sample(features, flat_weight(), bias().unsqueeze(0), K, p_, seed, index_offset);
   }
 
-  /// Per-voxel maps {metric: [B, *spatial]} (float32) of K MC-dropout samples, one fused pass.
+  /// Per-voxel maps {metric: [B, *spatial]} (float32) of K MC-dropout samples (1 <= K <= 65535; K >= 2
+  /// for metrics that need samples), one fused pass. The masks are a pure function of (seed, voxel,
+  /// channel, sample, index_offset + batch item) (docs/segmentation.md): the same on CPU and CUDA.
   /// mean (optional): receives the mean probabilities [B, C, *spatial] (float32).
   std::map<Metric, at::Tensor> score(const at::Tensor& features, std::int64_t K = 20,
                                      const std::vector<Metric>& metrics = {Metric::Bald, Metric::BalEntAcq},
@@ -443,6 +447,10 @@ class EnsembleHeadImpl : public HeadBase {
     return fused_sample(features, stacked_weight(), stacked_bias(), k, 0.0, seed, index_offset);
   }
 
+  /// Per-voxel maps {metric: [B, *spatial]} (float32) over the M members' probabilities, one fused
+  /// pass; mean (optional): the members' mean probabilities [B, C, *spatial] (float32). K: nullopt or
+  /// M (Error(Value) otherwise); metrics that need samples need M >= 2; seed and index_offset unused
+  /// (the members are deterministic).
   std::map<Metric, at::Tensor> score(const at::Tensor& features, std::optional<std::int64_t> K = std::nullopt,
                                      const std::vector<Metric>& metrics = {Metric::Bald, Metric::BalEntAcq},
                                      std::uint64_t seed = 0, at::Tensor* mean = nullptr,

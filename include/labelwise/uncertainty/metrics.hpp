@@ -15,11 +15,14 @@
 // Input kinds: probabilities (each sample's class vector must sum to 1 within
 // normalization_tolerance(dtype) — 1e-6 float64, 1e-3 float32, 5e-3 float16, 4e-2 bfloat16 — and be
 // >= 0), log-probabilities (log-sum-exp within the same tolerance of 0), or logits (softmax applied
-// inside, fused; -inf allowed).
+// inside, fused; -inf entries allowed — a masked class — but not a sample whose entries are all -inf).
 //
-// Errors (labelwise::Error): NaN/+Inf, negative or unnormalised probabilities (with the
-// first offending item), wrong rank or axes, K < 2 for metrics that need samples, C < 2,
-// empty input, mismatched devices, non-float dtypes, CUDA work in a CPU-only build.
+// Errors (labelwise::Error; kinds as in core/error.hpp: Type for dtypes, Runtime for a CPU-only
+// build, Value otherwise): NaN/+Inf, negative or unnormalised probabilities, a logits /
+// log-probabilities sample that is all -inf (each with the first offending item); wrong rank, an
+// axis out of range, sample_axis == class_axis; K < 2 (or no sample axis) for metrics that need
+// samples; C < 2; K·C > 2^31 - 4097 in one item; empty input; outputs of the wrong shape, dtype or
+// device; non-float dtypes; CUDA input in a CPU-only build.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +37,8 @@ namespace labelwise {
 /// What the numbers in x are.
 enum class InputKind : int { Probabilities = 0, LogProbabilities = 1, Logits = 2 };
 
-/// The Python API's name of an input kind: "probs", "log_probs" or "logits".
+/// The Python API's name of an input kind: "probs", "log_probs" or "logits"; Error(Value) for an id
+/// outside the enum.
 const char* input_kind_name(InputKind kind);
 /// Inverse of input_kind_name; throws Error(Value) naming the argument `input`.
 InputKind input_kind_from_name(const std::string& name);
@@ -54,7 +58,8 @@ enum class Metric : int {
 };
 constexpr int kNumMetrics = 10;
 
-/// Snake-case name used by the Python API ("predictive_entropy", "balentacq", ...).
+/// Snake-case name used by the Python API ("predictive_entropy", "balentacq", ...); Error(Value) for an
+/// id outside the enum.
 const char* metric_name(Metric m);
 /// Inverse of metric_name; throws Error(Value) listing the valid names.
 Metric metric_from_name(const std::string& name);
@@ -66,6 +71,7 @@ bool metric_needs_samples(Metric m);
 double normalization_tolerance(DType dtype);
 
 struct ScoreOptions {
+  /// What the values of x are: probabilities (default), log-probabilities or logits.
   InputKind input = InputKind::Probabilities;
   /// Axis of the MC / ensemble samples (negative counts from the end); nullopt = single predictions.
   std::optional<int> sample_axis = 1;
@@ -78,11 +84,12 @@ struct ScoreOptions {
 
 /// One requested metric and where to write it.
 struct MetricOutput {
-  Metric metric;
-  TensorView out;
+  Metric metric;   ///< the metric to compute
+  TensorView out;  ///< its map: score_shape(x), float32 or float64, on x's device
 };
 
-/// The shape every metric output must have for input x (see the shape contract above).
+/// The shape every metric output must have for input x (see the shape contract above). Validates x's
+/// dtype, rank, axes and extents with score()'s errors; reads no values.
 std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& options = {});
 
 /// Computes all requested metrics in one fused pass over x. Each output is float32 or float64 (either,
