@@ -298,6 +298,14 @@ TEST_CASE("heads: evidential closed form against Dirichlet draws", "[torch][head
   const double want_partial = per.masked_select(keep).mean().item<double>();
   CHECK(std::abs(evidential_loss(logits, partial, 0.0, 255).item<double>() - want_partial) < 1e-5);
   require_error([&] { evidential_loss(logits, partial); }, "target: voxel [0, 0, 0] has label 255, outside [0, 3)");
+  // the Python function's rules: float logits, a finite kl_weight >= 0, no voxel at all is 0
+  require_error([&] { evidential_loss(logits.to(torch::kLong), target); }, "logits: expected a floating-point tensor",
+                ErrorKind::Type);
+  require_error([&] { evidential_loss(logits, target, -0.5); }, "kl_weight: expected a finite value >= 0");
+  require_error([&] { evidential_loss(logits, target, std::nan("")); }, "kl_weight: expected a finite value >= 0");
+  const auto empty = evidential_loss(torch::zeros({0, 3, 2, 2}), torch::zeros({0, 2, 2}, torch::kLong), 0.1);
+  CHECK(empty.dim() == 0);
+  CHECK(empty.item<double>() == 0.0);
   CHECK(evidential_loss(logits, torch::full({1, 2, 3}, 255, torch::kLong), 0.1, 255).item<double>() == 0.0);
   // compared as integers: -100 is not the uint8 label 156
   auto u8 = torch::zeros({1, 2, 3}, torch::kUInt8);

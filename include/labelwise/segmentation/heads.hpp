@@ -26,9 +26,11 @@
 // torch.save(dict(head.state_dict()), path) (labelwise.torch.save_head_weights) and reads with
 // torch.load(path) (weights_only=True works: no type tags, no OrderedDict metadata).
 //
-// Errors: labelwise::Error naming the argument (features of the wrong rank / channel count, K < 1,
-// K < 2 for metrics that need samples, an ensemble's K other than M, p outside [0, 1 - 2^-32], dims other than
-// 2 / 3, num_classes < 2, a weights file with a missing / unexpected key or a shape mismatch).
+// Errors: labelwise::Error naming the argument (features of the wrong rank / channel count, K < 1 or
+// K >= 2^16, K < 2 for metrics that need samples, an ensemble's K other than M, p outside
+// [0, 1 - 2^-32], dims other than 2 / 3, in_channels < 1, num_classes < 2, members < 1, a weights file
+// with a missing / unexpected key or a shape mismatch). The fused score / sample also need
+// in_channels < 2^28, num_classes <= 4096 and members < 65536 (checked when they run).
 #pragma once
 
 #include <caffe2/serialize/inline_container.h>
@@ -61,7 +63,8 @@ namespace labelwise {
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 /// Writes {name: tensor} as a torch.save zip archive of a plain dict (CPU, contiguous copies), readable
-/// by Python's torch.load(path) (also with weights_only=True) and by load_tensors().
+/// by Python's torch.load(path) (also with weights_only=True) and by load_tensors(). Errors: Value for
+/// an undefined tensor or a name given twice; Runtime when the file cannot be written.
 inline void save_tensors(const std::string& path, const NamedTensors& tensors) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& [name, t] : tensors) {
@@ -94,6 +97,7 @@ inline void save_tensors(const std::string& path, const NamedTensors& tensors) {
 /// Reads a {name: tensor} dict written by save_tensors() or by Python's torch.save of a plain dict
 /// (in the file's key order). Python: save dict(head.state_dict()), not the OrderedDict itself (its
 /// _metadata attribute is a pickle construct LibTorch 1.13 cannot read), or use labelwise.torch.save_head_weights.
+/// Errors: Value when the file cannot be opened or does not hold such a dict.
 inline NamedTensors load_tensors(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   check(bool(file), ErrorKind::Value, "load_tensors: cannot open '", path, "'");
@@ -216,7 +220,7 @@ inline double check_p(double p) {
 
 inline std::vector<std::int64_t> conv_kernel(int dims) { return std::vector<std::int64_t>(dims, 1); }
 
-/// A 1x1(x1) convolution module registered under `name`, returned as (module, weight, bias).
+/// A 1x1(x1) convolution module of in -> out channels in `dims` dimensions (the caller registers it).
 inline std::shared_ptr<torch::nn::Module> make_conv(std::int64_t in, std::int64_t out, int dims) {
   if (dims == 2) return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1)).ptr();
   return torch::nn::Conv3d(torch::nn::Conv3dOptions(in, out, 1)).ptr();
@@ -673,8 +677,10 @@ TORCH_MODULE(EvidentialHead);
 /// Expected cross-entropy under Dir(alpha), psi(S) - psi(alpha_y), averaged over voxels, plus kl_weight
 /// times KL(Dir(alpha~) || Dir(1)) with alpha~ = y + (1 - y) alpha (Sensoy et al. 2018, eqs. 4-5), as
 /// labelwise.torch.evidential_loss. logits [B, C, *spatial], target integer [B, *spatial] in [0, C);
-/// voxels labelled ignore_index (e.g. 255, -100) are left out of the means (none left: 0); any other
-/// label outside [0, C) is an Error naming the voxel.
+/// voxels labelled ignore_index (e.g. 255, -100) are left out of the means (none left, or no voxel at
+/// all: 0). Returns a 0-dim tensor in the logits' dtype (floating point). Errors: Value for a label
+/// outside [0, C) (naming the voxel), a target not of shape [B, *spatial], kl_weight not finite or
+/// negative; Type for non-float logits or a non-integer target.
 inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& target, double kl_weight = 0.0,
                                   std::optional<std::int64_t> ignore_index = std::nullopt) {
   check(logits.dim() >= 2, ErrorKind::Value, "logits: expected [B, C, *spatial], got shape ", c10::str(logits.sizes()));
@@ -682,8 +688,13 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
   for (std::int64_t d = 2; d < logits.dim(); ++d) want.push_back(logits.size(d));
   check(target.sizes() == at::IntArrayRef(want), ErrorKind::Value, "target: expected shape ", at::IntArrayRef(want), ", got ",
         c10::str(target.sizes()));
+  check(logits.is_floating_point(), ErrorKind::Type, "logits: expected a floating-point tensor, got ",
+        c10::toString(logits.scalar_type()));
   check(!target.is_floating_point() && !target.is_complex() && target.scalar_type() != at::kBool, ErrorKind::Type,
         "target: expected integer class indices, got ", c10::toString(target.scalar_type()));
+  check(std::isfinite(kl_weight) && kl_weight >= 0.0, ErrorKind::Value, "kl_weight: expected a finite value >= 0, got ",
+        kl_weight);
+  if (target.numel() == 0) return logits.sum() * 0.0;  // no voxel: 0, as when every voxel is ignored
   const std::int64_t C = logits.size(1);
   at::Tensor t = target.to(at::kLong);  // labels and ignore_index compared as integers (uint8 wraps)
   at::Tensor valid;
