@@ -37,6 +37,7 @@ enum Stream : std::uint32_t {
   kStreamClusterMargin = 0x434C4D47u,  ///< "CLMG": cluster-margin's order within a cluster
 };
 
+/// A Philox counter or output block: four 32-bit words.
 struct Philox4x32 {
   std::uint32_t v[4];
 };
@@ -69,6 +70,9 @@ LABELWISE_HD inline std::uint64_t bits64(std::uint64_t seed, std::uint32_t strea
 }
 
 // ---- exactly rounded arithmetic that no compiler may fuse into an FMA ------------------------------
+// a·b, a + b, a − b, a / b, each rounded to nearest once: the device intrinsics on CUDA (never
+// contracted), the plain operators on the host, where the translation units that rely on them are
+// built with -ffp-contract=off (CMakeLists.txt): the same bits on every CPU and on CUDA.
 LABELWISE_HD inline double mul_rn(double a, double b) {
 #if LABELWISE_ON_DEVICE
   return __dmul_rn(a, b);
@@ -98,6 +102,7 @@ LABELWISE_HD inline double div_rn(double a, double b) {
 #endif
 }
 
+/// The IEEE-754 bit pattern of x, and back.
 LABELWISE_HD inline std::uint64_t double_bits(double x) {
   std::uint64_t b;
   std::memcpy(&b, &x, sizeof b);

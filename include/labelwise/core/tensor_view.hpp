@@ -13,6 +13,7 @@
 
 namespace labelwise {
 
+/// Element types a TensorView can describe (each function says which it accepts).
 enum class DType : std::uint8_t { Float16, BFloat16, Float32, Float64, Int32, Int64, UInt8, Bool };
 
 inline const char* dtype_name(DType t) {
