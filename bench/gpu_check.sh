@@ -24,24 +24,31 @@ BUDGET=${LW_GPU_BUDGET:-540}
 START=$(date +%s)
 status=0
 log() { echo "== [$(($(date +%s) - START)) s] $*"; }
+# one row per step for the closing table: name, result, seconds
+summary=()
+record() { summary+=("$(printf '| %-24s | %-22s | %5s |' "$1" "$2" "$3")"); }
 # LW_GPU_SKIP: step names to leave out (a rerun after a fix: "heads_cuda diversity_gpu")
 SKIP=" ${LW_GPU_SKIP:-} "
 # step NAME TIMEOUT CMD...: runs CMD (output to stdout and $LOGS/NAME.log) unless the budget is spent.
 step() {
   local name=$1 limit=$2
   shift 2
-  [[ $SKIP == *" $name "* ]] && { log "skipped $name (LW_GPU_SKIP)"; return; }
+  [[ $SKIP == *" $name "* ]] && { log "skipped $name (LW_GPU_SKIP)"; record "$name" "skipped (LW_GPU_SKIP)" -; return; }
   local left=$((BUDGET - ($(date +%s) - START)))
   if ((left < 20)); then
     log "skipped $name: time budget spent"
+    record "$name" "skipped (budget)" -
     status=1
     return
   fi
   ((limit > left)) && limit=$left
   log "$name (timeout ${limit} s)"
+  local t0=$(date +%s)
   timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log" | tail -40
   local rc=${PIPESTATUS[0]}
   ((rc != 0)) && { echo "   -> exit $rc"; status=1; }
+  record "$name" "$( ((rc == 0)) && echo ok || { ((rc == 124)) && echo "TIMED OUT" || echo "FAILED (exit $rc)"; })" \
+    "$(($(date +%s) - t0))"
   pack
 }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD/tests/python${PYTHONPATH:+:$PYTHONPATH}"
@@ -151,7 +158,9 @@ if ((${#bg_pids[@]})); then
   wait "${bg_pids[@]}"
   for f in "${bg_names[@]}"; do
     echo "--- $f:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test cases|^exit|Invalid|Race reported|FAILED|Error" "$LOGS/$f.log" | head -12
-    grep -q "^exit 0" "$LOGS/$f.log" || status=1
+    rc=$(sed -n 's/^exit //p' "$LOGS/$f.log" | tail -1)
+    [[ $rc == 0 ]] || status=1
+    record "$f (background)" "$([[ $rc == 0 ]] && echo ok || { [[ $rc == 124 ]] && echo "TIMED OUT" || echo "FAILED (exit ${rc:-?})"; })" -
   done
   pack
 fi
@@ -164,4 +173,8 @@ step knn_gpu 100 python3 bench/knn_gpu.py                             # N=10^6, 
 step batchbald_gpu 60 python3 bench/batchbald_gpu.py                  # N=5000, K=20, C=10, b=10
 step diversity_gpu 90 python3 bench/diversity_gpu.py                  # core-set 1e5x512, BADGE 5e4
 log "done, status $status"
+echo
+echo "| step                     | result                 |     s |"
+echo "|--------------------------|------------------------|-------|"
+printf '%s\n' "${summary[@]}"
 exit $status
