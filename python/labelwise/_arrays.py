@@ -8,7 +8,7 @@ from __future__ import annotations
 import numbers
 import operator
 import sys
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -288,6 +288,30 @@ def check_input_kind(input: Any) -> str:
     if input not in INPUT_KINDS:
         raise ValueError(f"input: expected 'probs', 'log_probs' or 'logits', got {input!r}")
     return input
+
+
+def check_metric_names(metrics: Any, allowed: Sequence[str]) -> List[str]:
+    """``metrics=`` of every function that takes metric names: one name or a non-empty sequence of
+    names, each in ``allowed`` and at most once."""
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    try:
+        names = list(metrics)
+    except TypeError:
+        raise TypeError(
+            f"metrics: expected a metric name or a sequence of names, got {type(metrics).__name__}"
+        ) from None
+    if not names:
+        raise ValueError("metrics: expected at least one metric name")
+    for m in names:
+        if not isinstance(m, str):
+            raise TypeError(f"metrics: expected metric names (str), got {type(m).__name__}")
+        if m not in allowed:
+            raise ValueError(f"metrics: unknown metric {m!r}; expected one of {', '.join(allowed)}")
+    for i, m in enumerate(names):
+        if m in names[:i]:
+            raise ValueError(f"metrics: {m!r} is requested twice")
+    return names
 
 
 #: The distances between feature rows that core-set and the kNN graph take as ``metric=`` (C++:

@@ -121,28 +121,6 @@ def _dims_arg(dims: Any) -> int:
     return d
 
 
-def _metrics_arg(metrics: Any, allowed: Sequence[str]) -> List[str]:
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    try:
-        names = list(metrics)
-    except TypeError:
-        raise TypeError(
-            f"metrics: expected a metric name or a sequence of names, got {type(metrics).__name__}"
-        ) from None
-    if not names:
-        raise ValueError("metrics: expected at least one metric name")
-    for m in names:
-        if not isinstance(m, str):
-            raise TypeError(f"metrics: expected metric names (str), got {type(m).__name__}")
-        if m not in allowed:
-            raise ValueError(f"metrics: unknown metric {m!r}; expected one of {', '.join(allowed)}")
-    for i, m in enumerate(names):
-        if m in names[:i]:
-            raise ValueError(f"metrics: {m!r} is requested twice")  # as labelwise.uncertainty.score
-    return names
-
-
 def _index_offset_arg(index_offset: Any, items: int) -> int:
     """``index_offset`` of sample() / score(): the global index of the call's first item (>= 0, and the
     items' indices below 2^32: the masks' Philox counter holds them in 32 bits)."""
@@ -355,7 +333,7 @@ class _SampledHead(_Head):
         Errors: as :meth:`sample`, and unknown or repeated metric names, ``K < 2`` when a requested
         metric needs samples (``K: ...``).
         """
-        names = _metrics_arg(metrics, _U.METRICS)
+        names = _arrays.check_metric_names(metrics, _U.METRICS)
         K = self._resolve_K(K)
         if K < 2:
             needing = [m for m in names if _core.metric_needs_samples(m)]
@@ -662,7 +640,7 @@ class EvidentialHead(_Head):
         against the sampled heads' ranges and otherwise ignored (nothing is sampled; so K < 2 is no
         error here): one call serves every head.
         ``variation_ratio`` has no closed form and is refused."""
-        names = _metrics_arg(metrics, tuple(EVIDENTIAL_METRICS) + ("variation_ratio",))
+        names = _arrays.check_metric_names(metrics, tuple(EVIDENTIAL_METRICS) + ("variation_ratio",))
         if "variation_ratio" in names:
             raise ValueError("metrics: variation_ratio has no closed form for an EvidentialHead (a mode count "
                              "needs samples)")

@@ -63,12 +63,7 @@ def score(
     if metrics is None:
         names = [m for m in METRICS if sample_axis is not None or not _core.metric_needs_samples(m)]
     else:
-        names = [metrics] if isinstance(metrics, str) else list(metrics)
-        for m in names:
-            if not isinstance(m, str):
-                raise TypeError(f"metrics: expected metric names (str), got {m!r}")
-            if names.count(m) > 1:
-                raise ValueError(f"metrics: {m!r} is requested twice")
+        names = _arrays.check_metric_names(metrics, METRICS)
     if metrics is None and sample_axis is not None and -len(x.shape) <= sample_axis < len(x.shape) \
             and int(x.shape[sample_axis]) == 1:
         need = ", ".join(m for m in METRICS if _core.metric_needs_samples(m))

@@ -247,6 +247,12 @@ def test_bad_shapes_and_types():
         U.score(x, ["bald", "bald"])
     with pytest.raises(TypeError, match="metrics: expected metric names"):
         U.score(x, ["bald", 3])
+    # the same rules and messages as the heads' metrics= (one check serves both)
+    with pytest.raises(TypeError, match="metrics: expected a metric name or a sequence of names, got int"):
+        U.score(x, 5)
+    with pytest.raises(ValueError, match="metrics: expected at least one metric name"):
+        U.score(x, [])
+    assert list(U.score(x, "bald")) == ["bald"]
     # all ten named explicitly need samples; the default (None) drops those that do
     with pytest.raises(ValueError):
         U.score(x[:, 0], U.METRICS, sample_axis=None, class_axis=1)
