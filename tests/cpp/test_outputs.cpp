@@ -163,6 +163,10 @@ TEST_CASE("functions that write outputs reject outputs that share memory", "[cor
     REQUIRE_THROWS_WITH(bald(xv, TensorView::of(out.data(), {N}, {0}), so),
                         Catch::Contains("bald output: the output view (shape [40], strides [0]) has elements that "
                                         "share memory"));
+    // strides no memory can have: said so (it used to be reported as elements sharing memory)
+    REQUIRE_THROWS_WITH(bald(xv, TensorView::of(out.data(), {N}, {std::int64_t{1} << 60}), so),
+                        Catch::Contains("bald output: the output view (shape [40], strides [1152921504606846976]) "
+                                        "reaches beyond the address space"));
     REQUIRE_THROWS_WITH(score(xv, {{Metric::Bald, TensorView::of(out.data(), {N})},
                                   {Metric::Margin, TensorView::of(out.data(), {N})}},
                               so),

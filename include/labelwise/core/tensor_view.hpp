@@ -243,13 +243,16 @@ inline void check_outputs(const std::vector<NamedView>& outputs, const std::vect
     const std::string& name = outputs[i].name;
     if (o.numel() == 0) continue;
     check(o.data != nullptr, ErrorKind::Value, name, ": data pointer is null");
-    check(!may_overlap_itself(o), ErrorKind::Value, name, ": the output view (shape ", o.shape_str(), ", strides ",
-          [&] {
-            std::string t = "[";
-            for (int d = 0; d < o.ndim; ++d) t += (d ? ", " : "") + std::to_string(o.strides[d]);
-            return t + "]";
-          }(),
-          ") has elements that share memory; pass a writable array with memory of its own for each element");
+    const auto layout = [&] {
+      std::string t = "(shape " + o.shape_str() + ", strides [";
+      for (int d = 0; d < o.ndim; ++d) t += (d ? ", " : "") + std::to_string(o.strides[d]);
+      return t + "])";
+    };
+    std::intptr_t lo = 0, hi = 0;
+    check(byte_range(o, lo, hi), ErrorKind::Value, name, ": the output view ", layout(),
+          " reaches beyond the address space; pass a writable array with memory of its own for each element");
+    check(!may_overlap_itself(o), ErrorKind::Value, name, ": the output view ", layout(),
+          " has elements that share memory; pass a writable array with memory of its own for each element");
     for (std::size_t j = 0; j < i; ++j)
       check(!may_overlap(o, outputs[j].view), ErrorKind::Value, name, " and ", outputs[j].name,
             " share memory; pass separate arrays (or separate columns of one array)");
