@@ -231,14 +231,16 @@ def merge_top_k(
     per-shard arrays, concatenated here): the values / keys and the global indices that every
     shard's :func:`top_k` / :func:`stochastic` returned with ``return_values`` / ``return_keys``
     and its ``index_offset``, each shard asked for ``min(b, shard size)`` items. The result is
-    exactly the batch that one call on the whole pool returns.
+    exactly the batch that one call on the whole pool returns. ``indices`` may have any integer dtype
+    (read as int64; uint64 entries beyond int64 are a ValueError).
     """
     if isinstance(values, (list, tuple)):
         values = _concat(values, "values")
     if isinstance(indices, (list, tuple)):
         indices = _concat(indices, "indices")
     v = _arrays.as_array(values, "values")
-    i = _arrays.as_array(indices, "indices")
+    # any integer dtype (indices concatenated by hand are often int32): int64, which the core reads
+    i = _arrays.widen_to_int64(_arrays.as_array(indices, "indices"), "indices", keep=("int64",), what="index")
     b = _count(b)
     stream = _stream_of(v)
     vcap = _arrays.capsule(v, stream=stream)
@@ -330,16 +332,10 @@ DISTANCE_METRICS = _arrays.DISTANCE_METRICS
 def _int64_ids(x: Any, name: str) -> Any:
     """Integer ids (numpy, torch or cupy, any integer dtype) as int64, in their framework and on their
     device (a copy only when the dtype differs)."""
-    dt = str(x.dtype)
-    if "int" not in dt or dt.endswith("bool"):
+    dt = str(x.dtype).replace("torch.", "")
+    if not dt.startswith(("int", "uint")):
         raise TypeError(f"{name}: expected integer cluster ids, got dtype {x.dtype}")
-    if dt.endswith("int64") and "uint" not in dt:
-        return x
-    if _arrays.framework_name(x) == "torch":
-        import torch
-
-        return x.to(torch.int64)
-    return x.astype("int64")
+    return _arrays.widen_to_int64(x, name, keep=("int64",), what="id")
 
 
 def _labeled_array(labeled: Any, n_items: Optional[int] = None) -> Any:

@@ -204,8 +204,13 @@ def test_merge_rejects_duplicates_and_negative_indices():
         A.merge_top_k(v, np.array([40, 12, 7, -1]), 3)
     with pytest.raises(ValueError, match="values: expected rank 1"):
         A.merge_top_k(v.reshape(2, 2), np.arange(4).reshape(2, 2), 1)
+    # any integer dtype is read as int64 (a hand-made concatenation is often int32); floats are refused
+    for dt in (np.int8, np.int16, np.int32, np.uint16, np.uint32, np.uint64):
+        np.testing.assert_array_equal(A.merge_top_k(v, np.array([40, 12, 7, 99], dtype=dt), 3), [7, 12, 99])
     with pytest.raises(TypeError, match="indices: expected dtype int64"):
-        A.merge_top_k(v, np.arange(4, dtype=np.int32), 1)
+        A.merge_top_k(v, np.arange(4, dtype=np.float64), 1)
+    with pytest.raises(ValueError, match="indices: index 18446744073709551615 is beyond the int64 range"):
+        A.merge_top_k(v, np.array([0, 1, 2, 2**64 - 1], dtype=np.uint64), 1)
     # b = 0: every shard asked for none, so the union is empty; the merge is the empty batch, as top_k(s, 0)
     parts = [A.top_k(v[:2], 0, return_values=True), A.top_k(v[2:], 0, index_offset=2, return_values=True)]
     out, out_v = A.merge_top_k([p[1] for p in parts], [p[0] for p in parts], 0, return_values=True)
