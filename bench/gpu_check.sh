@@ -127,11 +127,11 @@ bg_step() {
 }
 # one argument each: Catch2 v2 joins several test-spec arguments without a separator
 if command -v compute-sanitizer >/dev/null && [[ $SKIP != *" sanitizers "* ]]; then
-  bg_step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
+  bg_step memcheck "${LW_SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
     -w NoTests "${LW_MEMCHECK_A:-[cuda]}"
-  [[ -n ${LW_MEMCHECK_B:-} ]] && bg_step memcheck_b 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  [[ -n ${LW_MEMCHECK_B:-} ]] && bg_step memcheck_b "${LW_SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool memcheck --error-exitcode 9 \
     ./build-gpu/tests/labelwise_tests -w NoTests "$LW_MEMCHECK_B"
-  bg_step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
+  bg_step racecheck "${LW_SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool racecheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
     -w NoTests "${LW_RACECHECK:-[cuda]}"
 fi
 # The LibTorch component (labelwise::torch) against the PyTorch that python3 holds: its own build
@@ -147,7 +147,7 @@ torch_cuda() {
   ./build-gpu-torch/tests/labelwise_torch_tests -w NoAssertions -w NoTests "[cuda]"
 }
 export -f torch_cuda
-bg_step torch_cuda_tests 240 bash -c torch_cuda
+bg_step torch_cuda_tests "${LW_TORCH_TIMEOUT:-240}" bash -c torch_cuda
 # -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name; xdist (when
 # there) keeps going past a crashed test
 xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n 4)
