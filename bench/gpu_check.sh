@@ -8,7 +8,8 @@
 # A rerun can leave steps out (LW_GPU_SKIP="heads_cuda knn_gpu torch_cuda_tests ...", "sanitizers" for
 # all three) and point the sanitizers at some tests (LW_MEMCHECK_A / LW_MEMCHECK_B / LW_RACECHECK:
 # comma-separated Catch test specs, a comma inside a test name written \, or replaced by a *
-# wildcard; default "[cuda]"; a spec that matches nothing fails: -w NoTests).
+# wildcard; prefix each with [cuda] ("[cuda]knn_graph*") or CPU tests of the same name run too, slowly;
+# default "[cuda]"; a spec that matches nothing fails: -w NoTests).
 # Every log lands in $OUT/logs.tgz (when set, it comes back even if the run is cut) and on stdout; copy the
 # tables into bench/RESULTS.md. LW_GPU_BUDGET (seconds, default 540) stops starting new steps.
 set -uo pipefail
@@ -144,7 +145,7 @@ torch_cuda() {
     -DLABELWISE_BUILD_BENCHMARKS=OFF -DLABELWISE_TORCH=ON -DTorch_DIR="$torch_dir" || return 1
   cmake --build build-gpu-torch -j 8 --target labelwise_torch_tests || return 1
   # NoAssertions: a PyTorch that sees no GPU makes the test return after a warning, which must fail here
-  ./build-gpu-torch/tests/labelwise_torch_tests -w NoAssertions -w NoTests "[cuda]"
+  ./build-gpu-torch/tests/labelwise_torch_tests -w NoAssertions "[cuda]"  # Catch2 v2: one -w only
 }
 export -f torch_cuda
 bg_step torch_cuda_tests "${LW_TORCH_TIMEOUT:-240}" bash -c torch_cuda

@@ -26,15 +26,17 @@ namespace {
 
 /// BalEntAcq computed in float32 arithmetic on two backends: each rounds the probabilities to
 /// float32 (softmax, or the float16 / bfloat16 values widened), and s = (H + ln 2) / (MJEnt + H)
-/// amplifies a relative error e of them by about s² / (H + ln 2) (docs/metrics.md). The C++ CPU tests
-/// accept 5e-3 relative against the float64 reference there, so two backends may differ by twice
-/// that, never in sign. (Measured on an H200: up to 1.1e-3 relative, at |s| ~ 330.) Where the top
-/// class's mean is within 1e-2 of 1 (`least_confidence` < 1e-2), 1 - p̄ itself carries a relative
-/// error of up to ulp(1) / (1 - p̄), and, as in the CPU tests for nearly certain items, only a number
-/// is asked for (measured on an H200: 44.73 against 45.53 on such an item).
+/// amplifies a relative error e of them by about s² / (H + ln 2) (docs/metrics.md): the C++ CPU tests
+/// accept 3e-3 + 2e-6 |s| relative against the float64 reference (and 5e-3 near the pole), so two
+/// backends may differ by about twice that, never in sign. Measured on an H200: 1.1e-3 relative at
+/// |s| ~ 330, 1.3 % at |s| ~ 2.3e5. Where the top class's mean is within 1e-2 of 1
+/// (`least_confidence` < 1e-2), 1 - p̄ itself carries a relative error of up to ulp(1) / (1 - p̄), and,
+/// as in the CPU tests for nearly certain items, only a number is asked for (measured on an H200:
+/// 44.73 against 45.53 on such an item).
 bool float32_balentacq_close(double a, double g, double least_confidence) {
   if (least_confidence < 1e-2) return !std::isnan(a) && !std::isnan(g);
-  return std::isfinite(a) && std::isfinite(g) && (a > 0) == (g > 0) && std::fabs(a - g) <= 1e-2 * std::fabs(a);
+  return std::isfinite(a) && std::isfinite(g) && (a > 0) == (g > 0) &&
+         std::fabs(a - g) <= (1e-2 + 4e-6 * std::fabs(a)) * std::fabs(a);
 }
 
 /// Every metric of a contiguous [N, K, C] pool on the CPU and on CUDA. mixed = false: smooth gamma(0.5)

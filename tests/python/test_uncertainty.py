@@ -468,11 +468,12 @@ def test_half_on_cuda_equals_cpu(rng):
                 if m == "balentacq":
                     # float32 arithmetic on both sides, rounded differently (CUDA's expf / logf against
                     # the CPU's): s = (H + ln 2)/(MJEnt + H) amplifies that (the C++ rule, test_cuda.cu:
-                    # 1e-2 relative, same sign; only "a number" where the top mean is within 1e-2 of 1).
-                    # Measured on an H200: up to 1.9e-4 relative at |s| ~ 390.
+                    # 1e-2 + 4e-6 |s| relative, same sign; only "a number" where the top mean is within
+                    # 1e-2 of 1). Measured on an H200: up to 1.9e-4 relative at |s| ~ 390.
                     certain = cpu["least_confidence"].numpy() < 1e-2
+                    rel = (1e-2 + 4e-6 * np.abs(c)) * np.abs(c)
                     ok = ((g == c) & np.isinf(c)) | (np.isfinite(g) & np.isfinite(c) & ((g > 0) == (c > 0)) &
-                                                     (np.abs(g - c) <= 1e-2 * np.abs(c))) | (certain & ~np.isnan(g) & ~np.isnan(c))
+                                                     (np.abs(g - c) <= rel)) | (certain & ~np.isnan(g) & ~np.isnan(c))
                     assert ok.all(), f"balentacq: {g[~ok][:5]} vs {c[~ok][:5]}"
                     continue
                 np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
