@@ -16,6 +16,7 @@ namespace labelwise {
 /// Element types a TensorView can describe (each function says which it accepts).
 enum class DType : std::uint8_t { Float16, BFloat16, Float32, Float64, Int32, Int64, UInt8, Bool };
 
+/// "float16", "bfloat16", "float32", "float64", "int32", "int64", "uint8", "bool" (numpy's names).
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::Float16: return "float16";
@@ -30,6 +31,7 @@ inline const char* dtype_name(DType t) {
   return "unknown";
 }
 
+/// Bytes per element.
 inline int dtype_size(DType t) {
   switch (t) {
     case DType::Float16:
@@ -130,6 +132,7 @@ struct TensorView {
     return n;
   }
 
+  /// The shape as a vector.
   std::vector<std::int64_t> sizes() const { return std::vector<std::int64_t>(shape, shape + ndim); }
 
   bool is_contiguous() const {
@@ -141,6 +144,7 @@ struct TensorView {
     return true;
   }
 
+  /// The shape as "[2, 3, 4]", for messages.
   std::string shape_str() const {
     std::string s = "[";
     for (int d = 0; d < ndim; ++d) s += (d ? ", " : "") + std::to_string(shape[d]);

@@ -97,6 +97,7 @@ AcceptUnit accept_unit_from_name(const std::string& name);
 
 /// What the calibration scan found (steps 1-4 above).
 struct ThresholdCertificate {
+  /// True when some threshold passed the scan: the guarantee holds for the units it accepts.
   bool certified = false;
   /// Accept units with confidence >= threshold. NaN when nothing is certified (accepts nothing).
   double threshold = std::numeric_limits<double>::quiet_NaN();
@@ -109,8 +110,8 @@ struct ThresholdCertificate {
   std::int64_t scan_start = 0;              ///< j0: max(min_calibration, the scan_start asked for)
   /// the pool units that the scan's first test accepts (0 when no test ran)
   std::int64_t start_rank = 0;
-  double target_error = 0.0;
-  double delta = 0.0;
+  double target_error = 0.0;  ///< the error rate asked for, as given
+  double delta = 0.0;         ///< the risk asked for: the guarantee holds with probability >= 1 - delta
   /// Empty when certified; otherwise why nothing could be certified.
   std::string reason;
 };

@@ -428,6 +428,7 @@ class EnsembleHeadImpl : public HeadBase {
   at::Tensor weight(std::int64_t m) { return heads_detail::param(*members_->ptr(m), "weight"); }
   at::Tensor bias(std::int64_t m) { return heads_detail::param(*members_->ptr(m), "bias"); }
 
+  /// The M members' logits [B, M, C, *spatial] for features [B, F, *spatial] (dtype and device as forward()'s).
   at::Tensor forward_members(const at::Tensor& features) {
     check_features(features);
     std::vector<at::Tensor> z;
@@ -495,12 +496,13 @@ class EnsembleHeadImpl : public HeadBase {
 TORCH_MODULE(EnsembleHead);
 
 /// Closed-form Dirichlet uncertainty of an EvidentialHead (float32).
+/// EvidentialHead::uncertainty(): closed forms of Dir(alpha), S = Σ_c alpha_c; maps [B, *spatial].
 struct EvidentialUncertainty {
   at::Tensor probs;               ///< alpha / S, [B, C, *spatial]
   at::Tensor vacuity;             ///< C / S, [B, *spatial]
-  at::Tensor predictive_entropy;  ///< H[alpha / S]
-  at::Tensor expected_entropy;    ///< psi(S + 1) - sum_c (alpha_c / S) psi(alpha_c + 1)
-  at::Tensor bald;                ///< predictive - expected entropy, clamped at 0
+  at::Tensor predictive_entropy;  ///< H[alpha / S], [B, *spatial]
+  at::Tensor expected_entropy;    ///< psi(S + 1) - sum_c (alpha_c / S) psi(alpha_c + 1), [B, *spatial]
+  at::Tensor bald;                ///< predictive - expected entropy, clamped at 0, [B, *spatial]
 };
 
 namespace heads_detail {
@@ -551,6 +553,7 @@ class EvidentialHeadImpl : public HeadBase {
     return heads_detail::conv(features, weight(), bias(), dims_);
   }
 
+  /// alpha = softplus(forward(features)) + 1: [B, C, *spatial], dtype and device as forward()'s.
   at::Tensor concentrations(const at::Tensor& features) { return at::softplus(forward(features), 1, 20) + 1.0; }
 
   /// Probabilities, vacuity, predictive / expected entropy and BALD in closed form (float32).
