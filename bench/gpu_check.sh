@@ -28,6 +28,8 @@ log() { echo "== [$(($(date +%s) - START)) s] $*"; }
 # one row per step for the closing table: name, result, seconds
 summary=()
 record() { summary+=("$(printf '| %-24s | %-22s | %5s |' "$1" "$2" "$3")"); }
+# outcome RC: a step's exit status in words (timeout's 124 is a time-out)
+outcome() { (($1 == 0)) && echo ok || { (($1 == 124)) && echo "TIMED OUT" || echo "FAILED (exit $1)"; }; }
 # LW_GPU_SKIP: step names to leave out (a rerun after a fix: "heads_cuda diversity_gpu")
 SKIP=" ${LW_GPU_SKIP:-} "
 # step NAME TIMEOUT CMD...: runs CMD (output to stdout and $LOGS/NAME.log) unless the budget is spent.
@@ -48,8 +50,7 @@ step() {
   timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log" | tail -40
   local rc=${PIPESTATUS[0]}
   ((rc != 0)) && { echo "   -> exit $rc"; status=1; }
-  record "$name" "$( ((rc == 0)) && echo ok || { ((rc == 124)) && echo "TIMED OUT" || echo "FAILED (exit $rc)"; })" \
-    "$(($(date +%s) - t0))"
+  record "$name" "$(outcome "$rc")" "$(($(date +%s) - t0))"
   pack
 }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD/tests/python${PYTHONPATH:+:$PYTHONPATH}"
@@ -126,14 +127,16 @@ bg_step() {
   bg_pids+=($!)
   bg_names+=("$name")
 }
-# one argument each: Catch2 v2 joins several test-spec arguments without a separator
+# sanitize NAME TOOL SPEC: compute-sanitizer TOOL over the C++ tests SPEC, in the background. SPEC is
+# one argument: Catch2 v2 joins several test-spec arguments without a separator.
+sanitize() {
+  bg_step "$1" "${LW_SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool "$2" --error-exitcode 9 \
+    ./build-gpu/tests/labelwise_tests -w NoTests "$3"
+}
 if command -v compute-sanitizer >/dev/null && [[ $SKIP != *" sanitizers "* ]]; then
-  bg_step memcheck "${LW_SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool memcheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
-    -w NoTests "${LW_MEMCHECK_A:-[cuda]}"
-  [[ -n ${LW_MEMCHECK_B:-} ]] && bg_step memcheck_b "${LW_SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool memcheck --error-exitcode 9 \
-    ./build-gpu/tests/labelwise_tests -w NoTests "$LW_MEMCHECK_B"
-  bg_step racecheck "${LW_SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool racecheck --error-exitcode 9 ./build-gpu/tests/labelwise_tests \
-    -w NoTests "${LW_RACECHECK:-[cuda]}"
+  sanitize memcheck memcheck "${LW_MEMCHECK_A:-[cuda]}"
+  [[ -n ${LW_MEMCHECK_B:-} ]] && sanitize memcheck_b memcheck "$LW_MEMCHECK_B"
+  sanitize racecheck racecheck "${LW_RACECHECK:-[cuda]}"
 fi
 # The LibTorch component (labelwise::torch) against the PyTorch that python3 holds: its own build
 # folder, its CUDA test (C++ heads and torch adapter on CUDA tensors, on a stream of torch's pool)
@@ -161,7 +164,7 @@ if ((${#bg_pids[@]})); then
     echo "--- $f:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test cases|^exit|Invalid|Race reported|FAILED|Error" "$LOGS/$f.log" | head -12
     rc=$(sed -n 's/^exit //p' "$LOGS/$f.log" | tail -1)
     [[ $rc == 0 ]] || status=1
-    record "$f (background)" "$([[ $rc == 0 ]] && echo ok || { [[ $rc == 124 ]] && echo "TIMED OUT" || echo "FAILED (exit ${rc:-?})"; })" -
+    record "$f (background)" "$(outcome "${rc:-255}")" -
   done
   pack
 fi
