@@ -39,6 +39,17 @@ bool float32_balentacq_close(double a, double g, double least_confidence) {
          std::fabs(a - g) <= (1e-2 + 4e-6 * std::fabs(a)) * std::fabs(a);
 }
 
+/// CPU value a and CUDA value g of metric m agree: equal infinities (BalEntAcq's certain items);
+/// BalEntAcq's pole, where one side rounds the top mean to exactly 1 (-inf) and the other gives
+/// s > 1e12 (the C++ CPU tests' rule); |a - g| <= t (1 + |a|); or, for BalEntAcq computed in float32
+/// (f32), float32_balentacq_close with the CPU's least_confidence of the item.
+bool cpu_cuda_agree(double a, double g, int m, double t, bool f32, double least_confidence) {
+  const bool balentacq = m == static_cast<int>(Metric::BalEntAcq);
+  const bool pole = balentacq && ((a == -INFINITY && g > 1e12) || (g == -INFINITY && a > 1e12));
+  return (std::isinf(a) && a == g) || pole || std::fabs(a - g) <= t * (1 + std::fabs(a)) ||
+         (balentacq && f32 && float32_balentacq_close(a, g, least_confidence));
+}
+
 /// Every metric of a contiguous [N, K, C] pool on the CPU and on CUDA. mixed = false: smooth gamma(0.5)
 /// rows. mixed = true: one character per item, in turn the four of the CPU tests (ref::random_probs:
 /// spread, near one-hot, uniform, entries of 1e-30) and a fifth with exact zeros (1 to C - 1 classes of
@@ -118,18 +129,13 @@ void compare_layout(int N, int K, int C, InputKind kind, std::uint64_t seed, boo
       // different orders: there only both being numbers is asked (the C++ CPU tests' rule against the
       // float64 reference).
       if (balentacq && f32 && mixed && certain[i]) continue;
-      // Equal infinities (BalEntAcq's certain items) match; so does BalEntAcq's pole, where one side
-      // rounds the top mean to exactly 1 (-inf) and the other gives s > 1e12 (the C++ CPU tests' rule).
-      const bool pole = balentacq && ((a == -INFINITY && g > 1e12) || (g == -INFINITY && a > 1e12));
       const double t = balentacq && std::isfinite(a) ? tol + 1e-12 * std::fabs(a) : tol;
-      CHECK(((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= t * (1 + std::fabs(a)) ||
-             (balentacq && f32 &&
-              float32_balentacq_close(a, g, cpu[static_cast<int>(Metric::LeastConfidence) * N + i]))));
+      CHECK(cpu_cuda_agree(a, g, m, t, f32, cpu[static_cast<int>(Metric::LeastConfidence) * N + i]));
     }
 }
 /// Every metric of x (host bytes `host`, dtype dt, shape / strides as given) on the CPU and on CUDA (a
 /// byte copy of the same storage), into float64 or float32 outputs; equal within tol (relative), equal
-/// infinities, BalEntAcq's pole as above.
+/// infinities, BalEntAcq's pole and float32 rule as in cpu_cuda_agree.
 void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std::vector<std::int64_t>& shape,
                      const std::vector<std::int64_t>& strides, const ScoreOptions& opt, DType out_dt, double tol) {
   const TensorView hx(const_cast<unsigned char*>(host.data()), dt, shape, strides);
@@ -161,12 +167,8 @@ void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std
     std::int64_t bad = 0, first = -1;
     for (std::int64_t i = 0; i < n; ++i) {
       const double a = at(cpu, m * n + i), g = at(gpu, m * n + i);
-      const bool pole = m == static_cast<int>(Metric::BalEntAcq) &&
-                        ((a == -INFINITY && g > 1e12) || (g == -INFINITY && a > 1e12));
-      const bool f32_balentacq = m == static_cast<int>(Metric::BalEntAcq) && dt != DType::Float64;
-      if (!((std::isinf(a) && a == g) || pole || std::fabs(a - g) <= tol * (1 + std::fabs(a)) ||
-            (f32_balentacq &&
-             float32_balentacq_close(a, g, at(cpu, static_cast<int>(Metric::LeastConfidence) * n + i)))))
+      if (!cpu_cuda_agree(a, g, m, tol, dt != DType::Float64,
+                          at(cpu, static_cast<int>(Metric::LeastConfidence) * n + i)))
         if (bad++ == 0) first = i;
     }
     INFO(metric_name(static_cast<Metric>(m)) << ": " << bad << " of " << n << " items differ; first " << first
