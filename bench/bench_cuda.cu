@@ -89,23 +89,31 @@ int main(int argc, char** argv) {
   std::printf("| cudaMemcpy D2D (read+write) | %.3f | %.0f (r+w) | 100 | - |\n", copy_ms, copy_bw / 1e9);
   std::printf("| read-only reduction kernel | %.3f | %.0f | %.0f | 100 |\n", read_ms, read_bw / 1e9, 100 * read_bw / copy_bw);
 
-  auto run = [&](const char* label, std::vector<Metric> metrics, InputKind kind) {
-    std::vector<MetricOutput> outs;
-    for (std::size_t m = 0; m < metrics.size(); ++m)
-      outs.push_back({metrics[m], TensorView(out + m * N, DType::Float32, {N}, Device::cuda(0))});
+  const TensorView pool(x, DType::Float32, {N, K, C}, Device::cuda(0));
+  auto run = [&](const char* label, std::vector<Metric> metrics, InputKind kind, const TensorView& xv) {
     ScoreOptions opt;
     opt.input = kind;
-    const TensorView xv(x, DType::Float32, {N, K, C}, Device::cuda(0));
+    const std::vector<std::int64_t> oshape = score_shape(xv, opt);  // [N] or [B, H, W]
+    std::vector<MetricOutput> outs;
+    for (std::size_t m = 0; m < metrics.size(); ++m)
+      outs.push_back({metrics[m], TensorView(out + m * N, DType::Float32, oshape, Device::cuda(0))});
     const float ms = time_ms([&] { score(xv, outs, opt); }, 5);
     const double bw = bytes / (ms * 1e-3);
     std::printf("| %s | %.3f | %.0f | %.0f | %.0f |\n", label, ms, bw / 1e9, 100 * bw / copy_bw, 100 * bw / read_bw);
   };
   std::vector<Metric> all;
   for (int m = 0; m < kNumMetrics; ++m) all.push_back(Metric(m));
-  run("all 10 metrics, probs", all, InputKind::Probabilities);
-  run("bald, probs", {Metric::Bald}, InputKind::Probabilities);
-  run("predictive_entropy, probs", {Metric::PredictiveEntropy}, InputKind::Probabilities);
-  run("balentacq, probs", {Metric::BalEntAcq}, InputKind::Probabilities);
+  run("all 10 metrics, probs", all, InputKind::Probabilities, pool);
+  run("bald, probs", {Metric::Bald}, InputKind::Probabilities, pool);
+  run("predictive_entropy, probs", {Metric::PredictiveEntropy}, InputKind::Probabilities, pool);
+  run("balentacq, probs", {Metric::BalEntAcq}, InputKind::Probabilities, pool);
+  run("all 10 metrics, logits", all, InputKind::Logits, pool);
+  if (N % (512 * 512) == 0) {
+    // The same bytes as segmentation maps [B, K, C, 512, 512]: neighbouring pixels side by side.
+    const std::int64_t B = N / (512 * 512), hw = 512 * 512;
+    const TensorView seg(x, DType::Float32, {B, K, C, 512, 512}, {K * C * hw, C * hw, hw, 512, 1}, Device::cuda(0));
+    run("all 10 metrics, logits, [B, K, C, 512, 512] maps", all, InputKind::Logits, seg);
+  }
   std::printf("\nfloor for the fused pass: %.3f ms (bytes / read-kernel bandwidth)\n", bytes / read_bw * 1e3);
 
   // Acquisition: top_k and stochastic on N_sel = 10^7 float32 scores (the first 10^7 entries of x,

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <type_traits>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -278,4 +279,136 @@ TEST_CASE("CUDA reports the first bad item", "[cuda]") {
   CHECK_THROWS_WITH(bald(TensorView(dx.ptr, DType::Float32, {100, 2, 2}, Device::cuda(0)),
                          TensorView(dout.ptr, DType::Float32, {100}, Device::cuda(0))),
                     Catch::Contains("item [57]"));
+}
+
+TEST_CASE("CUDA equals CPU at every lanes-kernel shape: segment widths, classes per lane, chunked rows", "[cuda]") {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE(devices > 0);
+  const std::uint64_t seed = fresh_seed();
+  // Segments of 2, 4, 8, 16 and 32 lanes (C <= 32), 2, 4 and 8 classes per lane (C <= 256), and the
+  // one-thread-per-item kernel beyond (C = 257); item counts that leave the last block's group partial.
+  for (int C : {2, 3, 5, 8, 9, 16, 31, 32, 33, 64, 65, 128, 129, 256, 257}) {
+    compare_layout<float>(301, 4, C, InputKind::Probabilities, seed + 500 + C, true);
+    compare_layout<float>(301, 4, C, InputKind::Logits, seed + 800 + C, true);
+    compare_layout<double>(157, 3, C, InputKind::LogProbabilities, seed + 1100 + C, true);
+  }
+  // Rows staged in several chunks: K beyond what one chunk of a block holds (float32 C = 10: 38 rows;
+  // float64 C = 256: 1 row).
+  compare_layout<float>(203, 100, 10, InputKind::Probabilities, seed + 1400, true);
+  compare_layout<float>(203, 100, 10, InputKind::Logits, seed + 1401);
+  compare_layout<double>(40, 5, 256, InputKind::Logits, seed + 1402, true);
+}
+
+TEST_CASE("CUDA equals CPU on the lanes kernel's staging orders", "[cuda]") {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE(devices > 0);
+  std::mt19937_64 rng(fresh_seed());
+  ScoreOptions logits;
+  logits.input = InputKind::Logits;
+  {
+    // 3D segmentation maps [B, K, C, D, H, W]: neighbouring voxels side by side (items fastest), a
+    // voxel count that is no multiple of the block's group
+    const int B = 2, K = 6, C = 14, D = 3, H = 11, W = 7;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(B) * K * C * D * H * W, rng);
+    const std::int64_t v = static_cast<std::int64_t>(D) * H * W;
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {B, K, C, D, H, W}, {K * C * v, C * v, v, H * W, W, 1}, logits,
+                    DType::Float64, 1e-4);
+  }
+  {
+    // BaaL's [N, C, K] with 2 classes per lane (read along the samples)
+    const int N = 333, K = 7, C = 40;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(N) * C * K, rng);
+    ScoreOptions o = logits;
+    o.sample_axis = 2;
+    o.class_axis = 1;
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, C, K}, {C * K, K, 1}, o, DType::Float64, 1e-4);
+  }
+  {
+    // every other item of a contiguous pool: each item's rows contiguous, the items not (no flat copy)
+    const int N = 257, K = 20, C = 10;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(2 * N) * K * C, rng);
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, K, C}, {2 * K * C, C, 1}, logits, DType::Float64, 1e-4);
+    // and float64, rows split over chunks (K = 100 > 3072 / (16 · 10))
+    const int K2 = 100;
+    std::vector<double> y(static_cast<std::size_t>(2 * N) * K2 * C);
+    std::normal_distribution<double> n01(0, 2);
+    for (double& e : y) e = n01(rng);
+    cpu_equals_cuda(bytes_of(y), DType::Float64, {N, K2, C}, {2 * K2 * C, C, 1}, logits, DType::Float64, 1e-10);
+  }
+}
+
+namespace {
+
+/// The message of the Error that f throws, or "" when it throws none.
+template <typename F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("CUDA names the same bad item and error as the CPU, in any row chunk", "[cuda]") {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE(devices > 0);
+  std::mt19937_64 rng(fresh_seed());
+  // K = 100 rows of C = 10 float32 classes: the lanes kernel stages 38 rows at a time, so a bad value at
+  // row 60 is found in the second chunk; the bad items sit inside a block's group of 16.
+  const int N = 64, K = 100, C = 10;
+  struct Case {
+    InputKind kind;
+    const char* what;
+    std::function<void(std::vector<float>&, int item, int row)> spoil;
+  };
+  auto row_at = [&](std::vector<float>& x, int i, int k) { return &x[(static_cast<std::size_t>(i) * K + k) * C]; };
+  const std::vector<Case> cases{
+      {InputKind::Probabilities, "NaN", [&](std::vector<float>& x, int i, int k) { row_at(x, i, k)[3] = NAN; }},
+      {InputKind::Probabilities, "negative",
+       [&](std::vector<float>& x, int i, int k) {
+         row_at(x, i, k)[2] = -0.25f;
+         row_at(x, i, k)[5] += 0.25f;
+       }},
+      {InputKind::Probabilities, "unnormalised", [&](std::vector<float>& x, int i, int k) { row_at(x, i, k)[0] += 0.5f; }},
+      {InputKind::Logits, "+inf logit", [&](std::vector<float>& x, int i, int k) { row_at(x, i, k)[9] = INFINITY; }},
+      {InputKind::Logits, "all -inf row",
+       [&](std::vector<float>& x, int i, int k) {
+         for (int c = 0; c < C; ++c) row_at(x, i, k)[c] = -INFINITY;
+       }},
+      {InputKind::LogProbabilities, "unnormalised log-probabilities",
+       [&](std::vector<float>& x, int i, int k) { row_at(x, i, k)[1] += 1.0f; }},
+  };
+  for (const Case& cs : cases) {
+    for (int row : {0, 37, 38, 60, 99}) {
+      std::vector<float> x(static_cast<std::size_t>(N) * K * C);
+      for (int i = 0; i < N; ++i)
+        for (int k = 0; k < K; ++k) {
+          const std::vector<double> q = ref::random_probs(rng, C, 0);
+          for (int c = 0; c < C; ++c)
+            row_at(x, i, k)[c] = static_cast<float>(cs.kind == InputKind::Probabilities ? q[c] : std::log(q[c]));
+        }
+      cs.spoil(x, 37, row);
+      cs.spoil(x, 41, 0);  // a later item: the first bad one is reported
+      DeviceArray<float> dx(x), dout(N);
+      ScoreOptions opt;
+      opt.input = cs.kind;
+      std::vector<float> out(N);
+      const std::string cpu = error_message([&] {
+        score(TensorView::of(x.data(), {N, K, C}), {{Metric::BalEntAcq, TensorView::of(out.data(), {N})}}, opt);
+      });
+      const std::string gpu = error_message([&] {
+        score(dx.view({N, K, C}), {{Metric::BalEntAcq, dout.view({N})}}, opt);
+      });
+      INFO(cs.what << " at row " << row << ": cpu \"" << cpu << "\" gpu \"" << gpu << "\"");
+      CHECK(!cpu.empty());
+      CHECK(cpu.find("[37]") != std::string::npos);
+      CHECK(gpu == cpu);
+    }
+  }
 }

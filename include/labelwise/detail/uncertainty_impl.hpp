@@ -137,16 +137,37 @@ LABELWISE_HD LABELWISE_VEC_INLINE double lw_plogp(double p) { return p > 0.0 ? p
 
 constexpr double kLog1em32 = -73.68272297580946;  // ln(1e-32), the reference's guard inside log(B + 1e-32)
 
+/// Class mean p̄_c and sample variance (ddof = 1, clamped at 0) from the shifted sums: the first
+/// sample's p_0c, Σ_k (p_kc - p_0c) and Σ_k (p_kc - p_0c)², over K >= 2 samples (inv_k = 1 / K).
+LABELWISE_HD LABELWISE_VEC_INLINE void class_mean_var(double first, double sum, double sumsq, int K, double inv_k,
+                                                    double& mean, double& var) {
+  const double mean_shift = sum * inv_k;
+  mean = first + mean_shift;
+  const double v = (sumsq - K * mean_shift * mean_shift) / (K - 1);
+  var = v > 0.0 ? v : 0.0;
+}
+
+/// The moment-matched Beta of BalEntAcq's class term for class mean `mean` and sample variance `var`:
+/// μ and σ² floored at 1e-9, α = μ²(1 - μ)/σ² - μ, β = (1/μ - 1)·α. Returns whether the fast term
+/// balentacq_class_term_positive(mu, alpha, beta) applies (α + 1 > 0, 0 < β < 1e15, mean < 1);
+/// otherwise the exact balentacq_class_term(mean, var) must be taken. Branch-free.
+LABELWISE_HD LABELWISE_VEC_INLINE bool balentacq_beta_params(double mean, double var, double& mu, double& alpha,
+                                                           double& beta) {
+  mu = mean < 1e-9 ? 1e-9 : mean;
+  const double v = var < 1e-9 ? 1e-9 : var;
+  alpha = mu * mu * (1.0 - mu) / v - mu;
+  beta = (1.0 / mu - 1.0) * alpha;
+  return (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
+}
+
 /// The BalEntAcq per-class term t_c = min(μ_c · h_c, 0) of the reference implementation
 /// (jaeohwoo/BalancedEntropy, src/torch_utils.py @ 5cc1a5c): μ and σ² floored at 1e-9,
 /// Beta(α+1, β) moment match, h_c its differential entropy with ln B taken as
 /// log(B + 1e-32) exactly as the reference evaluates it. Where that expression is not finite
 /// (μ_c = 1 exactly, where the reference yields NaN) the limit value 0 is returned.
 LABELWISE_HD inline double balentacq_class_term(double mean, double var) {
-  const double mu = mean < 1e-9 ? 1e-9 : mean;
-  const double v = var < 1e-9 ? 1e-9 : var;
-  const double alpha = mu * mu * (1.0 - mu) / v - mu;
-  const double beta = (1.0 / mu - 1.0) * alpha;
+  double mu, alpha, beta;
+  balentacq_beta_params(mean, var, mu, alpha, beta);
   double lg_a, dg_a, lg_b, dg_b, lg_ab, dg_ab;
   log_gamma_and_digamma(alpha + 1.0, lg_a, dg_a);
   log_gamma_and_digamma(beta, lg_b, dg_b);
@@ -243,6 +264,14 @@ LABELWISE_HD LABELWISE_VEC_INLINE double balentacq_class_term_positive(double mu
   return t < 0.0 ? t : 0.0;
 }
 
+/// BalEntAcq's class term t_c for class mean `mean` and sample variance `var` (one class at a time:
+/// the CUDA lanes kernel, one class per lane).
+LABELWISE_HD inline double balentacq_term(double mean, double var) {
+  double mu, alpha, beta;
+  if (balentacq_beta_params(mean, var, mu, alpha, beta)) return balentacq_class_term_positive(mu, alpha, beta);
+  return balentacq_class_term(mean, var);
+}
+
 /// Σ_c sqrt(var_c) and Σ_c t_c (BalEntAcq terms) from the shifted per-class sums, in one loop over
 /// classes that the CPU backends vectorise; classes with a non-positive Gamma argument (rare: sample
 /// variance above the Bernoulli bound) are redone exactly afterwards.
@@ -259,9 +288,9 @@ LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool
   if (!want_bal) {
     LABELWISE_SIMD_SPREAD
     for (int c = 0; c < C; ++c) {
-      const double mean_shift = static_cast<double>(sum_p[c]) * inv_k;
-      const double var = (static_cast<double>(sumsq_p[c]) - K * mean_shift * mean_shift) / (K - 1);
-      ssum += sqrt(var > 0.0 ? var : 0.0);
+      double mean, var;
+      class_mean_var(first_p[c], sum_p[c], sumsq_p[c], K, inv_k, mean, var);
+      ssum += sqrt(var);
     }
   } else {
     // Blocks of 8 classes (one AVX-512 vector of doubles, two AVX2 ones); the scratch is padded with
@@ -271,16 +300,11 @@ LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool
       for (int j = 0; j < kClassBlock; ++j) {
         const int c = cb + j;
         const bool real = c < C;
-        const double mean_shift = static_cast<double>(sum_p[c]) * inv_k;
-        const double mean = static_cast<double>(first_p[c]) + mean_shift;
-        double var = (static_cast<double>(sumsq_p[c]) - K * mean_shift * mean_shift) / (K - 1);
-        var = var > 0.0 ? var : 0.0;
+        double mean, var;
+        class_mean_var(first_p[c], sum_p[c], sumsq_p[c], K, inv_k, mean, var);
         ssum += real ? sqrt(var) : 0.0;
-        const double mu = mean < 1e-9 ? 1e-9 : mean;
-        const double v = var < 1e-9 ? 1e-9 : var;
-        const double alpha = mu * mu * (1.0 - mu) / v - mu;
-        const double beta = (1.0 / mu - 1.0) * alpha;
-        const bool ok = (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
+        double mu, alpha, beta;
+        const bool ok = balentacq_beta_params(mean, var, mu, alpha, beta);
         const double t = balentacq_class_term_positive(mu, ok ? alpha : 1.0, ok ? beta : 1.0);
         tsum += (ok & real) ? t : 0.0;
         slow |= (ok | !real) ? 0 : 1;
@@ -289,15 +313,9 @@ LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool
   }
   if (slow) {
     for (int c = 0; c < C; ++c) {
-      const double mean_shift = static_cast<double>(s.sum[c]) * inv_k;
-      const double mean = static_cast<double>(s.first[c]) + mean_shift;
-      double var = (static_cast<double>(s.sumsq[c]) - K * mean_shift * mean_shift) / (K - 1);
-      var = var > 0.0 ? var : 0.0;
-      const double mu = mean < 1e-9 ? 1e-9 : mean;
-      const double v = var < 1e-9 ? 1e-9 : var;
-      const double alpha = mu * mu * (1.0 - mu) / v - mu;
-      const double beta = (1.0 / mu - 1.0) * alpha;
-      if (!((alpha + 1.0 > 0.0) && (beta > 0.0) && (beta < 1e15) && (mean < 1.0))) tsum += balentacq_class_term(mean, var);
+      double mean, var, mu, alpha, beta;
+      class_mean_var(s.first[c], s.sum[c], s.sumsq[c], K, inv_k, mean, var);
+      if (!balentacq_beta_params(mean, var, mu, alpha, beta)) tsum += balentacq_class_term(mean, var);
     }
   }
   std_sum = ssum;
@@ -316,6 +334,31 @@ LABELWISE_HD inline double balentacq_from_terms(double entropy_of_mean, double s
   double s = (entropy_of_mean + kLn2) / (mjent + entropy_of_mean);
   if (s < 0.0) s = 1.0 / s;
   return s;
+}
+
+/// What the metrics of one item are made of: H[p̄], Σ_k H[p_k] (ent_sum), the two largest class
+/// means (top1 >= top2; equal on ties), the modal arg-max vote count, Σ_c std_c and Σ_c t_c.
+struct ItemSummary {
+  double entropy_of_mean, ent_sum, top1, top2;
+  int mode;
+  double std_sum, terms;
+};
+
+/// The ten metrics of an item from its summary, into res[Metric] (the ones `mask` asks for; the
+/// others may be left unset).
+LABELWISE_HD inline void finish_metrics(const ItemSummary& m, int K, int C, unsigned mask, double* res) {
+  const double inv_k = 1.0 / K;
+  res[0] = m.entropy_of_mean;
+  const double e_ent = m.ent_sum * inv_k;
+  res[1] = e_ent;
+  res[2] = m.entropy_of_mean - e_ent > 0.0 ? m.entropy_of_mean - e_ent : 0.0;
+  res[3] = 1.0 - m.top1;
+  res[4] = 1.0 - (m.top1 - m.top2);
+  res[5] = m.top2 / m.top1;
+  if (mask & kBitVariationRatio) res[6] = static_cast<double>(K - m.mode) / K;
+  res[7] = 1.0 - m.top1;
+  if (mask & (kBitMeanStd | kBitBalEntAcq)) res[8] = m.std_sum / C;
+  if (mask & kBitBalEntAcq) res[9] = balentacq_from_terms(m.entropy_of_mean, m.terms, m.top1);
 }
 
 /// Classifies an invalid sample row exactly (slow path, only taken on error).
@@ -683,26 +726,12 @@ LABELWISE_HD int score_item(const T* x, std::int64_t sk, std::int64_t sc_arg, in
     if (mu > top1) { top2 = top1; top1 = mu; }
     else if (mu > top2) { top2 = mu; }
   }
-  res[0] = h_mean;
-  const double e_ent = ent_sum * inv_k;
-  res[1] = e_ent;
-  res[2] = h_mean - e_ent > 0.0 ? h_mean - e_ent : 0.0;
-  res[3] = 1.0 - top1;
-  res[4] = 1.0 - (top1 - top2);
-  res[5] = top2 / top1;
-  if (need_votes) {
-    int mode = 0;
+  int mode = 0;
+  if (need_votes)
     for (int c = 0; c < C; ++c) mode = s.votes[c] > mode ? s.votes[c] : mode;
-    res[6] = static_cast<double>(K - mode) / K;
-  }
-  res[7] = 1.0 - top1;
-  if (need_sq) {
-    double std_sum = 0.0, terms = 0.0;
-    const bool want_bal = (mask & kBitBalEntAcq) != 0;
-    class_spread_terms(s, K, C, want_bal, std_sum, terms);
-    res[8] = std_sum / C;
-    if (want_bal) res[9] = balentacq_from_terms(h_mean, terms, top1);
-  }
+  double std_sum = 0.0, terms = 0.0;
+  if (need_sq) class_spread_terms(s, K, C, (mask & kBitBalEntAcq) != 0, std_sum, terms);
+  finish_metrics(ItemSummary{h_mean, ent_sum, top1, top2, mode, std_sum, terms}, K, C, mask, res);
   return kItemOk;
 }
 
@@ -1423,9 +1452,9 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
   if (need_sq && !want_bal) {
     LABELWISE_SIMD_PLAIN
     for (int j = 0; j < n; ++j) {
-      const double mean_shift = sum_p[j] * inv_k;
-      const double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
-      sd_p[j] = sqrt(var > 0.0 ? var : 0.0);
+      double mean, var;
+      class_mean_var(first_p[j], sum_p[j], sumsq_p[j], K, inv_k, mean, var);
+      sd_p[j] = sqrt(var);
     }
   } else if (want_bal) {
     double* __restrict__ lnb_p = b.lnb;
@@ -1438,16 +1467,11 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
       int any_band = 0, any_slow = 0;
       LABELWISE_SIMD_BAND
       for (int j = j0; j < j1; ++j) {
-        const double mean_shift = sum_p[j] * inv_k;
-        const double mean = first_p[j] + mean_shift;
-        double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
-        var = var > 0.0 ? var : 0.0;
+        double mean, var;
+        class_mean_var(first_p[j], sum_p[j], sumsq_p[j], K, inv_k, mean, var);
         sd_p[j] = sqrt(var);
-        const double mu = mean < 1e-9 ? 1e-9 : mean;
-        const double v = var < 1e-9 ? 1e-9 : var;
-        const double alpha = mu * mu * (1.0 - mu) / v - mu;
-        const double beta = (1.0 / mu - 1.0) * alpha;
-        const bool ok = (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
+        double mu, alpha, beta;
+        const bool ok = balentacq_beta_params(mean, var, mu, alpha, beta);
         double lb, w;
         beta_entropy_parts(ok ? alpha : 1.0, ok ? beta : 1.0, lb, w);
         // log(B + 1e-32) without its logarithm, exact outside |ln B - ln 1e-32| <= 40 (see
@@ -1476,9 +1500,9 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
       if (any_slow) {
         for (int j = j0; j < j1; ++j) {
           if (!slow_p[j]) continue;
-          const double mean_shift = sum_p[j] * inv_k;
-          const double var = (sumsq_p[j] - K * mean_shift * mean_shift) / (K - 1);
-          term_p[j] = balentacq_class_term(first_p[j] + mean_shift, var > 0.0 ? var : 0.0);
+          double mean, var;
+          class_mean_var(first_p[j], sum_p[j], sumsq_p[j], K, inv_k, mean, var);
+          term_p[j] = balentacq_class_term(mean, var);
         }
       }
     }
@@ -1577,18 +1601,8 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
     }
   }
   for (int i = 0; i < nb; ++i) {
-    double* r = res + i * kResSlots;
-    r[0] = h[i];
-    const double e_ent = b.ent[i] * inv_k;
-    r[1] = e_ent;
-    r[2] = h[i] - e_ent > 0.0 ? h[i] - e_ent : 0.0;
-    r[3] = 1.0 - top1[i];
-    r[4] = 1.0 - (top1[i] - top2[i]);
-    r[5] = top2[i] / top1[i];
-    r[6] = static_cast<double>(K - b.mode[i]) / K;
-    r[7] = 1.0 - top1[i];
-    if (need_sq) r[8] = ssum[i] / C;
-    if (want_bal) r[9] = balentacq_from_terms(h[i], tsum[i], top1[i]);
+    finish_metrics(ItemSummary{h[i], b.ent[i], top1[i], top2[i], b.mode[i], ssum[i], tsum[i]}, K, C, mask,
+                   res + i * kResSlots);
   }
 }
 
