@@ -281,26 +281,26 @@ TEST_CASE("CUDA reports the first bad item", "[cuda]") {
                     Catch::Contains("item [57]"));
 }
 
-TEST_CASE("CUDA equals CPU at every lanes-kernel shape: segment widths, classes per lane, chunked rows", "[cuda]") {
+TEST_CASE("CUDA equals CPU at class counts around each power of two up to 257, and at K = 100", "[cuda]") {
   int devices = 0;
   REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
   REQUIRE(devices > 0);
   const std::uint64_t seed = fresh_seed();
-  // Segments of 2, 4, 8, 16 and 32 lanes (C <= 32), 2, 4 and 8 classes per lane (C <= 256), and the
-  // one-thread-per-item kernel beyond (C = 257); item counts that leave the last block's group partial.
+  // Class counts at which a CUDA kernel changes shape (a kernel that spreads an item's classes over
+  // lanes: 2 to 32 lanes, 2 to 8 classes per lane, up to 256; shared-memory staging limits); item
+  // counts that are no multiple of a block's items.
   for (int C : {2, 3, 5, 8, 9, 16, 31, 32, 33, 64, 65, 128, 129, 256, 257}) {
     compare_layout<float>(301, 4, C, InputKind::Probabilities, seed + 500 + C, true);
     compare_layout<float>(301, 4, C, InputKind::Logits, seed + 800 + C, true);
     compare_layout<double>(157, 3, C, InputKind::LogProbabilities, seed + 1100 + C, true);
   }
-  // Rows staged in several chunks: K beyond what one chunk of a block holds (float32 C = 10: 38 rows;
-  // float64 C = 256: 1 row).
+  // Many samples per item: more rows than a kernel may stage at once.
   compare_layout<float>(203, 100, 10, InputKind::Probabilities, seed + 1400, true);
   compare_layout<float>(203, 100, 10, InputKind::Logits, seed + 1401);
   compare_layout<double>(40, 5, 256, InputKind::Logits, seed + 1402, true);
 }
 
-TEST_CASE("CUDA equals CPU on the lanes kernel's staging orders", "[cuda]") {
+TEST_CASE("CUDA equals CPU on 3D maps, BaaL's layout with 40 classes, and items apart in memory", "[cuda]") {
   int devices = 0;
   REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
   REQUIRE(devices > 0);
@@ -308,8 +308,8 @@ TEST_CASE("CUDA equals CPU on the lanes kernel's staging orders", "[cuda]") {
   ScoreOptions logits;
   logits.input = InputKind::Logits;
   {
-    // 3D segmentation maps [B, K, C, D, H, W]: neighbouring voxels side by side (items fastest), a
-    // voxel count that is no multiple of the block's group
+    // 3D segmentation maps [B, K, C, D, H, W]: neighbouring voxels side by side, a voxel count that is
+    // no multiple of a block's items
     const int B = 2, K = 6, C = 14, D = 3, H = 11, W = 7;
     const std::vector<float> x = random_logits(static_cast<std::size_t>(B) * K * C * D * H * W, rng);
     const std::int64_t v = static_cast<std::int64_t>(D) * H * W;
@@ -317,7 +317,7 @@ TEST_CASE("CUDA equals CPU on the lanes kernel's staging orders", "[cuda]") {
                     DType::Float64, 1e-4);
   }
   {
-    // BaaL's [N, C, K] with 2 classes per lane (read along the samples)
+    // BaaL's [N, C, K] with more than 32 classes (samples contiguous)
     const int N = 333, K = 7, C = 40;
     const std::vector<float> x = random_logits(static_cast<std::size_t>(N) * C * K, rng);
     ScoreOptions o = logits;
@@ -326,11 +326,11 @@ TEST_CASE("CUDA equals CPU on the lanes kernel's staging orders", "[cuda]") {
     cpu_equals_cuda(bytes_of(x), DType::Float32, {N, C, K}, {C * K, K, 1}, o, DType::Float64, 1e-4);
   }
   {
-    // every other item of a contiguous pool: each item's rows contiguous, the items not (no flat copy)
+    // every other item of a contiguous pool: each item's rows contiguous, the items not
     const int N = 257, K = 20, C = 10;
     const std::vector<float> x = random_logits(static_cast<std::size_t>(2 * N) * K * C, rng);
     cpu_equals_cuda(bytes_of(x), DType::Float32, {N, K, C}, {2 * K * C, C, 1}, logits, DType::Float64, 1e-4);
-    // and float64, rows split over chunks (K = 100 > 3072 / (16 · 10))
+    // and float64 with many samples
     const int K2 = 100;
     std::vector<double> y(static_cast<std::size_t>(2 * N) * K2 * C);
     std::normal_distribution<double> n01(0, 2);
@@ -359,8 +359,8 @@ TEST_CASE("CUDA names the same bad item and error as the CPU, in any row chunk",
   REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
   REQUIRE(devices > 0);
   std::mt19937_64 rng(fresh_seed());
-  // K = 100 rows of C = 10 float32 classes: the lanes kernel stages 38 rows at a time, so a bad value at
-  // row 60 is found in the second chunk; the bad items sit inside a block's group of 16.
+  // K = 100 rows of C = 10 float32 classes: more rows than a kernel may stage at once, so bad values
+  // at rows 38 to 99 are found in a later chunk; the bad items sit inside a block's items.
   const int N = 64, K = 100, C = 10;
   struct Case {
     InputKind kind;
