@@ -264,14 +264,6 @@ LABELWISE_HD LABELWISE_VEC_INLINE double balentacq_class_term_positive(double mu
   return t < 0.0 ? t : 0.0;
 }
 
-/// BalEntAcq's class term t_c for class mean `mean` and sample variance `var` (one class at a time:
-/// the CUDA lanes kernel, one class per lane).
-LABELWISE_HD inline double balentacq_term(double mean, double var) {
-  double mu, alpha, beta;
-  if (balentacq_beta_params(mean, var, mu, alpha, beta)) return balentacq_class_term_positive(mu, alpha, beta);
-  return balentacq_class_term(mean, var);
-}
-
 /// Σ_c sqrt(var_c) and Σ_c t_c (BalEntAcq terms) from the shifted per-class sums, in one loop over
 /// classes that the CPU backends vectorise; classes with a non-positive Gamma argument (rare: sample
 /// variance above the Bernoulli bound) are redone exactly afterwards.
