@@ -39,6 +39,13 @@ struct DeviceArray {
   }
 };
 
+/// Fails the test unless a CUDA device is there (a [cuda] test must never pass on a machine without one).
+inline void require_device() {
+  int devices = 0;
+  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+  REQUIRE(devices > 0);
+}
+
 using ::fresh_seed;
 
 }  // namespace lw_test

@@ -14,6 +14,7 @@
 
 using namespace labelwise;
 using lw_test::DeviceArray;
+using lw_test::require_device;
 
 namespace {
 
@@ -30,13 +31,6 @@ std::vector<T> tie_heavy(std::mt19937_64& rng, std::size_t n) {
   }
   return s;
 }
-
-void require_device() {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
-}
-
 
 }  // namespace
 

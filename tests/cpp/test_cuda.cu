@@ -199,9 +199,7 @@ std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
 
 TEST_CASE("CUDA equals CPU: strided layouts, float16 / bfloat16, float32 outputs, more items than threads",
           "[cuda]") {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
+  lw_test::require_device();
   std::mt19937_64 rng(fresh_seed());
   ScoreOptions logits;
   logits.input = InputKind::Logits;
@@ -241,9 +239,7 @@ TEST_CASE("CUDA equals CPU: strided layouts, float16 / bfloat16, float32 outputs
 }
 
 TEST_CASE("CUDA equals CPU for all metrics and input kinds", "[cuda]") {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
+  lw_test::require_device();
   const std::uint64_t seed = fresh_seed();
   for (int kind = 0; kind < 3; ++kind) {
     compare_layout<float>(3000, 20, 10, static_cast<InputKind>(kind), seed + kind);
@@ -252,9 +248,7 @@ TEST_CASE("CUDA equals CPU for all metrics and input kinds", "[cuda]") {
 }
 
 TEST_CASE("CUDA equals CPU on near one-hot, uniform, tiny and exact-zero rows, masked logits, C > 16", "[cuda]") {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
+  lw_test::require_device();
   const std::uint64_t seed = fresh_seed();
   for (int kind = 0; kind < 3; ++kind) {
     const InputKind ik = static_cast<InputKind>(kind);
@@ -282,9 +276,7 @@ TEST_CASE("CUDA reports the first bad item", "[cuda]") {
 }
 
 TEST_CASE("CUDA equals CPU at class counts around each power of two up to 257, and at K = 100", "[cuda]") {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
+  lw_test::require_device();
   const std::uint64_t seed = fresh_seed();
   // Class counts at which a CUDA kernel changes shape (a kernel that spreads an item's classes over
   // lanes: 2 to 32 lanes, 2 to 8 classes per lane, up to 256; shared-memory staging limits); item
@@ -301,9 +293,7 @@ TEST_CASE("CUDA equals CPU at class counts around each power of two up to 257, a
 }
 
 TEST_CASE("CUDA equals CPU on 3D maps, BaaL's layout with 40 classes, and items apart in memory", "[cuda]") {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
+  lw_test::require_device();
   std::mt19937_64 rng(fresh_seed());
   ScoreOptions logits;
   logits.input = InputKind::Logits;
@@ -355,9 +345,7 @@ std::string error_message(F&& f) {
 }  // namespace
 
 TEST_CASE("CUDA names the same bad item and error as the CPU, in any row chunk", "[cuda]") {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
+  lw_test::require_device();
   std::mt19937_64 rng(fresh_seed());
   // K = 100 rows of C = 10 float32 classes: more rows than a kernel may stage at once, so bad values
   // at rows 38 to 99 are found in a later chunk; the bad items sit inside a block's items.

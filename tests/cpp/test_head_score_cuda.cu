@@ -114,9 +114,7 @@ void compare(int B, int F, int C, int M, int K, double p, std::vector<std::int64
 }  // namespace
 
 TEST_CASE("head_score / head_sample: CUDA equals CPU (MC dropout and ensembles, 2D and 3D)", "[cuda][head_score]") {
-  int devices = 0;
-  REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
-  REQUIRE(devices > 0);
+  lw_test::require_device();
   compare<float>(2, 13, 5, 1, 7, 0.4, {17, 23}, false, 1);
   compare<double>(2, 9, 4, 1, 6, 0.25, {5, 6, 7}, true, 2);
   compare<float>(1, 32, 8, 1, 20, 0.5, {9, 10, 11}, false, 3);
