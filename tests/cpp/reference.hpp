@@ -161,4 +161,31 @@ inline std::vector<double> random_probs(std::mt19937_64& rng, int C, int charact
   return q;
 }
 
+/// Strides (in elements) of a [B, F, *spatial] feature map stored C-order, or channels-last
+/// ([B, *spatial, F] in memory) and viewed as [B, F, *spatial].
+inline std::vector<std::int64_t> feature_strides(std::int64_t F, const std::vector<std::int64_t>& spatial,
+                                                 bool channels_last) {
+  std::int64_t V = 1;
+  for (auto v : spatial) V *= v;
+  std::vector<std::int64_t> strides{F * V, channels_last ? 1 : V}, sp(spatial.size());
+  std::int64_t s = channels_last ? F : 1;
+  for (int d = static_cast<int>(spatial.size()) - 1; d >= 0; --d) {
+    sp[d] = s;
+    s *= spatial[d];
+  }
+  strides.insert(strides.end(), sp.begin(), sp.end());
+  return strides;
+}
+
+/// Two backends' values of one metric agree (the CPU's a, the other's g): equal infinities (BalEntAcq
+/// of a certain item); BalEntAcq's pole, where one side rounds the top mean to exactly 1 (-inf) and the
+/// other gives s > 1e12; or |a - g| <= t·max(1, |a|), where t = tol, plus 1e-12·|a| for BalEntAcq,
+/// whose value amplifies last-bit differences near its pole.
+inline bool backends_agree(double a, double g, double tol, bool balentacq) {
+  if (std::isinf(a) && a == g) return true;
+  if (balentacq && ((a == -INFINITY && g > 1e12) || (g == -INFINITY && a > 1e12))) return true;
+  const double t = tol + (balentacq && std::isfinite(a) ? 1e-12 * std::fabs(a) : 0.0);
+  return std::fabs(a - g) <= t * std::max(1.0, std::fabs(a));
+}
+
 }  // namespace ref

@@ -69,17 +69,9 @@ struct Features {
   }
   double at(int b, int f, std::int64_t v) const { return static_cast<double>(data[index(b, f, v)]); }
   TensorView view() const {
-    std::vector<std::int64_t> shape{B, F}, strides;
+    std::vector<std::int64_t> shape{B, F};
     shape.insert(shape.end(), spatial.begin(), spatial.end());
-    std::vector<std::int64_t> sp_strides(spatial.size());
-    std::int64_t s = channels_last ? F : 1;
-    for (int d = static_cast<int>(spatial.size()) - 1; d >= 0; --d) {
-      sp_strides[d] = s;
-      s *= spatial[d];
-    }
-    strides = {channels_last ? V * F : F * V, channels_last ? 1 : V};
-    strides.insert(strides.end(), sp_strides.begin(), sp_strides.end());
-    return TensorView::of(data.data(), shape, strides);
+    return TensorView::of(data.data(), shape, ref::feature_strides(F, spatial, channels_last));
   }
 };
 

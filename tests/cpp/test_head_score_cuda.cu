@@ -13,6 +13,7 @@
 #include "labelwise/segmentation/head_score.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
 #include "cuda_test_util.cuh"
+#include "reference.hpp"
 
 using namespace labelwise;
 using lw_test::DeviceArray;
@@ -39,17 +40,9 @@ void compare(int B, int F, int C, int M, int K, double p, std::vector<std::int64
   for (float& v : w) v = static_cast<float>(0.7 * n01(rng));
   for (float& v : bias) v = static_cast<float>(0.7 * n01(rng));
   // features as [B, F, *spatial] (C-order) or stored channels-last and viewed through strides
-  std::vector<std::int64_t> shape{B, F}, strides;
+  std::vector<std::int64_t> shape{B, F};
   shape.insert(shape.end(), spatial.begin(), spatial.end());
-  std::vector<std::int64_t> sp_strides(spatial.size());
-  std::int64_t s = channels_last ? F : 1;
-  for (int d = static_cast<int>(spatial.size()) - 1; d >= 0; --d) {
-    sp_strides[d] = s;
-    s *= spatial[d];
-  }
-  strides = {V * F, channels_last ? 1 : V};
-  strides.insert(strides.end(), sp_strides.begin(), sp_strides.end());
-  const TensorView xv = TensorView::of(x.data(), shape, strides);
+  const TensorView xv = TensorView::of(x.data(), shape, ref::feature_strides(F, spatial, channels_last));
   const TensorView wv = TensorView::of(w.data(), {M, C, F}), bv = TensorView::of(bias.data(), {M, C});
   std::vector<std::int64_t> grid{B}, sshape{B, K, C}, mshape{B, C};
   for (auto v : spatial) grid.push_back(v), sshape.push_back(v), mshape.push_back(v);
@@ -94,10 +87,7 @@ void compare(int B, int F, int C, int M, int K, double p, std::vector<std::int64
     std::size_t bad = 0, first = 0;
     for (std::size_t j = 0; j < nvox; ++j) {
       const double a = cpu[i][j];
-      // equal infinities (BalEntAcq of a certain voxel) match; so does BalEntAcq's pole, where one side
-      // rounds the top mean to exactly 1 (-inf) and the other gives s > 1e12 (test_cuda.cu's rule)
-      const bool pole = metrics[i] == Metric::BalEntAcq && ((a == -INFINITY && g[j] > 1e12) || (g[j] == -INFINITY && a > 1e12));
-      if (!((std::isinf(a) && a == g[j]) || pole || std::abs(g[j] - a) <= 1e-6 * std::max(1.0, std::abs(a))))
+      if (!ref::backends_agree(a, g[j], 1e-6, metrics[i] == Metric::BalEntAcq))
         if (bad++ == 0) first = j;
     }
     INFO(metric_name(metrics[i]) << ": " << bad << " of " << nvox << " voxels differ; first " << first << " cpu "

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include "reference.hpp"
 #include "test_seed.hpp"
 
 #include <cmath>
@@ -428,8 +429,7 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
 
 namespace {
 
-/// CPU / CUDA agreement of one metric map (test_head_score_cuda.cu's rule): relative `tol`, equal
-/// infinities, and BalEntAcq's pole (one side rounds the top mean to exactly 1: -inf against > 1e12).
+/// CPU / CUDA agreement of one metric map: ref::backends_agree at relative `tol`.
 void check_maps_agree(const at::Tensor& cpu, const at::Tensor& gpu, Metric m, double tol) {
   REQUIRE(gpu.is_cuda());
   REQUIRE(cpu.sizes() == gpu.sizes());
@@ -439,10 +439,7 @@ void check_maps_agree(const at::Tensor& cpu, const at::Tensor& gpu, Metric m, do
   const double* pg = g.data_ptr<double>();
   std::int64_t bad = 0, first = -1;
   for (std::int64_t j = 0; j < a.numel(); ++j) {
-    const bool pole = m == Metric::BalEntAcq && ((pa[j] == -INFINITY && pg[j] > 1e12) || (pg[j] == -INFINITY && pa[j] > 1e12));
-    // near its pole BalEntAcq amplifies last-bit differences (test_cuda.cu's 1e-12 |s| term)
-    const double t = tol + (m == Metric::BalEntAcq && std::isfinite(pa[j]) ? 1e-12 * std::abs(pa[j]) : 0.0);
-    if (!((std::isinf(pa[j]) && pa[j] == pg[j]) || pole || std::abs(pg[j] - pa[j]) <= t * std::max(1.0, std::abs(pa[j]))))
+    if (!ref::backends_agree(pa[j], pg[j], tol, m == Metric::BalEntAcq))
       if (bad++ == 0) first = j;
   }
   INFO(metric_name(m) << ": " << bad << " of " << a.numel() << " values differ; first " << first
