@@ -141,8 +141,12 @@ void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std
   const std::size_t es = out_dt == DType::Float32 ? 4 : 8;
   std::vector<unsigned char> cpu(static_cast<std::size_t>(kNumMetrics * n) * es), gpu(cpu.size());
   DeviceArray<unsigned char> dx(host), dout(cpu.size());
+  // Every metric, or without a sample axis the ones that need none.
+  std::vector<int> metrics;
+  for (int m = 0; m < kNumMetrics; ++m)
+    if (opt.sample_axis || !metric_needs_samples(static_cast<Metric>(m))) metrics.push_back(m);
   std::vector<MetricOutput> oc, og;
-  for (int m = 0; m < kNumMetrics; ++m) {
+  for (int m : metrics) {
     oc.push_back({static_cast<Metric>(m), TensorView(cpu.data() + m * n * es, out_dt, oshape)});
     og.push_back({static_cast<Metric>(m), TensorView(dout.ptr + m * n * es, out_dt, oshape, Device::cuda(0))});
   }
@@ -159,7 +163,7 @@ void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std
     std::memcpy(&f, v.data() + q * 4, 4);
     return static_cast<double>(f);
   };
-  for (int m = 0; m < kNumMetrics; ++m) {
+  for (int m : metrics) {
     std::int64_t bad = 0, first = -1;
     for (std::int64_t i = 0; i < n; ++i) {
       const double a = at(cpu, m * n + i), g = at(gpu, m * n + i);
@@ -321,6 +325,16 @@ TEST_CASE("CUDA equals CPU on 3D maps, BaaL's layout with 40 classes, and items 
     std::normal_distribution<double> n01(0, 2);
     for (double& e : y) e = n01(rng);
     cpu_equals_cuda(bytes_of(y), DType::Float64, {N, K2, C}, {2 * K2 * C, C, 1}, logits, DType::Float64, 1e-10);
+  }
+  {
+    // single predictions (no sample axis): [N, C] and 2D maps [B, C, H, W]
+    ScoreOptions single = logits;
+    single.sample_axis = std::nullopt;
+    const int N = 1000, C = 7, B = 3, H = 19, W = 23;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(N) * C, rng);
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, C}, {C, 1}, single, DType::Float64, 1e-4);
+    const std::vector<float> m = random_logits(static_cast<std::size_t>(B) * C * H * W, rng);
+    cpu_equals_cuda(bytes_of(m), DType::Float32, {B, C, H, W}, {C * H * W, H * W, W, 1}, single, DType::Float64, 1e-4);
   }
 }
 
