@@ -25,28 +25,6 @@ using lw_test::DeviceArray;
 
 namespace {
 
-/// BalEntAcq computed in float32 arithmetic on two backends: each rounds the probabilities to
-/// float32 (softmax, or the float16 / bfloat16 values widened), and s = (H + ln 2) / (MJEnt + H)
-/// amplifies a relative error e of them by about s² / (H + ln 2) (docs/metrics.md): the C++ CPU tests
-/// accept 3e-3 + 2e-6 |s| relative against the float64 reference (and 5e-3 near the pole), so two
-/// backends may differ by about twice that, never in sign. Measured on an H200: 1.1e-3 relative at
-/// |s| ~ 330, 1.3 % at |s| ~ 2.3e5. Where the top class's mean is within 1e-2 of 1
-/// (`least_confidence` < 1e-2), 1 - p̄ itself carries a relative error of up to ulp(1) / (1 - p̄), and,
-/// as in the CPU tests for nearly certain items, only a number is asked for (measured on an H200:
-/// 44.73 against 45.53 on such an item).
-bool float32_balentacq_close(double a, double g, double least_confidence) {
-  if (least_confidence < 1e-2) return !std::isnan(a) && !std::isnan(g);
-  return std::isfinite(a) && std::isfinite(g) && (a > 0) == (g > 0) &&
-         std::fabs(a - g) <= (1e-2 + 4e-6 * std::fabs(a)) * std::fabs(a);
-}
-
-/// CPU value a and CUDA value g of metric m agree: ref::backends_agree at relative t, or, for
-/// BalEntAcq computed in float32 (f32), float32_balentacq_close with the CPU's least_confidence of the item.
-bool cpu_cuda_agree(double a, double g, int m, double t, bool f32, double least_confidence) {
-  const bool balentacq = m == static_cast<int>(Metric::BalEntAcq);
-  return ref::backends_agree(a, g, t, balentacq) || (balentacq && f32 && float32_balentacq_close(a, g, least_confidence));
-}
-
 /// Every metric of a contiguous [N, K, C] pool on the CPU and on CUDA. mixed = false: smooth gamma(0.5)
 /// rows. mixed = true: one character per item, in turn the four of the CPU tests (ref::random_probs:
 /// spread, near one-hot, uniform, entries of 1e-30) and a fifth with exact zeros (1 to C - 1 classes of
@@ -126,12 +104,12 @@ void compare_layout(int N, int K, int C, InputKind kind, std::uint64_t seed, boo
       // different orders: there only both being numbers is asked (the C++ CPU tests' rule against the
       // float64 reference).
       if (balentacq && f32 && mixed && certain[i]) continue;
-      CHECK(cpu_cuda_agree(a, g, m, tol, f32, cpu[static_cast<int>(Metric::LeastConfidence) * N + i]));
+      CHECK(ref::backends_agree(a, g, tol, balentacq, f32, cpu[static_cast<int>(Metric::LeastConfidence) * N + i]));
     }
 }
 /// Every metric of x (host bytes `host`, dtype dt, shape / strides as given) on the CPU and on CUDA (a
 /// byte copy of the same storage), into float64 or float32 outputs; equal within tol (relative), equal
-/// infinities, BalEntAcq's pole and float32 rule as in cpu_cuda_agree.
+/// infinities, BalEntAcq's pole and float32 rule as in ref::backends_agree.
 void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std::vector<std::int64_t>& shape,
                      const std::vector<std::int64_t>& strides, const ScoreOptions& opt, DType out_dt, double tol) {
   const TensorView hx(const_cast<unsigned char*>(host.data()), dt, shape, strides);
@@ -167,8 +145,8 @@ void cpu_equals_cuda(const std::vector<unsigned char>& host, DType dt, const std
     std::int64_t bad = 0, first = -1;
     for (std::int64_t i = 0; i < n; ++i) {
       const double a = at(cpu, m * n + i), g = at(gpu, m * n + i);
-      if (!cpu_cuda_agree(a, g, m, tol, dt != DType::Float64,
-                          at(cpu, static_cast<int>(Metric::LeastConfidence) * n + i)))
+      if (!ref::backends_agree(a, g, tol, m == static_cast<int>(Metric::BalEntAcq), dt != DType::Float64,
+                               at(cpu, static_cast<int>(Metric::LeastConfidence) * n + i)))
         if (bad++ == 0) first = i;
     }
     INFO(metric_name(static_cast<Metric>(m)) << ": " << bad << " of " << n << " items differ; first " << first
