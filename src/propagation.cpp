@@ -352,10 +352,22 @@ void for_each_offset(const TensorView& v, Fn&& fn) {
 
 // ---- binomial tools ----------------------------------------------------------------------------
 
+namespace {
+/// The largest a + b (and binomial n) the float64 incomplete beta is evaluated for: measured against
+/// scipy, its absolute error is below 1e-7 up to 2^51 and total (0.5) from 2^52 on.
+constexpr double kMaxBetaTotal = 1125899906842624.0;  // 2^50
+
+void check_beta_total(double total, const char* what) {
+  check(total <= kMaxBetaTotal, ErrorKind::Value, what, ": expected at most 2^50 = 1125899906842624, got ", num(total),
+        " (beyond about 2^52 the float64 incomplete beta has no correct digit)");
+}
+}  // namespace
+
 double regularized_incomplete_beta(double x, double a, double b) {
   check(x >= 0.0 && x <= 1.0, ErrorKind::Value, "x: expected a value in [0, 1], got ", num(x));
   check(std::isfinite(a) && a > 0.0, ErrorKind::Value, "a: expected a finite value > 0, got ", num(a));
   check(std::isfinite(b) && b > 0.0, ErrorKind::Value, "b: expected a finite value > 0, got ", num(b));
+  check_beta_total(a + b, "a + b");
   double I, Ic;
   detail::ibeta_pair(x, 1.0 - x, a, b, &I, &Ic);
   return I;
@@ -365,17 +377,20 @@ double beta_quantile(double p, double a, double b) {
   check(p >= 0.0 && p <= 1.0, ErrorKind::Value, "p: expected a value in [0, 1], got ", num(p));
   check(std::isfinite(a) && a > 0.0, ErrorKind::Value, "a: expected a finite value > 0, got ", num(a));
   check(std::isfinite(b) && b > 0.0, ErrorKind::Value, "b: expected a finite value > 0, got ", num(b));
+  check_beta_total(a + b, "a + b");
   return detail::ibeta_inverse(p, 1.0 - p, a, b);
 }
 
 double binomial_cdf(std::int64_t k, std::int64_t n, double theta) {
   check(n >= 0, ErrorKind::Value, "n: expected n >= 0, got ", n);
+  check_beta_total(static_cast<double>(n), "n");
   check(theta >= 0.0 && theta <= 1.0, ErrorKind::Value, "theta: expected a value in [0, 1], got ", num(theta));
   return detail::binomial_cdf(k, n, theta);
 }
 
 double clopper_pearson_upper(std::int64_t errors, std::int64_t n, double delta) {
   check(n >= 0, ErrorKind::Value, "n: expected n >= 0, got ", n);
+  check_beta_total(static_cast<double>(n), "n");
   check(errors >= 0 && errors <= n, ErrorKind::Value, "errors: expected 0 <= errors <= n = ", n, ", got ", errors);
   check_unit_interval(delta, "delta");
   return detail::clopper_pearson_upper(errors, n, delta);

@@ -41,6 +41,10 @@ Layout describe(const TensorView& x, const ScoreOptions& opt) {
   check(x.ndim >= min_rank, ErrorKind::Value, "x: expected rank >= ", min_rank, " (",
         opt.sample_axis ? "samples and classes" : "classes", "), got shape ", x.shape_str());
   Layout L;
+  // [N, C] with the default axes of [N, K, C, *spatial] (the likeliest mistake): say what to pass
+  check(opt.class_axis || !opt.sample_axis || x.ndim >= 3, ErrorKind::Value, "x: shape ", x.shape_str(),
+        " has no axis 2 for the default class axis of samples [N, K, C, *spatial]; for single predictions [N, C, "
+        "*spatial] pass no sample axis (Python: sample_axis=None), or name the axes");
   L.class_axis = normalise_axis(opt.class_axis.value_or(opt.sample_axis ? 2 : 1), x.ndim, "class_axis");
   if (opt.sample_axis) {
     L.sample_axis = normalise_axis(*opt.sample_axis, x.ndim, "sample_axis");

@@ -640,13 +640,16 @@ def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, 
     s = _spatial(m, stride, "stride", default=p)
     if b < 0:
         raise ValueError(f"b: must be >= 0, got {b}")
-    if all(v >= 1 for v in p) and all(0 < pv <= sv for pv, sv in zip(p, m.shape[1:])):
-        # Disjoint patches cannot cover more voxels than an image has: refuse a b beyond that bound
-        # here, before allocating [b, ...] outputs (the core reports any b its greedy pass cannot reach).
-        fit = int(m.shape[0]) * (math.prod(int(v) for v in m.shape[1:]) // math.prod(p))
-        if b > fit:
-            raise ValueError(f"b: asked for {b} non-overlapping patches of size {tuple(p)}, but at most {fit} fit in "
-                             f"maps of shape {tuple(m.shape)}")
+    if not all(0 < pv <= sv for pv, sv in zip(p, m.shape[1:])):
+        # the core names the bad patch size (with b = 0: nothing allocated for the outputs yet)
+        _core.top_regions(_arrays.capsule(m), 0, p, s, _arrays.capsule(_empty(m, (0, len(m.shape)), "int64"), writable=True),
+                          _arrays.capsule(_empty(m, (0,), "float64"), writable=True))
+    # Disjoint patches cannot cover more voxels than an image has: refuse a b beyond that bound here,
+    # before allocating [b, ...] outputs (the core reports any b its greedy pass cannot reach).
+    fit = int(m.shape[0]) * (math.prod(int(v) for v in m.shape[1:]) // math.prod(p))
+    if b > fit:
+        raise ValueError(f"b: asked for {b} non-overlapping patches of size {tuple(p)}, but at most {fit} fit in "
+                         f"maps of shape {tuple(m.shape)}")
     corners = _empty(m, (b, len(m.shape)), "int64")
     scores = _empty(m, (b,), "float64")
     _core.top_regions(_arrays.capsule(m), b, p, s, _arrays.capsule(corners, writable=True),

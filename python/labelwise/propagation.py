@@ -63,24 +63,27 @@ SCORES = ("max_prob",) + tuple(m for m in _uncertainty.METRICS if not _core.metr
 
 
 def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
-    """I_x(a, b), the regularized incomplete beta function: the CDF of Beta(a, b) at x (float64)."""
+    """I_x(a, b), the regularized incomplete beta function: the CDF of Beta(a, b) at x (float64).
+    x in [0, 1]; a, b > 0 with a + b <= 2**50 (beyond, float64 has no correct digit): else ValueError."""
     return _core.regularized_incomplete_beta(_arrays.check_real(x, "x"), _arrays.check_real(a, "a"), _arrays.check_real(b, "b"))
 
 
 def beta_quantile(p: float, a: float, b: float) -> float:
-    """The p-quantile of Beta(a, b): the x with I_x(a, b) = p (like scipy.special.betaincinv)."""
+    """The p-quantile of Beta(a, b): the x with I_x(a, b) = p (like scipy.special.betaincinv).
+    p in [0, 1]; a, b > 0 with a + b <= 2**50: else ValueError."""
     return _core.beta_quantile(_arrays.check_real(p, "p"), _arrays.check_real(a, "a"), _arrays.check_real(b, "b"))
 
 
 def binomial_cdf(k: int, n: int, theta: float) -> float:
-    """P(Binomial(n, theta) <= k)."""
+    """P(Binomial(n, theta) <= k). 0 <= n <= 2**50, theta in [0, 1]: else ValueError."""
     return _core.binomial_cdf(_arrays.check_int64(k, "k"), _arrays.check_int64(n, "n", 0),
                               _arrays.check_real(theta, "theta"))
 
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     """Exact (Clopper–Pearson) one-sided upper confidence bound at level 1 - delta on an error rate
-    after ``errors`` wrong out of ``n``: the (1 - delta) quantile of Beta(errors + 1, n - errors)."""
+    after ``errors`` wrong out of ``n``: the (1 - delta) quantile of Beta(errors + 1, n - errors).
+    0 <= errors <= n <= 2**50, delta in (0, 1): else ValueError."""
     return _core.clopper_pearson_upper(_arrays.check_int64(errors, "errors", 0),
                                        _arrays.check_int64(n, "n", 0), _arrays.check_real(delta, "delta"))
 
@@ -112,9 +115,10 @@ class ThresholdCertificate:
     reason: str  #: empty when certified; otherwise why nothing could be certified
 
     def accept(self, confidence: Any) -> Any:
-        """Boolean mask ``confidence >= threshold`` (all False when not certified), in confidence's framework."""
+        """Boolean mask ``confidence >= threshold`` (all False when not certified), in confidence's framework
+        (numpy for lists and other buffers; a non-numeric ``confidence`` is a TypeError naming it)."""
         # threshold is NaN when nothing is certified, and x >= NaN is False for every x.
-        return confidence >= self.threshold
+        return _arrays.as_array(confidence, "confidence") >= self.threshold
 
 
 @dataclass(frozen=True)
@@ -177,10 +181,16 @@ def _renamed(exc: Exception, name: str) -> Exception:
 
 
 def _score_confidence(name: str, probs: Any, class_axis: int, what: str) -> Any:
+    """-score of probabilities `probs` (argument `what`), with this function's rules and words: float32 /
+    float64 probabilities only (the metrics also take float16 / bfloat16 and logits, this function not)."""
+    dtype = _arrays.dtype_str(_arrays.as_array(probs, what))
+    if dtype not in ("float32", "float64"):
+        raise TypeError(f"{what}: expected dtype float32 or float64 (probabilities), got {dtype}")
     try:
         s = _uncertainty.score(probs, (name,), sample_axis=None, class_axis=class_axis)[name]
     except (ValueError, TypeError) as exc:
-        raise _renamed(exc, what) from None
+        renamed = _renamed(exc, what)
+        raise type(renamed)(str(renamed).split('; pass input="logits"')[0]) from None
     return -s
 
 
@@ -588,7 +598,7 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
         if not (np.issubdtype(vol.dtype, np.integer) or np.issubdtype(vol.dtype, np.floating)):
             raise TypeError(f"volume: expected a real dtype, got {vol.dtype}")
         vol = vol.astype(np.float64)
-    lab = lab.astype(np.int64, copy=False)
+    lab = _arrays.widen_to_int64(lab, "labels", keep=("int64",), what="class")  # uint64 beyond int64: named
     sel = np.asarray(labelled_slices)
     if sel.dtype == np.bool_:  # a mask over the slice axis
         if sel.shape != (vol.shape[axis],):

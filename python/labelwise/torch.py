@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -86,10 +87,14 @@ def philox4x32_10(counter: Sequence[Any], key: Sequence[int]) -> List[torch.Tens
     ``counter``: four int64 tensors (or ints), broadcastable, with values in [0, 2^32);
     ``key``: two ints in [0, 2^32). Returns the four output words as int64 tensors in [0, 2^32).
     """
+    if isinstance(counter, (str, bytes)) or len(counter) != 4:
+        raise ValueError("counter: expected four words")
+    if isinstance(key, (str, bytes)) or len(key) != 2:
+        raise ValueError("key: expected two words")
     dev = next((w.device for w in counter if isinstance(w, torch.Tensor)), torch.device("cpu"))
-    c = [torch.as_tensor(w, dtype=torch.int64, device=dev) for w in counter]
+    c = [_words(w, f"counter[{i}]", 2**32, dev, flat=False) for i, w in enumerate(counter)]
     c0, c1, c2, c3 = torch.broadcast_tensors(*c)
-    k0, k1 = int(key[0]) & _M32, int(key[1]) & _M32
+    k0, k1 = (_arrays.check_int(k, f"key[{i}]", 0, _M32) for i, k in enumerate(key))
     for _ in range(10):
         hi0, lo0 = _mulhilo(_PHILOX_M0, c0)
         hi1, lo1 = _mulhilo(_PHILOX_M1, c2)
@@ -100,6 +105,33 @@ def philox4x32_10(counter: Sequence[Any], key: Sequence[int]) -> List[torch.Tens
 
 
 # ---- argument checks ------------------------------------------------------------------------------------
+
+
+def _words(values: Any, name: str, hi: int, dev: torch.device, flat: bool = True) -> torch.Tensor:
+    """Counter words: an int, a range, a sequence or a tensor of integers, as an int64 tensor on dev
+    (flattened when ``flat``), every value in [0, hi): else a TypeError / ValueError naming ``name``."""
+    if isinstance(values, range):
+        t = torch.arange(values.start, values.stop, values.step, dtype=torch.int64, device=dev)
+    elif isinstance(values, torch.Tensor):
+        if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"{name}: expected integers, got a {values.dtype} tensor")
+        t = values.to(device=dev, dtype=torch.int64)
+    else:
+        if isinstance(values, (str, bytes)) or (flat and not isinstance(values, Iterable)):
+            raise TypeError(f"{name}: expected a sequence of integers, got {type(values).__name__}")
+        if isinstance(values, bool) or (isinstance(values, Iterable) and any(isinstance(v, bool) for v in values)):
+            raise TypeError(f"{name}: expected integers, got bool")
+        try:
+            t = torch.as_tensor([operator.index(v) for v in values] if isinstance(values, Iterable)
+                                else operator.index(values), dtype=torch.int64, device=dev)
+        except TypeError:
+            raise TypeError(f"{name}: expected integers") from None
+        except (OverflowError, RuntimeError, ValueError):  # beyond int64
+            raise ValueError(f"{name}: expected values in [0, {hi})") from None
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
+        raise ValueError(f"{name}: expected values in [0, {hi}), got {int(t.min())} .. {int(t.max())}")
+    return t.reshape(-1) if flat else t
+
 
 
 def _seed_arg(seed: Any) -> int:
@@ -149,7 +181,9 @@ def dropout_keep_mask(
     device: Any = None,
 ) -> torch.Tensor:
     """The dropout keep-mask (bool) ``[len(items), len(samples), channels, len(voxels)]`` of sample k
-    of item b, channel f, voxel v (the C-order flat index over the spatial axes of one item):
+    of item b, channel f, voxel v (the C-order flat index over the spatial axes of one item). ``items``,
+    ``samples``, ``voxels``: ranges, sequences or tensors of integers in [0, 2^32), [0, 2^16) and
+    [0, 2^32) (the counter words' ranges; else ValueError); ``channels`` in [0, 2^28).
 
     * key ``(seed & 0xFFFFFFFF, seed >> 32)``;
     * counter ``(v, f // 4, STREAM_DROPOUT << 16 | k, b)``, i.e. one Philox block per voxel, group of
@@ -162,12 +196,10 @@ def dropout_keep_mask(
     key = (seed & _M32, seed >> 32)
     thr = _keep_threshold(p)
     dev = torch.device("cpu") if device is None else torch.device(device)
-    b = torch.as_tensor(list(items), dtype=torch.int64, device=dev).view(-1, 1, 1)
-    k = torch.as_tensor(list(samples), dtype=torch.int64, device=dev).view(1, -1, 1)
-    if isinstance(voxels, range):
-        v = torch.arange(voxels.start, voxels.stop, voxels.step, dtype=torch.int64, device=dev).view(1, 1, -1)
-    else:
-        v = torch.as_tensor(list(voxels), dtype=torch.int64, device=dev).view(1, 1, -1)
+    channels = _arrays.check_int(channels, "channels", 0, 2**28 - 1)
+    b = _words(items, "items", 2**32, dev).view(-1, 1, 1)
+    k = _words(samples, "samples", 2**16, dev).view(1, -1, 1)
+    v = _words(voxels, "voxels", 2**32, dev).view(1, 1, -1)
     word2 = (STREAM_DROPOUT << 16) | k
     groups = (channels + 3) // 4
     out = torch.empty((b.shape[0], k.shape[1], channels, v.shape[2]), dtype=torch.bool, device=dev)
@@ -270,6 +302,8 @@ class _SampledHead(_Head):
 
     def _prepare(self, features: Any, index_offset: Any) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
         x = self._check(features).detach()
+        if x.device.type not in ("cpu", "cuda"):  # forward() runs anywhere torch does; the fused kernel not
+            raise TypeError(f"features: a torch tensor on device {x.device.type!r}; expected a CPU or CUDA tensor")
         off = _index_offset_arg(index_offset, x.shape[0])
         self._check_parameters()
         if x.dtype not in (torch.float32, torch.float64):
@@ -669,6 +703,8 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
     synchronise the device). Non-float logits are a TypeError."""
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("logits, target: expected torch.Tensors")
+    if logits.dim() < 2:
+        raise ValueError(f"logits: expected [B, C, *spatial], got shape {tuple(logits.shape)}")
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         want = tuple(logits.shape[:1] + logits.shape[2:])
         raise ValueError(f"target: expected shape {want}, got {tuple(target.shape)}")
@@ -739,10 +775,21 @@ def save_head_weights(module: nn.Module, path: Any) -> None:
 def load_head_weights(module: nn.Module, path: Any, strict: bool = True) -> nn.Module:
     """Loads weights written by :func:`save_head_weights` or by C++'s ``labelwise::save_head_weights``
     (``torch.load(path, weights_only=True)``) into ``module`` with ``load_state_dict(strict=strict)``:
-    a head of another shape raises torch's ``RuntimeError`` naming the key. Returns ``module``."""
+    a head of another shape raises torch's ``RuntimeError`` naming the key; a file that is not such an
+    archive a ``ValueError`` naming ``path`` (a missing one ``FileNotFoundError``). Returns ``module``."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses the file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # torch.load's KeyError / UnpicklingError / RuntimeError on a foreign file
+        raise ValueError(f"path: {path} is not a weights file of save_head_weights / torch.save "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else exc!r})") from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise ValueError(f"path: {path} does not hold a {{name: tensor}} dict")

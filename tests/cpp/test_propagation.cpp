@@ -103,6 +103,15 @@ TEST_CASE("regularized incomplete beta: closed forms, symmetry and the binomial 
       }
   CHECK(binomial_cdf(-1, 5, 0.5) == 0.0);
   CHECK(binomial_cdf(5, 5, 0.5) == 1.0);
+  // Up to a + b = 2^50 the float64 evaluation holds (the mean of Binomial(n, 1/2) is its median up to
+  // 1/(2 sqrt(2 pi n))); beyond it there is no correct digit, and an error instead.
+  const std::int64_t big = std::int64_t(1) << 50;
+  CHECK(binomial_cdf(big / 2, big, 0.5) == Approx(0.5).margin(1e-6));
+  CHECK(clopper_pearson_upper(big / 10, big, 0.05) == Approx(0.1).epsilon(1e-6));
+  CHECK_THROWS_WITH(binomial_cdf(big / 2, big + 1, 0.5), Catch::Contains("n: expected at most 2^50"));
+  CHECK_THROWS_WITH(clopper_pearson_upper(1, big + 1, 0.5), Catch::Contains("n: expected at most 2^50"));
+  CHECK_THROWS_WITH(regularized_incomplete_beta(0.5, 0.6 * big, 0.5 * big), Catch::Contains("a + b: expected at most 2^50"));
+  CHECK_THROWS_WITH(beta_quantile(0.5, 1.0, 1.0 * big), Catch::Contains("a + b: expected at most 2^50"));
 }
 
 TEST_CASE("Clopper-Pearson upper bound and the smallest certifiable calibration size", "[propagation]") {

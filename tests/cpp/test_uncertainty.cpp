@@ -281,6 +281,10 @@ TEST_CASE("single predictions (no sample axis)", "[uncertainty]") {
   std::vector<double> out(2);
   CHECK_THROWS_WITH(bald(TensorView::of(x.data(), {2, 3}), TensorView::of(out.data(), {2}), opt),
                     Catch::Contains("no sample axis"));
+  // [N, C] with the default axes of [N, K, C]: the message says how to pass single predictions
+  CHECK_THROWS_WITH(predictive_entropy(TensorView::of(x.data(), {2, 3}), TensorView::of(out.data(), {2})),
+                    Catch::Contains("has no axis 2 for the default class axis") &&
+                        Catch::Contains("pass no sample axis (Python: sample_axis=None)"));
 }
 
 TEST_CASE("exact zeros and one-hot samples give the limit values, never NaN", "[uncertainty]") {

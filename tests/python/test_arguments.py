@@ -5,6 +5,7 @@ silent conversion (strings read as numbers, "no" read as True, complex values cu
 import numpy as np
 import pytest
 
+import labelwise
 from labelwise import acquisition as A
 from labelwise import propagation as P
 from labelwise import uncertainty as U
@@ -38,6 +39,11 @@ def cases(rng, pool):
         (lambda: P.label_spreading(X, y, k=3, tol=None), TypeError, "tol: expected a real"),
         (lambda: P.binomial_cdf(1, 2**63, 0.5), ValueError, "n: expected an integer in"),
         (lambda: P.binomial_cdf(1, 10, "0.5"), TypeError, "theta: expected a real"),
+        (lambda: labelwise.set_num_threads("2"), TypeError, "n: expected an integer, got str"),
+        (lambda: labelwise.set_num_threads(2.0), TypeError, "n: expected an integer, got float"),
+        (lambda: labelwise.set_num_threads(True), TypeError, "n: expected an integer, got bool"),
+        (lambda: P.binomial_cdf(10**15, 10**16, 0.1), ValueError, r"n: expected at most 2\^50"),
+        (lambda: P.regularized_incomplete_beta(0.1, 1e15, 9e15), ValueError, r"a \+ b: expected at most 2\^50"),
         (lambda: P.clopper_pearson_upper(0, 2**63, 0.1), ValueError, "n: expected an integer in"),
         (lambda: P.min_certifiable_count(True, 0.1), TypeError, "target_error: expected a real"),
         (lambda: P.label_issues(p, labels, class_axis=None), TypeError, "class_axis: expected an integer"),
@@ -117,6 +123,9 @@ def test_heads_name_bad_sizes_and_devices():
     head = MCDropoutHead(4, 3).to("meta")
     with pytest.raises(TypeError, match="on device 'meta'"):
         head.score(torch.rand(1, 4, 5, 5))
+    for run in (MCDropoutHead(4, 3).score, MCDropoutHead(4, 3).sample):  # features there: named too
+        with pytest.raises(TypeError, match="features: a torch tensor on device 'meta'"):
+            run(torch.rand(1, 4, 5, 5, device="meta"), 2)
     with pytest.raises(TypeError, match="return_mean: expected True or False"):
         MCDropoutHead(4, 3).score(torch.rand(1, 4, 5, 5), K=2, return_mean="yes")
 
@@ -154,6 +163,9 @@ def test_tensor_kl_weight_keeps_the_loss_dtype():
             evidential_loss(logits, target, kl_weight=bad)
     with pytest.raises(TypeError, match="kl_weight: expected a real"):
         evidential_loss(logits, target, kl_weight="0.5")
+    for low in (torch.zeros(3), torch.zeros(())):  # no class axis: named, not an IndexError
+        with pytest.raises(ValueError, match=r"logits: expected \[B, C, \*spatial\]"):
+            evidential_loss(low, torch.zeros(3, dtype=torch.long))
 
 
 def test_a_failed_host_allocation_says_so():
@@ -162,3 +174,14 @@ def test_a_failed_host_allocation_says_so():
     huge = np.broadcast_to(1.0, (1, 2**20, 2**20))
     with pytest.raises(MemoryError, match="labelwise: out of host memory"):
         A.slice_scores(huge, 1)
+
+
+def test_set_num_threads_clamps_to_1024_and_restores():
+    try:
+        labelwise.set_num_threads(2**31)  # beyond a C int: the most labelwise uses
+        assert labelwise.num_threads() == 1024
+        labelwise.set_num_threads(np.int64(3))
+        assert labelwise.num_threads() == 3
+    finally:
+        labelwise.set_num_threads(0)
+    assert labelwise.num_threads() >= 1

@@ -33,6 +33,30 @@ def test_philox_random123_known_answers(ctr, key, want):
     assert philox4x32_10(ctr, key) == list(want)
 
 
+def test_counter_words_outside_their_ranges_are_named():
+    """Sample 2^16 would spill into the stream bits (the mask of another sample), a negative item or a
+    voxel >= 2^32 into other words: refused, as are bad types and a key or counter word out of range."""
+    ok = LT.dropout_keep_mask(7, 0.5, [0], [0], 8, range(64))
+    assert torch.equal(ok, LT.dropout_keep_mask(7, 0.5, torch.tensor([0]), (0,), 8, list(range(64))))
+    cases = [
+        (lambda: LT.dropout_keep_mask(7, 0.5, [0], [2**16], 8, range(4)), ValueError, r"samples: expected values in \[0, 65536\)"),
+        (lambda: LT.dropout_keep_mask(7, 0.5, [-1], [0], 8, range(4)), ValueError, r"items: expected values in \[0, 4294967296\)"),
+        (lambda: LT.dropout_keep_mask(7, 0.5, [0], [0], 8, [2**32]), ValueError, "voxels: expected values in"),
+        (lambda: LT.dropout_keep_mask(7, 0.5, [0], [0], 8, [2**70]), ValueError, "voxels: expected values in"),
+        (lambda: LT.dropout_keep_mask(7, 0.5, 3, [0], 8, range(4)), TypeError, "items: expected a sequence of integers, got int"),
+        (lambda: LT.dropout_keep_mask(7, 0.5, [0], [True], 8, range(4)), TypeError, "samples: expected integers, got bool"),
+        (lambda: LT.dropout_keep_mask(7, 0.5, [0], [0], -1, range(4)), ValueError, "channels: expected an integer in"),
+        (lambda: LT.dropout_keep_mask(7, 0.5, [0], [0], 2.5, range(4)), TypeError, "channels: expected an integer"),
+        (lambda: LT.philox4x32_10((-1, 0, 0, 0), (0, 0)), ValueError, r"counter\[0\]: expected values in"),
+        (lambda: LT.philox4x32_10((0, 0, 0, 0), (2**32, 0)), ValueError, r"key\[0\]: expected an integer in"),
+        (lambda: LT.philox4x32_10((0, 0, 0), (0, 0)), ValueError, "counter: expected four words"),
+        (lambda: LT.philox4x32_10((torch.tensor([0.5]), 0, 0, 0), (0, 0)), TypeError, r"counter\[0\]: expected integers"),
+    ]
+    for call, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call()
+
+
 def test_philox_vectorised_matches_scalar(rng):
     n = 300
     ctr = rng.integers(0, 2**32, size=(4, n), dtype=np.uint64)
@@ -687,3 +711,12 @@ def test_cuda_sample_equals_cpu(rng):
         torch.testing.assert_close(res[k].cpu(), want[k], rtol=1e-6, atol=1e-6)
     ens = LT.EnsembleHead(9, 4, members=3, dims=3)
     torch.testing.assert_close(ens.cuda().sample(x.cuda()).cpu(), ens.cpu().sample(x), rtol=0, atol=0)
+
+
+def test_load_head_weights_names_a_foreign_file(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a torch archive " * 4)
+    with pytest.raises(ValueError, match="path: .*junk.bin is not a weights file"):
+        LT.load_head_weights(LT.MCDropoutHead(4, 3), junk)
+    with pytest.raises(FileNotFoundError):
+        LT.load_head_weights(LT.MCDropoutHead(4, 3), tmp_path / "missing.pt")

@@ -145,6 +145,10 @@ def test_propagate_slices_errors(rng):
         big[3, 0, 0] = huge
         with pytest.raises(ValueError, match=rf"labels: class {huge} on an annotated slice;.*at most 65536 classes"):
             P.propagate_slices(vol, big, [3])
+    u64 = lab.astype(np.uint64)
+    u64[3, 0, 0] = 2**64 - 1  # used to wrap to -1 and be reported as class -1
+    with pytest.raises(ValueError, match=f"labels: class {2**64 - 1} is beyond the int64 range"):
+        P.propagate_slices(vol, u64, [3])
     neg = lab.copy()
     neg[1, 2, 3] = -1
     with pytest.raises(ValueError, match=r"annotated slice 1 holds class -1 at \[2, 3\]"):

@@ -163,7 +163,10 @@ def test_certify_threshold_matches_bruteforce(rng, discrete):
         assert c.bound == pytest.approx(want[3], rel=1e-9) and c.bound <= alpha
         assert c.reason == ""
         np.testing.assert_array_equal(c.accept(conf), conf >= want[0])
+        np.testing.assert_array_equal(c.accept(list(conf[:5])), conf[:5] >= want[0])  # a list works too
     assert n_cert >= 10
+    with pytest.raises(TypeError, match="confidence: expected a real numeric array"):
+        c.accept("0.9")
 
 
 def test_scan_starts_where_enough_calibration_units_score_as_high():
@@ -886,3 +889,18 @@ def test_small_and_unsigned_integer_labels_are_read_as_int64(rng):
     torch = pytest.importorskip("torch")
     got = P.label_issues(torch.from_numpy(p), torch.from_numpy(y.astype(np.int16)))
     np.testing.assert_array_equal(np.asarray(got.indices), P.label_issues(p, y).indices)
+
+
+def test_score_name_errors_speak_of_this_function(rng):
+    """score=<metric>: bad pool / calibration probabilities get this function's messages (float32 or
+    float64 probabilities; no input= hint, which certified_auto_label has no argument for)."""
+    p = rng.dirichlet(np.ones(3), size=40)
+    labels = p.argmax(1)
+    for score in (None, "margin"):
+        with pytest.raises(TypeError, match=r"pool_probs: expected dtype float32 or float64 \(probabilities\), got int64"):
+            P.certified_auto_label((p * 100).astype(np.int64), p, labels, target_error=0.1, delta=0.1, score=score)
+        with pytest.raises(TypeError, match=r"calib_probs: expected dtype float32 or float64 \(probabilities\), got float16"):
+            P.certified_auto_label(p, p.astype(np.float16), labels, target_error=0.1, delta=0.1, score=score)
+        with pytest.raises(ValueError, match="pool_probs: item \\[0\\] has probabilities that do not sum to 1") as e:
+            P.certified_auto_label(p * 1.5, p, labels, target_error=0.1, delta=0.1, score=score)
+        assert "input=" not in str(e.value)

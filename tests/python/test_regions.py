@@ -85,6 +85,10 @@ def test_region_errors():
         A.top_regions(m, 10**12, 2)  # refused before any allocation
     with pytest.raises(ValueError, match="b: must be >= 0, got -1"):
         A.top_regions(m, -1, 2)
+    # a bad patch is named before any [b, ...] output is allocated (a huge b was a MemoryError)
+    for patch in ((7, 2), 0, (2, -1)):
+        with pytest.raises(ValueError, match="patch: size"):
+            A.top_regions(m, 2**40, patch)
     # within the volume bound (9 // 4 = 2) but every 2x2 patch of a 3x3 image overlaps the centre
     with pytest.raises(ValueError, match="found only 1"):
         A.top_regions(np.random.default_rng(0).random((1, 3, 3)), 2, 2, 1)

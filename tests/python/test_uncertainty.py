@@ -220,6 +220,8 @@ def test_bad_shapes_and_types():
         U.bald(x, sample_axis=2, class_axis=2)
     with pytest.raises(ValueError, match="out of range"):
         U.bald(x, class_axis=3)
+    with pytest.raises(ValueError, match=r"shape \[4, 3\] has no axis 2 .* sample_axis=None"):
+        U.predictive_entropy(np.full((4, 3), 1 / 3))  # single predictions with the default axes
     with pytest.raises(TypeError, match="int64"):
         U.bald(np.ones((4, 3, 4), dtype=np.int64))
     with pytest.raises(TypeError, match="expected dtype float16, bfloat16, float32 or float64, got uint8"):

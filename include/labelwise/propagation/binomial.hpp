@@ -2,7 +2,8 @@
 //
 // Contract (every function): plain doubles / integers in, one double out; arguments outside the
 // stated domain throw labelwise::Error(Value) naming the argument. Accuracy: typically 1e-14
-// relative, at worst about 2e-16 · (a + b) (tested against scipy.special.betainc / betaincinv).
+// relative, at worst about 2e-16 · (a + b) (tested against scipy.special.betainc / betaincinv); hence
+// a + b (and n) at most 2^50 = 1125899906842624: from about 2^52 on no digit is right.
 // Method: include/labelwise/detail/incomplete_beta.hpp.
 #pragma once
 
@@ -11,19 +12,19 @@
 namespace labelwise {
 
 /// I_x(a, b): the regularized incomplete beta function, the CDF of Beta(a, b) at x.
-///   x in [0, 1]; a > 0, b > 0 (finite).
+///   x in [0, 1]; a > 0, b > 0, a + b <= 2^50.
 double regularized_incomplete_beta(double x, double a, double b);
 
-/// The p-quantile of Beta(a, b): the x with I_x(a, b) = p.  p in [0, 1]; a > 0, b > 0 (finite).
+/// The p-quantile of Beta(a, b): the x with I_x(a, b) = p.  p in [0, 1]; a > 0, b > 0, a + b <= 2^50.
 double beta_quantile(double p, double a, double b);
 
-/// P(Binomial(n, theta) <= k).  n >= 0, theta in [0, 1]; any k (k < 0 gives 0, k >= n gives 1).
+/// P(Binomial(n, theta) <= k).  0 <= n <= 2^50, theta in [0, 1]; any k (k < 0 gives 0, k >= n gives 1).
 double binomial_cdf(std::int64_t k, std::int64_t n, double theta);
 
 /// Clopper–Pearson (exact) one-sided upper confidence bound on a binomial proportion at level
 /// 1 - delta after `errors` failures in n trials: the (1 - delta) quantile of Beta(errors + 1, n - errors),
 /// 1 when errors = n or n = 0. For every true proportion theta, P(bound < theta) <= delta.
-///   0 <= errors <= n; delta in (0, 1).
+///   0 <= errors <= n <= 2^50; delta in (0, 1).
 double clopper_pearson_upper(std::int64_t errors, std::int64_t n, double delta);
 
 /// The smallest n whose Clopper–Pearson bound after 0 errors is <= target_error at level 1 - delta,
