@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <type_traits>
 #include <cstring>
@@ -180,9 +181,8 @@ TEST_CASE("CUDA equals CPU: strided layouts, float16 / bfloat16, float32 outputs
   std::mt19937_64 rng(fresh_seed());
   ScoreOptions logits;
   logits.input = InputKind::Logits;
-  {
-    // BaaL's [N, C, K]: samples on the last axis, classes in the middle
-    const int N = 700, K = 9, C = 6;
+  for (const auto& [N, K, C] : {std::array<int, 3>{700, 9, 6}, std::array<int, 3>{333, 7, 40}}) {
+    // BaaL's [N, C, K]: samples on the last axis, classes in the middle (and more than 32 classes)
     const std::vector<float> x = random_logits(static_cast<std::size_t>(N) * C * K, rng);
     ScoreOptions o = logits;
     o.sample_axis = 2;
@@ -282,15 +282,6 @@ TEST_CASE("CUDA equals CPU on 3D maps, BaaL's layout with 40 classes, and items 
     const std::int64_t v = static_cast<std::int64_t>(D) * H * W;
     cpu_equals_cuda(bytes_of(x), DType::Float32, {B, K, C, D, H, W}, {K * C * v, C * v, v, H * W, W, 1}, logits,
                     DType::Float64, 1e-4);
-  }
-  {
-    // BaaL's [N, C, K] with more than 32 classes (samples contiguous)
-    const int N = 333, K = 7, C = 40;
-    const std::vector<float> x = random_logits(static_cast<std::size_t>(N) * C * K, rng);
-    ScoreOptions o = logits;
-    o.sample_axis = 2;
-    o.class_axis = 1;
-    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, C, K}, {C * K, K, 1}, o, DType::Float64, 1e-4);
   }
   {
     // every other item of a contiguous pool: each item's rows contiguous, the items not
