@@ -45,8 +45,8 @@ float* cuda_alloc_floats(std::int64_t, int, void*) {
   throw Error(ErrorKind::Runtime, "x: is a CUDA tensor, but labelwise was built without CUDA");
 }
 void cuda_free_floats(float*, int, void*) noexcept {}
-SelectFailure select_cuda(const SelectJob&) {
-  throw Error(ErrorKind::Runtime, "scores: is a CUDA tensor, but labelwise was built without CUDA");
+SelectFailure select_cuda(const SelectJob&) {  // not reached: the front doors name their input first
+  throw Error(ErrorKind::Runtime, "a CUDA tensor was passed, but labelwise was built without CUDA");
 }
 }  // namespace detail
 }  // namespace labelwise

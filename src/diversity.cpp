@@ -156,6 +156,7 @@ std::int64_t unlabeled_rows(const TensorView& labeled, std::int64_t n, const Ten
   check_out(rows, n, rows.device, "rows", DType::Int64, "the pool");
   check(rows.data != nullptr, ErrorKind::Value, "rows: data pointer is null");
   const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
+  check_outputs({{rows, "rows"}}, has_labeled ? std::vector<NamedView>{{labeled, "labeled"}} : std::vector<NamedView>{});
   const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "the pool", stream);
   auto* out = static_cast<std::int64_t*>(rows.data);
   std::int64_t count = 0;

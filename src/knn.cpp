@@ -1126,6 +1126,7 @@ void knn_graph_cuda(const TensorView& f, std::int64_t k, const TensorView& indic
 
 void knn_graph(const TensorView& features, std::int64_t k, const TensorView& indices, const TensorView& distances,
                DistanceMetric metric, void* stream) {
+  distance_metric_name(metric);  // Error(Value) for an id outside the enum
   if (features.device.is_cuda()) return knn_graph_cuda(features, k, indices, distances, metric, stream);
   const detail::KnnData data = detail::knn_load(features, "features");
   const std::int64_t N = data.N;

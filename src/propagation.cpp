@@ -401,7 +401,8 @@ std::int64_t min_certifiable_count(double target_error, double delta) {
   check_unit_interval(delta, "delta");
   // 1 - delta^(1/n) <= alpha  <=>  n >= ln(delta) / ln(1 - alpha); fix the rounding by direct checks.
   const double guess = std::ceil(std::log(delta) / std::log1p(-target_error));
-  check(guess < 4e18, ErrorKind::Value, "target_error: ", num(target_error), " is too small to certify with any n");
+  check(guess <= kMaxBetaTotal, ErrorKind::Value, "target_error: ", num(target_error), " at delta ", num(delta),
+        " needs more than 2^50 calibration units (", num(guess), "), beyond the binomial tools' domain");
   std::int64_t n = std::max<std::int64_t>(1, static_cast<std::int64_t>(guess));
   while (detail::clopper_pearson_upper(0, n, delta) > target_error) ++n;
   while (n > 1 && detail::clopper_pearson_upper(0, n - 1, delta) <= target_error) --n;
@@ -676,6 +677,8 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
         "], got ", given_labels.shape_str());
   check(given_labels.data != nullptr, ErrorKind::Value, "given_labels: data pointer is null");
   const TensorView& I = out.indices;
+  check(I.data != nullptr || I.ndim != 0, ErrorKind::Value,
+        "indices: is required (int64 [N], the capacity for the flagged items), but was not set");
   check_cpu(I, fn, "indices");
   check(I.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ", dtype_name(I.dtype));
   check(I.ndim == 1 && I.shape[0] == N, ErrorKind::Value, "indices: expected shape [", N, "] (capacity), got ",

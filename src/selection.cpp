@@ -4,6 +4,7 @@
 #include <string>
 
 #include "labelwise/acquisition/selection.hpp"
+#include "labelwise/core/parallel.hpp"
 #include "selection_backend.hpp"
 
 namespace labelwise {
@@ -101,8 +102,11 @@ void set_value_out(detail::SelectJob& job, const TensorView* v) {
   job.out_value_stride = v->ndim ? v->strides[0] : 0;
 }
 
-detail::SelectFailure dispatch(const detail::SelectJob& job, const Device& dev) {
-  return dev.is_cpu() ? detail::select_cpu(job) : detail::select_cuda(job);
+/// The backend of `dev`; `what` names the input in the CPU-only build's error for a CUDA tensor.
+detail::SelectFailure dispatch(const detail::SelectJob& job, const Device& dev, const char* what) {
+  if (dev.is_cpu()) return detail::select_cpu(job);
+  check(built_with_cuda(), ErrorKind::Runtime, what, ": is a CUDA tensor, but labelwise was built without CUDA");
+  return detail::select_cuda(job);
 }
 
 [[noreturn]] void throw_failure(const detail::SelectFailure& f, const TensorView& scores, const char* what,
@@ -152,7 +156,7 @@ void top_k_impl(const TensorView& scores, std::int64_t b, const TensorView& indi
   set_value_out(job, values);
   job.device_index = scores.device.index;
   job.stream = options.stream;
-  const detail::SelectFailure f = dispatch(job, scores.device);
+  const detail::SelectFailure f = dispatch(job, scores.device, "scores");
   if (f.status != 0) throw_failure(f, scores, "scores", "");
 }
 
@@ -209,7 +213,7 @@ void stochastic_impl(const TensorView& scores, std::int64_t b, const TensorView&
   job.b = b;
   set_index_out(job, indices);
   set_value_out(job, keys);
-  const detail::SelectFailure f = dispatch(job, scores.device);
+  const detail::SelectFailure f = dispatch(job, scores.device, "scores");
   if (f.status != 0) throw_failure(f, scores, "scores", stochastic_mode_name(options.mode));
 }
 
@@ -250,7 +254,7 @@ void merge_impl(const TensorView& values, const TensorView& indices, std::int64_
   set_value_out(job, out_values);
   job.device_index = values.device.index;
   job.stream = stream;
-  const detail::SelectFailure f = dispatch(job, values.device);
+  const detail::SelectFailure f = dispatch(job, values.device, "values");
   if (f.status == detail::kSelectNaN)
     throw Error(ErrorKind::Value, "values: entry [" + std::to_string(f.item) + "] is NaN");
   if (f.status != 0) throw_failure(f, values, "values", "");
@@ -301,7 +305,7 @@ void stochastic_keys(const TensorView& scores, const TensorView& keys, const Sto
   job.b = -1;
   job.out_keys = static_cast<double*>(keys.data);
   job.keys_grid = flat_grid(keys);
-  const detail::SelectFailure f = dispatch(job, scores.device);
+  const detail::SelectFailure f = dispatch(job, scores.device, "scores");
   if (f.status != 0) throw_failure(f, scores, "scores", stochastic_mode_name(options.mode));
 }
 

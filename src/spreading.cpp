@@ -342,6 +342,8 @@ SpreadingResult run(Kind kind, const TensorView& features, const TensorView& lab
 }  // namespace
 
 const char* spreading_variant_name(SpreadingVariant v) {
+  check(v == SpreadingVariant::Symmetric || v == SpreadingVariant::Sklearn, ErrorKind::Value,
+        "variant: unknown spreading variant id ", static_cast<int>(v));
   return v == SpreadingVariant::Sklearn ? "sklearn" : "symmetric";
 }
 
@@ -359,12 +361,14 @@ std::int64_t spreading_num_classes(const TensorView& labels) {
 
 SpreadingResult label_spreading(const TensorView& features, const TensorView& labels, const TensorView& distributions,
                                 const TensorView& out_labels, const SpreadingOptions& options) {
+  spreading_variant_name(options.variant);  // Error(Value) for an id outside the enum
   return run(Kind::Spreading, features, labels, distributions, out_labels, options);
 }
 
 SpreadingResult label_propagation(const TensorView& features, const TensorView& labels,
                                   const TensorView& distributions, const TensorView& out_labels,
                                   const SpreadingOptions& options) {
+  spreading_variant_name(options.variant);
   return run(Kind::Propagation, features, labels, distributions, out_labels, options);
 }
 

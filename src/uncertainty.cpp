@@ -119,6 +119,7 @@ InputKind input_kind_from_name(const std::string& name) {
 }
 
 bool metric_needs_samples(Metric m) {
+  metric_name(m);  // Error(Value) for an id outside the enum
   switch (m) {
     case Metric::ExpectedEntropy:
     case Metric::Bald:

@@ -137,6 +137,10 @@ def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
         if writable:
             raise ValueError("a lazily negated torch tensor (is_neg()) cannot be written through; pass a plain tensor")
         x = x.resolve_neg()
+    if isinstance(x, np.ndarray) and not x.flags.aligned and not writable:
+        # elements not aligned to their size (np.frombuffer at an odd offset, a packed structured
+        # field): the core refuses such pointers, so an aligned copy goes in (an input is copied here)
+        x = np.array(x, dtype=x.dtype.newbyteorder("="))
     kind, _ = device_of(x)
     kwargs = {}
     if kind in (_CUDA, _CUDA_MANAGED):
@@ -153,7 +157,7 @@ def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
             raise
         # numpy refuses some inputs DLPack cannot describe: read-only arrays (old numpy), strides that are
         # not whole elements (a field of a structured array), non-native byte order. A native-order copy
-        # is the only way in (the one case where an input is copied).
+        # is the only way in (with misaligned arrays above, the cases where an input is copied).
         if isinstance(x, np.ndarray):
             return np.array(x, dtype=x.dtype.newbyteorder("=")).__dlpack__()
         raise

@@ -656,7 +656,15 @@ TEST_CASE("bad input to selection gets a clear error naming the argument", "[acq
   SECTION("CUDA input") {
     TensorView sc = sv, oc = out(1);
     sc.device = oc.device = Device::cuda(0);
-    if (!built_with_cuda()) CHECK_THROWS_WITH(top_k(sc, 1, oc), Catch::Contains("built without CUDA"));
+    if (!built_with_cuda()) {
+      CHECK_THROWS_WITH(top_k(sc, 1, oc), Catch::Contains("scores: is a CUDA tensor, but labelwise was built without CUDA"));
+      // merge_top_k names its own input (it has no `scores`)
+      std::vector<float> v = {1, 2};
+      std::vector<std::int64_t> ids = {0, 1}, o(1);
+      TensorView vv = TensorView::of(v.data(), {2}), iv = TensorView::of(ids.data(), {2}), ov = TensorView::of(o.data(), {1});
+      vv.device = iv.device = ov.device = Device::cuda(0);
+      CHECK_THROWS_WITH(merge_top_k(vv, iv, 1, ov), Catch::Contains("values: is a CUDA tensor, but labelwise was built without CUDA"));
+    }
   }
 }
 

@@ -216,3 +216,50 @@ TEST_CASE("functions that write outputs reject outputs that share memory", "[cor
                         Catch::Contains("out_labels shares memory with the input labels"));
   }
 }
+
+TEST_CASE("inputs that reach beyond the address space or are not aligned, bad enum ids, overflowing views",
+          "[core][outputs]") {
+  std::vector<double> x(24, 0.25), out(2);
+  const TensorView ov = TensorView::of(out.data(), {2});
+  // an input whose strides reach outside the address space is named as the input, not as an overlap
+  CHECK_THROWS_WITH(predictive_entropy(TensorView::of(x.data(), {2, 3, 2}, {INT64_MIN, 2, 1}), ov),
+                    Catch::Contains("x: the view (shape [2, 3, 2]) reaches beyond the address space"));
+  // an input or output pointer that is not aligned to its element size (undefined behaviour to read)
+  std::vector<unsigned char> bytes(24 * 8 + 8);
+  auto* odd = bytes.data() + 1;
+  CHECK_THROWS_WITH(predictive_entropy(TensorView(odd, DType::Float64, {2, 3, 4}), ov),
+                    Catch::Contains("x: data pointer is not aligned to its 8-byte elements"));
+  CHECK_THROWS_WITH(predictive_entropy(TensorView::of(x.data(), {2, 3, 4}), TensorView(odd, DType::Float64, {2})),
+                    Catch::Contains("predictive_entropy output: data pointer is not aligned"));
+  // a view with explicit strides whose element count overflows int64 is refused when made
+  CHECK_THROWS_WITH(TensorView::of(x.data(), {INT64_MAX, 3}, {0, 0}), Catch::Contains("more elements than fit in int64"));
+  TensorView bad;
+  bad.ndim = 100;  // hand-set: shows as such in messages instead of reading past the shape array
+  CHECK(bad.shape_str() == "[invalid rank 100]");
+  // enum values outside their enums (cast integers) are errors wherever they are taken
+  std::vector<double> f = {0, 0, 1, 0, 0, 3, 5, 5};
+  std::vector<std::int64_t> idx(4);
+  std::vector<double> dist(4);
+  CHECK_THROWS_WITH(knn_graph(TensorView::of(f.data(), {4, 2}), 1, TensorView::of(idx.data(), {4, 1}),
+                              TensorView::of(dist.data(), {4, 1}), static_cast<DistanceMetric>(2)),
+                    Catch::Contains("metric: unknown distance metric id 2"));
+  CHECK_THROWS_WITH(spreading_variant_name(static_cast<SpreadingVariant>(9)),
+                    Catch::Contains("variant: unknown spreading variant id 9"));
+  SpreadingOptions so;
+  so.k = 1;
+  so.variant = static_cast<SpreadingVariant>(9);
+  std::vector<std::int64_t> labels = {0, -1, 1, -1}, out_labels(4);
+  std::vector<double> distributions(8);
+  CHECK_THROWS_WITH(label_spreading(TensorView::of(f.data(), {4, 2}), TensorView::of(labels.data(), {4}),
+                                    TensorView::of(distributions.data(), {4, 2}), TensorView::of(out_labels.data(), {4}), so),
+                    Catch::Contains("variant: unknown spreading variant id 9"));
+  CHECK_THROWS_WITH(metric_needs_samples(static_cast<Metric>(99)), Catch::Contains("metric: unknown metric id 99"));
+  // unlabeled_rows checks its output like every other writer
+  std::vector<std::uint8_t> mask = {1, 0, 0, 0};
+  std::vector<std::int64_t> rows(4);
+  CHECK_THROWS_WITH(unlabeled_rows(TensorView::of(mask.data(), {4}), 4, TensorView::of(rows.data(), {4}, {0})),
+                    Catch::Contains("rows: the output view") && Catch::Contains("share memory"));
+  CHECK(unlabeled_rows(TensorView::of(mask.data(), {4}), 4, TensorView::of(rows.data(), {4})) == 3);
+  CHECK(rows[0] == 1);
+  CHECK(rows[2] == 3);
+}

@@ -134,6 +134,8 @@ TEST_CASE("Clopper-Pearson upper bound and the smallest certifiable calibration 
   CHECK_THROWS_WITH(clopper_pearson_upper(3, 2, 0.1), Catch::Contains("errors: expected 0 <= errors <= n"));
   CHECK_THROWS_WITH(min_certifiable_count(0.0, 0.1), Catch::Contains("target_error: expected a value in (0, 1)"));
   CHECK_THROWS_WITH(min_certifiable_count(0.1, 1.0), Catch::Contains("delta: expected a value in (0, 1)"));
+  // an answer beyond the binomial tools' domain (2^50) is an error, not an n they would refuse
+  CHECK_THROWS_WITH(min_certifiable_count(1e-17, 0.5), Catch::Contains("needs more than 2^50 calibration units"));
 }
 
 TEST_CASE("certify_threshold equals a naive scan on random calibration sets", "[propagation]") {
@@ -543,6 +545,11 @@ TEST_CASE("label_issues equals a naive confident-learning reference", "[propagat
   y[3] = C;
   CHECK_THROWS_WITH(label_issues(TensorView::of(p.data(), {N, C}), TensorView::of(y.data(), {N}), out),
                     Catch::Contains("given_labels: entry [3] is 4"));
+  y[3] = 0;
+  LabelIssuesOutputs unset = out;
+  unset.indices = TensorView();  // the one required output, left out
+  CHECK_THROWS_WITH(label_issues(TensorView::of(p.data(), {N, C}), TensorView::of(y.data(), {N}), unset),
+                    Catch::Contains("indices: is required"));
 }
 
 // ---- slice propagation ------------------------------------------------------------------------------

@@ -519,3 +519,14 @@ def test_default_metric_set_with_one_sample_names_the_problem(rng):
         U.score(x)
     assert set(U.score(x[:, 0], sample_axis=None)) == {m for m in U.METRICS if m not in
                                                       ("expected_entropy", "bald", "variation_ratio", "mean_std", "balentacq")}
+
+
+def test_misaligned_numpy_input_is_copied_not_refused(rng):
+    """The core refuses data pointers that are not aligned to their element size (undefined behaviour to
+    read); numpy arrays at odd byte offsets are copied into aligned memory on the way in."""
+    x = rng.dirichlet(np.ones(4), size=(3, 5))
+    buf = bytearray(x.nbytes + 1)
+    odd = np.ndarray(x.shape, dtype=np.float64, buffer=buf, offset=1)
+    odd[...] = x
+    assert not odd.flags.aligned
+    np.testing.assert_array_equal(U.bald(odd), U.bald(x))

@@ -14,8 +14,11 @@ enum class DistanceMetric : int {
   Cosine = 1,     ///< 1 - x.y / (||x|| ||y||), in [0, 2]; undefined for an all-zero row (an error)
 };
 
-/// "euclidean" / "cosine": the names the Python API takes as `metric=`.
+/// "euclidean" / "cosine": the names the Python API takes as `metric=`; Error(Value) for a value
+/// outside the enum (e.g. a cast integer), as every function taking a DistanceMetric gives.
 inline const char* distance_metric_name(DistanceMetric metric) {
+  check(metric == DistanceMetric::Euclidean || metric == DistanceMetric::Cosine, ErrorKind::Value,
+        "metric: unknown distance metric id ", static_cast<int>(metric));
   return metric == DistanceMetric::Cosine ? "cosine" : "euclidean";
 }
 

@@ -20,8 +20,10 @@ enum class ErrorKind {
                 ///< (KeyboardInterrupt); outputs may be partly written
 };
 
-/// The single exception type thrown by labelwise. The message always names the
-/// argument, what was expected and what was given.
+/// The exception type thrown by labelwise for every bad argument, device or environment problem. The
+/// message always names the argument, what was expected and what was given. A failed host allocation
+/// is the standard library's std::bad_alloc (batchbald turns it into an Error(Runtime) that gives the
+/// table's size; the Python module turns any into MemoryError).
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}

@@ -82,7 +82,7 @@ struct TensorView {
   TensorView() = default;
 
   /// A view with explicit strides (in elements). Error(Value): shape and strides of different lengths,
-  /// rank above kMaxDims, a negative extent.
+  /// rank above kMaxDims, a negative extent, a size that overflows int64.
   TensorView(void* ptr, DType type, const std::vector<std::int64_t>& shp, const std::vector<std::int64_t>& str,
              Device dev = Device::cpu())
       : data(ptr), dtype(type), device(dev) {
@@ -100,8 +100,7 @@ struct TensorView {
     std::int64_t s = 1;
     for (int d = ndim - 1; d >= 0; --d) {
       strides[d] = s;
-      check(!__builtin_mul_overflow(s, shape[d] > 0 ? shape[d] : 1, &s), ErrorKind::Value, "TensorView: shape ",
-            shape_str(), " has more elements than fit in int64");
+      s *= shape[d] > 0 ? shape[d] : 1;  // cannot overflow: set_shape checked the product
     }
   }
 
@@ -144,22 +143,29 @@ struct TensorView {
     return true;
   }
 
-  /// The shape as "[2, 3, 4]", for messages.
+  /// The shape as "[2, 3, 4]", for messages (a hand-set ndim outside [0, kMaxDims] shows as such).
   std::string shape_str() const {
+    if (ndim < 0 || ndim > kMaxDims) return "[invalid rank " + std::to_string(ndim) + "]";
     std::string s = "[";
     for (int d = 0; d < ndim; ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
     return s + "]";
   }
 
  private:
+  /// The extents, checked: rank at most kMaxDims, no negative extent, a product within int64 (the
+  /// product of the non-zero extents, so that strides over them cannot overflow either).
   void set_shape(const std::vector<std::int64_t>& shp) {
     check(static_cast<int>(shp.size()) <= kMaxDims, ErrorKind::Value, "TensorView: rank ", shp.size(),
           " exceeds the maximum of ", kMaxDims);
     ndim = static_cast<int>(shp.size());
+    std::int64_t n = 1;
     for (int d = 0; d < ndim; ++d) {
       check(shp[d] >= 0, ErrorKind::Value, "TensorView: negative extent ", shp[d], " on axis ", d);
       shape[d] = shp[d];
     }
+    for (int d = 0; d < ndim; ++d)
+      check(!__builtin_mul_overflow(n, shape[d] > 0 ? shape[d] : 1, &n), ErrorKind::Value, "TensorView: shape ",
+            shape_str(), " has more elements than fit in int64");
   }
 };
 
@@ -238,10 +244,20 @@ struct NamedView {
 };
 
 /// The output checks of every function that writes into caller-supplied views, after their shapes,
-/// dtypes and devices are checked: Error(Value) naming the output when one with elements has a null
-/// pointer or may overlap itself, another output (may_overlap: columns of one array are fine) or an
-/// input of the same call.
+/// dtypes and devices are checked: Error(Value) naming the input whose elements reach beyond the
+/// address space or whose data pointer is not aligned to its element size, or the output that has a
+/// null or unaligned pointer or may overlap itself, another output (may_overlap: columns of one array
+/// are fine) or an input of the same call.
 inline void check_outputs(const std::vector<NamedView>& outputs, const std::vector<NamedView>& inputs) {
+  for (const NamedView& in : inputs) {
+    if (in.view.numel() == 0 || in.view.data == nullptr) continue;  // the callers name these themselves
+    std::intptr_t lo = 0, hi = 0;
+    check(byte_range(in.view, lo, hi), ErrorKind::Value, in.name, ": the view (shape ", in.view.shape_str(),
+          ") reaches beyond the address space");
+    check(reinterpret_cast<std::uintptr_t>(in.view.data) % static_cast<std::uintptr_t>(dtype_size(in.view.dtype)) == 0,
+          ErrorKind::Value, in.name, ": data pointer is not aligned to its ", dtype_size(in.view.dtype),
+          "-byte elements (copy it into an aligned array)");
+  }
   for (std::size_t i = 0; i < outputs.size(); ++i) {
     const TensorView& o = outputs[i].view;
     const std::string& name = outputs[i].name;
@@ -260,6 +276,8 @@ inline void check_outputs(const std::vector<NamedView>& outputs, const std::vect
     for (std::size_t j = 0; j < i; ++j)
       check(!may_overlap(o, outputs[j].view), ErrorKind::Value, name, " and ", outputs[j].name,
             " share memory; pass separate arrays (or separate columns of one array)");
+    check(reinterpret_cast<std::uintptr_t>(o.data) % static_cast<std::uintptr_t>(dtype_size(o.dtype)) == 0,
+          ErrorKind::Value, name, ": data pointer is not aligned to its ", dtype_size(o.dtype), "-byte elements");
     for (const NamedView& in : inputs)
       check(!may_overlap(o, in.view), ErrorKind::Value, name, " shares memory with the input ", in.name,
             "; pass an output array of its own");
