@@ -14,6 +14,11 @@
 //   cluster_margin reads CUDA arrays through host copies of its O(N) scalars; average_linkage_clusters
 //   is CPU-only (CUDA arrays: ErrorKind::Type). A CPU-only build raises "built without CUDA" for CUDA
 //   arrays.
+// Scale: Euclidean distances are taken as float64 squared distances, so features (and BADGE's
+//   gradient embeddings) whose values are all below about 1e-150 in magnitude underflow to distance 0
+//   and give wrong picks without an error (measured: coreset at 1e-162, BADGE and weighted k-means at
+//   1e-170); multiply such features by a power of two first. The cosine metric and knn_graph are not
+//   affected.
 // Ties are broken by the lower index everywhere. Results never depend on the thread count.
 // On error nothing is written to the outputs.
 #pragma once
