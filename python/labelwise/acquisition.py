@@ -14,8 +14,7 @@ Shape contract (top_k, stochastic, stochastic_keys, merge_top_k)
         Ties break by the lower index; ``-0.0 == +0.0``; ``±inf`` are ordinary values.
 
 Definitions, the random numbers and the merge protocol: ``docs/acquisition.md``. CUDA inputs run the
-CUDA kernels, which are compiled and tested against the CPU by ``[cuda]`` tests but have not yet run on
-a GPU: "the same batch on every device" is their design, not yet observed.
+CUDA kernels, whose ``[cuda]`` tests against the CPU passed on an NVIDIA H200 (the same batches).
 
 Errors: ``ValueError`` for NaN scores (naming the first bad item), an empty pool, ``b`` outside
 ``[0, N]``, wrong rank, negative scores in ``"power"`` mode, finite scores whose score / temperature

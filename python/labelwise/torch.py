@@ -13,8 +13,8 @@ layer of any backbone. ``forward`` returns logits ``[B, C, *spatial]`` and train
 MC sampling is deterministic and device independent: ``MCDropoutHead.sample(features, K, seed)`` draws
 its dropout masks from Philox-4x32-10 (the counter RNG of ``include/labelwise/core/rng.hpp``),
 keyed by (seed, sample k, item b, channel f, voxel v) — never from torch's RNG — so that the fused
-C++/CUDA kernel reproduces the masks bit for bit (checked on the CPU; the CUDA kernel is compiled and
-tested against the CPU by ``[cuda]`` tests, but has not yet run on a GPU). The counter layout and the arithmetic order are in
+C++/CUDA kernel reproduces the masks bit for bit (checked on the CPU, and on an NVIDIA H200, where the
+CUDA samples equalled the CPU's bit for bit). The counter layout and the arithmetic order are in
 ``docs/segmentation.md`` and in :func:`dropout_keep_mask`.
 
 ``head.sample`` and ``head.score(features, K, metrics, seed)`` run the fused C++/CUDA kernel
@@ -428,7 +428,11 @@ class MCDropoutHead(_SampledHead):
         return self.conv(F.dropout(x, self.p, training=self.training))
 
     def _resolve_K(self, K: Any) -> int:
-        return _arrays.check_int(K, "K", 1, _MAX_K - 1)
+        k = _arrays.check_int(K, "K", 1, _MAX_K - 1)
+        if k * self.num_classes > 2**24:  # the fused kernel keeps K·C probabilities per voxel
+            raise ValueError(f"K: K · num_classes = {k * self.num_classes} probabilities per voxel is more than the "
+                             f"fused kernel supports (2^24); got K={k} with {self.num_classes} classes")
+        return k
 
     @property
     def _dropout(self) -> float:  # type: ignore[override]

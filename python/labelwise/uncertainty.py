@@ -1,5 +1,5 @@
-"""Uncertainty metrics for active learning, fused in one pass, on CPU and CUDA (the CUDA kernel is
-compiled and tested against the CPU by ``[cuda]`` tests, but has not yet run on a GPU).
+"""Uncertainty metrics for active learning, fused in one pass, on CPU and CUDA (the CUDA kernel's
+``[cuda]`` tests against the CPU ran on an NVIDIA H200; docs/metrics.md says what is still open).
 
 Shape contract (every function)
     x : array, shape ``[N, K, C, *spatial]`` by default — N items, K MC-dropout / ensemble

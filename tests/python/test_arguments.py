@@ -123,6 +123,8 @@ def test_heads_name_bad_sizes_and_devices():
     head = MCDropoutHead(4, 3).to("meta")
     with pytest.raises(TypeError, match="on device 'meta'"):
         head.score(torch.rand(1, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"K: K · num_classes = 16781312 .* \(2\^24\)"):
+        MCDropoutHead(4, 4096).score(torch.rand(1, 4, 3, 3), K=4097)  # named as the Python argument
     for run in (MCDropoutHead(4, 3).score, MCDropoutHead(4, 3).sample):  # features there: named too
         with pytest.raises(TypeError, match="features: a torch tensor on device 'meta'"):
             run(torch.rand(1, 4, 5, 5, device="meta"), 2)
