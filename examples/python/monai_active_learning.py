@@ -51,12 +51,9 @@ def parse_args(argv=None):
     if a.seed < 0:
         p.error("--seed must be >= 0")
     if a.out:  # made, and proved writable, before the rounds
-        from labelwise.data import make_output_folder
+        from labelwise.data import make_output_folder_or_exit
 
-        try:
-            make_output_folder(a.out)
-        except OSError as e:
-            p.error(f"--out {e}")
+        make_output_folder_or_exit(p, a.out)
     for name in ("rounds", "batch", "initial", "steps"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")

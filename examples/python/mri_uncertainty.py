@@ -192,12 +192,9 @@ def main(argv=None) -> int:
         ap.error("--steps, --batch and --width must be >= 1 and --samples >= 2")
     if not 0 < args.p < 1 or not 0 < args.lr < float("inf") or not 0 <= args.seed < 2**64:
         ap.error("--p must be in (0, 1) (0 would give an all-zero BALD map), --lr finite and > 0 and --seed in [0, 2^64)")
-    from labelwise.data import make_output_folder
+    from labelwise.data import make_output_folder_or_exit
 
-    try:  # made, and proved writable, before the training
-        make_output_folder(args.out)
-    except OSError as e:
-        ap.error(f"--out {e}")
+    make_output_folder_or_exit(ap, args.out)  # made, and proved writable, before the training
 
     import torch
 

@@ -45,7 +45,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from labelwise import uncertainty as U
-from labelwise.data import make_output_folder
+from labelwise.data import make_output_folder_or_exit
 
 DATASETS = {
     "breast_cancer": ("Breast Cancer Wisconsin (Diagnostic)", datasets.load_breast_cancer),
@@ -297,10 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.seed_frac + args.test_frac >= 1.0:
         parser.error(f"--seed-frac + --test-frac must be below 1 (got {args.seed_frac:g} + {args.test_frac:g})")
     if args.out:  # made, and proved writable, before any training
-        try:
-            make_output_folder(args.out)
-        except OSError as e:
-            parser.error(f"--out {e}")
+        make_output_folder_or_exit(parser, args.out)
     try:
         split = load_and_split(args.dataset, args.seed, args.seed_frac, args.test_frac)
     except ValueError as e:

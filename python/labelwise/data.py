@@ -164,3 +164,12 @@ def make_output_folder(path: "str | os.PathLike") -> None:
         os.remove(probe)
     except OSError as e:
         raise OSError(f"{path}: cannot be written ({e.strerror})") from None
+
+
+def make_output_folder_or_exit(parser: Any, path: "str | os.PathLike", flag: str = "--out") -> None:
+    """:func:`make_output_folder` for a command-line program: an unusable folder ends the program
+    through ``parser.error`` (an ``argparse.ArgumentParser``; exit status 2) naming ``flag``."""
+    try:
+        make_output_folder(path)
+    except OSError as e:
+        parser.error(f"{flag} {e}")

@@ -96,3 +96,17 @@ def test_make_output_folder(tmp_path):
         data.make_output_folder(tmp_path / "file")
     with pytest.raises(OSError, match="cannot be written"):
         data.make_output_folder(tmp_path / "file" / "sub")
+
+
+def test_make_output_folder_or_exit_ends_through_the_parser(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tool")
+    data.make_output_folder_or_exit(parser, tmp_path / "ok")
+    assert (tmp_path / "ok").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        data.make_output_folder_or_exit(parser, tmp_path / "file")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "tool: error: --out " in err and "exists and is not a folder" in err
