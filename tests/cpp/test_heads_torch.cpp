@@ -427,6 +427,60 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
   require_error([&] { en->sample(x); }, "members.1.weight[2, 3, 0, 0] is NaN or Inf");
 }
 
+TEST_CASE("heads: limits checked before allocating, one rule for every head, outputs untouched on failure",
+          "[torch][heads]") {
+  // K · C > 2^24: named as K before the [B, K, C, *spatial] sample output is allocated (4 TB here)
+  MCDropoutHead wide(2, 4096);
+  require_error([&] { wide->sample(torch::randn({1, 2, 64, 64}), 65535); }, "K: K · C = 268431360");
+  require_error([&] { wide->score(torch::randn({1, 2, 4, 4}), 4097); }, "K: K · C = 16781312");
+  // the evidential head ignores K, seed and index_offset but checks them like the sampled heads
+  EvidentialHead ev(4, 3, 2);
+  MCDropoutHead mc(4, 3, 0.5, 2);
+  const auto x = torch::randn({2, 4, 3, 3});
+  require_error([&] { ev->score(x, 65536); }, "K: expected a sample count in [1, 65535]");
+  require_error([&] { ev->score(x, std::nullopt, {Metric::Bald}, 0, nullptr, ~std::uint64_t{0}); },
+                "index_offset: items must have global indices below 2^32");
+  // a metric requested twice is an error on every head (it was dropped silently by the sampled ones)
+  require_error([&] { mc->score(x, 4, {Metric::Bald, Metric::Bald}); }, "metrics: bald requested twice");
+  require_error([&] { ev->score(x, std::nullopt, {Metric::Bald, Metric::Bald}); }, "metrics: bald requested twice");
+  // `mean` may be the features themselves (the evidential head read it after overwriting it)
+  at::Tensor same = x.clone();
+  at::Tensor probs;
+  const auto want = ev->score(x, std::nullopt, {Metric::Bald}, 0, &probs).at(Metric::Bald);
+  const auto got = ev->score(same, std::nullopt, {Metric::Bald}, 0, &same).at(Metric::Bald);
+  CHECK(torch::equal(got, want));
+  CHECK(torch::equal(same, probs));
+  // a failed call leaves the caller's mean as it was
+  at::Tensor mean = torch::zeros({1});
+  auto bad = x.clone();
+  bad[0][1][1][1] = std::nan("");
+  require_error([&] { mc->score(bad, 4, {Metric::Bald}, 0, &mean); }, "features");
+  require_error([&] { ev->score(bad, std::nullopt, {Metric::Bald}, 0, &mean); }, "features");
+  CHECK(mean.sizes() == at::IntArrayRef({1}));
+  // float16 logits in evidential_loss on the CPU (no half softplus there): computed in float32
+  const auto logits = torch::randn({1, 3, 2, 2});
+  const auto target = torch::randint(3, {1, 2, 2});
+  const at::Tensor half = evidential_loss(logits.to(torch::kHalf), target, 0.1);
+  CHECK(half.scalar_type() == torch::kHalf);
+  CHECK(std::abs(half.item<double>() - evidential_loss(logits.to(torch::kHalf).to(torch::kFloat), target, 0.1).item<double>()) <= 1e-2);
+}
+
+TEST_CASE("heads: weights files that cannot be written or read are errors", "[torch][heads]") {
+  // a full device: an Error, not std::terminate (LibTorch's writer threw again from its destructor)
+  // and not a silently truncated file
+  if (std::ifstream("/dev/full").good()) {
+    try {
+      save_head_weights(*MCDropoutHead(16, 4), "/dev/full");
+      FAIL("no error writing to /dev/full");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::Runtime);
+      CHECK(std::string(e.what()).find("save_tensors: writing '/dev/full' failed") != std::string::npos);
+    }
+  }
+  // a folder: an Error naming it, not std::ios_base::failure
+  require_error([] { load_tensors("/tmp"); }, "load_tensors: cannot read '/tmp'");
+}
+
 namespace {
 
 /// CPU / CUDA agreement of one metric map: ref::backends_agree at relative `tol`.

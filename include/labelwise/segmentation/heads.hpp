@@ -27,10 +27,13 @@
 // torch.load(path) (weights_only=True works: no type tags, no OrderedDict metadata).
 //
 // Errors: labelwise::Error naming the argument (features of the wrong rank / channel count, K < 1 or
-// K >= 2^16, K < 2 for metrics that need samples, an ensemble's K other than M, p outside
-// [0, 1 - 2^-32], dims other than 2 / 3, in_channels < 1, num_classes < 2, members < 1, a weights file
-// with a missing / unexpected key or a shape mismatch). The fused score / sample also need
-// in_channels < 2^28, num_classes <= 4096 and members < 65536 (checked when they run).
+// K >= 2^16 (every head, the EvidentialHead too, which ignores K), K · num_classes > 2^24, K < 2 for
+// metrics that need samples, a metric requested twice, an ensemble's K other than M, p outside
+// [0, 1 - 2^-32], index_offset + B > 2^32, dims other than 2 / 3, in_channels < 1, num_classes < 2,
+// members < 1, a weights file with a missing / unexpected key or a shape mismatch, a file that
+// cannot be read or written). The fused score / sample also need in_channels < 2^28,
+// num_classes <= 4096 and members < 65536 (checked when they run). A call that fails leaves the
+// caller's `mean` / `probs` tensors as they were.
 #pragma once
 
 #include <caffe2/serialize/inline_container.h>
@@ -81,17 +84,25 @@ inline void save_tensors(const std::string& path, const NamedTensors& tensors) {
   pickler.protocol();
   pickler.pushIValue(c10::IValue(dict));
   pickler.stop();
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  check(bool(file), ErrorKind::Runtime, "save_tensors: cannot open '", path, "' for writing");
+  // The archive is built in memory (a writer that cannot fail: a failing one made LibTorch's writer
+  // throw again from its destructor, std::terminate), then written, flushed and closed, each checked
+  // (a full disk or a file-size limit used to leave a truncated file without an error).
+  std::string archive;
   {
     caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) -> size_t {
-      file.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
-      return file ? n : 0;
+      archive.append(static_cast<const char*>(data), n);
+      return n;
     });
     torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
     writer.writeEndOfFile();
   }
-  check(bool(file), ErrorKind::Runtime, "save_tensors: writing '", path, "' failed");
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  check(bool(file), ErrorKind::Runtime, "save_tensors: cannot open '", path, "' for writing");
+  file.write(archive.data(), static_cast<std::streamsize>(archive.size()));
+  file.flush();
+  file.close();
+  check(!file.fail(), ErrorKind::Runtime, "save_tensors: writing '", path, "' failed (", archive.size(),
+        " bytes: a full disk or a file-size limit?); the file may be incomplete");
 }
 
 /// Reads a {name: tensor} dict written by save_tensors() or by Python's torch.save of a plain dict
@@ -101,7 +112,13 @@ inline void save_tensors(const std::string& path, const NamedTensors& tensors) {
 inline NamedTensors load_tensors(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   check(bool(file), ErrorKind::Value, "load_tensors: cannot open '", path, "'");
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  std::vector<char> bytes;
+  try {  // a folder opens, then fails on the first read with std::ios_base::failure
+    bytes.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::Value, "load_tensors: cannot read '" + path + "' (" + e.what() + ")");
+  }
+  check(!file.bad(), ErrorKind::Value, "load_tensors: cannot read '", path, "'");
   c10::IValue value;
   try {
     value = torch::pickle_load(bytes);
@@ -312,6 +329,10 @@ class HeadBase : public torch::nn::Module {
                                            std::uint64_t seed, at::Tensor* mean, std::uint64_t index_offset) const {
     check_features(features);
     check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
+    for (std::size_t i = 0; i < metrics.size(); ++i)
+      for (std::size_t j = 0; j < i; ++j)
+        check(metrics[i] != metrics[j], ErrorKind::Value, "metrics: ", metric_name(metrics[i]), " requested twice");
+    check_samples_per_voxel(K);
     check_parameters();
     const at::Tensor x = heads_detail::sample_input(features);
     const at::Tensor w = heads_detail::kernel_param(weight, x.device());
@@ -322,26 +343,37 @@ class HeadBase : public torch::nn::Module {
     std::map<Metric, at::Tensor> results;
     std::vector<MetricOutput> outs;
     for (Metric m : metrics) {
-      if (results.count(m)) continue;
       at::Tensor o = at::empty(shape, fopt);
       results.emplace(m, o);
       outs.push_back({m, torch_interop::view(o)});
     }
+    // the caller's `mean` is assigned only after the kernel succeeded (a failed call leaves it as it was)
+    at::Tensor mean_out;
     TensorView mean_view;
     if (mean != nullptr) {
       std::vector<std::int64_t> mshape{x.size(0), num_classes_};
       for (auto s : spatial(x)) mshape.push_back(s);
-      *mean = at::empty(mshape, fopt);
-      mean_view = torch_interop::view(*mean);
+      mean_out = at::empty(mshape, fopt);
+      mean_view = torch_interop::view(mean_out);
     }
     head_score(torch_interop::view(x), torch_interop::view(w), torch_interop::view(b), outs,
                mean != nullptr ? &mean_view : nullptr, kernel_options(x, K, p, seed, index_offset));
+    if (mean != nullptr) *mean = mean_out;
     return results;
+  }
+
+  /// The fused kernels keep K · C probabilities per voxel: at most 2^24 (checked before any output
+  /// [B, K, C, *spatial] is allocated, naming K as the heads' methods do).
+  void check_samples_per_voxel(std::int64_t K) const {
+    check(K >= 1 && K <= 65535, ErrorKind::Value, "K: expected a sample count in [1, 65535], got ", K);
+    check(K * num_classes_ <= (std::int64_t(1) << 24), ErrorKind::Value, "K: K · C = ", K * num_classes_,
+          " probabilities per voxel is more than the fused kernels support (2^24); C = ", num_classes_);
   }
 
   at::Tensor fused_sample(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& bias,
                           std::int64_t K, double p, std::uint64_t seed, std::uint64_t index_offset) const {
     check_features(features);
+    check_samples_per_voxel(K);
     check_parameters();
     const at::Tensor x = heads_detail::sample_input(features);
     const at::Tensor w = heads_detail::kernel_param(weight, x.device());
@@ -579,12 +611,19 @@ class EvidentialHeadImpl : public HeadBase {
                                      std::uint64_t seed = 0, at::Tensor* mean = nullptr,
                                      std::uint64_t index_offset = 0) {
     (void)seed;
-    (void)index_offset;
-    if (K) heads_detail::check_arg(*K, "K", 1);
+    // checked as for the sampled heads, so that one call serves every head
+    if (K) check(*K >= 1 && *K <= 65535, ErrorKind::Value, "K: expected a sample count in [1, 65535], got ", *K);
     check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
-    for (Metric m : metrics)
-      check(m != Metric::VariationRatio, ErrorKind::Value,
+    for (std::size_t i = 0; i < metrics.size(); ++i) {
+      check(metrics[i] != Metric::VariationRatio, ErrorKind::Value,
             "metrics: variation_ratio has no closed form for an EvidentialHead");
+      for (std::size_t j = 0; j < i; ++j)
+        check(metrics[i] != metrics[j], ErrorKind::Value, "metrics: ", metric_name(metrics[i]), " requested twice");
+    }
+    check_features(features);
+    check(index_offset <= (std::uint64_t(1) << 32) - static_cast<std::uint64_t>(features.size(0)), ErrorKind::Value,
+          "index_offset: items must have global indices below 2^32, got index_offset ", index_offset, " for ",
+          features.size(0), " items");
     return closed_form(features, metrics, mean, nullptr);
   }
 
@@ -621,8 +660,11 @@ class EvidentialHeadImpl : public HeadBase {
     const auto f32 = features.options().dtype(at::kFloat);
     std::map<Metric, at::Tensor> out;
     for (Metric m : metrics) out[m] = at::empty(map_shape, f32);
-    if (probs) *probs = at::empty(probs_shape, f32);
-    if (vacuity) *vacuity = at::empty(map_shape, f32);
+    // local until the end: `probs` may be the caller's features (score(x, ..., &x)), and a failed call
+    // leaves the caller's tensors as they were
+    at::Tensor probs_out, vacuity_out;
+    if (probs) probs_out = at::empty(probs_shape, f32);
+    if (vacuity) vacuity_out = at::empty(map_shape, f32);
     for (std::int64_t a = 0; a < last; a += step) {
       const std::int64_t n = std::min(step, last - a);
       const at::Tensor z = heads_detail::conv(features.narrow(-1, a, n).to(at::kDouble), w, b, dims_);
@@ -665,9 +707,11 @@ class EvidentialHeadImpl : public HeadBase {
         }
         out[m].narrow(-1, a, n).copy_(r);
       }
-      if (probs) probs->narrow(-1, a, n).copy_(mu);
-      if (vacuity) vacuity->narrow(-1, a, n).copy_(double(num_classes_) / S.select(1, 0));
+      if (probs) probs_out.narrow(-1, a, n).copy_(mu);
+      if (vacuity) vacuity_out.narrow(-1, a, n).copy_(double(num_classes_) / S.select(1, 0));
     }
+    if (probs) *probs = probs_out;
+    if (vacuity) *vacuity = vacuity_out;
     return out;
   }
   static at::Tensor expected_entropy(const at::Tensor& alpha, const at::Tensor& S, const at::Tensor& mu) {
@@ -712,11 +756,15 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
                                       std::to_string(C) + ")" +
                                       (ignore_index ? "" : " (pass ignore_index to leave such voxels out)"));
   }
-  at::Tensor z = logits;
+  // float16 on the CPU, where LibTorch has no half softplus / digamma: computed in float32, returned
+  // in float16
+  const bool upcast = logits.scalar_type() == at::kHalf && !logits.is_cuda();
+  at::Tensor z = upcast ? logits.to(at::kFloat) : logits;
   if (valid.defined()) {
     t = at::where(valid, t, at::zeros_like(t));
-    z = at::where(valid.unsqueeze(1), logits, at::zeros_like(logits));  // ignored: finite, no gradient
+    z = at::where(valid.unsqueeze(1), z, at::zeros_like(z));  // ignored: finite, no gradient
   }
+  const auto in_dtype = [&](const at::Tensor& l) { return upcast ? l.to(at::kHalf) : l; };
   const at::Tensor alpha = at::softplus(z, 1, 20) + 1.0;
   const at::Tensor S = alpha.sum(1);
   const at::Tensor a_y = alpha.gather(1, t.unsqueeze(1)).squeeze(1);
@@ -731,7 +779,7 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
   }
   if (!valid.defined()) {
     const at::Tensor loss = per_voxel.mean();
-    return kl_weight != 0.0 ? loss + kl_weight * kl.mean() : loss;
+    return in_dtype(kl_weight != 0.0 ? loss + kl_weight * kl.mean() : loss);
   }
   // Ignored voxels are left out of both means (none left: 0), accumulated in float32 at least (half
   // sums overflow past 65504 voxels) and returned in alpha's dtype.
@@ -741,7 +789,7 @@ inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& ta
     return (at::where(valid, v, at::zeros_like(v)).sum(acc) / n).to(alpha.scalar_type());
   };
   const at::Tensor loss = masked_mean(per_voxel);
-  return kl_weight != 0.0 ? loss + kl_weight * masked_mean(kl) : loss;
+  return in_dtype(kl_weight != 0.0 ? loss + kl_weight * masked_mean(kl) : loss);
 }
 
 }  // namespace labelwise
