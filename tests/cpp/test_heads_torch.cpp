@@ -479,6 +479,25 @@ TEST_CASE("heads: weights files that cannot be written or read are errors", "[to
   }
   // a folder: an Error naming it, not std::ios_base::failure
   require_error([] { load_tensors("/tmp"); }, "load_tensors: cannot read '/tmp'");
+  // a key given twice is refused (the last one used to win silently)
+  MCDropoutHead mc(4, 3);
+  NamedTensors twice = head_state(*mc);
+  twice.push_back(twice.front());
+  require_error([&] { load_head_state(*mc, twice, "state"); }, "state: key 'conv.weight' given twice");
+}
+
+TEST_CASE("heads: sizes and member indices out of range are labelwise::Errors", "[torch][heads]") {
+  require_error([] { EvidentialHead(std::int64_t(1) << 40, 2); }, "in_channels");
+  require_error([] { EvidentialHead(2, INT64_MAX); }, "num_classes");
+  EnsembleHead en(4, 3, 2);
+  require_error([&] { en->weight(2); }, "m: member index 2 outside [0, 2)");
+  require_error([&] { en->bias(-1); }, "m: member index -1 outside [0, 2)");
+  // undefined tensors and unreadable devices are named (they gave "unsupported dtype UNKNOWN_SCALAR",
+  // "got shape [0]" and c10 errors)
+  require_error([] { evidential_loss(at::Tensor(), torch::zeros({1}, torch::kLong)); }, "logits: is an undefined tensor");
+  require_error([] { torch_interop::view(at::Tensor()); }, "tensor: is an undefined tensor");
+  require_error([] { save_tensors("/tmp/unused.pt", {{"a", torch::zeros({2}, torch::TensorOptions().device(torch::kMeta))}}); },
+                "save_tensors: tensor 'a' is on device meta");
 }
 
 namespace {

@@ -17,8 +17,9 @@ namespace torch_interop {
 /// A view of a strided torch::Tensor (CPU or CUDA), no copy: its shape, strides, dtype and device.
 /// Errors: Type for a non-strided (sparse) tensor, a dtype without a labelwise DType (float32/64,
 /// float16, bfloat16, int32/64, uint8, bool are supported) or a device other than CPU / CUDA; Value
-/// for a lazily negated tensor (is_neg()).
+/// for an undefined tensor or a lazily negated one (is_neg()).
 inline TensorView view(const at::Tensor& t) {
+  check(t.defined(), ErrorKind::Value, "tensor: is an undefined tensor");
   check(t.layout() == at::kStrided, ErrorKind::Type, "tensor: only strided (dense) tensors are supported");
   DType dt;
   switch (t.scalar_type()) {

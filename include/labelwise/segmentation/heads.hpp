@@ -72,6 +72,8 @@ inline void save_tensors(const std::string& path, const NamedTensors& tensors) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& [name, t] : tensors) {
     check(t.defined(), ErrorKind::Value, "save_tensors: tensor '", name, "' is undefined");
+    check(t.device().is_cpu() || t.device().is_cuda(), ErrorKind::Value, "save_tensors: tensor '", name,
+          "' is on device ", t.device().str(), " (its values cannot be read)");
     check(!dict.contains(name), ErrorKind::Value, "save_tensors: duplicate name '", name, "'");
     dict.insert(name, t.detach().to(at::kCPU).contiguous().clone());
   }
@@ -163,7 +165,11 @@ inline void save_head_weights(const torch::nn::Module& module, const std::string
 /// unless every key passes. `what` names the source in the messages (e.g. the file).
 inline void load_head_state(torch::nn::Module& module, const NamedTensors& state, const std::string& what) {
   std::map<std::string, at::Tensor> given;
-  for (const auto& [k, v] : state) given[k] = v;
+  for (const auto& [k, v] : state) {
+    check(!given.count(k), ErrorKind::Value, what, ": key '", k, "' given twice");
+    check(v.defined(), ErrorKind::Value, what, ": '", k, "' is an undefined tensor");
+    given[k] = v;
+  }
   torch::NoGradGuard no_grad;
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;
   for (const auto& [name, target] : head_state(module)) {
@@ -270,8 +276,8 @@ inline at::Tensor kernel_param(const at::Tensor& t, const at::Device& device) {
 class HeadBase : public torch::nn::Module {
  public:
   HeadBase(std::int64_t in_channels, std::int64_t num_classes, int dims)
-      : in_channels_(heads_detail::check_arg(in_channels, "in_channels", 1)),
-        num_classes_(heads_detail::check_arg(num_classes, "num_classes", 2)),
+      : in_channels_(heads_detail::check_arg(in_channels, "in_channels", 1, INT32_MAX)),  // as in Python
+        num_classes_(heads_detail::check_arg(num_classes, "num_classes", 2, INT32_MAX)),
         dims_(static_cast<int>(heads_detail::check_arg(dims, "dims", 2, 3))) {}
 
   std::int64_t in_channels() const { return in_channels_; }
@@ -457,8 +463,13 @@ class EnsembleHeadImpl : public HeadBase {
   }
 
   std::int64_t num_members() const { return num_members_; }
-  at::Tensor weight(std::int64_t m) { return heads_detail::param(*members_->ptr(m), "weight"); }
-  at::Tensor bias(std::int64_t m) { return heads_detail::param(*members_->ptr(m), "bias"); }
+  /// m itself, or Error(Value) naming it when outside [0, num_members()).
+  std::int64_t member_index(std::int64_t m) const {
+    check(m >= 0 && m < num_members_, ErrorKind::Value, "m: member index ", m, " outside [0, ", num_members_, ")");
+    return m;
+  }
+  at::Tensor weight(std::int64_t m) { return heads_detail::param(*members_->ptr(member_index(m)), "weight"); }
+  at::Tensor bias(std::int64_t m) { return heads_detail::param(*members_->ptr(member_index(m)), "bias"); }
 
   /// The M members' logits [B, M, C, *spatial] for features [B, F, *spatial] (dtype and device as forward()'s).
   at::Tensor forward_members(const at::Tensor& features) {
@@ -730,6 +741,8 @@ TORCH_MODULE(EvidentialHead);
 /// negative; Type for non-float logits or a non-integer target.
 inline at::Tensor evidential_loss(const at::Tensor& logits, const at::Tensor& target, double kl_weight = 0.0,
                                   std::optional<std::int64_t> ignore_index = std::nullopt) {
+  check(logits.defined() && target.defined(), ErrorKind::Value, logits.defined() ? "target" : "logits",
+        ": is an undefined tensor");
   check(logits.dim() >= 2, ErrorKind::Value, "logits: expected [B, C, *spatial], got shape ", c10::str(logits.sizes()));
   std::vector<std::int64_t> want{logits.size(0)};
   for (std::int64_t d = 2; d < logits.dim(); ++d) want.push_back(logits.size(d));
