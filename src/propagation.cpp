@@ -206,6 +206,19 @@ Calibration calibrate(std::vector<Scored>& units) {
   return cal;
 }
 
+/// The smallest n whose Clopper–Pearson bound after 0 errors is <= alpha (any size up to 4e18: the
+/// certificates quote it in their "calibration set too small" reasons; min_certifiable_count limits
+/// it to 2^50). 1 - delta^(1/n) <= alpha <=> n >= ln(delta) / ln(1 - alpha); the rounding is fixed by
+/// direct checks (the k = 0 bound is a closed form, exact at any n).
+std::int64_t certifiable_count(double alpha, double delta) {
+  const double guess = std::ceil(std::log(delta) / std::log1p(-alpha));
+  check(guess < 4e18, ErrorKind::Value, "target_error: ", num(alpha), " is too small to certify with any n");
+  std::int64_t n = std::max<std::int64_t>(1, static_cast<std::int64_t>(guess));
+  while (detail::clopper_pearson_upper(0, n, delta) > alpha) ++n;
+  while (n > 1 && detail::clopper_pearson_upper(0, n - 1, delta) <= alpha) --n;
+  return n;
+}
+
 /// The fixed-sequence scan over the pool's own confidences (include/labelwise/propagation/certified.hpp).
 ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, std::int64_t scan_start,
                           const std::string& plural) {
@@ -213,7 +226,7 @@ ThresholdCertificate scan(const Calibration& cal, double alpha, double delta, st
   c.target_error = alpha;
   c.delta = delta;
   const std::int64_t n = cal.n;
-  c.min_calibration = min_certifiable_count(alpha, delta);
+  c.min_calibration = certifiable_count(alpha, delta);
   const std::int64_t j0 = std::max(c.min_calibration, scan_start);
   c.n_calibration = n;
   c.scan_start = j0;
@@ -399,13 +412,9 @@ double clopper_pearson_upper(std::int64_t errors, std::int64_t n, double delta) 
 std::int64_t min_certifiable_count(double target_error, double delta) {
   check_unit_interval(target_error, "target_error");
   check_unit_interval(delta, "delta");
-  // 1 - delta^(1/n) <= alpha  <=>  n >= ln(delta) / ln(1 - alpha); fix the rounding by direct checks.
-  const double guess = std::ceil(std::log(delta) / std::log1p(-target_error));
-  check(guess <= kMaxBetaTotal, ErrorKind::Value, "target_error: ", num(target_error), " at delta ", num(delta),
-        " needs more than 2^50 calibration units (", num(guess), "), beyond the binomial tools' domain");
-  std::int64_t n = std::max<std::int64_t>(1, static_cast<std::int64_t>(guess));
-  while (detail::clopper_pearson_upper(0, n, delta) > target_error) ++n;
-  while (n > 1 && detail::clopper_pearson_upper(0, n - 1, delta) <= target_error) --n;
+  const std::int64_t n = certifiable_count(target_error, delta);
+  check(static_cast<double>(n) <= kMaxBetaTotal, ErrorKind::Value, "target_error: ", num(target_error), " at delta ",
+        num(delta), " needs more than 2^50 calibration units (", n, "), beyond the binomial tools' domain");
   return n;
 }
 

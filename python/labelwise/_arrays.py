@@ -137,10 +137,13 @@ def capsule(x: Any, *, stream: int = 0, writable: bool = False) -> Any:
         if writable:
             raise ValueError("a lazily negated torch tensor (is_neg()) cannot be written through; pass a plain tensor")
         x = x.resolve_neg()
-    if isinstance(x, np.ndarray) and not x.flags.aligned and not writable:
-        # elements not aligned to their size (np.frombuffer at an odd offset, a packed structured
-        # field): the core refuses such pointers, so an aligned copy goes in (an input is copied here)
-        x = np.array(x, dtype=x.dtype.newbyteorder("="))
+    if not writable:
+        # elements not aligned to their size (np.frombuffer / torch.frombuffer at an odd offset, a packed
+        # structured field): the core refuses such pointers, so an aligned copy goes in
+        if isinstance(x, np.ndarray) and not x.flags.aligned:
+            x = np.array(x, dtype=x.dtype.newbyteorder("="))
+        elif _framework(x) == "torch" and x.numel() and x.data_ptr() % x.element_size():
+            x = x.clone()
     kind, _ = device_of(x)
     kwargs = {}
     if kind in (_CUDA, _CUDA_MANAGED):

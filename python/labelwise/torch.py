@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -108,8 +108,9 @@ def philox4x32_10(counter: Sequence[Any], key: Sequence[int]) -> List[torch.Tens
 
 
 def _words(values: Any, name: str, hi: int, dev: torch.device, flat: bool = True) -> torch.Tensor:
-    """Counter words: an int, a range, a sequence or a tensor of integers, as an int64 tensor on dev
-    (flattened when ``flat``), every value in [0, hi): else a TypeError / ValueError naming ``name``."""
+    """Counter words: an int, a range, an iterable (generators too), a numpy array or a tensor of
+    integers, as an int64 tensor on dev (flattened when ``flat``), every value in [0, hi): else a
+    TypeError (not integers) or ValueError (out of range) naming ``name``."""
     if isinstance(values, range):
         t = torch.arange(values.start, values.stop, values.step, dtype=torch.int64, device=dev)
     elif isinstance(values, torch.Tensor):
@@ -117,21 +118,26 @@ def _words(values: Any, name: str, hi: int, dev: torch.device, flat: bool = True
             raise TypeError(f"{name}: expected integers, got a {values.dtype} tensor")
         t = values.to(device=dev, dtype=torch.int64)
     else:
-        if isinstance(values, (str, bytes)) or (flat and not isinstance(values, Iterable)):
+        if isinstance(values, (str, bytes)) or (flat and not isinstance(values, (Iterable, np.ndarray))):
             raise TypeError(f"{name}: expected a sequence of integers, got {type(values).__name__}")
-        if isinstance(values, bool) or (isinstance(values, Iterable) and any(isinstance(v, bool) for v in values)):
-            raise TypeError(f"{name}: expected integers, got bool")
-        try:
-            t = torch.as_tensor([operator.index(v) for v in values] if isinstance(values, Iterable)
-                                else operator.index(values), dtype=torch.int64, device=dev)
-        except TypeError:
+        try:  # read once: a generator is consumed here; nested lists keep their shape
+            a = np.asarray(values if isinstance(values, np.ndarray) or not isinstance(values, Iterable) else list(values))
+        except (TypeError, ValueError):
             raise TypeError(f"{name}: expected integers") from None
-        except (OverflowError, RuntimeError, ValueError):  # beyond int64
-            raise ValueError(f"{name}: expected values in [0, {hi})") from None
+        if a.dtype == np.bool_:
+            raise TypeError(f"{name}: expected integers, got bool")
+        if a.dtype == object:  # Python ints beyond 64 bits (or mixed objects)
+            if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in a.reshape(-1).tolist()):
+                raise TypeError(f"{name}: expected integers")
+            raise ValueError(f"{name}: expected values in [0, {hi})")
+        if a.size and a.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected integers, got {a.dtype}")
+        if a.size and a.dtype.kind == "u" and int(a.max()) >= hi:  # before a cast to int64 could wrap
+            raise ValueError(f"{name}: expected values in [0, {hi}), got {int(a.min())} .. {int(a.max())}")
+        t = torch.as_tensor(a.astype(np.int64), device=dev)
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
         raise ValueError(f"{name}: expected values in [0, {hi}), got {int(t.min())} .. {int(t.max())}")
     return t.reshape(-1) if flat else t
-
 
 
 def _seed_arg(seed: Any) -> int:
@@ -479,14 +485,16 @@ class EnsembleHead(_SampledHead):
         return torch.logsumexp(F.log_softmax(z, dim=2), dim=1) - math.log(self.num_members)
 
     def _resolve_K(self, K: Any) -> int:
-        if K is None:
-            return self.num_members
-        k = _arrays.check_int(K, "K", 1)
-        if k != self.num_members:
-            raise ValueError(
-                f"K: an EnsembleHead has exactly {self.num_members} samples (its members); got K={k} (pass K=None)"
-            )
-        return k
+        if K is not None:
+            k = _arrays.check_int(K, "K", 1)
+            if k != self.num_members:
+                raise ValueError(
+                    f"K: an EnsembleHead has exactly {self.num_members} samples (its members); got K={k} (pass K=None)"
+                )
+        if self.num_members * self.num_classes > 2**24:  # the fused kernel keeps M·C probabilities per voxel
+            raise ValueError(f"members: members · num_classes = {self.num_members * self.num_classes} probabilities per "
+                             "voxel is more than the fused kernel supports (2^24)")
+        return self.num_members
 
     def sample(
         self,

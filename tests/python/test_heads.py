@@ -55,6 +55,13 @@ def test_counter_words_outside_their_ranges_are_named():
     for call, exc, match in cases:
         with pytest.raises(exc, match=match):
             call()
+    # generators, iterators and numpy arrays of indices are read once, whole (a generator gave an empty mask)
+    assert torch.equal(LT.dropout_keep_mask(1, 0.5, (i for i in range(3)), iter([0, 1]), 4, np.arange(5)),
+                       LT.dropout_keep_mask(1, 0.5, range(3), range(2), 4, range(5)))
+    # nested counters broadcast as tensors do
+    got = LT.philox4x32_10(([[1], [2]], 0, np.array([[3, 4]], dtype=np.uint32), 0), (5, 6))
+    assert got[0].shape == (2, 2)
+    assert int(got[0][1, 0]) == int(LT.philox4x32_10((2, 0, 3, 0), (5, 6))[0])
 
 
 def test_philox_vectorised_matches_scalar(rng):

@@ -904,3 +904,14 @@ def test_score_name_errors_speak_of_this_function(rng):
         with pytest.raises(ValueError, match="pool_probs: item \\[0\\] has probabilities that do not sum to 1") as e:
             P.certified_auto_label(p * 1.5, p, labels, target_error=0.1, delta=0.1, score=score)
         assert "input=" not in str(e.value)
+
+
+def test_a_tiny_target_error_is_a_reason_not_an_error(rng):
+    """certify_threshold quotes the calibration size it would need, however large (min_certifiable_count
+    refuses answers beyond 2^50, the certificate does not need one)."""
+    conf = rng.random(50)
+    err = rng.random(50) < 0.1
+    c = P.certify_threshold(conf, err, pool_confidence=conf, target_error=1e-15, delta=0.05)
+    assert not c.certified and "too small" in c.reason and c.min_calibration > 2**50
+    with pytest.raises(ValueError, match="needs more than 2\\^50 calibration units"):
+        P.min_certifiable_count(1e-15, 0.05)

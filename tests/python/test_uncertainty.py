@@ -530,3 +530,8 @@ def test_misaligned_numpy_input_is_copied_not_refused(rng):
     odd[...] = x
     assert not odd.flags.aligned
     np.testing.assert_array_equal(U.bald(odd), U.bald(x))
+    torch = pytest.importorskip("torch")
+    t = torch.frombuffer(bytearray(x.nbytes + 1), dtype=torch.float64, offset=1, count=x.size).reshape(x.shape)
+    t.copy_(torch.from_numpy(x))
+    assert t.data_ptr() % 8 != 0
+    assert torch.equal(U.bald(t), torch.from_numpy(U.bald(x)))

@@ -463,6 +463,12 @@ class EnsembleHeadImpl : public HeadBase {
   }
 
   std::int64_t num_members() const { return num_members_; }
+  /// The fused kernels keep M · C probabilities per voxel: at most 2^24, named as the member count
+  /// (an ensemble's K is M).
+  void check_members_per_voxel() const {
+    check(num_members_ * num_classes_ <= (std::int64_t(1) << 24), ErrorKind::Value, "members: M · C = ",
+          num_members_ * num_classes_, " probabilities per voxel is more than the fused kernels support (2^24)");
+  }
   /// m itself, or Error(Value) naming it when outside [0, num_members()).
   std::int64_t member_index(std::int64_t m) const {
     check(m >= 0 && m < num_members_, ErrorKind::Value, "m: member index ", m, " outside [0, ", num_members_, ")");
@@ -518,10 +524,11 @@ class EnsembleHeadImpl : public HeadBase {
 
  private:
   std::int64_t resolve_K(std::optional<std::int64_t> K) const {
-    if (!K) return num_members_;
-    check(*K == num_members_, ErrorKind::Value, "K: an EnsembleHead has exactly ", num_members_,
-          " samples (its members); got K=", *K, " (pass std::nullopt)");
-    return *K;
+    if (K)
+      check(*K == num_members_, ErrorKind::Value, "K: an EnsembleHead has exactly ", num_members_,
+            " samples (its members); got K=", *K, " (pass std::nullopt)");
+    check_members_per_voxel();  // before the fused kernels' own K · C check would name K
+    return num_members_;
   }
   at::Tensor stacked_weight() {
     std::vector<at::Tensor> w;
