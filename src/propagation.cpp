@@ -686,7 +686,7 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
         "], got ", given_labels.shape_str());
   check(given_labels.data != nullptr, ErrorKind::Value, "given_labels: data pointer is null");
   const TensorView& I = out.indices;
-  check(I.data != nullptr || I.ndim != 0, ErrorKind::Value,
+  check(given(I), ErrorKind::Value,
         "indices: is required (int64 [N], the capacity for the flagged items), but was not set");
   check_cpu(I, fn, "indices");
   check(I.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ", dtype_name(I.dtype));

@@ -188,8 +188,9 @@ def dropout_keep_mask(
 ) -> torch.Tensor:
     """The dropout keep-mask (bool) ``[len(items), len(samples), channels, len(voxels)]`` of sample k
     of item b, channel f, voxel v (the C-order flat index over the spatial axes of one item). ``items``,
-    ``samples``, ``voxels``: ranges, sequences or tensors of integers in [0, 2^32), [0, 2^16) and
-    [0, 2^32) (the counter words' ranges; else ValueError); ``channels`` in [0, 2^28).
+    ``samples``, ``voxels``: ranges, iterables, numpy arrays or tensors of integers in [0, 2^32), [0, 2^16)
+    and [0, 2^32) (the counter words' ranges); ``channels`` in [0, 2^28). Values out of range are a
+    ValueError, non-integers a TypeError.
 
     * key ``(seed & 0xFFFFFFFF, seed >> 32)``;
     * counter ``(v, f // 4, STREAM_DROPOUT << 16 | k, b)``, i.e. one Philox block per voxel, group of
@@ -291,6 +292,14 @@ class _SampledHead(_Head):
 
     def _resolve_K(self, K: Any) -> int:
         raise NotImplementedError
+
+    def _check_samples_per_voxel(self, k: int, name: str, symbol: str) -> int:
+        """k, or a ValueError naming ``name`` when k · num_classes exceeds 2^24: the fused kernel keeps
+        that many probabilities per voxel."""
+        if k * self.num_classes > 2**24:
+            raise ValueError(f"{name}: {symbol} · num_classes = {k * self.num_classes} probabilities per voxel is more "
+                             f"than the fused kernel supports (2^24); got {symbol}={k} with {self.num_classes} classes")
+        return k
 
     def _check_kernel_limits(self, members: int) -> None:
         """The fused sample / score kernel's limits, checked when the head is built (not at its first
@@ -434,11 +443,7 @@ class MCDropoutHead(_SampledHead):
         return self.conv(F.dropout(x, self.p, training=self.training))
 
     def _resolve_K(self, K: Any) -> int:
-        k = _arrays.check_int(K, "K", 1, _MAX_K - 1)
-        if k * self.num_classes > 2**24:  # the fused kernel keeps K·C probabilities per voxel
-            raise ValueError(f"K: K · num_classes = {k * self.num_classes} probabilities per voxel is more than the "
-                             f"fused kernel supports (2^24); got K={k} with {self.num_classes} classes")
-        return k
+        return self._check_samples_per_voxel(_arrays.check_int(K, "K", 1, _MAX_K - 1), "K", "K")
 
     @property
     def _dropout(self) -> float:  # type: ignore[override]
@@ -491,10 +496,7 @@ class EnsembleHead(_SampledHead):
                 raise ValueError(
                     f"K: an EnsembleHead has exactly {self.num_members} samples (its members); got K={k} (pass K=None)"
                 )
-        if self.num_members * self.num_classes > 2**24:  # the fused kernel keeps M·C probabilities per voxel
-            raise ValueError(f"members: members · num_classes = {self.num_members * self.num_classes} probabilities per "
-                             "voxel is more than the fused kernel supports (2^24)")
-        return self.num_members
+        return self._check_samples_per_voxel(self.num_members, "members", "members")  # an ensemble's K is M
 
     def sample(
         self,

@@ -237,6 +237,11 @@ inline bool may_overlap(const TensorView& a, const TensorView& b) {
   return may_overlap_itself(both);
 }
 
+/// True when v's data pointer is a multiple of its element size (reading it is defined behaviour).
+inline bool is_aligned(const TensorView& v) {
+  return reinterpret_cast<std::uintptr_t>(v.data) % static_cast<std::uintptr_t>(dtype_size(v.dtype)) == 0;
+}
+
 /// A view with the name that errors give it ("indices", "bald output", ...).
 struct NamedView {
   TensorView view;  // a copy (a few hundred bytes): a NamedView made from a temporary cannot dangle
@@ -254,8 +259,7 @@ inline void check_outputs(const std::vector<NamedView>& outputs, const std::vect
     std::intptr_t lo = 0, hi = 0;
     check(byte_range(in.view, lo, hi), ErrorKind::Value, in.name, ": the view (shape ", in.view.shape_str(),
           ") reaches beyond the address space");
-    check(reinterpret_cast<std::uintptr_t>(in.view.data) % static_cast<std::uintptr_t>(dtype_size(in.view.dtype)) == 0,
-          ErrorKind::Value, in.name, ": data pointer is not aligned to its ", dtype_size(in.view.dtype),
+    check(is_aligned(in.view), ErrorKind::Value, in.name, ": data pointer is not aligned to its ", dtype_size(in.view.dtype),
           "-byte elements (copy it into an aligned array)");
   }
   for (std::size_t i = 0; i < outputs.size(); ++i) {
@@ -276,8 +280,7 @@ inline void check_outputs(const std::vector<NamedView>& outputs, const std::vect
     for (std::size_t j = 0; j < i; ++j)
       check(!may_overlap(o, outputs[j].view), ErrorKind::Value, name, " and ", outputs[j].name,
             " share memory; pass separate arrays (or separate columns of one array)");
-    check(reinterpret_cast<std::uintptr_t>(o.data) % static_cast<std::uintptr_t>(dtype_size(o.dtype)) == 0,
-          ErrorKind::Value, name, ": data pointer is not aligned to its ", dtype_size(o.dtype), "-byte elements");
+    check(is_aligned(o), ErrorKind::Value, name, ": data pointer is not aligned to its ", dtype_size(o.dtype), "-byte elements");
     for (const NamedView& in : inputs)
       check(!may_overlap(o, in.view), ErrorKind::Value, name, " shares memory with the input ", in.name,
             "; pass an output array of its own");

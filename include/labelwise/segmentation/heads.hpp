@@ -218,6 +218,13 @@ inline std::string index_str(const std::vector<std::int64_t>& pos) {
   return s + "]";
 }
 
+/// Error(Value) naming the first metric that `metrics` holds twice.
+inline void check_distinct_metrics(const std::vector<Metric>& metrics) {
+  for (std::size_t i = 0; i < metrics.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      check(metrics[i] != metrics[j], ErrorKind::Value, "metrics: ", metric_name(metrics[i]), " requested twice");
+}
+
 inline std::int64_t check_arg(std::int64_t v, const char* name, std::int64_t lo, std::int64_t hi = INT64_MAX) {
   check(v >= lo && v <= hi, ErrorKind::Value, name, ": expected an integer ",
         hi == INT64_MAX ? ">= " + std::to_string(lo) : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]",
@@ -335,10 +342,8 @@ class HeadBase : public torch::nn::Module {
                                            std::uint64_t seed, at::Tensor* mean, std::uint64_t index_offset) const {
     check_features(features);
     check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
-    for (std::size_t i = 0; i < metrics.size(); ++i)
-      for (std::size_t j = 0; j < i; ++j)
-        check(metrics[i] != metrics[j], ErrorKind::Value, "metrics: ", metric_name(metrics[i]), " requested twice");
-    check_samples_per_voxel(K);
+    heads_detail::check_distinct_metrics(metrics);
+    check_samples_per_voxel(K, "K", "K");
     check_parameters();
     const at::Tensor x = heads_detail::sample_input(features);
     const at::Tensor w = heads_detail::kernel_param(weight, x.device());
@@ -368,18 +373,19 @@ class HeadBase : public torch::nn::Module {
     return results;
   }
 
-  /// The fused kernels keep K · C probabilities per voxel: at most 2^24 (checked before any output
-  /// [B, K, C, *spatial] is allocated, naming K as the heads' methods do).
-  void check_samples_per_voxel(std::int64_t K) const {
-    check(K >= 1 && K <= 65535, ErrorKind::Value, "K: expected a sample count in [1, 65535], got ", K);
-    check(K * num_classes_ <= (std::int64_t(1) << 24), ErrorKind::Value, "K: K · C = ", K * num_classes_,
-          " probabilities per voxel is more than the fused kernels support (2^24); C = ", num_classes_);
+  /// The fused kernels keep K · C probabilities per voxel: at most 2^24, checked before any output
+  /// [B, K, C, *spatial] is allocated. `name` / `symbol`: how the caller names K ("K" / "K", or an
+  /// ensemble's "members" / "M"). K itself is in [1, 2^16) (the callers check it).
+  void check_samples_per_voxel(std::int64_t K, const char* name, const char* symbol) const {
+    check(K * num_classes_ <= (std::int64_t(1) << 24), ErrorKind::Value, name, ": ", symbol, " · C = ",
+          K * num_classes_, " probabilities per voxel is more than the fused kernels support (2^24); C = ",
+          num_classes_);
   }
 
   at::Tensor fused_sample(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& bias,
                           std::int64_t K, double p, std::uint64_t seed, std::uint64_t index_offset) const {
     check_features(features);
-    check_samples_per_voxel(K);
+    check_samples_per_voxel(K, "K", "K");
     check_parameters();
     const at::Tensor x = heads_detail::sample_input(features);
     const at::Tensor w = heads_detail::kernel_param(weight, x.device());
@@ -463,12 +469,6 @@ class EnsembleHeadImpl : public HeadBase {
   }
 
   std::int64_t num_members() const { return num_members_; }
-  /// The fused kernels keep M · C probabilities per voxel: at most 2^24, named as the member count
-  /// (an ensemble's K is M).
-  void check_members_per_voxel() const {
-    check(num_members_ * num_classes_ <= (std::int64_t(1) << 24), ErrorKind::Value, "members: M · C = ",
-          num_members_ * num_classes_, " probabilities per voxel is more than the fused kernels support (2^24)");
-  }
   /// m itself, or Error(Value) naming it when outside [0, num_members()).
   std::int64_t member_index(std::int64_t m) const {
     check(m >= 0 && m < num_members_, ErrorKind::Value, "m: member index ", m, " outside [0, ", num_members_, ")");
@@ -527,7 +527,7 @@ class EnsembleHeadImpl : public HeadBase {
     if (K)
       check(*K == num_members_, ErrorKind::Value, "K: an EnsembleHead has exactly ", num_members_,
             " samples (its members); got K=", *K, " (pass std::nullopt)");
-    check_members_per_voxel();  // before the fused kernels' own K · C check would name K
+    check_samples_per_voxel(num_members_, "members", "M");  // an ensemble's K is its member count
     return num_members_;
   }
   at::Tensor stacked_weight() {
@@ -632,12 +632,10 @@ class EvidentialHeadImpl : public HeadBase {
     // checked as for the sampled heads, so that one call serves every head
     if (K) check(*K >= 1 && *K <= 65535, ErrorKind::Value, "K: expected a sample count in [1, 65535], got ", *K);
     check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
-    for (std::size_t i = 0; i < metrics.size(); ++i) {
-      check(metrics[i] != Metric::VariationRatio, ErrorKind::Value,
+    for (Metric m : metrics)
+      check(m != Metric::VariationRatio, ErrorKind::Value,
             "metrics: variation_ratio has no closed form for an EvidentialHead");
-      for (std::size_t j = 0; j < i; ++j)
-        check(metrics[i] != metrics[j], ErrorKind::Value, "metrics: ", metric_name(metrics[i]), " requested twice");
-    }
+    heads_detail::check_distinct_metrics(metrics);
     check_features(features);
     check(index_offset <= (std::uint64_t(1) << 32) - static_cast<std::uint64_t>(features.size(0)), ErrorKind::Value,
           "index_offset: items must have global indices below 2^32, got index_offset ", index_offset, " for ",
