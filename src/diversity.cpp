@@ -225,7 +225,7 @@ void average_linkage_clusters(const TensorView& embeddings, const TensorView& cl
   check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
         "] (one per row of embeddings ", embeddings.shape_str(), "), got ", clusters.shape_str());
   check_outputs({{clusters, "clusters"}}, {{embeddings, "embeddings"}});
-  throw_row_failure(detail::first_bad_euclidean_row(job.x), "embeddings", "average_linkage_clusters");
+  throw_row_failure(detail::first_bad_euclidean_row(job.x, job.shift), "embeddings", "average_linkage_clusters");
   job.distance = options.distance;
   job.num_clusters = options.num_clusters;
   job.out = static_cast<std::int64_t*>(clusters.data);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -43,6 +44,19 @@ struct DiversityFailure {
   int status = kDivOk;
   std::int64_t item = 0;
 };
+
+/// Euclidean metrics read features whose largest magnitude is below 2^kTinyFeatureExponent times
+/// 2^shift, shift = tiny_feature_shift(largest |value|), which brings the largest to [0.5, 1): the
+/// float64 squared distances of such features would underflow (1e-162² is below the smallest double).
+/// A power of two is exact, so the picks are those of the original values (core-set's radii and
+/// linkage's threshold are scaled by 2^-shift / 2^shift on the way out / in). Float32 features never
+/// need it (their smallest magnitude is 2^-149).
+constexpr int kTinyFeatureExponent = -256;
+inline int tiny_feature_shift(double max_abs) {
+  int e = 0;
+  std::frexp(max_abs, &e);  // max_abs = m · 2^e, m in [0.5, 1)
+  return max_abs > 0.0 && e < kTinyFeatureExponent ? -e : 0;
+}
 
 /// A [N, D] matrix view on the CPU.
 struct Matrix {
@@ -98,12 +112,13 @@ struct LinkageJob {
   std::int64_t num_clusters = 0;  // > 0: cut into at most this many clusters
   std::int64_t* out = nullptr;  // [N] cluster ids
   std::int64_t out_stride = 1;
+  int shift = 0;                // the rows are read times 2^shift (tiny_feature_shift)
 };
 
-/// The first row of x (lowest index) with NaN / Inf as {kDivNonFinite, row}; {} when all are finite.
 /// The first row (lowest index) with NaN / Inf (kDivNonFinite) or a squared norm that Euclidean
-/// distances cannot hold (kDivNormOverflow); kDivOk when none.
-DiversityFailure first_bad_euclidean_row(const Matrix& x);
+/// distances cannot hold (kDivNormOverflow); kDivOk when none. `shift` (when all rows are good): the
+/// tiny_feature_shift of the largest magnitude.
+DiversityFailure first_bad_euclidean_row(const Matrix& x, int& shift);
 
 /// Average-linkage clustering, cut into flat clusters (src/cpu/linkage_cpu.cpp).
 void average_linkage_cpu(const LinkageJob& job);

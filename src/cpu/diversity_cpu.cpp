@@ -78,34 +78,40 @@ LABELWISE_DIV_CLONES double row_sq_scaled(const double* x, std::int64_t d, doubl
 }
 LABELWISE_DIV_CLONES double row_dot(const float* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
 LABELWISE_DIV_CLONES double row_dot(const double* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
+LABELWISE_DIV_CLONES double row_dot_scaled(const float* x, std::int64_t d, double s, const double* c) {
+  return dot_row(x, 1, d, s, c);
+}
+LABELWISE_DIV_CLONES double row_dot_scaled(const double* x, std::int64_t d, double s, const double* c) {
+  return dot_row(x, 1, d, s, c);
+}
 
 template <typename T>
 const T* row_ptr(const Matrix& m, std::int64_t i) {
   return static_cast<const T*>(m.data) + i * m.row_stride;
 }
 
-/// ||row i of m||² accumulated in index order in double, whether the whole row is finite and whether
-/// any entry is nonzero.
+/// One pass over a row: its squared norm accumulated in index order in double (so it may overflow to
+/// +inf or underflow), its largest magnitude, whether it is all finite and whether any entry is nonzero.
+struct RowScan {
+  double ss = 0.0, amax = 0.0;
+  bool finite = true, nonzero = false;
+};
 template <typename T>
-double row_norm2(const Matrix& m, std::int64_t i, bool& finite, bool& nonzero) {
+RowScan scan_row(const Matrix& m, std::int64_t i) {
   const T* r = row_ptr<T>(m, i);
-  double s = 0.0;
-  bool ok = true, nz = false;
+  RowScan s;
   for (std::int64_t k = 0; k < m.cols; ++k) {
     const double v = static_cast<double>(r[k * m.col_stride]);
-    ok &= std::isfinite(v);
-    nz |= v != 0.0;
-    s += v * v;
+    s.finite &= std::isfinite(v);
+    s.nonzero |= v != 0.0;
+    s.amax = std::fmax(s.amax, std::fabs(v));
+    s.ss += v * v;
   }
-  finite = ok;
-  nonzero = nz;
   return s;
 }
-template <typename T>
-double row_norm2(const Matrix& m, std::int64_t i, bool& finite) {
-  bool nonzero = false;
-  return row_norm2<T>(m, i, finite, nonzero);
-}
+
+/// The largest of the workers' largest magnitudes.
+double max_of(const std::vector<double>& amax) { return *std::max_element(amax.begin(), amax.end()); }
 
 /// Row i of m, times `scale`, as doubles.
 template <typename T>
@@ -123,30 +129,36 @@ DiversityFailure coreset_run(const CoresetJob& job) {
   const bool cosine = job.metric == 1;
   const std::int64_t grain = grain_rows(d);
 
-  // Validate (NaN / Inf; zero rows for cosine) and, for cosine, the inverse norms.
+  // Validate (NaN / Inf; zero rows for cosine) and, for cosine, the inverse norms; for Euclidean,
+  // the largest magnitude (tiny features are read times 2^shift).
   std::vector<double> scale(cosine ? static_cast<std::size_t>(n) : 0);
+  int shift = 0;
   {
     std::vector<DiversityFailure> fails(worker_slots());
+    std::vector<double> amax(fails.size(), 0.0);
     parallel_for(n, grain, static_cast<int>(fails.size()), [&](std::int64_t begin, std::int64_t end, int w) {
       for (std::int64_t i = begin; i < end; ++i) {
-        bool finite = true, nonzero = false;
-        const double ss = row_norm2<T>(x, i, finite, nonzero);
-        const int st = finite ? row_norm_status(ss, nonzero, cosine) : kDivNonFinite;
+        const RowScan r = scan_row<T>(x, i);
+        const int st = r.finite ? row_norm_status(r.ss, r.nonzero, cosine) : kDivNonFinite;
         if (st != kDivOk) {
           fails[w] = {st, i};
           return;
         }
-        if (cosine) scale[i] = 1.0 / std::sqrt(ss);
+        if (cosine) scale[i] = 1.0 / std::sqrt(r.ss);
+        amax[w] = std::max(amax[w], r.amax);
       }
     });
     const DiversityFailure f = first_failure(fails);
     if (f.status != kDivOk || job.b == 0) return f;
+    if (!cosine) shift = tiny_feature_shift(max_of(amax));
   }
-  auto scale_of = [&](std::int64_t i) { return cosine ? scale[i] : 1.0; };
+  const double unit = std::ldexp(1.0, shift);
+  const bool scaled = cosine || shift != 0;
+  auto scale_of = [&](std::int64_t i) { return cosine ? scale[i] : unit; };
   auto dist2 = [&](std::int64_t i, const double* c) {
     const T* r = row_ptr<T>(x, i);
-    if (cs == 1) return cosine ? row_sq_scaled(r, d, scale[i], c) : row_sq(r, d, c);
-    return cosine ? sq_dist_row(r, cs, d, scale[i], c) : sq_dist_row(r, cs, d, c);
+    if (cs == 1) return scaled ? row_sq_scaled(r, d, scale_of(i), c) : row_sq(r, d, c);
+    return scaled ? sq_dist_row(r, cs, d, scale_of(i), c) : sq_dist_row(r, cs, d, c);
   };
 
   // mins[i]: squared distance (cosine: of the unit rows) to the nearest labelled-or-chosen item;
@@ -273,7 +285,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
     });
     const ArgMax best = combine(parts);
     const double r2 = std::max(0.0, best.v);  // -1: every item is covered
-    job.out_radius[t * job.out_radius_stride] = cosine ? 0.5 * r2 : std::sqrt(r2);
+    job.out_radius[t * job.out_radius_stride] = cosine ? 0.5 * r2 : std::ldexp(std::sqrt(r2), -shift);
     pick = best.i;
   }
   return {};
@@ -288,9 +300,12 @@ DiversityFailure badge_run(const BadgeJob& job) {
   std::vector<double> a(static_cast<std::size_t>(n * c));  // a_n = p_n − onehot(argmax p_n)
   std::vector<double> g2(static_cast<std::size_t>(n));     // ||a_n||² ||h_n||²
 
-  // Validate, and the residuals and norms.
+  // Validate, and the residuals and norms; the embeddings' largest magnitude (tiny ones are read times
+  // 2^shift).
+  int shift = 0;
   {
     std::vector<DiversityFailure> fails(worker_slots());
+    std::vector<double> amax(fails.size(), 0.0);
     parallel_for(n, grain, static_cast<int>(fails.size()), [&](std::int64_t begin, std::int64_t end, int w) {
       for (std::int64_t i = begin; i < end; ++i) {
         const TX* xr = row_ptr<TX>(job.x, i);
@@ -322,14 +337,14 @@ DiversityFailure badge_run(const BadgeJob& job) {
           fails[w] = {st, i};
           return;
         }
-        bool finite = true;
-        const double hh = row_norm2<TH>(job.h, i, finite);
-        const int hst = finite ? row_norm_status(hh, true, false) : kDivNonFinite;
+        const RowScan hr = scan_row<TH>(job.h, i);
+        const int hst = hr.finite ? row_norm_status(hr.ss, true, false) : kDivNonFinite;
         if (hst != kDivOk) {
           fails[w] = {hst, -1 - i};  // negative item: the embeddings' row
           return;
         }
-        g2[i] = badge_residual(xr, xs, c, job.kind, &a[i * c]) * hh;
+        g2[i] = badge_residual(xr, xs, c, job.kind, &a[i * c]) * hr.ss;
+        amax[w] = std::max(amax[w], hr.amax);
       }
     });
     // The first bad row (x before embeddings within a row).
@@ -344,6 +359,22 @@ DiversityFailure badge_run(const BadgeJob& job) {
       }
     }
     if (worst.status != kDivOk || job.b == 0) return worst;
+    shift = tiny_feature_shift(max_of(amax));
+  }
+  const double unit = std::ldexp(1.0, shift);
+  if (shift != 0) {  // ||a||² · ||2^shift h||² (the squared norms of tiny rows underflowed)
+    parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int) {
+      for (std::int64_t i = begin; i < end; ++i) {
+        double a2 = 0.0, h2 = 0.0;
+        for (std::int64_t k = 0; k < c; ++k) a2 += a[i * c + k] * a[i * c + k];
+        const TH* hr = row_ptr<TH>(job.h, i);
+        for (std::int64_t k = 0; k < d; ++k) {
+          const double v = static_cast<double>(hr[k * hs]) * unit;
+          h2 += v * v;
+        }
+        g2[i] = a2 * h2;
+      }
+    });
   }
 
   // First centre: the largest ||g|| (ties: lower index).
@@ -365,7 +396,7 @@ DiversityFailure badge_run(const BadgeJob& job) {
     dist[pick] = 0.0;
     if (t + 1 == job.b) break;
     // D² update against the new centre, and the fixed-block sums of D² over the items not chosen.
-    load_row<TH>(job.h, pick, 1.0, hc.data());
+    load_row<TH>(job.h, pick, unit, hc.data());
     for (std::int64_t k = 0; k < c; ++k) ac[k] = a[pick * c + k];
     const double g2c = g2[pick];
     parallel_for(nb, std::max<std::int64_t>(1, grain / kSumBlock), [&](std::int64_t b0, std::int64_t b1, int) {
@@ -378,7 +409,10 @@ DiversityFailure badge_run(const BadgeJob& job) {
           for (std::int64_t k = 0; k < c; ++k) aa += a[i * c + k] * ac[k];
           // a·a' = 0 (e.g. a one-hot prediction, a = 0): h·h' is not needed.
           const TH* hr = row_ptr<TH>(job.h, i);
-          const double hh = aa == 0.0 ? 0.0 : hs == 1 ? row_dot(hr, d, hc.data()) : dot_row(hr, hs, d, hc.data());
+          const double hh = aa == 0.0                ? 0.0
+                            : shift == 0 && hs == 1 ? row_dot(hr, d, hc.data())
+                            : hs == 1               ? row_dot_scaled(hr, d, unit, hc.data())
+                                                    : dot_row(hr, hs, d, unit, hc.data());
           const double dd = badge_sq_dist(g2[i], g2c, aa, hh);
           if (dd < dist[i]) dist[i] = dd;
           s += dist[i];
@@ -421,18 +455,20 @@ std::pair<std::int64_t, double> nearest_centre(const double* row, const std::vec
   return {best, bd};
 }
 
-/// The first row (lowest index, whatever the thread count) with NaN / Inf: {kDivNonFinite, row}.
+/// first_bad_euclidean_row (the lowest bad row whatever the thread count) for T.
 template <typename T>
-DiversityFailure first_bad_euclidean_row_of(const Matrix& x) {
+DiversityFailure first_bad_euclidean_row_of(const Matrix& x, int& shift) {
   std::vector<DiversityFailure> fails(static_cast<std::size_t>(worker_slots()));
+  std::vector<double> amax(fails.size(), 0.0);
   parallel_for(x.rows, grain_rows(x.cols), static_cast<int>(fails.size()), [&](std::int64_t begin, std::int64_t end, int w) {
     for (std::int64_t i = begin; i < end && fails[w].status == kDivOk; ++i) {
-      bool finite = true;
-      const double ss = row_norm2<T>(x, i, finite);
-      const int st = finite ? row_norm_status(ss, true, false) : kDivNonFinite;
+      const RowScan r = scan_row<T>(x, i);
+      const int st = r.finite ? row_norm_status(r.ss, true, false) : kDivNonFinite;
       if (st != kDivOk) fails[w] = {st, i};
+      amax[w] = std::max(amax[w], r.amax);
     }
   });
+  shift = tiny_feature_shift(max_of(amax));
   return first_failure(fails);
 }
 
@@ -440,14 +476,15 @@ template <typename T>
 DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job) {
   const Matrix& x = job.x;
   const std::int64_t d = x.cols, b = job.b;
-  const DiversityFailure bad = first_bad_euclidean_row_of<T>(x);
+  int shift = 0;
+  const DiversityFailure bad = first_bad_euclidean_row_of<T>(x, shift);
   if (bad.status != kDivOk) return bad;
   if (b == 0) return {};
   const std::vector<std::int64_t> cand = weighted_kmeans_candidates(job.weights, b, job.prefilter);
   const std::int64_t m = static_cast<std::int64_t>(cand.size());
   std::vector<double> X(static_cast<std::size_t>(m == b ? 0 : m * d));
   if (m != b)
-    for (std::int64_t j = 0; j < m; ++j) load_row<T>(x, cand[j], 1.0, &X[j * d]);
+    for (std::int64_t j = 0; j < m; ++j) load_row<T>(x, cand[j], std::ldexp(1.0, shift), &X[j * d]);
   const std::vector<std::int64_t> picks = weighted_kmeans_cluster(X, job.weights, cand, d, b, job.max_iter);
   for (std::int64_t t = 0; t < b; ++t) job.out_index[t * job.out_index_stride] = picks[t];
   return {};
@@ -590,8 +627,9 @@ DiversityFailure badge_cpu(const BadgeJob& job) {
   return job.x.dtype == DType::Float32 ? badge_h<float>(job) : badge_h<double>(job);
 }
 
-DiversityFailure first_bad_euclidean_row(const Matrix& x) {
-  return x.dtype == DType::Float32 ? first_bad_euclidean_row_of<float>(x) : first_bad_euclidean_row_of<double>(x);
+DiversityFailure first_bad_euclidean_row(const Matrix& x, int& shift) {
+  return x.dtype == DType::Float32 ? first_bad_euclidean_row_of<float>(x, shift)
+                                   : first_bad_euclidean_row_of<double>(x, shift);
 }
 
 }  // namespace detail

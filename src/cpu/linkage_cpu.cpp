@@ -42,14 +42,17 @@ inline std::size_t tri(std::int64_t n, std::int64_t i, std::int64_t j) {
   return static_cast<std::size_t>(i) * static_cast<std::size_t>(2 * n - i - 1) / 2 + static_cast<std::size_t>(j - i - 1);
 }
 
+/// The condensed distances of the rows read times 2^shift.
 template <typename T>
-void distances(const Matrix& x, std::vector<double>& d) {
+void distances(const Matrix& x, int shift, std::vector<double>& d) {
   const std::int64_t n = x.rows, dim = x.cols;
   // Rows in float64, contiguous (the input may be strided or float32).
   std::vector<double> rows(static_cast<std::size_t>(n * dim));
   const T* base = static_cast<const T*>(x.data);
+  const double unit = std::ldexp(1.0, shift);
   for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t t = 0; t < dim; ++t) rows[i * dim + t] = static_cast<double>(base[i * x.row_stride + t * x.col_stride]);
+    for (std::int64_t t = 0; t < dim; ++t)
+      rows[i * dim + t] = static_cast<double>(base[i * x.row_stride + t * x.col_stride]) * unit;
   auto row = [&](std::int64_t i) {
     const double* xi = rows.data() + i * dim;
     for (std::int64_t j = i + 1; j < n; ++j) {
@@ -141,13 +144,13 @@ void average_linkage_cpu(const LinkageJob& job) {
                                         "cluster a subsample");
     }
     if (job.x.dtype == DType::Float32)
-      distances<float>(job.x, d);
+      distances<float>(job.x, job.shift, d);
     else
-      distances<double>(job.x, d);
+      distances<double>(job.x, job.shift, d);
     merges = nn_chain(n, d);
   }
   std::stable_sort(merges.begin(), merges.end(), [](const Merge& u, const Merge& v) { return u.height < v.height; });
-  double threshold = job.distance;
+  double threshold = std::ldexp(job.distance, job.shift);  // the heights are of the scaled rows (inf past DBL_MAX)
   if (job.num_clusters > 0)  // the smallest merge height leaving at most num_clusters clusters
     threshold = job.num_clusters >= n ? -std::numeric_limits<double>::infinity()
                                       : merges[static_cast<std::size_t>(n - job.num_clusters - 1)].height;

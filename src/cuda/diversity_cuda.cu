@@ -7,6 +7,7 @@
 // CPU's in the last bits; picks agree unless two candidates are that close.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -98,36 +99,51 @@ __device__ inline double warp_sq_dist(const DevMatrix& m, std::int64_t i, double
   return warp_sum(s);
 }
 
-/// Σ_k x_ik · c_k by the warp.
+/// Σ_k (scale·x_ik) · c_k by the warp.
 template <typename T>
-__device__ inline double warp_dot(const DevMatrix& m, std::int64_t i, const double* c, int lane) {
+__device__ inline double warp_dot(const DevMatrix& m, std::int64_t i, double scale, const double* c, int lane) {
   const T* r = row_of<T>(m, i);
   double s = 0.0;
-  for (std::int64_t k = lane; k < m.cols; k += kWarp) s += static_cast<double>(r[k * m.cs]) * c[k];
+  for (std::int64_t k = lane; k < m.cols; k += kWarp) s += static_cast<double>(r[k * m.cs]) * scale * c[k];
   return warp_sum(s);
 }
 
 /// ||x_i||² by the warp (every lane gets the value), whether the whole row is finite and whether any
-/// entry is nonzero.
+/// entry is nonzero; its largest magnitude is folded into *amax (the bits of a double >= 0, whose
+/// order as integers is the order of the values).
 template <typename T>
-__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite, bool& nonzero) {
+__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite, bool& nonzero,
+                                    u64* amax) {
   const T* r = row_of<T>(m, i);
   bool ok = true, nz = false;
-  double s = 0.0;
+  double s = 0.0, big = 0.0;
   for (std::int64_t k = lane; k < m.cols; k += kWarp) {
     const double v = static_cast<double>(r[k * m.cs]);
     ok &= isfinite(v);
     nz |= v != 0.0;
+    big = fmax(big, fabs(v));
     s += v * v;
   }
   finite = __all_sync(0xffffffffu, ok);
   nonzero = __any_sync(0xffffffffu, nz);
+  for (int o = kWarp / 2; o > 0; o >>= 1) big = fmax(big, __shfl_xor_sync(0xffffffffu, big, o));
+  if (lane == 0 && big > 0.0) atomicMax(amax, static_cast<u64>(__double_as_longlong(big)));
   return warp_sum(s);
 }
 template <typename T>
-__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite) {
+__device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane, bool& finite, u64* amax) {
   bool nonzero = false;
-  return warp_norm2<T>(m, i, lane, finite, nonzero);
+  return warp_norm2<T>(m, i, lane, finite, nonzero, amax);
+}
+
+/// The tiny_feature_shift of the largest magnitude that the validation folded into `amax` (synchronous).
+int shift_of(const u64* amax, cudaStream_t stream) {
+  u64 bits = 0;
+  LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&bits, amax, sizeof(u64), cudaMemcpyDeviceToHost, stream));
+  LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  double v = 0.0;
+  std::memcpy(&v, &bits, sizeof v);
+  return tiny_feature_shift(v);
 }
 
 __device__ inline std::int64_t global_warp() {
@@ -138,14 +154,14 @@ __device__ inline std::int64_t warp_count() { return static_cast<std::int64_t>(g
 // ---- core-set ---------------------------------------------------------------------------------------
 
 /// NaN / Inf rows and rows that fail row_norm_status -> failure (row << 3 | status, lowest row wins);
-/// the inverse norms for cosine; mins = -1 (labelled) or +inf.
+/// the inverse norms for cosine; mins = -1 (labelled) or +inf; the largest magnitude into *amax.
 template <typename T>
 __global__ void coreset_prepare(DevMatrix x, bool cosine, const std::uint8_t* labeled, double* scale, double* mins,
-                                u64* failure) {
+                                u64* failure, u64* amax) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
     bool finite = true, nonzero = false;
-    const double ss = warp_norm2<T>(x, i, lane, finite, nonzero);
+    const double ss = warp_norm2<T>(x, i, lane, finite, nonzero, amax);
     if (lane == 0) {
       const int st = finite ? row_norm_status(ss, nonzero, cosine) : kDivNonFinite;
       if (st != kDivOk) atomicMin(failure, (static_cast<u64>(i) << 3) | static_cast<u64>(st));
@@ -155,16 +171,17 @@ __global__ void coreset_prepare(DevMatrix x, bool cosine, const std::uint8_t* la
   }
 }
 
-/// centres[j·d + k] = scale(row) · x[rows[j], k] for j < count.
+/// centres[j·d + k] = scale(row) · x[rows[j], k] for j < count; scale(row) = scale[row], or `unit`
+/// when scale is null.
 template <typename T>
 __global__ void load_centres(DevMatrix x, const std::int64_t* rows, std::int64_t count, const double* scale,
-                             double* centres) {
+                             double unit, double* centres) {
   const std::int64_t total = count * x.cols;
   for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t j = e / x.cols, k = e % x.cols;
     const std::int64_t row = rows[j];
-    const double s = scale ? scale[row] : 1.0;
+    const double s = scale ? scale[row] : unit;
     centres[e] = static_cast<double>(row_of<T>(x, row)[k * x.cs]) * s;
   }
 }
@@ -173,12 +190,12 @@ __global__ void load_centres(DevMatrix x, const std::int64_t* rows, std::int64_t
 /// `taken` (>= 0) is marked as chosen first. With count = 0 nothing is updated and the pass only
 /// finds the argmax of dist2(i, centres[0]) (the first pick's "farthest from the mean").
 template <typename T>
-__global__ void coreset_pass(DevMatrix x, const double* scale, const double* centres, int count, double* mins,
-                             std::int64_t taken, Best* parts) {
+__global__ void coreset_pass(DevMatrix x, const double* scale, double unit, const double* centres, int count,
+                             double* mins, std::int64_t taken, Best* parts) {
   const int lane = threadIdx.x % kWarp;
   Best mine{-INFINITY, INT64_MAX};
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
-    const double s = scale ? scale[i] : 1.0;
+    const double s = scale ? scale[i] : unit;
     if (count == 0) {
       const double dd = warp_sq_dist<T>(x, i, s, centres, lane);
       offer(mine, dd, i);
@@ -199,7 +216,7 @@ __global__ void coreset_pass(DevMatrix x, const double* scale, const double* cen
 
 /// Column sums of the (unit) rows over fixed blocks of kBadgeSumBlock rows, in row order: partial[blk·d + k].
 template <typename T>
-__global__ void column_block_sums(DevMatrix x, const double* scale, double* partial) {
+__global__ void column_block_sums(DevMatrix x, const double* scale, double unit, double* partial) {
   const std::int64_t nb = (x.rows + kBadgeSumBlock - 1) / kBadgeSumBlock;
   const std::int64_t total = nb * x.cols;
   for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -208,7 +225,7 @@ __global__ void column_block_sums(DevMatrix x, const double* scale, double* part
     double acc = 0.0;
     const std::int64_t i1 = min(x.rows, (blk + 1) * kBadgeSumBlock);
     for (std::int64_t i = blk * kBadgeSumBlock; i < i1; ++i)
-      acc += static_cast<double>(row_of<T>(x, i)[k * x.cs]) * (scale ? scale[i] : 1.0);
+      acc += static_cast<double>(row_of<T>(x, i)[k * x.cs]) * (scale ? scale[i] : unit);
     partial[e] = acc;
   }
 }
@@ -269,13 +286,14 @@ DiversityFailure coreset_run(const CoresetJob& job, int sms, cudaStream_t stream
   const bool cosine = job.metric == 1;
   const std::int64_t nb = (n + kBadgeSumBlock - 1) / kBadgeSumBlock;
   const int row_blocks = blocks_for(n, kWarpsPerBlock, sms);
-  std::size_t bytes = Workspace::align(sizeof(u64)) + Workspace::align(n) + 2 * Workspace::align(n * sizeof(double)) +
+  std::size_t bytes = 2 * Workspace::align(sizeof(u64)) + Workspace::align(n) + 2 * Workspace::align(n * sizeof(double)) +
                       Workspace::align(kCentreChunk * d * sizeof(double)) +
                       Workspace::align(kCentreChunk * sizeof(std::int64_t)) +
                       Workspace::align((row_blocks + 1) * sizeof(Best)) + Workspace::align(nb * d * sizeof(double)) +
                       Workspace::align(b * sizeof(std::int64_t)) + Workspace::align(b * sizeof(double));
   Workspace ws(bytes, stream);
   u64* failure = ws.take<u64>(1);
+  u64* amax = ws.take<u64>(1);
   std::uint8_t* labeled = ws.take<std::uint8_t>(n);
   double* scale = ws.take<double>(n);
   double* mins = ws.take<double>(n);
@@ -288,8 +306,9 @@ DiversityFailure coreset_run(const CoresetJob& job, int sms, cudaStream_t stream
   double* out_rad = ws.take<double>(b);
 
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(u64), stream));
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(u64), stream));
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(labeled, job.labeled, n, cudaMemcpyHostToDevice, stream));
-  coreset_prepare<T><<<row_blocks, kBlock, 0, stream>>>(x, cosine, labeled, scale, mins, failure);
+  coreset_prepare<T><<<row_blocks, kBlock, 0, stream>>>(x, cosine, labeled, scale, mins, failure, amax);
   LABELWISE_CUDA_CHECK(cudaGetLastError());
   u64 host_failure = kNoFailure;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&host_failure, failure, sizeof(u64), cudaMemcpyDeviceToHost, stream));
@@ -297,6 +316,8 @@ DiversityFailure coreset_run(const CoresetJob& job, int sms, cudaStream_t stream
   const DiversityFailure f = decode(host_failure);
   if (f.status != kDivOk || b == 0) return f;
   const double* sc = cosine ? scale : nullptr;
+  const int shift = cosine ? 0 : shift_of(amax, stream);  // Euclidean: tiny features are read times 2^shift
+  const double unit = std::ldexp(1.0, shift);
 
   std::int64_t pick = -1;
   if (job.n_labeled > 0) {
@@ -309,15 +330,15 @@ DiversityFailure coreset_run(const CoresetJob& job, int sms, cudaStream_t stream
       const int count = static_cast<int>(std::min<std::size_t>(kCentreChunk, lab.size() - c0));
       LABELWISE_CUDA_CHECK(
           cudaMemcpyAsync(rows, lab.data() + c0, count * sizeof(std::int64_t), cudaMemcpyHostToDevice, stream));
-      load_centres<T><<<blocks_for(count * d, kBlock, sms), kBlock, 0, stream>>>(x, rows, count, sc, centres);
-      coreset_pass<T><<<row_blocks, kBlock, 0, stream>>>(x, sc, centres, count, mins, -1, parts);
+      load_centres<T><<<blocks_for(count * d, kBlock, sms), kBlock, 0, stream>>>(x, rows, count, sc, unit, centres);
+      coreset_pass<T><<<row_blocks, kBlock, 0, stream>>>(x, sc, unit, centres, count, mins, -1, parts);
       LABELWISE_CUDA_CHECK(cudaGetLastError());
       if (c0 + count == lab.size()) best = argmax_of(parts, row_blocks, result, stream);
       else LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));  // `rows` is reused by the next chunk
     }
     pick = best.i;
   } else {
-    column_block_sums<T><<<blocks_for(nb * d, kBlock, sms), kBlock, 0, stream>>>(x, sc, partial);
+    column_block_sums<T><<<blocks_for(nb * d, kBlock, sms), kBlock, 0, stream>>>(x, sc, unit, partial);
     finish_mean<<<blocks_for(d, kBlock, sms), kBlock, 0, stream>>>(partial, nb, d, n, centres);
     LABELWISE_CUDA_CHECK(cudaGetLastError());
     std::vector<double> mean(static_cast<std::size_t>(d));
@@ -327,7 +348,7 @@ DiversityFailure coreset_run(const CoresetJob& job, int sms, cudaStream_t stream
     if (cosine && zero) {
       pick = 0;
     } else {
-      coreset_pass<T><<<row_blocks, kBlock, 0, stream>>>(x, sc, centres, 0, mins, -1, parts);
+      coreset_pass<T><<<row_blocks, kBlock, 0, stream>>>(x, sc, unit, centres, 0, mins, -1, parts);
       LABELWISE_CUDA_CHECK(cudaGetLastError());
       pick = argmax_of(parts, row_blocks, result, stream).i;
     }
@@ -338,12 +359,12 @@ DiversityFailure coreset_run(const CoresetJob& job, int sms, cudaStream_t stream
   for (std::int64_t t = 0; t < b; ++t) {
     picks[t] = pick;
     LABELWISE_CUDA_CHECK(cudaMemcpyAsync(rows, &picks[t], sizeof(std::int64_t), cudaMemcpyHostToDevice, stream));
-    load_centres<T><<<blocks_for(d, kBlock, sms), kBlock, 0, stream>>>(x, rows, 1, sc, centres);
-    coreset_pass<T><<<row_blocks, kBlock, 0, stream>>>(x, sc, centres, 1, mins, pick, parts);
+    load_centres<T><<<blocks_for(d, kBlock, sms), kBlock, 0, stream>>>(x, rows, 1, sc, unit, centres);
+    coreset_pass<T><<<row_blocks, kBlock, 0, stream>>>(x, sc, unit, centres, 1, mins, pick, parts);
     LABELWISE_CUDA_CHECK(cudaGetLastError());
     const Best best = argmax_of(parts, row_blocks, result, stream);
     const double r2 = std::max(0.0, best.v);  // -1: every item is covered
-    radii[t] = cosine ? 0.5 * r2 : std::sqrt(r2);
+    radii[t] = cosine ? 0.5 * r2 : std::ldexp(std::sqrt(r2), -shift);
     pick = best.i;
   }
   write_out(picks, out_idx, job.out_index, job.out_index_stride, stream);
@@ -396,11 +417,11 @@ __device__ u64 badge_row(const DevMatrix& x, std::int64_t i, int kind, double to
 /// (row << 4 | from_embeddings << 3 | status): the lowest row wins, x before embeddings within a row.
 template <typename TX, typename TH>
 __global__ void badge_prepare(DevMatrix x, DevMatrix h, int kind, double tol, double* a, double* g2,
-                              u64* failure) {
+                              u64* failure, u64* amax) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
     bool finite = true;
-    const double hh = warp_norm2<TH>(h, i, lane, finite);
+    const double hh = warp_norm2<TH>(h, i, lane, finite, amax);
     if (lane == 0) {
       const u64 f = badge_row<TX>(x, i, kind, tol, finite, hh, a, g2);
       if (f != kNoFailure) atomicMin(failure, f);
@@ -409,10 +430,31 @@ __global__ void badge_prepare(DevMatrix x, DevMatrix h, int kind, double tol, do
   }
 }
 
-/// D² update against centre `pick` (marked chosen first), for the items not chosen.
+/// g2 = ||a||² · ||unit · h||² for every row (tiny embeddings, whose squared norms underflowed).
 template <typename TH>
-__global__ void badge_pass(DevMatrix h, std::int64_t c, const double* a, const double* g2, const double* hc,
-                           std::int64_t pick, std::uint8_t* chosen, double* dist) {
+__global__ void badge_rescale_g2(DevMatrix h, std::int64_t c, const double* a, double unit, double* g2) {
+  const int lane = threadIdx.x % kWarp;
+  for (std::int64_t i = global_warp(); i < h.rows; i += warp_count()) {
+    const TH* r = row_of<TH>(h, i);
+    double s = 0.0;
+    for (std::int64_t k = lane; k < h.cols; k += kWarp) {
+      const double v = static_cast<double>(r[k * h.cs]) * unit;
+      s += v * v;
+    }
+    s = warp_sum(s);
+    if (lane == 0) {
+      double a2 = 0.0;
+      for (std::int64_t k = 0; k < c; ++k) a2 += a[i * c + k] * a[i * c + k];
+      g2[i] = a2 * s;
+    }
+  }
+}
+
+/// D² update against centre `pick` (marked chosen first), for the items not chosen; the embeddings
+/// are read times `unit`.
+template <typename TH>
+__global__ void badge_pass(DevMatrix h, double unit, std::int64_t c, const double* a, const double* g2,
+                           const double* hc, std::int64_t pick, std::uint8_t* chosen, double* dist) {
   const int lane = threadIdx.x % kWarp;
   const double* ac = a + pick * c;
   const double g2c = g2[pick];
@@ -427,7 +469,7 @@ __global__ void badge_pass(DevMatrix h, std::int64_t c, const double* a, const d
     if (chosen[i]) continue;
     double aa = 0.0;
     for (std::int64_t k = 0; k < c; ++k) aa += a[i * c + k] * ac[k];  // every lane, the CPU's order
-    const double hh = aa == 0.0 ? 0.0 : warp_dot<TH>(h, i, hc, lane);
+    const double hh = aa == 0.0 ? 0.0 : warp_dot<TH>(h, i, unit, hc, lane);
     if (lane == 0) {
       const double dd = badge_sq_dist(g2[i], g2c, aa, hh);
       if (dd < dist[i]) dist[i] = dd;
@@ -484,13 +526,14 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
   const int row_blocks = blocks_for(n, kWarpsPerBlock, sms);
   const int flat_blocks = blocks_for(n, kBlock, sms);
   const int parts_count = std::max(row_blocks, flat_blocks);
-  std::size_t bytes = Workspace::align(sizeof(u64)) + Workspace::align(n * c * sizeof(double)) +
+  std::size_t bytes = 2 * Workspace::align(sizeof(u64)) + Workspace::align(n * c * sizeof(double)) +
                       2 * Workspace::align(n * sizeof(double)) + Workspace::align(n) +
                       Workspace::align(d * sizeof(double)) + Workspace::align(sizeof(std::int64_t)) +
                       Workspace::align(nb * sizeof(double)) + Workspace::align(nb * sizeof(std::int64_t)) +
                       Workspace::align((parts_count + 1) * sizeof(Best)) + Workspace::align(b * sizeof(std::int64_t));
   Workspace ws(bytes, stream);
   u64* failure = ws.take<u64>(1);
+  u64* amax = ws.take<u64>(1);
   double* a = ws.take<double>(n * c);
   double* g2 = ws.take<double>(n);
   double* dist = ws.take<double>(n);
@@ -504,7 +547,8 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
   std::int64_t* out_idx = ws.take<std::int64_t>(b);
 
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(u64), stream));
-  badge_prepare<TX, TH><<<row_blocks, kBlock, 0, stream>>>(x, h, job.kind, job.tolerance, a, g2, failure);
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(u64), stream));
+  badge_prepare<TX, TH><<<row_blocks, kBlock, 0, stream>>>(x, h, job.kind, job.tolerance, a, g2, failure, amax);
   LABELWISE_CUDA_CHECK(cudaGetLastError());
   u64 packed = kNoFailure;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&packed, failure, sizeof(u64), cudaMemcpyDeviceToHost, stream));
@@ -514,6 +558,12 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
     return {static_cast<int>(packed & 7ull), (packed & 8ull) ? -1 - r : r};
   }
   if (b == 0) return {};
+  const int shift = shift_of(amax, stream);  // tiny embeddings are read times 2^shift
+  const double unit = std::ldexp(1.0, shift);
+  if (shift != 0) {
+    badge_rescale_g2<TH><<<row_blocks, kBlock, 0, stream>>>(h, c, a, unit, g2);
+    LABELWISE_CUDA_CHECK(cudaGetLastError());
+  }
 
   argmax_values<<<flat_blocks, kBlock, 0, stream>>>(g2, n, parts);
   LABELWISE_CUDA_CHECK(cudaGetLastError());
@@ -532,8 +582,8 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
     chosen_host[pick] = 1;
     if (t + 1 == b) break;
     LABELWISE_CUDA_CHECK(cudaMemcpyAsync(row, one, sizeof(std::int64_t), cudaMemcpyHostToDevice, stream));
-    load_centres<TH><<<blocks_for(d, kBlock, sms), kBlock, 0, stream>>>(h, row, 1, nullptr, hc);
-    badge_pass<TH><<<row_blocks, kBlock, 0, stream>>>(h, c, a, g2, hc, pick, chosen, dist);
+    load_centres<TH><<<blocks_for(d, kBlock, sms), kBlock, 0, stream>>>(h, row, 1, nullptr, unit, hc);
+    badge_pass<TH><<<row_blocks, kBlock, 0, stream>>>(h, unit, c, a, g2, hc, pick, chosen, dist);
     badge_block_sums<<<blocks_for(nb, kBlock, sms), kBlock, 0, stream>>>(dist, chosen, n, block_sum, block_last);
     LABELWISE_CUDA_CHECK(cudaGetLastError());
     LABELWISE_CUDA_CHECK(cudaMemcpyAsync(sums.data(), block_sum, nb * sizeof(double), cudaMemcpyDeviceToHost, stream));
@@ -559,13 +609,14 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
 // ---- uncertainty-weighted k-means -------------------------------------------------------------------
 
 /// NaN / Inf rows and rows too large for Euclidean distances -> failure (row << 3 | status; the
-/// lowest row wins), one warp per row (first_bad_euclidean_row on the CPU).
+/// lowest row wins), one warp per row (first_bad_euclidean_row on the CPU); the largest magnitude
+/// into *amax.
 template <typename T>
-__global__ void check_euclidean_rows(DevMatrix x, u64* failure) {
+__global__ void check_euclidean_rows(DevMatrix x, u64* failure, u64* amax) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t i = global_warp(); i < x.rows; i += warp_count()) {
     bool finite = true;
-    const double ss = warp_norm2<T>(x, i, lane, finite);
+    const double ss = warp_norm2<T>(x, i, lane, finite, amax);
     const int st = finite ? row_norm_status(ss, true, false) : kDivNonFinite;
     if (lane == 0 && st != kDivOk) atomicMin(failure, (static_cast<u64>(i) << 3) | static_cast<u64>(st));
   }
@@ -582,23 +633,27 @@ DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job, int sms, cuda
       b == 0 ? std::vector<std::int64_t>{} : weighted_kmeans_candidates(job.weights, b, job.prefilter);
   const std::int64_t m = static_cast<std::int64_t>(cand.size());
   const bool gather = m != b;
-  Workspace ws(Workspace::align(sizeof(u64)) + Workspace::align((gather ? m : 0) * sizeof(std::int64_t)) +
+  Workspace ws(2 * Workspace::align(sizeof(u64)) + Workspace::align((gather ? m : 0) * sizeof(std::int64_t)) +
                    Workspace::align((gather ? m * d : 0) * sizeof(double)) + Workspace::align(b * sizeof(std::int64_t)),
                stream);
   u64* failure = ws.take<u64>(1);
+  u64* amax = ws.take<u64>(1);
   std::int64_t* rows = ws.take<std::int64_t>(gather ? m : 0);
   double* gathered = ws.take<double>(gather ? m * d : 0);
   std::int64_t* out_idx = ws.take<std::int64_t>(b);
 
   LABELWISE_CUDA_CHECK(cudaMemsetAsync(failure, 0xff, sizeof(u64), stream));
-  check_euclidean_rows<T><<<blocks_for(n, kWarpsPerBlock, sms), kBlock, 0, stream>>>(x, failure);
+  LABELWISE_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(u64), stream));
+  check_euclidean_rows<T><<<blocks_for(n, kWarpsPerBlock, sms), kBlock, 0, stream>>>(x, failure, amax);
   LABELWISE_CUDA_CHECK(cudaGetLastError());
   u64 host_failure = kNoFailure;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&host_failure, failure, sizeof(u64), cudaMemcpyDeviceToHost, stream));
+  const int shift = shift_of(amax, stream);  // tiny features are read times 2^shift
   std::vector<double> X(static_cast<std::size_t>(gather ? m * d : 0));
   if (gather) {
     LABELWISE_CUDA_CHECK(cudaMemcpyAsync(rows, cand.data(), m * sizeof(std::int64_t), cudaMemcpyHostToDevice, stream));
-    load_centres<T><<<blocks_for(m * d, kBlock, sms), kBlock, 0, stream>>>(x, rows, m, nullptr, gathered);
+    load_centres<T><<<blocks_for(m * d, kBlock, sms), kBlock, 0, stream>>>(x, rows, m, nullptr, std::ldexp(1.0, shift),
+                                                                          gathered);
     LABELWISE_CUDA_CHECK(cudaGetLastError());
     LABELWISE_CUDA_CHECK(cudaMemcpyAsync(X.data(), gathered, m * d * sizeof(double), cudaMemcpyDeviceToHost, stream));
   }

@@ -339,6 +339,33 @@ def test_coreset_bad_inputs(rng):
         A.coreset(FakeCuda(), None, 1)
 
 
+@pytest.mark.parametrize("exponent", [-250, -257, -600, -1000])
+def test_euclidean_picks_do_not_depend_on_a_power_of_two_scale(rng, exponent):
+    """Features far below 1 (their squared distances underflow float64 below ~1e-154) give the picks of
+    the unscaled features: every Euclidean method reads them times a power of two (exact)."""
+    s = 2.0**exponent
+    x = rng.normal(size=(300, 6))
+    x[:, 0] += 3.0 * (np.arange(300) % 4)  # a few clusters, so the picks are well separated
+    lab = np.zeros(300, bool)
+    lab[[5, 77]] = True
+    for labeled in (None, lab):
+        ref = A.coreset(x, labeled, 12)
+        got = A.coreset(x * s, labeled, 12)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1] * s)  # the radii scaled back exactly
+    p = softmax(rng.normal(size=(300, 4)))
+    np.testing.assert_array_equal(A.badge(p, x * s, 15, seed=3), A.badge(p, x, 15, seed=3))
+    scores = rng.gamma(2.0, size=300)
+    np.testing.assert_array_equal(A.weighted_kmeans(x * s, scores, 8), A.weighted_kmeans(x, scores, 8))
+    sub = x[:60]
+    for kw, kw_scaled in (({"num_clusters": 5}, {"num_clusters": 5}), ({"distance": 2.5}, {"distance": 2.5 * s})):
+        np.testing.assert_array_equal(A.average_linkage_clusters(sub * s, **kw_scaled),
+                                      A.average_linkage_clusters(sub, **kw))
+    # Strided float64 input and a threshold past float64's range once scaled up (every merge applies).
+    np.testing.assert_array_equal(A.coreset(np.asfortranarray(x * s), None, 5)[0], A.coreset(x, None, 5)[0])
+    np.testing.assert_array_equal(A.average_linkage_clusters(sub * s, distance=1e300), np.zeros(60, np.int64))
+
+
 def test_badge_bad_inputs(rng):
     p = softmax(rng.normal(size=(6, 3)))
     h = rng.normal(size=(6, 4))

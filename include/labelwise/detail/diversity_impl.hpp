@@ -58,19 +58,34 @@ LABELWISE_HD inline double sq_dist_row(const T* x, std::int64_t stride, std::int
   return sq_dist_row_impl<false>(x, stride, d, 1.0, c);
 }
 
-/// Σ_d x[d·stride] · c[d], accumulated in double.
-template <typename T>
-LABELWISE_HD inline double dot_row(const T* x, std::int64_t stride, std::int64_t d, const double* c) {
+/// Σ_d (scale·x[d·stride]) · c[d], accumulated in double; kScaled = false skips the multiply.
+template <bool kScaled, typename T>
+LABELWISE_HD inline double dot_row_impl(const T* x, std::int64_t stride, std::int64_t d, double scale, const double* c) {
   double s = 0.0;
   if (stride == 1) {
 #if defined(LABELWISE_CPU_SIMD)
 #pragma omp simd reduction(+ : s)
 #endif
-    for (std::int64_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * c[k];
+    for (std::int64_t k = 0; k < d; ++k) s += (kScaled ? static_cast<double>(x[k]) * scale : static_cast<double>(x[k])) * c[k];
   } else {
-    for (std::int64_t k = 0; k < d; ++k) s += static_cast<double>(x[k * stride]) * c[k];
+    for (std::int64_t k = 0; k < d; ++k) {
+      const double v = static_cast<double>(x[k * stride]);
+      s += (kScaled ? v * scale : v) * c[k];
+    }
   }
   return s;
+}
+
+/// Σ_d x[d·stride] · c[d], accumulated in double.
+template <typename T>
+LABELWISE_HD inline double dot_row(const T* x, std::int64_t stride, std::int64_t d, const double* c) {
+  return dot_row_impl<false>(x, stride, d, 1.0, c);
+}
+
+/// Σ_d (scale·x[d·stride]) · c[d] (scale: tiny_feature_shift's power of two).
+template <typename T>
+LABELWISE_HD inline double dot_row(const T* x, std::int64_t stride, std::int64_t d, double scale, const double* c) {
+  return dot_row_impl<true>(x, stride, d, scale, c);
 }
 
 /// Squared distance between the gradient embeddings a⊗h and a'⊗h' from their factors:
