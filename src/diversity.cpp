@@ -155,7 +155,7 @@ std::int64_t unlabeled_rows(const TensorView& labeled, std::int64_t n, const Ten
   check(rows.device.is_cpu(), ErrorKind::Value, "rows: expected a host array, got one on ", rows.device.str());
   check_out(rows, n, rows.device, "rows", DType::Int64, "the pool");
   check(rows.data != nullptr, ErrorKind::Value, "rows: data pointer is null");
-  const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
+  const bool has_labeled = is_given(labeled);
   check_outputs({{rows, "rows"}}, has_labeled ? std::vector<NamedView>{{labeled, "labeled"}} : std::vector<NamedView>{});
   const std::vector<std::uint8_t> mask = labelled_mask(labeled, has_labeled, n, "the pool", stream);
   auto* out = static_cast<std::int64_t*>(rows.data);
@@ -169,7 +169,7 @@ double badge_uniform(std::uint64_t seed, std::uint64_t step) { return detail::ba
 
 void coreset(const TensorView& features, const TensorView& labeled, std::int64_t b, const TensorView& indices,
              const TensorView& radii, const CoresetOptions& options) {
-  const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
+  const bool has_labeled = is_given(labeled);
   if (has_labeled)
     check(labeled.device.is_cpu() || labeled.device == features.device, ErrorKind::Value, "labeled: is on ",
           labeled.device.str(), " but features is on ", features.device.str());
@@ -335,7 +335,7 @@ namespace labelwise {
 
 void cluster_margin(const TensorView& margins, const TensorView& clusters, const TensorView& labeled, std::int64_t b,
                     const TensorView& indices, const ClusterMarginOptions& options) {
-  const bool has_labeled = labeled.data != nullptr || labeled.ndim != 0;
+  const bool has_labeled = is_given(labeled);
   check(is_float(margins.dtype), ErrorKind::Type, "margins: expected dtype float32 or float64, got ",
         dtype_name(margins.dtype));
   check(margins.ndim == 1, ErrorKind::Value, "margins: expected rank 1 [N], got shape ", margins.shape_str());

@@ -342,8 +342,6 @@ ThresholdCertificate per_class_scan(const std::vector<Calibration>& by_class, do
   return s;
 }
 
-bool given(const TensorView& v) { return v.data != nullptr || v.ndim != 0; }
-
 /// Calls fn(flat index, element offset) over the view's elements in row-major order (any strides).
 template <typename Fn>
 void for_each_offset(const TensorView& v, Fn&& fn) {
@@ -510,8 +508,8 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   }
   check(!(image_unit && opt.per_class), ErrorKind::Value,
         "per_class: only with unit=item (a whole image has no single predicted class)");
-  const bool has_conf = given(opt.pool_confidence);
-  check(has_conf == given(opt.calib_confidence), ErrorKind::Value, has_conf ? "calib_confidence" : "pool_confidence",
+  const bool has_conf = is_given(opt.pool_confidence);
+  check(has_conf == is_given(opt.calib_confidence), ErrorKind::Value, has_conf ? "calib_confidence" : "pool_confidence",
         ": pass both pool_confidence and calib_confidence, or neither (then the maximum class probability is used)");
   for (const auto& [v, what] : {std::pair<const TensorView*, const char*>{&pool_probs, "pool_probs"},
                                 {&calib_probs, "calib_probs"},
@@ -686,13 +684,13 @@ std::int64_t label_issues(const TensorView& probs, const TensorView& given_label
         "], got ", given_labels.shape_str());
   check(given_labels.data != nullptr, ErrorKind::Value, "given_labels: data pointer is null");
   const TensorView& I = out.indices;
-  check(given(I), ErrorKind::Value,
+  check(is_given(I), ErrorKind::Value,
         "indices: is required (int64 [N], the capacity for the flagged items), but was not set");
   check_cpu(I, fn, "indices");
   check(I.dtype == DType::Int64, ErrorKind::Type, "indices: expected dtype int64, got ", dtype_name(I.dtype));
   check(I.ndim == 1 && I.shape[0] == N, ErrorKind::Value, "indices: expected shape [", N, "] (capacity), got ",
         I.shape_str());
-  const bool want_sc = given(out.self_confidence), want_t = given(out.thresholds), want_cj = given(out.confident_joint);
+  const bool want_sc = is_given(out.self_confidence), want_t = is_given(out.thresholds), want_cj = is_given(out.confident_joint);
   if (want_sc) {
     const TensorView& v = out.self_confidence;
     check_cpu(v, fn, "self_confidence");

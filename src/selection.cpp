@@ -177,7 +177,7 @@ detail::SelectJob stochastic_job(const TensorView& scores, std::int64_t n, const
   job.beta = 1.0 / opt.temperature;
   job.seed = opt.seed;
   job.index_offset = opt.index_offset;
-  const bool has_ranks = opt.ranks.data != nullptr || opt.ranks.ndim != 0;
+  const bool has_ranks = is_given(opt.ranks);
   if (has_ranks) {
     const TensorView& r = opt.ranks;
     check(opt.mode == StochasticMode::SoftRank, ErrorKind::Value, "ranks: only used by mode=\"softrank\", but mode=\"",

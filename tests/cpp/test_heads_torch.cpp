@@ -437,7 +437,7 @@ TEST_CASE("heads: limits checked before allocating, one rule for every head, out
   EvidentialHead ev(4, 3, 2);
   MCDropoutHead mc(4, 3, 0.5, 2);
   const auto x = torch::randn({2, 4, 3, 3});
-  require_error([&] { ev->score(x, 65536); }, "K: expected a sample count in [1, 65535]");
+  require_error([&] { ev->score(x, 65536); }, "K: expected an integer in [1, 65535], got 65536");
   require_error([&] { ev->score(x, std::nullopt, {Metric::Bald}, 0, nullptr, ~std::uint64_t{0}); },
                 "index_offset: items must have global indices below 2^32");
   // a metric requested twice is an error on every head (it was dropped silently by the sampled ones)

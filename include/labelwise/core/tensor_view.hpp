@@ -242,6 +242,10 @@ inline bool is_aligned(const TensorView& v) {
   return reinterpret_cast<std::uintptr_t>(v.data) % static_cast<std::uintptr_t>(dtype_size(v.dtype)) == 0;
 }
 
+/// False for a default-constructed view (data == nullptr, ndim == 0): how an optional array argument is
+/// left out (coreset's `labeled`, stochastic's `ranks`, ...).
+inline bool is_given(const TensorView& v) { return v.data != nullptr || v.ndim != 0; }
+
 /// A view with the name that errors give it ("indices", "bald output", ...).
 struct NamedView {
   TensorView view;  // a copy (a few hundred bytes): a NamedView made from a temporary cannot dangle

@@ -630,7 +630,7 @@ class EvidentialHeadImpl : public HeadBase {
                                      std::uint64_t index_offset = 0) {
     (void)seed;
     // checked as for the sampled heads, so that one call serves every head
-    if (K) check(*K >= 1 && *K <= 65535, ErrorKind::Value, "K: expected a sample count in [1, 65535], got ", *K);
+    if (K) heads_detail::check_arg(*K, "K", 1, (1 << 16) - 1);
     check(!metrics.empty(), ErrorKind::Value, "metrics: expected at least one metric");
     for (Metric m : metrics)
       check(m != Metric::VariationRatio, ErrorKind::Value,
