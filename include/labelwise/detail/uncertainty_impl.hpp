@@ -151,14 +151,18 @@ LABELWISE_HD LABELWISE_VEC_INLINE void class_mean_var(double first, double sum, 
   var = v > 0.0 ? v : 0.0;
 }
 
+/// The reference implementation's floor of BalEntAcq's class means and variances: max(v, 1e-9).
+constexpr double kBalEntAcqFloor = 1e-9;
+LABELWISE_HD LABELWISE_VEC_INLINE double balentacq_floor(double v) { return v < kBalEntAcqFloor ? kBalEntAcqFloor : v; }
+
 /// The moment-matched Beta of BalEntAcq's class term for class mean `mean` and sample variance `var`:
 /// μ and σ² floored at 1e-9, α = μ²(1 - μ)/σ² - μ, β = (1/μ - 1)·α. Returns whether the fast term
 /// balentacq_class_term_positive(mu, alpha, beta) applies (α + 1 > 0, 0 < β < 1e15, mean < 1);
 /// otherwise the exact balentacq_class_term(mean, var) must be taken. Branch-free.
 LABELWISE_HD LABELWISE_VEC_INLINE bool balentacq_beta_params(double mean, double var, double& mu, double& alpha,
                                                            double& beta) {
-  mu = mean < 1e-9 ? 1e-9 : mean;
-  const double v = var < 1e-9 ? 1e-9 : var;
+  mu = balentacq_floor(mean);
+  const double v = balentacq_floor(var);
   alpha = mu * mu * (1.0 - mu) / v - mu;
   beta = (1.0 / mu - 1.0) * alpha;
   return (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
@@ -325,7 +329,7 @@ LABELWISE_HD void class_spread_terms(const ItemScratch<A>& s, int K, int C, bool
 /// floor 1e-9 (float64 inputs only): there every moment-matched Beta is invalid, every t_c is 0, and
 /// the formula's value jumps from about -1e9 (just above) to about +ln 2 / (2H) (docs/metrics.md).
 LABELWISE_HD inline double balentacq_from_terms(double entropy_of_mean, double sum_terms, double top_mean) {
-  if (entropy_of_mean <= 0.0 || top_mean >= 1.0 || top_mean * (1.0 - top_mean) < 1e-9) return -INFINITY;
+  if (entropy_of_mean <= 0.0 || top_mean >= 1.0 || top_mean * (1.0 - top_mean) < kBalEntAcqFloor) return -INFINITY;
   const double mjent = sum_terms + entropy_of_mean;
   double s = (entropy_of_mean + kLn2) / (mjent + entropy_of_mean);
   if (s < 0.0) s = 1.0 / s;
@@ -1509,8 +1513,7 @@ inline void block_finalise(const BlockScratch& b, int nb, int K, int C, unsigned
         for (int j = j0; j < j1; ++j) {
           const double lb = lnb_p[j];
           const bool band = (slow_p[j] == 0) & (fabs(lb - kLog1em32) <= 40.0);
-          const double mean = mu_p[j];
-          const double mu = mean < 1e-9 ? 1e-9 : mean;
+          const double mu = balentacq_floor(mu_p[j]);
           const double t = mu * (balentacq_guarded_log_beta(band ? lb : 0.0) + w_p[j]);
           term_p[j] = band ? (t < 0.0 ? t : 0.0) : term_p[j];
         }
