@@ -45,17 +45,17 @@ struct DiversityFailure {
   std::int64_t item = 0;
 };
 
-/// Euclidean metrics read features whose largest magnitude is below 2^kTinyFeatureExponent times
-/// 2^shift, shift = tiny_feature_shift(largest |value|), which brings the largest to [0.5, 1): the
-/// float64 squared distances of such features would underflow (1e-162² is below the smallest double).
-/// A power of two is exact, so the picks are those of the original values (core-set's radii and
-/// linkage's threshold are scaled by 2^-shift / 2^shift on the way out / in). Float32 features never
-/// need it (their smallest magnitude is 2^-149).
-constexpr int kTinyFeatureExponent = -256;
-inline int tiny_feature_shift(double max_abs) {
+/// Euclidean metrics read the features times 2^shift, shift = feature_shift(largest |value|): when the
+/// largest magnitude is below 1/2, the power of two that brings it to [1/2, 1) (capped at 2^1023, so
+/// subnormal features reach [2^-51, 1)); else no scaling. Squared distances of tiny features would
+/// otherwise underflow (1e-162 squared is below the smallest double). Multiplying by a power of two
+/// is exact, so the picks are those of the original values, and core-set's radii and linkage's
+/// threshold are scaled by 2^-shift / 2^shift on the way out / in.
+inline int feature_shift(double max_abs) {
+  if (!(max_abs > 0.0) || !(max_abs < 0.5)) return 0;
   int e = 0;
-  std::frexp(max_abs, &e);  // max_abs = m · 2^e, m in [0.5, 1)
-  return max_abs > 0.0 && e < kTinyFeatureExponent ? -e : 0;
+  std::frexp(max_abs, &e);  // max_abs = m · 2^e, m in [1/2, 1), e <= -1
+  return -e < 1023 ? -e : 1023;
 }
 
 /// A [N, D] matrix view on the CPU.
@@ -112,12 +112,12 @@ struct LinkageJob {
   std::int64_t num_clusters = 0;  // > 0: cut into at most this many clusters
   std::int64_t* out = nullptr;  // [N] cluster ids
   std::int64_t out_stride = 1;
-  int shift = 0;                // the rows are read times 2^shift (tiny_feature_shift)
+  int shift = 0;                // the rows are read times 2^shift (feature_shift)
 };
 
 /// The first row (lowest index) with NaN / Inf (kDivNonFinite) or a squared norm that Euclidean
 /// distances cannot hold (kDivNormOverflow); kDivOk when none. `shift` (when all rows are good): the
-/// tiny_feature_shift of the largest magnitude.
+/// feature_shift of the largest magnitude.
 DiversityFailure first_bad_euclidean_row(const Matrix& x, int& shift);
 
 /// Average-linkage clustering, cut into flat clusters (src/cpu/linkage_cpu.cpp).

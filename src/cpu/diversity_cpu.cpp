@@ -130,7 +130,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
   const std::int64_t grain = grain_rows(d);
 
   // Validate (NaN / Inf; zero rows for cosine) and, for cosine, the inverse norms; for Euclidean,
-  // the largest magnitude (tiny features are read times 2^shift).
+  // the largest magnitude (the features are read times 2^shift).
   std::vector<double> scale(cosine ? static_cast<std::size_t>(n) : 0);
   int shift = 0;
   {
@@ -150,7 +150,7 @@ DiversityFailure coreset_run(const CoresetJob& job) {
     });
     const DiversityFailure f = first_failure(fails);
     if (f.status != kDivOk || job.b == 0) return f;
-    if (!cosine) shift = tiny_feature_shift(max_of(amax));
+    if (!cosine) shift = feature_shift(max_of(amax));
   }
   const double unit = std::ldexp(1.0, shift);
   const bool scaled = cosine || shift != 0;
@@ -300,8 +300,8 @@ DiversityFailure badge_run(const BadgeJob& job) {
   std::vector<double> a(static_cast<std::size_t>(n * c));  // a_n = p_n − onehot(argmax p_n)
   std::vector<double> g2(static_cast<std::size_t>(n));     // ||a_n||² ||h_n||²
 
-  // Validate, and the residuals and norms; the embeddings' largest magnitude (tiny ones are read times
-  // 2^shift).
+  // Validate, and the residuals and norms; the embeddings' largest magnitude (they are read times
+  // 2^shift, feature_shift).
   int shift = 0;
   {
     std::vector<DiversityFailure> fails(worker_slots());
@@ -359,10 +359,10 @@ DiversityFailure badge_run(const BadgeJob& job) {
       }
     }
     if (worst.status != kDivOk || job.b == 0) return worst;
-    shift = tiny_feature_shift(max_of(amax));
+    shift = feature_shift(max_of(amax));
   }
   const double unit = std::ldexp(1.0, shift);
-  if (shift != 0) {  // ||a||² · ||2^shift h||² (the squared norms of tiny rows underflowed)
+  if (shift != 0) {  // ||a||² · ||2^shift h||² (those of tiny rows underflowed)
     parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int) {
       for (std::int64_t i = begin; i < end; ++i) {
         double a2 = 0.0, h2 = 0.0;
@@ -468,7 +468,7 @@ DiversityFailure first_bad_euclidean_row_of(const Matrix& x, int& shift) {
       amax[w] = std::max(amax[w], r.amax);
     }
   });
-  shift = tiny_feature_shift(max_of(amax));
+  shift = feature_shift(max_of(amax));
   return first_failure(fails);
 }
 

@@ -185,37 +185,46 @@ TEST_CASE("weighted_kmeans on CUDA equals the CPU", "[cuda][diversity][weighted_
                     Catch::Contains("scores: [4] = -1 is negative"));
 }
 
-TEST_CASE("Euclidean picks on CUDA do not depend on a power-of-two scale of the features",
-          "[cuda][diversity][scale]") {
-  // Features of 2^-600 (squared distances far below the float64 range) are read times 2^600 on the
-  // device as on the CPU: the picks of the unscaled features, core-set's radii scaled back.
+TEST_CASE("Euclidean picks on CUDA equal the CPU's on tiny features", "[cuda][diversity][scale]") {
+  // Features of 2^-600 and subnormal ones (2^-1060; squared distances far below the float64 range) are
+  // read times a power of two on the device as on the CPU (where the Python tests check that the
+  // picks are those of the unscaled values): the same picks, the same radii.
   std::mt19937_64 g(lw_test::fresh_seed());
   const std::int64_t n = 2000, d = 16, c = 5, b = 20;
   const std::vector<double> x = normal<double>(g, static_cast<std::size_t>(n * d));
-  std::vector<double> tiny(x);
-  for (auto& v : tiny) v = std::ldexp(v, -600);
   std::vector<double> logits = normal<double>(g, static_cast<std::size_t>(n * c));
   std::vector<double> w(static_cast<std::size_t>(n));
   std::uniform_real_distribution<double> u(0.0, 1.0);
   for (auto& v : w) v = u(g);
-  std::vector<std::int64_t> ci(b), bi(b), ki(b);
-  std::vector<double> cr(b);
-  coreset(TensorView::of(x.data(), {n, d}), TensorView(), b, TensorView::of(ci.data(), {b}),
-          TensorView::of(cr.data(), {b}));
-  badge(TensorView::of(logits.data(), {n, c}), TensorView::of(x.data(), {n, d}), b, TensorView::of(bi.data(), {b}),
-        {InputKind::Logits, 7});
-  weighted_kmeans(TensorView::of(x.data(), {n, d}), TensorView::of(w.data(), {n}), b, TensorView::of(ki.data(), {b}));
-  DeviceArray<double> dx(tiny), dl(logits), dw(w);
-  DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
-  DeviceArray<double> dr(static_cast<std::size_t>(b));
-  coreset(dx.view({n, d}), TensorView(), b, di.view({b}), dr.view({b}));
-  CHECK(di.host() == ci);
-  const std::vector<double> gr = dr.host();
-  for (std::int64_t t = 0; t < b; ++t) CHECK(std::ldexp(gr[t], 600) == Approx(cr[t]).epsilon(1e-9));
-  badge(dl.view({n, c}), dx.view({n, d}), b, di.view({b}), {InputKind::Logits, 7});
-  CHECK(di.host() == bi);
-  weighted_kmeans(dx.view({n, d}), dw.view({n}), b, di.view({b}));
-  CHECK(di.host() == ki);
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
+  for (std::int64_t i = 0; i < n; i += 29) mask[i] = 1;  // 69 labelled rows: two chunks of centres
+  for (int exponent : {-600, -1060}) {
+    INFO("features times 2^" << exponent);
+    std::vector<double> tiny(x);
+    for (auto& v : tiny) v = std::ldexp(v, exponent);
+    const TensorView hx = TensorView::of(tiny.data(), {n, d});
+    std::vector<std::int64_t> ci(b), bi(b), ki(b);
+    std::vector<double> cr(b);
+    DeviceArray<double> dx(tiny), dl(logits), dw(w);
+    DeviceArray<std::uint8_t> dmask(mask);
+    DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
+    DeviceArray<double> dr(static_cast<std::size_t>(b));
+    for (bool labelled : {false, true}) {
+      coreset(hx, labelled ? TensorView::of(mask.data(), {n}) : TensorView(), b, TensorView::of(ci.data(), {b}),
+              TensorView::of(cr.data(), {b}));
+      coreset(dx.view({n, d}), labelled ? dmask.view({n}) : TensorView(), b, di.view({b}), dr.view({b}));
+      CHECK(di.host() == ci);
+      const std::vector<double> gr = dr.host();
+      for (std::int64_t t = 0; t < b; ++t)
+        CHECK(std::ldexp(gr[t], -exponent) == Approx(std::ldexp(cr[t], -exponent)).epsilon(exponent < -1000 ? 1e-3 : 1e-9));
+    }
+    badge(TensorView::of(logits.data(), {n, c}), hx, b, TensorView::of(bi.data(), {b}), {InputKind::Logits, 7});
+    badge(dl.view({n, c}), dx.view({n, d}), b, di.view({b}), {InputKind::Logits, 7});
+    CHECK(di.host() == bi);
+    weighted_kmeans(hx, TensorView::of(w.data(), {n}), b, TensorView::of(ki.data(), {b}));
+    weighted_kmeans(dx.view({n, d}), dw.view({n}), b, di.view({b}));
+    CHECK(di.host() == ki);
+  }
 }
 
 TEST_CASE("cluster_margin on CUDA equals the CPU", "[cuda][diversity][cluster_margin]") {

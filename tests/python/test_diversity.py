@@ -339,31 +339,60 @@ def test_coreset_bad_inputs(rng):
         A.coreset(FakeCuda(), None, 1)
 
 
-@pytest.mark.parametrize("exponent", [-250, -257, -600, -1000])
+@pytest.mark.parametrize("exponent", [-1, -258, -600, -1000, -1060])
 def test_euclidean_picks_do_not_depend_on_a_power_of_two_scale(rng, exponent):
-    """Features far below 1 (their squared distances underflow float64 below ~1e-154) give the picks of
-    the unscaled features: every Euclidean method reads them times a power of two (exact)."""
-    s = 2.0**exponent
+    """Features whose largest magnitude is below 1/2 (tiny ones: squared distances underflow float64
+    below ~1e-154; -1060: subnormal) give the picks of the same values brought back to ~1: every
+    Euclidean method reads them times a power of two (exact)."""
     x = rng.normal(size=(300, 6))
     x[:, 0] += 3.0 * (np.arange(300) % 4)  # a few clusters, so the picks are well separated
+    x *= 0.75 / np.abs(x).max()  # largest magnitude 0.75: read unscaled
+    tiny = np.ldexp(x, exponent)  # rounded where subnormal (-1060) ...
+    ref_x = np.ldexp(tiny, -exponent)  # ... so the reference is the tiny values brought back (exact)
+    assert np.abs(ref_x).max() >= 0.5
+
+    def same_radii(got, ref):
+        if exponent > -1000:
+            np.testing.assert_array_equal(np.ldexp(got, -exponent), ref)  # scaled back exactly
+        else:  # subnormal radii hold fewer bits
+            np.testing.assert_allclose(np.ldexp(got, -exponent), ref, rtol=2.0**-10)
+
     lab = np.zeros(300, bool)
     lab[[5, 77]] = True
     for labeled in (None, lab):
-        ref = A.coreset(x, labeled, 12)
-        got = A.coreset(x * s, labeled, 12)
+        ref = A.coreset(ref_x, labeled, 12)
+        got = A.coreset(tiny, labeled, 12)
         np.testing.assert_array_equal(got[0], ref[0])
-        np.testing.assert_array_equal(got[1], ref[1] * s)  # the radii scaled back exactly
+        same_radii(got[1], ref[1])
     p = softmax(rng.normal(size=(300, 4)))
-    np.testing.assert_array_equal(A.badge(p, x * s, 15, seed=3), A.badge(p, x, 15, seed=3))
+    np.testing.assert_array_equal(A.badge(p, tiny, 15, seed=3), A.badge(p, ref_x, 15, seed=3))
     scores = rng.gamma(2.0, size=300)
-    np.testing.assert_array_equal(A.weighted_kmeans(x * s, scores, 8), A.weighted_kmeans(x, scores, 8))
-    sub = x[:60]
-    for kw, kw_scaled in (({"num_clusters": 5}, {"num_clusters": 5}), ({"distance": 2.5}, {"distance": 2.5 * s})):
-        np.testing.assert_array_equal(A.average_linkage_clusters(sub * s, **kw_scaled),
-                                      A.average_linkage_clusters(sub, **kw))
-    # Strided float64 input and a threshold past float64's range once scaled up (every merge applies).
-    np.testing.assert_array_equal(A.coreset(np.asfortranarray(x * s), None, 5)[0], A.coreset(x, None, 5)[0])
-    np.testing.assert_array_equal(A.average_linkage_clusters(sub * s, distance=1e300), np.zeros(60, np.int64))
+    np.testing.assert_array_equal(A.weighted_kmeans(tiny, scores, 8), A.weighted_kmeans(ref_x, scores, 8))
+    sub, sub_ref = tiny[:60], ref_x[:60]
+    for kw, kw_scaled in (({"num_clusters": 5}, {"num_clusters": 5}),
+                          ({"distance": 0.2}, {"distance": float(np.ldexp(0.2, exponent))})):
+        np.testing.assert_array_equal(A.average_linkage_clusters(sub, **kw_scaled),
+                                      A.average_linkage_clusters(sub_ref, **kw))
+    # Strided input, and a threshold past float64's range once scaled up (every merge applies).
+    np.testing.assert_array_equal(A.coreset(np.asfortranarray(tiny), None, 5)[0], A.coreset(ref_x, None, 5)[0])
+    np.testing.assert_array_equal(A.average_linkage_clusters(sub, distance=1e300), np.zeros(60, np.int64))
+
+
+def test_euclidean_picks_with_one_row_far_above_the_others(rng):
+    """The scaling follows the largest row: rows 2^300 below it keep their distances (unscaled, at
+    2^-400 · 2^-300 their squared differences would underflow)."""
+    x = rng.normal(size=(200, 5))
+    x *= 0.75 / np.abs(x).max()
+    x[1:] = np.ldexp(x[1:], -300)
+    x[0] = 0.75
+    tiny = np.ldexp(x, -400)
+    p = softmax(rng.normal(size=(200, 3)))
+    np.testing.assert_array_equal(A.coreset(tiny, None, 10)[0], A.coreset(x, None, 10)[0])
+    np.testing.assert_array_equal(A.badge(p, tiny, 10, seed=1), A.badge(p, x, 10, seed=1))
+    w = rng.gamma(2.0, size=200)
+    np.testing.assert_array_equal(A.weighted_kmeans(tiny, w, 6), A.weighted_kmeans(x, w, 6))
+    np.testing.assert_array_equal(A.average_linkage_clusters(tiny[:50], num_clusters=4),
+                                  A.average_linkage_clusters(x[:50], num_clusters=4))
 
 
 def test_badge_bad_inputs(rng):

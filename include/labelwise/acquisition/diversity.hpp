@@ -14,13 +14,13 @@
 //   cluster_margin reads CUDA arrays through host copies of its O(N) scalars; average_linkage_clusters
 //   is CPU-only (CUDA arrays: ErrorKind::Type). A CPU-only build raises "built without CUDA" for CUDA
 //   arrays.
-// Scale: Euclidean distances are taken as float64 squared distances. Features (and BADGE's
-//   embeddings) whose largest magnitude is below 2^-256 are read times the power of two that brings
-//   it to [1/2, 1), since their squared distances would underflow (1e-162 squared is below the
-//   smallest double); the scaling is exact, so the picks are those of the unscaled values, and
-//   coreset's radii and average_linkage_clusters' distance are scaled to match. Rows more than ~2^511
-//   below the largest row still have squared differences below the float64 range. Values above ~1e153
-//   are refused (their squared norms overflow).
+// Scale: Euclidean distances are taken as float64 squared distances. When the largest magnitude of
+//   the features (BADGE: of the embeddings) is below 1/2, they are read times the power of two that
+//   brings it to [1/2, 1) (subnormal features: times 2^1023), so that squared distances of tiny
+//   features do not underflow (1e-162 squared is below the smallest double). The scaling is exact:
+//   the picks are those of the unscaled values, and coreset's radii and average_linkage_clusters'
+//   distance are scaled to match. Rows more than ~2^510 below the largest row still have squared
+//   differences below the float64 range. Values above ~1e153 are refused (squared norms overflow).
 // Ties are broken by the lower index everywhere. Results never depend on the thread count.
 // On error nothing is written to the outputs.
 #pragma once

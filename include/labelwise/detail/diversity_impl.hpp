@@ -44,15 +44,15 @@ LABELWISE_HD inline double sq_dist_row_impl(const T* x, std::int64_t stride, std
   return s;
 }
 
-/// Squared distance to c of x scaled by `scale` = 1 (Euclidean) or 1/|x| (cosine on unit vectors; then
-/// c is the centre's unit vector).
+/// Squared distance to c of x scaled by `scale`: Euclidean feature_shift's power of two, or 1/|x|
+/// (cosine on unit vectors; then c is the centre's unit vector).
 template <typename T>
 LABELWISE_HD inline double sq_dist_row(const T* x, std::int64_t stride, std::int64_t d, double scale,
                                        const double* c) {
   return sq_dist_row_impl<true>(x, stride, d, scale, c);
 }
 
-/// Σ_d (x[d·stride] − c[d])²: the Euclidean case, without the scale.
+/// Σ_d (x[d·stride] − c[d])²: the Euclidean case without scaling (shift 0).
 template <typename T>
 LABELWISE_HD inline double sq_dist_row(const T* x, std::int64_t stride, std::int64_t d, const double* c) {
   return sq_dist_row_impl<false>(x, stride, d, 1.0, c);
@@ -82,7 +82,7 @@ LABELWISE_HD inline double dot_row(const T* x, std::int64_t stride, std::int64_t
   return dot_row_impl<false>(x, stride, d, 1.0, c);
 }
 
-/// Σ_d (scale·x[d·stride]) · c[d] (scale: tiny_feature_shift's power of two).
+/// Σ_d (scale·x[d·stride]) · c[d] (scale: feature_shift's power of two).
 template <typename T>
 LABELWISE_HD inline double dot_row(const T* x, std::int64_t stride, std::int64_t d, double scale, const double* c) {
   return dot_row_impl<true>(x, stride, d, scale, c);
