@@ -499,6 +499,9 @@ AutoLabelResult certified_auto_label(const TensorView& pool_probs, const TensorV
   check(image_unit || opt.unit == AcceptUnit::Item, ErrorKind::Value, "unit: unknown accept unit id ",
         static_cast<int>(opt.unit));
   if (image_unit) {
+    check(!std::isnan(opt.max_voxel_error), ErrorKind::Value,
+          "max_voxel_error: required with unit=image (the fraction of mislabelled voxels above which a "
+          "calibration image counts as wrong, in [0, 1)), but it is not set");
     check(std::isfinite(opt.max_voxel_error) && opt.max_voxel_error >= 0.0 && opt.max_voxel_error < 1.0,
           ErrorKind::Value, "max_voxel_error: unit=image needs the fraction of mislabelled voxels above which a "
           "calibration image counts as wrong, in [0, 1); got ", num(opt.max_voxel_error));

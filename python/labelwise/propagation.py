@@ -109,7 +109,10 @@ class ThresholdCertificate:
     calibration_errors: int  #: wrong ones among them
     min_calibration: int  #: smallest calibration set that can certify anything at (target_error, delta)
     scan_start: int  #: j0 = max(min_calibration, the scan_start asked for)
-    start_rank: int  #: the pool units that the scan's first test accepts (0 when no test ran)
+    #: the pool units that the scan's first test accepts (0 when no test ran): every pool unit down to the next
+    #: lower calibration score below the first candidate tested (candidates between two calibration scores
+    #: share J and K and are tested once)
+    start_rank: int
     target_error: float
     delta: float
     reason: str  #: empty when certified; otherwise why nothing could be certified
@@ -475,7 +478,8 @@ def _spread(features, labels, propagation, k, alpha, max_iter, tol, variant, skl
     if variant not in SPREADING_VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(SPREADING_VARIANTS)}, got {variant!r}")
     features = _arrays.as_array(features, "features")
-    labels = _arrays.as_labels(labels, "labels")
+    # every integer dtype, uint8 too (the spreading core reads int32 / int64 only)
+    labels = _arrays.widen_to_int64(_arrays.as_array(labels, "labels"), "labels", keep=("int64", "int32"))
     lcap = _arrays.capsule(labels)
     C = _core.spreading_num_classes(lcap)
     N = int(labels.shape[0])
@@ -518,7 +522,7 @@ def label_spreading(
 ):
     """Label spreading (Zhou et al., NIPS 2004) on the kNN graph of ``features``.
 
-    features: ``[N, D]`` float32 / float64 (CPU). labels: ``[N]`` int64 / int32, a class in
+    features: ``[N, D]`` float32 / float64 (CPU). labels: ``[N]`` any integer dtype (read as int64), a class in
     ``[0, C)`` or ``-1`` (unlabelled); C = max label + 1 and every class needs a labelled item.
     Returns ``(distributions, labels)``: float64 ``[N, C]`` (rows sum to 1; all zeros for an item no
     label reaches) and int64 ``[N]`` (arg-max class; ``-1`` for unreached items with the symmetric

@@ -13,6 +13,11 @@ import pytest
 
 from labelwise import propagation as P
 
+try:  # torch is optional: the framework checks are skipped without it
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.semi_supervised import LabelPropagation, LabelSpreading  # noqa: E402
@@ -391,6 +396,27 @@ def test_symmetric_variant(rng):
     d2, l2 = P.label_propagation(X, lab)
     assert (l2[lab < 0] == y[lab < 0]).mean() > 0.85
     np.testing.assert_array_equal(l2[lab >= 0], lab[lab >= 0])
+
+
+def test_spreading_takes_every_integer_label_dtype(rng):
+    """uint8 (the usual mask dtype), int8, int16, uint16, uint32, uint64 and torch uint8 labels give
+    the int64 result (unsigned labels cannot mark an item unlabelled: every item is labelled)."""
+    X = rng.normal(size=(40, 3))
+    y = rng.integers(0, 3, size=40)
+    y[:3] = [0, 1, 2]
+    ref = P.label_spreading(X, y, k=4)
+    signed = y.copy()
+    signed[10:20] = -1
+    ref_signed = P.label_propagation(X, signed, k=4)
+    for dt in (np.uint8, np.int8, np.int16, np.uint16, np.uint32, np.uint64):
+        got = P.label_spreading(X, y.astype(dt), k=4)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+    for dt in (np.int8, np.int16):
+        got = P.label_propagation(X, signed.astype(dt), k=4)
+        np.testing.assert_array_equal(got[1], ref_signed[1])
+    if torch is not None:
+        np.testing.assert_array_equal(P.label_spreading(X, torch.from_numpy(y.astype(np.uint8)), k=4)[1], ref[1])
 
 
 def symmetric_reference(X, labels, k, alpha, max_iter, tol, propagation):

@@ -36,6 +36,22 @@ def test_regularized_incomplete_beta_matches_scipy(rng):
         assert P.regularized_incomplete_beta(x, 2.5, 3.0) == x
 
 
+def test_regularized_incomplete_beta_stays_in_the_unit_interval(rng):
+    """With a parameter far below 1 the side computed rounded a few 1e-14 past 1, and the other side
+    came out negative (fuzzing review, session 14): every value is clamped to [0, 1], within the
+    documented absolute error of the true value."""
+    cases = [(0.7953661356054246, 6.0426215263546814e-99, 4.5218372982414653e-126, 7.48e-28),
+             (0.5687435895691126, 0.016511373289027357, 1.7398734935644892e-142, 1.06e-140),
+             (0.3, 1e-300, 1.0, 1.0)]
+    for x, a, b, truth in cases:
+        got = P.regularized_incomplete_beta(x, a, b)
+        assert 0.0 <= got <= 1.0 and abs(got - truth) <= 5e-14, (x, a, b, got)
+    for _ in range(3000):
+        a, b = 10.0 ** rng.uniform(-150, 1, size=2)
+        x = float(rng.uniform())
+        assert 0.0 <= P.regularized_incomplete_beta(x, a, b) <= 1.0, (x, a, b)
+
+
 def test_beta_quantile_matches_betaincinv(rng):
     for _ in range(2000):
         a, b = np.exp(rng.uniform(-3, np.log(1e6), size=2))
@@ -447,8 +463,11 @@ def test_image_unit(rng):
     g = P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image", max_voxel_error=0.1,
                                pool_confidence=pool_conf, calib_confidence=img_conf)
     np.testing.assert_array_equal(g.accepted, r.accepted)
-    with pytest.raises(ValueError, match="max_voxel_error: unit=image needs"):
+    with pytest.raises(ValueError, match=r"max_voxel_error: required with unit=image .* but it is not set"):
         P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image")
+    for bad in (1.0, -0.1, float("inf")):
+        with pytest.raises(ValueError, match="max_voxel_error: unit=image needs"):
+            P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image", max_voxel_error=bad)
     with pytest.raises(ValueError, match="max_voxel_error: only used with unit=image"):
         P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, max_voxel_error=0.1)
     with pytest.raises(ValueError, match="per_class: only with unit=item"):

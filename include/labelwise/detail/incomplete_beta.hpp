@@ -150,12 +150,14 @@ inline void ibeta_pair(double x, double y, double a, double b, double* I, double
       F = G;
     }
   }
+  // Clamped to [0, 1]: with a parameter far below 1 the side computed can round a few 1e-14 above 1
+  // (and its complement below 0).
   if (x_side) {
-    const double v = std::exp(ibeta_log_prefactor(x, y, a, b)) * F / a;
+    const double v = std::min(1.0, std::exp(ibeta_log_prefactor(x, y, a, b)) * F / a);
     *I = v;
     *Ic = 1.0 - v;
   } else {
-    const double v = std::exp(ibeta_log_prefactor(y, x, b, a)) * F / b;
+    const double v = std::min(1.0, std::exp(ibeta_log_prefactor(y, x, b, a)) * F / b);
     *Ic = v;
     *I = 1.0 - v;
   }

@@ -108,7 +108,9 @@ struct ThresholdCertificate {
   std::int64_t calibration_errors = 0;      ///< K_ĵ: wrong ones among them
   std::int64_t min_calibration = 0;         ///< min_certifiable_count(target_error, delta)
   std::int64_t scan_start = 0;              ///< j0: max(min_calibration, the scan_start asked for)
-  /// the pool units that the scan's first test accepts (0 when no test ran)
+  /// the pool units that the scan's first test accepts (0 when no test ran): every pool unit down to
+  /// the next lower calibration score below the first candidate tested (the candidates between two
+  /// calibration scores share J and K, and are tested once)
   std::int64_t start_rank = 0;
   double target_error = 0.0;  ///< the error rate asked for, as given
   double delta = 0.0;         ///< the risk asked for: the guarantee holds with probability >= 1 - delta
