@@ -135,7 +135,7 @@ void throw_row_failure(const detail::DiversityFailure& f, const char* arg, const
     case detail::kDivZeroRow:
       throw Error(ErrorKind::Value, row + " is all zeros; metric='cosine' needs rows of nonzero norm");
     case detail::kDivNormOverflow:
-      throw Error(ErrorKind::Value, row + " is too large: its squared norm exceeds 4.5e307, more than float64 "
+      throw Error(ErrorKind::Value, row + " is too large: its squared norm exceeds 2.2e307, more than float64 "
                                           "distances between such rows can hold (scale the " + arg + " down)");
     case detail::kDivNormRange:
       throw Error(ErrorKind::Value, row + " has a squared norm outside the normal float64 range [2.2e-308, "
@@ -218,8 +218,8 @@ void average_linkage_clusters(const TensorView& embeddings, const TensorView& cl
         options.distance, ", num_clusters = ", options.num_clusters);
   check(!(options.distance < 0.0) && !std::isnan(options.distance) && !std::isinf(options.distance), ErrorKind::Value,
         "distance: expected a finite value > 0, got ", options.distance);
-  check(options.num_clusters >= 0 && options.num_clusters <= n, ErrorKind::Value, "num_clusters: expected 1 <= num_clusters <= ",
-        n, " (the number of rows), got ", options.num_clusters);
+  check(options.num_clusters >= 0, ErrorKind::Value, "num_clusters: expected an integer >= 1, got ",
+        options.num_clusters);  // above N: at most N clusters, every row its own (as SciPy's maxclust)
   check(clusters.dtype == DType::Int64, ErrorKind::Type, "clusters: expected dtype int64, got ",
         dtype_name(clusters.dtype));
   check(clusters.ndim == 1 && clusters.shape[0] == n, ErrorKind::Value, "clusters: expected shape [", n,
@@ -314,7 +314,7 @@ void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, co
                                         ")");
     case detail::kDivNormOverflow:
       throw Error(ErrorKind::Value, "embeddings: " + row_str(-1 - f.item) +
-                                        " is too large: its squared norm exceeds 4.5e307, more than float64 "
+                                        " is too large: its squared norm exceeds 2.2e307, more than float64 "
                                         "distances between such rows can hold (scale the embeddings down)");
     case detail::kDivNegative:
       throw Error(ErrorKind::Value, "x: " + row_str(f.item) + " has a negative probability");

@@ -13,10 +13,12 @@
 namespace labelwise {
 namespace detail {
 
-/// The largest squared row norm of the Euclidean metrics: squared distances between such rows (at most
-/// 2(||a||² + ||b||²)) and sums of two of them stay finite in float64. BADGE's embeddings are held
-/// to it too (||g||² = ||a||²·||h||² <= 2·||h||²).
-constexpr double kMaxEmbeddingNorm2 = 4.49423283715578976e307;  // DBL_MAX / 4
+/// The largest squared row norm of the Euclidean metrics, 2^1021 (2.2e307): squared distances between
+/// such rows (at most 2(||a||² + ||b||²) <= 2^1023) and sums of two of them stay finite in float64,
+/// with a factor 2 to spare for the rounding of sums taken in another order (at DBL_MAX / 4, a row
+/// the check accepted gave a distance of +inf). BADGE's embeddings are held to it too
+/// (||g||² = ||a||²·||h||² <= 2·||h||²).
+constexpr double kMaxEmbeddingNorm2 = 0x1p1021;
 
 enum DiversityStatus : int {
   kDivOk = 0,

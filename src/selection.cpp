@@ -119,8 +119,9 @@ detail::SelectFailure dispatch(const detail::SelectJob& job, const Device& dev, 
                                         mode + "\" needs scores >= 0 (weights s^beta)");
     case detail::kSelectOverflow:
       throw Error(ErrorKind::Value, std::string(what) + ": " + item_str(scores, f.item) +
-                                        " times 1 / temperature overflows a double (mode=\"softmax\"); rescale the "
-                                        "scores or raise the temperature");
+                                        (std::string(mode) == "power" ? "'s logarithm" : "") +
+                                        " times 1 / temperature overflows a double (mode=\"" + mode +
+                                        "\"); rescale the scores or raise the temperature");
     case detail::kSelectBadRank:
       throw Error(ErrorKind::Value, "ranks: " + item_str(scores, f.item) + " is below 1 (ranks are 1-based)");
     case detail::kSelectNegativeIndex:

@@ -348,7 +348,7 @@ def _labeled_array(labeled: Any, n_items: Optional[int] = None) -> Any:
         if labeled.size == 0:
             labeled = labeled.astype(np.int64)
     lab = _arrays.as_array(labeled, "labeled")
-    if n_items is not None and len(lab.shape) == 1 and int(lab.shape[0]) == n_items and n_items > 2:
+    if n_items is not None and len(lab.shape) == 1 and int(lab.shape[0]) == n_items:
         # An integer 0/1 vector as long as the pool is almost surely a mask that lost its bool dtype
         # (mask.long(), mask.astype(int)); read as indices it would mean "items 0 and 1".
         dt = str(lab.dtype).replace("torch.", "")
@@ -374,7 +374,7 @@ def coreset(
     unlabelled item farthest from that set (ties: lower index); one pass over the pool per pick.
 
     features : ``[N, D]`` float32 / float64, CPU or CUDA, any strides; finite, with squared row
-        norms within float64's reach (Euclidean: at most 4.5e307; cosine: nonzero rows whose squared
+        norms within float64's reach (Euclidean: at most 2.2e307; cosine: nonzero rows whose squared
         norm is a normal double, 2.2e-308 to 1.8e308) — other rows are named in a ``ValueError``.
     labeled : ``None`` (nothing labelled), a boolean mask ``[N]`` (uint8 also accepted) or an
         integer index array ``[M]`` (0 <= index < N; repeats allowed).
@@ -506,7 +506,7 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
     changes). Euclidean distances in float64; ties by lower index.
 
     features : ``[N, D]`` float32 / float64, finite — the unlabelled pool's embeddings (a row whose
-        squared norm exceeds 4.5e307 is a ``ValueError``: its squared distances would overflow).
+        squared norm exceeds 2.2e307 is a ``ValueError``: its squared distances would overflow).
     scores : ``[N]`` float32 / float64, finite, ``>= 0`` — any "higher = more informative" metric
         (e.g. :func:`labelwise.uncertainty.bald`; shift or exponentiate scores that can be negative).
     b : ``0 <= b <= N`` (with ``labeled``: ``<=`` the unlabelled items). prefilter : ``>= 1``
@@ -695,7 +695,7 @@ def average_linkage_clusters(embeddings: Any, *, distance: Optional[float] = Non
     (ready for :func:`cluster_margin` next to margins computed there). Memory: ``N (N − 1) / 2`` doubles (N = 20000:
     1.6 GB), hence ``max_items`` (raise it deliberately). GPU arrays are copied to the host (the
     clustering runs there). Errors:
-    ``ValueError`` naming the row for NaN / Inf or a squared norm above 4.5e307 (distances would
+    ``ValueError`` naming the row for NaN / Inf or a squared norm above 2.2e307 (distances would
     overflow)."""
     e = np.asarray(_arrays.to_host_numpy(embeddings))  # GPU arrays of any device: to the host
     _arrays._check_numeric(e, "embeddings")  # complex, strings, objects (None) are refused by name

@@ -517,8 +517,15 @@ std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, 
   if (m == b) return cand;  // prefilter 1 (or N == b): the top b by weight
   std::vector<std::int64_t> picks;
   picks.reserve(static_cast<std::size_t>(b));
+  // The candidates' weights times the power of two that brings the largest to [1/2, 1) (exact, so the
+  // same picks): the products weight · squared distance and the weighted sums cannot overflow however
+  // large the scores (1e308 overflowed them).
   std::vector<double> wc(static_cast<std::size_t>(m));
-  for (std::int64_t j = 0; j < m; ++j) wc[j] = w[cand[j]];
+  double w_max = 0.0;
+  for (std::int64_t j = 0; j < m; ++j) w_max = std::max(w_max, w[cand[j]]);
+  int w_exp = 0;
+  std::frexp(w_max, &w_exp);
+  for (std::int64_t j = 0; j < m; ++j) wc[j] = std::ldexp(w[cand[j]], -w_exp);
   const std::int64_t grain = grain_rows(d);
 
   // Seeding: weighted farthest-first traversal.

@@ -399,6 +399,9 @@ SelectFailure run(const SelectJob& job) {
             for (int j = 0; j < m; ++j) bad |= (sv[j] != sv[j]) | !(rv[j] >= 1.0);
           } else if (kMode == kModePower) {
             for (int j = 0; j < m; ++j) bad |= !(sv[j] >= 0.0);  // NaN too
+            // beta · ln s can overflow for a finite s only when beta > DBL_MAX / ln(DBL_MAX) ~ 2.5e305
+            // (a temperature near 1e-305 or below): then every item is checked exactly below
+            bad |= beta > 2.5e305 ? 1 : 0;
           } else {
             // a finite score whose beta * s overflows
             for (int j = 0; j < m; ++j) bad |= (sv[j] != sv[j]) | ((sv[j] - sv[j] == 0.0) & (beta * sv[j] == INFINITY));

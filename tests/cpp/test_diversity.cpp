@@ -585,7 +585,7 @@ TEST_CASE("coreset and badge reject bad input", "[diversity][errors]") {
   y = x;
   y[7] = 1e200;  // finite, but its square is not: no distance to it could be formed
   CHECK_THROWS_WITH(badge(pv, TensorView::of(y.data(), {4, 3}), 1, idx(1), {}),
-                    Catch::Contains("embeddings: row [2] is too large: its squared norm exceeds 4.5e307"));
+                    Catch::Contains("embeddings: row [2] is too large: its squared norm exceeds 2.2e307"));
   y[7] = 1e150;  // squared norm 1e300: fine
   badge(pv, TensorView::of(y.data(), {4, 3}), 2, idx(2), {});
   TensorView cuda_p = pv;
@@ -917,8 +917,12 @@ TEST_CASE("average_linkage_clusters rejects bad input", "[diversity][linkage][er
   opt.num_clusters = 2;
   CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("exactly one"));
   opt = {};
-  opt.num_clusters = 11;
-  CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("num_clusters"));
+  opt.num_clusters = 11;  // more than the rows: at most 11 clusters, every row its own (SciPy's maxclust)
+  average_linkage_clusters(xv, iv, opt);
+  for (std::int64_t i = 0; i < 10; ++i) CHECK(ids[i] == i);
+  opt.distance = 1.0;
+  opt.num_clusters = -1;
+  CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("num_clusters: expected an integer >= 1"));
   opt = {};
   opt.distance = std::numeric_limits<double>::infinity();
   CHECK_THROWS_WITH(average_linkage_clusters(xv, iv, opt), Catch::Contains("finite"));

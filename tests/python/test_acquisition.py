@@ -311,6 +311,11 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"scores: item \[1\] times 1 / temperature overflows a double"):
         A.stochastic(np.array([1.0, 1e300, 2.0]), 2, mode="softmax", temperature=1e-10, seed=1)
     assert A.stochastic(np.array([1.0, np.inf, 2.0]), 1, mode="softmax", seed=1)[0] == 1
+    # power: beta * ln s overflows at a temperature near 1e-308 (both keys were +inf, ordered by index)
+    with pytest.raises(ValueError, match=r"scores: item \[1\]'s logarithm times 1 / temperature overflows a double "
+                                         r"\(mode=\"power\"\)"):
+        A.stochastic(np.array([1.0, 1e308]), 2, temperature=1e-308, seed=0)
+    assert A.stochastic(np.array([1.0, np.inf, 2.0]), 1, seed=1)[0] == 1  # +inf: an infinite weight
     # overflowing downwards is weight 0 (the limit, as for -inf): last, not an error
     assert A.stochastic(np.array([1.0, -1e300, 2.0]), 3, mode="softmax", temperature=1e-10, seed=1)[2] == 1
     for t in (0.0, -1.0, np.inf, np.nan):
@@ -380,6 +385,9 @@ def test_front_door_argument_kinds(rng):
             A.coreset(x, bad, 3)
         with pytest.raises(ValueError, match="labeled: an integer 0/1 vector"):
             A.cluster_margin(s, np.arange(10) % 3, 2, seed=0, labeled=bad)
+    for n in (1, 2):  # also for the smallest pools (they were read as indices)
+        with pytest.raises(ValueError, match=f"labeled: an integer 0/1 vector of length N = {n}"):
+            A.coreset(x[:n], np.zeros(n, np.int64), 1)
     # b far beyond the pool: the core's error, without allocating b outputs first
     with pytest.raises(ValueError, match="b: expected 0 <= b <= 10"):
         A.cluster_margin(s, np.arange(10) % 3, 2**40, seed=0)

@@ -118,7 +118,9 @@ def test_cluster_margin_errors():
     with pytest.raises(ValueError, match="distance"):
         A.average_linkage_clusters(emb, distance=-1.0)
     with pytest.raises(ValueError, match="num_clusters"):
-        A.average_linkage_clusters(emb, num_clusters=11)
+        A.average_linkage_clusters(emb, num_clusters=0)
+    # more clusters than rows: every row its own, as SciPy's fcluster(criterion="maxclust")
+    np.testing.assert_array_equal(A.average_linkage_clusters(emb, num_clusters=11), np.arange(10))
     with pytest.raises(ValueError, match="rank 2"):
         A.average_linkage_clusters(emb[0], num_clusters=1)
     ids = np.zeros(10, dtype=int)

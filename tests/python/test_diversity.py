@@ -315,8 +315,19 @@ def test_coreset_bad_inputs(rng):
     # cosine rows would be normalised by an underflowed / overflowed norm (a row of 1e-190s is not zero).
     big = x.copy()
     big[3] *= 1e200
-    with pytest.raises(ValueError, match=r"features: row \[3\] is too large: its squared norm exceeds 4.5e307"):
+    with pytest.raises(ValueError, match=r"features: row \[3\] is too large: its squared norm exceeds 2.2e307"):
         A.coreset(big, None, 2)
+    # At the bound (squared norm 2^1021) the distances stay finite; just above it (a pair whose distance
+    # overflowed to +inf under the former bound DBL_MAX / 4) the row is refused.
+    edge2 = np.array([[2.0**510, 2.0**510], [-(2.0**510), -(2.0**510)]])
+    idx, radii = A.coreset(edge2, None, 2)
+    assert np.isfinite(radii).all() and radii[0] == np.sqrt(2.0**1023)
+    np.testing.assert_array_equal(A.average_linkage_clusters(edge2, distance=1e300), [0, 0])
+    v = np.array([float.fromhex("0x1.63ce9837d954ep+510"), float.fromhex("0x1.702a34ebf4583p+510")])
+    for fn in (lambda z: A.coreset(z, None, 2), lambda z: A.average_linkage_clusters(z, distance=1e300),
+               lambda z: A.weighted_kmeans(z, np.ones(2), 1, prefilter=2)):
+        with pytest.raises(ValueError, match=r"features: row \[0\] is too large|embeddings: row \[0\] is too large"):
+            fn(np.stack([v, -v]))
     for scale in (1e-190, 1e200):
         odd = x.copy()
         odd[1] = scale * np.array([1.0, 0.5, 0.25])
@@ -376,6 +387,20 @@ def test_euclidean_picks_do_not_depend_on_a_power_of_two_scale(rng, exponent):
     # Strided input, and a threshold past float64's range once scaled up (every merge applies).
     np.testing.assert_array_equal(A.coreset(np.asfortranarray(tiny), None, 5)[0], A.coreset(ref_x, None, 5)[0])
     np.testing.assert_array_equal(A.average_linkage_clusters(sub, distance=1e300), np.zeros(60, np.int64))
+
+
+def test_weighted_kmeans_depends_on_the_ratios_of_the_scores_only(rng):
+    """Scores times 2^1022 (their sums and score x distance products overflowed float64) or 2^-1000
+    give the same picks."""
+    X = rng.normal(size=(400, 3))
+    X[:, 0] += 4.0 * (np.arange(400) % 5)
+    s = rng.random(400) + 0.5
+    ref = A.weighted_kmeans(X, s, 6, prefilter=5)
+    for e in (1022, -1000):
+        np.testing.assert_array_equal(A.weighted_kmeans(X, np.ldexp(s, e), 6, prefilter=5), ref)
+    blobs = np.r_[rng.normal(size=(5, 2)) * 0.01, rng.normal(size=(5, 2)) * 0.01 + 0.5]
+    picks = A.weighted_kmeans(blobs, np.full(10, 1e308), 2, prefilter=5)
+    assert sorted(p // 5 for p in picks) == [0, 1]  # one pick per blob
 
 
 def test_euclidean_picks_with_one_row_far_above_the_others(rng):
@@ -625,7 +650,7 @@ def test_weighted_kmeans_bad_inputs(rng):
         A.weighted_kmeans(y, w, 2)
     y = x.copy()
     y[4] = 1e300  # distances to it overflow (a nearest centre at +inf read out of bounds before)
-    with pytest.raises(ValueError, match=r"features: row \[4\] is too large: its squared norm exceeds 4.5e307"):
+    with pytest.raises(ValueError, match=r"features: row \[4\] is too large: its squared norm exceeds 2.2e307"):
         A.weighted_kmeans(y, w, 2)
     with pytest.raises(ValueError, match=r"prefilter: expected an integer in \[1, "):
         A.weighted_kmeans(x, w, 2, prefilter=0)

@@ -61,7 +61,7 @@ struct CoresetOptions {
 /// Duplicates: distances are exactly 0, so once only duplicates of covered items remain the radius
 /// is 0 and the picks are the remaining unlabelled items by lower index.
 /// Errors: empty pool, D = 0, wrong rank, NaN / Inf features (naming the first bad row), a squared
-/// row norm float64 cannot hold (Euclidean: above 4.5e307; cosine: a zero row, or a nonzero one whose
+/// row norm float64 cannot hold (Euclidean: above 2.2e307; cosine: a zero row, or a nonzero one whose
 /// squared norm is not a normal double), mask of the wrong length, index out of range, every item labelled, b < 0 or b > the
 /// number of unlabelled items, wrong dtypes / output shapes, mismatched devices.
 void coreset(const TensorView& features, const TensorView& labeled, std::int64_t b, const TensorView& indices,
@@ -118,7 +118,9 @@ struct WeightedKmeansOptions {
 /// mean when their scores are all 0; an empty cluster keeps its centre). Distances are Euclidean, in
 /// float64. Details, including the order of the picks, in docs/acquisition.md ("Hybrid").
 ///   features: [N, D] float32 / float64, finite (the unlabelled pool: embeddings or features)
-///   scores  : [N] float32 / float64, finite, >= 0 (any "higher = more informative" metric)
+///   scores  : [N] float32 / float64, finite, >= 0 (any "higher = more informative" metric; only
+///             their ratios matter: they are used times the power of two that brings the largest
+///             candidate's to [1/2, 1), exact unless two scores lie more than ~2^1000 apart)
 ///   b       : 0 <= b <= N
 ///   indices : int64 [b] (out): one item per cluster, clusters in decreasing total score (ties: the
 ///             lower cluster); clusters left empty are filled with the best-scoring candidates not yet
@@ -127,7 +129,7 @@ struct WeightedKmeansOptions {
 /// On CUDA, the features are validated and the M candidates' rows gathered on the device; the scores
 /// (N values) and the M x D candidate rows are copied to the host, where the clustering runs as on
 /// the CPU (O(M·b·D) per iteration, small for the batch sizes meant here): the same picks as the CPU.
-/// Errors: as the shape contract; NaN / Inf features or a squared row norm above 4.5e307 (naming the
+/// Errors: as the shape contract; NaN / Inf features or a squared row norm above 2.2e307 (naming the
 /// first row); NaN / Inf or negative scores (naming the first), prefilter < 1, max_iter < 0, N
 /// mismatch, wrong output shape / dtype / device.
 void weighted_kmeans(const TensorView& features, const TensorView& scores, std::int64_t b, const TensorView& indices,
@@ -136,7 +138,8 @@ void weighted_kmeans(const TensorView& features, const TensorView& scores, std::
 struct AverageLinkageOptions {
   /// Cut where clusters are farther apart than this (cophenetic distance > distance); 0 = unset.
   double distance = 0.0;
-  /// Or: cut into at most this many clusters (the lowest cut that gives at most that many); 0 = unset.
+  /// Or: cut into at most this many clusters (the lowest cut that gives at most that many; above N,
+  /// every row its own cluster); 0 = unset.
   std::int64_t num_clusters = 0;
 };
 
@@ -149,8 +152,9 @@ struct AverageLinkageOptions {
 ///   embeddings: [N, D] float32 / float64, finite, CPU, any strides (N >= 1)
 ///   clusters  : int64 [N] (out), CPU, any stride: ids 0, 1, ... numbered in the order of each
 ///               cluster's lowest row index
-///   options   : exactly one of distance > 0 and 1 <= num_clusters <= N
-/// Errors: as the shape contract; NaN / Inf embeddings or a squared row norm above 4.5e307 (first bad
+///   options   : exactly one of distance > 0 and num_clusters >= 1 (above N: every row its own
+///               cluster, as SciPy's fcluster "maxclust")
+/// Errors: as the shape contract; NaN / Inf embeddings or a squared row norm above 2.2e307 (first bad
 /// row), both or neither option set,
 /// the pairwise distances do not fit in memory, CUDA input.
 void average_linkage_clusters(const TensorView& embeddings, const TensorView& clusters,

@@ -24,7 +24,7 @@ enum SelectStatus : int {
   kSelectBadRank = 3,        // a given rank < 1
   kSelectNegativeIndex = 4,  // a negative global index given to merge_top_k
   kSelectDuplicate = 5,      // the same global index twice among merge_top_k's winners
-  kSelectOverflow = 6,       // softmax mode: beta * score overflows for a finite score
+  kSelectOverflow = 6,       // softmax / power mode: beta * score (beta * ln score) overflows for a finite score
 };
 
 enum SelectMode : int { kModePower = 0, kModeSoftmax = 1, kModeSoftRank = 2 };
@@ -70,6 +70,8 @@ LABELWISE_HD inline int stochastic_log_weight(int mode, double beta, double s, d
     case kModePower:
       if (s < 0.0) return kSelectNegative;
       *log_w = rng::mul_rn(beta, rng::det_log(s));  // s = 0 → -inf, s = +inf → +inf
+      // as for softmax below: beta · ln s overflowing upwards for a finite s (a tiny temperature)
+      if (s - s == 0.0 && *log_w == INFINITY) return kSelectOverflow;
       return kSelectOk;
     case kModeSoftmax:
       *log_w = rng::mul_rn(beta, s);
