@@ -239,6 +239,9 @@ class _Head(nn.Module):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(features).__name__}")
         if not features.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point tensor, got {features.dtype}")
+        if features.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {features.layout} "
+                            "(call .to_dense() first)")
         want = "[B, F, H, W]" if self.dims == 2 else "[B, F, D, H, W]"
         if features.dim() != self.dims + 2:
             raise ValueError(
@@ -255,6 +258,12 @@ class _Head(nn.Module):
         if features.shape[2:].numel() >= 2**32:
             raise ValueError(f"{name}: at most 2^32 - 1 voxels per item, got {features.shape[2:].numel()}")
         return features
+
+    @staticmethod
+    def _check_scoring_device(x: torch.Tensor) -> None:
+        """forward() runs on any device torch does; scoring (the fused kernel, the closed form) on CPU or CUDA."""
+        if x.device.type not in ("cpu", "cuda"):
+            raise TypeError(f"features: a torch tensor on device {x.device.type!r}; expected a CPU or CUDA tensor")
 
     @staticmethod
     def _check_finite(x: torch.Tensor, name: str = "features") -> None:
@@ -317,8 +326,7 @@ class _SampledHead(_Head):
 
     def _prepare(self, features: Any, index_offset: Any) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
         x = self._check(features).detach()
-        if x.device.type not in ("cpu", "cuda"):  # forward() runs anywhere torch does; the fused kernel not
-            raise TypeError(f"features: a torch tensor on device {x.device.type!r}; expected a CPU or CUDA tensor")
+        self._check_scoring_device(x)
         off = _index_offset_arg(index_offset, x.shape[0])
         self._check_parameters()
         if x.dtype not in (torch.float32, torch.float64):
@@ -472,6 +480,7 @@ class EnsembleHead(_SampledHead):
         super().__init__(in_channels, num_classes, dims)
         self.num_members = _arrays.check_int(members, "members", 1)
         self._check_kernel_limits(self.num_members)
+        self._check_samples_per_voxel(self.num_members, "members", "M")  # M · C <= 2^24, as K · C
         self.members = nn.ModuleList([self._conv() for _ in range(self.num_members)])
 
     def extra_repr(self) -> str:
@@ -496,7 +505,7 @@ class EnsembleHead(_SampledHead):
                 raise ValueError(
                     f"K: an EnsembleHead has exactly {self.num_members} samples (its members); got K={k} (pass K=None)"
                 )
-        return self._check_samples_per_voxel(self.num_members, "members", "members")  # an ensemble's K is M
+        return self._check_samples_per_voxel(self.num_members, "members", "M")  # an ensemble's K is M
 
     def sample(
         self,
@@ -638,6 +647,7 @@ class EvidentialHead(_Head):
         float32, computed in float64 over chunks of the last spatial axis (per voxel: the same values
         whatever the chunking, up to the convolution's summation order)."""
         x = self._check(features)
+        self._check_scoring_device(x)
         B, C, sp = x.shape[0], self.num_classes, tuple(x.shape[2:])
         step = max(1, self._CHUNK_VALUES // max(1, x[..., 0].numel()))
         for a in range(0, sp[-1], step):  # by chunks too: no mask of the whole volume

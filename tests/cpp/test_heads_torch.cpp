@@ -492,9 +492,11 @@ TEST_CASE("heads: sizes and member indices out of range are labelwise::Errors", 
   EnsembleHead en(4, 3, 2);
   require_error([&] { en->weight(2); }, "m: member index 2 outside [0, 2)");
   require_error([&] { en->bias(-1); }, "m: member index -1 outside [0, 2)");
-  // an ensemble's K is its member count: M · C beyond the fused kernels' 2^24 names the members
-  EnsembleHead many(1, 4096, 4097);
-  require_error([&] { many->score(torch::randn({1, 1, 2, 2})); }, "members: M · C = 16781312");
+  // an ensemble's K is its member count: M · C beyond the fused kernels' 2^24 names the members, when
+  // the head is built (before any training), not at its first score
+  require_error([] { EnsembleHead(1, 4096, 4097); }, "members: M · C = 16781312");
+  EnsembleHead at_limit(1, 4096, 4096);
+  CHECK(at_limit->num_members() == 4096);
   // undefined tensors and unreadable devices are named (they gave "unsupported dtype UNKNOWN_SCALAR",
   // "got shape [0]" and c10 errors)
   require_error([] { evidential_loss(at::Tensor(), torch::zeros({1}, torch::kLong)); }, "logits: is an undefined tensor");

@@ -236,6 +236,15 @@ TEST_CASE("inputs that reach beyond the address space or are not aligned, bad en
   TensorView bad;
   bad.ndim = 100;  // hand-set: shows as such in messages instead of reading past the shape array
   CHECK(bad.shape_str() == "[invalid rank 100]");
+  // ... and is refused by every function that counts its elements (it was read as "empty")
+  for (int nd : {9, 100}) {
+    TensorView hand = TensorView::of(x.data(), {2, 3, 4});
+    hand.ndim = nd;
+    CHECK_THROWS_WITH(hand.numel(), Catch::Contains("TensorView: rank " + std::to_string(nd) + " is outside [0, 8]"));
+    CHECK_THROWS_WITH(predictive_entropy(hand, ov), Catch::Contains("is outside [0, 8]"));
+    std::vector<std::int64_t> picks(1);
+    CHECK_THROWS_WITH(top_k(hand, 1, TensorView::of(picks.data(), {1})), Catch::Contains("is outside [0, 8]"));
+  }
   // enum values outside their enums (cast integers) are errors wherever they are taken
   std::vector<double> f = {0, 0, 1, 0, 0, 3, 5, 5};
   std::vector<std::int64_t> idx(4);

@@ -527,6 +527,8 @@ def test_bad_constructor_arguments():
         LT.MCDropoutHead(2, 5000)
     with pytest.raises(ValueError, match="^members: at most 65535"):
         LT.EnsembleHead(1, 2, members=65536)
+    with pytest.raises(ValueError, match=r"^members: M · num_classes = 16781312"):  # M · C > 2^24
+        LT.EnsembleHead(1, 4096, members=4097)
     assert LT.EvidentialHead(2, 5000).num_classes == 5000  # closed form: no kernel limit
     # p is checked whenever it is set
     mc = LT.MCDropoutHead(4, 3, p=0.5)
@@ -554,6 +556,11 @@ def test_bad_features_and_call_arguments():
                 fn(x.numpy())
             with pytest.raises(TypeError, match="^features:"):
                 fn(torch.ones(2, 4, 5, 6, dtype=torch.int64))
+            with pytest.raises(TypeError, match=r"^features: expected a dense \(strided\) tensor"):
+                fn(x.to_sparse())
+    for fn in (mc.score, mc.sample, ev.score, ev.uncertainty, en.score):  # forward() runs on meta; scoring not
+        with pytest.raises(TypeError, match="^features: a torch tensor on device 'meta'"):
+            fn(x.to("meta"))
     with pytest.raises(ValueError, match="^features:.*rank 5"):
         LT.MCDropoutHead(4, 3, dims=3).sample(x)
     bad = x.clone()

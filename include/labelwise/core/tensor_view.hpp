@@ -115,15 +115,25 @@ struct TensorView {
                       str);
   }
 
-  /// Number of elements; 0 if any axis is empty.
+  /// Error(Value) for a hand-set ndim outside [0, kMaxDims] (the constructors never make one): every
+  /// loop over the axes below would read past shape[] / strides[].
+  void check_rank() const {
+    check(ndim >= 0 && ndim <= kMaxDims, ErrorKind::Value, "TensorView: rank ", ndim, " is outside [0, ", kMaxDims,
+          "] (ndim set by hand?)");
+  }
+
+  /// Number of elements; 0 if any axis is empty. Error(Value) for an invalid rank (check_rank).
   std::int64_t numel() const {
+    check_rank();
     std::int64_t n = 1;
     for (int d = 0; d < ndim; ++d) n *= shape[d];
     return n;
   }
 
-  /// Number of elements, or Error(Value) naming `what` when the product overflows int64.
+  /// Number of elements, or Error(Value) naming `what` when the product overflows int64 (or for an
+  /// invalid rank).
   std::int64_t checked_numel(const char* what) const {
+    check_rank();
     std::int64_t n = 1;
     for (int d = 0; d < ndim; ++d)
       check(!__builtin_mul_overflow(n, shape[d], &n), ErrorKind::Value, what, ": shape ", shape_str(),
@@ -132,9 +142,13 @@ struct TensorView {
   }
 
   /// The shape as a vector.
-  std::vector<std::int64_t> sizes() const { return std::vector<std::int64_t>(shape, shape + ndim); }
+  std::vector<std::int64_t> sizes() const {
+    check_rank();
+    return std::vector<std::int64_t>(shape, shape + ndim);
+  }
 
   bool is_contiguous() const {
+    check_rank();
     std::int64_t s = 1;
     for (int d = ndim - 1; d >= 0; --d) {
       if (shape[d] != 1 && strides[d] != s) return false;

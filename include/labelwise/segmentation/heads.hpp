@@ -464,6 +464,7 @@ class EnsembleHeadImpl : public HeadBase {
   EnsembleHeadImpl(std::int64_t in_channels, std::int64_t num_classes, std::int64_t members = 5, int dims = 2)
       : HeadBase(in_channels, num_classes, dims), num_members_(heads_detail::check_arg(members, "members", 1)) {
     heads_detail::check_kernel_limits(in_channels_, num_classes_, num_members_);
+    check_samples_per_voxel(num_members_, "members", "M");  // M · C <= 2^24, checked before training
     members_ = register_module("members", torch::nn::ModuleList());
     for (std::int64_t m = 0; m < num_members_; ++m) members_->push_back(heads_detail::make_conv(in_channels_, num_classes_, dims_));
   }
