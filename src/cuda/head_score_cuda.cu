@@ -3,6 +3,7 @@
 // Compiled with --fmad=false (CMakeLists.txt) on top of the explicit __d*_rn intrinsics of rng.hpp, so
 // the float64 logits are the bits of the CPU path.
 #include <algorithm>
+#include <type_traits>
 
 #include "../head_score_backend.hpp"
 #include "cuda_check.hpp"
@@ -23,7 +24,8 @@ __global__ void pack_params_kernel(HeadJob job, double* packed, std::int64_t n, 
 /// Scratch per thread: xs (F) and z (Cp) float64 and probs (K·C) float32 interleaved across the
 /// launch's threads (element e of thread t at e·threads + t, so that a warp's accesses coalesce); and
 /// score_item's class statistics (3·Cp float64), row (Cp float32) and votes (Cp int) per thread.
-template <typename T>
+/// kRegs > 0 (C <= kRegs): each sample's logits are accumulated in registers (head_voxel_probs).
+template <typename T, int kRegs>
 __global__ void head_kernel(HeadJob job, HeadParams hp, double* head_scratch, float* prob_scratch,
                             double* stats_scratch, float* row_scratch, int* votes_scratch,
                             unsigned long long* failure) {
@@ -42,7 +44,7 @@ __global__ void head_kernel(HeadJob job, HeadParams hp, double* head_scratch, fl
   for (std::int64_t i = tid; i < job.grid.count; i += nthreads) {
     const std::int64_t b = i / job.V, v = i - b * job.V;
     const std::int64_t off = item_offset(job.grid, job.grid.in_stride, i);
-    int status = head_voxel_probs<T>(x + off, job.x_feature_stride, hp, static_cast<std::uint32_t>(v),
+    int status = head_voxel_probs<T, kRegs>(x + off, job.x_feature_stride, hp, static_cast<std::uint32_t>(v),
                                            job.item_offset + static_cast<std::uint32_t>(b), xs, z, probs, nthreads);
     if (status == kItemOk && job.samples) {
       const std::int64_t o = item_offset(job.grid, job.samples_stride, i);
@@ -126,12 +128,24 @@ HeadFailure head_cuda(const HeadJob& job) {
     err = cudaGetLastError();
   }
   if (err == cudaSuccess) {
-    if (job.x_dtype == DType::Float32)
-      head_kernel<float><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats, rows,
-                                                                   votes, flags);
+    // The logits of a sample in registers up to 32 classes; beyond, in the interleaved scratch.
+    auto launch = [&](auto regs) {
+      constexpr int kRegs = decltype(regs)::value;
+      if (job.x_dtype == DType::Float32)
+        head_kernel<float, kRegs><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats,
+                                                                           rows, votes, flags);
+      else
+        head_kernel<double, kRegs><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats,
+                                                                            rows, votes, flags);
+    };
+    if (hp.C <= 8)
+      launch(std::integral_constant<int, 8>{});
+    else if (hp.C <= 16)
+      launch(std::integral_constant<int, 16>{});
+    else if (hp.C <= 32)
+      launch(std::integral_constant<int, 32>{});
     else
-      head_kernel<double><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats, rows,
-                                                                    votes, flags);
+      launch(std::integral_constant<int, 0>{});
     err = cudaGetLastError();
   }
   unsigned long long host_flags[2] = {~0ULL, ~0ULL};

@@ -219,6 +219,53 @@ TEST_CASE("det_exp_nonpositive is within 1 ulp of exp on (-inf, 0]", "[head_scor
   CHECK(max_ulps <= 1);
 }
 
+TEST_CASE("head_voxel_probs with the logits in registers gives the scratch version's bits", "[head_score]") {
+  // The CUDA kernel accumulates each sample's logits in a register array for C <= 8 / 16 / 32
+  // (kRegs); the host runs both forms of the shared body on random heads, dropout on and off, and
+  // their probabilities must be the same bits (so CUDA's equal the CPU's whichever form runs).
+  std::mt19937_64 g(fresh_seed());
+  std::normal_distribution<double> nd;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int C = 2 + static_cast<int>(g() % 31), F = 1 + static_cast<int>(g() % 40), K = 1 + static_cast<int>(g() % 6);
+    const bool ensemble = trial % 3 == 2;
+    labelwise::detail::HeadParams hp;
+    hp.F = F;
+    hp.C = C;
+    hp.Cp = labelwise::detail::padded_classes(C);
+    hp.K = K;
+    hp.M = ensemble ? K : 1;
+    std::vector<double> wt(static_cast<std::size_t>(hp.M) * F * hp.Cp, 0.0), bias(static_cast<std::size_t>(hp.M) * C);
+    for (int m = 0; m < hp.M; ++m)
+      for (int f = 0; f < F; ++f)
+        for (int c = 0; c < C; ++c) wt[(static_cast<std::size_t>(m) * F + f) * hp.Cp + c] = 0.3 * nd(g);
+    for (auto& v : bias) v = nd(g);
+    hp.wt = wt.data();
+    hp.bias = bias.data();
+    hp.dropout = !ensemble && trial % 2 == 0;
+    if (hp.dropout) {
+      hp.keep_threshold = 1u << 31;  // p = 0.5
+      hp.scale = 2.0;
+    }
+    hp.key0 = static_cast<std::uint32_t>(g());
+    hp.key1 = static_cast<std::uint32_t>(g());
+    std::vector<float> x(static_cast<std::size_t>(F) * 3);  // features 3 apart (a strided voxel)
+    for (auto& v : x) v = static_cast<float>(nd(g));
+    std::vector<double> xs(F), z(C);
+    std::vector<float> want(static_cast<std::size_t>(K) * C), got(want.size());
+    const std::uint32_t v = static_cast<std::uint32_t>(g()), b = static_cast<std::uint32_t>(g() % 5);
+    REQUIRE(labelwise::detail::head_voxel_probs<float>(x.data(), 3, hp, v, b, xs.data(), z.data(), want.data(), 1) == 0);
+    const int st = C <= 8    ? labelwise::detail::head_voxel_probs<float, 8>(x.data(), 3, hp, v, b, xs.data(), z.data(),
+                                                                            got.data(), 1)
+                   : C <= 16 ? labelwise::detail::head_voxel_probs<float, 16>(x.data(), 3, hp, v, b, xs.data(), z.data(),
+                                                                              got.data(), 1)
+                             : labelwise::detail::head_voxel_probs<float, 32>(x.data(), 3, hp, v, b, xs.data(), z.data(),
+                                                                              got.data(), 1);
+    REQUIRE(st == 0);
+    INFO("C = " << C << ", F = " << F << ", K = " << K << (hp.dropout ? ", dropout" : "") << (ensemble ? ", ensemble" : ""));
+    CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
+  }
+}
+
 TEST_CASE("philox reference matches the Random123 known answers", "[head_score]") {
   CHECK(ref::philox4x32_10({0, 0, 0, 0}, 0, 0) == std::array<std::uint32_t, 4>{0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8});
   CHECK(ref::philox4x32_10({0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344}, 0xA4093822, 0x299F31D0) ==

@@ -14,6 +14,13 @@
 #define LABELWISE_DEVICE
 #endif
 
+// Full unrolling of a loop with a compile-time trip count (register arrays), for nvcc; g++ decides.
+#if defined(__CUDACC__)
+#define LABELWISE_UNROLL _Pragma("unroll")
+#else
+#define LABELWISE_UNROLL
+#endif
+
 #if defined(__CUDA_ARCH__)
 #define LABELWISE_ON_DEVICE 1
 #else

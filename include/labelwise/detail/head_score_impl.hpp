@@ -125,7 +125,12 @@ LABELWISE_HD inline int head_softmax(double* z, std::int64_t ts, int C, float* p
 /// for f ascending, each operation rounded (mul_rn / add_rn); softmax as head_softmax. A dropped
 /// channel is skipped: its term W_cf · 0 is ±0, which leaves z_c unchanged except for the sign of a
 /// zero z_c, and the softmax does not see that sign (the backends check weights and biases are finite).
-template <typename T>
+///
+/// kRegs > 0 (at least C): a sample's logits are accumulated in a register array of kRegs entries and
+/// stored to z once, instead of a read-modify-write of z[c · ts] (global memory on CUDA) for every
+/// feature and class; the same operations in the same order, so the same bits (tests/cpp/
+/// test_head_score.cpp compares both on the host).
+template <typename T, int kRegs = 0>
 LABELWISE_HD int head_voxel_probs(const T* x, std::int64_t fs, const HeadParams& hp, std::uint32_t v, std::uint32_t b,
                                   double* xs, double* z, float* probs, std::int64_t ts) {
   const int F = hp.F, C = hp.C;
@@ -141,7 +146,13 @@ LABELWISE_HD int head_voxel_probs(const T* x, std::int64_t fs, const HeadParams&
     const int m = hp.M > 1 ? k : 0;
     const double* w = hp.wt + static_cast<std::int64_t>(m) * F * hp.Cp;
     const double* bias = hp.bias + static_cast<std::int64_t>(m) * C;
-    for (int c = 0; c < C; ++c) z[c * ts] = bias[c];
+    [[maybe_unused]] double acc[kRegs > 0 ? kRegs : 1];
+    if constexpr (kRegs > 0) {
+      LABELWISE_UNROLL
+      for (int c = 0; c < kRegs; ++c) acc[c] = c < C ? bias[c] : 0.0;
+    } else {
+      for (int c = 0; c < C; ++c) z[c * ts] = bias[c];
+    }
     for (int g = 0; g < groups; ++g) {
       rng::Philox4x32 word{{0u, 0u, 0u, 0u}};
       if (hp.dropout) word = head_mask_block(hp, v, g, k, b);
@@ -150,8 +161,19 @@ LABELWISE_HD int head_voxel_probs(const T* x, std::int64_t fs, const HeadParams&
         if (hp.dropout && word.v[f - 4 * g] < hp.keep_threshold) continue;  // dropped
         const double d = rng::mul_rn(xs[f * ts], hp.scale);  // scale = 1 (exact) without dropout
         const double* wf = w + static_cast<std::int64_t>(f) * hp.Cp;
-        for (int c = 0; c < C; ++c) z[c * ts] = rng::add_rn(z[c * ts], rng::mul_rn(wf[c], d));
+        if constexpr (kRegs > 0) {
+          LABELWISE_UNROLL
+          for (int c = 0; c < kRegs; ++c)
+            if (c < C) acc[c] = rng::add_rn(acc[c], rng::mul_rn(wf[c], d));
+        } else {
+          for (int c = 0; c < C; ++c) z[c * ts] = rng::add_rn(z[c * ts], rng::mul_rn(wf[c], d));
+        }
       }
+    }
+    if constexpr (kRegs > 0) {
+      LABELWISE_UNROLL
+      for (int c = 0; c < kRegs; ++c)
+        if (c < C) z[c * ts] = acc[c];
     }
     const int st = head_softmax(z, ts, C, probs + static_cast<std::int64_t>(k) * C * ts);
     if (st != kItemOk) return st;
