@@ -47,18 +47,24 @@ struct DiversityFailure {
   std::int64_t item = 0;
 };
 
-/// Euclidean metrics read the features times 2^shift, shift = feature_shift(largest |value|): when the
-/// largest magnitude is below 1/2, the power of two that brings it to [1/2, 1) (capped at 2^1023, so
-/// subnormal features reach [2^-51, 1)); else no scaling. Squared distances of tiny features would
-/// otherwise underflow (1e-162 squared is below the smallest double). Multiplying by a power of two
-/// is exact, so the picks are those of the original values, and core-set's radii and linkage's
-/// threshold are scaled by 2^-shift / 2^shift on the way out / in.
-inline int feature_shift(double max_abs) {
-  if (!(max_abs > 0.0) || !(max_abs < 0.5)) return 0;
+/// The power of two 2^shift that brings a largest magnitude `max_abs` > 0 to [1/2, 1), capped at
+/// 2^1023 (subnormal values reach [2^-51, 1)); 0 for max_abs = 0.
+inline int normalising_shift(double max_abs) {
+  if (!(max_abs > 0.0)) return 0;
   int e = 0;
-  std::frexp(max_abs, &e);  // max_abs = m · 2^e, m in [1/2, 1), e <= -1
+  std::frexp(max_abs, &e);  // max_abs = m · 2^e, m in [1/2, 1)
   return -e < 1023 ? -e : 1023;
 }
+
+/// Euclidean metrics read the features times 2^shift, shift = feature_shift(largest |value|): the
+/// normalising shift when the largest magnitude is below 1/2, else none. Squared distances of tiny
+/// features would otherwise underflow (1e-162 squared is below the smallest double). Multiplying by a
+/// power of two is exact, so the picks are those of the original values, and core-set's radii and
+/// linkage's threshold are scaled by 2^-shift / 2^shift on the way out / in. BADGE normalises its
+/// embeddings both ways (badge_shift): its draw sums D² over the whole pool, which overflowed for
+/// rows near the norm bound (2^510).
+inline int feature_shift(double max_abs) { return max_abs < 0.5 ? normalising_shift(max_abs) : 0; }
+inline int badge_shift(double max_abs) { return normalising_shift(max_abs); }
 
 /// A [N, D] matrix view on the CPU.
 struct Matrix {

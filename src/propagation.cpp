@@ -40,16 +40,6 @@ void check_cpu(const TensorView& v, const char* fn, const char* what) {
         " runs on the CPU only (its CUDA path is not implemented yet): pass CPU arrays, e.g. x.cpu()");
 }
 
-std::int64_t checked_numel(const TensorView& v, const char* what) {
-  std::int64_t total = 1;
-  for (int d = 0; d < v.ndim; ++d) {
-    check(v.shape[d] == 0 || total <= std::numeric_limits<std::int64_t>::max() / v.shape[d], ErrorKind::Value, what,
-          ": shape ", v.shape_str(), " has more elements than fit in int64");
-    total *= v.shape[d];
-  }
-  return total;
-}
-
 std::string shape_str(const std::vector<std::int64_t>& s) { return TensorView(nullptr, DType::Float32, s).shape_str(); }
 
 /// A probability tensor [N, C, *spatial] (class axis named): its label map and strides.
@@ -72,7 +62,7 @@ Probs describe_probs(const TensorView& x, int class_axis, const char* what) {
         " is out of range for ", what, " of rank ", x.ndim);
   Probs P;
   P.class_axis = class_axis < 0 ? class_axis + x.ndim : class_axis;
-  const std::int64_t total = checked_numel(x, what);
+  const std::int64_t total = x.checked_numel(what);
   check(total > 0, ErrorKind::Value, what, ": is empty (shape ", x.shape_str(), ")");
   check(x.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
   const std::int64_t C = x.shape[P.class_axis];
@@ -448,10 +438,10 @@ ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const
         "calib_errors: expected dtype bool, uint8, int32 or int64, got ", dtype_name(calib_errors.dtype));
   check(calib_errors.sizes() == calib_confidence.sizes(), ErrorKind::Value, "calib_errors: expected shape ",
         calib_confidence.shape_str(), " like calib_confidence, got ", calib_errors.shape_str());
-  const std::int64_t n = checked_numel(calib_confidence, "calib_confidence");
+  const std::int64_t n = calib_confidence.checked_numel("calib_confidence");
   check(n == 0 || (calib_confidence.data && calib_errors.data), ErrorKind::Value,
         "calib_confidence: data pointer is null");
-  const std::int64_t n_pool = checked_numel(pool_confidence, "pool_confidence");
+  const std::int64_t n_pool = pool_confidence.checked_numel("pool_confidence");
   check(n_pool == 0 || pool_confidence.data, ErrorKind::Value, "pool_confidence: data pointer is null");
   std::vector<Scored> units(static_cast<std::size_t>(n));
   for_each_offset(calib_confidence, [&](std::int64_t u, std::int64_t off) {

@@ -18,7 +18,8 @@ CUDA kernels, whose ``[cuda]`` tests against the CPU passed on an NVIDIA H200 (t
 
 Errors: ``ValueError`` for NaN scores (naming the first bad item), an empty pool, ``b`` outside
 ``[0, N]``, wrong rank, negative scores in ``"power"`` mode, finite scores whose score / temperature
-overflows to +inf in ``"softmax"`` mode, ``temperature <= 0``, bad ranks or indices; ``TypeError``
+(``"softmax"``) or ln(score) / temperature (``"power"``) overflows to +inf, ``temperature <= 0``, bad
+ranks or indices; ``TypeError``
 for non-float scores or a non-integer seed; ``RuntimeError`` for CUDA input to a CPU-only build.
 """
 

@@ -359,10 +359,10 @@ DiversityFailure badge_run(const BadgeJob& job) {
       }
     }
     if (worst.status != kDivOk || job.b == 0) return worst;
-    shift = feature_shift(max_of(amax));
+    shift = badge_shift(max_of(amax));
   }
   const double unit = std::ldexp(1.0, shift);
-  if (shift != 0) {  // ||a||² · ||2^shift h||² (those of tiny rows underflowed)
+  if (shift != 0) {  // ||a||² · ||2^shift h||² (tiny rows' underflowed; huge rows' sums overflowed)
     parallel_for(n, grain, [&](std::int64_t begin, std::int64_t end, int) {
       for (std::int64_t i = begin; i < end; ++i) {
         double a2 = 0.0, h2 = 0.0;

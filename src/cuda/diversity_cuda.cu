@@ -141,14 +141,14 @@ __device__ inline double warp_norm2(const DevMatrix& m, std::int64_t i, int lane
   return warp_norm2<T>(m, i, lane, finite, nonzero, amax);
 }
 
-/// The feature_shift of the largest magnitude that the validation folded into `amax` (synchronous).
-int shift_of(const u64* amax, cudaStream_t stream) {
+/// The largest magnitude that the validation folded into `amax` (synchronous).
+double max_abs_of(const u64* amax, cudaStream_t stream) {
   u64 bits = 0;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&bits, amax, sizeof(u64), cudaMemcpyDeviceToHost, stream));
   LABELWISE_CUDA_CHECK(cudaStreamSynchronize(stream));
   double v = 0.0;
   std::memcpy(&v, &bits, sizeof v);
-  return feature_shift(v);
+  return v;
 }
 
 __device__ inline std::int64_t global_warp() {
@@ -321,7 +321,7 @@ DiversityFailure coreset_run(const CoresetJob& job, int sms, cudaStream_t stream
   const DiversityFailure f = decode(host_failure);
   if (f.status != kDivOk || b == 0) return f;
   const double* sc = cosine ? scale : nullptr;
-  const int shift = cosine ? 0 : shift_of(amax, stream);  // Euclidean: the features are read times 2^shift
+  const int shift = cosine ? 0 : feature_shift(max_abs_of(amax, stream));  // Euclidean: read times 2^shift
   const double unit = std::ldexp(1.0, shift);
 
   std::int64_t pick = -1;
@@ -563,7 +563,7 @@ DiversityFailure badge_run(const BadgeJob& job, int sms, cudaStream_t stream) {
     return {static_cast<int>(packed & 7ull), (packed & 8ull) ? -1 - r : r};
   }
   if (b == 0) return {};
-  const int shift = shift_of(amax, stream);  // the embeddings are read times 2^shift
+  const int shift = badge_shift(max_abs_of(amax, stream));  // the embeddings are read times 2^shift
   const double unit = std::ldexp(1.0, shift);
   if (shift != 0) {
     badge_rescale_g2<TH><<<row_blocks, kBlock, 0, stream>>>(h, c, a, unit, g2);
@@ -653,7 +653,7 @@ DiversityFailure weighted_kmeans_run(const WeightedKmeansJob& job, int sms, cuda
   LABELWISE_CUDA_CHECK(cudaGetLastError());
   u64 host_failure = kNoFailure;
   LABELWISE_CUDA_CHECK(cudaMemcpyAsync(&host_failure, failure, sizeof(u64), cudaMemcpyDeviceToHost, stream));
-  const int shift = shift_of(amax, stream);  // the features are read times 2^shift
+  const int shift = feature_shift(max_abs_of(amax, stream));  // the features are read times 2^shift
   std::vector<double> X(static_cast<std::size_t>(gather ? m * d : 0));
   if (gather) {
     LABELWISE_CUDA_CHECK(cudaMemcpyAsync(rows, cand.data(), m * sizeof(std::int64_t), cudaMemcpyHostToDevice, stream));

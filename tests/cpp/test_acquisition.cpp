@@ -592,6 +592,21 @@ TEST_CASE("bad input to selection gets a clear error naming the argument", "[acq
     s[2] = -kInf;
     CHECK_THROWS_WITH(stochastic(sv, 2, out(2), power), Catch::Contains("negative"));
   }
+  SECTION("a finite score whose weight overflows") {
+    // softmax: beta · s; power: beta · ln s (a temperature below ~4e-306): both keys would be +inf and
+    // ordered by index; the item is named instead (CPU here, the shared stochastic_log_weight on CUDA)
+    std::vector<double> sc = {1.0, 1e308, 2.0};
+    const TensorView scv = TensorView::of(sc.data(), {3});
+    CHECK_THROWS_WITH(stochastic(scv, 2, out(2), opts(StochasticMode::Power, 1, 1e-306)),
+                      Catch::Contains("scores: item [1]'s logarithm times 1 / temperature overflows a double "
+                                      "(mode=\"power\")"));
+    std::vector<double> keys(3);
+    CHECK_THROWS_WITH(stochastic_keys(scv, TensorView::of(keys.data(), {3}), opts(StochasticMode::Power, 1, 1e-306)),
+                      Catch::Contains("item [1]'s logarithm"));
+    CHECK_THROWS_WITH(stochastic(scv, 2, out(2), opts(StochasticMode::Softmax, 1, 1e-10)),
+                      Catch::Contains("scores: item [1] times 1 / temperature overflows a double (mode=\"softmax\")"));
+    stochastic(scv, 2, out(2), opts(StochasticMode::Power, 1, 1e-300));  // beta · ln 1e308 = 7e302: fine
+  }
   SECTION("temperature") {
     for (double t : {0.0, -1.0, kInf, double(NAN), 1e-320}) {
       INFO("temperature " << t);

@@ -12,6 +12,7 @@
 
 #include "labelwise/acquisition/diversity.hpp"
 #include "labelwise/acquisition/selection.hpp"
+#include "labelwise/propagation/certified.hpp"
 #include "labelwise/propagation/knn.hpp"
 #include "labelwise/propagation/spreading.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
@@ -244,6 +245,23 @@ TEST_CASE("inputs that reach beyond the address space or are not aligned, bad en
     CHECK_THROWS_WITH(predictive_entropy(hand, ov), Catch::Contains("is outside [0, 8]"));
     std::vector<std::int64_t> picks(1);
     CHECK_THROWS_WITH(top_k(hand, 1, TensorView::of(picks.data(), {1})), Catch::Contains("is outside [0, 8]"));
+    // propagation had its own element count (ndim >= 10 then wrote past its layout's arrays)
+    std::vector<double> conf(24, 0.9);
+    std::vector<std::int64_t> errs(24, 0);
+    TensorView pool = TensorView::of(conf.data(), {24});
+    pool.ndim = nd;
+    CHECK_THROWS_WITH(certify_threshold(TensorView::of(conf.data(), {24}), TensorView::of(errs.data(), {24}), pool, 0.1,
+                                        0.1),
+                      Catch::Contains("is outside [0, 8]"));
+    CertifyOptions certify;
+    certify.target_error = 0.1;
+    certify.delta = 0.1;
+    std::vector<std::uint8_t> accepted(2);
+    std::vector<std::int64_t> labels(2), calib_labels(2);
+    CHECK_THROWS_WITH(certified_auto_label(hand, TensorView::of(x.data(), {2, 12}), TensorView::of(calib_labels.data(), {2}),
+                                           TensorView::of(accepted.data(), {2}), TensorView::of(labels.data(), {2}),
+                                           certify),
+                      Catch::Contains("is outside [0, 8]"));
   }
   // enum values outside their enums (cast integers) are errors wherever they are taken
   std::vector<double> f = {0, 0, 1, 0, 0, 3, 5, 5};

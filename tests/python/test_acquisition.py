@@ -311,7 +311,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"scores: item \[1\] times 1 / temperature overflows a double"):
         A.stochastic(np.array([1.0, 1e300, 2.0]), 2, mode="softmax", temperature=1e-10, seed=1)
     assert A.stochastic(np.array([1.0, np.inf, 2.0]), 1, mode="softmax", seed=1)[0] == 1
-    # power: beta * ln s overflows at a temperature near 1e-308 (both keys were +inf, ordered by index)
+    # power: beta * ln s overflows at temperatures below about 4e-306 (both keys were +inf, ordered by index)
     with pytest.raises(ValueError, match=r"scores: item \[1\]'s logarithm times 1 / temperature overflows a double "
                                          r"\(mode=\"power\"\)"):
         A.stochastic(np.array([1.0, 1e308]), 2, temperature=1e-308, seed=0)

@@ -403,6 +403,21 @@ def test_weighted_kmeans_depends_on_the_ratios_of_the_scores_only(rng):
     assert sorted(p // 5 for p in picks) == [0, 1]  # one pick per blob
 
 
+def test_badge_picks_near_the_embedding_norm_bound(rng):
+    """Rows of norm 2^510 (squared norm 2^1020, under the 2^1021 bound): BADGE's sum of D² over the pool
+    overflowed to +inf, so every seed drew the same last items; the embeddings are now read scaled to
+    [1/2, 1) both ways, and give the picks of the same rows scaled down exactly."""
+    h = rng.normal(size=(50, 4))
+    h /= np.linalg.norm(h, axis=1, keepdims=True)
+    big = np.ldexp(h, 510)
+    assert (np.einsum("ij,ij->i", big, big) <= 2.0**1021).all()
+    p = softmax(rng.normal(size=(50, 3)))
+    picks = [tuple(A.badge(p, big, 3, seed=s)) for s in range(8)]
+    assert len(set(picks)) > 1
+    for s in range(8):
+        np.testing.assert_array_equal(A.badge(p, big, 3, seed=s), A.badge(p, h, 3, seed=s))
+
+
 def test_euclidean_picks_with_one_row_far_above_the_others(rng):
     """The scaling follows the largest row: rows 2^300 below it keep their distances (unscaled, at
     2^-400 · 2^-300 their squared differences would underflow)."""

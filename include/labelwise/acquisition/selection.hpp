@@ -84,8 +84,9 @@ struct StochasticOptions {
 ///   scores : [N] or [N, *spatial], float32 / float64 (power: every score >= 0; no NaN in any mode)
 ///   indices: int64 [b] (out), global indices (item index + index_offset), best key first
 ///   keys   : float64 [b] (out, optional): the selected keys, for merge_top_k
-/// Extra errors: negative scores in power mode, a finite score whose score / temperature overflows
-/// to +inf in softmax mode (to -inf is weight 0), temperature <= 0 or not finite, ranks < 1 or of
+/// Extra errors: negative scores in power mode, a finite score whose score / temperature (softmax)
+/// or ln(score) / temperature (power) overflows to +inf (to -inf is weight 0), temperature <= 0 or
+/// not finite, ranks < 1 or of
 /// the wrong shape / dtype / device, ranks given for a mode other than SoftRank.
 void stochastic(const TensorView& scores, std::int64_t b, const TensorView& indices,
                 const StochasticOptions& options);
