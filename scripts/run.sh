@@ -5,6 +5,7 @@
 #     and write its report.
 # Extra arguments go to the campaign (python -m labelwise.campaign --help), e.g. --quick, --out DIR.
 set -euo pipefail
+caller_dir=$PWD  # the campaign's --out / --data are paths relative to where the user ran this script
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
@@ -17,4 +18,5 @@ fi
 echo "== what to label next (one round, breast cancer, BalEntAcq)"
 "$LW_PY" examples/python/next_to_label.py
 echo "== active-learning campaign"
+cd "$caller_dir"
 exec "$LW_PY" -m labelwise.campaign "$@"

@@ -361,8 +361,8 @@ def plan(d: Dataset, cfg: Config, seed: int):
     X, y, C = validate_dataset(d)
     Xp, yp, Xt, yt, init, calib = split(X, y, C, cfg, seed)
     N = int((~calib).sum())  # the acquisition pool: everything but the calibration set
-    b = cfg.batch.get(d.name, max(C, N // 50))
     budget = SEG.budget_count(d.name, cfg.budget_fraction, N, "item")
+    b = cfg.batch.get(d.name, min(max(C, N // 50), budget))  # the default never exceeds a small budget
     if budget > N - len(init):
         raise ValueError(f"{d.name}: budget {budget} is larger than the unlabelled pool ({N - len(init)})")
     if b < 1 or b > budget:
@@ -371,12 +371,13 @@ def plan(d: Dataset, cfg: Config, seed: int):
 
 
 def check_before_runs(d, cfg: Config) -> None:
-    """Every data set's split, budget and batch checked before the first run (with the first seed),
-    so that a bad setting for one data set does not surface after the runs of the others."""
-    if getattr(d, "kind", "classification") == "segmentation":
-        SEG.budget_and_batch(d, SEG.split(d, cfg, cfg.seeds[0]), cfg)
-    else:
-        plan(d, cfg, cfg.seeds[0])
+    """Every data set's split, budget and batch checked for every seed before the first run, so that a
+    bad setting for one data set or seed does not surface after the runs of the others."""
+    for seed in cfg.seeds:
+        if getattr(d, "kind", "classification") == "segmentation":
+            SEG.budget_and_batch(d, SEG.split(d, cfg, seed), cfg)
+        else:
+            plan(d, cfg, seed)
 
 
 def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) -> RunResult:
@@ -453,12 +454,15 @@ def summarise(results: List[RunResult]) -> Dict:
         summary[ds] = {}
         for st, runs in by.items():
             m = runs[0].metric  # "accuracy" or "dice": the summary keys say which
-            accs = np.array([r.accuracy for r in runs])
+            # Seeds can differ in their round count (a segmentation pool's size depends on its random
+            # split): the curves cover the rounds every seed reached.
+            L = min(len(r.accuracy) for r in runs)
+            accs = np.array([r.accuracy[:L] for r in runs])
             fr = [fraction_to_reach(r) for r in runs]
             reached = [f for f in fr if f is not None]
             summary[ds][st] = {
                 "metric": m,
-                "labeled_fraction": np.mean([np.array(r.labeled) / r.pool_size for r in runs], axis=0).tolist(),
+                "labeled_fraction": np.mean([np.array(r.labeled[:L]) / r.pool_size for r in runs], axis=0).tolist(),
                 f"{m}_mean": accs.mean(axis=0).tolist(),
                 f"{m}_std": accs.std(axis=0).tolist(),
                 f"full_{m}_mean": float(np.mean([r.full_accuracy for r in runs])),
@@ -470,7 +474,7 @@ def summarise(results: List[RunResult]) -> Dict:
                 "autolabel": [r.autolabel for r in runs],
                 "autolabel_10": [r.autolabel_10 for r in runs],
                 "n_calibration": runs[0].autolabel.get("n_calibration", 0),
-                "labeled": runs[0].labeled,
+                "labeled": runs[0].labeled[:L],
                 "seconds_mean": float(np.mean([r.seconds for r in runs])),
             }
             if m == "dice":
@@ -646,11 +650,13 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
             for st, s in sorted(by.items()):
                 lines.append(f"| {st} | " + " | ".join("—" if v is None else f"{v:.2f}"
                                                        for v in s["dice_per_class_final_mean"]) + " |")
-            lines += ["", "Region strategies label parts of slices: at the end they had touched "
-                      + ", ".join(f"{st} {s['slices_touched_final_mean']:.0f}" for st, s in sorted(by.items())
-                                  if st.endswith("_regions"))
-                      + f" of {first['setup']['pool_slices']} pool slices (whole-slice strategies touch exactly the "
-                      "slices they label).", ""]
+            touched = [f"{st} {s['slices_touched_final_mean']:.0f}" for st, s in sorted(by.items())
+                       if st.endswith("_regions")]
+            lines.append("")
+            if touched:
+                lines += ["Region strategies label parts of slices: at the end they had touched " + ", ".join(touched)
+                          + f" of {first['setup']['pool_slices']} pool slices (whole-slice strategies touch exactly "
+                          "the slices they label).", ""]
             if overlays and ds in overlays:
                 lines += [f"![uncertainty overlay]({overlays[ds]})", "",
                           "Uncertainty overlay: one pool slice after training on the seed set (seed "
@@ -714,9 +720,19 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
             lines.append("")
     lines += ["Numbers behind this report: `results.json`.", ""]
     path = os.path.join(out, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    _write_atomically(path, "\n".join(lines))
     return path
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """path's new contents, or its old ones after a crash or power loss mid-write: written to a temporary
+    file, flushed to disk, then renamed over path."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,6 +779,8 @@ def build_config(a: argparse.Namespace) -> Config:
     if a.data:
         names.append(a.data)
     strategies = list(dict.fromkeys(s.strip() for s in a.strategies.split(",") if s.strip()))  # no repeats
+    if a.data and not a.data.endswith(".npz"):
+        raise CampaignError(f"--data {a.data}: expected a .npz file (arrays X [N, D] and y [N])")
     bad = [n for n in names if n not in CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS and not n.endswith(".npz")]
     if bad:
         raise CampaignError(f"--dataset: unknown {bad}; choose from {list(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS)} "
@@ -822,9 +840,11 @@ def _check_dependencies(cfg: Config) -> None:
                          f"(or pip install {' '.join(missing)})")
 
 
-def _run_jobs(jobs, done: Dict[str, Dict], results: List, datasets: Dict, cfg: Config, state_path: str, bar) -> None:
-    """Runs the jobs not yet in `done`, saving the state after each (a rerun resumes from there)."""
-    for ds, st, sd in jobs:
+def _run_jobs(jobs, done: Dict[str, Dict], results: List, datasets: Dict, cfg: Config, state_path: str, bar,
+              code: str) -> None:
+    """Runs the jobs not yet in `done`, saving the state (with the code fingerprint) after each (a rerun
+    resumes from there). Progress: the bar, or a line per run without tqdm."""
+    for j, (ds, st, sd) in enumerate(jobs):
         key = f"{ds}/{st}/{sd}"
         if key in done:
             results.append(RunResult(**done[key]))
@@ -832,14 +852,38 @@ def _run_jobs(jobs, done: Dict[str, Dict], results: List, datasets: Dict, cfg: C
             if bar is not None:
                 bar.set_postfix_str(key)
             r = run_one(datasets[ds], st, sd, cfg)
+            if bar is None:
+                print(f"[campaign] run {j + 1}/{len(jobs)}: {key} ({r.seconds:.1f} s)", flush=True)
             results.append(r)
             done[key] = asdict(r)
-            tmp = state_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"config": asdict(cfg), "version": STATE_VERSION, "runs": done}, f)
-            os.replace(tmp, state_path)  # atomic: an interrupted write never corrupts the state
+            # atomic: an interrupted write never corrupts the state
+            _write_atomically(state_path, json.dumps({"config": asdict(cfg), "version": STATE_VERSION,
+                                                      "code": code, "runs": done}))
         if bar is not None:
             bar.update(1)
+
+
+def code_fingerprint() -> str:
+    """sha256 of what computes a run: the installed labelwise package (its .py files and compiled
+    extension) and the versions of numpy, torch and scikit-learn. Saved runs are resumed only under the
+    same fingerprint: a rebuilt library (scripts/run.sh reinstalls after every change) could otherwise
+    mix its runs with older ones in one report."""
+    import importlib.metadata as md
+
+    h = hashlib.sha256()
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(pkg)):
+        if name.endswith(".py") or (name.startswith("_core") and name.endswith((".so", ".pyd"))):
+            h.update(name.encode())
+            with open(os.path.join(pkg, name), "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    for dist in ("numpy", "torch", "scikit-learn"):
+        try:
+            h.update(f"{dist}={md.version(dist)}".encode())
+        except md.PackageNotFoundError:
+            h.update(f"{dist}=none".encode())
+    return h.hexdigest()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -866,6 +910,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
     make_output_folder(a.out)
     state_path = os.path.join(a.out, "state.json")
+    code = code_fingerprint()
     done: Dict[str, Dict] = {}
     if os.path.exists(state_path) and not a.fresh:
         try:
@@ -875,6 +920,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             raise CampaignError(f"{state_path} is not valid JSON ({e}); pass --fresh to start over") from None
         if not isinstance(saved, dict):
             raise CampaignError(f"{state_path} does not hold a campaign state; pass --fresh to start over")
+        if (saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION
+                and saved.get("code") != code and saved.get("runs")):
+            raise CampaignError(f"{state_path} holds {len(saved['runs'])} finished runs made by another build of "
+                                "labelwise or of numpy / torch / scikit-learn (the code fingerprint differs), which "
+                                "one report must not mix with new ones; pass --fresh to start over, or choose "
+                                "another --out")
         if saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION:
             done = saved.get("runs", {})
             print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
@@ -897,21 +948,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     results: List[RunResult] = []
     bar = tqdm(total=len(jobs), desc="campaign runs", unit="run") if tqdm else None
     try:
-        _run_jobs(jobs, done, results, datasets, cfg, state_path, bar)
-    finally:
-        if bar is not None:
-            bar.close()  # an error message then starts on a line of its own
-    summary = summarise(results)
-    with open(os.path.join(a.out, "results.json"), "w") as f:  # the numbers first, whatever the plots do
-        json.dump({"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results]}, f, indent=1)
-    plots = plot(summary, a.out)
-    overlays = {ds: SEG.overlay(d, cfg, cfg.seeds[0], a.out) for ds, d in datasets.items()
-                if getattr(d, "kind", "") == "segmentation"}
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump({"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results],
-                   "overlays": overlays}, f, indent=1)
-    # the runs' own compute time (a resumed campaign's elapsed time would count only the resumed part)
-    report = write_report(summary, cfg, datasets, plots, a.out, sum(r.seconds for r in results), overlays)
+        try:
+            _run_jobs(jobs, done, results, datasets, cfg, state_path, bar, code)
+        finally:
+            if bar is not None:
+                bar.close()  # an error message then starts on a line of its own
+        summary = summarise(results)
+        results_path = os.path.join(a.out, "results.json")
+        # the numbers first, whatever the plots do
+        _write_atomically(results_path, json.dumps({"config": asdict(cfg), "summary": summary,
+                                                    "runs": [asdict(r) for r in results]}, indent=1))
+        plots = plot(summary, a.out)
+        overlays = {ds: SEG.overlay(d, cfg, cfg.seeds[0], a.out) for ds, d in datasets.items()
+                    if getattr(d, "kind", "") == "segmentation"}
+        _write_atomically(results_path, json.dumps({"config": asdict(cfg), "summary": summary,
+                                                    "runs": [asdict(r) for r in results], "overlays": overlays},
+                                                   indent=1))
+        # the runs' own compute time (a resumed campaign's elapsed time would count only the resumed part)
+        report = write_report(summary, cfg, datasets, plots, a.out, sum(r.seconds for r in results), overlays)
+    except ValueError as e:  # every argument and data check ran before the runs: this is a failure, not usage
+        raise RuntimeError(f"the campaign failed after its runs started: {type(e).__name__}: {e}") from e
     print(f"[campaign] report: {report}")
     for ds, by in summary.items():
         metric = next(iter(by.values()))["metric"]
@@ -925,7 +981,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (``labelwise-campaign``): exit status 0 on success; 2 with a one-line message
-    for bad arguments or data (a missing or malformed file, a batch larger than the budget, ...)."""
+    for bad arguments or data (a missing or malformed file, a batch larger than the budget, ...), all
+    found before the first run; a failure after the runs started keeps its traceback."""
     try:
         main(argv)
     except (ValueError, OSError) as e:  # CampaignError included

@@ -525,17 +525,17 @@ class CampaignError(ValueError):
 def budget_count(name: str, fraction: float, n_pool: int, unit: str) -> int:
     """--budget as a count of the pool's units (items or slices), at least one (else CampaignError)."""
     budget = int(round(fraction * n_pool))
-    if budget < 1:
-        raise CampaignError(f"{name}: --budget {fraction:g} of a {n_pool}-{unit} pool is no {unit}; at least "
-                            f"{0.5 / n_pool:.2g} is needed")
+    if budget < 1:  # one unit's fraction, to 2 digits, is within 5 % of 1 / n_pool: it rounds to 1 unit
+        raise CampaignError(f"{name}: --budget {fraction:g} of a {n_pool}-{unit} pool is no {unit}; pass at least "
+                            f"{1.0 / n_pool:.2g} (one {unit})")
     return budget
 
 
 def budget_and_batch(d: SegDataset, sp: SegSplit, cfg) -> Tuple[int, int, int]:
     """(slices to acquire, slices per round, rounds)."""
     n_pool = len(sp.pool)
-    b = cfg.batch.get(d.name, cfg.seg_batch_slices)
     budget = budget_count(d.name, cfg.budget_fraction, n_pool, "slice")
+    b = cfg.batch.get(d.name, min(cfg.seg_batch_slices, budget))  # the default never exceeds a small budget
     if cfg.seg_max_rounds:
         budget = min(budget, cfg.seg_max_rounds * b)  # --quick without an explicit --budget: 2 rounds
     free = n_pool - len(sp.init)

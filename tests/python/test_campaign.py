@@ -127,16 +127,41 @@ def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
         campaign.main(base)
     campaign.main(base + ["--fresh"])
     assert "random" in open(os.path.join(out, "report.md")).read()
+    # runs made by another build of the library (or of numpy / torch / scikit-learn) are not mixed in
+    state_file = os.path.join(out, "state.json")
+    state = json.load(open(state_file))
+    assert state["code"] == campaign.code_fingerprint()
+    state["code"] = "0" * 64
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+    with pytest.raises(campaign.CampaignError, match="another build of labelwise.*--fresh"):
+        campaign.main(base)
+    campaign.main(base + ["--fresh"])
+    assert not os.path.exists(state_file + ".tmp")  # written to a temporary file, then renamed
     # argument errors are one line with exit status 2 too (they exited 1 with a bare message)
     capsys.readouterr()  # the progress output so far
     for bad in (["--seeds", "0"], ["--budget", "1.5"], ["--strategies", "nope"], ["--dataset", "nope"]):
         assert campaign.cli(bad + ["--out", str(tmp_path / "o7")]) == 2, bad
         assert capsys.readouterr().err.startswith("labelwise-campaign: error: "), bad
     assert not os.path.exists(tmp_path / "o7")  # nothing is created for a refused invocation
-    # a budget that rounds to no item is named as such
-    with pytest.raises(campaign.CampaignError, match="--budget 0.001 of a .*-item pool is no item"):
+    # a budget that rounds to no item is named as such, with a budget that works (round() halves to even:
+    # the former suggestion 0.5 / n could round to 0 again)
+    with pytest.raises(campaign.CampaignError, match="--budget 0.001 of a .*-item pool is no item") as e:
         campaign.main(["--data", str(data), "--strategies", "random", "--quick", "--budget", "0.001",
                        "--out", str(tmp_path / "o8")])
+    msg = str(e.value)
+    n = int(msg.split("of a ")[1].split("-item")[0])
+    suggested = float(msg.split("pass at least ")[1].split(" ")[0])
+    assert int(round(suggested * n)) >= 1
+    for n in (7, 1078, 145152):
+        text = str(pytest.raises(campaign.CampaignError, campaign.SEG.budget_count, "d", 0.1 / n, n, "item").value)
+        assert int(round(float(text.split("pass at least ")[1].split(" ")[0]) * n)) == 1, text
+    # the default batch never exceeds a small budget (digits: default batch 21, budget 16 at 0.015)
+    digits = campaign.load_dataset("digits")
+    b, budget = campaign.plan(digits, campaign.build_config(campaign.parse_args(["--budget", "0.015"])), 0)[-2:]
+    assert b == budget == 16
+    with pytest.raises(campaign.CampaignError, match="--data mine.csv: expected a .npz file"):
+        campaign.build_config(campaign.parse_args(["--data", "mine.csv"]))
     # a state file that is not a campaign's: named, with the way out
     bad_state = tmp_path / "o9"
     bad_state.mkdir()
@@ -147,6 +172,18 @@ def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
     # --quick caps segmentation at 2 rounds only when --budget is not given
     assert campaign.build_config(campaign.parse_args(["--quick"])).seg_max_rounds == 2
     assert campaign.build_config(campaign.parse_args(["--quick", "--budget", "0.5"])).seg_max_rounds == 0
+
+
+def test_summary_of_seeds_with_different_round_counts():
+    """A segmentation pool's size depends on its seed's split, so seeds can run different numbers of
+    rounds: the curves cover the rounds every seed reached (the summary raised 'inhomogeneous shape'
+    after all the runs, and no report could ever be written)."""
+    runs = [campaign.RunResult("d", "bald", s, labeled=list(range(10, 10 + 5 * n, 5)), accuracy=[0.5 + 0.1 * i
+            for i in range(n)], full_accuracy=0.9, pool_size=100, seconds=1.0) for s, n in ((0, 3), (1, 4))]
+    s = campaign.summarise(runs)["d"]["bald"]
+    assert len(s["accuracy_mean"]) == len(s["labeled_fraction"]) == len(s["labeled"]) == 3
+    np.testing.assert_allclose(s["accuracy_mean"], [0.5, 0.6, 0.7])
+    assert s["fraction_to_95_per_seed"] == [None, None]
 
 
 def test_nan_model_output_is_an_error():
