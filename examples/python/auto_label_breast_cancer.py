@@ -53,7 +53,7 @@ def run_once(seed: int, *, labelled: float, calibration: float, target_error: fl
     idx = np.arange(len(y))
     train, rest = train_test_split(idx, train_size=labelled, stratify=y, random_state=seed)
     cal, pool = train_test_split(rest, train_size=calibration / (1 - labelled), stratify=y[rest],
-                                 random_state=seed + 1)
+                                 random_state=(seed + 1) % 2**32)  # scikit-learn takes seeds below 2^32
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     model.fit(X[train], y[train])
     calib_probs = model.predict_proba(X[cal])
@@ -121,18 +121,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats:
         real, cov, certified = [], [], 0
         for s in range(args.repeats):
-            q = run_once(args.seed + 1000 + s, **kw)
+            q = run_once((args.seed + 1000 + s) % 2**32, **kw)
+            if (s + 1) % max(1, args.repeats // 10) == 0:
+                print(f"  ... {s + 1} / {args.repeats} splits", flush=True)
             if q["result"].certified:
                 certified += 1
                 cov.append(q["result"].coverage)
                 real.append(q["realised_error"] if q["n_accepted"] else 0.0)
         real = np.array(real)
         over = int(np.sum(real > args.target_error))
-        frac = over / certified if certified else 0.0
         print()
-        print(f"{args.repeats} random splits: certified in {certified}; realised pool error > {args.target_error:g} "
-              f"in {over} ({frac:.3f} of the certified splits; delta = {args.delta:g}); mean realised error "
-              f"{real.mean():.4f}, mean coverage {np.mean(cov):.3f}")
+        if not certified:
+            print(f"{args.repeats} random splits: none certified")
+        else:
+            print(f"{args.repeats} random splits: certified in {certified}; realised pool error > "
+                  f"{args.target_error:g} in {over} ({over / certified:.3f} of the certified splits; delta = "
+                  f"{args.delta:g}); mean realised error {real.mean():.4f}, mean coverage {np.mean(cov):.3f}")
     return 0
 
 

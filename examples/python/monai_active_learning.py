@@ -50,15 +50,15 @@ def parse_args(argv=None):
         a.rounds, a.steps, a.samples = min(a.rounds, 2), min(a.steps, 60), min(a.samples, 4)
     if a.seed < 0:
         p.error("--seed must be >= 0")
-    if a.out:  # made, and proved writable, before the rounds
-        from labelwise.data import make_output_folder_or_exit
-
-        make_output_folder_or_exit(p, a.out)
     for name in ("rounds", "batch", "initial", "steps"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")
     if a.samples < 2:
         p.error("--samples must be >= 2")
+    if a.out:  # made, and proved writable, after the argument checks and before the rounds
+        from labelwise.data import make_output_folder_or_exit
+
+        make_output_folder_or_exit(p, a.out)
     return a
 
 

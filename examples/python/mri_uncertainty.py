@@ -190,6 +190,8 @@ def main(argv=None) -> int:
         args.steps, args.samples, args.width = min(args.steps, 50), min(args.samples, 8), min(args.width, 8)
     if args.steps < 1 or args.batch < 1 or args.samples < 2 or args.width < 1:
         ap.error("--steps, --batch and --width must be >= 1 and --samples >= 2")
+    if args.threads < 0:
+        ap.error("--threads must be >= 0 (0: torch's choice)")
     if not 0 < args.p < 1 or not 0 < args.lr < float("inf") or not 0 <= args.seed < 2**64:
         ap.error("--p must be in (0, 1) (0 would give an all-zero BALD map), --lr finite and > 0 and --seed in [0, 2^64)")
     from labelwise.data import make_output_folder_or_exit
