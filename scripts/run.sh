@@ -19,4 +19,4 @@ echo "== what to label next (one round, breast cancer, BalEntAcq)"
 "$LW_PY" examples/python/next_to_label.py
 echo "== active-learning campaign"
 cd "$caller_dir"
-exec "$LW_PY" -m labelwise.campaign "$@"
+exec "$(dirname "$LW_PY")/labelwise-campaign" "$@"  # a console script: the caller's folder is not on sys.path

@@ -55,10 +55,7 @@ def parse_args(argv=None):
             p.error(f"--{name} must be >= 1")
     if a.samples < 2:
         p.error("--samples must be >= 2")
-    if a.out:  # made, and proved writable, after the argument checks and before the rounds
-        from labelwise.data import make_output_folder_or_exit
-
-        make_output_folder_or_exit(p, a.out)
+    a.parser = p  # main() makes --out with it, once the pool is known to be large enough
     return a
 
 
@@ -180,6 +177,8 @@ def main(argv=None):
     need = a.initial + a.rounds * a.batch
     if need > len(pool):
         sys.exit(f"--initial + --rounds x --batch = {need} slices, but the pool has only {len(pool)}")
+    if a.out:  # made, and proved writable, after every check and before the rounds
+        data.make_output_folder_or_exit(a.parser, a.out)
     print(f"Colin27 + AAL lobes: {len(x)} axial brain slices {x.shape[2]}x{x.shape[3]}, {C} classes; "
           f"pool {len(pool)}, held-out {len(test)}")
     results = {}

@@ -39,6 +39,7 @@ with ``image`` and ``labels`` [S, H, W] (axial slices first, label 0 = backgroun
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import math
@@ -465,6 +466,10 @@ def summarise(results: List[RunResult]) -> Dict:
                 "labeled_fraction": np.mean([np.array(r.labeled[:L]) / r.pool_size for r in runs], axis=0).tolist(),
                 f"{m}_mean": accs.mean(axis=0).tolist(),
                 f"{m}_std": accs.std(axis=0).tolist(),
+                # each seed's own last round (the curves above stop at the rounds all seeds reached)
+                f"final_{m}_mean": float(np.mean([r.accuracy[-1] for r in runs])),
+                f"final_{m}_std": float(np.std([r.accuracy[-1] for r in runs])),
+                "rounds": [len(r.accuracy) - 1 for r in runs],
                 f"full_{m}_mean": float(np.mean([r.full_accuracy for r in runs])),
                 "fraction_to_95": float(np.mean(reached)) if len(reached) == len(runs) else None,
                 "fraction_to_95_per_seed": fr,
@@ -627,9 +632,13 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
                     fs += " (as many labels as random)"
                 else:
                     fs += f" ({100 * (f / rand - 1):.0f} % more labels than random)"
-            lines.append(f"| {st} | {s[f'{metric}_mean'][-1]:.3f} ± {s[f'{metric}_std'][-1]:.3f} | {fs} | "
+            lines.append(f"| {st} | {s[f'final_{metric}_mean']:.3f} ± {s[f'final_{metric}_std']:.3f} | {fs} | "
                          f"{s['runs_reaching_95']} / {len(s['seeds'])} |")
         full = np.mean([s[f"full_{metric}_mean"] for s in by.values()])
+        rounds = sorted({n for s in by.values() for n in s["rounds"]})
+        if len(rounds) > 1:
+            lines += ["", f"The seeds ran {rounds[0]}–{rounds[-1]} rounds (their pools differ in size): the curves "
+                      f"cover the first {rounds[0]}, the final {mname} is each seed's own last round."]
         lines += ["", (f"Full-data {mname} (same model trained on the whole pool): {full:.3f}." if not seg else
                        f"Full-data {mname}: {full:.3f} (the same U-Net trained on every pool voxel, with twice the "
                        f"steps and twice the slices per step, so that it is a ceiling rather than a peer). Random's "
@@ -728,11 +737,20 @@ def _write_atomically(path: str, text: str) -> None:
     """path's new contents, or its old ones after a crash or power loss mid-write: written to a temporary
     file, flushed to disk, then renamed over path."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            try:
+                os.fsync(f.fileno())
+            except OSError as e:  # a file system without fsync (some FUSE / network mounts): rename anyway
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+                    raise
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -870,14 +888,19 @@ def code_fingerprint() -> str:
     mix its runs with older ones in one report."""
     import importlib.metadata as md
 
+    from . import _core
+
     h = hashlib.sha256()
     pkg = os.path.dirname(os.path.abspath(__file__))
-    for name in sorted(os.listdir(pkg)):
-        if name.endswith(".py") or (name.startswith("_core") and name.endswith((".so", ".pyd"))):
-            h.update(name.encode())
-            with open(os.path.join(pkg, name), "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+    # the package's modules (regular files named like modules: not an editor's lock or backup file) and
+    # the extension actually loaded (an editable install keeps it outside the package folder)
+    files = [os.path.join(pkg, n) for n in sorted(os.listdir(pkg))
+             if n.endswith(".py") and n[:-3].isidentifier() and os.path.isfile(os.path.join(pkg, n))]
+    for path in files + [os.path.abspath(_core.__file__)]:
+        h.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     for dist in ("numpy", "torch", "scikit-learn"):
         try:
             h.update(f"{dist}={md.version(dist)}".encode())
@@ -922,10 +945,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             raise CampaignError(f"{state_path} does not hold a campaign state; pass --fresh to start over")
         if (saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION
                 and saved.get("code") != code and saved.get("runs")):
-            raise CampaignError(f"{state_path} holds {len(saved['runs'])} finished runs made by another build of "
-                                "labelwise or of numpy / torch / scikit-learn (the code fingerprint differs), which "
-                                "one report must not mix with new ones; pass --fresh to start over, or choose "
-                                "another --out")
+            why = ("were saved before code fingerprints were recorded" if "code" not in saved else
+                   "were made by another build of labelwise or of numpy / torch / scikit-learn (the code fingerprint "
+                   "differs)")
+            raise CampaignError(f"{state_path} holds {len(saved['runs'])} finished runs that {why}, which one report "
+                                "must not mix with new ones; pass --fresh to start over, or choose another --out")
         if saved.get("config") == asdict(cfg) and saved.get("version") == STATE_VERSION:
             done = saved.get("runs", {})
             print(f"[campaign] resuming: {len(done)} finished runs found in {state_path}")
@@ -966,7 +990,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                                                    indent=1))
         # the runs' own compute time (a resumed campaign's elapsed time would count only the resumed part)
         report = write_report(summary, cfg, datasets, plots, a.out, sum(r.seconds for r in results), overlays)
-    except ValueError as e:  # every argument and data check ran before the runs: this is a failure, not usage
+    except (ValueError, OSError) as e:  # every argument and data check ran before the runs: not usage
         raise RuntimeError(f"the campaign failed after its runs started: {type(e).__name__}: {e}") from e
     print(f"[campaign] report: {report}")
     for ds, by in summary.items():
@@ -975,7 +999,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         for st, s in sorted(by.items()):
             f = s["fraction_to_95"]
             print(f"    {st:17s} {'not reached' if f is None else f'{100 * f:5.1f} %'}   final {metric} "
-                  f"{s[f'{metric}_mean'][-1]:.3f}")
+                  f"{s[f'final_{metric}_mean']:.3f}")
     return summary
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -136,8 +137,12 @@ def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
         json.dump(state, f)
     with pytest.raises(campaign.CampaignError, match="another build of labelwise.*--fresh"):
         campaign.main(base)
+    del state["code"]  # saved before fingerprints were recorded
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+    with pytest.raises(campaign.CampaignError, match="saved before code fingerprints were recorded.*--fresh"):
+        campaign.main(base)
     campaign.main(base + ["--fresh"])
-    assert not os.path.exists(state_file + ".tmp")  # written to a temporary file, then renamed
     # argument errors are one line with exit status 2 too (they exited 1 with a bare message)
     capsys.readouterr()  # the progress output so far
     for bad in (["--seeds", "0"], ["--budget", "1.5"], ["--strategies", "nope"], ["--dataset", "nope"]):
@@ -184,6 +189,36 @@ def test_summary_of_seeds_with_different_round_counts():
     assert len(s["accuracy_mean"]) == len(s["labeled_fraction"]) == len(s["labeled"]) == 3
     np.testing.assert_allclose(s["accuracy_mean"], [0.5, 0.6, 0.7])
     assert s["fraction_to_95_per_seed"] == [None, None]
+    # "final" is each seed's own last round, not the last round they all reached
+    assert s["final_accuracy_mean"] == pytest.approx(0.75) and s["rounds"] == [2, 3]
+
+
+def test_progress_without_tqdm_every_seed_checked_and_failures_after_the_runs(tmp_path, capsys, monkeypatch):
+    base = ["--dataset", "breast_cancer", "--strategies", "random", "--quick"]
+    # every seed's split is checked before the first run (not only the first seed's)
+    real_plan = campaign.plan
+
+    def plan(d, cfg, seed):
+        if seed == 1:
+            raise ValueError("seed 1 cannot be split")
+        return real_plan(d, cfg, seed)
+
+    monkeypatch.setattr(campaign, "plan", plan)
+    with pytest.raises(ValueError, match="seed 1 cannot be split"):
+        campaign.main(base + ["--seeds", "2", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+    monkeypatch.setattr(campaign, "plan", real_plan)
+    # without tqdm, a line per finished run
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    out = str(tmp_path / "a")
+    campaign.main(base + ["--seeds", "1", "--out", out])
+    assert "[campaign] run 1/1: breast_cancer/random/0" in capsys.readouterr().out
+    # a failure once the runs started keeps its traceback: not the one-line usage error (exit status 2)
+    monkeypatch.setattr(campaign, "summarise", lambda results: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(RuntimeError, match="failed after its runs started: ValueError: boom"):
+        campaign.main(base + ["--seeds", "1", "--out", out])
+    with pytest.raises(RuntimeError):
+        campaign.cli(base + ["--seeds", "1", "--out", out])
 
 
 def test_nan_model_output_is_an_error():
