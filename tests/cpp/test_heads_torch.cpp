@@ -398,6 +398,10 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
   require_error([&] { en->forward(torch::randn({2, 3, 5, 5})); }, "expected 4 channels (in_channels) on axis 1, got 3");
   require_error([&] { ev->score(torch::randn({2, 5, 5, 5})); }, "expected 4 channels");
   require_error([&] { mc->sample(x.to(torch::kLong)); }, "features: expected a floating-point tensor", ErrorKind::Type);
+  for (auto* call : {+[](MCDropoutHead& h, const at::Tensor& t) { h->score(t); },
+                     +[](MCDropoutHead& h, const at::Tensor& t) { h->sample(t); }})
+    require_error([&] { call(mc, x.to_sparse()); }, "features: expected a dense (strided) tensor", ErrorKind::Type);
+  require_error([&] { ev->score(x.to_sparse()); }, "features: expected a dense (strided) tensor", ErrorKind::Type);
   require_error([&] { mc->score(x, 1, {Metric::Bald}); }, "K: the metric bald needs K >= 2");
   require_error([&] { mc->sample(x, 0); }, "K:");
   require_error([&] { en->score(x, 5); }, "K: an EnsembleHead has exactly 3 samples");

@@ -296,6 +296,8 @@ class HeadBase : public torch::nn::Module {
     check(x.defined(), ErrorKind::Value, name, ": undefined tensor");
     check(x.is_floating_point(), ErrorKind::Type, name, ": expected a floating-point tensor, got ",
           c10::toString(x.scalar_type()));
+    check(x.layout() == at::kStrided, ErrorKind::Type, name, ": expected a dense (strided) tensor, got layout ",
+          x.layout(), " (call .to_dense() first)");
     const char* want = dims_ == 2 ? "[B, F, H, W]" : "[B, F, D, H, W]";
     check(x.dim() == dims_ + 2, ErrorKind::Value, name, ": expected ", want, " (rank ", dims_ + 2, ") for dims=", dims_,
           ", got rank ", x.dim(), " with shape ", c10::str(x.sizes()));
