@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -221,49 +222,59 @@ TEST_CASE("det_exp_nonpositive is within 1 ulp of exp on (-inf, 0]", "[head_scor
 
 TEST_CASE("head_voxel_probs with the logits in registers gives the scratch version's bits", "[head_score]") {
   // The CUDA kernel accumulates each sample's logits in a register array for C <= 8 / 16 / 32
-  // (kRegs); the host runs both forms of the shared body on random heads, dropout on and off, and
-  // their probabilities must be the same bits (so CUDA's equal the CPU's whichever form runs).
+  // (kRegs); the host runs both forms of the shared body and requires the same bits of the float64
+  // exponentials left in z (they carry every bit of the logits: the float32 probabilities would hide
+  // an operation taken in another order) and of the probabilities, with threads' scratch interleaved
+  // (ts = 3, as on the device), NaN in the weights' padding lanes and after the biases (never read).
   std::mt19937_64 g(fresh_seed());
   std::normal_distribution<double> nd;
-  for (int trial = 0; trial < 60; ++trial) {
-    const int C = 2 + static_cast<int>(g() % 31), F = 1 + static_cast<int>(g() % 40), K = 1 + static_cast<int>(g() % 6);
-    const bool ensemble = trial % 3 == 2;
-    labelwise::detail::HeadParams hp;
-    hp.F = F;
-    hp.C = C;
-    hp.Cp = labelwise::detail::padded_classes(C);
-    hp.K = K;
-    hp.M = ensemble ? K : 1;
-    std::vector<double> wt(static_cast<std::size_t>(hp.M) * F * hp.Cp, 0.0), bias(static_cast<std::size_t>(hp.M) * C);
-    for (int m = 0; m < hp.M; ++m)
-      for (int f = 0; f < F; ++f)
-        for (int c = 0; c < C; ++c) wt[(static_cast<std::size_t>(m) * F + f) * hp.Cp + c] = 0.3 * nd(g);
-    for (auto& v : bias) v = nd(g);
-    hp.wt = wt.data();
-    hp.bias = bias.data();
-    hp.dropout = !ensemble && trial % 2 == 0;
-    if (hp.dropout) {
-      hp.keep_threshold = 1u << 31;  // p = 0.5
-      hp.scale = 2.0;
+  const double kNaN = std::numeric_limits<double>::quiet_NaN();
+  for (int C : {2, 7, 8, 9, 15, 16, 17, 24, 25, 31, 32})
+    for (int mode = 0; mode < 3; ++mode) {  // 0: no dropout, 1: dropout p = 0.5, 2: ensemble
+      const int F = 1 + static_cast<int>(g() % 40), K = 2 + static_cast<int>(g() % 5);
+      const bool ensemble = mode == 2;
+      labelwise::detail::HeadParams hp;
+      hp.F = F;
+      hp.C = C;
+      hp.Cp = labelwise::detail::padded_classes(C);
+      hp.K = K;
+      hp.M = ensemble ? K : 1;
+      std::vector<double> wt(static_cast<std::size_t>(hp.M) * F * hp.Cp, kNaN);
+      std::vector<double> bias(static_cast<std::size_t>(hp.M) * C + 8, kNaN);
+      for (int m = 0; m < hp.M; ++m)
+        for (int f = 0; f < F; ++f)
+          for (int c = 0; c < C; ++c) wt[(static_cast<std::size_t>(m) * F + f) * hp.Cp + c] = 0.3 * nd(g);
+      for (int j = 0; j < hp.M * C; ++j) bias[j] = nd(g);
+      hp.wt = wt.data();
+      hp.bias = bias.data();
+      hp.dropout = mode == 1;
+      if (hp.dropout) {
+        hp.keep_threshold = 1u << 31;  // p = 0.5
+        hp.scale = 2.0;
+      }
+      hp.key0 = static_cast<std::uint32_t>(g());
+      hp.key1 = static_cast<std::uint32_t>(g());
+      std::vector<float> x(static_cast<std::size_t>(F) * 3);  // features 3 apart (a strided voxel)
+      for (auto& v : x) v = static_cast<float>(nd(g));
+      constexpr int ts = 3;
+      std::vector<double> xs(static_cast<std::size_t>(F) * ts), z_want(static_cast<std::size_t>(C) * ts, 0.0),
+          z_got(z_want.size(), 0.0);
+      std::vector<float> want(static_cast<std::size_t>(K) * C * ts, 0.0f), got(want.size(), 0.0f);
+      const std::uint32_t v = static_cast<std::uint32_t>(g()), b = static_cast<std::uint32_t>(g() % 5);
+      INFO("C = " << C << ", F = " << F << ", K = " << K << (hp.dropout ? ", dropout" : "")
+                  << (ensemble ? ", ensemble" : ""));
+      REQUIRE(labelwise::detail::head_voxel_probs<float>(x.data(), 3, hp, v, b, xs.data(), z_want.data(), want.data(),
+                                                         ts) == 0);
+      const int st = C <= 8    ? labelwise::detail::head_voxel_probs<float, 8>(x.data(), 3, hp, v, b, xs.data(),
+                                                                              z_got.data(), got.data(), ts)
+                     : C <= 16 ? labelwise::detail::head_voxel_probs<float, 16>(x.data(), 3, hp, v, b, xs.data(),
+                                                                                z_got.data(), got.data(), ts)
+                               : labelwise::detail::head_voxel_probs<float, 32>(x.data(), 3, hp, v, b, xs.data(),
+                                                                                z_got.data(), got.data(), ts);
+      REQUIRE(st == 0);
+      CHECK(std::memcmp(z_want.data(), z_got.data(), z_want.size() * sizeof(double)) == 0);
+      CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
     }
-    hp.key0 = static_cast<std::uint32_t>(g());
-    hp.key1 = static_cast<std::uint32_t>(g());
-    std::vector<float> x(static_cast<std::size_t>(F) * 3);  // features 3 apart (a strided voxel)
-    for (auto& v : x) v = static_cast<float>(nd(g));
-    std::vector<double> xs(F), z(C);
-    std::vector<float> want(static_cast<std::size_t>(K) * C), got(want.size());
-    const std::uint32_t v = static_cast<std::uint32_t>(g()), b = static_cast<std::uint32_t>(g() % 5);
-    REQUIRE(labelwise::detail::head_voxel_probs<float>(x.data(), 3, hp, v, b, xs.data(), z.data(), want.data(), 1) == 0);
-    const int st = C <= 8    ? labelwise::detail::head_voxel_probs<float, 8>(x.data(), 3, hp, v, b, xs.data(), z.data(),
-                                                                            got.data(), 1)
-                   : C <= 16 ? labelwise::detail::head_voxel_probs<float, 16>(x.data(), 3, hp, v, b, xs.data(), z.data(),
-                                                                              got.data(), 1)
-                             : labelwise::detail::head_voxel_probs<float, 32>(x.data(), 3, hp, v, b, xs.data(), z.data(),
-                                                                              got.data(), 1);
-    REQUIRE(st == 0);
-    INFO("C = " << C << ", F = " << F << ", K = " << K << (hp.dropout ? ", dropout" : "") << (ensemble ? ", ensemble" : ""));
-    CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
-  }
 }
 
 TEST_CASE("philox reference matches the Random123 known answers", "[head_score]") {

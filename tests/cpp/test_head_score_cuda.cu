@@ -112,6 +112,11 @@ TEST_CASE("head_score / head_sample: CUDA equals CPU (MC dropout and ensembles, 
   compare<double>(2, 5, 14, 1, 3, 0.0, {300}, false, 5);    // p = 0
   // more voxels than the grid has threads: each thread loops over many voxels, reusing its scratch
   compare<float>(1, 3, 3, 1, 2, 0.3, {300, 1000}, false, 6);
+  // every logits form of the kernel: registers of 16 and 32 (C = 16, 17, 32) and the scratch beyond 32
+  compare<float>(1, 12, 16, 1, 5, 0.5, {7, 9}, false, 7);
+  compare<double>(1, 10, 17, 3, 3, 0.0, {6, 5}, true, 8);  // ensemble of 3
+  compare<float>(2, 9, 32, 1, 4, 0.3, {5, 7}, false, 9);
+  compare<float>(1, 7, 40, 1, 3, 0.2, {4, 6}, false, 10);
   // NaN features: the same error on the device
   std::vector<float> x(2 * 3 * 4, 1.0f), w(2 * 3, 0.5f), b(2, 0.0f);
   x[13] = NAN;

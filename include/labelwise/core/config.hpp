@@ -14,8 +14,9 @@
 #define LABELWISE_DEVICE
 #endif
 
-// Full unrolling of a loop with a compile-time trip count (register arrays), for nvcc; g++ decides.
-#if defined(__CUDACC__)
+// Full unrolling of a loop with a compile-time trip count (register arrays), in device code only (the
+// host compiler of a .cu file would warn about an unknown pragma); g++ decides on its own.
+#if defined(__CUDA_ARCH__)
 #define LABELWISE_UNROLL _Pragma("unroll")
 #else
 #define LABELWISE_UNROLL
