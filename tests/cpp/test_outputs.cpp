@@ -237,7 +237,13 @@ TEST_CASE("inputs that reach beyond the address space or are not aligned, bad en
   TensorView bad;
   bad.ndim = 100;  // hand-set: shows as such in messages instead of reading past the shape array
   CHECK(bad.shape_str() == "[invalid rank 100]");
-  // ... and is refused by every function that counts its elements (it was read as "empty")
+  // ... and is refused by every function that counts its elements (it was read as "empty"), as is a
+  // hand-set negative extent
+  {
+    TensorView neg = TensorView::of(x.data(), {2, 3, 4});
+    neg.shape[0] = -5;
+    CHECK_THROWS_WITH(predictive_entropy(neg, ov), Catch::Contains("TensorView: extent -5 of axis 0 is negative"));
+  }
   for (int nd : {9, 100}) {
     TensorView hand = TensorView::of(x.data(), {2, 3, 4});
     hand.ndim = nd;

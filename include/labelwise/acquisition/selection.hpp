@@ -37,7 +37,8 @@ struct SelectOptions {
 /// O(N) selection (no full sort of the pool), then a sort of the b winners.
 ///   scores : [N] or [N, *spatial], float32 / float64
 ///   indices: int64 [b] (out)
-///   values : [b] float32 / float64 (out, optional): the selected scores
+///   values : [b] float32 / float64 (out, optional): the selected scores (float64 scores written to a
+///            float32 view are rounded, beyond 3.4e38 to inf: pass float64 values to merge_top_k)
 void top_k(const TensorView& scores, std::int64_t b, const TensorView& indices, const SelectOptions& options = {});
 void top_k(const TensorView& scores, std::int64_t b, const TensorView& indices, const TensorView& values,
            const SelectOptions& options = {});

@@ -115,11 +115,15 @@ struct TensorView {
                       str);
   }
 
-  /// Error(Value) for a hand-set ndim outside [0, kMaxDims] (the constructors never make one): every
-  /// loop over the axes below would read past shape[] / strides[].
+  /// Error(Value) for a hand-set ndim outside [0, kMaxDims] or a hand-set negative extent (the
+  /// constructors never make either): every loop over the axes below would read past shape[] /
+  /// strides[], and a negative extent would count as an empty view.
   void check_rank() const {
     check(ndim >= 0 && ndim <= kMaxDims, ErrorKind::Value, "TensorView: rank ", ndim, " is outside [0, ", kMaxDims,
           "] (ndim set by hand?)");
+    for (int d = 0; d < ndim; ++d)
+      check(shape[d] >= 0, ErrorKind::Value, "TensorView: extent ", shape[d], " of axis ", d,
+            " is negative (shape set by hand?)");
   }
 
   /// Number of elements; 0 if any axis is empty. Error(Value) for an invalid rank (check_rank).
