@@ -644,12 +644,13 @@ def top_regions(map: Any, b: int, patch: Any, stride: Any = None) -> Tuple[Any, 
         # the core names the bad patch size (with b = 0: nothing allocated for the outputs yet)
         _core.top_regions(_arrays.capsule(m), 0, p, s, _arrays.capsule(_empty(m, (0, len(m.shape)), "int64"), writable=True),
                           _arrays.capsule(_empty(m, (0,), "float64"), writable=True))
-    # Disjoint patches cannot cover more voxels than an image has: refuse a b beyond that bound here,
-    # before allocating [b, ...] outputs (the core reports any b its greedy pass cannot reach).
-    fit = int(m.shape[0]) * (math.prod(int(v) for v in m.shape[1:]) // math.prod(p))
-    if b > fit:
-        raise ValueError(f"b: asked for {b} non-overlapping patches of size {tuple(p)}, but at most {fit} fit in "
-                         f"maps of shape {tuple(m.shape)}")
+    # Disjoint patches cannot cover more voxels than the maps have: refuse a b beyond that bound here,
+    # before allocating [b, ...] outputs; a b within it that the greedy pass cannot reach is the core's
+    # error, with the count it found.
+    bound = int(m.shape[0]) * (math.prod(int(v) for v in m.shape[1:]) // math.prod(p))
+    if b > bound:
+        raise ValueError(f"b: asked for {b} non-overlapping patches of size {tuple(p)}, more than the "
+                         f"{bound} whose voxels the maps of shape {tuple(m.shape)} could hold")
     corners = _empty(m, (b, len(m.shape)), "int64")
     scores = _empty(m, (b,), "float64")
     _core.top_regions(_arrays.capsule(m), b, p, s, _arrays.capsule(corners, writable=True),

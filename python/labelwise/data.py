@@ -17,6 +17,7 @@ Debian's ``mricron-data``; details in the README's "Data and licences".
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -25,7 +26,7 @@ import numpy as np
 from ._arrays import check_bool
 
 __all__ = ["MRICRON_TEMPLATES", "AAL_LOBES", "Volume", "load_volume", "aal_region_codes", "aal_lobes", "colin27",
-           "class_names", "make_output_folder"]
+           "class_names", "make_output_folder", "make_output_folder_or_exit"]
 
 MRICRON_TEMPLATES = "/usr/share/mricron/templates"
 
@@ -153,14 +154,16 @@ def make_output_folder(path: "str | os.PathLike") -> None:
     """Makes ``path`` (and its parents) if needed and proves that a file can be written there, so that a
     program can refuse an unusable output folder before its long work instead of after it. Raises
     ``OSError`` (``NotADirectoryError`` for an existing file) naming the path."""
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
+    if not path:
+        raise OSError("the output folder path is empty")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{path}: exists and is not a folder")
-    probe = os.path.join(path, ".write-test")
     try:
         os.makedirs(path, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
+        # a probe file of its own (never a file of the user's), removed again
+        fd, probe = tempfile.mkstemp(prefix=".labelwise-write-test-", dir=path)
+        os.close(fd)
         os.remove(probe)
     except OSError as e:
         raise OSError(f"{path}: cannot be written ({e.strerror})") from None

@@ -96,6 +96,16 @@ def test_make_output_folder(tmp_path):
         data.make_output_folder(tmp_path / "file")
     with pytest.raises(OSError, match="cannot be written"):
         data.make_output_folder(tmp_path / "file" / "sub")
+    # the probe is a file of its own: a user's file of any name survives
+    (target / ".write-test").write_text("precious")
+    data.make_output_folder(target)
+    assert sorted(p.name for p in target.iterdir()) == [".write-test"]
+    assert (target / ".write-test").read_text() == "precious"
+    with pytest.raises(OSError, match="the output folder path is empty"):
+        data.make_output_folder("")
+    data.make_output_folder(os.fsencode(tmp_path / "bytes"))  # a bytes path, as os.fspath allows
+    assert (tmp_path / "bytes").is_dir()
+    assert "make_output_folder_or_exit" in data.__all__
 
 
 def test_make_output_folder_or_exit_ends_through_the_parser(tmp_path, capsys):

@@ -79,10 +79,15 @@ def test_region_errors():
         A.patch_scores(m, (2,))
     with pytest.raises(ValueError, match="need 1 <= patch"):
         A.patch_scores(m, (5, 2))
-    with pytest.raises(ValueError, match=r"asked for 9 non-overlapping patches of size \(2, 2\), but at most 8 fit"):
+    with pytest.raises(ValueError, match=r"asked for 9 non-overlapping patches of size \(2, 2\), more than the 8 "
+                                         r"whose voxels the maps of shape \(2, 4, 4\) could hold"):
         A.top_regions(m, 9, 2)
-    with pytest.raises(ValueError, match="at most 8 fit"):
+    with pytest.raises(ValueError, match="more than the 8 whose voxels"):
         A.top_regions(m, 10**12, 2)  # refused before any allocation
+    # within that bound, a b the greedy pass cannot reach gets the core's count (one 3 x 3 patch fits in
+    # 5 x 5; the bound said "at most 2 fit")
+    with pytest.raises(ValueError, match="found only 1"):
+        A.top_regions(np.arange(25.0).reshape(1, 5, 5), 2, 3, 1)
     with pytest.raises(ValueError, match="b: must be >= 0, got -1"):
         A.top_regions(m, -1, 2)
     # a bad patch is named before any [b, ...] output is allocated (a huge b was a MemoryError)
