@@ -523,9 +523,8 @@ std::vector<std::int64_t> weighted_kmeans_cluster(const std::vector<double>& X, 
   std::vector<double> wc(static_cast<std::size_t>(m));
   double w_max = 0.0;
   for (std::int64_t j = 0; j < m; ++j) w_max = std::max(w_max, w[cand[j]]);
-  int w_exp = 0;
-  std::frexp(w_max, &w_exp);
-  for (std::int64_t j = 0; j < m; ++j) wc[j] = std::ldexp(w[cand[j]], -w_exp);
+  const int w_shift = normalising_shift(w_max);
+  for (std::int64_t j = 0; j < m; ++j) wc[j] = std::ldexp(w[cand[j]], w_shift);
   const std::int64_t grain = grain_rows(d);
 
   // Seeding: weighted farthest-first traversal.
