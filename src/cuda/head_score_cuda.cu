@@ -3,7 +3,6 @@
 // Compiled with --fmad=false (CMakeLists.txt) on top of the explicit __d*_rn intrinsics of rng.hpp, so
 // the float64 logits are the bits of the CPU path.
 #include <algorithm>
-#include <type_traits>
 
 #include "../head_score_backend.hpp"
 #include "cuda_check.hpp"
@@ -129,7 +128,7 @@ HeadFailure head_cuda(const HeadJob& job) {
   }
   if (err == cudaSuccess) {
     // The logits of a sample in registers up to 32 classes; beyond, in the interleaved scratch.
-    auto launch = [&](auto regs) {
+    with_logit_registers(hp.C, [&](auto regs) {
       constexpr int kRegs = decltype(regs)::value;
       if (job.x_dtype == DType::Float32)
         head_kernel<float, kRegs><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats,
@@ -137,15 +136,7 @@ HeadFailure head_cuda(const HeadJob& job) {
       else
         head_kernel<double, kRegs><<<grid.blocks, grid.threads, 0, stream>>>(job, hp, head_scratch, prob_scratch, stats,
                                                                             rows, votes, flags);
-    };
-    if (hp.C <= 8)
-      launch(std::integral_constant<int, 8>{});
-    else if (hp.C <= 16)
-      launch(std::integral_constant<int, 16>{});
-    else if (hp.C <= 32)
-      launch(std::integral_constant<int, 32>{});
-    else
-      launch(std::integral_constant<int, 0>{});
+    });
     err = cudaGetLastError();
   }
   unsigned long long host_flags[2] = {~0ULL, ~0ULL};

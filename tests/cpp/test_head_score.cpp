@@ -265,13 +265,14 @@ TEST_CASE("head_voxel_probs with the logits in registers gives the scratch versi
                   << (ensemble ? ", ensemble" : ""));
       REQUIRE(labelwise::detail::head_voxel_probs<float>(x.data(), 3, hp, v, b, xs.data(), z_want.data(), want.data(),
                                                          ts) == 0);
-      const int st = C <= 8    ? labelwise::detail::head_voxel_probs<float, 8>(x.data(), 3, hp, v, b, xs.data(),
-                                                                              z_got.data(), got.data(), ts)
-                     : C <= 16 ? labelwise::detail::head_voxel_probs<float, 16>(x.data(), 3, hp, v, b, xs.data(),
-                                                                                z_got.data(), got.data(), ts)
-                               : labelwise::detail::head_voxel_probs<float, 32>(x.data(), 3, hp, v, b, xs.data(),
-                                                                                z_got.data(), got.data(), ts);
+      int st = -1, regs_used = -1;
+      labelwise::detail::with_logit_registers(C, [&](auto regs) {
+        regs_used = decltype(regs)::value;
+        st = labelwise::detail::head_voxel_probs<float, decltype(regs)::value>(x.data(), 3, hp, v, b, xs.data(),
+                                                                               z_got.data(), got.data(), ts);
+      });
       REQUIRE(st == 0);
+      REQUIRE(regs_used >= C);  // the register form, as the CUDA launch picks it for C <= 32
       CHECK(std::memcmp(z_want.data(), z_got.data(), z_want.size() * sizeof(double)) == 0);
       CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
     }

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #if defined(__AVX512F__) && !defined(__CUDACC__)
 #include <immintrin.h>
 #endif
@@ -112,6 +113,21 @@ LABELWISE_HD inline int head_softmax(double* z, std::int64_t ts, int C, float* p
   }
   for (int c = 0; c < C; ++c) probs[c * ts] = static_cast<float>(rng::div_rn(z[c * ts], sum));
   return kItemOk;
+}
+
+/// Calls f(std::integral_constant<int, kRegs>{}) with the register count head_voxel_probs takes for C
+/// classes: 8, 16 or 32 (C <= 32), else 0 (the logits in scratch). The CUDA launch and its host test
+/// both choose the form through it.
+template <typename F>
+inline void with_logit_registers(int C, F&& f) {
+  if (C <= 8)
+    f(std::integral_constant<int, 8>{});
+  else if (C <= 16)
+    f(std::integral_constant<int, 16>{});
+  else if (C <= 32)
+    f(std::integral_constant<int, 32>{});
+  else
+    f(std::integral_constant<int, 0>{});
 }
 
 /// The K x C probabilities of one voxel, one thread per voxel (the CUDA path; also a plain scalar
