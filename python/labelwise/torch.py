@@ -505,7 +505,7 @@ class EnsembleHead(_SampledHead):
                 raise ValueError(
                     f"K: an EnsembleHead has exactly {self.num_members} samples (its members); got K={k} (pass K=None)"
                 )
-        return self._check_samples_per_voxel(self.num_members, "members", "M")  # an ensemble's K is M
+        return self.num_members  # an ensemble's K is M; M · C <= 2^24 was checked when it was built
 
     def sample(
         self,

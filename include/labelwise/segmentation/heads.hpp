@@ -530,8 +530,7 @@ class EnsembleHeadImpl : public HeadBase {
     if (K)
       check(*K == num_members_, ErrorKind::Value, "K: an EnsembleHead has exactly ", num_members_,
             " samples (its members); got K=", *K, " (pass std::nullopt)");
-    check_samples_per_voxel(num_members_, "members", "M");  // an ensemble's K is its member count
-    return num_members_;
+    return num_members_;  // an ensemble's K is its member count; M · C <= 2^24 was checked when it was built
   }
   at::Tensor stacked_weight() {
     std::vector<at::Tensor> w;
