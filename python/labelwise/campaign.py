@@ -979,15 +979,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 bar.close()  # an error message then starts on a line of its own
         summary = summarise(results)
         results_path = os.path.join(a.out, "results.json")
-        # the numbers first, whatever the plots do
-        _write_atomically(results_path, json.dumps({"config": asdict(cfg), "summary": summary,
-                                                    "runs": [asdict(r) for r in results]}, indent=1))
+        numbers = {"config": asdict(cfg), "summary": summary, "runs": [asdict(r) for r in results]}
+        _write_atomically(results_path, json.dumps(numbers, indent=1))  # the numbers first, whatever the plots do
         plots = plot(summary, a.out)
         overlays = {ds: SEG.overlay(d, cfg, cfg.seeds[0], a.out) for ds, d in datasets.items()
                     if getattr(d, "kind", "") == "segmentation"}
-        _write_atomically(results_path, json.dumps({"config": asdict(cfg), "summary": summary,
-                                                    "runs": [asdict(r) for r in results], "overlays": overlays},
-                                                   indent=1))
+        numbers["overlays"] = overlays
+        _write_atomically(results_path, json.dumps(numbers, indent=1))
         # the runs' own compute time (a resumed campaign's elapsed time would count only the resumed part)
         report = write_report(summary, cfg, datasets, plots, a.out, sum(r.seconds for r in results), overlays)
     except (ValueError, OSError) as e:  # every argument and data check ran before the runs: not usage
