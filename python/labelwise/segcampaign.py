@@ -261,6 +261,22 @@ def _torch():
     return torch
 
 
+# The random streams of one campaign run. Each is seeded from (run seed, stream, round) through
+# NumPy's SeedSequence, so no two of them coincide; sums such as ``seed + rnd`` made seed 0's round 1
+# reuse seed 1's round 0.
+STREAMS = ("init", "train", "train_full", "mc", "select", "autolabel_mc", "calibration")
+
+
+def stream_seed(seed: int, stream: str, rnd: int = 0) -> int:
+    """The seed, in [0, 2^64), of ``stream`` (one of ``STREAMS``) in round ``rnd`` of the run ``seed``."""
+    if stream not in STREAMS:
+        raise ValueError(f"stream: expected one of {STREAMS}, got {stream!r}")
+    if rnd < 0:
+        raise ValueError(f"rnd: expected >= 0, got {rnd}")
+    entropy = [check_seed(seed), STREAMS.index(stream), int(rnd)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
 @contextlib.contextmanager
 def seeded_torch(seed: int):
     """torch's global CPU generator seeded with ``seed`` (an integer in [0, 2^64)) inside the block (module initialisation and
@@ -408,8 +424,8 @@ def acquire(strategy: str, model, x_pool, labmask: np.ndarray, b_slices: int, cf
     the regions ``(slice, row, col)`` chosen (region strategies)."""
     torch = _torch()
     P_, H, W = labmask.shape
-    rng = np.random.default_rng([seed, rnd, 5])
-    sseed = seed * 1000 + rnd
+    rng = np.random.default_rng(stream_seed(seed, "select", rnd))
+    mc_seed = stream_seed(seed, "mc", rnd)
     if strategy in SLICE_STRATEGIES:
         cand = np.flatnonzero(~labmask.any(axis=(1, 2)))
         if len(cand) < b_slices:
@@ -421,10 +437,10 @@ def acquire(strategy: str, model, x_pool, labmask: np.ndarray, b_slices: int, cf
             picks = np.asarray(A.coreset(feats, labmask.any(axis=(1, 2)), b_slices)[0])
         else:
             metric = _METRIC_OF[strategy]
-            m = _finite_map(mc_maps(model, x_pool[cand], cfg.samples, [metric], sseed)[metric])
+            m = _finite_map(mc_maps(model, x_pool[cand], cfg.samples, [metric], mc_seed)[metric])
             s = A.slice_scores(m[None].contiguous(), axis=1)[0]  # [n_cand]: mean over each slice
             if strategy == "powerbald":
-                sel = A.stochastic(s.clamp(min=0), b_slices, mode="power", temperature=1.0, seed=sseed)
+                sel = A.stochastic(s.clamp(min=0), b_slices, mode="power", temperature=1.0, seed=stream_seed(seed, "select", rnd))
             else:
                 sel = A.top_k(s, b_slices)
             picks = cand[np.asarray(sel)]
@@ -445,7 +461,7 @@ def acquire(strategy: str, model, x_pool, labmask: np.ndarray, b_slices: int, cf
         regions = [(int(f // (gh * gw)), int(f // gw % gh) * patch, int(f % gw) * patch) for f in flat]
     else:
         metric = _METRIC_OF[strategy]
-        m = _finite_map(mc_maps(model, x_pool, cfg.samples, [metric], sseed)[metric]).double()
+        m = _finite_map(mc_maps(model, x_pool, cfg.samples, [metric], mc_seed)[metric]).double()
         # Labelled voxels can never win: one below the map's minimum. Not -inf or -1e30: top_regions takes
         # box means from a summed-area table, where a huge value would swamp the neighbouring tiles' sums.
         m = torch.where(torch.as_tensor(labmask), m.min() - 1.0, m)
@@ -478,10 +494,11 @@ def autolabel_rest(model, d: SegDataset, sp: SegSplit, x_pool, labmask: np.ndarr
     (docs/propagation.md, "Voxels and images"). The realised error is measured on the auto-labelled
     voxels against the truth."""
     rest = ~labmask & d.data_mask()  # unlabelled voxels of the image (padding is neither labelled nor data)
-    mp = mc_maps(model, x_pool, cfg.samples, ["predictive_entropy"], seed + 7, return_mean=True)["mean"]  # [P, C, H, W]
+    mp = mc_maps(model, x_pool, cfg.samples, ["predictive_entropy"], stream_seed(seed, "autolabel_mc", rnd),
+                 return_mean=True)["mean"]  # [P, C, H, W]
     probs = np.ascontiguousarray(mp.permute(0, 2, 3, 1).numpy()[rest])  # [n_rest, C]
     truth = d.labels[sp.pool][rest]
-    rng = np.random.default_rng([seed, rnd, 271])
+    rng = np.random.default_rng(stream_seed(seed, "calibration", rnd))
     # At most 5 % of the voxels: the bound is on the error of all pool voxels above the threshold,
     # clicks included; the auto-labelled rest's can exceed it by the factor N / (N - clicks above).
     n_clicks = min(cfg.seg_calib_clicks, len(truth) // 20)
@@ -556,7 +573,7 @@ def full_data_dice(d: SegDataset, sp: SegSplit, cfg, seed: int, x_pool, x_test) 
     key = _setting_key(d, cfg) + (seed,)
     if key not in _FULL_CACHE:
         # the ceiling, not a peer: twice the steps on twice the slices per step of the campaign's models
-        model = train(d, x_pool, d.labels[sp.pool], cfg, seed, progress=True, steps=2 * cfg.seg_steps,
+        model = train(d, x_pool, d.labels[sp.pool], cfg, stream_seed(seed, "train_full"), progress=True, steps=2 * cfg.seg_steps,
                       batch=2 * cfg.seg_batch)
         _FULL_CACHE[key] = mean_dice(predict(model, x_test), d.labels[sp.test], d.num_classes)
     return _FULL_CACHE[key]
@@ -591,7 +608,7 @@ def run_one(d: SegDataset, strategy: str, seed: int, cfg, result_cls):
     for rnd in range(rounds + 1):
         rows = np.flatnonzero(labmask.any(axis=(1, 2)))
         target = np.where(labmask[rows], y_pool[rows], -1)
-        model = train(d, x_pool[rows], target, cfg, seed + rnd)
+        model = train(d, x_pool[rows], target, cfg, stream_seed(seed, "train", rnd))
         pred = predict(model, x_test)
         counts.append(int(labmask.sum()))
         dices.append(mean_dice(pred, y_test, C))
@@ -643,12 +660,14 @@ def overlay(d: SegDataset, cfg, seed: int, out: str) -> Optional[str]:
     labmask = np.zeros((len(sp.pool), H, W), dtype=bool)
     labmask[sp.init] = True
     rows = np.flatnonzero(labmask.any(axis=(1, 2)))
-    model = train(d, x_pool[rows], np.where(labmask[rows], d.labels[sp.pool][rows], -1), cfg, seed)
+    model = train(d, x_pool[rows], np.where(labmask[rows], d.labels[sp.pool][rows], -1), cfg,
+                  stream_seed(seed, "train", 0))
     _, regions = acquire("bald_regions", model, x_pool, labmask.copy(), min(b, budget), cfg, seed, 0, cfg.seg_patch)
     per_slice = np.bincount([s for s, _, _ in regions], minlength=len(sp.pool))
     s = int(np.argmax(per_slice))
     # the maps the acquisition saw: slice s was item s of the pool (same seed, same dropout masks)
-    res = mc_maps(model, x_pool[s : s + 1], cfg.samples, ["bald", "balentacq"], seed * 1000, return_mean=True,
+    res = mc_maps(model, x_pool[s : s + 1], cfg.samples, ["bald", "balentacq"], stream_seed(seed, "mc", 0),
+                  return_mean=True,
                   index_offset=s)
     img = d.image[sp.pool[s]]
     truth = d.labels[sp.pool[s]]

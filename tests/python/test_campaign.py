@@ -360,7 +360,7 @@ def test_region_acquisition_labels_only_the_chosen_patches(tmp_path):
     assert np.array_equal(new, want) and new.sum() == 16 * 16
     assert set(touched) == {s for s, _, _ in regions}
     # the same tiles as an independent reduction: mean BALD per tile, labelled tiles excluded, best first
-    bald = SEG.mc_maps(model, x, cfg.samples, ["bald"], 0)["bald"].double().numpy()
+    bald = SEG.mc_maps(model, x, cfg.samples, ["bald"], SEG.stream_seed(0, "mc", 0))["bald"].double().numpy()
     g = bald.reshape(12, 16 // p, p, 16 // p, p).mean(axis=(2, 4))
     g[before.reshape(12, 16 // p, p, 16 // p, p).any(axis=(2, 4))] = -np.inf
     best = np.sort(g.ravel())[::-1][:tiles]
@@ -457,3 +457,39 @@ def test_campaign_steps_are_seeded_and_leave_the_global_generator_alone():
         with pytest.raises(exc, match="seed"):
             with segcampaign.seeded_torch(bad):
                 pass
+
+
+def test_random_streams_of_runs_and_rounds_never_share_a_seed(monkeypatch):
+    """Every seeded step of a run draws from its own stream (run seed, stream, round). The streams were
+    seeded with sums like ``seed + rnd``, so seed 0's round-1 model trained on seed 1's round-0 stream,
+    and BatchBALD drew the same configurations every round."""
+    from labelwise import segcampaign
+
+    seen = {}
+    for seed in range(20):
+        for stream in segcampaign.STREAMS:
+            for rnd in range(20):
+                s = segcampaign.stream_seed(seed, stream, rnd)
+                assert 0 <= s < 2**64 and s not in seen, (seed, stream, rnd, seen.get(s))
+                seen[s] = (seed, stream, rnd)
+    assert segcampaign.stream_seed(3, "mc", 4) == segcampaign.stream_seed(3, "mc", 4)
+    with pytest.raises(ValueError, match="stream: expected one of"):
+        segcampaign.stream_seed(0, "dropout")
+    with pytest.raises(ValueError, match="rnd: expected >= 0"):
+        segcampaign.stream_seed(0, "train", -1)
+    with pytest.raises(ValueError, match="seed"):
+        segcampaign.stream_seed(-1, "train")
+
+    # the wiring: two runs' training, MC and selection seeds are all distinct, round by round
+    used = []
+    real_train, real_mc, real_bb = campaign.train, campaign.mc_log_probs, campaign.A.batchbald
+    monkeypatch.setattr(campaign, "train", lambda m, X, y, e, seed: used.append(("train", seed)) or real_train(m, X, y, 2, seed))
+    monkeypatch.setattr(campaign, "mc_log_probs", lambda m, X, K, seed: used.append(("mc", seed)) or real_mc(m, X, K, seed))
+    monkeypatch.setattr(campaign.A, "batchbald", lambda *a, seed, **k: used.append(("select", seed)) or real_bb(*a, seed=seed, **k))
+    d = campaign.load_dataset("breast_cancer")
+    cfg = campaign.build_config(campaign.parse_args(ARGS))
+    for seed in (0, 1):
+        campaign.run_one(d, "batchbald", seed, cfg)
+    for kind in ("train", "mc", "select"):
+        seeds = [s for k, s in used if k == kind]
+        assert len(seeds) >= 6 and len(set(seeds)) == len(seeds), (kind, seeds)
