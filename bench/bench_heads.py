@@ -134,8 +134,8 @@ def cuda_fused(args) -> int:
     from labelwise.torch import MCDropoutHead
 
     if not torch.cuda.is_available() or not labelwise.built_with_cuda():
-        print("no CUDA device (or labelwise built without CUDA): skipped")
-        return 0
+        print("--device cuda: no CUDA device, or labelwise built without CUDA", file=sys.stderr)
+        return 2
     D, H, W = args.cuda_shape
     Fch, C, K = args.cuda_features, args.cuda_classes, args.samples
     torch.manual_seed(0)
@@ -175,6 +175,10 @@ def cuda_fused(args) -> int:
     print(f"floor: {madds / 1e12:.2f} T multiply-adds at {rate / 1e12:.1f} T/s (cuBLAS float64 matmul, tensor cores "
           f"where the card has them: a lower bound for the kernel's scalar FMAs) = "
           f"{madds / rate * 1e3:.1f} ms; without FMA {2 * madds / rate * 1e3:.1f} ms")
+    # the timing is printed either way; a mismatch with the CPU path fails the run (exit status 1)
+    if not same or not err <= 1e-5:
+        print(f"CHECK FAILED: CUDA samples equal the CPU's: {same}; max |metric difference| {err:.2e} (allowed 1e-5)")
+        return 1
     return 0
 
 

@@ -185,46 +185,113 @@ TEST_CASE("weighted_kmeans on CUDA equals the CPU", "[cuda][diversity][weighted_
                     Catch::Contains("scores: [4] = -1 is negative"));
 }
 
-TEST_CASE("Euclidean picks on CUDA equal the CPU's on tiny features", "[cuda][diversity][scale]") {
-  // Features of 2^-600 and subnormal ones (2^-1060; squared distances far below the float64 range) are
-  // read times a power of two on the device as on the CPU (where the Python tests check that the
-  // picks are those of the unscaled values): the same picks, the same radii.
-  std::mt19937_64 g(lw_test::fresh_seed());
-  const std::int64_t n = 2000, d = 16, c = 5, b = 20;
-  const std::vector<double> x = normal<double>(g, static_cast<std::size_t>(n * d));
+namespace {
+
+/// Core-set (unlabelled and labelled), BADGE and weighted k-means on `feats` [n, d], CPU against CUDA:
+/// the same picks, and radii within `radius_eps` relative (compared in units of 2^-exponent).
+template <typename T>
+void euclidean_cpu_vs_cuda(const std::vector<T>& feats, std::int64_t n, std::int64_t d, int exponent,
+                           double radius_eps, std::mt19937_64& g) {
+  const std::int64_t c = 5, b = 20;
   std::vector<double> logits = normal<double>(g, static_cast<std::size_t>(n * c));
   std::vector<double> w(static_cast<std::size_t>(n));
   std::uniform_real_distribution<double> u(0.0, 1.0);
   for (auto& v : w) v = u(g);
   std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 0);
-  for (std::int64_t i = 0; i < n; i += 29) mask[i] = 1;  // 69 labelled rows: two chunks of centres
-  for (int exponent : {-600, -1060}) {
-    INFO("features times 2^" << exponent);
+  for (std::int64_t i = 0; i < n; i += 29) mask[i] = 1;  // 69 labelled rows of 2000: two chunks of centres
+  const TensorView hx = TensorView::of(feats.data(), {n, d});
+  std::vector<std::int64_t> ci(b), bi(b), ki(b);
+  std::vector<double> cr(b);
+  DeviceArray<T> dx(feats);
+  DeviceArray<double> dl(logits), dw(w);
+  DeviceArray<std::uint8_t> dmask(mask);
+  DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
+  DeviceArray<double> dr(static_cast<std::size_t>(b));
+  for (bool labelled : {false, true}) {
+    INFO("core-set, labelled " << labelled);
+    coreset(hx, labelled ? TensorView::of(mask.data(), {n}) : TensorView(), b, TensorView::of(ci.data(), {b}),
+            TensorView::of(cr.data(), {b}));
+    coreset(dx.view({n, d}), labelled ? dmask.view({n}) : TensorView(), b, di.view({b}), dr.view({b}));
+    CHECK(di.host() == ci);
+    const std::vector<double> gr = dr.host();
+    for (std::int64_t t = 0; t < b; ++t) {
+      REQUIRE(std::isfinite(cr[t]));
+      CHECK(std::ldexp(gr[t], -exponent) == Approx(std::ldexp(cr[t], -exponent)).epsilon(radius_eps));
+    }
+  }
+  badge(TensorView::of(logits.data(), {n, c}), hx, b, TensorView::of(bi.data(), {b}), {InputKind::Logits, 7});
+  badge(dl.view({n, c}), dx.view({n, d}), b, di.view({b}), {InputKind::Logits, 7});
+  CHECK(di.host() == bi);
+  weighted_kmeans(hx, TensorView::of(w.data(), {n}), b, TensorView::of(ki.data(), {b}));
+  weighted_kmeans(dx.view({n, d}), dw.view({n}), b, di.view({b}));
+  CHECK(di.host() == ki);
+}
+
+}  // namespace
+
+TEST_CASE("Euclidean picks on CUDA equal the CPU's on tiny features", "[cuda][diversity][scale]") {
+  // Features below 2^-64 are read times a power of two on the device as on the CPU (where the Python
+  // tests check that the picks are those of the unscaled values): the same picks, the same radii.
+  // The pool is not centred (blobs along the first coordinate), so that core-set's first pick, the
+  // row farthest from the mean, is not simply the longest row: a mean summed in the wrong unit shows.
+  std::mt19937_64 g(lw_test::fresh_seed());
+  const std::int64_t n = 2000, d = 16;
+  std::vector<double> x = normal<double>(g, static_cast<std::size_t>(n * d));
+  for (std::int64_t i = 0; i < n; ++i) {
+    x[i * d] += 3.0 * static_cast<double>(i % 4);
+    for (std::int64_t k = 0; k < d; ++k) x[i * d + k] += 1.0;
+  }
+  for (int exponent : {-600, -1060}) {  // 2^-1060: subnormal features
+    INFO("float64 features times 2^" << exponent);
     std::vector<double> tiny(x);
     for (auto& v : tiny) v = std::ldexp(v, exponent);
-    const TensorView hx = TensorView::of(tiny.data(), {n, d});
-    std::vector<std::int64_t> ci(b), bi(b), ki(b);
-    std::vector<double> cr(b);
-    DeviceArray<double> dx(tiny), dl(logits), dw(w);
-    DeviceArray<std::uint8_t> dmask(mask);
-    DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
-    DeviceArray<double> dr(static_cast<std::size_t>(b));
-    for (bool labelled : {false, true}) {
-      coreset(hx, labelled ? TensorView::of(mask.data(), {n}) : TensorView(), b, TensorView::of(ci.data(), {b}),
-              TensorView::of(cr.data(), {b}));
-      coreset(dx.view({n, d}), labelled ? dmask.view({n}) : TensorView(), b, di.view({b}), dr.view({b}));
-      CHECK(di.host() == ci);
-      const std::vector<double> gr = dr.host();
-      for (std::int64_t t = 0; t < b; ++t)
-        CHECK(std::ldexp(gr[t], -exponent) == Approx(std::ldexp(cr[t], -exponent)).epsilon(exponent < -1000 ? 1e-3 : 1e-9));
-    }
-    badge(TensorView::of(logits.data(), {n, c}), hx, b, TensorView::of(bi.data(), {b}), {InputKind::Logits, 7});
-    badge(dl.view({n, c}), dx.view({n, d}), b, di.view({b}), {InputKind::Logits, 7});
-    CHECK(di.host() == bi);
-    weighted_kmeans(hx, TensorView::of(w.data(), {n}), b, TensorView::of(ki.data(), {b}));
-    weighted_kmeans(dx.view({n, d}), dw.view({n}), b, di.view({b}));
-    CHECK(di.host() == ki);
+    euclidean_cpu_vs_cuda(tiny, n, d, exponent, exponent < -1000 ? 1e-3 : 1e-9, g);
   }
+  {
+    // One row far above the others (2^-65 against ~2^-590). Scaled by the largest row, the others'
+    // squared differences are ~2^-1050, still representable; scaled by the others' largest (a row's
+    // maximum lost in the device's fold), that row would be ~2^525 and its squared distances +inf.
+    INFO("one float64 row 2^525 above the others");
+    std::vector<double> far(x);
+    for (auto& v : far) v = std::ldexp(v, -595);
+    for (std::int64_t k = 0; k < d; ++k) far[1234 * d + k] = std::ldexp(0.75, -65) * (k % 2 ? 1.0 : -1.0);
+    euclidean_cpu_vs_cuda(far, n, d, -595, 1e-6, g);
+  }
+  {
+    INFO("float32 features times 2^-100");  // the float fold feeds the shift too
+    std::vector<float> tiny(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) tiny[i] = static_cast<float>(std::ldexp(x[i], -100));
+    euclidean_cpu_vs_cuda(tiny, n, d, -100, 1e-9, g);
+  }
+}
+
+TEST_CASE("badge on CUDA equals the CPU on embeddings near the norm bound", "[cuda][diversity][scale]") {
+  // Embedding rows of squared norm ~2^1020 (the bound is 2^1021) are read times 2^-shift (badge_shift):
+  // D² summed over the pool no longer reaches +inf, so the draw depends on the seed again. Before the
+  // scaling every seed drew the same items; equal CPU and CUDA picks alone would not show that.
+  std::mt19937_64 g(lw_test::fresh_seed());
+  const std::int64_t n = 1500, c = 4, d = 16, b = 25;
+  std::vector<double> h = normal<double>(g, static_cast<std::size_t>(n * d));
+  for (std::int64_t i = 0; i < n; ++i) {
+    double s = 0.0;
+    for (std::int64_t k = 0; k < d; ++k) s += h[i * d + k] * h[i * d + k];
+    const double f = std::ldexp(1.0, 510) / std::sqrt(s) * (0.5 + 0.5 * static_cast<double>(i % 3) / 2.0);
+    for (std::int64_t k = 0; k < d; ++k) h[i * d + k] *= f;  // norm 2^510 · {0.5, 0.75, 1}
+  }
+  const std::vector<double> logits = normal<double>(g, static_cast<std::size_t>(n * c));
+  DeviceArray<double> dh(h), dl(logits);
+  DeviceArray<std::int64_t> di(static_cast<std::size_t>(b));
+  std::vector<std::vector<std::int64_t>> per_seed;
+  for (std::uint64_t seed : {3ull, 4ull}) {
+    INFO("seed " << seed);
+    std::vector<std::int64_t> ci(b);
+    badge(TensorView::of(logits.data(), {n, c}), TensorView::of(h.data(), {n, d}), b, TensorView::of(ci.data(), {b}),
+          {InputKind::Logits, seed});
+    badge(dl.view({n, c}), dh.view({n, d}), b, di.view({b}), {InputKind::Logits, seed});
+    CHECK(di.host() == ci);
+    per_seed.push_back(ci);
+  }
+  CHECK(per_seed[0] != per_seed[1]);
 }
 
 TEST_CASE("cluster_margin on CUDA equals the CPU", "[cuda][diversity][cluster_margin]") {
