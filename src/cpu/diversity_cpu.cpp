@@ -301,7 +301,7 @@ DiversityFailure badge_run(const BadgeJob& job) {
   std::vector<double> g2(static_cast<std::size_t>(n));     // ||a_n||² ||h_n||²
 
   // Validate, and the residuals and norms; the embeddings' largest magnitude (they are read times
-  // 2^shift, feature_shift).
+  // 2^shift, badge_shift).
   int shift = 0;
   {
     std::vector<DiversityFailure> fails(worker_slots());

@@ -191,6 +191,13 @@ def test_summary_of_seeds_with_different_round_counts():
     assert s["fraction_to_95_per_seed"] == [None, None]
     # "final" is each seed's own last round, not the last round they all reached
     assert s["final_accuracy_mean"] == pytest.approx(0.75) and s["rounds"] == [2, 3]
+    # the area under the curve over the common rounds, and its spread over the seeds
+    assert s["accuracy_mean_over_rounds"] == pytest.approx(0.6) and s["accuracy_mean_over_rounds_std"] == 0.0
+    runs = [campaign.RunResult("d", "bald", sd, labeled=[10, 20], accuracy=acc, full_accuracy=0.9, pool_size=100,
+                               seconds=1.0) for sd, acc in ((0, [0.5, 0.7]), (1, [0.7, 0.9]))]
+    s = campaign.summarise(runs)["d"]["bald"]
+    assert s["accuracy_mean_over_rounds"] == pytest.approx(0.7)
+    assert s["accuracy_mean_over_rounds_std"] == pytest.approx(0.1)
 
 
 def test_progress_without_tqdm_every_seed_checked_and_failures_after_the_runs(tmp_path, capsys, monkeypatch):
