@@ -449,6 +449,16 @@ def fraction_to_reach(r: RunResult, level: float = 0.95) -> Optional[float]:
     return None
 
 
+def versus_random(fraction: float, random_fraction: float) -> str:
+    """How many labels a strategy needed to reach a level, against random's, as the report prints it.
+    Compared as printed: a difference that rounds to 0 % is "as many" (means over seeds of labelled
+    fractions can differ in their last bits)."""
+    pct = round(100 * (fraction / random_fraction - 1))
+    if pct == 0:
+        return "as many labels as random"
+    return f"{-pct} % fewer labels than random" if pct < 0 else f"{pct} % more labels than random"
+
+
 def summarise(results: List[RunResult]) -> Dict:
     out: Dict = {}
     for r in results:
@@ -635,12 +645,7 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
             fs = (("not reached within the budget" if s["runs_reaching_95"] == 0 else "not reached by every seed")
                   if f is None else f"{100 * f:.1f} %")
             if f is not None and rand is not None and st != "random":
-                if f < rand:
-                    fs += f" ({100 * (1 - f / rand):.0f} % fewer labels than random)"
-                elif f == rand:
-                    fs += " (as many labels as random)"
-                else:
-                    fs += f" ({100 * (f / rand - 1):.0f} % more labels than random)"
+                fs += f" ({versus_random(f, rand)})"
             over = ("" if seg else f" {s[f'{metric}_mean_over_rounds']:.3f} ± "
                                      f"{s[f'{metric}_mean_over_rounds_std']:.3f} |")
             lines.append(f"| {st} | {s[f'final_{metric}_mean']:.3f} ± {s[f'final_{metric}_std']:.3f} |{over} {fs} | "

@@ -179,6 +179,16 @@ def test_cli_messages_settings_and_resume_safety(tmp_path, capsys):
     assert campaign.build_config(campaign.parse_args(["--quick", "--budget", "0.5"])).seg_max_rounds == 0
 
 
+def test_labels_against_random_as_printed():
+    # means over seeds of the same fractions, summed in another order, differ in their last bits
+    f = (0.1 + 0.2 + 0.3) / 3
+    g = (0.3 + 0.2 + 0.1) / 3
+    assert f != g and campaign.versus_random(f, g) == "as many labels as random"
+    assert campaign.versus_random(0.118, 0.165) == "28 % fewer labels than random"
+    assert campaign.versus_random(0.035, 0.031) == "13 % more labels than random"
+    assert campaign.versus_random(0.1004, 0.1) == "as many labels as random"
+
+
 def test_summary_of_seeds_with_different_round_counts():
     """A segmentation pool's size depends on its seed's split, so seeds can run different numbers of
     rounds: the curves cover the rounds every seed reached (the summary raised 'inhomogeneous shape'
