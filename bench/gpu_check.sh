@@ -45,11 +45,11 @@ elapsed() { echo $(($(date +%s) - START)); }
 log() { echo "== [$(elapsed) s] $*"; }
 # one row per step for the closing table: name, result, seconds
 summary=()
-record() { summary+=("$(printf '| %-26s | %-24s | %5s |' "$1" "$2" "$3")"); }
+record() { summary+=("$(printf '| %-26s | %-34s | %5s |' "$1" "$2" "$3")"); }
 table() {
   echo
-  echo "| step                       | result                   |     s |"
-  echo "|----------------------------|--------------------------|-------|"
+  echo "| step                       | result                             |     s |"
+  echo "|----------------------------|------------------------------------|-------|"
   printf '%s\n' "${summary[@]}"
 }
 # the table and the logs come back however the script ends (set -u, an early exit, a signal)
@@ -58,9 +58,13 @@ trap 'table; pack' EXIT
 outcome() { (($1 == 0)) && echo ok || { (($1 == 124)) && echo "TIMED OUT" || echo "FAILED (exit $1)"; }; }
 # LW_GPU_SKIP: step names to leave out (a rerun after a fix: "heads_cuda diversity_gpu")
 SKIP=" ${LW_GPU_SKIP:-} "
-HUNG=" "  # steps left out because the metrics kernel hangs
-skipped() { [[ $SKIP$HUNG == *" $1 "* ]]; }
-why_skipped() { [[ $HUNG == *" $1 "* ]] && echo "metrics kernel hangs" || echo "LW_GPU_SKIP"; }
+# leave_out REASON STEP...: steps this run cannot do (their binary did not build, the metrics kernel
+# hangs); a stale binary from an earlier build on a warm machine must not run in their place
+declare -A left_out=()
+leave_out() { local why=$1 n; shift; for n in "$@"; do [[ -n ${left_out[$n]:-} ]] || left_out[$n]=$why; done; }
+skipped() { [[ $SKIP == *" $1 "* || -n ${left_out[$1]:-} ]]; }
+why_skipped() { [[ $SKIP == *" $1 "* ]] && echo "LW_GPU_SKIP" || echo "${left_out[$1]}"; }
+OPTIONAL=0  # set for the last benchmarks: running out of budget there does not fail the run
 # clamp LIMIT: LIMIT, or the budget left if less (0 when it is spent)
 clamp() {
   local left=$((BUDGET - $(elapsed)))
@@ -78,13 +82,13 @@ step() {
   if ((limit < 15)); then
     log "skipped $name: time budget spent"
     record "$name" "skipped (budget)" -
-    status=1
+    ((OPTIONAL)) || status=1
     return
   fi
   log "$name (timeout ${limit} s)"
   local t0
   t0=$(date +%s)
-  timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
   local rc=$?
   tail -15 "$LOGS/$name.log"
   ((rc != 0)) && { echo "   -> exit $rc"; status=1; }
@@ -103,7 +107,8 @@ bg_step() {
   if skipped "$name"; then log "skipped $name ($(why_skipped "$name"))"; record "$name" "skipped ($(why_skipped "$name"))" -; return; fi
   if ((limit < 15)); then log "skipped $name: time budget spent"; record "$name" "skipped (budget)" -; status=1; return; fi
   log "$name in the background (timeout $limit s)"
-  (timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1; echo "exit $?" >>"$LOGS/$name.log") &
+  # on a line of its own even when the job was killed mid-line
+  (timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1; printf '\nexit %d\n' $? >>"$LOGS/$name.log") &
   bg_pids+=($!)
   bg_names+=("$name")
 }
@@ -142,7 +147,7 @@ command -v compute-sanitizer >/dev/null || echo "!! compute-sanitizer is not on 
 log "build (sm_90 + compute_75 PTX)"
 PYBIND_DIR=$(python3 -m pybind11 --cmakedir 2>/dev/null || true)
 configure() {
-  timeout "$(clamp 90)" cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.deps" \
+  timeout -k 10 "$(clamp 90)" cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.deps" \
     -DLABELWISE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="90-real;75-virtual" -DLABELWISE_BUILD_EXAMPLES=OFF \
     -DPython_EXECUTABLE="$(command -v python3)" ${PYBIND_DIR:+-Dpybind11_DIR="$PYBIND_DIR"} "$@" >"$LOGS/configure.log" 2>&1
 }
@@ -159,16 +164,30 @@ else
   fi
 fi
 t0=$(date +%s)
-timeout "$(clamp 300)" cmake --build build-gpu -j "$NPROC" -- -k 0 >"$LOGS/build.log" 2>&1
+timeout -k 10 "$(clamp 300)" cmake --build build-gpu -j "$NPROC" -- -k 0 >"$LOGS/build.log" 2>&1
 build_rc=$?
 ((build_rc != 0)) && { grep -E "error|FAILED" "$LOGS/build.log" | head -20; status=1; }
 # built TARGET: ninja has nothing left to do for it (outputs captured first: grep -q would close the
 # pipe early, and under pipefail ninja's SIGPIPE would read as a failure)
 built() { local o; o=$(ninja -C build-gpu -n "$1" 2>&1); grep -q "no work to do" <<<"$o"; }
 targets=$(ninja -C build-gpu -t targets all 2>/dev/null)
+# the steps that need each target (a stale binary of a failed target must not run)
+declare -A needs=(
+  [labelwise_tests]="metrics_smoke cuda_tests memcheck racecheck"
+  [bench_cuda]="bench_cuda bench_cuda_target"
+  [_core]="python_errors python_errors_torch compare_gpu heads_cuda python_cuda_tests diversity_gpu knn_gpu batchbald_gpu"
+)
 for t in labelwise labelwise_tests bench_cuda _core; do
-  if ! grep -q "^$t: " <<<"$targets"; then record "build $t" "not configured" -; continue; fi
-  if built "$t"; then record "build $t" ok -; else record "build $t" "FAILED" -; status=1; fi
+  if ! grep -q "^$t: " <<<"$targets"; then
+    record "build $t" "not configured" -
+    [[ -n ${needs[$t]:-} ]] && leave_out "$t not configured" ${needs[$t]}
+    continue
+  fi
+  if built "$t"; then record "build $t" ok -; else
+    record "build $t" "FAILED" -
+    status=1
+    [[ -n ${needs[$t]:-} ]] && leave_out "$t did not build" ${needs[$t]}
+  fi
 done
 record "build (all)" "$(outcome "$build_rc")" "$(($(date +%s) - t0))"
 log "build done"
@@ -220,7 +239,7 @@ METRICS_SPEC="[cuda]CUDA equals*,[cuda]CUDA names*,[cuda]CUDA reports*"
 step metrics_smoke 40 "$TESTS" -w NoTests -d yes "[cuda]CUDA equals CPU for all metrics*"
 if (($? == 124)); then
   log "the metrics kernel hangs: its other tests, benchmarks and sanitizer runs are left out"
-  HUNG=" compare_gpu bench_cuda bench_cuda_target python_cuda_tests "
+  leave_out "metrics kernel hangs" compare_gpu bench_cuda bench_cuda_target python_cuda_tests
   step cuda_tests 150 "$TESTS" -w NoTests -d yes '[cuda]~"CUDA equals*"~"CUDA names*"~"CUDA reports*"'  # quoted: ~ chains
   METRICS_SPEC=""
 else
@@ -258,15 +277,17 @@ for i in "${!bg_names[@]}"; do
   [[ ${bg_names[$i]} == torch_build ]] || continue
   while kill -0 "${bg_pids[$i]}" 2>/dev/null; do sleep 5; done
 done
-if [[ -x build-gpu-torch/tests/labelwise_torch_tests ]]; then
+# only a binary this run built (its log ends "exit 0"), never one left by an earlier call
+if [[ $(sed -n 's/^exit //p' "$LOGS/torch_build.log" 2>/dev/null | tail -1) == 0 ]]; then
   step torch_cuda_tests 60 ./build-gpu-torch/tests/labelwise_torch_tests -w NoAssertions -d yes "[cuda]"
 elif ! skipped torch_build; then
-  record torch_cuda_tests "not built (torch_build log)" -
+  record torch_cuda_tests "not built (see torch_build)" -
   status=1
 fi
 bg_wait
 
 # 4. the other GPU benchmarks (already measured in session 12), while the budget lasts
+OPTIONAL=1
 step diversity_gpu 90 python3 bench/diversity_gpu.py                  # core-set 1e5x512, BADGE 5e4
 step knn_gpu 100 python3 bench/knn_gpu.py                             # N=10^6, D=128, k=10
 step batchbald_gpu 60 python3 bench/batchbald_gpu.py                  # N=5000, K=20, C=10, b=10

@@ -103,7 +103,8 @@ class Config:
 
 # Saved runs are resumed only under the same Config and the same version of the run's design; bump it
 # when a change alters what a run computes (2: segmentation calibration clicks come from the pool).
-STATE_VERSION = 4  # 3: classification calibration drawn from the unlabelled pool at auto-labelling time; 4: seg_max_rounds
+STATE_VERSION = 5  # 3: classification calibration drawn from the unlabelled pool at auto-labelling time; 4: seg_max_rounds;
+# 5: a random stream per step (segcampaign.stream_seed)
 
 
 def available_strategies() -> List[str]:
@@ -449,11 +450,16 @@ def fraction_to_reach(r: RunResult, level: float = 0.95) -> Optional[float]:
     return None
 
 
+def percent_vs_random(fraction: float, random_fraction: float) -> int:
+    """The labels a strategy needed to reach a level, in % more (> 0) or fewer (< 0) than random's,
+    rounded as the report prints it: means over seeds of the same labelled fractions can differ in
+    their last bits, and such a difference is 0."""
+    return round(100 * (fraction / random_fraction - 1))
+
+
 def versus_random(fraction: float, random_fraction: float) -> str:
-    """How many labels a strategy needed to reach a level, against random's, as the report prints it.
-    Compared as printed: a difference that rounds to 0 % is "as many" (means over seeds of labelled
-    fractions can differ in their last bits)."""
-    pct = round(100 * (fraction / random_fraction - 1))
+    """``percent_vs_random`` in words, as the report's table writes it."""
+    pct = percent_vs_random(fraction, random_fraction)
     if pct == 0:
         return "as many labels as random"
     return f"{-pct} % fewer labels than random" if pct < 0 else f"{pct} % more labels than random"
@@ -640,7 +646,9 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
                                      "moves with a seed's luck in a single round.") + ")")
         lines.insert(len(lines) - 2, "")
         rand = by.get("random", {}).get("fraction_to_95")
-        for st, s in sorted(by.items(), key=lambda kv: (kv[1]["fraction_to_95"] is None, kv[1]["fraction_to_95"] or 0)):
+        # ordered by the fraction as printed (0.1 %), then by name: last bits do not reorder ties
+        for st, s in sorted(by.items(), key=lambda kv: (kv[1]["fraction_to_95"] is None,
+                                                       round(100 * (kv[1]["fraction_to_95"] or 0), 1), kv[0])):
             f = s["fraction_to_95"]
             fs = (("not reached within the budget" if s["runs_reaching_95"] == 0 else "not reached by every seed")
                   if f is None else f"{100 * f:.1f} %")
@@ -733,11 +741,12 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
                       "selected, it is not by itself a 1 − δ bound — the target is the promise.)", ""]
             if seg:
                 lines += _per_class_table(by, key, cfg)
+        # as the table prints it: "as many labels as random" did not beat it either
         worse = [st for st, s in by.items() if st != "random" and rand is not None and
-                 (s["fraction_to_95"] is None or s["fraction_to_95"] > rand)]
+                 (s["fraction_to_95"] is None or percent_vs_random(s["fraction_to_95"], rand) >= 0)]
         if worse:
-            lines.append(f"Honest note: on this data set {', '.join(sorted(worse))} did not beat random selection "
-                         f"at reaching 95 % of the full-data {mname}.")
+            lines.append(f"Honest note: on this data set {', '.join(sorted(worse))} did not need fewer labels than "
+                         f"random selection to reach 95 % of the full-data {mname}.")
             lines.append("")
         elif rand is None and "random" in by:
             lines.append(f"Honest note: random selection did not reach 95 % of the full-data {mname} within the "

@@ -268,12 +268,18 @@ STREAMS = ("init", "train", "train_full", "mc", "select", "autolabel_mc", "calib
 
 
 def stream_seed(seed: int, stream: str, rnd: int = 0) -> int:
-    """The seed, in [0, 2^64), of ``stream`` (one of ``STREAMS``) in round ``rnd`` of the run ``seed``."""
+    """The seed, in [0, 2^64), of ``stream`` (one of ``STREAMS``) in round ``rnd`` of the run ``seed``
+    (below 2^32). torch's CPU generator keeps its low 32 bits; the tests check those differ too."""
     if stream not in STREAMS:
         raise ValueError(f"stream: expected one of {STREAMS}, got {stream!r}")
     if rnd < 0:
         raise ValueError(f"rnd: expected >= 0, got {rnd}")
-    entropy = [check_seed(seed), STREAMS.index(stream), int(rnd)]
+    seed = check_seed(seed)
+    # SeedSequence splits an integer past 32 bits into words and pads short entropy with zeros, so
+    # [2^32 + 5, 0, 0] would read as [5, 1, 0]: campaign seeds stay below 2^32 (--seeds allows 10^4)
+    if seed >= 2**32:
+        raise ValueError(f"seed: a campaign run's seed must be below 2**32, got {seed}")
+    entropy = [seed, STREAMS.index(stream), int(rnd)]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 

@@ -204,9 +204,10 @@ def test_summary_of_seeds_with_different_round_counts():
     # the area under the curve over the common rounds, and its spread over the seeds
     assert s["accuracy_mean_over_rounds"] == pytest.approx(0.6) and s["accuracy_mean_over_rounds_std"] == 0.0
     runs = [campaign.RunResult("d", "bald", sd, labeled=[10, 20], accuracy=acc, full_accuracy=0.9, pool_size=100,
-                               seconds=1.0) for sd, acc in ((0, [0.5, 0.7]), (1, [0.7, 0.9]))]
+                               seconds=1.0) for sd, acc in ((0, [0.5, 0.7]), (1, [0.6, 1.0]))]
     s = campaign.summarise(runs)["d"]["bald"]
     assert s["accuracy_mean_over_rounds"] == pytest.approx(0.7)
+    # the std over seeds of each seed's mean (0.6, 0.8), not over rounds or of the per-round stds (0.15)
     assert s["accuracy_mean_over_rounds_std"] == pytest.approx(0.1)
 
 
@@ -489,6 +490,11 @@ def test_random_streams_of_runs_and_rounds_never_share_a_seed(monkeypatch):
                 s = segcampaign.stream_seed(seed, stream, rnd)
                 assert 0 <= s < 2**64 and s not in seen, (seed, stream, rnd, seen.get(s))
                 seen[s] = (seed, stream, rnd)
+    # torch's CPU generator keeps the low 32 bits of a seed: those differ too
+    assert len({s & 0xFFFFFFFF for s in seen}) == len(seen)
+    # a seed past 2^32 would fold onto a small one (SeedSequence reads 32-bit words): refused
+    with pytest.raises(ValueError, match=r"below 2\*\*32"):
+        segcampaign.stream_seed(2**32 + 5, "init", 0)
     assert segcampaign.stream_seed(3, "mc", 4) == segcampaign.stream_seed(3, "mc", 4)
     with pytest.raises(ValueError, match="stream: expected one of"):
         segcampaign.stream_seed(0, "dropout")
