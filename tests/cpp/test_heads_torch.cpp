@@ -371,6 +371,18 @@ TEST_CASE("heads: weights files round-trip and are refused for another head shap
   const auto before = wider->weight().clone();
   require_error([&] { load_head_weights(*wider, path); }, "size mismatch for 'conv.weight': expected shape [4, 6, 1, 1], got [3, 6, 1, 1]");
   CHECK(torch::equal(wider->weight(), before));  // nothing half-loaded
+  // a right-shaped value that copy_ cannot take (sparse, on the meta device) is refused before any copy:
+  // the weight that passed must not have been overwritten
+  for (int kind = 0; kind < 2; ++kind) {
+    MCDropoutHead target(6, 3, 0.2, 2);
+    const auto kept = target->weight().clone();
+    NamedTensors state{{"conv.weight", mc->weight().detach().clone()},
+                       {"conv.bias", kind == 0 ? mc->bias().detach().to_sparse() : torch::empty({3}, torch::kMeta)}};
+    require_error([&] { load_head_state(*target, state, "state"); },
+                  kind == 0 ? "state: 'conv.bias' is not a dense (strided) tensor" : "state: 'conv.bias' is on device meta",
+                  ErrorKind::Type);
+    CHECK(torch::equal(target->weight(), kept));
+  }
   require_error([&] { load_tensors(path + ".missing"); }, "cannot open");
   {
     std::ofstream junk(path, std::ios::binary);
@@ -402,6 +414,9 @@ TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[to
                      +[](MCDropoutHead& h, const at::Tensor& t) { h->sample(t); }})
     require_error([&] { call(mc, x.to_sparse()); }, "features: expected a dense (strided) tensor", ErrorKind::Type);
   require_error([&] { ev->score(x.to_sparse()); }, "features: expected a dense (strided) tensor", ErrorKind::Type);
+  // a device the closed form cannot score on: named as such, not as an aten kernel missing for it
+  require_error([&] { ev->score(torch::empty({2, 4, 5, 5}, torch::kMeta)); },
+                "features: a torch tensor on device meta; expected a CPU or CUDA tensor", ErrorKind::Type);
   require_error([&] { mc->score(x, 1, {Metric::Bald}); }, "K: the metric bald needs K >= 2");
   require_error([&] { mc->sample(x, 0); }, "K:");
   require_error([&] { en->score(x, 5); }, "K: an EnsembleHead has exactly 3 samples");
@@ -437,6 +452,13 @@ TEST_CASE("heads: limits checked before allocating, one rule for every head, out
   MCDropoutHead wide(2, 4096);
   require_error([&] { wide->sample(torch::randn({1, 2, 64, 64}), 65535); }, "K: K · C = 268431360");
   require_error([&] { wide->score(torch::randn({1, 2, 4, 4}), 4097); }, "K: K · C = 16781312");
+  // 2^32 voxels per item (a stride-0 view: no memory), refused before a 17 GB map or a 68 GB sample is
+  // allocated, by every head (as in Python)
+  const auto huge = torch::zeros({1, 2, 1, 1}).expand({1, 2, 65536, 65537});
+  MCDropoutHead two(2, 2);
+  require_error([&] { two->score(huge, 4, {Metric::Bald}); }, "features: at most 2^32 - 1 voxels per item, got 4295032832");
+  require_error([&] { two->sample(huge, 2); }, "features: at most 2^32 - 1 voxels per item");
+  require_error([&] { EvidentialHead(2, 2)->score(huge); }, "features: at most 2^32 - 1 voxels per item");
   // the evidential head ignores K, seed and index_offset but checks them like the sampled heads
   EvidentialHead ev(4, 3, 2);
   MCDropoutHead mc(4, 3, 0.5, 2);

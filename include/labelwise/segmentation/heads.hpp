@@ -161,8 +161,8 @@ inline void save_head_weights(const torch::nn::Module& module, const std::string
 /// Copies named tensors into the module's parameters and buffers, strictly: every key must be present,
 /// no key may be left over, and shapes must match (Error(Value) naming the key and both shapes).
 /// Values are converted to each parameter's device and dtype, floating point to floating point; a
-/// floating-point value for an integer tensor, or the reverse, is an Error(Type). Nothing is copied
-/// unless every key passes. `what` names the source in the messages (e.g. the file).
+/// floating-point value for an integer tensor, or the reverse, and a sparse or a non-CPU / CUDA value
+/// are an Error(Type). Nothing is copied unless every key passes. `what` names the source in the messages (e.g. the file).
 inline void load_head_state(torch::nn::Module& module, const NamedTensors& state, const std::string& what) {
   std::map<std::string, at::Tensor> given;
   for (const auto& [k, v] : state) {
@@ -180,6 +180,11 @@ inline void load_head_state(torch::nn::Module& module, const NamedTensors& state
           "': expected shape ", c10::str(target.sizes()), ", got ", c10::str(it->second.sizes()));
     check(it->second.is_floating_point() == target.is_floating_point(), ErrorKind::Type, what, ": '", name,
           "' has dtype ", c10::toString(it->second.scalar_type()), ", expected ", c10::toString(target.scalar_type()));
+    // copy_ would throw on these halfway through the copies (a sparse or meta source): refused here
+    check(it->second.layout() == at::kStrided, ErrorKind::Type, what, ": '", name,
+          "' is not a dense (strided) tensor (layout ", it->second.layout(), "; call .to_dense() first)");
+    check(it->second.is_cpu() || it->second.is_cuda(), ErrorKind::Type, what, ": '", name, "' is on device ",
+          it->second.device(), "; expected a CPU or CUDA tensor");
     copies.emplace_back(target, it->second);
     given.erase(it);
   }
@@ -304,6 +309,10 @@ class HeadBase : public torch::nn::Module {
     check(x.size(1) == in_channels_, ErrorKind::Value, name, ": expected ", in_channels_,
           " channels (in_channels) on axis 1, got ", x.size(1), " in shape ", c10::str(x.sizes()));
     check(x.numel() > 0, ErrorKind::Value, name, ": empty feature map, shape ", c10::str(x.sizes()));
+    // before any output is allocated (as in Python): the fused kernel's counters index voxels in 32 bits
+    std::int64_t voxels = 1;
+    for (std::int64_t d = 2; d < x.dim(); ++d) voxels *= x.size(d);  // <= numel, no overflow
+    check(voxels <= 0xFFFFFFFFll, ErrorKind::Value, name, ": at most 2^32 - 1 voxels per item, got ", voxels);
   }
 
  protected:
@@ -660,6 +669,9 @@ class EvidentialHeadImpl : public HeadBase {
   std::map<Metric, at::Tensor> closed_form(const at::Tensor& features, const std::vector<Metric>& metrics,
                                            at::Tensor* probs, at::Tensor* vacuity) {
     check_features(features);
+    // before at::isfinite, which would fail in another backend's words (as Python's _check_scoring_device)
+    check(features.is_cpu() || features.is_cuda(), ErrorKind::Type, "features: a torch tensor on device ",
+          features.device(), "; expected a CPU or CUDA tensor");
     torch::NoGradGuard no_grad;
     const std::int64_t last = features.size(-1);
     const std::int64_t per_index = features.numel() / last;
