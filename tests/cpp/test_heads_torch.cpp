@@ -392,6 +392,65 @@ TEST_CASE("heads: weights files round-trip and are refused for another head shap
   std::remove(path.c_str());
 }
 
+namespace {
+// A parent that follows LibTorch's Cloneable rules: its children registered in reset().
+struct ClonedNet : torch::nn::Cloneable<ClonedNet> {
+  torch::nn::Conv2d stem{nullptr};
+  EnsembleHead head{nullptr};
+  ClonedNet() { reset(); }
+  void reset() override {
+    stem = register_module("stem", torch::nn::Conv2d(torch::nn::Conv2dOptions(2, 4, 1)));
+    head = register_module("head", EnsembleHead(4, 3, 3, 2));
+  }
+};
+
+template <typename Head>
+void check_deep_copy(const Head& original, const std::shared_ptr<torch::nn::Module>& copy) {
+  const NamedTensors a = head_state(*original), b = head_state(*copy);
+  REQUIRE(keys(a) == keys(b));
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CHECK(torch::equal(a[i].second, b[i].second));
+    CHECK(a[i].second.data_ptr() != b[i].second.data_ptr());  // copies, not shared storage
+    CHECK(b[i].second.requires_grad());
+  }
+  CHECK(copy->is_training() == original->is_training());
+}
+}  // namespace
+
+TEST_CASE("heads: clone() is a deep copy, alone, in a Sequential and in a Cloneable parent", "[torch][heads]") {
+  torch::manual_seed(fresh_seed());
+  MCDropoutHead mc(4, 3, 0.3, 2);
+  EnsembleHead en(4, 3, 3, 3);
+  EvidentialHead ev(4, 3, 2);
+  mc->eval();
+  const auto mc2 = std::dynamic_pointer_cast<MCDropoutHeadImpl>(mc->clone());
+  REQUIRE(mc2);
+  check_deep_copy(mc, mc2);
+  CHECK(mc2->p() == mc->p());
+  check_deep_copy(en, en->clone());
+  check_deep_copy(ev, ev->clone());
+  const auto x = torch::randn({2, 4, 5, 5});
+  CHECK(torch::equal(mc2->score(x, 6, {Metric::Bald}, 3).at(Metric::Bald), mc->score(x, 6, {Metric::Bald}, 3).at(Metric::Bald)));
+  {
+    torch::NoGradGuard no_grad;
+    mc2->weight().add_(1.0);  // the copy is independent
+  }
+  CHECK(!torch::equal(mc2->weight(), mc->weight()));
+
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(2, 4, 1)), MCDropoutHead(4, 3, 0.3, 2));
+  net->eval();
+  const auto net2 = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(net->clone());
+  REQUIRE(net2);
+  const auto y = torch::randn({1, 2, 3, 3});
+  CHECK(torch::equal(net2->forward(y), net->forward(y)));
+  CHECK(net2->ptr(1)->parameters()[0].data_ptr() != net->ptr(1)->parameters()[0].data_ptr());
+
+  const auto parent = std::make_shared<ClonedNet>();
+  const auto parent2 = std::dynamic_pointer_cast<ClonedNet>(parent->clone());
+  REQUIRE(parent2);
+  check_deep_copy(parent->head, parent2->head.ptr());  // the child's weights, not its reset()'s fresh ones
+}
+
 TEST_CASE("heads: bad arguments are labelwise::Errors naming the argument", "[torch][heads]") {
   require_error([] { MCDropoutHead(4, 3, 1.0); }, "p: the dropout rate must be in [0, 1)");
   require_error([] { MCDropoutHead(4, 3, -0.1); }, "p: the dropout rate");

@@ -51,6 +51,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -315,7 +316,21 @@ class HeadBase : public torch::nn::Module {
     check(voxels <= 0xFFFFFFFFll, ErrorKind::Value, name, ": at most 2^32 - 1 voxels per item, got ", voxels);
   }
 
+  /// A deep copy: a head of the same type and configuration whose parameters and buffers are copies of
+  /// these (moved to `device` when given), in the same training mode, as torch::nn::Cloneable modules
+  /// give. So nets that hold a head can be cloned (Sequential::clone, a Cloneable parent,
+  /// torch::nn::parallel::data_parallel). Draws the fresh head's initial weights from torch's global
+  /// generator before overwriting them, as Cloneable's reset() does.
+  std::shared_ptr<torch::nn::Module> clone(const c10::optional<torch::Device>& device = c10::nullopt) const override {
+    std::shared_ptr<HeadBase> copy = fresh();
+    copy->copy_state_from(*this, device);
+    return copy;
+  }
+
  protected:
+  /// A head of this type and configuration, with newly initialised parameters.
+  virtual std::shared_ptr<HeadBase> fresh() const = 0;
+
   std::vector<std::int64_t> spatial(const at::Tensor& x) const {
     return std::vector<std::int64_t>(x.sizes().begin() + 2, x.sizes().end());
   }
@@ -411,6 +426,29 @@ class HeadBase : public torch::nn::Module {
 
   std::int64_t in_channels_, num_classes_;
   int dims_;
+
+ private:
+  // A Cloneable parent clones a child into the child its own reset() registered, through this.
+  void clone_(torch::nn::Module& other, const c10::optional<torch::Device>& device) override {
+    const auto* src = dynamic_cast<const HeadBase*>(&other);
+    check(src != nullptr && typeid(*src) == typeid(*this), ErrorKind::Type,
+          "clone: the parent's reset() registered another kind of module in place of this head");
+    copy_state_from(*src, device);
+  }
+
+  void copy_state_from(const HeadBase& src, const c10::optional<torch::Device>& device) {
+    torch::NoGradGuard no_grad;
+    NamedTensors to = head_state(*this);
+    const NamedTensors from = head_state(src);
+    check(to.size() == from.size(), ErrorKind::Value, "clone: ", from.size(), " tensors to copy into ", to.size());
+    for (std::size_t i = 0; i < to.size(); ++i) {
+      const at::Tensor& t = from[i].second;
+      check(to[i].first == from[i].first && to[i].second.sizes() == t.sizes(), ErrorKind::Value, "clone: '",
+            from[i].first, "' ", c10::str(t.sizes()), " has no twin in the copy");
+      to[i].second.set_data(device && t.device() != *device ? t.to(*device) : t.clone());
+    }
+    train(src.is_training());
+  }
 };
 
 /// Dropout (rate p, element-wise) + 1x1(x1) convolution. Parameters conv.weight, conv.bias.
@@ -453,6 +491,10 @@ class MCDropoutHeadImpl : public HeadBase {
         check(!metric_needs_samples(m), ErrorKind::Value, "K: the metric ", metric_name(m),
               " needs K >= 2 samples, got K=", K);
     return fused_score(features, flat_weight(), bias().unsqueeze(0), K, p_, metrics, seed, mean, index_offset);
+  }
+
+  std::shared_ptr<HeadBase> fresh() const override {
+    return std::make_shared<MCDropoutHeadImpl>(in_channels_, num_classes_, p_, dims_);
   }
 
   void pretty_print(std::ostream& os) const override {
@@ -527,6 +569,10 @@ class EnsembleHeadImpl : public HeadBase {
         check(!metric_needs_samples(m), ErrorKind::Value, "K: the metric ", metric_name(m),
               " needs K >= 2 samples (members), got K=", k);
     return fused_score(features, stacked_weight(), stacked_bias(), k, 0.0, metrics, seed, mean, index_offset);
+  }
+
+  std::shared_ptr<HeadBase> fresh() const override {
+    return std::make_shared<EnsembleHeadImpl>(in_channels_, num_classes_, num_members_, dims_);
   }
 
   void pretty_print(std::ostream& os) const override {
@@ -652,6 +698,10 @@ class EvidentialHeadImpl : public HeadBase {
           "index_offset: items must have global indices below 2^32, got index_offset ", index_offset, " for ",
           features.size(0), " items");
     return closed_form(features, metrics, mean, nullptr);
+  }
+
+  std::shared_ptr<HeadBase> fresh() const override {
+    return std::make_shared<EvidentialHeadImpl>(in_channels_, num_classes_, dims_);
   }
 
   void pretty_print(std::ostream& os) const override {
