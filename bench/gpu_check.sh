@@ -71,6 +71,17 @@ clamp() {
   ((left < 0)) && left=0
   (($1 < left)) && echo "$1" || echo "$left"
 }
+# may_start NAME LIMIT: true when step NAME may start with LIMIT seconds (clamped); otherwise logs and
+# records why not (left out, or the budget spent: a failure unless OPTIONAL)
+may_start() {
+  if skipped "$1"; then log "skipped $1 ($(why_skipped "$1"))"; record "$1" "skipped ($(why_skipped "$1"))" -; return 1; fi
+  if (($2 < 15)); then
+    log "skipped $1: time budget spent"
+    record "$1" "skipped (budget)" -
+    ((OPTIONAL)) || status=1
+    return 1
+  fi
+}
 # step NAME TIMEOUT CMD...: runs CMD (output to $LOGS/NAME.log, its tail to stdout) unless skipped or the
 # budget is spent
 step() {
@@ -78,13 +89,7 @@ step() {
   shift
   limit=$(clamp "$1")
   shift
-  if skipped "$name"; then log "skipped $name ($(why_skipped "$name"))"; record "$name" "skipped ($(why_skipped "$name"))" -; return; fi
-  if ((limit < 15)); then
-    log "skipped $name: time budget spent"
-    record "$name" "skipped (budget)" -
-    ((OPTIONAL)) || status=1
-    return
-  fi
+  may_start "$name" "$limit" || return 0
   log "$name (timeout ${limit} s)"
   local t0
   t0=$(date +%s)
@@ -104,8 +109,7 @@ bg_step() {
   local name=$1 limit
   limit=$(clamp "$2")
   shift 2
-  if skipped "$name"; then log "skipped $name ($(why_skipped "$name"))"; record "$name" "skipped ($(why_skipped "$name"))" -; return; fi
-  if ((limit < 15)); then log "skipped $name: time budget spent"; record "$name" "skipped (budget)" -; status=1; return; fi
+  may_start "$name" "$limit" || return 0
   log "$name in the background (timeout $limit s)"
   # on a line of its own even when the job was killed mid-line
   (timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1; printf '\nexit %d\n' $? >>"$LOGS/$name.log") &
@@ -280,7 +284,7 @@ done
 # only a binary this run built (its log ends "exit 0"), never one left by an earlier call
 if [[ $(sed -n 's/^exit //p' "$LOGS/torch_build.log" 2>/dev/null | tail -1) == 0 ]]; then
   step torch_cuda_tests 60 ./build-gpu-torch/tests/labelwise_torch_tests -w NoAssertions -d yes "[cuda]"
-elif ! skipped torch_build; then
+elif [[ -f $LOGS/torch_build.log ]]; then  # started (not skipped) and failed
   record torch_cuda_tests "not built (see torch_build)" -
   status=1
 fi

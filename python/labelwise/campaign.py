@@ -264,8 +264,9 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
             K: int, seed: int, rnd: int) -> np.ndarray:
     """Indices (into the pool) of the next b items to label."""
     cand = np.flatnonzero(unlabeled)
+    mc_seed, select_seed = SEG.stream_seed(seed, "mc", rnd), SEG.stream_seed(seed, "select", rnd)
     if strategy == "random":
-        rng = np.random.default_rng(SEG.stream_seed(seed, "select", rnd))
+        rng = np.random.default_rng(select_seed)
         return rng.choice(cand, size=b, replace=False)
     if strategy == "cluster_margin":
         # Clusters once per campaign run on the (standardised) input features, as the method prescribes
@@ -274,11 +275,10 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         if _CLUSTER_CACHE.get("key") != key:
             k = max(2, int(round(math.sqrt(len(X_pool) / 2))))
             _CLUSTER_CACHE.update(key=key, ids=A.average_linkage_clusters(X_pool, num_clusters=k))
-        logp = mc_log_probs(model, X_pool, K, seed=SEG.stream_seed(seed, "mc", rnd))
+        logp = mc_log_probs(model, X_pool, K, seed=mc_seed)
         margins = U.margin(logp, input="log_probs").numpy()
         margins[~unlabeled] = -np.inf  # only candidates (not labelled, not calibration) can be picked
-        return A.cluster_margin(margins, _CLUSTER_CACHE["ids"], b, seed=SEG.stream_seed(seed, "select", rnd),
-                                 labeled=~unlabeled)
+        return A.cluster_margin(margins, _CLUSTER_CACHE["ids"], b, seed=select_seed, labeled=~unlabeled)
     if strategy == "coreset":
         feats = penultimate(model, X_pool).numpy()
         # Only the labelled items and the candidates take part (the calibration set is neither).
@@ -287,10 +287,9 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         mask[: int(labeled.sum())] = True
         picks, _ = A.coreset(feats[sub], mask, b)
         return sub[picks]
-    logp = mc_log_probs(model, X_pool[cand], K, seed=SEG.stream_seed(seed, "mc", rnd))
+    logp = mc_log_probs(model, X_pool[cand], K, seed=mc_seed)
     if strategy == "batchbald":
-        picks, _ = A.batchbald(logp, b, num_samples=10000, seed=SEG.stream_seed(seed, "select", rnd),
-                                input="log_probs")
+        picks, _ = A.batchbald(logp, b, num_samples=10000, seed=select_seed, input="log_probs")
         return cand[np.asarray(picks)]
     if strategy == "weighted_kmeans":
         feats = penultimate(model, X_pool[cand]).numpy()
@@ -301,11 +300,11 @@ def acquire(strategy: str, model, X_pool: np.ndarray, unlabeled: np.ndarray, lab
         emb = penultimate(model, X_pool[cand])
         with torch.no_grad():
             probs = torch.softmax(model[-1](emb), dim=-1)
-        return cand[np.asarray(A.badge(probs, emb, b, seed=SEG.stream_seed(seed, "select", rnd)))]
+        return cand[np.asarray(A.badge(probs, emb, b, seed=select_seed))]
     metric = {"entropy": "predictive_entropy", "bald": "bald", "balentacq": "balentacq", "powerbald": "bald"}[strategy]
     s = U.score(logp, [metric], input="log_probs")[metric]
     if strategy == "powerbald":
-        picks = A.stochastic(s, b, mode="power", temperature=1.0, seed=SEG.stream_seed(seed, "select", rnd))
+        picks = A.stochastic(s, b, mode="power", temperature=1.0, seed=select_seed)
     else:
         picks = A.top_k(s, b)
     return cand[np.asarray(picks)]
@@ -394,9 +393,10 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
     counts, accs = [], []
     auto10: Dict = {}
     rounds = math.ceil(budget / b)
+    init_seed = SEG.stream_seed(seed, "init")  # every round's model, and the full-data one, start alike
     for rnd in range(rounds + 1):
-        model = train(make_model(Xp.shape[1], C, cfg.hidden, cfg.dropout, SEG.stream_seed(seed, "init")), Xp[labeled],
-                      yp[labeled], cfg.epochs, SEG.stream_seed(seed, "train", rnd))
+        model = train(make_model(Xp.shape[1], C, cfg.hidden, cfg.dropout, init_seed), Xp[labeled], yp[labeled],
+                      cfg.epochs, SEG.stream_seed(seed, "train", rnd))
         counts.append(int(labeled.sum()))
         accs.append(accuracy(model, Xt, yt))
         if not auto10 and counts[-1] >= 0.1 * N:
@@ -412,8 +412,8 @@ def run_one(d: Dataset, strategy: str, seed: int, cfg: Config, progress=None) ->
             raise RuntimeError(f"{strategy}: acquired an already labelled or duplicate item")
         labeled[picks] = True
     auto = autolabel_rest(model, Xp, yp, labeled, int(calib.sum()), cfg, seed, draw=rounds + 1)
-    full = train(make_model(Xp.shape[1], C, cfg.hidden, cfg.dropout, SEG.stream_seed(seed, "init")), Xp[~calib],
-                 yp[~calib], cfg.epochs, SEG.stream_seed(seed, "train_full"))
+    full = train(make_model(Xp.shape[1], C, cfg.hidden, cfg.dropout, init_seed), Xp[~calib], yp[~calib], cfg.epochs,
+                 SEG.stream_seed(seed, "train_full"))
     return RunResult(d.name, strategy, seed, counts, accs, accuracy(full, Xt, yt), N, time.perf_counter() - t0, auto,
                      auto10)
 
@@ -431,7 +431,8 @@ def autolabel_rest(model, Xp, yp, labeled, n_calibration: int, cfg: Config, seed
     cal = np.zeros(len(yp), dtype=bool)
     cal[rng.choice(unl, size=min(n_calibration, len(unl) - 1), replace=False)] = True
     rest = ~labeled & ~cal
-    probs = mc_log_probs(model, Xp[~labeled], cfg.samples, seed=SEG.stream_seed(seed, "autolabel_mc", draw)).exp().mean(dim=1).numpy()
+    logp = mc_log_probs(model, Xp[~labeled], cfg.samples, seed=SEG.stream_seed(seed, "autolabel_mc", draw))
+    probs = logp.exp().mean(dim=1).numpy()
     in_cal = cal[~labeled]
     r = P.certified_auto_label(probs[~in_cal], probs[in_cal], yp[cal], target_error=cfg.target_error,
                                delta=cfg.delta)

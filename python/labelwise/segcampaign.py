@@ -430,8 +430,8 @@ def acquire(strategy: str, model, x_pool, labmask: np.ndarray, b_slices: int, cf
     the regions ``(slice, row, col)`` chosen (region strategies)."""
     torch = _torch()
     P_, H, W = labmask.shape
-    rng = np.random.default_rng(stream_seed(seed, "select", rnd))
-    mc_seed = stream_seed(seed, "mc", rnd)
+    select_seed, mc_seed = stream_seed(seed, "select", rnd), stream_seed(seed, "mc", rnd)
+    rng = np.random.default_rng(select_seed)
     if strategy in SLICE_STRATEGIES:
         cand = np.flatnonzero(~labmask.any(axis=(1, 2)))
         if len(cand) < b_slices:
@@ -446,7 +446,7 @@ def acquire(strategy: str, model, x_pool, labmask: np.ndarray, b_slices: int, cf
             m = _finite_map(mc_maps(model, x_pool[cand], cfg.samples, [metric], mc_seed)[metric])
             s = A.slice_scores(m[None].contiguous(), axis=1)[0]  # [n_cand]: mean over each slice
             if strategy == "powerbald":
-                sel = A.stochastic(s.clamp(min=0), b_slices, mode="power", temperature=1.0, seed=stream_seed(seed, "select", rnd))
+                sel = A.stochastic(s.clamp(min=0), b_slices, mode="power", temperature=1.0, seed=select_seed)
             else:
                 sel = A.top_k(s, b_slices)
             picks = cand[np.asarray(sel)]
@@ -579,8 +579,8 @@ def full_data_dice(d: SegDataset, sp: SegSplit, cfg, seed: int, x_pool, x_test) 
     key = _setting_key(d, cfg) + (seed,)
     if key not in _FULL_CACHE:
         # the ceiling, not a peer: twice the steps on twice the slices per step of the campaign's models
-        model = train(d, x_pool, d.labels[sp.pool], cfg, stream_seed(seed, "train_full"), progress=True, steps=2 * cfg.seg_steps,
-                      batch=2 * cfg.seg_batch)
+        model = train(d, x_pool, d.labels[sp.pool], cfg, stream_seed(seed, "train_full"), progress=True,
+                      steps=2 * cfg.seg_steps, batch=2 * cfg.seg_batch)
         _FULL_CACHE[key] = mean_dice(predict(model, x_test), d.labels[sp.test], d.num_classes)
     return _FULL_CACHE[key]
 
@@ -673,8 +673,7 @@ def overlay(d: SegDataset, cfg, seed: int, out: str) -> Optional[str]:
     s = int(np.argmax(per_slice))
     # the maps the acquisition saw: slice s was item s of the pool (same seed, same dropout masks)
     res = mc_maps(model, x_pool[s : s + 1], cfg.samples, ["bald", "balentacq"], stream_seed(seed, "mc", 0),
-                  return_mean=True,
-                  index_offset=s)
+                  return_mean=True, index_offset=s)
     img = d.image[sp.pool[s]]
     truth = d.labels[sp.pool[s]]
     pred = res["mean"][0].argmax(0).numpy()
