@@ -8,7 +8,8 @@ the straightforward PyTorch path, on a 128^3 volume with F = 32 features, C = 8 
   from them with torch ops (the formulas of docs/metrics.md).
 * floor: K·C·F multiply-adds per voxel (the head's arithmetic; Philox, exp and the metrics come on top)
   over the machine's measured float64 multiply-add rate (a timed 2048^3 float64 matmul, FMA).
-  The kernel may not fuse (bit-exact float64 logits, no FMA), so its own floor is twice that.
+  The CPU kernel adds each sample's term as one FMA with an exact 0 / 1 gate (docs/segmentation.md),
+  so this is its floor too; the CUDA kernel rounds multiply and add separately (twice that).
 
 Each path runs in its own subprocess; peak memory is that process's max RSS (``resource.getrusage``)
 minus its RSS after the inputs were allocated. Usage: ``python bench/bench_heads.py [--size 128]``
@@ -241,7 +242,7 @@ def main(argv=None) -> int:
         print(f"| naive PyTorch, scaled x{scale:.2f} to {args.size}^3 (linear in voxels) | "
               f"{naive['time_s'] * scale:.2f} | {naive['peak_mib'] * scale:.0f} |")
     print(f"floor: {madds / 1e9:.1f} G multiply-adds at {floor['madd_per_s'] / 1e9:.1f} G/s "
-          f"(float64 matmul, FMA) = {floor_s:.2f} s; without FMA (as the bit-exact kernel must) {2 * floor_s:.2f} s")
+          f"(float64 matmul, FMA) = {floor_s:.2f} s")
     return 0
 
 

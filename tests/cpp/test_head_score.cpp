@@ -127,6 +127,63 @@ void expect_same_samples(const std::vector<float>& got, const std::vector<float>
   CHECK(differ <= 1 + got.size() / 10000);
 }
 
+/// The HeadParams the backend builds for `h` and `opt` (src/head_score.cpp), with the weights packed
+/// into `wt` ([M][F][Cp], zero padding) and the biases into `bias`.
+labelwise::detail::HeadParams scalar_params(const Head& h, const HeadScoreOptions& opt, std::vector<double>& wt,
+                                            std::vector<double>& bias) {
+  labelwise::detail::HeadParams hp;
+  hp.F = h.F;
+  hp.C = h.C;
+  hp.Cp = labelwise::detail::padded_classes(h.C);
+  hp.K = static_cast<int>(opt.samples);
+  hp.M = h.M;
+  wt.assign(static_cast<std::size_t>(h.M) * h.F * hp.Cp, 0.0);
+  for (int m = 0; m < h.M; ++m)
+    for (int c = 0; c < h.C; ++c)
+      for (int f = 0; f < h.F; ++f)
+        wt[(static_cast<std::size_t>(m) * h.F + f) * hp.Cp + c] = h.w[(static_cast<std::size_t>(m) * h.C + c) * h.F + f];
+  bias = h.bias;
+  hp.wt = wt.data();
+  hp.bias = bias.data();
+  hp.dropout = opt.dropout > 0.0;
+  hp.keep_threshold = static_cast<std::uint32_t>(std::ceil(opt.dropout * 4294967296.0));
+  hp.scale = 1.0 / (1.0 - opt.dropout);
+  hp.key0 = static_cast<std::uint32_t>(opt.seed);
+  hp.key1 = static_cast<std::uint32_t>(opt.seed >> 32);
+  return hp;
+}
+
+/// head_sample's probabilities must be the bits of head_voxel_probs, the one-thread-per-voxel loop body
+/// that the CUDA kernel runs (here on the host), voxel by voxel: the CPU restructures the arithmetic
+/// (shared products, fused multiply-adds by exact 0 / 1 gates, vectorised exponentials) and must not
+/// change a bit. Returns head_voxel_probs' status of the first voxel that is not kItemOk (0 if none).
+template <typename T>
+int expect_scalar_body_bits(const Features<T>& x, const Head& h, const HeadScoreOptions& opt,
+                            const std::vector<float>& samples) {
+  std::vector<double> wt, bias;
+  const labelwise::detail::HeadParams hp = scalar_params(h, opt, wt, bias);
+  const int K = hp.K;
+  std::vector<double> xs(static_cast<std::size_t>(x.F)), z(static_cast<std::size_t>(h.C));
+  std::vector<float> p(static_cast<std::size_t>(K) * h.C);
+  std::size_t differ = 0;
+  for (int b = 0; b < x.B; ++b)
+    for (std::int64_t v = 0; v < x.V; ++v) {
+      const T* xv = x.data.data() + x.index(b, 0, v);
+      const std::int64_t fs = x.channels_last ? 1 : x.V;
+      const int st = labelwise::detail::head_voxel_probs<T>(xv, fs, hp, static_cast<std::uint32_t>(v),
+                                                            static_cast<std::uint32_t>(opt.index_offset + b), xs.data(),
+                                                            z.data(), p.data(), 1);
+      if (st != 0) return st;
+      for (int k = 0; k < K; ++k)
+        for (int c = 0; c < h.C; ++c) {
+          const float got = samples[((static_cast<std::size_t>(b) * K + k) * h.C + c) * x.V + v];
+          if (std::memcmp(&got, &p[static_cast<std::size_t>(k) * h.C + c], sizeof(float)) != 0) ++differ;
+        }
+    }
+  CHECK(differ == 0);
+  return 0;
+}
+
 const std::vector<Metric> kAll = {Metric::PredictiveEntropy, Metric::ExpectedEntropy, Metric::Bald,
                                   Metric::LeastConfidence,   Metric::Margin,          Metric::Ratio,
                                   Metric::VariationRatio,    Metric::MaxMeanVariationRatio, Metric::MeanStd,
@@ -140,8 +197,10 @@ void check_fused_equals_sample_then_score(const Features<T>& x, const Head& h, c
   const std::size_t n = static_cast<std::size_t>(x.B) * x.V;
   std::vector<float> samples(n * K * h.C);
   head_sample(x.view(), h.wv(), h.bv(), TensorView::of(samples.data(), concat({x.B, K, h.C}, x.spatial)), opt);
-  // the samples equal the independent reference (up to exp's last bit, see expect_same_samples)
+  // the samples equal the independent reference (up to exp's last bit, see expect_same_samples), and
+  // every bit of the CUDA loop body run on the host
   expect_same_samples(samples, reference_samples(x, h, K, opt.dropout, opt.seed));
+  CHECK(expect_scalar_body_bits(x, h, opt, samples) == 0);
 
   std::vector<std::vector<double>> fused(kAll.size(), std::vector<double>(n)), ref(kAll.size(), std::vector<double>(n));
   std::vector<MetricOutput> fo, ro;
@@ -220,7 +279,8 @@ TEST_CASE("det_exp_nonpositive is within 1 ulp of exp on (-inf, 0]", "[head_scor
   CHECK(max_ulps <= 1);
 }
 
-TEST_CASE("head_voxel_probs with the logits in registers gives the scratch version's bits", "[head_score]") {
+TEST_CASE("head_voxel_probs with the logits in registers, and the CPU form, give the scratch version's bits",
+          "[head_score]") {
   // The CUDA kernel accumulates each sample's logits in a register array for C <= 8 / 16 / 32
   // (kRegs); the host runs both forms of the shared body and requires the same bits of the float64
   // exponentials left in z (they carry every bit of the logits: the float32 probabilities would hide
@@ -275,7 +335,71 @@ TEST_CASE("head_voxel_probs with the logits in registers gives the scratch versi
       REQUIRE(regs_used >= C);  // the register form, as the CUDA launch picks it for C <= 32
       CHECK(std::memcmp(z_want.data(), z_got.data(), z_want.size() * sizeof(double)) == 0);
       CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
+
+      // The CPU form (this file's instruction set; the library's wider builds are compared with it
+      // through head_sample): shared products and 0 / 1 gates, exponentials of all samples at once.
+      // Its last sample's float64 exponentials must be the scalar body's bits as well. It reads the
+      // weights' padding lanes, which the backend packs with zeros.
+      std::vector<double> wt0(wt);
+      for (double& w : wt0) w = std::isnan(w) ? 0.0 : w;
+      labelwise::detail::HeadParams hp0 = hp;
+      hp0.wt = wt0.data();
+      const int G = (F + 3) / 4;
+      std::vector<double> cxs(F), cd(4 * static_cast<std::size_t>(F)), cu(8 * static_cast<std::size_t>(F)),
+          cz(static_cast<std::size_t>(K) * hp.Cp, kNaN);
+      std::vector<std::uint32_t> words(4 * static_cast<std::size_t>(K) * G), c1(static_cast<std::size_t>(K) * G),
+          c2(c1.size());
+      for (int k = 0; k < K; ++k)
+        for (int gi = 0; gi < G; ++gi) {
+          c1[static_cast<std::size_t>(k) * G + gi] = static_cast<std::uint32_t>(gi);
+          c2[static_cast<std::size_t>(k) * G + gi] = (3u << 16) | static_cast<std::uint32_t>(k);
+        }
+      const labelwise::detail::HeadCpuScratch cs{cxs.data(), cd.data(), cu.data(), cz.data(), words.data(), c1.data(),
+                                                 c2.data()};
+      std::vector<float> cpu(static_cast<std::size_t>(K) * C);
+      REQUIRE(labelwise::detail::head_voxel_probs_cpu<float>(x.data(), 3, hp0, v, b, cs, cpu.data()) == 0);
+      for (int c = 0; c < C; ++c) {
+        INFO("class " << c);
+        CHECK(std::memcmp(&cz[static_cast<std::size_t>(K - 1) * hp.Cp + c], &z_want[static_cast<std::size_t>(c) * ts],
+                          sizeof(double)) == 0);
+      }
+      for (int k = 0; k < K; ++k)
+        for (int c = 0; c < C; ++c)
+          CHECK(cpu[static_cast<std::size_t>(k) * C + c] == want[(static_cast<std::size_t>(k) * C + c) * ts]);
     }
+}
+
+TEST_CASE("a product that overflows float64 in a channel every sample drops changes nothing", "[head_score]") {
+  // The CPU forms each product W_cf · (x_f · s) once per voxel and gates it by 0 / 1 per sample; an
+  // infinite product times a 0 gate would be NaN, so such a class block takes the masked features
+  // instead. Voxel 0 with channel 1 dropped in both samples must give the finite probabilities of the
+  // reference and of the CUDA loop body; with channel 1 kept, the logits overflow (a clear error).
+  std::mt19937_64 rng(fresh_seed());
+  Features<double> x(1, 3, {1}, false, rng);
+  x.data[x.index(0, 1, 0)] = 1e300;  // times s = 2 and W = 1e10: 2e310
+  Head h(1, 4, 3, rng);
+  h.w[2 * 3 + 1] = 1e10;  // class 2, channel 1 (one class of the block overflows, the others do not)
+  HeadScoreOptions opt;
+  opt.samples = 2;
+  opt.dropout = 0.5;
+  std::uint64_t dropped = 0, kept = 0;
+  bool have_dropped = false, have_kept = false;
+  for (std::uint64_t seed = rng(); !(have_dropped && have_kept); ++seed) {
+    const bool any = keep_ref(seed, 0.5, 0, 0, 1, 0) || keep_ref(seed, 0.5, 0, 1, 1, 0);
+    if (!any && !have_dropped) dropped = seed, have_dropped = true;
+    if (any && !have_kept) kept = seed, have_kept = true;
+  }
+  std::vector<float> samples(2 * 4);
+  const TensorView sv = TensorView::of(samples.data(), {1, 2, 4, 1});
+  opt.seed = dropped;
+  head_sample(x.view(), h.wv(), h.bv(), sv, opt);
+  for (float v : samples) CHECK(std::isfinite(v));
+  expect_same_samples(samples, reference_samples(x, h, 2, 0.5, dropped));
+  CHECK(expect_scalar_body_bits(x, h, opt, samples) == 0);
+  opt.seed = kept;
+  CHECK_THROWS_WITH(head_sample(x.view(), h.wv(), h.bv(), sv, opt),
+                    Catch::Matchers::Contains("features: item 0, voxel [0] gives logits that overflow"));
+  CHECK(expect_scalar_body_bits(x, h, opt, samples) == labelwise::detail::kHeadNonFiniteLogits);
 }
 
 TEST_CASE("philox reference matches the Random123 known answers", "[head_score]") {

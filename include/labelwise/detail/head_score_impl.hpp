@@ -201,14 +201,17 @@ LABELWISE_HD int head_voxel_probs(const T* x, std::int64_t fs, const HeadParams&
 
 #if defined(LABELWISE_CPU_SIMD) && !defined(__CUDACC__)
 #define LABELWISE_SIMD_HEAD _Pragma("omp simd")
+#define LABELWISE_SIMD_HEAD_NONFINITE _Pragma("omp simd reduction(+ : nonfinite)")  // Σ v · 0 checks
 #else
 #define LABELWISE_SIMD_HEAD
+#define LABELWISE_SIMD_HEAD_NONFINITE
 #endif
 
 /// Per-thread scratch of head_voxel_probs_cpu (caller-owned; sizes in entries).
 struct HeadCpuScratch {
   double* xs;             // F
-  double* d;              // 4 · F: the masked, scaled features of 4 samples
+  double* d;              // 4 · F: the gates or the masked, scaled features of 4 samples
+  double* u;              // 8 · F: the shared products of one class block (MC dropout)
   double* z;              // K · Cp logits, then exponentials
   std::uint32_t* words;   // K · G · 4 Philox words (G = ceil(F / 4)), only with dropout
   const std::uint32_t* counter1;  // K · G: g of block j = k · G + g (precomputed by the caller)
@@ -244,15 +247,17 @@ inline void head_philox_blocks(const HeadParams& hp, std::uint32_t v, std::uint3
 }
 
 #if defined(__AVX512F__) && !defined(__CUDACC__)
+// (GCC 12: see the note on -Wmaybe-uninitialized in philox_lanes.hpp)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 /// The same blocks with AVX-512 intrinsics, 16 blocks per iteration in the 32-bit lanes of one vector
-/// per counter word: each 32 x 32 -> 64-bit product from two vpmuludq (even, then odd lanes), and the
-/// 4 x 16 words transposed in registers into the interleaved layout (words[4j + w]) by unpacks and
-/// 128-bit shuffles instead of 64 scalar stores.
+/// per counter word (philox_rounds_avx512), and the 4 x 16 words transposed in registers into the
+/// interleaved layout (words[4j + w]) by unpacks and 128-bit shuffles instead of 64 scalar stores.
 inline void head_philox_blocks_avx512(const HeadParams& hp, std::uint32_t v, std::uint32_t b,
                                       const std::uint32_t* c1_in, const std::uint32_t* c2_in, std::int64_t n,
                                       std::uint32_t* words) {
-  const __m512i m0 = _mm512_set1_epi64(0xD2511F53ll), m1 = _mm512_set1_epi64(0xCD9E8D57ll);
-  constexpr __mmask16 kOdd = 0xAAAA;
   for (std::int64_t j0 = 0; j0 < n; j0 += 16) {
     const int lanes = n - j0 < 16 ? static_cast<int>(n - j0) : 16;
     const __mmask16 live = static_cast<__mmask16>(lanes == 16 ? 0xFFFFu : (1u << lanes) - 1u);
@@ -260,21 +265,7 @@ inline void head_philox_blocks_avx512(const HeadParams& hp, std::uint32_t v, std
     __m512i c1 = _mm512_maskz_loadu_epi32(live, c1_in + j0);
     __m512i c2 = _mm512_maskz_loadu_epi32(live, c2_in + j0);
     __m512i c3 = _mm512_set1_epi32(static_cast<int>(b));
-    std::uint32_t k0 = hp.key0, k1 = hp.key1;
-    for (int round = 0; round < 10; ++round) {
-      const __m512i e0 = _mm512_mul_epu32(c0, m0), o0 = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), m0);
-      const __m512i e1 = _mm512_mul_epu32(c2, m1), o1 = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), m1);
-      const __m512i hi0 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(e0, 32), o0);
-      const __m512i lo0 = _mm512_mask_blend_epi32(kOdd, e0, _mm512_slli_epi64(o0, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(e1, 32), o1);
-      const __m512i lo1 = _mm512_mask_blend_epi32(kOdd, e1, _mm512_slli_epi64(o1, 32));
-      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);  // a ^ b ^ c
-      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-      c1 = lo1;
-      c3 = lo0;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
+    philox_rounds_avx512(c0, c1, c2, c3, hp.key0, hp.key1);
     // Per 128-bit lane i, u_r holds block 4i + r's four words; then a 4 x 4 transpose of the lanes.
     const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
     const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
@@ -293,6 +284,9 @@ inline void head_philox_blocks_avx512(const HeadParams& hp, std::uint32_t v, std
     }
   }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 /// head_voxel_probs for the CPU: the same bits, with the masks of all K samples drawn in one vectorised
@@ -316,41 +310,83 @@ inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& h
 #else
   if (hp.dropout) head_philox_blocks(hp, v, b, s.counter1, s.counter2, static_cast<std::int64_t>(K) * G, s.words);
 #endif
-  // Logits of 4 samples at a time, by blocks of 8 classes: 4 independent accumulator vectors that stay
-  // in registers over the f loop (one sample at a time would be a chain of dependent adds through memory).
+  // Logits by blocks of 8 classes, 4 samples at a time: 4 independent accumulator vectors that stay in
+  // registers over the f loop (one sample at a time would be a chain of dependent adds through memory).
+  //
+  // MC dropout (one head) shares the products between samples: a kept channel adds the same rounded
+  // u_cf = W_cf · (x_f · s) in every sample, so u is formed once per voxel and class block and each
+  // sample adds u_cf · g_kf with a gate g in {0, 1}. That product is exact, so fma(u, g, acc) is the
+  // one rounding of acc + u_cf (kept) or acc + (±0) (dropped): the bits of mul-then-add, for one
+  // instruction instead of two. A non-finite u_cf (a product that overflows float64) would turn a
+  // dropped channel's 0 · inf into NaN: such a class block takes the masked features instead.
   constexpr int kS = 4;
-  double* __restrict__ d = s.d;  // kS · F masked, scaled features
-  for (int k0 = 0; k0 < K; k0 += kS) {
-    const int kn = K - k0 < kS ? K - k0 : kS;
-    const double* wk[kS];
-    const double* bk[kS];
-    for (int kk = 0; kk < kS; ++kk) {
-      const int k = kk < kn ? k0 + kk : k0;
-      const int m = hp.M > 1 ? k : 0;
-      wk[kk] = hp.wt + static_cast<std::int64_t>(m) * F * Cp;
-      bk[kk] = hp.bias + static_cast<std::int64_t>(m) * C;
-      double* __restrict__ dk = d + static_cast<std::int64_t>(kk) * F;
-      if (kk >= kn) {
-        for (int f = 0; f < F; ++f) dk[f] = 0.0;
-      } else if (hp.dropout) {
-        const std::uint32_t* __restrict__ wd = s.words + 4 * static_cast<std::int64_t>(k) * G;
-        const std::uint32_t thr = hp.keep_threshold;
-        const double sc = hp.scale;
+  double* __restrict__ d = s.d;  // kS · F gates (shared products) or masked, scaled features
+  double* __restrict__ u = s.u;  // F · kClassBlock: u_cf of one class block
+  const double sc = hp.dropout ? hp.scale : 1.0;
+  for (int cb = 0; cb < Cp; cb += kClassBlock) {
+    bool shared = hp.M == 1 && hp.dropout;
+    if (shared) {
+      for (int f = 0; f < F; ++f) {
+        const double df = xs[f] * sc;
+        const double* __restrict__ wf = hp.wt + static_cast<std::int64_t>(f) * Cp + cb;
+        double* __restrict__ uf = u + static_cast<std::int64_t>(f) * kClassBlock;
         LABELWISE_SIMD_HEAD
-        for (int f = 0; f < F; ++f) dk[f] = wd[f] >= thr ? xs[f] * sc : 0.0;
-      } else {
-        for (int f = 0; f < F; ++f) dk[f] = xs[f];
+        for (int j = 0; j < kClassBlock; ++j) uf[j] = wf[j] * df;
       }
+      double nonfinite = 0.0;  // Σ u · 0: NaN iff a product is ±Inf
+      const std::int64_t fu = static_cast<std::int64_t>(F) * kClassBlock;
+      LABELWISE_SIMD_HEAD_NONFINITE
+      for (std::int64_t i = 0; i < fu; ++i) nonfinite += u[i] * 0.0;
+      shared = nonfinite == 0.0;
     }
-    for (int cb = 0; cb < Cp; cb += kClassBlock) {
+    for (int k0 = 0; k0 < K; k0 += kS) {
+      const int kn = K - k0 < kS ? K - k0 : kS;
+      const double* wk[kS];
+      const double* bk[kS];
+      for (int kk = 0; kk < kS; ++kk) {
+        const int k = kk < kn ? k0 + kk : k0;
+        const int m = hp.M > 1 ? k : 0;
+        wk[kk] = hp.wt + static_cast<std::int64_t>(m) * F * Cp;
+        bk[kk] = hp.bias + static_cast<std::int64_t>(m) * C;
+        double* __restrict__ dk = d + static_cast<std::int64_t>(kk) * F;
+        if (kk >= kn) {
+          for (int f = 0; f < F; ++f) dk[f] = 0.0;
+        } else if (hp.dropout) {
+          const std::uint32_t* __restrict__ wd = s.words + 4 * static_cast<std::int64_t>(k) * G;
+          const std::uint32_t thr = hp.keep_threshold;
+          if (shared) {
+            LABELWISE_SIMD_HEAD
+            for (int f = 0; f < F; ++f) dk[f] = wd[f] >= thr ? 1.0 : 0.0;
+          } else {
+            LABELWISE_SIMD_HEAD
+            for (int f = 0; f < F; ++f) dk[f] = wd[f] >= thr ? xs[f] * sc : 0.0;
+          }
+        } else {
+          for (int f = 0; f < F; ++f) dk[f] = xs[f];
+        }
+      }
       double acc[kS][kClassBlock];
       for (int kk = 0; kk < kS; ++kk) {
         LABELWISE_SIMD_HEAD
         for (int j = 0; j < kClassBlock; ++j) acc[kk][j] = cb + j < C ? bk[kk][cb + j] : 0.0;
       }
-      if (hp.M == 1) {
-        // One head (MC dropout): the samples share the weight row, loaded once per feature for all
-        // kS of them (the loop is bound by its loads).
+      if (shared) {
+        for (int f = 0; f < F; ++f) {
+          const double* __restrict__ uf = u + static_cast<std::int64_t>(f) * kClassBlock;
+          for (int kk = 0; kk < kS; ++kk) {
+            const double g = d[static_cast<std::int64_t>(kk) * F + f];
+            LABELWISE_SIMD_HEAD
+            for (int j = 0; j < kClassBlock; ++j) {
+#if defined(__FMA__)
+              acc[kk][j] = std::fma(uf[j], g, acc[kk][j]);
+#else
+              acc[kk][j] = acc[kk][j] + uf[j] * g;  // the same single rounding: u · g is exact
+#endif
+            }
+          }
+        }
+      } else if (hp.M == 1) {
+        // One head: the samples share the weight row, loaded once per feature for all kS of them.
         for (int f = 0; f < F; ++f) {
           const double* __restrict__ wf = wk[0] + static_cast<std::int64_t>(f) * Cp + cb;
           double w[kClassBlock];
@@ -379,30 +415,34 @@ inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& h
       }
     }
   }
-  // Softmax of every sample: maxima, then all exponentials in one vector loop, then the sums in
-  // class order and the divisions.
+  // Softmax of every sample: its maximum subtracted (pads set to -inf), then the exponentials of all
+  // K · Cp logits in one vector loop, then the sums in class order and the divisions. The maximum is
+  // taken over class blocks lane by lane, then over the lanes as a tree (exact in any order; the sign
+  // of a zero maximum does not change z − max).
   double* __restrict__ z = s.z;
-  double mx_k[64];
-  for (int k0 = 0; k0 < K; k0 += 64) {
-    const int kn = K - k0 < 64 ? K - k0 : 64;
-    for (int kk = 0; kk < kn; ++kk) {
-      const double* zk = z + static_cast<std::int64_t>(k0 + kk) * Cp;
-      double mx = zk[0];
-      int over = 0;
-      for (int c = 0; c < C; ++c) {
-        over |= (zk[c] - zk[c] == 0.0) ? 0 : 1;
-        mx = zk[c] > mx ? zk[c] : mx;
-      }
-      if (over) return kHeadNonFiniteLogits;
-      mx_k[kk] = mx;
-    }
-    for (int kk = 0; kk < kn; ++kk) {
-      double* __restrict__ zk = z + static_cast<std::int64_t>(k0 + kk) * Cp;
-      const double mx = mx_k[kk];
+  const std::int64_t kc = static_cast<std::int64_t>(K) * Cp;
+  double nonfinite = 0.0;  // Σ z · 0: NaN iff a logit is ±Inf or NaN (pads are 0)
+  LABELWISE_SIMD_HEAD_NONFINITE
+  for (std::int64_t i = 0; i < kc; ++i) nonfinite += z[i] * 0.0;
+  if (!(nonfinite == 0.0)) return kHeadNonFiniteLogits;
+  for (int k = 0; k < K; ++k) {
+    double* __restrict__ zk = z + static_cast<std::int64_t>(k) * Cp;
+    double m[kClassBlock];
+    LABELWISE_SIMD_HEAD
+    for (int j = 0; j < kClassBlock; ++j) m[j] = j < C ? zk[j] : -INFINITY;
+    for (int cb = kClassBlock; cb < Cp; cb += kClassBlock) {
       LABELWISE_SIMD_HEAD
-      for (int c = 0; c < Cp; ++c) zk[c] = det_exp_nonpositive(c < C ? zk[c] - mx : -INFINITY);
+      for (int j = 0; j < kClassBlock; ++j) m[j] = cb + j < C && zk[cb + j] > m[j] ? zk[cb + j] : m[j];
     }
+    static_assert(kClassBlock == 8, "the tree below takes 8 lanes");
+    for (int j = 0; j < 4; ++j) m[j] = m[j + 4] > m[j] ? m[j + 4] : m[j];
+    for (int j = 0; j < 2; ++j) m[j] = m[j + 2] > m[j] ? m[j + 2] : m[j];
+    const double mx = m[1] > m[0] ? m[1] : m[0];
+    LABELWISE_SIMD_HEAD
+    for (int c = 0; c < Cp; ++c) zk[c] = c < C ? zk[c] - mx : -INFINITY;
   }
+  LABELWISE_SIMD_HEAD
+  for (std::int64_t i = 0; i < kc; ++i) z[i] = det_exp_nonpositive(z[i]);
   for (int k = 0; k < K; ++k) {
     const double* __restrict__ zk = z + static_cast<std::int64_t>(k) * Cp;
     double sum = 0.0;
