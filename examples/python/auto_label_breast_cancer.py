@@ -51,9 +51,11 @@ def run_once(seed: int, *, labelled: float, calibration: float, target_error: fl
              score: str) -> Dict[str, object]:
     X, y = load_breast_cancer(return_X_y=True)
     idx = np.arange(len(y))
-    train, rest = train_test_split(idx, train_size=labelled, stratify=y, random_state=seed)
+    # two independent 32-bit seeds (scikit-learn takes seeds below 2^32) for the two splits
+    train_seed, cal_seed = (int(v) for v in np.random.SeedSequence(seed).generate_state(2))
+    train, rest = train_test_split(idx, train_size=labelled, stratify=y, random_state=train_seed)
     cal, pool = train_test_split(rest, train_size=calibration / (1 - labelled), stratify=y[rest],
-                                 random_state=(seed + 1) % 2**32)  # scikit-learn takes seeds below 2^32
+                                 random_state=cal_seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     model.fit(X[train], y[train])
     calib_probs = model.predict_proba(X[cal])
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats:
         real, cov, certified = [], [], 0
         for s in range(args.repeats):
-            q = run_once((args.seed + 1000 + s) % 2**32, **kw)
+            q = run_once(int(np.random.SeedSequence([args.seed, s]).generate_state(1)[0]), **kw)
             if (s + 1) % max(1, args.repeats // 10) == 0:
                 print(f"  ... {s + 1} / {args.repeats} splits", flush=True)
             if q["result"].certified:
