@@ -8,8 +8,9 @@ the straightforward PyTorch path, on a 128^3 volume with F = 32 features, C = 8 
   from them with torch ops (the formulas of docs/metrics.md).
 * floor: K·C·F multiply-adds per voxel (the head's arithmetic; Philox, exp and the metrics come on top)
   over the machine's measured float64 multiply-add rate (a timed 2048^3 float64 matmul, FMA).
-  The CPU kernel adds each sample's term as one FMA with an exact 0 / 1 gate (docs/segmentation.md),
-  so this is its floor too; the CUDA kernel rounds multiply and add separately (twice that).
+  With dropout the CPU kernel adds each sample's term as one FMA with an exact 0 / 1 gate
+  (docs/segmentation.md; AVX2 / AVX-512 builds), so this is its floor too; without dropout, for
+  ensembles, in the baseline build and on CUDA multiply and add are rounded separately (twice that).
 
 Each path runs in its own subprocess; peak memory is that process's max RSS (``resource.getrusage``)
 minus its RSS after the inputs were allocated. Usage: ``python bench/bench_heads.py [--size 128]``

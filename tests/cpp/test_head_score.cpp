@@ -15,12 +15,14 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/head_score_impl.hpp"
 #include "labelwise/segmentation/head_score.hpp"
 #include "labelwise/uncertainty/metrics.hpp"
+#include "head_cpu_form.hpp"
 #include "reference.hpp"
 #include "test_seed.hpp"
 
@@ -279,6 +281,18 @@ TEST_CASE("det_exp_nonpositive is within 1 ulp of exp on (-inf, 0]", "[head_scor
   CHECK(max_ulps <= 1);
 }
 
+/// The CPU forms of the head's arithmetic that this processor runs: (name, entry point).
+static std::vector<std::pair<const char*, lw_test::HeadForm>> head_forms() {
+  std::vector<std::pair<const char*, lw_test::HeadForm>> f{{"generic", lw_test::head_cpu_form_generic}};
+#if defined(LABELWISE_TEST_X86_FORMS)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) f.push_back({"avx2", lw_test::head_cpu_form_avx2});
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    f.push_back({"avx512", lw_test::head_cpu_form_avx512});
+#endif
+  return f;
+}
+
 TEST_CASE("head_voxel_probs with the logits in registers, and the CPU form, give the scratch version's bits",
           "[head_score]") {
   // The CUDA kernel accumulates each sample's logits in a register array for C <= 8 / 16 / 32
@@ -336,36 +350,50 @@ TEST_CASE("head_voxel_probs with the logits in registers, and the CPU form, give
       CHECK(std::memcmp(z_want.data(), z_got.data(), z_want.size() * sizeof(double)) == 0);
       CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
 
-      // The CPU form (this file's instruction set; the library's wider builds are compared with it
-      // through head_sample): shared products and 0 / 1 gates, exponentials of all samples at once.
-      // Its last sample's float64 exponentials must be the scalar body's bits as well. It reads the
-      // weights' padding lanes, which the backend packs with zeros.
+      // The CPU form in every build the processor runs (generic, AVX2, AVX-512; head_cpu_form.inc, with
+      // the library's flags): shared products and 0 / 1 gates (a fused multiply-add where the set has
+      // one), exponentials of all samples at once. Every sample's float64 exponentials must be the
+      // scalar body's bits (sample k's: the body run with K = k + 1, whose last sample is k; its mask
+      // does not depend on K). The CPU form reads the weights' padding lanes, packed with zeros.
       std::vector<double> wt0(wt);
       for (double& w : wt0) w = std::isnan(w) ? 0.0 : w;
       labelwise::detail::HeadParams hp0 = hp;
       hp0.wt = wt0.data();
-      const int G = (F + 3) / 4;
-      std::vector<double> cxs(F), cd(4 * static_cast<std::size_t>(F)), cu(8 * static_cast<std::size_t>(F)),
-          cz(static_cast<std::size_t>(K) * hp.Cp, kNaN);
-      std::vector<std::uint32_t> words(4 * static_cast<std::size_t>(K) * G), c1(static_cast<std::size_t>(K) * G),
-          c2(c1.size());
-      for (int k = 0; k < K; ++k)
-        for (int gi = 0; gi < G; ++gi) {
-          c1[static_cast<std::size_t>(k) * G + gi] = static_cast<std::uint32_t>(gi);
-          c2[static_cast<std::size_t>(k) * G + gi] = (3u << 16) | static_cast<std::uint32_t>(k);
-        }
-      const labelwise::detail::HeadCpuScratch cs{cxs.data(), cd.data(), cu.data(), cz.data(), words.data(), c1.data(),
-                                                 c2.data()};
-      std::vector<float> cpu(static_cast<std::size_t>(K) * C);
-      REQUIRE(labelwise::detail::head_voxel_probs_cpu<float>(x.data(), 3, hp0, v, b, cs, cpu.data()) == 0);
-      for (int c = 0; c < C; ++c) {
-        INFO("class " << c);
-        CHECK(std::memcmp(&cz[static_cast<std::size_t>(K - 1) * hp.Cp + c], &z_want[static_cast<std::size_t>(c) * ts],
-                          sizeof(double)) == 0);
+      std::vector<double> z_k(static_cast<std::size_t>(K) * C);  // the scalar body's exponentials, sample-major
+      for (int k = 0; k < K; ++k) {
+        labelwise::detail::HeadParams hk = hp;
+        hk.K = k + 1;
+        std::vector<float> pk(static_cast<std::size_t>(k + 1) * C * ts);
+        REQUIRE(labelwise::detail::head_voxel_probs<float>(x.data(), 3, hk, v, b, xs.data(), z_want.data(), pk.data(),
+                                                           ts) == 0);
+        for (int c = 0; c < C; ++c) z_k[static_cast<std::size_t>(k) * C + c] = z_want[static_cast<std::size_t>(c) * ts];
       }
-      for (int k = 0; k < K; ++k)
-        for (int c = 0; c < C; ++c)
-          CHECK(cpu[static_cast<std::size_t>(k) * C + c] == want[(static_cast<std::size_t>(k) * C + c) * ts]);
+      const int G = (F + 3) / 4;
+      for (const auto& form : head_forms()) {
+        INFO("CPU form " << form.first);
+        std::vector<double> cxs(F), cd(4 * static_cast<std::size_t>(F)), cu(8 * static_cast<std::size_t>(F)),
+            cz(static_cast<std::size_t>(K) * hp.Cp, kNaN);
+        std::vector<std::uint32_t> words(4 * static_cast<std::size_t>(K) * G), c1(static_cast<std::size_t>(K) * G),
+            c2(c1.size());
+        for (int k = 0; k < K; ++k)
+          for (int gi = 0; gi < G; ++gi) {
+            c1[static_cast<std::size_t>(k) * G + gi] = static_cast<std::uint32_t>(gi);
+            c2[static_cast<std::size_t>(k) * G + gi] = (3u << 16) | static_cast<std::uint32_t>(k);
+          }
+        const lw_test::HeadFormScratch cs{cxs.data(), cd.data(), cu.data(), cz.data(), words.data(), c1.data(),
+                                          c2.data()};
+        std::vector<float> cpu(static_cast<std::size_t>(K) * C);
+        REQUIRE(form.second(x.data(), 3, hp0, v, b, cs, cpu.data()) == 0);
+        std::size_t differ = 0;
+        for (int k = 0; k < K; ++k)
+          for (int c = 0; c < C; ++c)
+            differ += std::memcmp(&cz[static_cast<std::size_t>(k) * hp.Cp + c], &z_k[static_cast<std::size_t>(k) * C + c],
+                                  sizeof(double)) != 0;
+        CHECK(differ == 0);
+        for (int k = 0; k < K; ++k)
+          for (int c = 0; c < C; ++c)
+            CHECK(cpu[static_cast<std::size_t>(k) * C + c] == want[(static_cast<std::size_t>(k) * C + c) * ts]);
+      }
     }
 }
 
@@ -391,15 +419,22 @@ TEST_CASE("a product that overflows float64 in a channel every sample drops chan
   }
   std::vector<float> samples(2 * 4);
   const TensorView sv = TensorView::of(samples.data(), {1, 2, 4, 1});
-  opt.seed = dropped;
-  head_sample(x.view(), h.wv(), h.bv(), sv, opt);
-  for (float v : samples) CHECK(std::isfinite(v));
-  expect_same_samples(samples, reference_samples(x, h, 2, 0.5, dropped));
-  CHECK(expect_scalar_body_bits(x, h, opt, samples) == 0);
-  opt.seed = kept;
-  CHECK_THROWS_WITH(head_sample(x.view(), h.wv(), h.bv(), sv, opt),
-                    Catch::Matchers::Contains("features: item 0, voxel [0] gives logits that overflow"));
-  CHECK(expect_scalar_body_bits(x, h, opt, samples) == labelwise::detail::kHeadNonFiniteLogits);
+  const char* old = std::getenv("LABELWISE_CPU_ISA");
+  const std::string saved = old ? old : "";
+  for (const char* isa : {"generic", "avx2", "avx512"}) {  // a level the CPU lacks falls back to the widest
+    INFO("LABELWISE_CPU_ISA=" << isa);
+    setenv("LABELWISE_CPU_ISA", isa, 1);
+    opt.seed = dropped;
+    head_sample(x.view(), h.wv(), h.bv(), sv, opt);
+    for (float v : samples) CHECK(std::isfinite(v));
+    expect_same_samples(samples, reference_samples(x, h, 2, 0.5, dropped));
+    CHECK(expect_scalar_body_bits(x, h, opt, samples) == 0);
+    opt.seed = kept;
+    CHECK_THROWS_WITH(head_sample(x.view(), h.wv(), h.bv(), sv, opt),
+                      Catch::Matchers::Contains("features: item 0, voxel [0] gives logits that overflow"));
+    CHECK(expect_scalar_body_bits(x, h, opt, samples) == labelwise::detail::kHeadNonFiniteLogits);
+  }
+  if (old) setenv("LABELWISE_CPU_ISA", saved.c_str(), 1); else unsetenv("LABELWISE_CPU_ISA");
 }
 
 TEST_CASE("philox reference matches the Random123 known answers", "[head_score]") {

@@ -317,8 +317,10 @@ inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& h
   // u_cf = W_cf · (x_f · s) in every sample, so u is formed once per voxel and class block and each
   // sample adds u_cf · g_kf with a gate g in {0, 1}. That product is exact, so fma(u, g, acc) is the
   // one rounding of acc + u_cf (kept) or acc + (±0) (dropped): the bits of mul-then-add, for one
-  // instruction instead of two. A non-finite u_cf (a product that overflows float64) would turn a
-  // dropped channel's 0 · inf into NaN: such a class block takes the masked features instead.
+  // instruction instead of two (builds without FMA multiply and add: the same bits). u is formed for
+  // every channel, dropped or not, and the padding classes: a non-finite u_cf (a product that overflows
+  // float64) would turn a dropped channel's 0 · inf into NaN, so such a class block takes the masked
+  // features instead.
   constexpr int kS = 4;
   double* __restrict__ d = s.d;  // kS · F gates (shared products) or masked, scaled features
   double* __restrict__ u = s.u;  // F · kClassBlock: u_cf of one class block
@@ -333,7 +335,7 @@ inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& h
         LABELWISE_SIMD_HEAD
         for (int j = 0; j < kClassBlock; ++j) uf[j] = wf[j] * df;
       }
-      double nonfinite = 0.0;  // Σ u · 0: NaN iff a product is ±Inf
+      double nonfinite = 0.0;  // Σ u · 0: NaN iff a product is ±Inf or NaN (0 · Inf when x · s overflows)
       const std::int64_t fu = static_cast<std::int64_t>(F) * kClassBlock;
       LABELWISE_SIMD_HEAD_NONFINITE
       for (std::int64_t i = 0; i < fu; ++i) nonfinite += u[i] * 0.0;
@@ -417,8 +419,8 @@ inline int head_voxel_probs_cpu(const T* x, std::int64_t fs, const HeadParams& h
   }
   // Softmax of every sample: its maximum subtracted (pads set to -inf), then the exponentials of all
   // K · Cp logits in one vector loop, then the sums in class order and the divisions. The maximum is
-  // taken over class blocks lane by lane, then over the lanes as a tree (exact in any order; the sign
-  // of a zero maximum does not change z − max).
+  // taken over class blocks lane by lane, then over the lanes as a tree (exact in any order; a zero
+  // maximum's sign can only change the sign of a zero z − max, whose exponential is 1 either way).
   double* __restrict__ z = s.z;
   const std::int64_t kc = static_cast<std::int64_t>(K) * Cp;
   double nonfinite = 0.0;  // Σ z · 0: NaN iff a logit is ±Inf or NaN (pads are 0)

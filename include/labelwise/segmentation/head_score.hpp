@@ -29,7 +29,8 @@
 //   then see those float32 probabilities as labelwise::score would (the same metric body; equal to the
 //   last bits of its vectorised sums).
 //
-// Memory: the outputs, plus per CPU thread a scratch of 13·F + K·C float64 values, up to 256 KiB of
+// Memory: the outputs, plus per CPU thread a scratch of 13·F + K·Cp float64 values (Cp: C rounded up
+// to a multiple of 8), up to 256 KiB of
 // float32 probabilities, and every sample's dropout words for the features, 6·K·F bytes (7.5 KiB at
 // F = 64, K = 20; but 1.5 GiB at F = 2^16, K = 4000); per CUDA thread O(F + K · C) values. The
 // [B, K, C, *spatial] samples exist only where head_sample() is asked for them.

@@ -1,0 +1,1 @@
+#include "head_cpu_form.inc"  // LW_HEAD_FORM=head_cpu_form_avx2 (tests/CMakeLists.txt)
