@@ -8,6 +8,11 @@
 #   device: run(command="bash bench/gpu_check.sh", carry=[".deps"], timeout_s=480)
 # LW_GPU_BUDGET (seconds, default 420: 60 s below that timeout) stops starting new steps and bounds the
 # background jobs, so that the table and the logs always come back.
+# A session with 15 minutes of device time in all (the machine's start included) has room for two
+# calls on one warm machine (the second reuses the build, within the machine's idle release): first
+# the metrics kernel, e.g. LW_GPU_BUDGET=300 with timeout_s=360 and
+# LW_GPU_SKIP="torch_build heads_cuda python_errors python_errors_torch diversity_gpu knn_gpu batchbald_gpu",
+# then, at once, what is left (LW_GPU_SKIP="sanitizers bench_cuda compare_gpu ...").
 # A rerun can leave steps out (LW_GPU_SKIP="heads_cuda knn_gpu torch_cuda_tests ...", "sanitizers" for
 # all of them) and point the sanitizers at other tests (LW_MEMCHECK / LW_RACECHECK: one Catch2 test
 # spec each, alternatives joined by commas, AND by juxtaposition ("[cuda]CUDA equals*" is tag [cuda]
@@ -177,7 +182,7 @@ built() { local o; o=$(ninja -C build-gpu -n "$1" 2>&1); grep -q "no work to do"
 targets=$(ninja -C build-gpu -t targets all 2>/dev/null)
 # the steps that need each target (a stale binary of a failed target must not run)
 declare -A needs=(
-  [labelwise_tests]="metrics_smoke cuda_tests memcheck racecheck"
+  [labelwise_tests]="metrics_smoke cuda_tests memcheck racecheck synccheck"
   [bench_cuda]="bench_cuda bench_cuda_target"
   [_core]="python_errors python_errors_torch compare_gpu heads_cuda python_cuda_tests diversity_gpu knn_gpu batchbald_gpu"
 )
@@ -267,6 +272,10 @@ if command -v compute-sanitizer >/dev/null && ! skipped sanitizers; then
   memcheck_spec=${LW_MEMCHECK:-${METRICS_SPEC:+$METRICS_SPEC,}[cuda][head_score],[cuda][diversity]}
   sanitize memcheck memcheck "$memcheck_spec"
   [[ -n ${LW_RACECHECK:-$METRICS_SPEC} ]] && sanitize racecheck racecheck "${LW_RACECHECK:-$METRICS_SPEC}"
+  # barriers and shuffle masks of the metrics kernels: every kernel shape (class counts) and the block
+  # loops (several passes), at sizes the sanitizer gets through in seconds
+  [[ -n $METRICS_SPEC || -n ${LW_SYNCCHECK:-} ]] && sanitize synccheck synccheck \
+    "${LW_SYNCCHECK:-[cuda]CUDA equals CPU at class counts*,[cuda]CUDA equals CPU where blocks loop*}"
 fi
 # -k: the tests named for the GPU, plus those with a CUDA / CuPy branch under another name (not the
 # campaigns' CPU runs); xdist (when there) keeps going past a crashed test

@@ -278,6 +278,47 @@ TEST_CASE("CUDA equals CPU at class counts around each power of two up to 257, a
   compare_layout<double>(40, 5, 256, InputKind::Logits, seed + 1402, true);
 }
 
+TEST_CASE("CUDA equals CPU where blocks loop over several groups of items", "[cuda]") {
+  // The metrics kernels run a grid bounded by the multiprocessor count, each block looping over groups
+  // of items with its shared-memory stage rewritten every pass (the lanes kernel of branch
+  // cuda-lanes-kernel: about 400 blocks on 132 SMs). The other cases fit in one pass; these need two
+  // to four on an H100 / H200 in every staging order: items apart (rows contiguous, no flat copy),
+  // segmentation maps (items side by side), rows in several chunks on a map, and 40 / 129 classes
+  // (2 / 8 classes per lane there). Small enough for the sanitizers' runs.
+  lw_test::require_device();
+  std::mt19937_64 rng(fresh_seed());
+  ScoreOptions logits;
+  logits.input = InputKind::Logits;
+  {
+    const int N = 13000, K = 4, C = 10;  // 16 lanes an item: 16 items a block pass
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(2 * N) * K * C, rng);
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {N, K, C}, {2 * K * C, C, 1}, logits, DType::Float64, 1e-4);
+  }
+  {
+    const int B = 1, K = 3, C = 14, H = 100, W = 100;  // 10 000 pixels
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(B) * K * C * H * W, rng);
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {B, K, C, H, W}, {K * C * H * W, C * H * W, H * W, W, 1}, logits,
+                    DType::Float32, 1e-4);
+  }
+  {
+    const int B = 1, K = 30, C = 14, H = 90, W = 90;  // 8 100 pixels, 27 rows a chunk
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(B) * K * C * H * W, rng);
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {B, K, C, H, W}, {K * C * H * W, C * H * W, H * W, W, 1}, logits,
+                    DType::Float64, 1e-4);
+  }
+  for (int C : {40, 129}) {  // 2 and 8 classes per lane, 32 lanes an item
+    const int B = 1, K = 3, H = 50, W = 60;
+    const std::vector<float> x = random_logits(static_cast<std::size_t>(B) * K * C * H * W, rng);
+    cpu_equals_cuda(bytes_of(x), DType::Float32, {B, K, C, H, W}, {K * C * H * W, C * H * W, H * W, W, 1}, logits,
+                    DType::Float64, 1e-4);
+    const int N = 5000;
+    std::vector<double> y(static_cast<std::size_t>(N) * K * C);
+    std::normal_distribution<double> n01(0, 2);
+    for (double& e : y) e = n01(rng);
+    cpu_equals_cuda(bytes_of(y), DType::Float64, {N, K, C}, {K * C, C, 1}, logits, DType::Float64, 1e-10);
+  }
+}
+
 TEST_CASE("CUDA equals CPU on 3D maps, BaaL's layout with 40 classes, and items apart in memory", "[cuda]") {
   lw_test::require_device();
   std::mt19937_64 rng(fresh_seed());
