@@ -136,7 +136,7 @@ def main():
                 t, outs[q] = best_of(fn, 1)
                 best[q] = min(best[q], t)
         t_sk, t_lw, t_sym, t_knn = best
-        s, (dist, labels), (dsym, lsym) = outs[0], outs[1], outs[2]
+        s, (dist, labels), (_, lsym) = outs[0], outs[1], outs[2]
     same_labels = bool(np.array_equal(labels, s.transduction_))
     max_rel = float(np.max(np.abs(dist - s.label_distributions_) / np.maximum(np.abs(s.label_distributions_), 1e-300)))
     np.testing.assert_allclose(dist, s.label_distributions_, rtol=1e-6, atol=1e-12)

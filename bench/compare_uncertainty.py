@@ -162,7 +162,6 @@ def np_balentacq(x):
 
 def np_all(x):
     """All ten, sharing the obvious intermediates (what a careful user would write)."""
-    k = x.shape[1]
     pbar = x.mean(axis=1)
     pe = _np_entropy_of_mean(pbar)
     ee = _np_sample_entropy(x)

@@ -47,7 +47,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -568,9 +568,9 @@ def _seg_columns(cert: List[Dict]) -> str:
 
 def _per_class_table(by: Dict, key: str, cfg: Config) -> List[str]:
     """The same auto-labelling with one certified threshold per predicted class (per_class=True)."""
-    lines = [f"The same clicks with one threshold per predicted class (`per_class=True`: each class certified "
-             f"on its own at δ / C' for the C' classes the pool predicts, so that every class's error among its auto-labelled voxels is below the "
-             f"target, not just the total):", "",
+    lines = ["The same clicks with one threshold per predicted class (`per_class=True`: each class certified "
+             "on its own at δ / C' for the C' classes the pool predicts, so that every class's error among its "
+             "auto-labelled voxels is below the target, not just the total):", "",
              "| strategy | certified runs | classes certified (mean) | coverage of the rest (mean) | "
              "realised error (mean, max) | realised error on foreground voxels (mean) | worst predicted "
              "class's realised error (mean, max) |",

@@ -709,7 +709,7 @@ def test_badge_and_weighted_kmeans_skip_labelled_items(rng, form):
         A.badge(p, h, 1, seed=1, labeled=np.ones(n, bool))
     with pytest.raises(ValueError, match=rf"labeled: index \[1\] = {n} is outside \[0, {n}\)"):
         A.weighted_kmeans(h, w, 1, labeled=np.array([0, n]))
-    with pytest.raises(ValueError, match=rf"labeled: a mask must have one entry per row"):
+    with pytest.raises(ValueError, match=r"labeled: a mask must have one entry per row"):
         A.badge(p, h, 1, seed=1, labeled=np.zeros(n - 1, bool))
     # a fault is reported in the caller's rows and shapes, not the unlabelled subset's
     bad_row = int(rows[-1])
