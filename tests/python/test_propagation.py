@@ -503,8 +503,8 @@ def _draw(rng, n, model, C=3):
 def test_simulation_certified_error_holds(rng, model):
     """600 calibration draws of 500 items; the realised error among accepted items of a 200 000-item
     pool (drawn once) exceeds target_error in at most about delta of the draws. Typical numbers (three
-    runs): calibrated 41-49 of ~596 certified draws, step 34-52 / 600, discrete 34-44 / ~525, against
-    delta * draws = 60."""
+    runs, docs/propagation.md): calibrated 38-45 of ~596 certified draws, step 42-51 / 600, discrete
+    19-43 / ~500, against delta * draws = 60."""
     alpha, delta, draws = 0.05, 0.1, 600
     pool, truth = _draw(rng, 200_000, model)
     exceed = certified = 0
