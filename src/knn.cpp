@@ -365,9 +365,10 @@ class SklearnKdTree {
       hi[t] = -INFINITY;
     }
     for (std::int64_t a = start; a < end; ++a)
-      for (std::int64_t t = 0; t < D_; ++t) {
-        lo[t] = std::fmin(lo[t], X_[idx_[a] * D_ + t]);
-        hi[t] = std::fmax(hi[t], X_[idx_[a] * D_ + t]);
+      for (std::int64_t t = 0; t < D_; ++t) {  // finite values (validated): no std::fmin / fmax calls
+        const double v = X_[idx_[a] * D_ + t];
+        lo[t] = v < lo[t] ? v : lo[t];
+        hi[t] = v > hi[t] ? v : hi[t];
       }
     start_[node] = start;
     end_[node] = end;
