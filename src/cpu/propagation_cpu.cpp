@@ -94,7 +94,19 @@ struct FirstFailure {
 }  // namespace
 
 std::int64_t PoolGrid::interval(double s) const {
-  return std::partition_point(cut.begin(), cut.end(), [s](double c) { return c >= s; }) - cut.begin();
+  // The number of cuts >= s (the cuts descend): std::partition_point's answer, by a search without
+  // branches. Its comparisons are coin flips for the pool's scores, and their mispredictions were
+  // most of certified_auto_label's pass over a large pool. Invariant: every cut before p is >= s and
+  // the answer lies in [p, p + n].
+  const double* p = cut.data();
+  std::size_t n = cut.size();
+  if (n == 0) return 0;
+  while (n > 1) {
+    const std::size_t half = n / 2;
+    p += static_cast<std::size_t>(p[half] >= s) * half;
+    n -= half;
+  }
+  return (p - cut.data()) + (*p >= s ? 1 : 0);
 }
 
 void PoolGrid::reset() {

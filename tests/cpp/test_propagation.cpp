@@ -20,6 +20,7 @@
 #include "labelwise/propagation/knn.hpp"
 #include "labelwise/propagation/slices.hpp"
 #include "labelwise/propagation/spreading.hpp"
+#include "../../src/propagation_backend.hpp"  // PoolGrid (not a public header)
 
 using namespace labelwise;
 
@@ -177,6 +178,33 @@ TEST_CASE("certify_threshold equals a naive scan on random calibration sets", "[
     }
   }
   CHECK(certified > 10);
+}
+
+TEST_CASE("the pool grid's interval equals std::partition_point over descending cuts with ties", "[propagation]") {
+  // PoolGrid::interval counts the calibration cuts >= a pool score with a branch-free search; every
+  // cut count from 0 to 70 (and 1000), cuts with repeated values, scores on, between and beyond them.
+  std::mt19937_64 g(fresh_seed());
+  std::uniform_int_distribution<int> level(0, 12);
+  for (int n : [] {
+         std::vector<int> v;
+         for (int i = 0; i <= 70; ++i) v.push_back(i);
+         v.push_back(1000);
+         return v;
+       }()) {
+    labelwise::detail::PoolGrid grid;
+    for (int i = 0; i < n; ++i) grid.cut.push_back(level(g) / 12.0);  // ties: 13 levels
+    std::sort(grid.cut.begin(), grid.cut.end(), std::greater<double>());
+    std::vector<double> probes{-1.0, 2.0, 0.0, 1.0, -0.0};
+    for (int j = 0; j <= 24; ++j) probes.push_back(j / 24.0);  // on every level and between them
+    std::uniform_real_distribution<double> u(-0.1, 1.1);
+    for (int j = 0; j < 20; ++j) probes.push_back(u(g));
+    for (double s : probes) {
+      const std::int64_t want =
+          std::partition_point(grid.cut.begin(), grid.cut.end(), [s](double c) { return c >= s; }) - grid.cut.begin();
+      INFO("cuts " << n << ", score " << s);
+      CHECK(grid.interval(s) == want);
+    }
+  }
 }
 
 TEST_CASE("certified_auto_label on classification: decisions follow the threshold", "[propagation]") {
