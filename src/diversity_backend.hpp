@@ -119,6 +119,11 @@ struct WeightedKmeansJob {
   void* stream = nullptr;  // cudaStream_t
 };
 
+/// Σ_t (x[t] − y[t])² over two contiguous float64 rows of d values, in the widest instruction set
+/// the processor has (the core-set / BADGE distance loop; its reduction order depends only on that
+/// set). Defined in src/cpu/diversity_cpu.cpp.
+double contiguous_sq_dist(const double* x, const double* y, std::int64_t d);
+
 struct LinkageJob {
   Matrix x;                     // [N, D] features, validated finite
   double distance = 0.0;        // > 0: cut at this cophenetic distance

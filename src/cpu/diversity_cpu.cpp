@@ -527,6 +527,8 @@ DiversityFailure badge_h(const BadgeJob& job) {
 
 }  // namespace
 
+double contiguous_sq_dist(const double* x, const double* y, std::int64_t d) { return row_sq(x, d, y); }
+
 std::vector<std::int64_t> weighted_kmeans_candidates(const std::vector<double>& w, std::int64_t b,
                                                      std::int64_t prefilter) {
   const std::int64_t n = static_cast<std::int64_t>(w.size());
