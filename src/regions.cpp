@@ -105,14 +105,19 @@ void window_sums(const double* x, std::int64_t xs, std::int64_t len, std::int64_
                  std::int64_t count, double* out, std::int64_t os, std::vector<double>& pre, std::vector<double>& suf) {
   pre.resize(static_cast<std::size_t>(len));
   suf.resize(static_cast<std::size_t>(len));
-  for (std::int64_t t = 0; t < len; ++t) pre[t] = (t % width == 0 ? 0.0 : pre[t - 1]) + x[t * xs];
-  for (std::int64_t t = len - 1; t >= 0; --t) {
-    const bool block_end = t == len - 1 || (t + 1) % width == 0;
-    suf[t] = (block_end ? 0.0 : suf[t + 1]) + x[t * xs];
+  // Block by block (no integer division per value: it was most of slice_scores' time).
+  for (std::int64_t t0 = 0; t0 < len; t0 += width) {
+    const std::int64_t t1 = t0 + width < len ? t0 + width : len;
+    double acc = 0.0;
+    for (std::int64_t t = t0; t < t1; ++t) pre[t] = acc = acc + x[t * xs];
+    acc = 0.0;
+    for (std::int64_t t = t1 - 1; t >= t0; --t) suf[t] = acc = acc + x[t * xs];
   }
-  for (std::int64_t q = 0; q < count; ++q) {
-    const std::int64_t a = q * step;
-    out[q * os] = a % width == 0 ? suf[a] : suf[a] + pre[a + width - 1];
+  const std::int64_t step_mod = step % width;
+  for (std::int64_t q = 0, a = 0, a_mod = 0; q < count; ++q, a += step) {  // a_mod = a % width
+    out[q * os] = a_mod == 0 ? suf[a] : suf[a] + pre[a + width - 1];
+    a_mod += step_mod;
+    if (a_mod >= width) a_mod -= width;
   }
 }
 

@@ -19,7 +19,9 @@ def brute_patches(m, patch, stride):
 
 
 @pytest.mark.parametrize("shape, patch, stride", [((3, 11, 9), (3, 2), (2, 3)), ((2, 5, 6, 7), (2, 3, 3), (1, 2, 2)),
-                                                  ((2, 13), (4,), (3,))])
+                                                  ((2, 13), (4,), (3,)),
+                                                  # stride a multiple of the patch, equal to it, and past it
+                                                  ((2, 23, 17), (3, 4), (6, 4)), ((2, 29), (3,), (7,))])
 def test_patch_scores_match_brute_force(rng, shape, patch, stride):
     m = rng.random(shape)
     got = A.patch_scores(m, patch, stride)
