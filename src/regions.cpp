@@ -229,11 +229,25 @@ void top_regions(const TensorView& map, std::int64_t b, const std::vector<std::i
   std::int64_t G[3];
   const auto all = all_patches(map, m, patch, stride, G);
   const std::int64_t per = G[0] * G[1] * G[2];
-  // Order every patch by score (descending), ties by the lower (image, patch) index.
-  std::vector<std::int64_t> order(static_cast<std::size_t>(m.N * per));
+  // The patches are taken by score (descending), ties by the lower (image, patch) index. The greedy
+  // below usually stops long before the end, so the order is made a window at a time (nth_element,
+  // then a sort of the window; each window 4x the last) instead of sorting every patch: with stride
+  // 1 there are about as many patches as voxels.
+  std::vector<double> flat;
+  flat.reserve(static_cast<std::size_t>(m.N * per));
+  for (const auto& v : all) flat.insert(flat.end(), v.begin(), v.end());
+  auto score_of = [&](std::int64_t i) { return flat[static_cast<std::size_t>(i)]; };
+  auto before = [&](std::int64_t x, std::int64_t y) { return flat[x] > flat[y] || (flat[x] == flat[y] && x < y); };
+  std::vector<std::int64_t> order(flat.size());
   std::iota(order.begin(), order.end(), 0);
-  auto score_of = [&](std::int64_t i) { return all[static_cast<std::size_t>(i / per)][static_cast<std::size_t>(i % per)]; };
-  std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return score_of(x) > score_of(y); });
+  std::size_t sorted = 0, window = std::max<std::size_t>(4096, 64 * static_cast<std::size_t>(b));
+  auto sort_more = [&] {  // order[0, sorted) is the final order's prefix; extend it by a window
+    const std::size_t end = std::min(order.size(), sorted + window);
+    if (end < order.size()) std::nth_element(order.begin() + sorted, order.begin() + end, order.end(), before);
+    std::sort(order.begin() + sorted, order.begin() + end, before);
+    sorted = end;
+    window *= 4;
+  };
   std::int64_t sz[3] = {1, 1, 1}, sd[3] = {1, 1, 1};
   for (int d = 0; d < m.nsp; ++d) {
     sz[d] = patch[d];
@@ -261,8 +275,10 @@ void top_regions(const TensorView& map, std::int64_t b, const std::vector<std::i
           if (!fn(((box.n * cells[0] + x) * cells[1] + y) * cells[2] + z)) return false;
     return true;
   };
-  for (std::int64_t i : order) {
+  for (std::size_t r = 0; r < order.size(); ++r) {
     if (static_cast<std::int64_t>(chosen.size()) == b) break;
+    if (r == sorted) sort_more();
+    const std::int64_t i = order[r];
     const std::int64_t n = i / per, g = i % per;
     const std::int64_t pos[3] = {g / (G[1] * G[2]), (g / G[2]) % G[1], g % G[2]};
     const Box box{n, {pos[0] * sd[0], pos[1] * sd[1], pos[2] * sd[2]}};

@@ -40,7 +40,10 @@ def test_patch_scores_match_brute_force(rng, shape, patch, stride):
                                                      ((2, 9, 8, 7), (3, 2, 4), (2, 1, 3), 7),
                                                      ((1, 40), (5,), (2,), 4)])
 def test_top_regions_greedy_non_overlapping(rng, shape, patch, stride, b):
-    m = rng.random(shape)
+    check_top_regions_against_brute_force(rng.random(shape), patch, stride, b)
+
+
+def check_top_regions_against_brute_force(m, patch, stride, b):
     corners, scores = A.top_regions(m, b, patch, stride)
     assert corners.shape == (b, 1 + len(patch)) and corners.dtype == np.int64
     assert np.all(np.diff(scores) <= 0)
@@ -58,6 +61,18 @@ def test_top_regions_greedy_non_overlapping(rng, shape, patch, stride, b):
     np.testing.assert_array_equal(corners, np.array(chosen))
     grid_of = [(c[0], *[v // st for v, st in zip(c[1:], stride)]) for c in chosen]
     np.testing.assert_allclose(scores, [all_s[g] for g in grid_of], rtol=1e-12)
+
+
+def test_top_regions_when_the_picks_lie_past_the_first_sorted_windows():
+    """A smooth bump per image, quantised so that many patches tie: the patches that overlap the two
+    best ones (79 x 79 = 6241 each) rank before the third pick, so the greedy reads past the first windows
+    of the partial sort (4096 patches, then 4x more: picks at 9747, 20 562, 37 926 in the order); ties
+    must still go to the lower index."""
+    y, x = np.mgrid[0:200, 0:200]
+    bump = np.exp(-((y - 90.0) ** 2 + (x - 110.0) ** 2) / (2 * 45.0**2))
+    # multiples of 1/32: every patch sum is exact, so the reference and labelwise see the same ties
+    m = np.stack([np.round(bump * 32) / 32, np.round(bump[::-1] * 32) / 32])  # [2, 200, 200]
+    check_top_regions_against_brute_force(m, (40, 40), (1, 1), 24)  # the 24th at 44 446 of 51 842
 
 
 def test_slice_scores_and_torch(rng):
