@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "labelwise/uncertainty/metrics.hpp"
+#include "cpu/scratch_array.hpp"
 #include "uncertainty_backend.hpp"
 
 namespace labelwise {
@@ -232,7 +233,8 @@ void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const 
   std::vector<std::int64_t> shape(x.shape, x.shape + x.ndim);
   const std::int64_t n = x.numel();
   if (x.device.is_cpu()) {
-    std::vector<float> wide(static_cast<std::size_t>(n));
+    // Not value-initialised (zeroing it was a whole extra pass); the widening writes every element.
+    const detail::ScratchArray<float> wide(static_cast<std::size_t>(n));
     detail::widen_to_float32_cpu(x, wide.data());
     const TensorView y = TensorView::of(wide.data(), shape);
     point_at(job, y, describe(y, options));

@@ -196,6 +196,51 @@ TEST_CASE("float16 inputs in other layouts and segmentation maps", "[uncertainty
       }
 }
 
+TEST_CASE("float16 views that are not one contiguous block widen like a contiguous copy", "[uncertainty][half]") {
+  // The widening reads the trailing axes that lie contiguously as one row, in pieces of 2^16 values,
+  // and walks the others: items apart (rows of K·C contiguous), classes padded (rows of C), a
+  // transposed view (class stride K: no contiguous axis), and one contiguous block of 800 000 values
+  // (13 pieces). Each must give exactly the metrics of a contiguous float32 copy of its values.
+  std::mt19937_64 g(fresh_seed());
+  struct Case {
+    const char* what;
+    std::int64_t N, K, C;
+    std::vector<std::int64_t> strides;  // of the [N, K, C] view, elements
+    std::int64_t storage;
+  };
+  const std::int64_t N = 257, K = 6, C = 5;
+  const std::vector<Case> cases = {
+      {"items apart", N, K, C, {2 * K * C, C, 1}, 2 * N * K * C},
+      {"classes padded", N, K, C, {K * (C + 2), C + 2, 1}, N * K * (C + 2)},
+      {"transposed [N, C, K] storage", N, K, C, {K * C, 1, K}, N * K * C},
+      {"one block of 800 000 values", 4000, 20, 10, {200, 10, 1}, 800000},
+  };
+  for (const Case& cs : cases) {
+    INFO(cs.what);
+    const std::vector<float> p = random_probs(g, cs.N * cs.K, static_cast<int>(cs.C));  // rows (n, k) x C
+    std::vector<std::uint16_t> h(static_cast<std::size_t>(cs.storage), to_half(0.25f));
+    std::vector<float> wide(p.size());
+    for (std::int64_t n = 0; n < cs.N; ++n)
+      for (std::int64_t k = 0; k < cs.K; ++k)
+        for (std::int64_t c = 0; c < cs.C; ++c) {
+          const std::uint16_t hv = to_half(p[(n * cs.K + k) * cs.C + c]);
+          h[n * cs.strides[0] + k * cs.strides[1] + c * cs.strides[2]] = hv;
+          wide[(n * cs.K + k) * cs.C + c] = from_half(hv);
+        }
+    std::vector<double> got(static_cast<std::size_t>(kNumMetrics * cs.N)), want(got.size());
+    std::vector<MetricOutput> og, ow;
+    for (int m = 0; m < kNumMetrics; ++m) {
+      og.push_back({static_cast<Metric>(m), TensorView::of(got.data() + m * cs.N, {cs.N})});
+      ow.push_back({static_cast<Metric>(m), TensorView::of(want.data() + m * cs.N, {cs.N})});
+    }
+    score(TensorView(h.data(), DType::Float16, {cs.N, cs.K, cs.C}, cs.strides), og);
+    score(TensorView::of(wide.data(), {cs.N, cs.K, cs.C}), ow);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) differ += !(got[i] == want[i] || (got[i] != got[i] && want[i] != want[i]));
+    CHECK(differ == 0);
+  }
+}
+
 TEST_CASE("float16 / bfloat16 errors", "[uncertainty][half][errors]") {
   std::mt19937_64 g(5);
   const std::int64_t N = 8;
