@@ -234,9 +234,9 @@ void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const 
   const std::int64_t n = x.numel();
   if (x.device.is_cpu()) {
     // Not value-initialised (zeroing it was a whole extra pass); the widening writes every element.
-    const detail::ScratchArray<float> wide(static_cast<std::size_t>(n));
-    detail::widen_to_float32_cpu(x, wide.data());
-    const TensorView y = TensorView::of(wide.data(), shape);
+    const detail::ScratchArray<float> wide = detail::scratch_array<float>(static_cast<std::size_t>(n));
+    detail::widen_to_float32_cpu(x, wide.get());
+    const TensorView y = TensorView::of(wide.get(), shape);
     point_at(job, y, describe(y, options));
     return run(job, x.device, L, options);
   }

@@ -46,7 +46,7 @@ inline std::size_t tri(std::int64_t n, std::int64_t i, std::int64_t j) {
 
 /// The condensed distances of the rows read times 2^shift.
 template <typename T>
-void distances(const Matrix& x, int shift, ScratchArray<double>& d) {
+void distances(const Matrix& x, int shift, double* d) {
   const std::int64_t n = x.rows, dim = x.cols;
   // Rows in float64, contiguous (the input may be strided or float32).
   std::vector<double> rows(static_cast<std::size_t>(n * dim));
@@ -69,7 +69,7 @@ void distances(const Matrix& x, int shift, ScratchArray<double>& d) {
 }
 
 /// The N − 1 merges of average linkage, in the order the chain makes them.
-std::vector<Merge> nn_chain(std::int64_t n, ScratchArray<double>& d) {
+std::vector<Merge> nn_chain(std::int64_t n, double* d) {
   auto at = [&](std::int64_t i, std::int64_t j) -> double& { return i < j ? d[tri(n, i, j)] : d[tri(n, j, i)]; };
   std::vector<std::int64_t> size(static_cast<std::size_t>(n), 1);
   std::vector<std::int64_t> active(static_cast<std::size_t>(n));  // active cluster slots, ascending
@@ -130,16 +130,16 @@ void average_linkage_cpu(const LinkageJob& job) {
     const double bytes = 8.0 * static_cast<double>(n) * static_cast<double>(n - 1) / 2.0;
     // every entry is written by distances() before it is read (not value-initialised: zeroing 1.6 GB
     // at N = 20 000 was a pass of its own)
-    std::unique_ptr<ScratchArray<double>> dp;
+    ScratchArray<double> dp;
     try {
-      dp = std::make_unique<ScratchArray<double>>(static_cast<std::size_t>(n) * static_cast<std::size_t>(n - 1) / 2);
+      dp = scratch_array<double>(static_cast<std::size_t>(n) * static_cast<std::size_t>(n - 1) / 2);
     } catch (const std::bad_alloc&) {
       throw Error(ErrorKind::Value, "embeddings: average linkage of " + std::to_string(n) + " rows needs " +
                                         std::to_string(bytes / (1 << 30)) +
                                         " GiB for the pairwise distances, which could not be allocated; "
                                         "cluster a subsample");
     }
-    ScratchArray<double>& d = *dp;
+    double* d = dp.get();
     if (job.x.dtype == DType::Float32)
       distances<float>(job.x, job.shift, d);
     else

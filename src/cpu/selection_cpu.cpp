@@ -23,6 +23,7 @@
 #include "../cpu_variant.hpp"
 #include "../philox_lanes.hpp"
 #include "../selection_backend.hpp"
+#include "scratch_array.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/parallel_for.hpp"
 
@@ -179,7 +180,7 @@ bool any_not_below(const T* x, int m, T t) {
 
 /// Scratch of n values, not initialised (a std::vector would write every page once more).
 template <typename V>
-using Buffer = std::unique_ptr<V[]>;
+using Buffer = ScratchArray<V>;  // uninitialised, huge-page advised when large (scratch_array.hpp)
 
 /// Order-preserving 32-bit key of a float (-0 = +0), as ordered_key for doubles.
 inline std::uint32_t ordered_key32(float v) {
@@ -263,8 +264,9 @@ SelectFailure ranks_from_scores(const SelectJob& job, Buffer<std::int64_t>& rank
   for (int w = 0; w <= W; ++w) parts[w] = n * w / W;
   constexpr bool kPackable = std::is_same<T, float>::value;
   const bool packed = kPackable && n <= 0xFFFFFFFFll;
-  Buffer<std::uint64_t> key(new std::uint64_t[n]), key_tmp(new std::uint64_t[n]);
-  Buffer<P> id(packed ? nullptr : new P[n]), id_tmp(packed ? nullptr : new P[n]);
+  const std::size_t un = static_cast<std::size_t>(n);
+  Buffer<std::uint64_t> key = scratch_array<std::uint64_t>(un), key_tmp = scratch_array<std::uint64_t>(un);
+  Buffer<P> id = packed ? Buffer<P>() : scratch_array<P>(un), id_tmp = packed ? Buffer<P>() : scratch_array<P>(un);
   std::vector<SelectFailure> failures(static_cast<std::size_t>(W));
   parallel_for(W, 1, [&](std::int64_t w0, std::int64_t w1, int) {
     for (std::int64_t w = w0; w < w1; ++w) {
@@ -292,7 +294,7 @@ SelectFailure ranks_from_scores(const SelectJob& job, Buffer<std::int64_t>& rank
     radix_sort_stable<P>(key, key_tmp, &id, &id_tmp, 0, parts);
   key_tmp.reset();
   id_tmp.reset();
-  rank.reset(new std::int64_t[n]);
+  rank = scratch_array<std::int64_t>(un);
   parallel_for(n, kGrain, [&](std::int64_t begin, std::int64_t end, int) {
     if (packed)
       for (std::int64_t p = begin; p < end; ++p) rank[key[p] & 0xFFFFFFFFull] = p + 1;

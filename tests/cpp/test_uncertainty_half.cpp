@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "test_seed.hpp"
+#include "../../src/cpu/scratch_array.hpp"  // not a public header
 
 #include <algorithm>
 #include <cmath>
@@ -238,6 +239,20 @@ TEST_CASE("float16 views that are not one contiguous block widen like a contiguo
     std::size_t differ = 0;
     for (std::size_t i = 0; i < got.size(); ++i) differ += !(got[i] == want[i] || (got[i] != got[i] && want[i] != want[i]));
     CHECK(differ == 0);
+  }
+}
+
+TEST_CASE("scratch arrays refuse sizes whose byte count wraps, and hold what is asked", "[uncertainty][half]") {
+  using labelwise::detail::scratch_array;
+  CHECK_THROWS_AS(scratch_array<float>(SIZE_MAX / 2), std::bad_alloc);             // n · 4 wraps
+  CHECK_THROWS_AS(scratch_array<double>(SIZE_MAX / sizeof(double) + 2), std::bad_alloc);
+  CHECK_THROWS_AS(scratch_array<char>(SIZE_MAX - 1000), std::bad_alloc);            // the 2 MiB rounding wraps
+  const auto empty = scratch_array<float>(0);
+  CHECK(empty != nullptr);
+  for (std::size_t n : {std::size_t(1), std::size_t(1000), std::size_t(3) << 20}) {  // malloc and huge-page blocks
+    auto a = scratch_array<std::uint32_t>(n);
+    for (std::size_t i = 0; i < n; ++i) a[i] = static_cast<std::uint32_t>(i);
+    CHECK(a[n - 1] == static_cast<std::uint32_t>(n - 1));
   }
 }
 

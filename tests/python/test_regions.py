@@ -73,6 +73,18 @@ def test_top_regions_when_the_picks_lie_past_the_first_sorted_windows():
     # multiples of 1/32: every patch sum is exact, so the reference and labelwise see the same ties
     m = np.stack([np.round(bump * 32) / 32, np.round(bump[::-1] * 32) / 32])  # [2, 200, 200]
     check_top_regions_against_brute_force(m, (40, 40), (1, 1), 24)  # the 24th at 44 446 of 51 842
+    # as many as fit, then one more: the greedy reads the whole order, through every window
+    k = len(A.top_regions(m[:1], 0, (40, 40), (1, 1))[0])
+    assert k == 0
+    fit = 0
+    while True:
+        try:
+            A.top_regions(m[:1], fit + 1, (40, 40), (1, 1))
+        except ValueError as e:
+            assert f"found only {fit}" in str(e)
+            break
+        fit += 1
+    check_top_regions_against_brute_force(m[:1], (40, 40), (1, 1), fit)
 
 
 def test_slice_scores_and_torch(rng):

@@ -450,6 +450,32 @@ def test_half_precision_inputs(rng):
                                   U.bald(xt.transpose(1, 2).contiguous()).numpy())
 
 
+def test_half_precision_views_in_any_layout_equal_a_float32_copy(rng):
+    """The float16 widening reads the trailing axes that lie contiguously as one row and walks the
+    others (its merge rule compares strides): negative strides on each axis, broadcast (stride 0)
+    items, samples and classes, extent-1 axes with any stride, and a row longer than its 2^16-value
+    pieces must all give exactly the metrics of a contiguous float32 copy of the same values."""
+    base = rng.dirichlet(np.ones(7), size=(40, 6)).astype(np.float16)  # [N, K, C]
+    one = rng.dirichlet(np.ones(7), size=(1, 6)).astype(np.float16)
+    long_row = rng.dirichlet(np.ones(10), size=(800, 10)).astype(np.float16)  # 80 000 values
+    views = {
+        "items reversed": base[::-1],
+        "samples reversed": base[:, ::-1],
+        "classes reversed": base[:, :, ::-1],
+        "items broadcast": np.broadcast_to(base[:1], base.shape),
+        "samples broadcast": np.broadcast_to(base[:, :1], base.shape),
+        "one item, extent-1 axis with a large stride": np.lib.stride_tricks.as_strided(
+            one, shape=(1, 6, 7), strides=(123456, one.strides[1], one.strides[2])),
+        "every other item and sample": np.ascontiguousarray(np.repeat(np.repeat(base, 2, 0), 2, 1))[::2, ::2],
+        "one block of 80 000 values": long_row,
+    }
+    for what, v in views.items():
+        got = U.score(v, U.METRICS)
+        want = U.score(np.ascontiguousarray(v.astype(np.float32)), U.METRICS)
+        for m in U.METRICS:
+            np.testing.assert_array_equal(np.asarray(got[m]), np.asarray(want[m]), err_msg=f"{what}: {m}")
+
+
 @pytest.mark.skipif(not lw.built_with_cuda(), reason="built without CUDA")
 def test_half_on_cuda_equals_cpu(rng):
     """float16 / bfloat16 CUDA tensors (the device widening kernel): the CPU's results, in float32, on
