@@ -13,3 +13,12 @@ CpuIsa cpu_isa();
 
 }  // namespace detail
 }  // namespace labelwise
+
+/// A small hot function compiled for several x86 instruction sets by GCC's function multi-versioning
+/// (target_clones: the widest the processor supports is picked once per process, whatever
+/// LABELWISE_CPU_ISA says), for files that are otherwise built for the baseline only.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LABELWISE_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LABELWISE_CPU_CLONES
+#endif

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "../cpu_variant.hpp"
 #include "../diversity_backend.hpp"
 #include "labelwise/core/parallel.hpp"
 #include "labelwise/detail/diversity_impl.hpp"
@@ -59,29 +60,24 @@ std::int64_t grain_rows(std::int64_t cols) {
   return std::max<std::int64_t>(16, kGrainValues / std::max<std::int64_t>(cols, 1));
 }
 
-// The hot loops over a contiguous row, compiled for several x86 instruction sets (GCC function
-// multi-versioning picks the widest the processor supports, once per process). The reduction order
-// depends only on the instruction set, never on the thread count.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LABELWISE_DIV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LABELWISE_DIV_CLONES
-#endif
+// The hot loops over a contiguous row, compiled for several x86 instruction sets
+// (LABELWISE_CPU_CLONES). The reduction order depends only on the instruction set, never on the
+// thread count.
 
-LABELWISE_DIV_CLONES double row_sq(const float* x, std::int64_t d, const double* c) { return sq_dist_row(x, 1, d, c); }
-LABELWISE_DIV_CLONES double row_sq(const double* x, std::int64_t d, const double* c) { return sq_dist_row(x, 1, d, c); }
-LABELWISE_DIV_CLONES double row_sq_scaled(const float* x, std::int64_t d, double s, const double* c) {
+LABELWISE_CPU_CLONES double row_sq(const float* x, std::int64_t d, const double* c) { return sq_dist_row(x, 1, d, c); }
+LABELWISE_CPU_CLONES double row_sq(const double* x, std::int64_t d, const double* c) { return sq_dist_row(x, 1, d, c); }
+LABELWISE_CPU_CLONES double row_sq_scaled(const float* x, std::int64_t d, double s, const double* c) {
   return sq_dist_row(x, 1, d, s, c);
 }
-LABELWISE_DIV_CLONES double row_sq_scaled(const double* x, std::int64_t d, double s, const double* c) {
+LABELWISE_CPU_CLONES double row_sq_scaled(const double* x, std::int64_t d, double s, const double* c) {
   return sq_dist_row(x, 1, d, s, c);
 }
-LABELWISE_DIV_CLONES double row_dot(const float* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
-LABELWISE_DIV_CLONES double row_dot(const double* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
-LABELWISE_DIV_CLONES double row_dot_scaled(const float* x, std::int64_t d, double s, const double* c) {
+LABELWISE_CPU_CLONES double row_dot(const float* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
+LABELWISE_CPU_CLONES double row_dot(const double* x, std::int64_t d, const double* c) { return dot_row(x, 1, d, c); }
+LABELWISE_CPU_CLONES double row_dot_scaled(const float* x, std::int64_t d, double s, const double* c) {
   return dot_row(x, 1, d, s, c);
 }
-LABELWISE_DIV_CLONES double row_dot_scaled(const double* x, std::int64_t d, double s, const double* c) {
+LABELWISE_CPU_CLONES double row_dot_scaled(const double* x, std::int64_t d, double s, const double* c) {
   return dot_row(x, 1, d, s, c);
 }
 
@@ -120,8 +116,8 @@ RowScan scan_contiguous_impl(const T* r, std::int64_t d) {
   s.nonzero = amax > 0.0;
   return s;
 }
-LABELWISE_DIV_CLONES RowScan scan_contiguous(const float* r, std::int64_t d) { return scan_contiguous_impl(r, d); }
-LABELWISE_DIV_CLONES RowScan scan_contiguous(const double* r, std::int64_t d) { return scan_contiguous_impl(r, d); }
+LABELWISE_CPU_CLONES RowScan scan_contiguous(const float* r, std::int64_t d) { return scan_contiguous_impl(r, d); }
+LABELWISE_CPU_CLONES RowScan scan_contiguous(const double* r, std::int64_t d) { return scan_contiguous_impl(r, d); }
 
 /// The same for row i of m in any layout (strided rows in index order).
 template <typename T>

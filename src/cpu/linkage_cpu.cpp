@@ -52,13 +52,13 @@ void distances(const Matrix& x, int shift, double* d) {
   std::vector<double> rows(static_cast<std::size_t>(n * dim));
   const T* base = static_cast<const T*>(x.data);
   const double unit = std::ldexp(1.0, shift);
-  auto xj_of = [&](std::int64_t j) { return rows.data() + j * dim; };
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t t = 0; t < dim; ++t)
       rows[i * dim + t] = static_cast<double>(base[i * x.row_stride + t * x.col_stride]) * unit;
   auto row = [&](std::int64_t i) {
     const double* xi = rows.data() + i * dim;
-    for (std::int64_t j = i + 1; j < n; ++j) d[tri(n, i, j)] = std::sqrt(contiguous_sq_dist(xj_of(j), xi, dim));
+    for (std::int64_t j = i + 1; j < n; ++j)
+      d[tri(n, i, j)] = std::sqrt(contiguous_sq_dist(rows.data() + j * dim, xi, dim));
   };
   parallel_for((n + 1) / 2, 16, [&](std::int64_t begin, std::int64_t end, int) {
     for (std::int64_t p = begin; p < end; ++p) {

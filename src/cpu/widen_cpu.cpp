@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "../cpu_variant.hpp"
 #include "../uncertainty_backend.hpp"
 #include "labelwise/detail/half.hpp"
 #include "labelwise/detail/parallel_for.hpp"
@@ -10,15 +11,9 @@ namespace labelwise {
 namespace detail {
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LABELWISE_WIDEN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LABELWISE_WIDEN_CLONES
-#endif
-
 /// A contiguous row of n values, vectorised in the widest instruction set the processor has (exact
 /// conversions: every build gives the same floats).
-LABELWISE_WIDEN_CLONES void widen_contiguous(const std::uint16_t* s, std::int64_t n, bool bf16, float* o) {
+LABELWISE_CPU_CLONES void widen_contiguous(const std::uint16_t* s, std::int64_t n, bool bf16, float* o) {
   if (bf16) {
 #pragma omp simd
     for (std::int64_t i = 0; i < n; ++i) o[i] = bfloat16_to_float(s[i]);
@@ -39,7 +34,7 @@ void widen_to_float32_cpu(const TensorView& x, float* out) {
   constexpr std::int64_t kPiece = 1 << 16;
   int first = x.ndim - 1;
   std::int64_t inner = x.shape[first];
-  const std::int64_t st = x.strides[first] == 1 ? 1 : x.strides[first];
+  const std::int64_t st = x.strides[first];
   if (st == 1)
     while (first > 0 && x.strides[first - 1] == inner) inner *= x.shape[--first];
   if (inner == 0) return;
