@@ -614,14 +614,18 @@ TEMPLATE_TEST_CASE("many classes: every layout against the reference, bit for bi
   }
 }
 
-TEST_CASE("arg-max ties across class chunks go to the lower class", "[uncertainty]") {
+TEST_CASE("arg-max ties go to the lower class, within and across class chunks", "[uncertainty]") {
   // Variation ratio counts each sample's arg-max, ties to the lower class. With C = 40 (three chunks of
   // 16 lanes) classes 5, 21 and 37 share a lane: samples 0-1 tie 5 with 21, samples 2-3 have 21 alone
   // on top, so the votes are 5, 5, 21, 21 (mode 2, VR 0.5); ties to the higher class would give VR 0.
-  // Item 1 ties classes 3 and 30 (other lanes, other chunks) the same way.
-  const int K = 4, C = 40;
+  // Item 1 ties classes 3 and 30 (other lanes, other chunks) the same way. With C = 10 (one chunk;
+  // float32 probabilities count the votes of tied lanes first, then recount) classes 2 / 7 and 1 / 8:
+  // counting a tie in both classes would give class 7 four votes (VR 0).
+  const int K = 4;
+  for (const int C : {40, 10})
   for (int kind : {0, 1, 2}) {
-    INFO("input kind " << kind);
+    INFO("C " << C << " input kind " << kind);
+    const int lo0 = C == 40 ? 5 : 2, hi0 = C == 40 ? 21 : 7, lo1 = C == 40 ? 3 : 1, hi1 = C == 40 ? 30 : 8;
     std::vector<float> x(2 * K * C);
     const auto row = [&](int i, int k, int lo_cls, int hi_cls, bool tie) {
       float* r = x.data() + (static_cast<std::size_t>(i) * K + k) * C;
@@ -633,8 +637,8 @@ TEST_CASE("arg-max ties across class chunks go to the lower class", "[uncertaint
       for (int c = 0; c < C; ++c) r[c] = kind == 0 ? r[c] / z : std::log(r[c] / z);
     };
     for (int k = 0; k < K; ++k) {
-      row(0, k, 5, 21, k < 2);
-      row(1, k, 3, 30, k < 2);
+      row(0, k, lo0, hi0, k < 2);
+      row(1, k, lo1, hi1, k < 2);
     }
     ScoreOptions opt;
     opt.input = static_cast<InputKind>(kind);

@@ -147,7 +147,7 @@ LABELWISE_HD LABELWISE_VEC_INLINE void class_mean_var(double first, double sum, 
                                                     double& mean, double& var) {
   const double mean_shift = sum * inv_k;
   mean = first + mean_shift;
-  const double v = (sumsq - K * mean_shift * mean_shift) / (K - 1);
+  const double v = (sumsq - K * mean_shift * mean_shift) * (1.0 / (K - 1));  // one division per loop, hoisted
   var = v > 0.0 ? v : 0.0;
 }
 
@@ -163,8 +163,10 @@ LABELWISE_HD LABELWISE_VEC_INLINE bool balentacq_beta_params(double mean, double
                                                            double& beta) {
   mu = balentacq_floor(mean);
   const double v = balentacq_floor(var);
-  alpha = mu * mu * (1.0 - mu) / v - mu;
-  beta = (1.0 / mu - 1.0) * alpha;
+  // 1/σ² and 1/μ from one division (μσ² lies in [1e-18, 1]).
+  const double inv = 1.0 / (mu * v);
+  alpha = mu * mu * (1.0 - mu) * (mu * inv) - mu;
+  beta = (v * inv - 1.0) * alpha;
   return (alpha + 1.0 > 0.0) & (beta > 0.0) & (beta < 1e15) & (mean < 1.0);
 }
 
@@ -879,9 +881,11 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   const __m512 zero = _mm512_setzero_ps();
   __m512 lo = zero;  // running minimum of all values (masked lanes are 0)
   int bad = 0;
-  // One chunk: vote counts per class in the lanes of one integer vector: each row adds 1 in its
-  // arg-max lane by a masked add (no store / reload of a counter in memory per row).
-  __m512i votes = _mm512_setzero_si512();
+  // One chunk: vote counts per class in the lanes of two integer vectors (even and odd rows: two
+  // independent chains): each row adds 1 in every lane equal to its maximum by a masked add (no
+  // store / reload of a counter in memory per row, no scalar mask arithmetic). A tie counts in each
+  // tied lane, so the counts then total more than K; such items are counted again exactly below.
+  __m512i votes = _mm512_setzero_si512(), votes_odd = votes;
   const __m512i ones = _mm512_set1_epi32(1);
   const __m512d one = _mm512_set1_pd(1.0), vtol = _mm512_set1_pd(tol);
   const __m512d absmask = _mm512_castsi512_pd(_mm512_set1_epi64(0x7fffffffffffffffLL));
@@ -947,9 +951,11 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
           for (int t = 0; t < 16; ++t) {
             if (t >= nr) break;
             const __m512 m = _mm512_permutexvar_ps(_mm512_set1_epi32(t), mx);
-            const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], m, _CMP_EQ_OQ);
-            // The lowest equal lane (eq & -eq); eq = 0 only for NaN rows, rejected below.
-            votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);
+            const __mmask16 eq = _mm512_mask_cmp_ps_mask(cm, rows[t], m, _CMP_EQ_OQ);  // none only for NaN rows
+            if (t % 2 == 0)
+              votes = _mm512_mask_add_epi32(votes, eq, votes, ones);
+            else
+              votes_odd = _mm512_mask_add_epi32(votes_odd, eq, votes_odd, ones);
           }
         } else {
           // Only the rows whose maximum this chunk strictly raises (the lower chunk keeps a tie; all
@@ -985,7 +991,25 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   // negative value; then no value exceeds 1 + tol either. Exact classification only on failure.
   if (_mm512_cmp_ps_mask(lo, zero, _CMP_LT_OQ)) bad = 1;
   if (bad) return classify_bad_probs(x, C, 1, K, C);
-  if constexpr (need_votes) mode_o = single ? _mm512_reduce_max_epi32(votes) : chunk_mode(cs, K);
+  if constexpr (need_votes) {
+    if (single) {
+      votes = _mm512_add_epi32(votes, votes_odd);
+      if (_mm512_reduce_add_epi32(votes) != K) {
+        // A row with tied maxima: count every row's lowest maximal class instead (ties are rare).
+        votes = _mm512_setzero_si512();
+        for (int k = 0; k < K; ++k) {
+          const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << C) - 1u), x + static_cast<std::int64_t>(k) * C);
+          const __mmask16 eq = _mm512_mask_cmp_ps_mask(static_cast<__mmask16>((1u << C) - 1u), v,
+                                                       _mm512_set1_ps(_mm512_mask_reduce_max_ps(static_cast<__mmask16>((1u << C) - 1u), v)),
+                                                       _CMP_EQ_OQ);
+          votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);
+        }
+      }
+      mode_o = _mm512_reduce_max_epi32(votes);
+    } else {
+      mode_o = chunk_mode(cs, K);
+    }
+  }
   return kItemOk;
 }
 #pragma GCC diagnostic pop
