@@ -866,6 +866,23 @@ inline __m512 rows_reduce16(const __m512* r) {
   return op(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
 }
 
+/// The vote counts per class (lanes) of the K rows' arg-maxes, ties to the lower class, for C <= 16
+/// (rows C apart, read again with masked loads). The row loops count a row's vote in every lane equal
+/// to its maximum, which needs no scalar work per row but counts a tie twice; when their counts total
+/// more than K, the item is counted again here (ties are rare).
+inline __m512i lowest_argmax_votes(const float* x, int K, int C) {
+  const __mmask16 cm = static_cast<__mmask16>((1u << C) - 1u);
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  const __m512i ones = _mm512_set1_epi32(1);
+  __m512i votes = _mm512_setzero_si512();
+  for (int k = 0; k < K; ++k) {
+    const __m512 v = _mm512_mask_loadu_ps(ninf, cm, x + static_cast<std::int64_t>(k) * C);
+    const unsigned eq = _mm512_mask_cmp_ps_mask(cm, v, _mm512_set1_ps(_mm512_mask_reduce_max_ps(cm, v)), _CMP_EQ_OQ);
+    votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);  // the lowest lane
+  }
+  return votes;
+}
+
 /// The row loop of block_item_stats for float32 on AVX-512: masked loads of each row's chunk of 16
 /// classes (nothing read past the row), rows in groups of 16 whose totals and maxima come from
 /// rows_reduce16. Same results as the portable loop up to the order of the row-total sum (validation
@@ -883,8 +900,8 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   int bad = 0;
   // One chunk: vote counts per class in the lanes of two integer vectors (even and odd rows: two
   // independent chains): each row adds 1 in every lane equal to its maximum by a masked add (no
-  // store / reload of a counter in memory per row, no scalar mask arithmetic). A tie counts in each
-  // tied lane, so the counts then total more than K; such items are counted again exactly below.
+  // store / reload of a counter in memory per row, no scalar mask arithmetic); an item with a tie is
+  // counted again by lowest_argmax_votes.
   __m512i votes = _mm512_setzero_si512(), votes_odd = votes;
   const __m512i ones = _mm512_set1_epi32(1);
   const __m512d one = _mm512_set1_pd(1.0), vtol = _mm512_set1_pd(tol);
@@ -994,17 +1011,7 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   if constexpr (need_votes) {
     if (single) {
       votes = _mm512_add_epi32(votes, votes_odd);
-      if (_mm512_reduce_add_epi32(votes) != K) {
-        // A row with tied maxima: count every row's lowest maximal class instead (ties are rare).
-        votes = _mm512_setzero_si512();
-        for (int k = 0; k < K; ++k) {
-          const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << C) - 1u), x + static_cast<std::int64_t>(k) * C);
-          const __mmask16 eq = _mm512_mask_cmp_ps_mask(static_cast<__mmask16>((1u << C) - 1u), v,
-                                                       _mm512_set1_ps(_mm512_mask_reduce_max_ps(static_cast<__mmask16>((1u << C) - 1u), v)),
-                                                       _CMP_EQ_OQ);
-          votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);
-        }
-      }
+      if (_mm512_reduce_add_epi32(votes) != K) votes = lowest_argmax_votes(x, K, C);  // a tie
       mode_o = _mm512_reduce_max_epi32(votes);
     } else {
       mode_o = chunk_mode(cs, K);
@@ -1290,15 +1297,19 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
         plp = _mm512_fmadd_ps(p, _mm512_max_ps(lp, lowest), plp);
       }
       if (need_votes) {
-        // Arg-max from the raw values, ties to the lower class (lanes past C are -inf < max).
-        const unsigned eq = _mm512_mask_cmp_ps_mask(cm, rows[t], _mm512_set1_ps(mxs[t]), _CMP_EQ_OQ);
-        votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);  // lowest lane
+        // Arg-max from the raw values: every lane equal to the maximum (lanes past C are -inf < max);
+        // an item with a tie is counted again by lowest_argmax_votes.
+        const __mmask16 eq = _mm512_mask_cmp_ps_mask(cm, rows[t], _mm512_set1_ps(mxs[t]), _CMP_EQ_OQ);
+        votes = _mm512_mask_add_epi32(votes, eq, votes, ones);
       }
     }
   }
   if (bad) return kItemNonFinite;
   if (fail) return fail;
-  if (need_votes) mode_o = _mm512_reduce_max_epi32(votes);
+  if (need_votes) {
+    if (_mm512_reduce_add_epi32(votes) != K) votes = lowest_argmax_votes(x, K, C);  // a tie
+    mode_o = _mm512_reduce_max_epi32(votes);
+  }
   if (need_ent) {
     const double s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(plp)),
                                                         _mm512_cvtps_pd(_mm512_extractf32x8_ps(plp, 1))));
