@@ -532,8 +532,9 @@ def weighted_kmeans(features: Any, scores: Any, b: int, *, prefilter: int = 10, 
 
 
 def badge_uniform(seed: int, step: int) -> float:
-    """The uniform draw in (0, 1) of BADGE step ``step`` (1 .. b-1) under ``seed``: Philox-4x32-10
-    bits of (seed, stream "BADG", step), as :func:`badge` uses them. For replaying the sampling."""
+    """The uniform draw in (0, 1) of BADGE step ``step`` (any step in [0, 2^64); :func:`badge` draws
+    steps 1 .. b-1) under ``seed``: Philox-4x32-10 bits of (seed, stream "BADG", step), as
+    :func:`badge` uses them. For replaying the sampling."""
     return float(_core.badge_uniform(_seed(seed), _arrays.check_int(step, "step", 0, 2**64 - 1)))
 
 

@@ -414,7 +414,7 @@ def knn_graph(features: Any, k: int, *, metric: str = "euclidean"):
     float64 refinement and certificate; docs/propagation.md, "kNN graph").
 
     Brute force by blocked float32 GEMM (1024 x 1024 blocks on and above the diagonal, 4 MiB per
-    thread; memory O(N (D + threads * (k + 16))) plus (N / 1024)^2 / 2 block pairs, never the N^2
+    thread; memory O(N (D + threads * (k + max(k, 16)))) plus (N / 1024)^2 / 2 block pairs, never the N^2
     distances), refined and certified in float64, so the result equals a float64 brute force.
     Errors: ``ValueError`` for NaN / Inf (naming the row), ``k < 1`` or ``k >= N``, empty input, a
     rank other than 2, an all-zero row with ``metric="cosine"``, Euclidean rows whose magnitudes span
@@ -536,8 +536,8 @@ def label_spreading(
     its ``transduction_`` (with at most 15 features, where sklearn searches with a KD-tree, its tree
     is replayed: same tied neighbours). ``sklearn_threads``: the OpenMP thread count sklearn's
     brute-force search would use (more than 15 features; it decides which of several equidistant
-    points sklearn keeps); default: asked from sklearn when installed, else (and for 0) labelwise's
-    own thread count. Warns (``RuntimeWarning``) when max_iter is reached without convergence, as
+    points sklearn keeps); default: asked from sklearn when installed, else ``OMP_NUM_THREADS`` or the
+    number of CPUs this process may use (as sklearn's OpenMP would); 0: labelwise's own thread count. Warns (``RuntimeWarning``) when max_iter is reached without convergence, as
     sklearn does. Results come in the features' framework (numpy or torch CPU tensors).
 
     Errors: ``ValueError`` for NaN / Inf features (naming the row), labels below -1, no labelled item,

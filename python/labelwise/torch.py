@@ -1,6 +1,7 @@
 """Segmentation heads for active learning, as ``torch.nn.Module`` s: MC dropout, ensemble, evidential.
 
-This is the only module of ``labelwise`` that imports torch (``import labelwise`` does not).
+``import labelwise`` does not import torch; this module does, as do ``labelwise.models`` and the
+segmentation campaign (``labelwise.segcampaign``).
 
 * :class:`MCDropoutHead` — dropout + 1x1 (x1) convolution,
 * :class:`EnsembleHead` — M independent 1x1 (x1) convolutions,
