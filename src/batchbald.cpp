@@ -59,7 +59,7 @@ void batchbald_impl(const TensorView& x, std::int64_t b, const TensorView& indic
   const int sa = norm_axis(opt.sample_axis, 3, "sample_axis");
   const int ca = norm_axis(opt.class_axis, 3, "class_axis");
   check(sa != ca, ErrorKind::Value, "sample_axis and class_axis both name axis ", ca, " of x (shape ", x.shape_str(),
-        ")");
+        "); for [N, C, K] pass class_axis=1 too");
   const int ia = 3 - sa - ca;
   const std::int64_t N = x.shape[ia], K = x.shape[sa], C = x.shape[ca];
   check(N > 0, ErrorKind::Value, "x: the pool is empty (shape ", x.shape_str(), ")");

@@ -320,7 +320,7 @@ void badge(const TensorView& x, const TensorView& embeddings, std::int64_t b, co
       throw Error(ErrorKind::Value, "x: " + row_str(f.item) + " has a negative probability");
     case detail::kDivUnnormalised:
       throw Error(ErrorKind::Value, std::string("x: ") + row_str(f.item) + " does not sum to 1 within " +
-                                        std::to_string(job.tolerance) + " (" + what_x +
+                                        detail::concat(job.tolerance) + " (" + what_x +
                                         "; pass input='logits' for raw scores)");
     case detail::kDivAllNegInf:
       throw Error(ErrorKind::Value, "x: " + row_str(f.item) + " has every logit equal to -inf");

@@ -21,11 +21,8 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::string num(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
+/// A number in an error message: 6 significant digits, as check() streams them (1e-06, 0.001).
+std::string num(double v) { return detail::concat(v); }
 
 bool is_float(DType t) { return t == DType::Float32 || t == DType::Float64; }
 bool is_label_dtype(DType t) { return t == DType::Int64 || t == DType::Int32 || t == DType::UInt8; }

@@ -17,11 +17,8 @@ namespace labelwise {
 
 namespace {
 
-std::string num(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
+/// A number in an error message: 6 significant digits, as check() streams them (1e-06, 0.001).
+std::string num(double v) { return detail::concat(v); }
 
 /// Σ a[0..n) in NumPy's order (its pairwise summation, numpy/_core/src/umath/loops_utils.h: below 8
 /// values one by one; up to 128 in eight interleaved partial sums combined as

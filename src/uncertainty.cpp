@@ -50,7 +50,7 @@ Layout describe(const TensorView& x, const ScoreOptions& opt) {
   if (opt.sample_axis) {
     L.sample_axis = normalise_axis(*opt.sample_axis, x.ndim, "sample_axis");
     check(L.sample_axis != L.class_axis, ErrorKind::Value, "sample_axis and class_axis both name axis ", L.class_axis,
-          " of x (shape ", x.shape_str(), ")");
+          " of x (shape ", x.shape_str(), "); for the samples last, as [N, C, ..., K], pass class_axis=1 too");
   }
   const std::int64_t total = x.checked_numel("x");
   check(total > 0, ErrorKind::Value, "x: input is empty (shape ", x.shape_str(), ")");
@@ -212,7 +212,7 @@ void run(const detail::ScoreJob& job, const Device& device, const Layout& L, con
     case detail::kItemUnnormalised:
       throw Error(ErrorKind::Value, "x: " + where + " has " + kind +
                                         " that do not sum to 1 over the class axis (tolerance " +
-                                        std::to_string(job.tol) + "); pass input=\"logits\" for unnormalised scores");
+                                        detail::concat(job.tol) + "); pass input=\"logits\" for unnormalised scores");
     case detail::kItemAllMasked:
       throw Error(ErrorKind::Value, "x: " + where + " has a sample whose " + kind + " are all -inf" +
                                         (options.input == InputKind::LogProbabilities

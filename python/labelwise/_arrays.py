@@ -43,9 +43,7 @@ def as_array(x: Any, name: str = "x") -> Any:
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         if isinstance(x, np.ndarray):
             _check_numeric(x, name)
-            if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
-                raise ValueError(f"{name}: a masked array with masked entries, which would be read as if "
-                                 "unmasked; fill them (x.filled(...)) or leave those items out first")
+            refuse_masked(x, name)
         return x
     try:
         a = np.asarray(x)
@@ -215,6 +213,14 @@ def check_seed(seed: Any) -> int:
     if not 0 <= s < 2**64:
         raise ValueError(f"seed: expected 0 <= seed < 2**64, got {s}")
     return s
+
+
+def refuse_masked(x: Any, name: str) -> None:
+    """A numpy masked array with masked entries is a ValueError naming ``name``: every reader of its
+    buffer (DLPack, np.asarray) would see the hidden values as if they were data."""
+    if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
+        raise ValueError(f"{name}: a masked array with masked entries, which would be read as if "
+                         "unmasked; fill them (x.filled(...)) or leave those items out first")
 
 
 def to_host_numpy(x: Any) -> np.ndarray:

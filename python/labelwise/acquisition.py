@@ -219,6 +219,8 @@ def _concat(parts: Sequence[Any], name: str) -> Any:
         import cupy
 
         return cupy.concatenate([p.reshape(-1) for p in arrays])
+    for p in arrays:
+        _arrays.refuse_masked(p, name)
     return np.concatenate([np.asarray(p).reshape(-1) for p in arrays])
 
 
@@ -700,6 +702,7 @@ def average_linkage_clusters(embeddings: Any, *, distance: Optional[float] = Non
     clustering runs there). Errors:
     ``ValueError`` naming the row for NaN / Inf or a squared norm above 2.2e307 (distances would
     overflow)."""
+    _arrays.refuse_masked(embeddings, "embeddings")
     e = np.asarray(_arrays.to_host_numpy(embeddings))  # GPU arrays of any device: to the host
     _arrays._check_numeric(e, "embeddings")  # complex, strings, objects (None) are refused by name
     if e.dtype not in (np.float32, np.float64):

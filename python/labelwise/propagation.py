@@ -501,9 +501,10 @@ def _spread(features, labels, propagation, k, alpha, max_iter, tol, variant, skl
         0 if sklearn_threads is None else _arrays.check_int(sklearn_threads, "sklearn_threads", 0, 2**31 - 1),
     )
     if r["unreached"]:
-        warnings.warn(f"{r['unreached']} items that a label reaches in the graph got no label mass (it shrinks by "
-                      "about alpha times an edge weight per hop and underflowed float64, or max_iter ran out first): "
-                      "they keep the label -1.", RuntimeWarning, stacklevel=3)
+        shrink = "with every hop of the graph" if propagation else "by about alpha times an edge weight per hop"
+        warnings.warn(f"{r['unreached']} items that a label reaches in the graph got no label mass (it shrinks {shrink} "
+                      "and underflowed float64, or max_iter ran out first): they keep the label -1.", RuntimeWarning,
+                      stacklevel=3)
     elif not r["converged"]:
         warnings.warn(f"max_iter={int(max_iter)} was reached without convergence.", RuntimeWarning, stacklevel=3)
     return dist, out
@@ -592,6 +593,8 @@ def propagate_slices(volume: Any, labels: Any, labelled_slices: Any, *, axis: in
     Intervals between annotated slices run in parallel.
     """
     axis = _arrays.check_int(axis, "axis", -3, 2)
+    _arrays.refuse_masked(volume, "volume")
+    _arrays.refuse_masked(labels, "labels")
     vol = np.asarray(_arrays.to_host_numpy(volume))
     lab = np.asarray(_arrays.to_host_numpy(labels))
     if vol.ndim != 3 or lab.shape != vol.shape:

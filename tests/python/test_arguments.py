@@ -187,3 +187,29 @@ def test_set_num_threads_clamps_to_1024_and_restores():
     finally:
         labelwise.set_num_threads(0)
     assert labelwise.num_threads() >= 1
+
+
+def test_masked_arrays_are_refused_where_numpy_reads_them(rng):
+    """Functions that read an input through np.asarray (host-side clustering, slice propagation, the
+    shards of merge_top_k) refuse a masked array with masked entries as the DLPack path does: the
+    hidden values would otherwise be read as data. An all-unmasked one is read like its data."""
+    def masked(a):
+        m = np.ma.masked_array(a, mask=np.zeros(a.shape, bool))
+        m[(0,) * a.ndim] = np.ma.masked
+        return m
+
+    emb = rng.normal(size=(12, 3))
+    with pytest.raises(ValueError, match="embeddings: a masked array with masked entries"):
+        A.average_linkage_clusters(masked(emb), num_clusters=2)
+    np.testing.assert_array_equal(A.average_linkage_clusters(np.ma.masked_array(emb), num_clusters=2),
+                                  A.average_linkage_clusters(emb, num_clusters=2))
+    vol, lab = rng.random((3, 5, 5)), np.zeros((3, 5, 5), np.int64)
+    with pytest.raises(ValueError, match="volume: a masked array with masked entries"):
+        P.propagate_slices(masked(vol), lab, [0])
+    with pytest.raises(ValueError, match="labels: a masked array with masked entries"):
+        P.propagate_slices(vol, masked(lab), [0])
+    vals, ids = rng.random(6), np.arange(6)
+    with pytest.raises(ValueError, match="a masked array with masked entries"):
+        A.merge_top_k([masked(vals[:3]), vals[3:]], [ids[:3], ids[3:]], 2)
+    with pytest.raises(ValueError, match="a masked array with masked entries"):
+        A.merge_top_k([vals[:3], vals[3:]], [masked(ids[:3]), ids[3:]], 2)

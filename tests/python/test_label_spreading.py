@@ -508,9 +508,14 @@ def test_symmetric_spreading_reaches_every_item_a_label_reaches():
     assert (lab != -1).all() and (d.sum(1) > 0).all()
     assert (lab[:140] == 0).all() and (lab[160:] == 1).all()
     # Too few iterations to reach the middle: the unreached items keep -1, and the call says so.
-    with pytest.warns(RuntimeWarning, match="items that a label reaches in the graph got no label mass"):
+    with pytest.warns(RuntimeWarning, match="items that a label reaches in the graph got no label mass .it shrinks by "
+                      "about alpha"):
         _, lab = P.label_spreading(X, y, max_iter=30)
     assert (lab == -1).sum() > 0 and (lab[:20] == 0).all() and (lab[-20:] == 1).all()
+    # label propagation has no alpha: its warning does not name one
+    with pytest.warns(RuntimeWarning, match="got no label mass .it shrinks with every hop of the graph") as w:
+        P.label_propagation(X, y, max_iter=5)
+    assert not any("alpha" in str(m.message) for m in w)
 
 
 def test_spreading_bad_input():

@@ -641,9 +641,10 @@ def test_label_issues_equal_self_confidences_and_agreeing_predictions():
 
 def test_label_issues_on_digits_with_flipped_labels(rng):
     """sklearn's digits (1797 images), 10% of the labels flipped at random, 5-fold out-of-sample
-    probabilities of a logistic regression. Over 60 runs: precision 0.817 ± 0.035 (lowest 0.749),
-    recall 0.742 ± 0.033 (lowest 0.659), flipped among the top 50 0.944 ± 0.048 (lowest 0.80); chance
-    precision 0.10. The bounds sit about 7 standard deviations below the means."""
+    probabilities of a logistic regression. Over 60 runs (bench/compare_label_issues.py --runs 60):
+    precision 0.809 ± 0.034 (lowest 0.742), recall 0.744 ± 0.027 (lowest 0.676), flipped among the
+    top 50 0.937 ± 0.051 (lowest 0.80); chance precision 0.10. The bounds sit 6 to 9 standard
+    deviations below the means."""
     sklearn = pytest.importorskip("sklearn")
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
