@@ -50,7 +50,8 @@ struct Probs {
   std::vector<std::int64_t> map_shape;
 };
 
-Probs describe_probs(const TensorView& x, int class_axis, const char* what) {
+/// x's layout, validated; the data pointer too unless `shape_only` (auto_label_shapes reads no values).
+Probs describe_probs(const TensorView& x, int class_axis, const char* what, bool shape_only = false) {
   check(is_float(x.dtype), ErrorKind::Type, what, ": expected dtype float32 or float64 (probabilities), got ",
         dtype_name(x.dtype));
   check(x.ndim >= 2, ErrorKind::Value, what, ": expected rank >= 2 ([N, C] or [N, C, *spatial]), got shape ",
@@ -61,7 +62,7 @@ Probs describe_probs(const TensorView& x, int class_axis, const char* what) {
   P.class_axis = class_axis < 0 ? class_axis + x.ndim : class_axis;
   const std::int64_t total = x.checked_numel(what);
   check(total > 0, ErrorKind::Value, what, ": is empty (shape ", x.shape_str(), ")");
-  check(x.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
+  check(shape_only || x.data != nullptr, ErrorKind::Value, what, ": data pointer is null");
   const std::int64_t C = x.shape[P.class_axis];
   check(C >= 2, ErrorKind::Value, what, ": the class axis (axis ", P.class_axis, ") has ", C,
         " entry; at least 2 classes are needed (shape ", x.shape_str(), ")");
@@ -436,8 +437,8 @@ ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const
   check(calib_errors.sizes() == calib_confidence.sizes(), ErrorKind::Value, "calib_errors: expected shape ",
         calib_confidence.shape_str(), " like calib_confidence, got ", calib_errors.shape_str());
   const std::int64_t n = calib_confidence.checked_numel("calib_confidence");
-  check(n == 0 || (calib_confidence.data && calib_errors.data), ErrorKind::Value,
-        "calib_confidence: data pointer is null");
+  check(n == 0 || calib_confidence.data, ErrorKind::Value, "calib_confidence: data pointer is null");
+  check(n == 0 || calib_errors.data, ErrorKind::Value, "calib_errors: data pointer is null");
   const std::int64_t n_pool = pool_confidence.checked_numel("pool_confidence");
   check(n_pool == 0 || pool_confidence.data, ErrorKind::Value, "pool_confidence: data pointer is null");
   std::vector<Scored> units(static_cast<std::size_t>(n));
@@ -467,7 +468,7 @@ ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const
 }
 
 std::vector<std::vector<std::int64_t>> auto_label_shapes(const TensorView& pool_probs, const CertifyOptions& options) {
-  const Probs P = describe_probs(pool_probs, options.class_axis, "pool_probs");
+  const Probs P = describe_probs(pool_probs, options.class_axis, "pool_probs", true);
   std::vector<std::int64_t> acc = P.map_shape;
   if (options.unit == AcceptUnit::Image) acc = {P.map.shape[0]};
   return {acc, P.map_shape};

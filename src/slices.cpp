@@ -199,6 +199,7 @@ void propagate_slices(const TensorView& volume, const TensorView& labels,
         "volume: expected dtype float32 or float64, got ", dtype_name(volume.dtype));
   check(volume.ndim == 3, ErrorKind::Value, "volume: expected rank 3 [Z, H, W], got shape ", volume.shape_str());
   check(volume.checked_numel("volume") > 0, ErrorKind::Value, "volume: empty (shape ", volume.shape_str(), ")");
+  check(volume.data != nullptr, ErrorKind::Value, "volume: data pointer is null");
   const std::vector<std::int64_t> shape = volume.sizes();
   const auto same_shape = [&](const TensorView& v, const char* what, DType dt, const char* dts) {
     check(v.dtype == dt, ErrorKind::Type, what, ": expected dtype ", dts, ", got ", dtype_name(v.dtype));

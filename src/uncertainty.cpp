@@ -35,7 +35,8 @@ struct Layout {
   std::vector<std::int64_t> out_shape;
 };
 
-Layout describe(const TensorView& x, const ScoreOptions& opt) {
+/// x's layout, validated; the data pointer too unless `shape_only` (score_shape reads no values).
+Layout describe(const TensorView& x, const ScoreOptions& opt, bool shape_only = false) {
   check(x.dtype == DType::Float32 || x.dtype == DType::Float64 || is_half(x.dtype), ErrorKind::Type,
         "x: expected dtype float16, bfloat16, float32 or float64, got ", dtype_name(x.dtype));
   const int min_rank = opt.sample_axis ? 2 : 1;
@@ -54,7 +55,7 @@ Layout describe(const TensorView& x, const ScoreOptions& opt) {
   }
   const std::int64_t total = x.checked_numel("x");
   check(total > 0, ErrorKind::Value, "x: input is empty (shape ", x.shape_str(), ")");
-  check(x.data != nullptr, ErrorKind::Value, "x: data pointer is null");
+  check(shape_only || x.data != nullptr, ErrorKind::Value, "x: data pointer is null");
   const std::int64_t C = x.shape[L.class_axis];
   const std::int64_t K = L.sample_axis >= 0 ? x.shape[L.sample_axis] : 1;
   check(C >= 2, ErrorKind::Value, "x: the class axis (axis ", L.class_axis, ") has ", C,
@@ -141,7 +142,7 @@ double normalization_tolerance(DType dtype) {
 }
 
 std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& options) {
-  return describe(x, options).out_shape;
+  return describe(x, options, true).out_shape;
 }
 
 namespace {

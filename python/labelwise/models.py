@@ -72,12 +72,20 @@ def build_segmenter(num_classes: int, p: float = 0.3, width: int = 16, in_channe
 
 def with_coords(img: Any, z: Any) -> torch.Tensor:
     """``[S, 1, H, W]`` images and their slice positions ``[S]`` (in [-1, 1]) -> ``[S, 4, H, W]`` float32
-    (image, row, column, slice position; rows and columns span [-1, 1])."""
+    (image, row, column, slice position; rows and columns span [-1, 1]). ValueError for other shapes
+    (one position per image) and for masked arrays with masked entries."""
+    from . import _arrays
+
+    _arrays.refuse_masked(img, "img")
+    _arrays.refuse_masked(z, "z")
     img = torch.as_tensor(np.asarray(img, dtype=np.float32))
     if img.dim() != 4 or img.shape[1] != 1:
         raise ValueError(f"with_coords: expected images [S, 1, H, W], got {tuple(img.shape)}")
     S, _, H, W = img.shape
+    zv = np.asarray(z, dtype=np.float32)
+    if zv.shape != (S,):
+        raise ValueError(f"z: expected one slice position per image, shape ({S},), got {zv.shape}")
     rows = torch.linspace(-1, 1, H).view(1, 1, H, 1).expand(S, 1, H, W)
     cols = torch.linspace(-1, 1, W).view(1, 1, 1, W).expand(S, 1, H, W)
-    zs = torch.as_tensor(np.asarray(z, dtype=np.float32)).view(S, 1, 1, 1).expand(S, 1, H, W)
+    zs = torch.as_tensor(zv).view(S, 1, 1, 1).expand(S, 1, H, W)
     return torch.cat([img, rows, cols, zs], dim=1)

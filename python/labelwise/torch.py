@@ -105,6 +105,22 @@ def philox4x32_10(counter: Sequence[Any], key: Sequence[int]) -> List[torch.Tens
     return [c0, c1, c2, c3]
 
 
+def _refresh_hooked_weights(module: nn.Module) -> None:
+    """torch.nn.utils.weight_norm (the deprecated hook form; its parametrize successor needs nothing)
+    recomputes ``weight`` from ``weight_g`` / ``weight_v`` only in a forward pre-hook, so after an
+    optimiser step ``conv.weight`` is stale until the next forward. sample / score read the weights
+    without a forward: recompute them here, as that hook would."""
+    try:
+        from torch.nn.utils.weight_norm import WeightNorm
+    except ImportError:  # pragma: no cover - a torch without the deprecated form
+        return
+    for m in module.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if isinstance(hook, WeightNorm):
+                with torch.no_grad():
+                    setattr(m, hook.name, hook.compute_weight(m))
+
+
 # ---- argument checks ------------------------------------------------------------------------------------
 
 
@@ -112,7 +128,12 @@ def _words(values: Any, name: str, hi: int, dev: torch.device, flat: bool = True
     """Counter words: an int, a range, an iterable (generators too), a numpy array or a tensor of
     integers, as an int64 tensor on dev (flattened when ``flat``), every value in [0, hi): else a
     TypeError (not integers) or ValueError (out of range) naming ``name``."""
+    if isinstance(values, torch.Tensor) and str(values.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
+        values = values.cpu().numpy()  # checked as numpy unsigned values: a cast to int64 could wrap
     if isinstance(values, range):
+        if len(values) and (min(values[0], values[-1]) < 0 or max(values[0], values[-1]) >= hi):
+            raise ValueError(f"{name}: expected values in [0, {hi}), got {min(values[0], values[-1])} .. "
+                             f"{max(values[0], values[-1])}")
         t = torch.arange(values.start, values.stop, values.step, dtype=torch.int64, device=dev)
     elif isinstance(values, torch.Tensor):
         if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
@@ -267,9 +288,13 @@ class _Head(nn.Module):
             raise TypeError(f"features: a torch tensor on device {x.device.type!r}; expected a CPU or CUDA tensor")
 
     @staticmethod
-    def _check_finite(x: torch.Tensor, name: str = "features") -> None:
+    def _check_finite(x: torch.Tensor, name: str = "features", last_axis_offset: int = 0) -> None:
+        """NaN / Inf in x [B, F, *spatial] (a chunk starting at ``last_axis_offset`` on the last axis): a
+        ValueError naming the first item and voxel, as the fused kernel's check does."""
         if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name}: contains NaN or Inf")
+            where = torch.nonzero(~torch.isfinite(x))[0].tolist()
+            where[-1] += last_axis_offset
+            raise ValueError(f"{name}: item {where[0]}, voxel {where[2:]} contains NaN or Inf")
 
     def _check_parameters(self) -> None:
         """Every parameter finite, else a ValueError naming it and the first bad entry in its own
@@ -332,6 +357,7 @@ class _SampledHead(_Head):
         self._check_parameters()
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)  # float16 / bfloat16: exact in float32
+        _refresh_hooked_weights(self)
         w, b = self._weights()
         w, b = w.detach().to(device=x.device), b.detach().to(device=x.device)
         if w.dtype not in (torch.float32, torch.float64):
@@ -652,7 +678,7 @@ class EvidentialHead(_Head):
         B, C, sp = x.shape[0], self.num_classes, tuple(x.shape[2:])
         step = max(1, self._CHUNK_VALUES // max(1, x[..., 0].numel()))
         for a in range(0, sp[-1], step):  # by chunks too: no mask of the whole volume
-            self._check_finite(x[..., a:a + step])
+            self._check_finite(x[..., a:a + step], last_axis_offset=a)
         self._check_parameters()
         outs = {m: torch.empty((B,) + sp, dtype=torch.float32, device=x.device) for m in names}
         probs = torch.empty((B, C) + sp, dtype=torch.float32, device=x.device) if want_probs else None
@@ -742,10 +768,12 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
             raise TypeError(f"kl_weight: expected a real number or a one-element real tensor, got a {kl_weight.dtype} "
                             f"tensor of shape {list(kl_weight.shape)}")
         kl_weight = kl_weight.reshape(()).to(logits.dtype if logits.is_floating_point() else torch.float32)
+        use_kl = True  # its value is not read on the host: that would synchronise the device
     else:
         kl_weight = _arrays.check_real(kl_weight, "kl_weight")
         if not (math.isfinite(kl_weight) and kl_weight >= 0):
             raise ValueError(f"kl_weight: expected a finite value >= 0, got {kl_weight}")
+        use_kl = kl_weight != 0
     if target.numel() == 0:
         return logits.sum() * 0.0  # no voxel: 0, as when every voxel is ignored (and still differentiable)
     C = logits.shape[1]
@@ -765,7 +793,7 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
     S = alpha.sum(dim=1)
     a_y = alpha.gather(1, t.unsqueeze(1)).squeeze(1)
     per_voxel = torch.digamma(S) - torch.digamma(a_y)
-    if kl_weight:
+    if use_kl:
         y = F.one_hot(t, C).movedim(-1, 1).to(alpha.dtype)
         at = y + (1 - y) * alpha
         St = at.sum(dim=1)
@@ -773,7 +801,7 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
               + ((at - 1) * (torch.digamma(at) - torch.digamma(St).unsqueeze(1))).sum(dim=1))
     if valid is None:
         loss = per_voxel.mean()
-        return loss + kl_weight * kl.mean() if kl_weight else loss
+        return loss + kl_weight * kl.mean() if use_kl else loss
     # masked means accumulated in float32 at least (half sums overflow past 65504 voxels), in alpha's dtype
     acc = torch.promote_types(alpha.dtype, torch.float32)
     n = valid.sum().clamp(min=1).to(acc)
@@ -782,7 +810,7 @@ def evidential_loss(logits: torch.Tensor, target: torch.Tensor, kl_weight: float
         return (torch.where(valid, v, torch.zeros_like(v)).sum(dtype=acc) / n).to(alpha.dtype)
 
     loss = masked_mean(per_voxel)
-    return loss + kl_weight * masked_mean(kl) if kl_weight else loss
+    return loss + kl_weight * masked_mean(kl) if use_kl else loss
 
 
 # ---- weights files shared with the C++ heads ---------------------------------------------------------

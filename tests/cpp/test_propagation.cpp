@@ -20,6 +20,7 @@
 #include "labelwise/propagation/knn.hpp"
 #include "labelwise/propagation/slices.hpp"
 #include "labelwise/propagation/spreading.hpp"
+#include "labelwise/uncertainty/metrics.hpp"
 #include "../../src/propagation_backend.hpp"  // PoolGrid (not a public header)
 
 using namespace labelwise;
@@ -634,6 +635,29 @@ TEST_CASE("propagate_slices rejects bad input", "[propagation][slices][errors]")
   CHECK_THROWS_WITH(propagate_slices(v, l, {1}, m, c, bad), Catch::Contains("class 5 >= num_classes 3"));
   vol[2 * 30] = std::nan("");
   CHECK_THROWS_WITH(propagate_slices(v, l, {1}, m, c), Catch::Contains("volume: NaN or Inf at slice 2"));
+  // a null volume is named, not read (it was dereferenced by the finiteness scan)
+  CHECK_THROWS_WITH(propagate_slices(TensorView::of(static_cast<double*>(nullptr), {4, 5, 6}), l, {1}, m, c),
+                    Catch::Contains("volume: data pointer is null"));
+}
+
+TEST_CASE("null data pointers are named; the shape queries read none", "[propagation][errors]") {
+  std::vector<double> s = {0.9, 0.8, 0.7}, pool = {0.95, 0.5};
+  std::vector<std::uint8_t> e = {0, 0, 1};
+  const TensorView sv = TensorView::of(s.data(), {3}), ev = TensorView::of(e.data(), {3});
+  const TensorView pv = TensorView::of(pool.data(), {2});
+  CHECK_THROWS_WITH(certify_threshold(sv, TensorView::of(static_cast<std::uint8_t*>(nullptr), {3}), pv, 0.1, 0.1),
+                    Catch::Contains("calib_errors: data pointer is null"));
+  CHECK_THROWS_WITH(certify_threshold(TensorView::of(static_cast<double*>(nullptr), {3}), ev, pv, 0.1, 0.1),
+                    Catch::Contains("calib_confidence: data pointer is null"));
+  // auto_label_shapes and score_shape validate the layout only: a view without data is enough
+  const TensorView probs = TensorView::of(static_cast<float*>(nullptr), {2, 3, 7, 5});
+  CertifyOptions o;
+  const auto shapes = auto_label_shapes(probs, o);
+  CHECK(shapes[0] == std::vector<std::int64_t>{2, 7, 5});
+  CHECK(shapes[1] == std::vector<std::int64_t>{2, 7, 5});
+  CHECK(score_shape(probs) == std::vector<std::int64_t>{2, 5});  // [N, K, C, W]: K = 3, C = 7
+  CHECK_THROWS_WITH(auto_label_shapes(TensorView::of(static_cast<float*>(nullptr), {2, 1}), o),
+                    Catch::Contains("pool_probs"));  // still validated
 }
 
 namespace labelwise {

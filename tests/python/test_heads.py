@@ -43,6 +43,11 @@ def test_counter_words_outside_their_ranges_are_named():
         (lambda: LT.dropout_keep_mask(7, 0.5, [-1], [0], 8, range(4)), ValueError, r"items: expected values in \[0, 4294967296\)"),
         (lambda: LT.dropout_keep_mask(7, 0.5, [0], [0], 8, [2**32]), ValueError, "voxels: expected values in"),
         (lambda: LT.dropout_keep_mask(7, 0.5, [0], [0], 8, [2**70]), ValueError, "voxels: expected values in"),
+        # a range beyond int64 (torch.arange would overflow), an unsigned tensor beyond int64 (a cast would wrap)
+        (lambda: LT.dropout_keep_mask(0, 0.5, range(2**63, 2**63 + 1), [0], 4, [0]), ValueError,
+         r"items: expected values in \[0, 4294967296\), got 9223372036854775808 \.\. 9223372036854775808"),
+        (lambda: LT.dropout_keep_mask(0, 0.5, torch.tensor([2**64 - 1], dtype=torch.uint64), [0], 4, [0]), ValueError,
+         r"items: expected values in \[0, 4294967296\), got 18446744073709551615 \.\. 18446744073709551615"),
         (lambda: LT.dropout_keep_mask(7, 0.5, 3, [0], 8, range(4)), TypeError, "items: expected a sequence of integers, got int"),
         (lambda: LT.dropout_keep_mask(7, 0.5, [0], [True], 8, range(4)), TypeError, "samples: expected integers, got bool"),
         (lambda: LT.dropout_keep_mask(7, 0.5, [0], [0], -1, range(4)), ValueError, "channels: expected an integer in"),
@@ -564,9 +569,9 @@ def test_bad_features_and_call_arguments():
     with pytest.raises(ValueError, match="^features:.*rank 5"):
         LT.MCDropoutHead(4, 3, dims=3).sample(x)
     bad = x.clone()
-    bad[0, 1, 2, 3] = float("nan")
-    for fn in (mc.sample, mc.score, ev.score, ev.uncertainty, en.score):
-        with pytest.raises(ValueError, match="^features:.*NaN"):
+    bad[1, 1, 2, 3] = float("nan")
+    for fn in (mc.sample, mc.score, ev.score, ev.uncertainty, en.score):  # every head names the same place
+        with pytest.raises(ValueError, match=r"^features: item 1, voxel \[2, 3\] contains NaN or Inf"):
             fn(bad)
     # K
     for m in ("bald", "balentacq", "expected_entropy", "variation_ratio", "mean_std"):
@@ -734,3 +739,53 @@ def test_load_head_weights_names_a_foreign_file(tmp_path):
         LT.load_head_weights(LT.MCDropoutHead(4, 3), junk)
     with pytest.raises(FileNotFoundError):
         LT.load_head_weights(LT.MCDropoutHead(4, 3), tmp_path / "missing.pt")
+
+
+def test_sample_reads_weights_that_the_deprecated_weight_norm_hook_has_not_refreshed(rng):
+    """torch.nn.utils.weight_norm (hook form) recomputes conv.weight only in a forward pre-hook: after
+    weight_g changes (an optimiser step), sample / score must still use the current weights."""
+    import warnings
+
+    x = torch.as_tensor(rng.normal(size=(1, 4, 5, 6)), dtype=torch.float32)
+    h = LT.MCDropoutHead(4, 3, p=0.5)
+    hw = LT.MCDropoutHead(4, 3, p=0.5)
+    hw.load_state_dict(h.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation warning
+        torch.nn.utils.weight_norm(hw.conv)
+    with torch.no_grad():
+        hw.conv.weight_g.mul_(2)
+        h.conv.weight.mul_(2)
+    assert torch.equal(hw.sample(x, 3, seed=1), h.sample(x, 3, seed=1))
+    assert torch.equal(hw.score(x, 3, ("bald",), seed=1)["bald"], h.score(x, 3, ("bald",), seed=1)["bald"])
+
+
+def test_evidential_loss_tensor_weight_equals_the_number():
+    """A one-element tensor kl_weight (never read on the host) gives the loss of the same number,
+    0 included."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 4, 5), generator=g)
+    for w in (0.0, 0.3):
+        assert torch.allclose(LT.evidential_loss(logits, target, kl_weight=torch.tensor(w, dtype=torch.float64)),
+                              LT.evidential_loss(logits, target, kl_weight=w), rtol=1e-12, atol=0)
+
+
+
+def test_with_coords_channels_and_errors():
+    """labelwise.models.with_coords: image, row, column and slice-position channels; a position list
+    of another length or a masked image with masked entries is a ValueError naming the argument."""
+    from labelwise.models import with_coords
+
+    img = np.arange(2 * 1 * 4 * 8, dtype=np.float32).reshape(2, 1, 4, 8)
+    out = with_coords(img, [-0.5, 0.5])
+    assert out.shape == (2, 4, 4, 8) and out.dtype == torch.float32
+    assert torch.equal(out[:, 0], torch.as_tensor(img[:, 0]))
+    assert torch.equal(out[0, 1, :, 0], torch.linspace(-1, 1, 4)) and torch.equal(out[1, 2, 0], torch.linspace(-1, 1, 8))
+    assert torch.equal(out[:, 3, 0, 0], torch.tensor([-0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"z: expected one slice position per image, shape \(2,\), got \(3,\)"):
+        with_coords(img, [0.0, 0.5, 1.0])
+    masked = np.ma.masked_array(img, mask=np.zeros(img.shape, bool))
+    masked[0, 0, 0, 0] = np.ma.masked
+    with pytest.raises(ValueError, match="img: a masked array with masked entries"):
+        with_coords(masked, [0.0, 0.5])

@@ -173,7 +173,8 @@ ThresholdCertificate certify_threshold(const TensorView& calib_confidence, const
                                        const TensorView& pool_confidence, double target_error, double delta,
                                        std::int64_t scan_start = 0);
 
-/// The shapes certified_auto_label writes: {accepted shape, labels shape}.
+/// The shapes certified_auto_label writes: {accepted shape, labels shape}. Reads no values
+/// (pool_probs.data may be null).
 std::vector<std::vector<std::int64_t>> auto_label_shapes(const TensorView& pool_probs,
                                                          const CertifyOptions& options = {});
 

@@ -8,8 +8,9 @@
 //      of class j). A class that no item is labelled with has no threshold (NaN): it can never be an
 //      item's confident true class.
 //   2. Confident joint C[ỹ][y*]: item i with given label ỹ_i = a is counted in C[a][b] with
-//      b = arg max { p̂_ij : p̂_ij >= t_j } (ties: the lower class index); items with no class at or
-//      above its threshold are not counted.
+//      b = arg max { p̂_ij : p̂_ij >= t_j - 1e-6 } (ties: the lower class index; the 1e-6 allows for
+//      the rounding of the mean, which can land above n equal self-confidences, as cleanlab allows);
+//      items with no class at or above its threshold are not counted.
 //   3. Label issues: the items counted off the diagonal (b != ỹ_i), except those whose given label is
 //      the model's own prediction (ỹ_i = arg max_j p̂_ij, the lower class on ties: the model agrees with
 //      the label although the item reaches another class's lower threshold; cleanlab drops these too),

@@ -71,7 +71,9 @@ struct HeadScoreOptions {
 };
 
 /// Per-voxel metric maps (and optionally the mean prediction) of the head's K samples, in one pass.
-/// `mean` may be nullptr.
+/// `mean` may be nullptr. Features are validated in the same pass: when a NaN / Inf feature or an
+/// overflowing logit throws, the outputs of other voxels may already be written (arguments, weights
+/// and biases are all checked before anything is written).
 void head_score(const TensorView& features, const TensorView& weight, const TensorView& bias,
                 const std::vector<MetricOutput>& outputs, const TensorView* mean,
                 const HeadScoreOptions& options);

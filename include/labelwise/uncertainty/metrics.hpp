@@ -89,12 +89,14 @@ struct MetricOutput {
 };
 
 /// The shape every metric output must have for input x (see the shape contract above). Validates x's
-/// dtype, rank, axes and extents with score()'s errors; reads no values.
+/// dtype, rank, axes and extents with score()'s errors; reads no values (x.data may be null).
 std::vector<std::int64_t> score_shape(const TensorView& x, const ScoreOptions& options = {});
 
 /// Computes all requested metrics in one fused pass over x. Each output is float32 or float64 (either,
 /// whatever x's dtype), of score_shape(x), any strides, on x's device. Extra errors: no output, a
-/// metric requested twice, outputs that overlap x or each other.
+/// metric requested twice, outputs that overlap x or each other. The values are validated in the same
+/// pass that scores them: when a bad value (NaN, a negative or unnormalised row, ...) throws, the
+/// outputs of other items may already be written (the arguments themselves are all checked first).
 void score(const TensorView& x, const std::vector<MetricOutput>& outputs, const ScoreOptions& options = {});
 
 /// One metric; same contract as score().
