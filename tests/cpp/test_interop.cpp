@@ -8,6 +8,9 @@
 #include "labelwise/interop/eigen.hpp"
 #endif
 #if LABELWISE_TEST_XTENSOR
+#include <xtensor/xtensor.hpp>
+#include <xtensor/xview.hpp>
+
 #include "labelwise/interop/xtensor.hpp"
 #endif
 
@@ -43,5 +46,33 @@ TEST_CASE("xtensor adapter returns [N] scores of a [N, K, C] array", "[interop]"
   REQUIRE(b.shape().size() == 1);
   CHECK(b(0) == Approx(std::log(2.0)));
   CHECK(b(1) == Approx(0.0));
+}
+
+TEST_CASE("xtensor adapter takes xtensor containers, column-major arrays and strided views", "[interop]") {
+  // [N, K, C] = [3, 2, 4] probabilities, read through each kind of expression; the reference is the
+  // same values in a plain row-major xarray.
+  xt::xtensor<double, 3> t = xt::xtensor<double, 3>::from_shape({3, 2, 4});
+  for (std::size_t i = 0; i < 3; ++i)
+    for (std::size_t k = 0; k < 2; ++k) {
+      double z = 0;
+      for (std::size_t c = 0; c < 4; ++c) z += (t(i, k, c) = 1.0 + static_cast<double>((i * 7 + k * 3 + c * 5) % 11));
+      for (std::size_t c = 0; c < 4; ++c) t(i, k, c) /= z;
+    }
+  const xt::xarray<double> ref_in = t;
+  const xt::xarray<double> want = xtensor::score(ref_in, Metric::Bald);
+  const xt::xarray<double> from_fixed = xtensor::score(t, Metric::Bald);
+  xt::xarray<double, xt::layout_type::column_major> cm = t;
+  const xt::xarray<double> from_cm = xtensor::score(cm, Metric::Bald);
+  // a strided view (every second item of a 6-item array), passed as a temporary to view()
+  xt::xtensor<double, 3> wide = xt::zeros<double>({6, 2, 4});
+  xt::view(wide, xt::range(0, 6, 2), xt::all(), xt::all()) = t;
+  xt::xarray<double> out = xt::zeros<double>({3});
+  labelwise::score(xtensor::view(xt::view(wide, xt::range(0, 6, 2), xt::all(), xt::all())),
+                   {{Metric::Bald, xtensor::view(out)}});
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(from_fixed(i) == want(i));
+    CHECK(from_cm(i) == Approx(want(i)).epsilon(1e-14));
+    CHECK(out(i) == Approx(want(i)).epsilon(1e-14));
+  }
 }
 #endif
