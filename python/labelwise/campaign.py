@@ -640,7 +640,10 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
         lines.append(f"| strategy | final {mname} (mean ± std) |{over} {unit} to reach 95 % of full-data {mname} | "
                      "runs reaching it |")
         lines.append("|---|---|---|---|" + ("" if seg else "---|"))
-        lines.insert(len(lines) - 2, f"(The labelled fraction at the first round whose {mname} reaches 95 % of the "
+        lines.insert(len(lines) - 2, f"(± std: the standard deviation over the seeds with ddof = 0, the spread of "
+                                     "these seeds, not an estimate of the population's; with 3 seeds the sample "
+                                     "estimate (ddof = 1) is 1.22 times larger. "
+                                     f"The labelled fraction at the first round whose {mname} reaches 95 % of the "
                                      "full-data score, averaged over the seeds when every seed reaches it; the curve can dip "
                                      "below later. " + ("" if seg else f"The mean {mname} over the rounds, the area under "
                                      "the learning curve, is the steadier comparison: one crossing of the 95 % line "
@@ -705,6 +708,10 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
         what = "voxels" if seg else "items"
         for key, when in (("autolabel_10", "at the first round with at least 10 % of the pool labelled"),
                           ("autolabel", "after the last round")):
+            if not any(a for s in by.values() for a in s[key]):
+                lines += [f"**Certified auto-labelling of the rest of the pool** {when}: did not apply (no run "
+                          "reached that point within its budget).", ""]
+                continue
             lines += [f"**Certified auto-labelling of the rest of the pool** {when} (target error "
                       f"{cfg.target_error:.0%} with probability ≥ {1 - cfg.delta:.0%}, calibrated on "
                       f"{_calibration_sizes(by, key)} {what} drawn at random from the unlabelled pool at that moment and "
@@ -737,7 +744,10 @@ def write_report(summary: Dict, cfg: Config, datasets: Dict, plots: List[str], o
             runs = sum(1 for s in by.values() for a in s[key] if a)
             lines += [f"Realised {'voxel ' if seg else ''}error above the {cfg.target_error:.0%} target in {len(over)} "
                       f"of {len(cert)} certified runs" + (f" (up to {max(over):.3f})" if over else "")
-                      + f"; the promise allows it in at most about δ = {cfg.delta:.0%} of all {runs} runs. (The "
+                      + f"; the promise allows it in at most about δ = {cfg.delta:.0%} of all {runs} runs. The runs "
+                      "are not independent trials: the strategies of one seed share its split, seed set and random "
+                      "streams, so at a round every strategy reaches with the same labels (the seed set) they are "
+                      "the same run counted once per strategy. (The "
                       "bound column is the Clopper–Pearson bound at the threshold the scan chose; having been "
                       "selected, it is not by itself a 1 − δ bound — the target is the promise.)", ""]
             if seg:

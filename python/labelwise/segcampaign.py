@@ -233,7 +233,8 @@ def split(d: SegDataset, cfg, seed: int) -> SegSplit:
     missing = [c for c in range(C) if not present[pool, c].any()]
     if missing:  # cannot happen after validate(), kept as a guard for the invariant
         raise ValueError(f"class {missing[0]} does not appear in any pool slice; the seed set needs it")
-    # seed set: greedy cover of the classes, starting from a random slice; at least seg_init_slices slices
+    # seed set: greedy cover of the classes (most new classes first, ties in a random order); at least
+    # seg_init_slices slices
     cover = present[pool]
     init: List[int] = []
     have = np.zeros(C, dtype=bool)

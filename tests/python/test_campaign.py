@@ -39,6 +39,7 @@ def test_quick_campaign_writes_report_and_resumes(tmp_path, capsys):
     report = open(os.path.join(out, "report.md")).read()
     assert "95 % of full-data accuracy" in report and "balentacq" in report
     assert "Certified auto-labelling" in report
+    assert "ddof = 0" in report and "not independent trials" in report
     assert set(summary["breast_cancer"]) == {"random", "bald", "balentacq"}
     # Second call resumes from state.json and gives the same numbers without recomputing.
     capsys.readouterr()
@@ -516,3 +517,15 @@ def test_random_streams_of_runs_and_rounds_never_share_a_seed(monkeypatch):
     for kind in ("train", "mc", "select"):
         seeds = [s for k, s in used if k == kind]
         assert len(seeds) >= 6 and len(set(seeds)) == len(seeds), (kind, seeds)
+
+
+def test_auto_labelling_that_never_ran_is_said_so(tmp_path):
+    """A budget below 10 % of the pool never reaches the 10 % auto-labelling: the report says it did
+    not apply instead of printing an empty table ("0 of 0 certified runs")."""
+    out = str(tmp_path / "small")
+    campaign.main(["--dataset", "breast_cancer", "--quick", "--budget", "0.01", "--strategies", "random",
+                   "--out", out])
+    report = open(os.path.join(out, "report.md")).read()
+    assert "at the first round with at least 10 % of the pool labelled: did not apply" in report
+    assert "after the last round (target error" in report  # the final auto-labelling still runs
+
