@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import os
+
 import numpy as np
 from _timing import best_time
 
 import labelwise as lw
 from labelwise import propagation as P
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 
 
 def prf(flagged, truth):
@@ -90,22 +94,14 @@ def quality_runs(runs, flip_fraction):
     `runs` random flips: labelwise's precision, recall and flipped fraction among the 50 most
     suspicious items, and whether cleanlab's confident-learning set is the same."""
     from cleanlab.filter import find_label_issues
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from reference import flipped_digits_probs  # tests/python: the unit test's own setting
 
-    X, y = load_digits(return_X_y=True)
-    n = len(y)
+    n = 0
     prec, rec, top, flagged, same = [], [], [], [], 0
     for run in range(runs):
-        rng = np.random.default_rng(np.random.SeedSequence([2026, run]))
-        flip = rng.choice(n, size=int(n * flip_fraction), replace=False)
-        noisy = y.copy()
-        noisy[flip] = (y[flip] + rng.integers(1, 10, size=len(flip))) % 10
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-        probs = cross_val_predict(model, X, noisy, cv=5, method="predict_proba")
+        probs, noisy, flip = flipped_digits_probs(np.random.default_rng(np.random.SeedSequence([2026, run])),
+                                                  flip_fraction)
+        n = len(noisy)
         r = P.label_issues(probs, noisy)
         is_flipped = np.zeros(n, bool)
         is_flipped[flip] = True

@@ -264,3 +264,24 @@ def propagate_slices_ref(vol, lab, labelled_slices, *, axis=0, num_classes=None,
             p = probs[z] / max(weight[z], 1e-12)
             mask[z], conf[z] = p.argmax(axis=0), p.max(axis=0)
     return np.moveaxis(mask, 0, axis), np.moveaxis(conf, 0, axis)
+
+
+def flipped_digits_probs(rng, flip_fraction=0.1):
+    """scikit-learn's digits with int(n * flip_fraction) labels flipped to a random other class, and
+    5-fold out-of-sample probabilities of a standardised logistic regression (C = 0.1): the setting of
+    test_label_issues_on_digits_with_flipped_labels and of bench/compare_label_issues.py --runs.
+    Returns (probs [n, 10], noisy labels [n], flipped item indices)."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_digits(return_X_y=True)
+    n = len(y)
+    flip = rng.choice(n, size=int(n * flip_fraction), replace=False)
+    noisy = y.copy()
+    noisy[flip] = (y[flip] + rng.integers(1, 10, size=len(flip))) % 10
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    return cross_val_predict(model, X, noisy, cv=5, method="predict_proba"), noisy, flip
+

@@ -645,21 +645,11 @@ def test_label_issues_on_digits_with_flipped_labels(rng):
     precision 0.809 ± 0.034 (lowest 0.742), recall 0.744 ± 0.027 (lowest 0.676), flipped among the
     top 50 0.937 ± 0.051 (lowest 0.80); chance precision 0.10. The bounds sit 6 to 9 standard
     deviations below the means."""
-    sklearn = pytest.importorskip("sklearn")
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    pytest.importorskip("sklearn")
+    from reference import flipped_digits_probs
 
-    del sklearn
-    X, y = load_digits(return_X_y=True)
-    n = len(y)
-    flip = rng.choice(n, size=n // 10, replace=False)
-    noisy = y.copy()
-    noisy[flip] = (y[flip] + rng.integers(1, 10, size=len(flip))) % 10
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-    probs = cross_val_predict(model, X, noisy, cv=5, method="predict_proba")
+    probs, noisy, flip = flipped_digits_probs(rng)
+    n = len(noisy)
     r = P.label_issues(probs, noisy)
     flipped = np.zeros(n, bool)
     flipped[flip] = True
