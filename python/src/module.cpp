@@ -3,9 +3,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <optional>
+#include <chrono>
+#include <exception>
 #include <new>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "labelwise/acquisition/batchbald.hpp"
@@ -62,13 +65,40 @@ ScoreOptions make_options(const std::string& input, std::optional<int> sample_ax
 /// The interrupt check of long-running calls (labelwise::set_interrupt_check): runs Python's signal
 /// handlers (they run only on the main thread); true when one raised, e.g. KeyboardInterrupt on Ctrl-C,
 /// whose exception then stays set for the call's error translation.
-bool python_signal_raised() {
+bool python_finalizing() {
 #if PY_VERSION_HEX >= 0x030D0000
-  if (!Py_IsInitialized() || Py_IsFinalizing()) return false;
+  return !Py_IsInitialized() || Py_IsFinalizing();
 #else
-  if (!Py_IsInitialized() || _Py_IsFinalizing()) return false;
+  return !Py_IsInitialized() || _Py_IsFinalizing();
 #endif
-  py::gil_scoped_acquire gil;
+}
+
+/// Releases the GIL for the C++ work of a call, like py::gil_scoped_release, but safe when Python
+/// shuts down meanwhile (a daemon thread still inside labelwise). Python < 3.14 ends a thread that
+/// asks for the GIL during shutdown with pthread_exit, a forced unwind: from a noexcept destructor
+/// (gil_scoped_release's) that is std::terminate. This destructor may let that unwind pass when the
+/// call ends normally; when an exception is already unwinding the call during shutdown, taking the
+/// GIL again would end the thread inside that unwind (std::terminate too), so the thread parks until
+/// the process exits, as Python 3.14 itself does with such threads.
+class ReleaseGil {
+ public:
+  ReleaseGil() : state_(PyEval_SaveThread()), unwinding_(std::uncaught_exceptions()) {}
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+  ~ReleaseGil() noexcept(false) {
+    if (std::uncaught_exceptions() > unwinding_ && python_finalizing())
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    PyEval_RestoreThread(state_);
+  }
+
+ private:
+  PyThreadState* state_;
+  int unwinding_;
+};
+
+bool python_signal_raised() {
+  if (python_finalizing()) return false;
+  py::gil_scoped_acquire gil;  // shutdown may begin after the check: then a forced unwind from here, let through
   return PyErr_CheckSignals() != 0;
 }
 
@@ -129,7 +159,7 @@ PYBIND11_MODULE(_core, m) {
         std::vector<MetricOutput> outs;
         for (const auto& [name, cap] : outputs) outs.push_back({metric_from_name(name), view_of(cap, "out", true)});
         const ScoreOptions opt = make_options(input, sample_axis, class_axis, stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         score(xv, outs, opt);
       },
       py::arg("x"), py::arg("outputs"), py::arg("input"), py::arg("sample_axis"), py::arg("class_axis"),
@@ -160,7 +190,7 @@ PYBIND11_MODULE(_core, m) {
         std::optional<TensorView> mv;
         if (!mean.is_none()) mv = view_of(mean.cast<py::capsule>(), "mean", true);
         const HeadScoreOptions opt = head_options(samples, dropout, seed, index_offset, stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         head_score(fv, wv, bv, outs, mv ? &*mv : nullptr, opt);
       },
       py::arg("features"), py::arg("weight"), py::arg("bias"), py::arg("outputs"), py::arg("mean"),
@@ -175,7 +205,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView bv = view_of(bias, "bias", false);
         const TensorView sv = view_of(out, "samples", true);
         const HeadScoreOptions opt = head_options(samples, dropout, seed, index_offset, stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         head_sample(fv, wv, bv, sv, opt);
       },
       py::arg("features"), py::arg("weight"), py::arg("bias"), py::arg("samples_out"), py::arg("samples"),
@@ -197,7 +227,7 @@ PYBIND11_MODULE(_core, m) {
         SelectOptions opt;
         opt.index_offset = index_offset;
         opt.stream = reinterpret_cast<void*>(stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         if (vv)
           top_k(sv, b, iv, *vv, opt);
         else
@@ -228,7 +258,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView iv = view_of(indices, "indices", true);
         const std::optional<TensorView> kv = optional_view(keys, "keys", true);
         const StochasticOptions opt = stochastic_options(mode, temperature, seed, index_offset, ranks, stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         if (kv)
           stochastic(sv, b, iv, *kv, opt);
         else
@@ -245,7 +275,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView sv = view_of(scores, "scores", false);
         const TensorView kv = view_of(keys, "keys", true);
         const StochasticOptions opt = stochastic_options(mode, temperature, seed, index_offset, ranks, stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         stochastic_keys(sv, kv, opt);
       },
       py::arg("scores"), py::arg("keys"), py::arg("mode"), py::arg("temperature"), py::arg("seed"),
@@ -259,7 +289,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView iv = view_of(indices, "indices", false);
         const TensorView ov = view_of(out_indices, "out_indices", true);
         const std::optional<TensorView> ovv = optional_view(out_values, "out_values", true);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         if (ovv)
           merge_top_k(vv, iv, b, ov, *ovv, reinterpret_cast<void*>(stream));
         else
@@ -313,7 +343,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView pv = view_of(pool_confidence, "pool_confidence", false);
         ThresholdCertificate c;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           c = certify_threshold(cv, ev, pv, target_error, delta, scan_start);
         }
         return certificate_dict(c);
@@ -346,7 +376,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView ov = view_of(labels, "labels", true);
         AutoLabelResult r;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           r = certified_auto_label(pv, cv, lv, av, ov, opt);
         }
         py::dict d = certificate_dict(r.certificate);
@@ -373,7 +403,7 @@ PYBIND11_MODULE(_core, m) {
         out.self_confidence = prop_view(self_confidence, "self_confidence", true);
         out.thresholds = prop_view(thresholds, "thresholds", true);
         out.confident_joint = prop_view(confident_joint, "confident_joint", true);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return label_issues(pv, lv, out, class_axis);
       },
       py::arg("probs"), py::arg("given_labels"), py::arg("indices"), py::arg("self_confidence"),
@@ -395,7 +425,7 @@ PYBIND11_MODULE(_core, m) {
         opt.sample_axis = sample_axis;
         opt.class_axis = class_axis;
         opt.stream = reinterpret_cast<void*>(stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         batchbald(xv, b, iv, sv, opt);
       },
       py::arg("x"), py::arg("b"), py::arg("indices"), py::arg("scores"), py::arg("num_samples"), py::arg("seed"),
@@ -414,7 +444,7 @@ PYBIND11_MODULE(_core, m) {
         opt.metric = distance_metric_from_name(metric);
         opt.prune = prune;
         opt.stream = reinterpret_cast<void*>(stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         coreset(fv, lv, b, iv, rv, opt);
       },
       py::arg("features"), py::arg("labeled"), py::arg("b"), py::arg("indices"), py::arg("radii"),
@@ -423,7 +453,7 @@ PYBIND11_MODULE(_core, m) {
       "unlabeled_rows",
       [](const py::capsule& labeled, std::int64_t n, const py::capsule& rows, std::uintptr_t stream) {
         const TensorView lv = view_of(labeled, "labeled", false), rv = view_of(rows, "rows", true);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return unlabeled_rows(lv, n, rv, reinterpret_cast<void*>(stream));
       },
       py::arg("labeled"), py::arg("n"), py::arg("rows"), py::arg("stream") = 0);
@@ -438,7 +468,7 @@ PYBIND11_MODULE(_core, m) {
         opt.input = input_kind_from_name(input);
         opt.seed = seed;
         opt.stream = reinterpret_cast<void*>(stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         badge(xv, ev, b, iv, opt);
       },
       py::arg("x"), py::arg("embeddings"), py::arg("b"), py::arg("indices"), py::arg("seed"), py::arg("input"),
@@ -456,7 +486,7 @@ PYBIND11_MODULE(_core, m) {
         opt.candidates = candidates;
         opt.seed = seed;
         opt.stream = reinterpret_cast<void*>(stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         cluster_margin(mv, cv, lv, b, iv, opt);
       },
       py::arg("margins"), py::arg("clusters"), py::arg("labeled"), py::arg("b"), py::arg("indices"),
@@ -469,7 +499,7 @@ PYBIND11_MODULE(_core, m) {
         AverageLinkageOptions opt;
         opt.distance = distance;
         opt.num_clusters = num_clusters;
-        py::gil_scoped_release release;
+        ReleaseGil release;
         average_linkage_clusters(fv, cv, opt);
       },
       py::arg("features"), py::arg("clusters"), py::arg("distance"), py::arg("num_clusters"));
@@ -484,7 +514,7 @@ PYBIND11_MODULE(_core, m) {
         opt.prefilter = prefilter;
         opt.max_iter = max_iter;
         opt.stream = reinterpret_cast<void*>(stream);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         weighted_kmeans(fv, sv, b, iv, opt);
       },
       py::arg("features"), py::arg("scores"), py::arg("b"), py::arg("indices"), py::arg("prefilter"),
@@ -496,7 +526,7 @@ PYBIND11_MODULE(_core, m) {
       [](const py::capsule& map, const std::vector<std::int64_t>& patch, const std::vector<std::int64_t>& stride,
          const py::capsule& out) {
         const TensorView mv = view_of(map, "map", false), ov = view_of(out, "out", true);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         patch_scores(mv, patch, stride, ov);
       },
       py::arg("map"), py::arg("patch"), py::arg("stride"), py::arg("out"));
@@ -506,7 +536,7 @@ PYBIND11_MODULE(_core, m) {
          const std::vector<std::int64_t>& stride, const py::capsule& corners, const py::capsule& scores) {
         const TensorView mv = view_of(map, "map", false), cv = view_of(corners, "corners", true),
                          sv = view_of(scores, "scores", true);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         top_regions(mv, b, patch, stride, cv, sv);
       },
       py::arg("map"), py::arg("b"), py::arg("patch"), py::arg("stride"), py::arg("corners"), py::arg("scores"));
@@ -514,7 +544,7 @@ PYBIND11_MODULE(_core, m) {
       "slice_scores",
       [](const py::capsule& map, int axis, const py::capsule& out) {
         const TensorView mv = view_of(map, "map", false), ov = view_of(out, "out", true);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         slice_scores(mv, axis, ov);
       },
       py::arg("map"), py::arg("axis"), py::arg("out"));
@@ -528,7 +558,7 @@ PYBIND11_MODULE(_core, m) {
         const TensorView iv = view_of(indices, "indices", true);
         const TensorView dv = view_of(distances, "distances", true);
         const DistanceMetric km = distance_metric_from_name(metric);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         knn_graph(fv, k, iv, dv, km, reinterpret_cast<void*>(stream));
       },
       py::arg("features"), py::arg("k"), py::arg("indices"), py::arg("distances"), py::arg("metric"),
@@ -548,7 +578,7 @@ PYBIND11_MODULE(_core, m) {
         opt.beta = beta;
         opt.erode = erode;
         opt.min_confidence = min_confidence;
-        py::gil_scoped_release release;
+        ReleaseGil release;
         propagate_slices(vv, lv, slices, mv, cv, opt);
       },
       py::arg("volume"), py::arg("labels"), py::arg("slices"), py::arg("mask"), py::arg("confidence"),
@@ -575,7 +605,7 @@ PYBIND11_MODULE(_core, m) {
         opt.sklearn_threads = sklearn_threads;
         SpreadingResult r;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           r = propagation ? label_propagation(fv, lv, dv, ov, opt) : label_spreading(fv, lv, dv, ov, opt);
         }
         py::dict d;

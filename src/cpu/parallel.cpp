@@ -7,6 +7,9 @@
 #include <system_error>
 #include <thread>
 #include <vector>
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>  // abi::__forced_unwind
+#endif
 
 #include "labelwise/core/error.hpp"
 #include "labelwise/core/parallel.hpp"
@@ -97,6 +100,15 @@ void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
     t_stop = &stop;
     try {
       fn(begin, end, w);
+#if defined(__GLIBCXX__)
+    } catch (abi::__forced_unwind&) {
+      // The thread is being ended (pthread_exit / pthread_cancel; e.g. Python < 3.14 ends a thread
+      // that asks for the GIL while the interpreter shuts down): the unwind must go on, or glibc
+      // aborts the process. The other chunks stop at their next poll.
+      stop.store(true);
+      t_stop = outer;
+      throw;
+#endif
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();  // the first error: later chunks only echo the stop
@@ -122,8 +134,18 @@ void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
     }
   } catch (...) {
   }
+#if defined(__GLIBCXX__)
+  try {
+    run(0);
+    for (int w = started; w < workers; ++w) run(w);
+  } catch (abi::__forced_unwind&) {
+    for (auto& t : pool) t.join();  // they stop at their next poll; a joinable thread left behind terminates
+    throw;
+  }
+#else
   run(0);
   for (int w = started; w < workers; ++w) run(w);
+#endif
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
 }
