@@ -11,6 +11,7 @@ import pytest
 
 from labelwise import acquisition as A
 from labelwise import propagation as P
+from labelwise import uncertainty as U
 
 
 class Stop(Exception):
@@ -44,6 +45,9 @@ def test_long_calls_stop_on_sigint(rng):
     # a parallel stage: the kNN search's block pairs on every thread (~5 s uninterrupted on 2 cores)
     F = rng.normal(size=(150000, 48)).astype(np.float32)
     assert interrupted_after(lambda: P.knn_graph(F, 10), delay=0.3) < 1.5
+    # the metrics' block loop: 2^26 items of a broadcast view (~6 s uninterrupted on 2 cores)
+    p = rng.dirichlet(np.ones(10), size=20).astype(np.float32)
+    assert interrupted_after(lambda: U.bald(np.broadcast_to(p, (2**26, 20, 10))), delay=0.3) < 1.5
     # nothing is left behind: the next call is complete and equal to a fresh one
     small = X[:3000]
     assert np.array_equal(A.coreset(small, None, 20)[0], A.coreset(small.copy(), None, 20)[0])
