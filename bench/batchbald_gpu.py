@@ -41,7 +41,8 @@ def main():
         # each spread from its own generator seeded as in compare_batchbald.py: the same inputs
         x = make_probs(np.random.default_rng(args.seed), args.n, args.k, args.c, spread).astype(np.float32)
         xg = torch.from_numpy(x).cuda()
-        A.batchbald(xg, 2, num_samples=args.num_samples, seed=0, input="log_probs")  # warm-up
+        A.batchbald(xg, 2, num_samples=args.num_samples, seed=0, input="log_probs")  # warm-ups, each side alike
+        A.batchbald(x, 2, num_samples=args.num_samples, seed=0, input="log_probs")
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         gi, gs = A.batchbald(xg, args.b, num_samples=args.num_samples, seed=0, input="log_probs")

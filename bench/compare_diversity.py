@@ -6,7 +6,8 @@ and scikit-activeml's CoreSet, same inputs, one run, on the CPU.
     python bench/compare_diversity.py --quick          # small sizes, a few seconds
     python bench/compare_diversity.py --json out.json  # also save the raw numbers
 
-What is timed (time.perf_counter, after one small warm-up call of every implementation):
+What is timed (time.perf_counter; labelwise after one small warm-up call, the references without one;
+the extrapolated references scale their one-off setup too, which overstates them by up to ~8 %):
   * labelwise: acquisition.coreset(X, labelled, b) (default: rows that the new centre provably cannot
     reach are skipped; also prune=False, one full pass per pick, and both on i.i.d. Gaussian features
     where nothing can be pruned) and acquisition.badge(P, H, b, seed=...) at the full b;

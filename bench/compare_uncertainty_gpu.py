@@ -4,7 +4,8 @@
 Run by bench/gpu_check.sh on the GPU machine (``--device cuda``, default size [1310720, 20, 10] float32 =
 1.05 GB); ``--device cpu --n 20000`` is a smoke test anywhere. Times with CUDA events (or perf_counter on
 the CPU), best of ``--repeats``; checks that every labelwise result matches the torch result; prints a
-Markdown table with the copy-bandwidth floor (device-to-device copy of the input, bytes read + written).
+Markdown table with the copy-bandwidth floor (device-to-device copy of the input, bytes read + written
+per second; the floor is one read of the input at that rate).
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ def main():
     copy = torch.empty_like(x)
     t_copy = timed(lambda: copy.copy_(x), a.device, a.repeats)
     bw = 2 * nbytes / t_copy
-    print(f"copy bandwidth (read + write): {bw / 1e9:.0f} GB/s; read floor for one pass: {nbytes / bw * 2e3:.3f} ms")
+    # The issue's target is against the copy bandwidth (bytes read + written per second): one read of
+    # the input at that rate is nbytes / bw, half the copy's time (a read-only kernel, bench_cuda's
+    # BM-style read floor, gets about that).
+    print(f"copy bandwidth (read + write): {bw / 1e9:.0f} GB/s; one read of the input at that rate: "
+          f"{nbytes / bw * 1e3:.3f} ms")
 
     ours = U.score(x)
     ref = torch_metrics(x)
@@ -101,8 +106,8 @@ def main():
             ("all nine, torch formulation", timed(lambda: torch_metrics(x), a.device, a.repeats)),
             ("bald (labelwise)", timed(lambda: U.bald(x), a.device, a.repeats)),
             ("balentacq (labelwise)", timed(lambda: U.balentacq(x), a.device, a.repeats))]
-    floor = nbytes / (bw / 2)  # reading the input once at the copy's read rate
-    print("\n| case | time (ms) | input GB/s | % of copy read bandwidth |\n|---|---:|---:|---:|")
+    floor = nbytes / bw  # one read of the input at the copy bandwidth (the issue's 80 % target)
+    print("\n| case | time (ms) | input GB/s | % of copy bandwidth |\n|---|---:|---:|---:|")
     for label, t in rows:
         print(f"| {label} | {t * 1e3:.3f} | {nbytes / t / 1e9:.0f} | {100 * floor / t:.0f} |")
     return 1 if failed else 0

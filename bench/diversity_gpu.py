@@ -56,10 +56,15 @@ def main() -> int:
             best = min(best, s.elapsed_time(e) / 1e3)
         return best, out
 
-    def cpu_time(fn):
-        t = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t, out
+    def cpu_time(fn, reps=2):
+        # best of 2, as the GPU side is timed after a warm-up: the first CPU call pays one-off costs
+        # (page faults of fresh outputs and scratch, the allocator's growth)
+        best, out = float("inf"), None
+        for _ in range(reps):
+            t = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t)
+        return best, out
 
     copy_s, _ = gpu_time(lambda: xg.clone())
     bw = 2 * xg.numel() * 4 / copy_s  # read + write bytes per second
