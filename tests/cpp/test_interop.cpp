@@ -33,6 +33,26 @@ TEST_CASE("Eigen adapter: row- and column-major matrices give the same scores", 
   const Eigen::VectorXd blk = eigen::score(cm.block(1, 0, 2, 4), Metric::Margin);
   CHECK(blk(0) == Approx(1.0));
   CHECK(blk(1) == Approx(1.0 - 0.96));
+  // vector_view: rank 1, with the inner stride of a strided Map or a matrix row, as an output [N]
+  Eigen::VectorXd buf = Eigen::VectorXd::Zero(6);
+  Eigen::Map<Eigen::VectorXd, 0, Eigen::InnerStride<2>> every_other(buf.data(), 3);
+  const TensorView ov = eigen::vector_view(every_other);
+  REQUIRE(ov.ndim == 1);
+  CHECK(ov.shape[0] == 3);
+  CHECK(ov.strides[0] == 2);
+  score(eigen::view(rm), {{Metric::PredictiveEntropy, ov}}, [] {
+    ScoreOptions o;
+    o.sample_axis = std::nullopt;
+    o.class_axis = 1;
+    return o;
+  }());
+  for (int i = 0; i < 3; ++i) {
+    CHECK(buf(2 * i) == a(i));
+    CHECK(buf(2 * i + 1) == 0.0);
+  }
+  Eigen::MatrixXd cols = Eigen::MatrixXd::Zero(3, 3);  // column-major: a row has stride 3
+  const TensorView rv = eigen::vector_view(cols.row(1));
+  CHECK(rv.strides[0] == 3);
 }
 #endif
 

@@ -21,6 +21,18 @@ TensorView view(const Eigen::DenseBase<Derived>& m) {
                         {static_cast<std::int64_t>(d.rowStride()), static_cast<std::int64_t>(d.colStride())});
 }
 
+/// A rank-1 [n] host view of an Eigen vector expression with direct access (VectorXd, RowVectorXf,
+/// a Map with an InnerStride, a column or row of a matrix), no copy, for the arguments that must be
+/// rank 1 (scores, indices, keys, outputs [N]). Compile-time vectors only.
+template <typename Derived>
+TensorView vector_view(const Eigen::DenseBase<Derived>& v) {
+  static_assert(Derived::IsVectorAtCompileTime, "eigen::vector_view: a vector expression (one row or column)");
+  using Scalar = typename Derived::Scalar;
+  const auto& d = v.derived();
+  return TensorView::of(const_cast<Scalar*>(d.data()), {static_cast<std::int64_t>(d.size())},
+                        {static_cast<std::int64_t>(d.innerStride())});
+}
+
 /// One metric of single predictions probs [N, C] (class axis 1, no samples) → [N], Scalar float or
 /// double. Metrics that need samples (BALD, expected entropy, variation ratio, mean std, BalEntAcq)
 /// raise Error(Value) here: build a TensorView with a sample axis for them. Errors: score()'s.
@@ -32,7 +44,7 @@ Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1> score(const Eigen::De
   opt.input = input;
   opt.sample_axis = std::nullopt;
   opt.class_axis = 1;
-  labelwise::score(view(probs), {{metric, TensorView::of(out.data(), {static_cast<std::int64_t>(out.size())})}}, opt);
+  labelwise::score(view(probs), {{metric, vector_view(out)}}, opt);
   return out;
 }
 
