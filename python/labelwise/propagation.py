@@ -33,6 +33,7 @@ in ``reason``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -292,7 +293,7 @@ def certified_auto_label(
         _arrays.check_real(delta, "delta"),
         class_axis,
         unit,
-        None if max_voxel_error is None else _arrays.check_real(max_voxel_error, "max_voxel_error"),
+        None if max_voxel_error is None else _max_voxel_error(max_voxel_error),
         None if pconf is None else _arrays.capsule(pconf),
         None if cconf is None else _arrays.capsule(cconf),
         _arrays.check_int64(scan_start, "scan_start"),  # an int64; its range is checked in C++
@@ -301,6 +302,16 @@ def certified_auto_label(
     classes = tuple(ThresholdCertificate(**c) for c in r.pop("class_certificates"))
     return AutoLabelResult(accepted=accepted, labels=labels, unit=unit, score=score_name,
                            class_certificates=classes, **r)
+
+
+def _max_voxel_error(value: Any) -> float:
+    """A given max_voxel_error: a real number; NaN is refused by name here (the core reads NaN as "not
+    set" and would say it is missing)."""
+    v = _arrays.check_real(value, "max_voxel_error")
+    if math.isnan(v):
+        raise ValueError("max_voxel_error: expected the fraction of mislabelled voxels above which a calibration "
+                         "image counts as wrong, in [0, 1); got nan")
+    return v
 
 
 def _warn_if_dense_voxel_calibration(calib_labels: Any) -> None:

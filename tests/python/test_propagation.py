@@ -468,6 +468,9 @@ def test_image_unit(rng):
     for bad in (1.0, -0.1, float("inf")):
         with pytest.raises(ValueError, match="max_voxel_error: unit=image needs"):
             P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image", max_voxel_error=bad)
+    # a NaN given is named as such, not reported as missing (NaN is the core's "not set")
+    with pytest.raises(ValueError, match=r"max_voxel_error: expected the fraction .* got nan"):
+        P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, unit="image", max_voxel_error=float("nan"))
     with pytest.raises(ValueError, match="max_voxel_error: only used with unit=image"):
         P.certified_auto_label(pp, cp, cy, target_error=0.1, delta=0.1, max_voxel_error=0.1)
     with pytest.raises(ValueError, match="per_class: only with unit=item"):
