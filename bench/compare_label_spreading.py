@@ -31,19 +31,10 @@ import datetime
 import json
 import os
 import platform
-import time
 import warnings
 
 import numpy as np
-
-
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from _timing import best_of
 
 
 def gemm_rate(N, D):

@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
@@ -22,15 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "pytho
 from labelwise import data  # noqa: E402
 from labelwise import propagation as P  # noqa: E402
 from reference import propagate_slices_ref  # noqa: E402
-
-
-def best_of(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+from _timing import best_of  # noqa: E402
 
 
 def main():

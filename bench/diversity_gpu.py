@@ -16,9 +16,9 @@ Prints a Markdown table and whether the GPU picks equal the CPU picks.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _timing import best_of
 
 
 def main() -> int:
@@ -56,15 +56,10 @@ def main() -> int:
             best = min(best, s.elapsed_time(e) / 1e3)
         return best, out
 
-    def cpu_time(fn, reps=2):
+    def cpu_time(fn):
         # best of 2, as the GPU side is timed after a warm-up: the first CPU call pays one-off costs
         # (page faults of fresh outputs and scratch, the allocator's growth)
-        best, out = float("inf"), None
-        for _ in range(reps):
-            t = time.perf_counter()
-            out = fn()
-            best = min(best, time.perf_counter() - t)
-        return best, out
+        return best_of(fn, 2)
 
     copy_s, _ = gpu_time(lambda: xg.clone())
     bw = 2 * xg.numel() * 4 / copy_s  # read + write bytes per second
