@@ -128,12 +128,16 @@ def _words(values: Any, name: str, hi: int, dev: torch.device, flat: bool = True
     """Counter words: an int, a range, an iterable (generators too), a numpy array or a tensor of
     integers, as an int64 tensor on dev (flattened when ``flat``), every value in [0, hi): else a
     TypeError (not integers) or ValueError (out of range) naming ``name``."""
+
+    def check_span(lo: int, top: int) -> None:  # the smallest and the largest value, checked before any cast
+        if lo < 0 or top >= hi:
+            raise ValueError(f"{name}: expected values in [0, {hi}), got {lo} .. {top}")
+
     if isinstance(values, torch.Tensor) and str(values.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
         values = values.cpu().numpy()  # checked as numpy unsigned values: a cast to int64 could wrap
     if isinstance(values, range):
-        if len(values) and (min(values[0], values[-1]) < 0 or max(values[0], values[-1]) >= hi):
-            raise ValueError(f"{name}: expected values in [0, {hi}), got {min(values[0], values[-1])} .. "
-                             f"{max(values[0], values[-1])}")
+        if len(values):  # before torch.arange, which cannot hold values beyond int64
+            check_span(min(values[0], values[-1]), max(values[0], values[-1]))
         t = torch.arange(values.start, values.stop, values.step, dtype=torch.int64, device=dev)
     elif isinstance(values, torch.Tensor):
         if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
@@ -154,11 +158,11 @@ def _words(values: Any, name: str, hi: int, dev: torch.device, flat: bool = True
             raise ValueError(f"{name}: expected values in [0, {hi})")
         if a.size and a.dtype.kind not in "iu":
             raise TypeError(f"{name}: expected integers, got {a.dtype}")
-        if a.size and a.dtype.kind == "u" and int(a.max()) >= hi:  # before a cast to int64 could wrap
-            raise ValueError(f"{name}: expected values in [0, {hi}), got {int(a.min())} .. {int(a.max())}")
+        if a.size and a.dtype.kind == "u":  # before a cast to int64 could wrap
+            check_span(int(a.min()), int(a.max()))
         t = torch.as_tensor(a.astype(np.int64), device=dev)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
-        raise ValueError(f"{name}: expected values in [0, {hi}), got {int(t.min())} .. {int(t.max())}")
+    if t.numel():
+        check_span(int(t.min()), int(t.max()))
     return t.reshape(-1) if flat else t
 
 

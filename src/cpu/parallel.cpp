@@ -49,6 +49,15 @@ void set_num_threads(int n) { g_threads.store(n > 0 ? std::min(n, kMaxThreads) :
 void set_interrupt_check(bool (*check)()) { g_interrupt_check.store(check); }
 
 namespace detail {
+namespace {
+/// The unwind that pthread_exit / pthread_cancel start (e.g. Python < 3.14 ends a thread that asks for
+/// the GIL while the interpreter shuts down). It must not be swallowed, or glibc aborts the process.
+#if defined(__GLIBCXX__)
+using ForcedUnwind = abi::__forced_unwind;
+#else
+struct ForcedUnwind {};  // no such unwind outside libstdc++: never thrown
+#endif
+}  // namespace
 
 int worker_slots() { return std::max(1, num_threads()); }
 
@@ -100,15 +109,10 @@ void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
     t_stop = &stop;
     try {
       fn(begin, end, w);
-#if defined(__GLIBCXX__)
-    } catch (abi::__forced_unwind&) {
-      // The thread is being ended (pthread_exit / pthread_cancel; e.g. Python < 3.14 ends a thread
-      // that asks for the GIL while the interpreter shuts down): the unwind must go on, or glibc
-      // aborts the process. The other chunks stop at their next poll.
+    } catch (ForcedUnwind&) {  // the thread is being ended: let it go; the other chunks stop at their next poll
       stop.store(true);
       t_stop = outer;
       throw;
-#endif
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();  // the first error: later chunks only echo the stop
@@ -134,18 +138,13 @@ void parallel_for(std::int64_t n, std::int64_t grain, int max_workers,
     }
   } catch (...) {
   }
-#if defined(__GLIBCXX__)
   try {
     run(0);
     for (int w = started; w < workers; ++w) run(w);
-  } catch (abi::__forced_unwind&) {
+  } catch (ForcedUnwind&) {
     for (auto& t : pool) t.join();  // they stop at their next poll; a joinable thread left behind terminates
     throw;
   }
-#else
-  run(0);
-  for (int w = started; w < workers; ++w) run(w);
-#endif
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
 }

@@ -867,9 +867,7 @@ inline __m512 rows_reduce16(const __m512* r) {
 }
 
 /// The vote counts per class (lanes) of the K rows' arg-maxes, ties to the lower class, for C <= 16
-/// (rows C apart, read again with masked loads). The row loops count a row's vote in every lane equal
-/// to its maximum, which needs no scalar work per row but counts a tie twice; when their counts total
-/// more than K, the item is counted again here (ties are rare).
+/// (rows C apart, read again with masked loads).
 inline __m512i lowest_argmax_votes(const float* x, int K, int C) {
   const __mmask16 cm = static_cast<__mmask16>((1u << C) - 1u);
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
@@ -881,6 +879,14 @@ inline __m512i lowest_argmax_votes(const float* x, int K, int C) {
     votes = _mm512_mask_add_epi32(votes, static_cast<__mmask16>(eq & (0u - eq)), votes, ones);  // the lowest lane
   }
   return votes;
+}
+
+/// The modal vote count of an item whose K rows (x, C <= 16 classes C apart) the row loops counted in
+/// every lane equal to the row's maximum: no scalar work per row, but a tie counts in each tied lane,
+/// so counts that total more than K are redone by lowest_argmax_votes (ties are rare).
+inline int vote_mode(__m512i votes, const float* x, int K, int C) {
+  if (_mm512_reduce_add_epi32(votes) != K) votes = lowest_argmax_votes(x, K, C);
+  return _mm512_reduce_max_epi32(votes);
 }
 
 /// The row loop of block_item_stats for float32 on AVX-512: masked loads of each row's chunk of 16
@@ -900,8 +906,8 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   int bad = 0;
   // One chunk: vote counts per class in the lanes of two integer vectors (even and odd rows: two
   // independent chains): each row adds 1 in every lane equal to its maximum by a masked add (no
-  // store / reload of a counter in memory per row, no scalar mask arithmetic); an item with a tie is
-  // counted again by lowest_argmax_votes.
+  // store / reload of a counter in memory per row, no scalar mask arithmetic); vote_mode recounts an
+  // item with a tie.
   __m512i votes = _mm512_setzero_si512(), votes_odd = votes;
   const __m512i ones = _mm512_set1_epi32(1);
   const __m512d one = _mm512_set1_pd(1.0), vtol = _mm512_set1_pd(tol);
@@ -961,7 +967,7 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
         }
       }
       if constexpr (need_votes) {
-        // Arg-max per row (ties to the lower class): the row maxima, then the lowest lane equal to its own.
+        // Arg-max per row: the row maxima, then every lane equal to its own (vote_mode handles ties).
         const __m512 mx = rows_reduce16<true>(rows);
         if (single) {
 #pragma GCC unroll 16
@@ -1008,15 +1014,7 @@ inline int block_rows_avx512(const float* x, int K, int C, double tol, bool need
   // negative value; then no value exceeds 1 + tol either. Exact classification only on failure.
   if (_mm512_cmp_ps_mask(lo, zero, _CMP_LT_OQ)) bad = 1;
   if (bad) return classify_bad_probs(x, C, 1, K, C);
-  if constexpr (need_votes) {
-    if (single) {
-      votes = _mm512_add_epi32(votes, votes_odd);
-      if (_mm512_reduce_add_epi32(votes) != K) votes = lowest_argmax_votes(x, K, C);  // a tie
-      mode_o = _mm512_reduce_max_epi32(votes);
-    } else {
-      mode_o = chunk_mode(cs, K);
-    }
-  }
+  if constexpr (need_votes) mode_o = single ? vote_mode(_mm512_add_epi32(votes, votes_odd), x, K, C) : chunk_mode(cs, K);
   return kItemOk;
 }
 #pragma GCC diagnostic pop
@@ -1298,7 +1296,7 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
       }
       if (need_votes) {
         // Arg-max from the raw values: every lane equal to the maximum (lanes past C are -inf < max);
-        // an item with a tie is counted again by lowest_argmax_votes.
+        // vote_mode recounts an item with a tie.
         const __mmask16 eq = _mm512_mask_cmp_ps_mask(cm, rows[t], _mm512_set1_ps(mxs[t]), _CMP_EQ_OQ);
         votes = _mm512_mask_add_epi32(votes, eq, votes, ones);
       }
@@ -1306,10 +1304,7 @@ inline int block_softmax_avx512(const float* x, int K, int C, int input_kind, do
   }
   if (bad) return kItemNonFinite;
   if (fail) return fail;
-  if (need_votes) {
-    if (_mm512_reduce_add_epi32(votes) != K) votes = lowest_argmax_votes(x, K, C);  // a tie
-    mode_o = _mm512_reduce_max_epi32(votes);
-  }
+  if (need_votes) mode_o = vote_mode(votes, x, K, C);
   if (need_ent) {
     const double s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(plp)),
                                                         _mm512_cvtps_pd(_mm512_extractf32x8_ps(plp, 1))));
