@@ -4,7 +4,6 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
-#include <exception>
 #include <new>
 #include <optional>
 #include <string>
@@ -76,24 +75,24 @@ bool python_finalizing() {
 /// Releases the GIL for the C++ work of a call, like py::gil_scoped_release, but safe when Python
 /// shuts down meanwhile (a daemon thread still inside labelwise). Python < 3.14 ends a thread that
 /// asks for the GIL during shutdown with pthread_exit, a forced unwind: from a noexcept destructor
-/// (gil_scoped_release's) that is std::terminate. This destructor may let that unwind pass when the
-/// call ends normally; when an exception is already unwinding the call during shutdown, taking the
-/// GIL again would end the thread inside that unwind (std::terminate too), so the thread parks until
-/// the process exits, as Python 3.14 itself does with such threads.
+/// (gil_scoped_release's) that is std::terminate, and so is a second one started while the first
+/// unwinds this call (the interrupt check may have started it; std::uncaught_exceptions does not
+/// count it). So once shutdown has begun the thread parks until the process exits, as Python 3.14
+/// itself does with such threads; should shutdown begin just after that check, the one unwind that
+/// PyEval_RestoreThread starts leaves this noexcept(false) destructor normally.
 class ReleaseGil {
  public:
-  ReleaseGil() : state_(PyEval_SaveThread()), unwinding_(std::uncaught_exceptions()) {}
+  ReleaseGil() : state_(PyEval_SaveThread()) {}
   ReleaseGil(const ReleaseGil&) = delete;
   ReleaseGil& operator=(const ReleaseGil&) = delete;
   ~ReleaseGil() noexcept(false) {
-    if (std::uncaught_exceptions() > unwinding_ && python_finalizing())
+    if (python_finalizing())
       for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
     PyEval_RestoreThread(state_);
   }
 
  private:
   PyThreadState* state_;
-  int unwinding_;
 };
 
 bool python_signal_raised() {
